@@ -1,0 +1,89 @@
+//! The proxy's bootstrap file: who it is, where its admin server binds, and
+//! (until a control plane is configured) its static resources.
+
+use crate::serde_util::duration_ms;
+use crate::validate::{Errors, FieldPath, ValidationErrors};
+use crate::MeshResources;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// The proxy's configuration file (`sane-proxy --config FILE`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bootstrap {
+    /// Who this proxy is. Default: node id `sidecar`, namespace `default`.
+    pub node: Node,
+    /// Admin server. Default: `127.0.0.1:15000`.
+    pub admin: AdminConfig,
+    /// How long a drain (SIGTERM or `/drain`) waits for in-flight requests
+    /// before closing them. Default: 0, meaning 30s.
+    #[serde(with = "duration_ms")]
+    pub drain_timeout: u64,
+    /// Static resources, reloaded from the file on SIGHUP or change.
+    /// Default: none.
+    pub resources: MeshResources,
+}
+
+/// The proxy's identity in the mesh.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Node {
+    /// Unique id of this proxy instance. Default: `sidecar`.
+    pub id: String,
+    /// Namespace of the workload. Default: `default`.
+    pub namespace: String,
+    /// Workload name (for metrics). Default: empty.
+    pub workload: String,
+}
+
+/// The admin server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to bind. Must be a loopback address. Default: `127.0.0.1:15000`.
+    pub address: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:15000".to_string(),
+        }
+    }
+}
+
+// === impl Bootstrap ===
+
+impl Bootstrap {
+    /// Validates the file, naming every bad field by its path.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Errors::default();
+        let root = FieldPath::root();
+        if !self.node.namespace.is_empty() {
+            errs.name(&root.field("node").field("namespace"), &self.node.namespace);
+        }
+        match self.admin.address.parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_loopback() => errs.push(
+                &root.field("admin").field("address"),
+                format!("{a} is not a loopback address; the admin server binds to localhost only"),
+            ),
+            Ok(_) => {}
+            Err(_) => errs.push(
+                &root.field("admin").field("address"),
+                format!("{:?} is not a socket address (ip:port)", self.admin.address),
+            ),
+        }
+        self.resources
+            .validate_into(&root.field("resources"), &mut errs);
+        errs.finish()
+    }
+
+    /// The drain deadline in milliseconds, with the default applied.
+    pub fn drain_timeout_ms(&self) -> u64 {
+        if self.drain_timeout == 0 {
+            30_000
+        } else {
+            self.drain_timeout
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Sane Mesh resource types, defined once.
+//!
+//! Every concept the mesh configures (a [`Service`], its [`Endpoint`]s, a
+//! [`Route`], a [`DestinationPolicy`], a [`Listener`]) is one Rust struct that
+//! derives both `serde` (YAML files, the JSON API) and `prost` (the xDS wire,
+//! packed in `Any` with the type URL from [`TypeUrl`]). Validation lives next to
+//! the types and reports the field path and the bad value.
+//!
+//! Architecture invariant: this crate does no I/O and has no async runtime.
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod bootstrap;
+mod endpoint;
+mod listener;
+mod policy;
+pub mod resources;
+mod route;
+pub mod serde_util;
+mod service;
+mod validate;
+
+pub use bootstrap::{AdminConfig, Bootstrap, Node};
+pub use endpoint::Endpoint;
+pub use listener::{Direction, Listener, WorkloadPort};
+pub use policy::{DestinationPolicy, LoadBalancer};
+pub use resources::{MeshResources, TypeUrl};
+pub use route::{
+    HeaderMatch, MatchKind, PathMatch, Route, RouteMatch, RouteRule, WeightedDestination,
+};
+pub use service::{Protocol, Service, ServicePort};
+pub use validate::{FieldError, FieldPath, ValidationErrors};
+
+/// The namespace used when a resource leaves `namespace` empty.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Returns `ns`, or [`DEFAULT_NAMESPACE`] when it is empty.
+pub fn namespace_or_default(ns: &str) -> &str {
+    if ns.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        ns
+    }
+}

@@ -1,0 +1,170 @@
+//! The full set of mesh resources a proxy runs on, and their type URLs.
+
+use crate::validate::{Errors, FieldPath, ValidationErrors};
+use crate::{DestinationPolicy, Endpoint, Listener, Route, Service};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// Every resource a proxy needs: what a YAML file holds and what the control
+/// plane pushes.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshResources {
+    /// Listeners. Default: none.
+    #[prost(message, repeated, tag = "1")]
+    pub listeners: Vec<Listener>,
+    /// Services. Default: none.
+    #[prost(message, repeated, tag = "2")]
+    pub services: Vec<Service>,
+    /// Endpoints. Default: none.
+    #[prost(message, repeated, tag = "3")]
+    pub endpoints: Vec<Endpoint>,
+    /// Routes. Default: none.
+    #[prost(message, repeated, tag = "4")]
+    pub routes: Vec<Route>,
+    /// Destination policies. Default: none.
+    #[prost(message, repeated, tag = "5")]
+    pub policies: Vec<DestinationPolicy>,
+}
+
+/// The type URL of each resource kind on the xDS wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TypeUrl {
+    /// [`Listener`]
+    Listener,
+    /// [`Service`]
+    Service,
+    /// [`Endpoint`]
+    Endpoint,
+    /// [`Route`]
+    Route,
+    /// [`DestinationPolicy`]
+    DestinationPolicy,
+}
+
+// === impl TypeUrl ===
+
+impl TypeUrl {
+    /// All kinds, in the order a proxy applies them.
+    pub const ALL: [TypeUrl; 5] = [
+        TypeUrl::Listener,
+        TypeUrl::Service,
+        TypeUrl::Endpoint,
+        TypeUrl::Route,
+        TypeUrl::DestinationPolicy,
+    ];
+
+    /// The URL string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypeUrl::Listener => "type.googleapis.com/sane.mesh.v1.Listener",
+            TypeUrl::Service => "type.googleapis.com/sane.mesh.v1.Service",
+            TypeUrl::Endpoint => "type.googleapis.com/sane.mesh.v1.Endpoint",
+            TypeUrl::Route => "type.googleapis.com/sane.mesh.v1.Route",
+            TypeUrl::DestinationPolicy => "type.googleapis.com/sane.mesh.v1.DestinationPolicy",
+        }
+    }
+
+    /// Parses a URL string.
+    pub fn parse(url: &str) -> Option<TypeUrl> {
+        TypeUrl::ALL.into_iter().find(|t| t.as_str() == url)
+    }
+}
+
+// === impl MeshResources ===
+
+impl MeshResources {
+    /// Validates every resource and the references between them. The error
+    /// lists every bad field with its path, e.g. `routes[0].service`.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Errors::default();
+        self.validate_into(&FieldPath::root(), &mut errs);
+        errs.finish()
+    }
+
+    pub(crate) fn validate_into(&self, root: &FieldPath, errs: &mut Errors) {
+        let mut names = HashSet::new();
+        let mut addrs = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let p = root.item("listeners", i);
+            l.validate_into(&p, errs);
+            if !names.insert(l.name.as_str()) {
+                errs.push(&p.field("name"), format!("{:?} is declared twice", l.name));
+            }
+            if let Some(a) = l.socket_addr() {
+                if a.port() != 0 && !addrs.insert(a) {
+                    errs.push(&p.field("address"), format!("{a} is used twice"));
+                }
+            }
+        }
+        let mut services = HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let p = root.item("services", i);
+            s.validate_into(&p, errs);
+            if !services.insert(s.key()) {
+                errs.push(&p.field("name"), format!("{:?} is declared twice", s.key()));
+            }
+        }
+        let known = |name: &str, ns: &str| -> bool {
+            let key = qualify(name, ns);
+            services.contains(&key)
+        };
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let p = root.item("endpoints", i);
+            e.validate_into(&p, errs);
+            if !e.service.is_empty() && !known(&e.service, &e.namespace) {
+                errs.push(
+                    &p.field("service"),
+                    format!("{:?} is not a declared service", e.service_key()),
+                );
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let p = root.item("routes", i);
+            r.validate_into(&p, errs);
+            if !r.service.is_empty() && !known(&r.service, &r.namespace) {
+                errs.push(
+                    &p.field("service"),
+                    format!("{:?} is not a declared service", r.service),
+                );
+            }
+            for (j, rule) in r.rules.iter().enumerate() {
+                for (k, d) in rule.destinations.iter().enumerate() {
+                    if !d.service.is_empty() && !known(&d.service, &r.namespace) {
+                        errs.push(
+                            &p.item("rules", j).item("destinations", k).field("service"),
+                            format!("{:?} is not a declared service", d.service),
+                        );
+                    }
+                }
+            }
+        }
+        for (i, d) in self.policies.iter().enumerate() {
+            let p = root.item("policies", i);
+            d.validate_into(&p, errs);
+            if !d.service.is_empty() && !known(&d.service, &d.namespace) {
+                errs.push(
+                    &p.field("service"),
+                    format!("{:?} is not a declared service", d.service),
+                );
+            }
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !l.service.is_empty() && !known(&l.service, "") {
+                errs.push(
+                    &root.item("listeners", i).field("service"),
+                    format!("{:?} is not a declared service", l.service),
+                );
+            }
+        }
+    }
+}
+
+/// Qualifies a service reference: `name` becomes `name.<ns>`; `name.ns` stays.
+pub fn qualify(name: &str, ns: &str) -> String {
+    if name.contains('.') {
+        name.to_string()
+    } else {
+        format!("{name}.{}", crate::namespace_or_default(ns))
+    }
+}

@@ -1,0 +1,251 @@
+//! Routes: how requests for a service are matched and where they are sent.
+
+use crate::serde_util::{duration_ms, enum_de, enum_ser};
+use crate::validate::{Errors, FieldPath};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Routing rules for the HTTP traffic addressed to one service (like an Istio
+/// VirtualService bound to one host). Without a route, all requests for a
+/// service go to its own endpoints.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Route {
+    /// Route name, unique within the namespace. Required.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Namespace. Default: `default`.
+    #[prost(string, tag = "2")]
+    pub namespace: String,
+    /// The service whose traffic this route directs (`name` or
+    /// `name.namespace`). Required.
+    #[prost(string, tag = "3")]
+    pub service: String,
+    /// Rules, tried in order; the first whose matches succeed wins. A request
+    /// no rule matches gets 404 with response flag `NR`. Required: at least one.
+    #[prost(message, repeated, tag = "4")]
+    pub rules: Vec<RouteRule>,
+}
+
+/// One routing rule.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteRule {
+    /// Alternatives: the rule applies if any one matches. Default: none, which
+    /// matches every request.
+    #[prost(message, repeated, tag = "1")]
+    pub matches: Vec<RouteMatch>,
+    /// Where matching requests go, split by weight. Default: none, meaning
+    /// the route's own service.
+    #[prost(message, repeated, tag = "2")]
+    pub destinations: Vec<WeightedDestination>,
+    /// Whole-request timeout. Default: 0, none.
+    #[prost(uint64, tag = "3")]
+    #[serde(rename = "timeout", with = "duration_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Conditions on a request; all present conditions must hold.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Condition on the path. Default: any path.
+    #[prost(message, optional, tag = "1")]
+    pub path: Option<PathMatch>,
+    /// Conditions on headers, all of which must hold. Default: none.
+    #[prost(message, repeated, tag = "2")]
+    pub headers: Vec<HeaderMatch>,
+    /// HTTP method, e.g. `GET`. Default: empty, any method.
+    #[prost(string, tag = "3")]
+    pub method: String,
+}
+
+/// How a string is compared.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration,
+    Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+#[repr(i32)]
+pub enum MatchKind {
+    /// Equal to the value. The default.
+    Exact = 0,
+    /// Starts with the value (for paths, on a `/` boundary).
+    Prefix = 1,
+    /// Matches the regular expression, anchored at both ends.
+    Regex = 2,
+    /// The header is present, whatever its value (headers only).
+    Present = 3,
+}
+
+/// A condition on the request path.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathMatch {
+    /// How to compare. Default: `exact`.
+    #[prost(enumeration = "MatchKind", tag = "1")]
+    #[serde(
+        serialize_with = "enum_ser::<MatchKind, _>",
+        deserialize_with = "enum_de::<MatchKind, _>"
+    )]
+    pub kind: i32,
+    /// The value compared with the path. Required, starting with `/` unless a regex.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// A condition on one request header.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// Header name, case-insensitive. Required.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// How to compare. Default: `exact`.
+    #[prost(enumeration = "MatchKind", tag = "2")]
+    #[serde(
+        serialize_with = "enum_ser::<MatchKind, _>",
+        deserialize_with = "enum_de::<MatchKind, _>"
+    )]
+    pub kind: i32,
+    /// The value compared with the header. Default: empty.
+    #[prost(string, tag = "3")]
+    pub value: String,
+    /// Negates the condition. Default: false.
+    #[prost(bool, tag = "4")]
+    pub invert: bool,
+}
+
+/// A destination and its share of traffic.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WeightedDestination {
+    /// Destination service (`name` or `name.namespace`). Required.
+    #[prost(string, tag = "1")]
+    pub service: String,
+    /// Destination service port. Default: 0, the port the request was
+    /// addressed to if the service has it, else the service's first HTTP port.
+    #[prost(uint32, tag = "2")]
+    pub port: u32,
+    /// Only endpoints carrying all these labels (a subset). Default: none.
+    #[prost(btree_map = "string, string", tag = "3")]
+    pub subset: BTreeMap<String, String>,
+    /// Relative weight. Default: 1 (0 means 1 when it is the only destination).
+    #[prost(uint32, tag = "4")]
+    pub weight: u32,
+}
+
+// === impl MatchKind ===
+
+impl MatchKind {
+    /// The kind, `exact` if the wire value is unknown (validation rejects that).
+    pub fn from_wire(v: i32) -> Self {
+        MatchKind::try_from(v).unwrap_or_default()
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
+        errs.name(&path.field("name"), &self.name);
+        if !self.namespace.is_empty() {
+            errs.name(&path.field("namespace"), &self.namespace);
+        }
+        errs.name(&path.field("service"), &self.service);
+        if self.rules.is_empty() {
+            errs.push(&path.field("rules"), "at least one rule is required");
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate_into(&path.item("rules", i), errs);
+        }
+    }
+}
+
+// === impl RouteRule ===
+
+impl RouteRule {
+    fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
+        for (i, m) in self.matches.iter().enumerate() {
+            let mp = path.item("matches", i);
+            if let Some(p) = &m.path {
+                let pp = mp.field("path");
+                errs.enum_value::<MatchKind>(&pp.field("kind"), p.kind);
+                match MatchKind::from_wire(p.kind) {
+                    MatchKind::Regex => regex_ok(&pp.field("value"), &p.value, errs),
+                    MatchKind::Present => errs.push(
+                        &pp.field("kind"),
+                        "\"present\" applies to headers, not paths",
+                    ),
+                    _ if !p.value.starts_with('/') => errs.push(
+                        &pp.field("value"),
+                        format!("{:?} must start with '/'", p.value),
+                    ),
+                    _ => {}
+                }
+            }
+            for (j, h) in m.headers.iter().enumerate() {
+                let hp = mp.item("headers", j);
+                if h.name.is_empty() || http_token(&h.name).is_none() {
+                    errs.push(
+                        &hp.field("name"),
+                        format!("{:?} is not a valid header name", h.name),
+                    );
+                }
+                errs.enum_value::<MatchKind>(&hp.field("kind"), h.kind);
+                if MatchKind::from_wire(h.kind) == MatchKind::Regex {
+                    regex_ok(&hp.field("value"), &h.value, errs);
+                }
+            }
+            if !m.method.is_empty() && http_token(&m.method).is_none() {
+                errs.push(
+                    &mp.field("method"),
+                    format!("{:?} is not a valid HTTP method", m.method),
+                );
+            }
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            let dp = path.item("destinations", i);
+            errs.name(&dp.field("service"), &d.service);
+            errs.port(&dp.field("port"), d.port, true);
+            if d.weight == 0 && self.destinations.len() > 1 {
+                errs.push(
+                    &dp.field("weight"),
+                    "0 must be at least 1 when there are several destinations",
+                );
+            }
+        }
+    }
+}
+
+fn http_token(s: &str) -> Option<&str> {
+    let ok = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    ok.then_some(s)
+}
+
+/// Regexes are compiled by the proxy; here we only reject what can never be
+/// valid without pulling a regex engine into the type crate.
+fn regex_ok(path: &FieldPath, value: &str, errs: &mut Errors) {
+    if value.is_empty() {
+        errs.push(path, "a regex must not be empty");
+    }
+    let mut depth = 0i32;
+    let mut escaped = false;
+    for c in value.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '(') => depth += 1,
+            (false, ')') => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            break;
+        }
+    }
+    if depth != 0 {
+        errs.push(path, format!("{value:?} has unbalanced parentheses"));
+    }
+}
