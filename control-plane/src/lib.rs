@@ -1,1 +1,11 @@
-//! placeholder
+//! Sane Mesh control plane.
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod registry;
+pub mod resource;
+pub mod store;
+
+pub use error::Error;

@@ -1,0 +1,2 @@
+//! sanectl placeholder.
+fn main() {}

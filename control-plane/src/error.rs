@@ -1,0 +1,231 @@
+//! The control plane's one error type. Each variant carries what a reader of
+//! the log (or an API client) needs to act: the file, the address, the key.
+
+use crate::resource::Kind;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The durable state file could not be read.
+    #[error("reading state file {path}: {source}")]
+    StateRead {
+        /// The state file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The durable state file is not valid JSON of the expected shape.
+    #[error("parsing state file {path}: {source}")]
+    StateParse {
+        /// The state file.
+        path: PathBuf,
+        /// The parse error, with line and column.
+        source: serde_json::Error,
+    },
+    /// The durable state file holds resources that fail validation.
+    #[error("state file {path} holds an invalid configuration: {source}")]
+    StateInvalid {
+        /// The state file.
+        path: PathBuf,
+        /// Every invalid field.
+        source: Rejected,
+    },
+    /// Writing the durable state failed; the write was not applied.
+    #[error("writing state file {path}: {source}")]
+    StateWrite {
+        /// The file being written (the temporary file or the state file).
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The write would leave an invalid configuration; nothing was stored.
+    #[error("{0}")]
+    Rejected(Rejected),
+    /// The resource does not exist.
+    #[error("{kind} {key:?} not found")]
+    NotFound {
+        /// Kind of the resource.
+        kind: Kind,
+        /// Its key.
+        key: String,
+    },
+    /// The resource is owned by a configuration file and cannot be changed
+    /// through another source.
+    #[error("{kind} {key:?} is managed by {owner}; change it there")]
+    Conflict {
+        /// Kind of the resource.
+        kind: Kind,
+        /// Its key.
+        key: String,
+        /// Who owns it (`file:/path`).
+        owner: String,
+    },
+    /// A heartbeat for an endpoint that was registered without a lease.
+    #[error("endpoint {key:?} has no lease (register it with a ttl)")]
+    NoLease {
+        /// The endpoint key.
+        key: String,
+    },
+    /// A listener could not be bound.
+    #[error("binding the {name} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener (`xds`, `api`).
+        name: &'static str,
+        /// The requested address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The xDS gRPC server failed.
+    #[error("xds server on {addr}: {source}")]
+    XdsServe {
+        /// The bound address.
+        addr: SocketAddr,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+    /// The HTTP API server failed.
+    #[error("api server on {addr}: {source}")]
+    ApiServe {
+        /// The bound address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The API token could not be read or created.
+    #[error("api token file {path}: {source}")]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No API token is configured and there is no data directory to keep a
+    /// generated one in.
+    #[error("no api token configured: pass --api-token, --api-token-file or --data-dir")]
+    NoToken,
+    /// A configuration directory could not be listed.
+    #[error("config dir {path}: {source}")]
+    ConfigDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A configuration file could not be read or parsed.
+    #[error("config file {path}: {message}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, including line and column for YAML errors.
+        message: String,
+    },
+    /// A metric could not be registered (usually: registered twice).
+    #[error("registering metric {name}: {source}")]
+    Metrics {
+        /// The metric name.
+        name: &'static str,
+        /// The registry error.
+        source: prometheus::Error,
+    },
+    /// An xDS node's metadata is not what the control plane understands.
+    #[error("node {node:?}: metadata field {field:?}: {message}")]
+    NodeMetadata {
+        /// The node id.
+        node: String,
+        /// The metadata field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An API request (from the client in [`crate::client`]) failed to reach
+    /// the server.
+    #[error("request {method} {url}: {message}")]
+    Request {
+        /// HTTP method.
+        method: http::Method,
+        /// Full URL.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The API server answered with an error status.
+    #[error("{method} {url}: HTTP {status}: {message}")]
+    Api {
+        /// HTTP method.
+        method: http::Method,
+        /// Full URL.
+        url: String,
+        /// Response status.
+        status: http::StatusCode,
+        /// The `error` field of the JSON body, or the raw body.
+        message: String,
+    },
+}
+
+/// A write that would leave an invalid configuration, with every bad field.
+///
+/// Paths follow `MeshResources::validate`, with the list index replaced by
+/// the resource key, e.g. `routes[default/split].rules[0].destinations[1].weight`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// The invalid fields.
+    pub fields: Vec<RejectedField>,
+}
+
+/// One invalid field of a rejected write.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedField {
+    /// Kind of the resource holding the field, when the path names one.
+    pub kind: Option<Kind>,
+    /// Key of that resource.
+    pub key: Option<String>,
+    /// Full path, e.g. `routes[default/split].service`.
+    pub path: String,
+    /// What is wrong, including the bad value.
+    pub message: String,
+}
+
+// === impl Rejected ===
+
+impl Rejected {
+    /// A rejection with a single message not tied to one stored field.
+    pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejected {
+            fields: vec![RejectedField {
+                kind: None,
+                key: None,
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+
+    /// True if any field is a reference to a service that does not exist.
+    pub fn has_unknown_reference(&self) -> bool {
+        self.fields
+            .iter()
+            .any(|f| f.message.contains("is not a declared service"))
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.fields.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            if e.path.is_empty() {
+                f.write_str(&e.message)?;
+            } else {
+                write!(f, "{}: {}", e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
