@@ -1,1 +1,230 @@
-//! placeholder
+//! Sane Mesh data-plane proxy.
+//!
+//! The code follows the data: [`listener`] accepts, [`conn`] decides what a
+//! connection carries ([`protocol`]), [`stack`] runs each HTTP request through
+//! [`route`] and the [`policy`] layers to a [`cluster`], whose balancer picks
+//! an endpoint that [`upstream`] reaches through its pools. [`config`] holds
+//! the current snapshot (swapped atomically on reload), [`admin`] exposes
+//! readiness, metrics and the config, [`drain`] shuts down gracefully.
+//!
+//! Entry point: [`build`] binds every socket and returns a [`Proxy`] that
+//! reports its addresses; [`Proxy::run`] serves until drained.
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod body;
+pub mod cluster;
+pub mod config;
+pub mod conn;
+pub mod drain;
+pub mod error;
+pub mod listener;
+pub mod policy;
+pub mod protocol;
+pub mod route;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+
+pub use crate::body::Body;
+pub use crate::error::{ProxyError, StartError};
+
+use crate::admin::Admin;
+use crate::config::{ConfigStore, Snapshot};
+use crate::drain::{Drain, DrainOutcome, Readiness};
+use crate::listener::BoundListener;
+use crate::stack::StackContext;
+use crate::telemetry::Metrics;
+use crate::upstream::{connect::TcpConnect, Upstream};
+use prometheus::Registry;
+use sane_xds_proto::Bootstrap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How often the config file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A proxy whose sockets are bound, ready to [`run`](Proxy::run).
+#[derive(Debug)]
+pub struct Proxy {
+    admin_addr: SocketAddr,
+    admin_socket: TcpListener,
+    listeners: Vec<BoundListener>,
+    handle: ProxyHandle,
+    registry: Registry,
+    readiness: Readiness,
+    ctx: StackContext,
+    drain_timeout: Duration,
+}
+
+/// Controls a running proxy: reload its config, start a drain.
+#[derive(Clone, Debug)]
+pub struct ProxyHandle {
+    config: Arc<ConfigStore>,
+    drain: Drain,
+    metrics: Metrics,
+}
+
+/// Compiles `bootstrap` and binds the admin server and every listener.
+/// `config_path` is re-read on [`ProxyHandle::reload`] and when it changes.
+pub async fn build(
+    bootstrap: Bootstrap,
+    config_path: Option<PathBuf>,
+    registry: Registry,
+) -> Result<Proxy, StartError> {
+    let origin = config_path
+        .as_ref()
+        .map_or_else(|| "<inline>".to_string(), |p| p.display().to_string());
+    let drain_timeout = Duration::from_millis(bootstrap.drain_timeout_ms());
+    let admin_address = bootstrap.admin.address.clone();
+    let snapshot = Snapshot::compile(bootstrap, 1, None, &origin)?;
+    let (admin_socket, admin_addr) = listener::bind_tcp("admin", &admin_address)?;
+    let listeners = snapshot
+        .listeners()
+        .iter()
+        .map(BoundListener::bind)
+        .collect::<Result<Vec<_>, _>>()?;
+    let metrics = Metrics::register(&registry)?;
+    metrics.config_version.set(snapshot.version as i64);
+    let config = Arc::new(ConfigStore::new(snapshot, config_path));
+    let drain = Drain::default();
+    let ctx = StackContext {
+        config: config.clone(),
+        upstream: Arc::new(Upstream::new(Arc::new(TcpConnect))),
+        metrics: metrics.clone(),
+    };
+    Ok(Proxy {
+        admin_addr,
+        admin_socket,
+        listeners,
+        handle: ProxyHandle {
+            config,
+            drain: drain.clone(),
+            metrics,
+        },
+        registry,
+        readiness: Readiness::new(drain),
+        ctx,
+        drain_timeout,
+    })
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Every bound socket, admin first: `(name, address)`.
+    pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
+        std::iter::once(("admin".to_string(), self.admin_addr))
+            .chain(self.listeners.iter().map(|l| (l.name.clone(), l.addr)))
+            .collect()
+    }
+
+    /// A handle to reload or drain the proxy while it runs.
+    pub fn handle(&self) -> ProxyHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until a drain is started, then waits for open connections to
+    /// finish (at most the drain timeout).
+    pub async fn run(self) -> DrainOutcome {
+        let drain = self.handle.drain.clone();
+        let stop_admin = CancellationToken::new();
+        let admin = Admin {
+            config: self.handle.config.clone(),
+            registry: self.registry.clone(),
+            readiness: self.readiness.clone(),
+            drain: drain.clone(),
+        };
+        tokio::spawn(admin.serve(self.admin_socket, stop_admin.clone()));
+        let mut accept_loops = Vec::new();
+        for l in self.listeners {
+            accept_loops.push(tokio::spawn(l.serve(self.ctx.clone(), drain.clone())));
+        }
+        let background = CancellationToken::new();
+        tokio::spawn(watch_file(self.handle.clone(), background.clone()));
+        tokio::spawn(reap_idle(self.ctx.upstream.clone(), background.clone()));
+        self.readiness.set_ready();
+        tracing::info!("proxy ready");
+
+        drain.signaled().await;
+        tracing::info!(deadline = ?self.drain_timeout, "draining");
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        let outcome = drain.wait(self.drain_timeout).await;
+        match outcome {
+            DrainOutcome::Clean => tracing::info!("drained"),
+            DrainOutcome::DeadlineExceeded => tracing::warn!(
+                open = drain.active(),
+                "drain deadline passed; closing remaining connections"
+            ),
+        }
+        background.cancel();
+        stop_admin.cancel();
+        outcome
+    }
+}
+
+// === impl ProxyHandle ===
+
+impl ProxyHandle {
+    /// Re-reads the config file; on failure the current config keeps serving.
+    pub fn reload(&self) -> Result<u64, StartError> {
+        match self.config.reload() {
+            Ok(v) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_version.set(v as i64);
+                tracing::info!(version = v, "config reloaded");
+                Ok(v)
+            }
+            Err(e) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(error = %e, "config reload rejected; still serving the previous config");
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a graceful drain.
+    pub fn drain(&self) {
+        self.drain.start();
+    }
+}
+
+async fn watch_file(handle: ProxyHandle, stop: CancellationToken) {
+    let Some(path) = handle.config.path().map(|p| p.to_path_buf()) else {
+        return;
+    };
+    let mut last = config::fingerprint(&path);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = config::fingerprint(&path);
+        if now != last && now.is_some() {
+            last = now;
+            let _ = handle.reload();
+        }
+    }
+}
+
+async fn reap_idle(upstream: Arc<Upstream>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => upstream.reap_idle(Duration::from_secs(60)),
+        }
+    }
+}

@@ -153,7 +153,10 @@ mod tests {
 
     #[test]
     fn paths_and_display() {
-        let p = FieldPath::root().item("routes", 2).field("retry").field("attempts");
+        let p = FieldPath::root()
+            .item("routes", 2)
+            .field("retry")
+            .field("attempts");
         assert_eq!(p.as_str(), "routes[2].retry.attempts");
         let mut e = Errors::default();
         e.push(&p, "50 is above the maximum of 10");

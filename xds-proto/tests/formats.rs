@@ -57,7 +57,9 @@ fn yaml_json_and_protobuf_agree() {
 #[test]
 fn unknown_field_is_named() {
     let bad = SAMPLE.replace("drain_timeout: 5s", "drain_timeout: 5s\nfrobnicate: 1");
-    let err = serde_yaml::from_str::<Bootstrap>(&bad).unwrap_err().to_string();
+    let err = serde_yaml::from_str::<Bootstrap>(&bad)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown field `frobnicate`"), "{err}");
 }
 
@@ -77,7 +79,10 @@ fn invalid_values_are_named_with_their_path() {
         err.contains("resources.services[1].ports[0].port: 70000 is not a valid port"),
         "{err}"
     );
-    assert!(err.contains("admin.address: 0.0.0.0:15000 is not a loopback address"), "{err}");
+    assert!(
+        err.contains("admin.address: 0.0.0.0:15000 is not a loopback address"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -94,6 +99,8 @@ fn dangling_references_are_rejected() {
 #[test]
 fn bad_enum_name_fails_to_parse() {
     let bad = SAMPLE.replace("protocol: grpc }", "protocol: smtp }");
-    let err = serde_yaml::from_str::<Bootstrap>(&bad).unwrap_err().to_string();
+    let err = serde_yaml::from_str::<Bootstrap>(&bad)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown variant `smtp`"), "{err}");
 }

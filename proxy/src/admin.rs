@@ -1,0 +1,145 @@
+//! The admin server (HTTP/1.1, loopback only): `/ready`, `/live`,
+//! `/metrics`, `/config_dump`, and `POST /drain`.
+
+use crate::body::{self, Body};
+use crate::config::ConfigStore;
+use crate::drain::{Drain, Readiness};
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// State the admin endpoints read.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// Current config.
+    pub config: Arc<ConfigStore>,
+    /// Metrics registry.
+    pub registry: Registry,
+    /// Readiness.
+    pub readiness: Readiness,
+    /// Drain control.
+    pub drain: Drain,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    /// Serves until `stop` is cancelled.
+    pub async fn serve(self, socket: TcpListener, stop: CancellationToken) {
+        let admin = Arc::new(self);
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                res = socket.accept() => match res {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        continue;
+                    }
+                },
+            };
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    }
+
+    fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/ready") => {
+                if self.readiness.is_ready() {
+                    text(StatusCode::OK, "ready\n")
+                } else if self.drain.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                }
+            }
+            (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+            (&Method::GET, "/metrics") => {
+                let mut out = Vec::new();
+                let encoder = TextEncoder::new();
+                match encoder.encode(&self.registry.gather(), &mut out) {
+                    Ok(()) => Response::builder()
+                        .header(header::CONTENT_TYPE, encoder.format_type())
+                        .body(body::full(out))
+                        .expect("valid response"),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+                }
+            }
+            (&Method::GET, "/config_dump") => self.config_dump(),
+            (&Method::POST, "/drain") => {
+                tracing::info!("drain requested through the admin API");
+                self.drain.start();
+                text(StatusCode::ACCEPTED, "draining\n")
+            }
+            (_, "/ready" | "/live" | "/metrics" | "/config_dump" | "/drain") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /ready /live /metrics /config_dump POST /drain\n",
+            ),
+        }
+    }
+
+    fn config_dump(&self) -> Response<Body> {
+        let s = self.config.load();
+        let clusters: Vec<_> = {
+            let mut cs: Vec<_> = s
+                .clusters
+                .iter()
+                .map(|c| {
+                    json!({
+                        "name": c.name,
+                        "protocol": c.protocol.name(),
+                        "endpoints": c.endpoints.iter().map(|e| json!({
+                            "address": e.connect_addr.to_string(),
+                            "via_sidecar_port": e.via_sidecar,
+                            "identity": e.identity,
+                            "weight": e.weight,
+                            "in_flight": e.in_flight(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            cs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            cs
+        };
+        let dump = json!({
+            "version": s.version,
+            "source": self.config.path().map(|p| p.display().to_string()),
+            "last_reload_error": self.config.last_error(),
+            "bootstrap": &*s.bootstrap,
+            "clusters": clusters,
+        });
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body::full(
+                serde_json::to_vec_pretty(&dump).expect("serializable"),
+            ))
+            .expect("valid response")
+    }
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body::full(msg.to_string()))
+        .expect("valid response")
+}

@@ -1,0 +1,507 @@
+//! Configuration: loading the bootstrap file, compiling it into a
+//! [`Snapshot`] the data path reads, and swapping snapshots atomically.
+//!
+//! A request loads one `Arc<Snapshot>` and uses it to the end, so a reload
+//! never changes a request midway and in-flight requests finish on the
+//! config they started with. A reload that fails to read, parse, validate or
+//! compile leaves the current snapshot serving and records why.
+
+use crate::cluster::{Cluster, EndpointState, LoadCounters};
+use crate::error::StartError;
+use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
+use arc_swap::ArcSwap;
+use sane_xds_proto::resources::qualify;
+use sane_xds_proto::{
+    Bootstrap, DestinationPolicy, Direction, Endpoint, Listener, Protocol, Service, ServicePort,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// One compiled, immutable configuration.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every applied config.
+    pub version: u64,
+    /// The configuration this snapshot was compiled from.
+    pub bootstrap: Arc<Bootstrap>,
+    /// HTTP routing table (outbound).
+    pub routes: RouteTable,
+    /// Target cluster of each outbound TCP listener, by listener name.
+    pub tcp_targets: HashMap<String, Arc<Cluster>>,
+    /// Local workload of each inbound listener, by listener name.
+    pub inbound: HashMap<String, Arc<InboundTarget>>,
+    /// Every cluster, for load counters and the admin API.
+    pub clusters: Vec<Arc<Cluster>>,
+}
+
+/// Where an inbound listener delivers traffic.
+#[derive(Debug)]
+pub struct InboundTarget {
+    /// The workload's address (normally loopback).
+    pub ip: IpAddr,
+    /// Declared workload ports and their protocols.
+    pub ports: HashMap<u16, Protocol>,
+    /// Port for plain HTTP clients (first declared HTTP-ish port).
+    pub default_http: Option<u16>,
+    /// Port for plain opaque clients (first declared TCP port).
+    pub default_tcp: Option<u16>,
+    /// Protocol detection timeout.
+    pub detect_timeout: Duration,
+}
+
+/// The current snapshot, swappable without locks on the read path.
+#[derive(Debug)]
+pub struct ConfigStore {
+    current: ArcSwap<Snapshot>,
+    path: Option<PathBuf>,
+    last_error: Mutex<Option<String>>,
+}
+
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// Compiles `bootstrap`, carrying load counters over from `previous`.
+    /// `origin` names the config's source in errors.
+    pub fn compile(
+        bootstrap: Bootstrap,
+        version: u64,
+        previous: Option<&Snapshot>,
+        origin: &str,
+    ) -> Result<Self, StartError> {
+        bootstrap
+            .validate()
+            .map_err(|source| StartError::InvalidConfig {
+                path: origin.to_string(),
+                source,
+            })?;
+        let compile_err = |e: CompileError| StartError::Compile {
+            path: origin.to_string(),
+            field: format!("resources.{}", e.field),
+            reason: e.reason,
+        };
+        let mut counters = LoadCounters::new();
+        if let Some(prev) = previous {
+            for c in &prev.clusters {
+                c.collect_counters(&mut counters);
+            }
+        }
+        let res = &bootstrap.resources;
+        let services: HashMap<String, &Service> =
+            res.services.iter().map(|s| (s.key(), s)).collect();
+        let mut endpoints: HashMap<String, Vec<&Endpoint>> = HashMap::new();
+        for e in &res.endpoints {
+            endpoints.entry(e.service_key()).or_default().push(e);
+        }
+        let policies: HashMap<String, &DestinationPolicy> = res
+            .policies
+            .iter()
+            .map(|p| (qualify(&p.service, &p.namespace), p))
+            .collect();
+        let mut builder = ClusterBuilder {
+            services: &services,
+            endpoints: &endpoints,
+            policies: &policies,
+            counters: &counters,
+            built: HashMap::new(),
+        };
+
+        let mut routes = RouteTable::default();
+        for svc in &res.services {
+            let key = svc.key();
+            let route = res
+                .routes
+                .iter()
+                .enumerate()
+                .find(|(_, r)| qualify(&r.service, &r.namespace) == key);
+            for port in svc.ports.iter().filter(|p| p.protocol().is_http()) {
+                let pr = match route {
+                    None => PortRoute {
+                        service: key.clone(),
+                        port: port.port as u16,
+                        protocol: port.protocol(),
+                        route_name: None,
+                        rules: vec![Rule::new(
+                            vec![],
+                            vec![(builder.cluster(&key, port.port, &BTreeMap::new()), 1)],
+                            None,
+                        )],
+                    },
+                    Some((ri, r)) => {
+                        let mut rules = Vec::new();
+                        for (i, rule) in r.rules.iter().enumerate() {
+                            let field = format!("routes[{ri}].rules[{i}]");
+                            let mut matches = Vec::new();
+                            for (j, m) in rule.matches.iter().enumerate() {
+                                matches.push(
+                                    Matcher::compile(m, &format!("{field}.matches[{j}]"))
+                                        .map_err(compile_err)?,
+                                );
+                            }
+                            let mut dests = Vec::new();
+                            for (j, d) in rule.destinations.iter().enumerate() {
+                                let dkey = qualify(&d.service, &r.namespace);
+                                let dport = builder
+                                    .destination_port(&dkey, d.port, port.port)
+                                    .map_err(|reason| {
+                                        compile_err(CompileError {
+                                            field: format!("{field}.destinations[{j}].port"),
+                                            reason,
+                                        })
+                                    })?;
+                                dests.push((builder.cluster(&dkey, dport, &d.subset), d.weight));
+                            }
+                            if dests.is_empty() {
+                                dests.push((builder.cluster(&key, port.port, &BTreeMap::new()), 1));
+                            }
+                            let timeout = (rule.timeout_ms > 0)
+                                .then(|| Duration::from_millis(rule.timeout_ms));
+                            rules.push(Rule::new(matches, dests, timeout));
+                        }
+                        PortRoute {
+                            service: key.clone(),
+                            port: port.port as u16,
+                            protocol: port.protocol(),
+                            route_name: Some(r.name.clone()),
+                            rules,
+                        }
+                    }
+                };
+                routes.insert(&svc.host_names(), Arc::new(pr));
+            }
+        }
+
+        let mut tcp_targets = HashMap::new();
+        let mut inbound = HashMap::new();
+        for l in &res.listeners {
+            match (l.direction(), l.protocol()) {
+                (Direction::Outbound, Protocol::Tcp) => {
+                    let key = qualify(&l.service, "");
+                    tcp_targets.insert(
+                        l.name.clone(),
+                        builder.cluster(&key, l.service_port, &BTreeMap::new()),
+                    );
+                }
+                (Direction::Inbound, _) => {
+                    inbound.insert(l.name.clone(), Arc::new(InboundTarget::new(l)));
+                }
+                _ => {}
+            }
+        }
+        for (i, l) in res.listeners.iter().enumerate() {
+            if let Some(c) = tcp_targets.get(&l.name) {
+                if c.protocol != Protocol::Tcp {
+                    return Err(compile_err(CompileError {
+                        field: format!("listeners[{i}].service_port"),
+                        reason: format!("{} of {} is not a tcp port", l.service_port, l.service),
+                    }));
+                }
+            }
+        }
+        let clusters = builder.built.into_values().collect();
+        Ok(Self {
+            version,
+            bootstrap: Arc::new(bootstrap),
+            routes,
+            tcp_targets,
+            inbound,
+            clusters,
+        })
+    }
+
+    /// The listener definitions of this snapshot.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.bootstrap.resources.listeners
+    }
+}
+
+type ClusterKey = (String, u32, BTreeMap<String, String>);
+
+/// Builds each cluster once per snapshot, however many routes point at it.
+struct ClusterBuilder<'a> {
+    services: &'a HashMap<String, &'a Service>,
+    endpoints: &'a HashMap<String, Vec<&'a Endpoint>>,
+    policies: &'a HashMap<String, &'a DestinationPolicy>,
+    counters: &'a LoadCounters,
+    built: HashMap<ClusterKey, Arc<Cluster>>,
+}
+
+impl ClusterBuilder<'_> {
+    /// The port of `service` a destination with `port` (0: unset) means for
+    /// a request that arrived on `request_port`.
+    fn destination_port(&self, service: &str, port: u32, request_port: u32) -> Result<u32, String> {
+        let svc = self
+            .services
+            .get(service)
+            .ok_or_else(|| format!("service {service:?} is not declared"))?;
+        if port != 0 {
+            return svc
+                .port(port)
+                .map(|p| p.port)
+                .ok_or_else(|| format!("{port} is not a port of {service}"));
+        }
+        if svc.port(request_port).is_some() {
+            return Ok(request_port);
+        }
+        svc.ports
+            .iter()
+            .find(|p| p.protocol().is_http())
+            .map(|p| p.port)
+            .ok_or_else(|| format!("{service} has no HTTP port"))
+    }
+
+    fn cluster(
+        &mut self,
+        service: &str,
+        port: u32,
+        subset: &BTreeMap<String, String>,
+    ) -> Arc<Cluster> {
+        let key = (service.to_string(), port, subset.clone());
+        if let Some(c) = self.built.get(&key) {
+            return c.clone();
+        }
+        let sp = self
+            .services
+            .get(service)
+            .and_then(|s| s.port(port))
+            .cloned()
+            .unwrap_or_else(|| ServicePort {
+                port,
+                ..Default::default()
+            });
+        let eps: Vec<Arc<EndpointState>> = self
+            .endpoints
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|e| subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .filter_map(|e| EndpointState::new(e, &sp, self.counters))
+            .map(Arc::new)
+            .collect();
+        let policy = self.policies.get(service);
+        let ms = |v: u64, default: u64| Duration::from_millis(if v == 0 { default } else { v });
+        let mut name = format!("{service}:{port}");
+        if !subset.is_empty() {
+            let labels: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            name.push_str(&format!("[{}]", labels.join(",")));
+        }
+        let cluster = Arc::new(Cluster::new(
+            name,
+            &sp,
+            eps,
+            policy.map(|p| p.load_balancer()).unwrap_or_default(),
+            ms(policy.map_or(0, |p| p.connect_timeout_ms), 1_000),
+            ms(policy.map_or(0, |p| p.idle_timeout_ms), 60_000),
+        ));
+        self.built.insert(key, cluster.clone());
+        cluster
+    }
+}
+
+// === impl InboundTarget ===
+
+impl InboundTarget {
+    fn new(l: &Listener) -> Self {
+        let ip = l
+            .workload_address
+            .parse()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let ports: HashMap<u16, Protocol> = l
+            .workload_ports
+            .iter()
+            .map(|w| (w.port as u16, w.protocol()))
+            .collect();
+        let first = |http: bool| {
+            l.workload_ports
+                .iter()
+                .find(|w| w.protocol().is_http() == http)
+                .map(|w| w.port as u16)
+        };
+        Self {
+            ip,
+            ports,
+            default_http: first(true),
+            default_tcp: first(false),
+            detect_timeout: Duration::from_millis(l.detect_timeout_ms()),
+        }
+    }
+
+    /// The protocol the workload speaks on `port` (`http` if undeclared).
+    pub fn protocol(&self, port: u16) -> Protocol {
+        self.ports.get(&port).copied().unwrap_or(Protocol::Http)
+    }
+}
+
+/// Reads and parses a bootstrap file; unknown fields are named in the error.
+pub fn read_file(path: &Path) -> Result<Bootstrap, StartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::ReadConfig {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| StartError::ParseConfig {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+// === impl ConfigStore ===
+
+impl ConfigStore {
+    /// A store serving `snapshot`, reloading from `path` if given.
+    pub fn new(snapshot: Snapshot, path: Option<PathBuf>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            path,
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The reason the last reload failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("not poisoned").clone()
+    }
+
+    /// Applies a new configuration, or keeps the current one and returns why not.
+    pub fn apply(&self, bootstrap: Bootstrap, origin: &str) -> Result<u64, StartError> {
+        let prev = self.load();
+        let result = Snapshot::compile(bootstrap, prev.version + 1, Some(&prev), origin);
+        let mut last = self.last_error.lock().expect("not poisoned");
+        match result {
+            Ok(next) => {
+                let v = next.version;
+                warn_on_listener_changes(&prev, &next);
+                self.current.store(Arc::new(next));
+                *last = None;
+                Ok(v)
+            }
+            Err(e) => {
+                *last = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the config file and applies it.
+    pub fn reload(&self) -> Result<u64, StartError> {
+        let Some(path) = &self.path else {
+            return Ok(self.load().version);
+        };
+        let parsed = read_file(path);
+        match parsed {
+            Ok(b) => self.apply(b, &path.display().to_string()),
+            Err(e) => {
+                *self.last_error.lock().expect("not poisoned") = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The config file, if the store reloads from one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
+fn warn_on_listener_changes(prev: &Snapshot, next: &Snapshot) {
+    let addrs = |s: &Snapshot| -> BTreeMap<String, String> {
+        s.listeners()
+            .iter()
+            .map(|l| (l.name.clone(), l.address.clone()))
+            .collect()
+    };
+    if addrs(prev) != addrs(next) {
+        tracing::warn!(
+            "listener names or addresses changed; they take effect at the next restart, \
+             other changes apply now"
+        );
+    }
+}
+
+/// A cheap fingerprint of the config file, to notice edits.
+pub fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+resources:
+  listeners:
+    - { name: out, address: "127.0.0.1:0" }
+    - { name: tcp, address: "127.0.0.1:0", protocol: tcp, service: db, service_port: 5432 }
+  services:
+    - { name: echo, ports: [ { name: http, port: 80 }, { name: grpc, port: 9090, protocol: grpc } ] }
+    - { name: db, ports: [ { port: 5432, protocol: tcp } ] }
+  endpoints:
+    - { service: echo, address: 10.0.0.1, port: 8080, labels: { v: "1" } }
+    - { service: echo, address: 10.0.0.2, port: 8080, labels: { v: "2" } }
+    - { service: db, address: 10.0.0.3 }
+  routes:
+    - name: split
+      service: echo
+      rules:
+        - matches: [ { headers: [ { name: x-v, value: "2" } ] } ]
+          destinations: [ { service: echo, subset: { v: "2" } } ]
+        - destinations: [ { service: echo } ]
+"#;
+
+    fn compile(text: &str) -> Result<Snapshot, StartError> {
+        Snapshot::compile(serde_yaml::from_str(text).unwrap(), 1, None, "test.yaml")
+    }
+
+    #[test]
+    fn compiles_routes_clusters_and_tcp_targets() {
+        let s = compile(CFG).unwrap();
+        let r = s
+            .routes
+            .resolve("echo.default.svc.cluster.local", None)
+            .unwrap();
+        assert_eq!(r.port, 80);
+        let grpc = s.routes.resolve("echo", Some(9090)).unwrap();
+        assert_eq!(grpc.protocol, Protocol::Grpc);
+        let req = http::Request::get("/").header("x-v", "2").body(()).unwrap();
+        let sel = r.select(&req).unwrap();
+        assert_eq!(sel.cluster.endpoints.len(), 1);
+        assert_eq!(sel.cluster.name, "echo.default:80[v=2]");
+        assert_eq!(s.tcp_targets["tcp"].endpoints[0].connect_addr.port(), 5432);
+        assert!(
+            s.routes.resolve("db", None).is_none(),
+            "tcp ports are not HTTP-routable"
+        );
+    }
+
+    #[test]
+    fn compile_errors_name_the_field() {
+        let bad = CFG.replace("subset: { v: \"2\" } }", "port: 81 }");
+        let err = compile(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("resources.routes[0].rules[0].destinations[0].port: 81 is not a port of echo.default"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn failed_apply_keeps_the_last_good_snapshot() {
+        let store = ConfigStore::new(compile(CFG).unwrap(), None);
+        let bad: Bootstrap =
+            serde_yaml::from_str(&CFG.replace("port: 5432, protocol", "port: 0, protocol"))
+                .unwrap();
+        let err = store.apply(bad, "test.yaml").unwrap_err().to_string();
+        assert!(err.contains("resources.services[1].ports[0].port"), "{err}");
+        assert_eq!(store.load().version, 1);
+        assert!(store.last_error().is_some());
+        let good: Bootstrap = serde_yaml::from_str(CFG).unwrap();
+        assert_eq!(store.apply(good, "test.yaml").unwrap(), 2);
+        assert!(store.last_error().is_none());
+    }
+}

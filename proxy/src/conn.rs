@@ -1,0 +1,228 @@
+//! One accepted connection: what it carries decides how it is served.
+//!
+//! * outbound HTTP listener: HTTP/1.1 or prior-knowledge HTTP/2 (detected by
+//!   hyper), through the outbound stack;
+//! * outbound TCP listener: spliced to an endpoint of the target service;
+//! * inbound listener: a peer sidecar's transport header names the workload
+//!   port and framing; otherwise the protocol is detected and the connection
+//!   goes to the first declared workload port of that kind.
+
+use crate::config::InboundTarget;
+use crate::drain::Drain;
+use crate::protocol::detect::{self, Detected};
+use crate::protocol::io::{Io, Prefixed};
+use crate::protocol::opaque;
+use crate::protocol::transport_header::Framing;
+use crate::stack::{self, HttpSvc, StackContext};
+use crate::telemetry::TcpLabels;
+use crate::upstream::Target;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sane_xds_proto::Protocol;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// How long an HTTP/1 client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a connection is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// Let hyper detect HTTP/1.1 or HTTP/2.
+    Auto,
+    /// HTTP/2 only.
+    Http2,
+    /// HTTP/1.1 only (with upgrades).
+    Http1,
+}
+
+/// Serves HTTP on `io` with `svc` until the client closes or the drain asks
+/// the connection to finish its in-flight requests and close.
+pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain) {
+    let service = hyper::service::service_fn(move |req| {
+        let svc = svc.clone();
+        async move { Ok::<_, Infallible>(stack::serve(svc, req).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = match framed {
+        Framed::Auto => {
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            b.http2().timer(TokioTimer::new()).adaptive_window(true);
+            let conn = b.serve_connection_with_upgrades(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Framed::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .adaptive_window(true)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+            .map_err(Into::into)
+        }
+        Framed::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+            .map_err(Into::into)
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Splices an outbound TCP connection to an endpoint of `listener`'s service.
+pub async fn outbound_tcp(mut client: tokio::net::TcpStream, listener: &str, ctx: &StackContext) {
+    let snapshot = ctx.config.load();
+    let Some(cluster) = snapshot.tcp_targets.get(listener).cloned() else {
+        tracing::warn!(listener, "no tcp target configured; closing");
+        return;
+    };
+    drop(snapshot);
+    let Some(endpoint) = cluster.pick(&[]) else {
+        tracing::warn!(cluster = %cluster.name, flags = "UH", "no healthy endpoint; closing");
+        return;
+    };
+    let _guard = endpoint.start();
+    let target = Target {
+        addr: endpoint.connect_addr,
+        via_sidecar: endpoint.via_sidecar,
+        protocol: Protocol::Tcp,
+        connect_timeout: cluster.connect_timeout,
+        idle_timeout: cluster.idle_timeout,
+    };
+    let service = cluster
+        .name
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let labels = TcpLabels {
+        reporter: "source",
+        destination_service: &service,
+    };
+    match ctx.upstream.open(&target).await {
+        Ok(mut upstream) => {
+            ctx.metrics.tcp_open(labels);
+            let t = opaque::forward(&mut client, &mut upstream).await;
+            let t = t.unwrap_or_default();
+            ctx.metrics.tcp_close(labels, t.sent, t.received);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, flags = e.response_flag(), "tcp connect failed; closing")
+        }
+    }
+}
+
+/// Serves an inbound connection from a peer sidecar or a plain client.
+pub async fn inbound(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    target: Arc<InboundTarget>,
+    ctx: StackContext,
+    drain: Drain,
+) {
+    let started = Instant::now();
+    let (detected, prefix) = match detect::detect(&mut stream, target.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "closing before detection finished");
+            return;
+        }
+    };
+    ctx.metrics
+        .detect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let (port, framed) = match detected {
+        Detected::Mesh(h) => (
+            Some(h.port),
+            match h.framing {
+                Framing::Http2 => Some(Framed::Http2),
+                Framing::Http1 => Some(Framed::Http1),
+                Framing::Opaque => None,
+            },
+        ),
+        Detected::Http1 | Detected::Http2 => (target.default_http, Some(Framed::Auto)),
+        Detected::Opaque => (target.default_tcp, None),
+    };
+    let Some(port) = port else {
+        tracing::warn!(%peer, ?detected, "no workload port declared for this protocol; closing");
+        return;
+    };
+    let io = Prefixed::new(prefix, stream);
+    let snapshot = ctx.config.load();
+    let node = &snapshot.bootstrap.node;
+    let service = format!(
+        "{}.{}",
+        if node.workload.is_empty() {
+            "inbound"
+        } else {
+            &node.workload
+        },
+        sane_xds_proto::namespace_or_default(&node.namespace)
+    );
+    drop(snapshot);
+    match framed {
+        Some(framed) => {
+            let svc = stack::inbound(ctx, target.ip, port, target.protocol(port), service);
+            serve_http(io, svc, framed, drain).await;
+        }
+        None => inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await,
+    }
+}
+
+async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: &StackContext) {
+    let target = Target {
+        addr,
+        via_sidecar: None,
+        protocol: Protocol::Tcp,
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(60),
+    };
+    let labels = TcpLabels {
+        reporter: "destination",
+        destination_service: service,
+    };
+    match ctx.upstream.open(&target).await {
+        Ok(mut upstream) => {
+            ctx.metrics.tcp_open(labels);
+            let t = opaque::forward(&mut client, &mut upstream)
+                .await
+                .unwrap_or_default();
+            ctx.metrics.tcp_close(labels, t.sent, t.received);
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "workload connect failed; closing");
+            let _ = client.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Readiness and graceful drain.
+//!
+//! Draining (SIGTERM or `POST /drain`) closes every listener so new
+//! connections are refused, asks open HTTP connections to finish their
+//! in-flight requests and close (HTTP/1 after the current response, HTTP/2
+//! with GOAWAY), then waits for all connections up to the drain deadline.
+//! Whatever is still open at the deadline is cut.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared drain state: a signal plus a tracker of connection tasks.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    signal: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Whether the proxy should receive traffic.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    drain: Drain,
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// Every connection finished before the deadline.
+    Clean,
+    /// The deadline passed with connections still open.
+    DeadlineExceeded,
+}
+
+// === impl Drain ===
+
+impl Drain {
+    /// Starts draining (idempotent).
+    pub fn start(&self) {
+        self.signal.cancel();
+    }
+
+    /// True once draining has started.
+    pub fn is_draining(&self) -> bool {
+        self.signal.is_cancelled()
+    }
+
+    /// Completes when draining starts.
+    pub async fn signaled(&self) {
+        self.signal.cancelled().await
+    }
+
+    /// Runs a connection task, tracked so the drain can wait for it.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(fut);
+    }
+
+    /// Waits for tracked tasks to finish, at most `deadline`.
+    pub async fn wait(&self, deadline: Duration) -> DrainOutcome {
+        self.tracker.close();
+        match tokio::time::timeout(deadline, self.tracker.wait()).await {
+            Ok(()) => DrainOutcome::Clean,
+            Err(_) => DrainOutcome::DeadlineExceeded,
+        }
+    }
+
+    /// Tracked tasks still running.
+    pub fn active(&self) -> usize {
+        self.tracker.len()
+    }
+}
+
+// === impl Readiness ===
+
+impl Readiness {
+    /// Not ready until [`Readiness::set_ready`]; never ready once draining.
+    pub fn new(drain: Drain) -> Self {
+        Self {
+            ready: Arc::default(),
+            drain,
+        }
+    }
+
+    /// Marks the proxy ready.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// True when ready and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.drain.is_draining()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_tasks_then_gives_up_at_the_deadline() {
+        let drain = Drain::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        drain.spawn(async move {
+            let _ = rx.await;
+        });
+        let ready = Readiness::new(drain.clone());
+        ready.set_ready();
+        assert!(ready.is_ready());
+        drain.start();
+        assert!(!ready.is_ready());
+        assert_eq!(
+            drain.wait(Duration::from_secs(1)).await,
+            DrainOutcome::DeadlineExceeded
+        );
+        tx.send(()).unwrap();
+        assert_eq!(
+            drain.wait(Duration::from_secs(1)).await,
+            DrainOutcome::Clean
+        );
+    }
+}

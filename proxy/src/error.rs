@@ -1,0 +1,273 @@
+//! The proxy's errors, classified once.
+//!
+//! Every failure on the data path becomes a [`ProxyError`]. Each variant knows
+//! which side caused it ([`ErrorSource`]), whether another attempt could
+//! succeed, and which status and Envoy-style response flag it maps to. One
+//! function, [`ProxyError::to_response`], turns it into the response the
+//! client sees, so retry, circuit breaking, logs and metrics all agree.
+
+use crate::Body;
+use http::{HeaderValue, Response, StatusCode};
+use std::net::SocketAddr;
+
+/// Header carrying the response flags of a proxy-generated response.
+pub const RESPONSE_FLAGS_HEADER: &str = "x-sane-response-flags";
+
+/// Which side of the proxy an error comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The client that sent the request.
+    Downstream,
+    /// The endpoint the request was sent to.
+    Upstream,
+    /// The proxy itself (configuration, limits).
+    Internal,
+}
+
+/// A failure on the data path.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No service is known for the request's authority.
+    #[error("no route for authority {authority:?}")]
+    NoRoute {
+        /// The authority the client asked for.
+        authority: String,
+    },
+    /// The service is known but no route rule matched the request.
+    #[error("no route rule of {route:?} matches {method} {path}")]
+    NoRuleMatched {
+        /// Route name.
+        route: String,
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The request is malformed.
+    #[error("bad request: {reason}")]
+    BadRequest {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The destination has no endpoint to send to.
+    #[error("no healthy endpoint for {cluster}")]
+    NoHealthyUpstream {
+        /// Cluster (`service.namespace:port`).
+        cluster: String,
+    },
+    /// Connecting to the endpoint failed.
+    #[error("connect to {addr} failed: {source}")]
+    ConnectFailed {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting to the endpoint took too long.
+    #[error("connect to {addr} timed out after {timeout_ms}ms")]
+    ConnectTimeout {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// The connect timeout.
+        timeout_ms: u64,
+    },
+    /// The HTTP handshake with the endpoint failed.
+    #[error("handshake with {addr} failed: {source}")]
+    Handshake {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// The protocol error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The endpoint reset or closed the connection before responding.
+    #[error("upstream {addr} reset before responding: {source}")]
+    UpstreamReset {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// The protocol error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request took longer than its timeout.
+    #[error("request timed out after {timeout_ms}ms")]
+    Timeout {
+        /// The timeout that elapsed.
+        timeout_ms: u64,
+    },
+    /// A limit was reached; the request was shed instead of queued.
+    #[error("overloaded: {limit}")]
+    Overloaded {
+        /// Which limit.
+        limit: String,
+    },
+    /// The proxy is draining and takes no new requests.
+    #[error("proxy is draining")]
+    Draining,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// Which side caused the error.
+    pub fn source_side(&self) -> ErrorSource {
+        match self {
+            ProxyError::BadRequest { .. } => ErrorSource::Downstream,
+            ProxyError::NoRoute { .. }
+            | ProxyError::NoRuleMatched { .. }
+            | ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::Draining => ErrorSource::Internal,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::Timeout { .. } => ErrorSource::Upstream,
+        }
+    }
+
+    /// Whether sending the same request again (to another endpoint) could
+    /// succeed without risk of doing the work twice.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Handshake { .. }
+        )
+    }
+
+    /// The status code the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::NoHealthyUpstream { .. }
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::Overloaded { .. }
+            | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The Envoy-style response flag: `NR` no route, `UH` no healthy
+    /// upstream, `UF` upstream connection failure, `UC` upstream connection
+    /// termination, `UT` upstream timeout, `UO` overflow, `DI` bad downstream
+    /// input, `SI` shutting down (draining).
+    pub fn response_flag(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => "NR",
+            ProxyError::BadRequest { .. } => "DI",
+            ProxyError::NoHealthyUpstream { .. } => "UH",
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. } => "UF",
+            ProxyError::UpstreamReset { .. } => "UC",
+            ProxyError::Timeout { .. } => "UT",
+            ProxyError::Overloaded { .. } => "UO",
+            ProxyError::Draining => "SI",
+        }
+    }
+
+    /// The response the client gets: the status, the flag in
+    /// [`RESPONSE_FLAGS_HEADER`], and the reason as a text body.
+    pub fn to_response(&self) -> Response<Body> {
+        let mut rsp = Response::new(crate::body::full(format!("{self}\n")));
+        *rsp.status_mut() = self.status();
+        let h = rsp.headers_mut();
+        h.insert(
+            RESPONSE_FLAGS_HEADER,
+            HeaderValue::from_static(self.response_flag()),
+        );
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        rsp
+    }
+}
+
+/// Errors that stop the proxy from starting or reloading.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config file could not be read.
+    #[error("reading {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid YAML for the schema (names the field).
+    #[error("parsing {path}: {source}")]
+    ParseConfig {
+        /// The file.
+        path: String,
+        /// The parse error, with the field and position.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// The config parsed but some values are invalid (names every field).
+    #[error("invalid config {path}: {source}")]
+    InvalidConfig {
+        /// The file.
+        path: String,
+        /// Every invalid field with its path.
+        #[source]
+        source: sane_xds_proto::ValidationErrors,
+    },
+    /// The config is valid on its own but cannot be compiled (e.g. a regex).
+    #[error("invalid config {path}: {field}: {reason}")]
+    Compile {
+        /// The file.
+        path: String,
+        /// The field path.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A socket could not be bound.
+    #[error("binding {name} on {addr}: {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_maps_to_status_and_flag() {
+        let e = ProxyError::ConnectFailed {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert!(e.is_retryable());
+        assert_eq!(e.source_side(), ErrorSource::Upstream);
+        let rsp = e.to_response();
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()[RESPONSE_FLAGS_HEADER], "UF");
+
+        let e = ProxyError::NoRoute {
+            authority: "nope".into(),
+        };
+        assert_eq!(e.to_response().status(), StatusCode::NOT_FOUND);
+        assert!(!e.is_retryable());
+        assert_eq!(ProxyError::Timeout { timeout_ms: 5 }.response_flag(), "UT");
+    }
+}

@@ -1,0 +1,107 @@
+//! Whole-request timeout. The route stage puts a [`RequestTimeout`] in the
+//! request's extensions; this layer bounds everything below it (endpoint
+//! selection, connecting, waiting for response headers) and answers 504 with
+//! flag `UT` when it elapses. Dropping the inner future cancels the upstream
+//! request, so the endpoint stops working for a caller that gave up.
+
+mod error;
+mod layer;
+
+pub use self::error::Elapsed;
+pub use self::layer::TimeoutLayer;
+
+use crate::body::Body;
+use crate::error::ProxyError;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The timeout for one request, set by the route stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTimeout(pub Duration);
+
+/// Applies the request's [`RequestTimeout`], if any.
+#[derive(Clone, Debug)]
+pub struct Timeout<S> {
+    inner: S,
+}
+
+// === impl Timeout ===
+
+impl<S> Timeout<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> tower::Service<Request<Body>> for Timeout<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let limit = req.extensions().get::<RequestTimeout>().copied();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match limit {
+                None => fut.await,
+                Some(RequestTimeout(d)) => match tokio::time::timeout(d, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Elapsed(d).into()),
+                },
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{Layer, ServiceExt};
+    use tower_test::mock;
+
+    fn req(timeout: Option<Duration>) -> Request<Body> {
+        let mut r = Request::new(crate::body::empty());
+        if let Some(t) = timeout {
+            r.extensions_mut().insert(RequestTimeout(t));
+        }
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn elapses_into_a_504() {
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let svc = TimeoutLayer.layer(svc.map_err(|_| ProxyError::Draining));
+        let call = tokio::spawn(svc.oneshot(req(Some(Duration::from_millis(100)))));
+        let (_req, _send) = handle.next_request().await.unwrap();
+        tokio::time::advance(Duration::from_millis(101)).await;
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ProxyError::Timeout { timeout_ms: 100 }));
+        assert_eq!(err.to_response().status(), 504);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_through_in_time_and_without_a_limit() {
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let svc = TimeoutLayer.layer(svc.map_err(|_| ProxyError::Draining));
+        let call = tokio::spawn(svc.clone().oneshot(req(Some(Duration::from_secs(1)))));
+        let (_r, send) = handle.next_request().await.unwrap();
+        send.send_response(Response::new(crate::body::empty()));
+        assert!(call.await.unwrap().is_ok());
+        let call = tokio::spawn(svc.oneshot(req(None)));
+        let (_r, send) = handle.next_request().await.unwrap();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        send.send_response(Response::new(crate::body::empty()));
+        assert!(call.await.unwrap().is_ok());
+    }
+}

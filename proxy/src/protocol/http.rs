@@ -1,0 +1,221 @@
+//! HTTP helpers shared by inbound and outbound: authority parsing, hop-by-hop
+//! header handling and request normalization for the next hop.
+
+use crate::error::ProxyError;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Version};
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110
+/// section 7.6.1), plus the ones HTTP/2 forbids.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+];
+
+/// The host (lowercased) and optional port the request is addressed to, from
+/// the URI authority (HTTP/2, absolute-form) or the `Host` header.
+pub fn target<B>(req: &Request<B>) -> Result<(String, Option<u16>), ProxyError> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None => {
+            let host = req
+                .headers()
+                .get(header::HOST)
+                .ok_or_else(|| ProxyError::BadRequest {
+                    reason: "request has no Host header or authority".into(),
+                })?;
+            let text = host.to_str().map_err(|_| ProxyError::BadRequest {
+                reason: "Host header is not visible ASCII".into(),
+            })?;
+            text.parse::<Authority>()
+                .map_err(|_| ProxyError::BadRequest {
+                    reason: format!("Host header {text:?} is not a valid authority"),
+                })?
+        }
+    };
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest {
+            reason: "authority must not carry user info".into(),
+        });
+    }
+    Ok((authority.host().to_ascii_lowercase(), authority.port_u16()))
+}
+
+/// True if the request asks to switch protocols (e.g. WebSocket).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (and any named in `Connection`). When
+/// `upgrade` is true, `Connection: upgrade` and `Upgrade` are kept so the
+/// protocol switch reaches the server. `te: trailers` is kept because gRPC
+/// requires it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    let upgrade_value = headers.get(header::UPGRADE).cloned();
+    for name in named {
+        if upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            headers.insert(header::UPGRADE, v);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+}
+
+/// Rewrites a request for an HTTP/2 hop: absolute URI with the original
+/// authority, no hop-by-hop headers, no `Host` (it becomes `:authority`).
+pub fn for_h2<B>(req: &mut Request<B>, authority: &str) -> Result<(), ProxyError> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest {
+            reason: format!("cannot build URI for {authority:?}: {e}"),
+        })?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    strip_hop_by_hop(req.headers_mut(), false);
+    req.headers_mut().remove(header::HOST);
+    Ok(())
+}
+
+/// Rewrites a request for an HTTP/1.1 hop: origin-form URI and a `Host`
+/// header carrying the original authority.
+pub fn for_h1<B>(req: &mut Request<B>, authority: &str, upgrade: bool) -> Result<(), ProxyError> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut(), upgrade);
+    let host = HeaderValue::from_str(authority).map_err(|_| ProxyError::BadRequest {
+        reason: format!("authority {authority:?} is not a valid Host header"),
+    })?;
+    req.headers_mut().insert(header::HOST, host);
+    Ok(())
+}
+
+/// The authority a request names, as text (for forwarding it unchanged).
+pub fn authority_text<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_from_host_or_authority() {
+        let req = Request::get("/x")
+            .header("host", "Echo:9090")
+            .body(())
+            .unwrap();
+        assert_eq!(target(&req).unwrap(), ("echo".into(), Some(9090)));
+        let req = Request::get("http://echo/x").body(()).unwrap();
+        assert_eq!(target(&req).unwrap(), ("echo".into(), None));
+        let req = Request::get("/x").body(()).unwrap();
+        assert!(matches!(target(&req), Err(ProxyError::BadRequest { .. })));
+        let req = Request::get("/x").header("host", "a b").body(()).unwrap();
+        assert!(matches!(target(&req), Err(ProxyError::BadRequest { .. })));
+    }
+
+    #[test]
+    fn strips_hop_by_hop_but_keeps_te_trailers_and_upgrade() {
+        let mut req = Request::get("/")
+            .header("connection", "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("x-app", "kept")
+            .body(())
+            .unwrap();
+        strip_hop_by_hop(req.headers_mut(), false);
+        let h = req.headers();
+        assert!(h.get("x-secret").is_none() && h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-app"], "kept");
+
+        let mut req = Request::get("/ws")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        strip_hop_by_hop(req.headers_mut(), true);
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.headers()["connection"], "upgrade");
+    }
+
+    #[test]
+    fn rewrites_for_each_hop() {
+        let mut req = Request::get("/p?q=1")
+            .header("host", "echo")
+            .body(())
+            .unwrap();
+        for_h2(&mut req, "echo").unwrap();
+        assert_eq!(req.uri(), "http://echo/p?q=1");
+        assert!(req.headers().get("host").is_none());
+        for_h1(&mut req, "echo", false).unwrap();
+        assert_eq!(req.uri(), "/p?q=1");
+        assert_eq!(req.headers()["host"], "echo");
+    }
+}

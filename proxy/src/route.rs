@@ -1,0 +1,438 @@
+//! Routing: which service a request is for, which rule of its route matches,
+//! and which cluster (weighted) it goes to.
+//!
+//! Everything is compiled once per config snapshot: host lookups are hash
+//! lookups, regexes are pre-built and destinations point straight at their
+//! cluster, so the request path only evaluates matchers.
+
+use crate::cluster::Cluster;
+use crate::error::ProxyError;
+use http::{HeaderMap, Method, Request};
+use rand::Rng;
+use regex::Regex;
+use sane_xds_proto::{HeaderMatch, MatchKind, PathMatch, Protocol, RouteMatch};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Host names to services, per port.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_host_port: HashMap<(String, u16), Arc<PortRoute>>,
+    default_port: HashMap<String, u16>,
+}
+
+/// The routing rules for one service port.
+#[derive(Debug)]
+pub struct PortRoute {
+    /// Service key, `name.namespace`.
+    pub service: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol of the port.
+    pub protocol: Protocol,
+    /// Name of the Route resource, if one applies.
+    pub route_name: Option<String>,
+    /// Rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    matches: Vec<Matcher>,
+    destinations: Vec<(Arc<Cluster>, u32)>,
+    total_weight: u32,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    /// Destination cluster.
+    pub cluster: Arc<Cluster>,
+    /// Whole-request timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// A compiled [`RouteMatch`].
+#[derive(Debug)]
+pub struct Matcher {
+    path: Option<StrMatcher>,
+    headers: Vec<(http::HeaderName, StrMatcher, bool)>,
+    method: Option<Method>,
+}
+
+#[derive(Debug)]
+enum StrMatcher {
+    Exact(String),
+    PathPrefix(String),
+    Prefix(String),
+    Regex(Regex),
+    Present,
+}
+
+/// A route that cannot be compiled (names the field).
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct CompileError {
+    /// Field path.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+// === impl RouteTable ===
+
+impl RouteTable {
+    /// Adds a service port under each of its host names. The first port
+    /// added for a host is its default (used when the authority has no port).
+    pub fn insert(&mut self, hosts: &[String], route: Arc<PortRoute>) {
+        for h in hosts {
+            self.default_port.entry(h.clone()).or_insert(route.port);
+            self.by_host_port
+                .insert((h.clone(), route.port), route.clone());
+        }
+    }
+
+    /// The service port addressed by `host[:port]`.
+    pub fn resolve(&self, host: &str, port: Option<u16>) -> Option<&Arc<PortRoute>> {
+        let port = match port {
+            Some(p) => p,
+            None => *self.default_port.get(host)?,
+        };
+        self.by_host_port.get(&(host.to_string(), port))
+    }
+
+    /// Number of (host, port) entries.
+    pub fn len(&self) -> usize {
+        self.by_host_port.len()
+    }
+
+    /// True if no service is routable.
+    pub fn is_empty(&self) -> bool {
+        self.by_host_port.is_empty()
+    }
+}
+
+// === impl PortRoute ===
+
+impl PortRoute {
+    /// Picks the destination for a request: the first matching rule, then a
+    /// weighted draw among its destinations.
+    pub fn select<B>(&self, req: &Request<B>) -> Result<Selected, ProxyError> {
+        let rule = self
+            .rules
+            .iter()
+            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req)))
+            .ok_or_else(|| ProxyError::NoRuleMatched {
+                route: self.route_name.clone().unwrap_or_default(),
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+            })?;
+        let cluster = rule.pick(&mut rand::rng());
+        Ok(Selected {
+            cluster,
+            timeout: rule.timeout,
+        })
+    }
+}
+
+// === impl Rule ===
+
+impl Rule {
+    /// Builds a rule. `destinations` must not be empty.
+    pub fn new(
+        matches: Vec<Matcher>,
+        destinations: Vec<(Arc<Cluster>, u32)>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let destinations: Vec<_> = destinations
+            .into_iter()
+            .map(|(c, w)| (c, w.max(1)))
+            .collect();
+        let total_weight = destinations.iter().map(|(_, w)| *w).sum();
+        Self {
+            matches,
+            destinations,
+            total_weight,
+            timeout,
+        }
+    }
+
+    fn pick(&self, rng: &mut impl Rng) -> Arc<Cluster> {
+        if self.destinations.len() == 1 {
+            return self.destinations[0].0.clone();
+        }
+        let mut n = rng.random_range(0..self.total_weight);
+        for (c, w) in &self.destinations {
+            if n < *w {
+                return c.clone();
+            }
+            n -= w;
+        }
+        self.destinations[0].0.clone()
+    }
+}
+
+// === impl Matcher ===
+
+impl Matcher {
+    /// Compiles a match; `field` is its path for errors.
+    pub fn compile(m: &RouteMatch, field: &str) -> Result<Self, CompileError> {
+        let path = m
+            .path
+            .as_ref()
+            .map(|p| compile_path(p, &format!("{field}.path")))
+            .transpose()?;
+        let mut headers = Vec::new();
+        for (i, h) in m.headers.iter().enumerate() {
+            headers.push(compile_header(h, &format!("{field}.headers[{i}]"))?);
+        }
+        let method = if m.method.is_empty() {
+            None
+        } else {
+            Some(
+                Method::from_bytes(m.method.as_bytes()).map_err(|_| CompileError {
+                    field: format!("{field}.method"),
+                    reason: format!("{:?} is not a valid method", m.method),
+                })?,
+            )
+        };
+        Ok(Self {
+            path,
+            headers,
+            method,
+        })
+    }
+
+    fn matches<B>(&self, req: &Request<B>) -> bool {
+        if let Some(m) = &self.method {
+            if req.method() != m {
+                return false;
+            }
+        }
+        if let Some(p) = &self.path {
+            if !p.matches(Some(req.uri().path())) {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(name, m, invert)| header_matches(req.headers(), name, m) != *invert)
+    }
+}
+
+fn header_matches(headers: &HeaderMap, name: &http::HeaderName, m: &StrMatcher) -> bool {
+    let mut values = headers.get_all(name).iter().peekable();
+    if values.peek().is_none() {
+        return false;
+    }
+    values.any(|v| m.matches(v.to_str().ok()))
+}
+
+fn compile_path(p: &PathMatch, field: &str) -> Result<StrMatcher, CompileError> {
+    Ok(match MatchKind::from_wire(p.kind) {
+        MatchKind::Exact => StrMatcher::Exact(p.value.clone()),
+        MatchKind::Prefix => StrMatcher::PathPrefix(p.value.clone()),
+        MatchKind::Regex => StrMatcher::Regex(anchored(&p.value, &format!("{field}.value"))?),
+        MatchKind::Present => {
+            return Err(CompileError {
+                field: format!("{field}.kind"),
+                reason: "\"present\" applies to headers only".into(),
+            })
+        }
+    })
+}
+
+fn compile_header(
+    h: &HeaderMatch,
+    field: &str,
+) -> Result<(http::HeaderName, StrMatcher, bool), CompileError> {
+    let name =
+        http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+            CompileError {
+                field: format!("{field}.name"),
+                reason: format!("{:?} is not a valid header name", h.name),
+            }
+        })?;
+    let m = match MatchKind::from_wire(h.kind) {
+        MatchKind::Exact => StrMatcher::Exact(h.value.clone()),
+        MatchKind::Prefix => StrMatcher::Prefix(h.value.clone()),
+        MatchKind::Regex => StrMatcher::Regex(anchored(&h.value, &format!("{field}.value"))?),
+        MatchKind::Present => StrMatcher::Present,
+    };
+    Ok((name, m, h.invert))
+}
+
+fn anchored(re: &str, field: &str) -> Result<Regex, CompileError> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$"))
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| CompileError {
+            field: field.to_string(),
+            reason: format!("invalid regex {re:?}: {e}"),
+        })
+}
+
+// === impl StrMatcher ===
+
+impl StrMatcher {
+    fn matches(&self, value: Option<&str>) -> bool {
+        let Some(v) = value else {
+            return matches!(self, StrMatcher::Present);
+        };
+        match self {
+            StrMatcher::Exact(s) => v == s,
+            StrMatcher::Prefix(s) => v.starts_with(s.as_str()),
+            StrMatcher::PathPrefix(s) => {
+                v == s
+                    || (v.starts_with(s.as_str())
+                        && (s.ends_with('/') || v.as_bytes().get(s.len()) == Some(&b'/')))
+            }
+            StrMatcher::Regex(r) => r.is_match(v),
+            StrMatcher::Present => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sane_xds_proto::ServicePort;
+
+    fn cluster(name: &str) -> Arc<Cluster> {
+        let port = ServicePort {
+            port: 80,
+            ..Default::default()
+        };
+        Arc::new(Cluster::new(
+            name.into(),
+            &port,
+            vec![],
+            Default::default(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ))
+    }
+
+    fn rm(
+        path: Option<(MatchKind, &str)>,
+        headers: &[(&str, MatchKind, &str, bool)],
+        method: &str,
+    ) -> RouteMatch {
+        RouteMatch {
+            path: path.map(|(k, v)| PathMatch {
+                kind: k as i32,
+                value: v.into(),
+            }),
+            headers: headers
+                .iter()
+                .map(|(n, k, v, inv)| HeaderMatch {
+                    name: n.to_string(),
+                    kind: *k as i32,
+                    value: v.to_string(),
+                    invert: *inv,
+                })
+                .collect(),
+            method: method.into(),
+        }
+    }
+
+    fn req(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(path);
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn path_prefix_is_segment_aware() {
+        let m = Matcher::compile(&rm(Some((MatchKind::Prefix, "/api")), &[], ""), "m").unwrap();
+        assert!(m.matches(&req("GET", "/api", &[])));
+        assert!(m.matches(&req("GET", "/api/v1?x=1", &[])));
+        assert!(!m.matches(&req("GET", "/apix", &[])));
+    }
+
+    #[test]
+    fn headers_methods_and_regex() {
+        let m = Matcher::compile(
+            &rm(
+                Some((MatchKind::Regex, "/users/[0-9]+")),
+                &[
+                    ("x-canary", MatchKind::Exact, "1", false),
+                    ("x-debug", MatchKind::Present, "", true),
+                ],
+                "POST",
+            ),
+            "m",
+        )
+        .unwrap();
+        assert!(m.matches(&req("POST", "/users/42", &[("x-canary", "1")])));
+        assert!(!m.matches(&req("GET", "/users/42", &[("x-canary", "1")])));
+        assert!(!m.matches(&req("POST", "/users/42x", &[("x-canary", "1")])));
+        assert!(!m.matches(&req(
+            "POST",
+            "/users/42",
+            &[("x-canary", "1"), ("x-debug", "")]
+        )));
+        assert!(!m.matches(&req("POST", "/users/42", &[])));
+    }
+
+    #[test]
+    fn bad_regex_names_the_field() {
+        let err = Matcher::compile(
+            &rm(Some((MatchKind::Regex, "(")), &[], ""),
+            "routes[0].rules[0].matches[0]",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "routes[0].rules[0].matches[0].path.value");
+    }
+
+    #[test]
+    fn first_matching_rule_wins_and_weights_split() {
+        let a = cluster("a");
+        let b = cluster("b");
+        let api = Matcher::compile(&rm(Some((MatchKind::Prefix, "/api")), &[], ""), "m").unwrap();
+        let route = PortRoute {
+            service: "echo.default".into(),
+            port: 80,
+            protocol: Protocol::Http,
+            route_name: Some("r".into()),
+            rules: vec![
+                Rule::new(
+                    vec![api],
+                    vec![(a.clone(), 1)],
+                    Some(Duration::from_secs(2)),
+                ),
+                Rule::new(vec![], vec![(a.clone(), 3), (b.clone(), 1)], None),
+            ],
+        };
+        let s = route.select(&req("GET", "/api/x", &[])).unwrap();
+        assert_eq!(s.cluster.name, "a");
+        assert_eq!(s.timeout, Some(Duration::from_secs(2)));
+        let picks_b = (0..4000)
+            .filter(|_| route.select(&req("GET", "/", &[])).unwrap().cluster.name == "b")
+            .count();
+        assert!((800..1200).contains(&picks_b), "{picks_b}");
+    }
+
+    #[test]
+    fn resolve_uses_default_port() {
+        let mut t = RouteTable::default();
+        let r = Arc::new(PortRoute {
+            service: "echo.default".into(),
+            port: 80,
+            protocol: Protocol::Http,
+            route_name: None,
+            rules: vec![],
+        });
+        t.insert(&["echo".into(), "echo.default".into()], r);
+        assert!(t.resolve("echo", None).is_some());
+        assert!(t.resolve("echo.default", Some(80)).is_some());
+        assert!(t.resolve("echo", Some(81)).is_none());
+        assert!(t.resolve("other", None).is_none());
+    }
+}

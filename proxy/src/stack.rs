@@ -1,0 +1,418 @@
+//! The HTTP request stacks, one function per direction, outermost first.
+//!
+//! Outbound (the local app calls a service):
+//! 1. `observe`: metrics and the request log see the final outcome, including
+//!    errors turned into responses, so it sits outside everything.
+//! 2. `route`: resolves the authority to a service port, picks the rule and
+//!    weighted destination cluster, and records the route's timeout.
+//! 3. `timeout`: bounds everything below it, connecting included.
+//! 4. `endpoint`: balances within the cluster and forwards through the pool.
+//!
+//! Inbound (a peer calls the local workload): `observe`, then `local`, which
+//! forwards to the workload port the connection was opened for.
+
+use crate::body::{self, Body};
+use crate::cluster::{Cluster, InFlight};
+use crate::config::ConfigStore;
+use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
+use crate::policy::timeout::{RequestTimeout, TimeoutLayer};
+use crate::protocol::http as h;
+use crate::telemetry::{Metrics, RequestLabels};
+use crate::upstream::{Target, Upstream};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use sane_xds_proto::Protocol;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder};
+
+/// The one service type passed between stages.
+pub type HttpSvc = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
+
+/// What every stack needs.
+#[derive(Clone, Debug)]
+pub struct StackContext {
+    /// Current config.
+    pub config: Arc<ConfigStore>,
+    /// Connection pools.
+    pub upstream: Arc<Upstream>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// The destination the route stage chose, for the stages below.
+#[derive(Clone, Debug)]
+struct Routed {
+    cluster: Arc<Cluster>,
+    authority: String,
+}
+
+/// Labels the route stage learned, for the observe stage above it.
+#[derive(Clone, Debug, Default)]
+struct ObservedService(Arc<std::sync::Mutex<Option<(String, Protocol)>>>);
+
+/// Builds the outbound stack.
+pub fn outbound(ctx: StackContext) -> HttpSvc {
+    let svc = ServiceBuilder::new()
+        .layer_fn(|inner| Observe {
+            inner,
+            metrics: ctx.metrics.clone(),
+            reporter: "source",
+            fixed: None,
+        })
+        .layer_fn(|inner| RouteStage {
+            inner,
+            config: ctx.config.clone(),
+        })
+        .layer(TimeoutLayer)
+        .service(EndpointStage {
+            upstream: ctx.upstream.clone(),
+        });
+    BoxCloneSyncService::new(svc)
+}
+
+/// Builds the inbound stack for a connection to workload `ip:port`.
+pub fn inbound(
+    ctx: StackContext,
+    ip: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    service: String,
+) -> HttpSvc {
+    let svc = ServiceBuilder::new()
+        .layer_fn(|inner| Observe {
+            inner,
+            metrics: ctx.metrics.clone(),
+            reporter: "destination",
+            fixed: Some((service.clone(), protocol)),
+        })
+        .service(LocalStage {
+            upstream: ctx.upstream.clone(),
+            target: Target {
+                addr: (ip, port).into(),
+                via_sidecar: None,
+                protocol,
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(30),
+            },
+        });
+    BoxCloneSyncService::new(svc)
+}
+
+/// Calls `svc` and turns an error into its response (never fails).
+pub async fn serve(svc: HttpSvc, req: Request<Incoming>) -> Response<Body> {
+    use tower::ServiceExt;
+    match svc.oneshot(req.map(body::boxed)).await {
+        Ok(rsp) => rsp,
+        Err(e) => e.to_response(),
+    }
+}
+
+// === Observe ===
+
+#[derive(Clone, Debug)]
+struct Observe<S> {
+    inner: S,
+    metrics: Metrics,
+    reporter: &'static str,
+    fixed: Option<(String, Protocol)>,
+}
+
+impl<S> Service<Request<Body>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let version = req.version();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let observed = ObservedService::default();
+        if let Some(fixed) = &self.fixed {
+            *observed.0.lock().expect("not poisoned") = Some(fixed.clone());
+        }
+        req.extensions_mut().insert(observed.clone());
+        let grpc = is_grpc(&req);
+        let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
+        let reporter = self.reporter;
+        Box::pin(async move {
+            let (mut rsp, error) = match fut.await {
+                Ok(rsp) => (rsp, None),
+                Err(e) => (e.to_response(), Some(e)),
+            };
+            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                *rsp.version_mut() = version;
+            }
+            let flags = rsp
+                .headers()
+                .get(RESPONSE_FLAGS_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string();
+            let (service, protocol) = observed
+                .0
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .unwrap_or_else(|| ("unknown".into(), Protocol::Http));
+            let proto = if grpc || protocol == Protocol::Grpc {
+                "grpc"
+            } else {
+                "http"
+            };
+            let host = format!("{service}.svc.cluster.local");
+            metrics.request(
+                RequestLabels {
+                    reporter,
+                    destination_service: if service == "unknown" {
+                        "unknown"
+                    } else {
+                        &host
+                    },
+                    request_protocol: proto,
+                    response_code: rsp.status().as_u16(),
+                    response_flags: &flags,
+                },
+                start.elapsed().as_secs_f64() * 1000.0,
+            );
+            match &error {
+                Some(e) => tracing::warn!(
+                    %method, %path, status = rsp.status().as_u16(), flags = %flags,
+                    error = %e, "request failed"
+                ),
+                None => tracing::debug!(
+                    %method, %path, status = rsp.status().as_u16(), flags = %flags,
+                    elapsed_ms = start.elapsed().as_millis() as u64, "request"
+                ),
+            }
+            Ok(rsp)
+        })
+    }
+}
+
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+// === RouteStage ===
+
+#[derive(Clone, Debug)]
+struct RouteStage<S> {
+    inner: S,
+    config: Arc<ConfigStore>,
+}
+
+impl<S> Service<Request<Body>> for RouteStage<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let routed = (|| {
+            let snapshot = self.config.load();
+            let (host, port) = h::target(&req)?;
+            let authority = h::authority_text(&req).unwrap_or_else(|| host.clone());
+            let route =
+                snapshot
+                    .routes
+                    .resolve(&host, port)
+                    .ok_or_else(|| ProxyError::NoRoute {
+                        authority: authority.clone(),
+                    })?;
+            if let Some(obs) = req.extensions().get::<ObservedService>() {
+                *obs.0.lock().expect("not poisoned") =
+                    Some((route.service.clone(), route.protocol));
+            }
+            let selected = route.select(&req)?;
+            Ok::<_, ProxyError>((selected, authority))
+        })();
+        match routed {
+            Err(e) => Box::pin(async move { Err(e) }),
+            Ok((selected, authority)) => {
+                if let Some(t) = selected.timeout {
+                    req.extensions_mut().insert(RequestTimeout(t));
+                }
+                req.extensions_mut().insert(Routed {
+                    cluster: selected.cluster,
+                    authority,
+                });
+                Box::pin(self.inner.call(req))
+            }
+        }
+    }
+}
+
+// === EndpointStage ===
+
+#[derive(Clone, Debug)]
+struct EndpointStage {
+    upstream: Arc<Upstream>,
+}
+
+impl Service<Request<Body>> for EndpointStage {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            let Routed { cluster, authority } = req
+                .extensions_mut()
+                .remove::<Routed>()
+                .expect("route stage runs first");
+            let endpoint = cluster
+                .pick(&[])
+                .ok_or_else(|| ProxyError::NoHealthyUpstream {
+                    cluster: cluster.name.clone(),
+                })?;
+            let guard = endpoint.start();
+            let target = Target {
+                addr: endpoint.connect_addr,
+                via_sidecar: endpoint.via_sidecar,
+                protocol: cluster.protocol,
+                connect_timeout: cluster.connect_timeout,
+                idle_timeout: cluster.idle_timeout,
+            };
+            forward(&upstream, req, &target, &authority, Some(guard)).await
+        })
+    }
+}
+
+// === LocalStage ===
+
+#[derive(Clone, Debug)]
+struct LocalStage {
+    upstream: Arc<Upstream>,
+    target: Target,
+}
+
+impl Service<Request<Body>> for LocalStage {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        let target = self.target;
+        Box::pin(async move {
+            let authority = h::authority_text(&req).unwrap_or_else(|| format!("{}", target.addr));
+            forward(&upstream, req, &target, &authority, None).await
+        })
+    }
+}
+
+/// Sends `req` to `target`; splices the two sides together when the request
+/// upgrades the connection; keeps `guard` alive until the response body ends.
+async fn forward(
+    upstream: &Upstream,
+    mut req: Request<Body>,
+    target: &Target,
+    authority: &str,
+    guard: Option<InFlight>,
+) -> Result<Response<Body>, ProxyError> {
+    let downstream_upgrade = h::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let mut rsp = upstream.send(req, target, authority).await?;
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = downstream_upgrade {
+            let up = hyper::upgrade::on(&mut rsp);
+            tokio::spawn(splice(down, up, guard));
+            let (parts, _) = rsp.into_parts();
+            let mut rsp = Response::from_parts(parts, body::empty());
+            *rsp.version_mut() = Version::HTTP_11;
+            return Ok(rsp);
+        }
+    }
+    h::strip_hop_by_hop(rsp.headers_mut(), false);
+    Ok(rsp.map(|b| {
+        body::boxed(GuardedBody {
+            inner: b,
+            _guard: guard,
+        })
+    }))
+}
+
+async fn splice(
+    down: hyper::upgrade::OnUpgrade,
+    up: hyper::upgrade::OnUpgrade,
+    _guard: Option<InFlight>,
+) {
+    match tokio::try_join!(down, up) {
+        Ok((d, u)) => {
+            let mut d = hyper_util::rt::TokioIo::new(d);
+            let mut u = hyper_util::rt::TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+/// A response body that keeps its endpoint counted as busy until it ends.
+struct GuardedBody {
+    inner: Incoming,
+    _guard: Option<InFlight>,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,190 @@
+//! Connection pools.
+//!
+//! * HTTP/2: one multiplexed connection per key, shared by every request
+//!   (this is how HTTP/1 traffic between sidecars rides one connection).
+//!   Replaced when it closes.
+//! * HTTP/1.1: a stack of idle connections per key; a connection returns to
+//!   the pool once its response body is fully read, and is dropped after the
+//!   idle timeout or beyond [`MAX_IDLE_PER_KEY`].
+//!
+//! A key is the address plus the transport header sent on the connection, so
+//! connections to different workload ports behind one sidecar never mix.
+
+use crate::body::Body;
+use crate::protocol::io::BoxIo;
+use crate::protocol::transport_header::TransportHeader;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Idle HTTP/1.1 connections kept per key.
+pub const MAX_IDLE_PER_KEY: usize = 64;
+
+/// Identifies connections that can be shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Where the connection goes.
+    pub addr: SocketAddr,
+    /// The transport header written first, when the peer is a sidecar.
+    pub header: Option<TransportHeader>,
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+type IdleList = Vec<(http1::SendRequest<Body>, Instant)>;
+/// The slot a new HTTP/2 connection goes in, held while connecting.
+pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Option<http2::SendRequest<Body>>>;
+
+/// Shared HTTP/2 connections.
+#[derive(Debug, Default)]
+pub struct H2Pool {
+    slots: Mutex<HashMap<PoolKey, H2Slot>>,
+}
+
+/// Idle HTTP/1.1 connections.
+#[derive(Debug, Default)]
+pub struct H1Pool {
+    idle: Mutex<HashMap<PoolKey, IdleList>>,
+}
+
+// === impl H2Pool ===
+
+impl H2Pool {
+    /// A sender on the live connection for `key`, or `None` if one must be
+    /// made. The returned guard must be filled through [`H2Pool::put`] by the
+    /// caller that connects, so concurrent callers wait for one handshake
+    /// instead of each opening a connection.
+    pub async fn checkout(&self, key: PoolKey) -> Result<http2::SendRequest<Body>, H2SlotGuard> {
+        let slot = {
+            let mut slots = self.slots.lock().expect("not poisoned");
+            slots.entry(key).or_default().clone()
+        };
+        let guard = slot.lock_owned().await;
+        match guard.as_ref() {
+            Some(s) if !s.is_closed() => Ok(s.clone()),
+            _ => Err(guard),
+        }
+    }
+
+    /// Performs the HTTP/2 handshake on `io` and stores the connection.
+    pub async fn handshake(
+        io: BoxIo,
+        mut slot: H2SlotGuard,
+        key: PoolKey,
+    ) -> Result<http2::SendRequest<Body>, hyper::Error> {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(io))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(addr = %key.addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Drops pooled connections whose keys are not in `keep`.
+    pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
+        self.slots
+            .lock()
+            .expect("not poisoned")
+            .retain(|k, _| keep(k));
+    }
+
+    /// Number of keys with a slot.
+    pub fn len(&self) -> usize {
+        self.slots.lock().expect("not poisoned").len()
+    }
+
+    /// True if no connection slot exists.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// === impl H1Pool ===
+
+impl H1Pool {
+    /// An idle, ready connection for `key`, if one is pooled.
+    pub fn checkout(
+        &self,
+        key: &PoolKey,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        let list = idle.get_mut(key)?;
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < idle_timeout && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Performs the HTTP/1.1 handshake on `io`.
+    pub async fn handshake(
+        io: BoxIo,
+        key: PoolKey,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, hyper::Error> {
+        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        tokio::spawn(async move {
+            let res = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = res {
+                tracing::debug!(addr = %key.addr, error = %e, "upstream h1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns `sender` to the pool once it can take another request (that
+    /// is, once the previous response body has been read to the end).
+    pub fn checkin_when_ready(
+        self: &Arc<Self>,
+        key: PoolKey,
+        mut sender: http1::SendRequest<Body>,
+    ) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            let mut idle = pool.idle.lock().expect("not poisoned");
+            let list = idle.entry(key).or_default();
+            if list.len() < MAX_IDLE_PER_KEY {
+                list.push((sender, Instant::now()));
+            }
+        });
+    }
+
+    /// Drops idle connections older than `idle_timeout` and empty keys.
+    pub fn reap(&self, idle_timeout: Duration) {
+        let mut idle = self.idle.lock().expect("not poisoned");
+        for list in idle.values_mut() {
+            list.retain(|(s, since)| since.elapsed() < idle_timeout && !s.is_closed());
+        }
+        idle.retain(|_, l| !l.is_empty());
+    }
+
+    /// Idle connections pooled, over all keys.
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
