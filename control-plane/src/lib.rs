@@ -4,8 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod metrics;
 pub mod registry;
 pub mod resource;
+pub mod status;
 pub mod store;
+pub mod xds;
 
 pub use error::Error;

@@ -182,6 +182,20 @@ impl Resource {
         }
     }
 
+    /// Decodes a resource from an xDS `Any`; `None` for listeners and
+    /// unknown type URLs.
+    pub fn decode_any(any: &envoy_types::pb::google::protobuf::Any) -> Option<Resource> {
+        use prost::Message;
+        let kind = Kind::from_type_url(TypeUrl::parse(&any.type_url)?)?;
+        let bytes = any.value.as_slice();
+        Some(match kind {
+            Kind::Service => Resource::Service(Service::decode(bytes).ok()?),
+            Kind::Endpoint => Resource::Endpoint(Endpoint::decode(bytes).ok()?),
+            Kind::Route => Resource::Route(Route::decode(bytes).ok()?),
+            Kind::Policy => Resource::Policy(DestinationPolicy::decode(bytes).ok()?),
+        })
+    }
+
     /// Adds the resource to the matching list of `mesh`.
     pub fn push_into(&self, mesh: &mut MeshResources) {
         match self {

@@ -1,0 +1,489 @@
+//! The table of proxies: who is connected, what each was sent, what it ACKed
+//! or NACKed and why. xDS streams write it; the HTTP API and metrics read it.
+//!
+//! A stream registers with [`ProxyStatusTable::connect`] and gets a
+//! [`Connection`] that marks the proxy disconnected when dropped. Disconnected
+//! proxies stay listed (marked so) for a retention period. The table also
+//! measures convergence: from a published batch of writes to the moment
+//! every connected proxy has ACKed everything it was sent at that revision.
+
+use crate::metrics::{short_type_name, Metrics, TypeLabels};
+use crate::resource::Resource;
+use crate::xds::protocol::{Event, Sent};
+use crate::xds::snapshot::EncodedResource;
+use crate::xds::view::NodeSpec;
+use sane_xds_proto::{MeshResources, TypeUrl};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
+
+/// Shared status of every proxy that connected recently.
+#[derive(Debug)]
+pub struct ProxyStatusTable {
+    inner: Mutex<Table>,
+    retention: Duration,
+    metrics: Metrics,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    proxies: BTreeMap<String, ProxyRecord>,
+    next_conn: u64,
+    /// Published revisions not yet ACKed by every connected proxy, with the
+    /// time of their batch's first write.
+    pending: BTreeMap<u64, Instant>,
+}
+
+#[derive(Debug)]
+struct ProxyRecord {
+    conn: u64,
+    spec: NodeSpec,
+    protocol: &'static str,
+    connected_since: SystemTime,
+    /// Set once the stream is gone: wall time for display, tokio time for
+    /// retention.
+    disconnected: Option<(SystemTime, Instant)>,
+    view_revision: u64,
+    /// Latest revision at which every type's sent version was ACKed.
+    synced_revision: u64,
+    types: HashMap<TypeUrl, TypeRecord>,
+}
+
+#[derive(Debug, Default)]
+struct TypeRecord {
+    sent: Option<SentRecord>,
+    acked: Option<(String, SystemTime)>,
+    nack: Option<NackStatus>,
+}
+
+#[derive(Debug)]
+struct SentRecord {
+    version: String,
+    nonce: String,
+    at: SystemTime,
+    resources: Vec<Arc<EncodedResource>>,
+}
+
+/// A stream's handle on its row; marks it disconnected on drop.
+#[derive(Debug)]
+pub struct Connection {
+    table: Arc<ProxyStatusTable>,
+    node: String,
+    conn: u64,
+}
+
+/// One proxy, as `GET /api/v1/proxies` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyStatus {
+    /// `node.id`.
+    pub node: String,
+    /// The node's namespace.
+    pub namespace: String,
+    /// Services it listed (qualified), plus `*` if it asked for all.
+    pub services: Vec<String>,
+    /// `sotw` or `delta`.
+    pub protocol: &'static str,
+    /// True while its stream is open.
+    pub connected: bool,
+    /// When its current (or last) stream opened, RFC 3339.
+    pub connected_since: String,
+    /// When its stream closed, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<String>,
+    /// Registry revision of the last view computed for it.
+    pub revision: u64,
+    /// Connected, its view is at the current registry revision, and it ACKed
+    /// the latest version sent of every type it requested.
+    pub in_sync: bool,
+    /// Per type, by message name (`Service`, `Endpoint`, ...).
+    pub types: BTreeMap<&'static str, TypeStatus>,
+}
+
+/// One type of one proxy.
+#[derive(Clone, Debug, Serialize)]
+pub struct TypeStatus {
+    /// Version of the latest response.
+    pub version_sent: Option<String>,
+    /// Nonce of the latest response.
+    pub nonce_sent: Option<String>,
+    /// When it was sent, RFC 3339.
+    pub sent_at: Option<String>,
+    /// Number of resources the proxy holds after applying it.
+    pub resources: usize,
+    /// Latest version the proxy ACKed.
+    pub version_acked: Option<String>,
+    /// When, RFC 3339.
+    pub acked_at: Option<String>,
+    /// The latest version sent was ACKed.
+    pub in_sync: bool,
+    /// The latest NACK, if any (kept after later ACKs, as history).
+    pub last_nack: Option<NackStatus>,
+}
+
+/// A rejected response.
+#[derive(Clone, Debug, Serialize)]
+pub struct NackStatus {
+    /// The version rejected.
+    pub version: String,
+    /// The proxy's `error_detail.message`.
+    pub reason: String,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// What a proxy was last sent, as `GET /api/v1/proxies/{id}/config` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyConfig {
+    /// `node.id`.
+    pub node: String,
+    /// Registry revision of its view.
+    pub revision: u64,
+    /// Version last sent, per type.
+    pub versions: BTreeMap<&'static str, String>,
+    /// Every resource it holds (if it applied what it was sent).
+    pub resources: MeshResources,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+// === impl ProxyStatusTable ===
+
+impl ProxyStatusTable {
+    /// A table keeping disconnected proxies for `retention`.
+    pub fn new(retention: Duration, metrics: Metrics) -> ProxyStatusTable {
+        ProxyStatusTable {
+            inner: Mutex::default(),
+            retention,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new stream of `spec.id`, replacing any older row.
+    pub fn connect(
+        self: &Arc<Self>,
+        spec: &NodeSpec,
+        protocol: &'static str,
+        revision: u64,
+    ) -> Connection {
+        let mut t = self.lock();
+        self.prune(&mut t);
+        t.next_conn += 1;
+        let conn = t.next_conn;
+        t.proxies.insert(
+            spec.id.clone(),
+            ProxyRecord {
+                conn,
+                spec: spec.clone(),
+                protocol,
+                connected_since: SystemTime::now(),
+                disconnected: None,
+                view_revision: revision,
+                synced_revision: 0,
+                types: HashMap::new(),
+            },
+        );
+        self.update_connected(&t);
+        Connection {
+            table: self.clone(),
+            node: spec.id.clone(),
+            conn,
+        }
+    }
+
+    /// A batch of writes up to `revision`, first written at `first_write`,
+    /// was published to the streams.
+    pub fn note_published(&self, revision: u64, first_write: Instant) {
+        self.metrics.set_revision(revision);
+        let mut t = self.lock();
+        t.pending.entry(revision).or_insert(first_write);
+        self.check_convergence(&mut t);
+    }
+
+    /// Every proxy, by node id. `current_revision` is the registry's.
+    pub fn list(&self, current_revision: u64) -> Vec<ProxyStatus> {
+        let mut t = self.lock();
+        self.prune(&mut t);
+        t.proxies
+            .iter()
+            .map(|(id, r)| r.status(id, current_revision))
+            .collect()
+    }
+
+    /// One proxy.
+    pub fn get(&self, node: &str, current_revision: u64) -> Option<ProxyStatus> {
+        let t = self.lock();
+        t.proxies
+            .get(node)
+            .map(|r| r.status(node, current_revision))
+    }
+
+    /// What one proxy was last sent.
+    pub fn config(&self, node: &str) -> Option<ProxyConfig> {
+        let t = self.lock();
+        let r = t.proxies.get(node)?;
+        let mut mesh = MeshResources::default();
+        let mut versions = BTreeMap::new();
+        for type_url in TypeUrl::ALL {
+            let Some(sent) = r.types.get(&type_url).and_then(|t| t.sent.as_ref()) else {
+                continue;
+            };
+            versions.insert(short_type_name(type_url), sent.version.clone());
+            for res in &sent.resources {
+                Resource::push_into(&res.resource, &mut mesh);
+            }
+        }
+        Some(ProxyConfig {
+            node: node.to_string(),
+            revision: r.view_revision,
+            versions,
+            resources: mesh,
+        })
+    }
+
+    fn prune(&self, t: &mut Table) {
+        let now = Instant::now();
+        t.proxies.retain(|_, r| match r.disconnected {
+            Some((_, at)) => now.duration_since(at) < self.retention,
+            None => true,
+        });
+    }
+
+    fn update_connected(&self, t: &Table) {
+        let n = t
+            .proxies
+            .values()
+            .filter(|r| r.disconnected.is_none())
+            .count();
+        self.metrics.set_connected(n);
+    }
+
+    /// Observes convergence of every pending revision that all connected
+    /// proxies have reached.
+    fn check_convergence(&self, t: &mut Table) {
+        let connected = t.proxies.values().filter(|r| r.disconnected.is_none());
+        let Some(min) = connected.map(|r| r.synced_revision).min() else {
+            // Nobody to converge: nothing to measure.
+            t.pending.clear();
+            return;
+        };
+        let now = Instant::now();
+        while let Some(entry) = t.pending.first_entry() {
+            if *entry.key() > min {
+                break;
+            }
+            let first_write = entry.remove();
+            self.metrics
+                .converged(now.saturating_duration_since(first_write));
+        }
+    }
+
+    /// Applies `f` to the row of `conn`, if it is still that stream's row.
+    fn with_row(&self, node: &str, conn: u64, f: impl FnOnce(&mut ProxyRecord)) {
+        let mut t = self.lock();
+        let Some(r) = t.proxies.get_mut(node).filter(|r| r.conn == conn) else {
+            return;
+        };
+        f(r);
+        if r.is_synced() {
+            r.synced_revision = r.view_revision;
+        }
+        self.check_convergence(&mut t);
+    }
+}
+
+// === impl ProxyRecord ===
+
+impl ProxyRecord {
+    fn is_synced(&self) -> bool {
+        self.types.values().all(|t| match (&t.sent, &t.acked) {
+            (Some(s), Some((a, _))) => s.version == *a,
+            (None, _) => true,
+            (Some(_), None) => false,
+        })
+    }
+
+    fn status(&self, id: &str, current_revision: u64) -> ProxyStatus {
+        let connected = self.disconnected.is_none();
+        let mut services: Vec<String> = self.spec.services.iter().cloned().collect();
+        if self.spec.all_services {
+            services.push("*".into());
+        }
+        let types = TypeUrl::ALL
+            .into_iter()
+            .filter_map(|t| Some((short_type_name(t), self.types.get(&t)?.status())))
+            .collect();
+        ProxyStatus {
+            node: id.to_string(),
+            namespace: self.spec.namespace.clone(),
+            services,
+            protocol: self.protocol,
+            connected,
+            connected_since: rfc3339(self.connected_since),
+            disconnected_at: self.disconnected.map(|(at, _)| rfc3339(at)),
+            revision: self.view_revision,
+            in_sync: connected && self.view_revision >= current_revision && self.is_synced(),
+            types,
+        }
+    }
+}
+
+// === impl TypeRecord ===
+
+impl TypeRecord {
+    fn status(&self) -> TypeStatus {
+        let sent = self.sent.as_ref();
+        let acked = self.acked.as_ref();
+        TypeStatus {
+            version_sent: sent.map(|s| s.version.clone()),
+            nonce_sent: sent.map(|s| s.nonce.clone()),
+            sent_at: sent.map(|s| rfc3339(s.at)),
+            resources: sent.map_or(0, |s| s.resources.len()),
+            version_acked: acked.map(|(v, _)| v.clone()),
+            acked_at: acked.map(|(_, at)| rfc3339(*at)),
+            in_sync: match (sent, acked) {
+                (Some(s), Some((a, _))) => s.version == *a,
+                _ => false,
+            },
+            last_nack: self.nack.clone(),
+        }
+    }
+}
+
+// === impl Connection ===
+
+impl Connection {
+    /// The stream computed a view at `revision`.
+    pub fn record_view(&self, revision: u64) {
+        self.table
+            .with_row(&self.node, self.conn, |r| r.view_revision = revision);
+    }
+
+    /// The stream sent a response.
+    pub fn record_sent(&self, sent: &Sent) {
+        self.table.with_row(&self.node, self.conn, |r| {
+            r.types.entry(sent.type_url).or_default().sent = Some(SentRecord {
+                version: sent.version.clone(),
+                nonce: sent.nonce.clone(),
+                at: SystemTime::now(),
+                resources: sent.resources.clone(),
+            });
+        });
+    }
+
+    /// The client told us something.
+    pub fn record_event(&self, event: &Event) {
+        match event {
+            Event::Ack { type_url, version } => {
+                self.table.with_row(&self.node, self.conn, |r| {
+                    r.types.entry(*type_url).or_default().acked =
+                        Some((version.clone(), SystemTime::now()));
+                });
+            }
+            Event::Nack {
+                type_url,
+                version,
+                reason,
+            } => {
+                self.table.metrics.nacked(TypeLabels {
+                    type_url: *type_url,
+                });
+                self.table.with_row(&self.node, self.conn, |r| {
+                    r.types.entry(*type_url).or_default().nack = Some(NackStatus {
+                        version: version.clone(),
+                        reason: reason.clone(),
+                        at: rfc3339(SystemTime::now()),
+                    });
+                });
+            }
+            Event::Stale { .. } | Event::UnknownType { .. } => {}
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let mut t = self.table.lock();
+        if let Some(r) = t
+            .proxies
+            .get_mut(&self.node)
+            .filter(|r| r.conn == self.conn)
+        {
+            r.disconnected = Some((SystemTime::now(), Instant::now()));
+        }
+        self.table.update_connected(&t);
+        self.table.check_convergence(&mut t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(type_url: TypeUrl, version: &str) -> Sent {
+        Sent {
+            type_url,
+            version: version.into(),
+            nonce: "1-1".into(),
+            resources: Vec::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sync_nack_and_retention() {
+        let table = Arc::new(ProxyStatusTable::new(
+            Duration::from_secs(60),
+            Metrics::unregistered(),
+        ));
+        let conn = table.connect(&NodeSpec::new("p1", "shop", &[]), "sotw", 4);
+        conn.record_sent(&sent(TypeUrl::Service, "v1"));
+        assert!(!table.list(4)[0].in_sync);
+        conn.record_event(&Event::Ack {
+            type_url: TypeUrl::Service,
+            version: "v1".into(),
+        });
+        assert!(table.list(4)[0].in_sync);
+        // A newer registry revision: not in sync until the view catches up.
+        assert!(!table.list(5)[0].in_sync);
+
+        conn.record_sent(&sent(TypeUrl::Service, "v2"));
+        conn.record_event(&Event::Nack {
+            type_url: TypeUrl::Service,
+            version: "v2".into(),
+            reason: "bad".into(),
+        });
+        let s = &table.list(4)[0];
+        assert!(!s.in_sync);
+        let t = &s.types["Service"];
+        assert_eq!(t.version_acked.as_deref(), Some("v1"));
+        assert_eq!(t.last_nack.as_ref().unwrap().reason, "bad");
+
+        drop(conn);
+        let s = &table.list(4)[0];
+        assert!(!s.connected && !s.in_sync && s.disconnected_at.is_some());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(table.list(4).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnect_owns_the_row() {
+        let table = Arc::new(ProxyStatusTable::new(
+            Duration::from_secs(60),
+            Metrics::unregistered(),
+        ));
+        let old = table.connect(&NodeSpec::new("p1", "shop", &[]), "sotw", 1);
+        let new = table.connect(&NodeSpec::new("p1", "shop", &[]), "delta", 1);
+        drop(old);
+        let s = &table.list(1)[0];
+        assert!(s.connected);
+        assert_eq!(s.protocol, "delta");
+        drop(new);
+    }
+}

@@ -1,0 +1,87 @@
+//! The xDS server: Aggregated Discovery Service, both state of the world
+//! (`StreamAggregatedResources`) and incremental (`DeltaAggregatedResources`),
+//! over the `envoy.service.discovery.v3` protos.
+//!
+//! # Contract for proxies
+//!
+//! ## Types
+//!
+//! | type URL                                               | resource (`sane-xds-proto`) |
+//! |--------------------------------------------------------|-----------------------------|
+//! | `type.googleapis.com/sane.mesh.v1.Listener`            | `Listener` (always empty: listeners come from the proxy's bootstrap) |
+//! | `type.googleapis.com/sane.mesh.v1.Service`             | `Service`                   |
+//! | `type.googleapis.com/sane.mesh.v1.Endpoint`            | `Endpoint`                  |
+//! | `type.googleapis.com/sane.mesh.v1.Route`               | `Route`                     |
+//! | `type.googleapis.com/sane.mesh.v1.DestinationPolicy`   | `DestinationPolicy`         |
+//!
+//! Each resource is an `Any { type_url, value }` whose `value` is the
+//! prost-encoded message. Other type URLs are ignored (logged, never answered).
+//!
+//! ## Resource names
+//!
+//! A resource's name is its registry key; the namespace is always explicit:
+//!
+//! * service, route, policy: `namespace/name` (`default/echo`);
+//! * endpoint: `namespace/service/address:port` (`default/echo/10.0.0.7:15006`),
+//!   where `port` is the endpoint's `proxy_port` if set, else its `port`;
+//!   IPv6 addresses are bracketed.
+//!
+//! Empty `namespace` fields are filled with `default` before sending.
+//!
+//! ## Node
+//!
+//! The first request of every stream must carry `node` (later ones may omit
+//! it; it is read once per stream):
+//!
+//! * `node.id` (required): unique per proxy instance; the key of its row in
+//!   `GET /api/v1/proxies`. A new stream with the same id replaces the row.
+//! * `node.metadata.namespace` (string, default `default`): the proxy's
+//!   namespace.
+//! * `node.metadata.services` (list of strings, or one comma-separated
+//!   string; default none): extra services the proxy talks to, each `name`
+//!   (in the proxy's namespace), `name.namespace` or `namespace/name`; `*`
+//!   means every service of the mesh.
+//!
+//! Other metadata fields are ignored. A malformed `namespace` or `services`
+//! ends the stream with `INVALID_ARGUMENT` naming the field.
+//!
+//! ## What a proxy receives (its view)
+//!
+//! Services: all of its namespace, plus those it lists, plus — transitively —
+//! every destination of a route of a service already in the view (so traffic
+//! split to another namespace works). Endpoints, routes and policies: those of
+//! the services in the view. An empty `resource_names` (or `*`) subscribes to
+//! the whole view; explicit names narrow it.
+//!
+//! ## Protocol
+//!
+//! * Every response has a fresh nonce (`<stream>-<n>`) and a per-type version:
+//!   a hash of the names and versions of everything the proxy holds for that
+//!   type after applying it, stable across control-plane restarts. Delta
+//!   resources carry their own version (a hash of their encoded bytes).
+//! * ACK: a request with the latest nonce of its type and no `error_detail`.
+//!   NACK: the same with `error_detail`; its `message` is recorded and shown in
+//!   `GET /api/v1/proxies`, and the rejected version is not sent again (a new
+//!   version is, when the content changes). Put the resource name and field
+//!   path in the message.
+//! * State of the world: requests with an older nonce are ignored; the first
+//!   request of a type (on each new stream) is always answered in full.
+//! * Delta: see [`delta`] for subscriptions, `initial_resource_versions` and
+//!   `removed_resources`.
+//! * Registry changes are coalesced ([`debounce`]) and then each stream gets
+//!   only the types whose content in its view changed.
+
+pub mod debounce;
+pub mod delta;
+pub mod protocol;
+pub mod server;
+pub mod snapshot;
+pub mod sotw;
+pub mod view;
+
+#[cfg(test)]
+pub(crate) mod test_support;
+
+pub use debounce::DebounceConfig;
+pub use server::AdsService;
+pub use view::{node_metadata, NodeSpec};

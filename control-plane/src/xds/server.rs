@@ -1,0 +1,313 @@
+//! The tonic plumbing around the state machines: one task per ADS stream
+//! that feeds requests and view changes to a [`SotwStream`] or
+//! [`DeltaStream`], sends what it returns, and records it in the status table.
+
+use super::debounce::{debounce, DebounceConfig};
+use super::delta::DeltaStream;
+use super::protocol::{Event, Step};
+use super::snapshot::XdsSnapshot;
+use super::sotw::SotwStream;
+use super::view::{NodeSpec, ProxyView};
+use crate::metrics::{Metrics, TypeLabels};
+use crate::registry::Registry;
+use crate::status::ProxyStatusTable;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+/// Responses buffered per stream before the stream task waits for the client.
+const STREAM_BUFFER: usize = 16;
+
+/// The ADS service: cheap to clone, one per server.
+#[derive(Clone, Debug)]
+pub struct AdsService {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    snapshots: watch::Sender<Arc<XdsSnapshot>>,
+    status: Arc<ProxyStatusTable>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    next_stream: AtomicU64,
+}
+
+/// One of the two ADS protocols, as the stream driver sees it.
+trait Machine: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    const PROTOCOL: &'static str;
+    fn node(req: &Self::Request) -> Option<&Node>;
+    fn type_url(req: &Self::Request) -> &str;
+    fn on_request(&mut self, req: &Self::Request, view: &ProxyView) -> Step<Self::Response>;
+    fn on_view(&mut self, view: &ProxyView) -> Step<Self::Response>;
+}
+
+type ResponseTx<R> = mpsc::Sender<Result<R, Status>>;
+
+// === impl AdsService ===
+
+impl AdsService {
+    /// A service publishing the registry's current state right away.
+    pub fn new(
+        registry: &Registry,
+        status: Arc<ProxyStatusTable>,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> AdsService {
+        let state = registry.snapshot();
+        let snapshot = XdsSnapshot::build(&state, state.written_at, None);
+        AdsService {
+            shared: Arc::new(Shared {
+                snapshots: watch::Sender::new(Arc::new(snapshot)),
+                status,
+                metrics,
+                shutdown,
+                next_stream: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// The tonic server wrapping this service.
+    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
+        AggregatedDiscoveryServiceServer::new(self)
+    }
+
+    /// Follows the registry, coalescing changes per `config`, and publishes
+    /// each batch to every stream, until shutdown.
+    pub async fn run_publisher(self, registry: Arc<Registry>, config: DebounceConfig) {
+        let shared = self.shared.clone();
+        let input = registry.subscribe();
+        debounce(
+            config,
+            input,
+            shared.shutdown.clone(),
+            move |state, first_change| {
+                let prev = shared.snapshots.borrow().clone();
+                if prev.revision == state.revision {
+                    return;
+                }
+                let snapshot = XdsSnapshot::build(&state, first_change, Some(&prev));
+                tracing::debug!(revision = state.revision, "publishing to proxies");
+                shared.snapshots.send_replace(Arc::new(snapshot));
+                shared.status.note_published(state.revision, first_change);
+            },
+        )
+        .await;
+    }
+
+    fn spawn<M: Machine>(
+        &self,
+        machine: M,
+        inbound: Streaming<M::Request>,
+    ) -> ReceiverStream<Result<M::Response, Status>> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx));
+        ReceiverStream::new(rx)
+    }
+
+    fn stream_id(&self) -> u64 {
+        self.shared.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let machine = SotwStream::new(self.stream_id());
+        Ok(Response::new(self.spawn(machine, request.into_inner())))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let machine = DeltaStream::new(self.stream_id());
+        Ok(Response::new(self.spawn(machine, request.into_inner())))
+    }
+}
+
+// === impl Machine ===
+
+impl Machine for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: &'static str = "sotw";
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_url(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn on_request(&mut self, req: &DiscoveryRequest, view: &ProxyView) -> Step<DiscoveryResponse> {
+        SotwStream::on_request(self, req, view)
+    }
+    fn on_view(&mut self, view: &ProxyView) -> Step<DiscoveryResponse> {
+        SotwStream::on_view(self, view)
+    }
+}
+
+impl Machine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: &'static str = "delta";
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        view: &ProxyView,
+    ) -> Step<DeltaDiscoveryResponse> {
+        DeltaStream::on_request(self, req, view)
+    }
+    fn on_view(&mut self, view: &ProxyView) -> Step<DeltaDiscoveryResponse> {
+        DeltaStream::on_view(self, view)
+    }
+}
+
+/// Runs one stream until the client goes away or the server shuts down.
+async fn drive<M: Machine>(
+    shared: Arc<Shared>,
+    machine: M,
+    mut inbound: Streaming<M::Request>,
+    tx: ResponseTx<M::Response>,
+) {
+    let first = tokio::select! {
+        _ = shared.shutdown.cancelled() => return,
+        m = inbound.message() => m,
+    };
+    let first = match first {
+        Ok(Some(req)) => req,
+        Ok(None) => return,
+        Err(status) => {
+            tracing::debug!(%status, "xds stream failed before its first request");
+            return;
+        }
+    };
+    let spec = match NodeSpec::from_node(M::node(&first)) {
+        Ok(spec) => spec,
+        Err(error) => {
+            tracing::warn!(%error, "rejecting xds stream");
+            let _ = tx
+                .send(Err(Status::invalid_argument(error.to_string())))
+                .await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("xds", node = %spec.id, protocol = M::PROTOCOL);
+    run_stream(shared, machine, spec, first, inbound, tx)
+        .instrument(span)
+        .await;
+}
+
+async fn run_stream<M: Machine>(
+    shared: Arc<Shared>,
+    mut machine: M,
+    spec: NodeSpec,
+    first: M::Request,
+    mut inbound: Streaming<M::Request>,
+    tx: ResponseTx<M::Response>,
+) {
+    let mut snapshots = shared.snapshots.subscribe();
+    let mut view = ProxyView::compute(&snapshots.borrow_and_update(), &spec);
+    let conn = shared.status.connect(&spec, M::PROTOCOL, view.revision);
+    tracing::info!(namespace = %spec.namespace, services = view.services.len(), "proxy connected");
+    let mut next = Some(first);
+    loop {
+        let (step, cause) = match next.take() {
+            Some(req) => {
+                tracing::trace!(type_url = M::type_url(&req), "request");
+                (machine.on_request(&req, &view), Instant::now())
+            }
+            None => tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    view = ProxyView::compute(&snapshots.borrow_and_update(), &spec);
+                    (machine.on_view(&view), view.written_at)
+                }
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        next = Some(req);
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "xds stream ended");
+                        break;
+                    }
+                },
+            },
+        };
+        for event in &step.events {
+            log_event(event);
+            conn.record_event(event);
+        }
+        for (sent, resp) in step.pushes {
+            if tx.send(Ok(resp)).await.is_err() {
+                tracing::debug!("client went away");
+                return;
+            }
+            shared.metrics.pushed(
+                TypeLabels {
+                    type_url: sent.type_url,
+                },
+                cause.elapsed(),
+            );
+            tracing::debug!(type_url = sent.type_url.as_str(), version = %sent.version, nonce = %sent.nonce, resources = sent.resources.len(), "sent");
+            conn.record_sent(&sent);
+        }
+        // After the pushes, so a view is never marked synced before what it
+        // changed was sent.
+        conn.record_view(view.revision);
+    }
+    tracing::info!("proxy disconnected");
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Ack { type_url, version } => {
+            tracing::debug!(type_url = type_url.as_str(), %version, "ack");
+        }
+        Event::Nack {
+            type_url,
+            version,
+            reason,
+        } => {
+            tracing::warn!(type_url = type_url.as_str(), %version, %reason, "nack");
+        }
+        Event::Stale { type_url, nonce } => {
+            tracing::debug!(type_url = type_url.as_str(), %nonce, "stale request ignored");
+        }
+        Event::UnknownType { type_url } => {
+            tracing::warn!(%type_url, "request for an unknown type ignored");
+        }
+    }
+}

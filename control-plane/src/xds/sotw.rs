@@ -1,0 +1,347 @@
+//! The state-of-the-world ADS state machine for one stream, free of I/O:
+//! requests and view changes go in, responses and events come out.
+//!
+//! Per type it tracks the subscription, the last response (version and
+//! nonce) and what the client said about it. Rules:
+//! * the first request of a type (or one with an empty nonce) is answered
+//!   with the current state, whatever version the client claims to hold;
+//! * a request whose `response_nonce` is not the latest for its type is stale
+//!   and ignored entirely, subscription included (the client re-sends it);
+//! * with the latest nonce, no `error_detail` is an ACK and `error_detail` a
+//!   NACK; either way a changed subscription is answered at once;
+//! * after a NACK the same version is not sent again; a new one is sent when
+//!   the view changes;
+//! * on a view change every requested type whose version changed is pushed.
+
+use super::protocol::{Event, Nonces, Sent, Step};
+use super::snapshot::{set_version, EncodedResource};
+use super::view::ProxyView;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use sane_xds_proto::TypeUrl;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Which resources of a type a client wants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    /// All of them (no names, or `*`).
+    Wildcard,
+    /// Only these names.
+    Names(BTreeSet<String>),
+}
+
+/// State-of-the-world state for one stream.
+#[derive(Debug)]
+pub struct SotwStream {
+    nonces: Nonces,
+    types: HashMap<TypeUrl, SotwType>,
+}
+
+#[derive(Debug)]
+struct SotwType {
+    subscription: Subscription,
+    /// Version and nonce of the latest response.
+    version: String,
+    nonce: String,
+}
+
+// === impl Subscription ===
+
+impl Subscription {
+    /// The subscription named by a request's `resource_names`.
+    pub fn from_names(names: &[String]) -> Subscription {
+        if names.is_empty() || names.iter().any(|n| n == "*") {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(names.iter().cloned().collect())
+        }
+    }
+
+    /// True if `name` is subscribed.
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(n) => n.contains(name),
+        }
+    }
+}
+
+// === impl SotwStream ===
+
+impl SotwStream {
+    /// A fresh stream with id `stream` (used in nonces).
+    pub fn new(stream: u64) -> SotwStream {
+        SotwStream {
+            nonces: Nonces::new(stream),
+            types: HashMap::new(),
+        }
+    }
+
+    /// Handles one request.
+    pub fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        view: &ProxyView,
+    ) -> Step<DiscoveryResponse> {
+        let Some(type_url) = TypeUrl::parse(&req.type_url) else {
+            return Step::event(Event::UnknownType {
+                type_url: req.type_url.clone(),
+            });
+        };
+        let subscription = Subscription::from_names(&req.resource_names);
+        let Some(st) = self.types.get_mut(&type_url) else {
+            return self.push_new(type_url, subscription, view);
+        };
+        if req.response_nonce.is_empty() {
+            // The client starts this type over (e.g. it dropped its state).
+            return self.push_new(type_url, subscription, view);
+        }
+        if req.response_nonce != st.nonce {
+            return Step::event(Event::Stale {
+                type_url,
+                nonce: req.response_nonce.clone(),
+            });
+        }
+        let event = match &req.error_detail {
+            Some(status) => Event::Nack {
+                type_url,
+                version: st.version.clone(),
+                reason: status.message.clone(),
+            },
+            None => Event::Ack {
+                type_url,
+                version: req.version_info.clone(),
+            },
+        };
+        let mut step = Step::event(event);
+        if st.subscription != subscription {
+            st.subscription = subscription;
+            let (sent, resp) = self.respond(type_url, view);
+            step.pushes.push((sent, resp));
+        }
+        step
+    }
+
+    /// Handles a new view: pushes every requested type whose content changed.
+    pub fn on_view(&mut self, view: &ProxyView) -> Step<DiscoveryResponse> {
+        let mut step = Step::default();
+        for type_url in TypeUrl::ALL {
+            let Some(st) = self.types.get(&type_url) else {
+                continue;
+            };
+            let (version, _) = selected(view, type_url, &st.subscription);
+            if version != st.version {
+                step.pushes.push(self.respond(type_url, view));
+            }
+        }
+        step
+    }
+
+    /// The version last sent for each requested type.
+    pub fn sent_versions(&self) -> impl Iterator<Item = (TypeUrl, &str)> + '_ {
+        self.types.iter().map(|(t, st)| (*t, st.version.as_str()))
+    }
+
+    fn push_new(
+        &mut self,
+        type_url: TypeUrl,
+        subscription: Subscription,
+        view: &ProxyView,
+    ) -> Step<DiscoveryResponse> {
+        self.types.insert(
+            type_url,
+            SotwType {
+                subscription,
+                version: String::new(),
+                nonce: String::new(),
+            },
+        );
+        let mut step = Step::default();
+        step.pushes.push(self.respond(type_url, view));
+        step
+    }
+
+    fn respond(&mut self, type_url: TypeUrl, view: &ProxyView) -> (Sent, DiscoveryResponse) {
+        let nonce = self.nonces.next_nonce();
+        let Some(st) = self.types.get_mut(&type_url) else {
+            unreachable!("respond is only called for tracked types")
+        };
+        let (version, resources) = selected(view, type_url, &st.subscription);
+        st.version = version.clone();
+        st.nonce = nonce.clone();
+        let resp = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: resources.iter().map(|r| r.any.clone()).collect(),
+            type_url: type_url.as_str().to_string(),
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        let sent = Sent {
+            type_url,
+            version,
+            nonce,
+            resources,
+        };
+        (sent, resp)
+    }
+}
+
+/// The resources of `type_url` in `view` that `sub` selects, and their version.
+fn selected(
+    view: &ProxyView,
+    type_url: TypeUrl,
+    sub: &Subscription,
+) -> (String, Vec<Arc<EncodedResource>>) {
+    let resources: Vec<_> = view
+        .resources(type_url)
+        .values()
+        .filter(|r| sub.contains(&r.name))
+        .cloned()
+        .collect();
+    (set_version(&resources), resources)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::Kind;
+    use crate::xds::test_support::{names_of, view_of, view_without};
+    use envoy_types::pb::google::rpc::Status;
+
+    fn req(type_url: TypeUrl, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.as_str().to_string(),
+            version_info: version.to_string(),
+            response_nonce: nonce.to_string(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(type_url: TypeUrl, nonce: &str, reason: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: reason.into(),
+                ..Default::default()
+            }),
+            ..req(type_url, "", nonce, &[])
+        }
+    }
+
+    #[test]
+    fn initial_ack_and_stale_nonce() {
+        let view = view_of("shop");
+        let mut s = SotwStream::new(7);
+        let step = s.on_request(&req(TypeUrl::Service, "", "", &[]), &view);
+        assert!(step.events.is_empty());
+        let (sent, resp) = &step.pushes[0];
+        assert_eq!(resp.nonce, "7-1");
+        assert_eq!(resp.version_info, sent.version);
+        assert_eq!(
+            names_of(resp),
+            ["billing/pay", "inventory/backend", "shop/web"]
+        );
+
+        // ACK: nothing to send.
+        let step = s.on_request(&req(TypeUrl::Service, &sent.version, "7-1", &[]), &view);
+        assert_eq!(
+            step.events,
+            [Event::Ack {
+                type_url: TypeUrl::Service,
+                version: sent.version.clone()
+            }]
+        );
+        assert!(step.pushes.is_empty());
+
+        // A second type gets its own nonce; a request carrying another type's
+        // or an old nonce is stale, and its subscription change is ignored.
+        let step = s.on_request(&req(TypeUrl::Endpoint, "", "", &[]), &view);
+        assert_eq!(step.pushes[0].1.nonce, "7-2");
+        let step = s.on_request(&req(TypeUrl::Service, "", "7-2", &["shop/web"]), &view);
+        assert!(matches!(step.events[0], Event::Stale { .. }));
+        assert!(step.pushes.is_empty());
+
+        // The same view again sends nothing.
+        assert!(s.on_view(&view).pushes.is_empty());
+    }
+
+    #[test]
+    fn subscription_narrows_and_changes_are_answered() {
+        let view = view_of("shop");
+        let mut s = SotwStream::new(1);
+        let step = s.on_request(
+            &req(
+                TypeUrl::Endpoint,
+                "",
+                "",
+                &["shop/web/10.0.0.1:8080", "nope"],
+            ),
+            &view,
+        );
+        let (sent, resp) = &step.pushes[0];
+        assert_eq!(names_of(resp), ["shop/web/10.0.0.1:8080"]);
+        // ACK with a new subscription: answered immediately, new version.
+        let step = s.on_request(
+            &req(TypeUrl::Endpoint, &sent.version, &resp.nonce, &["*"]),
+            &view,
+        );
+        assert_eq!(step.pushes.len(), 1);
+        assert_eq!(step.pushes[0].1.resources.len(), 3);
+        assert_ne!(step.pushes[0].0.version, sent.version);
+    }
+
+    #[test]
+    fn nack_is_recorded_and_the_version_not_resent() {
+        let view = view_of("shop");
+        let mut s = SotwStream::new(1);
+        let step = s.on_request(&req(TypeUrl::Route, "", "", &[]), &view);
+        let (sent, resp) = &step.pushes[0];
+        let step = s.on_request(
+            &nack(TypeUrl::Route, &resp.nonce, "routes[0]: bad regex"),
+            &view,
+        );
+        assert_eq!(
+            step.events,
+            [Event::Nack {
+                type_url: TypeUrl::Route,
+                version: sent.version.clone(),
+                reason: "routes[0]: bad regex".into()
+            }]
+        );
+        assert!(step.pushes.is_empty());
+        // Same content: still not resent.
+        assert!(s.on_view(&view).pushes.is_empty());
+        // Changed content: a new version goes out.
+        let changed = view_without("shop", Kind::Route, "shop/web");
+        let step = s.on_view(&changed);
+        assert_eq!(step.pushes.len(), 1);
+        assert!(step.pushes[0].1.resources.is_empty());
+        assert_ne!(step.pushes[0].0.version, sent.version);
+    }
+
+    #[test]
+    fn reconnect_gets_current_state_and_unknown_types_are_reported() {
+        let view = view_of("shop");
+        let mut first = SotwStream::new(1);
+        let version = first
+            .on_request(&req(TypeUrl::Service, "", "", &[]), &view)
+            .pushes[0]
+            .0
+            .version
+            .clone();
+        // A new stream: the client claims the version and an old nonce, and
+        // still gets the full state with a fresh nonce.
+        let mut second = SotwStream::new(2);
+        let step = second.on_request(&req(TypeUrl::Service, &version, "1-1", &[]), &view);
+        assert_eq!(step.pushes[0].1.nonce, "2-1");
+        assert_eq!(step.pushes[0].1.resources.len(), 3);
+        let mut unknown = req(TypeUrl::Service, "", "", &[]);
+        unknown.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".into();
+        let step = second.on_request(&unknown, &view);
+        assert!(matches!(step.events[0], Event::UnknownType { .. }));
+        // Listeners are served, empty.
+        let step = second.on_request(&req(TypeUrl::Listener, "", "", &[]), &view);
+        assert!(step.pushes[0].1.resources.is_empty());
+    }
+}
