@@ -1,1 +1,43 @@
-//! placeholder
+//! Sane Mesh identity primitives for mTLS.
+//!
+//! Everything about who a workload is and how it proves it lives here, in the
+//! order a certificate travels:
+//!
+//! - [`identity`]: [`SpiffeId`]s (`spiffe://<td>/ns/<ns>/sa/<sa>`) and the
+//!   [`SpiffeIdPattern`]s authorization and clients match them with;
+//! - [`workload`]: the proxy generates a [`WorkloadKey`] and a CSR;
+//! - [`ca`]: the control plane's [`CertificateAuthority`] signs it for the
+//!   identity it authenticated, never for one the CSR asks for;
+//! - [`workload`] again: the issued chain plus the local key become a
+//!   [`CertifiedIdentity`], renewed at [`rotation`]'s deadline;
+//! - [`bundle`]: the [`TrustBundle`] of roots, with grace periods for roots
+//!   being rotated out;
+//! - [`tls`] and [`verify`]: rustls server and client configs that verify
+//!   peers against the bundle by SPIFFE id, and [`peer_identity_of`] to read
+//!   the peer's id after the handshake.
+//!
+//! Architecture invariants: only this crate calls rcgen; a private key never
+//! leaves the proxy that generated it (no API serializes a [`WorkloadKey`]);
+//! no async runtime in this crate (rotation returns times, callers sleep).
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+pub mod bundle;
+pub mod ca;
+mod error;
+pub mod identity;
+pub mod rotation;
+pub mod tls;
+pub mod verify;
+pub mod workload;
+mod x509;
+
+pub use bundle::{BundleRoot, TrustBundle};
+pub use ca::{CaOptions, CertificateAuthority, IssuedCert, Serial};
+pub use error::Error;
+pub use identity::{SpiffeId, SpiffeIdPart, SpiffeIdPattern, TrustDomain};
+pub use rotation::{rotation_deadline, rotation_delay, Backoff};
+pub use tls::{client_config, server_config};
+pub use verify::{peer_identity, peer_identity_of, SpiffeClientVerifier, SpiffeServerVerifier};
+pub use workload::{CertifiedIdentity, WorkloadKey};

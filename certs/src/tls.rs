@@ -1,0 +1,116 @@
+//! rustls configurations for the proxy's mesh listeners and connectors.
+//!
+//! Both sides present the workload's [`CertifiedIdentity`] and verify the
+//! peer against the [`TrustBundle`]: the server requires a client certificate,
+//! the client requires the server to prove an expected identity. TLS 1.3 is
+//! preferred (rustls always negotiates the highest common version); TLS 1.2
+//! is allowed only with ECDHE key exchange and AEAD ciphers. ALPN offers
+//! `h2` then `http/1.1`.
+//!
+//! A config is a snapshot of one certificate and one bundle: on rotation the
+//! proxy builds new configs and swaps them in atomically (see STYLE.md §8).
+//! Root retirement needs no rebuild, the verifiers check it per handshake.
+
+use std::sync::Arc;
+
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::sign::SingleCertAndKey;
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
+
+use crate::bundle::TrustBundle;
+use crate::error::Error;
+use crate::identity::SpiffeIdPattern;
+use crate::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
+use crate::workload::CertifiedIdentity;
+
+/// ALPN protocols, in preference order.
+pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// TLS 1.3 first; 1.2 for peers that lack it, with the suites of [`provider`].
+static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The aws-lc-rs provider cut down to the suites the mesh allows: every TLS
+/// 1.3 suite, and only the ECDHE + AEAD TLS 1.2 suites (listed explicitly so
+/// a future rustls default cannot widen them silently).
+pub fn provider() -> Arc<CryptoProvider> {
+    use aws_lc_rs::cipher_suite as suite;
+    Arc::new(CryptoProvider {
+        cipher_suites: vec![
+            suite::TLS13_AES_128_GCM_SHA256,
+            suite::TLS13_AES_256_GCM_SHA384,
+            suite::TLS13_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        ..aws_lc_rs::default_provider()
+    })
+}
+
+/// The inbound (server) side: presents `identity`, requires a client
+/// certificate chaining to `bundle` and carrying a SPIFFE id.
+///
+/// After the handshake, [`crate::peer_identity_of`] gives the client's id.
+pub fn server_config(
+    bundle: &TrustBundle,
+    identity: &CertifiedIdentity,
+) -> Result<ServerConfig, Error> {
+    let provider = provider();
+    let verifier = SpiffeClientVerifier::new(bundle, provider.clone())?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|source| Error::TlsConfig {
+            side: "server",
+            source,
+        })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
+    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The outbound (client) side: presents `identity` and accepts only a server
+/// chaining to `bundle` whose SPIFFE id matches `expected`.
+///
+/// The `ServerName` given to rustls when connecting is not checked (use the
+/// endpoint IP); the identity is. Build one config per expected identity and
+/// reuse it: session resumption is then scoped to servers that proved it.
+pub fn client_config(
+    bundle: &TrustBundle,
+    identity: &CertifiedIdentity,
+    expected: SpiffeIdPattern,
+) -> Result<ClientConfig, Error> {
+    let provider = provider();
+    let verifier = SpiffeServerVerifier::new(bundle, expected, &provider)?;
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|source| Error::TlsConfig {
+            side: "client",
+            source,
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
+    config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ecdhe_aead_suites_for_tls12() {
+        for suite in provider().cipher_suites.iter() {
+            let name = format!("{:?}", suite.suite());
+            let tls13 = name.starts_with("TLS13_");
+            let ecdhe_aead = name.starts_with("TLS_ECDHE_")
+                && (name.contains("_GCM_") || name.contains("CHACHA20_POLY1305"));
+            assert!(tls13 || ecdhe_aead, "unexpected suite {name}");
+        }
+    }
+}
