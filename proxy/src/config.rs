@@ -12,7 +12,8 @@ use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
-    Bootstrap, DestinationPolicy, Direction, Endpoint, Listener, Protocol, Service, ServicePort,
+    Bootstrap, DestinationPolicy, Direction, Endpoint, Listener, MeshResources, Protocol, Service,
+    ServicePort,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -53,11 +54,35 @@ pub struct InboundTarget {
 }
 
 /// The current snapshot, swappable without locks on the read path.
+///
+/// Two sources feed it: the bootstrap file and, when a control plane is
+/// configured, the resources it pushed. Each apply merges the newest of both
+/// (control-plane services, endpoints, routes and policies replace the file's;
+/// listeners always come from the file) and compiles the result; writers are
+/// serialized by the `sources` lock, readers never wait.
 #[derive(Debug)]
 pub struct ConfigStore {
     current: ArcSwap<Snapshot>,
     path: Option<PathBuf>,
+    sources: Mutex<Sources>,
     last_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug)]
+struct Sources {
+    file: Bootstrap,
+    dynamic: Option<MeshResources>,
+}
+
+fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
+    let mut b = file.clone();
+    if let Some(d) = dynamic {
+        b.resources.services = d.services.clone();
+        b.resources.endpoints = d.endpoints.clone();
+        b.resources.routes = d.routes.clone();
+        b.resources.policies = d.policies.clone();
+    }
+    b
 }
 
 // === impl Snapshot ===
@@ -351,9 +376,14 @@ pub fn read_file(path: &Path) -> Result<Bootstrap, StartError> {
 impl ConfigStore {
     /// A store serving `snapshot`, reloading from `path` if given.
     pub fn new(snapshot: Snapshot, path: Option<PathBuf>) -> Self {
+        let file = (*snapshot.bootstrap).clone();
         Self {
             current: ArcSwap::from_pointee(snapshot),
             path,
+            sources: Mutex::new(Sources {
+                file,
+                dynamic: None,
+            }),
             last_error: Mutex::new(None),
         }
     }
@@ -368,10 +398,37 @@ impl ConfigStore {
         self.last_error.lock().expect("not poisoned").clone()
     }
 
-    /// Applies a new configuration, or keeps the current one and returns why not.
+    /// Applies a new bootstrap file, or keeps the current config and returns
+    /// why not.
     pub fn apply(&self, bootstrap: Bootstrap, origin: &str) -> Result<u64, StartError> {
+        let mut sources = self.sources.lock().expect("not poisoned");
+        let candidate = merged(&bootstrap, sources.dynamic.as_ref());
+        let v = self.swap(candidate, origin)?;
+        sources.file = bootstrap;
+        Ok(v)
+    }
+
+    /// Applies resources pushed by the control plane (listeners ignored), or
+    /// keeps the current config and returns why not.
+    pub fn apply_dynamic(&self, resources: MeshResources, origin: &str) -> Result<u64, StartError> {
+        let mut sources = self.sources.lock().expect("not poisoned");
+        let candidate = merged(&sources.file, Some(&resources));
+        let v = self.swap(candidate, origin)?;
+        sources.dynamic = Some(resources);
+        Ok(v)
+    }
+
+    /// Checks that `resources` would compile with the current file, without
+    /// applying them.
+    pub fn check_dynamic(&self, resources: &MeshResources, origin: &str) -> Result<(), StartError> {
+        let sources = self.sources.lock().expect("not poisoned");
+        let candidate = merged(&sources.file, Some(resources));
+        Snapshot::compile(candidate, 0, None, origin).map(|_| ())
+    }
+
+    fn swap(&self, candidate: Bootstrap, origin: &str) -> Result<u64, StartError> {
         let prev = self.load();
-        let result = Snapshot::compile(bootstrap, prev.version + 1, Some(&prev), origin);
+        let result = Snapshot::compile(candidate, prev.version + 1, Some(&prev), origin);
         let mut last = self.last_error.lock().expect("not poisoned");
         match result {
             Ok(next) => {

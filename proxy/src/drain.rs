@@ -6,7 +6,7 @@
 //! with GOAWAY), then waits for all connections up to the drain deadline.
 //! Whatever is still open at the deadline is cut.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -19,11 +19,20 @@ pub struct Drain {
     tracker: TaskTracker,
 }
 
-/// Whether the proxy should receive traffic.
+/// Whether the proxy should receive traffic: started, nothing blocking
+/// (e.g. the first config from the control plane), and not draining.
 #[derive(Clone, Debug, Default)]
 pub struct Readiness {
     ready: Arc<AtomicBool>,
+    blockers: Arc<AtomicUsize>,
     drain: Drain,
+}
+
+/// Holds readiness back until dropped.
+#[derive(Debug)]
+pub struct BlockReady {
+    what: &'static str,
+    blockers: Arc<AtomicUsize>,
 }
 
 /// How a drain ended.
@@ -83,7 +92,17 @@ impl Readiness {
     pub fn new(drain: Drain) -> Self {
         Self {
             ready: Arc::default(),
+            blockers: Arc::default(),
             drain,
+        }
+    }
+
+    /// Keeps the proxy not ready until the returned guard is dropped.
+    pub fn block(&self, what: &'static str) -> BlockReady {
+        self.blockers.fetch_add(1, Ordering::AcqRel);
+        BlockReady {
+            what,
+            blockers: self.blockers.clone(),
         }
     }
 
@@ -94,7 +113,16 @@ impl Readiness {
 
     /// True when ready and not draining.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.drain.is_draining()
+        self.ready.load(Ordering::Acquire)
+            && self.blockers.load(Ordering::Acquire) == 0
+            && !self.drain.is_draining()
+    }
+}
+
+impl Drop for BlockReady {
+    fn drop(&mut self) {
+        tracing::debug!(what = self.what, "no longer blocking readiness");
+        self.blockers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -111,6 +139,9 @@ mod tests {
         });
         let ready = Readiness::new(drain.clone());
         ready.set_ready();
+        let block = ready.block("xds");
+        assert!(!ready.is_ready());
+        drop(block);
         assert!(ready.is_ready());
         drain.start();
         assert!(!ready.is_ready());

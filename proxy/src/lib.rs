@@ -27,6 +27,7 @@ pub mod route;
 pub mod stack;
 pub mod telemetry;
 pub mod upstream;
+pub mod xds;
 
 pub use crate::body::Body;
 pub use crate::error::{ProxyError, StartError};
@@ -61,6 +62,11 @@ pub struct Proxy {
     readiness: Readiness,
     ctx: StackContext,
     drain_timeout: Duration,
+    xds: Option<(
+        sane_xds_proto::ControlPlane,
+        sane_xds_proto::Node,
+        xds::XdsMetrics,
+    )>,
 }
 
 /// Controls a running proxy: reload its config, start a drain.
@@ -83,6 +89,15 @@ pub async fn build(
         .map_or_else(|| "<inline>".to_string(), |p| p.display().to_string());
     let drain_timeout = Duration::from_millis(bootstrap.drain_timeout_ms());
     let admin_address = bootstrap.admin.address.clone();
+    let xds_metrics = match bootstrap.control_plane {
+        Some(_) => Some(xds::XdsMetrics::register(&registry)?),
+        None => None,
+    };
+    let xds = bootstrap
+        .control_plane
+        .clone()
+        .zip(xds_metrics)
+        .map(|(cp, m)| (cp, bootstrap.node.clone(), m));
     let snapshot = Snapshot::compile(bootstrap, 1, None, &origin)?;
     let (admin_socket, admin_addr) = listener::bind_tcp("admin", &admin_address)?;
     let listeners = snapshot
@@ -112,6 +127,7 @@ pub async fn build(
         readiness: Readiness::new(drain),
         ctx,
         drain_timeout,
+        xds,
     })
 }
 
@@ -149,6 +165,17 @@ impl Proxy {
         let background = CancellationToken::new();
         tokio::spawn(watch_file(self.handle.clone(), background.clone()));
         tokio::spawn(reap_idle(self.ctx.upstream.clone(), background.clone()));
+        if let Some((cp, node, metrics)) = self.xds {
+            let block = self.readiness.block("xds");
+            tokio::spawn(xds::run(
+                cp,
+                node,
+                self.handle.config.clone(),
+                metrics,
+                block,
+                background.clone(),
+            ));
+        }
         self.readiness.set_ready();
         tracing::info!("proxy ready");
 

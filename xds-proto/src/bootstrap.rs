@@ -19,9 +19,27 @@ pub struct Bootstrap {
     /// before closing them. Default: 0, meaning 30s.
     #[serde(with = "duration_ms")]
     pub drain_timeout: u64,
-    /// Static resources, reloaded from the file on SIGHUP or change.
+    /// Static resources, reloaded from the file on SIGHUP or change. With a
+    /// control plane, its services, endpoints, routes and policies replace
+    /// these once received (listeners always come from this file).
     /// Default: none.
     pub resources: MeshResources,
+    /// The control plane to fetch resources from over xDS. Default: none,
+    /// static resources only.
+    pub control_plane: Option<ControlPlane>,
+}
+
+/// Where the proxy's dynamic configuration comes from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlane {
+    /// xDS server URL, e.g. `http://127.0.0.1:15010`. Required.
+    pub address: String,
+    /// File holding the proxy's bootstrap token. Default: empty, no token.
+    pub token_file: String,
+    /// Services of other namespaces (or `*`) this proxy talks to, beyond its
+    /// own namespace. Default: none.
+    pub services: Vec<String>,
 }
 
 /// The proxy's identity in the mesh.
@@ -75,6 +93,15 @@ impl Bootstrap {
         }
         self.resources
             .validate_into(&root.field("resources"), &mut errs);
+        if let Some(cp) = &self.control_plane {
+            let a = &cp.address;
+            if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() < 10 {
+                errs.push(
+                    &root.field("control_plane").field("address"),
+                    format!("{a:?} is not an http(s) URL"),
+                );
+            }
+        }
         errs.finish()
     }
 

@@ -21,7 +21,7 @@ pub mod serde_util;
 mod service;
 mod validate;
 
-pub use bootstrap::{AdminConfig, Bootstrap, Node};
+pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, Node};
 pub use endpoint::Endpoint;
 pub use listener::{Direction, Listener, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};

@@ -61,6 +61,15 @@ pub struct DestinationPolicy {
 // === impl DestinationPolicy ===
 
 impl DestinationPolicy {
+    /// Validates this resource on its own (references to other resources
+    /// are checked by [`crate::MeshResources::validate`]). Paths are relative
+    /// to the resource, e.g. `ports[1].port`.
+    pub fn validate(&self) -> Result<(), crate::ValidationErrors> {
+        let mut errs = Errors::default();
+        self.validate_into(&FieldPath::root(), &mut errs);
+        errs.finish()
+    }
+
     pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
         errs.name(&path.field("name"), &self.name);
         if !self.namespace.is_empty() {

@@ -156,6 +156,15 @@ impl MatchKind {
 // === impl Route ===
 
 impl Route {
+    /// Validates this resource on its own (references to other resources
+    /// are checked by [`crate::MeshResources::validate`]). Paths are relative
+    /// to the resource, e.g. `ports[1].port`.
+    pub fn validate(&self) -> Result<(), crate::ValidationErrors> {
+        let mut errs = Errors::default();
+        self.validate_into(&FieldPath::root(), &mut errs);
+        errs.finish()
+    }
+
     pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
         errs.name(&path.field("name"), &self.name);
         if !self.namespace.is_empty() {

@@ -1,0 +1,277 @@
+//! The xDS client: one ADS stream (state of the world) to the control plane.
+//!
+//! Connects with backoff (10 ms doubling to 15 s, reset after a response is
+//! received), subscribes to every type (wildcard), and for each response
+//! either applies the resources atomically and ACKs, or keeps the last good
+//! config and NACKs with a message naming the resource and field (see
+//! [`state`]). Readiness is held until every type was accepted once. When the
+//! control plane is unreachable the proxy keeps serving what it has: the data
+//! path never waits on this task.
+
+pub mod state;
+
+use self::state::{XdsState, SUBSCRIBED};
+use crate::config::ConfigStore;
+use crate::drain::BlockReady;
+use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use sane_xds_proto::{ControlPlane, Node};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+/// xDS client metrics.
+#[derive(Clone, Debug)]
+pub struct XdsMetrics {
+    connected: IntGauge,
+    updates: IntCounterVec,
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsError {
+    /// The address is not a valid URI.
+    #[error("control plane address {address:?}: {source}")]
+    Address {
+        /// The address.
+        address: String,
+        /// The parse error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// Connecting failed.
+    #[error("connecting to control plane {address}: {source}")]
+    Connect {
+        /// The address.
+        address: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The stream failed or was refused.
+    #[error("xds stream to {address}: {status}")]
+    Stream {
+        /// The address.
+        address: String,
+        /// The gRPC status.
+        status: tonic::Status,
+    },
+    /// The token file could not be read.
+    #[error("reading token file {path}: {source}")]
+    Token {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+// === impl XdsMetrics ===
+
+impl XdsMetrics {
+    /// Registers the metrics.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let connected = IntGauge::new(
+            "sane_xds_connected",
+            "1 while the xDS stream to the control plane is up.",
+        )?;
+        let updates = IntCounterVec::new(
+            Opts::new(
+                "sane_xds_updates_total",
+                "xDS responses, by type and result (ack, nack).",
+            ),
+            &["type", "result"],
+        )?;
+        registry.register(Box::new(connected.clone()))?;
+        registry.register(Box::new(updates.clone()))?;
+        Ok(Self { connected, updates })
+    }
+}
+
+/// Runs the client until `stop` is cancelled. `block` is dropped once every
+/// type has been accepted.
+pub async fn run(
+    cp: ControlPlane,
+    node: Node,
+    store: Arc<ConfigStore>,
+    metrics: XdsMetrics,
+    block: BlockReady,
+    stop: CancellationToken,
+) {
+    let mut state = XdsState::default();
+    let mut block = Some(block);
+    let mut backoff = BACKOFF_START;
+    loop {
+        let mut got_response = false;
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session(&cp, &node, &store, &metrics, &mut state, &mut block, &mut got_response) => r,
+        };
+        metrics.connected.set(0);
+        if got_response {
+            backoff = BACKOFF_START;
+        }
+        match result {
+            Ok(()) => {
+                tracing::warn!(address = %cp.address, "xds stream closed by the control plane; reconnecting")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "xds session failed; serving the last config")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn session(
+    cp: &ControlPlane,
+    node: &Node,
+    store: &ConfigStore,
+    metrics: &XdsMetrics,
+    state: &mut XdsState,
+    block: &mut Option<BlockReady>,
+    got_response: &mut bool,
+) -> Result<(), XdsError> {
+    let address = cp.address.clone();
+    let token = if cp.token_file.is_empty() {
+        None
+    } else {
+        let t = std::fs::read_to_string(&cp.token_file).map_err(|source| XdsError::Token {
+            path: cp.token_file.clone(),
+            source,
+        })?;
+        Some(t.trim().to_string())
+    };
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .map_err(|source| XdsError::Address {
+            address: address.clone(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|source| XdsError::Connect {
+            address: address.clone(),
+            source,
+        })?;
+    let auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        token.and_then(|t| format!("Bearer {t}").parse().ok());
+    let mut client = AggregatedDiscoveryServiceClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            if let Some(v) = &auth {
+                req.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(req)
+        },
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    for (i, t) in SUBSCRIBED.into_iter().enumerate() {
+        let mut req = state.subscribe(t);
+        if i == 0 {
+            req.node = Some(envoy_node(node, cp));
+        }
+        let _ = tx.try_send(req);
+    }
+    let stream_err = |status| XdsError::Stream {
+        address: address.clone(),
+        status,
+    };
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(stream_err)?
+        .into_inner();
+    metrics.connected.set(1);
+    tracing::info!(%address, "xds stream established");
+    while let Some(resp) = responses.message().await.map_err(stream_err)? {
+        *got_response = true;
+        let type_label = resp
+            .type_url
+            .rsplit('.')
+            .next()
+            .unwrap_or("unknown")
+            .to_string();
+        let origin = format!("xds {}", resp.type_url);
+        let reply = match state.candidate(&resp) {
+            Err(reason) => Err(reason),
+            Ok((t, received, candidate)) => match store.apply_dynamic(candidate, &origin) {
+                Ok(version) => {
+                    tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
+                    Ok(state.accept(t, &resp, received))
+                }
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        let reply = match reply {
+            Ok(ack) => {
+                metrics
+                    .updates
+                    .with_label_values(&[&type_label, "ack"])
+                    .inc();
+                ack
+            }
+            Err(reason) => {
+                tracing::warn!(r#type = %type_label, %reason, "rejected xds update; keeping the last good config");
+                metrics
+                    .updates
+                    .with_label_values(&[&type_label, "nack"])
+                    .inc();
+                state.reject(&resp, reason)
+            }
+        };
+        if tx.send(reply).await.is_err() {
+            break;
+        }
+        if state.all_acked() && block.take().is_some() {
+            tracing::info!("received the initial config of every type from the control plane");
+        }
+    }
+    Ok(())
+}
+
+fn envoy_node(node: &Node, cp: &ControlPlane) -> EnvoyNode {
+    let string = |s: &str| Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(
+        "namespace".to_string(),
+        string(sane_xds_proto::namespace_or_default(&node.namespace)),
+    );
+    if !cp.services.is_empty() {
+        fields.insert(
+            "services".to_string(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: cp.services.iter().map(|s| string(s)).collect(),
+                })),
+            },
+        );
+    }
+    EnvoyNode {
+        id: if node.id.is_empty() {
+            "sidecar".into()
+        } else {
+            node.id.clone()
+        },
+        cluster: node.workload.clone(),
+        metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,403 @@
+//! The xDS client's state machine, free of I/O.
+//!
+//! For each type it keeps what was last received (by resource name), the
+//! version and nonce to answer with, and whether the type was ever accepted.
+//! A response is decoded and each resource validated on its own; a resource
+//! that fails names itself in the NACK. Resources referring to a service the
+//! proxy has not (yet) received are held back rather than rejected: the
+//! control plane may send types in any order, and they become active when
+//! the service arrives. The merged candidate is then compiled by the caller;
+//! a compile error is a NACK too, and the last good config keeps serving.
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status;
+use prost::Message;
+use sane_xds_proto::resources::qualify;
+use sane_xds_proto::{DestinationPolicy, Endpoint, MeshResources, Route, Service, TypeUrl};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The types the proxy subscribes to, in the order it asks for them.
+pub const SUBSCRIBED: [TypeUrl; 4] = [
+    TypeUrl::Service,
+    TypeUrl::Endpoint,
+    TypeUrl::Route,
+    TypeUrl::DestinationPolicy,
+];
+
+/// A decoded resource of any subscribed type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    /// A service.
+    Service(Service),
+    /// An endpoint.
+    Endpoint(Endpoint),
+    /// A route.
+    Route(Route),
+    /// A destination policy.
+    Policy(DestinationPolicy),
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Version of the last accepted response.
+    version: String,
+    /// Accepted resources by name.
+    accepted: BTreeMap<String, Resource>,
+    /// True once a response of this type was accepted.
+    acked: bool,
+}
+
+/// Per-type state for one proxy's xDS session(s); survives reconnects.
+#[derive(Debug, Default)]
+pub struct XdsState {
+    types: HashMap<TypeUrl, TypeState>,
+}
+
+/// What to do with a response.
+#[derive(Debug)]
+pub struct Decision {
+    /// The request to send back (ACK or NACK).
+    pub reply: DiscoveryRequest,
+    /// Resources to apply, when accepted.
+    pub apply: Option<MeshResources>,
+}
+
+// === impl XdsState ===
+
+impl XdsState {
+    /// The initial request for `type_url` on a new stream; `node` goes on
+    /// the first one only.
+    pub fn subscribe(&self, t: TypeUrl) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: t.as_str().to_string(),
+            version_info: self
+                .types
+                .get(&t)
+                .map(|s| s.version.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// True once every subscribed type was accepted at least once.
+    pub fn all_acked(&self) -> bool {
+        SUBSCRIBED
+            .iter()
+            .all(|t| self.types.get(t).is_some_and(|s| s.acked))
+    }
+
+    /// The version accepted for `t`.
+    pub fn version(&self, t: TypeUrl) -> &str {
+        self.types.get(&t).map_or("", |s| s.version.as_str())
+    }
+
+    /// Decodes and validates `resp`. On success returns the merged resources
+    /// to compile; the caller then calls [`XdsState::accept`] or
+    /// [`XdsState::reject`] with the compile result.
+    pub fn candidate(
+        &self,
+        resp: &DiscoveryResponse,
+    ) -> Result<(TypeUrl, BTreeMap<String, Resource>, MeshResources), String> {
+        let t = TypeUrl::parse(&resp.type_url)
+            .filter(|t| SUBSCRIBED.contains(t))
+            .ok_or_else(|| format!("unsupported type {:?}", resp.type_url))?;
+        let mut received = BTreeMap::new();
+        for (i, any) in resp.resources.iter().enumerate() {
+            let r = decode(t, any).map_err(|e| format!("resources[{i}]: {e}"))?;
+            let name = name_of(&r);
+            validate(&r).map_err(|e| format!("{} {name}: {e}", kind(&r)))?;
+            received.insert(name, r);
+        }
+        let mut all: Vec<&Resource> = Vec::new();
+        for other in SUBSCRIBED {
+            if other == t {
+                all.extend(received.values());
+            } else if let Some(s) = self.types.get(&other) {
+                all.extend(s.accepted.values());
+            }
+        }
+        Ok((t, received.clone(), assemble(all)))
+    }
+
+    /// Records an accepted response and builds its ACK.
+    pub fn accept(
+        &mut self,
+        t: TypeUrl,
+        resp: &DiscoveryResponse,
+        received: BTreeMap<String, Resource>,
+    ) -> DiscoveryRequest {
+        let s = self.types.entry(t).or_default();
+        s.version = resp.version_info.clone();
+        s.accepted = received;
+        s.acked = true;
+        DiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            version_info: resp.version_info.clone(),
+            response_nonce: resp.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Builds the NACK for a rejected response: the last accepted version,
+    /// the response's nonce, and the reason.
+    pub fn reject(&self, resp: &DiscoveryResponse, reason: String) -> DiscoveryRequest {
+        let version = TypeUrl::parse(&resp.type_url)
+            .map(|t| self.version(t).to_string())
+            .unwrap_or_default();
+        DiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            version_info: version,
+            response_nonce: resp.nonce.clone(),
+            error_detail: Some(Status {
+                code: 3, // INVALID_ARGUMENT
+                message: reason,
+                details: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
+    if any.type_url != t.as_str() {
+        return Err(format!(
+            "type {:?} in a {} response",
+            any.type_url,
+            t.as_str()
+        ));
+    }
+    let v = any.value.as_slice();
+    let err = |e: prost::DecodeError| format!("cannot decode: {e}");
+    Ok(match t {
+        TypeUrl::Service => Resource::Service(Service::decode(v).map_err(err)?),
+        TypeUrl::Endpoint => Resource::Endpoint(Endpoint::decode(v).map_err(err)?),
+        TypeUrl::Route => Resource::Route(Route::decode(v).map_err(err)?),
+        TypeUrl::DestinationPolicy => Resource::Policy(DestinationPolicy::decode(v).map_err(err)?),
+        TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
+    })
+}
+
+fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
+    match r {
+        Resource::Service(s) => s.validate(),
+        Resource::Endpoint(e) => e.validate(),
+        Resource::Route(x) => x.validate(),
+        Resource::Policy(p) => p.validate(),
+    }
+}
+
+fn kind(r: &Resource) -> &'static str {
+    match r {
+        Resource::Service(_) => "service",
+        Resource::Endpoint(_) => "endpoint",
+        Resource::Route(_) => "route",
+        Resource::Policy(_) => "policy",
+    }
+}
+
+/// The resource's name, as the control plane names it.
+pub fn name_of(r: &Resource) -> String {
+    let ns = |n: &str| sane_xds_proto::namespace_or_default(n).to_string();
+    match r {
+        Resource::Service(s) => format!("{}/{}", ns(&s.namespace), s.name),
+        Resource::Route(x) => format!("{}/{}", ns(&x.namespace), x.name),
+        Resource::Policy(p) => format!("{}/{}", ns(&p.namespace), p.name),
+        Resource::Endpoint(e) => {
+            let port = if e.proxy_port != 0 {
+                e.proxy_port
+            } else {
+                e.port
+            };
+            let addr = if e.address.contains(':') {
+                format!("[{}]", e.address)
+            } else {
+                e.address.clone()
+            };
+            format!("{}/{}/{addr}:{port}", ns(&e.namespace), e.service)
+        }
+    }
+}
+
+/// Builds the resource set, holding back what refers to unknown services.
+fn assemble(all: Vec<&Resource>) -> MeshResources {
+    let services: HashSet<String> = all
+        .iter()
+        .filter_map(|r| match r {
+            Resource::Service(s) => Some(s.key()),
+            _ => None,
+        })
+        .collect();
+    let known = |name: &str, ns: &str| services.contains(&qualify(name, ns));
+    let mut out = MeshResources::default();
+    for r in all {
+        match r {
+            Resource::Service(s) => out.services.push(s.clone()),
+            Resource::Endpoint(e) if known(&e.service, &e.namespace) => {
+                out.endpoints.push(e.clone())
+            }
+            Resource::Route(x)
+                if known(&x.service, &x.namespace)
+                    && x.rules.iter().all(|rule| {
+                        rule.destinations
+                            .iter()
+                            .all(|d| known(&d.service, &x.namespace))
+                    }) =>
+            {
+                out.routes.push(x.clone())
+            }
+            Resource::Policy(p) if known(&p.service, &p.namespace) => out.policies.push(p.clone()),
+            other => tracing::debug!(
+                resource = %name_of(other),
+                "held back until the service it refers to arrives"
+            ),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sane_xds_proto::ServicePort;
+
+    fn any<M: Message>(t: TypeUrl, m: &M) -> Any {
+        Any {
+            type_url: t.as_str().into(),
+            value: m.encode_to_vec(),
+        }
+    }
+
+    fn resp(t: TypeUrl, version: &str, nonce: &str, resources: Vec<Any>) -> DiscoveryResponse {
+        DiscoveryResponse {
+            type_url: t.as_str().into(),
+            version_info: version.into(),
+            nonce: nonce.into(),
+            resources,
+            ..Default::default()
+        }
+    }
+
+    fn echo() -> Service {
+        Service {
+            name: "echo".into(),
+            ports: vec![ServicePort {
+                port: 80,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            service: "echo".into(),
+            address: "10.0.0.1".into(),
+            port: 8080,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn endpoints_before_services_are_held_not_rejected() {
+        let mut st = XdsState::default();
+        let r = resp(
+            TypeUrl::Endpoint,
+            "e1",
+            "n1",
+            vec![any(TypeUrl::Endpoint, &endpoint())],
+        );
+        let (t, got, candidate) = st.candidate(&r).unwrap();
+        assert!(candidate.endpoints.is_empty());
+        let ack = st.accept(t, &r, got);
+        assert_eq!(
+            (ack.version_info.as_str(), ack.response_nonce.as_str()),
+            ("e1", "n1")
+        );
+        assert!(ack.error_detail.is_none());
+
+        let r = resp(
+            TypeUrl::Service,
+            "s1",
+            "n2",
+            vec![any(TypeUrl::Service, &echo())],
+        );
+        let (_, _, candidate) = st.candidate(&r).unwrap();
+        assert_eq!(candidate.endpoints.len(), 1, "held endpoint becomes active");
+        assert!(!st.all_acked());
+    }
+
+    #[test]
+    fn invalid_resource_is_nacked_with_its_name_and_field() {
+        let mut st = XdsState::default();
+        let good = resp(
+            TypeUrl::Service,
+            "s1",
+            "n1",
+            vec![any(TypeUrl::Service, &echo())],
+        );
+        let (t, got, _) = st.candidate(&good).unwrap();
+        st.accept(t, &good, got);
+        let mut bad = echo();
+        bad.ports[0].port = 0;
+        let r = resp(
+            TypeUrl::Service,
+            "s2",
+            "n2",
+            vec![any(TypeUrl::Service, &bad)],
+        );
+        let reason = st.candidate(&r).unwrap_err();
+        assert_eq!(
+            reason,
+            "service default/echo: ports[0].port: 0 is not a valid port (1-65535)"
+        );
+        let nack = st.reject(&r, reason);
+        assert_eq!(
+            nack.version_info, "s1",
+            "NACK carries the last good version"
+        );
+        assert_eq!(nack.response_nonce, "n2");
+        assert!(nack.error_detail.unwrap().message.contains("ports[0].port"));
+    }
+
+    #[test]
+    fn garbage_and_wrong_types_are_nacked() {
+        let st = XdsState::default();
+        let r = resp(
+            TypeUrl::Service,
+            "s1",
+            "n1",
+            vec![Any {
+                type_url: TypeUrl::Service.as_str().into(),
+                value: vec![0xff, 0xff, 0xff],
+            }],
+        );
+        assert!(st
+            .candidate(&r)
+            .unwrap_err()
+            .starts_with("resources[0]: cannot decode"));
+        let r = resp(
+            TypeUrl::Service,
+            "s1",
+            "n1",
+            vec![any(TypeUrl::Endpoint, &endpoint())],
+        );
+        assert!(st
+            .candidate(&r)
+            .unwrap_err()
+            .contains("in a type.googleapis.com/sane.mesh.v1.Service response"));
+    }
+
+    #[test]
+    fn ready_after_every_type_is_acked() {
+        let mut st = XdsState::default();
+        for (i, t) in SUBSCRIBED.into_iter().enumerate() {
+            assert!(!st.all_acked());
+            let r = resp(t, "v", &format!("n{i}"), vec![]);
+            let (t, got, _) = st.candidate(&r).unwrap();
+            st.accept(t, &r, got);
+        }
+        assert!(st.all_acked());
+        assert_eq!(st.subscribe(TypeUrl::Route).version_info, "v");
+    }
+}
