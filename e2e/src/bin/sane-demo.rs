@@ -1,1 +1,37 @@
-fn main() {}
+//! `sane-demo`: starts a small local mesh and runs steady traffic through it
+//! (see `sane_e2e::demo`).
+//!
+//! `cargo run -p sane-e2e --bin sane-demo` runs until Ctrl-C;
+//! `-- --duration 10s` runs for a bounded time. Exits 1 if any request failed.
+
+use clap::Parser;
+use sane_e2e::demo::{run, DemoOptions};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Run a local Sane Mesh with steady HTTP/1, HTTP/2, gRPC and TCP traffic.
+#[derive(Debug, Parser)]
+#[command(name = "sane-demo", version)]
+struct Args {
+    /// How long to send traffic, e.g. `10s`; default: until Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Pause between two requests of one protocol.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let ok = run(DemoOptions {
+        duration: args.duration,
+        interval: args.interval,
+    })
+    .await;
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

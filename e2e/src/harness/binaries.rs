@@ -1,0 +1,199 @@
+//! Building the workspace binaries, once per test process.
+//!
+//! Tests run the real `sane-proxy` and `sane-echo`, so they must be built with
+//! the same profile and into the same target directory as the running test.
+//! Both are derived from the test's own path (`<target>/<profile>/deps/<test>`),
+//! which also follows `CARGO_TARGET_DIR` and `--release`.
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+/// Packages whose binaries [`bins`] builds. Add `sane-control-plane` here once
+/// tests need it.
+pub const PACKAGES: &[&str] = &["sane-proxy", "sane-e2e"];
+
+/// Paths of the binaries every mesh test needs.
+#[derive(Clone, Debug)]
+pub struct Bins {
+    /// `sane-proxy`.
+    pub proxy: PathBuf,
+    /// `sane-echo`.
+    pub echo: PathBuf,
+}
+
+/// Where the running executable's build lives.
+#[derive(Debug)]
+struct Layout {
+    /// `<target>[/<triple>]/<profile>`: where binaries land.
+    profile_dir: PathBuf,
+    /// The `--target-dir`.
+    target_dir: PathBuf,
+    /// `--target`, when the build is for an explicit triple.
+    triple: Option<OsString>,
+    /// The profile's directory name (`debug`, `release`, or a custom one).
+    profile: OsString,
+}
+
+/// Builds [`PACKAGES`] (once per process) and returns the binaries' paths.
+/// Panics with cargo's output if the build fails.
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        bins_for(PACKAGES);
+        Bins {
+            proxy: existing(&layout().profile_dir, "sane-proxy"),
+            echo: existing(&layout().profile_dir, "sane-echo"),
+        }
+    })
+}
+
+/// Builds [`PACKAGES`] (once per process) and returns the path of binary
+/// `name`, e.g. `bin("sane-control-plane")`.
+pub fn bin(name: &str) -> PathBuf {
+    bins();
+    existing(&layout().profile_dir, name)
+}
+
+/// Just `sane-echo`, built without the other packages so tests of the app do
+/// not depend on the proxy compiling.
+pub fn echo_bin() -> PathBuf {
+    let dir = bins_for(&["sane-e2e"]);
+    existing(dir, "sane-echo")
+}
+
+/// Builds the binaries of `packages`, each package at most once per process,
+/// and returns the directory they are in. Concurrent callers wait for one
+/// another rather than race cargo.
+pub fn bins_for(packages: &[&str]) -> &'static Path {
+    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !built.contains(*p))
+        .collect();
+    if !missing.is_empty() {
+        cargo_build(&missing);
+        built.extend(missing.iter().map(|p| p.to_string()));
+    }
+    &layout().profile_dir
+}
+
+/// The workspace root: the parent of this crate.
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent directory")
+}
+
+fn cargo_build(packages: &[&str]) {
+    let layout = layout();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(workspace_root())
+        .arg("build")
+        .arg("--bins")
+        .arg("--target-dir")
+        .arg(&layout.target_dir);
+    for p in packages {
+        cmd.arg("-p").arg(p);
+    }
+    match layout.profile.to_str() {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        _ => {
+            cmd.arg("--profile").arg(&layout.profile);
+        }
+    }
+    if let Some(triple) = &layout.triple {
+        cmd.arg("--target").arg(triple);
+    }
+    eprintln!("sane-e2e: building {packages:?} (once per test process): {cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cargo:?} failed: {e}"));
+    if !out.status.success() {
+        panic!(
+            "building {packages:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn existing(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} does not exist; is its package in harness::PACKAGES?",
+        path.display()
+    );
+    path
+}
+
+fn layout() -> &'static Layout {
+    static LAYOUT: OnceLock<Layout> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the path of the running executable");
+        Layout::from_exe(&exe)
+            .unwrap_or_else(|| panic!("{} is not inside a cargo target directory", exe.display()))
+    })
+}
+
+// === impl Layout ===
+
+impl Layout {
+    /// `<target>/<profile>/deps/test-hash`, `<target>/<profile>/bin-name` or
+    /// `<target>/<triple>/<profile>/...`.
+    fn from_exe(exe: &Path) -> Option<Layout> {
+        let mut dir = exe.parent()?;
+        if matches!(
+            dir.file_name().and_then(|n| n.to_str()),
+            Some("deps" | "examples")
+        ) {
+            dir = dir.parent()?;
+        }
+        let profile = dir.file_name()?.to_os_string();
+        let above = dir.parent()?;
+        // The target directory holds CACHEDIR.TAG; a triple directory does not.
+        let (target_dir, triple) = if !above.join("CACHEDIR.TAG").exists()
+            && above.parent()?.join("CACHEDIR.TAG").exists()
+        {
+            (
+                above.parent()?.to_path_buf(),
+                Some(above.file_name()?.to_os_string()),
+            )
+        } else {
+            (above.to_path_buf(), None)
+        };
+        Some(Layout {
+            profile_dir: dir.to_path_buf(),
+            target_dir,
+            triple,
+            profile,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_of_a_test_and_of_a_binary() {
+        let l = Layout::from_exe(Path::new("/w/target/debug/deps/echo_app-123")).unwrap();
+        assert_eq!(l.profile_dir, Path::new("/w/target/debug"));
+        assert_eq!(l.target_dir, Path::new("/w/target"));
+        assert_eq!(l.profile, "debug");
+        assert!(l.triple.is_none());
+
+        let l = Layout::from_exe(Path::new("/w/target/release/sane-demo")).unwrap();
+        assert_eq!(l.profile_dir, Path::new("/w/target/release"));
+        assert_eq!(l.profile, "release");
+    }
+}

@@ -1,0 +1,118 @@
+//! The one polling helper. Tests never sleep for a fixed time: they state a
+//! condition and a deadline, and [`eventually`] retries until it holds.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How long [`eventually`] waits between attempts.
+pub const EVENTUALLY_STEP: Duration = Duration::from_millis(20);
+
+/// Why [`retry`] gave up.
+#[derive(Debug)]
+pub(crate) struct GaveUp {
+    pub(crate) attempts: u32,
+    pub(crate) last_error: String,
+}
+
+/// Runs `f` every [`EVENTUALLY_STEP`] until it returns `Ok`, and returns that
+/// value. Panics at the deadline with the last error, so a failing test says
+/// what it was waiting for.
+///
+/// An attempt still pending at the deadline is cancelled, so a hung request
+/// cannot hang the test.
+pub async fn eventually<T, F, Fut>(deadline: Duration, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match retry(deadline, EVENTUALLY_STEP, f).await {
+        Ok(v) => v,
+        Err(e) => panic!(
+            "condition still false after {deadline:?} ({} attempts); last error: {}",
+            e.attempts, e.last_error
+        ),
+    }
+}
+
+/// [`eventually`] for code outside an async runtime (for example `Drop`).
+pub fn eventually_blocking<T>(deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match f() {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() >= deadline => panic!(
+                "condition still false after {deadline:?} ({attempts} attempts); last error: {e}"
+            ),
+            Err(_) => std::thread::sleep(EVENTUALLY_STEP),
+        }
+    }
+}
+
+/// The loop behind [`eventually`], with the step as a parameter so process
+/// helpers can poll faster, and an error instead of a panic.
+pub(crate) async fn retry<T, F, Fut>(
+    deadline: Duration,
+    step: Duration,
+    mut f: F,
+) -> Result<T, GaveUp>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_sub(start.elapsed());
+        let last_error = match tokio::time::timeout(left, f()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => "the attempt was still pending at the deadline".to_string(),
+        };
+        if start.elapsed() >= deadline {
+            return Err(GaveUp {
+                attempts,
+                last_error,
+            });
+        }
+        tokio::time::sleep(step.min(deadline.saturating_sub(start.elapsed()))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn returns_the_first_ok() {
+        let mut n = 0;
+        let v = eventually(Duration::from_secs(5), || {
+            n += 1;
+            let n = n;
+            async move {
+                if n < 3 {
+                    Err(format!("only {n}"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(v, 3);
+    }
+
+    #[tokio::test]
+    async fn gives_up_with_the_last_error() {
+        let e = retry(
+            Duration::from_millis(50),
+            Duration::from_millis(5),
+            || async { Err::<(), _>("never".to_string()) },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.last_error, "never");
+        assert!(e.attempts >= 2, "{e:?}");
+    }
+}

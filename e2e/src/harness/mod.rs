@@ -1,0 +1,26 @@
+//! The end-to-end test harness: real binaries, real sockets, no sleeps.
+//!
+//! * [`bins`] builds `sane-proxy` and `sane-echo` once per test process.
+//! * [`Proc`] runs a binary and reads its `listening name=… addr=…` lines.
+//! * [`Mesh`] / [`TwoHop`] start echo apps and sidecars from typed configs.
+//! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
+//!   condition with a deadline and is the only way tests poll.
+
+mod app;
+mod binaries;
+mod eventually;
+mod grpc;
+pub mod http;
+mod mesh;
+mod process;
+mod sidecar;
+mod two_hop;
+
+pub use app::{echo_service, EchoAddrs, EchoApp, GRPC_PORT, HTTP_PORT, TCP_PORT};
+pub use binaries::{bin, bins, bins_for, echo_bin, workspace_root, Bins, PACKAGES};
+pub use eventually::{eventually, eventually_blocking, EVENTUALLY_STEP};
+pub use grpc::EchoClient;
+pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
+pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
+pub use sidecar::{metric_value, write_bootstrap, Sidecar, READY_DEADLINE};
+pub use two_hop::TwoHop;
