@@ -154,6 +154,15 @@ pub enum Error {
         not_after: SystemTime,
     },
 
+    /// A [`crate::CaOptions`] field is out of range.
+    #[error("invalid CA option {field}: {reason}")]
+    InvalidCaOption {
+        /// The field, e.g. `max_leaf_ttl`.
+        field: &'static str,
+        /// The bad value and the rule it breaks.
+        reason: String,
+    },
+
     /// A CA certificate names a different trust domain in its URI SAN.
     #[error(
         "CA certificate {subject:?} is for trust domain {found:?}, not the configured {configured}"

@@ -11,7 +11,7 @@
 //! proxy builds new configs and swaps them in atomically (see STYLE.md §8).
 //! Root retirement needs no rebuild, the verifiers check it per handshake.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::sign::SingleCertAndKey;
@@ -34,6 +34,11 @@ static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
 /// 1.3 suite, and only the ECDHE + AEAD TLS 1.2 suites (listed explicitly so
 /// a future rustls default cannot widen them silently).
 pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(build_provider).clone()
+}
+
+fn build_provider() -> Arc<CryptoProvider> {
     use aws_lc_rs::cipher_suite as suite;
     Arc::new(CryptoProvider {
         cipher_suites: vec![

@@ -153,6 +153,7 @@ fn identity_from_another_trust_domain_is_refused() {
 fn ttl_is_capped_and_has_a_floor() {
     let mut options = CaOptions::default();
     options.max_leaf_ttl = 2 * HOUR;
+    options.default_leaf_ttl = HOUR;
     let ca = CertificateAuthority::generate(&td(), options).unwrap();
     let identity = id("prod", "web");
     let csr = WorkloadKey::generate().unwrap().csr_pem(&identity).unwrap();
@@ -467,4 +468,66 @@ fn roots_with_the_same_subject_are_told_apart() {
     old_leaf.verify(&bundle, now).unwrap();
     new_leaf.verify(&bundle, now).unwrap();
     assert!(old_leaf.verify(&bundle, now + 2 * HOUR).is_err());
+}
+
+#[test]
+fn csrs_with_other_accepted_key_types_verify() {
+    let ca = ca();
+    let identity = id("prod", "web");
+    for algorithm in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+        let key = KeyPair::generate_for(algorithm).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let issued = ca.sign_csr(csr.as_bytes(), &identity, None).unwrap();
+        let chain = chain_der(&issued.chain_pem);
+        let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
+        assert_eq!(
+            leaf.public_key().subject_public_key.data,
+            key.public_key_raw()
+        );
+        rustls_verify(&ca.trust_bundle(), &chain);
+    }
+}
+
+/// Verifies `chain` with the server-side rustls verifier at the current time.
+fn rustls_verify(bundle: &TrustBundle, chain: &[CertificateDer<'static>]) {
+    use rustls::server::danger::ClientCertVerifier;
+    SpiffeClientVerifier::new(bundle, sane_certs::tls::provider())
+        .unwrap()
+        .verify_client_cert(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now())
+        .unwrap();
+}
+
+#[test]
+fn inconsistent_options_are_refused_naming_the_field() {
+    let mut options = CaOptions::default();
+    options.default_leaf_ttl = 30 * DAY;
+    let err = CertificateAuthority::generate(&td(), options).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidCaOption {
+                field: "default_leaf_ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("30days"), "{err}");
+
+    let mut options = CaOptions::default();
+    options.max_leaf_ttl = Duration::from_secs(10);
+    let err = options.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidCaOption {
+                field: "max_leaf_ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    CaOptions::default().validate().unwrap();
 }

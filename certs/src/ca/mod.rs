@@ -9,23 +9,25 @@
 //!
 //! Architecture invariant: only this crate calls rcgen.
 
-mod store;
-
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SerialNumber,
+    SanType, SerialNumber, SignatureAlgorithm,
 };
 use rustls_pki_types::pem::{Error as PemError, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::prelude::FromDer;
 
 use crate::bundle::TrustBundle;
 use crate::error::Error;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::x509::{self, CertInfo};
+
+mod store;
 
 pub use store::{CA_CERT_FILE, CA_KEY_FILE};
 
@@ -33,7 +35,11 @@ pub use store::{CA_CERT_FILE, CA_KEY_FILE};
 /// shorter one would expire before the proxy could rotate it.
 pub const MIN_LEAF_TTL: Duration = Duration::from_secs(60);
 
-/// Knobs of a [`CertificateAuthority`].
+/// The most a leaf's `not_before` may be backdated; more than clock skew
+/// needs would only widen the window a stolen certificate is valid in.
+const MAX_BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Knobs of a [`CertificateAuthority`]; checked by [`CaOptions::validate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CaOptions {
@@ -65,6 +71,8 @@ pub struct CertificateAuthority {
     /// for a root CA).
     chain: Vec<CertificateDer<'static>>,
     signing_subject: String,
+    /// The root at the end of the chain, as proxies must trust it.
+    bundle: TrustBundle,
     /// The earliest expiry in the chain: no leaf may outlive it.
     not_after: SystemTime,
     options: CaOptions,
@@ -90,6 +98,19 @@ pub struct IssuedCert {
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Serial(Vec<u8>);
 
+/// Key algorithms a leaf may carry; the mesh's own workloads use P-256.
+static ACCEPTED_KEY_ALGORITHMS: [&SignatureAlgorithm; 3] = [
+    &rcgen::PKCS_ECDSA_P256_SHA256,
+    &rcgen::PKCS_ECDSA_P384_SHA384,
+    &rcgen::PKCS_ED25519,
+];
+
+/// A parsed CSR and its SubjectPublicKeyInfo exactly as the requester sent it.
+struct Csr {
+    params: CertificateSigningRequestParams,
+    spki: Vec<u8>,
+}
+
 /// Identity of the throwaway leaf signed when a CA is loaded, to prove the
 /// key, chain and signatures work together before serving anyone.
 const SELF_CHECK_NAMESPACE: &str = "sane-system";
@@ -107,6 +128,56 @@ impl Default for CaOptions {
             backdate: Duration::from_secs(60),
             organization: "Sane Mesh".to_owned(),
         }
+    }
+}
+
+impl CaOptions {
+    /// Checks the options against each other; errors name the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |field, reason| Err(Error::InvalidCaOption { field, reason });
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if self.max_leaf_ttl < MIN_LEAF_TTL {
+            return invalid(
+                "max_leaf_ttl",
+                format!(
+                    "{} is below the minimum of {}",
+                    show(self.max_leaf_ttl),
+                    show(MIN_LEAF_TTL)
+                ),
+            );
+        }
+        if self.default_leaf_ttl < MIN_LEAF_TTL || self.default_leaf_ttl > self.max_leaf_ttl {
+            return invalid(
+                "default_leaf_ttl",
+                format!(
+                    "{} is outside {}..={} (MIN_LEAF_TTL..=max_leaf_ttl)",
+                    show(self.default_leaf_ttl),
+                    show(MIN_LEAF_TTL),
+                    show(self.max_leaf_ttl)
+                ),
+            );
+        }
+        if self.root_ttl <= self.max_leaf_ttl {
+            return invalid(
+                "root_ttl",
+                format!(
+                    "{} must be longer than max_leaf_ttl ({})",
+                    show(self.root_ttl),
+                    show(self.max_leaf_ttl)
+                ),
+            );
+        }
+        if self.backdate > MAX_BACKDATE {
+            return invalid(
+                "backdate",
+                format!(
+                    "{} is above the maximum of {}",
+                    show(self.backdate),
+                    show(MAX_BACKDATE)
+                ),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -183,6 +254,7 @@ impl CertificateAuthority {
         key: KeyPair,
         options: CaOptions,
     ) -> Result<Self, Error> {
+        options.validate()?;
         let infos = chain
             .iter()
             .enumerate()
@@ -199,7 +271,9 @@ impl CertificateAuthority {
             what: format!("with CA certificate {:?}", signing.subject),
             source,
         })?;
+        let root = chain[chain.len() - 1].clone();
         let ca = Self {
+            bundle: TrustBundle::from_der([root])?,
             trust_domain: trust_domain.clone(),
             issuer,
             signing_subject: signing.subject.clone(),
@@ -226,7 +300,8 @@ impl CertificateAuthority {
     ///
     /// Refused, with nothing signed: a CSR whose signature does not verify, a
     /// CSR carrying a URI SAN other than `identity` ([`Error::IdentityMismatch`]),
-    /// an identity outside the CA's trust domain, a TTL below [`MIN_LEAF_TTL`].
+    /// a key that is not ECDSA P-256/P-384 or Ed25519, an identity outside the
+    /// CA's trust domain, a TTL below [`MIN_LEAF_TTL`].
     pub fn sign_csr(
         &self,
         csr: &[u8],
@@ -241,8 +316,9 @@ impl CertificateAuthority {
         }
         let csr = parse_csr(csr)?;
         check_requested_identity(&csr, identity)?;
+        check_key_algorithm(&csr)?;
         let ttl = self.leaf_ttl(ttl)?;
-        self.issue(&csr.public_key, identity, ttl)
+        self.issue(&csr.params.public_key, identity, ttl)
     }
 
     /// The trust domain this CA signs for.
@@ -252,8 +328,7 @@ impl CertificateAuthority {
 
     /// The bundle proxies must trust: the root at the end of the chain.
     pub fn trust_bundle(&self) -> TrustBundle {
-        let root = self.chain.last().cloned().into_iter();
-        TrustBundle::from_der(root).expect("the root was validated when the CA was built")
+        self.bundle.clone()
     }
 
     /// PEM of the CA's own chain, signing certificate first, root last.
@@ -353,7 +428,7 @@ impl CertificateAuthority {
         )?;
         let issued = self.issue(&probe_key, &probe_id, MIN_LEAF_TTL)?;
         let chain = x509::certs_from_pem(issued.chain_pem.as_bytes(), "probe chain")?;
-        crate::verify::verify_server_chain(&self.trust_bundle(), &chain, SystemTime::now()).map_err(
+        crate::verify::verify_server_chain(&self.bundle, &chain, SystemTime::now()).map_err(
             |source| Error::CaSelfCheck {
                 subject: self.signing_subject.clone(),
                 source,
@@ -454,7 +529,7 @@ fn load_key(key_pem: &str) -> Result<KeyPair, Error> {
     Err(Error::UnsupportedKeyFormat { what: WHAT, found })
 }
 
-fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, Error> {
+fn parse_csr(csr: &[u8]) -> Result<Csr, Error> {
     let der = if csr.trim_ascii_start().starts_with(b"-----BEGIN") {
         CertificateSigningRequestDer::from_pem_slice(csr).map_err(|e| Error::InvalidCsr {
             reason: format!("malformed PEM: {e}"),
@@ -463,19 +538,44 @@ fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, Error> {
         CertificateSigningRequestDer::from(csr.to_vec())
     };
     // rcgen verifies the CSR's self-signature: proof the caller holds the key.
-    CertificateSigningRequestParams::from_der(&der).map_err(|e| Error::InvalidCsr {
+    let params =
+        CertificateSigningRequestParams::from_der(&der).map_err(|e| Error::InvalidCsr {
+            reason: e.to_string(),
+        })?;
+    let (_, parsed) = X509CertificationRequest::from_der(&der).map_err(|e| Error::InvalidCsr {
         reason: e.to_string(),
-    })
+    })?;
+    let spki = parsed.certification_request_info.subject_pki.raw.to_vec();
+    Ok(Csr { params, spki })
+}
+
+/// rcgen infers the key type from the CSR's signature algorithm; refuse
+/// types we do not issue for, and CSRs where that inference would write a
+/// different public key (say a P-384 key signed with SHA-256) into the leaf.
+fn check_key_algorithm(csr: &Csr) -> Result<(), Error> {
+    let algorithm = csr.params.public_key.algorithm();
+    if !ACCEPTED_KEY_ALGORITHMS.contains(&algorithm) {
+        return Err(Error::InvalidCsr {
+            reason: format!(
+                "key algorithm {algorithm:?} is not accepted; use ECDSA P-256 (or P-384, Ed25519)"
+            ),
+        });
+    }
+    if csr.params.public_key.subject_public_key_info() != csr.spki {
+        return Err(Error::InvalidCsr {
+            reason: format!(
+                "the CSR's signature algorithm ({algorithm:?}) does not match its public key"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Subject and DNS/IP SANs of the CSR are ignored; a URI SAN must repeat
 /// `allowed` exactly.
-fn check_requested_identity(
-    csr: &CertificateSigningRequestParams,
-    allowed: &SpiffeId,
-) -> Result<(), Error> {
+fn check_requested_identity(csr: &Csr, allowed: &SpiffeId) -> Result<(), Error> {
     let allowed_uri = allowed.to_string();
-    for san in &csr.params.subject_alt_names {
+    for san in &csr.params.params.subject_alt_names {
         if let SanType::URI(uri) = san {
             if uri.as_str() != allowed_uri {
                 return Err(Error::IdentityMismatch {
