@@ -27,6 +27,24 @@ pub struct Bootstrap {
     /// The control plane to fetch resources from over xDS. Default: none,
     /// static resources only.
     pub control_plane: Option<ControlPlane>,
+    /// The proxy's workload identity, issued by the control plane's CA.
+    /// Default: none (no mutual TLS).
+    pub identity: Option<IdentityConfig>,
+}
+
+/// How the proxy obtains its workload certificate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// CA URL. Default: the control plane's `address`.
+    pub ca_address: String,
+    /// File holding the bootstrap token the CA authenticates. Default: the
+    /// control plane's `token_file`.
+    pub token_file: String,
+    /// Requested certificate lifetime; the CA may shorten it. Default: 0,
+    /// the CA's default (24h).
+    #[serde(with = "duration_ms")]
+    pub ttl: u64,
 }
 
 /// Where the proxy's dynamic configuration comes from.
@@ -93,6 +111,19 @@ impl Bootstrap {
         }
         self.resources
             .validate_into(&root.field("resources"), &mut errs);
+        if let Some(id) = &self.identity {
+            let ca = if id.ca_address.is_empty() {
+                self.control_plane.as_ref().map(|c| c.address.as_str())
+            } else {
+                Some(id.ca_address.as_str())
+            };
+            if ca.is_none() {
+                errs.push(
+                    &root.field("identity").field("ca_address"),
+                    "required when there is no control_plane",
+                );
+            }
+        }
         if let Some(cp) = &self.control_plane {
             let a = &cp.address;
             if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() < 10 {

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod bootstrap;
+mod ca;
 mod endpoint;
 mod listener;
 mod policy;
@@ -21,9 +22,10 @@ pub mod serde_util;
 mod service;
 mod validate;
 
-pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, Node};
+pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
+pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
-pub use listener::{Direction, Listener, WorkloadPort};
+pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};
 pub use resources::{MeshResources, TypeUrl};
 pub use route::{

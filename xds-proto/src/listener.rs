@@ -29,6 +29,26 @@ pub enum Direction {
     Inbound = 1,
 }
 
+/// Whether an inbound port requires mutual TLS (like Istio's
+/// PeerAuthentication modes).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration,
+    Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+#[repr(i32)]
+pub enum TlsMode {
+    /// Not set: inherit (a port inherits its listener's mode; a listener is
+    /// `strict` when the proxy has an identity, else `disable`).
+    Default = 0,
+    /// Only mutual TLS from a mesh identity; plaintext is rejected.
+    Strict = 1,
+    /// Mutual TLS or plaintext on the same port (detected per connection).
+    Permissive = 2,
+    /// Plaintext only.
+    Disable = 3,
+}
+
 /// A listening socket of the proxy.
 ///
 /// * `outbound` + `http`: an HTTP proxy port (HTTP/1.1 and prior-knowledge
@@ -79,6 +99,14 @@ pub struct Listener {
     /// Host of the local workload (inbound only). Default: `127.0.0.1`.
     #[prost(string, tag = "9")]
     pub workload_address: String,
+    /// Mutual TLS mode (inbound only). Default: `strict` when the proxy has
+    /// an identity, otherwise `disable`.
+    #[prost(enumeration = "TlsMode", tag = "10")]
+    #[serde(
+        serialize_with = "enum_ser::<TlsMode, _>",
+        deserialize_with = "enum_de::<TlsMode, _>"
+    )]
+    pub tls_mode: i32,
 }
 
 /// One port of the local workload.
@@ -95,6 +123,13 @@ pub struct WorkloadPort {
         deserialize_with = "enum_de::<Protocol, _>"
     )]
     pub protocol: i32,
+    /// Mutual TLS mode for this port. Default: the listener's.
+    #[prost(enumeration = "TlsMode", tag = "3")]
+    #[serde(
+        serialize_with = "enum_ser::<TlsMode, _>",
+        deserialize_with = "enum_de::<TlsMode, _>"
+    )]
+    pub tls_mode: i32,
 }
 
 // === impl Listener ===
@@ -154,10 +189,15 @@ impl Listener {
                 "applies to outbound tcp listeners only",
             );
         }
+        errs.enum_value::<TlsMode>(&path.field("tls_mode"), self.tls_mode);
+        if self.direction() == Direction::Outbound && self.tls_mode != 0 {
+            errs.push(&path.field("tls_mode"), "applies to inbound listeners only");
+        }
         for (i, w) in self.workload_ports.iter().enumerate() {
             let wp = path.item("workload_ports", i);
             errs.port(&wp.field("port"), w.port, false);
             errs.enum_value::<Protocol>(&wp.field("protocol"), w.protocol);
+            errs.enum_value::<TlsMode>(&wp.field("tls_mode"), w.tls_mode);
         }
         if !self.workload_address.is_empty()
             && self.workload_address.parse::<std::net::IpAddr>().is_err()

@@ -342,5 +342,6 @@ fn workload_port(port: u16, protocol: Protocol) -> WorkloadPort {
     WorkloadPort {
         port: port.into(),
         protocol: protocol.into(),
+        ..Default::default()
     }
 }
