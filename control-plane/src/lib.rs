@@ -1,9 +1,26 @@
-//! Sane Mesh control plane.
+//! The Sane Mesh control plane: a registry of services, endpoints, routes and
+//! policies, served to proxies over xDS and to people over an HTTP API.
+//!
+//! Data path of a change: an API write or a config file ([`file_source`])
+//! becomes a [`registry`] transaction, validated as a whole and persisted
+//! ([`store`]) before it is published; the xDS publisher coalesces published
+//! revisions ([`xds::debounce`]), encodes them once ([`xds::snapshot`]), and
+//! every ADS stream computes its proxy's view ([`xds::view`]) and feeds it to
+//! its state machine ([`xds::sotw`], [`xds::delta`]), which decides what to
+//! send. Streams record what was sent, ACKed and NACKed in the [`status`]
+//! table, which the [`api`] and [`metrics`] read.
+//!
+//! Entry points: [`build`] binds both listeners and loads the state,
+//! [`Bound::run`] serves until shutdown. `main.rs` (`sane-control-plane`) and
+//! `bin/sanectl.rs` (the CLI, built on [`client`]) are thin wrappers.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
 pub mod error;
+pub mod file_source;
 pub mod metrics;
 pub mod registry;
 pub mod resource;
@@ -12,3 +29,252 @@ pub mod store;
 pub mod xds;
 
 pub use error::Error;
+
+use api::auth::ApiToken;
+use api::ApiState;
+use file_source::FileSource;
+use metrics::Metrics;
+use registry::Registry;
+use status::ProxyStatusTable;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use xds::{AdsService, DebounceConfig};
+
+/// Everything the control plane needs to start.
+#[derive(Clone)]
+pub struct Config {
+    /// xDS (gRPC) listen address. Default: `127.0.0.1:15010`.
+    pub xds_addr: SocketAddr,
+    /// HTTP API listen address. Default: `127.0.0.1:15080`.
+    pub api_addr: SocketAddr,
+    /// Where the registry state and a generated API token are kept.
+    /// Default: none (in memory only).
+    pub data_dir: Option<PathBuf>,
+    /// Directory of YAML `MeshResources` files to follow. Default: none.
+    pub config_dir: Option<PathBuf>,
+    /// The API token itself. Default: none.
+    pub api_token: Option<String>,
+    /// A file holding the API token. Default: none (then `data_dir/api-token`,
+    /// generated if missing).
+    pub api_token_file: Option<PathBuf>,
+    /// How registry changes are coalesced before a push.
+    pub debounce: DebounceConfig,
+    /// How long disconnected proxies stay in the status table. Default: 5 min.
+    pub proxy_retention: Duration,
+    /// Largest accepted API request body. Default: 1 MiB.
+    pub body_limit: usize,
+    /// How often `config_dir` is polled. Default: 1 s.
+    pub config_poll_interval: Duration,
+}
+
+/// The control plane with its listeners bound and its state loaded.
+#[derive(Debug)]
+pub struct Bound {
+    xds_listener: TcpListener,
+    api_listener: TcpListener,
+    xds_addr: SocketAddr,
+    api_addr: SocketAddr,
+    registry: Arc<Registry>,
+    status: Arc<ProxyStatusTable>,
+    token: Arc<ApiToken>,
+    ads: AdsService,
+    api_state: ApiState,
+    file_source: Option<FileSource>,
+    config: Config,
+    /// Stops streams and background tasks; cancelled by `run`'s shutdown.
+    stop: CancellationToken,
+}
+
+// === impl Config ===
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            xds_addr: SocketAddr::from(([127, 0, 0, 1], 15010)),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 15080)),
+            data_dir: None,
+            config_dir: None,
+            api_token: None,
+            api_token_file: None,
+            debounce: DebounceConfig::default(),
+            proxy_retention: Duration::from_secs(300),
+            body_limit: api::DEFAULT_BODY_LIMIT,
+            config_poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("xds_addr", &self.xds_addr)
+            .field("api_addr", &self.api_addr)
+            .field("data_dir", &self.data_dir)
+            .field("config_dir", &self.config_dir)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("api_token_file", &self.api_token_file)
+            .field("debounce", &self.debounce)
+            .field("proxy_retention", &self.proxy_retention)
+            .field("body_limit", &self.body_limit)
+            .field("config_poll_interval", &self.config_poll_interval)
+            .finish()
+    }
+}
+
+/// Loads the state, resolves the API token, loads the config dir once, and
+/// binds both listeners. Metrics are registered in `metrics_registry`.
+pub async fn build(
+    config: Config,
+    metrics_registry: &prometheus::Registry,
+) -> Result<Bound, Error> {
+    let metrics = Metrics::register(metrics_registry)?;
+    let registry = Arc::new(match &config.data_dir {
+        Some(dir) => Registry::open(store::Store::open(dir)?)?,
+        None => Registry::in_memory(),
+    });
+    let token = Arc::new(ApiToken::resolve(
+        config.api_token.as_deref(),
+        config.api_token_file.as_deref(),
+        config.data_dir.as_deref(),
+    )?);
+    if let Some(path) = token.path() {
+        tracing::info!(path = %path.display(), "api token file");
+    }
+    let file_source = match &config.config_dir {
+        Some(dir) => {
+            let mut src = FileSource::new(dir, registry.clone());
+            src.sync()?;
+            Some(src)
+        }
+        None => None,
+    };
+    let bind = |name: &'static str, addr: SocketAddr| async move {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { name, addr, source })?;
+        let local = l
+            .local_addr()
+            .map_err(|source| Error::Bind { name, addr, source })?;
+        Ok::<_, Error>((l, local))
+    };
+    let (xds_listener, xds_addr) = bind("xds", config.xds_addr).await?;
+    let (api_listener, api_addr) = bind("api", config.api_addr).await?;
+    let status = Arc::new(ProxyStatusTable::new(
+        config.proxy_retention,
+        metrics.clone(),
+    ));
+    let stop = CancellationToken::new();
+    let ads = AdsService::new(registry.clone(), status.clone(), metrics, stop.clone());
+    let api_state = ApiState {
+        registry: registry.clone(),
+        status: status.clone(),
+        token: token.clone(),
+        metrics: metrics_registry.clone(),
+        body_limit: config.body_limit,
+    };
+    tracing::info!(
+        revision = registry.revision(),
+        resources = registry.snapshot().len(),
+        "registry loaded"
+    );
+    Ok(Bound {
+        xds_listener,
+        api_listener,
+        xds_addr,
+        api_addr,
+        registry,
+        status,
+        token,
+        ads,
+        api_state,
+        file_source,
+        config,
+        stop,
+    })
+}
+
+// === impl Bound ===
+
+impl Bound {
+    /// The bound xDS address.
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    /// The bound API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The proxy status table.
+    pub fn status(&self) -> &Arc<ProxyStatusTable> {
+        &self.status
+    }
+
+    /// The API token.
+    pub fn token(&self) -> &ApiToken {
+        &self.token
+    }
+
+    /// Serves xDS and the API, publishes registry changes, sweeps leases and
+    /// follows the config dir, until `shutdown`; then closes the streams and
+    /// stops accepting.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let stop = self.stop.clone();
+        let mut tasks = tokio::task::JoinSet::new();
+        {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => stop.cancel(),
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+        tasks.spawn(self.ads.clone().run_publisher(self.config.debounce));
+        tasks.spawn(self.registry.clone().run_lease_sweeper(stop.clone()));
+        if let Some(src) = self.file_source {
+            tasks.spawn(src.run(self.config.config_poll_interval, stop.clone()));
+        }
+
+        let xds_addr = self.xds_addr;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.xds_listener);
+        let xds = tonic::transport::Server::builder()
+            .add_service(self.ads.into_server())
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+        let xds = async {
+            let r = xds.await.map_err(|source| Error::XdsServe {
+                addr: xds_addr,
+                source,
+            });
+            stop.cancel();
+            r
+        };
+        let api_addr = self.api_addr;
+        let app = api::router(self.api_state);
+        let api = axum::serve(self.api_listener, app)
+            .with_graceful_shutdown(stop.clone().cancelled_owned());
+        let api = async {
+            let r = api.await.map_err(|source| Error::ApiServe {
+                addr: api_addr,
+                source,
+            });
+            stop.cancel();
+            r
+        };
+        let (xds_result, api_result) = tokio::join!(xds, api);
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("control plane stopped");
+        xds_result.and(api_result)
+    }
+}

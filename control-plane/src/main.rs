@@ -1,1 +1,137 @@
-fn main() {}
+//! `sane-control-plane`: parses flags, builds the control plane, prints the
+//! bound addresses (`listening name=xds addr=…`, `listening name=api
+//! addr=…`) on stdout, and serves until SIGTERM or Ctrl-C. Logs go to stderr.
+
+use anyhow::Context;
+use clap::Parser;
+use sane_control_plane::xds::DebounceConfig;
+use sane_control_plane::Config;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The Sane Mesh control plane: registry, HTTP API and xDS server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// xDS (gRPC ADS) listen address; port 0 picks a free port.
+    #[arg(long, env = "SANE_XDS_ADDR", default_value = "127.0.0.1:15010")]
+    xds_addr: SocketAddr,
+    /// HTTP API listen address; port 0 picks a free port.
+    #[arg(long, env = "SANE_API_ADDR", default_value = "127.0.0.1:15080")]
+    api_addr: SocketAddr,
+    /// Directory for the registry state and a generated API token.
+    #[arg(long, env = "SANE_DATA_DIR", default_value = "sane-cp-data")]
+    data_dir: PathBuf,
+    /// Directory of YAML MeshResources files to follow.
+    #[arg(long, env = "SANE_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// API token for writes.
+    #[arg(long, env = "SANE_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// File holding the API token (default: <data-dir>/api-token, generated).
+    #[arg(long, env = "SANE_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// Push once registry changes were quiet for this long.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    debounce_quiet: Duration,
+    /// Push at the latest this long after the first change of a batch.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    debounce_max: Duration,
+    /// How long disconnected proxies stay listed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    proxy_retention: Duration,
+    /// Largest accepted API request body, in bytes.
+    #[arg(long, default_value_t = sane_control_plane::api::DEFAULT_BODY_LIMIT)]
+    max_body_bytes: usize,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    let config = Config {
+        xds_addr: args.xds_addr,
+        api_addr: args.api_addr,
+        data_dir: Some(args.data_dir.clone()),
+        config_dir: args.config_dir,
+        api_token: args.api_token,
+        api_token_file: args.api_token_file,
+        debounce: DebounceConfig {
+            quiet: args.debounce_quiet,
+            max_delay: args.debounce_max,
+        },
+        proxy_retention: args.proxy_retention,
+        body_limit: args.max_body_bytes,
+        ..Config::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = prometheus::Registry::new();
+    let bound = sane_control_plane::build(config, &metrics)
+        .await
+        .context("starting the control plane")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening name=xds addr={}", bound.xds_addr())?;
+        writeln!(out, "listening name=api addr={}", bound.api_addr())?;
+        out.flush()?;
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_DEADLINE).await;
+    };
+    tokio::select! {
+        r = bound.run(shutdown.clone()) => r.context("control plane failed")?,
+        _ = deadline => tracing::warn!("shutdown took longer than {SHUTDOWN_DEADLINE:?}; exiting"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

@@ -1,2 +1,271 @@
-//! sanectl placeholder.
-fn main() {}
+//! `sanectl`: the command line for the control plane's HTTP API.
+//!
+//! ```text
+//! sanectl [--server URL] [--token-file F] apply -f mesh.yaml
+//! sanectl get services|endpoints|routes|policies [ns/name] [-o yaml|json]
+//! sanectl delete <kind> <ns/name>
+//! sanectl status [--wait-sync 30s] [-o table|json]
+//! sanectl config <proxy-id> [-o yaml|json]
+//! ```
+//!
+//! Exit status: 0 on success, 1 on errors, 2 when `status --wait-sync` timed
+//! out with proxies out of sync.
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use sane_control_plane::client::ApiClient;
+use sane_control_plane::resource::Kind;
+use sane_xds_proto::MeshResources;
+use serde::Deserialize;
+use serde_json::Value;
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Manage a Sane Mesh control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Control-plane API URL.
+    #[arg(
+        long,
+        env = "SANE_SERVER",
+        default_value = "http://127.0.0.1:15080",
+        global = true
+    )]
+    server: String,
+    /// File holding the API token (needed for apply and delete).
+    #[arg(long, env = "SANE_API_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
+    /// The API token itself.
+    #[arg(long, env = "SANE_API_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or replace every resource of a MeshResources YAML file
+    /// (several `---` documents allowed), services first.
+    Apply {
+        /// The file; `-` reads stdin.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Show resources of a kind, or one by key (`ns/name`, or `name` in
+    /// `default`; endpoints: `ns/service/address:port`).
+    Get {
+        /// services, endpoints, routes or policies.
+        kind: String,
+        /// A key; all when omitted.
+        key: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+    /// Delete one resource.
+    Delete {
+        /// services, endpoints, routes or policies.
+        kind: String,
+        /// Its key.
+        key: String,
+    },
+    /// Show connected proxies and whether they are in sync.
+    Status {
+        /// Wait up to this long (e.g. `30s`) for every proxy to be in sync;
+        /// exit 2 if they are not.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait_sync: Option<Duration>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = StatusFormat::Table)]
+        output: StatusFormat,
+    },
+    /// Show what a proxy was last sent.
+    Config {
+        /// The proxy's node id.
+        proxy: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StatusFormat {
+    Table,
+    Json,
+}
+
+fn main() {
+    let args = Args::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            // `{:#}` prints the chain on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<i32> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let client = ApiClient::new(&args.server, token);
+    match args.command {
+        Command::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading stdin")?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let value = serde_yaml::Value::deserialize(doc)
+                    .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
+                if value.is_null() {
+                    continue;
+                }
+                let mesh: MeshResources = serde_yaml::from_value(value)
+                    .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
+                if !mesh.listeners.is_empty() {
+                    eprintln!("warning: listeners are per proxy and were skipped");
+                }
+                for applied in client.apply(mesh).await? {
+                    println!("{} {} {}", applied.kind, applied.key, applied.outcome);
+                }
+            }
+        }
+        Command::Get { kind, key, output } => {
+            let kind = parse_kind(&kind)?;
+            let value = match key {
+                Some(key) => client.get(kind, &qualify_key(&key)).await?,
+                None => {
+                    // Shaped like a MeshResources document, so it can be
+                    // edited and applied again.
+                    let list = client.list(kind).await?;
+                    serde_json::json!({ kind.plural(): list["items"] })
+                }
+            };
+            print(&value, output)?;
+        }
+        Command::Delete { kind, key } => {
+            let kind = parse_kind(&kind)?;
+            let resp = client.delete(kind, &qualify_key(&key)).await?;
+            println!(
+                "{kind} {} deleted (revision {})",
+                resp["key"].as_str().unwrap_or(&key),
+                resp["revision"]
+            );
+        }
+        Command::Status { wait_sync, output } => {
+            let deadline = wait_sync.map(|d| Instant::now() + d);
+            loop {
+                let status = client.proxies().await?;
+                let in_sync = status["all_in_sync"].as_bool().unwrap_or(false);
+                let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+                if deadline.is_none() || in_sync || timed_out {
+                    match output {
+                        StatusFormat::Json => {
+                            println!("{}", serde_json::to_string_pretty(&status)?)
+                        }
+                        StatusFormat::Table => print_table(&status),
+                    }
+                    if deadline.is_some() && !in_sync {
+                        eprintln!("not every proxy is in sync");
+                        return Ok(2);
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Command::Config { proxy, output } => {
+            print(&client.proxy_config(&proxy).await?, output)?;
+        }
+    }
+    Ok(0)
+}
+
+fn parse_kind(s: &str) -> anyhow::Result<Kind> {
+    match Kind::parse(s) {
+        Some(k) => Ok(k),
+        None if s == "svc" => Ok(Kind::Service),
+        None => bail!("unknown kind {s:?} (services, endpoints, routes, policies)"),
+    }
+}
+
+/// `name` means `default/name`.
+fn qualify_key(key: &str) -> String {
+    if key.contains('/') {
+        key.to_string()
+    } else {
+        format!("default/{key}")
+    }
+}
+
+fn print(value: &Value, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+    }
+    Ok(())
+}
+
+fn print_table(status: &Value) {
+    println!(
+        "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} LAST NACK",
+        "NODE", "NAMESPACE", "PROTO", "CONNECTED", "IN SYNC", "REVISION"
+    );
+    let empty = Vec::new();
+    for p in status["proxies"].as_array().unwrap_or(&empty) {
+        let nack = p["types"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(t, s)| {
+                let n = s.get("last_nack").filter(|n| !n.is_null())?;
+                Some(format!("{t}: {}", n["reason"].as_str().unwrap_or("")))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!(
+            "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {}",
+            p["node"].as_str().unwrap_or(""),
+            p["namespace"].as_str().unwrap_or(""),
+            p["protocol"].as_str().unwrap_or(""),
+            p["connected"],
+            p["in_sync"],
+            p["revision"],
+            nack
+        );
+    }
+    println!(
+        "registry revision {}, all in sync: {}",
+        status["revision"], status["all_in_sync"]
+    );
+}

@@ -38,6 +38,7 @@ pub struct AdsService {
 
 #[derive(Debug)]
 struct Shared {
+    registry: Arc<Registry>,
     snapshots: watch::Sender<Arc<XdsSnapshot>>,
     status: Arc<ProxyStatusTable>,
     metrics: Metrics,
@@ -63,7 +64,7 @@ type ResponseTx<R> = mpsc::Sender<Result<R, Status>>;
 impl AdsService {
     /// A service publishing the registry's current state right away.
     pub fn new(
-        registry: &Registry,
+        registry: Arc<Registry>,
         status: Arc<ProxyStatusTable>,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -72,6 +73,7 @@ impl AdsService {
         let snapshot = XdsSnapshot::build(&state, state.written_at, None);
         AdsService {
             shared: Arc::new(Shared {
+                registry,
                 snapshots: watch::Sender::new(Arc::new(snapshot)),
                 status,
                 metrics,
@@ -88,9 +90,9 @@ impl AdsService {
 
     /// Follows the registry, coalescing changes per `config`, and publishes
     /// each batch to every stream, until shutdown.
-    pub async fn run_publisher(self, registry: Arc<Registry>, config: DebounceConfig) {
+    pub async fn run_publisher(self, config: DebounceConfig) {
         let shared = self.shared.clone();
-        let input = registry.subscribe();
+        let input = shared.registry.subscribe();
         debounce(
             config,
             input,
@@ -143,6 +145,30 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let machine = DeltaStream::new(self.stream_id());
         Ok(Response::new(self.spawn(machine, request.into_inner())))
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// The snapshot a new stream starts from: the registry's current state,
+    /// not the last debounced publication, so a proxy connecting right after
+    /// a write gets it at once. Not published to other streams: their pushes
+    /// stay debounced.
+    fn current_snapshot(
+        &self,
+        published: &mut watch::Receiver<Arc<XdsSnapshot>>,
+    ) -> Arc<XdsSnapshot> {
+        let published = published.borrow_and_update().clone();
+        let state = self.registry.snapshot();
+        if state.revision <= published.revision {
+            return published;
+        }
+        Arc::new(XdsSnapshot::build(
+            &state,
+            state.written_at,
+            Some(&published),
+        ))
     }
 }
 
@@ -234,7 +260,7 @@ async fn run_stream<M: Machine>(
     tx: ResponseTx<M::Response>,
 ) {
     let mut snapshots = shared.snapshots.subscribe();
-    let mut view = ProxyView::compute(&snapshots.borrow_and_update(), &spec);
+    let mut view = ProxyView::compute(&shared.current_snapshot(&mut snapshots), &spec);
     let conn = shared.status.connect(&spec, M::PROTOCOL, view.revision);
     tracing::info!(namespace = %spec.namespace, services = view.services.len(), "proxy connected");
     let mut next = Some(first);
@@ -250,7 +276,13 @@ async fn run_stream<M: Machine>(
                     if changed.is_err() {
                         break;
                     }
-                    view = ProxyView::compute(&snapshots.borrow_and_update(), &spec);
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if snapshot.revision <= view.revision {
+                        // Already seen when the stream started ahead of the
+                        // publisher (see `current_snapshot`).
+                        continue;
+                    }
+                    view = ProxyView::compute(&snapshot, &spec);
                     (machine.on_view(&view), view.written_at)
                 }
                 msg = inbound.message() => match msg {

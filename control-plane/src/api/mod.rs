@@ -1,0 +1,184 @@
+//! The HTTP API (JSON, under `/api/v1`), plus `/healthz` and `/metrics`.
+//!
+//! Reads are open; every other method needs `Authorization: Bearer <token>`
+//! ([`auth`]). Errors are `{"error": "..."}` (plus `fields` for validation
+//! errors): 400 malformed JSON, unknown fields or a body that does not match
+//! its path; 401 missing or wrong token; 404 unknown resource or route; 409
+//! a file-owned resource or a heartbeat without lease; 413 a body over the
+//! limit; 422 a write that fails validation (including references to unknown
+//! services). A failed write stores nothing. The routes are listed, with
+//! their schemas, in [`openapi`] (`GET /api/v1/openapi.json`).
+
+pub mod auth;
+pub mod openapi;
+mod proxies;
+mod resources;
+
+use crate::error::{Error, RejectedField};
+use crate::registry::Registry;
+use crate::status::ProxyStatusTable;
+use auth::{ApiToken, AuthFailure};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+
+/// Default limit of request bodies: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// Connected proxies.
+    pub status: Arc<ProxyStatusTable>,
+    /// The token writes must present.
+    pub token: Arc<ApiToken>,
+    /// Rendered at `/metrics`.
+    pub metrics: prometheus::Registry,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+}
+
+/// An error response: status and `{"error": ..., "fields": [...]}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    fields: Vec<RejectedField>,
+}
+
+/// Builds the API router.
+pub fn router(state: ApiState) -> Router {
+    let api = Router::new()
+        .route("/openapi.json", get(openapi::handler))
+        .merge(resources::routes())
+        .merge(proxies::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {uri}"),
+            )
+        })
+        .method_not_allowed_fallback(|method: Method, uri: axum::http::Uri| async move {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
+        .with_state(state)
+}
+
+/// Writes need the token; reads do not.
+async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !read {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(failure) = state.token.check(header) {
+            let msg = match failure {
+                AuthFailure::Missing => "missing Authorization: Bearer <token> header",
+                AuthFailure::Invalid => "invalid API token",
+            };
+            let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let families = state.metrics.gather();
+    match prometheus::TextEncoder::new().encode_to_string(&families) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is over the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("reading request body: {e}"),
+        )),
+    }
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> ApiError {
+        let status = match &e {
+            Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } | Error::NoLease { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "api request failed");
+        }
+        let fields = match &e {
+            Error::Rejected(r) => r.fields.clone(),
+            _ => Vec::new(),
+        };
+        ApiError {
+            status,
+            message: e.to_string(),
+            fields,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.message });
+        if !self.fields.is_empty() {
+            body["fields"] = serde_json::json!(self.fields);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}

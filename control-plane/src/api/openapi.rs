@@ -1,0 +1,369 @@
+//! The OpenAPI 3 description of the API, written by hand next to the
+//! routes. A test sends a request to every documented operation and checks
+//! the router has it, so the two cannot drift apart silently.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+/// `GET /api/v1/openapi.json`
+pub(super) async fn handler() -> Json<Value> {
+    Json(document())
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (plural, schema, key_params) in [
+        ("services", "Service", &["namespace", "name"][..]),
+        ("routes", "Route", &["namespace", "name"][..]),
+        ("policies", "DestinationPolicy", &["namespace", "name"][..]),
+        (
+            "endpoints",
+            "Endpoint",
+            &["namespace", "service", "instance"][..],
+        ),
+    ] {
+        let mut list_params = vec![query("namespace", "Only resources of this namespace.")];
+        if plural == "endpoints" {
+            list_params.push(query("service", "Only endpoints of this service."));
+        }
+        paths.insert(
+            format!("/api/v1/{plural}"),
+            json!({ "get": {
+                "summary": format!("List {plural}"),
+                "parameters": list_params,
+                "responses": { "200": ok(json!({
+                    "type": "object",
+                    "required": ["revision", "items"],
+                    "properties": {
+                        "revision": { "type": "integer", "description": "Registry revision." },
+                        "items": { "type": "array", "items": schema_ref(schema) }
+                    }
+                }))}
+            }}),
+        );
+        let one_path = format!(
+            "/api/v1/{plural}/{}",
+            key_params
+                .iter()
+                .map(|p| format!("{{{p}}}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let params: Vec<Value> = key_params.iter().map(|p| path_param(p)).collect();
+        let mut put_params = params.clone();
+        if plural == "endpoints" {
+            put_params.push(query(
+                "ttl",
+                "Register with a lease of this length (`30s`, `2m`, or seconds); renew it with POST .../heartbeat. Without it the endpoint is permanent.",
+            ));
+        }
+        paths.insert(
+            one_path.clone(),
+            json!({
+                "get": {
+                    "summary": format!("Get one of {plural}"),
+                    "parameters": params,
+                    "responses": { "200": ok(schema_ref(schema)), "404": error("Not found.") }
+                },
+                "put": {
+                    "summary": format!("Create or replace one of {plural}"),
+                    "description": "Empty namespace/name (service for endpoints) fields are filled from the path; others must match it. The whole resulting configuration is validated; on any error nothing is stored.",
+                    "security": [{ "bearer": [] }],
+                    "parameters": put_params,
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": schema_ref(schema) } } },
+                    "responses": {
+                        "200": ok(schema_ref("WriteResult")),
+                        "201": ok(schema_ref("WriteResult")),
+                        "400": error("Malformed JSON, unknown field, or body not matching the path."),
+                        "401": error("Missing or invalid token."),
+                        "409": error("The resource is managed by a config file."),
+                        "413": error("Body over the size limit (1 MiB by default)."),
+                        "422": validation_error()
+                    }
+                },
+                "delete": {
+                    "summary": format!("Delete one of {plural}"),
+                    "security": [{ "bearer": [] }],
+                    "parameters": params,
+                    "responses": {
+                        "200": ok(schema_ref("WriteResult")),
+                        "401": error("Missing or invalid token."),
+                        "404": error("Not found."),
+                        "409": error("The resource is managed by a config file."),
+                        "422": validation_error()
+                    }
+                }
+            }),
+        );
+        if plural == "endpoints" {
+            paths.insert(
+                format!("{one_path}/heartbeat"),
+                json!({ "post": {
+                    "summary": "Renew an endpoint's lease",
+                    "security": [{ "bearer": [] }],
+                    "parameters": params,
+                    "responses": {
+                        "200": ok(json!({ "type": "object", "properties": {
+                            "kind": { "type": "string" }, "key": { "type": "string" },
+                            "ttl": { "type": "string", "description": "The lease length, renewed from now." }
+                        }})),
+                        "401": error("Missing or invalid token."),
+                        "404": error("No such endpoint (it may have expired: register it again)."),
+                        "409": error("The endpoint was registered without a ttl.")
+                    }
+                }}),
+            );
+        }
+    }
+    paths.insert(
+        "/api/v1/proxies".into(),
+        json!({ "get": {
+            "summary": "Connected (and recently disconnected) proxies and their sync state",
+            "responses": { "200": ok(json!({
+                "type": "object",
+                "properties": {
+                    "revision": { "type": "integer", "description": "Current registry revision." },
+                    "all_in_sync": { "type": "boolean", "description": "Every connected proxy is in sync." },
+                    "proxies": { "type": "array", "items": schema_ref("ProxyStatus") }
+                }
+            }))}
+        }}),
+    );
+    paths.insert(
+        "/api/v1/proxies/{id}".into(),
+        json!({ "get": {
+            "summary": "One proxy's status",
+            "parameters": [path_param("id")],
+            "responses": { "200": ok(schema_ref("ProxyStatus")), "404": error("Unknown proxy.") }
+        }}),
+    );
+    paths.insert(
+        "/api/v1/proxies/{id}/config".into(),
+        json!({ "get": {
+            "summary": "What a proxy was last sent",
+            "parameters": [path_param("id")],
+            "responses": { "200": ok(json!({
+                "type": "object",
+                "properties": {
+                    "node": { "type": "string" },
+                    "revision": { "type": "integer" },
+                    "versions": { "type": "object", "additionalProperties": { "type": "string" } },
+                    "resources": schema_ref("MeshResources")
+                }
+            })), "404": error("Unknown proxy.") }
+        }}),
+    );
+    paths.insert(
+        "/api/v1/openapi.json".into(),
+        json!({ "get": { "summary": "This document", "responses": { "200": ok(json!({ "type": "object" })) } } }),
+    );
+    paths.insert(
+        "/healthz".into(),
+        json!({ "get": { "summary": "Liveness", "responses": { "200": ok(json!({
+            "type": "object", "properties": { "status": { "type": "string", "enum": ["ok"] } }
+        })) } } }),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({ "get": { "summary": "Prometheus metrics", "responses": { "200": {
+            "description": "Prometheus text format",
+            "content": { "text/plain": { "schema": { "type": "string" } } }
+        } } } }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Sane Mesh control plane API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Reads are open; writes need `Authorization: Bearer <token>`. Errors are `{\"error\": \"...\"}`."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": schemas()
+        }
+    })
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn ok(schema: Value) -> Value {
+    json!({ "description": "OK", "content": { "application/json": { "schema": schema } } })
+}
+
+fn error(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema_ref("Error") } } })
+}
+
+fn validation_error() -> Value {
+    error("The resulting configuration is invalid (bad field values, or references to unknown services); `fields` names each bad field.")
+}
+
+fn path_param(name: &str) -> Value {
+    let description = match name {
+        "instance" => {
+            "`address:port` of the endpoint: its proxy_port if set, else its port; IPv6 bracketed."
+        }
+        "id" => "The proxy's node id.",
+        _ => "",
+    };
+    json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" }, "description": description })
+}
+
+fn query(name: &str, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "schema": { "type": "string" }, "description": description })
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({ "type": "object", "additionalProperties": false, "required": required, "properties": properties })
+}
+
+fn string() -> Value {
+    json!({ "type": "string" })
+}
+
+fn port() -> Value {
+    json!({ "type": "integer", "minimum": 0, "maximum": 65535 })
+}
+
+fn enumeration(values: &[&str], default: &str) -> Value {
+    json!({ "type": "string", "enum": values, "default": default })
+}
+
+fn duration() -> Value {
+    json!({ "oneOf": [
+        { "type": "string", "example": "1.5s" },
+        { "type": "integer", "description": "milliseconds" }
+    ] })
+}
+
+fn map_of(value: Value) -> Value {
+    json!({ "type": "object", "additionalProperties": value })
+}
+
+fn array_of(items: Value) -> Value {
+    json!({ "type": "array", "items": items })
+}
+
+fn schemas() -> Value {
+    let protocol = enumeration(&["http", "http2", "grpc", "tcp"], "http");
+    let match_kind = enumeration(&["exact", "prefix", "regex", "present"], "exact");
+    json!({
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": string(),
+                "fields": array_of(json!({ "type": "object", "properties": {
+                    "kind": { "type": "string", "nullable": true },
+                    "key": { "type": "string", "nullable": true },
+                    "path": { "type": "string", "example": "routes[default/split].rules[0].destinations[1].weight" },
+                    "message": string()
+                }}))
+            }
+        },
+        "WriteResult": {
+            "type": "object",
+            "properties": {
+                "kind": enumeration(&["service", "endpoint", "route", "policy"], "service"),
+                "key": string(),
+                "outcome": enumeration(&["created", "updated", "unchanged", "deleted"], "created"),
+                "revision": { "type": "integer" },
+                "ttl": { "type": "string", "description": "Lease length, for endpoints registered with a ttl." }
+            }
+        },
+        "Service": object(&["name", "ports"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "ports": array_of(schema_ref("ServicePort")),
+            "hosts": array_of(string())
+        })),
+        "ServicePort": object(&["port"], json!({
+            "name": string(), "port": port(), "protocol": protocol, "target_port": port()
+        })),
+        "Endpoint": object(&["service", "address"], json!({
+            "service": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "address": { "type": "string", "description": "IP address" },
+            "port": port(),
+            "ports": map_of(port()),
+            "proxy_port": port(),
+            "identity": { "type": "string", "description": "spiffe://..." },
+            "labels": map_of(string()),
+            "weight": { "type": "integer", "default": 1 }
+        })),
+        "Route": object(&["name", "service", "rules"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "service": string(),
+            "rules": array_of(schema_ref("RouteRule"))
+        })),
+        "RouteRule": object(&[], json!({
+            "matches": array_of(schema_ref("RouteMatch")),
+            "destinations": array_of(schema_ref("WeightedDestination")),
+            "timeout": duration()
+        })),
+        "RouteMatch": object(&[], json!({
+            "path": schema_ref("PathMatch"),
+            "headers": array_of(schema_ref("HeaderMatch")),
+            "method": string()
+        })),
+        "PathMatch": object(&["value"], json!({ "kind": match_kind.clone(), "value": string() })),
+        "HeaderMatch": object(&["name"], json!({
+            "name": string(), "kind": match_kind, "value": string(), "invert": { "type": "boolean" }
+        })),
+        "WeightedDestination": object(&["service"], json!({
+            "service": string(), "port": port(), "subset": map_of(string()), "weight": { "type": "integer" }
+        })),
+        "DestinationPolicy": object(&["name", "service"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "service": string(),
+            "load_balancer": enumeration(&["least_request", "round_robin"], "least_request"),
+            "connect_timeout": duration(),
+            "idle_timeout": duration()
+        })),
+        "MeshResources": object(&[], json!({
+            "listeners": array_of(json!({ "type": "object" })),
+            "services": array_of(schema_ref("Service")),
+            "endpoints": array_of(schema_ref("Endpoint")),
+            "routes": array_of(schema_ref("Route")),
+            "policies": array_of(schema_ref("DestinationPolicy"))
+        })),
+        "ProxyStatus": {
+            "type": "object",
+            "properties": {
+                "node": string(),
+                "namespace": string(),
+                "services": array_of(string()),
+                "protocol": enumeration(&["sotw", "delta"], "sotw"),
+                "connected": { "type": "boolean" },
+                "connected_since": { "type": "string", "format": "date-time" },
+                "disconnected_at": { "type": "string", "format": "date-time" },
+                "revision": { "type": "integer" },
+                "in_sync": { "type": "boolean", "description": "Connected, at the current revision, and every type's latest version ACKed." },
+                "types": map_of(schema_ref("TypeStatus"))
+            }
+        },
+        "TypeStatus": {
+            "type": "object",
+            "properties": {
+                "version_sent": { "type": "string", "nullable": true },
+                "nonce_sent": { "type": "string", "nullable": true },
+                "sent_at": { "type": "string", "format": "date-time", "nullable": true },
+                "resources": { "type": "integer" },
+                "version_acked": { "type": "string", "nullable": true },
+                "acked_at": { "type": "string", "format": "date-time", "nullable": true },
+                "in_sync": { "type": "boolean" },
+                "last_nack": {
+                    "type": "object",
+                    "nullable": true,
+                    "properties": { "version": string(), "reason": string(), "at": { "type": "string", "format": "date-time" } }
+                }
+            }
+        }
+    })
+}

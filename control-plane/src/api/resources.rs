@@ -1,0 +1,228 @@
+//! CRUD for services, endpoints, routes and policies, and endpoint leases.
+//!
+//! Keys in paths are those of [`crate::resource`]: `{namespace}/{name}`, and
+//! for endpoints `{namespace}/{service}/{address:port}`.
+
+use super::{read_body, ApiError, ApiState};
+use crate::registry::{Applied, Change, Op, Origin};
+use crate::resource::{Kind, Resource};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sane_xds_proto::namespace_or_default;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+
+type Params = Query<HashMap<String, String>>;
+
+/// The routes of every kind.
+pub(super) fn routes() -> Router<ApiState> {
+    let mut router = Router::new();
+    for kind in Kind::ALL {
+        let one = match kind {
+            Kind::Endpoint => "/endpoints/{namespace}/{service}/{instance}".to_string(),
+            _ => format!("/{}/{{namespace}}/{{name}}", kind.plural()),
+        };
+        router = router
+            .route(
+                &format!("/{}", kind.plural()),
+                get(move |s: State<ApiState>, q: Params| list(kind, s, q)),
+            )
+            .route(
+                &one,
+                get(move |s: State<ApiState>, p: Path<Vec<String>>| get_one(kind, s, p))
+                    .put(
+                        move |s: State<ApiState>, p: Path<Vec<String>>, q: Params, body: Body| {
+                            put(kind, s, p, q, body)
+                        },
+                    )
+                    .delete(move |s: State<ApiState>, p: Path<Vec<String>>| delete(kind, s, p)),
+            );
+    }
+    router.route(
+        "/endpoints/{namespace}/{service}/{instance}/heartbeat",
+        post(heartbeat),
+    )
+}
+
+async fn list(kind: Kind, State(state): State<ApiState>, Query(q): Params) -> Response {
+    let snap = state.registry.snapshot();
+    let ns = q.get("namespace");
+    let service = q.get("service");
+    let items: Vec<serde_json::Value> = snap
+        .list(kind)
+        .filter(|(_, e)| ns.is_none_or(|ns| e.resource.namespace() == ns))
+        .filter(|(_, e)| match (&e.resource, service) {
+            (Resource::Endpoint(ep), Some(s)) => &ep.service == s,
+            _ => true,
+        })
+        .map(|(_, e)| e.resource.to_json())
+        .collect();
+    Json(json!({ "revision": snap.revision, "items": items })).into_response()
+}
+
+async fn get_one(
+    kind: Kind,
+    State(state): State<ApiState>,
+    Path(segments): Path<Vec<String>>,
+) -> Result<Response, ApiError> {
+    let key = segments.join("/");
+    let snap = state.registry.snapshot();
+    let entry = snap.get(kind, &key).ok_or_else(|| not_found(kind, &key))?;
+    Ok(Json(entry.resource.to_json()).into_response())
+}
+
+async fn put(
+    kind: Kind,
+    State(state): State<ApiState>,
+    Path(segments): Path<Vec<String>>,
+    Query(q): Params,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = segments.join("/");
+    let ttl = match q.get("ttl") {
+        None => None,
+        Some(_) if kind != Kind::Endpoint => {
+            return Err(ApiError::bad_request("ttl applies to endpoints only"));
+        }
+        Some(t) => Some(parse_ttl(t)?),
+    };
+    let bytes = read_body(body, state.body_limit).await?;
+    let mut resource = Resource::from_json(kind, &bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid {kind} JSON: {e}")))?;
+    fill_from_path(&mut resource, &segments)?;
+    if resource.key() != key {
+        return Err(ApiError::bad_request(format!(
+            "the body describes {kind} {:?} but the path names {key:?}",
+            resource.key()
+        )));
+    }
+    let change = Change {
+        origin: Origin::Api,
+        ops: vec![Op::Put { resource, ttl }],
+    };
+    let applied = write(&state, change).await?;
+    let created = applied.outcomes.first().map(|o| o.2) == Some(crate::registry::Outcome::Created);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut body = outcome_body(&applied);
+    if let Some(ttl) = ttl {
+        body["ttl"] = json!(humantime::format_duration(ttl).to_string());
+    }
+    Ok((status, Json(body)).into_response())
+}
+
+async fn delete(
+    kind: Kind,
+    State(state): State<ApiState>,
+    Path(segments): Path<Vec<String>>,
+) -> Result<Response, ApiError> {
+    let change = Change {
+        origin: Origin::Api,
+        ops: vec![Op::Delete {
+            kind,
+            key: segments.join("/"),
+        }],
+    };
+    let applied = write(&state, change).await?;
+    Ok(Json(outcome_body(&applied)).into_response())
+}
+
+async fn heartbeat(
+    State(state): State<ApiState>,
+    Path(segments): Path<Vec<String>>,
+) -> Result<Response, ApiError> {
+    let key = segments.join("/");
+    let ttl = state.registry.heartbeat(&key)?;
+    Ok(Json(json!({
+        "kind": "endpoint",
+        "key": key,
+        "ttl": humantime::format_duration(ttl).to_string(),
+    }))
+    .into_response())
+}
+
+/// Runs a registry write off the async workers (it fsyncs).
+async fn write(state: &ApiState, change: Change) -> Result<Applied, ApiError> {
+    let registry = state.registry.clone();
+    let joined = tokio::task::spawn_blocking(move || registry.apply(change)).await;
+    match joined {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("write task failed: {e}"),
+        )),
+    }
+}
+
+fn outcome_body(applied: &Applied) -> serde_json::Value {
+    let (kind, key, outcome) = applied.outcomes.first().cloned().unwrap_or((
+        Kind::Service,
+        String::new(),
+        crate::registry::Outcome::Unchanged,
+    ));
+    json!({ "kind": kind, "key": key, "outcome": outcome, "revision": applied.revision })
+}
+
+/// Fills empty identifying fields from the path, and rejects ones that
+/// disagree with it.
+fn fill_from_path(resource: &mut Resource, segments: &[String]) -> Result<(), ApiError> {
+    let second_name = match resource.kind() {
+        Kind::Endpoint => "service",
+        _ => "name",
+    };
+    let (ns, second) = match resource {
+        Resource::Service(s) => (&mut s.namespace, &mut s.name),
+        Resource::Route(r) => (&mut r.namespace, &mut r.name),
+        Resource::Policy(p) => (&mut p.namespace, &mut p.name),
+        Resource::Endpoint(e) => (&mut e.namespace, &mut e.service),
+    };
+    let (Some(path_ns), Some(path_second)) = (segments.first(), segments.get(1)) else {
+        return Err(ApiError::bad_request(
+            "the path must name a namespace and a name",
+        ));
+    };
+    if ns.is_empty() {
+        *ns = path_ns.clone();
+    } else if namespace_or_default(ns) != path_ns {
+        return Err(ApiError::bad_request(format!(
+            "body namespace {ns:?} does not match path namespace {path_ns:?}"
+        )));
+    }
+    if second.is_empty() {
+        *second = path_second.clone();
+    } else if second != path_second {
+        return Err(ApiError::bad_request(format!(
+            "body {second_name} {second:?} does not match path {second_name} {path_second:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_ttl(t: &str) -> Result<Duration, ApiError> {
+    let parsed = match t.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(t),
+    };
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(ApiError::bad_request("ttl must be above 0")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "invalid ttl {t:?}: {e} (e.g. 30s)"
+        ))),
+    }
+}
+
+fn not_found(kind: Kind, key: &str) -> ApiError {
+    ApiError::from(crate::Error::NotFound {
+        kind,
+        key: key.to_string(),
+    })
+}

@@ -1,0 +1,218 @@
+//! A small client of the HTTP API, used by `sanectl` and the tests.
+//!
+//! Built on hyper-util's client (already in the dependency tree) rather than
+//! reqwest: the API is plain HTTP on a local or cluster address, and this
+//! keeps the CLI free of a second HTTP stack and a TLS stack it would not use.
+
+use crate::error::Error;
+use crate::resource::{Kind, Resource};
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use sane_xds_proto::MeshResources;
+use serde_json::Value;
+use std::fmt;
+use std::time::Duration;
+
+/// A client of one control plane's API.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// What `apply` did to one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Kind of the resource.
+    pub kind: Kind,
+    /// Its key.
+    pub key: String,
+    /// `created`, `updated` or `unchanged`.
+    pub outcome: String,
+}
+
+// === impl ApiClient ===
+
+impl ApiClient {
+    /// A client of `base` (e.g. `http://127.0.0.1:15080`), sending `token` on
+    /// writes.
+    pub fn new(base: &str, token: Option<String>) -> ApiClient {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends a request; returns the status and body whatever the status.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        token: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), Error> {
+        let url = format!("{}{path}", self.base);
+        let failed = |message: String| Error::Request {
+            method: method.clone(),
+            url: url.clone(),
+            message,
+        };
+        let mut req = Request::builder().method(method.clone()).uri(&url);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| failed(e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Sends a request with the client's token; a non-2xx status is an
+    /// [`Error::Api`] carrying the server's `error` message.
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let (status, resp) = self
+            .send(method.clone(), path, bytes, self.token.as_deref())
+            .await?;
+        let parsed: Option<Value> = serde_json::from_slice(&resp).ok();
+        if !status.is_success() {
+            let message = parsed
+                .as_ref()
+                .and_then(|v| v.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&resp).into_owned());
+            return Err(Error::Api {
+                method,
+                url: format!("{}{path}", self.base),
+                status,
+                message,
+            });
+        }
+        Ok(parsed.unwrap_or(Value::Null))
+    }
+
+    /// `PUT`s one resource (with a lease for endpoints if `ttl` is set).
+    pub async fn put(&self, resource: &Resource, ttl: Option<Duration>) -> Result<Value, Error> {
+        let mut path = resource_path(resource.kind(), &resource.key());
+        if let Some(ttl) = ttl {
+            path.push_str(&format!("?ttl={}s", ttl.as_secs().max(1)));
+        }
+        self.json(Method::PUT, &path, Some(&resource.to_json()))
+            .await
+    }
+
+    /// Lists resources of `kind`: `{"revision": .., "items": [..]}`.
+    pub async fn list(&self, kind: Kind) -> Result<Value, Error> {
+        self.json(Method::GET, &format!("/api/v1/{}", kind.plural()), None)
+            .await
+    }
+
+    /// Gets one resource.
+    pub async fn get(&self, kind: Kind, key: &str) -> Result<Value, Error> {
+        self.json(Method::GET, &resource_path(kind, key), None)
+            .await
+    }
+
+    /// Deletes one resource.
+    pub async fn delete(&self, kind: Kind, key: &str) -> Result<Value, Error> {
+        self.json(Method::DELETE, &resource_path(kind, key), None)
+            .await
+    }
+
+    /// The proxy status table.
+    pub async fn proxies(&self) -> Result<Value, Error> {
+        self.json(Method::GET, "/api/v1/proxies", None).await
+    }
+
+    /// What one proxy was last sent.
+    pub async fn proxy_config(&self, id: &str) -> Result<Value, Error> {
+        let path = format!("/api/v1/proxies/{}/config", encode_segment(id));
+        self.json(Method::GET, &path, None).await
+    }
+
+    /// Puts every resource of `mesh`, services first so references resolve.
+    /// Stops at the first failure (earlier resources stay applied).
+    pub async fn apply(&self, mesh: MeshResources) -> Result<Vec<Applied>, Error> {
+        let mut out = Vec::new();
+        for (_, resource) in Resource::from_mesh(mesh) {
+            let resp = self.put(&resource, None).await?;
+            let outcome = resp
+                .get("outcome")
+                .and_then(Value::as_str)
+                .unwrap_or("applied")
+                .to_string();
+            out.push(Applied {
+                kind: resource.kind(),
+                key: resource.key(),
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `/api/v1/<kind>/<key>`, each key segment percent-encoded.
+pub fn resource_path(kind: Kind, key: &str) -> String {
+    let segments: Vec<String> = key.split('/').map(encode_segment).collect();
+    format!("/api/v1/{}/{}", kind.plural(), segments.join("/"))
+}
+
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -1,0 +1,508 @@
+//! The control plane in-process on 127.0.0.1:0: ADS clients (state of the
+//! world and delta) receive, ACK and NACK resources; the HTTP API shows it,
+//! and rejects bad input without storing anything.
+
+mod support;
+
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use http::{Method, StatusCode};
+use sane_control_plane::resource::{Kind, Resource};
+use sane_xds_proto::{Endpoint, TypeUrl};
+use serde_json::{json, Value};
+use support::{eventually, node, ControlPlane, DeltaClient, SotwClient, DEADLINE};
+
+fn names(resp: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> Vec<String> {
+    let mut n: Vec<String> = resp
+        .resources
+        .iter()
+        .map(|a| Resource::decode_any(a).expect("a known resource").key())
+        .collect();
+    n.sort();
+    n
+}
+
+async fn put(cp: &ControlPlane, path: &str, body: Value) -> Value {
+    cp.client
+        .json(Method::PUT, path, Some(&body))
+        .await
+        .unwrap_or_else(|e| panic!("PUT {path}: {e}"))
+}
+
+/// Two namespaces: `shop/web` routed to `shop/web` and `inventory/backend`,
+/// plus `inventory/db` which shop proxies should not see.
+async fn seed(cp: &ControlPlane) {
+    let port = json!([{ "name": "http", "port": 80, "target_port": 8080 }]);
+    put(cp, "/api/v1/services/shop/web", json!({ "ports": port })).await;
+    put(
+        cp,
+        "/api/v1/services/inventory/backend",
+        json!({ "ports": port }),
+    )
+    .await;
+    put(
+        cp,
+        "/api/v1/services/inventory/db",
+        json!({ "ports": [{ "port": 5432, "protocol": "tcp" }] }),
+    )
+    .await;
+    put(
+        cp,
+        "/api/v1/endpoints/shop/web/10.0.0.1:15006",
+        json!({ "address": "10.0.0.1", "proxy_port": 15006 }),
+    )
+    .await;
+    put(
+        cp,
+        "/api/v1/endpoints/inventory/db/10.0.0.3:5432",
+        json!({ "address": "10.0.0.3", "port": 5432 }),
+    )
+    .await;
+    put(
+        cp,
+        "/api/v1/routes/shop/web",
+        json!({ "service": "web", "rules": [{ "destinations": [
+            { "service": "web", "weight": 90 },
+            { "service": "backend.inventory", "weight": 10 }
+        ]}]}),
+    )
+    .await;
+}
+
+async fn proxy_status(cp: &ControlPlane, id: &str) -> Option<Value> {
+    let all = cp.client.proxies().await.ok()?;
+    all["proxies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["node"] == id)
+        .cloned()
+}
+
+#[tokio::test]
+async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    seed(&cp).await;
+
+    let mut ads = SotwClient::connect(cp.xds, node("web-1", "shop", &[])).await;
+    ads.request(TypeUrl::Service).await;
+    let services = ads.recv_type(TypeUrl::Service).await;
+    // Its namespace plus the route's destination; not inventory/db.
+    assert_eq!(names(&services), ["inventory/backend", "shop/web"]);
+    assert!(!services.nonce.is_empty() && !services.version_info.is_empty());
+    ads.ack(&services).await;
+
+    ads.request(TypeUrl::Route).await;
+    let routes = ads.recv_type(TypeUrl::Route).await;
+    assert_eq!(names(&routes), ["shop/web"]);
+    let reason = "shop/web: rules[0].destinations[1]: weight split not supported";
+    ads.nack(&routes, reason).await;
+
+    ads.request(TypeUrl::Endpoint).await;
+    let endpoints = ads.recv_type(TypeUrl::Endpoint).await;
+    assert_eq!(names(&endpoints), ["shop/web/10.0.0.1:15006"]);
+    ads.ack(&endpoints).await;
+
+    // The NACK and its reason are visible; the proxy is not in sync.
+    let status = eventually(DEADLINE, "the NACK in /api/v1/proxies", || async {
+        let p = proxy_status(&cp, "web-1").await?;
+        let nack = &p["types"]["Route"]["last_nack"];
+        (nack["reason"] == reason && p["types"]["Endpoint"]["in_sync"] == true).then_some(p)
+    })
+    .await;
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["in_sync"], false);
+    assert_eq!(status["namespace"], "shop");
+    assert_eq!(
+        status["types"]["Route"]["last_nack"]["version"],
+        json!(routes.version_info)
+    );
+    assert_eq!(
+        status["types"]["Service"]["version_acked"],
+        json!(services.version_info)
+    );
+
+    // A new endpoint of a visible service is pushed (only endpoints change).
+    put(
+        &cp,
+        "/api/v1/endpoints/inventory/backend/10.0.0.2:8080?ttl=60s",
+        json!({ "address": "10.0.0.2", "port": 8080 }),
+    )
+    .await;
+    let pushed = ads.recv_type(TypeUrl::Endpoint).await;
+    assert_eq!(
+        names(&pushed),
+        ["inventory/backend/10.0.0.2:8080", "shop/web/10.0.0.1:15006"]
+    );
+    assert_ne!(pushed.nonce, endpoints.nonce);
+    ads.ack(&pushed).await;
+    // An endpoint of a service outside the view changes nothing for it.
+    put(
+        &cp,
+        "/api/v1/endpoints/inventory/db/10.0.0.4:5432",
+        json!({ "address": "10.0.0.4", "port": 5432 }),
+    )
+    .await;
+
+    // Fixing the route (a new version) and ACKing brings it in sync.
+    put(
+        &cp,
+        "/api/v1/routes/shop/web",
+        json!({ "service": "web", "rules": [{ "destinations": [{ "service": "web" }] }] }),
+    )
+    .await;
+    // Routes, services (backend left the view with the route) and endpoints
+    // change; one push each, in type order.
+    let services = ads.recv_type(TypeUrl::Service).await;
+    assert_eq!(names(&services), ["shop/web"]);
+    let endpoints = ads.recv_type(TypeUrl::Endpoint).await;
+    assert_eq!(names(&endpoints), ["shop/web/10.0.0.1:15006"]);
+    let routes = ads.recv_type(TypeUrl::Route).await;
+    assert_eq!(names(&routes), ["shop/web"]);
+    for resp in [&services, &endpoints, &routes] {
+        ads.ack(resp).await;
+    }
+    eventually(DEADLINE, "web-1 in sync", || async {
+        let all = cp.client.proxies().await.ok()?;
+        (all["all_in_sync"] == true).then_some(())
+    })
+    .await;
+
+    // What it was last sent.
+    let config = cp.client.proxy_config("web-1").await.unwrap();
+    assert_eq!(config["resources"]["services"][0]["name"], "web");
+    assert_eq!(config["resources"]["routes"][0]["name"], "web");
+
+    // Metrics saw the pushes, the NACK and convergence.
+    let (_, metrics) = cp
+        .client
+        .send(Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(
+        metrics.contains("sane_cp_xds_nacks_total{type=\"Route\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sane_cp_connected_proxies 1"), "{metrics}");
+    assert!(
+        metrics.contains("sane_cp_xds_pushes_total{type=\"Endpoint\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sane_cp_convergence_seconds_count"),
+        "{metrics}"
+    );
+
+    drop(ads);
+    eventually(DEADLINE, "web-1 marked disconnected", || async {
+        let p = proxy_status(&cp, "web-1").await?;
+        (p["connected"] == false).then_some(())
+    })
+    .await;
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn delta_stream_subscribes_and_sees_removals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    seed(&cp).await;
+
+    let mut ads = DeltaClient::connect(cp.xds, node("db-client", "inventory", &[])).await;
+    ads.send(DeltaDiscoveryRequest {
+        type_url: TypeUrl::Endpoint.as_str().into(),
+        resource_names_subscribe: vec!["inventory/db/10.0.0.3:5432".into()],
+        ..Default::default()
+    })
+    .await;
+    let first = ads.recv().await;
+    let got: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(got, ["inventory/db/10.0.0.3:5432"]);
+    assert!(!first.resources[0].version.is_empty());
+    ads.send(DeltaDiscoveryRequest {
+        type_url: TypeUrl::Endpoint.as_str().into(),
+        response_nonce: first.nonce.clone(),
+        ..Default::default()
+    })
+    .await;
+
+    // Deleting it sends a removal.
+    cp.client
+        .delete(Kind::Endpoint, "inventory/db/10.0.0.3:5432")
+        .await
+        .unwrap();
+    let removal = ads.recv().await;
+    assert!(removal.resources.is_empty());
+    assert_eq!(removal.removed_resources, ["inventory/db/10.0.0.3:5432"]);
+    assert_ne!(removal.nonce, first.nonce);
+
+    // Reconnect with what it holds: unchanged resources are not resent.
+    let mut ads = DeltaClient::connect(cp.xds, node("db-client", "inventory", &[])).await;
+    ads.send(DeltaDiscoveryRequest {
+        type_url: TypeUrl::Service.as_str().into(),
+        ..Default::default()
+    })
+    .await;
+    let services = ads.recv().await;
+    let held = services
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    let mut again = DeltaClient::connect(cp.xds, node("db-client-2", "inventory", &[])).await;
+    again
+        .send(DeltaDiscoveryRequest {
+            type_url: TypeUrl::Service.as_str().into(),
+            initial_resource_versions: held,
+            ..Default::default()
+        })
+        .await;
+    let resp = again.recv().await;
+    assert!(resp.resources.is_empty() && resp.removed_resources.is_empty());
+    assert_eq!(resp.system_version_info, services.system_version_info);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn api_rejects_bad_input_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    seed(&cp).await;
+    let revision = cp.client.list(Kind::Service).await.unwrap()["revision"].clone();
+    let token = Some(cp.token.clone());
+    let send = |method: Method, path: &'static str, body: Vec<u8>, token: Option<String>| {
+        let client = cp.client.clone();
+        async move {
+            let (status, body) = client
+                .send(method, path, Some(body), token.as_deref())
+                .await
+                .unwrap();
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            (status, json)
+        }
+    };
+    let svc = br#"{"ports":[{"port":80}]}"#.to_vec();
+
+    // 401 without or with a wrong token.
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/services/default/new",
+        svc.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("Authorization"),
+        "{b}"
+    );
+    let (s, _) = send(
+        Method::DELETE,
+        "/api/v1/services/shop/web",
+        vec![],
+        Some("nope".into()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // 400: malformed JSON, unknown field (named), body not matching path.
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/services/default/new",
+        b"{\"ports\": [".to_vec(),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/services/default/new",
+        br#"{"ports":[{"port":80}],"replicas":3}"#.to_vec(),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `replicas`"),
+        "{b}"
+    );
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/services/default/new",
+        br#"{"name":"other","ports":[{"port":80}]}"#.to_vec(),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match path name"),
+        "{b}"
+    );
+
+    // 422: invalid values, with field paths.
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/routes/shop/bad",
+        br#"{"service":"web","rules":[{"destinations":[{"service":"web","weight":0},{"service":"web"}]}]}"#.to_vec(),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert_eq!(
+        b["fields"][0]["path"],
+        "routes[shop/bad].rules[0].destinations[0].weight"
+    );
+    // 422: unknown service reference.
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/routes/shop/dangling",
+        br#"{"service":"web","rules":[{"destinations":[{"service":"ghost"}]}]}"#.to_vec(),
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"ghost\" is not a declared service"),
+        "{b}"
+    );
+    // 422: deleting a service a route still uses.
+    let (s, b) = send(
+        Method::DELETE,
+        "/api/v1/services/inventory/backend",
+        vec![],
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+
+    // 413 over 1 MiB.
+    let mut big = br#"{"ports":[{"port":80}],"hosts":["#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+    let (s, b) = send(
+        Method::PUT,
+        "/api/v1/services/default/big",
+        big,
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+
+    // 404, 409.
+    let (s, _) = send(
+        Method::DELETE,
+        "/api/v1/services/default/missing",
+        vec![],
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, b) = send(
+        Method::POST,
+        "/api/v1/endpoints/shop/web/10.0.0.1:15006/heartbeat",
+        vec![],
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+
+    // Nothing was stored by any of it.
+    let after = cp.client.list(Kind::Service).await.unwrap();
+    assert_eq!(after["revision"], revision);
+    assert_eq!(after["items"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        cp.client.list(Kind::Route).await.unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A leased endpoint can be renewed.
+    let ep = Resource::Endpoint(Endpoint {
+        service: "web".into(),
+        namespace: "shop".into(),
+        address: "10.0.0.9".into(),
+        port: 8080,
+        ..Default::default()
+    });
+    let created = cp
+        .client
+        .put(&ep, Some(std::time::Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(created["outcome"], "created");
+    assert_eq!(created["ttl"], "30s");
+    let (s, b) = send(
+        Method::POST,
+        "/api/v1/endpoints/shop/web/10.0.0.9:8080/heartbeat",
+        vec![],
+        token.clone(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn state_and_token_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    seed(&cp).await;
+    let token = cp.token.clone();
+    let revision = cp.client.list(Kind::Service).await.unwrap()["revision"].clone();
+    cp.stop().await;
+
+    let cp = ControlPlane::start(dir.path()).await;
+    assert_eq!(cp.token, token);
+    let services = cp.client.list(Kind::Service).await.unwrap();
+    assert_eq!(services["revision"], revision);
+    assert_eq!(services["items"].as_array().unwrap().len(), 3);
+    let route = cp.client.get(Kind::Route, "shop/web").await.unwrap();
+    assert_eq!(route["rules"][0]["destinations"][1]["weight"], 10);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_documents_routes_the_server_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let doc = cp
+        .client
+        .json(Method::GET, "/api/v1/openapi.json", None)
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 14, "{}", paths.len());
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{instance}", "10.0.0.1:80")
+            .replace(['{', '}'], "");
+        for method in ops.as_object().unwrap().keys() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let body = (method == Method::PUT).then(|| b"{}".to_vec());
+            let (status, body) = cp
+                .client
+                .send(method.clone(), &concrete, body, Some(&cp.token))
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&body);
+            let unrouted =
+                text.contains("no route for") || status == StatusCode::METHOD_NOT_ALLOWED;
+            assert!(
+                !unrouted,
+                "{method} {path} is documented but not served: {status} {text}"
+            );
+        }
+    }
+    cp.stop().await;
+}
