@@ -1,5 +1,6 @@
 //! The admin server (HTTP/1.1, loopback only): `/ready`, `/live`,
-//! `/metrics`, `/config_dump`, and `POST /drain`.
+//! `/metrics`, `/config_dump`, `/certs` (identity, serial, validity and trust
+//! bundle; never key material), and `POST /drain`.
 
 use crate::body::{self, Body};
 use crate::config::ConfigStore;
@@ -25,6 +26,8 @@ pub struct Admin {
     pub readiness: Readiness,
     /// Drain control.
     pub drain: Drain,
+    /// Workload identity.
+    pub identity: Arc<crate::tls::Identity>,
 }
 
 // === impl Admin ===
@@ -82,17 +85,23 @@ impl Admin {
                 }
             }
             (&Method::GET, "/config_dump") => self.config_dump(),
+            (&Method::GET, "/certs") => Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body::full(
+                    serde_json::to_vec_pretty(&self.identity.describe()).expect("serializable"),
+                ))
+                .expect("valid response"),
             (&Method::POST, "/drain") => {
                 tracing::info!("drain requested through the admin API");
                 self.drain.start();
                 text(StatusCode::ACCEPTED, "draining\n")
             }
-            (_, "/ready" | "/live" | "/metrics" | "/config_dump" | "/drain") => {
+            (_, "/ready" | "/live" | "/metrics" | "/config_dump" | "/certs" | "/drain") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found; try /ready /live /metrics /config_dump POST /drain\n",
+                "not found; try /ready /live /metrics /config_dump /certs POST /drain\n",
             ),
         }
     }
@@ -110,7 +119,7 @@ impl Admin {
                         "endpoints": c.endpoints.iter().map(|e| json!({
                             "address": e.connect_addr.to_string(),
                             "via_sidecar_port": e.via_sidecar,
-                            "identity": e.identity,
+                            "identity": &*e.identity,
                             "weight": e.weight,
                             "in_flight": e.in_flight(),
                         })).collect::<Vec<_>>(),

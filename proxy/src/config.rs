@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
     Bootstrap, DestinationPolicy, Direction, Endpoint, Listener, MeshResources, Protocol, Service,
-    ServicePort,
+    ServicePort, TlsMode,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -51,6 +51,10 @@ pub struct InboundTarget {
     pub default_tcp: Option<u16>,
     /// Protocol detection timeout.
     pub detect_timeout: Duration,
+    /// The listener's mutual TLS mode (resolved: never `Default`).
+    pub tls_mode: TlsMode,
+    /// Per-port overrides of `tls_mode`.
+    pub port_tls: HashMap<u16, TlsMode>,
 }
 
 /// The current snapshot, swappable without locks on the read path.
@@ -210,7 +214,10 @@ impl Snapshot {
                     );
                 }
                 (Direction::Inbound, _) => {
-                    inbound.insert(l.name.clone(), Arc::new(InboundTarget::new(l)));
+                    inbound.insert(
+                        l.name.clone(),
+                        Arc::new(InboundTarget::new(l, bootstrap.identity.is_some())),
+                    );
                 }
                 _ => {}
             }
@@ -328,7 +335,18 @@ impl ClusterBuilder<'_> {
 // === impl InboundTarget ===
 
 impl InboundTarget {
-    fn new(l: &Listener) -> Self {
+    fn new(l: &Listener, has_identity: bool) -> Self {
+        let tls_mode = match l.tls_mode() {
+            TlsMode::Default if has_identity => TlsMode::Strict,
+            TlsMode::Default => TlsMode::Disable,
+            m => m,
+        };
+        let port_tls = l
+            .workload_ports
+            .iter()
+            .filter(|w| w.tls_mode() != TlsMode::Default)
+            .map(|w| (w.port as u16, w.tls_mode()))
+            .collect();
         let ip = l
             .workload_address
             .parse()
@@ -350,7 +368,24 @@ impl InboundTarget {
             default_http: first(true),
             default_tcp: first(false),
             detect_timeout: Duration::from_millis(l.detect_timeout_ms()),
+            tls_mode,
+            port_tls,
         }
+    }
+
+    /// The mutual TLS mode of workload `port`.
+    pub fn tls_mode(&self, port: u16) -> TlsMode {
+        self.port_tls.get(&port).copied().unwrap_or(self.tls_mode)
+    }
+
+    /// True if any port accepts TLS (so the listener must look for it).
+    pub fn any_tls(&self) -> bool {
+        self.tls_mode != TlsMode::Disable || self.port_tls.values().any(|m| *m != TlsMode::Disable)
+    }
+
+    /// True if any port accepts plaintext.
+    pub fn any_plaintext(&self) -> bool {
+        self.tls_mode != TlsMode::Strict || self.port_tls.values().any(|m| *m != TlsMode::Strict)
     }
 
     /// The protocol the workload speaks on `port` (`http` if undeclared).

@@ -15,9 +15,10 @@ use crate::protocol::opaque;
 use crate::protocol::transport_header::Framing;
 use crate::stack::{self, HttpSvc, StackContext};
 use crate::telemetry::TcpLabels;
+use crate::tls::{PeerIdentity, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sane_xds_proto::Protocol;
+use sane_xds_proto::{Protocol, TlsMode};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +120,7 @@ pub async fn outbound_tcp(mut client: tokio::net::TcpStream, listener: &str, ctx
         protocol: Protocol::Tcp,
         connect_timeout: cluster.connect_timeout,
         idle_timeout: cluster.idle_timeout,
+        identity: endpoint.identity.clone(),
     };
     let service = cluster
         .name
@@ -143,16 +145,67 @@ pub async fn outbound_tcp(mut client: tokio::net::TcpStream, listener: &str, ctx
     }
 }
 
-/// Serves an inbound connection from a peer sidecar or a plain client.
+/// How long an inbound TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves an inbound connection from a peer sidecar or a plain client:
+/// mutual TLS first (required, optional or off per the listener's modes),
+/// then protocol detection inside it.
 pub async fn inbound(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     peer: SocketAddr,
     target: Arc<InboundTarget>,
     ctx: StackContext,
     drain: Drain,
 ) {
+    let tls = if !target.any_tls() {
+        false
+    } else if !target.any_plaintext() {
+        true
+    } else {
+        // Permissive: a TLS client speaks first with a handshake record; a
+        // silent client is plaintext (server-first protocols).
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(target.detect_timeout, stream.peek(&mut first)).await {
+            Ok(Ok(1)) => first[0] == TLS_HANDSHAKE_BYTE,
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "closing before the first byte");
+                return;
+            }
+            Err(_) => false,
+        }
+    };
+    if !tls {
+        return inbound_detected(stream, peer, None, target, ctx, drain).await;
+    }
+    let identity = ctx.identity.clone();
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, identity.accept(stream, peer)).await {
+        Ok(Ok((tls, peer_id))) => {
+            tracing::debug!(%peer, identity = %peer_id.0, "mutual TLS established");
+            inbound_detected(tls, peer, Some(peer_id), target, ctx, drain).await
+        }
+        Ok(Err(e)) => {
+            identity.record_failure("inbound");
+            tracing::warn!(%peer, error = %e, "inbound TLS rejected");
+        }
+        Err(_) => {
+            identity.record_failure("inbound");
+            tracing::warn!(%peer, "inbound TLS handshake timed out");
+        }
+    }
+}
+
+async fn inbound_detected<I: Io>(
+    mut io: I,
+    peer: SocketAddr,
+    peer_id: Option<PeerIdentity>,
+    target: Arc<InboundTarget>,
+    ctx: StackContext,
+    drain: Drain,
+) {
     let started = Instant::now();
-    let (detected, prefix) = match detect::detect(&mut stream, target.detect_timeout).await {
+    let (detected, prefix) = match detect::detect(&mut io, target.detect_timeout).await {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "closing before detection finished");
@@ -178,7 +231,12 @@ pub async fn inbound(
         tracing::warn!(%peer, ?detected, "no workload port declared for this protocol; closing");
         return;
     };
-    let io = Prefixed::new(prefix, stream);
+    if peer_id.is_none() && target.tls_mode(port) == TlsMode::Strict {
+        ctx.identity.record_plaintext_rejected();
+        tracing::warn!(%peer, port, "plaintext connection to a STRICT mutual TLS port rejected");
+        return;
+    }
+    let io = Prefixed::new(prefix, io);
     let snapshot = ctx.config.load();
     let node = &snapshot.bootstrap.node;
     let service = format!(
@@ -193,7 +251,14 @@ pub async fn inbound(
     drop(snapshot);
     match framed {
         Some(framed) => {
-            let svc = stack::inbound(ctx, target.ip, port, target.protocol(port), service);
+            let svc = stack::inbound(
+                ctx,
+                target.ip,
+                port,
+                target.protocol(port),
+                service,
+                peer_id,
+            );
             serve_http(io, svc, framed, drain).await;
         }
         None => inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await,
@@ -207,6 +272,7 @@ async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: 
         protocol: Protocol::Tcp,
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(60),
+        identity: "".into(),
     };
     let labels = TcpLabels {
         reporter: "destination",

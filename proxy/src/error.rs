@@ -72,6 +72,15 @@ pub enum ProxyError {
         /// The connect timeout.
         timeout_ms: u64,
     },
+    /// Mutual TLS with the endpoint failed (handshake, certificate, identity).
+    #[error("mutual TLS with {addr} failed: {source}")]
+    Tls {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// What failed, naming the certificate or identity problem.
+        #[source]
+        source: crate::tls::TlsError,
+    },
     /// The HTTP handshake with the endpoint failed.
     #[error("handshake with {addr} failed: {source}")]
     Handshake {
@@ -121,6 +130,7 @@ impl ProxyError {
             | ProxyError::Draining => ErrorSource::Internal,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::Timeout { .. } => ErrorSource::Upstream,
@@ -134,6 +144,7 @@ impl ProxyError {
             self,
             ProxyError::ConnectFailed { .. }
                 | ProxyError::ConnectTimeout { .. }
+                | ProxyError::Tls { .. }
                 | ProxyError::Handshake { .. }
         )
     }
@@ -147,6 +158,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::Overloaded { .. }
@@ -165,6 +177,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream { .. } => "UH",
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::Timeout { .. } => "UT",

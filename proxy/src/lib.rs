@@ -26,6 +26,7 @@ pub mod protocol;
 pub mod route;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 pub mod xds;
 
@@ -67,6 +68,7 @@ pub struct Proxy {
         sane_xds_proto::Node,
         xds::XdsMetrics,
     )>,
+    issuer: Option<tls::rotation::IssuerConfig>,
 }
 
 /// Controls a running proxy: reload its config, start a drain.
@@ -98,6 +100,25 @@ pub async fn build(
         .clone()
         .zip(xds_metrics)
         .map(|(cp, m)| (cp, bootstrap.node.clone(), m));
+    let issuer = match &bootstrap.identity {
+        None => None,
+        Some(id) => Some(
+            tls::rotation::IssuerConfig::from_bootstrap(
+                id,
+                &bootstrap.node.namespace,
+                bootstrap.control_plane.as_ref(),
+            )
+            .map_err(|e| StartError::Compile {
+                path: origin.clone(),
+                field: "identity".into(),
+                reason: e.to_string(),
+            })?,
+        ),
+    };
+    let identity = Arc::new(tls::Identity::new(
+        issuer.is_some(),
+        tls::TlsMetrics::register(&registry)?,
+    ));
     let snapshot = Snapshot::compile(bootstrap, 1, None, &origin)?;
     let (admin_socket, admin_addr) = listener::bind_tcp("admin", &admin_address)?;
     let listeners = snapshot
@@ -111,8 +132,9 @@ pub async fn build(
     let drain = Drain::default();
     let ctx = StackContext {
         config: config.clone(),
-        upstream: Arc::new(Upstream::new(Arc::new(TcpConnect))),
+        upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),
         metrics: metrics.clone(),
+        identity,
     };
     Ok(Proxy {
         admin_addr,
@@ -128,6 +150,7 @@ pub async fn build(
         ctx,
         drain_timeout,
         xds,
+        issuer,
     })
 }
 
@@ -156,6 +179,7 @@ impl Proxy {
             registry: self.registry.clone(),
             readiness: self.readiness.clone(),
             drain: drain.clone(),
+            identity: self.ctx.identity.clone(),
         };
         tokio::spawn(admin.serve(self.admin_socket, stop_admin.clone()));
         let mut accept_loops = Vec::new();
@@ -165,6 +189,15 @@ impl Proxy {
         let background = CancellationToken::new();
         tokio::spawn(watch_file(self.handle.clone(), background.clone()));
         tokio::spawn(reap_idle(self.ctx.upstream.clone(), background.clone()));
+        if let Some(issuer) = self.issuer {
+            let block = self.readiness.block("certificate");
+            tokio::spawn(tls::rotation::run(
+                issuer,
+                self.ctx.identity.clone(),
+                block,
+                background.clone(),
+            ));
+        }
         if let Some((cp, node, metrics)) = self.xds {
             let block = self.readiness.block("xds");
             tokio::spawn(xds::run(

@@ -18,6 +18,7 @@ use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
 use crate::policy::timeout::{RequestTimeout, TimeoutLayer};
 use crate::protocol::http as h;
 use crate::telemetry::{Metrics, RequestLabels};
+use crate::tls::PeerIdentity;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -33,6 +34,9 @@ use std::time::{Duration, Instant};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
+/// Request header telling the workload the caller's verified SPIFFE id.
+pub const PEER_IDENTITY_HEADER: &str = "x-sane-peer-identity";
+
 /// The one service type passed between stages.
 pub type HttpSvc = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
 
@@ -45,6 +49,8 @@ pub struct StackContext {
     pub upstream: Arc<Upstream>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The proxy's workload identity (mutual TLS).
+    pub identity: Arc<crate::tls::Identity>,
 }
 
 /// The destination the route stage chose, for the stages below.
@@ -78,13 +84,15 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
     BoxCloneSyncService::new(svc)
 }
 
-/// Builds the inbound stack for a connection to workload `ip:port`.
+/// Builds the inbound stack for a connection to workload `ip:port` from a
+/// peer that proved `peer` over mutual TLS (`None`: plaintext).
 pub fn inbound(
     ctx: StackContext,
     ip: IpAddr,
     port: u16,
     protocol: Protocol,
     service: String,
+    peer: Option<PeerIdentity>,
 ) -> HttpSvc {
     let svc = ServiceBuilder::new()
         .layer_fn(|inner| Observe {
@@ -101,7 +109,9 @@ pub fn inbound(
                 protocol,
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(30),
+                identity: "".into(),
             },
+            peer,
         });
     BoxCloneSyncService::new(svc)
 }
@@ -311,6 +321,7 @@ impl Service<Request<Body>> for EndpointStage {
                 protocol: cluster.protocol,
                 connect_timeout: cluster.connect_timeout,
                 idle_timeout: cluster.idle_timeout,
+                identity: endpoint.identity.clone(),
             };
             forward(&upstream, req, &target, &authority, Some(guard)).await
         })
@@ -323,6 +334,7 @@ impl Service<Request<Body>> for EndpointStage {
 struct LocalStage {
     upstream: Arc<Upstream>,
     target: Target,
+    peer: Option<PeerIdentity>,
 }
 
 impl Service<Request<Body>> for LocalStage {
@@ -334,9 +346,17 @@ impl Service<Request<Body>> for LocalStage {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let upstream = self.upstream.clone();
-        let target = self.target;
+        let target = self.target.clone();
+        // The workload learns who called it from this header; a value sent
+        // by the client itself is never trusted.
+        req.headers_mut().remove(PEER_IDENTITY_HEADER);
+        if let Some(PeerIdentity(id)) = &self.peer {
+            if let Ok(v) = http::HeaderValue::from_str(id) {
+                req.headers_mut().insert(PEER_IDENTITY_HEADER, v);
+            }
+        }
         Box::pin(async move {
             let authority = h::authority_text(&req).unwrap_or_else(|| format!("{}", target.addr));
             forward(&upstream, req, &target, &authority, None).await

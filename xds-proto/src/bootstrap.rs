@@ -36,6 +36,13 @@ pub struct Bootstrap {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdentityConfig {
+    /// Trust domain of the mesh. Default: `cluster.local`.
+    pub trust_domain: String,
+    /// The workload's service account; with `node.namespace` it makes the
+    /// SPIFFE id `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`
+    /// the proxy asks for (the CA only signs it if the token allows it).
+    /// Default: `default`.
+    pub service_account: String,
     /// CA URL. Default: the control plane's `address`.
     pub ca_address: String,
     /// File holding the bootstrap token the CA authenticates. Default: the
@@ -78,6 +85,28 @@ pub struct Node {
 pub struct AdminConfig {
     /// Address to bind. Must be a loopback address. Default: `127.0.0.1:15000`.
     pub address: String,
+}
+
+// === impl IdentityConfig ===
+
+impl IdentityConfig {
+    /// The trust domain, with the default applied.
+    pub fn trust_domain(&self) -> &str {
+        if self.trust_domain.is_empty() {
+            "cluster.local"
+        } else {
+            &self.trust_domain
+        }
+    }
+
+    /// The service account, with the default applied.
+    pub fn service_account(&self) -> &str {
+        if self.service_account.is_empty() {
+            "default"
+        } else {
+            &self.service_account
+        }
+    }
 }
 
 impl Default for AdminConfig {

@@ -24,8 +24,8 @@ pub struct EndpointState {
     /// The workload port on the peer's host, announced in the transport
     /// header; `None` when connecting to the workload directly.
     pub via_sidecar: Option<u16>,
-    /// Expected SPIFFE identity (empty: not checked).
-    pub identity: String,
+    /// Expected SPIFFE identity (empty: any mesh identity).
+    pub identity: Arc<str>,
     /// Load-balancing weight (at least 1).
     pub weight: u32,
     /// Labels, for subsets.
@@ -76,7 +76,7 @@ impl EndpointState {
         Some(Self {
             connect_addr,
             via_sidecar,
-            identity: ep.identity.clone(),
+            identity: ep.identity.as_str().into(),
             weight: ep.weight(),
             labels: ep.labels.clone(),
             in_flight,

@@ -24,12 +24,15 @@ use std::time::{Duration, Instant};
 pub const MAX_IDLE_PER_KEY: usize = 64;
 
 /// Identifies connections that can be shared.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// Where the connection goes.
     pub addr: SocketAddr,
     /// The transport header written first, when the peer is a sidecar.
     pub header: Option<TransportHeader>,
+    /// The identity the peer must prove over mutual TLS (`Some("")`: any
+    /// mesh identity), or `None` for plaintext.
+    pub tls: Option<Arc<str>>,
 }
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
@@ -56,10 +59,10 @@ impl H2Pool {
     /// made. The returned guard must be filled through [`H2Pool::put`] by the
     /// caller that connects, so concurrent callers wait for one handshake
     /// instead of each opening a connection.
-    pub async fn checkout(&self, key: PoolKey) -> Result<http2::SendRequest<Body>, H2SlotGuard> {
+    pub async fn checkout(&self, key: &PoolKey) -> Result<http2::SendRequest<Body>, H2SlotGuard> {
         let slot = {
             let mut slots = self.slots.lock().expect("not poisoned");
-            slots.entry(key).or_default().clone()
+            slots.entry(key.clone()).or_default().clone()
         };
         let guard = slot.lock_owned().await;
         match guard.as_ref() {
@@ -72,7 +75,7 @@ impl H2Pool {
     pub async fn handshake(
         io: BoxIo,
         mut slot: H2SlotGuard,
-        key: PoolKey,
+        addr: SocketAddr,
     ) -> Result<http2::SendRequest<Body>, hyper::Error> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -83,7 +86,7 @@ impl H2Pool {
             .await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(addr = %key.addr, error = %e, "upstream h2 connection ended");
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
         });
         *slot = Some(sender.clone());
@@ -131,7 +134,7 @@ impl H1Pool {
     /// Performs the HTTP/1.1 handshake on `io`.
     pub async fn handshake(
         io: BoxIo,
-        key: PoolKey,
+        addr: SocketAddr,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Body>, hyper::Error> {
         let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
@@ -142,7 +145,7 @@ impl H1Pool {
                 conn.await
             };
             if let Err(e) = res {
-                tracing::debug!(addr = %key.addr, error = %e, "upstream h1 connection ended");
+                tracing::debug!(%addr, error = %e, "upstream h1 connection ended");
             }
         });
         Ok(sender)
