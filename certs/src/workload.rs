@@ -127,7 +127,13 @@ impl CertifiedIdentity {
             serial,
             not_before,
             not_after,
-            refresh_at: rotation::rotation_deadline(not_before, not_after),
+            // Measured from arrival, not from the backdated `not_before`:
+            // backdating for clock skew must not pull renewal earlier (for a
+            // short-lived certificate it would put the deadline in the past).
+            refresh_at: rotation::rotation_deadline(
+                not_before.max(std::time::SystemTime::now()),
+                not_after,
+            ),
         })
     }
 

@@ -32,8 +32,9 @@ mod store;
 pub use store::{CA_CERT_FILE, CA_KEY_FILE};
 
 /// The shortest leaf lifetime [`CertificateAuthority::sign_csr`] grants; a
-/// shorter one would expire before the proxy could rotate it.
-pub const MIN_LEAF_TTL: Duration = Duration::from_secs(60);
+/// shorter one would expire before the proxy could rotate it. Lifetimes of a
+/// few seconds are for tests and drills; production uses hours.
+pub const MIN_LEAF_TTL: Duration = Duration::from_secs(2);
 
 /// The most a leaf's `not_before` may be backdated; more than clock skew
 /// needs would only widen the window a stolen certificate is valid in.
