@@ -16,8 +16,10 @@ mod ca;
 mod endpoint;
 mod listener;
 mod policy;
+mod resilience;
 pub mod resources;
 mod route;
+mod route_policy;
 pub mod serde_util;
 mod service;
 mod validate;
@@ -27,9 +29,15 @@ pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH
 pub use endpoint::Endpoint;
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};
+pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
 pub use resources::{MeshResources, TypeUrl};
 pub use route::{
     HeaderMatch, MatchKind, PathMatch, Route, RouteMatch, RouteRule, WeightedDestination,
+};
+pub use route_policy::{
+    grpc_code, FaultAbort, FaultDelay, FaultPolicy, HeaderOps, MirrorPolicy, RetryPolicy,
+    DEFAULT_BUFFERED_BODY_BYTES, GRPC_CODES, MAX_BUFFERED_BODY_BYTES, MAX_RETRY_ATTEMPTS,
+    RETRY_CONDITIONS,
 };
 pub use service::{Protocol, Service, ServicePort};
 pub use validate::{FieldError, FieldPath, ValidationErrors};

@@ -1,5 +1,6 @@
 //! Destination policies: how the proxy treats traffic to one service.
 
+use crate::resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
 use crate::serde_util::{duration_ms, enum_de, enum_ser};
 use crate::validate::{Errors, FieldPath};
 use serde::{Deserialize, Serialize};
@@ -21,11 +22,20 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case")]
 #[repr(i32)]
 pub enum LoadBalancer {
-    /// Power of two random choices, picking the endpoint with fewer requests
-    /// in flight (weighted). The default.
-    LeastRequest = 0,
+    /// Power of two random choices on peak-EWMA latency (as linkerd): of two
+    /// random endpoints, the one with the lower latency estimate times its
+    /// requests in flight (weighted) wins; the estimate jumps up at once on
+    /// a slow response and decays over 10s. Steers away from slow endpoints
+    /// before they fail. The default.
+    Ewma = 0,
     /// Weighted round robin.
     RoundRobin = 1,
+    /// Power of two random choices on requests in flight (weighted).
+    LeastRequest = 2,
+    /// A hash ring keyed by the value of `hash_header`, so requests with the
+    /// same value stick to one endpoint while it is healthy; requests without
+    /// the header are balanced as `least_request`.
+    ConsistentHash = 3,
 }
 
 /// Traffic policy for one destination service (like an Istio DestinationRule).
@@ -41,7 +51,8 @@ pub struct DestinationPolicy {
     /// The service the policy applies to (`name` or `name.namespace`). Required.
     #[prost(string, tag = "3")]
     pub service: String,
-    /// Load-balancing algorithm. Default: `least_request`.
+    /// Load-balancing algorithm: `ewma`, `least_request`, `round_robin` or
+    /// `consistent_hash`. Default: `ewma`.
     #[prost(enumeration = "LoadBalancer", tag = "4")]
     #[serde(
         serialize_with = "enum_ser::<LoadBalancer, _>",
@@ -56,6 +67,23 @@ pub struct DestinationPolicy {
     #[prost(uint64, tag = "6")]
     #[serde(rename = "idle_timeout", with = "duration_ms")]
     pub idle_timeout_ms: u64,
+    /// Limits that shed load with `UO` instead of queuing. Default: none.
+    #[prost(message, optional, tag = "7")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    /// Ejection of failing endpoints. Default: none, no ejection.
+    #[prost(message, optional, tag = "8")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Cap on retries to this destination. Default: none, meaning 20% of
+    /// requests plus 10 per second over 10s.
+    #[prost(message, optional, tag = "9")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
+    /// Header whose value keys `consistent_hash` (case-insensitive).
+    /// Required with `consistent_hash`, not allowed otherwise. Default: empty.
+    #[prost(string, tag = "10")]
+    pub hash_header: String,
 }
 
 // === impl DestinationPolicy ===
@@ -82,6 +110,29 @@ impl DestinationPolicy {
                 &path.field("connect_timeout"),
                 format!("{}ms is above the maximum of 60s", self.connect_timeout_ms),
             );
+        }
+        errs.duration_at_most(
+            &path.field("idle_timeout"),
+            self.idle_timeout_ms,
+            86_400_000,
+        );
+        let hash = path.field("hash_header");
+        match (self.load_balancer(), self.hash_header.is_empty()) {
+            (LoadBalancer::ConsistentHash, true) => {
+                errs.push(&hash, "is required with consistent_hash")
+            }
+            (LoadBalancer::ConsistentHash, false) => errs.header_name(&hash, &self.hash_header),
+            (_, false) => errs.push(&hash, "only applies to consistent_hash"),
+            (_, true) => {}
+        }
+        if let Some(c) = &self.circuit_breaker {
+            c.validate_into(&path.field("circuit_breaker"), errs);
+        }
+        if let Some(o) = &self.outlier_detection {
+            o.validate_into(&path.field("outlier_detection"), errs);
+        }
+        if let Some(b) = &self.retry_budget {
+            b.validate_into(&path.field("retry_budget"), errs);
         }
     }
 }

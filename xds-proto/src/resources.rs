@@ -137,6 +137,14 @@ impl MeshResources {
                         );
                     }
                 }
+                if let Some(m) = &rule.mirror {
+                    if !m.service.is_empty() && !known(&m.service, &r.namespace) {
+                        errs.push(
+                            &p.item("rules", j).field("mirror").field("service"),
+                            format!("{:?} is not a declared service", m.service),
+                        );
+                    }
+                }
             }
         }
         for (i, d) in self.policies.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Routes: how requests for a service are matched and where they are sent.
 
+use crate::route_policy::{FaultPolicy, HeaderOps, MirrorPolicy, RetryPolicy};
 use crate::serde_util::{duration_ms, enum_de, enum_ser};
 use crate::validate::{Errors, FieldPath};
 use serde::{Deserialize, Serialize};
@@ -39,10 +40,30 @@ pub struct RouteRule {
     /// the route's own service.
     #[prost(message, repeated, tag = "2")]
     pub destinations: Vec<WeightedDestination>,
-    /// Whole-request timeout. Default: 0, none.
+    /// Whole-request timeout, retries included. Default: 0, none. Maximum 24h.
     #[prost(uint64, tag = "3")]
     #[serde(rename = "timeout", with = "duration_ms")]
     pub timeout_ms: u64,
+    /// Retries of failed requests. Default: none, no retries.
+    #[prost(message, optional, tag = "4")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// Faults injected into matching requests. Default: none.
+    #[prost(message, optional, tag = "5")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultPolicy>,
+    /// A shadow destination receiving a copy of matching requests. Default: none.
+    #[prost(message, optional, tag = "6")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorPolicy>,
+    /// Rewrites of the request headers sent upstream. Default: none.
+    #[prost(message, optional, tag = "7")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderOps>,
+    /// Rewrites of the response headers returned to the caller. Default: none.
+    #[prost(message, optional, tag = "8")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderOps>,
 }
 
 /// Conditions on a request; all present conditions must hold.
@@ -233,10 +254,26 @@ impl RouteRule {
                 );
             }
         }
+        errs.duration_at_most(&path.field("timeout"), self.timeout_ms, 86_400_000);
+        if let Some(r) = &self.retry {
+            r.validate_into(&path.field("retry"), self.timeout_ms, errs);
+        }
+        if let Some(f) = &self.fault {
+            f.validate_into(&path.field("fault"), errs);
+        }
+        if let Some(m) = &self.mirror {
+            m.validate_into(&path.field("mirror"), errs);
+        }
+        if let Some(h) = &self.request_headers {
+            h.validate_into(&path.field("request_headers"), errs);
+        }
+        if let Some(h) = &self.response_headers {
+            h.validate_into(&path.field("response_headers"), errs);
+        }
     }
 }
 
-fn http_token(s: &str) -> Option<&str> {
+pub(crate) fn http_token(s: &str) -> Option<&str> {
     let ok = s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));

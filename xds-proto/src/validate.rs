@@ -142,9 +142,49 @@ impl Errors {
         }
     }
 
+    /// Checks a percentage: a finite number from 0 to 100.
+    pub(crate) fn percent(&mut self, path: &FieldPath, value: f64) {
+        if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+            self.push(path, format!("{value} is not a percentage (0-100)"));
+        }
+    }
+
+    /// Checks a duration in milliseconds against an upper bound.
+    pub(crate) fn duration_at_most(&mut self, path: &FieldPath, ms: u64, max_ms: u64) {
+        if ms > max_ms {
+            self.push(
+                path,
+                format!(
+                    "{} is above the maximum of {}",
+                    human_ms(ms),
+                    human_ms(max_ms)
+                ),
+            );
+        }
+    }
+
+    /// Checks a count against an upper bound.
+    pub(crate) fn at_most(&mut self, path: &FieldPath, value: u64, max: u64) {
+        if value > max {
+            self.push(path, format!("{value} is above the maximum of {max}"));
+        }
+    }
+
+    /// Checks an HTTP header name (a token; compared case-insensitively).
+    pub(crate) fn header_name(&mut self, path: &FieldPath, name: &str) {
+        if crate::route::http_token(name).is_none() || name.is_empty() {
+            self.push(path, format!("{name:?} is not a valid header name"));
+        }
+    }
+
     pub(crate) fn finish(self) -> Result<(), ValidationErrors> {
         ValidationErrors::into_result(self.0)
     }
+}
+
+/// `1500` as `1s 500ms`, the way durations are written in config.
+pub(crate) fn human_ms(ms: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! is rejected with the field path.
 
 use prost::Message;
-use sane_xds_proto::{Bootstrap, MeshResources, Protocol};
+use sane_xds_proto::{Bootstrap, LoadBalancer, MeshResources, Protocol};
 
 const SAMPLE: &str = r#"
 node: { id: client-1, workload: client }
@@ -29,8 +29,32 @@ resources:
         - matches: [ { path: { kind: prefix, value: /api }, method: GET } ]
           destinations: [ { service: echo, weight: 90, subset: { version: v1 } }, { service: echo, weight: 10 } ]
           timeout: 1500ms
+        - matches: [ { path: { kind: prefix, value: /orders } } ]
+          timeout: 3s
+          retry:
+            attempts: 3
+            per_try_timeout: 500ms
+            retry_on: [connect-failure, refused-stream, reset, gateway-error, unavailable]
+            status_codes: [409]
+            base_interval: 10ms
+            max_interval: 200ms
+            retry_non_idempotent: true
+            max_body_bytes: 131072
+          fault:
+            delay: { fixed_delay: 2s, percent: 5 }
+            abort: { grpc_status: unavailable, percent: 0.5 }
+          mirror: { service: echo, port: 80, percent: 10 }
+          request_headers: { set: { x-env: prod }, add: { x-tag: a }, remove: [ x-debug ] }
+          response_headers: { remove: [ server ] }
   policies:
     - { name: echo, service: echo, load_balancer: round_robin, connect_timeout: 250ms }
+    - name: db
+      service: db
+      load_balancer: consistent_hash
+      hash_header: x-user
+      circuit_breaker: { max_connections: 100, max_pending_requests: 10, max_requests: 200, max_retries: 3 }
+      outlier_detection: { consecutive_5xx: 3, consecutive_gateway_errors: 2, base_ejection_time: 10s, max_ejection_time: 2m, max_ejection_percent: 50 }
+      retry_budget: { percent: 25, min_retries_per_second: 5, ttl: 5s }
 "#;
 
 #[test]
@@ -42,6 +66,29 @@ fn yaml_json_and_protobuf_agree() {
     assert_eq!(r.services[1].ports[0].protocol(), Protocol::Tcp);
     assert_eq!(r.routes[0].rules[0].timeout_ms, 1500);
     assert_eq!(r.policies[0].connect_timeout_ms, 250);
+    let rule = &r.routes[0].rules[1];
+    let retry = rule.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts_or_default(), 3);
+    assert_eq!(retry.per_try_timeout_ms, 500);
+    assert_eq!(
+        rule.fault
+            .as_ref()
+            .unwrap()
+            .abort
+            .as_ref()
+            .unwrap()
+            .percent_or_default(),
+        0.5
+    );
+    assert_eq!(rule.mirror.as_ref().unwrap().percent_or_default(), 10.0);
+    let db = &r.policies[1];
+    assert_eq!(db.load_balancer(), LoadBalancer::ConsistentHash);
+    assert_eq!(db.circuit_breaker.as_ref().unwrap().max_requests, Some(200));
+    assert_eq!(
+        db.outlier_detection.as_ref().unwrap().base_ejection_time_ms,
+        10_000
+    );
+    assert_eq!(db.retry_budget.as_ref().unwrap().ttl_ms(), 5_000);
 
     let json = serde_json::to_string(r).unwrap();
     assert!(json.contains(r#""protocol":"grpc""#), "{json}");
@@ -103,4 +150,33 @@ fn bad_enum_name_fails_to_parse() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown variant `smtp`"), "{err}");
+}
+
+#[test]
+fn invalid_policy_values_are_named_with_their_path() {
+    let bad = SAMPLE
+        .replace("attempts: 3", "attempts: 50")
+        .replace("percent: 5 }", "percent: 120 }")
+        .replace("per_try_timeout: 500ms", "per_try_timeout: 5h")
+        .replace("max_ejection_percent: 50", "max_ejection_percent: 101")
+        .replace(
+            "service: echo, port: 80, percent",
+            "service: nope, port: 80, percent",
+        );
+    let b: Bootstrap = serde_yaml::from_str(&bad).unwrap();
+    let err = b.validate().unwrap_err().to_string();
+    for want in [
+        "resources.routes[0].rules[1].retry.attempts: 50 is above the maximum of 10",
+        "resources.routes[0].rules[1].retry.per_try_timeout: 5h is above the maximum of 1h",
+        "resources.routes[0].rules[1].fault.delay.percent: 120 is not a percentage (0-100)",
+        "resources.routes[0].rules[1].mirror.service: \"nope\" is not a declared service",
+        "resources.policies[1].outlier_detection.max_ejection_percent: 101 is not a percentage",
+    ] {
+        assert!(err.contains(want), "{want} not in {err}");
+    }
+    let negative = SAMPLE.replace("base_interval: 10ms", "base_interval: -10ms");
+    let err = serde_yaml::from_str::<Bootstrap>(&negative)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("invalid duration \"-10ms\""), "{err}");
 }

@@ -118,7 +118,9 @@ impl Cluster {
         idle_timeout: Duration,
     ) -> Self {
         let balancer = match lb {
-            LoadBalancer::LeastRequest => Balancer::LeastRequest,
+            LoadBalancer::LeastRequest | LoadBalancer::Ewma | LoadBalancer::ConsistentHash => {
+                Balancer::LeastRequest
+            }
             LoadBalancer::RoundRobin => {
                 let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
                 Balancer::round_robin(&weights)
