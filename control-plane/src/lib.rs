@@ -250,6 +250,8 @@ impl Bound {
         let xds_addr = self.xds_addr;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.xds_listener);
         let xds = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(self.ads.into_server())
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let xds = async {

@@ -81,6 +81,8 @@ pub struct ProxyStatus {
     pub node: String,
     /// The node's namespace.
     pub namespace: String,
+    /// The node's workload, if it said.
+    pub workload: String,
     /// Services it listed (qualified), plus `*` if it asked for all.
     pub services: Vec<String>,
     /// `sotw` or `delta`.
@@ -323,6 +325,7 @@ impl ProxyRecord {
         ProxyStatus {
             node: id.to_string(),
             namespace: self.spec.namespace.clone(),
+            workload: self.spec.workload.clone(),
             services,
             protocol: self.protocol,
             connected,

@@ -338,6 +338,7 @@ fn schemas() -> Value {
             "properties": {
                 "node": string(),
                 "namespace": string(),
+                "workload": string(),
                 "services": array_of(string()),
                 "protocol": enumeration(&["sotw", "delta"], "sotw"),
                 "connected": { "type": "boolean" },

@@ -45,6 +45,8 @@ struct Leases {
 }
 
 /// One operation of a write.
+// Ops live for one write; boxing the resource would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Op {
     /// Create or replace a resource; `ttl` (endpoints only) gives it a lease.

@@ -42,7 +42,15 @@
 //!   (in the proxy's namespace), `name.namespace` or `namespace/name`; `*`
 //!   means every service of the mesh.
 //!
-//! Other metadata fields are ignored. A malformed `namespace` or `services`
+//! * `node.metadata.workload` (string, default `node.cluster`): shown in the
+//!   status table only.
+//!
+//! From a proxy's bootstrap (`sane_xds_proto::Bootstrap`): `node.id` is
+//! `node.id`, `namespace` is `node.namespace`, `workload` (or `node.cluster`)
+//! is `node.workload`, `services` is `control_plane.services`.
+//!
+//! Other metadata fields are ignored, and so is an `authorization` header on
+//! the stream (xDS clients are not authenticated yet). A malformed `namespace` or `services`
 //! ends the stream with `INVALID_ARGUMENT` naming the field.
 //!
 //! ## What a proxy receives (its view)
@@ -68,7 +76,8 @@
 //!   request of a type (on each new stream) is always answered in full.
 //! * Delta: see [`delta`] for subscriptions, `initial_resource_versions` and
 //!   `removed_resources`.
-//! * Registry changes are coalesced ([`debounce`]) and then each stream gets
+//! * A new stream starts from the registry's latest state. Registry changes
+//!   after that are coalesced ([`debounce`]) and then each stream gets
 //!   only the types whose content in its view changed.
 
 pub mod debounce;

@@ -100,6 +100,7 @@ impl AdsService {
             move |state, first_change| {
                 let prev = shared.snapshots.borrow().clone();
                 if prev.revision == state.revision {
+                    shared.metrics.set_revision(state.revision);
                     return;
                 }
                 let snapshot = XdsSnapshot::build(&state, first_change, Some(&prev));

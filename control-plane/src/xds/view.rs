@@ -22,6 +22,8 @@ pub struct NodeSpec {
     pub services: BTreeSet<String>,
     /// `node.metadata.services` contained `*`: every service of the mesh.
     pub all_services: bool,
+    /// `node.metadata.workload`, else `node.cluster`; for display only.
+    pub workload: String,
 }
 
 /// The resources one proxy may receive, by type.
@@ -46,6 +48,7 @@ impl NodeSpec {
             namespace: namespace_or_default(namespace).to_string(),
             services: BTreeSet::new(),
             all_services: false,
+            workload: String::new(),
         };
         for s in services {
             spec.add_service(s);
@@ -80,6 +83,11 @@ impl NodeSpec {
             Some(_) => return Err(bad("namespace", "must be a string".into())),
         };
         let mut spec = NodeSpec::new(&node.id, &namespace, &[]);
+        spec.workload = match field("workload") {
+            None => node.cluster.clone(),
+            Some(ValueKind::StringValue(s)) => s.clone(),
+            Some(_) => return Err(bad("workload", "must be a string".into())),
+        };
         let listed: Vec<String> = match field("services") {
             None => Vec::new(),
             Some(ValueKind::StringValue(s)) => s.split(',').map(|s| s.trim().to_string()).collect(),

@@ -60,7 +60,12 @@ impl ControlPlane {
     /// Starts a control plane keeping its state in `data_dir`, with a
     /// generated token and a short debounce.
     pub async fn start(data_dir: &Path) -> ControlPlane {
-        let config = Config {
+        ControlPlane::start_with(data_dir, |_| {}).await
+    }
+
+    /// [`ControlPlane::start`] with a changed config.
+    pub async fn start_with(data_dir: &Path, change: impl FnOnce(&mut Config)) -> ControlPlane {
+        let mut config = Config {
             xds_addr: "127.0.0.1:0".parse().unwrap(),
             api_addr: "127.0.0.1:0".parse().unwrap(),
             data_dir: Some(data_dir.to_path_buf()),
@@ -70,6 +75,7 @@ impl ControlPlane {
             },
             ..Config::default()
         };
+        change(&mut config);
         let bound = build(config, &prometheus::Registry::new()).await.unwrap();
         let token = bound.token().secret().to_string();
         let (xds, api) = (bound.xds_addr(), bound.api_addr());

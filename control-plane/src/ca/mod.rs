@@ -1,0 +1,197 @@
+//! The certificate authority service (gRPC, beside ADS on the xDS port).
+//!
+//! `CreateCertificate` takes a CSR from a proxy and returns a short-lived
+//! leaf for the identity the caller's bearer token stands for
+//! ([`tokens`]): the SPIFFE id comes from the token, never from the CSR, and a
+//! CSR asking for another identity is refused with nothing signed. The CA's
+//! key stays in the control plane's data directory (mode 0600) and never
+//! appears in logs or the API.
+
+mod error;
+pub mod tokens;
+
+pub use self::error::CaError;
+
+use self::tokens::WorkloadTokens;
+use prometheus::{IntCounterVec, Opts};
+use sane_certs::{CertificateAuthority, SpiffeId};
+use sane_xds_proto::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Request, Response, Status};
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The CA gRPC service.
+#[derive(Clone, Debug)]
+pub struct CaService {
+    ca: Arc<CertificateAuthority>,
+    tokens: Arc<WorkloadTokens>,
+    issued: IntCounterVec,
+}
+
+// === impl CaService ===
+
+impl CaService {
+    /// Serves certificates from `ca` to holders of `tokens`; registers its
+    /// metrics in `registry`.
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        tokens: Arc<WorkloadTokens>,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, prometheus::Error> {
+        let issued = IntCounterVec::new(
+            Opts::new(
+                "sane_ca_requests_total",
+                "Certificate requests, by result (issued, unauthenticated, refused).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(issued.clone()))?;
+        Ok(Self { ca, tokens, issued })
+    }
+
+    /// Signs `req` for the caller authenticated by `token`.
+    pub fn create(&self, token: Option<&str>, req: &CertificateRequest) -> Result<CertificateResponse, Status> {
+        let Some(grant) = token.and_then(|t| self.tokens.authenticate(t)) else {
+            self.issued.with_label_values(&["unauthenticated"]).inc();
+            tracing::warn!("certificate request with a missing or unknown token refused");
+            return Err(Status::unauthenticated(
+                "a valid workload bootstrap token is required (authorization: Bearer <token>)",
+            ));
+        };
+        let identity = SpiffeId::new(
+            self.ca.trust_domain().clone(),
+            &grant.namespace,
+            &grant.service_account,
+        )
+        .map_err(|e| Status::internal(format!("token grants an invalid identity: {e}")))?;
+        let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
+        match self.ca.sign_csr(req.csr_pem.as_bytes(), &identity, ttl) {
+            Ok(cert) => {
+                self.issued.with_label_values(&["issued"]).inc();
+                tracing::info!(%identity, serial = %cert.serial, "issued workload certificate");
+                Ok(CertificateResponse {
+                    cert_chain_pem: cert.chain_pem,
+                    trust_bundle_pem: self.ca.trust_bundle().to_pem(),
+                    identity: identity.to_string(),
+                })
+            }
+            Err(e) => {
+                self.issued.with_label_values(&["refused"]).inc();
+                tracing::warn!(allowed = %identity, error = %e, "certificate request refused; nothing signed");
+                Err(Status::permission_denied(format!(
+                    "refused to sign: {e} (the token allows {identity})"
+                )))
+            }
+        }
+    }
+}
+
+impl NamedService for CaService {
+    const NAME: &'static str = "sane.mesh.v1.CertificateService";
+}
+
+struct CreateCertificate(CaService);
+
+impl UnaryService<CertificateRequest> for CreateCertificate {
+    type Response = CertificateResponse;
+    type Future = BoxFuture<Result<Response<CertificateResponse>, Status>>;
+
+    fn call(&mut self, req: Request<CertificateRequest>) -> Self::Future {
+        let token = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        let result = self.0.create(token.as_deref(), req.get_ref());
+        Box::pin(async move { result.map(Response::new) })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for CaService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let svc = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != CA_CREATE_CERTIFICATE_PATH {
+                return Ok(Status::unimplemented(format!(
+                    "{} is not a method of {}",
+                    req.uri().path(),
+                    <CaService as NamedService>::NAME
+                ))
+                .into_http());
+            }
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<CertificateResponse, CertificateRequest>::default());
+            Ok(grpc.unary(CreateCertificate(svc), req).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tokens::TokenGrant;
+    use super::*;
+    use sane_certs::{CaOptions, TrustDomain, WorkloadKey};
+
+    fn service() -> (CaService, String) {
+        let td = TrustDomain::new("mesh.test").unwrap();
+        let ca = CertificateAuthority::generate(&td, CaOptions::default()).unwrap();
+        let tokens = WorkloadTokens::default();
+        let token = tokens
+            .issue(TokenGrant {
+                namespace: "prod".into(),
+                service_account: "web".into(),
+            })
+            .unwrap();
+        let svc = CaService::new(Arc::new(ca), Arc::new(tokens), &prometheus::Registry::new()).unwrap();
+        (svc, token)
+    }
+
+    fn csr_for(id: &str) -> CertificateRequest {
+        let key = WorkloadKey::generate().unwrap();
+        CertificateRequest {
+            csr_pem: key.csr_pem(&id.parse().unwrap()).unwrap(),
+            ttl_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn signs_for_the_token_identity() {
+        let (svc, token) = service();
+        let rsp = svc
+            .create(Some(&token), &csr_for("spiffe://mesh.test/ns/prod/sa/web"))
+            .unwrap();
+        assert_eq!(rsp.identity, "spiffe://mesh.test/ns/prod/sa/web");
+        assert!(rsp.cert_chain_pem.contains("BEGIN CERTIFICATE"));
+        assert!(!rsp.cert_chain_pem.contains("PRIVATE KEY"));
+        assert!(rsp.trust_bundle_pem.contains("BEGIN CERTIFICATE"));
+    }
+
+    #[test]
+    fn refuses_another_identity_and_unknown_tokens() {
+        let (svc, token) = service();
+        let err = svc
+            .create(Some(&token), &csr_for("spiffe://mesh.test/ns/prod/sa/admin"))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("spiffe://mesh.test/ns/prod/sa/admin"), "{}", err.message());
+        assert!(err.message().contains("the token allows spiffe://mesh.test/ns/prod/sa/web"));
+        let err = svc
+            .create(Some("forged"), &csr_for("spiffe://mesh.test/ns/prod/sa/web"))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(svc.create(None, &csr_for("spiffe://mesh.test/ns/prod/sa/web")).is_err());
+    }
+}
