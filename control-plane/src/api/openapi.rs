@@ -1,6 +1,8 @@
 //! The OpenAPI 3 description of the API, written by hand next to the
-//! routes. A test sends a request to every documented operation and checks
-//! the router has it, so the two cannot drift apart silently.
+//! routes. Tests keep it honest: an integration test sends a request to every
+//! documented operation and checks the router has it, and a unit test checks
+//! each resource schema lists exactly the fields its `sane-xds-proto` type
+//! accepts.
 
 use axum::Json;
 use serde_json::{json, Value};
@@ -240,6 +242,10 @@ fn duration() -> Value {
     ] })
 }
 
+fn percent() -> Value {
+    json!({ "type": "number", "minimum": 0, "maximum": 100 })
+}
+
 fn map_of(value: Value) -> Value {
     json!({ "type": "object", "additionalProperties": value })
 }
@@ -249,9 +255,7 @@ fn array_of(items: Value) -> Value {
 }
 
 fn schemas() -> Value {
-    let protocol = enumeration(&["http", "http2", "grpc", "tcp"], "http");
-    let match_kind = enumeration(&["exact", "prefix", "regex", "present"], "exact");
-    json!({
+    let mut all = json!({
         "Error": {
             "type": "object",
             "required": ["error"],
@@ -275,64 +279,6 @@ fn schemas() -> Value {
                 "ttl": { "type": "string", "description": "Lease length, for endpoints registered with a ttl." }
             }
         },
-        "Service": object(&["name", "ports"], json!({
-            "name": string(),
-            "namespace": { "type": "string", "default": "default" },
-            "ports": array_of(schema_ref("ServicePort")),
-            "hosts": array_of(string())
-        })),
-        "ServicePort": object(&["port"], json!({
-            "name": string(), "port": port(), "protocol": protocol, "target_port": port()
-        })),
-        "Endpoint": object(&["service", "address"], json!({
-            "service": string(),
-            "namespace": { "type": "string", "default": "default" },
-            "address": { "type": "string", "description": "IP address" },
-            "port": port(),
-            "ports": map_of(port()),
-            "proxy_port": port(),
-            "identity": { "type": "string", "description": "spiffe://..." },
-            "labels": map_of(string()),
-            "weight": { "type": "integer", "default": 1 }
-        })),
-        "Route": object(&["name", "service", "rules"], json!({
-            "name": string(),
-            "namespace": { "type": "string", "default": "default" },
-            "service": string(),
-            "rules": array_of(schema_ref("RouteRule"))
-        })),
-        "RouteRule": object(&[], json!({
-            "matches": array_of(schema_ref("RouteMatch")),
-            "destinations": array_of(schema_ref("WeightedDestination")),
-            "timeout": duration()
-        })),
-        "RouteMatch": object(&[], json!({
-            "path": schema_ref("PathMatch"),
-            "headers": array_of(schema_ref("HeaderMatch")),
-            "method": string()
-        })),
-        "PathMatch": object(&["value"], json!({ "kind": match_kind.clone(), "value": string() })),
-        "HeaderMatch": object(&["name"], json!({
-            "name": string(), "kind": match_kind, "value": string(), "invert": { "type": "boolean" }
-        })),
-        "WeightedDestination": object(&["service"], json!({
-            "service": string(), "port": port(), "subset": map_of(string()), "weight": { "type": "integer" }
-        })),
-        "DestinationPolicy": object(&["name", "service"], json!({
-            "name": string(),
-            "namespace": { "type": "string", "default": "default" },
-            "service": string(),
-            "load_balancer": enumeration(&["least_request", "round_robin"], "least_request"),
-            "connect_timeout": duration(),
-            "idle_timeout": duration()
-        })),
-        "MeshResources": object(&[], json!({
-            "listeners": array_of(json!({ "type": "object" })),
-            "services": array_of(schema_ref("Service")),
-            "endpoints": array_of(schema_ref("Endpoint")),
-            "routes": array_of(schema_ref("Route")),
-            "policies": array_of(schema_ref("DestinationPolicy"))
-        })),
         "ProxyStatus": {
             "type": "object",
             "properties": {
@@ -366,5 +312,200 @@ fn schemas() -> Value {
                 }
             }
         }
+    });
+    for part in [route_schemas(), other_resource_schemas()] {
+        if let (Some(all), Value::Object(part)) = (all.as_object_mut(), part) {
+            all.extend(part);
+        }
+    }
+    all
+}
+
+/// Schemas of the resource types (kept in step with `sane-xds-proto` by
+/// the test below).
+fn other_resource_schemas() -> Value {
+    let protocol = enumeration(&["http", "http2", "grpc", "tcp"], "http");
+    json!({
+        "Service": object(&["name", "ports"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "ports": array_of(schema_ref("ServicePort")),
+            "hosts": array_of(string())
+        })),
+        "ServicePort": object(&["port"], json!({
+            "name": string(), "port": port(), "protocol": protocol, "target_port": port()
+        })),
+        "Endpoint": object(&["service", "address"], json!({
+            "service": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "address": { "type": "string", "description": "IP address" },
+            "port": port(),
+            "ports": map_of(port()),
+            "proxy_port": port(),
+            "identity": { "type": "string", "description": "spiffe://..." },
+            "labels": map_of(string()),
+            "weight": { "type": "integer", "default": 1 }
+        })),
+        "DestinationPolicy": object(&["name", "service"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "service": string(),
+            "load_balancer": enumeration(&["least_request", "round_robin"], "least_request"),
+            "connect_timeout": duration(),
+            "idle_timeout": duration(),
+            "circuit_breaker": schema_ref("CircuitBreaker"),
+            "outlier_detection": schema_ref("OutlierDetection"),
+            "retry_budget": schema_ref("RetryBudget"),
+            "hash_header": string()
+        })),
+        "CircuitBreaker": object(&[], json!({
+            "max_connections": { "type": "integer" },
+            "max_pending_requests": { "type": "integer" },
+            "max_requests": { "type": "integer" },
+            "max_retries": { "type": "integer" }
+        })),
+        "OutlierDetection": object(&[], json!({
+            "consecutive_5xx": { "type": "integer", "default": 5 },
+            "consecutive_gateway_errors": { "type": "integer" },
+            "base_ejection_time": duration(),
+            "max_ejection_time": duration(),
+            "max_ejection_percent": { "type": "integer", "default": 10 }
+        })),
+        "RetryBudget": object(&[], json!({
+            "percent": percent(),
+            "min_retries_per_second": { "type": "integer", "default": 10 },
+            "ttl": duration()
+        })),
+        "MeshResources": object(&[], json!({
+            "listeners": array_of(json!({ "type": "object" })),
+            "services": array_of(schema_ref("Service")),
+            "endpoints": array_of(schema_ref("Endpoint")),
+            "routes": array_of(schema_ref("Route")),
+            "policies": array_of(schema_ref("DestinationPolicy"))
+        }))
     })
+}
+
+fn route_schemas() -> Value {
+    let match_kind = enumeration(&["exact", "prefix", "regex", "present"], "exact");
+    json!({
+        "Route": object(&["name", "service", "rules"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "service": string(),
+            "rules": array_of(schema_ref("RouteRule"))
+        })),
+        "RouteRule": object(&[], json!({
+            "matches": array_of(schema_ref("RouteMatch")),
+            "destinations": array_of(schema_ref("WeightedDestination")),
+            "timeout": duration(),
+            "retry": schema_ref("RetryPolicy"),
+            "fault": schema_ref("FaultPolicy"),
+            "mirror": schema_ref("MirrorPolicy"),
+            "request_headers": schema_ref("HeaderOps"),
+            "response_headers": schema_ref("HeaderOps")
+        })),
+        "RetryPolicy": object(&[], json!({
+            "attempts": { "type": "integer", "default": 2, "maximum": 10 },
+            "per_try_timeout": duration(),
+            "retry_on": array_of(string()),
+            "status_codes": array_of(json!({ "type": "integer" })),
+            "base_interval": duration(),
+            "max_interval": duration(),
+            "retry_non_idempotent": { "type": "boolean" },
+            "max_body_bytes": { "type": "integer" }
+        })),
+        "FaultPolicy": object(&[], json!({
+            "delay": schema_ref("FaultDelay"),
+            "abort": schema_ref("FaultAbort")
+        })),
+        "FaultDelay": object(&["fixed_delay"], json!({
+            "fixed_delay": duration(),
+            "percent": percent()
+        })),
+        "FaultAbort": object(&[], json!({
+            "http_status": { "type": "integer" },
+            "grpc_status": string(),
+            "percent": percent()
+        })),
+        "MirrorPolicy": object(&["service"], json!({
+            "service": string(),
+            "port": port(),
+            "percent": percent(),
+            "max_body_bytes": { "type": "integer" }
+        })),
+        "HeaderOps": object(&[], json!({
+            "set": map_of(string()),
+            "add": map_of(string()),
+            "remove": array_of(string())
+        })),
+        "RouteMatch": object(&[], json!({
+            "path": schema_ref("PathMatch"),
+            "headers": array_of(schema_ref("HeaderMatch")),
+            "method": string()
+        })),
+        "PathMatch": object(&["value"], json!({ "kind": match_kind.clone(), "value": string() })),
+        "HeaderMatch": object(&["name"], json!({
+            "name": string(), "kind": match_kind, "value": string(), "invert": { "type": "boolean" }
+        })),
+        "WeightedDestination": object(&["service"], json!({
+            "service": string(), "port": port(), "subset": map_of(string()), "weight": { "type": "integer" }
+        }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// The documented properties of `name` are exactly the fields `T`
+    /// accepts: every serialized field is documented, and every documented
+    /// property is known to `T` (which rejects unknown fields).
+    fn check<T: Default + Serialize + DeserializeOwned>(name: &str) {
+        let doc = document();
+        let props = doc["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {name}"));
+        let default = serde_json::to_value(T::default()).unwrap();
+        for key in default.as_object().unwrap().keys() {
+            assert!(props.contains_key(key), "{name}.{key} is not documented");
+        }
+        for key in props.keys() {
+            let err = serde_json::from_value::<T>(json!({ key.as_str(): null }))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                !err.contains("unknown field"),
+                "{name}.{key} is documented but unknown: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn schemas_match_the_resource_types() {
+        use sane_xds_proto::*;
+        check::<Service>("Service");
+        check::<ServicePort>("ServicePort");
+        check::<Endpoint>("Endpoint");
+        check::<Route>("Route");
+        check::<RouteRule>("RouteRule");
+        check::<RouteMatch>("RouteMatch");
+        check::<PathMatch>("PathMatch");
+        check::<HeaderMatch>("HeaderMatch");
+        check::<WeightedDestination>("WeightedDestination");
+        check::<RetryPolicy>("RetryPolicy");
+        check::<FaultPolicy>("FaultPolicy");
+        check::<FaultDelay>("FaultDelay");
+        check::<FaultAbort>("FaultAbort");
+        check::<MirrorPolicy>("MirrorPolicy");
+        check::<HeaderOps>("HeaderOps");
+        check::<DestinationPolicy>("DestinationPolicy");
+        check::<CircuitBreaker>("CircuitBreaker");
+        check::<OutlierDetection>("OutlierDetection");
+        check::<RetryBudget>("RetryBudget");
+        check::<MeshResources>("MeshResources");
+    }
 }

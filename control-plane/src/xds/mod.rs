@@ -56,8 +56,9 @@
 //! ## What a proxy receives (its view)
 //!
 //! Services: all of its namespace, plus those it lists, plus — transitively —
-//! every destination of a route of a service already in the view (so traffic
-//! split to another namespace works). Endpoints, routes and policies: those of
+//! every destination and mirror target of a route of a service already in
+//! the view (so traffic split or mirrored to another namespace works).
+//! Endpoints, routes and policies: those of
 //! the services in the view. An empty `resource_names` (or `*`) subscribes to
 //! the whole view; explicit names narrow it.
 //!

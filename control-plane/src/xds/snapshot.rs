@@ -26,7 +26,7 @@ pub struct EncodedResource {
     pub resource: Resource,
     /// Qualified key (`name.namespace`) of the service it belongs to.
     pub service: String,
-    /// For routes: qualified keys of every destination service.
+    /// For routes: qualified keys of every destination and mirror service.
     pub destinations: Vec<String>,
 }
 
@@ -72,8 +72,12 @@ impl EncodedResource {
             Resource::Route(r) => r
                 .rules
                 .iter()
-                .flat_map(|rule| &rule.destinations)
-                .map(|d| sane_xds_proto::resources::qualify(&d.service, &r.namespace))
+                .flat_map(|rule| {
+                    let mirror = rule.mirror.as_ref().map(|m| &m.service);
+                    rule.destinations.iter().map(|d| &d.service).chain(mirror)
+                })
+                .filter(|s| !s.is_empty())
+                .map(|s| sane_xds_proto::resources::qualify(s, &r.namespace))
                 .collect(),
             _ => Vec::new(),
         };

@@ -152,8 +152,8 @@ pub fn node_metadata(
 
 impl ProxyView {
     /// The slice of `snapshot` that `spec` sees: its namespace's services,
-    /// the services it lists, and (transitively) every destination of a route
-    /// of those; then the endpoints, routes and policies of those services.
+    /// the services it lists, and (transitively) every destination and mirror
+    /// target of a route of those; then the endpoints, routes and policies of those services.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
         let services_map = snapshot.of_kind(Kind::Service);
         let mut visible: BTreeSet<String> = spec.services.clone();
@@ -236,6 +236,38 @@ mod tests {
             ["billing/pay", "inventory/backend", "inventory/db"]
         );
         assert!(names(&other, TypeUrl::Route).is_empty());
+    }
+
+    #[test]
+    fn mirror_targets_join_the_view() {
+        use crate::registry::{Change, Op, Origin};
+        use crate::resource::Resource;
+        use sane_xds_proto::{MirrorPolicy, Route, RouteRule};
+        let reg = crate::xds::test_support::registry();
+        let route = Route {
+            name: "web".into(),
+            namespace: "shop".into(),
+            service: "web".into(),
+            rules: vec![RouteRule {
+                mirror: Some(MirrorPolicy {
+                    service: "db.inventory".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        reg.apply(Change {
+            origin: Origin::Api,
+            ops: vec![Op::Put {
+                resource: Resource::Route(route),
+                ttl: None,
+            }],
+        })
+        .unwrap();
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        let view = ProxyView::compute(&snap, &NodeSpec::new("p", "shop", &[]));
+        assert_eq!(names(&view, TypeUrl::Service), ["inventory/db", "shop/web"]);
     }
 
     #[test]
