@@ -255,7 +255,6 @@ mod tests {
                 }),
                 ..Default::default()
             }],
-            ..Default::default()
         };
         reg.apply(Change {
             origin: Origin::Api,
