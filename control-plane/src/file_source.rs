@@ -88,7 +88,22 @@ impl FileSource {
     /// Polls every `interval` until `shutdown`.
     pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
         loop {
-            if let Err(error) = self.sync() {
+            // Reading files and fsyncing the store block: keep them off the
+            // async workers.
+            let polled = tokio::task::spawn_blocking(move || {
+                let result = self.sync();
+                (self, result)
+            })
+            .await;
+            let result;
+            (self, result) = match polled {
+                Ok(done) => done,
+                Err(error) => {
+                    tracing::error!(%error, "config dir poll panicked; no longer following it");
+                    return;
+                }
+            };
+            if let Err(error) = result {
                 tracing::warn!(%error, "config dir not readable; keeping the last good content");
             }
             tokio::select! {

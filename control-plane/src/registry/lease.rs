@@ -73,6 +73,7 @@ impl Registry {
                 _ = self.lease_changed.notified() => continue,
                 _ = sleep => {}
             }
+            // Runs inline: expiries are rare and one small write each.
             match self.expire_leases(Instant::now()) {
                 Ok(keys) => {
                     for key in keys {
