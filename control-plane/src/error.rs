@@ -9,6 +9,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong in the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The certificate authority or its token store could not be set up.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
     /// The durable state file could not be read.
     #[error("reading state file {path}: {source}")]
     StateRead {

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod ca;
 pub mod client;
 pub mod error;
 pub mod file_source;
@@ -70,6 +71,13 @@ pub struct Config {
     pub body_limit: usize,
     /// How often `config_dir` is polled. Default: 1 s.
     pub config_poll_interval: Duration,
+    /// Trust domain of the mesh CA. Default: `cluster.local`.
+    pub trust_domain: String,
+    /// Lifetime of workload certificates when a proxy asks for none.
+    /// Default: 24 h.
+    pub cert_ttl: Duration,
+    /// Longest workload certificate lifetime granted. Default: 7 days.
+    pub max_cert_ttl: Duration,
 }
 
 /// The control plane with its listeners bound and its state loaded.
@@ -83,6 +91,7 @@ pub struct Bound {
     status: Arc<ProxyStatusTable>,
     token: Arc<ApiToken>,
     ads: AdsService,
+    ca: ca::CaService,
     api_state: ApiState,
     file_source: Option<FileSource>,
     config: Config,
@@ -105,6 +114,9 @@ impl Default for Config {
             proxy_retention: Duration::from_secs(300),
             body_limit: api::DEFAULT_BODY_LIMIT,
             config_poll_interval: Duration::from_secs(1),
+            trust_domain: "cluster.local".to_string(),
+            cert_ttl: Duration::from_secs(24 * 3600),
+            max_cert_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -122,6 +134,9 @@ impl fmt::Debug for Config {
             .field("proxy_retention", &self.proxy_retention)
             .field("body_limit", &self.body_limit)
             .field("config_poll_interval", &self.config_poll_interval)
+            .field("trust_domain", &self.trust_domain)
+            .field("cert_ttl", &self.cert_ttl)
+            .field("max_cert_ttl", &self.max_cert_ttl)
             .finish()
     }
 }
@@ -169,6 +184,13 @@ pub async fn build(
         metrics.clone(),
     ));
     let stop = CancellationToken::new();
+    let (authority, workload_tokens) = ca::load(&config)?;
+    let ca = ca::CaService::new(authority, workload_tokens.clone(), metrics_registry).map_err(
+        |source| Error::Metrics {
+            name: "sane_ca_requests_total",
+            source,
+        },
+    )?;
     let ads = AdsService::new(registry.clone(), status.clone(), metrics, stop.clone());
     let api_state = ApiState {
         registry: registry.clone(),
@@ -176,6 +198,8 @@ pub async fn build(
         token: token.clone(),
         metrics: metrics_registry.clone(),
         body_limit: config.body_limit,
+        workload_tokens,
+        trust_domain: config.trust_domain.clone(),
     };
     tracing::info!(
         revision = registry.revision(),
@@ -191,6 +215,7 @@ pub async fn build(
         status,
         token,
         ads,
+        ca,
         api_state,
         file_source,
         config,
@@ -253,6 +278,7 @@ impl Bound {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(self.ads.into_server())
+            .add_service(self.ca)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let xds = async {
             let r = xds.await.map_err(|source| Error::XdsServe {

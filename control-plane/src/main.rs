@@ -49,6 +49,15 @@ struct Args {
     /// Largest accepted API request body, in bytes.
     #[arg(long, default_value_t = sane_control_plane::api::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
+    /// Trust domain of the mesh CA (SPIFFE ids are spiffe://<this>/ns/…/sa/…).
+    #[arg(long, env = "SANE_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates when a proxy asks for none.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
+    /// Longest workload certificate lifetime the CA grants.
+    #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
+    max_cert_ttl: Duration,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -78,6 +87,9 @@ fn main() -> anyhow::Result<()> {
             max_delay: args.debounce_max,
         },
         proxy_retention: args.proxy_retention,
+        trust_domain: args.trust_domain,
+        cert_ttl: args.cert_ttl,
+        max_cert_ttl: args.max_cert_ttl,
         body_limit: args.max_body_bytes,
         ..Config::default()
     };

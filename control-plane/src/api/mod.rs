@@ -13,6 +13,7 @@ pub mod auth;
 pub mod openapi;
 mod proxies;
 mod resources;
+mod tokens;
 
 use crate::error::{Error, RejectedField};
 use crate::registry::Registry;
@@ -43,6 +44,10 @@ pub struct ApiState {
     pub metrics: prometheus::Registry,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Workload bootstrap tokens the CA accepts.
+    pub workload_tokens: Arc<crate::ca::tokens::WorkloadTokens>,
+    /// Trust domain of the CA (to report the identity a token grants).
+    pub trust_domain: String,
 }
 
 /// An error response: status and `{"error": ..., "fields": [...]}`.
@@ -59,6 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(openapi::handler))
         .merge(resources::routes())
         .merge(proxies::routes())
+        .merge(tokens::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

@@ -25,6 +25,31 @@ use tonic::{Request, Response, Status};
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// Directory (inside the data dir) holding the CA's certificate and key.
+pub const CA_DIR: &str = "ca";
+
+/// Loads the CA from `<data_dir>/ca` (generating it on first start) and the
+/// workload tokens from the data dir; in memory when there is no data dir.
+pub fn load(
+    config: &crate::Config,
+) -> Result<(Arc<CertificateAuthority>, Arc<WorkloadTokens>), CaError> {
+    let td = sane_certs::TrustDomain::new(&config.trust_domain)?;
+    let mut options = sane_certs::CaOptions::default();
+    options.default_leaf_ttl = config.cert_ttl;
+    options.max_leaf_ttl = config.max_cert_ttl;
+    let authority = match &config.data_dir {
+        Some(dir) => CertificateAuthority::load_or_generate(&dir.join(CA_DIR), &td, options)?,
+        None => CertificateAuthority::generate(&td, options)?,
+    };
+    tracing::info!(
+        trust_domain = %td.as_str(),
+        subject = %authority.subject(),
+        "certificate authority ready"
+    );
+    let tokens = WorkloadTokens::load(config.data_dir.as_deref())?;
+    Ok((Arc::new(authority), Arc::new(tokens)))
+}
+
 /// The CA gRPC service.
 #[derive(Clone, Debug)]
 pub struct CaService {
@@ -55,7 +80,11 @@ impl CaService {
     }
 
     /// Signs `req` for the caller authenticated by `token`.
-    pub fn create(&self, token: Option<&str>, req: &CertificateRequest) -> Result<CertificateResponse, Status> {
+    pub fn create(
+        &self,
+        token: Option<&str>,
+        req: &CertificateRequest,
+    ) -> Result<CertificateResponse, Status> {
         let Some(grant) = token.and_then(|t| self.tokens.authenticate(t)) else {
             self.issued.with_label_values(&["unauthenticated"]).inc();
             tracing::warn!("certificate request with a missing or unknown token refused");
@@ -133,7 +162,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for CaService {
                 ))
                 .into_http());
             }
-            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<CertificateResponse, CertificateRequest>::default());
+            let mut grpc = Grpc::new(tonic_prost::ProstCodec::<
+                CertificateResponse,
+                CertificateRequest,
+            >::default());
             Ok(grpc.unary(CreateCertificate(svc), req).await)
         })
     }
@@ -155,7 +187,8 @@ mod tests {
                 service_account: "web".into(),
             })
             .unwrap();
-        let svc = CaService::new(Arc::new(ca), Arc::new(tokens), &prometheus::Registry::new()).unwrap();
+        let svc =
+            CaService::new(Arc::new(ca), Arc::new(tokens), &prometheus::Registry::new()).unwrap();
         (svc, token)
     }
 
@@ -183,15 +216,30 @@ mod tests {
     fn refuses_another_identity_and_unknown_tokens() {
         let (svc, token) = service();
         let err = svc
-            .create(Some(&token), &csr_for("spiffe://mesh.test/ns/prod/sa/admin"))
+            .create(
+                Some(&token),
+                &csr_for("spiffe://mesh.test/ns/prod/sa/admin"),
+            )
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert!(err.message().contains("spiffe://mesh.test/ns/prod/sa/admin"), "{}", err.message());
-        assert!(err.message().contains("the token allows spiffe://mesh.test/ns/prod/sa/web"));
+        assert!(
+            err.message()
+                .contains("spiffe://mesh.test/ns/prod/sa/admin"),
+            "{}",
+            err.message()
+        );
+        assert!(err
+            .message()
+            .contains("the token allows spiffe://mesh.test/ns/prod/sa/web"));
         let err = svc
-            .create(Some("forged"), &csr_for("spiffe://mesh.test/ns/prod/sa/web"))
+            .create(
+                Some("forged"),
+                &csr_for("spiffe://mesh.test/ns/prod/sa/web"),
+            )
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        assert!(svc.create(None, &csr_for("spiffe://mesh.test/ns/prod/sa/web")).is_err());
+        assert!(svc
+            .create(None, &csr_for("spiffe://mesh.test/ns/prod/sa/web"))
+            .is_err());
     }
 }
