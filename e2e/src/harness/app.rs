@@ -112,6 +112,19 @@ impl EchoApp {
         }
     }
 
+    /// Requests the app has served so far (its `/stats`).
+    pub async fn requests(&self) -> u64 {
+        let reply = super::http::send(
+            &super::http::http1_client(),
+            super::http::get(&self.http_url("/stats")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: /stats: {e}", self.name));
+        reply.json().expect("stats json")["requests"]
+            .as_u64()
+            .expect("requests count")
+    }
+
     /// `http://<http addr><path>`.
     pub fn http_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addrs.http)

@@ -8,6 +8,7 @@
 
 mod app;
 mod binaries;
+mod control_plane;
 mod eventually;
 mod grpc;
 pub mod http;
@@ -17,6 +18,7 @@ mod sidecar;
 mod two_hop;
 
 pub use app::{echo_service, EchoAddrs, EchoApp, GRPC_PORT, HTTP_PORT, TCP_PORT};
+pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use binaries::{bin, bins, bins_for, echo_bin, workspace_root, Bins, PACKAGES};
 pub use eventually::{eventually, eventually_blocking, EVENTUALLY_STEP};
 pub use grpc::EchoClient;

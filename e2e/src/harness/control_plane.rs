@@ -1,0 +1,113 @@
+//! Running `sane-control-plane` in tests: on port 0, with a known API token,
+//! and a helper to issue workload bootstrap tokens for sidecars.
+
+use super::binaries::bins_for;
+use super::http::{full, request, send};
+use super::process::Proc;
+use http::Method;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The API token every test control plane is started with.
+pub const TEST_API_TOKEN: &str = "e2e-admin-token";
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// The process.
+    pub proc: Proc,
+    /// xDS (and CA) gRPC address.
+    pub xds: SocketAddr,
+    /// HTTP API address.
+    pub api: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+// === impl ControlPlane ===
+
+impl ControlPlane {
+    /// Builds (once) and starts a control plane keeping its state in
+    /// `data_dir`, with extra `args`.
+    pub async fn start(data_dir: &Path, args: &[&str]) -> ControlPlane {
+        Self::start_on(data_dir, "127.0.0.1:0", "127.0.0.1:0", args).await
+    }
+
+    /// Like [`ControlPlane::start`], on given addresses (to restart on the
+    /// same ports).
+    pub async fn start_on(data_dir: &Path, xds: &str, api: &str, args: &[&str]) -> ControlPlane {
+        let bin = bins_for(&["sane-control-plane"]).join("sane-control-plane");
+        let dir = data_dir.display().to_string();
+        let mut all = vec![
+            "--xds-addr",
+            xds,
+            "--api-addr",
+            api,
+            "--data-dir",
+            dir.as_str(),
+            "--api-token",
+            TEST_API_TOKEN,
+        ];
+        all.extend_from_slice(args);
+        let proc = Proc::spawn("control-plane", &bin, &all, &[]);
+        let addrs = proc
+            .wait_listening(&["xds", "api"], Duration::from_secs(60))
+            .await;
+        ControlPlane {
+            xds: addrs["xds"],
+            api: addrs["api"],
+            proc,
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// `http://<xds addr>`, for a proxy's `control_plane.address` or
+    /// `identity.ca_address`.
+    pub fn xds_url(&self) -> String {
+        format!("http://{}", self.xds)
+    }
+
+    /// `http://<api addr><path>`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    /// Issues a workload token for `namespace`/`service_account` through the
+    /// API and writes it to `dir/<service_account>.token`; returns the path.
+    pub async fn issue_token(&self, dir: &Path, namespace: &str, service_account: &str) -> PathBuf {
+        let body =
+            serde_json::json!({ "namespace": namespace, "service_account": service_account });
+        let mut req = request(
+            Method::POST,
+            &self.api_url("/api/v1/tokens"),
+            full(body.to_string()),
+        );
+        req.headers_mut().insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {TEST_API_TOKEN}")
+                .parse()
+                .expect("valid header"),
+        );
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            "application/json".parse().expect("valid header"),
+        );
+        let reply = send(&super::http::http1_client(), req)
+            .await
+            .unwrap_or_else(|e| panic!("issuing a token: {e}"));
+        assert!(
+            reply.status.is_success(),
+            "issuing a token: {} {}",
+            reply.status,
+            reply.text()
+        );
+        let token = reply.json().expect("json")["token"]
+            .as_str()
+            .expect("token in the reply")
+            .to_string();
+        let path = dir.join(format!("{namespace}-{service_account}.token"));
+        std::fs::write(&path, token).expect("writing the token file");
+        path
+    }
+}
