@@ -7,7 +7,7 @@
 //! client sees, so retry, circuit breaking, logs and metrics all agree.
 
 use crate::Body;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use std::net::SocketAddr;
 
 /// Header carrying the response flags of a proxy-generated response.
@@ -77,9 +77,10 @@ pub enum ProxyError {
     Tls {
         /// Endpoint address.
         addr: SocketAddr,
-        /// What failed, naming the certificate or identity problem.
+        /// What failed, naming the certificate or identity problem (boxed:
+        /// it is large, and every `Result<_, ProxyError>` would pay for it).
         #[source]
-        source: crate::tls::TlsError,
+        source: Box<crate::tls::TlsError>,
     },
     /// The HTTP handshake with the endpoint failed.
     #[error("handshake with {addr} failed: {source}")]
@@ -114,6 +115,32 @@ pub enum ProxyError {
     /// The proxy is draining and takes no new requests.
     #[error("proxy is draining")]
     Draining,
+    /// The caller's deadline (`grpc-timeout` or `x-sane-deadline-ms`) passed.
+    #[error("the caller's deadline of {budget_ms}ms passed")]
+    DeadlineExceeded {
+        /// The budget the caller gave.
+        budget_ms: u64,
+    },
+    /// A fault policy answered the request instead of sending it.
+    #[error("fault injected: {}", fault_text(.status, .grpc_status))]
+    FaultAbort {
+        /// HTTP status (ignored for gRPC, which answers 200).
+        status: u16,
+        /// gRPC status, for a trailers-only gRPC answer.
+        grpc_status: Option<u32>,
+    },
+    /// The request failed and the retry policy would have retried it, but a
+    /// limit (attempts, budget, `max_retries`) stopped it.
+    #[error("{last} (not retried: {limit} after {attempts} attempt(s))")]
+    RetryLimit {
+        /// Attempts made.
+        attempts: u32,
+        /// Which limit: `attempts`, `budget` or `max_retries`.
+        limit: &'static str,
+        /// The failure of the last attempt.
+        #[source]
+        last: Box<ProxyError>,
+    },
 }
 
 // === impl ProxyError ===
@@ -127,7 +154,10 @@ impl ProxyError {
             | ProxyError::NoRuleMatched { .. }
             | ProxyError::NoHealthyUpstream { .. }
             | ProxyError::Overloaded { .. }
+            | ProxyError::FaultAbort { .. }
             | ProxyError::Draining => ErrorSource::Internal,
+            ProxyError::DeadlineExceeded { .. } => ErrorSource::Downstream,
+            ProxyError::RetryLimit { last, .. } => last.source_side(),
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Tls { .. }
@@ -154,7 +184,17 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::FaultAbort {
+                grpc_status: Some(_),
+                ..
+            } => StatusCode::OK,
+            ProxyError::FaultAbort { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ProxyError::RetryLimit { last, .. } => last.status(),
             ProxyError::NoHealthyUpstream { .. }
             | ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -167,41 +207,94 @@ impl ProxyError {
     }
 
     /// The Envoy-style response flag: `NR` no route, `UH` no healthy
-    /// upstream, `UF` upstream connection failure, `UC` upstream connection
-    /// termination, `UT` upstream timeout, `UO` overflow, `DI` bad downstream
-    /// input, `SI` shutting down (draining).
+    /// upstream (none, or all ejected), `UF` upstream connection failure,
+    /// `UC` upstream connection termination, `UT` upstream timeout or passed
+    /// deadline, `UO` overflow (circuit breaker), `FI` fault abort, `URX`
+    /// retry limit reached, `DPE` bad downstream request, `SI` shutting down
+    /// (draining). `DI` (fault delay) is added to responses by the fault
+    /// policy, never to errors.
     pub fn response_flag(&self) -> &'static str {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => "NR",
-            ProxyError::BadRequest { .. } => "DI",
+            ProxyError::BadRequest { .. } => "DPE",
             ProxyError::NoHealthyUpstream { .. } => "UH",
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. } => "UF",
             ProxyError::UpstreamReset { .. } => "UC",
-            ProxyError::Timeout { .. } => "UT",
+            ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => "UT",
             ProxyError::Overloaded { .. } => "UO",
             ProxyError::Draining => "SI",
+            ProxyError::FaultAbort { .. } => "FI",
+            ProxyError::RetryLimit { .. } => "URX",
         }
     }
 
     /// The response the client gets: the status, the flag in
     /// [`RESPONSE_FLAGS_HEADER`], and the reason as a text body.
+    ///
+    /// A gRPC fault abort is a trailers-only gRPC response instead, so gRPC
+    /// clients see the injected status. A [`ProxyError::RetryLimit`] carries
+    /// the last attempt's flag too, e.g. `UF,URX`.
     pub fn to_response(&self) -> Response<Body> {
+        if let ProxyError::FaultAbort {
+            grpc_status: Some(code),
+            ..
+        } = self
+        {
+            let mut rsp = Response::new(crate::body::empty());
+            let h = rsp.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(*code));
+            h.insert("grpc-message", HeaderValue::from_static("fault%20injected"));
+            h.insert(RESPONSE_FLAGS_HEADER, HeaderValue::from_static("FI"));
+            return rsp;
+        }
         let mut rsp = Response::new(crate::body::full(format!("{self}\n")));
         *rsp.status_mut() = self.status();
         let h = rsp.headers_mut();
-        h.insert(
-            RESPONSE_FLAGS_HEADER,
-            HeaderValue::from_static(self.response_flag()),
-        );
+        if let ProxyError::RetryLimit { last, .. } = self {
+            h.insert(
+                RESPONSE_FLAGS_HEADER,
+                HeaderValue::from_static(last.response_flag()),
+            );
+        }
+        add_response_flag(h, self.response_flag());
         h.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         rsp
     }
+}
+
+fn fault_text(status: &u16, grpc_status: &Option<u32>) -> String {
+    match grpc_status {
+        Some(code) => format!("grpc-status {code}"),
+        None => format!("status {status}"),
+    }
+}
+
+/// Appends `flag` to the response flags in `headers` (comma-separated, as
+/// Envoy logs them), so decisions of several layers all stay visible.
+pub fn add_response_flag(headers: &mut HeaderMap, flag: &'static str) {
+    let joined = match headers.get(RESPONSE_FLAGS_HEADER).map(|v| v.to_str()) {
+        Some(Ok(prev)) if !prev.is_empty() && prev != "-" => {
+            if prev.split(',').any(|f| f == flag) {
+                return;
+            }
+            HeaderValue::from_str(&format!("{prev},{flag}")).ok()
+        }
+        _ => None,
+    };
+    headers.insert(
+        RESPONSE_FLAGS_HEADER,
+        joined.unwrap_or_else(|| HeaderValue::from_static(flag)),
+    );
 }
 
 /// Errors that stop the proxy from starting or reloading.
@@ -282,5 +375,43 @@ mod tests {
         assert_eq!(e.to_response().status(), StatusCode::NOT_FOUND);
         assert!(!e.is_retryable());
         assert_eq!(ProxyError::Timeout { timeout_ms: 5 }.response_flag(), "UT");
+    }
+
+    #[test]
+    fn retry_limit_keeps_the_last_flag_and_status() {
+        let e = ProxyError::RetryLimit {
+            attempts: 3,
+            limit: "attempts",
+            last: Box::new(ProxyError::ConnectFailed {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            }),
+        };
+        let rsp = e.to_response();
+        assert_eq!(rsp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(rsp.headers()[RESPONSE_FLAGS_HEADER], "UF,URX");
+        let mut h = HeaderMap::new();
+        add_response_flag(&mut h, "DI");
+        add_response_flag(&mut h, "DI");
+        add_response_flag(&mut h, "URX");
+        assert_eq!(h[RESPONSE_FLAGS_HEADER], "DI,URX");
+    }
+
+    #[test]
+    fn grpc_fault_abort_is_trailers_only() {
+        let rsp = ProxyError::FaultAbort {
+            status: 0,
+            grpc_status: Some(14),
+        }
+        .to_response();
+        assert_eq!(rsp.status(), StatusCode::OK);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(rsp.headers()[RESPONSE_FLAGS_HEADER], "FI");
+        let rsp = ProxyError::FaultAbort {
+            status: 418,
+            grpc_status: None,
+        }
+        .to_response();
+        assert_eq!(rsp.status().as_u16(), 418);
     }
 }

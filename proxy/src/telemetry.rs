@@ -52,6 +52,20 @@ pub struct Metrics {
     pub detect_seconds: Histogram,
     /// Connections refused because a listener was at its limit.
     pub connections_refused: IntCounter,
+    /// Retries, circuit breaking, outlier ejections, faults and mirroring.
+    pub resilience: ResilienceMetrics,
+}
+
+/// What the resilience policies decided. Labels are bounded: cluster names
+/// come from config, the others are fixed sets.
+#[derive(Clone, Debug)]
+pub struct ResilienceMetrics {
+    retries: IntCounterVec,
+    retries_limited: IntCounterVec,
+    overflows: IntCounterVec,
+    ejections: IntCounterVec,
+    faults: IntCounterVec,
+    mirrors: IntCounterVec,
 }
 
 const REQ_LABELS: [&str; 5] = [
@@ -134,6 +148,7 @@ impl Metrics {
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(detect_seconds.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let resilience = ResilienceMetrics::register(registry)?;
         Ok(Self {
             requests,
             duration,
@@ -146,6 +161,7 @@ impl Metrics {
             connections_active,
             detect_seconds,
             connections_refused,
+            resilience,
         })
     }
 
@@ -176,6 +192,85 @@ impl Metrics {
         self.tcp_closed.with_label_values(&v).inc();
         self.tcp_sent.with_label_values(&v).inc_by(sent);
         self.tcp_received.with_label_values(&v).inc_by(received);
+    }
+}
+
+// === impl ResilienceMetrics ===
+
+impl ResilienceMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(Self {
+            retries: counter(
+                "sane_retries_total",
+                "Retries sent, by destination cluster.",
+                &["cluster"],
+            )?,
+            retries_limited: counter(
+                "sane_retries_limited_total",
+                "Retries a policy asked for but a limit stopped, by cluster and \
+                 limit (attempts, budget, max_retries).",
+                &["cluster", "limit"],
+            )?,
+            overflows: counter(
+                "sane_circuit_breaker_overflows_total",
+                "Requests shed by a circuit breaker, by cluster and limit.",
+                &["cluster", "limit"],
+            )?,
+            ejections: counter(
+                "sane_outlier_ejections_total",
+                "Endpoints ejected by outlier detection, by cluster.",
+                &["cluster"],
+            )?,
+            faults: counter(
+                "sane_faults_injected_total",
+                "Faults injected, by kind (delay, abort).",
+                &["kind"],
+            )?,
+            mirrors: counter(
+                "sane_mirrored_requests_total",
+                "Mirrored requests, by shadow cluster and result (sent, failed, \
+                 skipped_body, skipped_busy).",
+                &["cluster", "result"],
+            )?,
+        })
+    }
+
+    /// One retry sent to `cluster`.
+    pub fn retry(&self, cluster: &str) {
+        self.retries.with_label_values(&[cluster]).inc();
+    }
+
+    /// One retry to `cluster` stopped by `limit`.
+    pub fn retry_limited(&self, cluster: &str, limit: &str) {
+        self.retries_limited
+            .with_label_values(&[cluster, limit])
+            .inc();
+    }
+
+    /// One request to `cluster` shed by `limit`.
+    pub fn overflow(&self, cluster: &str, limit: &str) {
+        self.overflows.with_label_values(&[cluster, limit]).inc();
+    }
+
+    /// One endpoint of `cluster` ejected.
+    pub fn ejection(&self, cluster: &str) {
+        self.ejections.with_label_values(&[cluster]).inc();
+    }
+
+    /// One fault of `kind` injected.
+    pub fn fault(&self, kind: &str) {
+        self.faults.with_label_values(&[kind]).inc();
+    }
+
+    /// One mirrored request to `cluster` with `result`.
+    pub fn mirror(&self, cluster: &str, result: &str) {
+        self.mirrors.with_label_values(&[cluster, result]).inc();
     }
 }
 

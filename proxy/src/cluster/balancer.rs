@@ -1,21 +1,45 @@
-//! Endpoint selection.
+//! Endpoint selection among the candidates of one pick (healthy endpoints,
+//! minus those a retry already tried).
 //!
-//! * Least request (default): power of two random choices. Two distinct
-//!   endpoints are drawn at random and the one with fewer requests in flight
-//!   relative to its weight wins. This avoids herding on one endpoint (which
-//!   "pick the global minimum" does when many proxies decide at once) while
-//!   still steering around slow or busy endpoints.
+//! * Peak EWMA (default): power of two random choices on latency. Two
+//!   distinct candidates are drawn at random and the one with the lower
+//!   `latency estimate × (in flight + 1) / weight` wins (linkerd2-proxy's
+//!   balancer). Random pairs avoid herding on one endpoint, which "pick the
+//!   global minimum" causes when many proxies decide at once; latency steers
+//!   around slow endpoints before they fail.
+//! * Least request: the same, on `in flight / weight` only.
 //! * Round robin: weighted, over a precomputed interleaved schedule.
+//! * Consistent hash: a ring of virtual nodes keyed by endpoint address, so
+//!   every proxy maps a hash key to the same endpoint and adding or removing
+//!   one endpoint moves only its share of keys. Keys whose endpoint is not a
+//!   candidate walk on to the next one on the ring.
 
 use rand::Rng;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Longest round-robin schedule; weights are scaled down to fit.
 const MAX_SCHEDULE: usize = 4096;
+/// Virtual nodes on a consistent-hash ring (all endpoints together).
+const RING_SIZE: usize = 4096;
 
-/// Picks an index among endpoints described by `(in_flight, weight)`.
+/// What the balancer knows of one endpoint, read only for the endpoints a
+/// pick compares (two for P2C), since reading the latency takes a lock.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Load {
+    /// Requests in flight.
+    pub in_flight: usize,
+    /// Weight (at least 1).
+    pub weight: u32,
+    /// Peak-EWMA latency estimate in nanoseconds.
+    pub rtt_ns: f64,
+}
+
+/// Picks one of the candidates.
 #[derive(Debug)]
 pub enum Balancer {
+    /// Power of two choices on peak-EWMA latency times load.
+    PeakEwma,
     /// Power of two choices on weighted in-flight requests.
     LeastRequest,
     /// Weighted round robin.
@@ -24,6 +48,11 @@ pub enum Balancer {
         schedule: Vec<usize>,
         /// Position in the schedule.
         next: AtomicUsize,
+    },
+    /// Ring hash; requests without a key use least request.
+    ConsistentHash {
+        /// `(point, endpoint index)`, sorted by point.
+        ring: Vec<(u64, usize)>,
     },
 }
 
@@ -38,42 +67,86 @@ impl Balancer {
         }
     }
 
-    /// Picks an index in `0..loads.len()`, or `None` if there is none.
-    /// `loads[i]` is `(in_flight, weight)`.
-    pub fn pick(&self, loads: &[(usize, u32)], rng: &mut impl Rng) -> Option<usize> {
-        match loads.len() {
-            0 => None,
-            1 => Some(0),
-            n => match self {
-                Balancer::LeastRequest => {
-                    let a = rng.random_range(0..n);
-                    let mut b = rng.random_range(0..n - 1);
-                    if b >= a {
-                        b += 1;
-                    }
-                    // Compare in_flight/weight without division:
-                    // a wins if load_a * w_b <= load_b * w_a.
-                    let (la, wa) = loads[a];
-                    let (lb, wb) = loads[b];
-                    let ca = (la as u64) * u64::from(wb.max(1));
-                    let cb = (lb as u64) * u64::from(wa.max(1));
-                    Some(match ca.cmp(&cb) {
-                        std::cmp::Ordering::Less => a,
-                        std::cmp::Ordering::Greater => b,
-                        std::cmp::Ordering::Equal if wa >= wb => a,
-                        std::cmp::Ordering::Equal => b,
-                    })
+    /// A ring-hash balancer over endpoints `(address, weight)`.
+    pub fn consistent_hash(endpoints: &[(SocketAddr, u32)]) -> Self {
+        Balancer::ConsistentHash {
+            ring: ring(endpoints),
+        }
+    }
+
+    /// Picks among `candidates` (endpoint indices, sorted); returns the
+    /// position in `candidates`, or `None` if there is none. `load` reads an
+    /// endpoint's load; `key` is the request's hash key, used by consistent
+    /// hashing only.
+    pub fn pick(
+        &self,
+        candidates: &[usize],
+        load: impl Fn(usize) -> Load,
+        key: Option<u64>,
+        rng: &mut impl Rng,
+    ) -> Option<usize> {
+        match candidates.len() {
+            0 => return None,
+            1 => return Some(0),
+            _ => {}
+        }
+        match self {
+            Balancer::PeakEwma => Some(p2c(candidates, rng, |e| {
+                let l = load(e);
+                l.rtt_ns * (l.in_flight as f64 + 1.0) / f64::from(l.weight.max(1))
+            })),
+            Balancer::LeastRequest => Some(p2c(candidates, rng, |e| least_request(&load(e)))),
+            Balancer::RoundRobin { schedule, next } => {
+                let n = candidates.len();
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                if schedule.is_empty() {
+                    return Some(start % n);
                 }
-                Balancer::RoundRobin { schedule, next } => {
-                    if schedule.is_empty() {
-                        return Some(next.fetch_add(1, Ordering::Relaxed) % n);
+                // Skip schedule slots of endpoints that are not candidates;
+                // advancing the shared cursor keeps the others' order.
+                for step in 0..schedule.len() {
+                    let slot = schedule[(start + step) % schedule.len()];
+                    if let Ok(i) = candidates.binary_search(&slot) {
+                        if step > 0 {
+                            next.fetch_add(step, Ordering::Relaxed);
+                        }
+                        return Some(i);
                     }
-                    let i = next.fetch_add(1, Ordering::Relaxed) % schedule.len();
-                    Some(schedule[i].min(n - 1))
+                }
+                Some(start % n)
+            }
+            Balancer::ConsistentHash { ring } => match key {
+                None => Some(p2c(candidates, rng, |e| least_request(&load(e)))),
+                Some(k) => {
+                    let start = ring.partition_point(|(p, _)| *p < k);
+                    (0..ring.len())
+                        .map(|i| ring[(start + i) % ring.len()].1)
+                        .find_map(|e| candidates.binary_search(&e).ok())
+                        .or(Some(0))
                 }
             },
         }
     }
+}
+
+/// Power of two choices: the cheaper of two distinct random candidates
+/// (ties go to the first drawn, which is random too).
+fn p2c(c: &[usize], rng: &mut impl Rng, cost: impl Fn(usize) -> f64) -> usize {
+    let n = c.len();
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    if cost(c[b]) < cost(c[a]) {
+        b
+    } else {
+        a
+    }
+}
+
+fn least_request(l: &Load) -> f64 {
+    l.in_flight as f64 / f64::from(l.weight.max(1))
 }
 
 /// Interleaves endpoint indices by weight, e.g. weights [2, 1] → [0, 1, 0]
@@ -106,23 +179,76 @@ fn schedule(weights: &[u32]) -> Vec<usize> {
         .collect()
 }
 
+/// Virtual nodes by weight; points hash the endpoint's address, so they do
+/// not depend on config order and agree across proxies.
+fn ring(endpoints: &[(SocketAddr, u32)]) -> Vec<(u64, usize)> {
+    let total: u64 = endpoints.iter().map(|(_, w)| u64::from((*w).max(1))).sum();
+    let mut ring = Vec::new();
+    for (i, (addr, w)) in endpoints.iter().enumerate() {
+        let share = (u64::from((*w).max(1)) * RING_SIZE as u64 / total.max(1)).max(1);
+        for v in 0..share {
+            ring.push((hash_key(format!("{addr}#{v}").as_bytes()), i));
+        }
+    }
+    ring.sort_unstable();
+    ring
+}
+
+/// A stable 64-bit hash (FNV-1a, then a SplitMix64 finalizer for spread):
+/// unlike `std`'s hasher it is the same in every build and process.
+pub fn hash_key(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{rngs::StdRng, SeedableRng};
 
+    fn loads(v: &[(usize, u32)]) -> Vec<Load> {
+        v.iter()
+            .map(|(in_flight, weight)| Load {
+                in_flight: *in_flight,
+                weight: *weight,
+                rtt_ns: 1e6,
+            })
+            .collect()
+    }
+
+    /// Picks among all of `l`, or the endpoints in `among`.
+    fn pick(
+        b: &Balancer,
+        l: &[Load],
+        among: Option<&[usize]>,
+        key: Option<u64>,
+        rng: &mut StdRng,
+    ) -> Option<usize> {
+        let all: Vec<usize> = (0..l.len()).collect();
+        let c = among.unwrap_or(&all);
+        b.pick(c, |e| l[e], key, rng).map(|i| c[i])
+    }
+
     #[test]
     fn p2c_prefers_the_less_loaded() {
         let b = Balancer::LeastRequest;
         let mut rng = StdRng::seed_from_u64(7);
-        let loads = [(10, 1), (0, 1)];
+        let l = loads(&[(10, 1), (0, 1)]);
         for _ in 0..100 {
-            assert_eq!(b.pick(&loads, &mut rng), Some(1));
+            assert_eq!(pick(&b, &l, None, None, &mut rng), Some(1));
         }
         // Three endpoints: the busiest is never picked (it loses every pair).
-        let loads = [(5, 1), (0, 1), (9, 1)];
+        let l = loads(&[(5, 1), (0, 1), (9, 1)]);
         let picks: Vec<_> = (0..300)
-            .map(|_| b.pick(&loads, &mut rng).unwrap())
+            .map(|_| pick(&b, &l, None, None, &mut rng).unwrap())
             .collect();
         assert!(!picks.contains(&2));
         assert!(picks.contains(&0) && picks.contains(&1));
@@ -133,28 +259,104 @@ mod tests {
         let b = Balancer::LeastRequest;
         let mut rng = StdRng::seed_from_u64(1);
         // 4 in flight at weight 4 is lighter than 2 in flight at weight 1.
-        let loads = [(4, 4), (2, 1)];
-        assert_eq!(b.pick(&loads, &mut rng), Some(0));
+        let l = loads(&[(4, 4), (2, 1)]);
+        for _ in 0..20 {
+            assert_eq!(pick(&b, &l, None, None, &mut rng), Some(0));
+        }
     }
 
     #[test]
-    fn round_robin_is_weighted_and_smooth() {
+    fn peak_ewma_weighs_latency_by_load() {
+        let b = Balancer::PeakEwma;
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut l = loads(&[(0, 1), (0, 1)]);
+        l[0].rtt_ns = 50e6;
+        l[1].rtt_ns = 5e6;
+        for _ in 0..50 {
+            assert_eq!(
+                pick(&b, &l, None, None, &mut rng),
+                Some(1),
+                "the faster wins"
+            );
+        }
+        // 5ms with 20 in flight costs more than 50ms idle.
+        l[1].in_flight = 20;
+        assert_eq!(pick(&b, &l, None, None, &mut rng), Some(0));
+    }
+
+    #[test]
+    fn round_robin_is_weighted_smooth_and_skips_non_candidates() {
         let b = Balancer::round_robin(&[2, 1]);
         let mut rng = StdRng::seed_from_u64(1);
-        let loads = [(0, 2), (0, 1)];
-        let picks: Vec<_> = (0..6).map(|_| b.pick(&loads, &mut rng).unwrap()).collect();
+        let l = loads(&[(0, 2), (0, 1)]);
+        let picks: Vec<_> = (0..6)
+            .map(|_| pick(&b, &l, None, None, &mut rng).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 0, 0, 1, 0]);
         let b = Balancer::round_robin(&[1, 1, 1]);
+        let all = loads(&[(0, 1); 3]);
         let picks: Vec<_> = (0..3)
-            .map(|_| b.pick(&[(0, 1); 3], &mut rng).unwrap())
+            .map(|_| pick(&b, &all, None, None, &mut rng).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 2]);
+        // Endpoint 1 excluded: the others keep their turns.
+        let eps: Vec<_> = (0..4)
+            .map(|_| pick(&b, &all, Some(&[0, 2]), None, &mut rng).unwrap())
+            .collect();
+        assert_eq!(eps, vec![0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn consistent_hash_sticks_and_moves_only_when_needed() {
+        let addrs: Vec<(SocketAddr, u32)> = (1..=4)
+            .map(|i| (format!("10.0.0.{i}:80").parse().unwrap(), 1))
+            .collect();
+        let b = Balancer::consistent_hash(&addrs);
+        let mut rng = StdRng::seed_from_u64(1);
+        let all = loads(&[(0, 1); 4]);
+        let user = |u: &str| Some(hash_key(u.as_bytes()));
+        let first = pick(&b, &all, None, user("alice"), &mut rng).unwrap();
+        for _ in 0..20 {
+            assert_eq!(pick(&b, &all, None, user("alice"), &mut rng), Some(first));
+        }
+        // Spread: 1000 keys hit every endpoint, none with more than half.
+        let mut hits = [0; 4];
+        for k in 0..1000 {
+            hits[pick(&b, &all, None, user(&format!("u{k}")), &mut rng).unwrap()] += 1;
+        }
+        assert!(hits.iter().all(|h| (100..500).contains(h)), "{hits:?}");
+        // Without alice's endpoint, her key moves; others' keys stay put.
+        let rest: Vec<usize> = (0..4).filter(|e| *e != first).collect();
+        let moved = pick(&b, &all, Some(&rest), user("alice"), &mut rng).unwrap();
+        assert_ne!(moved, first);
+        let mut same = 0;
+        for k in 0..200 {
+            let key = user(&format!("u{k}"));
+            let before = pick(&b, &all, None, key, &mut rng).unwrap();
+            if before != first {
+                assert_eq!(pick(&b, &all, Some(&rest), key, &mut rng), Some(before));
+                same += 1;
+            }
+        }
+        assert!(same > 100);
+        // Without a key it balances by load.
+        let busy = loads(&[(9, 1), (9, 1), (0, 1), (9, 1)]);
+        assert_eq!(pick(&b, &busy, Some(&[0, 2]), None, &mut rng), Some(2));
     }
 
     #[test]
     fn empty_and_single() {
         let mut rng = StdRng::seed_from_u64(1);
-        assert_eq!(Balancer::LeastRequest.pick(&[], &mut rng), None);
-        assert_eq!(Balancer::LeastRequest.pick(&[(3, 1)], &mut rng), Some(0));
+        assert_eq!(pick(&Balancer::PeakEwma, &[], None, None, &mut rng), None);
+        assert_eq!(
+            pick(
+                &Balancer::LeastRequest,
+                &loads(&[(3, 1)]),
+                None,
+                None,
+                &mut rng
+            ),
+            Some(0)
+        );
     }
 }

@@ -1,19 +1,37 @@
 //! Clusters: the endpoints of one service port (optionally a label subset),
-//! with their load-balancing state.
+//! with their load-balancing, health and limit state.
 //!
-//! A cluster is rebuilt on every config change, but the per-endpoint load
-//! counters are carried over (by endpoint key) so least-request balancing does
-//! not forget in-flight work across reloads.
+//! A cluster is rebuilt on every config change, but each endpoint's
+//! [`EndpointStats`] (requests in flight, latency estimate, outlier health)
+//! are carried over by endpoint key, and the circuit breaker and retry
+//! budget by cluster name while their settings stay the same, so a reload
+//! neither forgets in-flight work nor pardons a failing endpoint.
+//!
+//! A pick ([`Cluster::select`]) skips ejected endpoints and the endpoints a
+//! retry already tried (unless no other healthy one is left), then lets the
+//! [`Balancer`] choose. When every endpoint is ejected the pick fails with
+//! `UH`. The outcome of each exchange feeds back through
+//! [`Cluster::finish`] into the latency estimate and outlier detection.
 
 pub mod balancer;
+pub mod ewma;
+pub mod outlier;
 
-use self::balancer::Balancer;
-use sane_xds_proto::{Endpoint, LoadBalancer, Protocol, ServicePort};
+use self::balancer::{Balancer, Load};
+use self::ewma::PeakEwma;
+use self::outlier::{EndpointHealth, Outcome, OutlierDetector};
+use crate::error::ProxyError;
+use crate::policy::circuit_breaker::{Breaker, Permit};
+use crate::policy::retry::RetryBudget;
+use crate::telemetry::ResilienceMetrics;
+use http::{HeaderName, Request, StatusCode};
+use sane_xds_proto::{DestinationPolicy, Endpoint, LoadBalancer, Protocol, ServicePort};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// Where and how to reach one endpoint.
 #[derive(Debug)]
@@ -30,12 +48,50 @@ pub struct EndpointState {
     pub weight: u32,
     /// Labels, for subsets.
     pub labels: BTreeMap<String, String>,
-    in_flight: Arc<AtomicUsize>,
+    stats: Arc<EndpointStats>,
 }
 
-/// Keeps an endpoint counted as busy until dropped.
+/// Load and health of one endpoint, carried across rebuilds.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    in_flight: AtomicUsize,
+    rtt: PeakEwma,
+    health: EndpointHealth,
+}
+
+/// Keeps an endpoint counted as busy (and its connection slot taken, if the
+/// circuit breaker limits connections) until dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight {
+    stats: Arc<EndpointStats>,
+    _connection: Option<Permit>,
+}
+
+/// One exchange with an endpoint, from sending to response headers; give
+/// it to [`Cluster::finish`]. Dropped unfinished (the caller gave up or a
+/// timeout fired), it still records the time it took as latency.
+#[derive(Debug)]
+pub struct Attempt {
+    endpoint: Arc<EndpointState>,
+    started: Instant,
+    finished: bool,
+}
+
+/// The endpoint chosen for one request.
+#[derive(Debug)]
+pub struct Selection {
+    /// The endpoint.
+    pub endpoint: Arc<EndpointState>,
+    /// Keep alive until the response body ends.
+    pub in_flight: InFlight,
+    /// Hand back to [`Cluster::finish`] with the outcome.
+    pub attempt: Attempt,
+}
+
+/// The addresses a request was already sent to (shared by its attempts), so
+/// a retry goes to another endpoint while a healthy one remains.
+#[derive(Clone, Debug, Default)]
+pub struct TriedEndpoints(Arc<Mutex<Vec<SocketAddr>>>);
 
 /// The endpoints of one service port.
 #[derive(Debug)]
@@ -51,15 +107,22 @@ pub struct Cluster {
     /// Idle timeout for pooled upstream connections.
     pub idle_timeout: Duration,
     balancer: Balancer,
+    hash_header: Option<HeaderName>,
+    outlier: Option<OutlierDetector>,
+    /// Serializes ejection decisions so two failures cannot both pass the
+    /// ejection cap.
+    ejecting: Mutex<()>,
+    breaker: Option<Arc<Breaker>>,
+    retry_budget: Arc<RetryBudget>,
 }
 
-/// Load counters by endpoint key, carried across rebuilds.
-pub type LoadCounters = HashMap<(SocketAddr, Option<u16>), Arc<AtomicUsize>>;
+/// Endpoint stats by endpoint key, carried across rebuilds.
+pub type LoadCounters = HashMap<(SocketAddr, Option<u16>), Arc<EndpointStats>>;
 
 // === impl EndpointState ===
 
 impl EndpointState {
-    /// Builds the state for `ep` serving `port`, reusing its load counter.
+    /// Builds the state for `ep` serving `port`, reusing its stats.
     pub fn new(ep: &Endpoint, port: &ServicePort, counters: &LoadCounters) -> Option<Self> {
         let ip = ep.ip()?;
         let workload_port = u16::try_from(ep.workload_port(port)).ok()?;
@@ -69,7 +132,7 @@ impl EndpointState {
         } else {
             (SocketAddr::new(ip, workload_port), None)
         };
-        let in_flight = counters
+        let stats = counters
             .get(&(connect_addr, via_sidecar))
             .cloned()
             .unwrap_or_default();
@@ -79,19 +142,45 @@ impl EndpointState {
             identity: ep.identity.as_str().into(),
             weight: ep.weight(),
             labels: ep.labels.clone(),
-            in_flight,
+            stats,
         })
     }
 
     /// Requests (or connections) in flight to this endpoint.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.stats.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts one more request until the guard is dropped.
     pub fn start(&self) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.in_flight.clone())
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            stats: self.stats.clone(),
+            _connection: None,
+        }
+    }
+
+    /// The peak-EWMA latency estimate.
+    pub fn rtt_estimate(&self) -> Duration {
+        Duration::from_nanos(self.stats.rtt.estimate_ns() as u64)
+    }
+
+    /// When the endpoint's running ejection ends, if it is ejected.
+    pub fn ejected_until(&self) -> Option<Instant> {
+        self.stats.health.ejected_until(Instant::now())
+    }
+
+    /// Ejections in a row so far.
+    pub fn times_ejected(&self) -> u32 {
+        self.stats.health.times_ejected()
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            in_flight: self.in_flight(),
+            weight: self.weight,
+            rtt_ns: self.stats.rtt.estimate_ns(),
+        }
     }
 
     fn key(&self) -> (SocketAddr, Option<u16>) {
@@ -101,14 +190,40 @@ impl EndpointState {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+// === impl Attempt ===
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.endpoint.stats.rtt.observe(self.started.elapsed());
+        }
+    }
+}
+
+// === impl TriedEndpoints ===
+
+impl TriedEndpoints {
+    /// Records that an attempt went to `addr`.
+    pub fn push(&self, addr: SocketAddr) {
+        self.0.lock().expect("not poisoned").push(addr);
+    }
+
+    /// The addresses tried so far, oldest first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.0.lock().expect("not poisoned").clone()
     }
 }
 
 // === impl Cluster ===
 
 impl Cluster {
-    /// Builds a cluster from a service port's endpoints.
+    /// Builds a cluster from a service port's endpoints, with the default
+    /// retry budget and no breaker or outlier detection (see
+    /// [`Cluster::with_policy`]).
     pub fn new(
         name: String,
         port: &ServicePort,
@@ -118,14 +233,21 @@ impl Cluster {
         idle_timeout: Duration,
     ) -> Self {
         let balancer = match lb {
-            LoadBalancer::LeastRequest | LoadBalancer::Ewma | LoadBalancer::ConsistentHash => {
-                Balancer::LeastRequest
-            }
+            LoadBalancer::Ewma => Balancer::PeakEwma,
+            LoadBalancer::LeastRequest => Balancer::LeastRequest,
             LoadBalancer::RoundRobin => {
                 let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
                 Balancer::round_robin(&weights)
             }
+            LoadBalancer::ConsistentHash => {
+                let eps: Vec<_> = endpoints
+                    .iter()
+                    .map(|e| (e.connect_addr, e.weight))
+                    .collect();
+                Balancer::consistent_hash(&eps)
+            }
         };
+        let retry_budget = Arc::new(RetryBudget::new(&name, &Default::default()));
         Self {
             name,
             protocol: port.protocol(),
@@ -133,37 +255,185 @@ impl Cluster {
             connect_timeout,
             idle_timeout,
             balancer,
+            hash_header: None,
+            outlier: None,
+            ejecting: Mutex::new(()),
+            breaker: None,
+            retry_budget,
         }
     }
 
-    /// Picks an endpoint, skipping those in `exclude` when others remain.
-    pub fn pick(&self, exclude: &[SocketAddr]) -> Option<Arc<EndpointState>> {
-        let candidates: Vec<&Arc<EndpointState>> = if exclude.is_empty() {
-            self.endpoints.iter().collect()
-        } else {
-            let rest: Vec<_> = self
-                .endpoints
-                .iter()
-                .filter(|e| !exclude.contains(&e.connect_addr))
-                .collect();
-            if rest.is_empty() {
-                self.endpoints.iter().collect()
-            } else {
-                rest
-            }
+    /// Applies a destination policy's hash header, outlier detection,
+    /// circuit breaker and retry budget. The breaker and budget of
+    /// `previous` (the same cluster in the last snapshot) are kept when
+    /// their settings did not change, so their counts survive a reload.
+    pub fn with_policy(
+        mut self,
+        policy: Option<&DestinationPolicy>,
+        previous: Option<&Cluster>,
+    ) -> Self {
+        let Some(p) = policy else {
+            return self;
         };
-        let loads: Vec<(usize, u32)> = candidates
-            .iter()
-            .map(|e| (e.in_flight(), e.weight))
-            .collect();
-        let i = self.balancer.pick(&loads, &mut rand::rng())?;
-        Some(candidates[i].clone())
+        self.hash_header =
+            HeaderName::from_bytes(p.hash_header.to_ascii_lowercase().as_bytes()).ok();
+        self.outlier = p.outlier_detection.as_ref().map(OutlierDetector::new);
+        self.breaker = p.circuit_breaker.as_ref().map(|cb| {
+            previous
+                .and_then(|c| c.breaker.clone())
+                .filter(|b| b.settings() == cb)
+                .unwrap_or_else(|| Arc::new(Breaker::new(&self.name, cb)))
+        });
+        let budget = p.retry_budget.clone().unwrap_or_default();
+        self.retry_budget = previous
+            .map(|c| c.retry_budget.clone())
+            .filter(|b| *b.settings() == budget)
+            .unwrap_or_else(|| Arc::new(RetryBudget::new(&self.name, &budget)));
+        self
     }
 
-    /// Collects this cluster's load counters, to carry into the next build.
+    /// The circuit breaker, if the destination has one.
+    pub fn breaker(&self) -> Option<&Arc<Breaker>> {
+        self.breaker.as_ref()
+    }
+
+    /// The retry budget.
+    pub fn retry_budget(&self) -> &Arc<RetryBudget> {
+        &self.retry_budget
+    }
+
+    /// Picks an endpoint, skipping ejected ones and those in `exclude` when
+    /// others remain; `None` if there is none or all are ejected.
+    pub fn pick(&self, exclude: &[SocketAddr]) -> Option<Arc<EndpointState>> {
+        self.pick_keyed(exclude, None)
+    }
+
+    /// [`Cluster::pick`] with a consistent-hash key.
+    pub fn pick_keyed(
+        &self,
+        exclude: &[SocketAddr],
+        key: Option<u64>,
+    ) -> Option<Arc<EndpointState>> {
+        let now = Instant::now();
+        let healthy: Vec<usize> = (0..self.endpoints.len())
+            .filter(|i| !self.endpoints[*i].stats.health.is_ejected(now))
+            .collect();
+        let fresh: Vec<usize> = healthy
+            .iter()
+            .copied()
+            .filter(|i| !exclude.contains(&self.endpoints[*i].connect_addr))
+            .collect();
+        let candidates = if fresh.is_empty() { healthy } else { fresh };
+        let i = self.balancer.pick(
+            &candidates,
+            |e| self.endpoints[e].load(),
+            key,
+            &mut rand::rng(),
+        )?;
+        Some(self.endpoints[candidates[i]].clone())
+    }
+
+    /// The request's consistent-hash key: its `hash_header` value.
+    pub fn hash_key<B>(&self, req: &Request<B>) -> Option<u64> {
+        let name = self.hash_header.as_ref()?;
+        let value = req.headers().get(name)?;
+        Some(balancer::hash_key(value.as_bytes()))
+    }
+
+    /// Chooses the endpoint for `req`: avoids the endpoints its earlier
+    /// attempts tried, records this one, and takes a connection slot when
+    /// the hop carries one request per connection (HTTP/1.1, or an
+    /// upgrade).
+    pub fn select<B>(
+        &self,
+        req: &Request<B>,
+        metrics: &ResilienceMetrics,
+    ) -> Result<Selection, ProxyError> {
+        let tried = req.extensions().get::<TriedEndpoints>();
+        let exclude = tried.map(TriedEndpoints::addrs).unwrap_or_default();
+        let endpoint = self
+            .pick_keyed(&exclude, self.hash_key(req))
+            .ok_or_else(|| ProxyError::NoHealthyUpstream {
+                cluster: self.name.clone(),
+            })?;
+        // Mirrors the hop choice in `upstream`: HTTP/2 to sidecars and to
+        // http2/grpc ports, a dedicated HTTP/1.1 connection otherwise.
+        let one_per_connection = crate::protocol::http::is_upgrade(req)
+            || (endpoint.via_sidecar.is_none() && self.protocol == Protocol::Http);
+        let connection = match (&self.breaker, one_per_connection) {
+            (Some(b), true) => Some(b.try_connection().map_err(|e| {
+                metrics.overflow(&self.name, e.limit.name());
+                ProxyError::from(e)
+            })?),
+            _ => None,
+        };
+        if let Some(t) = tried {
+            t.push(endpoint.connect_addr);
+        }
+        let mut in_flight = endpoint.start();
+        in_flight._connection = connection;
+        let attempt = Attempt {
+            endpoint: endpoint.clone(),
+            started: Instant::now(),
+            finished: false,
+        };
+        Ok(Selection {
+            endpoint,
+            in_flight,
+            attempt,
+        })
+    }
+
+    /// Records how an attempt ended: its latency, and for outlier detection
+    /// the status or failure. Ejects the endpoint when it failed often
+    /// enough and the ejection cap allows.
+    pub fn finish(
+        &self,
+        mut attempt: Attempt,
+        result: Result<StatusCode, &ProxyError>,
+        metrics: &ResilienceMetrics,
+    ) {
+        attempt.finished = true;
+        let now = Instant::now();
+        let ep = &attempt.endpoint;
+        ep.stats
+            .rtt
+            .observe(now.saturating_duration_since(attempt.started));
+        let Some(detector) = &self.outlier else {
+            return;
+        };
+        let outcome = match result {
+            Ok(status) => Outcome::of_status(status.as_u16()),
+            Err(e) => match Outcome::of_error(e) {
+                Some(o) => o,
+                None => return,
+            },
+        };
+        if !detector.observe(&ep.stats.health, outcome, now) {
+            return;
+        }
+        let _one_at_a_time = self.ejecting.lock().expect("not poisoned");
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.stats.health.is_ejected(now))
+            .count();
+        if ep.stats.health.is_ejected(now) || !detector.may_eject(ejected, self.endpoints.len()) {
+            tracing::debug!(cluster = %self.name, endpoint = %ep.connect_addr, ejected, "outlier not ejected: at the ejection cap");
+            return;
+        }
+        let e = detector.eject(&ep.stats.health, now);
+        metrics.ejection(&self.name);
+        tracing::warn!(
+            cluster = %self.name, endpoint = %ep.connect_addr,
+            ejected_for = ?e.duration, times = e.times, "outlier ejected"
+        );
+    }
+
+    /// Collects this cluster's endpoint stats, to carry into the next build.
     pub fn collect_counters(&self, into: &mut LoadCounters) {
         for e in &self.endpoints {
-            into.insert(e.key(), e.in_flight.clone());
+            into.insert(e.key(), e.stats.clone());
         }
     }
 }
@@ -238,5 +508,165 @@ mod tests {
         let mut carried = LoadCounters::new();
         c.collect_counters(&mut carried);
         assert_eq!(carried.len(), 2);
+    }
+
+    fn cluster(n: usize, policy: Option<&DestinationPolicy>, counters: &LoadCounters) -> Cluster {
+        let eps = (1..=n)
+            .map(|i| {
+                let ep = Endpoint {
+                    service: "echo".into(),
+                    address: format!("10.0.0.{i}"),
+                    ..Default::default()
+                };
+                Arc::new(EndpointState::new(&ep, &port(), counters).unwrap())
+            })
+            .collect();
+        Cluster::new(
+            "echo.default:80".into(),
+            &port(),
+            eps,
+            policy.map(|p| p.load_balancer()).unwrap_or_default(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )
+        .with_policy(policy, None)
+    }
+
+    fn outlier_policy(max_percent: u32) -> DestinationPolicy {
+        DestinationPolicy {
+            // Round robin so `fail` reaches every endpoint on paused time.
+            load_balancer: LoadBalancer::RoundRobin as i32,
+            outlier_detection: Some(sane_xds_proto::OutlierDetection {
+                consecutive_5xx: Some(2),
+                base_ejection_time_ms: 30_000,
+                max_ejection_percent: Some(max_percent),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn metrics() -> ResilienceMetrics {
+        ResilienceMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
+
+    fn fail(c: &Cluster, addr: SocketAddr, m: &ResilienceMetrics) {
+        let sel = loop {
+            let s = c.select(&Request::new(()), m).unwrap();
+            if s.endpoint.connect_addr == addr {
+                break s;
+            }
+        };
+        c.finish(sel.attempt, Ok(StatusCode::INTERNAL_SERVER_ERROR), m);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_endpoints_are_skipped_until_their_time_passes() {
+        let m = metrics();
+        let c = cluster(3, Some(&outlier_policy(50)), &LoadCounters::new());
+        let bad = c.endpoints[0].connect_addr;
+        fail(&c, bad, &m);
+        fail(&c, bad, &m);
+        assert!(c.endpoints[0].ejected_until().is_some());
+        for _ in 0..50 {
+            assert_ne!(c.pick(&[]).unwrap().connect_addr, bad);
+        }
+        // A second ejection would pass 50% of 3 endpoints: refused.
+        let other = c.endpoints[1].connect_addr;
+        fail(&c, other, &m);
+        fail(&c, other, &m);
+        assert!(c.endpoints[1].ejected_until().is_none());
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(c.endpoints[0].ejected_until().is_none());
+        assert!((0..100).any(|_| c.pick(&[]).unwrap().connect_addr == bad));
+        // Carried into the next build: the health survives a reload.
+        let mut carried = LoadCounters::new();
+        c.collect_counters(&mut carried);
+        let next = cluster(3, Some(&outlier_policy(50)), &carried);
+        assert_eq!(next.endpoints[0].times_ejected(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_endpoint_is_only_ejected_at_100_percent_and_then_uh() {
+        let m = metrics();
+        let c = cluster(1, Some(&outlier_policy(10)), &LoadCounters::new());
+        let only = c.endpoints[0].connect_addr;
+        for _ in 0..5 {
+            fail(&c, only, &m);
+        }
+        assert!(c.pick(&[]).is_some(), "10% of one endpoint ejects none");
+        let c = cluster(1, Some(&outlier_policy(100)), &LoadCounters::new());
+        fail(&c, only, &m);
+        fail(&c, only, &m);
+        assert!(c.pick(&[]).is_none());
+        let err = c.select(&Request::new(()), &m).unwrap_err();
+        assert_eq!(err.response_flag(), "UH");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn select_spreads_attempts_and_counts_connections() {
+        let m = metrics();
+        let policy = DestinationPolicy {
+            load_balancer: LoadBalancer::RoundRobin as i32,
+            circuit_breaker: Some(sane_xds_proto::CircuitBreaker {
+                max_connections: Some(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = cluster(2, Some(&policy), &LoadCounters::new());
+        let mut req = Request::new(());
+        let tried = TriedEndpoints::default();
+        req.extensions_mut().insert(tried.clone());
+        let first = c.select(&req, &m).unwrap();
+        // The plain-HTTP hop holds the only connection slot.
+        let err = c.select(&req, &m).unwrap_err();
+        assert_eq!(err.response_flag(), "UO");
+        drop(first);
+        let second = c.select(&req, &m).unwrap();
+        assert_eq!(tried.addrs().len(), 2);
+        assert_ne!(
+            tried.addrs()[0],
+            tried.addrs()[1],
+            "a retry avoids the tried endpoint"
+        );
+        assert_eq!(second.endpoint.in_flight(), 1);
+        drop(second);
+        assert_eq!(c.endpoints[0].in_flight() + c.endpoints[1].in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finish_feeds_the_latency_estimate() {
+        let m = metrics();
+        let c = cluster(1, None, &LoadCounters::new());
+        let sel = c.select(&Request::new(()), &m).unwrap();
+        tokio::time::advance(Duration::from_millis(400)).await;
+        c.finish(sel.attempt, Ok(StatusCode::OK), &m);
+        assert_eq!(c.endpoints[0].rtt_estimate(), Duration::from_millis(400));
+        // Abandoned attempts count their time too.
+        let sel = c.select(&Request::new(()), &m).unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        drop(sel);
+        assert_eq!(c.endpoints[0].rtt_estimate(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn consistent_hash_keys_on_the_header() {
+        let policy = DestinationPolicy {
+            load_balancer: LoadBalancer::ConsistentHash as i32,
+            hash_header: "X-User".into(),
+            ..Default::default()
+        };
+        let c = cluster(5, Some(&policy), &LoadCounters::new());
+        let req = |u: &str| Request::builder().header("x-user", u).body(()).unwrap();
+        let m = metrics();
+        let a = c.select(&req("alice"), &m).unwrap().endpoint.connect_addr;
+        for _ in 0..20 {
+            assert_eq!(
+                c.select(&req("alice"), &m).unwrap().endpoint.connect_addr,
+                a
+            );
+        }
+        assert!(c.hash_key(&Request::new(())).is_none());
     }
 }

@@ -79,7 +79,7 @@ impl Upstream {
         } else {
             Err(ProxyError::Tls {
                 addr: target.addr,
-                source: crate::tls::TlsError::NoCertificate { peer: target.addr },
+                source: Box::new(crate::tls::TlsError::NoCertificate { peer: target.addr }),
             })
         }
     }
@@ -224,7 +224,10 @@ impl Upstream {
                     .connect(io, addr, expected)
                     .await
                     .map(|tls| Box::new(tls) as BoxIo)
-                    .map_err(|source| ProxyError::Tls { addr, source }),
+                    .map_err(|source| ProxyError::Tls {
+                        addr,
+                        source: Box::new(source),
+                    }),
             }
         };
         let mut io = tokio::time::timeout(timeout, connect)
