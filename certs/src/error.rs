@@ -269,6 +269,15 @@ pub enum Error {
     #[error("the system random number generator failed")]
     RandomUnavailable,
 
+    /// A name given for a serving certificate is not a usable DNS name.
+    #[error("invalid DNS name {name:?} for a serving certificate: {reason}")]
+    InvalidDnsName {
+        /// The rejected name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A trust bundle was built without any root.
     #[error("the trust bundle has no root certificate")]
     EmptyTrustBundle,

@@ -7,7 +7,8 @@
 //!   [`SpiffeIdPattern`]s authorization and clients match them with;
 //! - [`workload`]: the proxy generates a [`WorkloadKey`] and a CSR;
 //! - [`ca`]: the control plane's [`CertificateAuthority`] signs it for the
-//!   identity it authenticated, never for one the CSR asks for;
+//!   identity it authenticated, never for one the CSR asks for (and, for
+//!   the control plane's own HTTPS endpoints, a DNS-named [`ServerCert`]);
 //! - [`workload`] again: the issued chain plus the local key become a
 //!   [`CertifiedIdentity`], renewed at [`rotation`]'s deadline;
 //! - [`bundle`]: the [`TrustBundle`] of roots, with grace periods for roots
@@ -34,7 +35,7 @@ pub mod workload;
 mod x509;
 
 pub use bundle::{BundleRoot, TrustBundle};
-pub use ca::{CaOptions, CertificateAuthority, IssuedCert, Serial};
+pub use ca::{CaOptions, CertificateAuthority, IssuedCert, Serial, ServerCert};
 pub use error::Error;
 pub use identity::{SpiffeId, SpiffeIdPart, SpiffeIdPattern, TrustDomain};
 pub use rotation::{rotation_deadline, rotation_delay, Backoff};

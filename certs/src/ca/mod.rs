@@ -27,8 +27,10 @@ use crate::error::Error;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::x509::{self, CertInfo};
 
+mod server;
 mod store;
 
+pub use server::{server_config_with_resolver, ServerCert};
 pub use store::{CA_CERT_FILE, CA_KEY_FILE};
 
 /// The shortest leaf lifetime [`CertificateAuthority::sign_csr`] grants; a
