@@ -78,6 +78,12 @@ pub struct Config {
     pub cert_ttl: Duration,
     /// Longest workload certificate lifetime granted. Default: 7 days.
     pub max_cert_ttl: Duration,
+    /// An operator-provided CA: PEM chain (the signing CA first, up to the
+    /// root) and PEM key. Default: none (generate one into the data dir).
+    pub ca_files: Option<(PathBuf, PathBuf)>,
+    /// Root rotation: the previous root (PEM), still trusted until
+    /// `retiring_until`. Default: none.
+    pub retiring_root: Option<(PathBuf, std::time::SystemTime)>,
 }
 
 /// The control plane with its listeners bound and its state loaded.
@@ -117,6 +123,8 @@ impl Default for Config {
             trust_domain: "cluster.local".to_string(),
             cert_ttl: Duration::from_secs(24 * 3600),
             max_cert_ttl: Duration::from_secs(7 * 24 * 3600),
+            ca_files: None,
+            retiring_root: None,
         }
     }
 }
@@ -137,6 +145,8 @@ impl fmt::Debug for Config {
             .field("trust_domain", &self.trust_domain)
             .field("cert_ttl", &self.cert_ttl)
             .field("max_cert_ttl", &self.max_cert_ttl)
+            .field("ca_files", &self.ca_files)
+            .field("retiring_root", &self.retiring_root)
             .finish()
     }
 }
@@ -184,13 +194,13 @@ pub async fn build(
         metrics.clone(),
     ));
     let stop = CancellationToken::new();
-    let (authority, workload_tokens) = ca::load(&config)?;
-    let ca = ca::CaService::new(authority, workload_tokens.clone(), metrics_registry).map_err(
-        |source| Error::Metrics {
+    let (authority, workload_tokens, retiring) = ca::load(&config)?;
+    let ca = ca::CaService::new(authority, workload_tokens.clone(), metrics_registry)
+        .map_err(|source| Error::Metrics {
             name: "sane_ca_requests_total",
             source,
-        },
-    )?;
+        })?
+        .with_retiring(retiring);
     let ads = AdsService::new(registry.clone(), status.clone(), metrics, stop.clone());
     let api_state = ApiState {
         registry: registry.clone(),

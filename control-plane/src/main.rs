@@ -58,6 +58,20 @@ struct Args {
     /// Longest workload certificate lifetime the CA grants.
     #[arg(long, default_value = "7days", value_parser = humantime::parse_duration)]
     max_cert_ttl: Duration,
+    /// Operator CA certificate chain (PEM: signing CA first, then up to the
+    /// root); with --ca-key, used instead of a generated CA.
+    #[arg(long, requires = "ca_key")]
+    ca_cert_chain: Option<PathBuf>,
+    /// Operator CA private key (PEM, PKCS#8).
+    #[arg(long, requires = "ca_cert_chain")]
+    ca_key: Option<PathBuf>,
+    /// Root rotation: the previous root certificate (PEM), still trusted
+    /// until --retiring-root-until.
+    #[arg(long, requires = "retiring_root_until")]
+    retiring_root: Option<PathBuf>,
+    /// End of the previous root's grace period (RFC 3339).
+    #[arg(long, value_parser = humantime::parse_rfc3339, requires = "retiring_root")]
+    retiring_root_until: Option<std::time::SystemTime>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -90,6 +104,8 @@ fn main() -> anyhow::Result<()> {
         trust_domain: args.trust_domain,
         cert_ttl: args.cert_ttl,
         max_cert_ttl: args.max_cert_ttl,
+        ca_files: args.ca_cert_chain.zip(args.ca_key),
+        retiring_root: args.retiring_root.zip(args.retiring_root_until),
         body_limit: args.max_body_bytes,
         ..Config::default()
     };

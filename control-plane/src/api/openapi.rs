@@ -157,6 +157,31 @@ pub fn document() -> Value {
         }}),
     );
     paths.insert(
+        "/api/v1/tokens".into(),
+        json!({ "post": {
+            "summary": "Issue a workload bootstrap token (shown once; only its hash is kept)",
+            "security": [{ "bearer": [] }],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["namespace", "service_account"],
+                "properties": {
+                    "namespace": { "type": "string" },
+                    "service_account": { "type": "string" }
+                }
+            }}}},
+            "responses": {
+                "201": ok(json!({ "type": "object", "properties": {
+                    "token": { "type": "string" },
+                    "identity": { "type": "string", "description": "The SPIFFE id the token grants." }
+                }})),
+                "400": error("Malformed JSON or unknown field."),
+                "401": error("Missing or invalid token."),
+                "422": error("Invalid namespace or service account.")
+            }
+        }}),
+    );
+    paths.insert(
         "/api/v1/openapi.json".into(),
         json!({ "get": { "summary": "This document", "responses": { "200": ok(json!({ "type": "object" })) } } }),
     );

@@ -11,6 +11,14 @@ pub enum CaError {
         /// What failed.
         reason: String,
     },
+    /// A CA file could not be read.
+    #[error("reading {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
     /// Loading, generating or using the CA key and certificate failed.
     #[error("certificate authority: {0}")]
     Authority(#[from] sane_certs::Error),

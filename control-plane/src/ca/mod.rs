@@ -14,12 +14,12 @@ pub use self::error::CaError;
 
 use self::tokens::WorkloadTokens;
 use prometheus::{IntCounterVec, Opts};
-use sane_certs::{CertificateAuthority, SpiffeId};
+use sane_certs::{CertificateAuthority, SpiffeId, TrustBundle};
 use sane_xds_proto::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
@@ -28,18 +28,39 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 /// Directory (inside the data dir) holding the CA's certificate and key.
 pub const CA_DIR: &str = "ca";
 
-/// Loads the CA from `<data_dir>/ca` (generating it on first start) and the
-/// workload tokens from the data dir; in memory when there is no data dir.
-pub fn load(
-    config: &crate::Config,
-) -> Result<(Arc<CertificateAuthority>, Arc<WorkloadTokens>), CaError> {
+/// What [`load`] returns: the CA, the token store, and a retiring root.
+pub type Loaded = (
+    Arc<CertificateAuthority>,
+    Arc<WorkloadTokens>,
+    Option<(TrustBundle, SystemTime)>,
+);
+
+/// Loads the CA — the operator's PEM files if given, else `<data_dir>/ca`
+/// (generated on first start), else in memory — the workload tokens, and the
+/// retiring root of a root rotation.
+pub fn load(config: &crate::Config) -> Result<Loaded, CaError> {
     let td = sane_certs::TrustDomain::new(&config.trust_domain)?;
     let mut options = sane_certs::CaOptions::default();
     options.default_leaf_ttl = config.cert_ttl;
     options.max_leaf_ttl = config.max_cert_ttl;
-    let authority = match &config.data_dir {
-        Some(dir) => CertificateAuthority::load_or_generate(&dir.join(CA_DIR), &td, options)?,
-        None => CertificateAuthority::generate(&td, options)?,
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| CaError::File {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    let authority = match (&config.ca_files, &config.data_dir) {
+        (Some((chain, key)), _) => {
+            CertificateAuthority::from_pem(&td, &read(chain)?, &read(key)?, options)?
+        }
+        (None, Some(dir)) => {
+            CertificateAuthority::load_or_generate(&dir.join(CA_DIR), &td, options)?
+        }
+        (None, None) => CertificateAuthority::generate(&td, options)?,
+    };
+    let retiring = match &config.retiring_root {
+        Some((pem, until)) => Some((TrustBundle::from_pem(&read(pem)?)?, *until)),
+        None => None,
     };
     tracing::info!(
         trust_domain = %td.as_str(),
@@ -47,7 +68,7 @@ pub fn load(
         "certificate authority ready"
     );
     let tokens = WorkloadTokens::load(config.data_dir.as_deref())?;
-    Ok((Arc::new(authority), Arc::new(tokens)))
+    Ok((Arc::new(authority), Arc::new(tokens), retiring))
 }
 
 /// The CA gRPC service.
@@ -56,6 +77,7 @@ pub struct CaService {
     ca: Arc<CertificateAuthority>,
     tokens: Arc<WorkloadTokens>,
     issued: IntCounterVec,
+    retiring: Option<(TrustBundle, SystemTime)>,
 }
 
 // === impl CaService ===
@@ -76,7 +98,30 @@ impl CaService {
             &["result"],
         )?;
         registry.register(Box::new(issued.clone()))?;
-        Ok(Self { ca, tokens, issued })
+        Ok(Self {
+            ca,
+            tokens,
+            issued,
+            retiring: None,
+        })
+    }
+
+    /// During a root rotation: keep trusting `old` (the previous root) until
+    /// the given time, so certificates it issued stay valid while proxies
+    /// move to the new root.
+    pub fn with_retiring(mut self, old: Option<(TrustBundle, SystemTime)>) -> Self {
+        self.retiring = old;
+        self
+    }
+
+    /// The trust bundle handed to proxies: the current root, plus the
+    /// retiring one until its grace period ends.
+    pub fn bundle(&self, now: SystemTime) -> TrustBundle {
+        let current = self.ca.trust_bundle();
+        match &self.retiring {
+            Some((old, until)) if now < *until => current.with_retiring(old, *until),
+            _ => current,
+        }
     }
 
     /// Signs `req` for the caller authenticated by `token`.
@@ -105,7 +150,7 @@ impl CaService {
                 tracing::info!(%identity, serial = %cert.serial, "issued workload certificate");
                 Ok(CertificateResponse {
                     cert_chain_pem: cert.chain_pem,
-                    trust_bundle_pem: self.ca.trust_bundle().to_pem(),
+                    trust_bundle_pem: self.bundle(SystemTime::now()).to_pem(),
                     identity: identity.to_string(),
                 })
             }
@@ -210,6 +255,21 @@ mod tests {
         assert!(rsp.cert_chain_pem.contains("BEGIN CERTIFICATE"));
         assert!(!rsp.cert_chain_pem.contains("PRIVATE KEY"));
         assert!(rsp.trust_bundle_pem.contains("BEGIN CERTIFICATE"));
+    }
+
+    #[test]
+    fn a_retiring_root_is_in_the_bundle_until_its_grace_period_ends() {
+        let (svc, _) = service();
+        let old = CertificateAuthority::generate(
+            &TrustDomain::new("mesh.test").unwrap(),
+            CaOptions::default(),
+        )
+        .unwrap()
+        .trust_bundle();
+        let now = SystemTime::now();
+        let svc = svc.with_retiring(Some((old, now + Duration::from_secs(3600))));
+        assert_eq!(svc.bundle(now).roots().len(), 2);
+        assert_eq!(svc.bundle(now + Duration::from_secs(3601)).roots().len(), 1);
     }
 
     #[test]
