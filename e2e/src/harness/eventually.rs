@@ -34,6 +34,16 @@ where
     }
 }
 
+/// Runs `fut` to completion, or panics once `deadline` has passed. Bounds a
+/// whole test (or one long step of it) that has no condition to poll, so a
+/// hung connection fails the test with a message instead of hanging CI.
+pub async fn within<T>(deadline: Duration, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("did not finish within {deadline:?}"),
+    }
+}
+
 /// [`eventually`] for code outside an async runtime (for example `Drop`).
 pub fn eventually_blocking<T>(deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
@@ -63,12 +73,18 @@ where
 {
     let start = Instant::now();
     let mut attempts = 0;
+    let mut last_error = String::new();
     loop {
         attempts += 1;
         let left = deadline.saturating_sub(start.elapsed());
-        let last_error = match tokio::time::timeout(left, f()).await {
+        last_error = match tokio::time::timeout(left, f()).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
+            // Usually the last attempt, started just before the deadline:
+            // the error before it is what the caller needs to see.
+            Err(_) if attempts > 1 => format!(
+                "the last attempt was still pending at the deadline; the one before: {last_error}"
+            ),
             Err(_) => "the attempt was still pending at the deadline".to_string(),
         };
         if start.elapsed() >= deadline {
@@ -114,5 +130,24 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.last_error, "never");
         assert!(e.attempts >= 2, "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn a_hung_last_attempt_keeps_the_error_before_it() {
+        let mut n = 0;
+        let e = retry(Duration::from_millis(50), Duration::from_millis(5), || {
+            n += 1;
+            let first = n == 1;
+            async move {
+                if first {
+                    Err::<(), _>("refused".to_string())
+                } else {
+                    std::future::pending().await
+                }
+            }
+        })
+        .await
+        .unwrap_err();
+        assert!(e.last_error.ends_with("the one before: refused"), "{e:?}");
     }
 }

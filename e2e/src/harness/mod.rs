@@ -18,11 +18,11 @@ mod sidecar;
 mod two_hop;
 
 pub use app::{echo_service, EchoAddrs, EchoApp, GRPC_PORT, HTTP_PORT, TCP_PORT};
-pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use binaries::{bin, bins, bins_for, echo_bin, workspace_root, Bins, PACKAGES};
-pub use eventually::{eventually, eventually_blocking, EVENTUALLY_STEP};
+pub use control_plane::{ControlPlane, TEST_API_TOKEN};
+pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
-pub use sidecar::{metric_value, write_bootstrap, Sidecar, READY_DEADLINE};
+pub use sidecar::{metric_value, write_bootstrap, write_config_text, Sidecar, READY_DEADLINE};
 pub use two_hop::TwoHop;

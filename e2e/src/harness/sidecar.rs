@@ -41,8 +41,14 @@ pub struct Sidecar {
 /// it), so a proxy watching the file never reads half of it.
 pub fn write_bootstrap(path: &Path, bootstrap: &Bootstrap) {
     let yaml = serde_yaml::to_string(bootstrap).expect("a Bootstrap serializes to YAML");
+    write_config_text(path, &yaml);
+}
+
+/// Writes `text` to `path` atomically, like [`write_bootstrap`], but verbatim:
+/// for configs the typed structs cannot express (unknown fields, bad YAML).
+pub fn write_config_text(path: &Path, text: &str) {
     let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
     std::fs::rename(&tmp, path)
         .unwrap_or_else(|e| panic!("renaming {} to {}: {e}", tmp.display(), path.display()));
 }
@@ -224,6 +230,15 @@ impl Sidecar {
     /// rebind. Returns at once; wait for the effect with `eventually`.
     pub fn reload(&mut self, bootstrap: Bootstrap) {
         self.write_config(bootstrap);
+        self.proc.signal(Signal::SIGHUP);
+    }
+
+    /// Writes `yaml` verbatim over the config file and sends SIGHUP, to
+    /// test how the proxy treats a file it should reject (unknown fields,
+    /// broken YAML). `bootstrap` keeps the last typed config, so a test can
+    /// restore it with [`Sidecar::reload`].
+    pub fn reload_text(&self, yaml: &str) {
+        write_config_text(&self.config_path, yaml);
         self.proc.signal(Signal::SIGHUP);
     }
 }
