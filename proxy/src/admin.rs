@@ -122,7 +122,18 @@ impl Admin {
                             "identity": &*e.identity,
                             "weight": e.weight,
                             "in_flight": e.in_flight(),
+                            "rtt_estimate_ms": e.rtt_estimate().as_secs_f64() * 1000.0,
+                            "ejected_until": e.ejected_until_system()
+                                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                            "times_ejected": e.times_ejected(),
                         })).collect::<Vec<_>>(),
+                        "circuit_breaker": c.breaker().map(|b| json!({
+                            "limits": b.settings(),
+                            "active_requests": b.active_requests(),
+                            "pending_requests": b.pending_requests(),
+                            "active_retries": b.active_retries(),
+                        })),
+                        "retry_budget_remaining": c.retry_budget().remaining(),
                     })
                 })
                 .collect();

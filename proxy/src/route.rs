@@ -7,7 +7,9 @@
 
 use crate::cluster::Cluster;
 use crate::error::ProxyError;
-use http::{HeaderMap, Method, Request};
+use crate::policy::circuit_breaker::Breaker;
+use crate::policy::RulePolicies;
+use http::{Extensions, HeaderMap, Method, Request};
 use rand::Rng;
 use regex::Regex;
 use sane_xds_proto::{HeaderMatch, MatchKind, PathMatch, Protocol, RouteMatch};
@@ -45,6 +47,8 @@ pub struct Rule {
     total_weight: u32,
     /// Whole-request timeout.
     pub timeout: Option<Duration>,
+    /// Retries, faults, mirroring, header rewrites.
+    pub policies: RulePolicies,
 }
 
 /// Where a request goes.
@@ -54,6 +58,18 @@ pub struct Selected {
     pub cluster: Arc<Cluster>,
     /// Whole-request timeout.
     pub timeout: Option<Duration>,
+    /// The matched rule's policies.
+    pub policies: RulePolicies,
+}
+
+/// The destination the route stage chose, for the layers below it (a
+/// request extension); the mirror layer sets one for its copies.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// The cluster to balance over.
+    pub cluster: Arc<Cluster>,
+    /// The authority to send upstream.
+    pub authority: String,
 }
 
 /// A compiled [`RouteMatch`].
@@ -135,6 +151,7 @@ impl PortRoute {
         Ok(Selected {
             cluster,
             timeout: rule.timeout,
+            policies: rule.policies.clone(),
         })
     }
 }
@@ -158,7 +175,14 @@ impl Rule {
             destinations,
             total_weight,
             timeout,
+            policies: RulePolicies::default(),
         }
+    }
+
+    /// The rule with `policies`.
+    pub fn with_policies(mut self, policies: RulePolicies) -> Self {
+        self.policies = policies;
+        self
     }
 
     fn pick(&self, rng: &mut impl Rng) -> Arc<Cluster> {
@@ -173,6 +197,21 @@ impl Rule {
             n -= w;
         }
         self.destinations[0].0.clone()
+    }
+}
+
+// === impl Destination ===
+
+impl Destination {
+    /// Puts the destination and its cluster's circuit breaker and retry
+    /// budget in `ext`, replacing any earlier destination's.
+    pub fn insert_into(self, ext: &mut Extensions) {
+        match self.cluster.breaker() {
+            Some(b) => ext.insert(b.clone()),
+            None => ext.remove::<Arc<Breaker>>(),
+        };
+        ext.insert(self.cluster.retry_budget().clone());
+        ext.insert(self);
     }
 }
 

@@ -170,6 +170,14 @@ impl EndpointState {
         self.stats.health.ejected_until(Instant::now())
     }
 
+    /// [`EndpointState::ejected_until`] as wall-clock time, for people.
+    pub fn ejected_until_system(&self) -> Option<std::time::SystemTime> {
+        let left = self
+            .ejected_until()?
+            .saturating_duration_since(Instant::now());
+        Some(std::time::SystemTime::now() + left)
+    }
+
     /// Ejections in a row so far.
     pub fn times_ejected(&self) -> u32 {
         self.stats.health.times_ejected()

@@ -6,6 +6,92 @@
 //! budget) in its extensions, and each layer acts on what it finds there.
 
 pub mod circuit_breaker;
+pub mod deadline;
+pub mod fault;
+pub mod headers;
+pub mod mirror;
 pub mod replay;
 pub mod retry;
 pub mod timeout;
+
+use self::fault::FaultPolicy;
+use self::headers::{HeaderOps, InvalidHeaderOp, RequestHeaderOps, ResponseHeaderOps};
+use self::mirror::MirrorPolicy;
+use self::retry::RetryPolicy;
+use self::timeout::PerTryTimeout;
+use crate::cluster::Cluster;
+use http::Extensions;
+use sane_xds_proto as proto;
+use std::sync::Arc;
+
+/// The policies of one route rule, compiled once per config snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct RulePolicies {
+    /// Retries.
+    pub retry: Option<Arc<RetryPolicy>>,
+    /// Fault injection.
+    pub fault: Option<Arc<FaultPolicy>>,
+    /// Mirroring.
+    pub mirror: Option<Arc<MirrorPolicy>>,
+    /// Request header rewrites.
+    pub request_headers: Option<Arc<HeaderOps>>,
+    /// Response header rewrites.
+    pub response_headers: Option<Arc<HeaderOps>>,
+}
+
+// === impl RulePolicies ===
+
+impl RulePolicies {
+    /// Compiles the policies of `rule` (at `field`); `mirror` is the shadow
+    /// cluster when the rule mirrors.
+    pub fn compile(
+        rule: &proto::RouteRule,
+        field: &str,
+        mirror: Option<Arc<Cluster>>,
+    ) -> Result<Self, InvalidHeaderOp> {
+        let headers = |ops: &Option<proto::HeaderOps>, name: &str| {
+            ops.as_ref()
+                .map(|o| HeaderOps::compile(o, &format!("{field}.{name}")).map(Arc::new))
+                .transpose()
+        };
+        Ok(Self {
+            retry: rule
+                .retry
+                .as_ref()
+                .map(|r| Arc::new(RetryPolicy::compile(r))),
+            fault: rule
+                .fault
+                .as_ref()
+                .map(|f| Arc::new(FaultPolicy::compile(f))),
+            mirror: rule
+                .mirror
+                .as_ref()
+                .zip(mirror)
+                .map(|(m, c)| Arc::new(MirrorPolicy::new(c, m))),
+            request_headers: headers(&rule.request_headers, "request_headers")?,
+            response_headers: headers(&rule.response_headers, "response_headers")?,
+        })
+    }
+
+    /// Puts the policies where the layers look for them.
+    pub fn insert_into(&self, ext: &mut Extensions) {
+        if let Some(r) = &self.retry {
+            if let Some(t) = r.per_try_timeout {
+                ext.insert(PerTryTimeout(t));
+            }
+            ext.insert(r.clone());
+        }
+        if let Some(f) = &self.fault {
+            ext.insert(f.clone());
+        }
+        if let Some(m) = &self.mirror {
+            ext.insert(m.clone());
+        }
+        if let Some(h) = &self.request_headers {
+            ext.insert(RequestHeaderOps(h.clone()));
+        }
+        if let Some(h) = &self.response_headers {
+            ext.insert(ResponseHeaderOps(h.clone()));
+        }
+    }
+}

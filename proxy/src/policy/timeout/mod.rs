@@ -1,14 +1,20 @@
-//! Whole-request timeout. The route stage puts a [`RequestTimeout`] in the
-//! request's extensions; this layer bounds everything below it (endpoint
-//! selection, connecting, waiting for response headers) and answers 504 with
-//! flag `UT` when it elapses. Dropping the inner future cancels the upstream
-//! request, so the endpoint stops working for a caller that gave up.
+//! Timeouts. The route stage puts a [`RequestTimeout`] (the rule's whole
+//! request timeout, retries included) and, with a retry policy, a
+//! [`PerTryTimeout`] in the request's extensions. The same layer is stacked
+//! twice: [`TimeoutLayer`] above the retries applies the first, and
+//! [`PerTryTimeoutLayer`] below them the second, so an attempt that
+//! hangs is cut short and retried while the whole request stays bounded.
+//!
+//! Each bounds everything below it (endpoint selection, connecting, waiting
+//! for response headers) and answers 504 with flag `UT` when it elapses.
+//! Dropping the inner future cancels the upstream request, so the endpoint
+//! stops working for a caller that gave up.
 
 mod error;
 mod layer;
 
 pub use self::error::Elapsed;
-pub use self::layer::TimeoutLayer;
+pub use self::layer::{PerTryTimeoutLayer, TimeoutLayer};
 
 use crate::body::Body;
 use crate::error::ProxyError;
@@ -21,18 +27,34 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestTimeout(pub Duration);
 
-/// Applies the request's [`RequestTimeout`], if any.
+/// The timeout of each attempt of a request, set by the route stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PerTryTimeout(pub Duration);
+
+/// Applies the request's [`RequestTimeout`] (or [`PerTryTimeout`]), if any.
 #[derive(Clone, Debug)]
 pub struct Timeout<S> {
     inner: S,
+    per_try: bool,
 }
 
 // === impl Timeout ===
 
 impl<S> Timeout<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner` in the whole-request timeout.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            per_try: false,
+        }
+    }
+
+    /// Wraps `inner` in the per-attempt timeout.
+    pub fn per_try(inner: S) -> Self {
+        Self {
+            inner,
+            per_try: true,
+        }
     }
 }
 
@@ -50,7 +72,13 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let limit = req.extensions().get::<RequestTimeout>().copied();
+        let limit = if self.per_try {
+            req.extensions()
+                .get::<PerTryTimeout>()
+                .map(|t| RequestTimeout(t.0))
+        } else {
+            req.extensions().get::<RequestTimeout>().copied()
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             match limit {
@@ -101,6 +129,26 @@ mod tests {
         let call = tokio::spawn(svc.oneshot(req(None)));
         let (_r, send) = handle.next_request().await.unwrap();
         tokio::time::advance(Duration::from_secs(3600)).await;
+        send.send_response(Response::new(crate::body::empty()));
+        assert!(call.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_try_reads_its_own_extension() {
+        let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let svc = PerTryTimeoutLayer.layer(svc.map_err(|_| ProxyError::Draining));
+        let mut r = req(Some(Duration::from_secs(10)));
+        r.extensions_mut()
+            .insert(PerTryTimeout(Duration::from_millis(50)));
+        let call = tokio::spawn(svc.clone().oneshot(r));
+        let (_r, _send) = handle.next_request().await.unwrap();
+        tokio::time::advance(Duration::from_millis(51)).await;
+        let err = call.await.unwrap().unwrap_err();
+        assert!(matches!(err, ProxyError::Timeout { timeout_ms: 50 }));
+        // The whole-request timeout is not its business.
+        let call = tokio::spawn(svc.oneshot(req(Some(Duration::from_millis(1)))));
+        let (_r, send) = handle.next_request().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
         send.send_response(Response::new(crate::body::empty()));
         assert!(call.await.unwrap().is_ok());
     }
