@@ -22,6 +22,8 @@ pub mod ca;
 pub mod client;
 pub mod error;
 pub mod file_source;
+#[cfg(feature = "kubernetes")]
+pub mod k8s;
 pub mod metrics;
 pub mod registry;
 pub mod resource;

@@ -6,6 +6,7 @@
 //! sanectl delete <kind> <ns/name>
 //! sanectl status [--wait-sync 30s] [-o table|json]
 //! sanectl config <proxy-id> [-o yaml|json]
+//! sanectl inject -f deployment.yaml [-o injected.yaml]   # no server needed
 //! ```
 //!
 //! Exit status: 0 on success, 1 on errors, 2 when `status --wait-sync` timed
@@ -81,6 +82,10 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = StatusFormat::Table)]
         output: StatusFormat,
     },
+    /// Add the sane-proxy sidecar to the workloads of a Kubernetes manifest
+    /// (like `istioctl kube-inject`); other objects pass through untouched.
+    #[cfg(feature = "kubernetes")]
+    Inject(InjectArgs),
     /// Show what a proxy was last sent.
     Config {
         /// The proxy's node id.
@@ -89,6 +94,32 @@ enum Command {
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
     },
+}
+
+#[cfg(feature = "kubernetes")]
+#[derive(Debug, clap::Args)]
+struct InjectArgs {
+    /// The manifest (several `---` documents allowed); `-` reads stdin.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Where to write the result; stdout when omitted.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    /// Namespace of objects that do not name one.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Image of the injected containers.
+    #[arg(long)]
+    proxy_image: Option<String>,
+    /// imagePullPolicy of the injected containers.
+    #[arg(long)]
+    image_pull_policy: Option<String>,
+    /// xDS/CA URL of the control plane, as pods reach it.
+    #[arg(long)]
+    control_plane_address: Option<String>,
+    /// Trust domain of the mesh.
+    #[arg(long)]
+    trust_domain: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -134,16 +165,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let client = ApiClient::new(&args.server, token);
     match args.command {
         Command::Apply { file } => {
-            let text = if file.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading stdin")?;
-                s
-            } else {
-                std::fs::read_to_string(&file)
-                    .with_context(|| format!("reading {}", file.display()))?
-            };
+            let text = read_input(&file)?;
             for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
                 let value = serde_yaml::Value::deserialize(doc)
                     .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
@@ -204,11 +226,61 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+        #[cfg(feature = "kubernetes")]
+        Command::Inject(inject) => run_inject(inject)?,
         Command::Config { proxy, output } => {
             print(&client.proxy_config(&proxy).await?, output)?;
         }
     }
     Ok(0)
+}
+
+/// `sanectl inject`: reads, injects, writes; a summary goes to stderr.
+#[cfg(feature = "kubernetes")]
+fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
+    use sane_control_plane::k8s::inject::{InjectConfig, Injector};
+    use sane_control_plane::k8s::manifest::{self, Action};
+    let text = read_input(&args.file)?;
+    let mut config = InjectConfig::default();
+    if let Some(image) = args.proxy_image {
+        config.proxy_image = image;
+    }
+    config.image_pull_policy = args.image_pull_policy;
+    if let Some(address) = args.control_plane_address {
+        config.control_plane_address = address;
+    }
+    if let Some(td) = args.trust_domain {
+        config.trust_domain = td;
+    }
+    let injected = manifest::inject_manifest(&Injector::new(config), &text, &args.namespace)
+        .with_context(|| format!("injecting {}", args.file.display()))?;
+    for o in &injected.objects {
+        let what = match o.action {
+            Action::Injected => "injected".to_string(),
+            Action::Skipped(reason) => format!("skipped ({reason:?})"),
+            Action::PassedThrough => continue,
+        };
+        eprintln!("{} {}: {what}", o.kind, o.name);
+    }
+    match args.output {
+        Some(path) => std::fs::write(&path, injected.text)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", injected.text),
+    }
+    Ok(())
+}
+
+/// A file's content, or stdin for `-`.
+fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))
+    }
 }
 
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {
