@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
 /// Bounds a whole test, so a hung connection fails it instead of hanging CI.
+/// The binaries are built first, outside the bound (a cold build is slow).
 async fn within<T>(body: impl Future<Output = T>) -> T {
+    sane_e2e::harness::echo_bin();
     tokio::time::timeout(Duration::from_secs(60), body)
         .await
         .expect("the test did not finish within 60s")

@@ -1,19 +1,24 @@
 //! Building the workspace binaries, once per test process.
 //!
-//! Tests run the real `sane-proxy` and `sane-echo`, so they must be built with
-//! the same profile and into the same target directory as the running test.
-//! Both are derived from the test's own path (`<target>/<profile>/deps/<test>`),
-//! which also follows `CARGO_TARGET_DIR` and `--release`.
+//! Tests run the real `sane-proxy`, `sane-echo` and `sane-control-plane`, so
+//! they must be built with the same profile and into the same target
+//! directory as the running test. Both are derived from the test's own path
+//! (`<target>/<profile>/deps/<test>`), which also follows `CARGO_TARGET_DIR`
+//! and `--release`.
+//!
+//! The build is `cargo test --workspace --no-run`: exactly the compile step
+//! of the README's test command, so under `cargo test --workspace` it is a
+//! no-op. A narrower `cargo build -p …` would resolve features differently
+//! (dev-dependency features such as tokio's `test-util` drop out), rebuild
+//! most dependencies a second time and overwrite the binaries.
 
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-/// Packages whose binaries [`bins`] builds. Add `sane-control-plane` here once
-/// tests need it.
-pub const PACKAGES: &[&str] = &["sane-proxy", "sane-e2e"];
+/// Packages whose binaries the tests use (all are built by one workspace build).
+pub const PACKAGES: &[&str] = &["sane-proxy", "sane-e2e", "sane-control-plane"];
 
 /// Paths of the binaries every mesh test needs.
 #[derive(Clone, Debug)]
@@ -57,27 +62,21 @@ pub fn bin(name: &str) -> PathBuf {
     existing(&layout().profile_dir, name)
 }
 
-/// Just `sane-echo`, built without the other packages so tests of the app do
-/// not depend on the proxy compiling.
+/// `sane-echo`.
 pub fn echo_bin() -> PathBuf {
     let dir = bins_for(&["sane-e2e"]);
     existing(dir, "sane-echo")
 }
 
-/// Builds the binaries of `packages`, each package at most once per process,
-/// and returns the directory they are in. Concurrent callers wait for one
-/// another rather than race cargo.
+/// Builds the workspace (once per process) and returns the directory the
+/// binaries of `packages` are in. Concurrent callers wait for one another
+/// rather than race cargo.
 pub fn bins_for(packages: &[&str]) -> &'static Path {
-    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !built.contains(*p))
-        .collect();
-    if !missing.is_empty() {
-        cargo_build(&missing);
-        built.extend(missing.iter().map(|p| p.to_string()));
+    if !*built {
+        cargo_build(packages);
+        *built = true;
     }
     &layout().profile_dir
 }
@@ -94,13 +93,9 @@ fn cargo_build(packages: &[&str]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .arg("build")
-        .arg("--bins")
+        .args(["test", "--workspace", "--no-run"])
         .arg("--target-dir")
         .arg(&layout.target_dir);
-    for p in packages {
-        cmd.arg("-p").arg(p);
-    }
     match layout.profile.to_str() {
         Some("debug") => {}
         Some("release") => {
@@ -113,7 +108,7 @@ fn cargo_build(packages: &[&str]) {
     if let Some(triple) = &layout.triple {
         cmd.arg("--target").arg(triple);
     }
-    eprintln!("sane-e2e: building {packages:?} (once per test process): {cmd:?}");
+    eprintln!("sane-e2e: building the workspace for {packages:?} (once per test process): {cmd:?}");
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("running {cargo:?} failed: {e}"));
