@@ -105,8 +105,8 @@ pub enum KubeError {
     WebhookCert {
         /// The DNS names asked for.
         names: Vec<String>,
-        /// The CA error.
-        source: sane_certs::Error,
+        /// The CA error (boxed: it is large and this path is cold).
+        source: Box<sane_certs::Error>,
     },
     /// The webhook listener could not be bound.
     #[error("binding the webhook listener on {addr}: {source}")]

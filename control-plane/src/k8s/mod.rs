@@ -36,6 +36,7 @@ pub mod error;
 pub mod inject;
 pub mod manifest;
 pub mod probes;
+pub mod webhook;
 
 pub use error::{InjectError, KubeError, ManifestError};
 

@@ -126,3 +126,24 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
         _ => out.push(format!("{path}: {a} became {b}")),
     }
 }
+
+/// Decodes standard base64 (with padding), as an AdmissionReview's patch.
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET
+            .iter()
+            .position(|a| *a == c)
+            .expect("base64 character") as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
