@@ -8,6 +8,7 @@
 
 use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
+use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
@@ -112,9 +113,11 @@ impl Snapshot {
             reason: e.reason,
         };
         let mut counters = LoadCounters::new();
+        let mut previous_clusters = HashMap::new();
         if let Some(prev) = previous {
             for c in &prev.clusters {
                 c.collect_counters(&mut counters);
+                previous_clusters.insert(c.name.clone(), c.clone());
             }
         }
         let res = &bootstrap.resources;
@@ -134,6 +137,7 @@ impl Snapshot {
             endpoints: &endpoints,
             policies: &policies,
             counters: &counters,
+            previous: &previous_clusters,
             built: HashMap::new(),
         };
 
@@ -187,7 +191,30 @@ impl Snapshot {
                             }
                             let timeout = (rule.timeout_ms > 0)
                                 .then(|| Duration::from_millis(rule.timeout_ms));
-                            rules.push(Rule::new(matches, dests, timeout));
+                            // Resilience policies (retry, fault, mirror, headers).
+                            let mirror = match &rule.mirror {
+                                None => None,
+                                Some(m) => {
+                                    let mkey = qualify(&m.service, &r.namespace);
+                                    let mport = builder
+                                        .destination_port(&mkey, m.port, port.port)
+                                        .map_err(|reason| {
+                                            compile_err(CompileError {
+                                                field: format!("{field}.mirror.port"),
+                                                reason,
+                                            })
+                                        })?;
+                                    Some(builder.cluster(&mkey, mport, &BTreeMap::new()))
+                                }
+                            };
+                            let policies =
+                                RulePolicies::compile(rule, &field, mirror).map_err(|e| {
+                                    compile_err(CompileError {
+                                        field: e.field,
+                                        reason: e.reason,
+                                    })
+                                })?;
+                            rules.push(Rule::new(matches, dests, timeout).with_policies(policies));
                         }
                         PortRoute {
                             service: key.clone(),
@@ -257,6 +284,9 @@ struct ClusterBuilder<'a> {
     endpoints: &'a HashMap<String, Vec<&'a Endpoint>>,
     policies: &'a HashMap<String, &'a DestinationPolicy>,
     counters: &'a LoadCounters,
+    /// Clusters of the previous snapshot by name, to carry breaker and
+    /// retry budget state over.
+    previous: &'a HashMap<String, Arc<Cluster>>,
     built: HashMap<ClusterKey, Arc<Cluster>>,
 }
 
@@ -319,14 +349,18 @@ impl ClusterBuilder<'_> {
             let labels: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
             name.push_str(&format!("[{}]", labels.join(",")));
         }
-        let cluster = Arc::new(Cluster::new(
-            name,
-            &sp,
-            eps,
-            policy.map(|p| p.load_balancer()).unwrap_or_default(),
-            ms(policy.map_or(0, |p| p.connect_timeout_ms), 1_000),
-            ms(policy.map_or(0, |p| p.idle_timeout_ms), 60_000),
-        ));
+        let previous = self.previous.get(&name).cloned();
+        let cluster = Arc::new(
+            Cluster::new(
+                name,
+                &sp,
+                eps,
+                policy.map(|p| p.load_balancer()).unwrap_or_default(),
+                ms(policy.map_or(0, |p| p.connect_timeout_ms), 1_000),
+                ms(policy.map_or(0, |p| p.idle_timeout_ms), 60_000),
+            )
+            .with_policy(policy.copied(), previous.as_deref()),
+        );
         self.built.insert(key, cluster.clone());
         cluster
     }
@@ -595,5 +629,112 @@ resources:
         let good: Bootstrap = serde_yaml::from_str(CFG).unwrap();
         assert_eq!(store.apply(good, "test.yaml").unwrap(), 2);
         assert!(store.last_error().is_none());
+    }
+
+    const RESILIENT: &str = r#"
+resources:
+  services:
+    - { name: echo, ports: [ { name: http, port: 80 } ] }
+    - { name: shadow, ports: [ { name: http, port: 80 } ] }
+  endpoints:
+    - { service: echo, address: 10.0.0.1, port: 8080 }
+    - { service: shadow, address: 10.0.0.9, port: 8080 }
+  routes:
+    - name: echo
+      service: echo
+      rules:
+        - timeout: 2s
+          retry: { attempts: 3, per_try_timeout: 500ms, retry_on: [5xx] }
+          fault: { abort: { http_status: 503, percent: 1 } }
+          mirror: { service: shadow, percent: 10 }
+          request_headers: { set: { x-env: prod } }
+  policies:
+    - name: echo
+      service: echo
+      circuit_breaker: { max_requests: 10 }
+      outlier_detection: { consecutive_5xx: 3 }
+      retry_budget: { percent: 10 }
+"#;
+
+    #[test]
+    fn rule_policies_and_destination_limits_are_compiled() {
+        let s = compile(RESILIENT).unwrap();
+        let r = s.routes.resolve("echo", None).unwrap();
+        let sel = r
+            .select(&http::Request::get("/").body(()).unwrap())
+            .unwrap();
+        let p = &sel.policies;
+        assert_eq!(p.retry.as_ref().unwrap().attempts, 3);
+        assert!(p.fault.is_some() && p.request_headers.is_some());
+        assert_eq!(
+            p.mirror.as_ref().unwrap().cluster().name,
+            "shadow.default:80"
+        );
+        assert_eq!(
+            sel.cluster.breaker().unwrap().settings().max_requests,
+            Some(10)
+        );
+        assert_eq!(
+            sel.cluster.retry_budget().settings().percent_or_default(),
+            10.0
+        );
+        let mut ext = http::Extensions::new();
+        p.insert_into(&mut ext);
+        assert_eq!(
+            ext.get::<crate::policy::timeout::PerTryTimeout>()
+                .unwrap()
+                .0,
+            Duration::from_millis(500)
+        );
+        assert!(s.clusters.iter().any(|c| c.name == "shadow.default:80"));
+    }
+
+    #[test]
+    fn breaker_and_budget_survive_a_reload_with_the_same_settings() {
+        let first = compile(RESILIENT).unwrap();
+        let next = Snapshot::compile(
+            serde_yaml::from_str(RESILIENT).unwrap(),
+            2,
+            Some(&first),
+            "test.yaml",
+        )
+        .unwrap();
+        let find = |s: &Snapshot| {
+            s.clusters
+                .iter()
+                .find(|c| c.name == "echo.default:80")
+                .unwrap()
+                .clone()
+        };
+        let (a, b) = (find(&first), find(&next));
+        assert!(Arc::ptr_eq(a.breaker().unwrap(), b.breaker().unwrap()));
+        assert!(Arc::ptr_eq(a.retry_budget(), b.retry_budget()));
+        let changed = RESILIENT.replace("max_requests: 10", "max_requests: 20");
+        let third = Snapshot::compile(
+            serde_yaml::from_str(&changed).unwrap(),
+            3,
+            Some(&next),
+            "test.yaml",
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(
+            b.breaker().unwrap(),
+            find(&third).breaker().unwrap()
+        ));
+    }
+
+    #[test]
+    fn a_mirror_to_a_missing_port_names_the_field() {
+        let bad = RESILIENT.replace(
+            "service: shadow, percent",
+            "service: shadow, port: 81, percent",
+        );
+        let err = compile(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "resources.routes[0].rules[0].mirror.port: 81 is not a port of shadow.default"
+            ),
+            "{err}"
+        );
     }
 }

@@ -4,20 +4,52 @@
 //! 1. `observe`: metrics and the request log see the final outcome, including
 //!    errors turned into responses, so it sits outside everything.
 //! 2. `route`: resolves the authority to a service port, picks the rule and
-//!    weighted destination cluster, and records the route's timeout.
-//! 3. `timeout`: bounds everything below it, connecting included.
-//! 4. `endpoint`: balances within the cluster and forwards through the pool.
+//!    weighted destination cluster, and puts the route's timeout, the rule's
+//!    policies and the destination (with its breaker and retry budget) in
+//!    the request's extensions for the layers below.
+//! 3. `fault`: injected delays are not upstream time, so they sit above the
+//!    timeouts; aborted requests never reach mirror, retry, breaker or
+//!    endpoint.
+//! 4. `headers`: rewrites before the mirror, so the shadow sees the request
+//!    the destination sees; response rewrites apply to the final answer.
+//! 5. `mirror`: once per request, not per attempt; the copy runs detached
+//!    through the layers below with the shadow as its destination.
+//! 6. `timeout`: the route's whole-request timeout bounds every attempt and
+//!    backoff below it, connecting included.
+//! 7. `deadline`: one deadline from the caller's `grpc-timeout` /
+//!    `x-sane-deadline-ms` and the route timeout, shared by all attempts;
+//!    the caller's runs out → 504 `UT`.
+//! 8. `retry` (with the destination's retry budget): each attempt goes
+//!    through everything below again.
+//! 9. `circuit breaker`: every attempt takes a request slot (retries count);
+//!    over a limit → 503 `UO` at once.
+//! 10. `per-try timeout`: bounds one attempt; time waiting for a breaker slot
+//!     is not an attempt's.
+//! 11. `propagate`: rewrites the deadline headers per attempt with the time
+//!     actually left, so the next hop gets a shrinking budget.
+//! 12. `endpoint`: outlier-aware pick avoiding endpoints earlier attempts
+//!     tried, forwards through the pool, reports the outcome for outlier
+//!     detection and peak-EWMA.
 //!
-//! Inbound (a peer calls the local workload): `observe`, then `local`, which
-//! forwards to the workload port the connection was opened for.
+//! Inbound (a peer calls the local workload): `observe`; `deadline` and
+//! `propagate`, so work for a caller that gave up is cancelled and the
+//! workload sees the budget left; then `local`, which forwards to the
+//! workload port the connection was opened for.
 
 use crate::body::{self, Body};
-use crate::cluster::{Cluster, InFlight};
+use crate::cluster::{InFlight, Selection};
 use crate::config::ConfigStore;
 use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
-use crate::policy::timeout::{RequestTimeout, TimeoutLayer};
+use crate::policy::circuit_breaker::CircuitBreakerLayer;
+use crate::policy::deadline::{DeadlineLayer, PropagateLayer};
+use crate::policy::fault::FaultLayer;
+use crate::policy::headers::HeaderRewriteLayer;
+use crate::policy::mirror::MirrorLayer;
+use crate::policy::retry::RetryLayer;
+use crate::policy::timeout::{PerTryTimeoutLayer, RequestTimeout, TimeoutLayer};
 use crate::protocol::http as h;
-use crate::telemetry::{Metrics, RequestLabels};
+use crate::route::Destination;
+use crate::telemetry::{Metrics, RequestLabels, ResilienceMetrics};
 use crate::tls::PeerIdentity;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
@@ -53,19 +85,14 @@ pub struct StackContext {
     pub identity: Arc<crate::tls::Identity>,
 }
 
-/// The destination the route stage chose, for the stages below.
-#[derive(Clone, Debug)]
-struct Routed {
-    cluster: Arc<Cluster>,
-    authority: String,
-}
-
 /// Labels the route stage learned, for the observe stage above it.
 #[derive(Clone, Debug, Default)]
 struct ObservedService(Arc<std::sync::Mutex<Option<(String, Protocol)>>>);
 
-/// Builds the outbound stack.
+/// Builds the outbound stack, in the order (and for the reasons) the module
+/// documentation lists.
 pub fn outbound(ctx: StackContext) -> HttpSvc {
+    let resilience = &ctx.metrics.resilience;
     let svc = ServiceBuilder::new()
         .layer_fn(|inner| Observe {
             inner,
@@ -77,9 +104,18 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
             inner,
             config: ctx.config.clone(),
         })
+        .layer(FaultLayer::new(resilience.clone()))
+        .layer(HeaderRewriteLayer)
+        .layer(MirrorLayer::new(resilience.clone()))
         .layer(TimeoutLayer)
+        .layer(DeadlineLayer)
+        .layer(RetryLayer::new(resilience.clone()))
+        .layer(CircuitBreakerLayer::new(resilience.clone()))
+        .layer(PerTryTimeoutLayer)
+        .layer(PropagateLayer)
         .service(EndpointStage {
             upstream: ctx.upstream.clone(),
+            metrics: resilience.clone(),
         });
     BoxCloneSyncService::new(svc)
 }
@@ -101,6 +137,8 @@ pub fn inbound(
             reporter: "destination",
             fixed: Some((service.clone(), protocol)),
         })
+        .layer(DeadlineLayer)
+        .layer(PropagateLayer)
         .service(LocalStage {
             upstream: ctx.upstream.clone(),
             target: Target {
@@ -276,10 +314,12 @@ where
                 if let Some(t) = selected.timeout {
                     req.extensions_mut().insert(RequestTimeout(t));
                 }
-                req.extensions_mut().insert(Routed {
+                selected.policies.insert_into(req.extensions_mut());
+                Destination {
                     cluster: selected.cluster,
                     authority,
-                });
+                }
+                .insert_into(req.extensions_mut());
                 Box::pin(self.inner.call(req))
             }
         }
@@ -291,6 +331,7 @@ where
 #[derive(Clone, Debug)]
 struct EndpointStage {
     upstream: Arc<Upstream>,
+    metrics: ResilienceMetrics,
 }
 
 impl Service<Request<Body>> for EndpointStage {
@@ -304,17 +345,17 @@ impl Service<Request<Body>> for EndpointStage {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let upstream = self.upstream.clone();
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            let Routed { cluster, authority } = req
+            let Destination { cluster, authority } = req
                 .extensions_mut()
-                .remove::<Routed>()
+                .remove::<Destination>()
                 .expect("route stage runs first");
-            let endpoint = cluster
-                .pick(&[])
-                .ok_or_else(|| ProxyError::NoHealthyUpstream {
-                    cluster: cluster.name.clone(),
-                })?;
-            let guard = endpoint.start();
+            let Selection {
+                endpoint,
+                in_flight,
+                attempt,
+            } = cluster.select(&req, &metrics)?;
             let target = Target {
                 addr: endpoint.connect_addr,
                 via_sidecar: endpoint.via_sidecar,
@@ -323,7 +364,9 @@ impl Service<Request<Body>> for EndpointStage {
                 idle_timeout: cluster.idle_timeout,
                 identity: endpoint.identity.clone(),
             };
-            forward(&upstream, req, &target, &authority, Some(guard)).await
+            let result = forward(&upstream, req, &target, &authority, Some(in_flight)).await;
+            cluster.finish(attempt, result.as_ref().map(|r| r.status()), &metrics);
+            result
         })
     }
 }
