@@ -82,7 +82,8 @@ pub struct RetryPolicy {
     /// Conditions that trigger a retry: `connect-failure`, `refused-stream`,
     /// `reset` (the upstream reset, closed or timed out before responding),
     /// `5xx` (any 5xx response, plus the three before), `gateway-error`
-    /// (502, 503, 504, connect failures and per-try timeouts) and gRPC
+    /// (502, 503, 504, plus connect failures, resets and per-try timeouts)
+    /// and gRPC
     /// statuses in the response headers: `cancelled`, `deadline-exceeded`,
     /// `internal`, `resource-exhausted`, `unavailable`. Default: empty, which
     /// with empty `status_codes` means `connect-failure, refused-stream,

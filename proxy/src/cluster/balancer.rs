@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const MAX_SCHEDULE: usize = 4096;
 /// Virtual nodes on a consistent-hash ring (all endpoints together).
 const RING_SIZE: usize = 4096;
+/// Latency estimates below this do not tell endpoints apart (they mostly
+/// measure how long an endpoint went unobserved, e.g. when only opaque TCP
+/// uses it), so load decides between them.
+const MIN_RTT_NS: f64 = 100_000.0;
 
 /// What the balancer knows of one endpoint, read only for the endpoints a
 /// pick compares (two for P2C), since reading the latency takes a lock.
@@ -93,7 +97,7 @@ impl Balancer {
         match self {
             Balancer::PeakEwma => Some(p2c(candidates, rng, |e| {
                 let l = load(e);
-                l.rtt_ns * (l.in_flight as f64 + 1.0) / f64::from(l.weight.max(1))
+                l.rtt_ns.max(MIN_RTT_NS) * (l.in_flight as f64 + 1.0) / f64::from(l.weight.max(1))
             })),
             Balancer::LeastRequest => Some(p2c(candidates, rng, |e| least_request(&load(e)))),
             Balancer::RoundRobin { schedule, next } => {
@@ -282,6 +286,13 @@ mod tests {
         // 5ms with 20 in flight costs more than 50ms idle.
         l[1].in_flight = 20;
         assert_eq!(pick(&b, &l, None, None, &mut rng), Some(0));
+        // Estimates decayed to nothing: load decides.
+        let mut idle = loads(&[(3, 1), (0, 1)]);
+        idle[0].rtt_ns = 1.0;
+        idle[1].rtt_ns = 50.0;
+        for _ in 0..20 {
+            assert_eq!(pick(&b, &idle, None, None, &mut rng), Some(1));
+        }
     }
 
     #[test]
