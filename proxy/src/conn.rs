@@ -122,12 +122,11 @@ pub async fn outbound_tcp(mut client: tokio::net::TcpStream, listener: &str, ctx
         idle_timeout: cluster.idle_timeout,
         identity: endpoint.identity.clone(),
     };
-    let service = cluster
-        .name
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    // The same Istio host form as the HTTP metrics use.
+    let service = format!(
+        "{}.svc.cluster.local",
+        cluster.name.split(':').next().unwrap_or_default()
+    );
     let labels = TcpLabels {
         reporter: "source",
         destination_service: &service,

@@ -131,6 +131,7 @@ pub async fn build(
     let config = Arc::new(ConfigStore::new(snapshot, config_path));
     let drain = Drain::default();
     let ctx = StackContext {
+        drain: drain.clone(),
         config: config.clone(),
         upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),
         metrics: metrics.clone(),

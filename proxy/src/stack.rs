@@ -83,6 +83,9 @@ pub struct StackContext {
     pub metrics: Metrics,
     /// The proxy's workload identity (mutual TLS).
     pub identity: Arc<crate::tls::Identity>,
+    /// Tracks tasks that outlive their request (upgraded tunnels), so a
+    /// drain waits for them.
+    pub drain: crate::drain::Drain,
 }
 
 /// Labels the route stage learned, for the observe stage above it.
@@ -114,6 +117,7 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
         .layer(PerTryTimeoutLayer)
         .layer(PropagateLayer)
         .service(EndpointStage {
+            drain: ctx.drain.clone(),
             upstream: ctx.upstream.clone(),
             metrics: resilience.clone(),
         });
@@ -140,6 +144,7 @@ pub fn inbound(
         .layer(DeadlineLayer)
         .layer(PropagateLayer)
         .service(LocalStage {
+            drain: ctx.drain.clone(),
             upstream: ctx.upstream.clone(),
             target: Target {
                 addr: (ip, port).into(),
@@ -330,6 +335,7 @@ where
 
 #[derive(Clone, Debug)]
 struct EndpointStage {
+    drain: crate::drain::Drain,
     upstream: Arc<Upstream>,
     metrics: ResilienceMetrics,
 }
@@ -346,6 +352,7 @@ impl Service<Request<Body>> for EndpointStage {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
+        let drain = self.drain.clone();
         Box::pin(async move {
             let Destination { cluster, authority } = req
                 .extensions_mut()
@@ -364,7 +371,15 @@ impl Service<Request<Body>> for EndpointStage {
                 idle_timeout: cluster.idle_timeout,
                 identity: endpoint.identity.clone(),
             };
-            let result = forward(&upstream, req, &target, &authority, Some(in_flight)).await;
+            let result = forward(
+                &upstream,
+                &drain,
+                req,
+                &target,
+                &authority,
+                Some(in_flight),
+            )
+            .await;
             cluster.finish(attempt, result.as_ref().map(|r| r.status()), &metrics);
             result
         })
@@ -375,6 +390,7 @@ impl Service<Request<Body>> for EndpointStage {
 
 #[derive(Clone, Debug)]
 struct LocalStage {
+    drain: crate::drain::Drain,
     upstream: Arc<Upstream>,
     target: Target,
     peer: Option<PeerIdentity>,
@@ -391,6 +407,7 @@ impl Service<Request<Body>> for LocalStage {
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let upstream = self.upstream.clone();
+        let drain = self.drain.clone();
         let target = self.target.clone();
         // The workload learns who called it from this header; a value sent
         // by the client itself is never trusted.
@@ -402,15 +419,17 @@ impl Service<Request<Body>> for LocalStage {
         }
         Box::pin(async move {
             let authority = h::authority_text(&req).unwrap_or_else(|| format!("{}", target.addr));
-            forward(&upstream, req, &target, &authority, None).await
+            forward(&upstream, &drain, req, &target, &authority, None).await
         })
     }
 }
 
 /// Sends `req` to `target`; splices the two sides together when the request
-/// upgrades the connection; keeps `guard` alive until the response body ends.
+/// upgrades the connection (in a task the drain waits for); keeps `guard`
+/// alive until the response body ends.
 async fn forward(
     upstream: &Upstream,
+    drain: &crate::drain::Drain,
     mut req: Request<Body>,
     target: &Target,
     authority: &str,
@@ -421,7 +440,7 @@ async fn forward(
     if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(down) = downstream_upgrade {
             let up = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(splice(down, up, guard));
+            drain.spawn(splice(down, up, guard));
             let (parts, _) = rsp.into_parts();
             let mut rsp = Response::from_parts(parts, body::empty());
             *rsp.version_mut() = Version::HTTP_11;
