@@ -27,6 +27,7 @@ pub mod route;
 pub mod stack;
 pub mod telemetry;
 pub mod tls;
+pub mod trace_context;
 pub mod upstream;
 pub mod xds;
 

@@ -1,0 +1,404 @@
+//! Trace context: continue whatever trace arrives, start one when none does.
+//!
+//! Accepted on the way in, in order of preference: W3C `traceparent` (+
+//! `tracestate`), B3 single header (`b3`), B3 multi headers (`x-b3-traceid`,
+//! `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`). Anything malformed is ignored
+//! (a new trace starts) — never an error, never a panic. On the way out the
+//! proxy writes the context in the format it arrived in (so a B3 caller's
+//! trace is continued, not replaced) plus `traceparent`, with its own span id
+//! as the parent, so the next hop's span is its child. `x-request-id` is
+//! generated when missing.
+
+use http::{HeaderMap, HeaderValue};
+use rand::RngCore;
+use std::fmt;
+
+/// `x-request-id`, generated when the client sent none.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A 16-byte trace id (never all zero).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId(pub [u8; 16]);
+
+/// An 8-byte span id (never all zero).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub [u8; 8]);
+
+/// Which header format the caller used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// W3C Trace Context.
+    W3c,
+    /// B3 single header.
+    B3Single,
+    /// B3 multiple headers.
+    B3Multi,
+    /// Nothing arrived; this hop started the trace.
+    New,
+}
+
+/// The context of one hop: the trace, the caller's span (if any) and this
+/// hop's own span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// The caller's span, the parent of this hop's span.
+    pub parent_span_id: Option<SpanId>,
+    /// This hop's span.
+    pub span_id: SpanId,
+    /// Whether the trace is sampled.
+    pub sampled: bool,
+    /// The W3C `tracestate`, passed through untouched.
+    pub tracestate: Option<HeaderValue>,
+    /// The format it arrived in.
+    pub format: Format,
+}
+
+// === impl TraceId ===
+
+impl TraceId {
+    /// A random trace id.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        while b == [0; 16] {
+            rand::rng().fill_bytes(&mut b);
+        }
+        Self(b)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        // B3 allows 64-bit trace ids; they are left-padded to 128 bits.
+        let b = match s.len() {
+            32 => hex::<16>(s)?,
+            16 => {
+                let low = hex::<8>(s)?;
+                let mut b = [0u8; 16];
+                b[8..].copy_from_slice(&low);
+                b
+            }
+            _ => return None,
+        };
+        (b != [0; 16]).then_some(Self(b))
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+// === impl SpanId ===
+
+impl SpanId {
+    /// A random span id.
+    pub fn random() -> Self {
+        let mut b = [0u8; 8];
+        while b == [0; 8] {
+            rand::rng().fill_bytes(&mut b);
+        }
+        Self(b)
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        let b = (s.len() == 16).then(|| hex::<8>(s)).flatten()?;
+        (b != [0; 8]).then_some(Self(b))
+    }
+}
+
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        // Only lowercase hex is valid in traceparent; B3 is lowercase too.
+        if pair.iter().any(|c| c.is_ascii_uppercase()) {
+            return None;
+        }
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+// === impl TraceContext ===
+
+impl TraceContext {
+    /// Continues the trace in `headers`, or starts a new one (sampled per
+    /// `sample_new`) when none is there or it is malformed.
+    pub fn extract(headers: &HeaderMap, sample_new: bool) -> Self {
+        Self::from_w3c(headers)
+            .or_else(|| Self::from_b3_single(headers))
+            .or_else(|| Self::from_b3_multi(headers))
+            .unwrap_or_else(|| TraceContext {
+                trace_id: TraceId::random(),
+                parent_span_id: None,
+                span_id: SpanId::random(),
+                sampled: sample_new,
+                tracestate: None,
+                format: Format::New,
+            })
+    }
+
+    fn from_w3c(headers: &HeaderMap) -> Option<Self> {
+        let v = headers.get("traceparent")?.to_str().ok()?.trim();
+        let mut parts = v.split('-');
+        let version = parts.next()?;
+        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        // Version ff is invalid; a future version may append fields, but
+        // version 00 must have exactly four.
+        if version.len() != 2 || version == "ff" || hex::<1>(version).is_none() {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let trace_id = (trace.len() == 32).then(|| TraceId::parse(trace)).flatten()?;
+        let parent = SpanId::parse(span)?;
+        let flags = hex::<1>(flags)?[0];
+        Some(TraceContext {
+            trace_id,
+            parent_span_id: Some(parent),
+            span_id: SpanId::random(),
+            sampled: flags & 1 == 1,
+            tracestate: headers.get("tracestate").cloned(),
+            format: Format::W3c,
+        })
+    }
+
+    fn from_b3_single(headers: &HeaderMap) -> Option<Self> {
+        let v = headers.get("b3")?.to_str().ok()?.trim();
+        let mut parts = v.split('-');
+        let trace_id = TraceId::parse(parts.next()?)?;
+        let parent = SpanId::parse(parts.next()?)?;
+        let sampled = match parts.next() {
+            None => true,
+            Some("1" | "d") => true,
+            Some("0") => false,
+            Some(_) => return None,
+        };
+        Some(TraceContext {
+            trace_id,
+            parent_span_id: Some(parent),
+            span_id: SpanId::random(),
+            sampled,
+            tracestate: None,
+            format: Format::B3Single,
+        })
+    }
+
+    fn from_b3_multi(headers: &HeaderMap) -> Option<Self> {
+        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+        let trace_id = TraceId::parse(get("x-b3-traceid")?)?;
+        let parent = SpanId::parse(get("x-b3-spanid")?)?;
+        let sampled = get("x-b3-flags") == Some("1")
+            || !matches!(get("x-b3-sampled"), Some("0" | "false"));
+        Some(TraceContext {
+            trace_id,
+            parent_span_id: Some(parent),
+            span_id: SpanId::random(),
+            sampled,
+            tracestate: None,
+            format: Format::B3Multi,
+        })
+    }
+
+    /// The `traceparent` value naming this hop's span as the parent.
+    pub fn traceparent(&self) -> String {
+        format!(
+            "00-{}-{}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    /// Writes the context for the next hop: `traceparent` (+ `tracestate`)
+    /// always, and the B3 form the caller used, so it is continued.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let set = |h: &mut HeaderMap, name: &'static str, v: String| {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(name, v);
+            }
+        };
+        set(headers, "traceparent", self.traceparent());
+        if let Some(ts) = &self.tracestate {
+            headers.insert("tracestate", ts.clone());
+        }
+        match self.format {
+            Format::B3Single => set(
+                headers,
+                "b3",
+                format!("{}-{}-{}", self.trace_id, self.span_id, u8::from(self.sampled)),
+            ),
+            Format::B3Multi => {
+                set(headers, "x-b3-traceid", self.trace_id.to_string());
+                set(headers, "x-b3-spanid", self.span_id.to_string());
+                if let Some(p) = self.parent_span_id {
+                    set(headers, "x-b3-parentspanid", p.to_string());
+                }
+                set(headers, "x-b3-sampled", u8::from(self.sampled).to_string());
+                headers.remove("x-b3-flags");
+            }
+            Format::W3c | Format::New => {}
+        }
+    }
+}
+
+/// Returns the request id, adding a random one (UUID v4 format) if missing.
+pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if !v.is_empty() && v.len() <= 128 {
+            return v.to_string();
+        }
+    }
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let id = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
+    headers.insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header"));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(*n, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    #[test]
+    fn continues_w3c_with_a_new_child_span() {
+        let h = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+            ("tracestate", "vendor=x"),
+        ]);
+        let ctx = TraceContext::extract(&h, false);
+        assert_eq!(ctx.format, Format::W3c);
+        assert_eq!(ctx.trace_id.to_string(), TRACE);
+        assert_eq!(ctx.parent_span_id.unwrap().to_string(), SPAN);
+        assert_ne!(ctx.span_id.to_string(), SPAN);
+        assert!(ctx.sampled);
+        let mut out = HeaderMap::new();
+        ctx.inject(&mut out);
+        let tp = out["traceparent"].to_str().unwrap();
+        assert!(tp.starts_with(&format!("00-{TRACE}-")) && tp.ends_with("-01"));
+        assert_eq!(out["tracestate"], "vendor=x");
+    }
+
+    #[test]
+    fn continues_b3_single_and_multi_in_their_own_format() {
+        let h = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
+        let ctx = TraceContext::extract(&h, false);
+        assert_eq!(ctx.format, Format::B3Single);
+        let mut out = HeaderMap::new();
+        ctx.inject(&mut out);
+        assert!(out["b3"].to_str().unwrap().starts_with(TRACE));
+        assert!(out["traceparent"].to_str().unwrap().contains(TRACE));
+
+        let h = headers(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", SPAN),
+            ("x-b3-sampled", "0"),
+        ]);
+        let ctx = TraceContext::extract(&h, true);
+        assert_eq!(ctx.format, Format::B3Multi);
+        assert_eq!(ctx.trace_id.to_string(), "0000000000000000a3ce929d0e0e4736");
+        assert!(!ctx.sampled);
+        let mut out = HeaderMap::new();
+        ctx.inject(&mut out);
+        assert_eq!(out["x-b3-parentspanid"], SPAN);
+        assert_eq!(out["x-b3-sampled"], "0");
+    }
+
+    #[test]
+    fn malformed_headers_start_a_new_trace() {
+        for bad in [
+            format!("00-{TRACE}-{SPAN}"),
+            format!("00-{}-{SPAN}-01", "0".repeat(32)),
+            format!("00-{TRACE}-{}-01", "0".repeat(16)),
+            format!("ff-{TRACE}-{SPAN}-01"),
+            format!("00-{}-{SPAN}-01", TRACE.to_uppercase()),
+            format!("00-{TRACE}-{SPAN}-01-extra"),
+            format!("00-{TRACE}-{SPAN}-zz"),
+            "garbage".to_string(),
+            String::new(),
+        ] {
+            let ctx = TraceContext::extract(&headers(&[("traceparent", &bad)]), true);
+            assert_eq!(ctx.format, Format::New, "{bad:?} should be ignored");
+            assert!(ctx.parent_span_id.is_none());
+        }
+        let ctx = TraceContext::extract(&headers(&[("b3", "not-a-trace")]), false);
+        assert_eq!(ctx.format, Format::New);
+    }
+
+    #[test]
+    fn random_inputs_never_panic_and_either_parse_or_start_fresh() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5a1e);
+        let alphabet = b"0123456789abcdefABCDEF-xz_ \t";
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..80);
+            let s: String = (0..len)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
+                .collect();
+            for name in ["traceparent", "b3", "x-b3-traceid"] {
+                let Ok(v) = HeaderValue::from_str(&s) else { continue };
+                let mut h = HeaderMap::new();
+                h.insert(name, v);
+                h.insert("x-b3-spanid", HeaderValue::from_static(SPAN));
+                let ctx = TraceContext::extract(&h, false);
+                assert_ne!(ctx.trace_id.0, [0; 16]);
+                assert_ne!(ctx.span_id.0, [0; 8]);
+                let mut out = HeaderMap::new();
+                ctx.inject(&mut out);
+                // Whatever came in, what goes out parses back to the same trace.
+                let back = TraceContext::extract(&out, false);
+                assert_eq!(back.trace_id, ctx.trace_id);
+                assert_eq!(back.parent_span_id, Some(ctx.span_id));
+            }
+        }
+    }
+
+    #[test]
+    fn request_id_is_kept_or_generated() {
+        let mut h = headers(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut h), "abc");
+        let mut h = HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h["x-request-id"], id.as_str());
+    }
+}
