@@ -375,7 +375,10 @@ fn other_resource_schemas() -> Value {
             "name": string(),
             "namespace": { "type": "string", "default": "default" },
             "service": string(),
-            "load_balancer": enumeration(&["least_request", "round_robin"], "least_request"),
+            "load_balancer": enumeration(
+                &["ewma", "round_robin", "least_request", "consistent_hash"],
+                "ewma"
+            ),
             "connect_timeout": duration(),
             "idle_timeout": duration(),
             "circuit_breaker": schema_ref("CircuitBreaker"),
@@ -532,5 +535,43 @@ mod tests {
         check::<OutlierDetection>("OutlierDetection");
         check::<RetryBudget>("RetryBudget");
         check::<MeshResources>("MeshResources");
+    }
+
+    /// The values an enum of `T` serializes to, in declaration order.
+    fn values<T: Serialize + TryFrom<i32>>() -> Vec<Value> {
+        (0..64)
+            .filter_map(|i| T::try_from(i).ok())
+            .map(|v| serde_json::to_value(v).unwrap())
+            .collect()
+    }
+
+    /// Documented enums (which the Kubernetes CRDs reuse) list exactly the
+    /// values the types accept, and their default is the types' default.
+    #[test]
+    fn enums_match_the_resource_types() {
+        use sane_xds_proto::*;
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        for (schema, expected) in [
+            (
+                &schemas["DestinationPolicy"]["properties"]["load_balancer"],
+                values::<LoadBalancer>(),
+            ),
+            (
+                &schemas["PathMatch"]["properties"]["kind"],
+                values::<MatchKind>(),
+            ),
+            (
+                &schemas["HeaderMatch"]["properties"]["kind"],
+                values::<MatchKind>(),
+            ),
+            (
+                &schemas["ServicePort"]["properties"]["protocol"],
+                values::<Protocol>(),
+            ),
+        ] {
+            assert_eq!(schema["enum"], Value::Array(expected.clone()), "{schema}");
+            assert_eq!(schema["default"], expected[0], "{schema}");
+        }
     }
 }

@@ -10,7 +10,7 @@
 //!   probes so they keep working under STRICT mTLS.
 //! * [`source`] converts what the cluster holds (Services, EndpointSlices,
 //!   Pods, and the `sane.mesh/v1` custom resources of [`crd`]) into registry
-//!   resources — a pure function over an object store — and keeps the
+//!   resources — a pure function over an object [`store`] — and keeps the
 //!   registry in step with it; [`watch`] is the kube-rs loop that feeds the
 //!   store (it runs only with `--kubernetes`).
 //! * [`token_review`] authenticates a sidecar's projected service-account
@@ -32,10 +32,13 @@
 //!
 //! Opt out per pod with the annotation `sane.mesh/inject: "false"`.
 
+pub mod crd;
 pub mod error;
 pub mod inject;
 pub mod manifest;
 pub mod probes;
+pub mod source;
+pub mod store;
 pub mod webhook;
 
 pub use error::{InjectError, KubeError, ManifestError};

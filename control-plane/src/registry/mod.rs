@@ -281,12 +281,13 @@ fn apply_op(
     }
 }
 
-/// A file-owned resource may only be changed by that file; API-owned ones may
-/// be taken over by a file (the file is the declared source of truth).
+/// A resource owned by a file (or by Kubernetes) may only be changed by that
+/// owner; API-owned ones may be taken over by either (they are declared
+/// sources of truth).
 fn check_owner(prev: Option<&Entry>, origin: &Origin, kind: Kind, key: &str) -> Result<(), Error> {
     match prev {
         Some(Entry {
-            origin: owner @ Origin::File(_),
+            origin: owner @ (Origin::File(_) | Origin::Kubernetes),
             ..
         }) if owner != origin => Err(Error::Conflict {
             kind,

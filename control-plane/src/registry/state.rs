@@ -20,6 +20,9 @@ pub enum Origin {
     Api,
     /// A YAML file of the config directory.
     File(PathBuf),
+    /// The Kubernetes source (`--kubernetes`): Services, EndpointSlices,
+    /// Pods and `sane.mesh` custom resources of the cluster.
+    Kubernetes,
 }
 
 /// A stored resource and its bookkeeping.
@@ -46,10 +49,12 @@ pub struct State {
 // === impl Origin ===
 
 impl Origin {
-    /// Parses the stored form (`api`, `file:<path>`).
+    /// Parses the stored form (`api`, `file:<path>`, `kubernetes`).
     pub fn parse(s: &str) -> Option<Origin> {
         if s == "api" {
             Some(Origin::Api)
+        } else if s == "kubernetes" {
+            Some(Origin::Kubernetes)
         } else {
             s.strip_prefix("file:")
                 .map(|p| Origin::File(PathBuf::from(p)))
@@ -60,7 +65,7 @@ impl Origin {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Origin::File(p) => Some(p),
-            Origin::Api => None,
+            Origin::Api | Origin::Kubernetes => None,
         }
     }
 }
@@ -70,6 +75,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::Api => f.write_str("api"),
             Origin::File(p) => write!(f, "file:{}", p.display()),
+            Origin::Kubernetes => f.write_str("kubernetes"),
         }
     }
 }
@@ -173,7 +179,10 @@ impl State {
         state.revision = stored.revision;
         let bad_origin = |o: &str| Error::StateInvalid {
             path: path.to_path_buf(),
-            source: Rejected::single("origin", format!("{o:?} is not `api` or `file:<path>`")),
+            source: Rejected::single(
+                "origin",
+                format!("{o:?} is not `api`, `file:<path>` or `kubernetes`"),
+            ),
         };
         let mut add = |origin: String, ttl_ms: Option<u64>, mut resource: Resource| {
             let origin = Origin::parse(&origin).ok_or_else(|| bad_origin(&origin))?;
