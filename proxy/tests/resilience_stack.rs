@@ -145,6 +145,7 @@ fn proxy(apps: &Apps, extra: &str) -> Proxy {
         upstream,
         metrics,
         identity,
+        drain: sane_proxy::drain::Drain::default(),
     });
     Proxy {
         svc,
