@@ -1,15 +1,18 @@
-//! `sane-demo`: starts a small local mesh and runs steady traffic through it
+//! `sane-demo`: starts the whole local mesh — control plane, sidecars with
+//! mutual TLS and xDS, sample services — and runs steady traffic through it
 //! (see `sane_e2e::demo`).
 //!
-//! `cargo run -p sane-e2e --bin sane-demo` runs until Ctrl-C;
-//! `-- --duration 10s` runs for a bounded time. Exits 1 if any request failed.
+//! `cargo run -p sane-e2e --bin sane-demo` runs until Ctrl-C or SIGTERM;
+//! `-- --duration 10s` runs for a bounded time. Exits 1 if any request
+//! failed or any process did not stop cleanly.
 
 use clap::Parser;
 use sane_e2e::demo::{run, DemoOptions};
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Run a local Sane Mesh with steady HTTP/1, HTTP/2, gRPC and TCP traffic.
+/// Run a local Sane Mesh (control plane, sidecars, sample services) with
+/// steady HTTP/1, HTTP/2, gRPC and TCP traffic.
 #[derive(Debug, Parser)]
 #[command(name = "sane-demo", version)]
 struct Args {
