@@ -83,11 +83,11 @@ pub enum TlsError {
         expected: String,
         /// Why it is invalid.
         #[source]
-        source: sane_certs::Error,
+        source: Box<sane_certs::Error>,
     },
     /// Building a rustls config failed.
     #[error("building TLS config: {0}")]
-    Config(#[from] sane_certs::Error),
+    Config(Box<sane_certs::Error>),
     /// The handshake failed (certificate rejected, wrong identity, ...).
     #[error("TLS handshake with {peer} failed: {source}")]
     Handshake {
@@ -104,8 +104,14 @@ pub enum TlsError {
         peer: SocketAddr,
         /// Why.
         #[source]
-        source: sane_certs::Error,
+        source: Box<sane_certs::Error>,
     },
+}
+
+impl From<sane_certs::Error> for TlsError {
+    fn from(e: sane_certs::Error) -> Self {
+        TlsError::Config(Box::new(e))
+    }
 }
 
 // === impl TlsMetrics ===
@@ -178,7 +184,7 @@ impl TlsMaterial {
                 .map_err(|source| TlsError::BadExpectedIdentity {
                     peer,
                     expected: expected.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?
         };
         let config = Arc::new(sane_certs::client_config(
@@ -253,7 +259,10 @@ impl Identity {
             .await
             .map_err(|source| TlsError::Handshake { peer, source })?;
         let id = sane_certs::peer_identity_of(tls.get_ref().1)
-            .map_err(|source| TlsError::NoPeerIdentity { peer, source })?;
+            .map_err(|source| TlsError::NoPeerIdentity {
+                peer,
+                source: Box::new(source),
+            })?;
         Ok((tls, PeerIdentity(id.to_string().into())))
     }
 
