@@ -371,15 +371,8 @@ impl Service<Request<Body>> for EndpointStage {
                 idle_timeout: cluster.idle_timeout,
                 identity: endpoint.identity.clone(),
             };
-            let result = forward(
-                &upstream,
-                &drain,
-                req,
-                &target,
-                &authority,
-                Some(in_flight),
-            )
-            .await;
+            let result =
+                forward(&upstream, &drain, req, &target, &authority, Some(in_flight)).await;
             cluster.finish(attempt, result.as_ref().map(|r| r.status()), &metrics);
             result
         })

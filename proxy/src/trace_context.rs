@@ -175,7 +175,9 @@ impl TraceContext {
         if version == "00" && parts.next().is_some() {
             return None;
         }
-        let trace_id = (trace.len() == 32).then(|| TraceId::parse(trace)).flatten()?;
+        let trace_id = (trace.len() == 32)
+            .then(|| TraceId::parse(trace))
+            .flatten()?;
         let parent = SpanId::parse(span)?;
         let flags = hex::<1>(flags)?[0];
         Some(TraceContext {
@@ -213,8 +215,8 @@ impl TraceContext {
         let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
         let trace_id = TraceId::parse(get("x-b3-traceid")?)?;
         let parent = SpanId::parse(get("x-b3-spanid")?)?;
-        let sampled = get("x-b3-flags") == Some("1")
-            || !matches!(get("x-b3-sampled"), Some("0" | "false"));
+        let sampled =
+            get("x-b3-flags") == Some("1") || !matches!(get("x-b3-sampled"), Some("0" | "false"));
         Some(TraceContext {
             trace_id,
             parent_span_id: Some(parent),
@@ -251,7 +253,12 @@ impl TraceContext {
             Format::B3Single => set(
                 headers,
                 "b3",
-                format!("{}-{}-{}", self.trace_id, self.span_id, u8::from(self.sampled)),
+                format!(
+                    "{}-{}-{}",
+                    self.trace_id,
+                    self.span_id,
+                    u8::from(self.sampled)
+                ),
             ),
             Format::B3Multi => {
                 set(headers, "x-b3-traceid", self.trace_id.to_string());
@@ -279,8 +286,18 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    let id = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]);
-    headers.insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex is a valid header"));
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    );
+    headers.insert(
+        REQUEST_ID,
+        HeaderValue::from_str(&id).expect("hex is a valid header"),
+    );
     id
 }
 
@@ -375,7 +392,9 @@ mod tests {
                 .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
                 .collect();
             for name in ["traceparent", "b3", "x-b3-traceid"] {
-                let Ok(v) = HeaderValue::from_str(&s) else { continue };
+                let Ok(v) = HeaderValue::from_str(&s) else {
+                    continue;
+                };
                 let mut h = HeaderMap::new();
                 h.insert(name, v);
                 h.insert("x-b3-spanid", HeaderValue::from_static(SPAN));

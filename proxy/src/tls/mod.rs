@@ -258,11 +258,12 @@ impl Identity {
             .accept(stream)
             .await
             .map_err(|source| TlsError::Handshake { peer, source })?;
-        let id = sane_certs::peer_identity_of(tls.get_ref().1)
-            .map_err(|source| TlsError::NoPeerIdentity {
+        let id = sane_certs::peer_identity_of(tls.get_ref().1).map_err(|source| {
+            TlsError::NoPeerIdentity {
                 peer,
                 source: Box::new(source),
-            })?;
+            }
+        })?;
         Ok((tls, PeerIdentity(id.to_string().into())))
     }
 
