@@ -12,6 +12,10 @@ pub enum Error {
     /// The certificate authority or its token store could not be set up.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    /// The Kubernetes client, source or webhook could not be set up.
+    #[cfg(feature = "kubernetes")]
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::KubeError),
     /// The durable state file could not be read.
     #[error("reading state file {path}: {source}")]
     StateRead {

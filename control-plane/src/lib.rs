@@ -8,7 +8,9 @@
 //! every ADS stream computes its proxy's view ([`xds::view`]) and feeds it to
 //! its state machine ([`xds::sotw`], [`xds::delta`]), which decides what to
 //! send. Streams record what was sent, ACKed and NACKed in the [`status`]
-//! table, which the [`api`] and [`metrics`] read.
+//! table, which the [`api`] and [`metrics`] read. On Kubernetes (cargo
+//! feature `kubernetes`), [`k8s`] is one more source of resources, one more
+//! way to authenticate to the CA, and the sidecar-injection webhook.
 //!
 //! Entry points: [`build`] binds both listeners and loads the state,
 //! [`Bound::run`] serves until shutdown. `main.rs` (`sane-control-plane`) and
@@ -86,6 +88,10 @@ pub struct Config {
     /// Root rotation: the previous root (PEM), still trusted until
     /// `retiring_until`. Default: none.
     pub retiring_root: Option<(PathBuf, std::time::SystemTime)>,
+    /// Kubernetes: the registry source, TokenReview and the injection
+    /// webhook ([`k8s`]). Default: none.
+    #[cfg(feature = "kubernetes")]
+    pub kubernetes: Option<k8s::KubernetesConfig>,
 }
 
 /// The control plane with its listeners bound and its state loaded.
@@ -102,6 +108,8 @@ pub struct Bound {
     ca: ca::CaService,
     api_state: ApiState,
     file_source: Option<FileSource>,
+    #[cfg(feature = "kubernetes")]
+    kubernetes: Option<k8s::Kubernetes>,
     config: Config,
     /// Stops streams and background tasks; cancelled by `run`'s shutdown.
     stop: CancellationToken,
@@ -127,14 +135,16 @@ impl Default for Config {
             max_cert_ttl: Duration::from_secs(7 * 24 * 3600),
             ca_files: None,
             retiring_root: None,
+            #[cfg(feature = "kubernetes")]
+            kubernetes: None,
         }
     }
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("xds_addr", &self.xds_addr)
+        let mut d = f.debug_struct("Config");
+        d.field("xds_addr", &self.xds_addr)
             .field("api_addr", &self.api_addr)
             .field("data_dir", &self.data_dir)
             .field("config_dir", &self.config_dir)
@@ -148,8 +158,10 @@ impl fmt::Debug for Config {
             .field("cert_ttl", &self.cert_ttl)
             .field("max_cert_ttl", &self.max_cert_ttl)
             .field("ca_files", &self.ca_files)
-            .field("retiring_root", &self.retiring_root)
-            .finish()
+            .field("retiring_root", &self.retiring_root);
+        #[cfg(feature = "kubernetes")]
+        d.field("kubernetes", &self.kubernetes);
+        d.finish()
     }
 }
 
@@ -197,12 +209,24 @@ pub async fn build(
     ));
     let stop = CancellationToken::new();
     let (authority, workload_tokens, retiring) = ca::load(&config)?;
-    let ca = ca::CaService::new(authority, workload_tokens.clone(), metrics_registry)
+    let ca = ca::CaService::new(authority.clone(), workload_tokens.clone(), metrics_registry)
         .map_err(|source| Error::Metrics {
             name: "sane_ca_requests_total",
             source,
         })?
         .with_retiring(retiring);
+    #[cfg(feature = "kubernetes")]
+    let (ca, kubernetes) = match &config.kubernetes {
+        Some(k) => {
+            let bundle = ca.bundle(std::time::SystemTime::now()).to_pem();
+            let kube = k8s::Kubernetes::bind(k.clone(), authority.clone(), bundle).await?;
+            match kube.token_reviewer() {
+                Some(reviewer) => (ca.with_external(reviewer), Some(kube)),
+                None => (ca, Some(kube)),
+            }
+        }
+        None => (ca, None),
+    };
     let ads = AdsService::new(registry.clone(), status.clone(), metrics, stop.clone());
     let api_state = ApiState {
         registry: registry.clone(),
@@ -230,6 +254,8 @@ pub async fn build(
         ca,
         api_state,
         file_source,
+        #[cfg(feature = "kubernetes")]
+        kubernetes,
         config,
         stop,
     })
@@ -263,6 +289,14 @@ impl Bound {
         &self.token
     }
 
+    /// The bound admission-webhook address, if it serves one.
+    #[cfg(feature = "kubernetes")]
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.kubernetes
+            .as_ref()
+            .and_then(k8s::Kubernetes::webhook_addr)
+    }
+
     /// Serves xDS and the API, publishes registry changes, sweeps leases and
     /// follows the config dir, until `shutdown`; then closes the streams and
     /// stops accepting.
@@ -282,6 +316,10 @@ impl Bound {
         tasks.spawn(self.registry.clone().run_lease_sweeper(stop.clone()));
         if let Some(src) = self.file_source {
             tasks.spawn(src.run(self.config.config_poll_interval, stop.clone()));
+        }
+        #[cfg(feature = "kubernetes")]
+        if let Some(kube) = self.kubernetes {
+            tasks.spawn(kube.run(self.registry.clone(), stop.clone()));
         }
 
         let xds_addr = self.xds_addr;

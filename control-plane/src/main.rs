@@ -75,6 +75,9 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    #[cfg(feature = "kubernetes")]
+    #[command(flatten)]
+    kubernetes: sane_control_plane::k8s::KubeArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +92,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         fmt.init();
     }
+    #[cfg(feature = "kubernetes")]
+    let kubernetes = args.kubernetes.into_config(&args.trust_domain);
     let config = Config {
         xds_addr: args.xds_addr,
         api_addr: args.api_addr,
@@ -106,6 +111,8 @@ fn main() -> anyhow::Result<()> {
         max_cert_ttl: args.max_cert_ttl,
         ca_files: args.ca_cert_chain.zip(args.ca_key),
         retiring_root: args.retiring_root.zip(args.retiring_root_until),
+        #[cfg(feature = "kubernetes")]
+        kubernetes,
         body_limit: args.max_body_bytes,
         ..Config::default()
     };
@@ -125,6 +132,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening name=xds addr={}", bound.xds_addr())?;
         writeln!(out, "listening name=api addr={}", bound.api_addr())?;
+        #[cfg(feature = "kubernetes")]
+        if let Some(addr) = bound.webhook_addr() {
+            writeln!(out, "listening name=webhook addr={addr}")?;
+        }
         out.flush()?;
     }
     let shutdown = CancellationToken::new();

@@ -237,3 +237,76 @@ async fn served_over_https_with_a_mesh_ca_certificate() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn the_binary_serves_the_webhook_with_its_ca() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sane-control-plane"))
+        .args(["--xds-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+        .args(["--webhook-addr", "127.0.0.1:0"])
+        .args([
+            "--webhook-dns-name",
+            DNS_NAME,
+            "--trust-domain",
+            "mesh.test",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(addr) = line.strip_prefix("listening name=webhook addr=") {
+                return addr.parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        panic!("no webhook listening line")
+    })
+    .await
+    .unwrap();
+    // The CA the control plane generated into its data dir is the one the
+    // API server would get as caBundle.
+    let ca_pem =
+        std::fs::read_to_string(dir.path().join("ca").join(sane_certs::ca::CA_CERT_FILE)).unwrap();
+    let bundle = sane_certs::TrustBundle::from_pem(&ca_pem).unwrap();
+    let roots = bundle.root_store(SystemTime::now()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(sane_certs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(DNS_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let review = request();
+    let req = http::Request::post(webhook::PATH)
+        .header("host", DNS_NAME)
+        .body(Full::new(Bytes::from(review.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    let pod = patched(&review, &answer);
+    let bootstrap: Bootstrap = serde_yaml::from_str(
+        pod["metadata"]["annotations"]["sane.mesh/bootstrap"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(bootstrap.identity.unwrap().trust_domain, "mesh.test");
+    child.kill().await.unwrap();
+}

@@ -2,7 +2,9 @@
 //!
 //! `CreateCertificate` takes a CSR from a proxy and returns a short-lived
 //! leaf for the identity the caller's bearer token stands for
-//! ([`tokens`]): the SPIFFE id comes from the token, never from the CSR, and a
+//! ([`tokens`], or a Kubernetes service-account token when an
+//! [`ExternalAuthenticator`] is set): the SPIFFE id comes from the token,
+//! never from the CSR, and a
 //! CSR asking for another identity is refused with nothing signed. The CA's
 //! key stays in the control plane's data directory (mode 0600) and never
 //! appears in logs or the API.
@@ -12,7 +14,7 @@ pub mod tokens;
 
 pub use self::error::CaError;
 
-use self::tokens::WorkloadTokens;
+use self::tokens::{TokenGrant, WorkloadTokens};
 use prometheus::{IntCounterVec, Opts};
 use sane_certs::{CertificateAuthority, SpiffeId, TrustBundle};
 use sane_xds_proto::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
@@ -24,6 +26,20 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Another way to authenticate a bearer token than bootstrap tokens (the
+/// Kubernetes TokenReview API). Asked only for tokens the bootstrap store
+/// does not know.
+pub trait ExternalAuthenticator: Send + Sync + std::fmt::Debug {
+    /// The identity `token` stands for: `Ok(None)` if it stands for none,
+    /// `Err` if that cannot be told now (the caller may retry).
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<TokenGrant>, String>> + Send + 'a>,
+    >;
+}
 
 /// Directory (inside the data dir) holding the CA's certificate and key.
 pub const CA_DIR: &str = "ca";
@@ -78,6 +94,7 @@ pub struct CaService {
     tokens: Arc<WorkloadTokens>,
     issued: IntCounterVec,
     retiring: Option<(TrustBundle, SystemTime)>,
+    external: Option<Arc<dyn ExternalAuthenticator>>,
 }
 
 // === impl CaService ===
@@ -103,6 +120,28 @@ impl CaService {
             tokens,
             issued,
             retiring: None,
+            external: None,
+        })
+    }
+
+    /// Also accepts tokens `external` authenticates.
+    pub fn with_external(mut self, external: Arc<dyn ExternalAuthenticator>) -> Self {
+        self.external = Some(external);
+        self
+    }
+
+    /// What `token` grants when the bootstrap tokens do not know it but the
+    /// external authenticator does.
+    async fn external_grant(&self, token: Option<&str>) -> Result<Option<TokenGrant>, Status> {
+        let (Some(token), Some(external)) = (token, &self.external) else {
+            return Ok(None);
+        };
+        if self.tokens.authenticate(token).is_some() {
+            return Ok(None);
+        }
+        external.authenticate(token).await.map_err(|e| {
+            tracing::warn!(error = %e, "external token authentication failed");
+            Status::unavailable(format!("cannot authenticate the token now: {e}"))
         })
     }
 
@@ -134,9 +173,19 @@ impl CaService {
             self.issued.with_label_values(&["unauthenticated"]).inc();
             tracing::warn!("certificate request with a missing or unknown token refused");
             return Err(Status::unauthenticated(
-                "a valid workload bootstrap token is required (authorization: Bearer <token>)",
+                "a valid workload bootstrap token (or, on Kubernetes, service-account token) \
+                 is required (authorization: Bearer <token>)",
             ));
         };
+        self.sign_for(grant, req)
+    }
+
+    /// Signs `req` for the workload `grant` stands for.
+    fn sign_for(
+        &self,
+        grant: TokenGrant,
+        req: &CertificateRequest,
+    ) -> Result<CertificateResponse, Status> {
         let identity = SpiffeId::new(
             self.ca.trust_domain().clone(),
             &grant.namespace,
@@ -182,8 +231,15 @@ impl UnaryService<CertificateRequest> for CreateCertificate {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_string());
-        let result = self.0.create(token.as_deref(), req.get_ref());
-        Box::pin(async move { result.map(Response::new) })
+        let svc = self.0.clone();
+        Box::pin(async move {
+            let result = match svc.external_grant(token.as_deref()).await {
+                Ok(Some(grant)) => svc.sign_for(grant, req.get_ref()),
+                Ok(None) => svc.create(token.as_deref(), req.get_ref()),
+                Err(status) => Err(status),
+            };
+            result.map(Response::new)
+        })
     }
 }
 

@@ -39,11 +39,23 @@ pub mod manifest;
 pub mod probes;
 pub mod source;
 pub mod store;
+pub mod token_review;
+pub mod watch;
 pub mod webhook;
 
 pub use error::{InjectError, KubeError, ManifestError};
 
+use crate::ca::ExternalAuthenticator;
+use crate::registry::Registry;
+use inject::{InjectConfig, Injector};
+use sane_certs::CertificateAuthority;
 use sane_xds_proto::Protocol;
+use source::SourceSettings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use webhook::WebhookServer;
 
 /// Pod annotation: `"false"` opts a pod out of injection.
 pub const INJECT_ANNOTATION: &str = "sane.mesh/inject";
@@ -66,6 +78,223 @@ pub const HEALTH_PORT_NAME: &str = "sane-health";
 pub const PROBES_ENV: &str = "SANE_APP_PROBES";
 /// Default audience of the service-account token sidecars present.
 pub const DEFAULT_TOKEN_AUDIENCE: &str = "sane-mesh";
+
+/// The control plane's Kubernetes flags (flattened into
+/// `sane-control-plane`'s).
+#[derive(Clone, Debug, clap::Args)]
+pub struct KubeArgs {
+    /// Follow the cluster (kubeconfig or in-cluster): Services,
+    /// EndpointSlices, Pods and sane.mesh/v1 objects into the registry, and
+    /// accept service-account tokens (TokenReview) at the CA.
+    #[arg(long, env = "SANE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Serve the sidecar-injection admission webhook (HTTPS) here.
+    #[arg(long, env = "SANE_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// DNS names of the webhook's serving certificate (repeatable).
+    #[arg(
+        long = "webhook-dns-name",
+        default_value = "sane-control-plane.sane-system.svc"
+    )]
+    pub webhook_dns_names: Vec<String>,
+    /// MutatingWebhookConfiguration whose caBundle is set to the mesh CA
+    /// (with --kubernetes and --webhook-addr).
+    #[arg(long, default_value = "sane-sidecar-injector")]
+    pub webhook_config: String,
+    /// Image of the injected containers.
+    #[arg(long, env = "SANE_PROXY_IMAGE")]
+    pub proxy_image: Option<String>,
+    /// imagePullPolicy of the injected containers.
+    #[arg(long)]
+    pub proxy_image_pull_policy: Option<String>,
+    /// xDS/CA URL injected sidecars connect to.
+    #[arg(
+        long,
+        default_value = "http://sane-control-plane.sane-system.svc:15010"
+    )]
+    pub injected_control_plane: String,
+    /// Audience of the service-account tokens sidecars present to the CA.
+    #[arg(long, default_value = DEFAULT_TOKEN_AUDIENCE)]
+    pub token_audience: String,
+}
+
+/// What the control plane does with Kubernetes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KubernetesConfig {
+    /// Follow the cluster into the registry, and review tokens. Default: no.
+    pub watch: bool,
+    /// Webhook listen address. Default: none (no webhook).
+    pub webhook_addr: Option<SocketAddr>,
+    /// DNS names of the webhook's certificate.
+    /// Default: `sane-control-plane.sane-system.svc`.
+    pub webhook_dns_names: Vec<String>,
+    /// MutatingWebhookConfiguration to write the caBundle into, when
+    /// watching. Default: `sane-sidecar-injector`.
+    pub webhook_config: String,
+    /// What is injected.
+    pub inject: InjectConfig,
+    /// How cluster objects become registry resources.
+    pub source: SourceSettings,
+}
+
+/// The Kubernetes side of a built control plane.
+pub struct Kubernetes {
+    client: Option<kube::Client>,
+    webhook: Option<WebhookServer>,
+    reviewer: Option<Arc<token_review::TokenReviewer>>,
+    config: KubernetesConfig,
+    bundle_pem: String,
+}
+
+// === impl KubeArgs ===
+
+impl KubeArgs {
+    /// The configuration, or none when neither the watch nor the webhook is
+    /// asked for.
+    pub fn into_config(self, trust_domain: &str) -> Option<KubernetesConfig> {
+        if !self.kubernetes && self.webhook_addr.is_none() {
+            return None;
+        }
+        let mut inject = InjectConfig {
+            trust_domain: trust_domain.to_string(),
+            control_plane_address: self.injected_control_plane,
+            token_audience: self.token_audience,
+            image_pull_policy: self.proxy_image_pull_policy,
+            ..InjectConfig::default()
+        };
+        if let Some(image) = self.proxy_image {
+            inject.proxy_image = image;
+        }
+        Some(KubernetesConfig {
+            watch: self.kubernetes,
+            webhook_addr: self.webhook_addr,
+            webhook_dns_names: self.webhook_dns_names,
+            webhook_config: self.webhook_config,
+            inject,
+            source: SourceSettings {
+                trust_domain: trust_domain.to_string(),
+                ..SourceSettings::default()
+            },
+        })
+    }
+}
+
+// === impl Kubernetes ===
+
+impl std::fmt::Debug for Kubernetes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubernetes")
+            .field("connected", &self.client.is_some())
+            .field("webhook", &self.webhook)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kubernetes {
+    /// Connects to the cluster (when watching) and binds the webhook.
+    pub async fn bind(
+        config: KubernetesConfig,
+        ca: Arc<CertificateAuthority>,
+        bundle_pem: String,
+    ) -> Result<Kubernetes, KubeError> {
+        let client = if config.watch {
+            Some(
+                kube::Client::try_default()
+                    .await
+                    .map_err(|e| KubeError::ClientConfig(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let reviewer = client.clone().map(|c| {
+            Arc::new(token_review::TokenReviewer::new(
+                c,
+                config.inject.token_audience.clone(),
+            ))
+        });
+        let webhook = match config.webhook_addr {
+            Some(addr) => Some(
+                WebhookServer::bind(
+                    addr,
+                    ca,
+                    config.webhook_dns_names.clone(),
+                    Arc::new(Injector::new(config.inject.clone())),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(Kubernetes {
+            client,
+            webhook,
+            reviewer,
+            config,
+            bundle_pem,
+        })
+    }
+
+    /// The CA's TokenReview authenticator, when watching the cluster.
+    pub fn token_reviewer(&self) -> Option<Arc<dyn ExternalAuthenticator>> {
+        self.reviewer
+            .clone()
+            .map(|r| r as Arc<dyn ExternalAuthenticator>)
+    }
+
+    /// The bound webhook address.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.as_ref().map(WebhookServer::addr)
+    }
+
+    /// Serves the webhook, publishes its caBundle and follows the cluster,
+    /// until `shutdown`.
+    pub async fn run(self, registry: Arc<Registry>, shutdown: CancellationToken) {
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(webhook) = self.webhook {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                if let Err(error) = webhook.run(stop).await {
+                    tracing::error!(%error, "admission webhook stopped");
+                }
+            });
+            if let Some(client) = self.client.clone() {
+                let (name, pem) = (self.config.webhook_config.clone(), self.bundle_pem.clone());
+                tasks.spawn(publish_bundle(client, name, pem, shutdown.clone()));
+            }
+        }
+        if let Some(client) = self.client {
+            tasks.spawn(watch::run(
+                client,
+                registry,
+                self.config.source.clone(),
+                shutdown.clone(),
+            ));
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Writes the caBundle, retrying (the configuration may be applied after
+/// the control plane starts) every 10 s until it succeeds or `shutdown`.
+async fn publish_bundle(
+    client: kube::Client,
+    name: String,
+    pem: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match webhook::publish_ca_bundle(client.clone(), &name, &pem).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot publish the webhook caBundle yet; retrying in 10s")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+    }
+}
 
 /// The protocol a port speaks, from its Kubernetes `appProtocol` or, failing
 /// that, its name (Istio's convention: `grpc`, `grpc-web`, `http2-api`,

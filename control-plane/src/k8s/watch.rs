@@ -1,0 +1,201 @@
+//! The kube-rs watchers (`--kubernetes`): one per watched kind, feeding one
+//! [`ObjectStore`]; once every kind is listed and changes settle, the store
+//! is [`convert`]ed and [`KubeSource::sync`]ed into the registry.
+//!
+//! Everything this loop decides is in the store and the source, which the
+//! tests drive with recorded events; this file only moves events. Watch
+//! errors are retried with kube-runtime's default backoff; a `sane.mesh`
+//! CRD that is not installed is skipped with a warning (its kind counts as
+//! listed and empty) rather than blocking the first sync forever.
+
+use super::crd::PolicyKind;
+use super::source::{convert, KubeSource, SourceSettings};
+use super::store::{KubeObject, ObjectKind, ObjectStore, StoreEvent};
+use crate::registry::Registry;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::DynamicObject;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Sync once events have been quiet this long…
+const QUIET: Duration = Duration::from_millis(100);
+/// …or at the latest this long after the first of a batch.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The API access the control plane needs (`deploy/kubernetes` grants
+/// exactly this; a test checks it): group, resource, verbs.
+pub const REQUIRED_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "services", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("sane.mesh", "routes", &["list", "watch"]),
+    ("sane.mesh", "destinationpolicies", &["list", "watch"]),
+    ("sane.mesh", "authorizationpolicies", &["list", "watch"]),
+    ("sane.mesh", "peerauthentications", &["list", "watch"]),
+    ("authentication.k8s.io", "tokenreviews", &["create"]),
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        &["get", "update"],
+    ),
+];
+
+/// Watches the cluster into `registry` until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    registry: Arc<Registry>,
+    settings: SourceSettings,
+    shutdown: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::channel::<StoreEvent>(1024);
+    let mut store = ObjectStore::new();
+    let mut kinds = vec![
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::Pod,
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(follow(
+        watcher(Api::<Service>::all(client.clone())),
+        ObjectKind::Service,
+        |s| KubeObject::Service(Box::new(s)),
+        tx.clone(),
+    ));
+    tasks.spawn(follow(
+        watcher(Api::<EndpointSlice>::all(client.clone())),
+        ObjectKind::EndpointSlice,
+        |s| KubeObject::EndpointSlice(Box::new(s)),
+        tx.clone(),
+    ));
+    tasks.spawn(follow(
+        watcher(Api::<Pod>::all(client.clone())),
+        ObjectKind::Pod,
+        |p| KubeObject::Pod(Box::new(p)),
+        tx.clone(),
+    ));
+    for kind in PolicyKind::ALL {
+        let object_kind = ObjectKind::Policy(kind);
+        kinds.push(object_kind);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::warn!(
+                    crd = format!("{}.{}", kind.plural(), super::crd::GROUP),
+                    "CRD not installed; these objects are ignored until a restart"
+                );
+                store.handle(StoreEvent::RelistStart(object_kind));
+                store.handle(StoreEvent::RelistDone(object_kind));
+                continue;
+            }
+            // Anything else the watcher retries and reports.
+            _ => {}
+        }
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        tasks.spawn(follow(
+            stream,
+            object_kind,
+            move |o| KubeObject::Policy(kind, Box::new(o)),
+            tx.clone(),
+        ));
+    }
+    drop(tx);
+
+    let mut source = Some(KubeSource::new(registry));
+    let mut logged_listed = false;
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = rx.recv() => match e { Some(e) => e, None => break },
+        };
+        store.handle(event);
+        // Coalesce a burst (a relist is thousands of events).
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(QUIET) => break,
+                _ = tokio::time::sleep_until(deadline) => break,
+                e = rx.recv() => match e { Some(e) => store.handle(e), None => break },
+            }
+        }
+        if !store.is_listed(&kinds) {
+            continue;
+        }
+        if !logged_listed {
+            tracing::info!(
+                pods = store.pod_count(),
+                "kubernetes objects listed; syncing the registry"
+            );
+            logged_listed = true;
+        }
+        let converted = convert(&store, &settings);
+        let Some(mut s) = source.take() else { break };
+        // The registry's store fsyncs: keep it off the async workers.
+        let done = tokio::task::spawn_blocking(move || {
+            let result = s.sync(converted);
+            (s, result)
+        })
+        .await;
+        match done {
+            Ok((s, result)) => {
+                source = Some(s);
+                match result {
+                    Ok(report) if report.writes > 0 => {
+                        tracing::debug!(writes = report.writes, "registry synced from kubernetes")
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "writing kubernetes objects to the registry failed")
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "kubernetes sync panicked; no longer following the cluster");
+                break;
+            }
+        }
+    }
+    tasks.abort_all();
+}
+
+fn watcher<K>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+/// Forwards one watcher's events to the store's loop.
+async fn follow<K, S>(
+    stream: S,
+    kind: ObjectKind,
+    wrap: impl Fn(K) -> KubeObject + Send + 'static,
+    tx: mpsc::Sender<StoreEvent>,
+) where
+    S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(Event::Init) => StoreEvent::RelistStart(kind),
+            Ok(Event::InitApply(o) | Event::Apply(o)) => StoreEvent::Apply(wrap(o)),
+            Ok(Event::Delete(o)) => StoreEvent::Delete(wrap(o)),
+            Ok(Event::InitDone) => StoreEvent::RelistDone(kind),
+            Err(error) => {
+                tracing::warn!(?kind, %error, "kubernetes watch failed; retrying");
+                continue;
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
