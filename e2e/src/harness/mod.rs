@@ -3,12 +3,15 @@
 //! * [`bins`] builds `sane-proxy` and `sane-echo` once per test process.
 //! * [`Proc`] runs a binary and reads its `listening name=… addr=…` lines.
 //! * [`Mesh`] / [`TwoHop`] start echo apps and sidecars from typed configs.
+//! * [`ControlPlane`] runs `sane-control-plane`; [`ApiClient`] and
+//!   [`Sanectl`] talk to it over HTTP and through the CLI.
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
 
 mod app;
 mod binaries;
 mod control_plane;
+mod control_plane_client;
 mod eventually;
 mod grpc;
 pub mod http;
@@ -20,6 +23,7 @@ mod two_hop;
 pub use app::{echo_service, EchoAddrs, EchoApp, GRPC_PORT, HTTP_PORT, TCP_PORT};
 pub use binaries::{bin, bins, bins_for, echo_bin, workspace_root, Bins, PACKAGES};
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
+pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};

@@ -208,12 +208,12 @@ async fn session(
         let origin = format!("xds {}", resp.type_url);
         let reply = match state.candidate(&resp) {
             Err(reason) => Err(reason),
-            Ok((t, received, candidate)) => match store.apply_dynamic(candidate, &origin) {
+            Ok((t, received, candidate)) => match store.apply_dynamic(candidate.clone(), &origin) {
                 Ok(version) => {
                     tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
                     Ok(state.accept(t, &resp, received))
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
             },
         };
         let reply = match reply {

@@ -7,8 +7,10 @@
 //! proxy has not (yet) received are held back rather than rejected: the
 //! control plane may send types in any order, and they become active when
 //! the service arrives. The merged candidate is then compiled by the caller;
-//! a compile error is a NACK too, and the last good config keeps serving.
+//! a compile error is a NACK too (naming the resource:
+//! [`compile_nack_reason`]), and the last good config keeps serving.
 
+use crate::error::StartError;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
@@ -219,6 +221,36 @@ pub fn name_of(r: &Resource) -> String {
     }
 }
 
+/// The NACK message for a candidate that validated but failed to compile
+/// (a regex, a destination port): the error names the field by its index in
+/// the merged resources (`resources.routes[3]...`), which means nothing to
+/// the control plane, so the message starts with the resource's name, as a
+/// validation NACK does (`route default/web: ...`).
+pub fn compile_nack_reason(e: &StartError, candidate: &MeshResources) -> String {
+    let text = e.to_string();
+    let StartError::Compile { field, .. } = e else {
+        return text;
+    };
+    match resource_at(field, candidate) {
+        Some(r) => format!("{} {}: {text}", kind(&r), name_of(&r)),
+        None => text,
+    }
+}
+
+/// The resource a compile error's field path (`resources.<kind>[<i>]...`)
+/// points at. Listeners come from the bootstrap file, not from xDS.
+fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
+    let (kind, rest) = field.strip_prefix("resources.")?.split_once('[')?;
+    let i: usize = rest.split_once(']')?.0.parse().ok()?;
+    match kind {
+        "services" => candidate.services.get(i).cloned().map(Resource::Service),
+        "endpoints" => candidate.endpoints.get(i).cloned().map(Resource::Endpoint),
+        "routes" => candidate.routes.get(i).cloned().map(Resource::Route),
+        "policies" => candidate.policies.get(i).cloned().map(Resource::Policy),
+        _ => None,
+    }
+}
+
 /// Builds the resource set, holding back what refers to unknown services.
 fn assemble(all: Vec<&Resource>) -> MeshResources {
     let services: HashSet<String> = all
@@ -386,6 +418,39 @@ mod tests {
             .candidate(&r)
             .unwrap_err()
             .contains("in a type.googleapis.com/sane.mesh.v1.Service response"));
+    }
+
+    #[test]
+    fn compile_errors_are_nacked_with_the_resource_name() {
+        let route = Route {
+            name: "canary".into(),
+            namespace: "shop".into(),
+            service: "echo".into(),
+            ..Default::default()
+        };
+        let candidate = MeshResources {
+            routes: vec![route],
+            ..Default::default()
+        };
+        let compile = |field: &str| StartError::Compile {
+            path: "xds Route".into(),
+            field: field.into(),
+            reason: "invalid regex \"[a-\"".into(),
+        };
+        let reason = compile_nack_reason(
+            &compile("resources.routes[0].rules[0].matches[0].headers[0].value"),
+            &candidate,
+        );
+        assert_eq!(
+            reason,
+            "route shop/canary: invalid config xds Route: \
+             resources.routes[0].rules[0].matches[0].headers[0].value: invalid regex \"[a-\""
+        );
+        // A listener (from the file) or an index out of range: unchanged.
+        for field in ["resources.listeners[0].service_port", "resources.routes[7]"] {
+            let e = compile(field);
+            assert_eq!(compile_nack_reason(&e, &candidate), e.to_string());
+        }
     }
 
     #[test]
