@@ -10,6 +10,7 @@ use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
 use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
+use crate::transparent::OriginalDstTable;
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
@@ -37,6 +38,9 @@ pub struct Snapshot {
     pub inbound: HashMap<String, Arc<InboundTarget>>,
     /// Every cluster, for load counters and the admin API.
     pub clusters: Vec<Arc<Cluster>>,
+    /// Service and endpoint addresses, for transparently intercepted
+    /// connections.
+    pub transparent: OriginalDstTable,
 }
 
 /// Where an inbound listener delivers traffic.
@@ -259,6 +263,9 @@ impl Snapshot {
                 }
             }
         }
+        let transparent = OriginalDstTable::compile(res, &routes, |service, port, only| {
+            builder.cluster_of(service, port, &BTreeMap::new(), only)
+        });
         let clusters = builder.built.into_values().collect();
         Ok(Self {
             version,
@@ -267,6 +274,7 @@ impl Snapshot {
             tcp_targets,
             inbound,
             clusters,
+            transparent,
         })
     }
 
@@ -276,7 +284,7 @@ impl Snapshot {
     }
 }
 
-type ClusterKey = (String, u32, BTreeMap<String, String>);
+type ClusterKey = (String, u32, BTreeMap<String, String>, Option<IpAddr>);
 
 /// Builds each cluster once per snapshot, however many routes point at it.
 struct ClusterBuilder<'a> {
@@ -320,7 +328,19 @@ impl ClusterBuilder<'_> {
         port: u32,
         subset: &BTreeMap<String, String>,
     ) -> Arc<Cluster> {
-        let key = (service.to_string(), port, subset.clone());
+        self.cluster_of(service, port, subset, None)
+    }
+
+    /// [`Self::cluster`], narrowed to the endpoint at `only` when given (a
+    /// transparently intercepted connection addressed that instance).
+    fn cluster_of(
+        &mut self,
+        service: &str,
+        port: u32,
+        subset: &BTreeMap<String, String>,
+        only: Option<IpAddr>,
+    ) -> Arc<Cluster> {
+        let key = (service.to_string(), port, subset.clone(), only);
         if let Some(c) = self.built.get(&key) {
             return c.clone();
         }
@@ -339,6 +359,7 @@ impl ClusterBuilder<'_> {
             .into_iter()
             .flatten()
             .filter(|e| subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .filter(|e| only.is_none() || e.ip() == only)
             .filter_map(|e| EndpointState::new(e, &sp, self.counters))
             .map(Arc::new)
             .collect();
@@ -348,6 +369,9 @@ impl ClusterBuilder<'_> {
         if !subset.is_empty() {
             let labels: Vec<String> = subset.iter().map(|(k, v)| format!("{k}={v}")).collect();
             name.push_str(&format!("[{}]", labels.join(",")));
+        }
+        if let Some(ip) = only {
+            name.push_str(&format!("[{ip}]"));
         }
         let previous = self.previous.get(&name).cloned();
         let cluster = Arc::new(

@@ -5,8 +5,11 @@
 //! * outbound TCP listener: spliced to an endpoint of the target service;
 //! * inbound listener: a peer sidecar's transport header names the workload
 //!   port and framing; otherwise the protocol is detected and the connection
-//!   goes to the first declared workload port of that kind.
+//!   goes to the port the client originally addressed (when iptables
+//!   redirected it to a transparent listener), else to the first declared
+//!   workload port of that kind.
 
+use crate::cluster::Cluster;
 use crate::config::InboundTarget;
 use crate::drain::Drain;
 use crate::protocol::detect::{self, Detected};
@@ -102,13 +105,22 @@ pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain
 }
 
 /// Splices an outbound TCP connection to an endpoint of `listener`'s service.
-pub async fn outbound_tcp(mut client: tokio::net::TcpStream, listener: &str, ctx: &StackContext) {
+pub async fn outbound_tcp(client: tokio::net::TcpStream, listener: &str, ctx: &StackContext) {
     let snapshot = ctx.config.load();
     let Some(cluster) = snapshot.tcp_targets.get(listener).cloned() else {
         tracing::warn!(listener, "no tcp target configured; closing");
         return;
     };
     drop(snapshot);
+    splice_to_cluster(client, &cluster, ctx).await
+}
+
+/// Splices an outbound TCP connection to an endpoint of `cluster`.
+pub async fn splice_to_cluster(
+    mut client: tokio::net::TcpStream,
+    cluster: &Cluster,
+    ctx: &StackContext,
+) {
     let Some(endpoint) = cluster.pick(&[]) else {
         tracing::warn!(cluster = %cluster.name, flags = "UH", "no healthy endpoint; closing");
         return;
@@ -149,11 +161,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves an inbound connection from a peer sidecar or a plain client:
 /// mutual TLS first (required, optional or off per the listener's modes),
-/// then protocol detection inside it.
+/// then protocol detection inside it. `original_port` is the port a
+/// redirected client originally addressed.
 pub async fn inbound(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     target: Arc<InboundTarget>,
+    original_port: Option<u16>,
     ctx: StackContext,
     drain: Drain,
 ) {
@@ -176,13 +190,13 @@ pub async fn inbound(
         }
     };
     if !tls {
-        return inbound_detected(stream, peer, None, target, ctx, drain).await;
+        return inbound_detected(stream, peer, None, target, original_port, ctx, drain).await;
     }
     let identity = ctx.identity.clone();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, identity.accept(stream, peer)).await {
         Ok(Ok((tls, peer_id))) => {
             tracing::debug!(%peer, identity = %peer_id.0, "mutual TLS established");
-            inbound_detected(tls, peer, Some(peer_id), target, ctx, drain).await
+            inbound_detected(tls, peer, Some(peer_id), target, original_port, ctx, drain).await
         }
         Ok(Err(e)) => {
             identity.record_failure("inbound");
@@ -200,6 +214,7 @@ async fn inbound_detected<I: Io>(
     peer: SocketAddr,
     peer_id: Option<PeerIdentity>,
     target: Arc<InboundTarget>,
+    original_port: Option<u16>,
     ctx: StackContext,
     drain: Drain,
 ) {
@@ -223,8 +238,7 @@ async fn inbound_detected<I: Io>(
                 Framing::Opaque => None,
             },
         ),
-        Detected::Http1 | Detected::Http2 => (target.default_http, Some(Framed::Auto)),
-        Detected::Opaque => (target.default_tcp, None),
+        plain => plain_client_port(&target, plain, original_port),
     };
     let Some(port) = port else {
         tracing::warn!(%peer, ?detected, "no workload port declared for this protocol; closing");
@@ -264,6 +278,24 @@ async fn inbound_detected<I: Io>(
     }
 }
 
+/// Where a plain client (no transport header) goes: the port it originally
+/// addressed, when iptables redirected it here, else the first declared
+/// workload port of its protocol. A declared `tcp` port is spliced whatever
+/// its first bytes look like.
+fn plain_client_port(
+    target: &InboundTarget,
+    detected: Detected,
+    original_port: Option<u16>,
+) -> (Option<u16>, Option<Framed>) {
+    let http = matches!(detected, Detected::Http1 | Detected::Http2);
+    match original_port {
+        Some(port) if target.ports.get(&port) == Some(&Protocol::Tcp) => (Some(port), None),
+        Some(port) => (Some(port), http.then_some(Framed::Auto)),
+        None if http => (target.default_http, Some(Framed::Auto)),
+        None => (target.default_tcp, None),
+    }
+}
+
 async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: &StackContext) {
     let target = Target {
         addr,
@@ -289,5 +321,61 @@ async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: 
             tracing::warn!(%addr, error = %e, "workload connect failed; closing");
             let _ = client.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn target() -> InboundTarget {
+        InboundTarget {
+            ip: [127, 0, 0, 1].into(),
+            ports: HashMap::from([
+                (8080, Protocol::Http),
+                (8081, Protocol::Http),
+                (5432, Protocol::Tcp),
+            ]),
+            default_http: Some(8080),
+            default_tcp: Some(5432),
+            detect_timeout: Duration::from_secs(1),
+            tls_mode: TlsMode::Permissive,
+            port_tls: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_redirected_plain_client_reaches_the_port_it_addressed() {
+        let t = target();
+        let http = Some(Framed::Auto);
+        // Not redirected: the first declared port of the detected protocol.
+        assert_eq!(
+            plain_client_port(&t, Detected::Http1, None),
+            (Some(8080), http)
+        );
+        assert_eq!(
+            plain_client_port(&t, Detected::Opaque, None),
+            (Some(5432), None)
+        );
+        // Redirected: the original destination port, whatever is declared
+        // first (and undeclared ports too, by what was detected).
+        assert_eq!(
+            plain_client_port(&t, Detected::Http2, Some(8081)),
+            (Some(8081), http)
+        );
+        assert_eq!(
+            plain_client_port(&t, Detected::Http1, Some(9000)),
+            (Some(9000), http)
+        );
+        assert_eq!(
+            plain_client_port(&t, Detected::Opaque, Some(9000)),
+            (Some(9000), None)
+        );
+        // A declared tcp port is spliced even if its bytes look like HTTP.
+        assert_eq!(
+            plain_client_port(&t, Detected::Http1, Some(5432)),
+            (Some(5432), None)
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! an endpoint that [`upstream`] reaches through its pools. [`config`] holds
 //! the current snapshot (swapped atomically on reload), [`admin`] exposes
 //! readiness, metrics and the config, [`drain`] shuts down gracefully.
+//! Connections the [`iptables`] rules redirect to a transparent listener are
+//! served by [`transparent`] according to where they were going.
 //!
 //! Entry point: [`build`] binds every socket and returns a [`Proxy`] that
 //! reports its addresses; [`Proxy::run`] serves until drained.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod error;
+pub mod iptables;
 pub mod listener;
 pub mod policy;
 pub mod protocol;
@@ -28,6 +31,7 @@ pub mod stack;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod transparent;
 pub mod upstream;
 pub mod xds;
 
@@ -122,10 +126,11 @@ pub async fn build(
     ));
     let snapshot = Snapshot::compile(bootstrap, 1, None, &origin)?;
     let (admin_socket, admin_addr) = listener::bind_tcp("admin", &admin_address)?;
+    let intercepted = transparent::InterceptMetrics::register(&registry)?;
     let listeners = snapshot
         .listeners()
         .iter()
-        .map(BoundListener::bind)
+        .map(|l| BoundListener::bind(l, &intercepted))
         .collect::<Result<Vec<_>, _>>()?;
     let metrics = Metrics::register(&registry)?;
     metrics.config_version.set(snapshot.version as i64);

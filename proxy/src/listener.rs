@@ -1,11 +1,13 @@
 //! Listeners: bound at build time (so the real addresses are known before
 //! serving), then an accept loop per listener that hands each connection to
-//! [`crate::conn`] in a task tracked by the drain.
+//! [`crate::conn`] (or, on a transparent outbound listener, to
+//! [`crate::transparent`]) in a task tracked by the drain.
 
 use crate::conn::{self, Framed};
 use crate::drain::Drain;
 use crate::error::StartError;
 use crate::stack::{self, StackContext};
+use crate::transparent::{self, InterceptMetrics};
 use sane_xds_proto::{Direction, Listener, Protocol};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,6 +23,9 @@ pub struct BoundListener {
     pub addr: SocketAddr,
     direction: Direction,
     protocol: Protocol,
+    /// Receives connections redirected by iptables.
+    transparent: bool,
+    intercepted: InterceptMetrics,
     socket: TcpListener,
 }
 
@@ -47,14 +52,17 @@ pub fn bind_tcp(name: &str, addr: &str) -> Result<(TcpListener, SocketAddr), Sta
 // === impl BoundListener ===
 
 impl BoundListener {
-    /// Binds `l`.
-    pub fn bind(l: &Listener) -> Result<Self, StartError> {
+    /// Binds `l`; `intercepted` counts what a transparent listener's
+    /// connections turn out to be.
+    pub fn bind(l: &Listener, intercepted: &InterceptMetrics) -> Result<Self, StartError> {
         let (socket, addr) = bind_tcp(&l.name, &l.address)?;
         Ok(Self {
             name: l.name.clone(),
             addr,
             direction: l.direction(),
             protocol: l.protocol(),
+            transparent: l.transparent,
+            intercepted: intercepted.clone(),
             socket,
         })
     }
@@ -90,10 +98,15 @@ impl BoundListener {
             let svc = outbound_http.clone();
             let name = self.name.clone();
             let (direction, protocol) = (self.direction, self.protocol);
+            let transparent = self.transparent;
+            let intercepted = self.intercepted.clone();
             drain.spawn(
                 async move {
                     active.inc();
                     match (direction, protocol) {
+                        (Direction::Outbound, _) if transparent => {
+                            transparent::outbound(stream, &name, svc, &ctx, d, &intercepted).await
+                        }
                         (Direction::Outbound, Protocol::Tcp) => {
                             conn::outbound_tcp(stream, &name, &ctx).await
                         }
@@ -102,8 +115,14 @@ impl BoundListener {
                         }
                         (Direction::Inbound, _) => {
                             let target = ctx.config.load().inbound.get(&name).cloned();
+                            // Where a redirected plain client was going
+                            // selects the workload port.
+                            let original = transparent
+                                .then(|| transparent::redirected_to(&stream))
+                                .flatten()
+                                .map(|dst| dst.port());
                             match target {
-                                Some(t) => conn::inbound(stream, peer, t, ctx, d).await,
+                                Some(t) => conn::inbound(stream, peer, t, original, ctx, d).await,
                                 None => tracing::warn!("inbound listener has no target; closing"),
                             }
                         }

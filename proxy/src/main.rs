@@ -2,19 +2,28 @@
 //!
 //! Parses arguments, loads and validates the config, builds the runtime and
 //! hands over to the library. Signals: SIGHUP reloads the config, SIGTERM and
-//! SIGINT drain and exit.
+//! SIGINT drain and exit. `sane-proxy iptables install|uninstall` sets up
+//! (or removes) transparent interception in the pod's network namespace and
+//! exits.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use sane_proxy::iptables::IptablesCommand;
 use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "sane-proxy", version, about = "Sane Mesh sidecar proxy")]
+#[command(
+    name = "sane-proxy",
+    version,
+    about = "Sane Mesh sidecar proxy",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
-    /// Bootstrap config file (YAML).
-    #[arg(long, env = "SANE_PROXY_CONFIG")]
-    config: PathBuf,
+    /// Bootstrap config file (YAML). Required to run the proxy.
+    #[arg(long, env = "SANE_PROXY_CONFIG", required = true)]
+    config: Option<PathBuf>,
     /// Validate the config and exit.
     #[arg(long)]
     check: bool,
@@ -24,6 +33,17 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install or remove the NAT rules that redirect the pod's TCP traffic
+    /// to the proxy (run as root in the pod's network namespace, before the
+    /// app starts).
+    #[command(subcommand)]
+    Iptables(IptablesCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,14 +60,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let bootstrap = sane_proxy::config::read_file(&args.config)?;
+    if let Some(Command::Iptables(cmd)) = &args.command {
+        println!("{}", sane_proxy::iptables::run(cmd)?.trim_end());
+        return Ok(());
+    }
+    let config = args.config.context("--config is required")?;
+    let bootstrap = sane_proxy::config::read_file(&config)?;
     if args.check {
-        sane_proxy::config::Snapshot::compile(
-            bootstrap,
-            1,
-            None,
-            &args.config.display().to_string(),
-        )?;
+        sane_proxy::config::Snapshot::compile(bootstrap, 1, None, &config.display().to_string())?;
         println!("config ok");
         return Ok(());
     }
@@ -58,7 +78,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let rt = rt.enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let registry = prometheus::Registry::new();
-        let proxy = sane_proxy::build(bootstrap, Some(args.config.clone()), registry).await?;
+        let proxy = sane_proxy::build(bootstrap, Some(config), registry).await?;
         let mut out = std::io::stdout().lock();
         for (name, addr) in proxy.addresses() {
             writeln!(out, "listening name={name} addr={addr}")?;
@@ -105,5 +125,28 @@ fn init_logs(format: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iptables_needs_no_config_and_serving_needs_one() {
+        let args = Args::try_parse_from(["sane-proxy", "iptables", "install", "--dry-run"]);
+        assert!(matches!(
+            args.map(|a| a.command),
+            Ok(Some(Command::Iptables(IptablesCommand::Install {
+                dry_run: true,
+                ..
+            })))
+        ));
+        let both =
+            Args::try_parse_from(["sane-proxy", "--config", "x.yaml", "iptables", "uninstall"]);
+        assert!(both.is_err());
+        let serve = Args::try_parse_from(["sane-proxy", "--config", "x.yaml"]).unwrap();
+        assert_eq!(serve.config, Some(PathBuf::from("x.yaml")));
+        assert!(serve.command.is_none());
     }
 }

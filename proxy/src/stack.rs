@@ -51,6 +51,7 @@ use crate::protocol::http as h;
 use crate::route::Destination;
 use crate::telemetry::{Metrics, RequestLabels, ResilienceMetrics};
 use crate::tls::PeerIdentity;
+use crate::transparent::OriginalDst;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -297,15 +298,20 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let routed = (|| {
             let snapshot = self.config.load();
-            let (host, port) = h::target(&req)?;
-            let authority = h::authority_text(&req).unwrap_or_else(|| host.clone());
-            let route =
-                snapshot
-                    .routes
-                    .resolve(&host, port)
-                    .ok_or_else(|| ProxyError::NoRoute {
-                        authority: authority.clone(),
-                    })?;
+            let target = h::target(&req);
+            let original = req.extensions().get::<OriginalDst>().map(|d| d.0);
+            let authority = h::authority_text(&req)
+                .or_else(|| original.map(|dst| dst.to_string()))
+                .unwrap_or_default();
+            let by_host = (target.as_ref().ok())
+                .and_then(|(host, port)| snapshot.routes.resolve(host, *port));
+            // A transparently intercepted request whose Host names no service
+            // (an IP, or none at all) goes where its connection was going.
+            let by_dst = || original.and_then(|dst| snapshot.transparent.http_route(dst));
+            let Some(route) = by_host.or_else(by_dst) else {
+                target?;
+                return Err(ProxyError::NoRoute { authority });
+            };
             if let Some(obs) = req.extensions().get::<ObservedService>() {
                 *obs.0.lock().expect("not poisoned") =
                     Some((route.service.clone(), route.protocol));

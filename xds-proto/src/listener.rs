@@ -32,8 +32,17 @@ pub enum Direction {
 /// Whether an inbound port requires mutual TLS (like Istio's
 /// PeerAuthentication modes).
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration,
-    Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    prost::Enumeration,
+    Serialize,
+    Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 #[repr(i32)]
@@ -57,6 +66,9 @@ pub enum TlsMode {
 /// * `inbound`: accepts peer sidecars (which announce the workload port in a
 ///   transport header) and plain clients (whose protocol is detected, then
 ///   delivered to the first matching `workload_ports` entry).
+/// * `transparent`: the listener receives connections redirected to it by
+///   `sane-proxy iptables install` and uses each one's original destination
+///   (see the field).
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listener {
@@ -107,6 +119,17 @@ pub struct Listener {
         deserialize_with = "enum_de::<TlsMode, _>"
     )]
     pub tls_mode: i32,
+    /// Whether connections arrive redirected by iptables (`sane-proxy
+    /// iptables install`) rather than addressed to the listener. Outbound
+    /// (`http` only): every connection is routed by its original
+    /// destination: a service address (`Service.addresses`) or an endpoint's
+    /// `address:workload port` is served as that service port (HTTP through
+    /// the routes, TCP spliced), anything else is passed through to the
+    /// original destination unchanged. Inbound: a plain client's original
+    /// destination port is the workload port it reaches (instead of the first
+    /// declared one of its protocol). Default: false.
+    #[prost(bool, tag = "11")]
+    pub transparent: bool,
 }
 
 /// One port of the local workload.
@@ -182,6 +205,16 @@ impl Listener {
                 ),
             ),
             (Direction::Inbound, _) => {}
+        }
+        if self.transparent
+            && self.direction() == Direction::Outbound
+            && self.protocol() == Protocol::Tcp
+        {
+            errs.push(
+                &path.field("transparent"),
+                "applies to outbound http listeners and inbound listeners; a transparent \
+                 listener routes each connection by its original destination, not to one service",
+            );
         }
         if self.direction() == Direction::Inbound && !self.service.is_empty() {
             errs.push(

@@ -3,7 +3,8 @@
 use crate::validate::{Errors, FieldPath, ValidationErrors};
 use crate::{DestinationPolicy, Endpoint, Listener, Route, Service};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 /// Every resource a proxy needs: what a YAML file holds and what the control
 /// plane pushes.
@@ -98,11 +99,26 @@ impl MeshResources {
             }
         }
         let mut services = HashSet::new();
+        let mut vips = HashMap::new();
         for (i, s) in self.services.iter().enumerate() {
             let p = root.item("services", i);
             s.validate_into(&p, errs);
             if !services.insert(s.key()) {
                 errs.push(&p.field("name"), format!("{:?} is declared twice", s.key()));
+            }
+            for (j, a) in s.addresses.iter().enumerate() {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                match vips.get(&ip) {
+                    Some(owner) if *owner != s.key() => errs.push(
+                        &p.item("addresses", j),
+                        format!("{ip} is already the address of {owner:?}"),
+                    ),
+                    _ => {
+                        vips.insert(ip, s.key());
+                    }
+                }
             }
         }
         let known = |name: &str, ns: &str| -> bool {

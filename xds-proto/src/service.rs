@@ -3,6 +3,7 @@
 use crate::serde_util::{enum_de, enum_ser};
 use crate::validate::{Errors, FieldPath};
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 
 /// The protocol a port speaks. Decides how the proxy carries its traffic.
 #[derive(
@@ -32,7 +33,9 @@ pub enum Protocol {
 }
 
 /// A service in the mesh. Its host names are `name`, `name.namespace`,
-/// `name.namespace.svc` and `name.namespace.svc.cluster.local`, plus `hosts`.
+/// `name.namespace.svc` and `name.namespace.svc.cluster.local`, plus `hosts`;
+/// its `addresses` (virtual IPs, like a Kubernetes ClusterIP) reach it through
+/// transparent interception.
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Service {
@@ -49,6 +52,12 @@ pub struct Service {
     /// Default: none.
     #[prost(string, repeated, tag = "4")]
     pub hosts: Vec<String>,
+    /// Virtual IP addresses of the service (like a ClusterIP). A connection
+    /// a transparent outbound listener intercepts on `address:port`, for any
+    /// port of the service, goes to the service. Unique across services.
+    /// Default: none.
+    #[prost(string, repeated, tag = "5")]
+    pub addresses: Vec<String>,
 }
 
 /// One port of a service.
@@ -156,6 +165,26 @@ impl Service {
         for (i, h) in self.hosts.iter().enumerate() {
             errs.name(&path.item("hosts", i), &h.to_ascii_lowercase());
         }
+        for (i, a) in self.addresses.iter().enumerate() {
+            let ap = path.item("addresses", i);
+            match a.parse::<IpAddr>() {
+                Err(_) => errs.push(&ap, format!("{a:?} is not an IP address")),
+                Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
+                    errs.push(&ap, format!("{ip} cannot be a service address"))
+                }
+                Ok(ip) => {
+                    let earlier = self.addresses[..i].iter().filter_map(|b| b.parse().ok());
+                    if earlier.into_iter().any(|prev: IpAddr| prev == ip) {
+                        errs.push(&ap, format!("{ip} is declared twice"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The parsed `addresses`; validation guarantees they parse.
+    pub fn ips(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses.iter().filter_map(|a| a.parse().ok())
     }
 }
 

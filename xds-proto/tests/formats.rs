@@ -180,3 +180,59 @@ fn invalid_policy_values_are_named_with_their_path() {
         .to_string();
     assert!(err.contains("invalid duration \"-10ms\""), "{err}");
 }
+
+#[test]
+fn transparent_listeners_and_service_addresses() {
+    let text = r#"
+resources:
+  listeners:
+    - { name: outbound, address: "127.0.0.1:15001", transparent: true }
+    - { name: inbound, direction: inbound, address: "0.0.0.0:15006", transparent: true }
+  services:
+    - { name: echo, addresses: [ 10.96.0.10, "fd00::10" ], ports: [ { port: 80 } ] }
+"#;
+    let b: Bootstrap = serde_yaml::from_str(text).unwrap();
+    b.validate().unwrap();
+    let r = &b.resources;
+    assert!(r.listeners[0].transparent && r.listeners[1].transparent);
+    assert_eq!(r.services[0].ips().count(), 2);
+    let decoded = MeshResources::decode(r.encode_to_vec().as_slice()).unwrap();
+    assert_eq!(&decoded, r);
+    let json = serde_json::to_string(r).unwrap();
+    assert!(
+        json.contains(r#""addresses":["10.96.0.10","fd00::10"]"#),
+        "{json}"
+    );
+
+    // Defaults: not transparent, no addresses.
+    let plain: Bootstrap = serde_yaml::from_str(SAMPLE).unwrap();
+    assert!(!plain.resources.listeners[0].transparent);
+    assert!(plain.resources.services[0].addresses.is_empty());
+
+    let mut res = r.clone();
+    let mut db: sane_xds_proto::Service = serde_yaml::from_str(
+        "{ name: db, addresses: [ 10.96.0.10, nope, 127.0.0.1 ], ports: [ { port: 5432 } ] }",
+    )
+    .unwrap();
+    res.services.push(db.clone());
+    db.name = "twice".into();
+    db.addresses = vec!["10.96.0.11".into(), "10.96.0.11".into()];
+    res.services.push(db);
+    res.listeners.push(
+        serde_yaml::from_str(
+            "{ name: tcp, address: 127.0.0.1:0, protocol: tcp, service: db, service_port: 5432, \
+             transparent: true }",
+        )
+        .unwrap(),
+    );
+    let err = res.validate().unwrap_err().to_string();
+    for expected in [
+        "services[1].addresses[0]: 10.96.0.10 is already the address of \"echo.default\"",
+        "services[1].addresses[1]: \"nope\" is not an IP address",
+        "services[1].addresses[2]: 127.0.0.1 cannot be a service address",
+        "services[2].addresses[1]: 10.96.0.11 is declared twice",
+        "listeners[2].transparent: applies to outbound http listeners and inbound listeners",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in: {err}");
+    }
+}

@@ -355,7 +355,8 @@ fn other_resource_schemas() -> Value {
             "name": string(),
             "namespace": { "type": "string", "default": "default" },
             "ports": array_of(schema_ref("ServicePort")),
-            "hosts": array_of(string())
+            "hosts": array_of(string()),
+            "addresses": array_of(string())
         })),
         "ServicePort": object(&["port"], json!({
             "name": string(), "port": port(), "protocol": protocol, "target_port": port()

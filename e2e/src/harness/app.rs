@@ -60,6 +60,7 @@ pub fn echo_service(name: &str) -> Service {
             port("tcp", TCP_PORT, Protocol::Tcp),
         ],
         hosts: Vec::new(),
+        addresses: Vec::new(),
     }
 }
 

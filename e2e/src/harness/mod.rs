@@ -7,6 +7,8 @@
 //!   [`Sanectl`] talk to it over HTTP and through the CLI.
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
+//! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
+//!   pair, for transparent interception with real iptables rules.
 
 mod app;
 mod binaries;
@@ -16,6 +18,7 @@ mod eventually;
 mod grpc;
 pub mod http;
 mod mesh;
+mod netns;
 mod process;
 mod sidecar;
 mod two_hop;
@@ -27,6 +30,7 @@ pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sane
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
+pub use netns::{deps_script, Pod, PodPair, Ran};
 pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
 pub use sidecar::{metric_value, write_bootstrap, write_config_text, Sidecar, READY_DEADLINE};
 pub use two_hop::TwoHop;

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what e2e/tests/transparent.rs needs to build two "pods" out of
+# Linux network namespaces: ip (iproute2), iptables, curl, setpriv
+# (util-linux). Debian/Ubuntu only (apt-get); needs root. Installs only the
+# tools that are missing, and runs `apt-get update` only when an install
+# fails for want of package lists.
+set -euo pipefail
+
+declare -A package_of=(
+  [ip]=iproute2
+  [iptables]=iptables
+  [iptables-restore]=iptables
+  [curl]=curl
+  [setpriv]=util-linux
+)
+
+missing=()
+for tool in "${!package_of[@]}"; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    missing+=("${package_of[$tool]}")
+  fi
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "netns-test-deps: ip, iptables, curl and setpriv are installed"
+  exit 0
+fi
+# Unique package names, stable order.
+mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "netns-test-deps: missing ${packages[*]}, and installing needs root" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "netns-test-deps: missing ${packages[*]}, and there is no apt-get here" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "netns-test-deps: installing ${packages[*]}"
+if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
+  apt-get update
+  apt-get install -y --no-install-recommends "${packages[@]}"
+fi
