@@ -174,7 +174,10 @@ pub async fn run(opts: DemoOptions) -> bool {
             return false;
         }
     };
-    println!("sane-demo: building binaries and starting the mesh ...");
+    println!(
+        "sane-demo: building binaries (the first build takes minutes; cargo's output \
+         shows only if it fails) and starting the mesh ..."
+    );
     let mesh = tokio::select! {
         mesh = DemoMesh::start() => mesh,
         why = signals.recv() => {
