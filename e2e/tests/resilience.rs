@@ -1,0 +1,335 @@
+//! Resilience policies end to end: weighted splits, circuit breaking, retries
+//! and their budget, fault injection and deadline propagation, each shown
+//! through real sidecars in front of `sane-echo`.
+//!
+//! ```text
+//! test ──> client sidecar (policies under test) ──> server sidecar ──> echo-N
+//! ```
+//!
+//! Policies are written in YAML, as operators write them, and appended to the
+//! client sidecar's generated config. Behaviour is asserted through what the
+//! client sees, the apps' `/stats` and the client sidecar's metrics and
+//! `/config_dump`; never through timings.
+
+use futures::StreamExt;
+use http::{Method, StatusCode};
+use sane_e2e::harness::http::{empty, get, request, send, HttpClient, Reply};
+use sane_e2e::harness::{eventually, metric_value, within, Mesh, TwoHop};
+use sane_xds_proto::{Bootstrap, MeshResources};
+use std::time::Duration;
+
+/// Bound of one test.
+const TEST_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a metric or the config dump may take to show what happened.
+const METRIC_DEADLINE: Duration = Duration::from_secs(5);
+/// Requests in flight at once in the bulk loops (CI has two cores).
+const CONCURRENCY: usize = 16;
+
+/// Appends the routes and policies in `yaml` (a `MeshResources` document) to
+/// the client's config.
+fn add_resources(b: &mut Bootstrap, yaml: &str) {
+    let extra: MeshResources = serde_yaml::from_str(yaml).expect("test YAML parses");
+    b.resources.routes.extend(extra.routes);
+    b.resources.policies.extend(extra.policies);
+}
+
+/// A GET of `http://echo<path>` with extra headers.
+fn get_with(
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> http::Request<sane_e2e::harness::http::Body> {
+    let mut req = get(&TwoHop::url(path));
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    req
+}
+
+/// Sends `n` requests made by `make`, `CONCURRENCY` at a time, and returns
+/// every reply (a transport error fails the test).
+async fn send_many(
+    client: &HttpClient,
+    n: usize,
+    make: impl Fn(usize) -> http::Request<sane_e2e::harness::http::Body>,
+) -> Vec<Reply> {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let req = make(i);
+            let client = client.clone();
+            async move { send(&client, req).await.expect("a reply") }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The config-dump entry of the client's cluster for service `echo`'s HTTP
+/// port.
+fn echo_cluster(dump: &serde_json::Value) -> Result<serde_json::Value, String> {
+    dump["clusters"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| {
+                    c["name"].as_str().is_some_and(|n| n.contains("echo"))
+                        && c["protocol"].as_str() != Some("tcp")
+                        && c["protocol"].as_str() != Some("grpc")
+                })
+                .cloned()
+        })
+        .ok_or_else(|| format!("no echo cluster in {dump}"))
+}
+
+// (7) A 90/10 split by subset lands within ±3 points over 5 000 requests.
+#[tokio::test]
+async fn weighted_split_90_10_lands_within_three_percent() {
+    let mesh = Mesh::builder()
+        .echo("echo", "echo-v1")
+        .echo("echo", "echo-v2")
+        .client_config(|b| {
+            // Endpoints follow app start order: v1 first, then v2.
+            b.resources.endpoints[0]
+                .labels
+                .insert("version".into(), "v1".into());
+            b.resources.endpoints[1]
+                .labels
+                .insert("version".into(), "v2".into());
+            add_resources(
+                b,
+                r#"
+routes:
+  - name: echo-split
+    service: echo
+    rules:
+      - destinations:
+          - { service: echo, weight: 90, subset: { version: v1 } }
+          - { service: echo, weight: 10, subset: { version: v2 } }
+"#,
+            );
+        })
+        .start()
+        .await;
+    within(TEST_DEADLINE, async {
+        let client = sane_e2e::harness::http::http1_client_via(
+            mesh.client().listener(sane_e2e::harness::OUTBOUND),
+        );
+        const N: usize = 5_000;
+        let replies = send_many(&client, N, |_| get(&TwoHop::url("/"))).await;
+        let mut v1 = 0;
+        let mut v2 = 0;
+        for r in &replies {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            match r.header("x-echo-name") {
+                Some("echo-v1") => v1 += 1,
+                Some("echo-v2") => v2 += 1,
+                other => panic!("reply from {other:?}"),
+            }
+        }
+        assert_eq!(v1 + v2, N);
+        let share = v1 as f64 / N as f64 * 100.0;
+        assert!(
+            (87.0..=93.0).contains(&share),
+            "v1 got {share:.2}% ({v1} of {N}; v2 {v2}), want 90 ± 3"
+        );
+    })
+    .await
+}
+
+// (6) With one request in flight and no pending slots, the next is shed at
+// once with 503 `UO` instead of queueing.
+#[tokio::test]
+async fn max_pending_overflow_is_shed_with_503_uo() {
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(|b| {
+        add_resources(
+            b,
+            r#"
+policies:
+  - name: echo
+    service: echo
+    circuit_breaker: { max_requests: 1, max_pending_requests: 0 }
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        let client = mesh.http1();
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move { send(&client, get_with("/", &[("x-echo-delay", "3s")])).await }
+        });
+        eventually(METRIC_DEADLINE, || async {
+            let dump = mesh.client().config_dump().await?;
+            let c = echo_cluster(&dump)?;
+            let active = c["circuit_breaker"]["active_requests"].as_u64();
+            (active == Some(1))
+                .then_some(())
+                .ok_or_else(|| format!("active requests {active:?}: {c}"))
+        })
+        .await;
+
+        let shed = send(&client, get(&TwoHop::url("/"))).await.unwrap();
+        assert_eq!(
+            shed.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            shed.text()
+        );
+        assert_eq!(shed.header("x-sane-response-flags"), Some("UO"));
+        assert_eq!(
+            shed.header("x-echo-name"),
+            None,
+            "the app saw the shed request"
+        );
+
+        let first = slow.await.unwrap().unwrap();
+        assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+        let m = mesh.client().metrics().await.unwrap();
+        assert_eq!(
+            metric_value(&m, "sane_circuit_breaker_overflows_total", &[]),
+            Some(1.0),
+            "{m}"
+        );
+    })
+    .await
+}
+
+// (2) With retries on 5xx, a failing GET is retried but a failing POST is
+// not (it is not idempotent and `retry_non_idempotent` is off by default).
+#[tokio::test]
+async fn post_is_not_retried_by_default_but_get_is() {
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(|b| {
+        add_resources(
+            b,
+            r#"
+routes:
+  - name: echo-retry
+    service: echo
+    rules:
+      - retry: { attempts: 3, retry_on: [5xx], base_interval: 1ms, max_interval: 5ms }
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        let client = mesh.http1();
+        let app = mesh.app();
+
+        let before = app.requests().await;
+        let mut post = request(Method::POST, &TwoHop::url("/echo"), empty());
+        post.headers_mut()
+            .insert("x-echo-status", "503".parse().unwrap());
+        let reply = send(&client, post).await.unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(app.requests().await - before, 1, "the POST was retried");
+
+        let before = app.requests().await;
+        let reply = send(&client, get_with("/", &[("x-echo-status", "503")]))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        let seen = app.requests().await - before;
+        // `attempts: 3` means three retries after the first attempt.
+        assert_eq!(seen, 4, "the GET was not retried 3 times");
+    })
+    .await
+}
+
+// (8) An abort fault at 50 % hits 50 ± 4 % of 2 000 requests, flagged `FI`,
+// and the aborted requests never reach the app.
+#[tokio::test]
+async fn abort_fault_hits_the_configured_share() {
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(|b| {
+        add_resources(
+            b,
+            r#"
+routes:
+  - name: echo-fault
+    service: echo
+    rules:
+      - fault: { abort: { http_status: 503, percent: 50 } }
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        const N: usize = 2_000;
+        let before = mesh.app().requests().await;
+        let replies = send_many(&mesh.http1(), N, |_| get(&TwoHop::url("/"))).await;
+        let mut aborted = 0;
+        for r in &replies {
+            match r.status {
+                StatusCode::OK => assert_eq!(r.header("x-sane-response-flags"), None),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(r.header("x-sane-response-flags"), Some("FI"));
+                    aborted += 1;
+                }
+                other => panic!("unexpected {other}: {}", r.text()),
+            }
+        }
+        let share = aborted as f64 / N as f64 * 100.0;
+        assert!(
+            (46.0..=54.0).contains(&share),
+            "{aborted} of {N} aborted ({share:.2}%), want 50 ± 4"
+        );
+        let reached = mesh.app().requests().await - before;
+        assert_eq!(
+            reached as usize,
+            N - aborted,
+            "aborted requests reached the app"
+        );
+    })
+    .await
+}
+
+// (4) The caller's deadline reaches the app reduced by the time already
+// spent, in both `x-sane-deadline-ms` and `grpc-timeout`.
+#[tokio::test]
+async fn deadline_reaches_the_app_reduced() {
+    let mesh = TwoHop::start().await;
+    within(TEST_DEADLINE, async {
+        const SENT_MS: u64 = 10_000;
+        let reply = send(
+            &mesh.http1(),
+            get_with(
+                "/",
+                &[("x-sane-deadline-ms", "10000"), ("grpc-timeout", "10S")],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let json = reply.json().unwrap();
+        let headers = &json["headers"];
+        let ms: u64 = headers["x-sane-deadline-ms"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no x-sane-deadline-ms reached the app: {json}"));
+        assert!(ms > 0 && ms <= SENT_MS, "x-sane-deadline-ms {ms}");
+        let grpc = headers["grpc-timeout"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no grpc-timeout reached the app: {json}"));
+        let micros = grpc_timeout_micros(grpc);
+        assert!(
+            micros > 0 && micros < SENT_MS * 1000,
+            "grpc-timeout {grpc:?} is not below the 10S sent"
+        );
+    })
+    .await
+}
+
+/// `grpc-timeout` in microseconds.
+fn grpc_timeout_micros(v: &str) -> u64 {
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("grpc-timeout {v:?}"));
+    match unit {
+        "H" => n * 3_600_000_000,
+        "M" => n * 60_000_000,
+        "S" => n * 1_000_000,
+        "m" => n * 1_000,
+        "u" => n,
+        "n" => n / 1_000,
+        _ => panic!("grpc-timeout {v:?}"),
+    }
+}
