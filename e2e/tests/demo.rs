@@ -30,7 +30,8 @@ impl Demo {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let bin = std::path::Path::new(env!("CARGO_BIN_EXE_sane-demo"));
         Demo {
-            proc: Proc::spawn("sane-demo", bin, args, &[]),
+            // Share the test build instead of building the binaries alone.
+            proc: Proc::spawn("sane-demo", bin, args, &[("SANE_E2E_BUILD", "tests")]),
         }
     }
 

@@ -27,6 +27,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // The demo needs the binaries, not every test target.
+    sane_e2e::harness::prefer_binaries_only();
     let ok = run(DemoOptions {
         duration: args.duration,
         interval: args.interval,

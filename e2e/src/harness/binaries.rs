@@ -11,6 +11,12 @@
 //! no-op. A narrower `cargo build -p …` would resolve features differently
 //! (dev-dependency features such as tokio's `test-util` drop out), rebuild
 //! most dependencies a second time and overwrite the binaries.
+//!
+//! The demo (`sane-demo`, the README's first command) needs only the
+//! binaries, so it asks for [`BuildMode::Binaries`]: `cargo build --bins` of
+//! the three packages, minutes faster on a fresh machine. The environment
+//! variable `SANE_E2E_BUILD` (`tests` or `bins`) overrides the choice; the
+//! demo's own test sets `tests` so it shares the test build.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -19,6 +25,32 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Packages whose binaries the tests use (all are built by one workspace build).
 pub const PACKAGES: &[&str] = &["sane-proxy", "sane-e2e", "sane-control-plane"];
+
+/// What the harness builds before running binaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildMode {
+    /// `cargo test --workspace --no-run` (tests; the default).
+    Tests,
+    /// `cargo build --bins` of [`PACKAGES`] (the demo).
+    Binaries,
+}
+
+static PREFER_BINARIES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`BuildMode::Binaries`] this process's default (call before the
+/// first build).
+pub fn prefer_binaries_only() {
+    PREFER_BINARIES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn build_mode() -> BuildMode {
+    match std::env::var("SANE_E2E_BUILD").as_deref() {
+        Ok("bins") => BuildMode::Binaries,
+        Ok("tests") => BuildMode::Tests,
+        _ if PREFER_BINARIES.load(std::sync::atomic::Ordering::Relaxed) => BuildMode::Binaries,
+        _ => BuildMode::Tests,
+    }
+}
 
 /// Paths of the binaries every mesh test needs.
 #[derive(Clone, Debug)]
@@ -92,10 +124,19 @@ fn cargo_build(packages: &[&str]) {
     let layout = layout();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace_root())
-        .args(["test", "--workspace", "--no-run"])
-        .arg("--target-dir")
-        .arg(&layout.target_dir);
+    cmd.current_dir(workspace_root());
+    match build_mode() {
+        BuildMode::Tests => {
+            cmd.args(["test", "--workspace", "--no-run"]);
+        }
+        BuildMode::Binaries => {
+            cmd.args(["build", "--bins"]);
+            for p in PACKAGES {
+                cmd.arg("-p").arg(p);
+            }
+        }
+    }
+    cmd.arg("--target-dir").arg(&layout.target_dir);
     match layout.profile.to_str() {
         Some("debug") => {}
         Some("release") => {

@@ -24,7 +24,9 @@ mod sidecar;
 mod two_hop;
 
 pub use app::{echo_service, EchoAddrs, EchoApp, GRPC_PORT, HTTP_PORT, TCP_PORT};
-pub use binaries::{bin, bins, bins_for, echo_bin, workspace_root, Bins, PACKAGES};
+pub use binaries::{
+    bin, bins, bins_for, echo_bin, prefer_binaries_only, workspace_root, Bins, BuildMode, PACKAGES,
+};
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
