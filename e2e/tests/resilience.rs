@@ -333,3 +333,98 @@ fn grpc_timeout_micros(v: &str) -> u64 {
         _ => panic!("grpc-timeout {v:?}"),
     }
 }
+
+// (1) One of three endpoints fails every request (its app is down, so its
+// sidecar answers 503 `UF`); retries to endpoints not tried yet hide it.
+#[tokio::test]
+async fn retries_hide_a_failing_endpoint() {
+    let mesh = Mesh::builder()
+        .echo("echo", "echo-1")
+        .echo("echo", "echo-2")
+        .echo("echo", "echo-3")
+        .client_config(|b| {
+            add_resources(
+                b,
+                r#"
+routes:
+  - name: echo-retry
+    service: echo
+    rules:
+      - retry: { attempts: 2, retry_on: [5xx, gateway-error], base_interval: 1ms, max_interval: 5ms }
+policies:
+  - name: echo
+    service: echo
+    load_balancer: round_robin
+    retry_budget: { percent: 100, min_retries_per_second: 100, ttl: 10s }
+"#,
+            )
+        })
+        .start()
+        .await;
+    within(TEST_DEADLINE, async {
+        mesh.app("echo-3").proc.stop(Duration::from_secs(5)).await;
+        let client = sane_e2e::harness::http::http1_client_via(
+            mesh.client().listener(sane_e2e::harness::OUTBOUND),
+        );
+        const N: usize = 1_000;
+        let replies = send_many(&client, N, |_| get(&TwoHop::url("/"))).await;
+        let ok = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .count();
+        assert!(
+            ok * 1000 >= N * 995,
+            "only {ok} of {N} succeeded with retries on"
+        );
+        let m = mesh.client().metrics().await.unwrap();
+        let retries = metric_value(&m, "sane_retries_total", &[]).unwrap_or(0.0);
+        assert!(retries > 0.0, "nothing was retried:\n{m}");
+    })
+    .await;
+}
+
+// (1) In a full outage the retry budget, not the attempts, bounds retries:
+// at most `percent` of requests plus `min_retries_per_second × ttl`.
+#[tokio::test]
+async fn retry_budget_caps_retries_in_an_outage() {
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(|b| {
+        add_resources(
+            b,
+            r#"
+routes:
+  - name: echo-retry
+    service: echo
+    rules:
+      - retry: { attempts: 3, retry_on: [5xx, gateway-error], base_interval: 1ms, max_interval: 5ms }
+policies:
+  - name: echo
+    service: echo
+    retry_budget: { percent: 20, min_retries_per_second: 1, ttl: 60s }
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        mesh.app().proc.stop(Duration::from_secs(5)).await;
+        const N: usize = 300;
+        let replies = send_many(&mesh.http1(), N, |_| get(&TwoHop::url("/"))).await;
+        assert!(
+            replies.iter().all(|r| r.status.is_server_error()),
+            "a request succeeded with the app down"
+        );
+        let m = mesh.client().metrics().await.unwrap();
+        let retries = metric_value(&m, "sane_retries_total", &[]).unwrap_or(0.0);
+        let limited =
+            metric_value(&m, "sane_retries_limited_total", &[("limit", "budget")]).unwrap_or(0.0);
+        // The whole test fits in one 60 s window: a floor of 1/s × 60 s,
+        // plus 20 % of the requests. Without the budget: 3 × N.
+        let cap = 60.0 + 0.2 * N as f64;
+        assert!(retries > 0.0, "nothing was retried:\n{m}");
+        assert!(
+            retries <= cap,
+            "{retries} retries, budget allows {cap}:\n{m}"
+        );
+        assert!(limited > 0.0, "the budget never limited a retry:\n{m}");
+    })
+    .await
+}
