@@ -123,6 +123,8 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
             }
         }
         _ if a == b => {}
+        // Schema bounds are floats in the types: 100 and 100.0 are one value.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
         _ => out.push(format!("{path}: {a} became {b}")),
     }
 }
