@@ -428,3 +428,74 @@ policies:
     })
     .await
 }
+
+// (5) Of three endpoints, the failing one (app down: 503 `UF` from its
+// sidecar) is ejected after two gateway errors, receives no traffic while
+// ejected, and is tried again once the ejection time has passed.
+#[tokio::test]
+async fn outlier_detection_ejects_a_failing_endpoint_and_readmits_it() {
+    let mesh = Mesh::builder()
+        .echo("echo", "echo-1")
+        .echo("echo", "echo-2")
+        .echo("echo", "echo-3")
+        .client_config(|b| {
+            add_resources(
+                b,
+                r#"
+policies:
+  - name: echo
+    service: echo
+    load_balancer: round_robin
+    outlier_detection: { consecutive_gateway_errors: 2, base_ejection_time: 5s, max_ejection_percent: 50 }
+"#,
+            )
+        })
+        .start()
+        .await;
+    within(TEST_DEADLINE, async {
+        mesh.app("echo-3").proc.stop(Duration::from_secs(5)).await;
+        let client = sane_e2e::harness::http::http1_client_via(
+            mesh.client().listener(sane_e2e::harness::OUTBOUND),
+        );
+        let ejected = |dump: &serde_json::Value| -> Result<usize, String> {
+            let c = echo_cluster(dump)?;
+            Ok(c["endpoints"]
+                .as_array()
+                .map(|eps| eps.iter().filter(|e| !e["ejected_until"].is_null()).count())
+                .unwrap_or(0))
+        };
+        eventually(Duration::from_secs(10), || async {
+            let r = send(&client, get(&TwoHop::url("/"))).await?;
+            let dump = mesh.client().config_dump().await?;
+            match ejected(&dump)? {
+                1 => Ok(()),
+                n => Err(format!("{n} ejected (last reply {}): {dump}", r.status)),
+            }
+        })
+        .await;
+        let m = mesh.client().metrics().await.unwrap();
+        assert_eq!(
+            metric_value(&m, "sane_outlier_ejections_total", &[]),
+            Some(1.0),
+            "{m}"
+        );
+
+        // While ejected, every request lands on a healthy endpoint (the
+        // ejection lasts 5 s; ten requests take far less).
+        for _ in 0..10 {
+            let r = send(&client, get(&TwoHop::url("/"))).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        }
+
+        // After the ejection time, the endpoint gets traffic again (and,
+        // still failing, answers 503 once more).
+        eventually(Duration::from_secs(10), || async {
+            let r = send(&client, get(&TwoHop::url("/"))).await?;
+            (r.status == StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(())
+                .ok_or_else(|| "the ejected endpoint got no traffic yet".to_string())
+        })
+        .await;
+    })
+    .await
+}
