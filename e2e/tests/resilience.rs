@@ -499,3 +499,47 @@ policies:
     })
     .await
 }
+
+// (3) A per-try timeout recovers from a hung endpoint: one of two endpoints
+// accepts connections and never answers; each attempt there times out and
+// the retry goes to the healthy one.
+#[tokio::test]
+async fn per_try_timeout_recovers_from_a_hung_endpoint() {
+    // Accepts (in the kernel backlog) but never reads or answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = u32::from(hung.local_addr().unwrap().port());
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(move |b| {
+        let mut ep = b.resources.endpoints[0].clone();
+        ep.proxy_port = 0;
+        ep.ports.insert("http".into(), hung_port);
+        b.resources.endpoints.push(ep);
+        add_resources(
+            b,
+            r#"
+routes:
+  - name: echo-retry
+    service: echo
+    rules:
+      - retry: { attempts: 1, per_try_timeout: 300ms, retry_on: [5xx, gateway-error, reset], base_interval: 1ms, max_interval: 5ms }
+policies:
+  - name: echo
+    service: echo
+    load_balancer: round_robin
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        let client = mesh.http1();
+        for _ in 0..6 {
+            let r = send(&client, get(&TwoHop::url("/"))).await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(r.header("x-echo-name"), Some(TwoHop::APP));
+        }
+        let m = mesh.client().metrics().await.unwrap();
+        let retries = metric_value(&m, "sane_retries_total", &[]).unwrap_or(0.0);
+        assert!(retries >= 1.0, "the hung endpoint was never tried:\n{m}");
+    })
+    .await;
+    drop(hung);
+}
