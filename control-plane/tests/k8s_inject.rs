@@ -181,6 +181,41 @@ fn check_injected_with_claims(
             .unwrap()
     };
     assert_eq!(inbound_port, sidecar_port("sane-inbound"));
+    // Both listeners take what sane-init redirects to their ports.
+    assert!(bootstrap.resources.listeners.iter().all(|l| l.transparent));
+    let init_args: Vec<&str> = spec["initContainers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let flag = |name: &str| -> i64 {
+        let i = init_args.iter().position(|a| *a == name).unwrap();
+        init_args[i + 1].parse().unwrap()
+    };
+    assert_eq!(&init_args[..2], ["iptables", "install"]);
+    assert_eq!(flag("--inbound-port"), inbound_port);
+    let outbound = bootstrap
+        .resources
+        .listeners
+        .iter()
+        .find(|l| l.direction == Direction::Outbound as i32)
+        .unwrap();
+    assert_eq!(
+        flag("--outbound-port"),
+        outbound
+            .address
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse::<i64>()
+            .unwrap()
+    );
+    assert_eq!(
+        flag("--proxy-uid"),
+        sidecar["securityContext"]["runAsUser"].as_i64().unwrap(),
+        "the proxy's own traffic is exempt"
+    );
     let health = sidecar_port("sane-health");
     assert_eq!(sidecar["startupProbe"]["httpGet"]["port"], health);
 

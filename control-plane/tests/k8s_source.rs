@@ -124,6 +124,7 @@ fn initial_list_converges_to_services_endpoints_identities_and_policies() {
             ("grpc-admin", 9090, Protocol::Grpc as i32, 9090)
         ]
     );
+    assert_eq!(web.addresses, ["10.96.12.34"], "the ClusterIP");
 
     // The terminating endpoint is left out; meshed pods are reached through
     // their sidecar and carry their service account's identity.

@@ -298,7 +298,8 @@ impl Injector {
     }
 
     /// The sidecar's configuration for a pod: its identity, the control
-    /// plane, and its two listeners (inbound serving the app's ports).
+    /// plane, and its two transparent listeners (what `sane-init`
+    /// redirects; inbound serving the app's ports).
     pub fn bootstrap(&self, spec: &PodSpec, ctx: &PodContext) -> Bootstrap {
         let ports = self.config.ports;
         let token_file = format!("{TOKEN_DIR}/{TOKEN_FILE}");
@@ -342,6 +343,8 @@ impl Injector {
                         direction: Direction::Outbound as i32,
                         protocol: Protocol::Http as i32,
                         address: format!("127.0.0.1:{}", ports.outbound),
+                        // `sane-init` redirects the app's connections here.
+                        transparent: true,
                         ..Default::default()
                     },
                     Listener {
@@ -349,6 +352,7 @@ impl Injector {
                         direction: Direction::Inbound as i32,
                         address: format!("0.0.0.0:{}", ports.inbound),
                         workload_ports,
+                        transparent: true,
                         ..Default::default()
                     },
                 ],

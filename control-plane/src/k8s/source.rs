@@ -4,9 +4,10 @@
 //! [`convert`] is a pure function of the [`ObjectStore`]:
 //!
 //! * a Service (except `ExternalName` ones and those of excluded namespaces)
-//!   becomes a service with its TCP ports; a port's protocol comes from its
-//!   `appProtocol` or name ([`super::port_protocol`]); unnamed ports get the
-//!   registry's default name (`http-80`);
+//!   becomes a service with its TCP ports and its ClusterIPs as `addresses`
+//!   (what transparent interception routes by); a port's protocol comes
+//!   from its `appProtocol` or name ([`super::port_protocol`]); unnamed
+//!   ports get the registry's default name (`http-80`);
 //! * every address of a ready endpoint of its EndpointSlices becomes an
 //!   endpoint: workload ports from the slice (so named `targetPort`s
 //!   resolve per pod), and from the pod the endpoint points at — its labels,
@@ -211,10 +212,21 @@ fn service(
     if ports.is_empty() {
         return Ok(None); // UDP/SCTP only
     }
+    // The ClusterIPs: transparent outbound listeners route connections to
+    // them. Headless services have none.
+    let addresses = spec
+        .cluster_ips
+        .clone()
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .collect();
     let service = Service {
         name: name.to_string(),
         namespace: ns.to_string(),
         ports,
+        addresses,
         ..Default::default()
     };
     Ok(Some((service, names)))
