@@ -97,7 +97,7 @@ async fn handle(
         Ok(controls) => {
             // Dropping this future (the client went away) cancels the delay.
             if let Some(delay) = controls.delay {
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(delay).await; // allow-sleep: the delay the client asked for (x-echo-delay)
             }
             if controls.reset {
                 return Err(ResetRequested);

@@ -55,6 +55,7 @@ pub fn eventually_blocking<T>(deadline: Duration, mut f: impl FnMut() -> Result<
             Err(e) if start.elapsed() >= deadline => panic!(
                 "condition still false after {deadline:?} ({attempts} attempts); last error: {e}"
             ),
+            // allow-sleep: the poll step of `eventually` itself
             Err(_) => std::thread::sleep(EVENTUALLY_STEP),
         }
     }
@@ -93,6 +94,7 @@ where
                 last_error,
             });
         }
+        // allow-sleep: the poll step of `eventually` itself, capped at the deadline
         tokio::time::sleep(step.min(deadline.saturating_sub(start.elapsed()))).await;
     }
 }

@@ -309,7 +309,7 @@ impl Drop for Proc {
         while self.readers.iter().any(|r| !r.is_finished())
             && start.elapsed() < Duration::from_millis(500)
         {
-            std::thread::sleep(PROC_STEP);
+            std::thread::sleep(PROC_STEP); // allow-sleep: the poll step of a wait with a deadline
         }
         eprintln!(
             "===== {} (pid {}) stdout, last {PRINTED_LINES} lines =====\n{}\
