@@ -41,7 +41,7 @@ where
             tokio::time::Instant::now() < give_up,
             "timed out after {deadline:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await; // allow-sleep: poll step
     }
 }
 

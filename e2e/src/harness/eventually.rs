@@ -55,8 +55,7 @@ pub fn eventually_blocking<T>(deadline: Duration, mut f: impl FnMut() -> Result<
             Err(e) if start.elapsed() >= deadline => panic!(
                 "condition still false after {deadline:?} ({attempts} attempts); last error: {e}"
             ),
-            // allow-sleep: the poll step of `eventually` itself
-            Err(_) => std::thread::sleep(EVENTUALLY_STEP),
+            Err(_) => std::thread::sleep(EVENTUALLY_STEP), // allow-sleep: poll step
         }
     }
 }
@@ -94,8 +93,8 @@ where
                 last_error,
             });
         }
-        // allow-sleep: the poll step of `eventually` itself, capped at the deadline
-        tokio::time::sleep(step.min(deadline.saturating_sub(start.elapsed()))).await;
+        let step = step.min(deadline.saturating_sub(start.elapsed()));
+        tokio::time::sleep(step).await; // allow-sleep: the poll step of `eventually`, capped at its deadline
     }
 }
 
