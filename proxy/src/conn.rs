@@ -134,11 +134,7 @@ pub async fn splice_to_cluster(
         idle_timeout: cluster.idle_timeout,
         identity: endpoint.identity.clone(),
     };
-    // The same Istio host form as the HTTP metrics use.
-    let service = format!(
-        "{}.svc.cluster.local",
-        cluster.name.split(':').next().unwrap_or_default()
-    );
+    let service = crate::telemetry::istio_host(cluster.name.split(':').next().unwrap_or_default());
     let labels = TcpLabels {
         reporter: "source",
         destination_service: &service,

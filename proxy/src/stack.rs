@@ -205,7 +205,7 @@ where
             *observed.0.lock().expect("not poisoned") = Some(fixed.clone());
         }
         req.extensions_mut().insert(observed.clone());
-        let grpc = is_grpc(&req);
+        let grpc = h::is_grpc(req.headers());
         let fut = self.inner.call(req);
         let metrics = self.metrics.clone();
         let reporter = self.reporter;
@@ -234,7 +234,7 @@ where
             } else {
                 "http"
             };
-            let host = format!("{service}.svc.cluster.local");
+            let host = crate::telemetry::istio_host(&service);
             metrics.request(
                 RequestLabels {
                     reporter,
@@ -262,13 +262,6 @@ where
             Ok(rsp)
         })
     }
-}
-
-fn is_grpc<B>(req: &Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 // === RouteStage ===

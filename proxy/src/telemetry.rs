@@ -77,6 +77,13 @@ const REQ_LABELS: [&str; 5] = [
 ];
 const TCP_LABELS: [&str; 2] = ["reporter", "destination_service"];
 
+/// The `destination_service` label for service key `name.namespace`:
+/// Istio's host form, `name.namespace.svc.cluster.local`, shared by HTTP and
+/// TCP metrics so dashboards join them.
+pub fn istio_host(service_key: &str) -> String {
+    format!("{service_key}.svc.cluster.local")
+}
+
 // === impl Metrics ===
 
 impl Metrics {

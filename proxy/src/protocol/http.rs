@@ -145,6 +145,15 @@ pub fn for_h1<B>(req: &mut Request<B>, authority: &str, upgrade: bool) -> Result
     Ok(())
 }
 
+/// True if the headers say the body is gRPC (`content-type:
+/// application/grpc…`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
 /// The authority a request names, as text (for forwarding it unchanged).
 pub fn authority_text<B>(req: &Request<B>) -> Option<String> {
     req.uri()

@@ -155,10 +155,7 @@ pub fn encode_grpc_timeout(d: Duration) -> HeaderValue {
 }
 
 fn is_grpc(h: &HeaderMap) -> bool {
-    h.contains_key(GRPC_TIMEOUT)
-        || h.get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"))
+    h.contains_key(GRPC_TIMEOUT) || crate::protocol::http::is_grpc(h)
 }
 
 #[cfg(test)]
