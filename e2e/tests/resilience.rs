@@ -543,3 +543,179 @@ policies:
     .await;
     drop(hung);
 }
+
+// (4) A client that gives up mid-request cancels the work at the server: the
+// client sidecar drops the upstream stream, the server sidecar closes its
+// connection to the app, and the app's handler is dropped before its delay.
+#[tokio::test]
+async fn the_server_sees_cancellation_when_the_client_gives_up() {
+    let mesh = TwoHop::start().await;
+    within(TEST_DEADLINE, async {
+        let app = mesh.app();
+        let before = app.requests().await;
+        assert_eq!(app.cancelled().await, 0);
+        let client = mesh.http1();
+        let call = tokio::spawn(async move {
+            send(&client, get_with("/", &[("x-echo-delay", "60000")])).await
+        });
+        // The request has reached the app (and is sleeping there)...
+        eventually(METRIC_DEADLINE, || async {
+            let n = app.requests().await - before;
+            (n == 1)
+                .then_some(())
+                .ok_or(format!("{n} requests reached the app"))
+        })
+        .await;
+        // ...when the client gives up and closes its connection.
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        eventually(METRIC_DEADLINE, || async {
+            let n = app.cancelled().await;
+            (n == 1)
+                .then_some(())
+                .ok_or(format!("the app saw {n} cancellations, want 1"))
+        })
+        .await;
+    })
+    .await
+}
+
+// (4) When the caller's deadline passes, the caller gets 504 `UT` and the
+// server's work is cancelled too, not left running for nobody.
+#[tokio::test]
+async fn an_expired_deadline_cancels_the_server_work() {
+    let mesh = TwoHop::start().await;
+    within(TEST_DEADLINE, async {
+        let reply = send(
+            &mesh.http1(),
+            get_with(
+                "/",
+                &[("x-sane-deadline-ms", "300"), ("x-echo-delay", "60000")],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            reply.text()
+        );
+        assert_eq!(reply.header("x-sane-response-flags"), Some("UT"));
+        eventually(METRIC_DEADLINE, || async {
+            let n = mesh.app().cancelled().await;
+            (n == 1)
+                .then_some(())
+                .ok_or(format!("the app saw {n} cancellations, want 1"))
+        })
+        .await;
+    })
+    .await
+}
+
+// (8) A delay fault at 50 % delays 50 ± 5 % of 1 000 requests, each flagged
+// `DI` and held at least the configured delay; every request still succeeds.
+#[tokio::test]
+async fn delay_fault_hits_the_configured_share() {
+    const DELAY: Duration = Duration::from_millis(100);
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(|b| {
+        add_resources(
+            b,
+            r#"
+routes:
+  - name: echo-delay
+    service: echo
+    rules:
+      - fault: { delay: { fixed_delay: 100ms, percent: 50 } }
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        const N: usize = 1_000;
+        let client = mesh.http1();
+        let timed: Vec<(Reply, Duration)> = futures::stream::iter(0..N)
+            .map(|_| {
+                let client = client.clone();
+                async move {
+                    let start = std::time::Instant::now();
+                    let r = send(&client, get(&TwoHop::url("/")))
+                        .await
+                        .expect("a reply");
+                    (r, start.elapsed())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut delayed = 0;
+        for (r, took) in &timed {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            if r.header("x-sane-response-flags") == Some("DI") {
+                delayed += 1;
+                assert!(*took >= DELAY, "a DI request took only {took:?}");
+            } else {
+                assert_eq!(r.header("x-sane-response-flags"), None);
+            }
+        }
+        let share = delayed as f64 / N as f64 * 100.0;
+        assert!(
+            (45.0..=55.0).contains(&share),
+            "{delayed} of {N} delayed ({share:.2}%), want 50 ± 5"
+        );
+    })
+    .await
+}
+
+// Mirroring: 50 % of the requests to `echo` are copied to `shadow`; callers
+// only ever see `echo`'s answers, and the shadow receives its share.
+#[tokio::test]
+async fn mirroring_copies_the_configured_share_to_the_shadow() {
+    let mesh = Mesh::builder()
+        .echo("echo", "echo-1")
+        .echo("shadow", "shadow-1")
+        .client_config(|b| {
+            add_resources(
+                b,
+                r#"
+routes:
+  - name: echo-mirror
+    service: echo
+    rules:
+      - mirror: { service: shadow, percent: 50 }
+"#,
+            )
+        })
+        .start()
+        .await;
+    within(TEST_DEADLINE, async {
+        const N: usize = 1_000;
+        let client = sane_e2e::harness::http::http1_client_via(
+            mesh.client().listener(sane_e2e::harness::OUTBOUND),
+        );
+        let shadow = mesh.app("shadow-1");
+        let before = shadow.requests().await;
+        let replies = send_many(&client, N, |_| get(&TwoHop::url("/"))).await;
+        for r in &replies {
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            assert_eq!(r.header("x-echo-name"), Some("echo-1"));
+        }
+        // Copies are sent in the background; wait until they have all landed.
+        let copied = eventually(METRIC_DEADLINE, || async {
+            let m = mesh.client().metrics().await.map_err(|e| e.to_string())?;
+            let sent = metric_value(&m, "sane_mirrored_requests_total", &[("result", "sent")])
+                .unwrap_or(0.0) as u64;
+            let seen = shadow.requests().await - before;
+            (sent > 0 && seen == sent)
+                .then_some(seen)
+                .ok_or(format!("the shadow saw {seen} of {sent} copies"))
+        })
+        .await;
+        let share = copied as f64 / N as f64 * 100.0;
+        assert!(
+            (45.0..=55.0).contains(&share),
+            "{copied} of {N} copied ({share:.2}%), want 50 ± 5"
+        );
+    })
+    .await
+}

@@ -22,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod error;
+pub mod health;
 pub mod iptables;
 pub mod listener;
 pub mod policy;
@@ -62,6 +63,7 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 pub struct Proxy {
     admin_addr: SocketAddr,
     admin_socket: TcpListener,
+    health: Option<(SocketAddr, TcpListener, health::HealthServer)>,
     listeners: Vec<BoundListener>,
     handle: ProxyHandle,
     registry: Registry,
@@ -96,6 +98,7 @@ pub async fn build(
         .map_or_else(|| "<inline>".to_string(), |p| p.display().to_string());
     let drain_timeout = Duration::from_millis(bootstrap.drain_timeout_ms());
     let admin_address = bootstrap.admin.address.clone();
+    let health_config = bootstrap.health.clone();
     let xds_metrics = match bootstrap.control_plane {
         Some(_) => Some(xds::XdsMetrics::register(&registry)?),
         None => None,
@@ -136,6 +139,19 @@ pub async fn build(
     metrics.config_version.set(snapshot.version as i64);
     let config = Arc::new(ConfigStore::new(snapshot, config_path));
     let drain = Drain::default();
+    let readiness = Readiness::new(drain.clone());
+    let health = match health_config {
+        None => None,
+        Some(h) => {
+            let (socket, addr) = listener::bind_tcp("health", &h.address)?;
+            let server = health::HealthServer {
+                readiness: readiness.clone(),
+                drain: drain.clone(),
+                probes: Arc::new(h.app_probes),
+            };
+            Some((addr, socket, server))
+        }
+    };
     let ctx = StackContext {
         drain: drain.clone(),
         config: config.clone(),
@@ -146,6 +162,7 @@ pub async fn build(
     Ok(Proxy {
         admin_addr,
         admin_socket,
+        health,
         listeners,
         handle: ProxyHandle {
             config,
@@ -153,7 +170,7 @@ pub async fn build(
             metrics,
         },
         registry,
-        readiness: Readiness::new(drain),
+        readiness,
         ctx,
         drain_timeout,
         xds,
@@ -164,9 +181,14 @@ pub async fn build(
 // === impl Proxy ===
 
 impl Proxy {
-    /// Every bound socket, admin first: `(name, address)`.
+    /// Every bound socket, admin first, then health: `(name, address)`.
     pub fn addresses(&self) -> Vec<(String, SocketAddr)> {
         std::iter::once(("admin".to_string(), self.admin_addr))
+            .chain(
+                self.health
+                    .iter()
+                    .map(|(a, _, _)| ("health".to_string(), *a)),
+            )
             .chain(self.listeners.iter().map(|l| (l.name.clone(), l.addr)))
             .collect()
     }
@@ -189,6 +211,10 @@ impl Proxy {
             identity: self.ctx.identity.clone(),
         };
         tokio::spawn(admin.serve(self.admin_socket, stop_admin.clone()));
+        if let Some((_, socket, server)) = self.health {
+            // Stops with the admin server: the kubelet sees "draining" until then.
+            tokio::spawn(server.serve(socket, stop_admin.clone()));
+        }
         let mut accept_loops = Vec::new();
         for l in self.listeners {
             accept_loops.push(tokio::spawn(l.serve(self.ctx.clone(), drain.clone())));

@@ -33,6 +33,15 @@ struct Args {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Overrides `node.id` (an injected sidecar gets its pod's name, which
+    /// the injector cannot know for pods of a Deployment).
+    #[arg(long, env = "SANE_POD_NAME")]
+    node_id: Option<String>,
+    /// The app's original probes as JSON (`{"/app-health/<container>/<probe>":
+    /// {"httpGet": ...}}`, written by the injector), added to the health
+    /// server's `app_probes`. Needs `health` in the config.
+    #[arg(long, env = "SANE_APP_PROBES")]
+    app_probes: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -64,8 +73,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", sane_proxy::iptables::run(cmd)?.trim_end());
         return Ok(());
     }
-    let config = args.config.context("--config is required")?;
-    let bootstrap = sane_proxy::config::read_file(&config)?;
+    let config = args.config.clone().context("--config is required")?;
+    let mut bootstrap = sane_proxy::config::read_file(&config)?;
+    apply_overrides(&mut bootstrap, &args)?;
     if args.check {
         sane_proxy::config::Snapshot::compile(bootstrap, 1, None, &config.display().to_string())?;
         println!("config ok");
@@ -90,6 +100,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         proxy.run().await;
         Ok(())
     })
+}
+
+/// Applies the process-level settings (flags or the pod's environment) to
+/// the bootstrap read from the file. They are not re-read on reload.
+fn apply_overrides(b: &mut sane_xds_proto::Bootstrap, args: &Args) -> anyhow::Result<()> {
+    if let Some(id) = args.node_id.as_deref().filter(|id| !id.is_empty()) {
+        b.node.id = id.to_string();
+    }
+    if let Some(json) = args.app_probes.as_deref().filter(|j| !j.trim().is_empty()) {
+        let probes: std::collections::BTreeMap<String, sane_xds_proto::AppProbe> =
+            serde_json::from_str(json).context("SANE_APP_PROBES (--app-probes) is not valid")?;
+        let Some(health) = b.health.as_mut() else {
+            anyhow::bail!("SANE_APP_PROBES (--app-probes) is set but the config has no `health` server to answer them");
+        };
+        health.app_probes.extend(probes);
+    }
+    b.validate().with_context(|| {
+        format!(
+            "{}",
+            args.config
+                .as_deref()
+                .unwrap_or_else(|| std::path::Path::new("<config>"))
+                .display()
+        )
+    })?;
+    Ok(())
 }
 
 async fn signals(handle: sane_proxy::ProxyHandle) {
@@ -148,5 +184,52 @@ mod tests {
         let serve = Args::try_parse_from(["sane-proxy", "--config", "x.yaml"]).unwrap();
         assert_eq!(serve.config, Some(PathBuf::from("x.yaml")));
         assert!(serve.command.is_none());
+    }
+
+    #[test]
+    fn pod_environment_overrides_the_node_id_and_adds_app_probes() {
+        let mut b = sane_xds_proto::Bootstrap {
+            health: Some(sane_xds_proto::HealthConfig {
+                address: "0.0.0.0:15020".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let args = Args::try_parse_from([
+            "sane-proxy",
+            "--config",
+            "x.yaml",
+            "--node-id",
+            "web-7f9c-abcde",
+            "--app-probes",
+            r#"{"/app-health/web/readiness": {"tcpSocket": {"port": 8080}}}"#,
+        ])
+        .unwrap();
+        apply_overrides(&mut b, &args).unwrap();
+        assert_eq!(b.node.id, "web-7f9c-abcde");
+        let probes = &b.health.as_ref().unwrap().app_probes;
+        assert_eq!(
+            probes["/app-health/web/readiness"]
+                .tcp_socket
+                .as_ref()
+                .unwrap()
+                .port,
+            8080
+        );
+
+        let bad = Args::try_parse_from([
+            "sane-proxy",
+            "--config",
+            "x.yaml",
+            "--app-probes",
+            r#"{"/app-health/web/readiness": {"tcpSocket": {"port": 0}}}"#,
+        ])
+        .unwrap();
+        let err = format!("{:#}", apply_overrides(&mut b, &bad).unwrap_err());
+        assert!(err.contains("tcpSocket.port: 0 is not a port"), "{err}");
+
+        b.health = None;
+        let err = format!("{:#}", apply_overrides(&mut b, &args).unwrap_err());
+        assert!(err.contains("no `health` server"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The proxy's bootstrap file: who it is, where its admin server binds, and
 //! (until a control plane is configured) its static resources.
 
+use crate::health::HealthConfig;
 use crate::serde_util::duration_ms;
 use crate::validate::{Errors, FieldPath, ValidationErrors};
 use crate::MeshResources;
@@ -30,6 +31,9 @@ pub struct Bootstrap {
     /// The proxy's workload identity, issued by the control plane's CA.
     /// Default: none (no mutual TLS).
     pub identity: Option<IdentityConfig>,
+    /// The health port the kubelet probes (`/healthz/ready` and the app's
+    /// rewritten probes). Default: none, no health server.
+    pub health: Option<HealthConfig>,
 }
 
 /// How the proxy obtains its workload certificate.
@@ -152,6 +156,9 @@ impl Bootstrap {
                     "required when there is no control_plane",
                 );
             }
+        }
+        if let Some(h) = &self.health {
+            h.validate_into(&root.field("health"), &mut errs);
         }
         if let Some(cp) = &self.control_plane {
             let a = &cp.address;

@@ -14,6 +14,7 @@
 mod bootstrap;
 mod ca;
 mod endpoint;
+mod health;
 mod listener;
 mod policy;
 mod resilience;
@@ -27,6 +28,9 @@ mod validate;
 pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
+pub use health::{
+    AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
+};
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};
 pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};

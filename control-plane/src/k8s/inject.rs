@@ -31,8 +31,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sane_xds_proto::{
-    AdminConfig, Bootstrap, ControlPlane, Direction, IdentityConfig, Listener, MeshResources, Node,
-    Protocol, WorkloadPort,
+    AdminConfig, Bootstrap, ControlPlane, Direction, HealthConfig, IdentityConfig, Listener,
+    MeshResources, Node, Protocol, WorkloadPort,
 };
 use std::collections::BTreeMap;
 
@@ -370,6 +370,12 @@ impl Injector {
                 token_file,
                 ttl: 0,
             }),
+            // The kubelet probes the pod IP: all addresses. The app's
+            // probes come from `SANE_APP_PROBES` at start.
+            health: Some(HealthConfig {
+                address: format!("0.0.0.0:{}", ports.health),
+                app_probes: BTreeMap::new(),
+            }),
             ..Default::default()
         }
     }
@@ -644,6 +650,8 @@ mod tests {
         assert_eq!(inbound.workload_ports.len(), 2);
         assert_eq!(inbound.workload_ports[1].protocol, Protocol::Grpc as i32);
         assert_eq!(b.node.namespace, "shop");
+        // The kubelet's probes reach the health port on the pod IP.
+        assert_eq!(b.health.unwrap().address, "0.0.0.0:15020");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! The service is wired by hand the way tonic's generated code does it (a path
 //! match, then `tonic::server::Grpc` with the prost codec), so the build needs
-//! no protoc. Unknown methods answer `UNIMPLEMENTED`.
+//! no protoc. The standard `grpc.health.v1.Health` service answers
+//! `SERVING` (probed through the sidecar's health port). Unknown methods
+//! answer `UNIMPLEMENTED`.
 
 use super::proto::{EchoReply, EchoRequest, BIDI_PATH, FAIL_MESSAGE, TRAILER, UNARY_PATH};
 use http::{HeaderValue, Request, Response};
@@ -21,6 +23,8 @@ type ReplyStream = Pin<Box<dyn futures::Stream<Item = Result<EchoReply, Status>>
 
 /// Accepts connections until the task is aborted.
 pub(super) async fn serve(listener: TcpListener, name: Arc<str>) {
+    // The reporter starts with the whole server (`""`) SERVING.
+    let (_reporter, health) = tonic_health::server::health_reporter();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,
@@ -30,8 +34,10 @@ pub(super) async fn serve(listener: TcpListener, name: Arc<str>) {
             }
         };
         let name = name.clone();
+        let health = health.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| route(name.clone(), req));
+            let svc =
+                hyper::service::service_fn(move |req| route(name.clone(), health.clone(), req));
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
@@ -41,10 +47,21 @@ pub(super) async fn serve(listener: TcpListener, name: Arc<str>) {
     }
 }
 
-async fn route(
+async fn route<H>(
     name: Arc<str>,
+    health: H,
     req: Request<Incoming>,
-) -> Result<Response<tonic::body::Body>, Infallible> {
+) -> Result<Response<tonic::body::Body>, Infallible>
+where
+    H: tower::Service<
+        Request<Incoming>,
+        Response = Response<tonic::body::Body>,
+        Error = Infallible,
+    >,
+{
+    if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+        return tower::ServiceExt::oneshot(health, req).await;
+    }
     let mut grpc = Grpc::new(tonic_prost::ProstCodec::<EchoReply, EchoRequest>::default());
     let rsp = match req.uri().path() {
         UNARY_PATH => {

@@ -3,7 +3,8 @@
 //! Endpoints: `GET /` (and any unknown path) describes the request as JSON,
 //! `POST /echo` streams the body back as it arrives, `POST /sha256` hashes the
 //! body, `GET /bytes?n=N&chunk=K` streams a known pattern, `GET /ws` echoes
-//! WebSocket messages, `GET /stats` counts requests. Control headers on any
+//! WebSocket messages, `GET /stats` counts requests (and those cancelled while
+//! delayed). Control headers on any
 //! request: `x-echo-delay`, `x-echo-status`, `x-echo-reset`.
 
 use bytes::Bytes;
@@ -42,6 +43,17 @@ pub(super) struct EchoState {
     name: Arc<str>,
     name_header: HeaderValue,
     requests: AtomicU64,
+    /// Requests dropped (the client or a proxy gave up) before their
+    /// `x-echo-delay` ended.
+    cancelled: AtomicU64,
+}
+
+/// Counts a cancellation in `EchoState::cancelled` when dropped before
+/// [`CancelWatch::finish`]: hyper drops a request's future when its
+/// connection closes or its HTTP/2 stream is reset.
+#[derive(Debug)]
+struct CancelWatch<'a> {
+    cancelled: Option<&'a AtomicU64>,
 }
 
 /// What the control headers ask for.
@@ -97,7 +109,11 @@ async fn handle(
         Ok(controls) => {
             // Dropping this future (the client went away) cancels the delay.
             if let Some(delay) = controls.delay {
+                let watch = CancelWatch {
+                    cancelled: Some(&state.cancelled),
+                };
                 tokio::time::sleep(delay).await; // allow-sleep: the delay the client asked for (x-echo-delay)
+                watch.finish();
             }
             if controls.reset {
                 return Err(ResetRequested);
@@ -123,7 +139,10 @@ async fn route(state: &EchoState, req: Request<Incoming>) -> Response<EchoBody> 
         (&Method::GET, "/bytes") => pattern(req.uri().query().unwrap_or("")),
         (&Method::GET, STATS_PATH) => json(
             StatusCode::OK,
-            &serde_json::json!({ "requests": state.requests.load(Ordering::Relaxed) }),
+            &serde_json::json!({
+                "requests": state.requests.load(Ordering::Relaxed),
+                "cancelled": state.cancelled.load(Ordering::Relaxed),
+            }),
         ),
         (&Method::GET, "/ws") if is_websocket_upgrade(req.headers()) => websocket(req),
         _ => describe(state, &req),
@@ -357,6 +376,24 @@ impl EchoState {
             name,
             name_header,
             requests: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+        }
+    }
+}
+
+// === impl CancelWatch ===
+
+impl CancelWatch<'_> {
+    /// The request ran to the end: nothing to count.
+    fn finish(mut self) {
+        self.cancelled = None;
+    }
+}
+
+impl Drop for CancelWatch<'_> {
+    fn drop(&mut self) {
+        if let Some(cancelled) = self.cancelled {
+            cancelled.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -115,15 +115,26 @@ impl EchoApp {
 
     /// Requests the app has served so far (its `/stats`).
     pub async fn requests(&self) -> u64 {
+        self.stat("requests").await
+    }
+
+    /// Requests dropped while their `x-echo-delay` ran, because the caller
+    /// (or a proxy on its behalf) gave up (its `/stats`).
+    pub async fn cancelled(&self) -> u64 {
+        self.stat("cancelled").await
+    }
+
+    /// Counter `name` of the app's `/stats`.
+    async fn stat(&self, name: &str) -> u64 {
         let reply = super::http::send(
             &super::http::http1_client(),
             super::http::get(&self.http_url("/stats")),
         )
         .await
         .unwrap_or_else(|e| panic!("{}: /stats: {e}", self.name));
-        reply.json().expect("stats json")["requests"]
+        reply.json().expect("stats json")[name]
             .as_u64()
-            .expect("requests count")
+            .unwrap_or_else(|| panic!("{}: no {name} in /stats", self.name))
     }
 
     /// `http://<http addr><path>`.
