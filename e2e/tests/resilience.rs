@@ -383,6 +383,50 @@ policies:
     .await;
 }
 
+// (1) The upstream fails 30 % of requests with 503, each at random; with
+// retries on (and a budget that allows them) callers see >= 99.5 % success.
+#[tokio::test]
+async fn retries_hide_an_upstream_failing_30_percent() {
+    let mesh = TwoHop::start_from(TwoHop::builder().client_config(|b| {
+        add_resources(
+            b,
+            r#"
+routes:
+  - name: echo-retry
+    service: echo
+    rules:
+      - retry: { attempts: 5, retry_on: [5xx], base_interval: 1ms, max_interval: 5ms }
+policies:
+  - name: echo
+    service: echo
+    retry_budget: { percent: 60, min_retries_per_second: 10, ttl: 10s }
+"#,
+        )
+    }))
+    .await;
+    within(TEST_DEADLINE, async {
+        const N: usize = 1_000;
+        let before = mesh.app().requests().await;
+        let replies = send_many(&mesh.http1(), N, |_| {
+            get_with("/", &[("x-echo-fail-percent", "30")])
+        })
+        .await;
+        let ok = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::OK)
+            .count();
+        let attempts = mesh.app().requests().await - before;
+        println!("{ok} of {N} succeeded; the app saw {attempts} attempts");
+        assert!(
+            ok * 1000 >= N * 995,
+            "only {ok} of {N} succeeded with retries on"
+        );
+        // The app really failed about 30 % of what it saw.
+        assert!(attempts as usize > N, "nothing was retried");
+    })
+    .await
+}
+
 // (1) In a full outage the retry budget, not the attempts, bounds retries:
 // at most `percent` of requests plus `min_retries_per_second × ttl`.
 #[tokio::test]

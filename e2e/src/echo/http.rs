@@ -5,7 +5,8 @@
 //! body, `GET /bytes?n=N&chunk=K` streams a known pattern, `GET /ws` echoes
 //! WebSocket messages, `GET /stats` counts requests (and those cancelled while
 //! delayed). Control headers on any
-//! request: `x-echo-delay`, `x-echo-status`, `x-echo-reset`.
+//! request: `x-echo-delay`, `x-echo-status`, `x-echo-reset`,
+//! `x-echo-fail-percent` (that share of requests, drawn at random, get 503).
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -35,6 +36,7 @@ const NAME_HEADER: HeaderName = HeaderName::from_static("x-echo-name");
 const DELAY_HEADER: &str = "x-echo-delay";
 const STATUS_HEADER: &str = "x-echo-status";
 const RESET_HEADER: &str = "x-echo-reset";
+const FAIL_PERCENT_HEADER: &str = "x-echo-fail-percent";
 const DEFAULT_CHUNK: usize = 64 * 1024;
 
 /// Shared by every connection of the HTTP port.
@@ -62,6 +64,8 @@ struct Controls {
     delay: Option<Duration>,
     status: Option<StatusCode>,
     reset: bool,
+    /// Share (0-100) of requests answered 503, each drawn independently.
+    fail_percent: Option<f64>,
 }
 
 /// Returned to hyper to abort the connection (HTTP/1) or reset the stream
@@ -118,7 +122,13 @@ async fn handle(
             if controls.reset {
                 return Err(ResetRequested);
             }
-            match controls.status {
+            let fail = controls
+                .fail_percent
+                .is_some_and(|p| rand::random::<f64>() * 100.0 < p);
+            let status = controls
+                .status
+                .or(fail.then_some(StatusCode::SERVICE_UNAVAILABLE));
+            match status {
                 Some(status) => text(
                     status,
                     format!("status {} from {}", status.as_u16(), state.name),
@@ -431,6 +441,16 @@ impl Controls {
         }
         if let Some(v) = get(RESET_HEADER)? {
             controls.reset = !matches!(v, "" | "0" | "false");
+        }
+        if let Some(v) = get(FAIL_PERCENT_HEADER)? {
+            let p = v
+                .parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=100.0).contains(p))
+                .ok_or_else(|| {
+                    format!("{FAIL_PERCENT_HEADER}: {v:?} is not a percentage (0-100)")
+                })?;
+            controls.fail_percent = Some(p);
         }
         Ok(controls)
     }
