@@ -8,6 +8,7 @@
 //! | `service`  | `namespace/name`                      | `default/echo`                 |
 //! | `route`    | `namespace/name`                      | `default/echo-split`           |
 //! | `policy`   | `namespace/name`                      | `default/echo`                 |
+//! | `authorization_policy` | `namespace/name`          | `default/allow-web`            |
 //! | `endpoint` | `namespace/service/address:port`      | `default/echo/10.0.0.7:15006`  |
 //!
 //! An endpoint's `port` in its key is its `proxy_port` when it has a sidecar,
@@ -15,7 +16,8 @@
 //! bracketed (`[fd00::7]:8080`). An empty namespace is stored as `default`.
 
 use sane_xds_proto::{
-    namespace_or_default, DestinationPolicy, Endpoint, MeshResources, Route, Service, TypeUrl,
+    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route,
+    Service, TypeUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -33,6 +35,8 @@ pub enum Kind {
     Route,
     /// [`DestinationPolicy`]
     Policy,
+    /// [`AuthorizationPolicy`]
+    Authz,
 }
 
 /// One resource of any kind.
@@ -46,6 +50,8 @@ pub enum Resource {
     Route(Route),
     /// A destination policy.
     Policy(DestinationPolicy),
+    /// An authorization policy.
+    Authz(AuthorizationPolicy),
 }
 
 // === impl Kind ===
@@ -53,15 +59,23 @@ pub enum Resource {
 impl Kind {
     /// All kinds, in dependency order: services first, so applying in this
     /// order never references a service that is not there yet.
-    pub const ALL: [Kind; 4] = [Kind::Service, Kind::Endpoint, Kind::Route, Kind::Policy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::Endpoint,
+        Kind::Route,
+        Kind::Policy,
+        Kind::Authz,
+    ];
 
-    /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`.
+    /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`,
+    /// `authorization_policy`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Service => "service",
             Kind::Endpoint => "endpoint",
             Kind::Route => "route",
             Kind::Policy => "policy",
+            Kind::Authz => "authorization_policy",
         }
     }
 
@@ -72,6 +86,7 @@ impl Kind {
             Kind::Endpoint => "endpoints",
             Kind::Route => "routes",
             Kind::Policy => "policies",
+            Kind::Authz => "authorization_policies",
         }
     }
 
@@ -89,6 +104,7 @@ impl Kind {
             Kind::Endpoint => TypeUrl::Endpoint,
             Kind::Route => TypeUrl::Route,
             Kind::Policy => TypeUrl::DestinationPolicy,
+            Kind::Authz => TypeUrl::AuthorizationPolicy,
         }
     }
 
@@ -122,6 +138,7 @@ impl Resource {
             Resource::Endpoint(_) => Kind::Endpoint,
             Resource::Route(_) => Kind::Route,
             Resource::Policy(_) => Kind::Policy,
+            Resource::Authz(_) => Kind::Authz,
         }
     }
 
@@ -131,6 +148,7 @@ impl Resource {
             Resource::Service(s) => ns_key(&s.namespace, &s.name),
             Resource::Route(r) => ns_key(&r.namespace, &r.name),
             Resource::Policy(p) => ns_key(&p.namespace, &p.name),
+            Resource::Authz(a) => ns_key(&a.namespace, &a.name),
             Resource::Endpoint(e) => endpoint_key(e),
         }
     }
@@ -143,6 +161,7 @@ impl Resource {
             Resource::Endpoint(e) => &mut e.namespace,
             Resource::Route(r) => &mut r.namespace,
             Resource::Policy(p) => &mut p.namespace,
+            Resource::Authz(a) => &mut a.namespace,
         };
         if ns.is_empty() {
             *ns = namespace_or_default("").to_string();
@@ -156,6 +175,7 @@ impl Resource {
             Resource::Endpoint(e) => serde_json::to_value(e),
             Resource::Route(r) => serde_json::to_value(r),
             Resource::Policy(p) => serde_json::to_value(p),
+            Resource::Authz(a) => serde_json::to_value(a),
         };
         // These types only hold strings, numbers, maps and lists.
         v.unwrap_or(serde_json::Value::Null)
@@ -168,6 +188,7 @@ impl Resource {
             Kind::Endpoint => Resource::Endpoint(serde_json::from_slice(bytes)?),
             Kind::Route => Resource::Route(serde_json::from_slice(bytes)?),
             Kind::Policy => Resource::Policy(serde_json::from_slice(bytes)?),
+            Kind::Authz => Resource::Authz(serde_json::from_slice(bytes)?),
         })
     }
 
@@ -179,6 +200,7 @@ impl Resource {
             Resource::Endpoint(e) => e.encode_to_vec(),
             Resource::Route(r) => r.encode_to_vec(),
             Resource::Policy(p) => p.encode_to_vec(),
+            Resource::Authz(a) => a.encode_to_vec(),
         }
     }
 
@@ -193,6 +215,7 @@ impl Resource {
             Kind::Endpoint => Resource::Endpoint(Endpoint::decode(bytes).ok()?),
             Kind::Route => Resource::Route(Route::decode(bytes).ok()?),
             Kind::Policy => Resource::Policy(DestinationPolicy::decode(bytes).ok()?),
+            Kind::Authz => Resource::Authz(AuthorizationPolicy::decode(bytes).ok()?),
         })
     }
 
@@ -203,6 +226,7 @@ impl Resource {
             Resource::Endpoint(e) => mesh.endpoints.push(e.clone()),
             Resource::Route(r) => mesh.routes.push(r.clone()),
             Resource::Policy(p) => mesh.policies.push(p.clone()),
+            Resource::Authz(a) => mesh.authorization_policies.push(a.clone()),
         }
     }
 
@@ -235,6 +259,12 @@ impl Resource {
                 .enumerate()
                 .map(|(i, p)| (indexed(Kind::Policy, i), Resource::Policy(p))),
         );
+        out.extend(
+            mesh.authorization_policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| (indexed(Kind::Authz, i), Resource::Authz(a))),
+        );
         out
     }
 
@@ -246,6 +276,7 @@ impl Resource {
             Resource::Endpoint(e) => e.service_key(),
             Resource::Route(r) => sane_xds_proto::resources::qualify(&r.service, &r.namespace),
             Resource::Policy(p) => sane_xds_proto::resources::qualify(&p.service, &p.namespace),
+            Resource::Authz(a) => a.service_key(),
         }
     }
 
@@ -256,6 +287,7 @@ impl Resource {
             Resource::Endpoint(e) => &e.namespace,
             Resource::Route(r) => &r.namespace,
             Resource::Policy(p) => &p.namespace,
+            Resource::Authz(a) => &a.namespace,
         })
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
+use crate::policy::authz::AuthzPolicies;
 use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
 use crate::transparent::OriginalDstTable;
@@ -41,6 +42,9 @@ pub struct Snapshot {
     /// Service and endpoint addresses, for transparently intercepted
     /// connections.
     pub transparent: OriginalDstTable,
+    /// The authorization policies of the local workload (`node.workload` in
+    /// `node.namespace`), enforced on inbound requests and connections.
+    pub authz: Arc<AuthzPolicies>,
 }
 
 /// Where an inbound listener delivers traffic.
@@ -90,6 +94,7 @@ fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
         b.resources.endpoints = d.endpoints.clone();
         b.resources.routes = d.routes.clone();
         b.resources.policies = d.policies.clone();
+        b.resources.authorization_policies = d.authorization_policies.clone();
     }
     b
 }
@@ -267,6 +272,10 @@ impl Snapshot {
             builder.cluster_of(service, port, &BTreeMap::new(), only)
         });
         let clusters = builder.built.into_values().collect();
+        let authz = Arc::new(AuthzPolicies::for_workload(
+            &res.authorization_policies,
+            &local_service_key(&bootstrap.node),
+        ));
         Ok(Self {
             version,
             bootstrap: Arc::new(bootstrap),
@@ -275,6 +284,7 @@ impl Snapshot {
             inbound,
             clusters,
             transparent,
+            authz,
         })
     }
 
@@ -282,6 +292,21 @@ impl Snapshot {
     pub fn listeners(&self) -> &[Listener] {
         &self.bootstrap.resources.listeners
     }
+}
+
+/// The service key (`name.namespace`) of the local workload, as inbound
+/// metrics and authorization policies name it: `node.workload` (or
+/// `inbound`) in `node.namespace`.
+pub fn local_service_key(node: &sane_xds_proto::Node) -> String {
+    let workload = if node.workload.is_empty() {
+        "inbound"
+    } else {
+        &node.workload
+    };
+    format!(
+        "{workload}.{}",
+        sane_xds_proto::namespace_or_default(&node.namespace)
+    )
 }
 
 type ClusterKey = (String, u32, BTreeMap<String, String>, Option<IpAddr>);

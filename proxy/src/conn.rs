@@ -12,6 +12,7 @@
 use crate::cluster::Cluster;
 use crate::config::InboundTarget;
 use crate::drain::Drain;
+use crate::policy::authz::authorize_tcp;
 use crate::protocol::detect::{self, Detected};
 use crate::protocol::io::{Io, Prefixed};
 use crate::protocol::opaque;
@@ -247,16 +248,7 @@ async fn inbound_detected<I: Io>(
     }
     let io = Prefixed::new(prefix, io);
     let snapshot = ctx.config.load();
-    let node = &snapshot.bootstrap.node;
-    let service = format!(
-        "{}.{}",
-        if node.workload.is_empty() {
-            "inbound"
-        } else {
-            &node.workload
-        },
-        sane_xds_proto::namespace_or_default(&node.namespace)
-    );
+    let service = crate::config::local_service_key(&snapshot.bootstrap.node);
     drop(snapshot);
     match framed {
         Some(framed) => {
@@ -270,7 +262,17 @@ async fn inbound_detected<I: Io>(
             );
             serve_http(io, svc, framed, drain).await;
         }
-        None => inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await,
+        None => {
+            // Opaque TCP is authorized once, before any byte is forwarded;
+            // a denied connection is closed (dropped) unanswered.
+            let policies = ctx.config.load().authz.clone();
+            let denied = authorize_tcp(&policies, peer_id.as_ref(), port, &ctx.metrics.authz);
+            if let Err(e) = denied {
+                tracing::warn!(%peer, port, error = %e, flags = "RBAC", "tcp connection denied; closing");
+                return;
+            }
+            inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await
+        }
     }
 }
 

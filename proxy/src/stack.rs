@@ -31,7 +31,10 @@
 //!     tried, forwards through the pool, reports the outcome for outlier
 //!     detection and peak-EWMA.
 //!
-//! Inbound (a peer calls the local workload): `observe`; `deadline` and
+//! Inbound (a peer calls the local workload): `observe`; `authz`, the local
+//! workload's authorization policies against the caller's mutual TLS
+//! identity (below `observe`, so a 403 `RBAC` is counted and logged; above
+//! the rest, so a denied request costs nothing more); `deadline` and
 //! `propagate`, so work for a caller that gave up is cancelled and the
 //! workload sees the budget left; then `local`, which forwards to the
 //! workload port the connection was opened for.
@@ -40,6 +43,7 @@ use crate::body::{self, Body};
 use crate::cluster::{InFlight, Selection};
 use crate::config::ConfigStore;
 use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
+use crate::policy::authz::{AuthzLayer, PolicySource};
 use crate::policy::circuit_breaker::CircuitBreakerLayer;
 use crate::policy::deadline::{DeadlineLayer, PropagateLayer};
 use crate::policy::fault::FaultLayer;
@@ -141,6 +145,11 @@ pub fn inbound(
             metrics: ctx.metrics.clone(),
             reporter: "destination",
             fixed: Some((service.clone(), protocol)),
+        })
+        .layer({
+            let config = ctx.config.clone();
+            let policies: PolicySource = Arc::new(move || config.load().authz.clone());
+            AuthzLayer::new(policies, peer.clone(), port, ctx.metrics.authz.clone())
         })
         .layer(DeadlineLayer)
         .layer(PropagateLayer)

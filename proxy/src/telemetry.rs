@@ -54,6 +54,8 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Retries, circuit breaking, outlier ejections, faults and mirroring.
     pub resilience: ResilienceMetrics,
+    /// Authorization denials, dry-run denials and audits (inbound).
+    pub authz: crate::policy::authz::AuthzMetrics,
 }
 
 /// What the resilience policies decided. Labels are bounded: cluster names
@@ -156,6 +158,7 @@ impl Metrics {
         registry.register(Box::new(detect_seconds.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         let resilience = ResilienceMetrics::register(registry)?;
+        let authz = crate::policy::authz::AuthzMetrics::register(registry)?;
         Ok(Self {
             requests,
             duration,
@@ -169,6 +172,7 @@ impl Metrics {
             detect_seconds,
             connections_refused,
             resilience,
+            authz,
         })
     }
 

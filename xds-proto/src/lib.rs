@@ -1,7 +1,7 @@
 //! Sane Mesh resource types, defined once.
 //!
 //! Every concept the mesh configures (a [`Service`], its [`Endpoint`]s, a
-//! [`Route`], a [`DestinationPolicy`], a [`Listener`]) is one Rust struct that
+//! [`Route`], a [`DestinationPolicy`], an [`AuthorizationPolicy`], a [`Listener`]) is one Rust struct that
 //! derives both `serde` (YAML files, the JSON API) and `prost` (the xDS wire,
 //! packed in `Any` with the type URL from [`TypeUrl`]). Validation lives next to
 //! the types and reports the field path and the bad value.
@@ -11,6 +11,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod authz;
 mod bootstrap;
 mod ca;
 mod endpoint;
@@ -25,6 +26,9 @@ pub mod serde_util;
 mod service;
 mod validate;
 
+pub use authz::{
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
+};
 pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
