@@ -10,6 +10,7 @@ use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
 use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
+use crate::trace::TelemetrySettings;
 use crate::transparent::OriginalDstTable;
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
@@ -41,6 +42,9 @@ pub struct Snapshot {
     /// Service and endpoint addresses, for transparently intercepted
     /// connections.
     pub transparent: OriginalDstTable,
+    /// Tracing and access-log settings of this node (the same `Arc` as the
+    /// previous snapshot's while they do not change).
+    pub telemetry: Arc<TelemetrySettings>,
 }
 
 /// Where an inbound listener delivers traffic.
@@ -90,6 +94,7 @@ fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
         b.resources.endpoints = d.endpoints.clone();
         b.resources.routes = d.routes.clone();
         b.resources.policies = d.policies.clone();
+        b.resources.telemetry = d.telemetry.clone();
     }
     b
 }
@@ -267,7 +272,13 @@ impl Snapshot {
             builder.cluster_of(service, port, &BTreeMap::new(), only)
         });
         let clusters = builder.built.into_values().collect();
+        let telemetry = TelemetrySettings::for_node(&bootstrap);
+        let telemetry = match previous {
+            Some(p) if *p.telemetry == telemetry => p.telemetry.clone(),
+            _ => Arc::new(telemetry),
+        };
         Ok(Self {
+            telemetry,
             version,
             bootstrap: Arc::new(bootstrap),
             routes,

@@ -1,7 +1,7 @@
 //! The full set of mesh resources a proxy runs on, and their type URLs.
 
 use crate::validate::{Errors, FieldPath, ValidationErrors};
-use crate::{DestinationPolicy, Endpoint, Listener, Route, Service};
+use crate::{DestinationPolicy, Endpoint, Listener, Route, Service, Telemetry};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -26,6 +26,9 @@ pub struct MeshResources {
     /// Destination policies. Default: none.
     #[prost(message, repeated, tag = "5")]
     pub policies: Vec<DestinationPolicy>,
+    /// Tracing and access-log settings. Default: none.
+    #[prost(message, repeated, tag = "6")]
+    pub telemetry: Vec<Telemetry>,
 }
 
 /// The type URL of each resource kind on the xDS wire.
@@ -41,18 +44,21 @@ pub enum TypeUrl {
     Route,
     /// [`DestinationPolicy`]
     DestinationPolicy,
+    /// [`Telemetry`]
+    Telemetry,
 }
 
 // === impl TypeUrl ===
 
 impl TypeUrl {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [TypeUrl; 5] = [
+    pub const ALL: [TypeUrl; 6] = [
         TypeUrl::Listener,
         TypeUrl::Service,
         TypeUrl::Endpoint,
         TypeUrl::Route,
         TypeUrl::DestinationPolicy,
+        TypeUrl::Telemetry,
     ];
 
     /// The URL string.
@@ -63,6 +69,7 @@ impl TypeUrl {
             TypeUrl::Endpoint => "type.googleapis.com/sane.mesh.v1.Endpoint",
             TypeUrl::Route => "type.googleapis.com/sane.mesh.v1.Route",
             TypeUrl::DestinationPolicy => "type.googleapis.com/sane.mesh.v1.DestinationPolicy",
+            TypeUrl::Telemetry => "type.googleapis.com/sane.mesh.v1.Telemetry",
         }
     }
 
@@ -171,6 +178,15 @@ impl MeshResources {
                     &p.field("service"),
                     format!("{:?} is not a declared service", d.service),
                 );
+            }
+        }
+        let mut telemetry = HashSet::new();
+        for (i, t) in self.telemetry.iter().enumerate() {
+            let p = root.item("telemetry", i);
+            t.validate_into(&p, errs);
+            let key = qualify(&t.name, &t.namespace);
+            if !telemetry.insert(key.clone()) {
+                errs.push(&p.field("name"), format!("{key:?} is declared twice"));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

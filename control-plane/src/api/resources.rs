@@ -182,6 +182,7 @@ fn fill_from_path(resource: &mut Resource, segments: &[String]) -> Result<(), Ap
         Resource::Service(s) => (&mut s.namespace, &mut s.name),
         Resource::Route(r) => (&mut r.namespace, &mut r.name),
         Resource::Policy(p) => (&mut p.namespace, &mut p.name),
+        Resource::Telemetry(t) => (&mut t.namespace, &mut t.name),
         Resource::Endpoint(e) => (&mut e.namespace, &mut e.service),
     };
     let (Some(path_ns), Some(path_second)) = (segments.first(), segments.get(1)) else {
