@@ -19,6 +19,7 @@ pub fn document() -> Value {
         ("services", "Service", &["namespace", "name"][..]),
         ("routes", "Route", &["namespace", "name"][..]),
         ("policies", "DestinationPolicy", &["namespace", "name"][..]),
+        ("telemetry", "Telemetry", &["namespace", "name"][..]),
         (
             "endpoints",
             "Endpoint",
@@ -410,7 +411,25 @@ fn other_resource_schemas() -> Value {
             "services": array_of(schema_ref("Service")),
             "endpoints": array_of(schema_ref("Endpoint")),
             "routes": array_of(schema_ref("Route")),
-            "policies": array_of(schema_ref("DestinationPolicy"))
+            "policies": array_of(schema_ref("DestinationPolicy")),
+            "telemetry": array_of(schema_ref("Telemetry"))
+        })),
+        "Telemetry": object(&["name"], json!({
+            "name": string(),
+            "namespace": string(),
+            "tracing": schema_ref("TracingConfig"),
+            "access_log": schema_ref("AccessLogConfig")
+        })),
+        "TracingConfig": object(&["endpoint"], json!({
+            "endpoint": string(),
+            "protocol": { "type": "string", "enum": ["grpc", "http/protobuf"], "default": "grpc" },
+            "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 },
+            "max_queue": { "type": "integer", "default": 2048 },
+            "service_name": string()
+        })),
+        "AccessLogConfig": object(&[], json!({
+            "path": string(),
+            "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 }
         }))
     })
 }
@@ -536,6 +555,9 @@ mod tests {
         check::<OutlierDetection>("OutlierDetection");
         check::<RetryBudget>("RetryBudget");
         check::<MeshResources>("MeshResources");
+        check::<Telemetry>("Telemetry");
+        check::<TracingConfig>("TracingConfig");
+        check::<AccessLogConfig>("AccessLogConfig");
     }
 
     /// The values an enum of `T` serializes to, in declaration order.
