@@ -10,6 +10,7 @@
 //! | `policy`   | `namespace/name`                      | `default/echo`                 |
 //! | `authorization_policy` | `namespace/name`          | `default/allow-web`            |
 //! | `endpoint` | `namespace/service/address:port`      | `default/echo/10.0.0.7:15006`  |
+//! | `telemetry`| `namespace/name`                      | `default/mesh`                 |
 //!
 //! An endpoint's `port` in its key is its `proxy_port` when it has a sidecar,
 //! otherwise its workload `port` (0 when that is unset too); IPv6 addresses are
@@ -17,7 +18,7 @@
 
 use sane_xds_proto::{
     namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route,
-    Service, TypeUrl,
+    Service, Telemetry, TypeUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -37,6 +38,8 @@ pub enum Kind {
     Policy,
     /// [`AuthorizationPolicy`]
     Authz,
+    /// [`Telemetry`]
+    Telemetry,
 }
 
 /// One resource of any kind.
@@ -52,6 +55,8 @@ pub enum Resource {
     Policy(DestinationPolicy),
     /// An authorization policy.
     Authz(AuthorizationPolicy),
+    /// Tracing and access-log settings of a namespace.
+    Telemetry(Telemetry),
 }
 
 // === impl Kind ===
@@ -59,12 +64,13 @@ pub enum Resource {
 impl Kind {
     /// All kinds, in dependency order: services first, so applying in this
     /// order never references a service that is not there yet.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
         Kind::Policy,
         Kind::Authz,
+        Kind::Telemetry,
     ];
 
     /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`,
@@ -76,6 +82,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::Policy => "policy",
             Kind::Authz => "authorization_policy",
+            Kind::Telemetry => "telemetry",
         }
     }
 
@@ -87,6 +94,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Policy => "policies",
             Kind::Authz => "authorization_policies",
+            Kind::Telemetry => "telemetry",
         }
     }
 
@@ -105,6 +113,7 @@ impl Kind {
             Kind::Route => TypeUrl::Route,
             Kind::Policy => TypeUrl::DestinationPolicy,
             Kind::Authz => TypeUrl::AuthorizationPolicy,
+            Kind::Telemetry => TypeUrl::Telemetry,
         }
     }
 
@@ -139,6 +148,7 @@ impl Resource {
             Resource::Route(_) => Kind::Route,
             Resource::Policy(_) => Kind::Policy,
             Resource::Authz(_) => Kind::Authz,
+            Resource::Telemetry(_) => Kind::Telemetry,
         }
     }
 
@@ -149,6 +159,7 @@ impl Resource {
             Resource::Route(r) => ns_key(&r.namespace, &r.name),
             Resource::Policy(p) => ns_key(&p.namespace, &p.name),
             Resource::Authz(a) => ns_key(&a.namespace, &a.name),
+            Resource::Telemetry(t) => ns_key(&t.namespace, &t.name),
             Resource::Endpoint(e) => endpoint_key(e),
         }
     }
@@ -162,6 +173,7 @@ impl Resource {
             Resource::Route(r) => &mut r.namespace,
             Resource::Policy(p) => &mut p.namespace,
             Resource::Authz(a) => &mut a.namespace,
+            Resource::Telemetry(t) => &mut t.namespace,
         };
         if ns.is_empty() {
             *ns = namespace_or_default("").to_string();
@@ -176,6 +188,7 @@ impl Resource {
             Resource::Route(r) => serde_json::to_value(r),
             Resource::Policy(p) => serde_json::to_value(p),
             Resource::Authz(a) => serde_json::to_value(a),
+            Resource::Telemetry(t) => serde_json::to_value(t),
         };
         // These types only hold strings, numbers, maps and lists.
         v.unwrap_or(serde_json::Value::Null)
@@ -189,6 +202,7 @@ impl Resource {
             Kind::Route => Resource::Route(serde_json::from_slice(bytes)?),
             Kind::Policy => Resource::Policy(serde_json::from_slice(bytes)?),
             Kind::Authz => Resource::Authz(serde_json::from_slice(bytes)?),
+            Kind::Telemetry => Resource::Telemetry(serde_json::from_slice(bytes)?),
         })
     }
 
@@ -201,6 +215,7 @@ impl Resource {
             Resource::Route(r) => r.encode_to_vec(),
             Resource::Policy(p) => p.encode_to_vec(),
             Resource::Authz(a) => a.encode_to_vec(),
+            Resource::Telemetry(t) => t.encode_to_vec(),
         }
     }
 
@@ -216,6 +231,7 @@ impl Resource {
             Kind::Route => Resource::Route(Route::decode(bytes).ok()?),
             Kind::Policy => Resource::Policy(DestinationPolicy::decode(bytes).ok()?),
             Kind::Authz => Resource::Authz(AuthorizationPolicy::decode(bytes).ok()?),
+            Kind::Telemetry => Resource::Telemetry(Telemetry::decode(bytes).ok()?),
         })
     }
 
@@ -227,6 +243,7 @@ impl Resource {
             Resource::Route(r) => mesh.routes.push(r.clone()),
             Resource::Policy(p) => mesh.policies.push(p.clone()),
             Resource::Authz(a) => mesh.authorization_policies.push(a.clone()),
+            Resource::Telemetry(t) => mesh.telemetry.push(t.clone()),
         }
     }
 
@@ -264,6 +281,10 @@ impl Resource {
                 .into_iter()
                 .enumerate()
                 .map(|(i, a)| (indexed(Kind::Authz, i), Resource::Authz(a))),
+            mesh.telemetry
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (indexed(Kind::Telemetry, i), Resource::Telemetry(t))),
         );
         out
     }
@@ -277,6 +298,8 @@ impl Resource {
             Resource::Route(r) => sane_xds_proto::resources::qualify(&r.service, &r.namespace),
             Resource::Policy(p) => sane_xds_proto::resources::qualify(&p.service, &p.namespace),
             Resource::Authz(a) => a.service_key(),
+            // Not about one service: it applies to its whole namespace.
+            Resource::Telemetry(_) => String::new(),
         }
     }
 
@@ -288,6 +311,7 @@ impl Resource {
             Resource::Route(r) => &r.namespace,
             Resource::Policy(p) => &p.namespace,
             Resource::Authz(a) => &a.namespace,
+            Resource::Telemetry(t) => &t.namespace,
         })
     }
 }

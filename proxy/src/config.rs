@@ -11,6 +11,7 @@ use crate::error::StartError;
 use crate::policy::authz::AuthzPolicies;
 use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
+use crate::trace::TelemetrySettings;
 use crate::transparent::OriginalDstTable;
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
@@ -45,6 +46,9 @@ pub struct Snapshot {
     /// The authorization policies of the local workload (`node.workload` in
     /// `node.namespace`), enforced on inbound requests and connections.
     pub authz: Arc<AuthzPolicies>,
+    /// Tracing and access-log settings of this node (the same `Arc` as the
+    /// previous snapshot's while they do not change).
+    pub telemetry: Arc<TelemetrySettings>,
 }
 
 /// Where an inbound listener delivers traffic.
@@ -95,6 +99,7 @@ fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
         b.resources.routes = d.routes.clone();
         b.resources.policies = d.policies.clone();
         b.resources.authorization_policies = d.authorization_policies.clone();
+        b.resources.telemetry = d.telemetry.clone();
     }
     b
 }
@@ -276,7 +281,13 @@ impl Snapshot {
             &res.authorization_policies,
             &local_service_key(&bootstrap.node),
         ));
+        let telemetry = TelemetrySettings::for_node(&bootstrap);
+        let telemetry = match previous {
+            Some(p) if *p.telemetry == telemetry => p.telemetry.clone(),
+            _ => Arc::new(telemetry),
+        };
         Ok(Self {
+            telemetry,
             version,
             bootstrap: Arc::new(bootstrap),
             routes,

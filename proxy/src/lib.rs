@@ -15,6 +15,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cluster;
@@ -25,13 +26,14 @@ pub mod error;
 pub mod health;
 pub mod iptables;
 pub mod listener;
+pub mod observe;
 pub mod policy;
 pub mod protocol;
 pub mod route;
 pub mod stack;
 pub mod telemetry;
 pub mod tls;
-pub mod trace_context;
+pub mod trace;
 pub mod transparent;
 pub mod upstream;
 pub mod xds;
@@ -158,6 +160,7 @@ pub async fn build(
         upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),
         metrics: metrics.clone(),
         identity,
+        tracer: Arc::new(trace::Tracer::new(&registry)?),
     };
     Ok(Proxy {
         admin_addr,

@@ -1,7 +1,8 @@
 //! Sane Mesh resource types, defined once.
 //!
 //! Every concept the mesh configures (a [`Service`], its [`Endpoint`]s, a
-//! [`Route`], a [`DestinationPolicy`], an [`AuthorizationPolicy`], a [`Listener`]) is one Rust struct that
+//! [`Route`], a [`DestinationPolicy`], an [`AuthorizationPolicy`], a
+//! [`Listener`], a [`Telemetry`]) is one Rust struct that
 //! derives both `serde` (YAML files, the JSON API) and `prost` (the xDS wire,
 //! packed in `Any` with the type URL from [`TypeUrl`]). Validation lives next to
 //! the types and reports the field path and the bad value.
@@ -24,6 +25,7 @@ mod route;
 mod route_policy;
 pub mod serde_util;
 mod service;
+mod telemetry;
 mod validate;
 
 pub use authz::{
@@ -48,6 +50,7 @@ pub use route_policy::{
     RETRY_CONDITIONS,
 };
 pub use service::{Protocol, Service, ServicePort};
+pub use telemetry::{AccessLogConfig, OtlpProtocol, Telemetry, TracingConfig, MAX_SPAN_QUEUE};
 pub use validate::{FieldError, FieldPath, ValidationErrors};
 
 /// The namespace used when a resource leaves `namespace` empty.

@@ -1,7 +1,9 @@
 //! The full set of mesh resources a proxy runs on, and their type URLs.
 
 use crate::validate::{Errors, FieldPath, ValidationErrors};
-use crate::{AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, Route, Service};
+use crate::{
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, Route, Service, Telemetry,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -31,6 +33,9 @@ pub struct MeshResources {
     #[prost(message, repeated, tag = "6")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Tracing and access-log settings. Default: none.
+    #[prost(message, repeated, tag = "7")]
+    pub telemetry: Vec<Telemetry>,
 }
 
 /// The type URL of each resource kind on the xDS wire.
@@ -48,6 +53,8 @@ pub enum TypeUrl {
     DestinationPolicy,
     /// [`AuthorizationPolicy`]
     AuthorizationPolicy,
+    /// [`Telemetry`]
+    Telemetry,
 }
 
 // === impl TypeUrl ===
@@ -61,6 +68,7 @@ impl TypeUrl {
         TypeUrl::Route,
         TypeUrl::DestinationPolicy,
         TypeUrl::AuthorizationPolicy,
+        TypeUrl::Telemetry,
     ];
 
     /// The URL string.
@@ -72,6 +80,7 @@ impl TypeUrl {
             TypeUrl::Route => "type.googleapis.com/sane.mesh.v1.Route",
             TypeUrl::DestinationPolicy => "type.googleapis.com/sane.mesh.v1.DestinationPolicy",
             TypeUrl::AuthorizationPolicy => "type.googleapis.com/sane.mesh.v1.AuthorizationPolicy",
+            TypeUrl::Telemetry => "type.googleapis.com/sane.mesh.v1.Telemetry",
         }
     }
 
@@ -192,6 +201,15 @@ impl MeshResources {
             let key = (crate::namespace_or_default(&a.namespace), a.name.as_str());
             if !authz.insert(key) {
                 errs.push(&p.field("name"), format!("{:?} is declared twice", a.name));
+            }
+        }
+        let mut telemetry = HashSet::new();
+        for (i, t) in self.telemetry.iter().enumerate() {
+            let p = root.item("telemetry", i);
+            t.validate_into(&p, errs);
+            let key = qualify(&t.name, &t.namespace);
+            if !telemetry.insert(key.clone()) {
+                errs.push(&p.field("name"), format!("{key:?} is declared twice"));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

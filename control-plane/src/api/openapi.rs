@@ -19,6 +19,7 @@ pub fn document() -> Value {
         ("services", "Service", &["namespace", "name"][..]),
         ("routes", "Route", &["namespace", "name"][..]),
         ("policies", "DestinationPolicy", &["namespace", "name"][..]),
+        ("telemetry", "Telemetry", &["namespace", "name"][..]),
         (
             "authorization_policies",
             "AuthorizationPolicy",
@@ -416,7 +417,25 @@ fn other_resource_schemas() -> Value {
             "endpoints": array_of(schema_ref("Endpoint")),
             "routes": array_of(schema_ref("Route")),
             "policies": array_of(schema_ref("DestinationPolicy")),
-            "authorization_policies": array_of(schema_ref("AuthorizationPolicy"))
+            "authorization_policies": array_of(schema_ref("AuthorizationPolicy")),
+            "telemetry": array_of(schema_ref("Telemetry"))
+        })),
+        "Telemetry": object(&["name"], json!({
+            "name": string(),
+            "namespace": string(),
+            "tracing": schema_ref("TracingConfig"),
+            "access_log": schema_ref("AccessLogConfig")
+        })),
+        "TracingConfig": object(&["endpoint"], json!({
+            "endpoint": string(),
+            "protocol": { "type": "string", "enum": ["grpc", "http/protobuf"], "default": "grpc" },
+            "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 },
+            "max_queue": { "type": "integer", "default": 2048 },
+            "service_name": string()
+        })),
+        "AccessLogConfig": object(&[], json!({
+            "path": string(),
+            "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 }
         }))
     })
 }
@@ -583,6 +602,9 @@ mod tests {
         check::<AuthzSource>("AuthzSource");
         check::<AuthzOperation>("AuthzOperation");
         check::<AuthzCondition>("AuthzCondition");
+        check::<Telemetry>("Telemetry");
+        check::<TracingConfig>("TracingConfig");
+        check::<AccessLogConfig>("AccessLogConfig");
     }
 
     /// The values an enum of `T` serializes to, in declaration order.

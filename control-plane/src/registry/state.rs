@@ -169,6 +169,7 @@ impl State {
                 Resource::Route(r) => out.routes.push(stored(origin, ttl_ms, r)),
                 Resource::Policy(r) => out.policies.push(stored(origin, ttl_ms, r)),
                 Resource::Authz(r) => out.authorization_policies.push(stored(origin, ttl_ms, r)),
+                Resource::Telemetry(r) => out.telemetry.push(stored(origin, ttl_ms, r)),
             }
         }
         out
@@ -209,6 +210,8 @@ impl State {
         }
         for s in stored.authorization_policies {
             add(s.origin, s.ttl_ms, Resource::Authz(s.resource))?;
+        for s in stored.telemetry {
+            add(s.origin, s.ttl_ms, Resource::Telemetry(s.resource))?;
         }
         state.validate().map_err(|source| Error::StateInvalid {
             path: path.to_path_buf(),

@@ -7,6 +7,8 @@
 //!   [`Sanectl`] talk to it over HTTP and through the CLI.
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
+//! * [`OtlpReceiver`] receives the spans proxies export (OTLP/gRPC).
+//! * [`Prometheus`] runs a real Prometheus server scraping sidecars.
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
 //!   pair, for transparent interception with real iptables rules.
 
@@ -19,7 +21,9 @@ mod grpc;
 pub mod http;
 mod mesh;
 mod netns;
+mod otlp;
 mod process;
+mod prometheus;
 mod sidecar;
 mod two_hop;
 
@@ -33,6 +37,8 @@ pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use netns::{deps_script, Pod, PodPair, Ran};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
+pub use prometheus::{prometheus_deps_script, prometheus_or_skip, Prometheus};
 pub use sidecar::{metric_value, write_bootstrap, write_config_text, Sidecar, READY_DEADLINE};
 pub use two_hop::TwoHop;

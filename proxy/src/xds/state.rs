@@ -17,17 +17,19 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route, Service, TypeUrl,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route, Service, Telemetry,
+    TypeUrl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The types the proxy subscribes to, in the order it asks for them.
-pub const SUBSCRIBED: [TypeUrl; 5] = [
+pub const SUBSCRIBED: [TypeUrl; 6] = [
     TypeUrl::Service,
     TypeUrl::Endpoint,
     TypeUrl::Route,
     TypeUrl::DestinationPolicy,
     TypeUrl::AuthorizationPolicy,
+    TypeUrl::Telemetry,
 ];
 
 /// A decoded resource of any subscribed type.
@@ -43,6 +45,8 @@ pub enum Resource {
     Policy(DestinationPolicy),
     /// An authorization policy.
     Authz(AuthorizationPolicy),
+    /// Tracing and access-log settings.
+    Telemetry(Telemetry),
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +188,7 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
         TypeUrl::AuthorizationPolicy => {
             Resource::Authz(AuthorizationPolicy::decode(v).map_err(err)?)
         }
+        TypeUrl::Telemetry => Resource::Telemetry(Telemetry::decode(v).map_err(err)?),
         TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
     })
 }
@@ -195,6 +200,7 @@ fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
         Resource::Route(x) => x.validate(),
         Resource::Policy(p) => p.validate(),
         Resource::Authz(a) => a.validate(),
+        Resource::Telemetry(t) => t.validate(),
     }
 }
 
@@ -205,6 +211,7 @@ fn kind(r: &Resource) -> &'static str {
         Resource::Route(_) => "route",
         Resource::Policy(_) => "policy",
         Resource::Authz(_) => "authorization_policy",
+        Resource::Telemetry(_) => "telemetry",
     }
 }
 
@@ -216,6 +223,7 @@ pub fn name_of(r: &Resource) -> String {
         Resource::Route(x) => format!("{}/{}", ns(&x.namespace), x.name),
         Resource::Policy(p) => format!("{}/{}", ns(&p.namespace), p.name),
         Resource::Authz(a) => format!("{}/{}", ns(&a.namespace), a.name),
+        Resource::Telemetry(t) => format!("{}/{}", ns(&t.namespace), t.name),
         Resource::Endpoint(e) => {
             let port = if e.proxy_port != 0 {
                 e.proxy_port
@@ -263,6 +271,7 @@ fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
             .get(i)
             .cloned()
             .map(Resource::Authz),
+        "telemetry" => candidate.telemetry.get(i).cloned().map(Resource::Telemetry),
         _ => None,
     }
 }
@@ -298,6 +307,7 @@ fn assemble(all: Vec<&Resource>) -> MeshResources {
             // Its target is the workload enforcing it, which need not be a
             // service this proxy sees: never held back.
             Resource::Authz(a) => out.authorization_policies.push(a.clone()),
+            Resource::Telemetry(t) => out.telemetry.push(t.clone()),
             other => tracing::debug!(
                 resource = %name_of(other),
                 "held back until the service it refers to arrives"
