@@ -280,6 +280,7 @@ fn bootstrap(w: &Workload, cp: &ControlPlane, token: &Path, resources: MeshResou
             service_account: w.service_account.to_string(),
             ..Default::default()
         }),
+        gateway: None,
     }
 }
 

@@ -30,6 +30,11 @@ pub struct Bootstrap {
     /// The proxy's workload identity, issued by the control plane's CA.
     /// Default: none (no mutual TLS).
     pub identity: Option<IdentityConfig>,
+    /// The ingress gateway `sane-proxy gateway` serves (listeners, hosts,
+    /// certificates, routes, edge limits). Default: none; required in
+    /// gateway mode, ignored by a sidecar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::Gateway>,
 }
 
 /// How the proxy obtains its workload certificate.
@@ -152,6 +157,9 @@ impl Bootstrap {
                     "required when there is no control_plane",
                 );
             }
+        }
+        if let Some(g) = &self.gateway {
+            g.validate_into(&root.field("gateway"), &mut errs);
         }
         if let Some(cp) = &self.control_plane {
             let a = &cp.address;

@@ -14,6 +14,7 @@
 mod bootstrap;
 mod ca;
 mod endpoint;
+mod gateway;
 mod listener;
 mod policy;
 mod resilience;
@@ -27,6 +28,10 @@ mod validate;
 pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
+pub use gateway::{
+    EdgeLimits, Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, RateLimit,
+    MAX_REQUEST_HEADER_BYTES, MIN_REQUEST_HEADER_BYTES,
+};
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};
 pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
