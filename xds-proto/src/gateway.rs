@@ -192,7 +192,10 @@ impl Gateway {
             errs.name(&path.field("name"), &self.name);
         }
         if self.listeners.is_empty() {
-            errs.push(&path.field("listeners"), "at least one listener is required");
+            errs.push(
+                &path.field("listeners"),
+                "at least one listener is required",
+            );
         }
         let mut names = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
