@@ -112,15 +112,16 @@ fn run(args: Args) -> anyhow::Result<()> {
 
 fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
     let bootstrap = sane_proxy::config::read_file(&gw.config)?;
+    if gw.check {
+        sane_proxy::gateway::check(bootstrap, &gw.config.display().to_string())?;
+        println!("config ok");
+        return Ok(());
+    }
     let rt = runtime(args.workers)?;
     rt.block_on(async move {
         let registry = prometheus::Registry::new();
         let gateway =
             sane_proxy::gateway::build(bootstrap, Some(gw.config.clone()), registry).await?;
-        if gw.check {
-            println!("config ok");
-            return Ok(());
-        }
         let mut out = std::io::stdout().lock();
         for (name, addr) in gateway.addresses() {
             writeln!(out, "listening name={name} addr={addr}")?;

@@ -105,6 +105,23 @@ pub async fn build(
     })
 }
 
+/// Checks `bootstrap` the way [`build`] would (mesh config, gateway
+/// section, every certificate file) without binding anything.
+pub fn check(bootstrap: Bootstrap, origin: &str) -> Result<(), GatewayStartError> {
+    let Some(gw) = bootstrap.gateway.clone() else {
+        return Err(GatewayStartError::NotConfigured {
+            path: origin.to_string(),
+        });
+    };
+    let namespace = sane_xds_proto::namespace_or_default(&bootstrap.node.namespace).to_string();
+    crate::config::Snapshot::compile(bootstrap, 1, None, origin)?;
+    GatewayTable::compile(&gw, &namespace, None).map_err(|source| GatewayStartError::Config {
+        path: origin.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
 // === impl Gateway ===
 
 impl Gateway {
@@ -264,5 +281,10 @@ impl GatewayMetrics {
     /// Counts a refusal (`rate_limited`, `connection_limit`, ...).
     pub fn reject(&self, reason: &str) {
         self.rejections.with_label_values(&[reason]).inc();
+    }
+
+    /// The refusal counter of one reason.
+    pub fn rejections(&self, reason: &str) -> prometheus::IntCounter {
+        self.rejections.with_label_values(&[reason])
     }
 }

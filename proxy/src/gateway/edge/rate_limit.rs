@@ -9,6 +9,7 @@ use crate::gateway::error::EdgeError;
 use crate::Body;
 use futures::future::{BoxFuture, FutureExt};
 use http::{Request, Response};
+use prometheus::IntCounter;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +34,7 @@ struct BucketState {
 #[derive(Clone, Debug)]
 pub struct RateLimitLayer {
     bucket: Option<Arc<TokenBucket>>,
+    limited: Option<IntCounter>,
 }
 
 /// The service [`RateLimitLayer`] builds.
@@ -40,6 +42,7 @@ pub struct RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     bucket: Option<Arc<TokenBucket>>,
+    limited: Option<IntCounter>,
 }
 
 // === impl TokenBucket ===
@@ -79,7 +82,16 @@ impl TokenBucket {
 impl RateLimitLayer {
     /// Limits with `bucket`, or not at all.
     pub fn new(bucket: Option<Arc<TokenBucket>>) -> Self {
-        Self { bucket }
+        Self {
+            bucket,
+            limited: None,
+        }
+    }
+
+    /// Counts every limited request in `counter`.
+    pub fn counting(mut self, counter: IntCounter) -> Self {
+        self.limited = Some(counter);
+        self
     }
 }
 
@@ -90,6 +102,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             bucket: self.bucket.clone(),
+            limited: self.limited.clone(),
         }
     }
 }
@@ -112,6 +125,9 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if let Some(bucket) = &self.bucket {
             if let Err(retry_after) = bucket.try_take() {
+                if let Some(c) = &self.limited {
+                    c.inc();
+                }
                 let rsp = EdgeError::RateLimited { retry_after }.to_response();
                 return futures::future::ready(Ok(rsp)).boxed();
             }
@@ -139,7 +155,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn burst_then_429_with_retry_after_then_recovers() {
         let bucket = Arc::new(TokenBucket::new(2, 3));
-        let svc = RateLimitLayer::new(Some(bucket)).layer(ok_svc());
+        let limited_total = IntCounter::new("limited", "limited").unwrap();
+        let svc = RateLimitLayer::new(Some(bucket))
+            .counting(limited_total.clone())
+            .layer(ok_svc());
         let call = || {
             let svc = svc.clone();
             async move {
@@ -164,6 +183,7 @@ mod tests {
             assert_eq!(call().await.status(), 200);
         }
         assert_eq!(call().await.status(), 429);
+        assert_eq!(limited_total.get(), 3);
     }
 
     #[tokio::test(start_paused = true)]
