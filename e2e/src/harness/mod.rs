@@ -9,6 +9,8 @@
 //!   condition with a deadline and is the only way tests poll.
 //! * [`OtlpReceiver`] receives the spans proxies export (OTLP/gRPC).
 //! * [`Prometheus`] runs a real Prometheus server scraping sidecars.
+//! * [`Curl`] is the outside client of the gateway tests (TLS, SNI,
+//!   `--resolve`).
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
 //!   pair, for transparent interception with real iptables rules.
 
@@ -16,6 +18,7 @@ mod app;
 mod binaries;
 mod control_plane;
 mod control_plane_client;
+mod curl;
 mod eventually;
 mod grpc;
 pub mod http;
@@ -33,6 +36,7 @@ pub use binaries::{
 };
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
+pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
