@@ -8,7 +8,10 @@
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
-//!   pair, for transparent interception with real iptables rules.
+//!   pair, for transparent interception with real iptables rules;
+//!   [`Pod::block_on`] runs test code inside one.
+//! * [`Load`] sends requests with deadlines and checksums and counts the
+//!   outcomes; [`proc_stats`] samples RSS and fds from `/proc` (chaos, soak).
 
 mod app;
 mod binaries;
@@ -17,8 +20,10 @@ mod control_plane_client;
 mod eventually;
 mod grpc;
 pub mod http;
+mod load;
 mod mesh;
 mod netns;
+pub mod proc_stats;
 mod process;
 mod sidecar;
 mod two_hop;
@@ -31,6 +36,7 @@ pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
+pub use load::{payload, EchoRequests, Load, LoadReport, Outcome, BODY_ABORTED, NO_RESPONSE};
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use netns::{deps_script, Pod, PodPair, Ran};
 pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
