@@ -45,15 +45,17 @@ const PACE: Duration = Duration::from_millis(10);
 const BODY_LEN: usize = 16 * 1024;
 /// Largest RSS growth accepted, per process, after the warm-up.
 ///
-/// Why this figure: the load runs roughly 4 loops × ~40 requests/s, i.e.
-/// about 10 000 requests a minute, half of them carrying 16 KiB each way.
-/// A leak of one buffer per request would grow RSS by over 100 MB/min, and
-/// even a 100-byte leak per request by ~1 MB/min; allocator noise (arenas
-/// settling, pools at their high-water mark, certificate churn) moves RSS
-/// by a few MB once and then oscillates, which a least-squares slope over
-/// the post-warm-up window flattens. 2 MiB/min is far below any per-request
-/// leak and well above what noise produces over a 60+ s window.
-const RSS_SLOPE_BOUND_KB_PER_MIN: f64 = 2048.0;
+/// Why this figure: the load runs about 2 500 requests a minute on this
+/// kind of machine (4 loops, paced), half of them carrying 16 KiB each way.
+/// Leaking one body per request would grow RSS by ~20 MB/min, and a
+/// 2 KiB leak per request by ~5 MB/min. Allocator noise (arenas settling,
+/// pools reaching their high-water mark, TLS state replaced at every
+/// rotation) moves RSS by a few hundred KiB to a MiB and then oscillates;
+/// the local 90 s runs measured slopes of 0.1–1 MiB/min. 4 MiB/min stays
+/// below any per-request buffer leak and leaves room for that noise on a
+/// window of a minute; a longer soak (`SANE_SOAK_SECS`) tightens what the
+/// slope can hide.
+const RSS_SLOPE_BOUND_KB_PER_MIN: f64 = 4096.0;
 /// Open fds may sit a few above the early level (pooled connections to a
 /// freshly rotated peer), never climb.
 const FD_MARGIN: f64 = 8.0;

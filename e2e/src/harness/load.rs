@@ -216,8 +216,8 @@ impl Load {
                 std::panic::resume_unwind(e.into_panic());
             }
         }
-        let report = self.report.lock().expect("report lock").clone();
-        report
+        let report = self.report.lock().expect("report lock");
+        report.clone()
     }
 }
 
