@@ -14,6 +14,7 @@ use crate::config::InboundTarget;
 use crate::drain::Drain;
 use crate::policy::authz::authorize_tcp;
 use crate::protocol::detect::{self, Detected};
+use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::{Io, Prefixed};
 use crate::protocol::opaque;
 use crate::protocol::transport_header::Framing;
@@ -57,7 +58,10 @@ pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain
             b.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            b.http2().timer(TokioTimer::new()).adaptive_window(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
             let conn = b.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             tokio::select! {
@@ -71,7 +75,8 @@ pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain
         Framed::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {

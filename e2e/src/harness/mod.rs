@@ -12,7 +12,10 @@
 //! * [`Curl`] is the outside client of the gateway tests (TLS, SNI,
 //!   `--resolve`).
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
-//!   pair, for transparent interception with real iptables rules.
+//!   pair, for transparent interception with real iptables rules;
+//!   [`Pod::block_on`] runs test code inside one.
+//! * [`Load`] sends requests with deadlines and checksums and counts the
+//!   outcomes; [`proc_stats`] samples RSS and fds from `/proc` (chaos, soak).
 
 mod app;
 mod binaries;
@@ -22,9 +25,11 @@ mod curl;
 mod eventually;
 mod grpc;
 pub mod http;
+mod load;
 mod mesh;
 mod netns;
 mod otlp;
+pub mod proc_stats;
 mod process;
 mod prometheus;
 mod sidecar;
@@ -39,6 +44,7 @@ pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sane
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
+pub use load::{payload, EchoRequests, Load, LoadReport, Outcome, BODY_ABORTED, NO_RESPONSE};
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use netns::{deps_script, Pod, PodPair, Ran};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
