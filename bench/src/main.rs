@@ -390,9 +390,11 @@ fn profile(ws: &Workspace, pin: &Pin, plan: &Plan, repo: &Path) -> Result<String
         .output()
         .context("running perf report")?;
     let text = String::from_utf8_lossy(&report.stdout);
+    // perf pads every row with blank columns; keep the figure and the name.
     let top: Vec<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim_end().trim_end_matches(['-', ' ']))
         .take(40)
         .collect();
     let mut out = format!(
