@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs what e2e/tests/transparent.rs needs to build two "pods" out of
-# Linux network namespaces: ip (iproute2), iptables, curl, setpriv
-# (util-linux). Debian/Ubuntu only (apt-get); needs root. Installs only the
-# tools that are missing, and runs `apt-get update` only when an install
-# fails for want of package lists.
+# Installs what e2e/tests/transparent.rs and e2e/tests/chaos.rs need to
+# build two "pods" out of Linux network namespaces: ip and tc (iproute2),
+# iptables, curl, setpriv (util-linux). tc netem also needs the sch_netem
+# kernel module, which chaos.rs loads with modprobe where it can.
+# Debian/Ubuntu only (apt-get); needs root. Installs only the tools that
+# are missing, and runs `apt-get update` only when an install fails for
+# want of package lists.
 set -euo pipefail
 
 declare -A package_of=(
   [ip]=iproute2
+  [tc]=iproute2
   [iptables]=iptables
   [iptables-restore]=iptables
   [curl]=curl
@@ -21,7 +24,7 @@ for tool in "${!package_of[@]}"; do
   fi
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-  echo "netns-test-deps: ip, iptables, curl and setpriv are installed"
+  echo "netns-test-deps: ip, tc, iptables, curl and setpriv are installed"
   exit 0
 fi
 # Unique package names, stable order.

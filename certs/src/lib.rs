@@ -18,7 +18,10 @@
 //!   the peer's id after the handshake.
 //!
 //! Architecture invariants: only this crate calls rcgen; a private key never
-//! leaves the proxy that generated it (no API serializes a [`WorkloadKey`]);
+//! leaves the proxy that generated it (no API serializes a [`WorkloadKey`];
+//! the one key handed out as PEM is that of
+//! [`CertificateAuthority::sign_external_server_cert`], a certificate meant
+//! to be served from files by the ingress gateway in tests and dev setups);
 //! no async runtime in this crate (rotation returns times, callers sleep).
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]

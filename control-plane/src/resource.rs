@@ -8,14 +8,17 @@
 //! | `service`  | `namespace/name`                      | `default/echo`                 |
 //! | `route`    | `namespace/name`                      | `default/echo-split`           |
 //! | `policy`   | `namespace/name`                      | `default/echo`                 |
+//! | `authorization_policy` | `namespace/name`          | `default/allow-web`            |
 //! | `endpoint` | `namespace/service/address:port`      | `default/echo/10.0.0.7:15006`  |
+//! | `telemetry`| `namespace/name`                      | `default/mesh`                 |
 //!
 //! An endpoint's `port` in its key is its `proxy_port` when it has a sidecar,
 //! otherwise its workload `port` (0 when that is unset too); IPv6 addresses are
 //! bracketed (`[fd00::7]:8080`). An empty namespace is stored as `default`.
 
 use sane_xds_proto::{
-    namespace_or_default, DestinationPolicy, Endpoint, MeshResources, Route, Service, TypeUrl,
+    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route,
+    Service, Telemetry, TypeUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -33,6 +36,10 @@ pub enum Kind {
     Route,
     /// [`DestinationPolicy`]
     Policy,
+    /// [`AuthorizationPolicy`]
+    Authz,
+    /// [`Telemetry`]
+    Telemetry,
 }
 
 /// One resource of any kind.
@@ -46,6 +53,10 @@ pub enum Resource {
     Route(Route),
     /// A destination policy.
     Policy(DestinationPolicy),
+    /// An authorization policy.
+    Authz(AuthorizationPolicy),
+    /// Tracing and access-log settings of a namespace.
+    Telemetry(Telemetry),
 }
 
 // === impl Kind ===
@@ -53,15 +64,25 @@ pub enum Resource {
 impl Kind {
     /// All kinds, in dependency order: services first, so applying in this
     /// order never references a service that is not there yet.
-    pub const ALL: [Kind; 4] = [Kind::Service, Kind::Endpoint, Kind::Route, Kind::Policy];
+    pub const ALL: [Kind; 6] = [
+        Kind::Service,
+        Kind::Endpoint,
+        Kind::Route,
+        Kind::Policy,
+        Kind::Authz,
+        Kind::Telemetry,
+    ];
 
-    /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`.
+    /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`,
+    /// `authorization_policy`.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Service => "service",
             Kind::Endpoint => "endpoint",
             Kind::Route => "route",
             Kind::Policy => "policy",
+            Kind::Authz => "authorization_policy",
+            Kind::Telemetry => "telemetry",
         }
     }
 
@@ -72,6 +93,8 @@ impl Kind {
             Kind::Endpoint => "endpoints",
             Kind::Route => "routes",
             Kind::Policy => "policies",
+            Kind::Authz => "authorization_policies",
+            Kind::Telemetry => "telemetry",
         }
     }
 
@@ -89,6 +112,8 @@ impl Kind {
             Kind::Endpoint => TypeUrl::Endpoint,
             Kind::Route => TypeUrl::Route,
             Kind::Policy => TypeUrl::DestinationPolicy,
+            Kind::Authz => TypeUrl::AuthorizationPolicy,
+            Kind::Telemetry => TypeUrl::Telemetry,
         }
     }
 
@@ -122,6 +147,8 @@ impl Resource {
             Resource::Endpoint(_) => Kind::Endpoint,
             Resource::Route(_) => Kind::Route,
             Resource::Policy(_) => Kind::Policy,
+            Resource::Authz(_) => Kind::Authz,
+            Resource::Telemetry(_) => Kind::Telemetry,
         }
     }
 
@@ -131,6 +158,8 @@ impl Resource {
             Resource::Service(s) => ns_key(&s.namespace, &s.name),
             Resource::Route(r) => ns_key(&r.namespace, &r.name),
             Resource::Policy(p) => ns_key(&p.namespace, &p.name),
+            Resource::Authz(a) => ns_key(&a.namespace, &a.name),
+            Resource::Telemetry(t) => ns_key(&t.namespace, &t.name),
             Resource::Endpoint(e) => endpoint_key(e),
         }
     }
@@ -143,6 +172,8 @@ impl Resource {
             Resource::Endpoint(e) => &mut e.namespace,
             Resource::Route(r) => &mut r.namespace,
             Resource::Policy(p) => &mut p.namespace,
+            Resource::Authz(a) => &mut a.namespace,
+            Resource::Telemetry(t) => &mut t.namespace,
         };
         if ns.is_empty() {
             *ns = namespace_or_default("").to_string();
@@ -156,6 +187,8 @@ impl Resource {
             Resource::Endpoint(e) => serde_json::to_value(e),
             Resource::Route(r) => serde_json::to_value(r),
             Resource::Policy(p) => serde_json::to_value(p),
+            Resource::Authz(a) => serde_json::to_value(a),
+            Resource::Telemetry(t) => serde_json::to_value(t),
         };
         // These types only hold strings, numbers, maps and lists.
         v.unwrap_or(serde_json::Value::Null)
@@ -168,6 +201,8 @@ impl Resource {
             Kind::Endpoint => Resource::Endpoint(serde_json::from_slice(bytes)?),
             Kind::Route => Resource::Route(serde_json::from_slice(bytes)?),
             Kind::Policy => Resource::Policy(serde_json::from_slice(bytes)?),
+            Kind::Authz => Resource::Authz(serde_json::from_slice(bytes)?),
+            Kind::Telemetry => Resource::Telemetry(serde_json::from_slice(bytes)?),
         })
     }
 
@@ -179,6 +214,8 @@ impl Resource {
             Resource::Endpoint(e) => e.encode_to_vec(),
             Resource::Route(r) => r.encode_to_vec(),
             Resource::Policy(p) => p.encode_to_vec(),
+            Resource::Authz(a) => a.encode_to_vec(),
+            Resource::Telemetry(t) => t.encode_to_vec(),
         }
     }
 
@@ -193,6 +230,8 @@ impl Resource {
             Kind::Endpoint => Resource::Endpoint(Endpoint::decode(bytes).ok()?),
             Kind::Route => Resource::Route(Route::decode(bytes).ok()?),
             Kind::Policy => Resource::Policy(DestinationPolicy::decode(bytes).ok()?),
+            Kind::Authz => Resource::Authz(AuthorizationPolicy::decode(bytes).ok()?),
+            Kind::Telemetry => Resource::Telemetry(Telemetry::decode(bytes).ok()?),
         })
     }
 
@@ -203,6 +242,8 @@ impl Resource {
             Resource::Endpoint(e) => mesh.endpoints.push(e.clone()),
             Resource::Route(r) => mesh.routes.push(r.clone()),
             Resource::Policy(p) => mesh.policies.push(p.clone()),
+            Resource::Authz(a) => mesh.authorization_policies.push(a.clone()),
+            Resource::Telemetry(t) => mesh.telemetry.push(t.clone()),
         }
     }
 
@@ -235,6 +276,16 @@ impl Resource {
                 .enumerate()
                 .map(|(i, p)| (indexed(Kind::Policy, i), Resource::Policy(p))),
         );
+        out.extend(
+            mesh.authorization_policies
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| (indexed(Kind::Authz, i), Resource::Authz(a))),
+            mesh.telemetry
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (indexed(Kind::Telemetry, i), Resource::Telemetry(t))),
+        );
         out
     }
 
@@ -246,6 +297,9 @@ impl Resource {
             Resource::Endpoint(e) => e.service_key(),
             Resource::Route(r) => sane_xds_proto::resources::qualify(&r.service, &r.namespace),
             Resource::Policy(p) => sane_xds_proto::resources::qualify(&p.service, &p.namespace),
+            Resource::Authz(a) => a.service_key(),
+            // Not about one service: it applies to its whole namespace.
+            Resource::Telemetry(_) => String::new(),
         }
     }
 
@@ -256,6 +310,8 @@ impl Resource {
             Resource::Endpoint(e) => &e.namespace,
             Resource::Route(r) => &r.namespace,
             Resource::Policy(p) => &p.namespace,
+            Resource::Authz(a) => &a.namespace,
+            Resource::Telemetry(t) => &t.namespace,
         })
     }
 }

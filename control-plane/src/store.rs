@@ -8,7 +8,7 @@
 //! small enough (thousands of resources) that rewriting it whole is cheap.
 
 use crate::error::Error;
-use sane_xds_proto::{DestinationPolicy, Endpoint, Route, Service};
+use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, Endpoint, Route, Service, Telemetry};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -44,6 +44,12 @@ pub struct StoredState {
     /// Destination policies.
     #[serde(default)]
     pub policies: Vec<Stored<DestinationPolicy>>,
+    /// Authorization policies.
+    #[serde(default)]
+    pub authorization_policies: Vec<Stored<AuthorizationPolicy>>,
+    /// Telemetry settings.
+    #[serde(default)]
+    pub telemetry: Vec<Stored<Telemetry>>,
 }
 
 /// One stored resource and its bookkeeping.

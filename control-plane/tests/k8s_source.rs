@@ -157,8 +157,23 @@ fn initial_list_converges_to_services_endpoints_identities_and_policies() {
     };
     assert_eq!(p.load_balancer, LoadBalancer::RoundRobin as i32);
     assert_eq!(p.connect_timeout_ms, 250);
+    assert_eq!(h.keys(Kind::Authz), ["shop/allow-frontend"]);
+    let Resource::Authz(a) = &snapshot
+        .get(Kind::Authz, "shop/allow-frontend")
+        .unwrap()
+        .resource
+    else {
+        panic!()
+    };
+    assert_eq!(
+        a.rules[0].from[0].principals[0],
+        "spiffe://cluster.local/ns/shop/sa/frontend"
+    );
     let converted = convert(&h.store, &h.settings);
-    assert_eq!(converted.unenforced, 1, "the AuthorizationPolicy is stored");
+    assert_eq!(
+        converted.unenforced, 0,
+        "no PeerAuthentication in the fixture"
+    );
     let report = h.sync();
     let problems: Vec<String> = report
         .problems

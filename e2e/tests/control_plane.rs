@@ -405,7 +405,8 @@ async fn wait_xds_connected(proxy: &Sidecar, connected: bool) {
     .await
 }
 
-/// Writes the convergence figures to `bench/results/convergence.txt`.
+/// Writes the convergence figures to `bench/results/convergence.txt`
+/// (`convergence-<N>.txt` for another proxy count).
 fn write_bench(samples_ms: &[u64], proxies: usize, line: &str) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -422,6 +423,14 @@ fn write_bench(samples_ms: &[u64], proxies: usize, line: &str) {
     } else {
         "release"
     };
+    let (env, file) = if proxies == 20 {
+        (String::new(), "convergence.txt".to_string())
+    } else {
+        (
+            format!("SANE_BENCH_PROXIES={proxies} "),
+            format!("convergence-{proxies}.txt"),
+        )
+    };
     let text = format!(
         "# xDS convergence: API write to the last ACK\n\n\
          {line}\n\n\
@@ -432,9 +441,9 @@ fn write_bench(samples_ms: &[u64], proxies: usize, line: &str) {
          | change | PUT /api/v1/routes/{ROUTE} (a new timeout on one rule) |\n\
          | measured | from just before the PUT to the latest `acked_at` of the Route type in GET /api/v1/proxies |\n\
          | samples (ms) | {samples_ms:?} |\n\
-         | command | SANE_WRITE_BENCH=1 cargo test -p sane-e2e --test control_plane route_change -- --nocapture |\n"
+         | command | {env}SANE_WRITE_BENCH=1 cargo test -p sane-e2e --test control_plane route_change -- --nocapture |\n"
     );
-    let path: PathBuf = workspace_root().join("bench/results/convergence.txt");
+    let path: PathBuf = workspace_root().join("bench/results").join(file);
     std::fs::create_dir_all(path.parent().expect("a parent dir")).expect("creating bench/results");
     std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
     eprintln!("wrote {}", path.display());
@@ -460,9 +469,14 @@ fn endpoint_addresses(dump: &Value) -> Vec<String> {
 /// ACKs it, `sanectl status --wait-sync` agrees, and traffic through the
 /// one proxy with a listener follows the new route. Then five more changes
 /// through the API measure write-to-last-ACK convergence.
+/// `SANE_BENCH_PROXIES=<n>` runs it with another number of proxies (the
+/// push benchmark, `bench/convergence.sh --proxies 100`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_change_converges_on_20_proxies() {
-    const PROXIES: usize = 20;
+    let proxy_count: usize = std::env::var("SANE_BENCH_PROXIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let cp = Cp::start().await;
     let echoes = Echoes::start().await;
     let mesh = mesh_yaml(&[(&echoes.v1, "v1"), (&echoes.v2, "v2")]);
@@ -470,7 +484,7 @@ async fn route_change_converges_on_20_proxies() {
     assert!(out.contains("service default/echo created"), "{out}");
     assert!(out.contains(&format!("route {ROUTE} created")), "{out}");
 
-    let ids: Vec<String> = (0..PROXIES).map(|i| format!("proxy-{i:02}")).collect();
+    let ids: Vec<String> = (0..proxy_count).map(|i| format!("proxy-{i:02}")).collect();
     let proxies = join_all(ids.iter().enumerate().map(|(i, id)| cp.proxy(id, i == 0))).await;
     let client = http1_client_via(proxies[0].listener(OUTBOUND));
     let status = cp.cli.ok(&["status", "--wait-sync", "30s"]).await;
@@ -509,14 +523,14 @@ async fn route_change_converges_on_20_proxies() {
     let mut sorted = samples_ms.clone();
     sorted.sort_unstable();
     let line = format!(
-        "convergence: median={}ms p100={}ms over {} changes, {PROXIES} proxies",
+        "convergence: median={}ms p100={}ms over {} changes, {proxy_count} proxies",
         sorted[sorted.len() / 2],
         sorted[sorted.len() - 1],
         sorted.len()
     );
     println!("{line} (samples {samples_ms:?})");
     if std::env::var("SANE_WRITE_BENCH").is_ok_and(|v| v == "1") {
-        write_bench(&samples_ms, PROXIES, &line);
+        write_bench(&samples_ms, proxy_count, &line);
     }
     // Traffic follows the last change too.
     assert_eq!(answered_by(&client, Some("1")).await.unwrap(), "echo-2");

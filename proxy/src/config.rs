@@ -8,8 +8,10 @@
 
 use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
+use crate::policy::authz::AuthzPolicies;
 use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
+use crate::trace::TelemetrySettings;
 use crate::transparent::OriginalDstTable;
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
@@ -41,6 +43,12 @@ pub struct Snapshot {
     /// Service and endpoint addresses, for transparently intercepted
     /// connections.
     pub transparent: OriginalDstTable,
+    /// The authorization policies of the local workload (`node.workload` in
+    /// `node.namespace`), enforced on inbound requests and connections.
+    pub authz: Arc<AuthzPolicies>,
+    /// Tracing and access-log settings of this node (the same `Arc` as the
+    /// previous snapshot's while they do not change).
+    pub telemetry: Arc<TelemetrySettings>,
 }
 
 /// Where an inbound listener delivers traffic.
@@ -90,6 +98,8 @@ fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
         b.resources.endpoints = d.endpoints.clone();
         b.resources.routes = d.routes.clone();
         b.resources.policies = d.policies.clone();
+        b.resources.authorization_policies = d.authorization_policies.clone();
+        b.resources.telemetry = d.telemetry.clone();
     }
     b
 }
@@ -267,7 +277,17 @@ impl Snapshot {
             builder.cluster_of(service, port, &BTreeMap::new(), only)
         });
         let clusters = builder.built.into_values().collect();
+        let authz = Arc::new(AuthzPolicies::for_workload(
+            &res.authorization_policies,
+            &local_service_key(&bootstrap.node),
+        ));
+        let telemetry = TelemetrySettings::for_node(&bootstrap);
+        let telemetry = match previous {
+            Some(p) if *p.telemetry == telemetry => p.telemetry.clone(),
+            _ => Arc::new(telemetry),
+        };
         Ok(Self {
+            telemetry,
             version,
             bootstrap: Arc::new(bootstrap),
             routes,
@@ -275,6 +295,7 @@ impl Snapshot {
             inbound,
             clusters,
             transparent,
+            authz,
         })
     }
 
@@ -282,6 +303,21 @@ impl Snapshot {
     pub fn listeners(&self) -> &[Listener] {
         &self.bootstrap.resources.listeners
     }
+}
+
+/// The service key (`name.namespace`) of the local workload, as inbound
+/// metrics and authorization policies name it: `node.workload` (or
+/// `inbound`) in `node.namespace`.
+pub fn local_service_key(node: &sane_xds_proto::Node) -> String {
+    let workload = if node.workload.is_empty() {
+        "inbound"
+    } else {
+        &node.workload
+    };
+    format!(
+        "{workload}.{}",
+        sane_xds_proto::namespace_or_default(&node.namespace)
+    )
 }
 
 type ClusterKey = (String, u32, BTreeMap<String, String>, Option<IpAddr>);

@@ -12,7 +12,9 @@
 use crate::cluster::Cluster;
 use crate::config::InboundTarget;
 use crate::drain::Drain;
+use crate::policy::authz::authorize_tcp;
 use crate::protocol::detect::{self, Detected};
+use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::{Io, Prefixed};
 use crate::protocol::opaque;
 use crate::protocol::transport_header::Framing;
@@ -56,7 +58,10 @@ pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain
             b.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            b.http2().timer(TokioTimer::new()).adaptive_window(true);
+            b.http2()
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
             let conn = b.serve_connection_with_upgrades(io, service);
             tokio::pin!(conn);
             tokio::select! {
@@ -70,7 +75,8 @@ pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain
         Framed::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
@@ -247,16 +253,7 @@ async fn inbound_detected<I: Io>(
     }
     let io = Prefixed::new(prefix, io);
     let snapshot = ctx.config.load();
-    let node = &snapshot.bootstrap.node;
-    let service = format!(
-        "{}.{}",
-        if node.workload.is_empty() {
-            "inbound"
-        } else {
-            &node.workload
-        },
-        sane_xds_proto::namespace_or_default(&node.namespace)
-    );
+    let service = crate::config::local_service_key(&snapshot.bootstrap.node);
     drop(snapshot);
     match framed {
         Some(framed) => {
@@ -270,7 +267,17 @@ async fn inbound_detected<I: Io>(
             );
             serve_http(io, svc, framed, drain).await;
         }
-        None => inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await,
+        None => {
+            // Opaque TCP is authorized once, before any byte is forwarded;
+            // a denied connection is closed (dropped) unanswered.
+            let policies = ctx.config.load().authz.clone();
+            let denied = authorize_tcp(&policies, peer_id.as_ref(), port, &ctx.metrics.authz);
+            if let Err(e) = denied {
+                tracing::warn!(%peer, port, error = %e, flags = "RBAC", "tcp connection denied; closing");
+                return;
+            }
+            inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await
+        }
     }
 }
 

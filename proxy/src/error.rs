@@ -115,6 +115,16 @@ pub enum ProxyError {
     /// The proxy is draining and takes no new requests.
     #[error("proxy is draining")]
     Draining,
+    /// An authorization policy denied the caller (inbound).
+    #[error("denied by {policy} for {principal} ({operation})")]
+    Unauthorized {
+        /// The deciding policy (`namespace/name`), or why no policy allowed it.
+        policy: String,
+        /// The caller's identity, or `unauthenticated`.
+        principal: String,
+        /// What was asked, e.g. `GET /admin on port 8080`.
+        operation: String,
+    },
     /// The caller's deadline (`grpc-timeout` or `x-sane-deadline-ms`) passed.
     #[error("the caller's deadline of {budget_ms}ms passed")]
     DeadlineExceeded {
@@ -149,7 +159,9 @@ impl ProxyError {
     /// Which side caused the error.
     pub fn source_side(&self) -> ErrorSource {
         match self {
-            ProxyError::BadRequest { .. } => ErrorSource::Downstream,
+            ProxyError::BadRequest { .. } | ProxyError::Unauthorized { .. } => {
+                ErrorSource::Downstream
+            }
             ProxyError::NoRoute { .. }
             | ProxyError::NoRuleMatched { .. }
             | ProxyError::NoHealthyUpstream { .. }
@@ -184,6 +196,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
             ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -211,7 +224,7 @@ impl ProxyError {
     /// `UC` upstream connection termination, `UT` upstream timeout or passed
     /// deadline, `UO` overflow (circuit breaker), `FI` fault abort, `URX`
     /// retry limit reached, `DPE` bad downstream request, `SI` shutting down
-    /// (draining). `DI` (fault delay) is added to responses by the fault
+    /// (draining), `RBAC` denied by an authorization policy. `DI` (fault delay) is added to responses by the fault
     /// policy, never to errors.
     pub fn response_flag(&self) -> &'static str {
         match self {
@@ -226,6 +239,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => "UT",
             ProxyError::Overloaded { .. } => "UO",
             ProxyError::Draining => "SI",
+            ProxyError::Unauthorized { .. } => "RBAC",
             ProxyError::FaultAbort { .. } => "FI",
             ProxyError::RetryLimit { .. } => "URX",
         }

@@ -7,7 +7,9 @@
 //! the current snapshot (swapped atomically on reload), [`admin`] exposes
 //! readiness, metrics and the config, [`drain`] shuts down gracefully.
 //! Connections the [`iptables`] rules redirect to a transparent listener are
-//! served by [`transparent`] according to where they were going.
+//! served by [`transparent`] according to where they were going. In
+//! [`gateway`] mode the same proxy also serves public listeners and sends
+//! outside requests into the mesh through the outbound stack.
 //!
 //! Entry point: [`build`] binds every socket and returns a [`Proxy`] that
 //! reports its addresses; [`Proxy::run`] serves until drained.
@@ -15,6 +17,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cluster;
@@ -22,16 +25,18 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod error;
+pub mod gateway;
 pub mod health;
 pub mod iptables;
 pub mod listener;
+pub mod observe;
 pub mod policy;
 pub mod protocol;
 pub mod route;
 pub mod stack;
 pub mod telemetry;
 pub mod tls;
-pub mod trace_context;
+pub mod trace;
 pub mod transparent;
 pub mod upstream;
 pub mod xds;
@@ -158,6 +163,7 @@ pub async fn build(
         upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),
         metrics: metrics.clone(),
         identity,
+        tracer: Arc::new(trace::Tracer::new(&registry)?),
     };
     Ok(Proxy {
         admin_addr,
@@ -196,6 +202,12 @@ impl Proxy {
     /// A handle to reload or drain the proxy while it runs.
     pub fn handle(&self) -> ProxyHandle {
         self.handle.clone()
+    }
+
+    /// What the request stacks need (config, pools, identity, drain), for
+    /// servers built on top of the proxy ([`gateway`]).
+    pub fn context(&self) -> StackContext {
+        self.ctx.clone()
     }
 
     /// Serves until a drain is started, then waits for open connections to

@@ -4,7 +4,9 @@
 //! hands over to the library. Signals: SIGHUP reloads the config, SIGTERM and
 //! SIGINT drain and exit. `sane-proxy iptables install|uninstall` sets up
 //! (or removes) transparent interception in the pod's network namespace and
-//! exits.
+//! exits. `sane-proxy gateway --config FILE` runs the proxy in gateway
+//! mode: the same proxy plus the public listeners of the file's `gateway`
+//! section.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -53,6 +55,19 @@ enum Command {
     /// app starts).
     #[command(subcommand)]
     Iptables(IptablesCommand),
+    /// Run as an ingress gateway: public listeners (TLS by SNI) routing
+    /// outside requests to mesh services.
+    Gateway(GatewayArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GatewayArgs {
+    /// Bootstrap config file (YAML) with a `gateway` section.
+    #[arg(long, env = "SANE_GATEWAY_CONFIG")]
+    config: PathBuf,
+    /// Validate the config (certificates included) and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +87,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::Iptables(cmd)) = &args.command {
         println!("{}", sane_proxy::iptables::run(cmd)?.trim_end());
         return Ok(());
+    }
+    if let Some(Command::Gateway(gw)) = &args.command {
+        return run_gateway(gw, &args);
     }
     let config = args.config.clone().context("--config is required")?;
     let mut bootstrap = sane_proxy::config::read_file(&config)?;
@@ -126,6 +144,38 @@ fn apply_overrides(b: &mut sane_xds_proto::Bootstrap, args: &Args) -> anyhow::Re
         )
     })?;
     Ok(())
+}
+
+fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
+    let bootstrap = sane_proxy::config::read_file(&gw.config)?;
+    if gw.check {
+        sane_proxy::gateway::check(bootstrap, &gw.config.display().to_string())?;
+        println!("config ok");
+        return Ok(());
+    }
+    let rt = runtime(args.workers)?;
+    rt.block_on(async move {
+        let registry = prometheus::Registry::new();
+        let gateway =
+            sane_proxy::gateway::build(bootstrap, Some(gw.config.clone()), registry).await?;
+        let mut out = std::io::stdout().lock();
+        for (name, addr) in gateway.addresses() {
+            writeln!(out, "listening name={name} addr={addr}")?;
+        }
+        out.flush()?;
+        drop(out);
+        tokio::spawn(signals(gateway.handle()));
+        gateway.run().await;
+        Ok(())
+    })
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        rt.worker_threads(n.max(1));
+    }
+    rt.enable_all().build().context("starting the runtime")
 }
 
 async fn signals(handle: sane_proxy::ProxyHandle) {
@@ -184,6 +234,10 @@ mod tests {
         let serve = Args::try_parse_from(["sane-proxy", "--config", "x.yaml"]).unwrap();
         assert_eq!(serve.config, Some(PathBuf::from("x.yaml")));
         assert!(serve.command.is_none());
+        let gw = Args::try_parse_from(["sane-proxy", "gateway", "--config", "gw.yaml"]).unwrap();
+        assert!(
+            matches!(gw.command, Some(Command::Gateway(GatewayArgs { ref config, check: false })) if config == &PathBuf::from("gw.yaml"))
+        );
     }
 
     #[test]

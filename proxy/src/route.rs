@@ -246,7 +246,8 @@ impl Matcher {
         })
     }
 
-    fn matches<B>(&self, req: &Request<B>) -> bool {
+    /// True if the request meets every condition of this match.
+    pub fn matches<B>(&self, req: &Request<B>) -> bool {
         if let Some(m) = &self.method {
             if req.method() != m {
                 return false;

@@ -1,8 +1,9 @@
 //! The HTTP request stacks, one function per direction, outermost first.
 //!
 //! Outbound (the local app calls a service):
-//! 1. `observe`: metrics and the request log see the final outcome, including
-//!    errors turned into responses, so it sits outside everything.
+//! 1. `observe`: metrics, the hop's trace span and the access log see the
+//!    final outcome, including errors turned into responses, so it sits
+//!    outside everything; it continues (or starts) the trace.
 //! 2. `route`: resolves the authority to a service port, picks the rule and
 //!    weighted destination cluster, and puts the route's timeout, the rule's
 //!    policies and the destination (with its breaker and retry budget) in
@@ -27,12 +28,18 @@
 //!     is not an attempt's.
 //! 11. `propagate`: rewrites the deadline headers per attempt with the time
 //!     actually left, so the next hop gets a shrinking budget.
-//! 12. `endpoint`: outlier-aware pick avoiding endpoints earlier attempts
+//! 12. `attempt`: one trace span per attempt, whose context goes upstream, so
+//!     retries show as separate children of the outbound span.
+//! 13. `endpoint`: outlier-aware pick avoiding endpoints earlier attempts
 //!     tried, forwards through the pool, reports the outcome for outlier
 //!     detection and peak-EWMA.
 //!
-//! Inbound (a peer calls the local workload): `observe`; `deadline` and
-//! `propagate`, so work for a caller that gave up is cancelled and the
+//! Inbound (a peer calls the local workload): `observe` (the server span,
+//! the workload sees it as its parent; metrics with the peer's identity);
+//! `authz`, the local workload's authorization policies against the caller's
+//! mutual TLS identity (below `observe`, so a 403 `RBAC` is counted, traced
+//! and logged; above the rest, so a denied request costs nothing more);
+//! `deadline` and `propagate`, so work for a caller that gave up is cancelled and the
 //! workload sees the budget left; then `local`, which forwards to the
 //! workload port the connection was opened for.
 
@@ -40,6 +47,8 @@ use crate::body::{self, Body};
 use crate::cluster::{InFlight, Selection};
 use crate::config::ConfigStore;
 use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
+use crate::observe::{Observe, ObservedService, Side};
+use crate::policy::authz::{AuthzLayer, PolicySource};
 use crate::policy::circuit_breaker::CircuitBreakerLayer;
 use crate::policy::deadline::{DeadlineLayer, PropagateLayer};
 use crate::policy::fault::FaultLayer;
@@ -49,8 +58,9 @@ use crate::policy::retry::RetryLayer;
 use crate::policy::timeout::{PerTryTimeoutLayer, RequestTimeout, TimeoutLayer};
 use crate::protocol::http as h;
 use crate::route::Destination;
-use crate::telemetry::{Metrics, RequestLabels, ResilienceMetrics};
+use crate::telemetry::{Metrics, ResilienceMetrics};
 use crate::tls::PeerIdentity;
+use crate::trace::attempt::AttemptLayer;
 use crate::transparent::OriginalDst;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
@@ -63,7 +73,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
@@ -87,11 +97,9 @@ pub struct StackContext {
     /// Tracks tasks that outlive their request (upgraded tunnels), so a
     /// drain waits for them.
     pub drain: crate::drain::Drain,
+    /// Span export and access logs.
+    pub tracer: Arc<crate::trace::Tracer>,
 }
-
-/// Labels the route stage learned, for the observe stage above it.
-#[derive(Clone, Debug, Default)]
-struct ObservedService(Arc<std::sync::Mutex<Option<(String, Protocol)>>>);
 
 /// Builds the outbound stack, in the order (and for the reasons) the module
 /// documentation lists.
@@ -101,8 +109,10 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
         .layer_fn(|inner| Observe {
             inner,
             metrics: ctx.metrics.clone(),
-            reporter: "source",
-            fixed: None,
+            tracer: ctx.tracer.clone(),
+            config: ctx.config.clone(),
+            identity: ctx.identity.clone(),
+            side: Side::Outbound,
         })
         .layer_fn(|inner| RouteStage {
             inner,
@@ -117,6 +127,7 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
         .layer(CircuitBreakerLayer::new(resilience.clone()))
         .layer(PerTryTimeoutLayer)
         .layer(PropagateLayer)
+        .layer(AttemptLayer)
         .service(EndpointStage {
             drain: ctx.drain.clone(),
             upstream: ctx.upstream.clone(),
@@ -139,8 +150,19 @@ pub fn inbound(
         .layer_fn(|inner| Observe {
             inner,
             metrics: ctx.metrics.clone(),
-            reporter: "destination",
-            fixed: Some((service.clone(), protocol)),
+            tracer: ctx.tracer.clone(),
+            config: ctx.config.clone(),
+            identity: ctx.identity.clone(),
+            side: Side::Inbound {
+                service: service.clone(),
+                protocol,
+                peer: peer.clone(),
+            },
+        })
+        .layer({
+            let config = ctx.config.clone();
+            let policies: PolicySource = Arc::new(move || config.load().authz.clone());
+            AuthzLayer::new(policies, peer.clone(), port, ctx.metrics.authz.clone())
         })
         .layer(DeadlineLayer)
         .layer(PropagateLayer)
@@ -155,7 +177,7 @@ pub fn inbound(
                 idle_timeout: Duration::from_secs(30),
                 identity: "".into(),
             },
-            peer,
+            peer: peer.clone(),
         });
     BoxCloneSyncService::new(svc)
 }
@@ -166,101 +188,6 @@ pub async fn serve(svc: HttpSvc, req: Request<Incoming>) -> Response<Body> {
     match svc.oneshot(req.map(body::boxed)).await {
         Ok(rsp) => rsp,
         Err(e) => e.to_response(),
-    }
-}
-
-// === Observe ===
-
-#[derive(Clone, Debug)]
-struct Observe<S> {
-    inner: S,
-    metrics: Metrics,
-    reporter: &'static str,
-    fixed: Option<(String, Protocol)>,
-}
-
-impl<S> Service<Request<Body>> for Observe<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let start = Instant::now();
-        let version = req.version();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let observed = ObservedService::default();
-        if let Some(fixed) = &self.fixed {
-            *observed.0.lock().expect("not poisoned") = Some(fixed.clone());
-        }
-        req.extensions_mut().insert(observed.clone());
-        let grpc = h::is_grpc(req.headers());
-        let fut = self.inner.call(req);
-        let metrics = self.metrics.clone();
-        let reporter = self.reporter;
-        Box::pin(async move {
-            let (mut rsp, error) = match fut.await {
-                Ok(rsp) => (rsp, None),
-                Err(e) => (e.to_response(), Some(e)),
-            };
-            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                *rsp.version_mut() = version;
-            }
-            let flags = rsp
-                .headers()
-                .get(RESPONSE_FLAGS_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string();
-            let (service, protocol) = observed
-                .0
-                .lock()
-                .expect("not poisoned")
-                .clone()
-                .unwrap_or_else(|| ("unknown".into(), Protocol::Http));
-            let proto = if grpc || protocol == Protocol::Grpc {
-                "grpc"
-            } else {
-                "http"
-            };
-            let host = crate::telemetry::istio_host(&service);
-            metrics.request(
-                RequestLabels {
-                    reporter,
-                    destination_service: if service == "unknown" {
-                        "unknown"
-                    } else {
-                        &host
-                    },
-                    request_protocol: proto,
-                    response_code: rsp.status().as_u16(),
-                    response_flags: &flags,
-                },
-                start.elapsed().as_secs_f64() * 1000.0,
-            );
-            match &error {
-                Some(e) => tracing::warn!(
-                    %method, %path, status = rsp.status().as_u16(), flags = %flags,
-                    error = %e, "request failed"
-                ),
-                None => tracing::debug!(
-                    %method, %path, status = rsp.status().as_u16(), flags = %flags,
-                    elapsed_ms = start.elapsed().as_millis() as u64, "request"
-                ),
-            }
-            Ok(rsp)
-        })
     }
 }
 

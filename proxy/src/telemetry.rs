@@ -9,19 +9,42 @@ use prometheus::{
     Registry,
 };
 
-/// Labels of one HTTP request.
+/// Labels of one HTTP request (Istio's standard set). Every value is from a
+/// bounded set: config names, SPIFFE ids of mesh workloads, status codes.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestLabels<'a> {
     /// `source` (outbound sidecar) or `destination` (inbound sidecar).
     pub reporter: &'a str,
+    /// The calling workload, `unknown` when not known.
+    pub source_workload: &'a str,
+    /// The caller's SPIFFE id, `unknown` without mutual TLS.
+    pub source_principal: &'a str,
+    /// The called workload, `unknown` when not known.
+    pub destination_workload: &'a str,
     /// Destination service host, e.g. `echo.default.svc.cluster.local`.
     pub destination_service: &'a str,
+    /// The called workload's SPIFFE id, `unknown` when not known.
+    pub destination_principal: &'a str,
     /// `http` or `grpc`.
     pub request_protocol: &'a str,
     /// Status code.
     pub response_code: u16,
+    /// `grpc-status` of a gRPC response when it came in the headers, else
+    /// empty.
+    pub grpc_response_status: &'a str,
+    /// `mutual_tls` or `none` (inbound), `unknown` (outbound).
+    pub connection_security_policy: &'a str,
     /// Response flags, `-` when none.
     pub response_flags: &'a str,
+}
+
+/// Request and response body sizes, as declared by the messages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestSizes {
+    /// Request body bytes.
+    pub request: u64,
+    /// Response body bytes.
+    pub response: u64,
 }
 
 /// Labels of one TCP connection.
@@ -38,6 +61,8 @@ pub struct TcpLabels<'a> {
 pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     tcp_sent: IntCounterVec,
@@ -54,6 +79,8 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Retries, circuit breaking, outlier ejections, faults and mirroring.
     pub resilience: ResilienceMetrics,
+    /// Authorization denials, dry-run denials and audits (inbound).
+    pub authz: crate::policy::authz::AuthzMetrics,
 }
 
 /// What the resilience policies decided. Labels are bounded: cluster names
@@ -68,12 +95,29 @@ pub struct ResilienceMetrics {
     mirrors: IntCounterVec,
 }
 
-const REQ_LABELS: [&str; 5] = [
+const REQ_LABELS: [&str; 11] = [
     "reporter",
+    "source_workload",
+    "source_principal",
+    "destination_workload",
     "destination_service",
+    "destination_principal",
     "request_protocol",
     "response_code",
+    "grpc_response_status",
+    "connection_security_policy",
     "response_flags",
+];
+const BYTE_BUCKETS: [f64; 9] = [
+    1.0,
+    10.0,
+    100.0,
+    1000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
 ];
 const TCP_LABELS: [&str; 2] = ["reporter", "destination_service"];
 
@@ -104,6 +148,14 @@ impl Metrics {
             ]),
             &REQ_LABELS,
         )?;
+        let bytes = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BYTE_BUCKETS.to_vec()),
+                &REQ_LABELS,
+            )
+        };
+        let request_bytes = bytes("istio_request_bytes", "Request body sizes in bytes.")?;
+        let response_bytes = bytes("istio_response_bytes", "Response body sizes in bytes.")?;
         let tcp = |name: &str, help: &str| IntCounterVec::new(Opts::new(name, help), &TCP_LABELS);
         let tcp_opened = tcp(
             "istio_tcp_connections_opened_total",
@@ -146,6 +198,8 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(request_bytes.clone()))?;
+        registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(tcp_opened.clone()))?;
         registry.register(Box::new(tcp_closed.clone()))?;
         registry.register(Box::new(tcp_sent.clone()))?;
@@ -156,9 +210,12 @@ impl Metrics {
         registry.register(Box::new(detect_seconds.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         let resilience = ResilienceMetrics::register(registry)?;
+        let authz = crate::policy::authz::AuthzMetrics::register(registry)?;
         Ok(Self {
             requests,
             duration,
+            request_bytes,
+            response_bytes,
             tcp_opened,
             tcp_closed,
             tcp_sent,
@@ -169,21 +226,34 @@ impl Metrics {
             detect_seconds,
             connections_refused,
             resilience,
+            authz,
         })
     }
 
     /// Records one finished request.
-    pub fn request(&self, l: RequestLabels<'_>, millis: f64) {
+    pub fn request(&self, l: RequestLabels<'_>, millis: f64, sizes: RequestSizes) {
         let code = l.response_code.to_string();
         let values = [
             l.reporter,
+            l.source_workload,
+            l.source_principal,
+            l.destination_workload,
             l.destination_service,
+            l.destination_principal,
             l.request_protocol,
             code.as_str(),
+            l.grpc_response_status,
+            l.connection_security_policy,
             l.response_flags,
         ];
         self.requests.with_label_values(&values).inc();
         self.duration.with_label_values(&values).observe(millis);
+        self.request_bytes
+            .with_label_values(&values)
+            .observe(sizes.request as f64);
+        self.response_bytes
+            .with_label_values(&values)
+            .observe(sizes.response as f64);
     }
 
     /// Records an opened TCP connection.
@@ -291,18 +361,30 @@ mod tests {
         let m = Metrics::register(&registry).unwrap();
         m.request(
             RequestLabels {
-                reporter: "source",
+                reporter: "destination",
+                source_workload: "client",
+                source_principal: "spiffe://cluster.local/ns/default/sa/client",
+                destination_workload: "echo",
                 destination_service: "echo.default.svc.cluster.local",
+                destination_principal: "spiffe://cluster.local/ns/default/sa/echo",
                 request_protocol: "http",
                 response_code: 200,
+                grpc_response_status: "",
+                connection_security_policy: "mutual_tls",
                 response_flags: "-",
             },
             3.0,
+            RequestSizes {
+                request: 5,
+                response: 2000,
+            },
         );
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap();
-        assert!(text.contains("istio_requests_total{destination_service=\"echo.default.svc.cluster.local\",reporter=\"source\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\"} 1"), "{text}");
+        assert!(text.contains("istio_requests_total{connection_security_policy=\"mutual_tls\",destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\",destination_service=\"echo.default.svc.cluster.local\",destination_workload=\"echo\",grpc_response_status=\"\",reporter=\"destination\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",source_principal=\"spiffe://cluster.local/ns/default/sa/client\",source_workload=\"client\"} 1"), "{text}");
+        assert!(text.contains("istio_request_bytes_bucket{"), "{text}");
+        assert!(text.contains("istio_response_bytes_sum{"), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
     }
 }

@@ -422,6 +422,7 @@ resources:
             metrics: crate::telemetry::Metrics::register(&registry).unwrap(),
             identity,
             drain: Default::default(),
+            tracer: Arc::new(crate::trace::Tracer::new(&registry).unwrap()),
         };
         let svc = crate::stack::outbound(ctx);
 

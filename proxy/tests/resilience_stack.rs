@@ -146,6 +146,7 @@ fn proxy(apps: &Apps, extra: &str) -> Proxy {
         metrics,
         identity,
         drain: sane_proxy::drain::Drain::default(),
+        tracer: Arc::new(sane_proxy::trace::Tracer::new(&registry).unwrap()),
     });
     Proxy {
         svc,

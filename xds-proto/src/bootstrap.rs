@@ -34,6 +34,11 @@ pub struct Bootstrap {
     /// The health port the kubelet probes (`/healthz/ready` and the app's
     /// rewritten probes). Default: none, no health server.
     pub health: Option<HealthConfig>,
+    /// The ingress gateway `sane-proxy gateway` serves (listeners, hosts,
+    /// certificates, routes, edge limits). Default: none; required in
+    /// gateway mode, ignored by a sidecar.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::Gateway>,
 }
 
 /// How the proxy obtains its workload certificate.
@@ -159,6 +164,9 @@ impl Bootstrap {
         }
         if let Some(h) = &self.health {
             h.validate_into(&root.field("health"), &mut errs);
+        }
+        if let Some(g) = &self.gateway {
+            g.validate_into(&root.field("gateway"), &mut errs);
         }
         if let Some(cp) = &self.control_plane {
             let a = &cp.address;

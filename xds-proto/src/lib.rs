@@ -1,7 +1,8 @@
 //! Sane Mesh resource types, defined once.
 //!
 //! Every concept the mesh configures (a [`Service`], its [`Endpoint`]s, a
-//! [`Route`], a [`DestinationPolicy`], a [`Listener`]) is one Rust struct that
+//! [`Route`], a [`DestinationPolicy`], an [`AuthorizationPolicy`], a
+//! [`Listener`], a [`Telemetry`]) is one Rust struct that
 //! derives both `serde` (YAML files, the JSON API) and `prost` (the xDS wire,
 //! packed in `Any` with the type URL from [`TypeUrl`]). Validation lives next to
 //! the types and reports the field path and the bad value.
@@ -11,10 +12,12 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod authz;
 mod bootstrap;
 mod ca;
 mod endpoint;
 mod health;
+mod gateway;
 mod listener;
 mod policy;
 mod resilience;
@@ -23,13 +26,21 @@ mod route;
 mod route_policy;
 pub mod serde_util;
 mod service;
+mod telemetry;
 mod validate;
 
+pub use authz::{
+    AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
+};
 pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
 pub use health::{
     AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
+};
+pub use gateway::{
+    EdgeLimits, Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, RateLimit,
+    MAX_REQUEST_HEADER_BYTES, MIN_REQUEST_HEADER_BYTES,
 };
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};
@@ -44,6 +55,7 @@ pub use route_policy::{
     RETRY_CONDITIONS,
 };
 pub use service::{Protocol, Service, ServicePort};
+pub use telemetry::{AccessLogConfig, OtlpProtocol, Telemetry, TracingConfig, MAX_SPAN_QUEUE};
 pub use validate::{FieldError, FieldPath, ValidationErrors};
 
 /// The namespace used when a resource leaves `namespace` empty.

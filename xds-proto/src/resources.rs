@@ -1,7 +1,9 @@
 //! The full set of mesh resources a proxy runs on, and their type URLs.
 
 use crate::validate::{Errors, FieldPath, ValidationErrors};
-use crate::{DestinationPolicy, Endpoint, Listener, Route, Service};
+use crate::{
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, Route, Service, Telemetry,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -26,6 +28,14 @@ pub struct MeshResources {
     /// Destination policies. Default: none.
     #[prost(message, repeated, tag = "5")]
     pub policies: Vec<DestinationPolicy>,
+    /// Authorization policies, enforced by the sidecars of their target
+    /// service. Default: none (every caller allowed).
+    #[prost(message, repeated, tag = "6")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// Tracing and access-log settings. Default: none.
+    #[prost(message, repeated, tag = "7")]
+    pub telemetry: Vec<Telemetry>,
 }
 
 /// The type URL of each resource kind on the xDS wire.
@@ -41,18 +51,24 @@ pub enum TypeUrl {
     Route,
     /// [`DestinationPolicy`]
     DestinationPolicy,
+    /// [`AuthorizationPolicy`]
+    AuthorizationPolicy,
+    /// [`Telemetry`]
+    Telemetry,
 }
 
 // === impl TypeUrl ===
 
 impl TypeUrl {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [TypeUrl; 5] = [
+    pub const ALL: [TypeUrl; 6] = [
         TypeUrl::Listener,
         TypeUrl::Service,
         TypeUrl::Endpoint,
         TypeUrl::Route,
         TypeUrl::DestinationPolicy,
+        TypeUrl::AuthorizationPolicy,
+        TypeUrl::Telemetry,
     ];
 
     /// The URL string.
@@ -63,6 +79,8 @@ impl TypeUrl {
             TypeUrl::Endpoint => "type.googleapis.com/sane.mesh.v1.Endpoint",
             TypeUrl::Route => "type.googleapis.com/sane.mesh.v1.Route",
             TypeUrl::DestinationPolicy => "type.googleapis.com/sane.mesh.v1.DestinationPolicy",
+            TypeUrl::AuthorizationPolicy => "type.googleapis.com/sane.mesh.v1.AuthorizationPolicy",
+            TypeUrl::Telemetry => "type.googleapis.com/sane.mesh.v1.Telemetry",
         }
     }
 
@@ -171,6 +189,27 @@ impl MeshResources {
                     &p.field("service"),
                     format!("{:?} is not a declared service", d.service),
                 );
+            }
+        }
+        // The target of an authorization policy is a workload, which need
+        // not be a declared service of this document (a sidecar's own file
+        // rarely declares its own service), so it is not cross-checked.
+        let mut authz = HashSet::new();
+        for (i, a) in self.authorization_policies.iter().enumerate() {
+            let p = root.item("authorization_policies", i);
+            a.validate_into(&p, errs);
+            let key = (crate::namespace_or_default(&a.namespace), a.name.as_str());
+            if !authz.insert(key) {
+                errs.push(&p.field("name"), format!("{:?} is declared twice", a.name));
+            }
+        }
+        let mut telemetry = HashSet::new();
+        for (i, t) in self.telemetry.iter().enumerate() {
+            let p = root.item("telemetry", i);
+            t.validate_into(&p, errs);
+            let key = qualify(&t.name, &t.namespace);
+            if !telemetry.insert(key.clone()) {
+                errs.push(&p.field("name"), format!("{key:?} is declared twice"));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

@@ -204,7 +204,7 @@ impl Route {
 // === impl RouteRule ===
 
 impl RouteRule {
-    fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
+    pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
         for (i, m) in self.matches.iter().enumerate() {
             let mp = path.item("matches", i);
             if let Some(p) = &m.path {

@@ -47,6 +47,39 @@ impl CertificateAuthority {
         dns_names: &[String],
         ttl: Duration,
     ) -> Result<ServerCert, Error> {
+        let leaf = self.server_leaf(dns_names, ttl)?;
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key.serialize_der()));
+        let certified =
+            CertifiedKey::from_der(leaf.chain.clone(), private, &crate::tls::provider()).map_err(
+                |source| Error::TlsConfig {
+                    side: "serving certificate",
+                    source,
+                },
+            )?;
+        Ok(ServerCert {
+            dns_names: dns_names.to_vec(),
+            chain: leaf.chain,
+            certified: Arc::new(certified),
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+        })
+    }
+
+    /// Like [`CertificateAuthority::sign_server_cert`], but hands the key to
+    /// the caller: `(chain PEM, PKCS#8 key PEM)`. For certificates another
+    /// program will serve from files (an ingress gateway's host
+    /// certificates in tests and development setups); workload keys never
+    /// take this path.
+    pub fn sign_external_server_cert(
+        &self,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<(String, String), Error> {
+        let leaf = self.server_leaf(dns_names, ttl)?;
+        Ok((x509::certs_to_pem(&leaf.chain), leaf.key.serialize_pem()))
+    }
+
+    fn server_leaf(&self, dns_names: &[String], ttl: Duration) -> Result<ServerLeaf, Error> {
         let what = || format!("serving certificate for {dns_names:?}");
         let Some(first) = dns_names.first() else {
             return Err(Error::InvalidDnsName {
@@ -102,20 +135,21 @@ impl CertificateAuthority {
         // chain carries the intermediates but not the root.
         let mut chain = vec![leaf.der().clone()];
         chain.extend(self.chain[..self.chain.len() - 1].iter().cloned());
-        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let certified = CertifiedKey::from_der(chain.clone(), private, &crate::tls::provider())
-            .map_err(|source| Error::TlsConfig {
-                side: "serving certificate",
-                source,
-            })?;
-        Ok(ServerCert {
-            dns_names: dns_names.to_vec(),
+        Ok(ServerLeaf {
+            key,
             chain,
-            certified: Arc::new(certified),
             serial,
             not_after,
         })
     }
+}
+
+/// A freshly signed server leaf and its key.
+struct ServerLeaf {
+    key: KeyPair,
+    chain: Vec<CertificateDer<'static>>,
+    serial: Serial,
+    not_after: SystemTime,
 }
 
 // === impl ServerCert ===

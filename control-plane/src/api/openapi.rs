@@ -19,6 +19,12 @@ pub fn document() -> Value {
         ("services", "Service", &["namespace", "name"][..]),
         ("routes", "Route", &["namespace", "name"][..]),
         ("policies", "DestinationPolicy", &["namespace", "name"][..]),
+        ("telemetry", "Telemetry", &["namespace", "name"][..]),
+        (
+            "authorization_policies",
+            "AuthorizationPolicy",
+            &["namespace", "name"][..],
+        ),
         (
             "endpoints",
             "Endpoint",
@@ -338,7 +344,7 @@ fn schemas() -> Value {
             }
         }
     });
-    for part in [route_schemas(), other_resource_schemas()] {
+    for part in [route_schemas(), other_resource_schemas(), authz_schemas()] {
         if let (Some(all), Value::Object(part)) = (all.as_object_mut(), part) {
             all.extend(part);
         }
@@ -410,7 +416,62 @@ fn other_resource_schemas() -> Value {
             "services": array_of(schema_ref("Service")),
             "endpoints": array_of(schema_ref("Endpoint")),
             "routes": array_of(schema_ref("Route")),
-            "policies": array_of(schema_ref("DestinationPolicy"))
+            "policies": array_of(schema_ref("DestinationPolicy")),
+            "authorization_policies": array_of(schema_ref("AuthorizationPolicy")),
+            "telemetry": array_of(schema_ref("Telemetry"))
+        })),
+        "Telemetry": object(&["name"], json!({
+            "name": string(),
+            "namespace": string(),
+            "tracing": schema_ref("TracingConfig"),
+            "access_log": schema_ref("AccessLogConfig")
+        })),
+        "TracingConfig": object(&["endpoint"], json!({
+            "endpoint": string(),
+            "protocol": { "type": "string", "enum": ["grpc", "http/protobuf"], "default": "grpc" },
+            "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 },
+            "max_queue": { "type": "integer", "default": 2048 },
+            "service_name": string()
+        })),
+        "AccessLogConfig": object(&[], json!({
+            "path": string(),
+            "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 }
+        }))
+    })
+}
+
+/// Authorization policies (Istio `AuthorizationPolicy` semantics). String
+/// values are patterns: `*`, `prefix*`, `*suffix` or exact.
+fn authz_schemas() -> Value {
+    let patterns = array_of(string());
+    json!({
+        "AuthorizationPolicy": object(&["name", "service"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "service": { "type": "string", "description": "The service whose sidecars enforce the policy." },
+            "action": enumeration(&["allow", "deny", "audit"], "allow"),
+            "rules": array_of(schema_ref("AuthzRule")),
+            "dry_run": { "type": "boolean", "description": "Log and count would-be denials; enforce nothing." }
+        })),
+        "AuthzRule": object(&[], json!({
+            "from": array_of(schema_ref("AuthzSource")),
+            "to": array_of(schema_ref("AuthzOperation")),
+            "when": array_of(schema_ref("AuthzCondition"))
+        })),
+        "AuthzSource": object(&[], json!({
+            "principals": patterns.clone(),
+            "namespaces": patterns.clone(),
+            "not_principals": patterns.clone()
+        })),
+        "AuthzOperation": object(&[], json!({
+            "ports": array_of(port()),
+            "methods": array_of(string()),
+            "paths": patterns.clone(),
+            "not_paths": patterns.clone()
+        })),
+        "AuthzCondition": object(&["header", "values"], json!({
+            "header": string(),
+            "values": patterns
         }))
     })
 }
@@ -536,6 +597,14 @@ mod tests {
         check::<OutlierDetection>("OutlierDetection");
         check::<RetryBudget>("RetryBudget");
         check::<MeshResources>("MeshResources");
+        check::<AuthorizationPolicy>("AuthorizationPolicy");
+        check::<AuthzRule>("AuthzRule");
+        check::<AuthzSource>("AuthzSource");
+        check::<AuthzOperation>("AuthzOperation");
+        check::<AuthzCondition>("AuthzCondition");
+        check::<Telemetry>("Telemetry");
+        check::<TracingConfig>("TracingConfig");
+        check::<AccessLogConfig>("AccessLogConfig");
     }
 
     /// The values an enum of `T` serializes to, in declaration order.
@@ -569,6 +638,10 @@ mod tests {
             (
                 &schemas["ServicePort"]["properties"]["protocol"],
                 values::<Protocol>(),
+            ),
+            (
+                &schemas["AuthorizationPolicy"]["properties"]["action"],
+                values::<AuthzAction>(),
             ),
         ] {
             assert_eq!(schema["enum"], Value::Array(expected.clone()), "{schema}");

@@ -1,4 +1,5 @@
-//! CRUD for services, endpoints, routes and policies, and endpoint leases.
+//! CRUD for services, endpoints, routes, destination and authorization
+//! policies, and endpoint leases.
 //!
 //! Keys in paths are those of [`crate::resource`]: `{namespace}/{name}`, and
 //! for endpoints `{namespace}/{service}/{address:port}`.
@@ -182,6 +183,8 @@ fn fill_from_path(resource: &mut Resource, segments: &[String]) -> Result<(), Ap
         Resource::Service(s) => (&mut s.namespace, &mut s.name),
         Resource::Route(r) => (&mut r.namespace, &mut r.name),
         Resource::Policy(p) => (&mut p.namespace, &mut p.name),
+        Resource::Authz(a) => (&mut a.namespace, &mut a.name),
+        Resource::Telemetry(t) => (&mut t.namespace, &mut t.name),
         Resource::Endpoint(e) => (&mut e.namespace, &mut e.service),
     };
     let (Some(path_ns), Some(path_second)) = (segments.first(), segments.get(1)) else {

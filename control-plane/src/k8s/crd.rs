@@ -1,8 +1,7 @@
-//! The `sane.mesh/v1` custom resources: `Route` and `DestinationPolicy`
-//! (whose `spec` is the `sane-xds-proto` type itself, minus `name` and
-//! `namespace`, which come from the object's metadata), and
-//! `AuthorizationPolicy` and `PeerAuthentication` (stored, not enforced
-//! yet).
+//! The `sane.mesh/v1` custom resources: `Route`, `DestinationPolicy` and
+//! `AuthorizationPolicy` (whose `spec` is the `sane-xds-proto` type itself,
+//! minus `name` and `namespace`, which come from the object's metadata), and
+//! `PeerAuthentication` (stored, not enforced yet).
 //!
 //! The CRDs' OpenAPI schemas are generated from the HTTP API's schemas
 //! ([`crate::api::openapi`]), which a test keeps equal to the resource types,
@@ -14,7 +13,7 @@
 //! object must be reported, not break the watch of all the others.
 
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use sane_xds_proto::{DestinationPolicy, Route};
+use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, Route};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
@@ -30,7 +29,7 @@ pub enum PolicyKind {
     Route,
     /// Becomes a registry destination policy.
     DestinationPolicy,
-    /// Stored, not enforced yet.
+    /// Becomes a registry authorization policy.
     AuthorizationPolicy,
     /// Stored, not enforced yet.
     PeerAuthentication,
@@ -74,7 +73,10 @@ impl PolicyKind {
 
     /// True for the kinds the control plane acts on.
     pub fn is_enforced(self) -> bool {
-        matches!(self, PolicyKind::Route | PolicyKind::DestinationPolicy)
+        matches!(
+            self,
+            PolicyKind::Route | PolicyKind::DestinationPolicy | PolicyKind::AuthorizationPolicy
+        )
     }
 
     /// What kube-rs needs to watch it.
@@ -98,6 +100,14 @@ pub fn route(object: &DynamicObject) -> Result<Route, String> {
 pub fn destination_policy(object: &DynamicObject) -> Result<DestinationPolicy, String> {
     let (name, namespace) = names(object)?;
     let mut policy: DestinationPolicy = spec(object)?;
+    check_names(&mut policy.name, &mut policy.namespace, &name, &namespace)?;
+    Ok(policy)
+}
+
+/// Reads an `AuthorizationPolicy` object: its spec, named by its metadata.
+pub fn authorization_policy(object: &DynamicObject) -> Result<AuthorizationPolicy, String> {
+    let (name, namespace) = names(object)?;
+    let mut policy: AuthorizationPolicy = spec(object)?;
     check_names(&mut policy.name, &mut policy.namespace, &name, &namespace)?;
     Ok(policy)
 }
@@ -153,7 +163,9 @@ pub fn definitions() -> Vec<Value> {
         .into_iter()
         .map(|kind| {
             let (spec, columns) = match kind {
-                PolicyKind::Route | PolicyKind::DestinationPolicy => {
+                PolicyKind::Route
+                | PolicyKind::DestinationPolicy
+                | PolicyKind::AuthorizationPolicy => {
                     let mut spec = structural(&schemas[kind.kind()], schemas);
                     // Named by the object's metadata.
                     if let Some(props) = spec["properties"].as_object_mut() {
@@ -169,7 +181,7 @@ pub fn definitions() -> Vec<Value> {
                     }]);
                     (spec, columns)
                 }
-                PolicyKind::AuthorizationPolicy | PolicyKind::PeerAuthentication => (
+                PolicyKind::PeerAuthentication => (
                     json!({
                         "type": "object",
                         "description": "Stored by the control plane; not enforced yet.",
@@ -181,7 +193,7 @@ pub fn definitions() -> Vec<Value> {
             let description = match kind {
                 PolicyKind::Route => "How HTTP requests to a service are matched and split (sane-xds-proto Route).",
                 PolicyKind::DestinationPolicy => "How traffic to a service is balanced and protected (sane-xds-proto DestinationPolicy).",
-                PolicyKind::AuthorizationPolicy => "Which identities may call a workload (not enforced yet).",
+                PolicyKind::AuthorizationPolicy => "Which identities may call a service's workloads, and how (sane-xds-proto AuthorizationPolicy).",
                 PolicyKind::PeerAuthentication => "Mutual TLS mode of workloads (not enforced yet).",
             };
             let mut columns = columns.as_array().cloned().unwrap_or_default();

@@ -17,7 +17,8 @@
 //!   (the pod moved) is left out; an endpoint whose pod has not been seen
 //!   yet is left out until it is (it would otherwise be reached without its
 //!   sidecar);
-//! * `Route` and `DestinationPolicy` objects become routes and policies
+//! * `Route`, `DestinationPolicy` and `AuthorizationPolicy` objects become
+//!   routes, destination and authorization policies
 //!   ([`super::crd`]); a malformed one is a [`Problem`], not an error.
 //!
 //! [`KubeSource::sync`] then writes the difference to the registry as one
@@ -62,8 +63,7 @@ pub struct Converted {
     pub resources: Vec<Resource>,
     /// Objects that could not be converted.
     pub problems: Vec<Problem>,
-    /// `AuthorizationPolicy` and `PeerAuthentication` objects (stored, not
-    /// enforced yet).
+    /// `PeerAuthentication` objects (stored, not enforced yet).
     pub unenforced: usize,
 }
 
@@ -157,7 +157,10 @@ pub fn convert(store: &ObjectStore, settings: &SourceSettings) -> Converted {
                 PolicyKind::DestinationPolicy => {
                     crd::destination_policy(object).map(Resource::Policy)
                 }
-                PolicyKind::AuthorizationPolicy | PolicyKind::PeerAuthentication => {
+                PolicyKind::AuthorizationPolicy => {
+                    crd::authorization_policy(object).map(Resource::Authz)
+                }
+                PolicyKind::PeerAuthentication => {
                     out.unenforced += 1;
                     continue;
                 }

@@ -168,6 +168,8 @@ impl State {
                 Resource::Endpoint(r) => out.endpoints.push(stored(origin, ttl_ms, r)),
                 Resource::Route(r) => out.routes.push(stored(origin, ttl_ms, r)),
                 Resource::Policy(r) => out.policies.push(stored(origin, ttl_ms, r)),
+                Resource::Authz(r) => out.authorization_policies.push(stored(origin, ttl_ms, r)),
+                Resource::Telemetry(r) => out.telemetry.push(stored(origin, ttl_ms, r)),
             }
         }
         out
@@ -205,6 +207,11 @@ impl State {
         }
         for s in stored.policies {
             add(s.origin, s.ttl_ms, Resource::Policy(s.resource))?;
+        }
+        for s in stored.authorization_policies {
+            add(s.origin, s.ttl_ms, Resource::Authz(s.resource))?;
+        for s in stored.telemetry {
+            add(s.origin, s.ttl_ms, Resource::Telemetry(s.resource))?;
         }
         state.validate().map_err(|source| Error::StateInvalid {
             path: path.to_path_buf(),

@@ -153,7 +153,9 @@ pub fn node_metadata(
 impl ProxyView {
     /// The slice of `snapshot` that `spec` sees: its namespace's services,
     /// the services it lists, and (transitively) every destination and mirror
-    /// target of a route of those; then the endpoints, routes and policies of those services.
+    /// target of a route of those; then the endpoints, routes and policies of
+    /// those services, and the authorization policies and telemetry of its
+    /// namespace.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
         let services_map = snapshot.of_kind(Kind::Service);
         let mut visible: BTreeSet<String> = spec.services.clone();
@@ -180,7 +182,16 @@ impl ProxyView {
             let filtered: ResourceMap = snapshot
                 .of_kind(kind)
                 .iter()
-                .filter(|(_, r)| visible.contains(&r.service))
+                .filter(|(_, r)| match kind {
+                    // Telemetry configures a namespace's proxies, not a service.
+                    Kind::Telemetry => r.resource.namespace() == spec.namespace,
+                    // An authorization policy goes to the workloads it
+                    // targets, which live in its namespace.
+                    Kind::Authz => {
+                        visible.contains(&r.service) || r.resource.namespace() == spec.namespace
+                    }
+                    _ => visible.contains(&r.service),
+                })
                 .map(|(k, r)| (k.clone(), r.clone()))
                 .collect();
             types.insert(kind.type_url(), filtered);

@@ -7,19 +7,31 @@
 //!   [`Sanectl`] talk to it over HTTP and through the CLI.
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
+//! * [`OtlpReceiver`] receives the spans proxies export (OTLP/gRPC).
+//! * [`Prometheus`] runs a real Prometheus server scraping sidecars.
+//! * [`Curl`] is the outside client of the gateway tests (TLS, SNI,
+//!   `--resolve`).
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
-//!   pair, for transparent interception with real iptables rules.
+//!   pair, for transparent interception with real iptables rules;
+//!   [`Pod::block_on`] runs test code inside one.
+//! * [`Load`] sends requests with deadlines and checksums and counts the
+//!   outcomes; [`proc_stats`] samples RSS and fds from `/proc` (chaos, soak).
 
 mod app;
 mod binaries;
 mod control_plane;
 mod control_plane_client;
+mod curl;
 mod eventually;
 mod grpc;
 pub mod http;
+mod load;
 mod mesh;
 mod netns;
+mod otlp;
+pub mod proc_stats;
 mod process;
+mod prometheus;
 mod sidecar;
 mod two_hop;
 
@@ -29,10 +41,14 @@ pub use binaries::{
 };
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
+pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
+pub use load::{payload, EchoRequests, Load, LoadReport, Outcome, BODY_ABORTED, NO_RESPONSE};
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use netns::{deps_script, Pod, PodPair, Ran};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
+pub use prometheus::{prometheus_deps_script, prometheus_or_skip, Prometheus};
 pub use sidecar::{metric_value, write_bootstrap, write_config_text, Sidecar, READY_DEADLINE};
 pub use two_hop::TwoHop;

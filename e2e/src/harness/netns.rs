@@ -19,6 +19,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Tools the namespaces need, with the Debian package of each.
 const TOOLS: [(&str, &str); 6] = [
@@ -172,15 +173,24 @@ impl PodPair {
     }
 
     fn create() -> Result<PodPair, String> {
+        // Several tests of one process may each build a pair: the sequence
+        // number keeps their names apart (the addresses may repeat, each
+        // pair being a network of its own).
+        static SEQ: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let suffix = match seq {
+            0 => pid.to_string(),
+            _ => format!("{pid}-{seq}"),
+        };
         let n = (pid % 250 + 1) as u8;
         let pods = PodPair {
             a: Pod {
-                name: format!("sane-a-{pid}"),
+                name: format!("sane-a-{suffix}"),
                 ip: Ipv4Addr::new(10, 203, n, 1),
             },
             b: Pod {
-                name: format!("sane-b-{pid}"),
+                name: format!("sane-b-{suffix}"),
                 ip: Ipv4Addr::new(10, 203, n, 2),
             },
         };
@@ -256,6 +266,39 @@ impl Pod {
                 .map(|a| a.as_ref().to_string_lossy().into_owned()),
         );
         all
+    }
+
+    /// Runs `make()`'s future to completion on a Tokio runtime whose
+    /// threads live in this pod's network namespace: every socket it opens
+    /// (a test client, an API client) and every process it spawns directly
+    /// (`Sidecar::start`) is in the pod, as if the test ran there. Blocks
+    /// the calling thread; a panic inside is re-raised here.
+    pub fn block_on<F, Fut, T>(&self, make: F) -> T
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = T>,
+        T: Send,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            let inside = scope.spawn(move || {
+                let ns =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+                // Only this thread moves; the runtime's threads are created
+                // from it and so start in the pod too.
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("a Tokio runtime inside the pod");
+                rt.block_on(make())
+            });
+            inside
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
     }
 
     /// Runs `argv` in the pod (as root) to completion; fails unless it exits 0.

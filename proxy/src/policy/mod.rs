@@ -5,6 +5,7 @@
 //! (the matched rule's [`RulePolicies`], the destination's breaker and retry
 //! budget) in its extensions, and each layer acts on what it finds there.
 
+pub mod authz;
 pub mod circuit_breaker;
 pub mod deadline;
 pub mod fault;

@@ -6,6 +6,18 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
 
+/// HTTP/2 flow-control window of each stream, on every connection the proxy
+/// makes or accepts: how much of a body may wait, unread, per stream.
+pub const H2_STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 flow-control window of a whole connection: 16 streams' worth.
+/// Sidecar-to-sidecar traffic shares one HTTP/2 connection, and a stream
+/// whose reader stalls keeps its unread bytes charged to the connection; with
+/// a connection window no larger than a stream's (hyper's adaptive window),
+/// one slow client stopped every other request to the same peer.
+/// `e2e/tests/chaos.rs` (upstream killed mid-stream) holds streams unread and
+/// needs the others to keep flowing.
+pub const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+
 /// Headers that describe one connection and must not be forwarded (RFC 9110
 /// section 7.6.1), plus the ones HTTP/2 forbids.
 const HOP_BY_HOP: [HeaderName; 6] = [

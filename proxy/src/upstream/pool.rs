@@ -11,6 +11,7 @@
 //! connections to different workload ports behind one sidecar never mix.
 
 use crate::body::Body;
+use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::TransportHeader;
 use hyper::client::conn::{http1, http2};
@@ -79,7 +80,8 @@ impl H2Pool {
     ) -> Result<http2::SendRequest<Body>, hyper::Error> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
             .handshake(TokioIo::new(io))

@@ -16,15 +16,20 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use sane_xds_proto::resources::qualify;
-use sane_xds_proto::{DestinationPolicy, Endpoint, MeshResources, Route, Service, TypeUrl};
+use sane_xds_proto::{
+    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route, Service, Telemetry,
+    TypeUrl,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The types the proxy subscribes to, in the order it asks for them.
-pub const SUBSCRIBED: [TypeUrl; 4] = [
+pub const SUBSCRIBED: [TypeUrl; 6] = [
     TypeUrl::Service,
     TypeUrl::Endpoint,
     TypeUrl::Route,
     TypeUrl::DestinationPolicy,
+    TypeUrl::AuthorizationPolicy,
+    TypeUrl::Telemetry,
 ];
 
 /// A decoded resource of any subscribed type.
@@ -38,6 +43,10 @@ pub enum Resource {
     Route(Route),
     /// A destination policy.
     Policy(DestinationPolicy),
+    /// An authorization policy.
+    Authz(AuthorizationPolicy),
+    /// Tracing and access-log settings.
+    Telemetry(Telemetry),
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +185,10 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
         TypeUrl::Endpoint => Resource::Endpoint(Endpoint::decode(v).map_err(err)?),
         TypeUrl::Route => Resource::Route(Route::decode(v).map_err(err)?),
         TypeUrl::DestinationPolicy => Resource::Policy(DestinationPolicy::decode(v).map_err(err)?),
+        TypeUrl::AuthorizationPolicy => {
+            Resource::Authz(AuthorizationPolicy::decode(v).map_err(err)?)
+        }
+        TypeUrl::Telemetry => Resource::Telemetry(Telemetry::decode(v).map_err(err)?),
         TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
     })
 }
@@ -186,6 +199,8 @@ fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
         Resource::Endpoint(e) => e.validate(),
         Resource::Route(x) => x.validate(),
         Resource::Policy(p) => p.validate(),
+        Resource::Authz(a) => a.validate(),
+        Resource::Telemetry(t) => t.validate(),
     }
 }
 
@@ -195,6 +210,8 @@ fn kind(r: &Resource) -> &'static str {
         Resource::Endpoint(_) => "endpoint",
         Resource::Route(_) => "route",
         Resource::Policy(_) => "policy",
+        Resource::Authz(_) => "authorization_policy",
+        Resource::Telemetry(_) => "telemetry",
     }
 }
 
@@ -205,6 +222,8 @@ pub fn name_of(r: &Resource) -> String {
         Resource::Service(s) => format!("{}/{}", ns(&s.namespace), s.name),
         Resource::Route(x) => format!("{}/{}", ns(&x.namespace), x.name),
         Resource::Policy(p) => format!("{}/{}", ns(&p.namespace), p.name),
+        Resource::Authz(a) => format!("{}/{}", ns(&a.namespace), a.name),
+        Resource::Telemetry(t) => format!("{}/{}", ns(&t.namespace), t.name),
         Resource::Endpoint(e) => {
             let port = if e.proxy_port != 0 {
                 e.proxy_port
@@ -247,6 +266,12 @@ fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
         "endpoints" => candidate.endpoints.get(i).cloned().map(Resource::Endpoint),
         "routes" => candidate.routes.get(i).cloned().map(Resource::Route),
         "policies" => candidate.policies.get(i).cloned().map(Resource::Policy),
+        "authorization_policies" => candidate
+            .authorization_policies
+            .get(i)
+            .cloned()
+            .map(Resource::Authz),
+        "telemetry" => candidate.telemetry.get(i).cloned().map(Resource::Telemetry),
         _ => None,
     }
 }
@@ -279,6 +304,10 @@ fn assemble(all: Vec<&Resource>) -> MeshResources {
                 out.routes.push(x.clone())
             }
             Resource::Policy(p) if known(&p.service, &p.namespace) => out.policies.push(p.clone()),
+            // Its target is the workload enforcing it, which need not be a
+            // service this proxy sees: never held back.
+            Resource::Authz(a) => out.authorization_policies.push(a.clone()),
+            Resource::Telemetry(t) => out.telemetry.push(t.clone()),
             other => tracing::debug!(
                 resource = %name_of(other),
                 "held back until the service it refers to arrives"

@@ -249,8 +249,13 @@ impl TraceContext {
         if let Some(ts) = &self.tracestate {
             headers.insert("tracestate", ts.clone());
         }
-        match self.format {
-            Format::B3Single => set(
+        // A B3 header that travels alongside traceparent (the caller sent
+        // both, or an earlier hop added it) is refreshed too, so it never
+        // names a stale parent.
+        let single = self.format == Format::B3Single || headers.contains_key("b3");
+        let multi = self.format == Format::B3Multi || headers.contains_key("x-b3-traceid");
+        if single {
+            set(
                 headers,
                 "b3",
                 format!(
@@ -259,17 +264,19 @@ impl TraceContext {
                     self.span_id,
                     u8::from(self.sampled)
                 ),
-            ),
-            Format::B3Multi => {
-                set(headers, "x-b3-traceid", self.trace_id.to_string());
-                set(headers, "x-b3-spanid", self.span_id.to_string());
-                if let Some(p) = self.parent_span_id {
-                    set(headers, "x-b3-parentspanid", p.to_string());
+            );
+        }
+        if multi {
+            set(headers, "x-b3-traceid", self.trace_id.to_string());
+            set(headers, "x-b3-spanid", self.span_id.to_string());
+            match self.parent_span_id {
+                Some(p) => set(headers, "x-b3-parentspanid", p.to_string()),
+                None => {
+                    headers.remove("x-b3-parentspanid");
                 }
-                set(headers, "x-b3-sampled", u8::from(self.sampled).to_string());
-                headers.remove("x-b3-flags");
             }
-            Format::W3c | Format::New => {}
+            set(headers, "x-b3-sampled", u8::from(self.sampled).to_string());
+            headers.remove("x-b3-flags");
         }
     }
 }
@@ -409,6 +416,20 @@ mod tests {
                 assert_eq!(back.parent_span_id, Some(ctx.span_id));
             }
         }
+    }
+
+    #[test]
+    fn a_b3_header_beside_traceparent_is_refreshed_too() {
+        let h = headers(&[
+            ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+            ("b3", &format!("{TRACE}-{SPAN}-1")),
+        ]);
+        let ctx = TraceContext::extract(&h, false);
+        assert_eq!(ctx.format, Format::W3c);
+        let mut out = h.clone();
+        ctx.inject(&mut out);
+        let b3 = out["b3"].to_str().unwrap();
+        assert_eq!(b3, format!("{TRACE}-{}-1", ctx.span_id));
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! [`Prometheus`]: a real Prometheus server (Debian's `prometheus` package,
+//! installed by `scripts/prometheus-test-deps.sh`) started by a test on
+//! loopback, scraping the admin `/metrics` of the sidecars it is given, and
+//! queried through its HTTP API.
+
+use super::binaries::workspace_root;
+use super::eventually::eventually;
+use super::http::{get, http1_client, send};
+use super::process::Proc;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// A running Prometheus server; killed when dropped.
+#[derive(Debug)]
+pub struct Prometheus {
+    /// Its HTTP address (loopback).
+    pub addr: SocketAddr,
+    /// The process.
+    pub proc: Proc,
+}
+
+/// `scripts/prometheus-test-deps.sh`.
+pub fn prometheus_deps_script() -> PathBuf {
+    workspace_root().join("scripts/prometheus-test-deps.sh")
+}
+
+fn required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// The `prometheus` binary, installing it with the project script when
+/// missing. Under `CI=true` a missing, uninstallable Prometheus panics;
+/// otherwise it prints a loud `SKIPPED` and returns `None`.
+pub fn prometheus_or_skip(test: &str) -> Option<PathBuf> {
+    let found = || {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("prometheus"))
+                .find(|p| p.is_file())
+        })
+    };
+    if let Some(p) = found() {
+        return Some(p);
+    }
+    let script = prometheus_deps_script();
+    let ran = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .output();
+    let why = match (&ran, found()) {
+        (_, Some(p)) => return Some(p),
+        (Ok(out), None) => format!(
+            "prometheus is not installed and {} failed ({}):\n{}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        (Err(e), None) => format!("running {}: {e}", script.display()),
+    };
+    if required() {
+        panic!("{test} must run under CI=true but cannot: {why}");
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n************************************************************\n\
+         SKIPPED: {test}: {why}\n\
+         (needs Debian's prometheus package; CI=true makes this a failure)\n\
+         ************************************************************\n"
+    );
+    None
+}
+
+// === impl Prometheus ===
+
+impl Prometheus {
+    /// Starts `bin` on a free loopback port, scraping `targets` (admin
+    /// addresses, `/metrics`) every second as job `sane`, with its data in
+    /// `dir`. Returns once its HTTP API answers `/-/ready`.
+    pub async fn start(bin: &Path, dir: &Path, targets: &[SocketAddr]) -> Prometheus {
+        let config = dir.join("prometheus.yml");
+        let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: sane\n    metrics_path: /metrics\n    \
+                 static_configs:\n      - targets: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .expect("writing prometheus.yml");
+        // Prometheus cannot report a port it picked, so pick one here.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let data = dir.join("data");
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", data.display()),
+            format!("--web.listen-address={addr}"),
+        ];
+        let proc = Proc::spawn("prometheus", bin, args, &[]);
+        let url = format!("http://{addr}/-/ready");
+        eventually(Duration::from_secs(30), || async {
+            match send(&http1_client(), get(&url)).await {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("{url}: {}", r.status)),
+                Err(e) => Err(format!("{url}: {e}; stderr: {}", proc.stderr())),
+            }
+        })
+        .await;
+        Prometheus { addr, proc }
+    }
+
+    /// Runs an instant PromQL query; returns each sample's labels and value.
+    pub async fn query(&self, promql: &str) -> Result<Vec<(serde_json::Value, f64)>, String> {
+        let url = format!(
+            "http://{}/api/v1/query?query={}",
+            self.addr,
+            percent_encode(promql)
+        );
+        let reply = send(&http1_client(), get(&url)).await?;
+        let body = reply.json()?;
+        if body["status"] != "success" {
+            return Err(format!("{promql}: {body}"));
+        }
+        let result = body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        result
+            .into_iter()
+            .map(|s| {
+                let v = s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .ok_or_else(|| format!("no value in {s}"))?;
+                Ok((s["metric"].clone(), v))
+            })
+            .collect()
+    }
+
+    /// The single value `promql` evaluates to, or an error saying why not
+    /// (for use inside `eventually`).
+    pub async fn scalar(&self, promql: &str) -> Result<f64, String> {
+        let samples = self.query(promql).await?;
+        match samples.as_slice() {
+            [(_, v)] => Ok(*v),
+            other => Err(format!("{promql}: expected one sample, got {other:?}")),
+        }
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,520 @@
+//! Observability end to end: traces across three meshed services, exported
+//! over OTLP to a receiver the test runs; Istio metrics with peer
+//! identities; access logs; export to a dead collector never hurting
+//! requests; and a real Prometheus server scraping two sidecars.
+//!
+//! client (test, as service A's app) → A sidecar ══mTLS══▶ B sidecar → B app
+//!   (in the test; calls C, passing the trace headers on) → B sidecar
+//!   ══mTLS══▶ C sidecar → C (sane-echo)
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use sane_e2e::harness::http::{get, http1_client_via, send, Reply};
+use sane_e2e::harness::{
+    bins, eventually, metric_value, ControlPlane, EchoApp, OtlpReceiver, Prometheus, ReceivedSpan,
+    Sidecar, TwoHop,
+};
+use sane_xds_proto::{
+    AccessLogConfig, AdminConfig, Bootstrap, Direction, Endpoint, IdentityConfig, Listener,
+    MeshResources, Node, Protocol, Service, ServicePort, Telemetry, TlsMode, TracingConfig,
+    WorkloadPort,
+};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+const SERVER: i32 = 2;
+const CLIENT: i32 = 3;
+
+fn spiffe(sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/default/sa/{sa}")
+}
+
+fn telemetry(collector: &str, access_log: Option<&Path>) -> Telemetry {
+    Telemetry {
+        name: "mesh".into(),
+        tracing: Some(TracingConfig {
+            endpoint: collector.into(),
+            sampling_ratio: Some(1.0),
+            ..Default::default()
+        }),
+        access_log: access_log.map(|p| AccessLogConfig {
+            path: p.display().to_string(),
+            sampling_ratio: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_service(name: &str) -> Service {
+    Service {
+        name: name.into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            protocol: Protocol::Http.into(),
+            target_port: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+fn endpoint(service: &str, app_port: u16, sidecar: Option<SocketAddr>, sa: &str) -> Endpoint {
+    Endpoint {
+        service: service.into(),
+        address: "127.0.0.1".into(),
+        ports: BTreeMap::from([("http".to_string(), u32::from(app_port))]),
+        proxy_port: sidecar.map_or(0, |s| u32::from(s.port())),
+        identity: if sidecar.is_some() {
+            spiffe(sa)
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    }
+}
+
+fn inbound(app_port: u16) -> Listener {
+    Listener {
+        name: "inbound".into(),
+        direction: Direction::Inbound.into(),
+        address: "127.0.0.1:0".into(),
+        tls_mode: TlsMode::Strict.into(),
+        workload_ports: vec![WorkloadPort {
+            port: app_port.into(),
+            protocol: Protocol::Http.into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn outbound() -> Listener {
+    Listener {
+        name: "outbound".into(),
+        address: "127.0.0.1:0".into(),
+        ..Default::default()
+    }
+}
+
+fn bootstrap(name: &str, resources: MeshResources, identity: Option<IdentityConfig>) -> Bootstrap {
+    Bootstrap {
+        node: Node {
+            id: name.into(),
+            namespace: String::new(),
+            workload: name.into(),
+        },
+        admin: AdminConfig {
+            address: "127.0.0.1:0".into(),
+        },
+        drain_timeout: 2_000,
+        resources,
+        identity,
+        ..Default::default()
+    }
+}
+
+/// Service B's app: answers every request by calling C through its own
+/// sidecar, passing the trace headers on (as instrumented apps do).
+async fn start_b_app(sidecar_outbound: Arc<OnceLock<SocketAddr>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let out = sidecar_outbound.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let out = out.clone();
+                    async move {
+                        let mut call = get("http://c/");
+                        for name in [
+                            "traceparent",
+                            "tracestate",
+                            "b3",
+                            "x-b3-traceid",
+                            "x-b3-spanid",
+                            "x-b3-sampled",
+                            "x-request-id",
+                        ] {
+                            if let Some(v) = req.headers().get(name) {
+                                call.headers_mut().insert(name, v.clone());
+                            }
+                        }
+                        let via = *out.get().expect("B's sidecar started");
+                        let rsp = match send(&http1_client_via(via), call).await {
+                            Ok(r) => http::Response::builder()
+                                .status(r.status)
+                                .body(Full::new(r.body))
+                                .unwrap(),
+                            Err(e) => http::Response::builder()
+                                .status(599)
+                                .body(Full::new(Bytes::from(e)))
+                                .unwrap(),
+                        };
+                        Ok::<_, Infallible>(rsp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Chain {
+    _dir: tempfile::TempDir,
+    _cp: ControlPlane,
+    _c_app: EchoApp,
+    a: Sidecar,
+    b: Sidecar,
+    _c: Sidecar,
+    b_log: std::path::PathBuf,
+}
+
+async fn start_chain(collector: &str) -> Chain {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let identity = |token: &Path, sa: &str| IdentityConfig {
+        service_account: sa.into(),
+        ca_address: cp.xds_url(),
+        token_file: token.display().to_string(),
+        ..Default::default()
+    };
+    let b_log = dir.path().join("b-access.log");
+
+    let c_app = EchoApp::start_with(&bins().echo, "c-1", "c").await;
+    let token = cp.issue_token(dir.path(), "default", "c").await;
+    let c_res = MeshResources {
+        listeners: vec![inbound(c_app.addrs.http.port())],
+        telemetry: vec![telemetry(collector, None)],
+        ..Default::default()
+    };
+    let c = Sidecar::start(
+        &bins().proxy,
+        dir.path(),
+        "c",
+        bootstrap("c", c_res, Some(identity(&token, "c"))),
+    )
+    .await;
+    c.wait_ready(DEADLINE).await;
+
+    let b_out = Arc::new(OnceLock::new());
+    let b_app = start_b_app(b_out.clone()).await;
+    let token = cp.issue_token(dir.path(), "default", "b").await;
+    let b_res = MeshResources {
+        listeners: vec![inbound(b_app.port()), outbound()],
+        services: vec![http_service("c")],
+        endpoints: vec![endpoint(
+            "c",
+            c_app.addrs.http.port(),
+            Some(c.listener("inbound")),
+            "c",
+        )],
+        telemetry: vec![telemetry(collector, Some(&b_log))],
+        ..Default::default()
+    };
+    let b = Sidecar::start(
+        &bins().proxy,
+        dir.path(),
+        "b",
+        bootstrap("b", b_res, Some(identity(&token, "b"))),
+    )
+    .await;
+    b.wait_ready(DEADLINE).await;
+    b_out.set(b.listener("outbound")).unwrap();
+
+    let token = cp.issue_token(dir.path(), "default", "a").await;
+    let a_res = MeshResources {
+        listeners: vec![outbound()],
+        services: vec![http_service("b")],
+        endpoints: vec![endpoint(
+            "b",
+            b_app.port(),
+            Some(b.listener("inbound")),
+            "b",
+        )],
+        telemetry: vec![telemetry(collector, None)],
+        ..Default::default()
+    };
+    let a = Sidecar::start(
+        &bins().proxy,
+        dir.path(),
+        "a",
+        bootstrap("a", a_res, Some(identity(&token, "a"))),
+    )
+    .await;
+    a.wait_ready(DEADLINE).await;
+    Chain {
+        _dir: dir,
+        _cp: cp,
+        _c_app: c_app,
+        a,
+        b,
+        _c: c,
+        b_log,
+    }
+}
+
+async fn call_b(chain: &Chain, b3: Option<&str>) -> Reply {
+    let mut req = get("http://b/hello");
+    if let Some(b3) = b3 {
+        req.headers_mut().insert("b3", b3.parse().unwrap());
+    }
+    let reply = send(&http1_client_via(chain.a.listener("outbound")), req)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    reply
+}
+
+/// The one span of `trace` from `service` named `name`.
+fn span<'a>(spans: &'a [ReceivedSpan], service: &str, name: &str) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.service == service && s.name == name)
+        .collect();
+    assert_eq!(found.len(), 1, "one {name} span of {service}: {spans:#?}");
+    found[0]
+}
+
+/// Waits for the six spans of one request through the chain.
+async fn trace_spans(receiver: &OtlpReceiver, trace: &str) -> Vec<ReceivedSpan> {
+    eventually(DEADLINE, || async {
+        let spans: Vec<_> = (receiver.spans().into_iter())
+            .filter(|s| s.trace_id == trace)
+            .collect();
+        if spans.len() >= 6 {
+            Ok(spans)
+        } else {
+            Err(format!("{} of 6 spans so far: {spans:#?}", spans.len()))
+        }
+    })
+    .await
+}
+
+fn assert_chain(spans: &[ReceivedSpan], client_parent: &str) {
+    let a_out = span(spans, "a", "outbound");
+    let a_try = span(spans, "a", "outbound.attempt");
+    let b_in = span(spans, "b", "inbound");
+    let b_out = span(spans, "b", "outbound");
+    let b_try = span(spans, "b", "outbound.attempt");
+    let c_in = span(spans, "c", "inbound");
+    assert_eq!(a_out.parent_span_id, client_parent, "{a_out:#?}");
+    for (child, parent) in [
+        (a_try, a_out),
+        (b_in, a_try),
+        (b_out, b_in),
+        (b_try, b_out),
+        (c_in, b_try),
+    ] {
+        assert_eq!(
+            child.parent_span_id, parent.span_id,
+            "{} of {} is a child of {} of {}",
+            child.name, child.service, parent.name, parent.service
+        );
+    }
+    for s in [a_out, a_try, b_out, b_try] {
+        assert_eq!(s.kind, CLIENT, "{s:#?}");
+    }
+    for s in [b_in, c_in] {
+        assert_eq!(s.kind, SERVER, "{s:#?}");
+        assert_eq!(s.attributes["http.request.method"], "GET");
+        assert_eq!(s.attributes["http.response.status_code"], "200");
+        assert_eq!(s.attributes["sane.response_flags"], "-");
+    }
+    assert_eq!(b_in.attributes["sane.peer.identity"], spiffe("a"));
+    assert_eq!(c_in.attributes["sane.peer.identity"], spiffe("b"));
+    assert_eq!(a_out.attributes["sane.route"], "b.default");
+    assert_eq!(a_try.attributes["sane.attempt"], "1");
+}
+
+#[tokio::test]
+async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
+    let receiver = OtlpReceiver::start().await;
+    let chain = start_chain(&receiver.url()).await;
+
+    // A B3 caller: its trace id and span are continued through every hop.
+    let reply = call_b(&chain, Some(&format!("{TRACE}-{CLIENT_SPAN}-1"))).await;
+    let seen = reply.json().unwrap();
+    let at_c = &seen["headers"];
+    let b3 = at_c["b3"].as_str().unwrap_or_default();
+    assert!(
+        b3.starts_with(TRACE),
+        "C sees the caller's B3 trace: {seen}"
+    );
+    let traceparent = at_c["traceparent"].as_str().unwrap_or_default();
+    assert!(traceparent.contains(TRACE), "{seen}");
+    assert!(
+        at_c["x-request-id"].as_str().is_some_and(|s| s.len() == 36),
+        "a request id was generated: {seen}"
+    );
+    let spans = trace_spans(&receiver, TRACE).await;
+    assert_chain(&spans, CLIENT_SPAN);
+
+    // No trace header: A starts one, and all hops share it.
+    let reply = call_b(&chain, None).await;
+    let seen = reply.json().unwrap();
+    let traceparent = seen["headers"]["traceparent"].as_str().unwrap().to_string();
+    let trace = traceparent.split('-').nth(1).unwrap().to_string();
+    assert_ne!(trace, TRACE);
+    let spans = trace_spans(&receiver, &trace).await;
+    assert_chain(&spans, "");
+
+    // B's inbound metrics carry Istio's labels with both identities.
+    let metrics = chain.b.admin_get("/metrics").await.unwrap().text();
+    let labels = [
+        ("reporter", "destination"),
+        ("source_workload", "a"),
+        ("destination_workload", "b"),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_code", "200"),
+    ];
+    let a_id = spiffe("a");
+    let b_id = spiffe("b");
+    let mut with_ids = labels.to_vec();
+    with_ids.push(("source_principal", &a_id));
+    with_ids.push(("destination_principal", &b_id));
+    assert_eq!(
+        metric_value(&metrics, "istio_requests_total", &with_ids),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    // B's access log: one JSON line per request, with the trace id.
+    let lines = eventually(DEADLINE, || async {
+        let text = std::fs::read_to_string(&chain.b_log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if lines.len() >= 4 {
+            Ok(lines)
+        } else {
+            Err(format!("{} access-log lines so far: {text}", lines.len()))
+        }
+    })
+    .await;
+    let inbound = lines
+        .iter()
+        .find(|l| l["direction"] == "inbound" && l["trace_id"] == TRACE)
+        .unwrap_or_else(|| panic!("an inbound line of the B3 trace: {lines:#?}"));
+    assert_eq!(inbound["method"], "GET");
+    assert_eq!(inbound["path"], "/hello");
+    assert_eq!(inbound["status"], 200);
+    assert_eq!(inbound["response_flags"], "-");
+    assert_eq!(inbound["source_principal"], a_id.as_str());
+    assert!(inbound["duration_ms"].as_f64().is_some());
+}
+
+#[tokio::test]
+async fn export_to_an_unreachable_collector_neither_fails_nor_slows_requests() {
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = EchoApp::start_with(&bins().echo, "echo-1", "echo").await;
+    let mut t = telemetry(&format!("http://{dead}"), None);
+    t.tracing.as_mut().unwrap().max_queue = 4;
+    let res = MeshResources {
+        listeners: vec![outbound()],
+        services: vec![http_service("echo")],
+        endpoints: vec![endpoint("echo", app.addrs.http.port(), None, "")],
+        telemetry: vec![t],
+        ..Default::default()
+    };
+    let a = Sidecar::start(&bins().proxy, dir.path(), "a", bootstrap("a", res, None)).await;
+    a.wait_ready(DEADLINE).await;
+    let client = http1_client_via(a.listener("outbound"));
+    for i in 0..200 {
+        let reply = send(&client, get("http://echo/")).await.unwrap();
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+    }
+    // The spans were produced and then lost (export failed or the queue
+    // was full), and counted.
+    eventually(DEADLINE, || async {
+        let m = a.admin_get("/metrics").await?.text();
+        let lost = metric_value(&m, "sane_trace_spans_total", &[("result", "failed")])
+            .unwrap_or(0.0)
+            + metric_value(&m, "sane_trace_spans_total", &[("result", "dropped")]).unwrap_or(0.0);
+        if lost > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("no lost spans counted yet: {m}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_both_sidecars_and_computes_the_success_rate_of_b() {
+    let Some(bin) = sane_e2e::harness::prometheus_or_skip(
+        "prometheus_scrapes_both_sidecars_and_computes_the_success_rate_of_b",
+    ) else {
+        return;
+    };
+    // B is the echo service behind the server sidecar.
+    let mesh = TwoHop::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = Prometheus::start(
+        &bin,
+        dir.path(),
+        &[mesh.client().admin, mesh.server().admin],
+    )
+    .await;
+
+    const OK: usize = 9;
+    const FAILING: usize = 3;
+    let client = mesh.http1();
+    for i in 0..OK + FAILING {
+        let mut req = get(&TwoHop::url("/"));
+        if i % 4 == 3 {
+            req.headers_mut()
+                .insert("x-echo-status", "503".parse().unwrap());
+        }
+        let reply = send(&client, req).await.unwrap();
+        let want = if i % 4 == 3 { 503 } else { 200 };
+        assert_eq!(reply.status, want, "{}", reply.text());
+    }
+
+    // Both sidecars are scraped.
+    eventually(DEADLINE, || async {
+        let up = prometheus.query("up{job=\"sane\"} == 1").await?;
+        (up.len() == 2)
+            .then_some(())
+            .ok_or_else(|| format!("targets up: {up:?}"))
+    })
+    .await;
+    // Poll until the scrape holds every request, then compute B's success
+    // rate the way Istio dashboards do, from the destination reporter.
+    let b = "reporter=\"destination\",destination_service=\"echo.default.svc.cluster.local\"";
+    let total = format!("sum(istio_requests_total{{{b}}})");
+    eventually(DEADLINE, || async {
+        let n = prometheus.scalar(&total).await?;
+        (n == (OK + FAILING) as f64)
+            .then_some(())
+            .ok_or_else(|| format!("{total} = {n}"))
+    })
+    .await;
+    let rate = format!(
+        "sum(istio_requests_total{{{b},response_code!~\"5..\"}}) / sum(istio_requests_total{{{b}}})"
+    );
+    let got = prometheus.scalar(&rate).await.unwrap();
+    let want = OK as f64 / (OK + FAILING) as f64;
+    assert!((got - want).abs() < 1e-9, "{rate} = {got}, sent {want}");
+    // The client sidecar (source reporter) saw the same traffic.
+    let source = "sum(istio_requests_total{reporter=\"source\",destination_service=\"echo.default.svc.cluster.local\",response_code=\"503\"})";
+    assert_eq!(prometheus.scalar(source).await.unwrap(), FAILING as f64);
+}

@@ -1,0 +1,433 @@
+//! Distributed tracing: every request continues the trace it arrived with
+//! (or starts one), and each sidecar records a span for its hop.
+//!
+//! * [`context`] parses and writes W3C / B3 trace headers.
+//! * [`Tracer`] holds the active export settings (swapped when the
+//!   `Telemetry` resource changes) and hands out a [`TraceHop`] per request:
+//!   inbound it is the server span (and the app sees it as the parent of
+//!   whatever it calls next), outbound it is the client span of the whole
+//!   request, and [`attempt::AttemptLayer`] records one child span per
+//!   attempt (retries included) and writes that attempt's context upstream.
+//! * [`export`] batches spans to an OTLP collector from a bounded queue; a
+//!   full queue drops the span and counts it, so export never slows or
+//!   fails a request.
+//!
+//! The hot path takes no lock: the settings are compared by pointer with the
+//! config snapshot's, spans are only built when sampled, and queueing is a
+//! `try_send`.
+
+pub mod attempt;
+pub mod context;
+pub mod export;
+
+use crate::access_log::{AccessLog, AccessLogQueue};
+use crate::trace::context::{SpanId, TraceContext};
+use crate::trace::export::{SpanQueue, TraceMetrics};
+use arc_swap::ArcSwap;
+use opentelemetry::trace::{
+    SpanContext, SpanKind, Status, TraceFlags, TraceId as OtelTraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use prometheus::Registry;
+use sane_xds_proto::{AccessLogConfig, Bootstrap, TracingConfig};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// The tracing and access-log settings of one node: the `Telemetry` of its
+/// namespace (the first by name).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TelemetrySettings {
+    /// Span export; `None`: trace headers are propagated, nothing exported.
+    pub tracing: Option<TracingConfig>,
+    /// Access logs; `None`: off.
+    pub access_log: Option<AccessLogConfig>,
+    /// `service.name` of exported spans.
+    pub service_name: String,
+}
+
+/// Span export and access logging as currently configured.
+#[derive(Debug)]
+pub struct Tracer {
+    active: ArcSwap<Active>,
+    reconfigure: Mutex<()>,
+    metrics: TraceMetrics,
+}
+
+/// What the current settings started: the span queue and the log queue.
+#[derive(Debug)]
+pub struct Active {
+    settings: Arc<TelemetrySettings>,
+    spans: Option<SpanQueue>,
+    sample_ratio: f64,
+    /// The access log, when on.
+    pub access_log: Option<AccessLogQueue>,
+}
+
+/// One hop's span, in the request's extensions for the layers below.
+#[derive(Clone, Debug)]
+pub struct TraceHop {
+    /// This hop's context; `span_id` is the hop's span.
+    pub context: TraceContext,
+    /// Attempts made so far (outbound).
+    attempts: Arc<AtomicU32>,
+    active: Arc<Active>,
+}
+
+/// Which side of the hop a span describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HopKind {
+    /// The inbound sidecar receiving a request for its workload.
+    Inbound,
+    /// The outbound sidecar sending its app's request.
+    Outbound,
+    /// One attempt of an outbound request.
+    Attempt,
+}
+
+/// The outcome and attributes of a finished span.
+#[derive(Debug, Default)]
+pub struct SpanOutcome<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// Request path (spans may carry it; metrics never do).
+    pub path: &'a str,
+    /// Authority.
+    pub authority: &'a str,
+    /// Response status; 0 when there was none.
+    pub status: u16,
+    /// Response flags, `-` when none.
+    pub flags: &'a str,
+    /// `name.namespace` of the destination service.
+    pub service: &'a str,
+    /// The verified SPIFFE id of the peer, when known.
+    pub peer_identity: Option<&'a str>,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol_version: &'a str,
+    /// `x-request-id`.
+    pub request_id: &'a str,
+}
+
+// === impl TelemetrySettings ===
+
+impl TelemetrySettings {
+    /// The settings `bootstrap` gives its node.
+    pub fn for_node(bootstrap: &Bootstrap) -> Self {
+        let ns = sane_xds_proto::namespace_or_default(&bootstrap.node.namespace);
+        let mut mine: Vec<_> = (bootstrap.resources.telemetry.iter())
+            .filter(|t| sane_xds_proto::namespace_or_default(&t.namespace) == ns)
+            .collect();
+        mine.sort_by(|a, b| a.name.cmp(&b.name));
+        let t = mine.first();
+        let tracing = t.and_then(|t| t.tracing.clone());
+        let service_name = match &tracing {
+            Some(c) if !c.service_name.is_empty() => c.service_name.clone(),
+            _ if !bootstrap.node.workload.is_empty() => bootstrap.node.workload.clone(),
+            _ => "sane-proxy".into(),
+        };
+        Self {
+            tracing,
+            access_log: t.and_then(|t| t.access_log.clone()),
+            service_name,
+        }
+    }
+}
+
+// === impl Tracer ===
+
+impl Tracer {
+    /// A tracer with nothing configured yet; metrics go to `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = TraceMetrics::register(registry)?;
+        Ok(Self {
+            active: ArcSwap::from_pointee(Active {
+                settings: Arc::new(TelemetrySettings::default()),
+                spans: None,
+                sample_ratio: 0.0,
+                access_log: None,
+            }),
+            reconfigure: Mutex::new(()),
+            metrics,
+        })
+    }
+
+    /// The export state for `settings` (the current snapshot's), starting
+    /// new exporters when they changed. Must run inside a tokio runtime.
+    pub fn active(&self, settings: &Arc<TelemetrySettings>) -> Arc<Active> {
+        let current = self.active.load_full();
+        if Arc::ptr_eq(&current.settings, settings) {
+            return current;
+        }
+        // Rare: the Telemetry resource changed. Only one request rebuilds.
+        let _guard = self.reconfigure.lock().expect("not poisoned");
+        let current = self.active.load_full();
+        if Arc::ptr_eq(&current.settings, settings) || *current.settings == **settings {
+            if !Arc::ptr_eq(&current.settings, settings) {
+                let same = Arc::new(Active {
+                    settings: settings.clone(),
+                    spans: current.spans.clone(),
+                    sample_ratio: current.sample_ratio,
+                    access_log: current.access_log.clone(),
+                });
+                self.active.store(same.clone());
+                return same;
+            }
+            return current;
+        }
+        let spans = settings.tracing.as_ref().map(|t| {
+            tracing::info!(endpoint = %t.endpoint, protocol = ?t.protocol(), "exporting spans");
+            SpanQueue::start(t, &settings.service_name, self.metrics.clone())
+        });
+        let access_log =
+            (settings.access_log.as_ref()).map(|a| AccessLogQueue::start(a, self.metrics.clone()));
+        let next = Arc::new(Active {
+            settings: settings.clone(),
+            spans,
+            sample_ratio: (settings.tracing.as_ref()).map_or(0.0, |t| t.effective_sampling_ratio()),
+            access_log,
+        });
+        self.active.store(next.clone());
+        next
+    }
+}
+
+// === impl Active ===
+
+impl Active {
+    /// Whether a trace this hop starts is sampled (ratio based).
+    pub fn sample_new(&self) -> bool {
+        self.spans.is_some() && rand::random::<f64>() < self.sample_ratio
+    }
+
+    /// Starts the hop's span from the request headers.
+    pub fn start_hop(self: &Arc<Self>, headers: &http::HeaderMap) -> TraceHop {
+        let context = TraceContext::extract(headers, self.sample_new());
+        TraceHop {
+            context,
+            attempts: Arc::default(),
+            active: self.clone(),
+        }
+    }
+
+    /// Logs one request, sampled per config.
+    pub fn log(&self, entry: impl FnOnce() -> AccessLog) {
+        if let Some(q) = &self.access_log {
+            q.push(entry);
+        }
+    }
+}
+
+// === impl TraceHop ===
+
+impl TraceHop {
+    /// Whether spans of this hop are recorded.
+    pub fn recording(&self) -> bool {
+        self.context.sampled && self.active.spans.is_some()
+    }
+
+    /// The export state this hop started with.
+    pub fn active(&self) -> &Arc<Active> {
+        &self.active
+    }
+
+    /// A child context for the next attempt, and its attempt number (1 for
+    /// the first try).
+    pub fn next_attempt(&self) -> (TraceContext, u32) {
+        let n = self.attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut child = self.context.clone();
+        child.parent_span_id = Some(self.context.span_id);
+        child.span_id = SpanId::random();
+        (child, n)
+    }
+
+    /// Records a finished span of `kind` for `context` (this hop's own or
+    /// an attempt's).
+    pub fn record(
+        &self,
+        kind: HopKind,
+        context: &TraceContext,
+        start: SystemTime,
+        outcome: &SpanOutcome<'_>,
+        extra: Vec<KeyValue>,
+    ) {
+        let Some(queue) = (self.recording())
+            .then_some(())
+            .and(self.active.spans.as_ref())
+        else {
+            return;
+        };
+        queue.push(span_data(kind, context, start, outcome, extra));
+    }
+}
+
+fn span_data(
+    kind: HopKind,
+    ctx: &TraceContext,
+    start: SystemTime,
+    o: &SpanOutcome<'_>,
+    mut attrs: Vec<KeyValue>,
+) -> SpanData {
+    let (name, span_kind) = match kind {
+        HopKind::Inbound => ("inbound", SpanKind::Server),
+        HopKind::Outbound => ("outbound", SpanKind::Client),
+        HopKind::Attempt => ("outbound.attempt", SpanKind::Client),
+    };
+    attrs.extend([
+        KeyValue::new("http.request.method", o.method.to_string()),
+        KeyValue::new("url.path", o.path.to_string()),
+        KeyValue::new("server.address", o.authority.to_string()),
+        KeyValue::new("network.protocol.version", o.protocol_version.to_string()),
+        KeyValue::new("http.response.status_code", i64::from(o.status)),
+        KeyValue::new("sane.response_flags", o.flags.to_string()),
+        KeyValue::new("sane.route", o.service.to_string()),
+        KeyValue::new("sane.request_id", o.request_id.to_string()),
+    ]);
+    if let Some(peer) = o.peer_identity {
+        attrs.push(KeyValue::new("sane.peer.identity", peer.to_string()));
+    }
+    // Server spans fail on 5xx only; client spans on 4xx too (OTel HTTP).
+    let failed = o.status == 0
+        || o.status >= 500
+        || (o.status >= 400 && span_kind == SpanKind::Client)
+        || o.flags != "-";
+    let status = if failed {
+        Status::error(format!("{} {}", o.status, o.flags))
+    } else {
+        Status::Unset
+    };
+    let flags = if ctx.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote_parent = !matches!(kind, HopKind::Attempt) && ctx.parent_span_id.is_some();
+    SpanData {
+        span_context: SpanContext::new(
+            OtelTraceId::from_bytes(ctx.trace_id.0),
+            opentelemetry::trace::SpanId::from_bytes(ctx.span_id.0),
+            flags,
+            false,
+            TraceState::NONE,
+        ),
+        parent_span_id: ctx
+            .parent_span_id
+            .map_or(opentelemetry::trace::SpanId::INVALID, |p| {
+                opentelemetry::trace::SpanId::from_bytes(p.0)
+            }),
+        parent_span_is_remote: remote_parent,
+        span_kind,
+        name: Cow::Borrowed(name),
+        start_time: start,
+        end_time: SystemTime::now(),
+        attributes: attrs,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: InstrumentationScope::builder("sane-proxy").build(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sane_xds_proto::{MeshResources, Node, Telemetry};
+
+    fn telemetry(name: &str, ns: &str, endpoint: &str) -> Telemetry {
+        Telemetry {
+            name: name.into(),
+            namespace: ns.into(),
+            tracing: Some(TracingConfig {
+                endpoint: endpoint.into(),
+                ..Default::default()
+            }),
+            access_log: None,
+        }
+    }
+
+    #[test]
+    fn a_node_applies_the_first_telemetry_of_its_namespace() {
+        let b = Bootstrap {
+            node: Node {
+                namespace: "shop".into(),
+                workload: "web".into(),
+                ..Default::default()
+            },
+            resources: MeshResources {
+                telemetry: vec![
+                    telemetry("z", "shop", "http://z:4317"),
+                    telemetry("a", "other", "http://other:4317"),
+                    telemetry("b", "shop", "http://b:4317"),
+                ],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let s = TelemetrySettings::for_node(&b);
+        assert_eq!(s.tracing.unwrap().endpoint, "http://b:4317");
+        assert_eq!(s.service_name, "web");
+        assert_eq!(
+            TelemetrySettings::for_node(&Bootstrap::default()),
+            TelemetrySettings {
+                service_name: "sane-proxy".into(),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn spans_of_an_unsampled_or_unconfigured_hop_are_not_recorded() {
+        let tracer = Tracer::new(&Registry::new()).unwrap();
+        let off = Arc::new(TelemetrySettings::default());
+        let active = tracer.active(&off);
+        let hop = active.start_hop(&http::HeaderMap::new());
+        assert!(!hop.context.sampled, "nothing exports, so nothing samples");
+        assert!(!hop.recording());
+        // Same settings, same state: no rebuild on the hot path.
+        assert!(Arc::ptr_eq(&tracer.active(&off), &active));
+
+        let mut settings = TelemetrySettings::default();
+        settings.tracing = Some(TracingConfig {
+            endpoint: "http://127.0.0.1:9".into(),
+            sampling_ratio: Some(1.0),
+            ..Default::default()
+        });
+        let on = tracer.active(&Arc::new(settings));
+        let hop = on.start_hop(&http::HeaderMap::new());
+        assert!(hop.context.sampled && hop.recording());
+        let (attempt, n) = hop.next_attempt();
+        assert_eq!(n, 1);
+        assert_eq!(attempt.parent_span_id, Some(hop.context.span_id));
+        assert_eq!(attempt.trace_id, hop.context.trace_id);
+        assert_eq!(hop.next_attempt().1, 2);
+    }
+
+    #[test]
+    fn span_data_links_to_the_parent() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "b3",
+            "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1"
+                .parse()
+                .unwrap(),
+        );
+        let ctx = TraceContext::extract(&h, false);
+        let o = SpanOutcome {
+            method: "GET",
+            status: 503,
+            flags: "UO",
+            ..Default::default()
+        };
+        let s = span_data(HopKind::Inbound, &ctx, SystemTime::now(), &o, vec![]);
+        assert_eq!(
+            s.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert!(s.parent_span_is_remote);
+        assert_eq!(s.span_kind, SpanKind::Server);
+        assert!(matches!(s.status, Status::Error { .. }));
+    }
+}

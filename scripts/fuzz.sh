@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of proxy/fuzz for a bounded time each.
+#
+#   scripts/fuzz.sh [seconds-per-target] [target...]   (default: 60, all)
+#
+# Installs cargo-fuzz if missing (`cargo install cargo-fuzz`). cargo-fuzz
+# needs nightly-only rustc flags (sanitizers, -Zsanitizer-coverage); on a
+# stable toolchain RUSTC_BOOTSTRAP=1 unlocks them, which this script sets.
+# Builds into target/fuzz (the workspace's target dir, not a new one).
+# New inputs found while fuzzing go to target/fuzz/corpus/<target>, so the
+# seed corpora in proxy/fuzz/corpus stay small; crashes are written to
+# proxy/fuzz/artifacts/<target> and make the script fail.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+seconds="${1:-60}"
+shift || true
+fuzz_dir="$root/proxy/fuzz"
+target_dir="$root/target/fuzz"
+all_targets=(config_yaml xds_response trace_context protocol_detect)
+targets=("$@")
+if [ "${#targets[@]}" -eq 0 ]; then
+  targets=("${all_targets[@]}")
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz.sh: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+export RUSTC_BOOTSTRAP=1
+
+cd "$fuzz_dir"
+echo "fuzz.sh: building ${targets[*]}"
+for t in "${targets[@]}"; do
+  cargo fuzz build --target-dir "$target_dir" "$t"
+done
+
+failed=()
+for t in "${targets[@]}"; do
+  work="$target_dir/corpus/$t"
+  mkdir -p "$work" "$fuzz_dir/artifacts/$t"
+  echo "fuzz.sh: $t for ${seconds}s"
+  # The first corpus dir receives new inputs; the seeds are read only.
+  if cargo fuzz run --target-dir "$target_dir" "$t" "$work" "$fuzz_dir/corpus/$t" -- \
+      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      2>&1 | tee "$target_dir/$t.log" | grep -E '^(#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|==[0-9]+==|SUMMARY|Done )'; then
+    :
+  fi
+  if grep -qE 'SUMMARY: |panicked at|Test unit written to' "$target_dir/$t.log"; then
+    failed+=("$t")
+    echo "fuzz.sh: $t FOUND A CRASH; see $target_dir/$t.log and $fuzz_dir/artifacts/$t"
+  else
+    runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$target_dir/$t.log" | grep -oE '[0-9]+$' || echo '?')
+    echo "fuzz.sh: $t ok: $runs runs in ${seconds}s, no crash"
+  fi
+done
+
+if [ "${#failed[@]}" -ne 0 ]; then
+  echo "fuzz.sh: crashes in ${failed[*]}" >&2
+  exit 1
+fi
+echo "fuzz.sh: all ${#targets[@]} targets ran ${seconds}s each without a crash"
