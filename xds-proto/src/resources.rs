@@ -61,7 +61,7 @@ pub enum TypeUrl {
 
 impl TypeUrl {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [TypeUrl; 6] = [
+    pub const ALL: [TypeUrl; 7] = [
         TypeUrl::Listener,
         TypeUrl::Service,
         TypeUrl::Endpoint,

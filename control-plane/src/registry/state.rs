@@ -210,6 +210,7 @@ impl State {
         }
         for s in stored.authorization_policies {
             add(s.origin, s.ttl_ms, Resource::Authz(s.resource))?;
+        }
         for s in stored.telemetry {
             add(s.origin, s.ttl_ms, Resource::Telemetry(s.resource))?;
         }
