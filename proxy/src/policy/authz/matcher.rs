@@ -128,9 +128,8 @@ fn decide<'p>(
     let mut allows = policies
         .filter(|p| p.action == AuthzAction::Allow)
         .peekable();
-    if allows.peek().is_none() {
-        return None;
-    }
+    // No allow policy at all: allowed.
+    allows.peek()?;
     if allows.any(|p| p.matches(caller, op)) {
         None
     } else {
