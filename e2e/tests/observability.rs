@@ -499,7 +499,11 @@ async fn prometheus_scrapes_both_sidecars_and_computes_the_success_rate_of_b() {
     .await;
     // Poll until the scrape holds every request, then compute B's success
     // rate the way Istio dashboards do, from the destination reporter.
-    let b = "reporter=\"destination\",destination_service=\"echo.default.svc.cluster.local\"";
+    // Only B's sidecar reports as the destination.
+    let b = format!(
+        "reporter=\"destination\",instance=\"{}\"",
+        mesh.server().admin
+    );
     let total = format!("sum(istio_requests_total{{{b}}})");
     eventually(DEADLINE, || async {
         let n = prometheus.scalar(&total).await?;
