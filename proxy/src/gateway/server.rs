@@ -157,9 +157,10 @@ async fn serve_conn(
             scheme,
             table.limits.trusted_hops,
         ))
-        .layer(RateLimitLayer::new(
-            table.rate.as_ref().map(|(_, b)| b.clone()),
-        ))
+        .layer(
+            RateLimitLayer::new(table.rate.as_ref().map(|(_, b)| b.clone()))
+                .counting(shared.metrics.rejections("rate_limited")),
+        )
         .layer(BodyLimitLayer::new(table.limits.max_request_body_bytes()));
     if !conn.tls {
         let svc = edge.service(GatewayRoute::new(
