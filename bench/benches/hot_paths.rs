@@ -20,8 +20,8 @@ use prometheus::Registry;
 use sane_proxy::config::Snapshot;
 use sane_proxy::policy::headers::HeaderOps;
 use sane_proxy::protocol::http::for_h2;
-use sane_proxy::telemetry::{Metrics, RequestLabels};
-use sane_proxy::trace_context::{ensure_request_id, TraceContext};
+use sane_proxy::telemetry::{Metrics, RequestLabels, RequestSizes};
+use sane_proxy::trace::context::{ensure_request_id, TraceContext};
 use sane_xds_proto::Bootstrap;
 use std::fmt::Write;
 use std::hint::black_box;
@@ -195,12 +195,22 @@ fn metrics(c: &mut Criterion) {
             m.request(
                 black_box(RequestLabels {
                     reporter: "source",
+                    source_workload: "frontend",
+                    source_principal: "unknown",
+                    destination_workload: "unknown",
                     destination_service: "svc-1.default.svc.cluster.local",
+                    destination_principal: "unknown",
                     request_protocol: "http",
                     response_code: 200,
+                    grpc_response_status: "",
+                    connection_security_policy: "unknown",
                     response_flags: "-",
                 }),
                 black_box(1.25),
+                black_box(RequestSizes {
+                    request: 0,
+                    response: 512,
+                }),
             )
         })
     });

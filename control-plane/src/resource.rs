@@ -281,6 +281,8 @@ impl Resource {
                 .into_iter()
                 .enumerate()
                 .map(|(i, a)| (indexed(Kind::Authz, i), Resource::Authz(a))),
+        );
+        out.extend(
             mesh.telemetry
                 .into_iter()
                 .enumerate()

@@ -46,7 +46,7 @@
 use crate::body::{self, Body};
 use crate::cluster::{InFlight, Selection};
 use crate::config::ConfigStore;
-use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
+use crate::error::ProxyError;
 use crate::observe::{Observe, ObservedService, Side};
 use crate::policy::authz::{AuthzLayer, PolicySource};
 use crate::policy::circuit_breaker::CircuitBreakerLayer;

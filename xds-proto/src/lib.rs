@@ -16,8 +16,8 @@ mod authz;
 mod bootstrap;
 mod ca;
 mod endpoint;
-mod health;
 mod gateway;
+mod health;
 mod listener;
 mod policy;
 mod resilience;
@@ -35,12 +35,12 @@ pub use authz::{
 pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
-pub use health::{
-    AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
-};
 pub use gateway::{
     EdgeLimits, Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, RateLimit,
     MAX_REQUEST_HEADER_BYTES, MIN_REQUEST_HEADER_BYTES,
+};
+pub use health::{
+    AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
 };
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};

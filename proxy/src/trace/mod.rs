@@ -388,12 +388,14 @@ mod tests {
         // Same settings, same state: no rebuild on the hot path.
         assert!(Arc::ptr_eq(&tracer.active(&off), &active));
 
-        let mut settings = TelemetrySettings::default();
-        settings.tracing = Some(TracingConfig {
-            endpoint: "http://127.0.0.1:9".into(),
-            sampling_ratio: Some(1.0),
+        let settings = TelemetrySettings {
+            tracing: Some(TracingConfig {
+                endpoint: "http://127.0.0.1:9".into(),
+                sampling_ratio: Some(1.0),
+                ..Default::default()
+            }),
             ..Default::default()
-        });
+        };
         let on = tracer.active(&Arc::new(settings));
         let hop = on.start_hop(&http::HeaderMap::new());
         assert!(hop.context.sampled && hop.recording());
