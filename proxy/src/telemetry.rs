@@ -196,6 +196,11 @@ impl Metrics {
             "sane_connections_refused_total",
             "Connections closed at accept because a limit was reached.",
         )?;
+        // The proxy's own CPU seconds, resident memory, open and max fds,
+        // threads (`process_*`, read from /proc at scrape time).
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(request_bytes.clone()))?;
@@ -354,6 +359,23 @@ impl ResilienceMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_metrics_describe_this_process() {
+        let registry = Registry::new();
+        let _m = Metrics::register(&registry).unwrap();
+        let value = |name: &str| {
+            registry
+                .gather()
+                .iter()
+                .find(|f| f.name() == name)
+                .map(|f| f.get_metric()[0].get_gauge().value())
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+        assert!(value("process_open_fds") >= 3.0);
+        assert!(value("process_threads") >= 1.0);
+    }
 
     #[test]
     fn records_with_istio_names() {
