@@ -502,8 +502,7 @@ async fn gateway_cuts_off_slowloris_and_rate_limits_with_429() {
         );
         tokio::select! {
             done = &mut reader => break done.unwrap(),
-            // allow-sleep: trickling the header bytes is what this test does.
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {} // allow-sleep: trickling the header bytes is what this test does
         }
         if wr.write_all(b"x").await.is_err() {
             break (&mut reader).await.unwrap();

@@ -184,8 +184,7 @@ impl Load {
                         let outcome = one(worker, i).await;
                         report.lock().expect("report lock").record(outcome);
                         i += 1;
-                        // allow-sleep: pacing of the load, not a wait for readiness.
-                        tokio::time::sleep(pace).await;
+                        tokio::time::sleep(pace).await; // allow-sleep: pacing of the load, not a wait for readiness
                     }
                 })
             })

@@ -17,7 +17,6 @@ use crate::stack::HttpSvc;
 use crate::{body, Body};
 use arc_swap::ArcSwap;
 use futures::future::{BoxFuture, FutureExt};
-use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -100,19 +99,9 @@ impl GatewayRoute {
                 path: req.uri().path().to_string(),
             });
         };
-        let pq = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| EdgeError::BadRequest {
-                reason: format!("cannot build the mesh URI for {authority:?}: {e}"),
-            })?;
+        let uri = h::absolute_uri(req, authority).map_err(|e| EdgeError::BadRequest {
+            reason: format!("cannot build the mesh URI for {authority:?}: {e}"),
+        })?;
         let original = h::authority_text(req).unwrap_or(host);
         let headers = req.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&original) {

@@ -116,22 +116,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Rewrites a request for an HTTP/2 hop: absolute URI with the original
-/// authority, no hop-by-hop headers, no `Host` (it becomes `:authority`).
-pub fn for_h2<B>(req: &mut Request<B>, authority: &str) -> Result<(), ProxyError> {
+/// `http://<authority><path and query of req>` (`/` when it has none).
+pub fn absolute_uri<B>(req: &Request<B>, authority: &str) -> Result<Uri, http::Error> {
     let pq = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
+    Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority)
         .path_and_query(pq)
         .build()
-        .map_err(|e| ProxyError::BadRequest {
-            reason: format!("cannot build URI for {authority:?}: {e}"),
-        })?;
+}
+
+/// Rewrites a request for an HTTP/2 hop: absolute URI with the original
+/// authority, no hop-by-hop headers, no `Host` (it becomes `:authority`).
+pub fn for_h2<B>(req: &mut Request<B>, authority: &str) -> Result<(), ProxyError> {
+    let uri = absolute_uri(req, authority).map_err(|e| ProxyError::BadRequest {
+        reason: format!("cannot build URI for {authority:?}: {e}"),
+    })?;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_2;
     strip_hop_by_hop(req.headers_mut(), false);
