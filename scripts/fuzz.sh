@@ -56,7 +56,7 @@ for t in "${targets[@]}"; do
   # The first corpus dir receives new inputs; the seeds are read only.
   if cargo fuzz run "${build_flags[@]}" --target-dir "$target_dir" "$t" "$work" "$fuzz_dir/corpus/$t" -- \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
-      2>&1 | tee "$target_dir/$t.log" | grep -E '^(#[0-9]+ +(DONE|INITED)|stat::number_of_executed_units|==[0-9]+==|SUMMARY|Done )'; then
+      2>&1 | tee "$target_dir/$t.log" | grep -E '^(#[0-9]+[[:space:]]+(DONE|INITED)|stat::number_of_executed_units|==[0-9]+==|SUMMARY|Done )'; then
     :
   fi
   if grep -qE 'SUMMARY: |panicked at|Test unit written to' "$target_dir/$t.log"; then
