@@ -369,7 +369,7 @@ mod tests {
                 .gather()
                 .iter()
                 .find(|f| f.name() == name)
-                .map(|f| f.get_metric()[0].get_gauge().value())
+                .map(|f| f.get_metric()[0].get_gauge().get_value())
                 .unwrap_or_else(|| panic!("no {name}"))
         };
         assert!(value("process_resident_memory_bytes") > 1_000_000.0);
