@@ -63,15 +63,7 @@ impl Admin {
 
     fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/ready") => {
-                if self.readiness.is_ready() {
-                    text(StatusCode::OK, "ready\n")
-                } else if self.drain.is_draining() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                }
-            }
+            (&Method::GET, "/ready") => readiness_response(&self.readiness, &self.drain),
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/metrics") => {
                 let mut out = Vec::new();
@@ -156,7 +148,21 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, msg: &str) -> Response<Body> {
+/// The answer to a readiness check: 200 `ready`, or 503 `draining` /
+/// `not ready`. Served as the admin `/ready` and the health port's
+/// `/healthz/ready`.
+pub(crate) fn readiness_response(readiness: &Readiness, drain: &Drain) -> Response<Body> {
+    if readiness.is_ready() {
+        text(StatusCode::OK, "ready\n")
+    } else if drain.is_draining() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// A plain-text response.
+pub(crate) fn text(status: StatusCode, msg: &str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

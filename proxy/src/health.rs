@@ -12,6 +12,7 @@
 //! Nothing else is served: unlike the admin server this one is reachable
 //! from the network, so it exposes no config, metrics or controls.
 
+use crate::admin::{readiness_response, text};
 use crate::body::{self, Body};
 use crate::drain::{Drain, Readiness};
 use http::{header, Method, Request, Response, StatusCode};
@@ -120,13 +121,7 @@ impl HealthServer {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
         }
         if path == "/healthz/ready" {
-            return if self.readiness.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else if self.drain.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            };
+            return readiness_response(&self.readiness, &self.drain);
         }
         let Some(probe) = self.probes.get(path) else {
             return text(StatusCode::NOT_FOUND, "no such probe\n");
@@ -244,14 +239,6 @@ async fn grpc(probe: &GrpcProbe) -> Result<(), ProbeFailure> {
         ServingStatus::Serving => Ok(()),
         other => Err(grpc_err(format!("status {}", other.as_str_name()))),
     }
-}
-
-fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(body::full(msg.to_string()))
-        .expect("valid response")
 }
 
 #[cfg(test)]
