@@ -227,7 +227,13 @@ pub async fn build(
         }
         None => (ca, None),
     };
-    let ads = AdsService::new(registry.clone(), status.clone(), metrics, stop.clone());
+    let ads = AdsService::new(
+        registry.clone(),
+        status.clone(),
+        metrics,
+        stop.clone(),
+        ca.auth().clone(),
+    );
     let api_state = ApiState {
         registry: registry.clone(),
         status: status.clone(),

@@ -9,6 +9,7 @@
 //! | `sane_cp_xds_push_latency_seconds`      | histogram | `type` |
 //! | `sane_cp_xds_nacks_total`               | counter   | `type` |
 //! | `sane_cp_convergence_seconds`           | histogram |        |
+//! | `sane_cp_xds_streams_rejected_total`    | counter   | `reason` |
 //!
 //! Push latency runs from the event that caused a push (the first registry
 //! write of a batch, or the client's request) to the response being queued on
@@ -29,6 +30,7 @@ pub struct Metrics {
     push_latency: HistogramVec,
     nacks: IntCounterVec,
     convergence: Histogram,
+    streams_rejected: IntCounterVec,
 }
 
 /// The label set of per-type metrics.
@@ -103,8 +105,17 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .map_err(err("sane_cp_convergence_seconds"))?,
+            streams_rejected: IntCounterVec::new(
+                Opts::new(
+                    "sane_cp_xds_streams_rejected_total",
+                    "xDS streams refused: token missing, unknown or not checkable now, \
+                     or a node outside its token's namespace",
+                ),
+                &["reason"],
+            )
+            .map_err(err("sane_cp_xds_streams_rejected_total"))?,
         };
-        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 6] = [
+        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 7] = [
             (
                 "sane_cp_connected_proxies",
                 Box::new(m.connected_proxies.clone()),
@@ -122,6 +133,10 @@ impl Metrics {
             (
                 "sane_cp_convergence_seconds",
                 Box::new(m.convergence.clone()),
+            ),
+            (
+                "sane_cp_xds_streams_rejected_total",
+                Box::new(m.streams_rejected.clone()),
             ),
         ];
         for (name, c) in collectors {
@@ -153,6 +168,10 @@ impl Metrics {
 
     pub(crate) fn nacked(&self, labels: TypeLabels) {
         self.nacks.with_label_values(&labels.values()).inc();
+    }
+
+    pub(crate) fn stream_rejected(&self, reason: &'static str) {
+        self.streams_rejected.with_label_values(&[reason]).inc();
     }
 
     pub(crate) fn converged(&self, after: Duration) {

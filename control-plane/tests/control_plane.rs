@@ -4,14 +4,18 @@
 
 mod support;
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
+};
 use http::{Method, StatusCode};
 use sane_control_plane::resource::{Kind, Resource};
 use sane_xds_proto::{Endpoint, TypeUrl};
 use serde_json::{json, Value};
 use support::{eventually, node, ControlPlane, DeltaClient, SotwClient, DEADLINE};
+use tokio_stream::StreamExt;
 
-fn names(resp: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> Vec<String> {
+fn names(resp: &DiscoveryResponse) -> Vec<String> {
     let mut n: Vec<String> = resp
         .resources
         .iter()
@@ -77,13 +81,105 @@ async fn proxy_status(cp: &ControlPlane, id: &str) -> Option<Value> {
         .cloned()
 }
 
+/// Opens a state-of-the-world stream with `token` (if any) as `node` and
+/// returns how the control plane answered its first request.
+async fn first_answer(
+    cp: &ControlPlane,
+    token: Option<&str>,
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+) -> Result<DiscoveryResponse, tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.xds))
+        .await
+        .unwrap();
+    let first = DiscoveryRequest {
+        node: Some(node),
+        type_url: TypeUrl::Service.as_str().into(),
+        ..Default::default()
+    };
+    let stream = tokio_stream::iter(vec![first]).chain(tokio_stream::pending());
+    let request = match token {
+        Some(t) => support::bearer(stream, t),
+        None => tonic::Request::new(stream),
+    };
+    let mut responses = client
+        .stream_aggregated_resources(request)
+        .await?
+        .into_inner();
+    let answer = tokio::time::timeout(DEADLINE, responses.message())
+        .await
+        .expect("an answer in time")?;
+    Ok(answer.expect("stream open"))
+}
+
+#[tokio::test]
+async fn xds_streams_need_a_workload_token_for_their_own_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    seed(&cp).await;
+    let shop = cp.workload_token("shop").await;
+
+    let missing = first_answer(&cp, None, node("web-1", "shop", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated, "{missing}");
+    assert!(missing.message().contains("no bearer token"), "{missing}");
+
+    let forged = first_answer(&cp, Some("not-a-token"), node("web-1", "shop", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged}");
+    assert!(forged.message().contains("unknown token"), "{forged}");
+
+    // A valid token, but for another namespace than the node claims.
+    let other = first_answer(&cp, Some(&shop), node("spy", "inventory", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other}");
+    assert!(
+        other.message().contains("\"inventory\"") && other.message().contains("shop/test"),
+        "{other}"
+    );
+
+    // The same token for its own namespace gets the view.
+    let ok = first_answer(&cp, Some(&shop), node("web-1", "shop", &[]))
+        .await
+        .unwrap();
+    assert_eq!(names(&ok), ["inventory/backend", "shop/web"]);
+
+    let (_, metrics) = cp
+        .client
+        .send(Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    for reason in ["missing", "unknown", "namespace"] {
+        let line = format!("sane_cp_xds_streams_rejected_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    // Nobody was counted as connected but the authenticated stream.
+    let status = cp.client.proxies().await.unwrap();
+    let nodes: Vec<&str> = status["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["node"].as_str())
+        .collect();
+    assert!(!nodes.contains(&"spy"), "{status}");
+    cp.stop().await;
+}
+
 #[tokio::test]
 async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start(dir.path()).await;
     seed(&cp).await;
 
-    let mut ads = SotwClient::connect(cp.xds, node("web-1", "shop", &[])).await;
+    let mut ads = SotwClient::connect(
+        cp.xds,
+        &cp.workload_token("shop").await,
+        node("web-1", "shop", &[]),
+    )
+    .await;
     ads.request(TypeUrl::Service).await;
     let services = ads.recv_type(TypeUrl::Service).await;
     // Its namespace plus the route's destination; not inventory/db.
@@ -210,7 +306,12 @@ async fn delta_stream_subscribes_and_sees_removals() {
     let cp = ControlPlane::start(dir.path()).await;
     seed(&cp).await;
 
-    let mut ads = DeltaClient::connect(cp.xds, node("db-client", "inventory", &[])).await;
+    let mut ads = DeltaClient::connect(
+        cp.xds,
+        &cp.workload_token("inventory").await,
+        node("db-client", "inventory", &[]),
+    )
+    .await;
     ads.send(DeltaDiscoveryRequest {
         type_url: TypeUrl::Endpoint.as_str().into(),
         resource_names_subscribe: vec!["inventory/db/10.0.0.3:5432".into()],
@@ -239,7 +340,12 @@ async fn delta_stream_subscribes_and_sees_removals() {
     assert_ne!(removal.nonce, first.nonce);
 
     // Reconnect with what it holds: unchanged resources are not resent.
-    let mut ads = DeltaClient::connect(cp.xds, node("db-client", "inventory", &[])).await;
+    let mut ads = DeltaClient::connect(
+        cp.xds,
+        &cp.workload_token("inventory").await,
+        node("db-client", "inventory", &[]),
+    )
+    .await;
     ads.send(DeltaDiscoveryRequest {
         type_url: TypeUrl::Service.as_str().into(),
         ..Default::default()
@@ -251,7 +357,12 @@ async fn delta_stream_subscribes_and_sees_removals() {
         .iter()
         .map(|r| (r.name.clone(), r.version.clone()))
         .collect();
-    let mut again = DeltaClient::connect(cp.xds, node("db-client-2", "inventory", &[])).await;
+    let mut again = DeltaClient::connect(
+        cp.xds,
+        &cp.workload_token("inventory").await,
+        node("db-client-2", "inventory", &[]),
+    )
+    .await;
     again
         .send(DeltaDiscoveryRequest {
             type_url: TypeUrl::Service.as_str().into(),
@@ -527,7 +638,12 @@ async fn config_dir_files_are_served_and_followed() {
     // Loaded before the listeners were reported.
     cp.client.get(Kind::Service, "default/echo").await.unwrap();
 
-    let mut ads = SotwClient::connect(cp.xds, node("p", "default", &[])).await;
+    let mut ads = SotwClient::connect(
+        cp.xds,
+        &cp.workload_token("default").await,
+        node("p", "default", &[]),
+    )
+    .await;
     ads.request(TypeUrl::Service).await;
     let first = ads.recv_type(TypeUrl::Service).await;
     assert_eq!(names(&first), ["default/echo"]);

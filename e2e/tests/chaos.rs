@@ -39,7 +39,7 @@ use sane_xds_proto::{
 };
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Deadline of every wait for a process or a condition.
@@ -266,12 +266,15 @@ async fn start_control_plane(b: &Pod, data_dir: &Path) -> ControlPlane {
         ],
     );
     proc.wait_listening(&["xds", "api"], DEADLINE).await;
-    ControlPlane {
+    let mut cp = ControlPlane {
         proc,
         xds: SocketAddr::new(IpAddr::V4(b.ip), XDS_PORT),
         api: SocketAddr::new(IpAddr::V4(b.ip), API_PORT),
         data_dir: data_dir.to_path_buf(),
-    }
+        xds_token: PathBuf::new(),
+    };
+    cp.xds_token = cp.issue_token(data_dir, "default", "default").await;
+    cp
 }
 
 async fn start_echo(b: &Pod) -> Proc {

@@ -111,6 +111,15 @@ pub async fn build(
     let xds = bootstrap
         .control_plane
         .clone()
+        .map(|mut cp| {
+            // One workload token serves both the CA and the xDS stream.
+            if cp.token_file.is_empty() {
+                if let Some(id) = &bootstrap.identity {
+                    cp.token_file = id.token_file.clone();
+                }
+            }
+            cp
+        })
         .zip(xds_metrics)
         .map(|(cp, m)| (cp, bootstrap.node.clone(), m));
     let issuer = match &bootstrap.identity {

@@ -69,7 +69,10 @@ pub struct IdentityConfig {
 pub struct ControlPlane {
     /// xDS server URL, e.g. `http://127.0.0.1:15010`. Required.
     pub address: String,
-    /// File holding the proxy's bootstrap token. Default: empty, no token.
+    /// File holding the proxy's workload token, sent as a bearer token on
+    /// the xDS stream (the control plane refuses streams without a valid
+    /// one). Read again at each reconnect, so a rotated file is picked up.
+    /// Default: `identity.token_file`.
     pub token_file: String,
     /// Services of other namespaces (or `*`) this proxy talks to, beyond its
     /// own namespace. Default: none.

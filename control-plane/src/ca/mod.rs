@@ -9,9 +9,11 @@
 //! key stays in the control plane's data directory (mode 0600) and never
 //! appears in logs or the API.
 
+pub mod authn;
 mod error;
 pub mod tokens;
 
+pub use self::authn::{AuthnError, WorkloadAuth};
 pub use self::error::CaError;
 
 use self::tokens::{TokenGrant, WorkloadTokens};
@@ -91,10 +93,9 @@ pub fn load(config: &crate::Config) -> Result<Loaded, CaError> {
 #[derive(Clone, Debug)]
 pub struct CaService {
     ca: Arc<CertificateAuthority>,
-    tokens: Arc<WorkloadTokens>,
+    auth: WorkloadAuth,
     issued: IntCounterVec,
     retiring: Option<(TrustBundle, SystemTime)>,
-    external: Option<Arc<dyn ExternalAuthenticator>>,
 }
 
 // === impl CaService ===
@@ -117,32 +118,21 @@ impl CaService {
         registry.register(Box::new(issued.clone()))?;
         Ok(Self {
             ca,
-            tokens,
+            auth: WorkloadAuth::new(tokens),
             issued,
             retiring: None,
-            external: None,
         })
     }
 
     /// Also accepts tokens `external` authenticates.
     pub fn with_external(mut self, external: Arc<dyn ExternalAuthenticator>) -> Self {
-        self.external = Some(external);
+        self.auth = self.auth.with_external(external);
         self
     }
 
-    /// What `token` grants when the bootstrap tokens do not know it but the
-    /// external authenticator does.
-    async fn external_grant(&self, token: Option<&str>) -> Result<Option<TokenGrant>, Status> {
-        let (Some(token), Some(external)) = (token, &self.external) else {
-            return Ok(None);
-        };
-        if self.tokens.authenticate(token).is_some() {
-            return Ok(None);
-        }
-        external.authenticate(token).await.map_err(|e| {
-            tracing::warn!(error = %e, "external token authentication failed");
-            Status::unavailable(format!("cannot authenticate the token now: {e}"))
-        })
+    /// How callers are authenticated; the ADS stream uses the same.
+    pub fn auth(&self) -> &WorkloadAuth {
+        &self.auth
     }
 
     /// During a root rotation: keep trusting `old` (the previous root) until
@@ -163,21 +153,30 @@ impl CaService {
         }
     }
 
-    /// Signs `req` for the caller authenticated by `token`.
+    /// Signs `req` for the caller authenticated by `token` (bootstrap
+    /// tokens only; the gRPC method also asks the external authenticator).
     pub fn create(
         &self,
         token: Option<&str>,
         req: &CertificateRequest,
     ) -> Result<CertificateResponse, Status> {
-        let Some(grant) = token.and_then(|t| self.tokens.authenticate(t)) else {
-            self.issued.with_label_values(&["unauthenticated"]).inc();
-            tracing::warn!("certificate request with a missing or unknown token refused");
-            return Err(Status::unauthenticated(
-                "a valid workload bootstrap token (or, on Kubernetes, service-account token) \
-                 is required (authorization: Bearer <token>)",
-            ));
-        };
-        self.sign_for(grant, req)
+        let grant = self.auth.authenticate_local(token);
+        self.sign_authenticated(grant, req)
+    }
+
+    fn sign_authenticated(
+        &self,
+        grant: Result<TokenGrant, AuthnError>,
+        req: &CertificateRequest,
+    ) -> Result<CertificateResponse, Status> {
+        match grant {
+            Ok(grant) => self.sign_for(grant, req),
+            Err(e) => {
+                self.issued.with_label_values(&["unauthenticated"]).inc();
+                tracing::warn!(error = %e, "certificate request refused");
+                Err(e.to_status("certificate request"))
+            }
+        }
     }
 
     /// Signs `req` for the workload `grant` stands for.
@@ -225,19 +224,11 @@ impl UnaryService<CertificateRequest> for CreateCertificate {
     type Future = BoxFuture<Result<Response<CertificateResponse>, Status>>;
 
     fn call(&mut self, req: Request<CertificateRequest>) -> Self::Future {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| t.trim().to_string());
+        let token = WorkloadAuth::bearer(req.metadata());
         let svc = self.0.clone();
         Box::pin(async move {
-            let result = match svc.external_grant(token.as_deref()).await {
-                Ok(Some(grant)) => svc.sign_for(grant, req.get_ref()),
-                Ok(None) => svc.create(token.as_deref(), req.get_ref()),
-                Err(status) => Err(status),
-            };
+            let grant = svc.auth.authenticate(token.as_deref()).await;
+            let result = svc.sign_authenticated(grant, req.get_ref());
             result.map(Response::new)
         })
     }

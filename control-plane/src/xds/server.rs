@@ -1,6 +1,11 @@
 //! The tonic plumbing around the state machines: one task per ADS stream
 //! that feeds requests and view changes to a [`SotwStream`] or
 //! [`DeltaStream`], sends what it returns, and records it in the status table.
+//!
+//! A stream is authenticated before anything is read from it: the caller's
+//! bearer token must stand for a workload ([`WorkloadAuth`], the same check
+//! as the CA's), and the node's namespace must be the token's, so a proxy
+//! only ever receives the view of its own namespace.
 
 use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
@@ -8,6 +13,8 @@ use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
 use super::view::{NodeSpec, ProxyView};
+use crate::ca::tokens::TokenGrant;
+use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
 use crate::registry::Registry;
 use crate::status::ProxyStatusTable;
@@ -44,6 +51,7 @@ struct Shared {
     metrics: Metrics,
     shutdown: CancellationToken,
     next_stream: AtomicU64,
+    auth: WorkloadAuth,
 }
 
 /// One of the two ADS protocols, as the stream driver sees it.
@@ -62,12 +70,14 @@ type ResponseTx<R> = mpsc::Sender<Result<R, Status>>;
 // === impl AdsService ===
 
 impl AdsService {
-    /// A service publishing the registry's current state right away.
+    /// A service publishing the registry's current state right away to the
+    /// streams `auth` authenticates.
     pub fn new(
         registry: Arc<Registry>,
         status: Arc<ProxyStatusTable>,
         metrics: Metrics,
         shutdown: CancellationToken,
+        auth: WorkloadAuth,
     ) -> AdsService {
         let state = registry.snapshot();
         let snapshot = XdsSnapshot::build(&state, state.written_at, None);
@@ -79,6 +89,7 @@ impl AdsService {
                 metrics,
                 shutdown,
                 next_stream: AtomicU64::new(1),
+                auth,
             }),
         }
     }
@@ -116,10 +127,29 @@ impl AdsService {
         &self,
         machine: M,
         inbound: Streaming<M::Request>,
+        grant: TokenGrant,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx));
+        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, grant));
         ReceiverStream::new(rx)
+    }
+
+    /// The workload the stream's bearer token stands for, or the status
+    /// refusing the stream.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<TokenGrant, Status> {
+        let token = WorkloadAuth::bearer(request.metadata());
+        self.shared
+            .auth
+            .authenticate(token.as_deref())
+            .await
+            .map_err(|e| {
+                self.shared.metrics.stream_rejected(e.reason());
+                let peer = request
+                    .remote_addr()
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                tracing::warn!(%peer, error = %e, "xds stream refused");
+                e.to_status("xds stream")
+            })
     }
 
     fn stream_id(&self) -> u64 {
@@ -136,16 +166,26 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let grant = self.authenticate(&request).await?;
         let machine = SotwStream::new(self.stream_id());
-        Ok(Response::new(self.spawn(machine, request.into_inner())))
+        Ok(Response::new(self.spawn(
+            machine,
+            request.into_inner(),
+            grant,
+        )))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let grant = self.authenticate(&request).await?;
         let machine = DeltaStream::new(self.stream_id());
-        Ok(Response::new(self.spawn(machine, request.into_inner())))
+        Ok(Response::new(self.spawn(
+            machine,
+            request.into_inner(),
+            grant,
+        )))
     }
 }
 
@@ -223,6 +263,7 @@ async fn drive<M: Machine>(
     machine: M,
     mut inbound: Streaming<M::Request>,
     tx: ResponseTx<M::Response>,
+    grant: TokenGrant,
 ) {
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
@@ -246,6 +287,12 @@ async fn drive<M: Machine>(
             return;
         }
     };
+    if let Err(status) = check_namespace(&spec, &grant) {
+        shared.metrics.stream_rejected("namespace");
+        tracing::warn!(node = %spec.id, message = status.message(), "rejecting xds stream");
+        let _ = tx.send(Err(status)).await;
+        return;
+    }
     let span = tracing::info_span!("xds", node = %spec.id, protocol = M::PROTOCOL);
     run_stream(shared, machine, spec, first, inbound, tx)
         .instrument(span)
@@ -324,6 +371,19 @@ async fn run_stream<M: Machine>(
     tracing::info!("proxy disconnected");
 }
 
+/// A token stands for one namespace; its proxy may only ask for that
+/// namespace's view.
+fn check_namespace(spec: &NodeSpec, grant: &TokenGrant) -> Result<(), Status> {
+    if spec.namespace == grant.namespace {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "node {:?} asks for namespace {:?} (node.metadata.namespace), but its token stands for \
+         {}/{}",
+        spec.id, spec.namespace, grant.namespace, grant.service_account
+    )))
+}
+
 fn log_event(event: &Event) {
     match event {
         Event::Ack { type_url, version } => {
@@ -342,5 +402,23 @@ fn log_event(event: &Event) {
         Event::UnknownType { type_url } => {
             tracing::warn!(%type_url, "request for an unknown type ignored");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_only_opens_the_view_of_its_own_namespace() {
+        let grant = TokenGrant {
+            namespace: "shop".into(),
+            service_account: "web".into(),
+        };
+        assert!(check_namespace(&NodeSpec::new("web-1", "shop", &[]), &grant).is_ok());
+        let err = check_namespace(&NodeSpec::new("web-1", "bank", &[]), &grant).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert!(err.message().contains("\"bank\""), "{}", err.message());
+        assert!(err.message().contains("shop/web"), "{}", err.message());
     }
 }

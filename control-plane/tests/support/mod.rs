@@ -92,6 +92,18 @@ impl ControlPlane {
         }
     }
 
+    /// A workload token for `namespace` (service account `test`), issued
+    /// through the API: what an xDS stream for that namespace must carry.
+    pub async fn workload_token(&self, namespace: &str) -> String {
+        let body = serde_json::json!({ "namespace": namespace, "service_account": "test" });
+        let reply = self
+            .client
+            .json(http::Method::POST, "/api/v1/tokens", Some(&body))
+            .await
+            .unwrap();
+        reply["token"].as_str().expect("a token").to_string()
+    }
+
     /// Shuts down and waits for the server to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -111,6 +123,16 @@ pub fn node(id: &str, namespace: &str, services: &[&str]) -> Node {
     }
 }
 
+/// `stream` as a request carrying `token` as a bearer token.
+pub fn bearer<T>(stream: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(stream);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a valid token"),
+    );
+    req
+}
+
 /// A state-of-the-world ADS stream.
 pub struct SotwClient {
     tx: mpsc::Sender<DiscoveryRequest>,
@@ -119,13 +141,15 @@ pub struct SotwClient {
 }
 
 impl SotwClient {
-    pub async fn connect(xds: SocketAddr, node: Node) -> SotwClient {
+    /// Opens a stream to `xds` carrying `token` (see
+    /// [`ControlPlane::workload_token`]).
+    pub async fn connect(xds: SocketAddr, token: &str, node: Node) -> SotwClient {
         let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
         let resp = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .stream_aggregated_resources(bearer(ReceiverStream::new(rx), token))
             .await
             .unwrap();
         SotwClient {
@@ -197,13 +221,15 @@ pub struct DeltaClient {
 }
 
 impl DeltaClient {
-    pub async fn connect(xds: SocketAddr, node: Node) -> DeltaClient {
+    /// Opens a stream to `xds` carrying `token` (see
+    /// [`ControlPlane::workload_token`]).
+    pub async fn connect(xds: SocketAddr, token: &str, node: Node) -> DeltaClient {
         let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
             .await
             .unwrap();
         let (tx, rx) = mpsc::channel(16);
         let resp = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .delta_aggregated_resources(bearer(ReceiverStream::new(rx), token))
             .await
             .unwrap();
         DeltaClient {

@@ -23,6 +23,10 @@ pub struct ControlPlane {
     pub api: SocketAddr,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// A workload token for namespace `default` (service account
+    /// `default`), issued at start: what [`super::xds_bootstrap`] proxies
+    /// show on their xDS stream.
+    pub xds_token: PathBuf,
 }
 
 // === impl ControlPlane ===
@@ -54,12 +58,15 @@ impl ControlPlane {
         let addrs = proc
             .wait_listening(&["xds", "api"], Duration::from_secs(60))
             .await;
-        ControlPlane {
+        let mut cp = ControlPlane {
             xds: addrs["xds"],
             api: addrs["api"],
             proc,
             data_dir: data_dir.to_path_buf(),
-        }
+            xds_token: PathBuf::new(),
+        };
+        cp.xds_token = cp.issue_token(data_dir, "default", "default").await;
+        cp
     }
 
     /// `http://<xds addr>`, for a proxy's `control_plane.address` or

@@ -55,7 +55,7 @@ pub fn proxy_row<'a>(status: &'a serde_json::Value, id: &str) -> Option<&'a serd
 
 /// A bootstrap for proxy `id` that takes everything but `listeners` from
 /// `cp` over xDS: admin on port 0, node id and workload `id`, namespace
-/// `default`.
+/// `default`, with the control plane's `default` workload token.
 pub fn xds_bootstrap(cp: &ControlPlane, id: &str, listeners: Vec<Listener>) -> Bootstrap {
     Bootstrap {
         node: Node {
@@ -73,6 +73,7 @@ pub fn xds_bootstrap(cp: &ControlPlane, id: &str, listeners: Vec<Listener>) -> B
         },
         control_plane: Some(sane_xds_proto::ControlPlane {
             address: cp.xds_url(),
+            token_file: cp.xds_token.display().to_string(),
             ..Default::default()
         }),
         ..Default::default()
