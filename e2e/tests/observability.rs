@@ -393,7 +393,7 @@ async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
     eventually(DEADLINE, || async {
         let metrics = chain.b.admin_get("/metrics").await?.text();
         match metric_value(&metrics, "istio_requests_total", &with_ids) {
-            Some(n) if n == 2.0 => Ok(()),
+            Some(2.0) => Ok(()),
             n => Err(format!("{n:?} requests with {with_ids:?}: {metrics}")),
         }
     })
@@ -412,7 +412,7 @@ async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
     eventually(DEADLINE, || async {
         let metrics = chain.a.admin_get("/metrics").await?.text();
         match metric_value(&metrics, "istio_requests_total", &source) {
-            Some(n) if n == 2.0 => Ok(()),
+            Some(2.0) => Ok(()),
             n => Err(format!("{n:?} requests with {source:?}: {metrics}")),
         }
     })
