@@ -1,7 +1,9 @@
 //! Observability end to end: traces across three meshed services, exported
 //! over OTLP to a receiver the test runs; Istio metrics with peer
 //! identities; access logs; export to a dead collector never hurting
-//! requests; and a real Prometheus server scraping two sidecars.
+//! requests; a real Prometheus server scraping two sidecars; gRPC status
+//! from trailers and counted body bytes; and a `Telemetry` resource pushed
+//! through the control plane's API reconfiguring a running sidecar.
 //!
 //! client (test, as service A's app) → A sidecar ══mTLS══▶ B sidecar → B app
 //!   (in the test; calls C, passing the trace headers on) → B sidecar
@@ -11,16 +13,18 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sane_e2e::harness::http::{get, http1_client_via, send, Reply};
+use sane_e2e::echo::proto::EchoRequest;
+use sane_e2e::harness::http::{get, http1_client_via, request, send, streamed, Reply};
 use sane_e2e::harness::{
-    bins, eventually, metric_value, ControlPlane, EchoApp, OtlpReceiver, Prometheus, ReceivedSpan,
-    Sidecar, TwoHop,
+    bins, echo_service, eventually, metric_value, xds_bootstrap, ApiClient, ControlPlane, EchoApp,
+    OtlpReceiver, Prometheus, ReceivedSpan, Sidecar, TwoHop,
 };
 use sane_xds_proto::{
     AccessLogConfig, AdminConfig, Bootstrap, Direction, Endpoint, IdentityConfig, Listener,
     MeshResources, Node, Protocol, Service, ServicePort, Telemetry, TlsMode, TracingConfig,
     WorkloadPort,
 };
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -346,6 +350,7 @@ async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
 
     // A B3 caller: its trace id and span are continued through every hop.
     let reply = call_b(&chain, Some(&format!("{TRACE}-{CLIENT_SPAN}-1"))).await;
+    let first_len = reply.body.len() as u64;
     let seen = reply.json().unwrap();
     let at_c = &seen["headers"];
     let b3 = at_c["b3"].as_str().unwrap_or_default();
@@ -371,8 +376,8 @@ async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
     let spans = trace_spans(&receiver, &trace).await;
     assert_chain(&spans, "");
 
-    // B's inbound metrics carry Istio's labels with both identities.
-    let metrics = chain.b.admin_get("/metrics").await.unwrap().text();
+    // B's inbound metrics carry Istio's labels with both identities
+    // (recorded when the response ends, so polled).
     let labels = [
         ("reporter", "destination"),
         ("source_workload", "a"),
@@ -385,11 +390,33 @@ async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
     let mut with_ids = labels.to_vec();
     with_ids.push(("source_principal", &a_id));
     with_ids.push(("destination_principal", &b_id));
-    assert_eq!(
-        metric_value(&metrics, "istio_requests_total", &with_ids),
-        Some(2.0),
-        "{metrics}"
-    );
+    eventually(DEADLINE, || async {
+        let metrics = chain.b.admin_get("/metrics").await?.text();
+        match metric_value(&metrics, "istio_requests_total", &with_ids) {
+            Some(2.0) => Ok(()),
+            n => Err(format!("{n:?} requests with {with_ids:?}: {metrics}")),
+        }
+    })
+    .await;
+    // A, the source reporter, names the destination: the principal B proved
+    // on the mTLS connection, the workload B's sidecar sent back.
+    let source = [
+        ("reporter", "source"),
+        ("source_workload", "a"),
+        ("source_principal", a_id.as_str()),
+        ("destination_workload", "b"),
+        ("destination_principal", b_id.as_str()),
+        ("destination_service", "b.default.svc.cluster.local"),
+        ("response_code", "200"),
+    ];
+    eventually(DEADLINE, || async {
+        let metrics = chain.a.admin_get("/metrics").await?.text();
+        match metric_value(&metrics, "istio_requests_total", &source) {
+            Some(2.0) => Ok(()),
+            n => Err(format!("{n:?} requests with {source:?}: {metrics}")),
+        }
+    })
+    .await;
 
     // B's access log: one JSON line per request, with the trace id.
     let lines = eventually(DEADLINE, || async {
@@ -415,6 +442,15 @@ async fn one_trace_links_three_services_and_a_b3_caller_is_continued() {
     assert_eq!(inbound["response_flags"], "-");
     assert_eq!(inbound["source_principal"], a_id.as_str());
     assert!(inbound["duration_ms"].as_f64().is_some());
+    // The bytes B's sidecar handed back are the bytes the client got.
+    assert_eq!(inbound["bytes_sent"], first_len, "{inbound}");
+    assert_eq!(inbound["bytes_received"], 0, "{inbound}");
+    // B's outbound line names C as the peer C proved to be.
+    let outbound = lines
+        .iter()
+        .find(|l| l["direction"] == "outbound" && l["trace_id"] == TRACE)
+        .unwrap_or_else(|| panic!("an outbound line of the B3 trace: {lines:#?}"));
+    assert_eq!(outbound["destination_principal"], spiffe("c"), "{outbound}");
 }
 
 #[tokio::test]
@@ -521,4 +557,223 @@ async fn prometheus_scrapes_both_sidecars_and_computes_the_success_rate_of_b() {
     // The client sidecar (source reporter) saw the same traffic.
     let source = "sum(istio_requests_total{reporter=\"source\",destination_service=\"echo.default.svc.cluster.local\",response_code=\"503\"})";
     assert_eq!(prometheus.scalar(source).await.unwrap(), FAILING as f64);
+}
+
+#[tokio::test]
+async fn grpc_status_comes_from_trailers_and_body_bytes_are_counted() {
+    let mesh = TwoHop::start().await;
+    let mut grpc = mesh.grpc();
+    // OK: tonic sends `grpc-status: 0` in the trailers only.
+    let reply = grpc.unary(EchoRequest::new("hi")).await.unwrap();
+    assert_eq!(reply.into_inner().message, "hi");
+    // A status after a message: real trailers on a 200 response.
+    let reqs = futures::stream::iter(vec![
+        EchoRequest::new("ok"),
+        EchoRequest::failing(tonic::Code::Aborted),
+    ]);
+    let mut replies = grpc.bidi(reqs).await.unwrap().into_inner();
+    assert_eq!(replies.message().await.unwrap().unwrap().message, "ok");
+    let status = replies.message().await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+
+    // An HTTP request with a streamed body of known size (no
+    // content-length: the count comes from the frames).
+    const CHUNKS: usize = 10;
+    const CHUNK: usize = 1_000;
+    let chunks = futures::stream::iter((0..CHUNKS).map(|_| Bytes::from(vec![b'x'; CHUNK])));
+    let req = request(
+        http::Method::POST,
+        &TwoHop::url("/sha256"),
+        streamed(chunks),
+    );
+    let reply = send(&mesh.http1(), req).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let response_len = reply.body.len() as f64;
+
+    for (sidecar, reporter) in [(mesh.client(), "source"), (mesh.server(), "destination")] {
+        eventually(DEADLINE, || async {
+            let m = sidecar.metrics().await?;
+            let grpc = |code: &str| {
+                metric_value(
+                    &m,
+                    "istio_requests_total",
+                    &[
+                        ("reporter", reporter),
+                        ("request_protocol", "grpc"),
+                        ("response_code", "200"),
+                        ("grpc_response_status", code),
+                    ],
+                )
+            };
+            let http = [("reporter", reporter), ("request_protocol", "http")];
+            let got = (
+                grpc("0"),
+                grpc("10"),
+                metric_value(&m, "istio_request_bytes_sum", &http),
+                metric_value(&m, "istio_response_bytes_sum", &http),
+            );
+            let want = (
+                Some(1.0),
+                Some(1.0),
+                Some((CHUNKS * CHUNK) as f64),
+                Some(response_len),
+            );
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("{reporter}: got {got:?}, want {want:?}: {m}"))
+            }
+        })
+        .await;
+    }
+}
+
+/// The `default/mesh` Telemetry resource, as the API takes it.
+fn telemetry_json(
+    collector: &str,
+    ratio: f64,
+    service_name: &str,
+    log: Option<&Path>,
+) -> serde_json::Value {
+    let mut t = json!({
+        "tracing": { "endpoint": collector, "sampling_ratio": ratio, "service_name": service_name },
+    });
+    if let Some(log) = log {
+        t["access_log"] = json!({ "path": log.display().to_string() });
+    }
+    t
+}
+
+async fn log_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_telemetry_resource_from_the_control_plane_reconfigures_a_running_sidecar() {
+    let receiver = OtlpReceiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let api = ApiClient::new(&cp);
+    let app = EchoApp::start_with(&bins().echo, "echo-1", "echo").await;
+    api.put(
+        "/api/v1/services/default/echo",
+        &serde_json::to_value(echo_service("echo")).unwrap(),
+    )
+    .await;
+    let ep = app.endpoint(None);
+    api.put(
+        &format!("/api/v1/endpoints/default/echo/{}:{}", ep.address, ep.port),
+        &serde_json::to_value(&ep).unwrap(),
+    )
+    .await;
+    let sidecar = Sidecar::start(
+        &bins().proxy,
+        dir.path(),
+        "web",
+        xds_bootstrap(&cp, "web", vec![outbound()]),
+    )
+    .await;
+    sidecar.wait_ready(DEADLINE).await;
+    let client = http1_client_via(sidecar.listener("outbound"));
+    let call = |id: String| {
+        let client = client.clone();
+        async move {
+            let mut req = get("http://echo/");
+            req.headers_mut()
+                .insert("x-request-id", id.parse().unwrap());
+            let reply = send(&client, req).await?;
+            (reply.status == 200)
+                .then_some(())
+                .ok_or_else(|| format!("{id}: {} {}", reply.status, reply.text()))
+        }
+    };
+    eventually(DEADLINE, || call("warmup".into())).await;
+    let log = dir.path().join("web-access.log");
+    let collector = receiver.url();
+    const TELEMETRY: &str = "/api/v1/telemetry/default/mesh";
+
+    // 1. Sampling 0, access log on: requests are logged, none traced.
+    api.put(
+        TELEMETRY,
+        &telemetry_json(&collector, 0.0, "phase1", Some(&log)),
+    )
+    .await;
+    let mut n = 0;
+    eventually(DEADLINE, || {
+        n += 1;
+        let id = format!("phase1-{n}");
+        let log = log.clone();
+        let call = call(id.clone());
+        async move {
+            call.await?;
+            let lines = log_lines(&log).await;
+            lines
+                .iter()
+                .any(|l| l["request_id"] == id.as_str())
+                .then_some(())
+                .ok_or_else(|| format!("no access-log line for {id} yet"))
+        }
+    })
+    .await;
+    for i in 0..10 {
+        call(format!("unsampled-{i}")).await.unwrap();
+    }
+    eventually(DEADLINE, || async {
+        let lines = log_lines(&log).await;
+        let logged = (0..10)
+            .filter(|i| {
+                lines
+                    .iter()
+                    .any(|l| l["request_id"] == format!("unsampled-{i}").as_str())
+            })
+            .count();
+        (logged == 10)
+            .then_some(())
+            .ok_or_else(|| format!("{logged} of 10 lines"))
+    })
+    .await;
+    // Span and log line are recorded together: with every line written,
+    // any span would have been queued by now.
+    let m = sidecar.metrics().await.unwrap();
+    assert_eq!(
+        metric_value(&m, "sane_trace_spans_total", &[]).unwrap_or(0.0),
+        0.0,
+        "{m}"
+    );
+    assert!(receiver.spans().is_empty(), "{:#?}", receiver.spans());
+
+    // 2. Sampling 1, access log off: every request is traced, none logged.
+    api.put(TELEMETRY, &telemetry_json(&collector, 1.0, "phase2", None))
+        .await;
+    let mut n = 0;
+    let traced = eventually(DEADLINE, || {
+        n += 1;
+        let id = format!("phase2-{n}");
+        let call = call(id.clone());
+        let receiver = &receiver;
+        async move {
+            call.await?;
+            receiver
+                .spans()
+                .into_iter()
+                .find(|s| {
+                    s.service == "phase2"
+                        && s.attributes.get("sane.request_id").map(String::as_str)
+                            == Some(id.as_str())
+                })
+                .map(|_| id.clone())
+                .ok_or_else(|| format!("no phase2 span of {id} yet"))
+        }
+    })
+    .await;
+    // That request ran with the new settings: no access log.
+    let lines = log_lines(&log).await;
+    assert!(
+        !lines.iter().any(|l| l["request_id"] == traced.as_str()),
+        "{traced} was logged with the access log off: {lines:#?}"
+    );
+    drop(app);
 }

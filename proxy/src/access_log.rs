@@ -36,20 +36,26 @@ pub struct AccessLog {
     pub protocol: String,
     /// Response status; 0 for TCP.
     pub status: u16,
+    /// gRPC status code (from the trailers, or the headers of a
+    /// trailers-only response); empty when not gRPC or none was sent.
+    pub grpc_status: String,
     /// Response flags, `-` when none.
     pub response_flags: String,
-    /// Until the response headers, in milliseconds.
+    /// Until the response ended (its last byte or trailers were handed to
+    /// the caller), in milliseconds.
     pub duration_ms: f64,
-    /// Request body bytes (as declared by content-length, 0 when streamed
-    /// without one); TCP: bytes from the client.
+    /// Request body bytes read from the caller (counted from the body,
+    /// not declared); TCP: bytes from the client.
     pub bytes_received: u64,
-    /// Response body bytes (as declared); TCP: bytes to the client.
+    /// Response body bytes handed to the caller (counted); TCP: bytes to
+    /// the client.
     pub bytes_sent: u64,
     /// `name.namespace` of the destination service.
     pub upstream_service: String,
     /// The caller's verified SPIFFE id (inbound, mutual TLS).
     pub source_principal: String,
-    /// This proxy's SPIFFE id (inbound) or the peer's expected one.
+    /// This proxy's SPIFFE id (inbound) or the one the upstream proved over
+    /// mutual TLS (outbound; `unknown` without it).
     pub destination_principal: String,
 }
 

@@ -29,8 +29,8 @@ pub struct RequestLabels<'a> {
     pub request_protocol: &'a str,
     /// Status code.
     pub response_code: u16,
-    /// `grpc-status` of a gRPC response when it came in the headers, else
-    /// empty.
+    /// `grpc-status` of a gRPC response: from its trailers, or its headers
+    /// when trailers-only; empty when not gRPC or none was sent.
     pub grpc_response_status: &'a str,
     /// `mutual_tls` or `none` (inbound), `unknown` (outbound).
     pub connection_security_policy: &'a str,
@@ -38,7 +38,8 @@ pub struct RequestLabels<'a> {
     pub response_flags: &'a str,
 }
 
-/// Request and response body sizes, as declared by the messages.
+/// Request and response body sizes, counted from the body frames that
+/// passed (not declared lengths).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestSizes {
     /// Request body bytes.
@@ -140,7 +141,7 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "istio_request_duration_milliseconds",
-                "Request duration in milliseconds, until the response headers.",
+                "Request duration in milliseconds, until the response ended.",
             )
             .buckets(vec![
                 0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,

@@ -220,6 +220,8 @@ async fn exhausted_retries_answer_with_urx() {
     assert_eq!(rsp.status(), 503);
     assert_eq!(flags(&rsp), "URX");
     assert_eq!(apps.hits(A).len() + apps.hits(B).len(), 3);
+    // The request is recorded when its response ends.
+    rsp.into_body().collect().await.unwrap();
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&p.registry.gather())
         .unwrap();

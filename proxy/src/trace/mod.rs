@@ -108,6 +108,10 @@ pub struct SpanOutcome<'a> {
     pub protocol_version: &'a str,
     /// `x-request-id`.
     pub request_id: &'a str,
+    /// gRPC status code (`rpc.grpc.status_code`), when known.
+    pub grpc_status: Option<&'a str>,
+    /// Body bytes counted both ways, when the hop saw the whole exchange.
+    pub bytes: Option<crate::telemetry::RequestSizes>,
 }
 
 // === impl TelemetrySettings ===
@@ -286,6 +290,19 @@ fn span_data(
     ]);
     if let Some(peer) = o.peer_identity {
         attrs.push(KeyValue::new("sane.peer.identity", peer.to_string()));
+    }
+    if let Some(code) = o.grpc_status.and_then(|c| c.parse::<i64>().ok()) {
+        attrs.push(KeyValue::new("rpc.grpc.status_code", code));
+    }
+    if let Some(sizes) = o.bytes {
+        attrs.push(KeyValue::new(
+            "http.request.body.size",
+            sizes.request as i64,
+        ));
+        attrs.push(KeyValue::new(
+            "http.response.body.size",
+            sizes.response as i64,
+        ));
     }
     // Server spans fail on 5xx only; client spans on 4xx too (OTel HTTP).
     let failed = o.status == 0

@@ -4,6 +4,10 @@
 //! request multiplexed on one connection) or, for requests that upgrade the
 //! connection, a dedicated HTTP/1.1 connection; to a workload without a
 //! sidecar, the protocol its port declares.
+//!
+//! Every response that came over mutual TLS carries the peer's verified
+//! SPIFFE id as an [`UpstreamPeer`] extension (remembered with the pooled
+//! connection), so the observe stage can name the destination principal.
 
 pub mod connect;
 pub mod pool;
@@ -15,7 +19,7 @@ use crate::error::ProxyError;
 use crate::protocol::http as h;
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::{Framing, TransportHeader};
-use crate::tls::Identity;
+use crate::tls::{Identity, PeerIdentity};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use sane_xds_proto::Protocol;
@@ -23,6 +27,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
+
+/// The peer a connection proved, if it was mutual TLS.
+type Peer = Option<UpstreamPeer>;
 
 /// How to reach one endpoint.
 #[derive(Clone, Debug)]
@@ -41,6 +48,11 @@ pub struct Target {
     /// configured).
     pub identity: Arc<str>,
 }
+
+/// The identity the upstream proved in the mutual TLS handshake of the
+/// connection a response came over; in the response's extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamPeer(pub PeerIdentity);
 
 /// Connection pools and the connector they dial with.
 #[derive(Debug)]
@@ -94,25 +106,40 @@ impl Upstream {
         })
     }
 
-    /// Sends `req` (which names `authority`) to `target`.
+    /// Sends `req` (which names `authority`) to `target`. A response over
+    /// mutual TLS carries the peer's [`UpstreamPeer`].
     pub async fn send(
+        &self,
+        req: Request<Body>,
+        target: &Target,
+        authority: &str,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let (mut rsp, peer) = self.send_on(req, target, authority).await?;
+        if let Some(peer) = peer {
+            rsp.extensions_mut().insert(peer);
+        }
+        Ok(rsp)
+    }
+
+    async fn send_on(
         &self,
         mut req: Request<Body>,
         target: &Target,
         authority: &str,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Peer), ProxyError> {
         let addr = target.addr;
         if h::is_upgrade(&req) {
             h::for_h1(&mut req, authority, true)?;
             let key = self.key(target, Framing::Http1)?;
-            let io = self.connect(&key, target.connect_timeout).await?;
+            let (io, peer) = self.connect(&key, target.connect_timeout).await?;
             let mut sender = H1Pool::handshake(io, addr, true)
                 .await
                 .map_err(|source| ProxyError::Handshake { addr, source })?;
-            return sender
+            let rsp = sender
                 .send_request(req)
                 .await
-                .map_err(|source| ProxyError::UpstreamReset { addr, source });
+                .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
+            return Ok((rsp, peer));
         }
         let h2 = target.via_sidecar.is_some()
             || matches!(target.protocol, Protocol::Http2 | Protocol::Grpc);
@@ -132,24 +159,28 @@ impl Upstream {
         req: Request<Body>,
         key: PoolKey,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Peer), ProxyError> {
         let addr = key.addr;
         let reset = |source| ProxyError::UpstreamReset { addr, source };
         let handshake_failed = |source| ProxyError::Handshake { addr, source };
         let slot = match self.h2.checkout(&key).await {
-            Ok(mut pooled) => match pooled.try_send_request(req).await {
-                Ok(rsp) => return Ok(rsp),
+            Ok((mut pooled, peer)) => match pooled.try_send_request(req).await {
+                Ok(rsp) => return Ok((rsp, peer)),
                 Err(mut e) => match e.take_message() {
                     // The pooled connection died before the request went
                     // out: safe to send it on a fresh connection.
                     Some(again) => match self.h2.checkout(&key).await {
-                        Ok(mut s) => return s.send_request(again).await.map_err(reset),
+                        Ok((mut s, peer)) => {
+                            let rsp = s.send_request(again).await.map_err(reset)?;
+                            return Ok((rsp, peer));
+                        }
                         Err(slot) => {
-                            let io = self.connect(&key, connect_timeout).await?;
-                            let mut s = H2Pool::handshake(io, slot, addr)
+                            let (io, peer) = self.connect(&key, connect_timeout).await?;
+                            let mut s = H2Pool::handshake(io, slot, addr, peer.clone())
                                 .await
                                 .map_err(handshake_failed)?;
-                            return s.send_request(again).await.map_err(reset);
+                            let rsp = s.send_request(again).await.map_err(reset)?;
+                            return Ok((rsp, peer));
                         }
                     },
                     None => return Err(reset(e.into_error())),
@@ -157,11 +188,12 @@ impl Upstream {
             },
             Err(slot) => slot,
         };
-        let io = self.connect(&key, connect_timeout).await?;
-        let mut sender = H2Pool::handshake(io, slot, addr)
+        let (io, peer) = self.connect(&key, connect_timeout).await?;
+        let mut sender = H2Pool::handshake(io, slot, addr, peer.clone())
             .await
             .map_err(handshake_failed)?;
-        sender.send_request(req).await.map_err(reset)
+        let rsp = sender.send_request(req).await.map_err(reset)?;
+        Ok((rsp, peer))
     }
 
     async fn send_h1(
@@ -169,15 +201,15 @@ impl Upstream {
         req: Request<Body>,
         key: PoolKey,
         target: &Target,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<(Response<Incoming>, Peer), ProxyError> {
         let addr = key.addr;
         let reset = |source| ProxyError::UpstreamReset { addr, source };
         let mut req = req;
-        if let Some(mut pooled) = self.h1.checkout(&key, target.idle_timeout) {
+        if let Some((mut pooled, peer)) = self.h1.checkout(&key, target.idle_timeout) {
             match pooled.try_send_request(req).await {
                 Ok(rsp) => {
-                    self.h1.checkin_when_ready(key, pooled);
-                    return Ok(rsp);
+                    self.h1.checkin_when_ready(key, pooled, peer.clone());
+                    return Ok((rsp, peer));
                 }
                 // The idle connection was closed by the server before the
                 // request was written (the classic keep-alive race): retry
@@ -188,24 +220,25 @@ impl Upstream {
                 },
             }
         }
-        let io = self.connect(&key, target.connect_timeout).await?;
+        let (io, peer) = self.connect(&key, target.connect_timeout).await?;
         let mut sender = H1Pool::handshake(io, addr, false)
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;
         let rsp = sender.send_request(req).await.map_err(reset)?;
-        self.h1.checkin_when_ready(key, sender);
-        Ok(rsp)
+        self.h1.checkin_when_ready(key, sender, peer.clone());
+        Ok((rsp, peer))
     }
 
     /// Opens a byte stream for opaque TCP to `target`.
     pub async fn open(&self, target: &Target) -> Result<BoxIo, ProxyError> {
         let key = self.key(target, Framing::Opaque)?;
-        self.connect(&key, target.connect_timeout).await
+        Ok(self.connect(&key, target.connect_timeout).await?.0)
     }
 
     /// Connects (TCP, then TLS when the key says so, both within `timeout`)
-    /// and writes the transport header.
-    async fn connect(&self, key: &PoolKey, timeout: Duration) -> Result<BoxIo, ProxyError> {
+    /// and writes the transport header. Returns the stream and, over TLS,
+    /// the identity the peer proved.
+    async fn connect(&self, key: &PoolKey, timeout: Duration) -> Result<(BoxIo, Peer), ProxyError> {
         let addr = key.addr;
         let timed_out = |_| ProxyError::ConnectTimeout {
             addr,
@@ -218,19 +251,26 @@ impl Upstream {
                 .await
                 .map_err(|source| ProxyError::ConnectFailed { addr, source })?;
             match &key.tls {
-                None => Ok(io),
+                None => Ok((io, None)),
                 Some(expected) => self
                     .identity
                     .connect(io, addr, expected)
                     .await
-                    .map(|tls| Box::new(tls) as BoxIo)
+                    .map(|tls| {
+                        // The handshake verified the chain and the SPIFFE
+                        // id; this only reads it back.
+                        let peer = sane_certs::peer_identity_of(tls.get_ref().1)
+                            .ok()
+                            .map(|id| UpstreamPeer(PeerIdentity(id.to_string().into())));
+                        (Box::new(tls) as BoxIo, peer)
+                    })
                     .map_err(|source| ProxyError::Tls {
                         addr,
                         source: Box::new(source),
                     }),
             }
         };
-        let mut io = tokio::time::timeout(timeout, connect)
+        let (mut io, peer) = tokio::time::timeout(timeout, connect)
             .await
             .map_err(timed_out)??;
         if let Some(header) = key.header {
@@ -238,7 +278,7 @@ impl Upstream {
                 .await
                 .map_err(|source| ProxyError::ConnectFailed { addr, source })?;
         }
-        Ok(io)
+        Ok((io, peer))
     }
 
     /// Closes idle HTTP/1.1 connections older than `idle_timeout`.

@@ -9,11 +9,14 @@
 //!
 //! A key is the address plus the transport header sent on the connection, so
 //! connections to different workload ports behind one sidecar never mix.
+//! Each pooled connection keeps the identity its peer proved, so a request
+//! reusing it still knows whom it talks to.
 
 use crate::body::Body;
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::TransportHeader;
+use crate::upstream::UpstreamPeer;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
@@ -36,10 +39,14 @@ pub struct PoolKey {
     pub tls: Option<Arc<str>>,
 }
 
-type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
-type IdleList = Vec<(http1::SendRequest<Body>, Instant)>;
+/// A shared HTTP/2 connection and the identity its peer proved.
+pub type H2Conn = (http2::SendRequest<Body>, Option<UpstreamPeer>);
+/// An idle HTTP/1.1 connection and the identity its peer proved.
+pub type H1Conn = (http1::SendRequest<Body>, Option<UpstreamPeer>);
+type H2Slot = Arc<tokio::sync::Mutex<Option<H2Conn>>>;
+type IdleList = Vec<(H1Conn, Instant)>;
 /// The slot a new HTTP/2 connection goes in, held while connecting.
-pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Option<http2::SendRequest<Body>>>;
+pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Option<H2Conn>>;
 
 /// Shared HTTP/2 connections.
 #[derive(Debug, Default)]
@@ -60,23 +67,25 @@ impl H2Pool {
     /// made. The returned guard must be filled through [`H2Pool::put`] by the
     /// caller that connects, so concurrent callers wait for one handshake
     /// instead of each opening a connection.
-    pub async fn checkout(&self, key: &PoolKey) -> Result<http2::SendRequest<Body>, H2SlotGuard> {
+    pub async fn checkout(&self, key: &PoolKey) -> Result<H2Conn, H2SlotGuard> {
         let slot = {
             let mut slots = self.slots.lock().expect("not poisoned");
             slots.entry(key.clone()).or_default().clone()
         };
         let guard = slot.lock_owned().await;
         match guard.as_ref() {
-            Some(s) if !s.is_closed() => Ok(s.clone()),
+            Some((s, peer)) if !s.is_closed() => Ok((s.clone(), peer.clone())),
             _ => Err(guard),
         }
     }
 
-    /// Performs the HTTP/2 handshake on `io` and stores the connection.
+    /// Performs the HTTP/2 handshake on `io` and stores the connection
+    /// with the identity `peer` proved.
     pub async fn handshake(
         io: BoxIo,
         mut slot: H2SlotGuard,
         addr: SocketAddr,
+        peer: Option<UpstreamPeer>,
     ) -> Result<http2::SendRequest<Body>, hyper::Error> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -91,7 +100,7 @@ impl H2Pool {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
         });
-        *slot = Some(sender.clone());
+        *slot = Some((sender.clone(), peer));
         Ok(sender)
     }
 
@@ -118,16 +127,12 @@ impl H2Pool {
 
 impl H1Pool {
     /// An idle, ready connection for `key`, if one is pooled.
-    pub fn checkout(
-        &self,
-        key: &PoolKey,
-        idle_timeout: Duration,
-    ) -> Option<http1::SendRequest<Body>> {
+    pub fn checkout(&self, key: &PoolKey, idle_timeout: Duration) -> Option<H1Conn> {
         let mut idle = self.idle.lock().expect("not poisoned");
         let list = idle.get_mut(key)?;
-        while let Some((sender, since)) = list.pop() {
+        while let Some(((sender, peer), since)) = list.pop() {
             if since.elapsed() < idle_timeout && sender.is_ready() {
-                return Some(sender);
+                return Some((sender, peer));
             }
         }
         None
@@ -159,6 +164,7 @@ impl H1Pool {
         self: &Arc<Self>,
         key: PoolKey,
         mut sender: http1::SendRequest<Body>,
+        peer: Option<UpstreamPeer>,
     ) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -169,7 +175,7 @@ impl H1Pool {
             let mut idle = pool.idle.lock().expect("not poisoned");
             let list = idle.entry(key).or_default();
             if list.len() < MAX_IDLE_PER_KEY {
-                list.push((sender, Instant::now()));
+                list.push(((sender, peer), Instant::now()));
             }
         });
     }
@@ -178,7 +184,7 @@ impl H1Pool {
     pub fn reap(&self, idle_timeout: Duration) {
         let mut idle = self.idle.lock().expect("not poisoned");
         for list in idle.values_mut() {
-            list.retain(|(s, since)| since.elapsed() < idle_timeout && !s.is_closed());
+            list.retain(|((s, _), since)| since.elapsed() < idle_timeout && !s.is_closed());
         }
         idle.retain(|_, l| !l.is_empty());
     }

@@ -1,0 +1,435 @@
+//! The `observe` stage, outermost in both stacks: it sees every request's
+//! final outcome (errors included, already turned into responses) and
+//! reports it three ways: Istio metrics, this hop's trace span, and the
+//! access log.
+//!
+//! The report is made when the response *ends*, not when its headers
+//! arrive: [`body::ObservedBody`] wraps the response body, counts the bytes
+//! really sent, reads `grpc-status` from the trailers (where gRPC servers
+//! put it; a trailers-only response has it in the headers), and fires the
+//! report on the last frame, on an error (flag `UR`) or when the body is
+//! dropped early (the caller went away: flag `DC`). The request body is
+//! counted by [`body::CountingBody`] on its way upstream.
+//!
+//! It also starts the hop's trace: the context that arrived (W3C or B3) is
+//! continued, a new one started otherwise, and `x-request-id` generated when
+//! missing. Inbound, the workload sees the server span as its parent;
+//! outbound, the context goes into the request's extensions and
+//! [`crate::trace::attempt`] writes each attempt's context upstream.
+//!
+//! Peer metadata: inbound, the caller's workload name arrives in
+//! [`SOURCE_WORKLOAD_HEADER`] and the local one goes back in
+//! [`DESTINATION_WORKLOAD_HEADER`]; each side trusts the other's header
+//! only over mutual TLS and removes it before the workload sees it.
+//! Outbound, `destination_principal` is the SPIFFE id the upstream proved on
+//! the connection the response came over ([`UpstreamPeer`]).
+
+pub mod body;
+
+use self::body::{BodyEnd, BodyOutcome, ByteCount, CountingBody, ObservedBody};
+use crate::access_log::AccessLog;
+use crate::body::Body;
+use crate::config::ConfigStore;
+use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
+use crate::protocol::http as h;
+use crate::telemetry::{istio_host, Metrics, RequestLabels, RequestSizes};
+use crate::tls::{Identity, PeerIdentity};
+use crate::trace::context::ensure_request_id;
+use crate::trace::{HopKind, SpanOutcome, TraceHop, Tracer};
+use crate::upstream::UpstreamPeer;
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use sane_xds_proto::Protocol;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+use tower::Service;
+
+/// Request header carrying the calling workload's name from its outbound
+/// sidecar to the peer's inbound sidecar (trusted only over mutual TLS,
+/// never passed to the workload).
+pub const SOURCE_WORKLOAD_HEADER: &str = "x-sane-source-workload";
+
+/// Response header carrying the called workload's name from its inbound
+/// sidecar back to the caller's outbound sidecar (sent only to a caller
+/// that proved its identity, trusted only from an upstream that proved
+/// its own, never passed to the calling app).
+pub const DESTINATION_WORKLOAD_HEADER: &str = "x-sane-destination-workload";
+
+/// Labels the route stage learned, for the observe stage above it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ObservedService(pub(crate) Arc<Mutex<Option<(String, Protocol)>>>);
+
+/// Which side of a hop the stage observes.
+#[derive(Clone, Debug)]
+pub(crate) enum Side {
+    /// The local app's requests.
+    Outbound,
+    /// A peer's requests for the local workload `service` (`name.namespace`).
+    Inbound {
+        service: String,
+        protocol: Protocol,
+        peer: Option<PeerIdentity>,
+    },
+}
+
+/// The observe stage.
+#[derive(Clone, Debug)]
+pub(crate) struct Observe<S> {
+    pub(crate) inner: S,
+    pub(crate) metrics: Metrics,
+    pub(crate) tracer: Arc<Tracer>,
+    pub(crate) config: Arc<ConfigStore>,
+    pub(crate) identity: Arc<Identity>,
+    pub(crate) side: Side,
+}
+
+/// Everything known about one exchange once its response headers are in;
+/// reported when the response body ends.
+struct Exchange {
+    metrics: Metrics,
+    hop: TraceHop,
+    inbound: bool,
+    source_workload: String,
+    source_principal: String,
+    destination_workload: String,
+    destination_principal: String,
+    policy: &'static str,
+    service: String,
+    grpc: bool,
+    /// `grpc-status` of a trailers-only response.
+    header_grpc_status: Option<HeaderValue>,
+    status: u16,
+    flags: String,
+    method: Method,
+    path: String,
+    authority: String,
+    version: Version,
+    request_id: String,
+    start: Instant,
+    wall: SystemTime,
+    request_bytes: ByteCount,
+    peer: Option<Arc<str>>,
+}
+
+// === impl Observe ===
+
+impl<S> Service<Request<Body>> for Observe<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let wall = SystemTime::now();
+        let snapshot = self.config.load();
+        let active = self.tracer.active(&snapshot.telemetry);
+        let workload = non_empty(&snapshot.bootstrap.node.workload);
+        drop(snapshot);
+        let hop = active.start_hop(req.headers());
+        let request_id = ensure_request_id(req.headers_mut());
+        let own_id = (self.identity.current()).map(|m| m.identity.identity().to_string());
+        let version = req.version();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let authority = h::authority_text(&req).unwrap_or_default();
+        let request_bytes = ByteCount::default();
+        let counted = request_bytes.clone();
+        let mut req = req.map(|b| CountingBody::new(b, counted).boxed_unsync());
+        let observed = ObservedService::default();
+        let (source_workload, source_principal, dest_workload, dest_principal, policy);
+        let inbound_peer = match &self.side {
+            Side::Inbound { peer, .. } => peer.clone(),
+            Side::Outbound => None,
+        };
+        match &self.side {
+            Side::Inbound { peer, .. } => {
+                // The workload continues the trace as a child of this span.
+                hop.context.inject(req.headers_mut());
+                let claimed = req.headers_mut().remove(SOURCE_WORKLOAD_HEADER);
+                source_workload = match (peer, claimed) {
+                    (Some(_), Some(v)) => workload_name(&v),
+                    _ => "unknown".to_string(),
+                };
+                source_principal = peer.as_ref().map_or("unknown".into(), |p| p.0.to_string());
+                dest_workload = workload.clone();
+                dest_principal = own_id.unwrap_or_else(|| "unknown".into());
+                policy = if peer.is_some() { "mutual_tls" } else { "none" };
+            }
+            Side::Outbound => {
+                if let Ok(v) = HeaderValue::from_str(&workload) {
+                    req.headers_mut().insert(SOURCE_WORKLOAD_HEADER, v);
+                }
+                req.extensions_mut().insert(hop.clone());
+                source_workload = workload.clone();
+                source_principal = own_id.unwrap_or_else(|| "unknown".into());
+                // Learned from the response (see `Exchange::learn_peer`).
+                dest_workload = "unknown".to_string();
+                dest_principal = "unknown".to_string();
+                policy = "unknown";
+            }
+        }
+        if let Side::Inbound {
+            service, protocol, ..
+        } = &self.side
+        {
+            *observed.0.lock().expect("not poisoned") = Some((service.clone(), *protocol));
+        }
+        req.extensions_mut().insert(observed.clone());
+        let grpc = h::is_grpc(req.headers());
+        let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
+        let inbound = matches!(self.side, Side::Inbound { .. });
+        Box::pin(async move {
+            let (mut rsp, error) = match fut.await {
+                Ok(rsp) => (rsp, None),
+                Err(e) => (e.to_response(), Some(e)),
+            };
+            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                *rsp.version_mut() = version;
+            }
+            let flags = header_text(rsp.headers(), RESPONSE_FLAGS_HEADER).unwrap_or("-");
+            let flags = flags.to_string();
+            let (service, protocol) = (observed.0.lock().expect("not poisoned").clone())
+                .unwrap_or_else(|| ("unknown".into(), Protocol::Http));
+            let grpc = grpc || protocol == Protocol::Grpc;
+            if let Some(e) = &error {
+                tracing::warn!(
+                    %method, %path, status = rsp.status().as_u16(), flags = %flags, error = %e,
+                    "request failed"
+                );
+            }
+            let mut exchange = Exchange {
+                metrics,
+                hop,
+                inbound,
+                source_workload,
+                source_principal,
+                destination_workload: dest_workload,
+                destination_principal: dest_principal,
+                policy,
+                service,
+                grpc,
+                header_grpc_status: rsp.headers().get("grpc-status").cloned(),
+                status: rsp.status().as_u16(),
+                flags,
+                method,
+                path,
+                authority,
+                version,
+                request_id,
+                start,
+                wall,
+                request_bytes,
+                peer: inbound_peer.map(|p| p.0),
+            };
+            if inbound {
+                // Only a caller that proved who it is learns who answered.
+                rsp.headers_mut().remove(DESTINATION_WORKLOAD_HEADER);
+                if exchange.peer.is_some() {
+                    if let Ok(v) = HeaderValue::from_str(&exchange.destination_workload) {
+                        rsp.headers_mut().insert(DESTINATION_WORKLOAD_HEADER, v);
+                    }
+                }
+            } else {
+                exchange.learn_peer(&mut rsp);
+            }
+            Ok(rsp.map(|b| {
+                ObservedBody::new(b, move |outcome| exchange.finish(outcome)).boxed_unsync()
+            }))
+        })
+    }
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    /// Outbound: the destination's identity from the mutual TLS connection
+    /// the response came over, and its workload name from the header its
+    /// sidecar sent back (trusted only over that connection).
+    fn learn_peer(&mut self, rsp: &mut Response<Body>) {
+        let claimed = rsp.headers_mut().remove(DESTINATION_WORKLOAD_HEADER);
+        if let Some(UpstreamPeer(PeerIdentity(id))) = rsp.extensions().get::<UpstreamPeer>() {
+            self.destination_principal = id.to_string();
+            if let Some(v) = claimed {
+                self.destination_workload = workload_name(&v);
+            }
+        }
+    }
+
+    /// Reports the finished exchange: metrics, span, access log.
+    fn finish(self, outcome: BodyOutcome) {
+        let millis = self.start.elapsed().as_secs_f64() * 1000.0;
+        let flags = match (outcome.end, self.flags.as_str()) {
+            (BodyEnd::Failed, "-") => "UR",
+            (BodyEnd::Dropped, "-") => "DC",
+            (_, flags) => flags,
+        };
+        let grpc_status = if self.grpc {
+            grpc_code(
+                outcome
+                    .grpc_status
+                    .as_ref()
+                    .or(self.header_grpc_status.as_ref()),
+            )
+        } else {
+            ""
+        };
+        let sizes = RequestSizes {
+            request: self.request_bytes.get(),
+            response: outcome.bytes,
+        };
+        let host = if self.service == "unknown" {
+            self.service.clone()
+        } else {
+            istio_host(&self.service)
+        };
+        self.metrics.request(
+            RequestLabels {
+                reporter: if self.inbound {
+                    "destination"
+                } else {
+                    "source"
+                },
+                source_workload: &self.source_workload,
+                source_principal: &self.source_principal,
+                destination_workload: &self.destination_workload,
+                destination_service: &host,
+                destination_principal: &self.destination_principal,
+                request_protocol: if self.grpc { "grpc" } else { "http" },
+                response_code: self.status,
+                grpc_response_status: grpc_status,
+                connection_security_policy: self.policy,
+                response_flags: flags,
+            },
+            millis,
+            sizes,
+        );
+        let protocol_version = format!("{:?}", self.version);
+        let span = SpanOutcome {
+            method: self.method.as_str(),
+            path: &self.path,
+            authority: &self.authority,
+            status: self.status,
+            flags,
+            service: &self.service,
+            peer_identity: self.peer.as_deref(),
+            protocol_version: &protocol_version,
+            request_id: &self.request_id,
+            grpc_status: Some(grpc_status).filter(|s| !s.is_empty()),
+            bytes: Some(sizes),
+        };
+        let kind = if self.inbound {
+            HopKind::Inbound
+        } else {
+            HopKind::Outbound
+        };
+        self.hop
+            .record(kind, &self.hop.context, self.wall, &span, Vec::new());
+        self.hop.active().log(|| AccessLog {
+            start_time: humantime::format_rfc3339_millis(self.wall).to_string(),
+            direction: if self.inbound { "inbound" } else { "outbound" },
+            trace_id: self.hop.context.trace_id.to_string(),
+            request_id: self.request_id.clone(),
+            method: self.method.to_string(),
+            authority: self.authority.clone(),
+            path: self.path.clone(),
+            protocol: protocol_version.clone(),
+            status: self.status,
+            grpc_status: grpc_status.to_string(),
+            response_flags: flags.to_string(),
+            duration_ms: millis,
+            bytes_received: sizes.request,
+            bytes_sent: sizes.response,
+            upstream_service: self.service.clone(),
+            source_principal: self.source_principal.clone(),
+            destination_principal: self.destination_principal.clone(),
+        });
+        tracing::debug!(
+            method = %self.method, path = %self.path, status = self.status, flags = %flags,
+            elapsed_ms = millis as u64, "request"
+        );
+    }
+}
+
+/// The gRPC status label: a code as sent (`0`–`16`), `unknown` for any
+/// other value (a peer cannot inflate label cardinality), empty when none
+/// was sent.
+fn grpc_code(v: Option<&HeaderValue>) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    let Some(v) = v else { return "" };
+    (v.to_str().ok())
+        .and_then(|s| s.parse::<usize>().ok())
+        .and_then(|n| CODES.get(n).copied())
+        .unwrap_or("unknown")
+}
+
+fn non_empty(s: &str) -> String {
+    if s.is_empty() {
+        "unknown".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A peer's claimed workload name, kept only when it looks like one (so a
+/// peer cannot blow up label cardinality with arbitrary text).
+fn workload_name(v: &HeaderValue) -> String {
+    match v.to_str() {
+        Ok(s)
+            if !s.is_empty()
+                && s.len() <= 63
+                && s.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                }) =>
+        {
+            s.to_string()
+        }
+        _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_workload_is_bounded() {
+        let ok = HeaderValue::from_static("web-1");
+        assert_eq!(workload_name(&ok), "web-1");
+        for bad in ["", "UPPER", "a/b", &"x".repeat(64)] {
+            assert_eq!(
+                workload_name(&HeaderValue::from_str(bad).unwrap()),
+                "unknown"
+            );
+        }
+    }
+
+    #[test]
+    fn grpc_codes_are_bounded() {
+        assert_eq!(grpc_code(None), "");
+        assert_eq!(grpc_code(Some(&HeaderValue::from_static("0"))), "0");
+        assert_eq!(grpc_code(Some(&HeaderValue::from_static("16"))), "16");
+        for bad in ["17", "-1", "ok", "", "99999999999999999999"] {
+            assert_eq!(grpc_code(Some(&HeaderValue::from_static(bad))), "unknown");
+        }
+    }
+}
