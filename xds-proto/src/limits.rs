@@ -85,7 +85,10 @@ pub struct ConnectionLimits {
 impl ConnectionLimits {
     /// Request head limit in bytes, with the default applied.
     pub fn max_request_header_bytes(&self) -> u64 {
-        or(self.max_request_header_bytes, DEFAULT_MAX_REQUEST_HEADER_BYTES)
+        or(
+            self.max_request_header_bytes,
+            DEFAULT_MAX_REQUEST_HEADER_BYTES,
+        )
     }
 
     /// Header read timeout in milliseconds, with the default applied.
