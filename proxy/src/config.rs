@@ -417,7 +417,10 @@ impl ClusterBuilder<'_> {
                 eps,
                 policy.map(|p| p.load_balancer()).unwrap_or_default(),
                 ms(policy.map_or(0, |p| p.connect_timeout_ms), 1_000),
-                ms(policy.map_or(0, |p| p.idle_timeout_ms), 60_000),
+                ms(
+                    policy.map_or(0, |p| p.idle_timeout_ms),
+                    sane_xds_proto::DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS,
+                ),
             )
             .with_policy(policy.copied(), previous.as_deref()),
         );

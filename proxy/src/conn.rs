@@ -14,101 +14,20 @@ use crate::config::InboundTarget;
 use crate::drain::Drain;
 use crate::policy::authz::authorize_tcp;
 use crate::protocol::detect::{self, Detected};
-use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::{Io, Prefixed};
 use crate::protocol::opaque;
+pub use crate::protocol::server::Framed;
+use crate::protocol::server::{serve_http, HttpLimits};
 use crate::protocol::transport_header::Framing;
-use crate::stack::{self, HttpSvc, StackContext};
+use crate::stack::{self, StackContext};
 use crate::telemetry::TcpLabels;
 use crate::tls::{PeerIdentity, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sane_xds_proto::{Protocol, TlsMode};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-
-/// How long an HTTP/1 client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How a connection is served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framed {
-    /// Let hyper detect HTTP/1.1 or HTTP/2.
-    Auto,
-    /// HTTP/2 only.
-    Http2,
-    /// HTTP/1.1 only (with upgrades).
-    Http1,
-}
-
-/// Serves HTTP on `io` with `svc` until the client closes or the drain asks
-/// the connection to finish its in-flight requests and close.
-pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, framed: Framed, drain: Drain) {
-    let service = hyper::service::service_fn(move |req| {
-        let svc = svc.clone();
-        async move { Ok::<_, Infallible>(stack::serve(svc, req).await) }
-    });
-    let io = TokioIo::new(io);
-    let result = match framed {
-        Framed::Auto => {
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            b.http2()
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW);
-            let conn = b.serve_connection_with_upgrades(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-        }
-        Framed::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-            .map_err(Into::into)
-        }
-        Framed::Http1 => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
-            .map_err(Into::into)
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
 
 /// Splices an outbound TCP connection to an endpoint of `listener`'s service.
 pub async fn outbound_tcp(client: tokio::net::TcpStream, listener: &str, ctx: &StackContext) {
@@ -172,6 +91,7 @@ pub async fn inbound(
     original_port: Option<u16>,
     ctx: StackContext,
     drain: Drain,
+    limits: Arc<HttpLimits>,
 ) {
     let tls = if !target.any_tls() {
         false
@@ -192,13 +112,15 @@ pub async fn inbound(
         }
     };
     if !tls {
-        return inbound_detected(stream, peer, None, target, original_port, ctx, drain).await;
+        let conn = (peer, None, original_port);
+        return inbound_detected(stream, conn, target, ctx, drain, limits).await;
     }
     let identity = ctx.identity.clone();
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, identity.accept(stream, peer)).await {
         Ok(Ok((tls, peer_id))) => {
             tracing::debug!(%peer, identity = %peer_id.0, "mutual TLS established");
-            inbound_detected(tls, peer, Some(peer_id), target, original_port, ctx, drain).await
+            let conn = (peer, Some(peer_id), original_port);
+            inbound_detected(tls, conn, target, ctx, drain, limits).await
         }
         Ok(Err(e)) => {
             identity.record_failure("inbound");
@@ -211,14 +133,17 @@ pub async fn inbound(
     }
 }
 
+/// Who is connected: address, verified identity, and the port a redirected
+/// client originally addressed.
+type InboundPeer = (SocketAddr, Option<PeerIdentity>, Option<u16>);
+
 async fn inbound_detected<I: Io>(
     mut io: I,
-    peer: SocketAddr,
-    peer_id: Option<PeerIdentity>,
+    (peer, peer_id, original_port): InboundPeer,
     target: Arc<InboundTarget>,
-    original_port: Option<u16>,
     ctx: StackContext,
     drain: Drain,
+    limits: Arc<HttpLimits>,
 ) {
     let started = Instant::now();
     let (detected, prefix) = match detect::detect(&mut io, target.detect_timeout).await {
@@ -264,8 +189,9 @@ async fn inbound_detected<I: Io>(
                 target.protocol(port),
                 service,
                 peer_id,
+                limits.upstream_idle_timeout,
             );
-            serve_http(io, svc, framed, drain).await;
+            serve_http(io, svc, framed, &limits, drain).await;
         }
         None => {
             // Opaque TCP is authorized once, before any byte is forwarded;

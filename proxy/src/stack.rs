@@ -137,7 +137,9 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
 }
 
 /// Builds the inbound stack for a connection to workload `ip:port` from a
-/// peer that proved `peer` over mutual TLS (`None`: plaintext).
+/// peer that proved `peer` over mutual TLS (`None`: plaintext). Pooled
+/// HTTP/1.1 connections to the workload are closed after `upstream_idle`
+/// (below the workload's keep-alive, see `ConnectionLimits`).
 pub fn inbound(
     ctx: StackContext,
     ip: IpAddr,
@@ -145,6 +147,7 @@ pub fn inbound(
     protocol: Protocol,
     service: String,
     peer: Option<PeerIdentity>,
+    upstream_idle: Duration,
 ) -> HttpSvc {
     let svc = ServiceBuilder::new()
         .layer_fn(|inner| Observe {
@@ -174,7 +177,7 @@ pub fn inbound(
                 via_sidecar: None,
                 protocol,
                 connect_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(30),
+                idle_timeout: upstream_idle,
                 identity: "".into(),
             },
             peer: peer.clone(),
@@ -183,11 +186,29 @@ pub fn inbound(
 }
 
 /// Calls `svc` and turns an error into its response (never fails).
+///
+/// An HTTP/1 request whose body was not read to the end when the proxy
+/// answers with an error (a POST it could not forward) leaves the
+/// connection unusable: nobody knows where the next request starts, so
+/// hyper closes it after the response. The response then says
+/// `connection: close`, so the client does not send another request on a
+/// connection that is going away.
 pub async fn serve(svc: HttpSvc, req: Request<Incoming>) -> Response<Body> {
     use tower::ServiceExt;
-    match svc.oneshot(req.map(body::boxed)).await {
+    let http1 = req.version() < Version::HTTP_2;
+    let (req, body_ended) = crate::protocol::http::track_body_end(req.map(body::boxed));
+    match svc.oneshot(req).await {
         Ok(rsp) => rsp,
-        Err(e) => e.to_response(),
+        Err(e) => {
+            let mut rsp = e.to_response();
+            if http1 && !body_ended.load(std::sync::atomic::Ordering::Acquire) {
+                rsp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            rsp
+        }
     }
 }
 

@@ -82,6 +82,8 @@ pub struct Metrics {
     pub resilience: ResilienceMetrics,
     /// Authorization denials, dry-run denials and audits (inbound).
     pub authz: crate::policy::authz::AuthzMetrics,
+    /// Connections and request heads cut off by the listeners' limits.
+    pub limits: crate::protocol::server::LimitMetrics,
 }
 
 /// What the resilience policies decided. Labels are bounded: cluster names
@@ -217,6 +219,7 @@ impl Metrics {
         registry.register(Box::new(connections_refused.clone()))?;
         let resilience = ResilienceMetrics::register(registry)?;
         let authz = crate::policy::authz::AuthzMetrics::register(registry)?;
+        let limits = crate::protocol::server::LimitMetrics::register(registry)?;
         Ok(Self {
             requests,
             duration,
@@ -233,6 +236,7 @@ impl Metrics {
             connections_refused,
             resilience,
             authz,
+            limits,
         })
     }
 

@@ -22,8 +22,9 @@
 //! by name.
 
 use crate::cluster::Cluster;
-use crate::conn::{self, Framed};
+use crate::conn;
 use crate::drain::Drain;
+use crate::protocol::server::{serve_http, Framed, HttpLimits};
 use crate::route::{PortRoute, RouteTable, Rule};
 use crate::stack::{HttpSvc, StackContext};
 use crate::telemetry::TcpLabels;
@@ -112,6 +113,7 @@ pub async fn outbound(
     http: HttpSvc,
     ctx: &StackContext,
     drain: Drain,
+    limits: &HttpLimits,
     metrics: &InterceptMetrics,
 ) {
     let dst = match original_dst(&stream) {
@@ -125,7 +127,7 @@ pub async fn outbound(
     if Some(dst) == stream.local_addr().ok() {
         // Not redirected: the app uses the listener as its HTTP proxy.
         metrics.count(listener, "direct");
-        return conn::serve_http(stream, http, Framed::Auto, drain).await;
+        return serve_http(stream, http, Framed::Auto, limits, drain).await;
     }
     let target = ctx.config.load().transparent.get(dst).cloned();
     match target {
@@ -136,7 +138,7 @@ pub async fn outbound(
                 req.extensions_mut().insert(OriginalDst(dst));
                 req
             }));
-            conn::serve_http(stream, svc, Framed::Auto, drain).await
+            serve_http(stream, svc, Framed::Auto, limits, drain).await
         }
         Some(OriginalDstTarget::Tcp(cluster)) => {
             metrics.count(listener, "tcp");

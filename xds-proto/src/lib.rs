@@ -18,6 +18,7 @@ mod ca;
 mod endpoint;
 mod gateway;
 mod health;
+mod limits;
 mod listener;
 mod policy;
 mod resilience;
@@ -41,6 +42,11 @@ pub use gateway::{
 };
 pub use health::{
     AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
+};
+pub use limits::{
+    ConnectionLimits, DEFAULT_HEADER_READ_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_REQUEST_HEADER_BYTES,
+    DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS, MAX_REQUEST_HEADER_LIMIT, MIN_REQUEST_HEADER_LIMIT,
 };
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use policy::{DestinationPolicy, LoadBalancer};

@@ -130,6 +130,12 @@ pub struct Listener {
     /// declared one of its protocol). Default: false.
     #[prost(bool, tag = "11")]
     pub transparent: bool,
+    /// Connection and HTTP limits (header size and read timeout, HTTP/2
+    /// streams, connections, idle timeouts). Default: see
+    /// [`crate::ConnectionLimits`]; every field has a safe default.
+    #[prost(message, optional, tag = "12")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::ConnectionLimits>,
 }
 
 /// One port of the local workload.
@@ -170,6 +176,11 @@ impl Listener {
         } else {
             self.detect_timeout_ms
         }
+    }
+
+    /// The limits, with defaults for what is unset.
+    pub fn limits(&self) -> crate::ConnectionLimits {
+        self.limits.clone().unwrap_or_default()
     }
 
     /// Validates this resource on its own (references to other resources
@@ -221,6 +232,9 @@ impl Listener {
                 &path.field("service"),
                 "applies to outbound tcp listeners only",
             );
+        }
+        if let Some(l) = &self.limits {
+            l.validate_into(&path.field("limits"), errs);
         }
         errs.enum_value::<TlsMode>(&path.field("tls_mode"), self.tls_mode);
         if self.direction() == Direction::Outbound && self.tls_mode != 0 {

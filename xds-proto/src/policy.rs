@@ -63,7 +63,9 @@ pub struct DestinationPolicy {
     #[prost(uint64, tag = "5")]
     #[serde(rename = "connect_timeout", with = "duration_ms")]
     pub connect_timeout_ms: u64,
-    /// Idle upstream connections are closed after this. Default: 0, meaning 60s.
+    /// Idle pooled HTTP/1.1 connections to the endpoints are closed after
+    /// this; keep it below the workloads' keep-alive timeout. Default: 0,
+    /// meaning 4s (`DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS`).
     #[prost(uint64, tag = "6")]
     #[serde(rename = "idle_timeout", with = "duration_ms")]
     pub idle_timeout_ms: u64,

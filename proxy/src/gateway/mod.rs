@@ -151,6 +151,7 @@ impl Gateway {
             outbound: crate::stack::outbound(ctx.clone()),
             conn_limit: ConnLimiter::new(limit),
             metrics: self.metrics.clone(),
+            limit_metrics: ctx.metrics.limits.clone(),
             https_port,
         };
         for l in self.listeners {

@@ -14,13 +14,11 @@ use crate::gateway::edge::{BodyLimitLayer, ConnLimiter, ForwardedLayer, RateLimi
 use crate::gateway::route::{ConnInfo, GatewayRoute};
 use crate::gateway::table::GatewayTable;
 use crate::gateway::GatewayMetrics;
-use crate::listener::bind_tcp;
-use crate::protocol::io::Io;
-use crate::stack::{self, HttpSvc};
+use crate::listener::{accept_loop, bind_tcp, AcceptLimits};
+use crate::protocol::server::{serve_http, Framed, HttpLimits, LimitCounters, LimitMetrics};
+use crate::stack::HttpSvc;
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use sane_xds_proto::GatewayListener;
-use std::convert::Infallible;
+use sane_xds_proto::{ConnectionLimits, GatewayListener};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +39,8 @@ pub struct Shared {
     pub conn_limit: Arc<ConnLimiter>,
     /// Metrics.
     pub metrics: GatewayMetrics,
+    /// Where connection and request-head limits count what they cut.
+    pub limit_metrics: LimitMetrics,
     /// Bound port of the first TLS listener (redirect target).
     pub https_port: Option<u16>,
 }
@@ -55,15 +55,6 @@ pub struct BoundGatewayListener {
     tls: bool,
     redirect_port: u16,
     socket: TcpListener,
-}
-
-/// The HTTP limits of one connection.
-#[derive(Clone, Copy, Debug)]
-pub struct HttpLimits {
-    /// Largest request head.
-    pub max_header_bytes: usize,
-    /// Time allowed for the TLS handshake and each request head.
-    pub header_read_timeout: Duration,
 }
 
 // === impl BoundGatewayListener ===
@@ -86,55 +77,48 @@ impl BoundGatewayListener {
         self.tls
     }
 
-    /// Accepts until the drain starts.
+    /// Accepts until the drain starts (the sidecar's accept loop: at most
+    /// the default `max_connections` per listener, then the per-IP limit).
     pub async fn serve(self, shared: Shared, drain: Drain) {
         let redirect_port = match self.redirect_port {
             0 => shared.https_port,
             p => Some(p),
         };
         let active = shared.metrics.connections.with_label_values(&[&self.name]);
-        loop {
-            let accepted = tokio::select! {
-                _ = drain.signaled() => break,
-                res = self.socket.accept() => res,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    // allow-sleep: accept error backoff, not readiness waiting.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+        let counters = shared.limit_metrics.for_listener(&self.name);
+        let accept = AcceptLimits {
+            max_connections: ConnectionLimits::default().max_connections() as usize,
+            rejected: counters.connections_rejected.clone(),
+        };
+        let (name, tls) = (self.name.clone(), self.tls);
+        accept_loop(&self.socket, &self.name, accept, &drain, |stream, peer| {
             let Some(guard) = shared.conn_limit.try_acquire(peer.ip()) else {
                 shared.metrics.reject("connection_limit");
-                tracing::debug!(listener = %self.name, %peer, "per-IP connection limit; closing");
-                continue;
+                tracing::debug!(listener = %name, %peer, "per-IP connection limit; closing");
+                return None;
             };
-            let _ = stream.set_nodelay(true);
             let conn = ConnInfo {
-                listener: self.name.clone(),
-                tls: self.tls,
+                listener: name.clone(),
+                tls,
                 sni_host: None,
                 redirect_port,
             };
             let shared = shared.clone();
             let d = drain.clone();
             let active = active.clone();
-            let span = tracing::info_span!("gateway.conn", listener = %self.name, %peer);
-            drain.spawn(
+            let counters = counters.clone();
+            let span = tracing::info_span!("gateway.conn", listener = %name, %peer);
+            Some(
                 async move {
                     active.inc();
-                    serve_conn(stream, peer, conn, shared, d).await;
+                    serve_conn(stream, peer, conn, shared, counters, d).await;
                     active.dec();
                     drop(guard);
                 }
                 .instrument(span),
-            );
-        }
-        tracing::info!(listener = %self.name, "stopped accepting");
+            )
+        })
+        .await;
     }
 }
 
@@ -143,13 +127,11 @@ async fn serve_conn(
     peer: SocketAddr,
     mut conn: ConnInfo,
     shared: Shared,
+    counters: LimitCounters,
     drain: Drain,
 ) {
     let table = shared.table.load_full();
-    let limits = HttpLimits {
-        max_header_bytes: table.limits.max_request_header_bytes() as usize,
-        header_read_timeout: Duration::from_millis(table.limits.header_read_timeout_ms()),
-    };
+    let limits = edge_http_limits(&table.limits, counters);
     let scheme = if conn.tls { "https" } else { "http" };
     let edge = ServiceBuilder::new()
         .layer(ForwardedLayer::new(
@@ -169,7 +151,8 @@ async fn serve_conn(
             shared.outbound.clone(),
             shared.metrics.clone(),
         ));
-        return serve_http(stream, BoxCloneSyncService::new(svc), false, limits, drain).await;
+        let svc = BoxCloneSyncService::new(svc);
+        return serve_http(stream, svc, Framed::Http1, &limits, drain).await;
     }
     let handshake = async {
         let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
@@ -206,117 +189,17 @@ async fn serve_conn(
         shared.outbound.clone(),
         shared.metrics.clone(),
     ));
-    serve_http(tls, BoxCloneSyncService::new(svc), h2, limits, drain).await
+    let framed = if h2 { Framed::Http2 } else { Framed::Http1 };
+    serve_http(tls, BoxCloneSyncService::new(svc), framed, &limits, drain).await
 }
 
-/// Serves HTTP/2 (`h2`) or HTTP/1.1 on `io` with `svc` until the client
-/// closes, a limit closes the connection, or a drain finishes it.
-///
-/// HTTP/1.1: a request head larger than `max_header_bytes` gets 431; a head
-/// not complete within `header_read_timeout` closes the connection
-/// (slowloris). HTTP/2: header lists are limited to `max_header_bytes`.
-pub async fn serve_http<I: Io>(io: I, svc: HttpSvc, h2: bool, limits: HttpLimits, drain: Drain) {
-    let service = hyper::service::service_fn(move |req| {
-        let svc = svc.clone();
-        async move { Ok::<_, Infallible>(stack::serve(svc, req).await) }
-    });
-    let io = TokioIo::new(io);
-    let result = if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes as u32)
-            .max_concurrent_streams(256)
-            .serve_connection(io, service);
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .serve_connection(io, service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "gateway connection ended with an error");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::ProxyError;
-    use crate::Body;
-    use http::{Request, Response};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn ok() -> HttpSvc {
-        BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
-            Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
-        }))
-    }
-
-    const LIMITS: HttpLimits = HttpLimits {
-        max_header_bytes: 8192,
-        header_read_timeout: Duration::from_secs(5),
-    };
-
-    async fn read_all(io: &mut tokio::io::DuplexStream) -> String {
-        let mut out = Vec::new();
-        let _ = io.read_to_end(&mut out).await;
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_slow_request_head_is_cut_off_at_the_timeout() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(serve_http(server, ok(), false, LIMITS, Drain::default()));
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
-            .await
-            .unwrap();
-        let started = tokio::time::Instant::now();
-        // The client never finishes its head; the server closes on its own.
-        let answer = read_all(&mut client).await;
-        assert!(!answer.contains("200"), "{answer}");
-        assert!(started.elapsed() >= LIMITS.header_read_timeout);
-        served.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_complete_request_is_served() {
-        let (mut client, server) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(serve_http(server, ok(), false, LIMITS, Drain::default()));
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let answer = read_all(&mut client).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
-
-    #[tokio::test]
-    async fn an_oversized_request_head_gets_431() {
-        let (mut client, server) = tokio::io::duplex(256 * 1024);
-        tokio::spawn(serve_http(server, ok(), false, LIMITS, Drain::default()));
-        let big = "x".repeat(20_000);
-        let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
-        client.write_all(req.as_bytes()).await.unwrap();
-        let answer = read_all(&mut client).await;
-        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-    }
+/// The sidecar's HTTP limits with the gateway's head size and read timeout
+/// (which also bounds the TLS handshake) and at most 256 HTTP/2 streams per
+/// outside client.
+fn edge_http_limits(edge: &sane_xds_proto::EdgeLimits, counters: LimitCounters) -> HttpLimits {
+    let mut limits = HttpLimits::new(&ConnectionLimits::default(), counters);
+    limits.max_header_bytes = edge.max_request_header_bytes() as usize;
+    limits.header_read_timeout = Duration::from_millis(edge.header_read_timeout_ms());
+    limits.max_concurrent_streams = 256;
+    limits
 }

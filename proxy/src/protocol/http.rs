@@ -1,10 +1,18 @@
 //! HTTP helpers shared by inbound and outbound: authority parsing, hop-by-hop
 //! header handling and request normalization for the next hop.
 
+use crate::body::{Body, BodyError};
 use crate::error::ProxyError;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// HTTP/2 flow-control window of each stream, on every connection the proxy
 /// makes or accepts: how much of a body may wait, unread, per stream.
@@ -183,9 +191,66 @@ pub fn authority_text<B>(req: &Request<B>) -> Option<String> {
         })
 }
 
+/// Wraps the request body so the returned flag turns true once it has been
+/// read to its end (at once for a request without a body).
+pub fn track_body_end(req: Request<Body>) -> (Request<Body>, Arc<AtomicBool>) {
+    let ended = Arc::new(AtomicBool::new(false));
+    let flag = ended.clone();
+    let req = req.map(|inner| {
+        if http_body::Body::is_end_stream(&inner) {
+            flag.store(true, Ordering::Release);
+        }
+        EndTracked { inner, ended: flag }.boxed_unsync()
+    });
+    (req, ended)
+}
+
+struct EndTracked {
+    inner: Body,
+    ended: Arc<AtomicBool>,
+}
+
+impl http_body::Body for EndTracked {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn tracks_when_a_request_body_was_read_to_its_end() {
+        let (req, ended) = track_body_end(Request::new(crate::body::full("abc")));
+        assert!(!ended.load(Ordering::Acquire));
+        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "abc");
+        assert!(ended.load(Ordering::Acquire));
+        let (_req, ended) = track_body_end(Request::new(crate::body::empty()));
+        assert!(
+            ended.load(Ordering::Acquire),
+            "no body: nothing left to read"
+        );
+    }
 
     #[test]
     fn target_from_host_or_authority() {

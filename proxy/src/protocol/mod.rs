@@ -1,10 +1,11 @@
 //! Protocols on an accepted connection: what the first bytes say
 //! ([`detect`]), the mesh transport header sidecars put in front of every
-//! connection to a peer ([`transport_header`]), HTTP serving helpers
-//! ([`http`]) and opaque TCP forwarding ([`opaque`]).
+//! connection to a peer ([`transport_header`]), HTTP helpers
+//! ([`http`]), serving HTTP on a connection under its limits ([`server`]) and opaque TCP forwarding ([`opaque`]).
 
 pub mod detect;
 pub mod http;
 pub mod io;
 pub mod opaque;
+pub mod server;
 pub mod transport_header;

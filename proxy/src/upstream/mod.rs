@@ -16,6 +16,7 @@ use self::connect::Connect;
 use self::pool::{H1Pool, H2Pool, PoolKey};
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::policy::replay::ReplayBody;
 use crate::protocol::http as h;
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::{Framing, TransportHeader};
@@ -30,6 +31,31 @@ use tokio::io::AsyncWriteExt;
 
 /// The peer a connection proved, if it was mutual TLS.
 type Peer = Option<UpstreamPeer>;
+
+/// Request body bytes kept to resend a request whose reused connection was
+/// closed under it.
+const RACE_REPLAY_BYTES: usize = 64 * 1024;
+
+/// True if `e` says the connection ended (closed or reset) before a
+/// response head arrived, as opposed to a timeout or a bad response.
+fn closed_before_response(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
 
 /// How to reach one endpoint.
 #[derive(Clone, Debug)]
@@ -206,17 +232,44 @@ impl Upstream {
         let reset = |source| ProxyError::UpstreamReset { addr, source };
         let mut req = req;
         if let Some((mut pooled, peer)) = self.h1.checkout(&key, target.idle_timeout) {
+            // Keep a bounded copy of the body: if the reused connection turns
+            // out to be closed by the server, the request goes again.
+            let (parts, body) = req.into_parts();
+            let first = ReplayBody::new(body, RACE_REPLAY_BYTES);
+            let again = first.try_replay();
+            let head = (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            );
+            req = Request::from_parts(parts, crate::body::boxed(first));
             match pooled.try_send_request(req).await {
                 Ok(rsp) => {
                     self.h1.checkin_when_ready(key, pooled, peer.clone());
                     return Ok((rsp, peer));
                 }
                 // The idle connection was closed by the server before the
-                // request was written (the classic keep-alive race): retry
-                // once on a fresh connection.
+                // request was written: send it on a fresh connection.
                 Err(mut e) => match e.take_message() {
-                    Some(again) => req = again,
-                    None => return Err(reset(e.into_error())),
+                    Some(back) => req = back,
+                    None => {
+                        // Written, but the connection closed before any
+                        // response byte: the keep-alive race (the app closed
+                        // the idle connection as the request arrived, so it
+                        // never saw it). Retried once, whatever the method.
+                        let err = e.into_error();
+                        let replay = again.filter(|_| closed_before_response(&err));
+                        let Some(body) = replay.and_then(|b| b.try_replay()) else {
+                            return Err(reset(err));
+                        };
+                        tracing::debug!(%addr, error = %err, "reused connection closed; retrying once");
+                        let (method, uri, headers) = head;
+                        let mut retry = Request::new(crate::body::boxed(body));
+                        *retry.method_mut() = method;
+                        *retry.uri_mut() = uri;
+                        *retry.headers_mut() = headers;
+                        req = retry;
+                    }
                 },
             }
         }
@@ -284,5 +337,102 @@ impl Upstream {
     /// Closes idle HTTP/1.1 connections older than `idle_timeout`.
     pub fn reap_idle(&self, idle_timeout: Duration) {
         self.h1.reap(idle_timeout);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Reads one request (head, then `content-length` bytes of body).
+    async fn read_request(s: &mut tokio::net::TcpStream) -> Option<String> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    return Some(text);
+                }
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_post_lost_on_a_reused_connection_the_server_closed_is_retried_once() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let app = tokio::spawn(async move {
+            // Connection 1: answers one request, then reads the next one and
+            // closes without answering (its keep-alive ran out right then).
+            let (mut s, _) = server.accept().await.unwrap();
+            read_request(&mut s).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                .await
+                .unwrap();
+            let lost = read_request(&mut s).await.unwrap();
+            drop(s);
+            // Connection 2: the retry.
+            let (mut s, _) = server.accept().await.unwrap();
+            let retried = read_request(&mut s).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nretry")
+                .await
+                .unwrap();
+            (lost, retried)
+        });
+        let registry = prometheus::Registry::new();
+        let identity = Arc::new(Identity::new(
+            false,
+            crate::tls::TlsMetrics::register(&registry).unwrap(),
+        ));
+        let upstream = Upstream::new(Arc::new(connect::TcpConnect), identity);
+        let target = Target {
+            addr,
+            via_sidecar: None,
+            protocol: Protocol::Http,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            identity: "".into(),
+        };
+        let get = Request::get("/").body(crate::body::empty()).unwrap();
+        let rsp = upstream.send(get, &target, "app").await.unwrap();
+        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "first");
+        // Let the connection go back to the pool.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while upstream.h1.idle_count() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "never pooled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let post = Request::post("/orders")
+            .body(crate::body::full("payload"))
+            .unwrap();
+        let rsp = upstream.send(post, &target, "app").await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "retry");
+        let (lost, retried) = app.await.unwrap();
+        assert!(
+            lost.starts_with("POST /orders") && lost.ends_with("payload"),
+            "{lost}"
+        );
+        assert!(
+            retried.starts_with("POST /orders") && retried.ends_with("payload"),
+            "{retried}"
+        );
     }
 }
