@@ -25,9 +25,15 @@ struct Args {
     /// Rounds (each variant restarted per round). Default: 3 (quick: 1).
     #[arg(long)]
     rounds: Option<usize>,
-    /// Worker threads/processes of every proxy.
-    #[arg(long, default_value_t = 1)]
-    workers: u32,
+    /// Worker threads/processes of every proxy, one pass per count (the
+    /// first pass also runs the tracing variant, the scale test and the
+    /// profile). Default: 1,2 (quick: 1).
+    #[arg(long, value_delimiter = ',')]
+    workers: Vec<u32>,
+    /// CPUs of everything (load generators, backend excepted, and proxies)
+    /// in passes with more than one worker; empty: no pinning.
+    #[arg(long, default_value = "")]
+    multi_worker_cpus: String,
     /// CPUs of the load generators (`taskset -c`); empty: no pinning.
     #[arg(long, default_value = "0")]
     load_cpus: String,
@@ -94,13 +100,14 @@ fn main() -> Result<()> {
         }
     };
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 });
+    let workers = worker_counts(&args);
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
     let pin = Pin(opt(&args.load_cpus));
-    let ws = Workspace::create(
+    let mut ws = Workspace::create(
         args.work_dir.clone(),
         &repo,
         opt(&args.server_cpus),
-        args.workers,
+        workers[0],
     )?;
     let kinds: Vec<PeerKind> = PeerKind::ALL
         .into_iter()
@@ -113,24 +120,57 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let shared = ws.start_shared(pin.0.as_deref())?;
     let mut failures = Vec::new();
-    for round in 0..rounds {
-        let mut order = kinds.clone();
-        let n = order.len().max(1);
-        order.rotate_left(round % n);
-        for kind in order {
-            results.load.push(loadavg());
-            eprintln!(
-                "[{:>4}s] round {}/{rounds}: {}",
-                started.elapsed().as_secs(),
-                round + 1,
-                kind.name()
+    for (pass, &w) in workers.iter().enumerate() {
+        let mut pass_results = Results::default();
+        let (pass_pin, pass_kinds) = if pass == 0 {
+            (pin.clone(), kinds.clone())
+        } else {
+            // Later passes: the same variants without the tracing one, and
+            // the proxies may use every CPU.
+            ws.server_cpus = opt(&args.multi_worker_cpus);
+            let k = kinds.iter().copied().filter(|k| *k != PeerKind::SaneTraced);
+            (Pin(opt(&args.multi_worker_cpus)), k.collect())
+        };
+        ws.workers = w;
+        let r = if pass == 0 {
+            &mut results
+        } else {
+            pass_results.label = format!(
+                " ({w} workers per proxy, CPUs {})",
+                if args.multi_worker_cpus.is_empty() {
+                    "not pinned"
+                } else {
+                    &args.multi_worker_cpus
+                }
             );
-            if let Err(e) = measure(&ws, &pin, &plan, &args.rates, kind, &mut results) {
-                eprintln!("FAILED: {} in round {}: {e:#}", kind.name(), round + 1);
-                failures.push(format!("{} round {}: {e:#}", kind.name(), round + 1));
+            &mut pass_results
+        };
+        for round in 0..rounds {
+            let mut order = pass_kinds.clone();
+            let n = order.len().max(1);
+            order.rotate_left(round % n);
+            for kind in order {
+                r.load.push(loadavg());
+                eprintln!(
+                    "[{:>4}s] {w} worker(s), round {}/{rounds}: {}",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    kind.name()
+                );
+                if let Err(e) = measure(&ws, &pass_pin, &plan, &args.rates, kind, r) {
+                    let what = format!("{} ({w} workers) round {}", kind.name(), round + 1);
+                    eprintln!("FAILED: {what}: {e:#}");
+                    failures.push(format!("{what}: {e:#}"));
+                }
             }
         }
+        if pass > 0 {
+            results.load.extend(pass_results.load.iter().copied());
+            results.passes.push(pass_results);
+        }
     }
+    ws.workers = workers[0];
+    ws.server_cpus = opt(&args.server_cpus);
     if !args.no_scale && kinds.contains(&PeerKind::Sane) {
         let sizes: &[usize] = if args.quick {
             &[10, 1000]
@@ -186,6 +226,15 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The worker counts of the passes: `--workers`, else 1 and 2 (quick: 1).
+fn worker_counts(args: &Args) -> Vec<u32> {
+    match (&args.workers[..], args.quick) {
+        ([], true) => vec![1],
+        ([], false) => vec![1, 2],
+        (w, _) => w.to_vec(),
+    }
+}
+
 /// Measures one variant in one round.
 fn measure(
     ws: &Workspace,
@@ -204,7 +253,9 @@ fn measure(
         results.record(kind, Mode::Http, Metric::IdleRss, idle.rss);
         results.record(kind, Mode::Http, Metric::IdlePss, idle.pss);
     }
-    let modes: &[Mode] = if proxied {
+    // The tracing variant differs from sane in HTTP only.
+    let full = proxied && kind != PeerKind::SaneTraced;
+    let modes: &[Mode] = if full {
         &[Mode::Http, Mode::Tcp]
     } else {
         &[Mode::Http]
@@ -267,6 +318,8 @@ fn measure(
     if proxied {
         let loaded = max_memory(&hops);
         results.record(kind, Mode::Http, Metric::LoadHwm, loaded.hwm);
+    }
+    if full {
         let (addr, host) = kind.entry(Mode::Http);
         let conns = idle_connections(addr, host, plan.idle_conns)
             .context("opening the idle client connections")?;
@@ -483,8 +536,14 @@ fn meta(repo: &Path, args: &Args, rounds: usize, plan: &Plan) -> Vec<(String, St
         (
             "workers per proxy".into(),
             format!(
-                "{} (sane `--workers`, nginx `worker_processes`, haproxy `nbthread`)",
-                args.workers
+                "{} (one pass each; sane `--workers`, nginx `worker_processes`, haproxy `nbthread`); \
+                 passes with more than one worker pin everything to CPUs {:?} (empty: not pinned)",
+                worker_counts(args)
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and "),
+                args.multi_worker_cpus
             ),
         ),
         (
@@ -532,7 +591,7 @@ fn commands(args: &Args, plan: &Plan) -> Vec<String> {
         "# servers (pinned with taskset -c <server cpus>); configs in bench/peers/, @WORK@ = the scratch dir".into(),
         "nginx -p @WORK@/run -c @WORK@/conf/{backend,nginx-a,nginx-b}.conf -g 'daemon off;'".into(),
         "haproxy -db -f @WORK@/conf/haproxy-{a,b}.cfg".into(),
-        format!("sane-proxy --config @WORK@/conf/sane-{{a,b}}.yaml --workers {}", args.workers),
+        "sane-proxy --config @WORK@/conf/sane-{a,b}.yaml --workers <1|2>".into(),
         "sane-control-plane --ca-cert-chain ca.pem --ca-key ca.key ...   # CA for the sidecars' certificates".into(),
         "# load (sane entry shown; nginx :18001/:18003, haproxy :18011/:18013, direct :18080, sane TCP :18023)".into(),
         format!("{pin}wrk {}", q(load::wrk_args(&t, plan.connections, plan.throughput))),
@@ -566,9 +625,12 @@ mod tests {
         assert!(a.quick);
         assert_eq!(a.rates, vec![1000, 5000]);
         assert_eq!(a.only, vec!["sane", "nginx"]);
-        assert_eq!(a.workers, 1);
+        assert_eq!(worker_counts(&a), vec![1]);
         let b = Args::try_parse_from(["sane-bench", "--rates", "2000", "--rounds", "5"]).unwrap();
+        assert_eq!(worker_counts(&b), vec![1, 2]);
         assert_eq!((b.rates, b.rounds), (vec![2000], Some(5)));
+        let c = Args::try_parse_from(["sane-bench", "--workers", "2"]).unwrap();
+        assert_eq!(worker_counts(&c), vec![2]);
         assert!(Args::try_parse_from(["sane-bench", "--bogus"]).is_err());
     }
 }

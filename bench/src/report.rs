@@ -77,6 +77,11 @@ pub struct Results {
     pub profile: Option<String>,
     /// Free text appended at the end (hand-written analysis).
     pub notes: String,
+    /// Appended to section titles, e.g. " (2 workers per proxy)".
+    pub label: String,
+    /// The figures of further passes with another worker count, rendered
+    /// after this one's (their own targets, tables and memory).
+    pub passes: Vec<Results>,
 }
 
 const PEERS: [PeerKind; 2] = [PeerKind::Nginx, PeerKind::Haproxy];
@@ -150,11 +155,11 @@ impl Results {
              `return 200 ok`), all on loopback.\n"
         );
         self.render_meta(&mut s);
-        self.render_targets(&mut s, rates);
-        for mode in [Mode::Http, Mode::Tcp] {
-            self.render_mode(&mut s, mode, rates);
+        self.render_pass(&mut s, rates);
+        self.render_tracing(&mut s, rates);
+        for pass in &self.passes {
+            pass.render_pass(&mut s, rates);
         }
-        self.render_memory(&mut s);
         self.render_scale(&mut s);
         if let Some(p) = &self.profile {
             let _ = writeln!(s, "## Profile of the sidecar path\n\n{p}\n");
@@ -169,6 +174,65 @@ impl Results {
             let _ = writeln!(s, "{}", self.notes.trim_end());
         }
         s
+    }
+
+    /// Targets, the HTTP and TCP tables and memory of this pass.
+    fn render_pass(&self, s: &mut String, rates: &[u32]) {
+        self.render_targets(s, rates);
+        for mode in [Mode::Http, Mode::Tcp] {
+            self.render_mode(s, mode, rates);
+        }
+        self.render_memory(s);
+    }
+
+    /// sane with every request traced to a collector that refuses
+    /// connections, against plain sane in the same rounds.
+    fn render_tracing(&self, s: &mut String, rates: &[u32]) {
+        let (plain, traced, h) = (PeerKind::Sane, PeerKind::SaneTraced, Mode::Http);
+        let Some(&rate) = rates.first() else { return };
+        if self.summary(traced, h, Metric::P50(rate)).is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "## Tracing to an unreachable OTLP collector{}\n\n\
+             Both sidecars with a `Telemetry` resource: `tracing: {{ endpoint: \
+             \"http://127.0.0.1:18039\", sampling_ratio: 1.0 }}`, a port nothing \
+             listens on (every export is refused), against plain sane in the same \
+             rounds. HTTP; latency at {rate} req/s (ms).\n",
+            self.label
+        );
+        let _ = writeln!(
+            s,
+            "| variant | p50 | p90 | p99 | p99.9 | req/s at c=32 | CPU s per 10 000 req | RSS idle (MiB) | peak RSS |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for kind in [plain, traced] {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                self.show(kind, h, Metric::P50(rate), 3),
+                self.show(kind, h, Metric::P90(rate), 3),
+                self.show(kind, h, Metric::P99(rate), 3),
+                self.show(kind, h, Metric::P999(rate), 3),
+                self.show(kind, h, Metric::Rps, 0),
+                self.show(kind, h, Metric::Cpu10k, 3),
+                self.show(kind, h, Metric::IdleRss, 1),
+                self.show(kind, h, Metric::LoadHwm, 1),
+            );
+        }
+        let diff = |m| {
+            self.median(traced, h, m)
+                .zip(self.median(plain, h, m))
+                .map(|(t, p)| t - p)
+        };
+        let _ = writeln!(
+            s,
+            "\nTracing to the closed port adds {} ms at p50 and {} ms at p99 (medians; \
+             negative: within the noise).\n",
+            fmt_signed(diff(Metric::P50(rate))),
+            fmt_signed(diff(Metric::P99(rate)))
+        );
     }
 
     fn render_meta(&self, s: &mut String) {
@@ -187,7 +251,7 @@ impl Results {
 
     fn render_targets(&self, s: &mut String, rates: &[u32]) {
         let h = Mode::Http;
-        let _ = writeln!(s, "## Targets (issue 9) and where we stand\n");
+        let _ = writeln!(s, "## Targets (issue 9) and where we stand{}\n", self.label);
         let _ = writeln!(s, "| target | measured | met |\n|---|---|---|");
         let verdict = |ok: Option<bool>| match ok {
             Some(true) => "yes",
@@ -275,7 +339,7 @@ impl Results {
             Mode::Http => "HTTP/1.1 from the client (sane: HTTP/2 between the sidecars)",
             Mode::Tcp => "TCP passthrough with mTLS between the hops",
         };
-        let _ = writeln!(s, "## {title}\n");
+        let _ = writeln!(s, "## {title}{}\n", self.label);
         let _ = writeln!(
             s,
             "| variant | req/s at c=32 | ×best peer | CPU s per 10 000 req (both hops) | ×best peer | vCPU at 1 000 req/s | failed requests |\n|---|---|---|---|---|---|---|"
@@ -356,7 +420,11 @@ impl Results {
 
     fn render_memory(&self, s: &mut String) {
         let h = Mode::Http;
-        let _ = writeln!(s, "## Memory per sidecar and TLS handshakes\n");
+        let _ = writeln!(
+            s,
+            "## Memory per sidecar and TLS handshakes{}\n",
+            self.label
+        );
         let _ = writeln!(
             s,
             "RSS counts shared library pages (libssl, libc) in full; PSS shares them out. \
@@ -422,6 +490,10 @@ impl Results {
     }
 }
 
+fn fmt_signed(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{v:+.3}"))
+}
+
 fn fmt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.decimals$}"))
 }
@@ -455,5 +527,30 @@ mod tests {
         assert!(text.contains("| sane | 18000 | ×1.20 |"), "{text}");
         assert!(text.contains("×0.60 | yes |"), "{text}");
         assert!(text.contains("| RSS per sidecar ≤ 15 MB idle | – MiB | not measured |"));
+        assert!(!text.contains("unreachable OTLP collector"));
+    }
+
+    #[test]
+    fn tracing_section_and_worker_passes_render() {
+        let h = Mode::Http;
+        let mut r = Results::default();
+        r.record(PeerKind::Sane, h, Metric::P50(1000), 1.0);
+        r.record(PeerKind::SaneTraced, h, Metric::P50(1000), 1.25);
+        r.record(PeerKind::Sane, h, Metric::P99(1000), 3.0);
+        r.record(PeerKind::SaneTraced, h, Metric::P99(1000), 2.5);
+        let mut two = Results {
+            label: " (2 workers per proxy)".into(),
+            ..Results::default()
+        };
+        two.record(PeerKind::Sane, h, Metric::Rps, 9000.0);
+        two.record(PeerKind::Nginx, h, Metric::Rps, 6000.0);
+        r.passes.push(two);
+        let text = r.render(&[1000]);
+        assert!(
+            text.contains("adds +0.250 ms at p50 and -0.500 ms at p99"),
+            "{text}"
+        );
+        assert!(text.contains("## Targets (issue 9) and where we stand (2 workers per proxy)"));
+        assert!(text.contains("| sane | 9000 | ×1.50 |"), "{text}");
     }
 }

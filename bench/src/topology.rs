@@ -26,6 +26,9 @@ const CP_XDS: &str = "127.0.0.1:18030";
 const CP_API: &str = "127.0.0.1:18031";
 /// The backend: nginx answering `200 ok`.
 pub const BACKEND: &str = "127.0.0.1:18080";
+/// The OTLP collector of [`PeerKind::SaneTraced`]: a port nothing listens
+/// on, so every export is refused.
+pub const CLOSED_COLLECTOR: &str = "127.0.0.1:18039";
 
 /// One side-by-side variant's two hops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,6 +37,9 @@ pub enum PeerKind {
     Direct,
     /// Two `sane-proxy` sidecars.
     Sane,
+    /// The same, with a `Telemetry` resource sampling every request to an
+    /// OTLP collector that is not there ([`CLOSED_COLLECTOR`]).
+    SaneTraced,
     /// Two nginx.
     Nginx,
     /// Two haproxy.
@@ -95,9 +101,10 @@ pub struct Shared {
 
 impl PeerKind {
     /// Every variant, in report order.
-    pub const ALL: [PeerKind; 4] = [
+    pub const ALL: [PeerKind; 5] = [
         PeerKind::Direct,
         PeerKind::Sane,
+        PeerKind::SaneTraced,
         PeerKind::Nginx,
         PeerKind::Haproxy,
     ];
@@ -107,6 +114,7 @@ impl PeerKind {
         match self {
             PeerKind::Direct => "direct",
             PeerKind::Sane => "sane",
+            PeerKind::SaneTraced => "sane + tracing to a closed port",
             PeerKind::Nginx => "nginx pair",
             PeerKind::Haproxy => "haproxy pair",
         }
@@ -116,8 +124,10 @@ impl PeerKind {
     pub fn entry(self, mode: Mode) -> (&'static str, Option<&'static str>) {
         match (self, mode) {
             (PeerKind::Direct, _) => (BACKEND, None),
-            (PeerKind::Sane, Mode::Http) => ("127.0.0.1:18021", Some("backend")),
-            (PeerKind::Sane, Mode::Tcp) => ("127.0.0.1:18023", None),
+            (PeerKind::Sane | PeerKind::SaneTraced, Mode::Http) => {
+                ("127.0.0.1:18021", Some("backend"))
+            }
+            (PeerKind::Sane | PeerKind::SaneTraced, Mode::Tcp) => ("127.0.0.1:18023", None),
             (PeerKind::Nginx, Mode::Http) => ("127.0.0.1:18001", None),
             (PeerKind::Nginx, Mode::Tcp) => ("127.0.0.1:18003", None),
             (PeerKind::Haproxy, Mode::Http) => ("127.0.0.1:18011", None),
@@ -129,7 +139,7 @@ impl PeerKind {
     pub fn tls_port(self) -> Option<&'static str> {
         match self {
             PeerKind::Direct => None,
-            PeerKind::Sane => Some("127.0.0.1:18022"),
+            PeerKind::Sane | PeerKind::SaneTraced => Some("127.0.0.1:18022"),
             PeerKind::Nginx => Some("127.0.0.1:18002"),
             PeerKind::Haproxy => Some("127.0.0.1:18012"),
         }
@@ -399,13 +409,21 @@ impl Workspace {
                 self.haproxy("haproxy-b", "haproxy-b.cfg")?,
                 self.haproxy("haproxy-a", "haproxy-a.cfg")?,
             ],
-            PeerKind::Sane => {
-                let b = self.config("sane-b.yaml", &[])?;
+            PeerKind::Sane | PeerKind::SaneTraced => {
+                let telemetry = if kind == PeerKind::SaneTraced {
+                    format!(
+                        "  telemetry:\n    - {{ name: bench, tracing: {{ endpoint: \"http://{CLOSED_COLLECTOR}\", sampling_ratio: 1.0 }} }}\n"
+                    )
+                } else {
+                    String::new()
+                };
+                let b = self.config("sane-b.yaml", &[("@TELEMETRY@", &telemetry)])?;
                 let a = self.config(
                     "sane-a.yaml",
                     &[
                         ("@EXTRA_SERVICES@", extra_services),
                         ("@EXTRA_ENDPOINTS@", extra_endpoints),
+                        ("@TELEMETRY@", &telemetry),
                     ],
                 )?;
                 vec![
@@ -619,12 +637,17 @@ mod tests {
     #[test]
     fn entries_differ_per_peer_and_mode() {
         let mut seen = std::collections::BTreeSet::new();
-        for kind in &PeerKind::ALL[1..] {
+        for kind in [PeerKind::Sane, PeerKind::Nginx, PeerKind::Haproxy] {
             for mode in [Mode::Http, Mode::Tcp] {
                 assert!(seen.insert(kind.entry(mode).0));
             }
             assert!(seen.insert(kind.tls_port().unwrap()));
         }
+        // The traced variant is sane with a config change: same entries.
+        assert_eq!(
+            PeerKind::SaneTraced.entry(Mode::Http),
+            PeerKind::Sane.entry(Mode::Http)
+        );
         assert_eq!(PeerKind::Direct.entry(Mode::Tcp).0, BACKEND);
     }
 }

@@ -1,5 +1,5 @@
-//! Endpoint selection among the candidates of one pick (healthy endpoints,
-//! minus those a retry already tried).
+//! Endpoint selection among the eligible endpoints of one pick (healthy
+//! ones, minus those a retry already tried).
 //!
 //! * Peak EWMA (default): power of two random choices on latency. Two
 //!   distinct candidates are drawn at random and the one with the lower
@@ -78,75 +78,120 @@ impl Balancer {
         }
     }
 
-    /// Picks among `candidates` (endpoint indices, sorted); returns the
-    /// position in `candidates`, or `None` if there is none. `load` reads an
+    /// Picks one of the endpoints `0..n` for which `eligible` holds (not
+    /// ejected, not already tried); `None` if none is. `load` reads an
     /// endpoint's load; `key` is the request's hash key, used by consistent
     /// hashing only.
+    ///
+    /// Allocation-free and, while most endpoints are eligible, O(1) for
+    /// P2C and round robin: candidates are drawn (or walked) first and
+    /// checked after, instead of listing the eligible endpoints per pick.
     pub fn pick(
         &self,
-        candidates: &[usize],
+        n: usize,
+        eligible: impl Fn(usize) -> bool,
         load: impl Fn(usize) -> Load,
         key: Option<u64>,
         rng: &mut impl Rng,
     ) -> Option<usize> {
-        match candidates.len() {
-            0 => return None,
-            1 => return Some(0),
-            _ => {}
+        if n <= 1 {
+            return (n == 1 && eligible(0)).then_some(0);
         }
         match self {
-            Balancer::PeakEwma => Some(p2c(candidates, rng, |e| {
+            Balancer::PeakEwma => p2c(n, &eligible, rng, |e| {
                 let l = load(e);
                 l.rtt_ns.max(MIN_RTT_NS) * (l.in_flight as f64 + 1.0) / f64::from(l.weight.max(1))
-            })),
-            Balancer::LeastRequest => Some(p2c(candidates, rng, |e| least_request(&load(e)))),
+            }),
+            Balancer::LeastRequest => p2c(n, &eligible, rng, |e| least_request(&load(e))),
             Balancer::RoundRobin { schedule, next } => {
-                let n = candidates.len();
                 let start = next.fetch_add(1, Ordering::Relaxed);
-                if schedule.is_empty() {
-                    return Some(start % n);
-                }
-                // Skip schedule slots of endpoints that are not candidates;
+                // Skip schedule slots of endpoints that are not eligible;
                 // advancing the shared cursor keeps the others' order.
                 for step in 0..schedule.len() {
-                    let slot = schedule[(start + step) % schedule.len()];
-                    if let Ok(i) = candidates.binary_search(&slot) {
+                    let e = schedule[(start + step) % schedule.len()];
+                    if e < n && eligible(e) {
                         if step > 0 {
                             next.fetch_add(step, Ordering::Relaxed);
                         }
-                        return Some(i);
+                        return Some(e);
                     }
                 }
-                Some(start % n)
+                nth_eligible(n, &eligible, start)
             }
             Balancer::ConsistentHash { ring } => match key {
-                None => Some(p2c(candidates, rng, |e| least_request(&load(e)))),
+                None => p2c(n, &eligible, rng, |e| least_request(&load(e))),
                 Some(k) => {
                     let start = ring.partition_point(|(p, _)| *p < k);
                     (0..ring.len())
                         .map(|i| ring[(start + i) % ring.len()].1)
-                        .find_map(|e| candidates.binary_search(&e).ok())
-                        .or(Some(0))
+                        .find(|e| *e < n && eligible(*e))
+                        .or_else(|| (0..n).find(|e| eligible(*e)))
                 }
             },
         }
     }
 }
 
-/// Power of two choices: the cheaper of two distinct random candidates
-/// (ties go to the first drawn, which is random too).
-fn p2c(c: &[usize], rng: &mut impl Rng, cost: impl Fn(usize) -> f64) -> usize {
-    let n = c.len();
-    let a = rng.random_range(0..n);
-    let mut b = rng.random_range(0..n - 1);
-    if b >= a {
-        b += 1;
+/// Random draws a pick makes before it counts the eligible endpoints
+/// (only when most are ejected or tried).
+const DRAWS: usize = 8;
+
+/// Power of two choices: the cheaper of two distinct random eligible
+/// endpoints (ties go to the first drawn, which is random too); the only
+/// eligible one if there is one.
+fn p2c(
+    n: usize,
+    eligible: &impl Fn(usize) -> bool,
+    rng: &mut impl Rng,
+    cost: impl Fn(usize) -> f64,
+) -> Option<usize> {
+    let a = draw(n, eligible, None, rng)?;
+    let Some(b) = draw(n, eligible, Some(a), rng) else {
+        return Some(a);
+    };
+    Some(if cost(b) < cost(a) { b } else { a })
+}
+
+/// A uniformly random eligible endpoint of `0..n` other than `not`: up to
+/// [`DRAWS`] draws over all of them, then one pass that counts the
+/// eligible ones and takes a random one of those. Both steps are uniform
+/// over the eligible endpoints, so the mix is too.
+fn draw(
+    n: usize,
+    eligible: &impl Fn(usize) -> bool,
+    not: Option<usize>,
+    rng: &mut impl Rng,
+) -> Option<usize> {
+    let range = n - usize::from(not.is_some());
+    if range == 0 {
+        return None;
     }
-    if cost(c[b]) < cost(c[a]) {
-        b
-    } else {
-        a
+    // Draws over `0..n` without `not`: shift past it.
+    let skip = |i: usize| match not {
+        Some(x) if i >= x => i + 1,
+        _ => i,
+    };
+    for _ in 0..DRAWS {
+        let e = skip(rng.random_range(0..range));
+        if eligible(e) {
+            return Some(e);
+        }
     }
+    let ok = |e: &usize| Some(*e) != not && eligible(*e);
+    let m = (0..n).filter(ok).count();
+    if m == 0 {
+        return None;
+    }
+    (0..n).filter(ok).nth(rng.random_range(0..m))
+}
+
+/// The `k mod m`-th of the `m` eligible endpoints.
+fn nth_eligible(n: usize, eligible: &impl Fn(usize) -> bool, k: usize) -> Option<usize> {
+    let m = (0..n).filter(|e| eligible(*e)).count();
+    if m == 0 {
+        return None;
+    }
+    (0..n).filter(|e| eligible(*e)).nth(k % m)
 }
 
 fn least_request(l: &Load) -> f64 {
@@ -236,9 +281,13 @@ mod tests {
         key: Option<u64>,
         rng: &mut StdRng,
     ) -> Option<usize> {
-        let all: Vec<usize> = (0..l.len()).collect();
-        let c = among.unwrap_or(&all);
-        b.pick(c, |e| l[e], key, rng).map(|i| c[i])
+        b.pick(
+            l.len(),
+            |e| among.is_none_or(|a| a.contains(&e)),
+            |e| l[e],
+            key,
+            rng,
+        )
     }
 
     #[test]
@@ -353,6 +402,35 @@ mod tests {
         // Without a key it balances by load.
         let busy = loads(&[(9, 1), (9, 1), (0, 1), (9, 1)]);
         assert_eq!(pick(&b, &busy, Some(&[0, 2]), None, &mut rng), Some(2));
+    }
+
+    #[test]
+    fn picks_only_eligible_endpoints_even_when_few_are() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let l = loads(&[(0, 1); 100]);
+        for b in [
+            Balancer::PeakEwma,
+            Balancer::LeastRequest,
+            Balancer::round_robin(&[1; 100]),
+            Balancer::consistent_hash(
+                &(0..100)
+                    .map(|i| (SocketAddr::from(([10, 0, 0, i as u8], 80)), 1))
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            // One eligible of 100: always it (random draws miss, the count finds it).
+            for k in 0..20 {
+                let key = Some(hash_key(&[k]));
+                assert_eq!(pick(&b, &l, Some(&[37]), key, &mut rng), Some(37));
+            }
+            // Two of 100: both get picks, nothing else does.
+            let picks: Vec<_> = (0..200)
+                .map(|_| pick(&b, &l, Some(&[3, 90]), None, &mut rng).unwrap())
+                .collect();
+            assert!(picks.iter().all(|p| *p == 3 || *p == 90), "{b:?}");
+            assert!(picks.contains(&3) && picks.contains(&90), "{b:?}");
+            assert_eq!(pick(&b, &l, Some(&[]), None, &mut rng), None, "{b:?}");
+        }
     }
 
     #[test]

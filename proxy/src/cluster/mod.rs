@@ -322,23 +322,23 @@ impl Cluster {
         exclude: &[SocketAddr],
         key: Option<u64>,
     ) -> Option<Arc<EndpointState>> {
-        let now = Instant::now();
-        let healthy: Vec<usize> = (0..self.endpoints.len())
-            .filter(|i| !self.endpoints[*i].stats.health.is_ejected(now))
-            .collect();
-        let fresh: Vec<usize> = healthy
-            .iter()
-            .copied()
-            .filter(|i| !exclude.contains(&self.endpoints[*i].connect_addr))
-            .collect();
-        let candidates = if fresh.is_empty() { healthy } else { fresh };
-        let i = self.balancer.pick(
-            &candidates,
-            |e| self.endpoints[e].load(),
-            key,
-            &mut rand::rng(),
-        )?;
-        Some(self.endpoints[candidates[i]].clone())
+        // Read the clock only if some endpoint may be ejected.
+        let now = std::cell::OnceCell::new();
+        let eps = &self.endpoints;
+        let healthy = |i: usize| {
+            let h = &eps[i].stats.health;
+            !h.may_be_ejected() || !h.is_ejected(*now.get_or_init(Instant::now))
+        };
+        let fresh = |i: usize| healthy(i) && !exclude.contains(&eps[i].connect_addr);
+        let load = |i: usize| eps[i].load();
+        let mut rng = rand::rng();
+        // Tried endpoints only when no healthy untried one is left.
+        let i = if exclude.is_empty() || (0..eps.len()).any(fresh) {
+            self.balancer.pick(eps.len(), fresh, load, key, &mut rng)
+        } else {
+            self.balancer.pick(eps.len(), healthy, load, key, &mut rng)
+        }?;
+        Some(eps[i].clone())
     }
 
     /// The request's consistent-hash key: its `hash_header` value.

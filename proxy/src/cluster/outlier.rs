@@ -166,6 +166,12 @@ impl Outcome {
 // === impl EndpointHealth ===
 
 impl EndpointHealth {
+    /// False unless an ejection may be running: a lock-free check that
+    /// lets a pick skip reading the clock for [`EndpointHealth::is_ejected`].
+    pub fn may_be_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
     /// True while an ejection runs; ends it once its time has passed.
     pub fn is_ejected(&self, now: Instant) -> bool {
         if !self.ejected.load(Ordering::Acquire) {
