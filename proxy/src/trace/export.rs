@@ -7,6 +7,12 @@
 //! unreachable collector only slows that task: requests never wait for it.
 //! When the settings change the old queue's sender is dropped, so its task
 //! exports what is left and ends.
+//!
+//! After a failed export the task waits (100 ms, doubling to 5 s, reset by a
+//! success) before the next one: without it, an unreachable collector turns
+//! the task into a loop of one-span batches and refused connects that takes
+//! CPU from the data path. Spans keep queueing meanwhile, and a full queue
+//! drops them (counted).
 
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
@@ -20,6 +26,15 @@ use tokio::sync::mpsc;
 const MAX_BATCH: usize = 512;
 /// How long one export may take before it counts as failed.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait after a failed export.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest wait between failed exports.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The wait after a failed export that followed a wait of `previous`.
+fn next_backoff(previous: Option<Duration>) -> Duration {
+    previous.map_or(BACKOFF_START, |p| (p * 2).min(BACKOFF_MAX))
+}
 
 /// Counters of the span and access-log pipelines.
 #[derive(Clone, Debug)]
@@ -141,23 +156,46 @@ async fn run(
             .build(),
     );
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut backoff = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let n = batch.len() as u64;
         let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let sent = tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await;
-        match sent {
-            Ok(Ok(())) => metrics.spans.with_label_values(&["exported"]).inc_by(n),
-            Ok(Err(e)) => {
-                metrics.export_failures.inc();
-                metrics.spans.with_label_values(&["failed"]).inc_by(n);
-                tracing::debug!(endpoint = %config.endpoint, error = %e, "span export failed");
+        let failure = match sent {
+            Ok(Ok(())) => {
+                metrics.spans.with_label_values(&["exported"]).inc_by(n);
+                backoff = None;
+                continue;
             }
-            Err(_) => {
-                metrics.export_failures.inc();
-                metrics.spans.with_label_values(&["failed"]).inc_by(n);
-                tracing::debug!(endpoint = %config.endpoint, "span export timed out");
-            }
-        }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        metrics.export_failures.inc();
+        metrics.spans.with_label_values(&["failed"]).inc_by(n);
+        let wait = next_backoff(backoff);
+        backoff = Some(wait);
+        tracing::debug!(endpoint = %config.endpoint, error = %failure, retry_in = ?wait, "span export failed");
+        tokio::time::sleep(wait).await; // allow-sleep: backoff after a failed export, off the data path
     }
     let _ = exporter.shutdown();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_exports_back_off_doubling_up_to_the_cap() {
+        let mut wait = None;
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let next = next_backoff(wait);
+            seen.push(next);
+            wait = Some(next);
+        }
+        assert_eq!(seen[0], BACKOFF_START);
+        assert_eq!(seen[1], BACKOFF_START * 2);
+        assert!(seen.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*seen.last().unwrap(), BACKOFF_MAX);
+    }
 }
