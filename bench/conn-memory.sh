@@ -38,10 +38,11 @@ if [ "$heaptrack" -eq 1 ]; then
   fi
   out=/tmp/sane-conn-memory/heaptrack
   rm -f "$out".*
-  target/release/conn-memory --wrap heaptrack -o "$out" "${tool_args[@]}"
+  # --wrap takes the rest of the command line: the tool's own arguments first.
+  target/release/conn-memory "${tool_args[@]}" --wrap heaptrack -o "$out"
   file=$(ls "$out".* | head -n1)
   # Peak memory by allocation site (the peak is with the connections open).
   heaptrack_print -f "$file" --print-peaks 1 --print-allocators 0 \
     --print-temporary 0 --print-leaks 0 --peak-limit 15 \
-    --sub-peak-limit 4 | sed -n '/MOST MEMORY CONSUMED/,$p'
+    --sub-peak-limit 4 | sed -n '/PEAK MEMORY CONSUMERS/,$p' | grep -v '^ *in /'
 fi

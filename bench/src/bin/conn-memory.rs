@@ -43,7 +43,8 @@ struct Args {
     /// of an idle connection) is counted as it would be on a real server.
     #[arg(long, default_value = "2", value_parser = secs)]
     settle: Duration,
-    /// Run the proxy under this command (e.g. `heaptrack -o FILE`).
+    /// Run the proxy under this command (e.g. `heaptrack -o FILE`); takes
+    /// the rest of the command line, so it goes last.
     #[arg(long, allow_hyphen_values = true, num_args = 1..)]
     wrap: Vec<String>,
     /// Scratch directory for the config and the proxy's log (`proxy.log`).
