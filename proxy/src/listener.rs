@@ -11,10 +11,12 @@
 use crate::conn;
 use crate::drain::Drain;
 use crate::error::StartError;
-use crate::protocol::server::{Framed, HttpLimits};
-use crate::stack::{self, StackContext};
+use crate::protocol::server::{serve_http, Framed, HttpLimits};
+use crate::stack::{self, HttpSvc, StackContext};
 use crate::transparent::{self, InterceptMetrics};
-use prometheus::IntCounter;
+use futures::future::Either;
+use futures::FutureExt;
+use prometheus::{IntCounter, IntGauge};
 use sane_xds_proto::{ConnectionLimits, Direction, Listener, Protocol};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -100,48 +102,105 @@ impl BoundListener {
         };
         accept_loop(&self.socket, &self.name, accept, &drain, |stream, peer| {
             let span = tracing::info_span!("conn", listener = %name, %peer);
-            let ctx = ctx.clone();
+            let active = Active::new(&active);
             let d = drain.clone();
-            let active = active.clone();
-            let svc = outbound_http.clone();
-            let name = name.clone();
-            let intercepted = self.intercepted.clone();
-            let limits = limits.clone();
-            let conn = async move {
-                active.inc();
-                match (direction, protocol) {
-                    (Direction::Outbound, _) if transparent => {
-                        transparent::outbound(stream, &name, svc, &ctx, d, &limits, &intercepted)
-                            .await
-                    }
-                    (Direction::Outbound, Protocol::Tcp) => {
-                        conn::outbound_tcp(stream, &name, &ctx).await
-                    }
-                    (Direction::Outbound, _) => {
-                        crate::protocol::server::serve_http(stream, svc, Framed::Auto, &limits, d)
-                            .await
-                    }
-                    (Direction::Inbound, _) => {
-                        let target = ctx.config.load().inbound.get(&name).cloned();
-                        // Where a redirected plain client was going
-                        // selects the workload port.
-                        let original = transparent
-                            .then(|| transparent::redirected_to(&stream))
-                            .flatten()
-                            .map(|dst| dst.port());
-                        match target {
-                            Some(t) => {
-                                conn::inbound(stream, peer, t, original, ctx, d, limits).await
-                            }
-                            None => tracing::warn!("inbound listener has no target; closing"),
-                        }
-                    }
+            // The plain outbound HTTP connection (the common one) is served
+            // inline and captures only what it needs; the other kinds are
+            // boxed, so every connection's task is sized for its own kind,
+            // not for the largest (TLS, detection, transparent) path.
+            let conn = match (direction, protocol) {
+                (Direction::Outbound, Protocol::Http) if !transparent => {
+                    let (svc, limits) = (outbound_http.clone(), limits.clone());
+                    Either::Left(async move {
+                        serve_http(stream, svc, Framed::Auto, &limits, d).await;
+                    })
                 }
-                active.dec();
+                _ => Either::Right(Box::pin(serve_other(
+                    stream,
+                    peer,
+                    Kind {
+                        direction,
+                        protocol,
+                        transparent,
+                    },
+                    ctx.clone(),
+                    name.clone(),
+                    outbound_http.clone(),
+                    self.intercepted.clone(),
+                    limits.clone(),
+                    d,
+                ))),
             };
-            Some(conn.instrument(span))
+            // A combinator, not an `async` block: a block awaiting a
+            // captured future stores it twice in the task.
+            let conn = conn.map(move |()| drop(active)).instrument(span);
+            tracing::debug!(
+                future_bytes = std::mem::size_of_val(&conn),
+                "connection task"
+            );
+            Some(conn)
         })
         .await;
+    }
+}
+
+/// What a listener's connections carry.
+#[derive(Clone, Copy, Debug)]
+struct Kind {
+    direction: Direction,
+    protocol: Protocol,
+    transparent: bool,
+}
+
+/// Serves a connection of every kind but plain outbound HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn serve_other(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    ctx: StackContext,
+    name: String,
+    svc: HttpSvc,
+    intercepted: InterceptMetrics,
+    limits: Arc<HttpLimits>,
+    d: Drain,
+) {
+    match (kind.direction, kind.protocol) {
+        (Direction::Outbound, _) if kind.transparent => {
+            transparent::outbound(stream, &name, svc, &ctx, d, &limits, &intercepted).await
+        }
+        (Direction::Outbound, Protocol::Tcp) => conn::outbound_tcp(stream, &name, &ctx).await,
+        (Direction::Outbound, _) => serve_http(stream, svc, Framed::Auto, &limits, d).await,
+        (Direction::Inbound, _) => {
+            let target = ctx.config.load().inbound.get(&name).cloned();
+            // Where a redirected plain client was going selects the
+            // workload port.
+            let original = kind
+                .transparent
+                .then(|| transparent::redirected_to(&stream))
+                .flatten()
+                .map(|dst| dst.port());
+            match target {
+                Some(t) => conn::inbound(stream, peer, t, original, ctx, d, limits).await,
+                None => tracing::warn!("inbound listener has no target; closing"),
+            }
+        }
+    }
+}
+
+/// Counts a connection in `sane_connections_active` while it lives.
+struct Active(IntGauge);
+
+impl Active {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -193,10 +252,9 @@ pub async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         if let Some(fut) = serve(stream, peer) {
-            drain.spawn(async move {
-                fut.await;
-                drop(slot);
-            });
+            // `map`, not an `async` block awaiting `fut`: that would keep
+            // two copies of `fut` in the task.
+            drain.spawn(fut.map(move |()| drop(slot)));
         }
     }
     tracing::info!(listener = %name, "stopped accepting");

@@ -12,6 +12,17 @@
 //!   gracefully (HTTP/1 at once, HTTP/2 with `GOAWAY`);
 //! * drain: in-flight requests finish, then the connection closes.
 //!
+//! An HTTP/1 connection idle for [`PARK_AFTER`] is *parked*: hyper's
+//! connection (its 8 KiB read and write buffers, parser state and the
+//! service) is dropped and only the socket is kept, waiting for the next
+//! byte with the idle timer and the drain still watched; that byte resumes
+//! a fresh HTTP/1 connection. hyper is told to stop with an end of file on
+//! a read that would block, and only when that is safe: no request in
+//! flight or started, the response flushed, and the bytes read so far
+//! ending with a complete request head (so hyper holds no unparsed bytes).
+//! An idle keep-alive connection thus costs its socket and a small task
+//! instead of ~20 KiB.
+//!
 //! hyper's own HTTP/1 header timer is not used: it also runs while a
 //! keep-alive connection waits for its next request, which would make the
 //! header timeout an idle timeout and close clients' pooled connections
@@ -41,6 +52,11 @@ const REQUEST_TIMEOUT: &[u8] =
 
 /// No timestamp recorded.
 const UNSET: u64 = u64::MAX;
+
+/// How long an HTTP/1 connection is idle before hyper's connection is
+/// dropped and only the socket kept (see the module docs). Long enough that
+/// a client sending requests back to back never pays for re-creating it.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// How a connection is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +93,7 @@ pub struct LimitMetrics {
     connections_rejected: IntCounterVec,
     requests_rejected: IntCounterVec,
     idle_closed: IntCounterVec,
+    parked: IntCounterVec,
 }
 
 /// [`LimitMetrics`] resolved for one listener.
@@ -87,6 +104,7 @@ pub struct LimitCounters {
     header_too_large: IntCounter,
     header_timeout: IntCounter,
     idle_closed: IntCounter,
+    parked: IntCounter,
 }
 
 /// What the connection's watcher and its I/O share.
@@ -99,18 +117,33 @@ struct ConnState {
     head_since: AtomicU64,
     /// When (ms after `started`) the last request finished.
     idle_since: AtomicU64,
-    /// The connection speaks HTTP/2 (no head timer).
+    /// The connection speaks HTTP/2 (no head timer, never parked).
     h2: AtomicBool,
+    /// A request asked to switch protocols: never parked.
+    upgrade: AtomicBool,
+    /// The watcher asks the I/O to park the connection at the next read
+    /// that would block.
+    park: AtomicBool,
+    /// The I/O answered hyper's read with the end of file that parks it.
+    parked: AtomicBool,
+    /// A flush completed after the last response ended (so hyper's write
+    /// buffer is empty).
+    flushed: AtomicBool,
     changed: Notify,
 }
 
-/// The connection's I/O, shared so a `408` can still be written after
-/// hyper gave the connection up.
+/// The connection's I/O, shared so a `408` can still be written, and a
+/// parked connection resumed, after hyper gave the connection up.
 struct Watched<I> {
     io: Arc<Mutex<I>>,
     state: Arc<ConnState>,
     /// First bytes, to tell the HTTP/2 preface from an HTTP/1 request.
-    prefix: Vec<u8>,
+    prefix: [u8; 4],
+    prefix_len: u8,
+    /// The byte that resumed a parked connection, not yet given to hyper.
+    first: Option<u8>,
+    /// The last four bytes given to hyper.
+    tail: [u8; 4],
 }
 
 /// Keeps a request counted as in flight until dropped.
@@ -119,6 +152,14 @@ struct InFlight(Arc<ConnState>);
 enum Ended {
     Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
     HeadTimeout,
+}
+
+/// What a parked connection waited for.
+enum Woke {
+    /// The next request's first byte.
+    Byte(u8),
+    /// The client closed, the idle timeout or the drain: close.
+    Close,
 }
 
 /// Serves HTTP on `io` with `svc` under `limits`, until the client closes,
@@ -133,12 +174,36 @@ pub async fn serve_http<I: Io>(
 ) {
     let state = Arc::new(ConnState::new(framed == Framed::Http2));
     let io = Arc::new(Mutex::new(io));
-    let watched = Watched {
-        io: io.clone(),
-        state: state.clone(),
-        prefix: Vec::with_capacity(4),
+    let (mut framed, mut first) = (framed, None);
+    let ended = loop {
+        let watched = Watched {
+            io: io.clone(),
+            state: state.clone(),
+            prefix: [0; 4],
+            // A resumed connection is known to be HTTP/1.
+            prefix_len: if first.is_some() { 4 } else { 0 },
+            first,
+            tail: [0; 4],
+        };
+        // Boxed: while parked, hyper's connection state is freed, not kept
+        // inline in this task.
+        let ended = Box::pin(run(watched, svc.clone(), framed, limits, &state, &drain)).await;
+        if !matches!(ended, Ended::Closed(Ok(()))) || !state.parked.load(Ordering::Acquire) {
+            break ended;
+        }
+        limits.counters.parked.inc();
+        tracing::trace!("idle HTTP/1 connection parked");
+        match park(&io, &state, limits, &drain).await {
+            Woke::Byte(b) => {
+                state.resume();
+                (framed, first) = (Framed::Http1, Some(b));
+            }
+            Woke::Close => {
+                shutdown(io).await;
+                return;
+            }
+        }
     };
-    let ended = run(watched, svc, framed, limits, &state, &drain).await;
     let c = &limits.counters;
     match ended {
         Ended::Closed(Ok(())) => {}
@@ -162,6 +227,47 @@ pub async fn serve_http<I: Io>(
                 let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
             }
         }
+    }
+}
+
+/// Waits, with hyper's connection dropped, for the next byte of a parked
+/// connection, while the idle timeout and the drain still apply (either
+/// closes it, as hyper closes an idle HTTP/1 connection).
+async fn park<I: Io>(
+    io: &Arc<Mutex<I>>,
+    state: &ConnState,
+    limits: &HttpLimits,
+    drain: &Drain,
+) -> Woke {
+    let mut byte = [0u8; 1];
+    let read = std::future::poll_fn(|cx| {
+        let mut io = io.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = ReadBuf::new(&mut byte);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len()),
+            Poll::Ready(Err(_)) => Poll::Ready(0),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    let idle_at = state.at(state.idle_since.load(Ordering::Acquire)) + limits.idle_timeout;
+    tokio::select! {
+        n = read => match n {
+            1 => Woke::Byte(byte[0]),
+            _ => Woke::Close,
+        },
+        _ = drain.signaled() => Woke::Close,
+        _ = tokio::time::sleep_until(idle_at) => {
+            limits.counters.idle_closed.inc();
+            Woke::Close
+        }
+    }
+}
+
+/// Closes a connection hyper no longer holds (TLS: `close_notify`).
+async fn shutdown<I: Io>(io: Arc<Mutex<I>>) {
+    if let Ok(io) = Arc::try_unwrap(io) {
+        let mut io = io.into_inner().unwrap_or_else(|p| p.into_inner());
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     }
 }
 
@@ -194,6 +300,10 @@ macro_rules! watch {
                         $limits.counters.idle_closed.inc();
                         conn.as_mut().graceful_shutdown();
                         closing = true;
+                    } else if !closing && $state.park_due(now) {
+                        // hyper's next read (this loop polls it again)
+                        // ends its connection if parking is safe.
+                        $state.park.store(true, Ordering::Release);
                     }
                 }
             }
@@ -210,8 +320,13 @@ async fn run<I: Io>(
     drain: &Drain,
 ) -> Ended {
     let conn_state = state.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let svc = svc.clone();
+        if req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE)
+        {
+            conn_state.upgrade.store(true, Ordering::Release);
+        }
         let guard = InFlight::start(&conn_state);
         async move {
             let rsp = stack::serve(svc, req).await;
@@ -292,6 +407,12 @@ impl LimitMetrics {
                 "Downstream connections closed by the idle timeout, by listener.",
                 &["listener"],
             )?,
+            parked: counter(
+                "sane_http_connections_parked_total",
+                "Times an idle HTTP/1 downstream connection released its HTTP \
+                 state and buffers until its next request, by listener.",
+                &["listener"],
+            )?,
         })
     }
 
@@ -306,6 +427,7 @@ impl LimitMetrics {
                 .requests_rejected
                 .with_label_values(&[listener, "header_timeout"]),
             idle_closed: self.idle_closed.with_label_values(&[listener]),
+            parked: self.parked.with_label_values(&[listener]),
         }
     }
 }
@@ -320,6 +442,10 @@ impl ConnState {
             head_since: AtomicU64::new(UNSET),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(h2),
+            upgrade: AtomicBool::new(false),
+            park: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -361,10 +487,46 @@ impl ConnState {
         };
         let idle = (!closing && self.in_flight.load(Ordering::Acquire) == 0)
             .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout);
-        match (head, idle) {
-            (Some(h), Some(i)) => Some(h.min(i)),
-            (h, i) => h.or(i),
-        }
+        let park = (!closing && head.is_none() && self.parkable())
+            .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + PARK_AFTER);
+        [head, idle, park].into_iter().flatten().min()
+    }
+
+    /// Parking may be asked for: an HTTP/1 connection without a request in
+    /// flight, not asked yet since its last request.
+    fn parkable(&self) -> bool {
+        !self.h2.load(Ordering::Relaxed)
+            && !self.upgrade.load(Ordering::Acquire)
+            && !self.park.load(Ordering::Acquire)
+            && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn park_due(&self, now: Instant) -> bool {
+        self.parkable()
+            && self.head_since.load(Ordering::Acquire) == UNSET
+            && now >= self.at(self.idle_since.load(Ordering::Acquire)) + PARK_AFTER
+    }
+
+    /// A read would block: true if hyper may be handed an end of file that
+    /// parks the connection (asked for, no request started or in flight,
+    /// the last response flushed, the last bytes read a complete head).
+    fn may_park(&self, tail: &[u8; 4]) -> bool {
+        self.park.load(Ordering::Acquire)
+            && !self.h2.load(Ordering::Relaxed)
+            && !self.upgrade.load(Ordering::Acquire)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == UNSET
+            && self.flushed.load(Ordering::Acquire)
+            && tail == b"\r\n\r\n"
+    }
+
+    /// A parked connection got its next byte: a fresh hyper connection
+    /// serves it.
+    fn resume(&self) {
+        self.park.store(false, Ordering::Release);
+        self.parked.store(false, Ordering::Release);
+        self.flushed.store(false, Ordering::Release);
+        self.on_read();
     }
 
     fn head_expired(&self, now: Instant, timeout: Duration) -> bool {
@@ -387,6 +549,8 @@ impl InFlight {
     fn start(state: &Arc<ConnState>) -> Self {
         state.in_flight.fetch_add(1, Ordering::AcqRel);
         state.head_since.store(UNSET, Ordering::Release);
+        state.park.store(false, Ordering::Release);
+        state.flushed.store(false, Ordering::Release);
         state.changed.notify_one();
         Self(state.clone())
     }
@@ -397,12 +561,37 @@ impl Drop for InFlight {
         let s = &self.0;
         s.idle_since.store(s.now_ms(), Ordering::Release);
         if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Only a flush after this point proves the response written.
+            s.flushed.store(false, Ordering::Release);
             s.changed.notify_one();
         }
     }
 }
 
 // === impl Watched ===
+
+impl<I> Watched<I> {
+    /// Bytes given to hyper: HTTP/2 detection, the head timer, the tail.
+    fn on_bytes(&mut self, read: &[u8]) {
+        let have = self.prefix_len as usize;
+        if have < 4 {
+            let take = (4 - have).min(read.len());
+            self.prefix[have..have + take].copy_from_slice(&read[..take]);
+            self.prefix_len += take as u8;
+            // "PRI " starts the HTTP/2 preface and no HTTP/1 request.
+            if self.prefix_len == 4 && &self.prefix == b"PRI " {
+                self.state.set_h2();
+            }
+        }
+        if read.len() >= 4 {
+            self.tail.copy_from_slice(&read[read.len() - 4..]);
+        } else {
+            self.tail.rotate_left(read.len());
+            self.tail[4 - read.len()..].copy_from_slice(read);
+        }
+        self.state.on_read();
+    }
+}
 
 impl<I: Io> AsyncRead for Watched<I> {
     fn poll_read(
@@ -411,24 +600,30 @@ impl<I: Io> AsyncRead for Watched<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let polled = {
-            let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-            Pin::new(&mut *io).poll_read(cx, buf)
+        let polled = match self.first.take() {
+            Some(b) if buf.remaining() > 0 => {
+                buf.put_slice(&[b]);
+                Poll::Ready(Ok(()))
+            }
+            first => {
+                self.first = first;
+                let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+                Pin::new(&mut *io).poll_read(cx, buf)
+            }
         };
         let read = &buf.filled()[before..];
-        if matches!(polled, Poll::Ready(Ok(()))) && !read.is_empty() {
-            if self.prefix.len() < 4 {
-                let take = (4 - self.prefix.len()).min(read.len());
-                let first = read[..take].to_vec();
-                self.prefix.extend_from_slice(&first);
-                // "PRI " starts the HTTP/2 preface and no HTTP/1 request.
-                if self.prefix == b"PRI " {
-                    self.state.set_h2();
-                }
+        match polled {
+            Poll::Ready(Ok(())) if !read.is_empty() => {
+                self.on_bytes(read);
+                polled
             }
-            self.state.on_read();
+            Poll::Pending if self.state.may_park(&self.tail) => {
+                // An end of file: hyper ends its idle connection cleanly.
+                self.state.parked.store(true, Ordering::Release);
+                Poll::Ready(Ok(()))
+            }
+            polled => polled,
         }
-        polled
     }
 }
 
@@ -457,11 +652,24 @@ impl<I: Io> AsyncWrite for Watched<I> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
-        Pin::new(&mut *io).poll_flush(cx)
+        let flushed = {
+            let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *io).poll_flush(cx)
+        };
+        // hyper flushes the I/O only once its own buffer is written out.
+        if matches!(flushed, Poll::Ready(Ok(())))
+            && self.state.in_flight.load(Ordering::Acquire) == 0
+        {
+            self.state.flushed.store(true, Ordering::Release);
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A parked connection stays open without hyper.
+        if self.state.parked.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
         let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         Pin::new(&mut *io).poll_shutdown(cx)
     }
@@ -558,6 +766,106 @@ mod tests {
         served.await.unwrap();
         let c = metrics.for_listener("l");
         assert_eq!((c.idle_closed.get(), c.header_timeout.get()), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_is_parked_and_resumed() {
+        let (l, metrics) = limits();
+        let c = metrics.for_listener("l");
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let served = serve_with(server, ok(), Framed::Auto, l.clone());
+        let mut buf = vec![0u8; 1024];
+        for parked in 1..=3 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+            assert!(buf[..n].ends_with(b"ok"), "{:?}", &buf[..n]);
+            tokio::time::sleep(PARK_AFTER * 2).await;
+            assert_eq!(c.parked.get(), parked);
+        }
+        // A resumed connection still has the head timer: a head started
+        // and not finished gets 408.
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        served.await.unwrap();
+        assert_eq!((c.header_timeout.get(), c.idle_closed.get()), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pipelined_partial_head_is_not_lost_to_parking() {
+        let (l, metrics) = limits();
+        let c = metrics.for_listener("l");
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        serve_with(server, ok(), Framed::Http1, l);
+        // The first request and the start of the second in one write.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        // hyper holds the partial head: the connection is not parked.
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked.get(), 0);
+        client.write_all(b"st: a\r\n\r\n").await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_closes_at_the_drain() {
+        let (l, metrics) = limits();
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let drain = Drain::default();
+        let d = drain.clone();
+        let served = tokio::spawn(async move {
+            serve_http(server, ok(), Framed::Auto, &l, d).await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(metrics.for_listener("l").parked.get(), 1);
+        drain.start();
+        assert_eq!(read_all(&mut client).await, "", "closed silently");
+        served.await.unwrap();
+    }
+
+    #[test]
+    fn the_connection_future_is_small() {
+        let (l, _) = limits();
+        let (_client, server) = tokio::io::duplex(1024);
+        let fut = serve_http(server, ok(), Framed::Auto, &l, Drain::default());
+        let (_client, server) = tokio::io::duplex(1024);
+        let (state, drain) = (Arc::new(ConnState::new(false)), Drain::default());
+        let watched = Watched {
+            io: Arc::new(Mutex::new(server)),
+            state: state.clone(),
+            prefix: [0; 4],
+            prefix_len: 0,
+            first: None,
+            tail: [0; 4],
+        };
+        let run = run(watched, ok(), Framed::Auto, &l, &state, &drain);
+        println!(
+            "serve_http future: {} bytes; hyper's connection (boxed, freed while parked): {} bytes",
+            std::mem::size_of_val(&fut),
+            std::mem::size_of_val(&run)
+        );
+        // hyper's connection lives in its own allocation, not in every
+        // connection's task.
+        assert!(std::mem::size_of_val(&fut) < 1024);
     }
 
     #[tokio::test]

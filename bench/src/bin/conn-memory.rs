@@ -1,0 +1,251 @@
+//! `conn-memory`: what one idle keep-alive client connection costs a
+//! sidecar.
+//!
+//! Starts one `sane-proxy` with a minimal static config (an outbound HTTP
+//! listener routing `Host: backend` straight to a tiny in-process HTTP/1.1
+//! backend answering `200 ok`), measures its memory idle, then opens
+//! `--conns` client connections that each send one keep-alive request, read
+//! the answer and stay open, and measures again; then closes them and
+//! measures a third time. Memory is `VmRSS` and the `Pss` of
+//! `/proc/PID/smaps_rollup`; the difference divided by the connection count
+//! is the cost per connection.
+//!
+//! `--wrap heaptrack` runs the proxy under a wrapper command instead (the
+//! memory figures are then the wrapper's and not printed); the proxy is
+//! stopped through its admin `POST /drain` so the wrapper sees a clean exit.
+//! `bench/conn-memory.sh` builds the binaries and runs both.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use sane_bench::procfs;
+use sane_bench::topology::{http, idle_connections, poll};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(name = "conn-memory", about = "Memory per idle keep-alive connection")]
+struct Args {
+    /// The proxy binary.
+    #[arg(long, default_value = "target/release/sane-proxy")]
+    proxy: PathBuf,
+    /// Idle client connections to open.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// The proxy's `--workers`.
+    #[arg(long, default_value_t = 1)]
+    workers: u32,
+    /// Time between opening the connections and reading the memory, so
+    /// per-connection work that happens after a request (releasing buffers
+    /// of an idle connection) is counted as it would be on a real server.
+    #[arg(long, default_value = "2", value_parser = secs)]
+    settle: Duration,
+    /// Run the proxy under this command (e.g. `heaptrack -o FILE`); takes
+    /// the rest of the command line, so it goes last.
+    #[arg(long, allow_hyphen_values = true, num_args = 1..)]
+    wrap: Vec<String>,
+    /// Scratch directory for the config and the proxy's log (`proxy.log`).
+    #[arg(long, default_value = "/tmp/sane-conn-memory")]
+    work_dir: PathBuf,
+}
+
+fn secs(s: &str) -> Result<Duration, std::num::ParseFloatError> {
+    s.parse::<f64>().map(Duration::from_secs_f64)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    fs::create_dir_all(&args.work_dir)?;
+    let backend = spawn_backend()?;
+    let config = args.work_dir.join("sane.yaml");
+    fs::write(&config, config_yaml(backend))?;
+
+    let mut cmd = match args.wrap.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(&args.proxy);
+            c
+        }
+        None => Command::new(&args.proxy),
+    };
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--workers")
+        .arg(args.workers.to_string())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(args.work_dir.join("proxy.log"))?);
+    let mut proxy = Proxy(cmd.spawn().context("starting sane-proxy")?);
+    let (entry, admin) = proxy.addresses()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    poll(deadline, || {
+        let (status, body) = http(&entry, "GET", "/", Some("backend"), None)?;
+        if status != 200 || body != "ok" {
+            bail!("{status} {body}");
+        }
+        Ok(())
+    })
+    .context("waiting for the proxy to serve")?;
+    // A few requests so the upstream pool and the lazily built state exist
+    // before the idle figure.
+    for _ in 0..10 {
+        http(&entry, "GET", "/", Some("backend"), None)?;
+    }
+    let pid = proxy.0.id();
+    let measured = args.wrap.is_empty();
+    settle(args.settle);
+    let idle = procfs::memory(&[pid]);
+    let opened = Instant::now();
+    let conns = idle_connections(&entry, Some("backend"), args.conns)
+        .context("opening the idle client connections")?;
+    let open_secs = opened.elapsed().as_secs_f64();
+    let at_once = procfs::memory(&[pid]);
+    settle(args.settle);
+    let with = procfs::memory(&[pid]);
+    drop(conns);
+    settle(args.settle);
+    let closed = procfs::memory(&[pid]);
+
+    // Drain: the proxy exits 0, so a wrapper (heaptrack) writes its data.
+    let _ = http(&admin, "POST", "/drain", None, None);
+    let exit = proxy.wait(Duration::from_secs(30))?;
+    if !measured {
+        println!("proxy ran under {:?}; exit {exit}", args.wrap);
+        return Ok(());
+    }
+    let n = args.conns as f64;
+    let per = |a: f64, b: f64| (b - a) * 1024.0 / n;
+    println!(
+        "{} connections opened in {open_secs:.2} s; settle {:.1} s; workers {}",
+        args.conns,
+        args.settle.as_secs_f64(),
+        args.workers
+    );
+    println!();
+    println!("| | RSS (MiB) | PSS (MiB) | private (MiB) |");
+    println!("|---|---|---|---|");
+    for (label, m) in [
+        ("idle", idle),
+        ("right after opening", at_once),
+        ("with the connections (settled)", with),
+        ("after closing them", closed),
+    ] {
+        println!(
+            "| {label} | {:.1} | {:.1} | {:.1} |",
+            m.rss, m.pss, m.private
+        );
+    }
+    println!();
+    println!(
+        "per connection: RSS {:.1} KiB, PSS {:.1} KiB (settled); RSS {:.1} KiB right after opening",
+        per(idle.rss, with.rss),
+        per(idle.pss, with.pss),
+        per(idle.rss, at_once.rss),
+    );
+    Ok(())
+}
+
+fn settle(d: Duration) {
+    // allow-sleep: a measurement interval (let the proxy reach its idle
+    // state), not waiting for readiness.
+    std::thread::sleep(d);
+}
+
+fn config_yaml(backend: u16) -> String {
+    format!(
+        r#"# conn-memory: one outbound HTTP listener, the backend without a sidecar.
+node: {{ id: conn-memory, namespace: default, workload: conn-memory }}
+admin: {{ address: "127.0.0.1:0" }}
+drain_timeout: 1s
+resources:
+  listeners:
+    - {{ name: outbound, direction: outbound, protocol: http, address: "127.0.0.1:0" }}
+  services:
+    - name: backend
+      ports:
+        - {{ name: http, port: 80, target_port: {backend}, protocol: http }}
+  endpoints:
+    - {{ service: backend, address: 127.0.0.1 }}
+"#
+    )
+}
+
+/// A keep-alive HTTP/1.1 server answering every request `200 ok`, one
+/// thread per connection (the proxy opens few).
+fn spawn_backend() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_backend(stream));
+        }
+    });
+    Ok(port)
+}
+
+fn serve_backend(mut s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            let rsp = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(rsp).is_err() {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// The proxy process, killed if still running when dropped.
+struct Proxy(Child);
+
+impl Proxy {
+    /// The outbound listener's and the admin server's addresses, from the
+    /// proxy's `listening name=… addr=…` lines.
+    fn addresses(&mut self) -> Result<(String, String)> {
+        let out = self.0.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(out).lines();
+        let (mut entry, mut admin) = (None, None);
+        while entry.is_none() || admin.is_none() {
+            let line = lines
+                .next()
+                .context("the proxy exited before listening")??;
+            let Some(rest) = line.strip_prefix("listening name=") else {
+                continue;
+            };
+            let (name, addr) = rest.split_once(" addr=").context("bad listening line")?;
+            match name {
+                "outbound" => entry = Some(addr.to_string()),
+                "admin" => admin = Some(addr.to_string()),
+                _ => {}
+            }
+        }
+        // Keep reading (and discarding) stdout so the proxy never blocks on it.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok((entry.unwrap_or_default(), admin.unwrap_or_default()))
+    }
+
+    fn wait(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        poll(deadline, || {
+            self.0
+                .try_wait()?
+                .context("the proxy is still running after the drain")
+        })
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
