@@ -17,6 +17,8 @@
 //! outbound, the context goes into the request's extensions and
 //! [`crate::trace::attempt`] writes each attempt's context upstream.
 //!
+//! Proxied TCP connections get their access-log line from [`tcp::TcpLog`].
+//!
 //! Peer metadata: inbound, the caller's workload name arrives in
 //! [`SOURCE_WORKLOAD_HEADER`] and the local one goes back in
 //! [`DESTINATION_WORKLOAD_HEADER`]; each side trusts the other's header
@@ -25,6 +27,7 @@
 //! the connection the response came over ([`UpstreamPeer`]).
 
 pub mod body;
+pub(crate) mod tcp;
 
 use self::body::{BodyEnd, BodyOutcome, ByteCount, CountingBody, ObservedBody};
 use crate::access_log::AccessLog;
@@ -402,6 +405,7 @@ impl Exchange {
             bytes_received: sizes.request,
             bytes_sent: sizes.response,
             upstream_service: self.service.clone(),
+            upstream_host: String::new(),
             source_principal: self.source_principal.clone(),
             destination_principal: self.destination_principal.clone(),
         });
