@@ -14,7 +14,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sane_e2e::echo::proto::EchoRequest;
-use sane_e2e::harness::http::{get, http1_client_via, request, send, streamed, Reply};
+use sane_e2e::harness::http::{
+    get, http1_client_via, request, send, streamed, tcp_roundtrip, Reply,
+};
 use sane_e2e::harness::{
     bins, echo_service, eventually, metric_value, xds_bootstrap, ApiClient, ControlPlane, EchoApp,
     OtlpReceiver, Prometheus, ReceivedSpan, Sidecar, TwoHop,
@@ -776,4 +778,137 @@ async fn a_telemetry_resource_from_the_control_plane_reconfigures_a_running_side
         "{traced} was logged with the access log off: {lines:#?}"
     );
     drop(app);
+}
+
+/// The two-hop mesh with the client sidecar's access log on, into `log`.
+async fn two_hop_with_access_log(log: &Path) -> TwoHop {
+    let path = log.display().to_string();
+    TwoHop::start_from(TwoHop::builder().client_config(move |b| {
+        b.resources.telemetry.push(Telemetry {
+            name: "mesh".into(),
+            access_log: Some(AccessLogConfig {
+                path,
+                sampling_ratio: None,
+            }),
+            ..Default::default()
+        });
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn a_caller_that_disconnects_before_the_response_is_recorded_once_as_dc() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("client-access.log");
+    let mesh = two_hop_with_access_log(&log).await;
+    // Warm up (and prove the log works) with one normal request.
+    let mut warm = get(&TwoHop::url("/warm"));
+    warm.headers_mut()
+        .insert("x-request-id", "warm".parse().unwrap());
+    let reply = send(&mesh.http1(), warm).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+
+    // A request to a slow upstream (the app waits a minute before
+    // answering); the caller hangs up once the app has it.
+    let served = mesh.app().requests().await;
+    let mut stream = tokio::net::TcpStream::connect(mesh.outbound_http)
+        .await
+        .unwrap();
+    let head =
+        "GET /slow HTTP/1.1\r\nhost: echo\r\nx-request-id: gone\r\nx-echo-delay: 60s\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes())
+        .await
+        .unwrap();
+    eventually(DEADLINE, || async {
+        let n = mesh.app().requests().await;
+        (n > served)
+            .then_some(())
+            .ok_or_else(|| format!("the app has not got the slow request ({n})"))
+    })
+    .await;
+    drop(stream);
+
+    // The client sidecar records it: status 0 (no response was sent),
+    // flag DC, in the metrics and in the access log.
+    let dc = [
+        ("reporter", "source"),
+        ("response_code", "0"),
+        ("response_flags", "DC"),
+    ];
+    eventually(DEADLINE, || async {
+        let m = mesh.client().metrics().await?;
+        let got = metric_value(&m, "istio_requests_total", &dc);
+        (got == Some(1.0))
+            .then_some(())
+            .ok_or_else(|| format!("DC requests {got:?}:\n{m}"))
+    })
+    .await;
+    let line = eventually(DEADLINE, || async {
+        let lines = log_lines(&log).await;
+        let gone: Vec<_> = lines.iter().filter(|l| l["request_id"] == "gone").collect();
+        match gone.as_slice() {
+            [one] => Ok((*one).clone()),
+            _ => Err(format!("{} lines for the request: {lines:#?}", gone.len())),
+        }
+    })
+    .await;
+    assert_eq!(line["response_flags"], "DC", "{line}");
+    assert_eq!(line["status"], 0, "{line}");
+    assert_eq!(line["path"], "/slow", "{line}");
+    // Recorded exactly once: the warm-up and the dropped request, nothing
+    // else, in both the metrics and the log.
+    let m = mesh.client().metrics().await.unwrap();
+    assert_eq!(
+        metric_value(&m, "istio_requests_total", &[("reporter", "source")]),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(log_lines(&log).await.len(), 2);
+    // The cancellation reached the app: its delay was cut short.
+    eventually(DEADLINE, || async {
+        let n = mesh.app().cancelled().await;
+        (n == 1)
+            .then_some(())
+            .ok_or_else(|| format!("app cancelled {n}"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_proxied_tcp_connection_gets_one_access_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("client-access.log");
+    let mesh = two_hop_with_access_log(&log).await;
+    let payload = vec![b'x'; 10_000];
+    let back = tcp_roundtrip(mesh.outbound_tcp, &payload).await.unwrap();
+    assert_eq!(back.len(), payload.len());
+
+    let line = eventually(DEADLINE, || async {
+        let lines = log_lines(&log).await;
+        let tcp: Vec<_> = lines.iter().filter(|l| l["protocol"] == "TCP").collect();
+        match tcp.as_slice() {
+            [one] => Ok((*one).clone()),
+            _ => Err(format!("{} TCP lines: {lines:#?}", tcp.len())),
+        }
+    })
+    .await;
+    assert_eq!(line["direction"], "outbound", "{line}");
+    assert_eq!(line["bytes_received"], 10_000, "{line}");
+    assert_eq!(line["bytes_sent"], 10_000, "{line}");
+    assert_eq!(line["response_flags"], "-", "{line}");
+    assert_eq!(
+        line["upstream_service"], "echo.default.svc.cluster.local",
+        "{line}"
+    );
+    // Spliced to the server sidecar's inbound listener.
+    assert_eq!(
+        line["upstream_host"],
+        mesh.server().listener("inbound").to_string(),
+        "{line}"
+    );
+    assert!(line["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+    assert!(
+        humantime::parse_rfc3339(line["start_time"].as_str().unwrap()).is_ok(),
+        "{line}"
+    );
 }

@@ -52,6 +52,10 @@ pub struct AccessLog {
     pub bytes_sent: u64,
     /// `name.namespace` of the destination service.
     pub upstream_service: String,
+    /// TCP: the `ip:port` the connection was spliced to (omitted when
+    /// empty: HTTP lines, or a connection that never got an upstream).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub upstream_host: String,
     /// The caller's verified SPIFFE id (inbound, mutual TLS).
     pub source_principal: String,
     /// This proxy's SPIFFE id (inbound) or the one the upstream proved over

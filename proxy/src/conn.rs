@@ -12,6 +12,7 @@
 use crate::cluster::Cluster;
 use crate::config::InboundTarget;
 use crate::drain::Drain;
+use crate::observe::tcp::TcpLog;
 use crate::policy::authz::authorize_tcp;
 use crate::protocol::detect::{self, Detected};
 use crate::protocol::io::{Io, Prefixed};
@@ -46,8 +47,11 @@ pub async fn splice_to_cluster(
     cluster: &Cluster,
     ctx: &StackContext,
 ) {
+    let service = crate::telemetry::istio_host(cluster.name.split(':').next().unwrap_or_default());
+    let mut log = TcpLog::start(ctx, false, &service, None);
     let Some(endpoint) = cluster.pick(&[]) else {
         tracing::warn!(cluster = %cluster.name, flags = "UH", "no healthy endpoint; closing");
+        log.failed("UH");
         return;
     };
     let _guard = endpoint.start();
@@ -59,7 +63,9 @@ pub async fn splice_to_cluster(
         idle_timeout: cluster.idle_timeout,
         identity: endpoint.identity.clone(),
     };
-    let service = crate::telemetry::istio_host(cluster.name.split(':').next().unwrap_or_default());
+    let verified =
+        (target.via_sidecar.is_some() && ctx.identity.is_configured()).then_some(&*target.identity);
+    log.upstream(target.addr, verified);
     let labels = TcpLabels {
         reporter: "source",
         destination_service: &service,
@@ -70,9 +76,11 @@ pub async fn splice_to_cluster(
             let t = opaque::forward(&mut client, &mut upstream).await;
             let t = t.unwrap_or_default();
             ctx.metrics.tcp_close(labels, t.sent, t.received);
+            log.closed(t.into());
         }
         Err(e) => {
-            tracing::warn!(error = %e, flags = e.response_flag(), "tcp connect failed; closing")
+            tracing::warn!(error = %e, flags = e.response_flag(), "tcp connect failed; closing");
+            log.failed(e.response_flag());
         }
     }
 }
@@ -202,7 +210,9 @@ async fn inbound_detected<I: Io>(
                 tracing::warn!(%peer, port, error = %e, flags = "RBAC", "tcp connection denied; closing");
                 return;
             }
-            inbound_tcp(io, (target.ip, port).into(), &service, &ctx).await
+            let peer = peer_id.as_ref().map(|p| &*p.0);
+            let log = TcpLog::start(&ctx, true, &service, peer);
+            inbound_tcp(io, (target.ip, port).into(), &service, &ctx, log).await
         }
     }
 }
@@ -225,7 +235,13 @@ fn plain_client_port(
     }
 }
 
-async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: &StackContext) {
+async fn inbound_tcp(
+    mut client: impl Io,
+    addr: SocketAddr,
+    service: &str,
+    ctx: &StackContext,
+    mut log: TcpLog,
+) {
     let target = Target {
         addr,
         via_sidecar: None,
@@ -238,6 +254,7 @@ async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: 
         reporter: "destination",
         destination_service: service,
     };
+    log.upstream(addr, None);
     match ctx.upstream.open(&target).await {
         Ok(mut upstream) => {
             ctx.metrics.tcp_open(labels);
@@ -245,9 +262,11 @@ async fn inbound_tcp(mut client: impl Io, addr: SocketAddr, service: &str, ctx: 
                 .await
                 .unwrap_or_default();
             ctx.metrics.tcp_close(labels, t.sent, t.received);
+            log.closed(t.into());
         }
         Err(e) => {
             tracing::warn!(%addr, error = %e, "workload connect failed; closing");
+            log.failed(e.response_flag());
             let _ = client.shutdown().await;
         }
     }

@@ -167,6 +167,8 @@ async fn passthrough(mut client: TcpStream, dst: SocketAddr, ctx: &StackContext)
         reporter: "source",
         destination_service: "PassthroughCluster",
     };
+    let mut log = crate::observe::tcp::TcpLog::start(ctx, false, "PassthroughCluster", None);
+    log.upstream(dst, None);
     match ctx.upstream.open(&target).await {
         Ok(mut upstream) => {
             ctx.metrics.tcp_open(labels);
@@ -174,8 +176,12 @@ async fn passthrough(mut client: TcpStream, dst: SocketAddr, ctx: &StackContext)
                 .await
                 .unwrap_or_default();
             ctx.metrics.tcp_close(labels, t.sent, t.received);
+            log.closed(t.into());
         }
-        Err(e) => tracing::warn!(%dst, error = %e, "passthrough connect failed; closing"),
+        Err(e) => {
+            tracing::warn!(%dst, error = %e, "passthrough connect failed; closing");
+            log.failed(e.response_flag());
+        }
     }
 }
 

@@ -17,6 +17,8 @@
 //! outbound, the context goes into the request's extensions and
 //! [`crate::trace::attempt`] writes each attempt's context upstream.
 //!
+//! Proxied TCP connections get their access-log line from [`tcp::TcpLog`].
+//!
 //! Peer metadata: inbound, the caller's workload name arrives in
 //! [`SOURCE_WORKLOAD_HEADER`] and the local one goes back in
 //! [`DESTINATION_WORKLOAD_HEADER`]; each side trusts the other's header
@@ -25,6 +27,7 @@
 //! the connection the response came over ([`UpstreamPeer`]).
 
 pub mod body;
+pub(crate) mod tcp;
 
 use self::body::{BodyEnd, BodyOutcome, ByteCount, CountingBody, ObservedBody};
 use crate::access_log::AccessLog;
@@ -190,41 +193,26 @@ where
         req.extensions_mut().insert(observed.clone());
         let grpc = h::is_grpc(req.headers());
         let fut = self.inner.call(req);
-        let metrics = self.metrics.clone();
-        let inbound = matches!(self.side, Side::Inbound { .. });
-        Box::pin(async move {
-            let (mut rsp, error) = match fut.await {
-                Ok(rsp) => (rsp, None),
-                Err(e) => (e.to_response(), Some(e)),
-            };
-            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                *rsp.version_mut() = version;
-            }
-            let flags = header_text(rsp.headers(), RESPONSE_FLAGS_HEADER).unwrap_or("-");
-            let flags = flags.to_string();
-            let (service, protocol) = (observed.0.lock().expect("not poisoned").clone())
-                .unwrap_or_else(|| ("unknown".into(), Protocol::Http));
-            let grpc = grpc || protocol == Protocol::Grpc;
-            if let Some(e) = &error {
-                tracing::warn!(
-                    %method, %path, status = rsp.status().as_u16(), flags = %flags, error = %e,
-                    "request failed"
-                );
-            }
-            let mut exchange = Exchange {
-                metrics,
+        // Recorded as a downstream disconnect (status 0, flag `DC`) if this
+        // future is dropped before the response headers are in: the caller
+        // closed its connection or reset its stream. Once the headers are
+        // in, the exchange moves into the response body, which records it
+        // (exactly one of the two ever fires).
+        let mut pending = Pending {
+            exchange: Some(Exchange {
+                metrics: self.metrics.clone(),
                 hop,
-                inbound,
+                inbound: matches!(self.side, Side::Inbound { .. }),
                 source_workload,
                 source_principal,
                 destination_workload: dest_workload,
                 destination_principal: dest_principal,
                 policy,
-                service,
+                service: "unknown".into(),
                 grpc,
-                header_grpc_status: rsp.headers().get("grpc-status").cloned(),
-                status: rsp.status().as_u16(),
-                flags,
+                header_grpc_status: None,
+                status: 0,
+                flags: "-".into(),
                 method,
                 path,
                 authority,
@@ -234,8 +222,30 @@ where
                 wall,
                 request_bytes,
                 peer: inbound_peer.map(|p| p.0),
+            }),
+            observed,
+        };
+        Box::pin(async move {
+            let (mut rsp, error) = match fut.await {
+                Ok(rsp) => (rsp, None),
+                Err(e) => (e.to_response(), Some(e)),
             };
-            if inbound {
+            let mut exchange = pending.take();
+            if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                *rsp.version_mut() = exchange.version;
+            }
+            let flags = header_text(rsp.headers(), RESPONSE_FLAGS_HEADER).unwrap_or("-");
+            exchange.flags = flags.to_string();
+            exchange.status = rsp.status().as_u16();
+            exchange.header_grpc_status = rsp.headers().get("grpc-status").cloned();
+            if let Some(e) = &error {
+                tracing::warn!(
+                    method = %exchange.method, path = %exchange.path,
+                    status = exchange.status, flags = %exchange.flags, error = %e,
+                    "request failed"
+                );
+            }
+            if exchange.inbound {
                 // Only a caller that proved who it is learns who answered.
                 rsp.headers_mut().remove(DESTINATION_WORKLOAD_HEADER);
                 if exchange.peer.is_some() {
@@ -253,9 +263,50 @@ where
     }
 }
 
+/// An exchange whose response headers are not in yet; see [`Observe`]'s
+/// `call`.
+struct Pending {
+    exchange: Option<Exchange>,
+    observed: ObservedService,
+}
+
+// === impl Pending ===
+
+impl Pending {
+    /// The exchange, with the service the route stage learned; from now on
+    /// the response body records it.
+    fn take(&mut self) -> Exchange {
+        let mut exchange = self.exchange.take().expect("taken once");
+        exchange.learn_service(&self.observed);
+        exchange
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut exchange) = self.exchange.take() {
+            exchange.learn_service(&self.observed);
+            exchange.finish(BodyOutcome {
+                end: BodyEnd::Dropped,
+                bytes: 0,
+                grpc_status: None,
+            });
+        }
+    }
+}
+
 // === impl Exchange ===
 
 impl Exchange {
+    /// The service (and so the protocol) the route stage resolved, if it
+    /// got that far.
+    fn learn_service(&mut self, observed: &ObservedService) {
+        if let Some((service, protocol)) = observed.0.lock().expect("not poisoned").clone() {
+            self.service = service;
+            self.grpc = self.grpc || protocol == Protocol::Grpc;
+        }
+    }
+
     /// Outbound: the destination's identity from the mutual TLS connection
     /// the response came over, and its workload name from the header its
     /// sidecar sent back (trusted only over that connection).
@@ -354,6 +405,7 @@ impl Exchange {
             bytes_received: sizes.request,
             bytes_sent: sizes.response,
             upstream_service: self.service.clone(),
+            upstream_host: String::new(),
             source_principal: self.source_principal.clone(),
             destination_principal: self.destination_principal.clone(),
         });
@@ -431,5 +483,121 @@ mod tests {
         for bad in ["17", "-1", "ok", "", "99999999999999999999"] {
             assert_eq!(grpc_code(Some(&HeaderValue::from_static(bad))), "unknown");
         }
+    }
+}
+
+#[cfg(test)]
+mod disconnect_tests {
+    use super::*;
+    use crate::config::Snapshot;
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use prometheus::Registry;
+    use tower::ServiceExt;
+
+    /// An `Observe` (outbound) over `inner`, and the registry it records in.
+    fn observe<S>(inner: S) -> (Observe<S>, Registry) {
+        let registry = Registry::new();
+        let snapshot = Snapshot::compile(Default::default(), 1, None, "t").unwrap();
+        let identity = Arc::new(Identity::new(
+            false,
+            crate::tls::TlsMetrics::register(&registry).unwrap(),
+        ));
+        let svc = Observe {
+            inner,
+            metrics: Metrics::register(&registry).unwrap(),
+            tracer: Arc::new(Tracer::new(&registry).unwrap()),
+            config: Arc::new(ConfigStore::new(snapshot, None)),
+            identity,
+            side: Side::Outbound,
+        };
+        (svc, registry)
+    }
+
+    /// `istio_requests_total` as `(response_code, response_flags, count)`.
+    fn requests(registry: &Registry) -> Vec<(String, String, f64)> {
+        let families = registry.gather();
+        let Some(family) = families.iter().find(|f| f.name() == "istio_requests_total") else {
+            return Vec::new();
+        };
+        family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let label = |name: &str| {
+                    (m.get_label().iter())
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                (
+                    label("response_code"),
+                    label("response_flags"),
+                    m.get_counter().get_value(),
+                )
+            })
+            .collect()
+    }
+
+    fn get() -> Request<Body> {
+        Request::get("http://echo/slow")
+            .body(crate::body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_caller_gone_before_the_response_headers_is_recorded_once_as_dc_with_status_0() {
+        let inner = tower::service_fn(|_: Request<Body>| {
+            futures::future::pending::<Result<Response<Body>, ProxyError>>()
+        });
+        let (svc, registry) = observe(inner);
+        let mut call = Box::pin(svc.oneshot(get()));
+        // The upstream has not answered.
+        assert!(futures::poll!(call.as_mut()).is_pending());
+        assert!(requests(&registry).is_empty(), "nothing recorded yet");
+        // The caller goes away: hyper drops the service future.
+        drop(call);
+        assert_eq!(
+            requests(&registry),
+            vec![("0".to_string(), "DC".to_string(), 1.0)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_gone_mid_body_is_recorded_once_as_dc_with_the_sent_status() {
+        let (tx, rx) =
+            futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, crate::body::BodyError>>();
+        let body = Arc::new(Mutex::new(Some(StreamBody::new(rx).boxed_unsync())));
+        let inner = tower::service_fn(move |_: Request<Body>| {
+            let body = body.lock().unwrap().take().unwrap();
+            async move { Ok::<_, ProxyError>(Response::new(body)) }
+        });
+        let (svc, registry) = observe(inner);
+        let rsp = svc.oneshot(get()).await.unwrap();
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"part"))))
+            .unwrap();
+        let mut body = rsp.into_body();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert!(requests(&registry).is_empty(), "not over yet");
+        drop(body);
+        assert_eq!(
+            requests(&registry),
+            vec![("200".to_string(), "DC".to_string(), 1.0)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_completed_exchange_is_recorded_once_without_flags() {
+        let inner = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, ProxyError>(Response::new(crate::body::full("done")))
+        });
+        let (svc, registry) = observe(inner);
+        let rsp = svc.oneshot(get()).await.unwrap();
+        let _ = rsp.into_body().collect().await.unwrap();
+        assert_eq!(
+            requests(&registry),
+            vec![("200".to_string(), "-".to_string(), 1.0)]
+        );
     }
 }

@@ -102,6 +102,14 @@ impl SpanQueue {
         Self { tx, metrics }
     }
 
+    /// A queue whose spans go to the returned receiver instead of a
+    /// collector (unit tests).
+    #[cfg(test)]
+    pub(crate) fn capture(metrics: TraceMetrics) -> (Self, mpsc::Receiver<SpanData>) {
+        let (tx, rx) = mpsc::channel(1024);
+        (Self { tx, metrics }, rx)
+    }
+
     /// Queues a span, or drops it (counted) when the queue is full.
     pub fn push(&self, span: SpanData) {
         if self.tx.try_send(span).is_err() {
