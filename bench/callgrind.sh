@@ -43,6 +43,8 @@ TOP=${TOP:-15}
 OUT=${OUT:-$ROOT/target/callgrind}
 BIN=$ROOT/target/release
 PROXY=${PROXY:-$BIN/sane-proxy} # another sane-proxy binary, e.g. a copy of the "before" build
+# PRELOAD: a malloc to LD_PRELOAD into both proxies (e.g. libjemalloc.so.2),
+# to weigh an allocator before linking one in.
 TOKEN=sane-callgrind-token
 
 for tool in valgrind callgrind_control callgrind_annotate nginx h2load curl python3; do
@@ -131,7 +133,7 @@ done
 # --- the two hops under callgrind ---
 GRIND_PID=
 grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
+    LD_PRELOAD="${PRELOAD:-}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
         "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
     GRIND_PID=$!
     PIDS+=("$GRIND_PID")
@@ -213,6 +215,7 @@ total() { sed -n 's/^summary: *//p; s/^totals: *//p' "$1" | head -n1 | awk '{pri
 # The first TOP function lines of callgrind_annotate's table.
 top() { # file [option]
     callgrind_annotate --threshold=100 ${2:+"$2"} "$1" 2>/dev/null |
+        sed 's/ *\[[^]]*\]$//; s/\.\/[^ ]*\/\([^/ ]*\.[cS]\):/\1:/; s/???://' |
         awk -v top="$TOP" '/file:function/ { table = 1; getline; next } table && NF && n < top { print; n++ }'
 }
 
