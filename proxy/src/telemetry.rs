@@ -4,10 +4,15 @@
 //! dashboards work. Labels are bounded: service names and status codes, never
 //! raw paths.
 
+use foldhash::fast::RandomState;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, RwLock};
 
 /// Labels of one HTTP request (Istio's standard set). Every value is from a
 /// bounded set: config names, SPIFFE ids of mesh workloads, status codes.
@@ -64,6 +69,8 @@ pub struct Metrics {
     duration: HistogramVec,
     request_bytes: HistogramVec,
     response_bytes: HistogramVec,
+    /// The four request series of each label set seen, resolved once.
+    request_series: Arc<SeriesCache>,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     tcp_sent: IntCounterVec,
@@ -97,6 +104,31 @@ pub struct ResilienceMetrics {
     faults: IntCounterVec,
     mirrors: IntCounterVec,
 }
+
+/// The four `istio_*` request series of one label set.
+#[derive(Debug)]
+struct RequestSeries {
+    requests: IntCounter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// Label set → its [`RequestSeries`]. `MetricVec::with_label_values` hashes
+/// all 11 labels and takes the vec's lock, four times per request (one per
+/// metric); this cache does it once. It holds one entry per series the
+/// vecs hold, so it is exactly as bounded as the metrics' labels are, and
+/// nothing removes series from the vecs. Hashed with foldhash (seeded per
+/// process): SipHash over the ~200 bytes of labels cost more than the
+/// lookup it saves; the labels are not attacker-chosen (config names,
+/// verified SPIFFE ids, status codes).
+struct SeriesCache {
+    hasher: RandomState,
+    /// Hash → the label sets with that hash (string labels, response code).
+    map: RwLock<HashMap<u64, Vec<(SeriesKey, RequestSeries)>>>,
+}
+
+type SeriesKey = (Box<[Box<str>]>, u16);
 
 const REQ_LABELS: [&str; 11] = [
     "reporter",
@@ -225,6 +257,10 @@ impl Metrics {
             duration,
             request_bytes,
             response_bytes,
+            request_series: Arc::new(SeriesCache {
+                hasher: RandomState::default(),
+                map: RwLock::default(),
+            }),
             tcp_opened,
             tcp_closed,
             tcp_sent,
@@ -242,8 +278,14 @@ impl Metrics {
 
     /// Records one finished request.
     pub fn request(&self, l: RequestLabels<'_>, millis: f64, sizes: RequestSizes) {
-        let code = l.response_code.to_string();
-        let values = [
+        let record = |s: &RequestSeries| {
+            s.requests.inc();
+            s.duration.observe(millis);
+            s.request_bytes.observe(sizes.request as f64);
+            s.response_bytes.observe(sizes.response as f64);
+        };
+        // In `REQ_LABELS` order, without `response_code` (kept as a number).
+        let strings = [
             l.reporter,
             l.source_workload,
             l.source_principal,
@@ -251,19 +293,45 @@ impl Metrics {
             l.destination_service,
             l.destination_principal,
             l.request_protocol,
-            code.as_str(),
             l.grpc_response_status,
             l.connection_security_policy,
             l.response_flags,
         ];
-        self.requests.with_label_values(&values).inc();
-        self.duration.with_label_values(&values).observe(millis);
-        self.request_bytes
-            .with_label_values(&values)
-            .observe(sizes.request as f64);
-        self.response_bytes
-            .with_label_values(&values)
-            .observe(sizes.response as f64);
+        let cache = &self.request_series;
+        let hash = {
+            let mut h = cache.hasher.build_hasher();
+            strings.hash(&mut h);
+            l.response_code.hash(&mut h);
+            h.finish()
+        };
+        let same = |(labels, code): &SeriesKey| {
+            *code == l.response_code && labels.iter().map(|s| &**s).eq(strings)
+        };
+        {
+            let map = cache.map.read().expect("not poisoned");
+            if let Some((_, series)) = map.get(&hash).and_then(|b| b.iter().find(|(k, _)| same(k)))
+            {
+                record(series);
+                return;
+            }
+        }
+        let code = l.response_code.to_string();
+        let [a, b, c, d, e, f, g, h, i, j] = strings;
+        let values = [a, b, c, d, e, f, g, code.as_str(), h, i, j];
+        let series = RequestSeries {
+            requests: self.requests.with_label_values(&values),
+            duration: self.duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
+        };
+        record(&series);
+        let mut map = cache.map.write().expect("not poisoned");
+        let bucket = map.entry(hash).or_default();
+        // Another request may have added it meanwhile.
+        if !bucket.iter().any(|(k, _)| same(k)) {
+            let key = strings.iter().map(|s| Box::from(*s)).collect();
+            bucket.push(((key, l.response_code), series));
+        }
     }
 
     /// Records an opened TCP connection.
@@ -279,6 +347,20 @@ impl Metrics {
         self.tcp_closed.with_label_values(&v).inc();
         self.tcp_sent.with_label_values(&v).inc_by(sent);
         self.tcp_received.with_label_values(&v).inc_by(received);
+    }
+}
+
+// === impl SeriesCache ===
+
+impl fmt::Debug for SeriesCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let series = self
+            .map
+            .read()
+            .map_or(0, |m| m.values().map(Vec::len).sum());
+        f.debug_struct("SeriesCache")
+            .field("series", &series)
+            .finish()
     }
 }
 
@@ -413,5 +495,67 @@ mod tests {
         assert!(text.contains("istio_request_bytes_bucket{"), "{text}");
         assert!(text.contains("istio_response_bytes_sum{"), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
+    }
+
+    #[test]
+    fn repeated_label_sets_share_their_series() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap();
+        let labels = |code, flags| RequestLabels {
+            reporter: "source",
+            source_workload: "client",
+            source_principal: "unknown",
+            destination_workload: "unknown",
+            destination_service: "echo.default.svc.cluster.local",
+            destination_principal: "unknown",
+            request_protocol: "http",
+            response_code: code,
+            grpc_response_status: "",
+            connection_security_policy: "unknown",
+            response_flags: flags,
+        };
+        let sizes = RequestSizes {
+            request: 1,
+            response: 10,
+        };
+        for _ in 0..3 {
+            m.request(labels(200, "-"), 1.0, sizes);
+        }
+        m.request(labels(503, "UH"), 1.0, sizes);
+        m.request(labels(200, "UH"), 1.0, sizes);
+        let families = registry.gather();
+        let family = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.name() == name)
+                .unwrap_or_else(|| panic!("no {name}"))
+        };
+        let requests = family("istio_requests_total");
+        assert_eq!(requests.get_metric().len(), 3);
+        let count = |code: &str, flags: &str| {
+            requests
+                .get_metric()
+                .iter()
+                .find(|m| {
+                    let has = |n: &str, v: &str| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.name() == n && l.value() == v)
+                    };
+                    has("response_code", code) && has("response_flags", flags)
+                })
+                .map(|m| m.get_counter().get_value())
+        };
+        assert_eq!(count("200", "-"), Some(3.0));
+        assert_eq!(count("503", "UH"), Some(1.0));
+        assert_eq!(count("200", "UH"), Some(1.0));
+        let duration = family("istio_request_duration_milliseconds");
+        assert_eq!(duration.get_metric().len(), 3);
+        let bytes = family("istio_response_bytes");
+        let total: f64 = (bytes.get_metric().iter())
+            .map(|m| m.get_histogram().get_sample_sum())
+            .sum();
+        assert_eq!(total, 50.0);
+        assert_eq!(format!("{m:?}").matches("series: 3").count(), 1, "{m:?}");
     }
 }

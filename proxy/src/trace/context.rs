@@ -9,12 +9,26 @@
 //! as the parent, so the next hop's span is its child. `x-request-id` is
 //! generated when missing.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::RngCore;
 use std::fmt;
 
 /// `x-request-id`, generated when the client sent none.
 pub const REQUEST_ID: &str = "x-request-id";
+
+// Header names built once (no parse per request); values are written into
+// stack buffers and copied once into the `HeaderValue`: this runs on every
+// request of both hops.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const B3: HeaderName = HeaderName::from_static("b3");
+const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A 16-byte trace id (never all zero).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,10 +75,16 @@ impl TraceId {
     /// A random trace id.
     pub fn random() -> Self {
         let mut b = [0u8; 16];
+        let mut rng = rand::rng();
         while b == [0; 16] {
-            rand::rng().fill_bytes(&mut b);
+            rng.fill_bytes(&mut b);
         }
         Self(b)
+    }
+
+    /// Lowercase hex, 32 characters.
+    fn hex(&self) -> [u8; 32] {
+        encode_hex(&self.0)
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -85,7 +105,7 @@ impl TraceId {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(ascii(&self.hex()))
     }
 }
 
@@ -100,11 +120,20 @@ impl fmt::Debug for TraceId {
 impl SpanId {
     /// A random span id.
     pub fn random() -> Self {
+        Self::random_from(&mut rand::rng())
+    }
+
+    fn random_from(rng: &mut impl RngCore) -> Self {
         let mut b = [0u8; 8];
         while b == [0; 8] {
-            rand::rng().fill_bytes(&mut b);
+            rng.fill_bytes(&mut b);
         }
         Self(b)
+    }
+
+    /// Lowercase hex, 16 characters.
+    fn hex(&self) -> [u8; 16] {
+        encode_hex(&self.0)
     }
 
     fn parse(s: &str) -> Option<Self> {
@@ -115,7 +144,7 @@ impl SpanId {
 
 impl fmt::Display for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(ascii(&self.hex()))
     }
 }
 
@@ -123,6 +152,28 @@ impl fmt::Debug for SpanId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SpanId({self})")
     }
+}
+
+/// `bytes` as lowercase hex; `M` must be `2 * N` (checked at compile time
+/// by the callers' array types).
+fn encode_hex<const N: usize, const M: usize>(bytes: &[u8; N]) -> [u8; M] {
+    const { assert!(M == 2 * N) };
+    let mut out = [0u8; M];
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+    out
+}
+
+/// The text of a buffer this module filled with ASCII only.
+fn ascii(buf: &[u8]) -> &str {
+    std::str::from_utf8(buf).expect("hex and dashes are ASCII")
+}
+
+/// A header value from a buffer of hex digits and dashes (always valid).
+fn value(buf: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(buf).expect("hex and dashes are a valid header value")
 }
 
 fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -152,18 +203,25 @@ impl TraceContext {
         Self::from_w3c(headers)
             .or_else(|| Self::from_b3_single(headers))
             .or_else(|| Self::from_b3_multi(headers))
-            .unwrap_or_else(|| TraceContext {
-                trace_id: TraceId::random(),
-                parent_span_id: None,
-                span_id: SpanId::random(),
-                sampled: sample_new,
-                tracestate: None,
-                format: Format::New,
+            .unwrap_or_else(|| {
+                let mut rng = rand::rng();
+                let mut trace_id = TraceId([0; 16]);
+                while trace_id.0 == [0; 16] {
+                    rng.fill_bytes(&mut trace_id.0);
+                }
+                TraceContext {
+                    trace_id,
+                    parent_span_id: None,
+                    span_id: SpanId::random_from(&mut rng),
+                    sampled: sample_new,
+                    tracestate: None,
+                    format: Format::New,
+                }
             })
     }
 
     fn from_w3c(headers: &HeaderMap) -> Option<Self> {
-        let v = headers.get("traceparent")?.to_str().ok()?.trim();
+        let v = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
         let mut parts = v.split('-');
         let version = parts.next()?;
         let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
@@ -185,13 +243,13 @@ impl TraceContext {
             parent_span_id: Some(parent),
             span_id: SpanId::random(),
             sampled: flags & 1 == 1,
-            tracestate: headers.get("tracestate").cloned(),
+            tracestate: headers.get(TRACESTATE).cloned(),
             format: Format::W3c,
         })
     }
 
     fn from_b3_single(headers: &HeaderMap) -> Option<Self> {
-        let v = headers.get("b3")?.to_str().ok()?.trim();
+        let v = headers.get(B3)?.to_str().ok()?.trim();
         let mut parts = v.split('-');
         let trace_id = TraceId::parse(parts.next()?)?;
         let parent = SpanId::parse(parts.next()?)?;
@@ -212,11 +270,10 @@ impl TraceContext {
     }
 
     fn from_b3_multi(headers: &HeaderMap) -> Option<Self> {
-        let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
-        let trace_id = TraceId::parse(get("x-b3-traceid")?)?;
-        let parent = SpanId::parse(get("x-b3-spanid")?)?;
-        let sampled =
-            get("x-b3-flags") == Some("1") || !matches!(get("x-b3-sampled"), Some("0" | "false"));
+        let get = |n: HeaderName| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
+        let trace_id = TraceId::parse(get(B3_TRACE_ID)?)?;
+        let parent = SpanId::parse(get(B3_SPAN_ID)?)?;
+        let sampled = get(B3_FLAGS) == Some("1") || !matches!(get(B3_SAMPLED), Some("0" | "false"));
         Some(TraceContext {
             trace_id,
             parent_span_id: Some(parent),
@@ -229,61 +286,60 @@ impl TraceContext {
 
     /// The `traceparent` value naming this hop's span as the parent.
     pub fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id,
-            self.span_id,
-            u8::from(self.sampled)
-        )
+        ascii(&self.traceparent_bytes()).to_string()
+    }
+
+    /// `00-<trace id>-<span id>-<flags>`, 55 bytes.
+    fn traceparent_bytes(&self) -> [u8; 55] {
+        let mut b = [b'-'; 55];
+        b[..2].copy_from_slice(b"00");
+        b[3..35].copy_from_slice(&self.trace_id.hex());
+        b[36..52].copy_from_slice(&self.span_id.hex());
+        b[53..].copy_from_slice(if self.sampled { b"01" } else { b"00" });
+        b
     }
 
     /// Writes the context for the next hop: `traceparent` (+ `tracestate`)
     /// always, and the B3 form the caller used, so it is continued.
     pub fn inject(&self, headers: &mut HeaderMap) {
-        let set = |h: &mut HeaderMap, name: &'static str, v: String| {
-            if let Ok(v) = HeaderValue::from_str(&v) {
-                h.insert(name, v);
-            }
-        };
-        set(headers, "traceparent", self.traceparent());
+        headers.insert(TRACEPARENT, value(&self.traceparent_bytes()));
         if let Some(ts) = &self.tracestate {
-            headers.insert("tracestate", ts.clone());
+            headers.insert(TRACESTATE, ts.clone());
         }
         // A B3 header that travels alongside traceparent (the caller sent
         // both, or an earlier hop added it) is refreshed too, so it never
         // names a stale parent.
-        let single = self.format == Format::B3Single || headers.contains_key("b3");
-        let multi = self.format == Format::B3Multi || headers.contains_key("x-b3-traceid");
+        let single = self.format == Format::B3Single || headers.contains_key(B3);
+        let multi = self.format == Format::B3Multi || headers.contains_key(B3_TRACE_ID);
+        let sampled: &'static str = if self.sampled { "1" } else { "0" };
         if single {
-            set(
-                headers,
-                "b3",
-                format!(
-                    "{}-{}-{}",
-                    self.trace_id,
-                    self.span_id,
-                    u8::from(self.sampled)
-                ),
-            );
+            // `<trace id>-<span id>-<sampled>`, 51 bytes.
+            let mut b = [b'-'; 51];
+            b[..32].copy_from_slice(&self.trace_id.hex());
+            b[33..49].copy_from_slice(&self.span_id.hex());
+            b[50] = sampled.as_bytes()[0];
+            headers.insert(B3, value(&b));
         }
         if multi {
-            set(headers, "x-b3-traceid", self.trace_id.to_string());
-            set(headers, "x-b3-spanid", self.span_id.to_string());
+            headers.insert(B3_TRACE_ID, value(&self.trace_id.hex()));
+            headers.insert(B3_SPAN_ID, value(&self.span_id.hex()));
             match self.parent_span_id {
-                Some(p) => set(headers, "x-b3-parentspanid", p.to_string()),
+                Some(p) => {
+                    headers.insert(B3_PARENT_SPAN_ID, value(&p.hex()));
+                }
                 None => {
-                    headers.remove("x-b3-parentspanid");
+                    headers.remove(B3_PARENT_SPAN_ID);
                 }
             }
-            set(headers, "x-b3-sampled", u8::from(self.sampled).to_string());
-            headers.remove("x-b3-flags");
+            headers.insert(B3_SAMPLED, HeaderValue::from_static(sampled));
+            headers.remove(B3_FLAGS);
         }
     }
 }
 
 /// Returns the request id, adding a random one (UUID v4 format) if missing.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
-    if let Some(v) = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !v.is_empty() && v.len() <= 128 {
             return v.to_string();
         }
@@ -292,20 +348,16 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     rand::rng().fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    );
-    headers.insert(
-        REQUEST_ID,
-        HeaderValue::from_str(&id).expect("hex is a valid header"),
-    );
-    id
+    let h: [u8; 32] = encode_hex(&b);
+    // 8-4-4-4-12 hex digits.
+    let mut id = [b'-'; 36];
+    id[..8].copy_from_slice(&h[..8]);
+    id[9..13].copy_from_slice(&h[8..12]);
+    id[14..18].copy_from_slice(&h[12..16]);
+    id[19..23].copy_from_slice(&h[16..20]);
+    id[24..].copy_from_slice(&h[20..]);
+    headers.insert(X_REQUEST_ID, value(&id));
+    ascii(&id).to_string()
 }
 
 #[cfg(test)]
@@ -440,5 +492,58 @@ mod tests {
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
         assert_eq!(h["x-request-id"], id.as_str());
+        // UUID v4 text: 8-4-4-4-12 lowercase hex, version 4, variant 10xx.
+        for (i, c) in id.chars().enumerate() {
+            match i {
+                8 | 13 | 18 | 23 => assert_eq!(c, '-', "{id}"),
+                14 => assert_eq!(c, '4', "{id}"),
+                19 => assert!("89ab".contains(c), "{id}"),
+                _ => assert!(c.is_ascii_hexdigit() && !c.is_ascii_uppercase(), "{id}"),
+            }
+        }
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+    }
+
+    #[test]
+    fn injected_values_are_exact_lowercase_hex() {
+        let trace_id = TraceId(std::array::from_fn(|i| (i as u8) * 16 + 1));
+        let span_id = SpanId([0xab, 0, 0x0f, 0xf0, 1, 2, 3, 0xff]);
+        let parent = SpanId([9; 8]);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let ctx = TraceContext {
+            trace_id,
+            parent_span_id: Some(parent),
+            span_id,
+            sampled: false,
+            tracestate: None,
+            format: Format::B3Multi,
+        };
+        assert_eq!(trace_id.to_string(), hex(&trace_id.0));
+        assert_eq!(span_id.to_string(), "ab000ff0010203ff");
+        assert_eq!(format!("{span_id:?}"), "SpanId(ab000ff0010203ff)");
+        let mut out = headers(&[("b3", "x"), ("x-b3-flags", "1")]);
+        ctx.inject(&mut out);
+        let tp = format!("00-{}-ab000ff0010203ff-00", hex(&trace_id.0));
+        assert_eq!(ctx.traceparent(), tp);
+        assert_eq!(out["traceparent"], tp.as_str());
+        assert_eq!(
+            out["b3"],
+            format!("{}-ab000ff0010203ff-0", hex(&trace_id.0)).as_str()
+        );
+        assert_eq!(out["x-b3-traceid"], hex(&trace_id.0).as_str());
+        assert_eq!(out["x-b3-spanid"], "ab000ff0010203ff");
+        assert_eq!(out["x-b3-parentspanid"], "0909090909090909");
+        assert_eq!(out["x-b3-sampled"], "0");
+        assert!(!out.contains_key("x-b3-flags"));
+        let sampled = TraceContext {
+            sampled: true,
+            parent_span_id: None,
+            ..ctx
+        };
+        sampled.inject(&mut out);
+        assert!(out["traceparent"].to_str().unwrap().ends_with("-01"));
+        assert!(out["b3"].to_str().unwrap().ends_with("-1"));
+        assert_eq!(out["x-b3-sampled"], "1");
+        assert!(!out.contains_key("x-b3-parentspanid"));
     }
 }

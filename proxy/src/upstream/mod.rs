@@ -245,7 +245,7 @@ impl Upstream {
             req = Request::from_parts(parts, crate::body::boxed(first));
             match pooled.try_send_request(req).await {
                 Ok(rsp) => {
-                    self.h1.checkin_when_ready(key, pooled, peer.clone());
+                    self.h1.checkin(key, pooled, peer.clone());
                     return Ok((rsp, peer));
                 }
                 // The idle connection was closed by the server before the
@@ -278,7 +278,7 @@ impl Upstream {
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;
         let rsp = sender.send_request(req).await.map_err(reset)?;
-        self.h1.checkin_when_ready(key, sender, peer.clone());
+        self.h1.checkin(key, sender, peer.clone());
         Ok((rsp, peer))
     }
 

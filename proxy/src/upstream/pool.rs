@@ -3,9 +3,12 @@
 //! * HTTP/2: one multiplexed connection per key, shared by every request
 //!   (this is how HTTP/1 traffic between sidecars rides one connection).
 //!   Replaced when it closes.
-//! * HTTP/1.1: a stack of idle connections per key; a connection returns to
-//!   the pool once its response body is fully read, and is dropped after the
-//!   idle timeout or beyond [`MAX_IDLE_PER_KEY`].
+//! * HTTP/1.1: a stack of connections per key; a connection goes back on it
+//!   as soon as its request is sent, and is handed out again once its
+//!   response body has been read (hyper's `is_ready`), so returning it costs
+//!   no task per request. It is dropped once closed, after the idle timeout
+//!   (counted from its last request, which errs on the early side of the
+//!   app's keep-alive), or beyond [`MAX_IDLE_PER_KEY`].
 //!
 //! A key is the address plus the transport header sent on the connection, so
 //! connections to different workload ports behind one sidecar never mix.
@@ -24,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Idle HTTP/1.1 connections kept per key.
+/// HTTP/1.1 connections kept per key (idle, or finishing a response).
 pub const MAX_IDLE_PER_KEY: usize = 64;
 
 /// Identifies connections that can be shared.
@@ -126,12 +129,21 @@ impl H2Pool {
 // === impl H1Pool ===
 
 impl H1Pool {
-    /// An idle, ready connection for `key`, if one is pooled.
+    /// An idle, ready connection for `key`, if one is pooled. Closed and
+    /// expired ones are dropped; ones still reading a response stay.
     pub fn checkout(&self, key: &PoolKey, idle_timeout: Duration) -> Option<H1Conn> {
         let mut idle = self.idle.lock().expect("not poisoned");
         let list = idle.get_mut(key)?;
-        while let Some(((sender, peer), since)) = list.pop() {
-            if since.elapsed() < idle_timeout && sender.is_ready() {
+        // Newest first: the most recently used connection is the least
+        // likely to have been closed by the app.
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let ((sender, _), since) = &list[i];
+            if sender.is_closed() || since.elapsed() >= idle_timeout {
+                list.remove(i);
+            } else if sender.is_ready() {
+                let ((sender, peer), _) = list.remove(i);
                 return Some((sender, peer));
             }
         }
@@ -158,26 +170,23 @@ impl H1Pool {
         Ok(sender)
     }
 
-    /// Returns `sender` to the pool once it can take another request (that
-    /// is, once the previous response body has been read to the end).
-    pub fn checkin_when_ready(
-        self: &Arc<Self>,
+    /// Puts `sender` back in the pool right after its request was sent;
+    /// [`H1Pool::checkout`] hands it out once the response body has been
+    /// read to the end (no task waits for that).
+    pub fn checkin(
+        &self,
         key: PoolKey,
-        mut sender: http1::SendRequest<Body>,
+        sender: http1::SendRequest<Body>,
         peer: Option<UpstreamPeer>,
     ) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let Some(pool) = pool.upgrade() else { return };
-            let mut idle = pool.idle.lock().expect("not poisoned");
-            let list = idle.entry(key).or_default();
-            if list.len() < MAX_IDLE_PER_KEY {
-                list.push(((sender, peer), Instant::now()));
-            }
-        });
+        let mut idle = self.idle.lock().expect("not poisoned");
+        let list = idle.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_KEY {
+            list.retain(|((s, _), _)| !s.is_closed());
+        }
+        if list.len() < MAX_IDLE_PER_KEY {
+            list.push(((sender, peer), Instant::now()));
+        }
     }
 
     /// Drops idle connections older than `idle_timeout` and empty keys.
@@ -189,13 +198,14 @@ impl H1Pool {
         idle.retain(|_, l| !l.is_empty());
     }
 
-    /// Idle connections pooled, over all keys.
+    /// Idle connections pooled (ready for a request), over all keys.
     pub fn idle_count(&self) -> usize {
         self.idle
             .lock()
             .expect("not poisoned")
             .values()
-            .map(Vec::len)
-            .sum()
+            .flatten()
+            .filter(|((s, _), _)| s.is_ready())
+            .count()
     }
 }

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Instructions per HTTP request of each sane hop, counted by callgrind.
+#
+# Wall-clock figures on a shared, loaded machine are noise; the number of
+# instructions a hop executes per request is not. This script runs the same
+# two-hop topology as `bench/run` (bench/peers/sane-{a,b}.yaml):
+#
+#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/2 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
+#
+# with both sane-proxy processes (`--workers 1`) under
+# `valgrind --tool=callgrind`, certificates from a sane-control-plane CA
+# (the control plane is not measured), every port picked at run time.
+#
+# How it counts: the proxies start with instrumentation off
+# (`--instr-atstart=no`: startup, key generation and the CSR run at native
+# speed and are not counted). WARMUP requests open the connections and fill
+# the pools; then `callgrind_control -i on` + `-z` start counting on both
+# hops, N keep-alive requests run (h2load, C connections), and
+# `callgrind_control -d` dumps the counts. A second window of the same
+# length with no traffic is dumped too (timers, keep-alive pings: the
+# idle baseline). Instructions per request = (Ir of the load window - Ir of
+# the idle window) / N. Callgrind serialises the threads of a process, and
+# counts instructions (Ir), not time: the figure is the same on a quiet or
+# a loaded machine, up to small differences in how many requests share one
+# wake-up (run it twice to see the spread; C=1 keeps it smallest). Only
+# user-space instructions are counted: the kernel's work in the proxies'
+# syscalls (read, write, epoll) is not.
+#
+# Prints per hop the instructions per request, the idle baseline, and the
+# top TOP functions by self and by inclusive Ir (callgrind_annotate).
+# Dumps are kept in OUT for `callgrind_annotate` / kcachegrind.
+#
+# Usage: bench/callgrind.sh            # builds release sane-proxy + control plane
+#        N=2000 WARMUP=200 C=1 TOP=15 NO_BUILD=1 OUT=target/callgrind bench/callgrind.sh
+# Needs: valgrind, nginx, h2load (nghttp2-client), curl. Loopback only.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+N=${N:-2000}
+WARMUP=${WARMUP:-200}
+C=${C:-1}
+TOP=${TOP:-15}
+OUT=${OUT:-$ROOT/target/callgrind}
+BIN=$ROOT/target/release
+PROXY=${PROXY:-$BIN/sane-proxy} # another sane-proxy binary, e.g. a copy of the "before" build
+# PRELOAD: a malloc to LD_PRELOAD into both proxies (e.g. libjemalloc.so.2),
+# to weigh an allocator before linking one in.
+TOKEN=sane-callgrind-token
+
+for tool in valgrind callgrind_control callgrind_annotate nginx h2load curl python3; do
+    command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool not found (apt-get install valgrind nginx nghttp2-client curl python3)" >&2; exit 1; }
+done
+
+if [[ -z "${NO_BUILD:-}" ]]; then
+    (cd "$ROOT" && cargo build --release -p sane-proxy --bin sane-proxy -p sane-control-plane --bin sane-control-plane)
+fi
+
+WORK=$(mktemp -d /tmp/sane-callgrind.XXXXXX)
+mkdir -p "$OUT" "$WORK"/{run,logs,tokens}
+rm -f "$OUT"/hop-*.out*
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A free loopback port for nginx (which cannot report the one it bound).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Polls `log` for `listening name=<name> addr=…` and prints the address.
+listening() {
+    local log=$1 name=$2 deadline=$((SECONDS + 120))
+    while ((SECONDS < deadline)); do
+        local addr
+        addr=$(sed -n "s/^listening name=$name addr=//p" "$log" | head -n1)
+        if [[ -n "$addr" ]]; then echo "$addr"; return 0; fi
+        sleep 0.2
+    done
+    echo "callgrind.sh: no 'listening name=$name' in $log:" >&2
+    cat "$log" >&2
+    return 1
+}
+
+# Polls until `url` answers 200 `ok` with Host: backend.
+until_ok() {
+    local deadline=$((SECONDS + 120))
+    while ((SECONDS < deadline)); do
+        [[ "$(curl -s -m 5 -H 'Host: backend' "$1" || true)" == ok ]] && return 0
+        sleep 0.2
+    done
+    echo "callgrind.sh: $1 never answered 200 ok" >&2
+    return 1
+}
+
+# --- backend: nginx answering `200 ok` (as bench/peers/backend.conf) ---
+BACKEND_PORT=$(free_port)
+mkdir -p "$WORK/run/backend"
+cat >"$WORK/backend.conf" <<EOF
+worker_processes 1;
+pid $WORK/run/backend/nginx.pid;
+error_log $WORK/logs/backend.error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/run/backend/body; proxy_temp_path $WORK/run/backend/proxy;
+    fastcgi_temp_path $WORK/run/backend/fcgi; uwsgi_temp_path $WORK/run/backend/uwsgi; scgi_temp_path $WORK/run/backend/scgi;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$BACKEND_PORT;
+        location / { default_type text/plain; return 200 "ok"; }
+    }
+}
+EOF
+nginx -p "$WORK/run" -e "$WORK/logs/backend.error.log" -c "$WORK/backend.conf" -g 'daemon off;' \
+    >"$WORK/logs/backend.log" 2>&1 &
+PIDS+=($!)
+until_ok "http://127.0.0.1:$BACKEND_PORT/"
+
+# --- control plane: the CA and the workload tokens ---
+"$BIN/sane-control-plane" --xds-addr 127.0.0.1:0 --api-addr 127.0.0.1:0 \
+    --data-dir "$WORK/cp" --api-token "$TOKEN" >"$WORK/logs/cp.log" 2>&1 &
+PIDS+=($!)
+CP_XDS=$(listening "$WORK/logs/cp.log" xds)
+CP_API=$(listening "$WORK/logs/cp.log" api)
+for sa in bench-a bench-b; do
+    curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -d "{\"namespace\":\"default\",\"service_account\":\"$sa\"}" "http://$CP_API/api/v1/tokens" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["token"], end="")' >"$WORK/tokens/$sa.token"
+done
+
+# --- the two hops under callgrind ---
+GRIND_PID=
+grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
+    LD_PRELOAD="${PRELOAD:-}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
+        "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
+    GRIND_PID=$!
+    PIDS+=("$GRIND_PID")
+}
+
+cat >"$WORK/sane-b.yaml" <<EOF
+node: { id: bench-b, namespace: default, workload: bench-b }
+admin: { address: "127.0.0.1:0" }
+drain_timeout: 1s
+identity:
+  trust_domain: cluster.local
+  service_account: bench-b
+  ca_address: "http://$CP_XDS"
+  token_file: "$WORK/tokens/bench-b.token"
+resources:
+  listeners:
+    - name: inbound
+      direction: inbound
+      address: "127.0.0.1:0"
+      workload_ports:
+        - { port: $BACKEND_PORT, protocol: http }
+EOF
+grind hop-b "$WORK/sane-b.yaml"
+PID_B=$GRIND_PID
+B_ADDR=$(listening "$WORK/logs/hop-b.log" inbound)
+
+cat >"$WORK/sane-a.yaml" <<EOF
+node: { id: bench-a, namespace: default, workload: bench-a }
+admin: { address: "127.0.0.1:0" }
+drain_timeout: 1s
+identity:
+  trust_domain: cluster.local
+  service_account: bench-a
+  ca_address: "http://$CP_XDS"
+  token_file: "$WORK/tokens/bench-a.token"
+resources:
+  listeners:
+    - { name: outbound, direction: outbound, protocol: http, address: "127.0.0.1:0" }
+  services:
+    - name: backend
+      ports:
+        - { name: http, port: 80, target_port: $BACKEND_PORT, protocol: http }
+  endpoints:
+    - { service: backend, address: 127.0.0.1, proxy_port: ${B_ADDR##*:}, identity: "spiffe://cluster.local/ns/default/sa/bench-b" }
+EOF
+grind hop-a "$WORK/sane-a.yaml"
+PID_A=$GRIND_PID
+A_ADDR=$(listening "$WORK/logs/hop-a.log" outbound)
+until_ok "http://$A_ADDR/"
+
+load() { # requests
+    local log="$WORK/logs/h2load.log"
+    h2load --h1 -n "$1" -c "$C" -H ':authority: backend' "http://$A_ADDR/" >"$log" 2>&1
+    if ! grep -q "requests: $1 total, $1 started, $1 done, $1 succeeded" "$log"; then
+        echo "callgrind.sh: not every request succeeded:" >&2
+        cat "$log" >&2
+        return 1
+    fi
+}
+
+load "$WARMUP"
+callgrind_control -i on "$PID_A" >/dev/null
+callgrind_control -i on "$PID_B" >/dev/null
+callgrind_control -z "$PID_A" >/dev/null
+callgrind_control -z "$PID_B" >/dev/null
+start=$SECONDS
+load "$N"
+window=$((SECONDS - start + 1))
+callgrind_control -d load "$PID_A" >/dev/null
+callgrind_control -d load "$PID_B" >/dev/null
+# The idle baseline: as long as the load window, no traffic.
+sleep "$window" # allow-sleep: an idle window of the load window's length, not a readiness wait
+callgrind_control -d idle "$PID_A" >/dev/null
+callgrind_control -d idle "$PID_B" >/dev/null
+
+# Ir total of a dump file.
+total() { sed -n 's/^summary: *//p; s/^totals: *//p' "$1" | head -n1 | awk '{print $1}'; }
+
+# The first TOP function lines of callgrind_annotate's table.
+top() { # file [option]
+    callgrind_annotate --threshold=100 ${2:+"$2"} "$1" 2>/dev/null |
+        sed 's/ *\[[^]]*\]$//; s/\.\/[^ ]*\/\([^/ ]*\.[cS]\):/\1:/; s/???://' |
+        awk -v top="$TOP" '/file:function/ { table = 1; getline; next } table && NF && n < top { print; n++ }'
+}
+
+echo "callgrind: $N HTTP/1.1 keep-alive requests over $C connection(s) after $WARMUP warm-up, load window ${window}s"
+printf '%-6s %16s %14s %14s\n' hop "Ir (load)" "Ir (idle)" "Ir/request"
+for hop in a b; do
+    files=("$OUT/hop-$hop.out".*)
+    load_file=${files[0]}
+    idle_file=${files[1]}
+    l=$(total "$load_file")
+    i=$(total "$idle_file")
+    printf '%-6s %16d %14d %14d\n' "$hop" "$l" "$i" $(((l - i) / N))
+done
+for hop in a b; do
+    files=("$OUT/hop-$hop.out".*)
+    echo
+    echo "=== hop $hop: top $TOP by self Ir (${files[0]}) ==="
+    top "${files[0]}"
+    echo "=== hop $hop: top $TOP by inclusive Ir ==="
+    top "${files[0]}" --inclusive=yes
+done
