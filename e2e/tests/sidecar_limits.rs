@@ -70,6 +70,9 @@ fn normal_traffic(
                 .body(Empty::<Bytes>::new())
                 .expect("a valid request");
             let reply = async {
+                // A request sent before hyper's client finished the last
+                // exchange fails with "connection was not ready", unsent.
+                s.ready().await.map_err(|e| e.to_string())?;
                 let rsp = s.send_request(req).await.map_err(|e| e.to_string())?;
                 let status = rsp.status();
                 rsp.into_body().collect().await.map_err(|e| e.to_string())?;
