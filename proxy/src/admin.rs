@@ -5,12 +5,11 @@
 use crate::body::{self, Body};
 use crate::config::ConfigStore;
 use crate::drain::{Drain, Readiness};
+use crate::protocol::local::serve_local;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::json;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,29 +35,11 @@ impl Admin {
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, socket: TcpListener, stop: CancellationToken) {
         let admin = Arc::new(self);
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = stop.cancelled() => return,
-                res = socket.accept() => match res {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        continue;
-                    }
-                },
-            };
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req)) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        serve_local("admin", socket, stop, move |req| {
+            let rsp = admin.handle(req);
+            async move { rsp }
+        })
+        .await;
     }
 
     fn handle(&self, req: Request<Incoming>) -> Response<Body> {

@@ -15,20 +15,17 @@
 use crate::admin::{readiness_response, text};
 use crate::body::{self, Body};
 use crate::drain::{Drain, Readiness};
+use crate::protocol::local::serve_local;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sane_xds_proto::{AppProbe, GrpcProbe, HttpGetProbe};
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-/// How long the kubelet may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The health server's state.
 #[derive(Clone, Debug)]
@@ -89,30 +86,11 @@ impl HealthServer {
     /// Serves until `stop` is cancelled.
     pub async fn serve(self, socket: TcpListener, stop: CancellationToken) {
         let server = Arc::new(self);
-        loop {
-            let stream = tokio::select! {
-                _ = stop.cancelled() => return,
-                res = socket.accept() => match res {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "health accept failed");
-                        continue;
-                    }
-                },
-            };
+        serve_local("health", socket, stop, move |req| {
             let server = server.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+            async move { server.handle(req).await }
+        })
+        .await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {

@@ -1,11 +1,14 @@
 //! Protocols on an accepted connection: what the first bytes say
 //! ([`detect`]), the mesh transport header sidecars put in front of every
 //! connection to a peer ([`transport_header`]), HTTP helpers
-//! ([`http`]), serving HTTP on a connection under its limits ([`server`]) and opaque TCP forwarding ([`opaque`]).
+//! ([`http`]), serving HTTP on a connection under its limits ([`server`]),
+//! the proxy's own admin and health servers ([`local`]) and opaque TCP
+//! forwarding ([`opaque`]).
 
 pub mod detect;
 pub mod http;
 pub mod io;
+pub mod local;
 pub mod opaque;
 pub mod server;
 pub mod transport_header;
