@@ -8,7 +8,7 @@ use crate::drain::{Drain, Readiness};
 use crate::protocol::local::serve_local;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, Registry, TextEncoder};
 use serde_json::json;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -33,9 +33,10 @@ pub struct Admin {
 
 impl Admin {
     /// Serves until `stop` is cancelled.
-    pub async fn serve(self, socket: TcpListener, stop: CancellationToken) {
+    /// Connections over the cap are counted in `rejected`.
+    pub async fn serve(self, socket: TcpListener, stop: CancellationToken, rejected: IntCounter) {
         let admin = Arc::new(self);
-        serve_local("admin", socket, stop, move |req| {
+        serve_local("admin", socket, stop, rejected, move |req| {
             let rsp = admin.handle(req);
             async move { rsp }
         })

@@ -19,6 +19,7 @@ use crate::protocol::local::serve_local;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus::IntCounter;
 use sane_xds_proto::{AppProbe, GrpcProbe, HttpGetProbe};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -84,9 +85,10 @@ pub enum ProbeFailure {
 
 impl HealthServer {
     /// Serves until `stop` is cancelled.
-    pub async fn serve(self, socket: TcpListener, stop: CancellationToken) {
+    /// Connections over the cap are counted in `rejected`.
+    pub async fn serve(self, socket: TcpListener, stop: CancellationToken, rejected: IntCounter) {
         let server = Arc::new(self);
-        serve_local("health", socket, stop, move |req| {
+        serve_local("health", socket, stop, rejected, move |req| {
             let server = server.clone();
             async move { server.handle(req).await }
         })

@@ -231,10 +231,17 @@ impl Proxy {
             drain: drain.clone(),
             identity: self.ctx.identity.clone(),
         };
-        tokio::spawn(admin.serve(self.admin_socket, stop_admin.clone()));
+        let rejected = |name| {
+            self.ctx
+                .metrics
+                .limits
+                .for_listener(name)
+                .connections_rejected
+        };
+        tokio::spawn(admin.serve(self.admin_socket, stop_admin.clone(), rejected("admin")));
         if let Some((_, socket, server)) = self.health {
             // Stops with the admin server: the kubelet sees "draining" until then.
-            tokio::spawn(server.serve(socket, stop_admin.clone()));
+            tokio::spawn(server.serve(socket, stop_admin.clone(), rejected("health")));
         }
         let mut accept_loops = Vec::new();
         for l in self.listeners {

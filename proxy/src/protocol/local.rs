@@ -3,21 +3,23 @@
 //! path still needs.
 //!
 //! * at most [`MAX_CONNECTIONS`] connections at once; a connection over the
-//!   cap is closed at accept, so a stuck client cannot make the server hold
-//!   memory without bound;
+//!   cap is closed at accept and counted (the proxy counts it in
+//!   `sane_listener_connections_rejected_total{listener="admin"|"health"}`),
+//!   so stuck clients cannot make the server hold memory without bound;
 //! * [`HEADER_READ_TIMEOUT`] for a request head (slowloris);
 //! * the loop ends when `stop` is cancelled; connections in progress finish.
 
 use crate::body::Body;
+use crate::drain::Drain;
+use crate::listener::{accept_loop, AcceptLimits};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::IntCounter;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// Connections one local server holds at once.
@@ -27,50 +29,42 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTP/1.1 on `socket` with `handle` until `stop` is cancelled.
-/// `name` labels the server in logs.
+/// `name` labels the server in logs; `rejected` counts connections closed
+/// at the cap.
 pub async fn serve_local<H, F>(
     name: &'static str,
     socket: TcpListener,
     stop: CancellationToken,
+    rejected: IntCounter,
     handle: H,
 ) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            res = socket.accept() => match res {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(server = name, error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                server = name,
-                %peer,
-                max = MAX_CONNECTIONS,
-                "too many connections; closing the new one"
-            );
-            continue;
-        };
+    // The data path's drain must not stop these servers (the admin reports
+    // "draining" while it runs): they get their own, started by `stop`.
+    let own = Drain::default();
+    let limits = AcceptLimits {
+        max_connections: MAX_CONNECTIONS,
+        rejected,
+    };
+    let accept = accept_loop(&socket, name, limits, &own, |stream, _peer| {
         let handle = handle.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let rsp = handle(req);
-                async move { Ok::<_, Infallible>(rsp.await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-            drop(slot);
+        let svc = hyper::service::service_fn(move |req| {
+            let rsp = handle(req);
+            async move { Ok::<_, Infallible>(rsp.await) }
         });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), svc);
+        Some(async move {
+            let _ = conn.await;
+        })
+    });
+    tokio::select! {
+        () = accept => {}
+        () = stop.cancelled() => own.start(),
     }
 }
 
@@ -81,17 +75,19 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    async fn server() -> (std::net::SocketAddr, CancellationToken) {
+    async fn server() -> (std::net::SocketAddr, CancellationToken, IntCounter) {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let stop = CancellationToken::new();
+        let rejected = IntCounter::new("rejected", "test").unwrap();
         tokio::spawn(serve_local(
             "test",
             socket,
             stop.clone(),
-            |req| async move { crate::admin::text(StatusCode::OK, req.uri().path()) },
+            rejected.clone(),
+            |req: Request<Incoming>| async move { crate::admin::text(StatusCode::OK, req.uri().path()) },
         ));
-        (addr, stop)
+        (addr, stop, rejected)
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -108,7 +104,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_with_the_handler() {
-        let (addr, _stop) = server().await;
+        let (addr, _stop, _) = server().await;
         let rsp = get(addr, "/ready").await;
         assert!(rsp.starts_with("HTTP/1.1 200"), "{rsp}");
         assert!(rsp.contains("/ready"), "{rsp}");
@@ -116,7 +112,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_over_the_cap_is_closed_and_the_server_recovers() {
-        let (addr, _stop) = server().await;
+        let (addr, _stop, rejected) = server().await;
         // Hold every slot with a connection that sent nothing.
         let mut held = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
@@ -139,6 +135,7 @@ mod tests {
             .expect("the connection over the cap is closed, not left waiting")
             .unwrap_or(0);
         assert_eq!(n, 0, "closed without an answer");
+        assert_eq!(rejected.get(), 1);
 
         drop(held);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -162,7 +159,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_head_that_never_ends_is_cut() {
-        let (addr, _stop) = server().await;
+        let (addr, _stop, _) = server().await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n")
             .await
