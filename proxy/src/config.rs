@@ -598,17 +598,46 @@ impl ConfigStore {
     }
 }
 
-fn warn_on_listener_changes(prev: &Snapshot, next: &Snapshot) {
-    let addrs = |s: &Snapshot| -> BTreeMap<String, String> {
+/// Names the listener settings of `next` that differ from `prev` and only
+/// take effect at the next restart (sockets and their limits are set up
+/// when the listener is bound).
+fn listener_changes_needing_restart(prev: &Snapshot, next: &Snapshot) -> Vec<String> {
+    let by_name = |s: &Snapshot| -> BTreeMap<String, Listener> {
         s.listeners()
             .iter()
-            .map(|l| (l.name.clone(), l.address.clone()))
+            .map(|l| (l.name.clone(), l.clone()))
             .collect()
     };
-    if addrs(prev) != addrs(next) {
+    let (before, after) = (by_name(prev), by_name(next));
+    let mut changed = Vec::new();
+    for name in before.keys().chain(after.keys()) {
+        let what = match (before.get(name), after.get(name)) {
+            (Some(_), None) => "removed",
+            (None, Some(_)) => "added",
+            (Some(a), Some(b)) if a.address != b.address => "address",
+            (Some(a), Some(b))
+                if (a.direction, a.protocol, a.transparent)
+                    != (b.direction, b.protocol, b.transparent) =>
+            {
+                "direction, protocol or transparent"
+            }
+            (Some(a), Some(b)) if a.limits != b.limits => "limits",
+            _ => continue,
+        };
+        let entry = format!("listener {name:?}: {what}");
+        if !changed.contains(&entry) {
+            changed.push(entry);
+        }
+    }
+    changed
+}
+
+fn warn_on_listener_changes(prev: &Snapshot, next: &Snapshot) {
+    let changed = listener_changes_needing_restart(prev, next);
+    if !changed.is_empty() {
         tracing::warn!(
-            "listener names or addresses changed; they take effect at the next restart, \
-             other changes apply now"
+            changed = %changed.join(", "),
+            "listener changes take effect at the next restart; other changes apply now"
         );
     }
 }
@@ -646,6 +675,39 @@ resources:
 
     fn compile(text: &str) -> Result<Snapshot, StartError> {
         Snapshot::compile(serde_yaml::from_str(text).unwrap(), 1, None, "test.yaml")
+    }
+
+    #[test]
+    fn listener_changes_that_need_a_restart_are_named() {
+        let prev = compile(CFG).unwrap();
+        assert!(listener_changes_needing_restart(&prev, &compile(CFG).unwrap()).is_empty());
+        let edited = CFG
+            .replace(
+                r#"- { name: out, address: "127.0.0.1:0" }"#,
+                r#"- { name: out, address: "127.0.0.1:0", limits: { max_connections: 5 } }"#,
+            )
+            .replace(
+                r#"name: tcp, address: "127.0.0.1:0""#,
+                r#"name: tcp, address: "127.0.0.1:1""#,
+            )
+            .replace(
+                "  services:\n",
+                "    - { name: extra, address: \"127.0.0.1:0\" }\n  services:\n",
+            );
+        let next = compile(&edited).unwrap();
+        assert_eq!(
+            listener_changes_needing_restart(&prev, &next),
+            [
+                r#"listener "out": limits"#,
+                r#"listener "tcp": address"#,
+                r#"listener "extra": added"#,
+            ]
+        );
+        // A route or endpoint change applies now: nothing to report.
+        let routes_only = CFG.replace("10.0.0.3", "10.0.0.4");
+        assert!(
+            listener_changes_needing_restart(&prev, &compile(&routes_only).unwrap()).is_empty()
+        );
     }
 
     #[test]
