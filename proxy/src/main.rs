@@ -29,7 +29,8 @@ struct Args {
     /// Validate the config and exit.
     #[arg(long)]
     check: bool,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per core). With one, everything runs
+    /// on the main thread.
     #[arg(long, env = "SANE_PROXY_WORKERS")]
     workers: Option<usize>,
     /// Log format.
@@ -99,11 +100,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.workers {
-        rt.worker_threads(n.max(1));
-    }
-    let rt = rt.enable_all().build().context("starting the runtime")?;
+    let rt = runtime(args.workers)?;
     rt.block_on(async move {
         let registry = prometheus::Registry::new();
         let proxy = sane_proxy::build(bootstrap, Some(config), registry).await?;
@@ -170,11 +167,22 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
     })
 }
 
+/// The runtime for `workers` threads (default: one per core). One worker
+/// runs everything on this thread (tokio's current-thread scheduler): no
+/// hand-off between the thread that accepted and a worker, no
+/// cross-thread wake-ups or atomics on the task queues, which is most of
+/// what a second thread costs a proxy pinned to one core.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        rt.worker_threads(n.max(1));
-    }
+    let n = workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut rt = if n == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut rt = tokio::runtime::Builder::new_multi_thread();
+        rt.worker_threads(n);
+        rt
+    };
     rt.enable_all().build().context("starting the runtime")
 }
 

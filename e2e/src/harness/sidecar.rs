@@ -120,7 +120,15 @@ impl Sidecar {
         let config_path = dir.join(format!("{name}.yaml"));
         write_bootstrap(&config_path, &bootstrap);
         let args = [OsStr::new("--config"), config_path.as_os_str()];
-        let proc = Proc::spawn(&format!("sane-proxy[{name}]"), proxy_bin, args, &[]);
+        // Every mesh runs both of the proxy's schedulers: the client sidecar
+        // on one thread (current-thread runtime, as `--workers 1` in
+        // production and the benchmark), the others one worker per core.
+        let env: &[(&str, &str)] = if name == crate::harness::CLIENT {
+            &[("SANE_PROXY_WORKERS", "1")]
+        } else {
+            &[]
+        };
+        let proc = Proc::spawn(&format!("sane-proxy[{name}]"), proxy_bin, args, env);
         let mut names = vec!["admin"];
         names.extend(
             bootstrap
