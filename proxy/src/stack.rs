@@ -64,7 +64,7 @@ use crate::trace::attempt::AttemptLayer;
 use crate::transparent::OriginalDst;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture, Either, Ready};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -230,7 +230,8 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    /// The stack below, or at once the error of a request with no route.
+    type Future = Either<S::Future, Ready<Result<Response<Body>, ProxyError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -261,7 +262,7 @@ where
             Ok::<_, ProxyError>((selected, authority))
         })();
         match routed {
-            Err(e) => Box::pin(async move { Err(e) }),
+            Err(e) => Either::Right(future::ready(Err(e))),
             Ok((selected, authority)) => {
                 if let Some(t) = selected.timeout {
                     req.extensions_mut().insert(RequestTimeout(t));
@@ -272,7 +273,7 @@ where
                     authority,
                 }
                 .insert_into(req.extensions_mut());
-                Box::pin(self.inner.call(req))
+                Either::Left(self.inner.call(req))
             }
         }
     }
