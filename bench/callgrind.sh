@@ -30,8 +30,16 @@
 # top TOP functions by self and by inclusive Ir (callgrind_annotate).
 # Dumps are kept in OUT for `callgrind_annotate` / kcachegrind.
 #
+# MEMORY=1 runs the same topology natively instead (no valgrind) and
+# prints each hop's VmRSS and PSS (/proc/PID/status, smaps_rollup): right
+# after the first request went through (as `bench/run`'s idle figure), after
+# WARMUP requests, and hop A's while CONNS (1 000) idle keep-alive client
+# connections are open (one request each), SETTLE seconds after each step.
+# It is how an allocator's memory cost is weighed against its instructions.
+#
 # Usage: bench/callgrind.sh            # builds release sane-proxy + control plane
 #        N=2000 WARMUP=200 C=1 TOP=15 NO_BUILD=1 OUT=target/callgrind bench/callgrind.sh
+#        MEMORY=1 CONNS=1000 SETTLE=2 NO_BUILD=1 bench/callgrind.sh
 # Needs: valgrind, nginx, h2load (nghttp2-client), curl. Loopback only.
 set -euo pipefail
 
@@ -133,8 +141,12 @@ done
 # --- the two hops under callgrind ---
 GRIND_PID=
 grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
-    LD_PRELOAD="${PRELOAD:-}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
-        "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
+    if [[ -n "${MEMORY:-}" ]]; then
+        LD_PRELOAD="${PRELOAD:-}" "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
+    else
+        LD_PRELOAD="${PRELOAD:-}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
+            "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
+    fi
     GRIND_PID=$!
     PIDS+=("$GRIND_PID")
 }
@@ -193,6 +205,68 @@ load() { # requests
         return 1
     fi
 }
+
+if [[ -n "${MEMORY:-}" ]]; then
+    CONNS=${CONNS:-1000}
+    SETTLE=${SETTLE:-2}
+    mem() { # pid: "RSS PSS" in MiB
+        local rss pss
+        rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status")
+        pss=$(awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup")
+        awk -v r="$rss" -v p="$pss" 'BEGIN { printf "%.1f %.1f", r / 1024, p / 1024 }'
+    }
+    row() { # label
+        local a b
+        read -r -a a <<<"$(mem "$PID_A")"
+        read -r -a b <<<"$(mem "$PID_B")"
+        printf '| %s | %s | %s | %s | %s |\n' "$1" "${a[0]}" "${a[1]}" "${b[0]}" "${b[1]}"
+    }
+    echo "memory (MiB), $PROXY${PRELOAD:+ with LD_PRELOAD=$PRELOAD}"
+    echo "| | hop A RSS | hop A PSS | hop B RSS | hop B PSS |"
+    echo "|---|---|---|---|---|"
+    sleep "$SETTLE" # allow-sleep: a measurement interval, not a readiness wait
+    row "idle (first request through)"
+    load "$WARMUP"
+    sleep "$SETTLE" # allow-sleep: a measurement interval, not a readiness wait
+    row "after $WARMUP requests"
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    # CONNS keep-alive connections to hop A, one request each, held open
+    # by a python process while the memory is read.
+    : >"$WORK/logs/conns.log"
+    python3 - "$A_ADDR" "$CONNS" >"$WORK/logs/conns.log" 2>&1 <<'PY' &
+import socket, sys, time
+addr, n = sys.argv[1], int(sys.argv[2])
+host, port = addr.rsplit(":", 1)
+conns = []
+for i in range(n):
+    s = socket.create_connection((host, int(port)), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+    got = b""
+    while not got.endswith(b"ok"):
+        chunk = s.recv(1024)
+        if not chunk:
+            sys.exit(f"connection {i} closed before the reply")
+        got += chunk
+    conns.append(s)
+print("opened", flush=True)
+while True:
+    time.sleep(3600)  # holds the connections until killed
+PY
+    HOLDER=$!
+    PIDS+=("$HOLDER")
+    deadline=$((SECONDS + 120))
+    until grep -q opened "$WORK/logs/conns.log"; do
+        if ((SECONDS > deadline)) || ! kill -0 "$HOLDER" 2>/dev/null; then
+            echo "callgrind.sh: the $CONNS connections did not open:" >&2
+            cat "$WORK/logs/conns.log" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    sleep "$SETTLE" # allow-sleep: a measurement interval, not a readiness wait
+    row "hop A holding $CONNS idle client connections"
+    exit 0
+fi
 
 load "$WARMUP"
 callgrind_control -i on "$PID_A" >/dev/null

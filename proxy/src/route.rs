@@ -13,6 +13,9 @@ use http::{Extensions, HeaderMap, Method, Request};
 use rand::Rng;
 use regex::Regex;
 use sane_xds_proto::{HeaderMatch, MatchKind, PathMatch, Protocol, RouteMatch};
+// Host names come from the config (requests only look them up): foldhash,
+// seeded per process, instead of SipHash.
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +23,18 @@ use std::time::Duration;
 /// Host names to services, per port.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    by_host_port: HashMap<(String, u16), Arc<PortRoute>>,
-    default_port: HashMap<String, u16>,
+    /// Keyed by host alone, so a request's host is looked up as the `&str`
+    /// it is, without building a `(String, u16)` key per request.
+    by_host: HashMap<String, HostPorts, RandomState>,
+}
+
+/// The service ports one host name reaches.
+#[derive(Debug)]
+struct HostPorts {
+    /// The first port added: used when the authority has no port.
+    default_port: u16,
+    /// A host has a handful of ports: a scan beats hashing.
+    ports: Vec<(u16, Arc<PortRoute>)>,
 }
 
 /// The routing rules for one service port.
@@ -106,29 +119,32 @@ impl RouteTable {
     /// added for a host is its default (used when the authority has no port).
     pub fn insert(&mut self, hosts: &[String], route: Arc<PortRoute>) {
         for h in hosts {
-            self.default_port.entry(h.clone()).or_insert(route.port);
-            self.by_host_port
-                .insert((h.clone(), route.port), route.clone());
+            let entry = self.by_host.entry(h.clone()).or_insert_with(|| HostPorts {
+                default_port: route.port,
+                ports: Vec::new(),
+            });
+            match entry.ports.iter_mut().find(|(p, _)| *p == route.port) {
+                Some((_, r)) => *r = route.clone(),
+                None => entry.ports.push((route.port, route.clone())),
+            }
         }
     }
 
     /// The service port addressed by `host[:port]`.
     pub fn resolve(&self, host: &str, port: Option<u16>) -> Option<&Arc<PortRoute>> {
-        let port = match port {
-            Some(p) => p,
-            None => *self.default_port.get(host)?,
-        };
-        self.by_host_port.get(&(host.to_string(), port))
+        let entry = self.by_host.get(host)?;
+        let port = port.unwrap_or(entry.default_port);
+        entry.ports.iter().find(|(p, _)| *p == port).map(|(_, r)| r)
     }
 
     /// Number of (host, port) entries.
     pub fn len(&self) -> usize {
-        self.by_host_port.len()
+        self.by_host.values().map(|h| h.ports.len()).sum()
     }
 
     /// True if no service is routable.
     pub fn is_empty(&self) -> bool {
-        self.by_host_port.is_empty()
+        self.by_host.is_empty()
     }
 }
 

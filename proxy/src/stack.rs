@@ -64,7 +64,7 @@ use crate::trace::attempt::AttemptLayer;
 use crate::transparent::OriginalDst;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
-use futures::future::BoxFuture;
+use futures::future::{self, BoxFuture, Either, Ready};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -79,6 +79,8 @@ use tower::{Service, ServiceBuilder};
 
 /// Request header telling the workload the caller's verified SPIFFE id.
 pub const PEER_IDENTITY_HEADER: &str = "x-sane-peer-identity";
+/// [`PEER_IDENTITY_HEADER`] parsed once (a `&str` name is parsed per use).
+const PEER_IDENTITY: http::HeaderName = http::HeaderName::from_static(PEER_IDENTITY_HEADER);
 
 /// The one service type passed between stages.
 pub type HttpSvc = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
@@ -180,7 +182,9 @@ pub fn inbound(
                 idle_timeout: upstream_idle,
                 identity: "".into(),
             },
-            peer: peer.clone(),
+            // Built once per connection, not per request.
+            peer_header: (peer.as_ref())
+                .and_then(|PeerIdentity(id)| http::HeaderValue::from_str(id).ok()),
         });
     BoxCloneSyncService::new(svc)
 }
@@ -230,7 +234,8 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    /// The stack below, or at once the error of a request with no route.
+    type Future = Either<S::Future, Ready<Result<Response<Body>, ProxyError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -261,7 +266,7 @@ where
             Ok::<_, ProxyError>((selected, authority))
         })();
         match routed {
-            Err(e) => Box::pin(async move { Err(e) }),
+            Err(e) => Either::Right(future::ready(Err(e))),
             Ok((selected, authority)) => {
                 if let Some(t) = selected.timeout {
                     req.extensions_mut().insert(RequestTimeout(t));
@@ -272,7 +277,7 @@ where
                     authority,
                 }
                 .insert_into(req.extensions_mut());
-                Box::pin(self.inner.call(req))
+                Either::Left(self.inner.call(req))
             }
         }
     }
@@ -333,7 +338,9 @@ struct LocalStage {
     drain: crate::drain::Drain,
     upstream: Arc<Upstream>,
     target: Target,
-    peer: Option<PeerIdentity>,
+    /// The caller's verified SPIFFE id as the header value the workload
+    /// gets (`None`: plaintext, or an id that is no valid header value).
+    peer_header: Option<http::HeaderValue>,
 }
 
 impl Service<Request<Body>> for LocalStage {
@@ -351,12 +358,10 @@ impl Service<Request<Body>> for LocalStage {
         let target = self.target.clone();
         // The workload learns who called it from this header; a value sent
         // by the client itself is never trusted.
-        req.headers_mut().remove(PEER_IDENTITY_HEADER);
-        if let Some(PeerIdentity(id)) = &self.peer {
-            if let Ok(v) = http::HeaderValue::from_str(id) {
-                req.headers_mut().insert(PEER_IDENTITY_HEADER, v);
-            }
-        }
+        match &self.peer_header {
+            Some(v) => req.headers_mut().insert(PEER_IDENTITY, v.clone()),
+            None => req.headers_mut().remove(PEER_IDENTITY),
+        };
         Box::pin(async move {
             let authority = h::authority_text(&req).unwrap_or_else(|| format!("{}", target.addr));
             forward(&upstream, &drain, req, &target, &authority, None).await

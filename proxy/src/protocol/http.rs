@@ -31,7 +31,9 @@ pub const H2_STREAM_WINDOW: u32 = 1 << 20;
 pub const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110
-/// section 7.6.1), plus the ones HTTP/2 forbids.
+/// section 7.6.1), plus the ones HTTP/2 forbids. Standard names only (with
+/// `KEEP_ALIVE` and `PROXY_CONNECTION` beside them), so looking a name up
+/// here compiles to an enum check.
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -40,6 +42,11 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
     header::TE,
 ];
+/// Bits of the mask `strip_hop_by_hop` builds: bit `i` is `HOP_BY_HOP[i]`
+/// (`TE` is the sixth), then these two.
+const TE_BIT: u8 = 1 << 5;
+const KEEP_ALIVE_BIT: u8 = 1 << 6;
+const PROXY_CONNECTION_BIT: u8 = 1 << 7;
 
 /// The host (lowercased) and optional port the request is addressed to, from
 /// the URI authority (HTTP/2, absolute-form) or the `Host` header.
@@ -91,49 +98,83 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// protocol switch reaches the server. `te: trailers` is kept because gRPC
 /// requires it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most requests carry none of these: one pass over the names (an enum
-    // compare for standard ones) instead of ten removals, each hashing its
-    // name.
+    // Most messages carry none of these: one pass over the names (an enum
+    // compare for the standard ones) instead of a removal per name, each
+    // hashing it.
     if !headers
         .keys()
         .any(|k| HOP_BY_HOP.contains(k) || k == KEEP_ALIVE || k == PROXY_CONNECTION)
     {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in named {
-        if upgrade && name == header::UPGRADE {
-            continue;
+    // Which are present, so only those are removed.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == KEEP_ALIVE {
+            present |= KEEP_ALIVE_BIT;
+        } else if k == PROXY_CONNECTION {
+            present |= PROXY_CONNECTION_BIT;
         }
+    }
+    // Tokens of `Connection` that name other headers (not `close`, not one
+    // removed anyway: `Connection: keep-alive` is the common case) are rare;
+    // only they need their names parsed.
+    let other_tokens = || {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    let removed_anyway = |t: &str| {
+        ["close", KEEP_ALIVE.as_str(), PROXY_CONNECTION.as_str()]
+            .iter()
+            .any(|n| t.eq_ignore_ascii_case(n))
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.as_str()))
+    };
+    let named: Vec<HeaderName> = if other_tokens().any(|t| !removed_anyway(t)) {
+        other_tokens()
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let te_trailers = present & TE_BIT != 0
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    let upgrade_value = upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
+    if present & KEEP_ALIVE_BIT != 0 {
+        headers.remove(KEEP_ALIVE);
+    }
+    if present & PROXY_CONNECTION_BIT != 0 {
+        headers.remove(PROXY_CONNECTION);
+    }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    if upgrade {
-        if let Some(v) = upgrade_value {
-            headers.insert(header::UPGRADE, v);
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
+    if let Some(v) = upgrade_value {
+        headers.insert(header::UPGRADE, v);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
@@ -333,6 +374,27 @@ mod tests {
         strip_hop_by_hop(req.headers_mut(), true);
         assert_eq!(req.headers()["upgrade"], "websocket");
         assert_eq!(req.headers()["connection"], "upgrade");
+    }
+
+    #[test]
+    fn an_app_keep_alive_response_loses_only_its_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("server", HeaderValue::from_static("nginx"));
+        h.insert("connection", HeaderValue::from_static("keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["server", "content-length"]);
+        // A token naming another header removes it, whatever its case.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, X-Hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-app"]);
     }
 
     #[test]

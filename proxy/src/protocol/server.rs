@@ -278,13 +278,17 @@ macro_rules! watch {
     ($conn:expr, $limits:expr, $state:expr, $drain:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
+        // Made once, not per turn of the loop: each new one registers with
+        // (and, dropped, unregisters from) the drain's waiter list.
+        let drained = $drain.signaled();
+        tokio::pin!(drained);
         let mut closing = false;
         loop {
             let deadline = $state.deadline($limits, closing);
             let changed = $state.changed.notified();
             tokio::select! {
                 res = conn.as_mut() => break Ended::Closed(res),
-                _ = $drain.signaled(), if !closing => {
+                _ = drained.as_mut(), if !closing => {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

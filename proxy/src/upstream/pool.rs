@@ -22,6 +22,9 @@ use crate::protocol::transport_header::TransportHeader;
 use crate::upstream::UpstreamPeer;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+// Keys come from the config's endpoints, not from requests: foldhash
+// (seeded per process) instead of SipHash, looked up once per request.
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -54,13 +57,13 @@ pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Option<H2Conn>>;
 /// Shared HTTP/2 connections.
 #[derive(Debug, Default)]
 pub struct H2Pool {
-    slots: Mutex<HashMap<PoolKey, H2Slot>>,
+    slots: Mutex<HashMap<PoolKey, H2Slot, RandomState>>,
 }
 
 /// Idle HTTP/1.1 connections.
 #[derive(Debug, Default)]
 pub struct H1Pool {
-    idle: Mutex<HashMap<PoolKey, IdleList>>,
+    idle: Mutex<HashMap<PoolKey, IdleList, RandomState>>,
 }
 
 // === impl H2Pool ===
@@ -73,7 +76,10 @@ impl H2Pool {
     pub async fn checkout(&self, key: &PoolKey) -> Result<H2Conn, H2SlotGuard> {
         let slot = {
             let mut slots = self.slots.lock().expect("not poisoned");
-            slots.entry(key.clone()).or_default().clone()
+            match slots.get(key) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(key.clone()).or_default().clone(),
+            }
         };
         let guard = slot.lock_owned().await;
         match guard.as_ref() {

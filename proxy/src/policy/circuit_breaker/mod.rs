@@ -20,8 +20,9 @@ pub use self::limits::{Breaker, Permit};
 
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::policy::PolicyFuture;
 use crate::telemetry::ResilienceMetrics;
-use futures::future::BoxFuture;
+use futures::future::Either;
 use http::{Request, Response};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -52,7 +53,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -60,13 +61,13 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let Some(breaker) = req.extensions().get::<Arc<Breaker>>().cloned() else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         // The clone is not ready yet; keep it and send with the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let permit = match breaker.acquire_request().await {
                 Ok(p) => p,
                 Err(e) => {
@@ -76,7 +77,7 @@ where
             };
             let rsp = inner.call(req).await?;
             Ok(rsp.map(|b| body::guarded(b, permit)))
-        })
+        }))
     }
 }
 

@@ -27,15 +27,18 @@ pub use self::propagate::Propagate;
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::policy::timeout::RequestTimeout;
-use futures::future::{self, BoxFuture, FutureExt};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use crate::policy::PolicyFuture;
+use futures::future::{self, Either, FutureExt};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// The mesh header carrying the caller's remaining budget in milliseconds.
 pub const DEADLINE_HEADER: &str = "x-sane-deadline-ms";
-const GRPC_TIMEOUT: &str = "grpc-timeout";
+// Both as parsed names: looking one up by `&str` parses it every time.
+const DEADLINE: HeaderName = HeaderName::from_static(DEADLINE_HEADER);
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 /// Budgets beyond this are treated as this (a day is "no deadline").
 const MAX_BUDGET: Duration = Duration::from_secs(86_400);
 
@@ -64,7 +67,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -77,7 +80,7 @@ where
             (Some(c), Some(r)) => c.min(r),
             (c, r) => match c.or(r) {
                 Some(b) => b,
-                None => return self.inner.call(req).boxed(),
+                None => return Either::Left(self.inner.call(req)),
             },
         };
         let now = Instant::now();
@@ -87,19 +90,21 @@ where
         });
         let Some(caller) = caller else {
             // The route's timeout is enforced by the timeout layer.
-            return self.inner.call(req).boxed();
+            return Either::Left(self.inner.call(req));
         };
         if caller.is_zero() {
-            return future::ready(Err(DeadlineExceeded(caller).into())).boxed();
+            return Either::Right(future::ready(Err(DeadlineExceeded(caller).into())).boxed());
         }
         let fut = self.inner.call(req);
-        async move {
-            match tokio::time::timeout_at(now + caller, fut).await {
-                Ok(r) => r,
-                Err(_) => Err(DeadlineExceeded(caller).into()),
+        Either::Right(
+            async move {
+                match tokio::time::timeout_at(now + caller, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DeadlineExceeded(caller).into()),
+                }
             }
-        }
-        .boxed()
+            .boxed(),
+        )
     }
 }
 
@@ -111,7 +116,7 @@ pub fn caller_budget(h: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
     let mesh = h
-        .get(DEADLINE_HEADER)
+        .get(DEADLINE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_millis);

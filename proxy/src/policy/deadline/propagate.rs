@@ -1,10 +1,10 @@
 //! Rewriting the deadline headers for the next hop, per attempt.
 
-use super::{encode_grpc_timeout, is_grpc, DeadlineExceeded, RequestDeadline, DEADLINE_HEADER};
+use super::{encode_grpc_timeout, is_grpc, DeadlineExceeded, RequestDeadline, DEADLINE};
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::policy::timeout::PerTryTimeout;
-use futures::future::{self, BoxFuture, FutureExt};
+use futures::future::{self, Either, Ready};
 use http::{HeaderValue, Request, Response};
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -25,7 +25,8 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    /// The inner future, or at once the error of an attempt with no time left.
+    type Future = Either<S::Future, Ready<Result<Response<Body>, ProxyError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -33,7 +34,7 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let Some(deadline) = req.extensions().get::<RequestDeadline>().copied() else {
-            return self.inner.call(req).boxed();
+            return Either::Left(self.inner.call(req));
         };
         let mut left = deadline.at.saturating_duration_since(Instant::now());
         if let Some(PerTryTimeout(t)) = req.extensions().get::<PerTryTimeout>() {
@@ -41,14 +42,14 @@ where
         }
         if left.is_zero() {
             let err = DeadlineExceeded(deadline.budget).into();
-            return future::ready(Err(err)).boxed();
+            return Either::Right(future::ready(Err(err)));
         }
         let ms = (left.as_millis() as u64).max(1);
         let h = req.headers_mut();
-        h.insert(DEADLINE_HEADER, HeaderValue::from(ms));
+        h.insert(DEADLINE, HeaderValue::from(ms));
         if is_grpc(h) {
             h.insert(super::GRPC_TIMEOUT, encode_grpc_timeout(left));
         }
-        self.inner.call(req).boxed()
+        Either::Left(self.inner.call(req))
     }
 }

@@ -16,8 +16,9 @@ pub use self::layer::FaultLayer;
 
 use crate::body::Body;
 use crate::error::{add_response_flag, ProxyError};
+use crate::policy::PolicyFuture;
 use crate::telemetry::ResilienceMetrics;
-use futures::future::BoxFuture;
+use futures::future::Either;
 use http::{Request, Response};
 use rand::Rng;
 use sane_xds_proto as proto;
@@ -106,7 +107,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -119,13 +120,13 @@ where
             .map(|p| p.decide(&mut rand::rng()))
             .unwrap_or_default();
         if decision == Decision::default() {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         // The clone is not ready yet; keep it and send with the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             if let Some(d) = decision.delay {
                 metrics.fault("delay");
                 tokio::time::sleep(d).await;
@@ -137,7 +138,7 @@ where
             let mut rsp = inner.call(req).await?;
             add_response_flag(rsp.headers_mut(), "DI");
             Ok(rsp)
-        })
+        }))
     }
 }
 

@@ -11,7 +11,8 @@ pub use self::layer::HeaderRewriteLayer;
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use futures::future::{BoxFuture, FutureExt};
+use crate::policy::PolicyFuture;
+use futures::future::{Either, FutureExt};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use sane_xds_proto as proto;
 use std::sync::Arc;
@@ -97,7 +98,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -110,15 +111,16 @@ where
         let on_response = req.extensions().get::<ResponseHeaderOps>().cloned();
         let fut = self.inner.call(req);
         match on_response {
-            None => fut.boxed(),
-            Some(ops) => fut
-                .map(move |res| {
+            None => Either::Left(fut),
+            Some(ops) => Either::Right(
+                fut.map(move |res| {
                     res.map(|mut rsp| {
                         ops.0.apply(rsp.headers_mut());
                         rsp
                     })
                 })
                 .boxed(),
+            ),
         }
     }
 }

@@ -26,7 +26,6 @@ use crate::policy::retry::RetryPolicy;
 use crate::policy::timeout::{PerTryTimeout, RequestTimeout};
 use crate::route::Destination;
 use crate::telemetry::ResilienceMetrics;
-use futures::future::BoxFuture;
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -121,7 +120,8 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    /// The original always goes on below, whether or not a copy was made.
+    type Future = S::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -143,7 +143,7 @@ where
                 }
             },
         };
-        Box::pin(self.inner.call(req))
+        self.inner.call(req)
     }
 }
 

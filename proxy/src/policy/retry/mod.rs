@@ -29,9 +29,10 @@ use crate::cluster::TriedEndpoints;
 use crate::error::{add_response_flag, ProxyError};
 use crate::policy::circuit_breaker::Breaker;
 use crate::policy::replay::ReplayBody;
+use crate::policy::PolicyFuture;
 use crate::protocol::http as h;
 use crate::telemetry::ResilienceMetrics;
-use futures::future::BoxFuture;
+use futures::future::Either;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
@@ -76,7 +77,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -95,7 +96,7 @@ where
             .filter(|p| content_length(&req).is_none_or(|n| n <= p.max_body_bytes as u64))
             .cloned();
         let Some(policy) = policy else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         let limits = Limits {
             policy,
@@ -106,7 +107,7 @@ where
         // The clone is not ready yet; keep it and send with the ready one.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(send_with_retries(inner, req, limits))
+        Either::Right(Box::pin(send_with_retries(inner, req, limits)))
     }
 }
 

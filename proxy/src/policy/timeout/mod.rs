@@ -18,7 +18,8 @@ pub use self::layer::{PerTryTimeoutLayer, TimeoutLayer};
 
 use crate::body::Body;
 use crate::error::ProxyError;
-use futures::future::BoxFuture;
+use crate::policy::PolicyFuture;
+use futures::future::Either;
 use http::{Request, Response};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -65,7 +66,7 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    type Future = PolicyFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -80,15 +81,15 @@ where
             req.extensions().get::<RequestTimeout>().copied()
         };
         let fut = self.inner.call(req);
-        Box::pin(async move {
-            match limit {
-                None => fut.await,
-                Some(RequestTimeout(d)) => match tokio::time::timeout(d, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Elapsed(d).into()),
-                },
+        let Some(RequestTimeout(d)) = limit else {
+            return Either::Left(fut);
+        };
+        Either::Right(Box::pin(async move {
+            match tokio::time::timeout(d, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(Elapsed(d).into()),
             }
-        })
+        }))
     }
 }
 
