@@ -54,6 +54,11 @@ struct Args {
     /// Skip the profile.
     #[arg(long)]
     no_profile: bool,
+    /// Where the sane binaries are (`sane-proxy`, `sane-control-plane`,
+    /// `sane-otlp-sink`), e.g. a directory holding an older build's
+    /// `sane-proxy` for a before/after run. Default: target/release.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
     /// Scratch directory (cleared at start).
     #[arg(long, default_value = "/tmp/sane-bench")]
     work_dir: PathBuf,
@@ -111,6 +116,10 @@ fn main() -> Result<()> {
         opt(&args.server_cpus),
         workers[0],
     )?;
+    if let Some(dir) = &args.bin_dir {
+        ws.bin_dir = dir.clone();
+    }
+    ws.collector_cpus = pin.0.clone();
     let kinds: Vec<PeerKind> = PeerKind::ALL
         .into_iter()
         .filter(|k| {
@@ -540,7 +549,7 @@ fn meta(repo: &Path, args: &Args, rounds: usize, plan: &Plan) -> Vec<(String, St
         (
             "pinning".into(),
             format!(
-                "load generators on CPU {:?}, backend and proxies on CPU {:?} (control plane on the load CPU)",
+                "load generators on CPU {:?}, backend and proxies on CPU {:?} (control plane and OTLP sink on the load CPU)",
                 args.load_cpus, args.server_cpus
             ),
         ),

@@ -78,6 +78,10 @@ pub struct Workspace {
     /// Proxy worker threads (sane `--workers`, nginx `worker_processes`,
     /// haproxy `nbthread`).
     pub workers: u32,
+    /// `taskset -c` list for the OTLP sink (the load generators' CPUs, like
+    /// the control plane: a collector runs elsewhere, not beside the
+    /// proxies it measures).
+    pub collector_cpus: Option<String>,
 }
 
 /// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -213,6 +217,7 @@ impl Workspace {
             bin_dir: repo.join("target/release"),
             server_cpus,
             workers,
+            collector_cpus: None,
         };
         ws.make_certs()?;
         Ok(ws)
@@ -391,7 +396,15 @@ impl Workspace {
     /// Starts `sane-otlp-sink` on [`REACHABLE_COLLECTOR`] and waits until it
     /// listens.
     fn otlp_sink(&self) -> Result<Proc> {
-        let mut cmd = self.pinned(&self.bin_dir.join("sane-otlp-sink"));
+        let sink = self.bin_dir.join("sane-otlp-sink");
+        let mut cmd = match &self.collector_cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(sink);
+                c
+            }
+            None => Command::new(sink),
+        };
         cmd.arg("--addr").arg(REACHABLE_COLLECTOR);
         let sink = self.spawn("otlp-sink", cmd)?;
         poll(Instant::now() + START_DEADLINE, || {
