@@ -7,8 +7,9 @@
 //! task per configuration drains the queue in batches into the
 //! opentelemetry-otlp exporter (gRPC or HTTP/protobuf). A slow or
 //! unreachable collector only slows that task: requests never wait for it.
-//! A batch is sent when it holds 512 spans or 100 ms after its first span,
-//! whichever comes first.
+//! A batch is whatever is queued (up to 512 spans) when the task is free:
+//! busy, batches grow while an export is in flight; quiet, a span goes out
+//! at once.
 //! When the settings change the old queue's sender is dropped, so its task
 //! exports what is left and ends.
 //!
@@ -35,10 +36,6 @@ use tokio::sync::mpsc;
 
 /// Spans sent to the collector in one request, at most.
 const MAX_BATCH: usize = 512;
-/// How long the task gathers spans after the first of a batch before it
-/// exports them (less when [`MAX_BATCH`] fill up first): one export call
-/// per request would cost the process more than the requests themselves.
-const BATCH_DELAY: Duration = Duration::from_millis(100);
 /// How long one export may take before it counts as failed.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First wait after a failed export.
@@ -263,14 +260,6 @@ async fn export_loop<E: SpanExporter>(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut backoff = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-        while batch.len() < MAX_BATCH {
-            let room = MAX_BATCH - batch.len();
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                Ok(0) | Err(_) => break, // every sender gone, or time to send
-                Ok(_) => {}
-            }
-        }
         let n = batch.len() as u64;
         let spans = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
         let sent = tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await;
@@ -333,7 +322,7 @@ mod tests {
     }
 
     /// Moves the paused clock on in small steps (letting the export task
-    /// run: its batch delay and backoff pass) until `done` holds.
+    /// run and its backoff pass) until `done` holds.
     async fn until(mut done: impl FnMut() -> bool) {
         for _ in 0..10_000 {
             if done() {
@@ -406,31 +395,6 @@ mod tests {
             "nothing dropped once it recovered"
         );
 
-        drop(queue);
-        task.await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn spans_arriving_within_the_batch_delay_go_out_in_one_export() {
-        let metrics = TraceMetrics::register(&Registry::new()).unwrap();
-        let mut exporter = FlakyExporter::default();
-        let (exported, batches) = (exporter.exported.clone(), exporter.batches.clone());
-        let (tx, rx) = mpsc::channel(64);
-        let queue = SpanQueue {
-            tx,
-            health: ExportHealth::default(),
-            metrics: metrics.clone(),
-        };
-        let health = queue.health.clone();
-        let task = tokio::spawn(async move {
-            export_loop(&mut exporter, "test", rx, &health, &metrics).await;
-        });
-        for _ in 0..10 {
-            queue.push_with(span);
-            tokio::time::advance(BATCH_DELAY / 20).await;
-        }
-        until(|| exported.load(Ordering::SeqCst) == 10).await;
-        assert_eq!(batches.load(Ordering::SeqCst), 1);
         drop(queue);
         task.await.unwrap();
     }
