@@ -37,9 +37,18 @@
 # connections are open (one request each), SETTLE seconds after each step.
 # It is how an allocator's memory cost is weighed against its instructions.
 #
+# TRACING=closed|reachable gives both sidecars a `Telemetry` resource
+# sampling every request (`sampling_ratio: 1.0`) to an OTLP/gRPC collector:
+# `closed` a loopback port nothing listens on (every export is refused),
+# `reachable` a `sane-otlp-sink` (counts what it receives). The span export
+# task runs in the proxy, so its instructions are counted too. The script
+# then prints the sidecars' `sane_trace_spans_total` and what the sink
+# received.
+#
 # Usage: bench/callgrind.sh            # builds release sane-proxy + control plane
 #        N=2000 WARMUP=200 C=1 TOP=15 NO_BUILD=1 OUT=target/callgrind bench/callgrind.sh
 #        MEMORY=1 CONNS=1000 SETTLE=2 NO_BUILD=1 bench/callgrind.sh
+#        TRACING=closed bench/callgrind.sh     # or TRACING=reachable
 # Needs: valgrind, nginx, h2load (nghttp2-client), curl. Loopback only.
 set -euo pipefail
 
@@ -53,14 +62,20 @@ BIN=$ROOT/target/release
 PROXY=${PROXY:-$BIN/sane-proxy} # another sane-proxy binary, e.g. a copy of the "before" build
 # PRELOAD: a malloc to LD_PRELOAD into both proxies (e.g. libjemalloc.so.2),
 # to weigh an allocator before linking one in.
+TRACING=${TRACING:-}
 TOKEN=sane-callgrind-token
+case "$TRACING" in
+    "" | closed | reachable) ;;
+    *) echo "callgrind.sh: TRACING must be empty, closed or reachable" >&2; exit 1 ;;
+esac
 
 for tool in valgrind callgrind_control callgrind_annotate nginx h2load curl python3; do
     command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool not found (apt-get install valgrind nginx nghttp2-client curl python3)" >&2; exit 1; }
 done
 
 if [[ -z "${NO_BUILD:-}" ]]; then
-    (cd "$ROOT" && cargo build --release -p sane-proxy --bin sane-proxy -p sane-control-plane --bin sane-control-plane)
+    (cd "$ROOT" && cargo build --release -p sane-proxy --bin sane-proxy -p sane-control-plane --bin sane-control-plane \
+        -p sane-e2e --bin sane-otlp-sink)
 fi
 
 WORK=$(mktemp -d /tmp/sane-callgrind.XXXXXX)
@@ -70,6 +85,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    rm -rf "$OUT/logs" && cp -r "$WORK/logs" "$OUT/logs" # the processes' output, for a failed run
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -138,6 +154,22 @@ for sa in bench-a bench-b; do
         python3 -c 'import json,sys; print(json.load(sys.stdin)["token"], end="")' >"$WORK/tokens/$sa.token"
 done
 
+# --- the OTLP collector (TRACING=closed|reachable) ---
+TELEMETRY=
+SINK_PID=
+if [[ -n "$TRACING" ]]; then
+    if [[ "$TRACING" == reachable ]]; then
+        "$BIN/sane-otlp-sink" --addr 127.0.0.1:0 >"$WORK/logs/otlp-sink.log" 2>&1 &
+        SINK_PID=$!
+        PIDS+=("$SINK_PID")
+        COLLECTOR=$(listening "$WORK/logs/otlp-sink.log" otlp)
+    else
+        COLLECTOR=127.0.0.1:$(free_port) # bound and closed again: nothing listens
+    fi
+    TELEMETRY="  telemetry:
+    - { name: bench, tracing: { endpoint: \"http://$COLLECTOR\", sampling_ratio: 1.0 } }"
+fi
+
 # --- the two hops under callgrind ---
 GRIND_PID=
 grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
@@ -167,6 +199,7 @@ resources:
       address: "127.0.0.1:0"
       workload_ports:
         - { port: $BACKEND_PORT, protocol: http }
+$TELEMETRY
 EOF
 grind hop-b "$WORK/sane-b.yaml"
 PID_B=$GRIND_PID
@@ -190,6 +223,7 @@ resources:
         - { name: http, port: 80, target_port: $BACKEND_PORT, protocol: http }
   endpoints:
     - { service: backend, address: 127.0.0.1, proxy_port: ${B_ADDR##*:}, identity: "spiffe://cluster.local/ns/default/sa/bench-b" }
+$TELEMETRY
 EOF
 grind hop-a "$WORK/sane-a.yaml"
 PID_A=$GRIND_PID
@@ -293,7 +327,7 @@ top() { # file [option]
         awk -v top="$TOP" '/file:function/ { table = 1; getline; next } table && NF && n < top { print; n++ }'
 }
 
-echo "callgrind: $N HTTP/1.1 keep-alive requests over $C connection(s) after $WARMUP warm-up, load window ${window}s"
+echo "callgrind: $N HTTP/1.1 keep-alive requests over $C connection(s) after $WARMUP warm-up, load window ${window}s${TRACING:+, tracing to a $TRACING collector}"
 printf '%-6s %16s %14s %14s\n' hop "Ir (load)" "Ir (idle)" "Ir/request"
 for hop in a b; do
     files=("$OUT/hop-$hop.out".*)
@@ -311,3 +345,16 @@ for hop in a b; do
     echo "=== hop $hop: top $TOP by inclusive Ir ==="
     top "${files[0]}" --inclusive=yes
 done
+if [[ -n "$TRACING" ]]; then
+    echo
+    echo "=== spans (sane_trace_spans_total of each hop, whole run incl. warm-up) ==="
+    for hop in a b; do
+        admin=$(sed -n 's/^listening name=admin addr=//p' "$WORK/logs/hop-$hop.log" | head -n1)
+        echo "hop $hop: $(curl -s -m 10 "http://$admin/metrics" | sed -n 's/^sane_trace_spans_total{result="\([a-z]*\)"} \(.*\)/\1=\2/p' | tr '\n' ' ')"
+    done
+    if [[ -n "$SINK_PID" ]]; then
+        kill -TERM "$SINK_PID"
+        wait "$SINK_PID" || true
+        echo "sink: $(grep '^spans received=' "$WORK/logs/otlp-sink.log" || echo 'no count')"
+    fi
+fi

@@ -43,7 +43,9 @@ struct Args {
     /// Fixed request rates for the latency runs.
     #[arg(long, value_delimiter = ',', default_values_t = [1000u32, 5000])]
     rates: Vec<u32>,
-    /// Only these variants (direct, sane, nginx, haproxy).
+    /// Only the variants whose name starts with one of these (direct, sane,
+    /// nginx, haproxy; `sane` takes plain sane and both tracing variants,
+    /// e.g. `--only sane --workers 1 --no-scale --no-profile`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Skip the scale test.
@@ -52,6 +54,11 @@ struct Args {
     /// Skip the profile.
     #[arg(long)]
     no_profile: bool,
+    /// Where the sane binaries are (`sane-proxy`, `sane-control-plane`,
+    /// `sane-otlp-sink`), e.g. a directory holding an older build's
+    /// `sane-proxy` for a before/after run. Default: target/release.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
     /// Scratch directory (cleared at start).
     #[arg(long, default_value = "/tmp/sane-bench")]
     work_dir: PathBuf,
@@ -109,6 +116,10 @@ fn main() -> Result<()> {
         opt(&args.server_cpus),
         workers[0],
     )?;
+    if let Some(dir) = &args.bin_dir {
+        ws.bin_dir = dir.clone();
+    }
+    ws.collector_cpus = pin.0.clone();
     let kinds: Vec<PeerKind> = PeerKind::ALL
         .into_iter()
         .filter(|k| {
@@ -125,10 +136,10 @@ fn main() -> Result<()> {
         let (pass_pin, pass_kinds) = if pass == 0 {
             (pin.clone(), kinds.clone())
         } else {
-            // Later passes: the same variants without the tracing one, and
+            // Later passes: the same variants without the tracing ones, and
             // the proxies may use every CPU.
             ws.server_cpus = opt(&args.multi_worker_cpus);
-            let k = kinds.iter().copied().filter(|k| *k != PeerKind::SaneTraced);
+            let k = kinds.iter().copied().filter(|k| k.collector().is_none());
             (Pin(opt(&args.multi_worker_cpus)), k.collect())
         };
         ws.workers = w;
@@ -244,7 +255,7 @@ fn measure(
     kind: PeerKind,
     results: &mut Results,
 ) -> Result<()> {
-    let peer = ws.start(kind)?;
+    let mut peer = ws.start(kind)?;
     let pids = peer.pids();
     let hops = peer.hop_pids();
     let proxied = kind != PeerKind::Direct;
@@ -253,8 +264,8 @@ fn measure(
         results.record(kind, Mode::Http, Metric::IdleRss, idle.rss);
         results.record(kind, Mode::Http, Metric::IdlePss, idle.pss);
     }
-    // The tracing variant differs from sane in HTTP only.
-    let full = proxied && kind != PeerKind::SaneTraced;
+    // The tracing variants differ from sane in HTTP only.
+    let full = proxied && kind.collector().is_none();
     let modes: &[Mode] = if full {
         &[Mode::Http, Mode::Tcp]
     } else {
@@ -337,6 +348,15 @@ fn measure(
                 plan.handshake,
             )?;
             results.record(kind, Mode::Http, Metric::Handshakes, rate);
+        }
+    }
+    if let Some(c) = peer.span_counts()? {
+        let h = Mode::Http;
+        results.record(kind, h, Metric::SpansExported, c.exported);
+        results.record(kind, h, Metric::SpansDropped, c.dropped);
+        results.record(kind, h, Metric::SpansFailed, c.failed);
+        if let Some(n) = c.received {
+            results.record(kind, h, Metric::SpansReceived, n);
         }
     }
     drop(peer);
@@ -529,7 +549,7 @@ fn meta(repo: &Path, args: &Args, rounds: usize, plan: &Plan) -> Vec<(String, St
         (
             "pinning".into(),
             format!(
-                "load generators on CPU {:?}, backend and proxies on CPU {:?} (control plane on the load CPU)",
+                "load generators on CPU {:?}, backend and proxies on CPU {:?} (control plane and OTLP sink on the load CPU)",
                 args.load_cpus, args.server_cpus
             ),
         ),

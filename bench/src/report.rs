@@ -41,6 +41,15 @@ pub enum Metric {
     ConnsPss,
     /// New mTLS handshakes per second at hop B.
     Handshakes,
+    /// Spans both sidecars exported (`sane_trace_spans_total`), whole round.
+    SpansExported,
+    /// Spans both sidecars dropped (queue full, or not built while the
+    /// exporter backed off).
+    SpansDropped,
+    /// Spans handed to an export that failed.
+    SpansFailed,
+    /// Spans the collector received (reachable collector only).
+    SpansReceived,
 }
 
 /// A point of the scale test: the sane client sidecar with `endpoints`
@@ -185,31 +194,50 @@ impl Results {
         self.render_memory(s);
     }
 
-    /// sane with every request traced to a collector that refuses
-    /// connections, against plain sane in the same rounds.
+    /// sane with every request traced, to a collector that refuses
+    /// connections and to one that accepts every span, against plain sane
+    /// in the same rounds.
     fn render_tracing(&self, s: &mut String, rates: &[u32]) {
-        let (plain, traced, h) = (PeerKind::Sane, PeerKind::SaneTraced, Mode::Http);
+        let plain = PeerKind::Sane;
+        let traced = [PeerKind::SaneTraced, PeerKind::SaneTracedReachable];
+        let h = Mode::Http;
         let Some(&rate) = rates.first() else { return };
-        if self.summary(traced, h, Metric::P50(rate)).is_empty() {
+        if traced
+            .iter()
+            .all(|&k| self.summary(k, h, Metric::P50(rate)).is_empty())
+        {
             return;
         }
         let _ = writeln!(
             s,
-            "## Tracing to an unreachable OTLP collector{}\n\n\
+            "## Tracing to an unreachable and to a reachable OTLP collector{}\n\n\
              Both sidecars with a `Telemetry` resource: `tracing: {{ endpoint: \
              \"http://127.0.0.1:18039\", sampling_ratio: 1.0 }}`, a port nothing \
-             listens on (every export is refused), against plain sane in the same \
-             rounds. HTTP; latency at {rate} req/s (ms).\n",
+             listens on (every export is refused), or `http://127.0.0.1:18038`, \
+             `sane-otlp-sink` (accepts and counts every span), against plain sane \
+             in the same rounds. HTTP; latency at {rate} req/s (ms). Spans: the \
+             sidecars' `sane_trace_spans_total` by result, summed over both hops, \
+             and what the sink received, per round (medians).\n",
             self.label
         );
         let _ = writeln!(
             s,
-            "| variant | p50 | p90 | p99 | p99.9 | req/s at c=32 | CPU s per 10 000 req | RSS idle (MiB) | peak RSS |\n|---|---|---|---|---|---|---|---|---|"
+            "| variant | p50 | p90 | p99 | p99.9 | req/s at c=32 | CPU s per 10 000 req | RSS idle (MiB) | peak RSS | spans exported | dropped | failed | received |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
-        for kind in [plain, traced] {
+        for kind in [plain, traced[0], traced[1]] {
+            if self.summary(kind, h, Metric::P50(rate)).is_empty() {
+                continue;
+            }
+            let spans = |m| {
+                if kind == plain {
+                    "–".to_string()
+                } else {
+                    self.show(kind, h, m, 0)
+                }
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 kind.name(),
                 self.show(kind, h, Metric::P50(rate), 3),
                 self.show(kind, h, Metric::P90(rate), 3),
@@ -219,20 +247,34 @@ impl Results {
                 self.show(kind, h, Metric::Cpu10k, 3),
                 self.show(kind, h, Metric::IdleRss, 1),
                 self.show(kind, h, Metric::LoadHwm, 1),
+                spans(Metric::SpansExported),
+                spans(Metric::SpansDropped),
+                spans(Metric::SpansFailed),
+                spans(Metric::SpansReceived),
             );
         }
-        let diff = |m| {
-            self.median(traced, h, m)
-                .zip(self.median(plain, h, m))
-                .map(|(t, p)| t - p)
-        };
-        let _ = writeln!(
-            s,
-            "\nTracing to the closed port adds {} ms at p50 and {} ms at p99 (medians; \
-             negative: within the noise).\n",
-            fmt_signed(diff(Metric::P50(rate))),
-            fmt_signed(diff(Metric::P99(rate)))
-        );
+        let _ = writeln!(s);
+        for (kind, what) in [
+            (traced[0], "to the closed port"),
+            (traced[1], "to the reachable collector"),
+        ] {
+            let diff = |m| {
+                self.median(kind, h, m)
+                    .zip(self.median(plain, h, m))
+                    .map(|(t, p)| t - p)
+            };
+            if diff(Metric::P50(rate)).is_none() {
+                continue;
+            }
+            let _ = writeln!(
+                s,
+                "Tracing {what} adds {} ms at p50 and {} ms at p99, {} CPU s per \
+                 10 000 requests (medians; negative: within the noise).\n",
+                fmt_signed(diff(Metric::P50(rate))),
+                fmt_signed(diff(Metric::P99(rate))),
+                fmt_signed(diff(Metric::Cpu10k)),
+            );
+        }
     }
 
     fn render_meta(&self, s: &mut String) {
@@ -527,7 +569,7 @@ mod tests {
         assert!(text.contains("| sane | 18000 | ×1.20 |"), "{text}");
         assert!(text.contains("×0.60 | yes |"), "{text}");
         assert!(text.contains("| RSS per sidecar ≤ 15 MB idle | – MiB | not measured |"));
-        assert!(!text.contains("unreachable OTLP collector"));
+        assert!(!text.contains("unreachable and to a reachable OTLP collector"));
     }
 
     #[test]
@@ -538,6 +580,14 @@ mod tests {
         r.record(PeerKind::SaneTraced, h, Metric::P50(1000), 1.25);
         r.record(PeerKind::Sane, h, Metric::P99(1000), 3.0);
         r.record(PeerKind::SaneTraced, h, Metric::P99(1000), 2.5);
+        r.record(PeerKind::SaneTracedReachable, h, Metric::P50(1000), 1.5);
+        r.record(PeerKind::SaneTracedReachable, h, Metric::P99(1000), 3.5);
+        r.record(
+            PeerKind::SaneTracedReachable,
+            h,
+            Metric::SpansReceived,
+            42.0,
+        );
         let mut two = Results {
             label: " (2 workers per proxy)".into(),
             ..Results::default()
@@ -547,9 +597,18 @@ mod tests {
         r.passes.push(two);
         let text = r.render(&[1000]);
         assert!(
-            text.contains("adds +0.250 ms at p50 and -0.500 ms at p99"),
+            text.contains("to the closed port adds +0.250 ms at p50 and -0.500 ms at p99"),
             "{text}"
         );
+        assert!(
+            text.contains("to the reachable collector adds +0.500 ms at p50 and +0.500 ms at p99"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| sane + tracing to a reachable collector | 1.500 |"),
+            "{text}"
+        );
+        assert!(text.contains("| 42 |"), "{text}");
         assert!(text.contains("## Targets (issue 9) and where we stand (2 workers per proxy)"));
         assert!(text.contains("| sane | 9000 | ×1.50 |"), "{text}");
     }

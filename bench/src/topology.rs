@@ -29,6 +29,12 @@ pub const BACKEND: &str = "127.0.0.1:18080";
 /// The OTLP collector of [`PeerKind::SaneTraced`]: a port nothing listens
 /// on, so every export is refused.
 pub const CLOSED_COLLECTOR: &str = "127.0.0.1:18039";
+/// The OTLP collector of [`PeerKind::SaneTracedReachable`]: `sane-otlp-sink`,
+/// which accepts and counts every span.
+pub const REACHABLE_COLLECTOR: &str = "127.0.0.1:18038";
+/// The sidecars' admin addresses (as in `peers/sane-{a,b}.yaml`): their
+/// `/metrics` show what became of the spans.
+pub const SANE_ADMIN: [&str; 2] = ["127.0.0.1:18025", "127.0.0.1:18026"];
 
 /// One side-by-side variant's two hops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +46,9 @@ pub enum PeerKind {
     /// The same, with a `Telemetry` resource sampling every request to an
     /// OTLP collector that is not there ([`CLOSED_COLLECTOR`]).
     SaneTraced,
+    /// The same, tracing to a collector that accepts every span
+    /// (`sane-otlp-sink` on [`REACHABLE_COLLECTOR`]).
+    SaneTracedReachable,
     /// Two nginx.
     Nginx,
     /// Two haproxy.
@@ -69,6 +78,10 @@ pub struct Workspace {
     /// Proxy worker threads (sane `--workers`, nginx `worker_processes`,
     /// haproxy `nbthread`).
     pub workers: u32,
+    /// `taskset -c` list for the OTLP sink (the load generators' CPUs, like
+    /// the control plane: a collector runs elsewhere, not beside the
+    /// proxies it measures).
+    pub collector_cpus: Option<String>,
 }
 
 /// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -76,6 +89,8 @@ pub struct Workspace {
 pub struct Proc {
     name: String,
     child: Child,
+    /// Its stdout and stderr.
+    log: PathBuf,
 }
 
 /// A running variant: its processes and entries.
@@ -85,6 +100,22 @@ pub struct Peer {
     pub kind: PeerKind,
     /// Hop A (client side), hop B (server side); empty for direct.
     pub hops: Vec<Proc>,
+    /// The OTLP sink the sidecars export to (tracing to a reachable
+    /// collector only).
+    pub collector: Option<Proc>,
+}
+
+/// What became of the spans of a traced variant's run.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpanCounts {
+    /// `sane_trace_spans_total` of both sidecars, by result.
+    pub exported: f64,
+    /// Dropped (queue full, or not built while the exporter backs off).
+    pub dropped: f64,
+    /// Handed to the exporter, which failed.
+    pub failed: f64,
+    /// Spans the sink says it received (reachable collector only).
+    pub received: Option<f64>,
 }
 
 /// The shared processes: the backend, and the control plane whose CA signs
@@ -101,10 +132,11 @@ pub struct Shared {
 
 impl PeerKind {
     /// Every variant, in report order.
-    pub const ALL: [PeerKind; 5] = [
+    pub const ALL: [PeerKind; 6] = [
         PeerKind::Direct,
         PeerKind::Sane,
         PeerKind::SaneTraced,
+        PeerKind::SaneTracedReachable,
         PeerKind::Nginx,
         PeerKind::Haproxy,
     ];
@@ -115,6 +147,7 @@ impl PeerKind {
             PeerKind::Direct => "direct",
             PeerKind::Sane => "sane",
             PeerKind::SaneTraced => "sane + tracing to a closed port",
+            PeerKind::SaneTracedReachable => "sane + tracing to a reachable collector",
             PeerKind::Nginx => "nginx pair",
             PeerKind::Haproxy => "haproxy pair",
         }
@@ -124,10 +157,12 @@ impl PeerKind {
     pub fn entry(self, mode: Mode) -> (&'static str, Option<&'static str>) {
         match (self, mode) {
             (PeerKind::Direct, _) => (BACKEND, None),
-            (PeerKind::Sane | PeerKind::SaneTraced, Mode::Http) => {
+            (PeerKind::Sane | PeerKind::SaneTraced | PeerKind::SaneTracedReachable, Mode::Http) => {
                 ("127.0.0.1:18021", Some("backend"))
             }
-            (PeerKind::Sane | PeerKind::SaneTraced, Mode::Tcp) => ("127.0.0.1:18023", None),
+            (PeerKind::Sane | PeerKind::SaneTraced | PeerKind::SaneTracedReachable, Mode::Tcp) => {
+                ("127.0.0.1:18023", None)
+            }
             (PeerKind::Nginx, Mode::Http) => ("127.0.0.1:18001", None),
             (PeerKind::Nginx, Mode::Tcp) => ("127.0.0.1:18003", None),
             (PeerKind::Haproxy, Mode::Http) => ("127.0.0.1:18011", None),
@@ -135,11 +170,22 @@ impl PeerKind {
         }
     }
 
+    /// The OTLP collector the sidecars export spans to, if they trace.
+    pub fn collector(self) -> Option<&'static str> {
+        match self {
+            PeerKind::SaneTraced => Some(CLOSED_COLLECTOR),
+            PeerKind::SaneTracedReachable => Some(REACHABLE_COLLECTOR),
+            _ => None,
+        }
+    }
+
     /// Hop B's mTLS port (HTTP), for the handshake rate.
     pub fn tls_port(self) -> Option<&'static str> {
         match self {
             PeerKind::Direct => None,
-            PeerKind::Sane | PeerKind::SaneTraced => Some("127.0.0.1:18022"),
+            PeerKind::Sane | PeerKind::SaneTraced | PeerKind::SaneTracedReachable => {
+                Some("127.0.0.1:18022")
+            }
             PeerKind::Nginx => Some("127.0.0.1:18002"),
             PeerKind::Haproxy => Some("127.0.0.1:18012"),
         }
@@ -171,6 +217,7 @@ impl Workspace {
             bin_dir: repo.join("target/release"),
             server_cpus,
             workers,
+            collector_cpus: None,
         };
         ws.make_certs()?;
         Ok(ws)
@@ -301,7 +348,8 @@ impl Workspace {
     }
 
     fn spawn(&self, name: &str, mut cmd: Command) -> Result<Proc> {
-        let log = fs::File::create(self.dir.join("logs").join(format!("{name}.log")))?;
+        let log_path = self.dir.join("logs").join(format!("{name}.log"));
+        let log = fs::File::create(&log_path)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -311,6 +359,7 @@ impl Workspace {
         Ok(Proc {
             name: name.to_string(),
             child,
+            log: log_path,
         })
     }
 
@@ -342,6 +391,28 @@ impl Workspace {
             .arg("--workers")
             .arg(self.workers.to_string());
         self.spawn(name, cmd)
+    }
+
+    /// Starts `sane-otlp-sink` on [`REACHABLE_COLLECTOR`] and waits until it
+    /// listens.
+    fn otlp_sink(&self) -> Result<Proc> {
+        let sink = self.bin_dir.join("sane-otlp-sink");
+        let mut cmd = match &self.collector_cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(sink);
+                c
+            }
+            None => Command::new(sink),
+        };
+        cmd.arg("--addr").arg(REACHABLE_COLLECTOR);
+        let sink = self.spawn("otlp-sink", cmd)?;
+        poll(Instant::now() + START_DEADLINE, || {
+            TcpStream::connect(REACHABLE_COLLECTOR)
+                .map(drop)
+                .with_context(|| format!("sane-otlp-sink on {REACHABLE_COLLECTOR}"))
+        })?;
+        Ok(sink)
     }
 
     /// Starts the backend and the control plane, issues the sidecars'
@@ -399,6 +470,11 @@ impl Workspace {
         extra_services: &str,
         extra_endpoints: &str,
     ) -> Result<Peer> {
+        // The sink first, so the sidecars' first exports find it.
+        let collector = match kind {
+            PeerKind::SaneTracedReachable => Some(self.otlp_sink()?),
+            _ => None,
+        };
         let hops = match kind {
             PeerKind::Direct => Vec::new(),
             PeerKind::Nginx => vec![
@@ -409,13 +485,12 @@ impl Workspace {
                 self.haproxy("haproxy-b", "haproxy-b.cfg")?,
                 self.haproxy("haproxy-a", "haproxy-a.cfg")?,
             ],
-            PeerKind::Sane | PeerKind::SaneTraced => {
-                let telemetry = if kind == PeerKind::SaneTraced {
-                    format!(
-                        "  telemetry:\n    - {{ name: bench, tracing: {{ endpoint: \"http://{CLOSED_COLLECTOR}\", sampling_ratio: 1.0 }} }}\n"
-                    )
-                } else {
-                    String::new()
+            PeerKind::Sane | PeerKind::SaneTraced | PeerKind::SaneTracedReachable => {
+                let telemetry = match kind.collector() {
+                    Some(addr) => format!(
+                        "  telemetry:\n    - {{ name: bench, tracing: {{ endpoint: \"http://{addr}\", sampling_ratio: 1.0 }} }}\n"
+                    ),
+                    None => String::new(),
                 };
                 let b = self.config("sane-b.yaml", &[("@TELEMETRY@", &telemetry)])?;
                 let a = self.config(
@@ -432,7 +507,11 @@ impl Workspace {
                 ]
             }
         };
-        let peer = Peer { kind, hops };
+        let peer = Peer {
+            kind,
+            hops,
+            collector,
+        };
         for mode in [Mode::Http, Mode::Tcp] {
             let (addr, host) = kind.entry(mode);
             wait_http(addr, host, START_DEADLINE)
@@ -461,6 +540,46 @@ impl Peer {
             .map(|p| crate::procfs::tree(p.pid()))
             .collect()
     }
+}
+
+impl Peer {
+    /// What became of the spans: the sidecars' span counters, and (after
+    /// stopping it) what the sink received. `None` for a variant without
+    /// tracing.
+    pub fn span_counts(&mut self) -> Result<Option<SpanCounts>> {
+        if self.kind.collector().is_none() {
+            return Ok(None);
+        }
+        let mut c = SpanCounts::default();
+        for admin in SANE_ADMIN {
+            let (status, text) = http(admin, "GET", "/metrics", None, None)?;
+            if status != 200 {
+                bail!("{admin}/metrics answered {status}");
+            }
+            c.exported += counter(&text, "sane_trace_spans_total{result=\"exported\"}");
+            c.dropped += counter(&text, "sane_trace_spans_total{result=\"dropped\"}");
+            c.failed += counter(&text, "sane_trace_spans_total{result=\"failed\"}");
+        }
+        if let Some(sink) = self.collector.take() {
+            let log = sink.log.clone();
+            drop(sink); // SIGTERM: it prints its count and exits
+            let text = fs::read_to_string(&log)?;
+            let received = (text.lines())
+                .find_map(|l| l.strip_prefix("spans received="))
+                .and_then(|r| r.split_whitespace().next())
+                .with_context(|| format!("no 'spans received=' in {}", log.display()))?;
+            c.received = Some(received.parse()?);
+        }
+        Ok(Some(c))
+    }
+}
+
+/// The value of the Prometheus sample `series` in `text`, 0 when absent.
+fn counter(text: &str, series: &str) -> f64 {
+    (text.lines())
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 // === impl Proc ===
@@ -629,6 +748,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn span_counters_are_read_from_the_metrics_text() {
+        let text = "# TYPE sane_trace_spans_total counter\n\
+                    sane_trace_spans_total{result=\"dropped\"} 12\n\
+                    sane_trace_spans_total{result=\"exported\"} 3\n";
+        let dropped = counter(text, "sane_trace_spans_total{result=\"dropped\"}");
+        assert_eq!(dropped, 12.0);
+        assert_eq!(
+            counter(text, "sane_trace_spans_total{result=\"exported\"}"),
+            3.0
+        );
+        assert_eq!(
+            counter(text, "sane_trace_spans_total{result=\"failed\"}"),
+            0.0
+        );
+        assert_eq!(PeerKind::Sane.collector(), None);
+        assert_ne!(
+            PeerKind::SaneTraced.collector(),
+            PeerKind::SaneTracedReachable.collector()
+        );
+    }
+
+    #[test]
     fn chunked_bodies_are_joined() {
         assert_eq!(dechunk("2\r\nok\r\n3\r\n!!!\r\n0\r\n\r\n"), "ok!!!");
         assert_eq!(dechunk("zz"), "");
@@ -643,9 +784,13 @@ mod tests {
             }
             assert!(seen.insert(kind.tls_port().unwrap()));
         }
-        // The traced variant is sane with a config change: same entries.
+        // The traced variants are sane with a config change: same entries.
         assert_eq!(
             PeerKind::SaneTraced.entry(Mode::Http),
+            PeerKind::Sane.entry(Mode::Http)
+        );
+        assert_eq!(
+            PeerKind::SaneTracedReachable.entry(Mode::Http),
             PeerKind::Sane.entry(Mode::Http)
         );
         assert_eq!(PeerKind::Direct.entry(Mode::Tcp).0, BACKEND);

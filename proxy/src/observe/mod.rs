@@ -38,12 +38,13 @@ use crate::protocol::http as h;
 use crate::telemetry::{istio_host, Metrics, RequestLabels, RequestSizes};
 use crate::tls::{Identity, PeerIdentity};
 use crate::trace::context::ensure_request_id;
-use crate::trace::{HopKind, SpanOutcome, TraceHop, Tracer};
+use crate::trace::{method_text, version_text, HopKind, SpanOutcome, TraceHop, Tracer};
 use crate::upstream::UpstreamPeer;
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use sane_xds_proto::Protocol;
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
@@ -104,7 +105,8 @@ struct Exchange {
     /// `grpc-status` of a trailers-only response.
     header_grpc_status: Option<HeaderValue>,
     status: u16,
-    flags: String,
+    /// Response flags, `-` (static, no allocation) when none.
+    flags: Cow<'static, str>,
     method: Method,
     path: String,
     authority: String,
@@ -212,7 +214,7 @@ where
                 grpc,
                 header_grpc_status: None,
                 status: 0,
-                flags: "-".into(),
+                flags: Cow::Borrowed("-"),
                 method,
                 path,
                 authority,
@@ -234,8 +236,9 @@ where
             if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 *rsp.version_mut() = exchange.version;
             }
-            let flags = header_text(rsp.headers(), RESPONSE_FLAGS_HEADER).unwrap_or("-");
-            exchange.flags = flags.to_string();
+            if let Some(flags) = header_text(rsp.headers(), RESPONSE_FLAGS_HEADER) {
+                exchange.flags = Cow::Owned(flags.to_string());
+            }
             exchange.status = rsp.status().as_u16();
             exchange.header_grpc_status = rsp.headers().get("grpc-status").cloned();
             if let Some(e) = &error {
@@ -320,99 +323,117 @@ impl Exchange {
         }
     }
 
-    /// Reports the finished exchange: metrics, span, access log.
+    /// Reports the finished exchange: metrics, access log, span. The span
+    /// takes the exchange's strings by move (no copies), after the access
+    /// log (which copies them only when it is on).
     fn finish(self, outcome: BodyOutcome) {
-        let millis = self.start.elapsed().as_secs_f64() * 1000.0;
-        let flags = match (outcome.end, self.flags.as_str()) {
-            (BodyEnd::Failed, "-") => "UR",
-            (BodyEnd::Dropped, "-") => "DC",
-            (_, flags) => flags,
+        let Exchange {
+            metrics,
+            hop,
+            inbound,
+            source_workload,
+            source_principal,
+            destination_workload,
+            destination_principal,
+            policy,
+            service,
+            grpc,
+            header_grpc_status,
+            status,
+            flags,
+            method,
+            path,
+            authority,
+            version,
+            request_id,
+            start,
+            wall,
+            request_bytes,
+            peer,
+        } = self;
+        let millis = start.elapsed().as_secs_f64() * 1000.0;
+        let unflagged = flags == "-";
+        let flags = match outcome.end {
+            BodyEnd::Failed if unflagged => Cow::Borrowed("UR"),
+            BodyEnd::Dropped if unflagged => Cow::Borrowed("DC"),
+            _ => flags,
         };
-        let grpc_status = if self.grpc {
-            grpc_code(
-                outcome
-                    .grpc_status
-                    .as_ref()
-                    .or(self.header_grpc_status.as_ref()),
-            )
+        let grpc_status = if grpc {
+            grpc_code(outcome.grpc_status.as_ref().or(header_grpc_status.as_ref()))
         } else {
             ""
         };
         let sizes = RequestSizes {
-            request: self.request_bytes.get(),
+            request: request_bytes.get(),
             response: outcome.bytes,
         };
-        let host = if self.service == "unknown" {
-            self.service.clone()
+        let host = if service == "unknown" {
+            service.clone()
         } else {
-            istio_host(&self.service)
+            istio_host(&service)
         };
-        self.metrics.request(
+        metrics.request(
             RequestLabels {
-                reporter: if self.inbound {
-                    "destination"
-                } else {
-                    "source"
-                },
-                source_workload: &self.source_workload,
-                source_principal: &self.source_principal,
-                destination_workload: &self.destination_workload,
+                reporter: if inbound { "destination" } else { "source" },
+                source_workload: &source_workload,
+                source_principal: &source_principal,
+                destination_workload: &destination_workload,
                 destination_service: &host,
-                destination_principal: &self.destination_principal,
-                request_protocol: if self.grpc { "grpc" } else { "http" },
-                response_code: self.status,
+                destination_principal: &destination_principal,
+                request_protocol: if grpc { "grpc" } else { "http" },
+                response_code: status,
                 grpc_response_status: grpc_status,
-                connection_security_policy: self.policy,
-                response_flags: flags,
+                connection_security_policy: policy,
+                response_flags: &flags,
             },
             millis,
             sizes,
         );
-        let protocol_version = format!("{:?}", self.version);
-        let span = SpanOutcome {
-            method: self.method.as_str(),
-            path: &self.path,
-            authority: &self.authority,
-            status: self.status,
-            flags,
-            service: &self.service,
-            peer_identity: self.peer.as_deref(),
-            protocol_version: &protocol_version,
-            request_id: &self.request_id,
-            grpc_status: Some(grpc_status).filter(|s| !s.is_empty()),
-            bytes: Some(sizes),
-        };
-        let kind = if self.inbound {
-            HopKind::Inbound
-        } else {
-            HopKind::Outbound
-        };
-        self.hop
-            .record(kind, &self.hop.context, self.wall, &span, Vec::new());
-        self.hop.active().log(|| AccessLog {
-            start_time: humantime::format_rfc3339_millis(self.wall).to_string(),
-            direction: if self.inbound { "inbound" } else { "outbound" },
-            trace_id: self.hop.context.trace_id.to_string(),
-            request_id: self.request_id.clone(),
-            method: self.method.to_string(),
-            authority: self.authority.clone(),
-            path: self.path.clone(),
-            protocol: protocol_version.clone(),
-            status: self.status,
+        let protocol_version = version_text(version);
+        hop.active().log(|| AccessLog {
+            start_time: humantime::format_rfc3339_millis(wall).to_string(),
+            direction: if inbound { "inbound" } else { "outbound" },
+            trace_id: hop.context.trace_id.to_string(),
+            request_id: request_id.clone(),
+            method: method.to_string(),
+            authority: authority.clone(),
+            path: path.clone(),
+            protocol: protocol_version.to_string(),
+            status,
             grpc_status: grpc_status.to_string(),
             response_flags: flags.to_string(),
             duration_ms: millis,
             bytes_received: sizes.request,
             bytes_sent: sizes.response,
-            upstream_service: self.service.clone(),
+            upstream_service: service.clone(),
             upstream_host: String::new(),
-            source_principal: self.source_principal.clone(),
-            destination_principal: self.destination_principal.clone(),
+            source_principal: source_principal.clone(),
+            destination_principal: destination_principal.clone(),
         });
         tracing::debug!(
-            method = %self.method, path = %self.path, status = self.status, flags = %flags,
+            method = %method, path = %path, status, flags = %flags,
             elapsed_ms = millis as u64, "request"
         );
+        let kind = if inbound {
+            HopKind::Inbound
+        } else {
+            HopKind::Outbound
+        };
+        let span = SpanOutcome {
+            method: method_text(&method),
+            path: path.into(),
+            authority: authority.into(),
+            status,
+            flags,
+            service: service.into(),
+            peer_identity: peer,
+            protocol_version,
+            request_id: request_id.into(),
+            grpc_status: Some(grpc_status).filter(|s| !s.is_empty()),
+            bytes: Some(sizes),
+            attempt: None,
+        };
+        hop.record(kind, &hop.context, wall, span);
     }
 }
 

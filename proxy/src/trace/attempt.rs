@@ -8,16 +8,20 @@
 //! or drop), so its duration covers the whole transfer, not just the wait
 //! for the response headers; an attempt that fails before any response
 //! ends at once.
+//!
+//! The attempt's context is written upstream whatever happens to spans;
+//! the span's attributes are only gathered when the exporter takes spans
+//! ([`TraceHop::begin_span`]: not while it backs off after a failure).
 
 use crate::body::Body;
 use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
 use crate::observe::body::{BodyEnd, ObservedBody};
 use crate::trace::context::TraceContext;
-use crate::trace::{HopKind, SpanOutcome, TraceHop};
+use crate::trace::{method_text, version_text, HopKind, SpanOutcome, TraceHop};
 use futures::future::BoxFuture;
-use http::{Request, Response};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
-use opentelemetry::KeyValue;
+use std::borrow::Cow;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 use tower::{Layer, Service};
@@ -59,14 +63,14 @@ where
         };
         let (ctx, n) = hop.next_attempt();
         ctx.inject(req.headers_mut());
-        if !hop.recording() {
+        if !hop.begin_span() {
             return Box::pin(self.inner.call(req));
         }
         let start = SystemTime::now();
-        let method = req.method().to_string();
+        let method = req.method().clone();
         let path = req.uri().path().to_string();
         let authority = crate::protocol::http::authority_text(&req).unwrap_or_default();
-        let version = format!("{:?}", req.version());
+        let version = req.version();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let rsp = match fut.await {
@@ -82,7 +86,7 @@ where
                         authority,
                         version,
                         status: e.status().as_u16(),
-                        flags: e.response_flag().to_string(),
+                        flags: Cow::Borrowed(e.response_flag()),
                     };
                     span.record(None);
                     return Err(e);
@@ -98,10 +102,10 @@ where
                 authority,
                 version,
                 status: rsp.status().as_u16(),
-                flags: (rsp.headers().get(RESPONSE_FLAGS_HEADER))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-")
-                    .to_string(),
+                flags: match rsp.headers().get(RESPONSE_FLAGS_HEADER) {
+                    None => Cow::Borrowed("-"),
+                    Some(v) => Cow::Owned(v.to_str().unwrap_or("-").to_string()),
+                },
             };
             Ok(rsp.map(|b| {
                 ObservedBody::new(b, move |outcome| span.record(Some(outcome.end))).boxed_unsync()
@@ -116,35 +120,36 @@ struct AttemptSpan {
     ctx: TraceContext,
     n: u32,
     start: SystemTime,
-    method: String,
+    method: Method,
     path: String,
     authority: String,
-    version: String,
+    version: Version,
     status: u16,
-    flags: String,
+    flags: Cow<'static, str>,
 }
 
 impl AttemptSpan {
     /// Records the span, ending now; `end` is how the response body ended
     /// (`None`: the attempt failed without a response).
     fn record(self, end: Option<BodyEnd>) {
-        let flags = match (end, self.flags.as_str()) {
-            (Some(BodyEnd::Failed), "-") => "UR",
-            (Some(BodyEnd::Dropped), "-") => "DC",
-            (_, flags) => flags,
+        let unflagged = self.flags == "-";
+        let flags = match end {
+            Some(BodyEnd::Failed) if unflagged => Cow::Borrowed("UR"),
+            Some(BodyEnd::Dropped) if unflagged => Cow::Borrowed("DC"),
+            _ => self.flags,
         };
         let outcome = SpanOutcome {
-            method: &self.method,
-            path: &self.path,
-            authority: &self.authority,
+            method: method_text(&self.method),
+            path: self.path.into(),
+            authority: self.authority.into(),
             status: self.status,
             flags,
-            protocol_version: &self.version,
+            protocol_version: version_text(self.version),
+            attempt: Some(self.n),
             ..Default::default()
         };
-        let extra = vec![KeyValue::new("sane.attempt", i64::from(self.n))];
         self.hop
-            .record(HopKind::Attempt, &self.ctx, self.start, &outcome, extra);
+            .record(HopKind::Attempt, &self.ctx, self.start, outcome);
     }
 }
 
@@ -245,5 +250,37 @@ mod tests {
         assert_ne!(first.span_context.span_id(), second.span_context.span_id());
         assert_eq!(second.parent_span_id, first.parent_span_id);
         assert!(spans.try_recv().is_err(), "one span per attempt");
+    }
+
+    #[tokio::test]
+    async fn while_the_exporter_backs_off_attempts_propagate_but_record_nothing() {
+        let (hop, mut spans) = hop();
+        let queue = hop.active().spans.clone().expect("export configured");
+        queue.health().set_backing_off(true);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let svc = AttemptLayer.layer(tower::service_fn(move |req: Request<Body>| {
+            s.lock()
+                .unwrap()
+                .push(req.headers().get("traceparent").cloned());
+            async move { Ok::<_, ProxyError>(Response::new(crate::body::empty())) }
+        }));
+
+        let rsp = svc.clone().oneshot(request(&hop)).await.unwrap();
+        let _ = rsp.into_body().collect().await.unwrap();
+        let sent = seen.lock().unwrap()[0]
+            .clone()
+            .expect("traceparent upstream");
+        let trace = hop.context.trace_id.to_string();
+        assert!(sent.to_str().unwrap().contains(&trace), "{sent:?}");
+        assert!(sent.to_str().unwrap().ends_with("-01"), "still sampled");
+        assert!(spans.try_recv().is_err(), "no span while backing off");
+
+        // Recovered: the next attempt's span is recorded (attempt 2).
+        queue.health().set_backing_off(false);
+        let rsp = svc.oneshot(request(&hop)).await.unwrap();
+        let _ = rsp.into_body().collect().await.unwrap();
+        let span = spans.try_recv().expect("recorded once recovered");
+        assert_eq!(attempt_number(&span), Some(2));
     }
 }

@@ -9,12 +9,19 @@
 //!   request, and [`attempt::AttemptLayer`] records one child span per
 //!   attempt (retries included) and writes that attempt's context upstream.
 //! * [`export`] batches spans to an OTLP collector from a bounded queue; a
-//!   full queue drops the span and counts it, so export never slows or
-//!   fails a request.
+//!   full queue, or an exporter backing off after a failed export, drops
+//!   the span *before it is built* and counts it, so export never slows or
+//!   fails a request and a collector that is down costs (nearly) nothing.
 //!
 //! The hot path takes no lock: the settings are compared by pointer with the
-//! config snapshot's, spans are only built when sampled, and queueing is a
-//! `try_send`.
+//! config snapshot's, spans are only built when sampled and when the queue
+//! has room, and queueing is a reserved slot's `send`. A span's attributes
+//! are moved in (owned strings) or static (method, protocol version, usual
+//! flags): building one copies no request text.
+//!
+//! Trace context propagation (`traceparent`, B3, `x-request-id`) is
+//! independent of export: it happens whether spans are recorded, dropped or
+//! not configured.
 
 pub mod attempt;
 pub mod context;
@@ -24,6 +31,7 @@ use crate::access_log::{AccessLog, AccessLogQueue};
 use crate::trace::context::{SpanId, TraceContext};
 use crate::trace::export::{SpanQueue, TraceMetrics};
 use arc_swap::ArcSwap;
+use http::{Method, Version};
 use opentelemetry::trace::{
     SpanContext, SpanKind, Status, TraceFlags, TraceId as OtelTraceId, TraceState,
 };
@@ -87,31 +95,36 @@ pub enum HopKind {
     Attempt,
 }
 
-/// The outcome and attributes of a finished span.
+/// The outcome and attributes of a finished span. Owned (moved in from
+/// the finished exchange, or static), so building the span copies no text;
+/// building it at all only happens when the queue takes it.
 #[derive(Debug, Default)]
-pub struct SpanOutcome<'a> {
-    /// HTTP method.
-    pub method: &'a str,
+pub struct SpanOutcome {
+    /// HTTP method ([`method_text`]).
+    pub method: Cow<'static, str>,
     /// Request path (spans may carry it; metrics never do).
-    pub path: &'a str,
+    pub path: Cow<'static, str>,
     /// Authority.
-    pub authority: &'a str,
+    pub authority: Cow<'static, str>,
     /// Response status; 0 when there was none.
     pub status: u16,
     /// Response flags, `-` when none.
-    pub flags: &'a str,
-    /// `name.namespace` of the destination service.
-    pub service: &'a str,
+    pub flags: Cow<'static, str>,
+    /// `name.namespace` of the destination service; empty: not resolved
+    /// (attempt spans: their hop's span carries it).
+    pub service: Cow<'static, str>,
     /// The verified SPIFFE id of the peer, when known.
-    pub peer_identity: Option<&'a str>,
-    /// `HTTP/1.1`, `HTTP/2`, ...
-    pub protocol_version: &'a str,
-    /// `x-request-id`.
-    pub request_id: &'a str,
+    pub peer_identity: Option<Arc<str>>,
+    /// `HTTP/1.1`, `HTTP/2`, ... ([`version_text`]).
+    pub protocol_version: &'static str,
+    /// `x-request-id`; empty: not recorded.
+    pub request_id: Cow<'static, str>,
     /// gRPC status code (`rpc.grpc.status_code`), when known.
-    pub grpc_status: Option<&'a str>,
+    pub grpc_status: Option<&'static str>,
     /// Body bytes counted both ways, when the hop saw the whole exchange.
     pub bytes: Option<crate::telemetry::RequestSizes>,
+    /// The attempt number (`sane.attempt`), for an attempt's span.
+    pub attempt: Option<u32>,
 }
 
 // === impl TelemetrySettings ===
@@ -226,9 +239,32 @@ impl Active {
 // === impl TraceHop ===
 
 impl TraceHop {
-    /// Whether spans of this hop are recorded.
+    /// The span queue, when spans of this hop are recorded (sampled, and
+    /// export configured).
+    fn queue(&self) -> Option<&SpanQueue> {
+        (self.active.spans.as_ref()).filter(|_| self.context.sampled)
+    }
+
+    /// Whether spans of this hop are recorded (sampled, and export
+    /// configured). Says nothing about whether the exporter takes spans
+    /// now: see [`TraceHop::begin_span`].
     pub fn recording(&self) -> bool {
-        self.context.sampled && self.active.spans.is_some()
+        self.queue().is_some()
+    }
+
+    /// Whether to gather a span's attributes now: false when the hop is not
+    /// recorded, and false when the exporter is backing off after a failed
+    /// export, in which case the span is counted as dropped here (it will
+    /// not be recorded, so its caller need not copy anything for it).
+    pub fn begin_span(&self) -> bool {
+        match self.queue() {
+            None => false,
+            Some(q) if q.accepting() => true,
+            Some(q) => {
+                q.count_dropped();
+                false
+            }
+        }
     }
 
     /// The export state this hop started with.
@@ -247,49 +283,86 @@ impl TraceHop {
     }
 
     /// Records a finished span of `kind` for `context` (this hop's own or
-    /// an attempt's).
+    /// an attempt's). The span is built only if the queue takes it; if it
+    /// does not (full, or the exporter backing off) it is counted as
+    /// dropped.
     pub fn record(
         &self,
         kind: HopKind,
         context: &TraceContext,
         start: SystemTime,
-        outcome: &SpanOutcome<'_>,
-        extra: Vec<KeyValue>,
+        outcome: SpanOutcome,
     ) {
-        let Some(queue) = (self.recording())
-            .then_some(())
-            .and(self.active.spans.as_ref())
-        else {
-            return;
-        };
-        queue.push(span_data(kind, context, start, outcome, extra));
+        if let Some(queue) = self.queue() {
+            queue.push_with(|| span_data(kind, context, start, outcome));
+        }
     }
 }
 
-fn span_data(
+/// `method` as a span attribute: static for the standard methods (no
+/// allocation), copied otherwise.
+pub fn method_text(method: &Method) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|m| **m == method.as_str()) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(method.as_str().to_string()),
+    }
+}
+
+/// The protocol version as spans and access logs show it (`HTTP/1.1`).
+pub fn version_text(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// Attributes a span can carry, at most: reserved at once.
+const MAX_ATTRIBUTES: usize = 13;
+
+pub(crate) fn span_data(
     kind: HopKind,
     ctx: &TraceContext,
     start: SystemTime,
-    o: &SpanOutcome<'_>,
-    mut attrs: Vec<KeyValue>,
+    o: SpanOutcome,
 ) -> SpanData {
     let (name, span_kind) = match kind {
         HopKind::Inbound => ("inbound", SpanKind::Server),
         HopKind::Outbound => ("outbound", SpanKind::Client),
         HopKind::Attempt => ("outbound.attempt", SpanKind::Client),
     };
+    // Server spans fail on 5xx only; client spans on 4xx too (OTel HTTP).
+    let failed = o.status == 0
+        || o.status >= 500
+        || (o.status >= 400 && span_kind == SpanKind::Client)
+        || o.flags != "-";
+    let status = if failed {
+        Status::error(format!("{} {}", o.status, o.flags))
+    } else {
+        Status::Unset
+    };
+    let mut attrs = Vec::with_capacity(MAX_ATTRIBUTES);
+    if let Some(n) = o.attempt {
+        attrs.push(KeyValue::new("sane.attempt", i64::from(n)));
+    }
     attrs.extend([
-        KeyValue::new("http.request.method", o.method.to_string()),
-        KeyValue::new("url.path", o.path.to_string()),
-        KeyValue::new("server.address", o.authority.to_string()),
-        KeyValue::new("network.protocol.version", o.protocol_version.to_string()),
+        KeyValue::new("http.request.method", o.method),
+        KeyValue::new("url.path", o.path),
+        KeyValue::new("server.address", o.authority),
+        KeyValue::new("network.protocol.version", o.protocol_version),
         KeyValue::new("http.response.status_code", i64::from(o.status)),
-        KeyValue::new("sane.response_flags", o.flags.to_string()),
-        KeyValue::new("sane.route", o.service.to_string()),
-        KeyValue::new("sane.request_id", o.request_id.to_string()),
+        KeyValue::new("sane.response_flags", o.flags),
+        KeyValue::new("sane.route", o.service),
+        KeyValue::new("sane.request_id", o.request_id),
     ]);
     if let Some(peer) = o.peer_identity {
-        attrs.push(KeyValue::new("sane.peer.identity", peer.to_string()));
+        attrs.push(KeyValue::new("sane.peer.identity", peer));
     }
     if let Some(code) = o.grpc_status.and_then(|c| c.parse::<i64>().ok()) {
         attrs.push(KeyValue::new("rpc.grpc.status_code", code));
@@ -304,16 +377,6 @@ fn span_data(
             sizes.response as i64,
         ));
     }
-    // Server spans fail on 5xx only; client spans on 4xx too (OTel HTTP).
-    let failed = o.status == 0
-        || o.status >= 500
-        || (o.status >= 400 && span_kind == SpanKind::Client)
-        || o.flags != "-";
-    let status = if failed {
-        Status::error(format!("{} {}", o.status, o.flags))
-    } else {
-        Status::Unset
-    };
     let flags = if ctx.sampled {
         TraceFlags::SAMPLED
     } else {
@@ -423,6 +486,85 @@ mod tests {
         assert_eq!(hop.next_attempt().1, 2);
     }
 
+    /// `sane_trace_spans_total{result}` in `registry`.
+    fn spans_counted(registry: &Registry, result: &str) -> u64 {
+        (registry.gather().iter())
+            .filter(|f| f.name() == "sane_trace_spans_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == result))
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_backing_off_exporter_skips_span_building_but_not_propagation() {
+        let registry = Registry::new();
+        let metrics = TraceMetrics::register(&registry).unwrap();
+        let (queue, mut spans) = SpanQueue::capture(metrics);
+        let health = queue.health().clone();
+        let active = Arc::new(Active {
+            settings: Arc::new(TelemetrySettings::default()),
+            spans: Some(queue),
+            sample_ratio: 1.0,
+            access_log: None,
+        });
+        health.set_backing_off(true);
+        let hop = active.start_hop(&http::HeaderMap::new());
+        assert!(hop.context.sampled && hop.recording());
+
+        // Nothing is gathered or built, and both spans are counted.
+        assert!(!hop.begin_span());
+        hop.record(
+            HopKind::Inbound,
+            &hop.context,
+            SystemTime::now(),
+            SpanOutcome::default(),
+        );
+        assert!(spans.try_recv().is_err());
+        assert_eq!(spans_counted(&registry, "dropped"), 2);
+
+        // The context still goes to the next hop, sampled.
+        let mut next = http::HeaderMap::new();
+        hop.context.inject(&mut next);
+        let sent = TraceContext::extract(&next, false);
+        assert_eq!(sent.trace_id, hop.context.trace_id);
+        assert_eq!(sent.parent_span_id, Some(hop.context.span_id));
+        assert!(sent.sampled);
+
+        // The exporter recovers: spans are built and queued again.
+        health.set_backing_off(false);
+        assert!(hop.begin_span());
+        hop.record(
+            HopKind::Inbound,
+            &hop.context,
+            SystemTime::now(),
+            SpanOutcome {
+                path: "/a".into(),
+                ..Default::default()
+            },
+        );
+        let span = spans.try_recv().expect("recorded once recovered");
+        assert!(span
+            .attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "url.path" && kv.value.as_str() == "/a"));
+        assert_eq!(spans_counted(&registry, "dropped"), 2);
+    }
+
+    #[test]
+    fn method_and_version_texts_are_the_usual_ones() {
+        assert_eq!(method_text(&Method::GET), "GET");
+        assert!(matches!(method_text(&Method::PATCH), Cow::Borrowed(_)));
+        let custom = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_text(&custom), "PURGE");
+        assert_eq!(version_text(Version::HTTP_11), "HTTP/1.1");
+        assert_eq!(version_text(Version::HTTP_2), "HTTP/2.0");
+        assert_eq!(
+            version_text(Version::HTTP_2),
+            format!("{:?}", Version::HTTP_2)
+        );
+    }
+
     #[test]
     fn span_data_links_to_the_parent() {
         let mut h = http::HeaderMap::new();
@@ -434,12 +576,12 @@ mod tests {
         );
         let ctx = TraceContext::extract(&h, false);
         let o = SpanOutcome {
-            method: "GET",
+            method: method_text(&Method::GET),
             status: 503,
-            flags: "UO",
+            flags: "UO".into(),
             ..Default::default()
         };
-        let s = span_data(HopKind::Inbound, &ctx, SystemTime::now(), &o, vec![]);
+        let s = span_data(HopKind::Inbound, &ctx, SystemTime::now(), o);
         assert_eq!(
             s.span_context.trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
