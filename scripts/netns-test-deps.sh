@@ -4,8 +4,7 @@
 # iptables, curl, setpriv (util-linux). tc netem also needs the sch_netem
 # kernel module, which chaos.rs loads with modprobe where it can.
 # Debian/Ubuntu only (apt-get); needs root. Installs only the tools that
-# are missing, and runs `apt-get update` only when an install fails for
-# want of package lists.
+# are missing, through scripts/apt-install.sh (one install at a time).
 set -euo pipefail
 
 declare -A package_of=(
@@ -30,18 +29,4 @@ fi
 # Unique package names, stable order.
 mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
 
-if [ "$(id -u)" -ne 0 ]; then
-  echo "netns-test-deps: missing ${packages[*]}, and installing needs root" >&2
-  exit 1
-fi
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "netns-test-deps: missing ${packages[*]}, and there is no apt-get here" >&2
-  exit 1
-fi
-
-export DEBIAN_FRONTEND=noninteractive
-echo "netns-test-deps: installing ${packages[*]}"
-if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
-  apt-get update
-  apt-get install -y --no-install-recommends "${packages[@]}"
-fi
+exec "$(dirname "$0")/apt-install.sh" netns-test-deps "${packages[@]}"
