@@ -110,7 +110,7 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
     let svc = ServiceBuilder::new()
         .layer_fn(|inner| Observe {
             inner,
-            metrics: ctx.metrics.clone(),
+            metrics: Arc::new(ctx.metrics.clone()),
             tracer: ctx.tracer.clone(),
             config: ctx.config.clone(),
             identity: ctx.identity.clone(),
@@ -154,7 +154,7 @@ pub fn inbound(
     let svc = ServiceBuilder::new()
         .layer_fn(|inner| Observe {
             inner,
-            metrics: ctx.metrics.clone(),
+            metrics: Arc::new(ctx.metrics.clone()),
             tracer: ctx.tracer.clone(),
             config: ctx.config.clone(),
             identity: ctx.identity.clone(),

@@ -82,7 +82,9 @@ pub(crate) enum Side {
 #[derive(Clone, Debug)]
 pub(crate) struct Observe<S> {
     pub(crate) inner: S,
-    pub(crate) metrics: Metrics,
+    /// Shared: each exchange keeps a handle until its response ends, and
+    /// one `Arc` is one count, where cloning `Metrics` is one per metric.
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) tracer: Arc<Tracer>,
     pub(crate) config: Arc<ConfigStore>,
     pub(crate) identity: Arc<Identity>,
@@ -92,7 +94,7 @@ pub(crate) struct Observe<S> {
 /// Everything known about one exchange once its response headers are in;
 /// reported when the response body ends.
 struct Exchange {
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     hop: TraceHop,
     inbound: bool,
     source_workload: String,
@@ -527,7 +529,7 @@ mod disconnect_tests {
         ));
         let svc = Observe {
             inner,
-            metrics: Metrics::register(&registry).unwrap(),
+            metrics: Arc::new(Metrics::register(&registry).unwrap()),
             tracer: Arc::new(Tracer::new(&registry).unwrap()),
             config: Arc::new(ConfigStore::new(snapshot, None)),
             identity,
