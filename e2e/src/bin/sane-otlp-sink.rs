@@ -8,14 +8,11 @@
 //! `spans received=N batches=M` before it exits 0.
 
 use clap::Parser;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use sane_e2e::harness::serve_traces;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,22 +66,7 @@ async fn main() -> anyhow::Result<()> {
     drop(stdout);
 
     let counts = Counts::default();
-    let serve = {
-        let counts = counts.clone();
-        async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let svc = TowerToHyperService::new(TraceServiceServer::new(counts.clone()));
-                tokio::spawn(async move {
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let _ = conn.await;
-                });
-            }
-        }
-    };
+    let serve = serve_traces(listener, counts.clone());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -47,7 +47,7 @@ pub use grpc::EchoClient;
 pub use load::{payload, EchoRequests, Load, LoadReport, Outcome, BODY_ABORTED, NO_RESPONSE};
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use netns::{deps_script, Pod, PodPair, Ran};
-pub use otlp::{OtlpReceiver, ReceivedSpan};
+pub use otlp::{serve_traces, OtlpReceiver, ReceivedSpan};
 pub use process::{isolate_children_from_ctrl_c, Proc, Signal};
 pub use prometheus::{prometheus_deps_script, prometheus_or_skip, Prometheus};
 pub use sidecar::{metric_value, write_bootstrap, write_config_text, Sidecar, READY_DEADLINE};

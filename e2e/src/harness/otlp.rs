@@ -18,6 +18,22 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
+/// Serves the OTLP/gRPC trace service `svc` on every connection `listener`
+/// accepts (plaintext HTTP/2), forever.
+pub async fn serve_traces<T: TraceService + Clone>(listener: TcpListener, svc: T) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let svc = TowerToHyperService::new(TraceServiceServer::new(svc.clone()));
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}
+
 /// One received span, flattened.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReceivedSpan {
@@ -58,19 +74,7 @@ impl OtlpReceiver {
         let addr = listener.local_addr().expect("local addr");
         let collect = Collect::default();
         let spans = collect.0.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let svc = TowerToHyperService::new(TraceServiceServer::new(collect.clone()));
-                tokio::spawn(async move {
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let _ = conn.await;
-                });
-            }
-        });
+        let task = tokio::spawn(serve_traces(listener, collect));
         OtlpReceiver { addr, spans, task }
     }
 
