@@ -391,7 +391,8 @@ fn other_resource_schemas() -> Value {
             "circuit_breaker": schema_ref("CircuitBreaker"),
             "outlier_detection": schema_ref("OutlierDetection"),
             "retry_budget": schema_ref("RetryBudget"),
-            "hash_header": string()
+            "hash_header": string(),
+            "upgrade_to_http2": { "type": "boolean" }
         })),
         "CircuitBreaker": object(&[], json!({
             "max_connections": { "type": "integer" },

@@ -1,7 +1,8 @@
 //! Connection pools.
 //!
 //! * HTTP/2: one multiplexed connection per key, shared by every request
-//!   (this is how HTTP/1 traffic between sidecars rides one connection).
+//!   (HTTP/2 and gRPC between sidecars, and HTTP/1 traffic to a destination
+//!   that asks for `upgrade_to_http2`).
 //!   Replaced when it closes.
 //! * HTTP/1.1: a stack of connections per key; a connection goes back on it
 //!   as soon as its request is sent, and is handed out again once its
