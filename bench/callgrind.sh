@@ -5,7 +5,7 @@
 # instructions a hop executes per request is not. This script runs the same
 # two-hop topology as `bench/run` (bench/peers/sane-{a,b}.yaml):
 #
-#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/1.1 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
+#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/2 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
 #
 # with both sane-proxy processes (`--workers 1`) under
 # `valgrind --tool=callgrind`, certificates from a sane-control-plane CA

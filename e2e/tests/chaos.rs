@@ -135,22 +135,14 @@ impl PodSidecar {
 // === impl Chaos ===
 
 impl Chaos {
-    /// Starts everything; must run inside pod A. HTTP/1 requests travel
-    /// between the sidecars as HTTP/1.1 (the default).
+    /// Starts everything; must run inside pod A.
     async fn start(pods: &PodPair) -> Chaos {
-        Self::start_with(pods, false).await
-    }
-
-    /// [`Chaos::start`], with `upgrade_to_http2` in the destination policy
-    /// of `echo`: every request shares one HTTP/2 connection between the
-    /// sidecars.
-    async fn start_with(pods: &PodPair, upgrade_to_http2: bool) -> Chaos {
         let b = &pods.b;
         let dir = tempfile::tempdir().expect("a temp dir");
         let cp = start_control_plane(b, &dir.path().join("cp")).await;
         let api = ApiClient::new(&cp);
         let echo = start_echo(b).await;
-        register_mesh(&api, b.ip, upgrade_to_http2).await;
+        register_mesh(&api, b.ip).await;
         let server_token = cp.issue_token(dir.path(), "default", "echo").await;
         let client_token = cp.issue_token(dir.path(), "default", "client").await;
         let server = PodSidecar::start(
@@ -303,13 +295,9 @@ async fn start_echo(b: &Pod) -> Proc {
 
 /// Service `echo`, its one endpoint (pod B, through sidecar B), and route
 /// `echo` at generation 0.
-async fn register_mesh(api: &ApiClient, b: std::net::Ipv4Addr, upgrade_to_http2: bool) {
+async fn register_mesh(api: &ApiClient, b: std::net::Ipv4Addr) {
     let service = json!({ "name": "echo", "ports": [ { "name": "http", "port": 80 } ] });
     api.put("/api/v1/services/default/echo", &service).await;
-    if upgrade_to_http2 {
-        let policy = json!({ "name": "echo", "service": "echo", "upgrade_to_http2": true });
-        api.put("/api/v1/policies/default/echo", &policy).await;
-    }
     let endpoint = json!({
         "service": "echo",
         "address": b.to_string(),
@@ -597,10 +585,7 @@ fn an_upstream_killed_mid_stream_ends_each_stream_with_an_error() {
     };
     bins();
     pods.a.block_on(|| async {
-        // On one HTTP/2 connection between the sidecars, the stalled
-        // streams share its flow-control window with the load: the case
-        // that once stopped every other request to the peer.
-        let mut chaos = Chaos::start_with(&pods, true).await;
+        let mut chaos = Chaos::start(&pods).await;
         // Long streams (1 GiB each), each read for a while, then left
         // unread so they stall on flow control with data in flight.
         let mut streams = Vec::new();

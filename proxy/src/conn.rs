@@ -61,7 +61,6 @@ pub async fn splice_to_cluster(
         protocol: Protocol::Tcp,
         connect_timeout: cluster.connect_timeout,
         idle_timeout: cluster.idle_timeout,
-        upgrade_to_http2: false,
         identity: endpoint.identity.clone(),
     };
     let verified =
@@ -249,7 +248,6 @@ async fn inbound_tcp(
         protocol: Protocol::Tcp,
         connect_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(60),
-        upgrade_to_http2: false,
         identity: "".into(),
     };
     let labels = TcpLabels {

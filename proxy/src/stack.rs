@@ -180,7 +180,6 @@ pub fn inbound(
                 protocol,
                 connect_timeout: Duration::from_secs(1),
                 idle_timeout: upstream_idle,
-                upgrade_to_http2: false,
                 identity: "".into(),
             },
             // Built once per connection, not per request.
@@ -322,7 +321,6 @@ impl Service<Request<Body>> for EndpointStage {
                 protocol: cluster.protocol,
                 connect_timeout: cluster.connect_timeout,
                 idle_timeout: cluster.idle_timeout,
-                upgrade_to_http2: cluster.upgrade_to_http2,
                 identity: endpoint.identity.clone(),
             };
             let result =

@@ -161,7 +161,6 @@ async fn passthrough(mut client: TcpStream, dst: SocketAddr, ctx: &StackContext)
         protocol: Protocol::Tcp,
         connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
         idle_timeout: Duration::from_secs(60),
-        upgrade_to_http2: false,
         identity: "".into(),
     };
     let labels = TcpLabels {

@@ -86,15 +86,6 @@ pub struct DestinationPolicy {
     /// Required with `consistent_hash`, not allowed otherwise. Default: empty.
     #[prost(string, tag = "10")]
     pub hash_header: String,
-    /// HTTP/1.1 requests to this service's sidecars travel multiplexed on
-    /// one HTTP/2 connection per peer (Istio's `h2UpgradePolicy: UPGRADE`,
-    /// linkerd's behaviour): fewer connections, more work per request.
-    /// Default: false, they stay HTTP/1.1 over pooled mutual-TLS
-    /// connections to the peer sidecar (Istio's default), which costs
-    /// about a fifth fewer instructions per request on each hop. HTTP/2 and
-    /// gRPC requests always travel as HTTP/2.
-    #[prost(bool, tag = "11")]
-    pub upgrade_to_http2: bool,
 }
 
 // === impl DestinationPolicy ===

@@ -391,8 +391,7 @@ fn other_resource_schemas() -> Value {
             "circuit_breaker": schema_ref("CircuitBreaker"),
             "outlier_detection": schema_ref("OutlierDetection"),
             "retry_budget": schema_ref("RetryBudget"),
-            "hash_header": string(),
-            "upgrade_to_http2": { "type": "boolean" }
+            "hash_header": string()
         })),
         "CircuitBreaker": object(&[], json!({
             "max_connections": { "type": "integer" },

@@ -106,9 +106,6 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Idle timeout for pooled upstream connections.
     pub idle_timeout: Duration,
-    /// HTTP/1.1 requests to peer sidecars go over HTTP/2 (the destination
-    /// policy's `upgrade_to_http2`).
-    pub upgrade_to_http2: bool,
     balancer: Balancer,
     hash_header: Option<HeaderName>,
     outlier: Option<OutlierDetector>,
@@ -265,7 +262,6 @@ impl Cluster {
             endpoints,
             connect_timeout,
             idle_timeout,
-            upgrade_to_http2: false,
             balancer,
             hash_header: None,
             outlier: None,
@@ -289,7 +285,6 @@ impl Cluster {
         };
         self.hash_header =
             HeaderName::from_bytes(p.hash_header.to_ascii_lowercase().as_bytes()).ok();
-        self.upgrade_to_http2 = p.upgrade_to_http2;
         self.outlier = p.outlier_detection.as_ref().map(OutlierDetector::new);
         self.breaker = p.circuit_breaker.as_ref().map(|cb| {
             previous

@@ -19,11 +19,9 @@ pub const LEN: usize = 9;
 pub enum Framing {
     /// Opaque TCP.
     Opaque,
-    /// HTTP/2, multiplexing many requests (HTTP/1 ones too, when the
-    /// destination asks for `upgrade_to_http2`).
+    /// HTTP/2, multiplexing many requests (HTTP/1 ones included).
     Http2,
-    /// HTTP/1.1: HTTP/1 requests, one at a time per pooled connection, and
-    /// requests that upgrade the connection.
+    /// HTTP/1.1, used for requests that upgrade the connection.
     Http1,
 }
 

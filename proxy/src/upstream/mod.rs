@@ -1,11 +1,9 @@
 //! Sending requests and opening streams to endpoints.
 //!
-//! Picks the wire protocol for the hop (see [`hop_is_h2`]): to a peer
-//! sidecar, the protocol the request arrived in (HTTP/1.1 on pooled
-//! connections, or HTTP/2 multiplexed on one connection; a destination
-//! policy can move HTTP/1.1 onto HTTP/2 too), and for requests that
-//! upgrade the connection a dedicated HTTP/1.1 connection; to a workload
-//! without a sidecar, the protocol its port declares.
+//! Picks the wire protocol for the hop: to a peer sidecar, HTTP/2 (every
+//! request multiplexed on one connection) or, for requests that upgrade the
+//! connection, a dedicated HTTP/1.1 connection; to a workload without a
+//! sidecar, the protocol its port declares.
 //!
 //! Every response that came over mutual TLS carries the peer's verified
 //! SPIFFE id as an [`UpstreamPeer`] extension (remembered with the pooled
@@ -59,22 +57,6 @@ fn closed_before_response(e: &hyper::Error) -> bool {
     false
 }
 
-/// Whether `req` travels to `target` as HTTP/2. Requests that arrived as
-/// HTTP/2 (gRPC among them) and ports declared HTTP/2 or gRPC always do.
-/// HTTP/1 requests to a peer sidecar keep HTTP/1.1, on pooled mutual-TLS
-/// connections, unless the destination asks for the upgrade: hyper's
-/// HTTP/1.1 costs each hop about a fifth fewer instructions per request
-/// than its HTTP/2, which multiplexes at the price of a task and flow
-/// control per request (bench/results/callgrind.md). To a workload
-/// without a sidecar, the port's protocol decides.
-fn hop_is_h2<B>(req: &Request<B>, target: &Target) -> bool {
-    if matches!(target.protocol, Protocol::Http2 | Protocol::Grpc) {
-        return true;
-    }
-    target.via_sidecar.is_some()
-        && (target.upgrade_to_http2 || req.version() == http::Version::HTTP_2)
-}
-
 /// How to reach one endpoint.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -88,9 +70,6 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Idle timeout of pooled HTTP/1.1 connections.
     pub idle_timeout: Duration,
-    /// Send HTTP/1.1 requests to a peer sidecar over HTTP/2 instead of
-    /// pooled HTTP/1.1 connections.
-    pub upgrade_to_http2: bool,
     /// The SPIFFE id the endpoint is expected to present (empty: not
     /// configured).
     pub identity: Arc<str>,
@@ -188,7 +167,9 @@ impl Upstream {
                 .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
             return Ok((rsp, peer));
         }
-        if hop_is_h2(&req, target) {
+        let h2 = target.via_sidecar.is_some()
+            || matches!(target.protocol, Protocol::Http2 | Protocol::Grpc);
+        if h2 {
             h::for_h2(&mut req, authority)?;
             let key = self.key(target, Framing::Http2)?;
             self.send_h2(req, key, target.connect_timeout).await
@@ -393,101 +374,6 @@ mod tests {
         }
     }
 
-    fn target(addr: SocketAddr, via_sidecar: Option<u16>, protocol: Protocol) -> Target {
-        Target {
-            addr,
-            via_sidecar,
-            protocol,
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            upgrade_to_http2: false,
-            identity: "".into(),
-        }
-    }
-
-    fn upstream() -> Upstream {
-        let registry = prometheus::Registry::new();
-        let identity = Arc::new(Identity::new(
-            false,
-            crate::tls::TlsMetrics::register(&registry).unwrap(),
-        ));
-        Upstream::new(Arc::new(connect::TcpConnect), identity)
-    }
-
-    #[test]
-    fn the_hop_keeps_the_requests_protocol_unless_told_to_upgrade() {
-        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let h1 = Request::get("/").body(()).unwrap();
-        let mut h2 = Request::get("/").body(()).unwrap();
-        *h2.version_mut() = http::Version::HTTP_2;
-        let peer = target(addr, Some(8080), Protocol::Http);
-        assert!(!hop_is_h2(&h1, &peer));
-        assert!(hop_is_h2(&h2, &peer));
-        let upgrading = Target {
-            upgrade_to_http2: true,
-            ..peer.clone()
-        };
-        assert!(hop_is_h2(&h1, &upgrading));
-        // gRPC and HTTP/2 ports: always HTTP/2, with or without a sidecar.
-        for protocol in [Protocol::Grpc, Protocol::Http2] {
-            assert!(hop_is_h2(&h1, &target(addr, Some(8080), protocol)));
-            assert!(hop_is_h2(&h1, &target(addr, None, protocol)));
-        }
-        // A workload without a sidecar gets what its port declares, and the
-        // upgrade only concerns peer sidecars.
-        let direct = target(addr, None, Protocol::Http);
-        assert!(!hop_is_h2(&h2, &direct));
-        assert!(!hop_is_h2(
-            &h1,
-            &Target {
-                upgrade_to_http2: true,
-                ..direct
-            }
-        ));
-    }
-
-    /// Accepts one connection and returns the framing of its transport
-    /// header, answering the HTTP/1.1 request after it.
-    async fn peer_sidecar(server: TcpListener) -> Framing {
-        let (mut s, _) = server.accept().await.unwrap();
-        let mut header = [0u8; crate::protocol::transport_header::LEN];
-        s.read_exact(&mut header).await.unwrap();
-        let header = TransportHeader::decode(&header).unwrap();
-        if header.framing == Framing::Http1 {
-            read_request(&mut s).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .unwrap();
-        }
-        header.framing
-    }
-
-    #[tokio::test]
-    async fn http1_goes_to_a_peer_sidecar_as_http1_and_upgrades_on_request() {
-        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let app = tokio::spawn(peer_sidecar(server));
-        let upstream = upstream();
-        let peer = target(addr, Some(8080), Protocol::Http);
-        let get = Request::get("/").body(crate::body::empty()).unwrap();
-        let rsp = upstream.send(get, &peer, "app").await.unwrap();
-        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "ok");
-        assert_eq!(app.await.unwrap(), Framing::Http1);
-
-        // With the upgrade, the connection announces HTTP/2 (the fake peer
-        // then closes it; only the header matters here).
-        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let app = tokio::spawn(peer_sidecar(server));
-        let upgrading = Target {
-            upgrade_to_http2: true,
-            ..target(addr, Some(8080), Protocol::Http)
-        };
-        let get = Request::get("/").body(crate::body::empty()).unwrap();
-        let _ = upstream.send(get, &upgrading, "app").await;
-        assert_eq!(app.await.unwrap(), Framing::Http2);
-    }
-
     #[tokio::test]
     async fn a_post_lost_on_a_reused_connection_the_server_closed_is_retried_once() {
         let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -510,8 +396,20 @@ mod tests {
                 .unwrap();
             (lost, retried)
         });
-        let upstream = upstream();
-        let target = target(addr, None, Protocol::Http);
+        let registry = prometheus::Registry::new();
+        let identity = Arc::new(Identity::new(
+            false,
+            crate::tls::TlsMetrics::register(&registry).unwrap(),
+        ));
+        let upstream = Upstream::new(Arc::new(connect::TcpConnect), identity);
+        let target = Target {
+            addr,
+            via_sidecar: None,
+            protocol: Protocol::Http,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            identity: "".into(),
+        };
         let get = Request::get("/").body(crate::body::empty()).unwrap();
         let rsp = upstream.send(get, &target, "app").await.unwrap();
         assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "first");

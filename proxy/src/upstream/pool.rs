@@ -1,8 +1,7 @@
 //! Connection pools.
 //!
 //! * HTTP/2: one multiplexed connection per key, shared by every request
-//!   (HTTP/2 and gRPC between sidecars, and HTTP/1 traffic to a destination
-//!   that asks for `upgrade_to_http2`).
+//!   (this is how HTTP/1 traffic between sidecars rides one connection).
 //!   Replaced when it closes.
 //! * HTTP/1.1: a stack of connections per key; a connection goes back on it
 //!   as soon as its request is sent, and is handed out again once its
