@@ -48,6 +48,9 @@ struct Args {
     /// e.g. `--only sane --workers 1 --no-scale --no-profile`).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Skip the two tracing variants (an A/B run of plain sane).
+    #[arg(long)]
+    no_tracing: bool,
     /// Skip the scale test.
     #[arg(long)]
     no_scale: bool,
@@ -124,6 +127,9 @@ fn main() -> Result<()> {
         .into_iter()
         .filter(|k| {
             args.only.is_empty() || args.only.iter().any(|o| k.name().starts_with(o.as_str()))
+        })
+        .filter(|k| {
+            !(args.no_tracing && matches!(k, PeerKind::SaneTraced | PeerKind::SaneTracedReachable))
         })
         .collect();
 

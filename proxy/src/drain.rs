@@ -70,6 +70,14 @@ impl Drain {
         self.tracker.spawn(fut);
     }
 
+    /// [`Drain::spawn`] on another runtime (a worker thread).
+    pub fn spawn_on<F>(&self, fut: F, runtime: &tokio::runtime::Handle)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn_on(fut, runtime);
+    }
+
     /// Waits for tracked tasks to finish, at most `deadline`.
     pub async fn wait(&self, deadline: Duration) -> DrainOutcome {
         self.tracker.close();

@@ -39,6 +39,7 @@ pub mod tls;
 pub mod trace;
 pub mod transparent;
 pub mod upstream;
+pub mod workers;
 pub mod xds;
 
 pub use crate::body::Body;

@@ -96,50 +96,58 @@ impl BoundListener {
         let (direction, protocol) = (self.direction, self.protocol);
         let transparent = self.transparent;
         let name = self.name.clone();
+        let intercepted = self.intercepted.clone();
         let accept = AcceptLimits {
             max_connections: self.limits.max_connections() as usize,
             rejected,
         };
-        accept_loop(&self.socket, &self.name, accept, &drain, |stream, peer| {
-            let span = tracing::info_span!("conn", listener = %name, %peer);
-            let active = Active::new(&active);
-            let d = drain.clone();
-            // The plain outbound HTTP connection (the common one) is served
-            // inline and captures only what it needs; the other kinds are
-            // boxed, so every connection's task is sized for its own kind,
-            // not for the largest (TLS, detection, transparent) path.
-            let conn = match (direction, protocol) {
-                (Direction::Outbound, Protocol::Http) if !transparent => {
-                    let (svc, limits) = (outbound_http.clone(), limits.clone());
-                    Either::Left(async move {
-                        serve_http(stream, svc, Framed::Auto, &limits, d).await;
-                    })
-                }
-                _ => Either::Right(Box::pin(serve_other(
-                    stream,
-                    peer,
-                    Kind {
-                        direction,
-                        protocol,
-                        transparent,
-                    },
-                    ctx.clone(),
-                    name.clone(),
-                    outbound_http.clone(),
-                    self.intercepted.clone(),
-                    limits.clone(),
-                    d,
-                ))),
-            };
-            // A combinator, not an `async` block: a block awaiting a
-            // captured future stores it twice in the task.
-            let conn = conn.map(move |()| drop(active)).instrument(span);
-            tracing::debug!(
-                future_bytes = std::mem::size_of_val(&conn),
-                "connection task"
-            );
-            Some(conn)
-        })
+        let d = drain.clone();
+        accept_loop(
+            &self.socket,
+            &self.name,
+            accept,
+            &drain,
+            move |stream, peer| {
+                let span = tracing::info_span!("conn", listener = %name, %peer);
+                let active = Active::new(&active);
+                let d = d.clone();
+                // The plain outbound HTTP connection (the common one) is served
+                // inline and captures only what it needs; the other kinds are
+                // boxed, so every connection's task is sized for its own kind,
+                // not for the largest (TLS, detection, transparent) path.
+                let conn = match (direction, protocol) {
+                    (Direction::Outbound, Protocol::Http) if !transparent => {
+                        let (svc, limits) = (outbound_http.clone(), limits.clone());
+                        Either::Left(async move {
+                            serve_http(stream, svc, Framed::Auto, &limits, d).await;
+                        })
+                    }
+                    _ => Either::Right(Box::pin(serve_other(
+                        stream,
+                        peer,
+                        Kind {
+                            direction,
+                            protocol,
+                            transparent,
+                        },
+                        ctx.clone(),
+                        name.clone(),
+                        outbound_http.clone(),
+                        intercepted.clone(),
+                        limits.clone(),
+                        d,
+                    ))),
+                };
+                // A combinator, not an `async` block: a block awaiting a
+                // captured future stores it twice in the task.
+                let conn = conn.map(move |()| drop(active)).instrument(span);
+                tracing::debug!(
+                    future_bytes = std::mem::size_of_val(&conn),
+                    "connection task"
+                );
+                Some(conn)
+            },
+        )
         .await;
     }
 }
@@ -214,9 +222,9 @@ pub struct AcceptLimits {
 }
 
 /// Accepts on `socket` until the drain starts. Each accepted connection
-/// within `limits` goes to `serve`, whose future (if it returns one) runs
-/// in a task the drain tracks and holds the connection's slot until it
-/// ends. A connection beyond `max_connections` is closed at once and
+/// within `limits` goes to the next worker ([`crate::workers`]), where
+/// `serve` runs; its future (if it returns one) runs there, in a task the
+/// drain tracks, and holds the connection's slot until it ends. A connection beyond `max_connections` is closed at once and
 /// counted; accept errors (out of file descriptors) back off briefly
 /// instead of spinning.
 pub async fn accept_loop<F, Fut>(
@@ -224,11 +232,12 @@ pub async fn accept_loop<F, Fut>(
     name: &str,
     limits: AcceptLimits,
     drain: &Drain,
-    mut serve: F,
+    serve: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Option<Fut>,
+    F: Fn(TcpStream, SocketAddr) -> Option<Fut> + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
@@ -251,11 +260,40 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        if let Some(fut) = serve(stream, peer) {
-            // `map`, not an `async` block awaiting `fut`: that would keep
-            // two copies of `fut` in the task.
-            drain.spawn(fut.map(move |()| drop(slot)));
-        }
+        let Some(worker) = crate::workers::next() else {
+            if let Some(fut) = serve(stream, peer) {
+                // `map`, not an `async` block awaiting `fut`: that would
+                // keep two copies of `fut` in the task.
+                drain.spawn(fut.map(move |()| drop(slot)));
+            }
+            continue;
+        };
+        // The socket moves to the worker's reactor: out of this runtime's
+        // as a std socket, into the worker's there.
+        let std = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = %name, %peer, error = %e, "handing off a connection");
+                continue;
+            }
+        };
+        let serve = serve.clone();
+        drain.spawn_on(
+            async move {
+                let fut = match TcpStream::from_std(std) {
+                    Ok(stream) => serve(stream, peer),
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "registering a handed-off connection");
+                        None
+                    }
+                };
+                if let Some(fut) = fut {
+                    fut.await;
+                }
+                drop(slot);
+            },
+            &worker,
+        );
     }
     tracing::info!(listener = %name, "stopped accepting");
 }

@@ -100,8 +100,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let rt = runtime(args.workers)?;
+    let (rt, workers) = runtime(args.workers)?;
     rt.block_on(async move {
+        sane_proxy::workers::start(workers).context("starting the worker threads")?;
         let registry = prometheus::Registry::new();
         let proxy = sane_proxy::build(bootstrap, Some(config), registry).await?;
         let mut out = std::io::stdout().lock();
@@ -150,8 +151,9 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
-    let rt = runtime(args.workers)?;
+    let (rt, workers) = runtime(args.workers)?;
     rt.block_on(async move {
+        sane_proxy::workers::start(workers).context("starting the worker threads")?;
         let registry = prometheus::Registry::new();
         let gateway =
             sane_proxy::gateway::build(bootstrap, Some(gw.config.clone()), registry).await?;
@@ -167,23 +169,20 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
     })
 }
 
-/// The runtime for `workers` threads (default: one per core). One worker
-/// runs everything on this thread (tokio's current-thread scheduler): no
-/// hand-off between the thread that accepted and a worker, no
-/// cross-thread wake-ups or atomics on the task queues, which is most of
-/// what a second thread costs a proxy pinned to one core.
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The main runtime, and `workers - 1` more worker threads (default: one
+/// worker per core). Every worker runs tokio's current-thread scheduler and
+/// keeps the connections it is handed (`sane_proxy::workers`): no work
+/// stealing, no cross-thread wake-ups or atomics on the task queues. With
+/// one worker everything runs on this thread.
+fn runtime(workers: Option<usize>) -> anyhow::Result<(tokio::runtime::Runtime, usize)> {
     let n = workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let mut rt = if n == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut rt = tokio::runtime::Builder::new_multi_thread();
-        rt.worker_threads(n);
-        rt
-    };
-    rt.enable_all().build().context("starting the runtime")
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    Ok((rt, n))
 }
 
 async fn signals(handle: sane_proxy::ProxyHandle) {

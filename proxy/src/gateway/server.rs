@@ -91,33 +91,40 @@ impl BoundGatewayListener {
             rejected: counters.connections_rejected.clone(),
         };
         let (name, tls) = (self.name.clone(), self.tls);
-        accept_loop(&self.socket, &self.name, accept, &drain, |stream, peer| {
-            let Some(guard) = shared.conn_limit.try_acquire(peer.ip()) else {
-                shared.metrics.reject("connection_limit");
-                tracing::debug!(listener = %name, %peer, "per-IP connection limit; closing");
-                return None;
-            };
-            let conn = ConnInfo {
-                listener: name.clone(),
-                tls,
-                sni_host: None,
-                redirect_port,
-            };
-            let shared = shared.clone();
-            let d = drain.clone();
-            let active = active.clone();
-            let counters = counters.clone();
-            let span = tracing::info_span!("gateway.conn", listener = %name, %peer);
-            Some(
-                async move {
-                    active.inc();
-                    serve_conn(stream, peer, conn, shared, counters, d).await;
-                    active.dec();
-                    drop(guard);
-                }
-                .instrument(span),
-            )
-        })
+        let d = drain.clone();
+        accept_loop(
+            &self.socket,
+            &self.name,
+            accept,
+            &drain,
+            move |stream, peer| {
+                let Some(guard) = shared.conn_limit.try_acquire(peer.ip()) else {
+                    shared.metrics.reject("connection_limit");
+                    tracing::debug!(listener = %name, %peer, "per-IP connection limit; closing");
+                    return None;
+                };
+                let conn = ConnInfo {
+                    listener: name.clone(),
+                    tls,
+                    sni_host: None,
+                    redirect_port,
+                };
+                let shared = shared.clone();
+                let d = d.clone();
+                let active = active.clone();
+                let counters = counters.clone();
+                let span = tracing::info_span!("gateway.conn", listener = %name, %peer);
+                Some(
+                    async move {
+                        active.inc();
+                        serve_conn(stream, peer, conn, shared, counters, d).await;
+                        active.dec();
+                        drop(guard);
+                    }
+                    .instrument(span),
+                )
+            },
+        )
         .await;
     }
 }

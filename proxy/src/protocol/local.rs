@@ -48,7 +48,7 @@ pub async fn serve_local<H, F>(
         max_connections: MAX_CONNECTIONS,
         rejected,
     };
-    let accept = accept_loop(&socket, name, limits, &own, |stream, _peer| {
+    let accept = accept_loop(&socket, name, limits, &own, move |stream, _peer| {
         let handle = handle.clone();
         let svc = hyper::service::service_fn(move |req| {
             let rsp = handle(req);

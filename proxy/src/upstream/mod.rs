@@ -129,6 +129,7 @@ impl Upstream {
                 .via_sidecar
                 .map(|port| TransportHeader { port, framing }),
             tls: self.tls_for(target)?,
+            worker: crate::workers::current(),
         })
     }
 

@@ -11,7 +11,8 @@
 //!   app's keep-alive), or beyond [`MAX_IDLE_PER_KEY`].
 //!
 //! A key is the address plus the transport header sent on the connection, so
-//! connections to different workload ports behind one sidecar never mix.
+//! connections to different workload ports behind one sidecar never mix,
+//! and the worker thread ([`crate::workers`]) that uses it.
 //! Each pooled connection keeps the identity its peer proved, so a request
 //! reusing it still knows whom it talks to.
 
@@ -43,6 +44,10 @@ pub struct PoolKey {
     /// The identity the peer must prove over mutual TLS (`Some("")`: any
     /// mesh identity), or `None` for plaintext.
     pub tls: Option<Arc<str>>,
+    /// The worker thread whose requests use the connection (it runs
+    /// there): workers never share a connection, so a request never wakes
+    /// another thread.
+    pub worker: usize,
 }
 
 /// A shared HTTP/2 connection and the identity its peer proved.
