@@ -244,7 +244,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let routed = (|| {
             let snapshot = self.config.load();
-            let target = h::target(&req);
+            let target = h::target_ref(&req);
             let original = req.extensions().get::<OriginalDst>().map(|d| d.0);
             let authority = h::authority_text(&req)
                 .or_else(|| original.map(|dst| dst.to_string()))
