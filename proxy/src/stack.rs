@@ -115,6 +115,7 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
             config: ctx.config.clone(),
             identity: ctx.identity.clone(),
             side: Side::Outbound,
+            labels: Default::default(),
         })
         .layer_fn(|inner| RouteStage {
             inner,
@@ -159,10 +160,11 @@ pub fn inbound(
             config: ctx.config.clone(),
             identity: ctx.identity.clone(),
             side: Side::Inbound {
-                service: service.clone(),
+                service: service.as_str().into(),
                 protocol,
                 peer: peer.clone(),
             },
+            labels: Default::default(),
         })
         .layer({
             let config = ctx.config.clone();
