@@ -978,6 +978,76 @@ mod tests {
         served.await.unwrap();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_lets_the_request_in_flight_finish_then_closes() {
+        let (l, _) = limits();
+        let (called_tx, called) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let gates = Arc::new(Mutex::new(Some((called_tx, released))));
+        let svc = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+            let gate = gates.lock().unwrap().take();
+            async move {
+                if let Some((called, released)) = gate {
+                    let _ = called.send(());
+                    let _ = released.await;
+                }
+                Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+            }
+        }));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let drain = Drain::default();
+        let d = drain.clone();
+        let served = tokio::spawn(async move {
+            serve_http(server, svc, Framed::Http1, &l, d).await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        called.await.unwrap();
+        drain.start();
+        release.send(()).unwrap();
+        // The answer still comes, then the connection closes.
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        served.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_ending_in_its_own_task_starts_the_idle_timer() {
+        let (l, metrics) = limits();
+        // Answered after the idle timeout: the watcher's timer has fired
+        // (and found a request in flight, so it is not set) before the
+        // stream ends, in the stream's own task; the timer must be set
+        // again from there.
+        let slow = BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+        }));
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = serve_with(server, slow, Framed::Http2, l.clone());
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Body>(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("http://a/")
+            .body(crate::body::empty())
+            .unwrap();
+        let rsp = sender.send_request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(rsp.into_body()).await;
+        assert_eq!(body.unwrap().to_bytes(), "ok");
+        let ended = Instant::now();
+        tokio::time::timeout(l.idle_timeout * 2, served)
+            .await
+            .expect("closed by the idle timeout")
+            .unwrap();
+        assert!(ended.elapsed() >= l.idle_timeout - Duration::from_millis(1));
+        assert_eq!(metrics.for_listener("l").idle_closed.get(), 1);
+        drop(sender);
+    }
+
     #[test]
     fn the_connection_future_is_small() {
         let (l, _) = limits();
