@@ -38,7 +38,7 @@ use crate::protocol::http as h;
 use crate::route::ServiceName;
 use crate::telemetry::{Metrics, RequestLabels, RequestSizes};
 use crate::tls::{Identity, PeerIdentity, TlsMaterial};
-use crate::trace::context::ensure_request_id;
+use crate::trace::context::{ensure_request_id, RequestId};
 use crate::trace::{method_text, version_text, HopKind, SpanOutcome, TraceHop, Tracer};
 use crate::upstream::UpstreamPeer;
 use futures::future::BoxFuture;
@@ -152,7 +152,7 @@ struct Exchange {
     path: String,
     authority: String,
     version: Version,
-    request_id: String,
+    request_id: RequestId,
     start: Instant,
     wall: SystemTime,
     request_bytes: ByteCount,
@@ -504,7 +504,7 @@ impl Exchange {
             start_time: humantime::format_rfc3339_millis(wall).to_string(),
             direction: if inbound { "inbound" } else { "outbound" },
             trace_id: hop.context.trace_id.to_string(),
-            request_id: request_id.clone(),
+            request_id: request_id.to_string(),
             method: method.to_string(),
             authority: authority.clone(),
             path: path.clone(),
@@ -540,7 +540,7 @@ impl Exchange {
                 service: service.to_string().into(),
                 peer_identity: peer,
                 protocol_version,
-                request_id: request_id.into(),
+                request_id: request_id.to_string().into(),
                 grpc_status: Some(grpc_status).filter(|s| !s.is_empty()),
                 bytes: Some(sizes),
                 attempt: None,

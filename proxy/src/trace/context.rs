@@ -338,10 +338,10 @@ impl TraceContext {
 }
 
 /// Returns the request id, adding a random one (UUID v4 format) if missing.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
-    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() && v.len() <= 128 {
-            return v.to_string();
+pub fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        if v.to_str().is_ok_and(|t| !t.is_empty() && t.len() <= 128) {
+            return RequestId::Received(v.clone());
         }
     }
     let mut b = [0u8; 16];
@@ -357,7 +357,49 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     id[19..23].copy_from_slice(&h[16..20]);
     id[24..].copy_from_slice(&h[20..]);
     headers.insert(X_REQUEST_ID, value(&id));
-    ascii(&id).to_string()
+    RequestId::Generated(id)
+}
+
+/// A request's `x-request-id`, kept as it is (no `String` per request):
+/// text only for a log line or a span that wants it.
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    /// The one the request came with (visible ASCII, 1 to 128 bytes).
+    Received(HeaderValue),
+    /// The one generated for it.
+    Generated([u8; 36]),
+}
+
+// === impl RequestId ===
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            // Checked to be text when it was kept.
+            Self::Received(v) => v.to_str().unwrap_or_default(),
+            Self::Generated(id) => ascii(id),
+        }
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
 }
 
 #[cfg(test)]
@@ -491,7 +533,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
-        assert_eq!(h["x-request-id"], id.as_str());
+        assert_eq!(h["x-request-id"], &*id);
         // UUID v4 text: 8-4-4-4-12 lowercase hex, version 4, variant 10xx.
         for (i, c) in id.chars().enumerate() {
             match i {
