@@ -10,7 +10,7 @@ use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
 use crate::policy::authz::AuthzPolicies;
 use crate::policy::RulePolicies;
-use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule};
+use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule, ServiceName};
 use crate::trace::TelemetrySettings;
 use crate::transparent::OriginalDstTable;
 use arc_swap::ArcSwap;
@@ -166,7 +166,7 @@ impl Snapshot {
             for port in svc.ports.iter().filter(|p| p.protocol().is_http()) {
                 let pr = match route {
                     None => PortRoute {
-                        service: key.clone(),
+                        service: ServiceName::new(&key),
                         port: port.port as u16,
                         protocol: port.protocol(),
                         route_name: None,
@@ -231,7 +231,7 @@ impl Snapshot {
                             rules.push(Rule::new(matches, dests, timeout).with_policies(policies));
                         }
                         PortRoute {
-                            service: key.clone(),
+                            service: ServiceName::new(&key),
                             port: port.port as u16,
                             protocol: port.protocol(),
                             route_name: Some(r.name.clone()),

@@ -40,8 +40,8 @@ struct HostPorts {
 /// The routing rules for one service port.
 #[derive(Debug)]
 pub struct PortRoute {
-    /// Service key, `name.namespace`.
-    pub service: String,
+    /// Service key, `name.namespace`, and its metric label.
+    pub service: ServiceName,
     /// Service port.
     pub port: u16,
     /// Protocol of the port.
@@ -50,6 +50,16 @@ pub struct PortRoute {
     pub route_name: Option<String>,
     /// Rules, in order.
     pub rules: Vec<Rule>,
+}
+
+/// A service's key (`name.namespace`) with its Istio host
+/// (`name.namespace.svc.cluster.local`, the `destination_service` metric
+/// label), both built once per config snapshot: a request clones two `Arc`s
+/// where it formatted a label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceName {
+    key: Arc<str>,
+    host: Arc<str>,
 }
 
 /// One compiled rule.
@@ -110,6 +120,54 @@ pub struct CompileError {
     pub field: String,
     /// What is wrong.
     pub reason: String,
+}
+
+// === impl ServiceName ===
+
+impl ServiceName {
+    /// The name of the service `key` (`name.namespace`).
+    pub fn new(key: &str) -> Self {
+        Self {
+            key: key.into(),
+            host: crate::telemetry::istio_host(key).into(),
+        }
+    }
+
+    /// `name.namespace`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// `name.namespace.svc.cluster.local`.
+    pub fn host(&self) -> &Arc<str> {
+        &self.host
+    }
+}
+
+impl From<&str> for ServiceName {
+    fn from(key: &str) -> Self {
+        Self::new(key)
+    }
+}
+
+impl std::ops::Deref for ServiceName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.key
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.key)
+    }
+}
+
+impl PartialEq<&str> for ServiceName {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.key == *other
+    }
 }
 
 // === impl RouteTable ===

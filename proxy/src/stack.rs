@@ -115,6 +115,7 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
             config: ctx.config.clone(),
             identity: ctx.identity.clone(),
             side: Side::Outbound,
+            labels: Default::default(),
         })
         .layer_fn(|inner| RouteStage {
             inner,
@@ -159,10 +160,11 @@ pub fn inbound(
             config: ctx.config.clone(),
             identity: ctx.identity.clone(),
             side: Side::Inbound {
-                service: service.clone(),
+                service: service.as_str().into(),
                 protocol,
                 peer: peer.clone(),
             },
+            labels: Default::default(),
         })
         .layer({
             let config = ctx.config.clone();
@@ -244,7 +246,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let routed = (|| {
             let snapshot = self.config.load();
-            let target = h::target(&req);
+            let target = h::target_ref(&req);
             let original = req.extensions().get::<OriginalDst>().map(|d| d.0);
             let authority = h::authority_text(&req)
                 .or_else(|| original.map(|dst| dst.to_string()))

@@ -25,7 +25,7 @@ use crate::cluster::Cluster;
 use crate::conn;
 use crate::drain::Drain;
 use crate::protocol::server::{serve_http, Framed, HttpLimits};
-use crate::route::{PortRoute, RouteTable, Rule};
+use crate::route::{PortRoute, RouteTable, Rule, ServiceName};
 use crate::stack::{HttpSvc, StackContext};
 use crate::telemetry::TcpLabels;
 use crate::upstream::Target;
@@ -272,7 +272,7 @@ impl OriginalDstTable {
 fn endpoint_route(svc: &Service, port: u32, cluster: Arc<Cluster>) -> PortRoute {
     let protocol = svc.port(port).map(|p| p.protocol()).unwrap_or_default();
     PortRoute {
-        service: svc.key(),
+        service: ServiceName::new(&svc.key()),
         port: port as u16,
         protocol,
         route_name: None,

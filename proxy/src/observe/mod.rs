@@ -35,12 +35,14 @@ use crate::body::Body;
 use crate::config::ConfigStore;
 use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
 use crate::protocol::http as h;
-use crate::telemetry::{istio_host, Metrics, RequestLabels, RequestSizes};
-use crate::tls::{Identity, PeerIdentity};
-use crate::trace::context::ensure_request_id;
+use crate::route::ServiceName;
+use crate::telemetry::{Metrics, RequestLabels, RequestSizes};
+use crate::tls::{Identity, PeerIdentity, TlsMaterial};
+use crate::trace::context::{ensure_request_id, RequestId};
 use crate::trace::{method_text, version_text, HopKind, SpanOutcome, TraceHop, Tracer};
 use crate::upstream::UpstreamPeer;
 use futures::future::BoxFuture;
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use sane_xds_proto::Protocol;
@@ -61,9 +63,40 @@ pub const SOURCE_WORKLOAD_HEADER: &str = "x-sane-source-workload";
 /// its own, never passed to the calling app).
 pub const DESTINATION_WORKLOAD_HEADER: &str = "x-sane-destination-workload";
 
+/// [`SOURCE_WORKLOAD_HEADER`] as a name (looked up without parsing it).
+const SOURCE_WORKLOAD: HeaderName = HeaderName::from_static(SOURCE_WORKLOAD_HEADER);
+/// [`DESTINATION_WORKLOAD_HEADER`] as a name.
+const DESTINATION_WORKLOAD: HeaderName = HeaderName::from_static(DESTINATION_WORKLOAD_HEADER);
+/// [`RESPONSE_FLAGS_HEADER`] as a name.
+const RESPONSE_FLAGS: HeaderName = HeaderName::from_static(RESPONSE_FLAGS_HEADER);
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// Labels the route stage learned, for the observe stage above it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct ObservedService(pub(crate) Arc<Mutex<Option<(String, Protocol)>>>);
+pub(crate) struct ObservedService(pub(crate) Arc<Mutex<Option<(ServiceName, Protocol)>>>);
+
+/// The label values an exchange would otherwise build per request (the
+/// local workload and identity, the peers' claimed workload names), kept
+/// as shared strings: a request clones an `Arc` where it allocated a
+/// `String`. Each entry is checked against its source (the config
+/// snapshot, the current certificate, the header) and rebuilt when it
+/// differs. Shared by every clone of one [`Observe`].
+#[derive(Debug)]
+pub(crate) struct LabelCache {
+    unknown: Arc<str>,
+    entries: Mutex<LabelEntries>,
+}
+
+#[derive(Debug, Default)]
+struct LabelEntries {
+    /// The local workload's name and its header value.
+    workload: Option<(Arc<str>, Option<HeaderValue>)>,
+    /// The SPIFFE id of the current certificate.
+    own: Option<(Arc<TlsMaterial>, Arc<str>)>,
+    /// The last workload name a peer claimed in a header, as checked by
+    /// [`workload_name`].
+    claimed: Option<(HeaderValue, Arc<str>)>,
+}
 
 /// Which side of a hop the stage observes.
 #[derive(Clone, Debug)]
@@ -72,7 +105,7 @@ pub(crate) enum Side {
     Outbound,
     /// A peer's requests for the local workload `service` (`name.namespace`).
     Inbound {
-        service: String,
+        service: ServiceName,
         protocol: Protocol,
         peer: Option<PeerIdentity>,
     },
@@ -89,20 +122,26 @@ pub(crate) struct Observe<S> {
     pub(crate) config: Arc<ConfigStore>,
     pub(crate) identity: Arc<Identity>,
     pub(crate) side: Side,
+    pub(crate) labels: Arc<LabelCache>,
 }
 
 /// Everything known about one exchange once its response headers are in;
 /// reported when the response body ends.
 struct Exchange {
     metrics: Arc<Metrics>,
+    labels: Arc<LabelCache>,
     hop: TraceHop,
     inbound: bool,
-    source_workload: String,
-    source_principal: String,
-    destination_workload: String,
-    destination_principal: String,
+    source_workload: Arc<str>,
+    source_principal: Arc<str>,
+    destination_workload: Arc<str>,
+    destination_principal: Arc<str>,
+    /// Inbound: the local workload's name as a header value, sent back to
+    /// a caller that proved its identity.
+    workload_header: Option<HeaderValue>,
     policy: &'static str,
-    service: String,
+    /// `None` until the route stage resolved it (label `unknown`).
+    service: Option<ServiceName>,
     grpc: bool,
     /// `grpc-status` of a trailers-only response.
     header_grpc_status: Option<HeaderValue>,
@@ -113,7 +152,7 @@ struct Exchange {
     path: String,
     authority: String,
     version: Version,
-    request_id: String,
+    request_id: RequestId,
     start: Instant,
     wall: SystemTime,
     request_bytes: ByteCount,
@@ -143,11 +182,12 @@ where
         let wall = SystemTime::now();
         let snapshot = self.config.load();
         let active = self.tracer.active(&snapshot.telemetry);
-        let workload = non_empty(&snapshot.bootstrap.node.workload);
+        let labels = &self.labels;
+        let (workload, workload_header) = labels.workload(&snapshot.bootstrap.node.workload);
         drop(snapshot);
         let hop = active.start_hop(req.headers());
         let request_id = ensure_request_id(req.headers_mut());
-        let own_id = (self.identity.current()).map(|m| m.identity.identity().to_string());
+        let own_id = labels.own(self.identity.current());
         let version = req.version();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
@@ -165,26 +205,28 @@ where
             Side::Inbound { peer, .. } => {
                 // The workload continues the trace as a child of this span.
                 hop.context.inject(req.headers_mut());
-                let claimed = req.headers_mut().remove(SOURCE_WORKLOAD_HEADER);
+                let claimed = req.headers_mut().remove(SOURCE_WORKLOAD);
                 source_workload = match (peer, claimed) {
-                    (Some(_), Some(v)) => workload_name(&v),
-                    _ => "unknown".to_string(),
+                    (Some(_), Some(v)) => labels.claimed(v),
+                    _ => labels.unknown.clone(),
                 };
-                source_principal = peer.as_ref().map_or("unknown".into(), |p| p.0.to_string());
+                source_principal = peer
+                    .as_ref()
+                    .map_or_else(|| labels.unknown.clone(), |p| p.0.clone());
                 dest_workload = workload.clone();
-                dest_principal = own_id.unwrap_or_else(|| "unknown".into());
+                dest_principal = own_id.unwrap_or_else(|| labels.unknown.clone());
                 policy = if peer.is_some() { "mutual_tls" } else { "none" };
             }
             Side::Outbound => {
-                if let Ok(v) = HeaderValue::from_str(&workload) {
-                    req.headers_mut().insert(SOURCE_WORKLOAD_HEADER, v);
+                if let Some(v) = &workload_header {
+                    req.headers_mut().insert(SOURCE_WORKLOAD, v.clone());
                 }
                 req.extensions_mut().insert(hop.clone());
                 source_workload = workload.clone();
-                source_principal = own_id.unwrap_or_else(|| "unknown".into());
+                source_principal = own_id.unwrap_or_else(|| labels.unknown.clone());
                 // Learned from the response (see `Exchange::learn_peer`).
-                dest_workload = "unknown".to_string();
-                dest_principal = "unknown".to_string();
+                dest_workload = labels.unknown.clone();
+                dest_principal = labels.unknown.clone();
                 policy = "unknown";
             }
         }
@@ -205,14 +247,16 @@ where
         let mut pending = Pending {
             exchange: Some(Exchange {
                 metrics: self.metrics.clone(),
+                labels: self.labels.clone(),
                 hop,
                 inbound: matches!(self.side, Side::Inbound { .. }),
                 source_workload,
                 source_principal,
                 destination_workload: dest_workload,
                 destination_principal: dest_principal,
+                workload_header: workload_header.filter(|_| inbound_peer.is_some()),
                 policy,
-                service: "unknown".into(),
+                service: None,
                 grpc,
                 header_grpc_status: None,
                 status: 0,
@@ -238,11 +282,11 @@ where
             if rsp.status() != StatusCode::SWITCHING_PROTOCOLS {
                 *rsp.version_mut() = exchange.version;
             }
-            if let Some(flags) = header_text(rsp.headers(), RESPONSE_FLAGS_HEADER) {
+            if let Some(flags) = header_text(rsp.headers(), &RESPONSE_FLAGS) {
                 exchange.flags = Cow::Owned(flags.to_string());
             }
             exchange.status = rsp.status().as_u16();
-            exchange.header_grpc_status = rsp.headers().get("grpc-status").cloned();
+            exchange.header_grpc_status = rsp.headers().get(&GRPC_STATUS).cloned();
             if let Some(e) = &error {
                 tracing::warn!(
                     method = %exchange.method, path = %exchange.path,
@@ -252,11 +296,9 @@ where
             }
             if exchange.inbound {
                 // Only a caller that proved who it is learns who answered.
-                rsp.headers_mut().remove(DESTINATION_WORKLOAD_HEADER);
-                if exchange.peer.is_some() {
-                    if let Ok(v) = HeaderValue::from_str(&exchange.destination_workload) {
-                        rsp.headers_mut().insert(DESTINATION_WORKLOAD_HEADER, v);
-                    }
+                rsp.headers_mut().remove(&DESTINATION_WORKLOAD);
+                if let Some(v) = exchange.workload_header.take() {
+                    rsp.headers_mut().insert(DESTINATION_WORKLOAD, v);
                 }
             } else {
                 exchange.learn_peer(&mut rsp);
@@ -300,6 +342,73 @@ impl Drop for Pending {
     }
 }
 
+// === impl LabelCache ===
+
+impl Default for LabelCache {
+    fn default() -> Self {
+        Self {
+            unknown: "unknown".into(),
+            entries: Mutex::default(),
+        }
+    }
+}
+
+impl LabelCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, LabelEntries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The local workload's label (`unknown` when the bootstrap has none)
+    /// and its header value (none if it cannot be one).
+    fn workload(&self, name: &str) -> (Arc<str>, Option<HeaderValue>) {
+        if name.is_empty() {
+            return (
+                self.unknown.clone(),
+                Some(HeaderValue::from_static("unknown")),
+            );
+        }
+        let mut entries = self.entries();
+        match &entries.workload {
+            Some((label, header)) if **label == *name => (label.clone(), header.clone()),
+            _ => {
+                let entry = (Arc::<str>::from(name), HeaderValue::from_str(name).ok());
+                entries.workload = Some(entry.clone());
+                entry
+            }
+        }
+    }
+
+    /// The SPIFFE id of `current`, rendered once per certificate.
+    fn own(&self, current: Option<Arc<TlsMaterial>>) -> Option<Arc<str>> {
+        let current = current?;
+        let mut entries = self.entries();
+        match &entries.own {
+            Some((material, id)) if Arc::ptr_eq(material, &current) => Some(id.clone()),
+            _ => {
+                let id = Arc::<str>::from(current.identity.identity().to_string());
+                entries.own = Some((current, id.clone()));
+                Some(id)
+            }
+        }
+    }
+
+    /// A peer's claimed workload name, checked by [`workload_name`].
+    fn claimed(&self, v: HeaderValue) -> Arc<str> {
+        let mut entries = self.entries();
+        match &entries.claimed {
+            Some((seen, label)) if *seen == v => label.clone(),
+            _ => {
+                let label = match workload_name(&v) {
+                    Some(name) => Arc::<str>::from(name),
+                    None => self.unknown.clone(),
+                };
+                entries.claimed = Some((v, label.clone()));
+                label
+            }
+        }
+    }
+}
+
 // === impl Exchange ===
 
 impl Exchange {
@@ -307,7 +416,7 @@ impl Exchange {
     /// got that far.
     fn learn_service(&mut self, observed: &ObservedService) {
         if let Some((service, protocol)) = observed.0.lock().expect("not poisoned").clone() {
-            self.service = service;
+            self.service = Some(service);
             self.grpc = self.grpc || protocol == Protocol::Grpc;
         }
     }
@@ -316,11 +425,11 @@ impl Exchange {
     /// the response came over, and its workload name from the header its
     /// sidecar sent back (trusted only over that connection).
     fn learn_peer(&mut self, rsp: &mut Response<Body>) {
-        let claimed = rsp.headers_mut().remove(DESTINATION_WORKLOAD_HEADER);
+        let claimed = rsp.headers_mut().remove(&DESTINATION_WORKLOAD);
         if let Some(UpstreamPeer(PeerIdentity(id))) = rsp.extensions().get::<UpstreamPeer>() {
-            self.destination_principal = id.to_string();
+            self.destination_principal = id.clone();
             if let Some(v) = claimed {
-                self.destination_workload = workload_name(&v);
+                self.destination_workload = self.labels.claimed(v);
             }
         }
     }
@@ -331,12 +440,14 @@ impl Exchange {
     fn finish(self, outcome: BodyOutcome) {
         let Exchange {
             metrics,
+            labels,
             hop,
             inbound,
             source_workload,
             source_principal,
             destination_workload,
             destination_principal,
+            workload_header: _,
             policy,
             service,
             grpc,
@@ -369,18 +480,15 @@ impl Exchange {
             request: request_bytes.get(),
             response: outcome.bytes,
         };
-        let host = if service == "unknown" {
-            service.clone()
-        } else {
-            istio_host(&service)
-        };
+        let host = service.as_ref().map_or(&labels.unknown, ServiceName::host);
+        let service: &str = service.as_ref().map_or(&labels.unknown, |s| s.key());
         metrics.request(
             RequestLabels {
                 reporter: if inbound { "destination" } else { "source" },
                 source_workload: &source_workload,
                 source_principal: &source_principal,
                 destination_workload: &destination_workload,
-                destination_service: &host,
+                destination_service: host,
                 destination_principal: &destination_principal,
                 request_protocol: if grpc { "grpc" } else { "http" },
                 response_code: status,
@@ -396,7 +504,7 @@ impl Exchange {
             start_time: humantime::format_rfc3339_millis(wall).to_string(),
             direction: if inbound { "inbound" } else { "outbound" },
             trace_id: hop.context.trace_id.to_string(),
-            request_id: request_id.clone(),
+            request_id: request_id.to_string(),
             method: method.to_string(),
             authority: authority.clone(),
             path: path.clone(),
@@ -407,35 +515,38 @@ impl Exchange {
             duration_ms: millis,
             bytes_received: sizes.request,
             bytes_sent: sizes.response,
-            upstream_service: service.clone(),
+            upstream_service: service.to_string(),
             upstream_host: String::new(),
-            source_principal: source_principal.clone(),
-            destination_principal: destination_principal.clone(),
+            source_principal: source_principal.to_string(),
+            destination_principal: destination_principal.to_string(),
         });
         tracing::debug!(
             method = %method, path = %path, status, flags = %flags,
             elapsed_ms = millis as u64, "request"
         );
-        let kind = if inbound {
-            HopKind::Inbound
-        } else {
-            HopKind::Outbound
-        };
-        let span = SpanOutcome {
-            method: method_text(&method),
-            path: path.into(),
-            authority: authority.into(),
-            status,
-            flags,
-            service: service.into(),
-            peer_identity: peer,
-            protocol_version,
-            request_id: request_id.into(),
-            grpc_status: Some(grpc_status).filter(|s| !s.is_empty()),
-            bytes: Some(sizes),
-            attempt: None,
-        };
-        hop.record(kind, &hop.context, wall, span);
+        // The span's strings are built only for a span that is recorded.
+        if hop.recording() {
+            let kind = if inbound {
+                HopKind::Inbound
+            } else {
+                HopKind::Outbound
+            };
+            let span = SpanOutcome {
+                method: method_text(&method),
+                path: path.into(),
+                authority: authority.into(),
+                status,
+                flags,
+                service: service.to_string().into(),
+                peer_identity: peer,
+                protocol_version,
+                request_id: request_id.to_string().into(),
+                grpc_status: Some(grpc_status).filter(|s| !s.is_empty()),
+                bytes: Some(sizes),
+                attempt: None,
+            };
+            hop.record(kind, &hop.context, wall, span);
+        }
     }
 }
 
@@ -453,21 +564,13 @@ fn grpc_code(v: Option<&HeaderValue>) -> &'static str {
         .unwrap_or("unknown")
 }
 
-fn non_empty(s: &str) -> String {
-    if s.is_empty() {
-        "unknown".into()
-    } else {
-        s.to_string()
-    }
-}
-
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// A peer's claimed workload name, kept only when it looks like one (so a
 /// peer cannot blow up label cardinality with arbitrary text).
-fn workload_name(v: &HeaderValue) -> String {
+fn workload_name(v: &HeaderValue) -> Option<&str> {
     match v.to_str() {
         Ok(s)
             if !s.is_empty()
@@ -476,9 +579,9 @@ fn workload_name(v: &HeaderValue) -> String {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
                 }) =>
         {
-            s.to_string()
+            Some(s)
         }
-        _ => "unknown".into(),
+        _ => None,
     }
 }
 
@@ -489,13 +592,19 @@ mod tests {
     #[test]
     fn a_claimed_workload_is_bounded() {
         let ok = HeaderValue::from_static("web-1");
-        assert_eq!(workload_name(&ok), "web-1");
+        assert_eq!(workload_name(&ok), Some("web-1"));
+        let cache = LabelCache::default();
+        assert_eq!(&*cache.claimed(ok.clone()), "web-1");
         for bad in ["", "UPPER", "a/b", &"x".repeat(64)] {
-            assert_eq!(
-                workload_name(&HeaderValue::from_str(bad).unwrap()),
-                "unknown"
-            );
+            let v = HeaderValue::from_str(bad).unwrap();
+            assert_eq!(workload_name(&v), None);
+            assert_eq!(&*cache.claimed(v), "unknown");
         }
+        assert_eq!(
+            &*cache.claimed(ok),
+            "web-1",
+            "a new claim replaces the last"
+        );
     }
 
     #[test]
@@ -534,6 +643,7 @@ mod disconnect_tests {
             config: Arc::new(ConfigStore::new(snapshot, None)),
             identity,
             side: Side::Outbound,
+            labels: Default::default(),
         };
         (svc, registry)
     }

@@ -9,6 +9,7 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,8 +52,14 @@ const PROXY_CONNECTION_BIT: u8 = 1 << 7;
 /// The host (lowercased) and optional port the request is addressed to, from
 /// the URI authority (HTTP/2, absolute-form) or the `Host` header.
 pub fn target<B>(req: &Request<B>) -> Result<(String, Option<u16>), ProxyError> {
+    target_ref(req).map(|(host, port)| (host.into_owned(), port))
+}
+
+/// [`target`], borrowing the host from the request when it is already
+/// lowercase (the common case): the route stage looks it up per request.
+pub fn target_ref<B>(req: &Request<B>) -> Result<(Cow<'_, str>, Option<u16>), ProxyError> {
     let authority = match req.uri().authority() {
-        Some(a) => a.clone(),
+        Some(a) => return checked(a.as_str()).map(|()| (lowercase(a.host()), a.port_u16())),
         None => {
             let host = req
                 .headers()
@@ -63,18 +70,57 @@ pub fn target<B>(req: &Request<B>) -> Result<(String, Option<u16>), ProxyError> 
             let text = host.to_str().map_err(|_| ProxyError::BadRequest {
                 reason: "Host header is not visible ASCII".into(),
             })?;
+            if let Some(simple) = simple_host(text) {
+                return Ok(simple);
+            }
             text.parse::<Authority>()
                 .map_err(|_| ProxyError::BadRequest {
                     reason: format!("Host header {text:?} is not a valid authority"),
                 })?
         }
     };
-    if authority.as_str().contains('@') {
+    checked(authority.as_str())?;
+    Ok((
+        Cow::Owned(authority.host().to_ascii_lowercase()),
+        authority.port_u16(),
+    ))
+}
+
+fn checked(authority: &str) -> Result<(), ProxyError> {
+    if authority.contains('@') {
         return Err(ProxyError::BadRequest {
             reason: "authority must not carry user info".into(),
         });
     }
-    Ok((authority.host().to_ascii_lowercase(), authority.port_u16()))
+    Ok(())
+}
+
+fn lowercase(host: &str) -> Cow<'_, str> {
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+/// A `Host` of the common form `name[:port]` (lowercase letters, digits,
+/// `-`, `.`; a port of 1 to 5 digits that fits a `u16`), split without
+/// parsing it into an [`Authority`] (which copies it). Anything else is
+/// `None`, for the full parse: the answer is the same for every input this
+/// accepts.
+fn simple_host(text: &str) -> Option<(Cow<'_, str>, Option<u16>)> {
+    let (host, port) = match text.split_once(':') {
+        Some((host, port)) => {
+            let digits = !port.is_empty() && port.len() <= 5;
+            if !digits || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (host, Some(port.parse::<u16>().ok()?))
+        }
+        None => (text, None),
+    };
+    let plain = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.';
+    (!host.is_empty() && host.bytes().all(plain)).then_some((Cow::Borrowed(host), port))
 }
 
 /// True if the request asks to switch protocols (e.g. WebSocket).
@@ -319,6 +365,38 @@ mod tests {
         assert!(matches!(target(&req), Err(ProxyError::BadRequest { .. })));
         let req = Request::get("/x").header("host", "a b").body(()).unwrap();
         assert!(matches!(target(&req), Err(ProxyError::BadRequest { .. })));
+    }
+
+    #[test]
+    fn a_simple_host_is_borrowed_and_agrees_with_the_full_parse() {
+        let host = |h: &'static str| Request::get("/x").header("host", h).body(()).unwrap();
+        let req = host("echo.default:8080");
+        let (name, port) = target_ref(&req).unwrap();
+        assert!(matches!(name, Cow::Borrowed("echo.default")), "{name:?}");
+        assert_eq!(port, Some(8080));
+        // The fast path and `Authority` agree, including where it gives up.
+        for text in [
+            "echo",
+            "echo:80",
+            "Echo:80",
+            "echo:",
+            "echo:65535",
+            "echo:65536",
+            "echo:123456",
+            ":80",
+            "10.0.0.1:9",
+            "[::1]:80",
+            "u@echo",
+            "a%20b",
+            "echo:8a",
+            "a.b-c_d",
+        ] {
+            let full = text.parse::<Authority>().ok().and_then(|a| {
+                (!a.as_str().contains('@')).then(|| (a.host().to_ascii_lowercase(), a.port_u16()))
+            });
+            let got = target(&host(text)).ok();
+            assert_eq!(got, full, "{text}");
+        }
     }
 
     #[test]

@@ -32,19 +32,20 @@ use crate::drain::Drain;
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
 use crate::stack::{self, HttpSvc};
+use futures::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use sane_xds_proto::ConnectionLimits;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// The answer to a request head that did not arrive in time.
 const REQUEST_TIMEOUT: &[u8] =
@@ -129,7 +130,18 @@ struct ConnState {
     /// A flush completed after the last response ended (so hyper's write
     /// buffer is empty).
     flushed: AtomicBool,
-    changed: Notify,
+    /// The state changed: the watcher sets its timer again.
+    dirty: AtomicBool,
+    /// The watcher is polling hyper's connection: a change made meanwhile
+    /// (most are: they happen inside hyper's poll) is seen when that poll
+    /// returns, without waking the task again.
+    polling: AtomicBool,
+    /// A wake-up the watcher asked for (the drain, its timer) came: they
+    /// are polled only then, not on every wake-up of the connection task.
+    fired: AtomicBool,
+    /// The connection task, for changes made from other tasks (HTTP/2
+    /// streams) and the watcher's own wake-ups ([`Wake`]).
+    task: AtomicWaker,
 }
 
 /// The connection's I/O, shared so a `408` can still be written, and a
@@ -151,6 +163,36 @@ struct InFlight(Arc<ConnState>);
 
 enum Ended {
     Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
+    HeadTimeout,
+}
+
+/// The drain and timer side of a connection being served: whether it is
+/// closing, and the deadline its timer is set to.
+///
+/// The timer is set lazily: a change that moves the next deadline later
+/// (a request starts, or ends, on a connection that was idle) leaves it
+/// where it is; when it fires early the deadline is worked out again. So a
+/// keep-alive connection under load sets its timer about once per
+/// [`PARK_AFTER`], not three times per request.
+struct Watcher<'a> {
+    state: &'a Arc<ConnState>,
+    limits: &'a HttpLimits,
+    /// [`ConnState`] as a waker: marks `fired`, wakes the task.
+    waker: Waker,
+    /// The deadline the timer waits for, if it waits.
+    armed: Option<Instant>,
+    closing: bool,
+}
+
+/// What the connection needs after the watcher's turn.
+enum Turn {
+    /// Nothing: wait for the next wake-up.
+    Wait,
+    /// Poll hyper's connection again (parking was asked for).
+    Repoll,
+    /// Close gracefully (drain or idle timeout), then poll it again.
+    Shutdown,
+    /// The request head did not arrive in time.
     HeadTimeout,
 }
 
@@ -274,44 +316,37 @@ async fn shutdown<I: Io>(io: Arc<Mutex<I>>) {
 /// Drives `conn` while watching the head and idle timers and the drain.
 /// (A macro: the three connection types share no trait for
 /// `graceful_shutdown`.)
+///
+/// hyper's connection is polled on every wake-up of the task; the drain and
+/// the timer only when their own waker ([`ConnState`]'s) fired, and the
+/// timer is set again only when the state changed (see [`Watcher`]).
 macro_rules! watch {
     ($conn:expr, $limits:expr, $state:expr, $drain:expr) => {{
         let conn = $conn;
         tokio::pin!(conn);
-        // Made once, not per turn of the loop: each new one registers with
-        // (and, dropped, unregisters from) the drain's waiter list.
+        // Made once, not per turn: each new one registers with (and,
+        // dropped, unregisters from) the drain's waiter list.
         let drained = $drain.signaled();
         tokio::pin!(drained);
-        let mut closing = false;
-        loop {
-            let deadline = $state.deadline($limits, closing);
-            let changed = $state.changed.notified();
-            tokio::select! {
-                res = conn.as_mut() => break Ended::Closed(res),
-                _ = drained.as_mut(), if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                _ = changed => {}
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
-                    if deadline.is_some() =>
-                {
-                    let now = Instant::now();
-                    if $state.head_expired(now, $limits.header_read_timeout) {
-                        break Ended::HeadTimeout;
-                    }
-                    if !closing && $state.idle_expired(now, $limits.idle_timeout) {
-                        $limits.counters.idle_closed.inc();
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    } else if !closing && $state.park_due(now) {
-                        // hyper's next read (this loop polls it again)
-                        // ends its connection if parking is safe.
-                        $state.park.store(true, Ordering::Release);
-                    }
-                }
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut watcher = Watcher::new($state, $limits);
+        std::future::poll_fn(|cx| loop {
+            $state.polling.store(true, Ordering::SeqCst);
+            let polled = conn.as_mut().poll(cx);
+            $state.polling.store(false, Ordering::SeqCst);
+            if let Poll::Ready(res) = polled {
+                return Poll::Ready(Ended::Closed(res));
             }
-        }
+            match watcher.turn(cx, drained.as_mut(), timer.as_mut()) {
+                Turn::Wait => return Poll::Pending,
+                Turn::HeadTimeout => return Poll::Ready(Ended::HeadTimeout),
+                Turn::Shutdown => conn.as_mut().graceful_shutdown(),
+                // hyper's next read ends its connection if parking is safe.
+                Turn::Repoll => {}
+            }
+        })
+        .await
     }};
 }
 
@@ -450,7 +485,21 @@ impl ConnState {
             park: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             flushed: AtomicBool::new(false),
-            changed: Notify::new(),
+            dirty: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        }
+    }
+
+    /// The state changed in a way that may move the next deadline: the
+    /// watcher looks at it after the current poll of hyper's connection,
+    /// or, outside one, when the task wakes. (`SeqCst` with the watcher's
+    /// `polling` and `dirty`: either it sees this change or this wakes it.)
+    fn changed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.task.wake();
         }
     }
 
@@ -473,14 +522,14 @@ impl ConnState {
             .compare_exchange(UNSET, now, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
-            self.changed.notify_one();
+            self.changed();
         }
     }
 
     fn set_h2(&self) {
         self.h2.store(true, Ordering::Relaxed);
         self.head_since.store(UNSET, Ordering::Release);
-        self.changed.notify_one();
+        self.changed();
     }
 
     /// The next time a timer may fire.
@@ -546,6 +595,89 @@ impl ConnState {
     }
 }
 
+impl Wake for ConnState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+// === impl Watcher ===
+
+impl<'a> Watcher<'a> {
+    /// Its first turn polls the drain and sets the timer.
+    fn new(state: &'a Arc<ConnState>, limits: &'a HttpLimits) -> Self {
+        state.fired.store(true, Ordering::Release);
+        state.dirty.store(true, Ordering::Release);
+        Self {
+            state,
+            limits,
+            waker: Waker::from(state.clone()),
+            armed: None,
+            closing: false,
+        }
+    }
+
+    /// After a poll of hyper's connection that left it pending: polls the
+    /// drain and the timer if their waker fired, and sets the timer again if
+    /// the state changed.
+    fn turn(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut drained: Pin<&mut impl Future<Output = ()>>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Turn {
+        let (s, limits) = (self.state, self.limits);
+        // Before the flags are read: a wake-up after that reaches this task.
+        s.task.register(cx.waker());
+        let mut own = Context::from_waker(&self.waker);
+        let mut turn = Turn::Wait;
+        loop {
+            let fired = s.fired.swap(false, Ordering::AcqRel);
+            let mut dirty = s.dirty.swap(false, Ordering::SeqCst);
+            if !fired && !dirty {
+                return turn;
+            }
+            if fired && !self.closing && drained.as_mut().poll(&mut own).is_ready() {
+                self.closing = true;
+                dirty = true;
+                turn = Turn::Shutdown;
+            }
+            if fired && self.armed.is_some() && timer.as_mut().poll(&mut own).is_ready() {
+                self.armed = None;
+                dirty = true;
+                let now = Instant::now();
+                if s.head_expired(now, limits.header_read_timeout) {
+                    return Turn::HeadTimeout;
+                }
+                if !self.closing && s.idle_expired(now, limits.idle_timeout) {
+                    limits.counters.idle_closed.inc();
+                    self.closing = true;
+                    turn = Turn::Shutdown;
+                } else if !self.closing && s.park_due(now) {
+                    s.park.store(true, Ordering::Release);
+                    if matches!(turn, Turn::Wait) {
+                        turn = Turn::Repoll;
+                    }
+                }
+            }
+            if dirty {
+                let next = s.deadline(limits, self.closing);
+                if let Some(at) = next.filter(|at| self.armed.is_none_or(|armed| *at < armed)) {
+                    timer.as_mut().reset(at);
+                    self.armed = Some(at);
+                    // Polled next round: it registers this waker, or is due.
+                    s.fired.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
 // === impl InFlight ===
 
 impl InFlight {
@@ -555,7 +687,7 @@ impl InFlight {
         state.head_since.store(UNSET, Ordering::Release);
         state.park.store(false, Ordering::Release);
         state.flushed.store(false, Ordering::Release);
-        state.changed.notify_one();
+        state.changed();
         Self(state.clone())
     }
 }
@@ -567,7 +699,7 @@ impl Drop for InFlight {
         if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Only a flush after this point proves the response written.
             s.flushed.store(false, Ordering::Release);
-            s.changed.notify_one();
+            s.changed();
         }
     }
 }
@@ -844,6 +976,76 @@ mod tests {
         drain.start();
         assert_eq!(read_all(&mut client).await, "", "closed silently");
         served.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_lets_the_request_in_flight_finish_then_closes() {
+        let (l, _) = limits();
+        let (called_tx, called) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let gates = Arc::new(Mutex::new(Some((called_tx, released))));
+        let svc = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+            let gate = gates.lock().unwrap().take();
+            async move {
+                if let Some((called, released)) = gate {
+                    let _ = called.send(());
+                    let _ = released.await;
+                }
+                Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+            }
+        }));
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let drain = Drain::default();
+        let d = drain.clone();
+        let served = tokio::spawn(async move {
+            serve_http(server, svc, Framed::Http1, &l, d).await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        called.await.unwrap();
+        drain.start();
+        release.send(()).unwrap();
+        // The answer still comes, then the connection closes.
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        served.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_ending_in_its_own_task_starts_the_idle_timer() {
+        let (l, metrics) = limits();
+        // Answered after the idle timeout: the watcher's timer has fired
+        // (and found a request in flight, so it is not set) before the
+        // stream ends, in the stream's own task; the timer must be set
+        // again from there.
+        let slow = BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+        }));
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let served = serve_with(server, slow, Framed::Http2, l.clone());
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Body>(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("http://a/")
+            .body(crate::body::empty())
+            .unwrap();
+        let rsp = sender.send_request(req).await.unwrap();
+        let body = http_body_util::BodyExt::collect(rsp.into_body()).await;
+        assert_eq!(body.unwrap().to_bytes(), "ok");
+        let ended = Instant::now();
+        tokio::time::timeout(l.idle_timeout * 2, served)
+            .await
+            .expect("closed by the idle timeout")
+            .unwrap();
+        assert!(ended.elapsed() >= l.idle_timeout - Duration::from_millis(1));
+        assert_eq!(metrics.for_listener("l").idle_closed.get(), 1);
+        drop(sender);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
 use crate::observe::body::{BodyEnd, ObservedBody};
 use crate::trace::context::TraceContext;
 use crate::trace::{method_text, version_text, HopKind, SpanOutcome, TraceHop};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use std::borrow::Cow;
@@ -51,7 +51,9 @@ where
 {
     type Response = Response<Body>;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response<Body>, ProxyError>>;
+    /// The stack below as it is when no span is gathered (most requests:
+    /// no allocation for them), boxed with the span otherwise.
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<Body>, ProxyError>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -59,12 +61,12 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let Some(hop) = req.extensions().get::<TraceHop>().cloned() else {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         let (ctx, n) = hop.next_attempt();
         ctx.inject(req.headers_mut());
         if !hop.begin_span() {
-            return Box::pin(self.inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
         let start = SystemTime::now();
         let method = req.method().clone();
@@ -72,7 +74,7 @@ where
         let authority = crate::protocol::http::authority_text(&req).unwrap_or_default();
         let version = req.version();
         let fut = self.inner.call(req);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let rsp = match fut.await {
                 Ok(rsp) => rsp,
                 Err(e) => {
@@ -110,7 +112,7 @@ where
             Ok(rsp.map(|b| {
                 ObservedBody::new(b, move |outcome| span.record(Some(outcome.end))).boxed_unsync()
             }))
-        })
+        }))
     }
 }
 

@@ -176,22 +176,53 @@ fn value(buf: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(buf).expect("hex and dashes are a valid header value")
 }
 
+/// The value of each lowercase hex digit, `0xff` for any other byte: only
+/// lowercase hex is valid in traceparent, and B3 is lowercase too.
+const UNHEX: [u8; 256] = {
+    let mut t = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        t[HEX[i] as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
 fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     let bytes = s.as_bytes();
     if bytes.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        // Only lowercase hex is valid in traceparent; B3 is lowercase too.
-        if pair.iter().any(|c| c.is_ascii_uppercase()) {
+    for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let (hi, lo) = (UNHEX[usize::from(pair[0])], UNHEX[usize::from(pair[1])]);
+        // A digit is at most 15: `0xff` (not one) shows through the `or`.
+        if hi | lo > 15 {
             return None;
         }
-        out[i] = (hi * 16 + lo) as u8;
+        *o = hi << 4 | lo;
     }
     Some(out)
+}
+
+/// The fields of a `traceparent` value: version, trace id, parent id,
+/// flags; `None` if there are fewer than four, and, for version `00`, if
+/// there are more. The common form (`00-` and 55 bytes) is cut at fixed
+/// offsets; any other is split at its dashes.
+fn w3c_fields(v: &str) -> Option<(&str, &str, &str, &str)> {
+    let b = v.as_bytes();
+    if b.len() == 55 && b[2] == b'-' && b[35] == b'-' && b[52] == b'-' {
+        // Four fields exactly unless a field itself holds a dash, which
+        // then fails its hex check in the caller either way.
+        return Some((&v[..2], &v[3..35], &v[36..52], &v[53..]));
+    }
+    let mut parts = v.split('-');
+    let version = parts.next()?;
+    let fields = (version, parts.next()?, parts.next()?, parts.next()?);
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    Some(fields)
 }
 
 // === impl TraceContext ===
@@ -222,15 +253,10 @@ impl TraceContext {
 
     fn from_w3c(headers: &HeaderMap) -> Option<Self> {
         let v = headers.get(TRACEPARENT)?.to_str().ok()?.trim();
-        let mut parts = v.split('-');
-        let version = parts.next()?;
-        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
         // Version ff is invalid; a future version may append fields, but
         // version 00 must have exactly four.
+        let (version, trace, span, flags) = w3c_fields(v)?;
         if version.len() != 2 || version == "ff" || hex::<1>(version).is_none() {
-            return None;
-        }
-        if version == "00" && parts.next().is_some() {
             return None;
         }
         let trace_id = (trace.len() == 32)
@@ -338,10 +364,10 @@ impl TraceContext {
 }
 
 /// Returns the request id, adding a random one (UUID v4 format) if missing.
-pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
-    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !v.is_empty() && v.len() <= 128 {
-            return v.to_string();
+pub fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
+        if v.to_str().is_ok_and(|t| !t.is_empty() && t.len() <= 128) {
+            return RequestId::Received(v.clone());
         }
     }
     let mut b = [0u8; 16];
@@ -357,7 +383,49 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> String {
     id[19..23].copy_from_slice(&h[16..20]);
     id[24..].copy_from_slice(&h[20..]);
     headers.insert(X_REQUEST_ID, value(&id));
-    ascii(&id).to_string()
+    RequestId::Generated(id)
+}
+
+/// A request's `x-request-id`, kept as it is (no `String` per request):
+/// text only for a log line or a span that wants it.
+#[derive(Clone, Debug)]
+pub enum RequestId {
+    /// The one the request came with (visible ASCII, 1 to 128 bytes).
+    Received(HeaderValue),
+    /// The one generated for it.
+    Generated([u8; 36]),
+}
+
+// === impl RequestId ===
+
+impl std::ops::Deref for RequestId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            // Checked to be text when it was kept.
+            Self::Received(v) => v.to_str().unwrap_or_default(),
+            Self::Generated(id) => ascii(id),
+        }
+    }
+}
+
+impl PartialEq for RequestId {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        &**self == *other
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
 }
 
 #[cfg(test)]
@@ -441,6 +509,57 @@ mod tests {
         assert_eq!(ctx.format, Format::New);
     }
 
+    /// The fields of a traceparent as the parser found them before the
+    /// fixed-offset form, split at every dash.
+    fn split_fields(v: &str) -> Option<(&str, &str, &str, &str)> {
+        let mut parts = v.split('-');
+        let version = parts.next()?;
+        let fields = (version, parts.next()?, parts.next()?, parts.next()?);
+        (version != "00" || parts.next().is_none()).then_some(fields)
+    }
+
+    /// What `from_w3c` makes of `fields`.
+    fn w3c_parsed(fields: Option<(&str, &str, &str, &str)>) -> Option<([u8; 16], [u8; 8], u8)> {
+        let (version, trace, span, flags) = fields?;
+        if version.len() != 2 || version == "ff" || hex::<1>(version).is_none() {
+            return None;
+        }
+        let trace_id = (trace.len() == 32)
+            .then(|| TraceId::parse(trace))
+            .flatten()?;
+        Some((trace_id.0, SpanId::parse(span)?.0, hex::<1>(flags)?[0]))
+    }
+
+    #[test]
+    fn traceparent_fields_at_fixed_offsets_parse_as_split_ones() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x7ace);
+        let alphabet = b"0123456789abcdef-";
+        let (mut valid, mut total) = (0, 0);
+        for _ in 0..20_000 {
+            let mut b: Vec<u8> = (0..55)
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            (b[2], b[35], b[52]) = (b'-', b'-', b'-');
+            if rng.random_bool(0.5) {
+                b[..2].copy_from_slice(b"00");
+            }
+            if rng.random_bool(0.9) {
+                // Mostly well-formed fields, so both paths get past parsing.
+                for i in (0..55).filter(|i| ![2, 35, 52].contains(i)) {
+                    if b[i] == b'-' {
+                        b[i] = b'a';
+                    }
+                }
+            }
+            let v = String::from_utf8(b).unwrap();
+            let parsed = w3c_parsed(w3c_fields(&v));
+            assert_eq!(parsed, w3c_parsed(split_fields(&v)), "{v}");
+            valid += usize::from(parsed.is_some());
+            total += 1;
+        }
+        assert!(valid > total / 2, "{valid} of {total} parsed");
+    }
+
     #[test]
     fn random_inputs_never_panic_and_either_parse_or_start_fresh() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5a1e);
@@ -491,7 +610,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let id = ensure_request_id(&mut h);
         assert_eq!(id.len(), 36);
-        assert_eq!(h["x-request-id"], id.as_str());
+        assert_eq!(h["x-request-id"], &*id);
         // UUID v4 text: 8-4-4-4-12 lowercase hex, version 4, variant 10xx.
         for (i, c) in id.chars().enumerate() {
             match i {
