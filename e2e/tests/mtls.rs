@@ -213,14 +213,23 @@ async fn plaintext_to_a_strict_port_is_rejected() {
         "plaintext reached the app: {:?}",
         res.map(|r| r.status())
     );
-    let metrics = s.server.metrics().await.unwrap();
-    let failures = metric_value(
-        &metrics,
-        "sane_tls_handshake_failures_total",
-        &[("direction", "inbound")],
-    )
-    .unwrap_or(0.0);
-    assert!(failures >= 1.0, "{metrics}");
+    // The client can see the refusal (rustls' alert) a moment before the
+    // sidecar's connection task counts it.
+    eventually(Duration::from_secs(10), || async {
+        let metrics = s.server.metrics().await?;
+        let failures = metric_value(
+            &metrics,
+            "sane_tls_handshake_failures_total",
+            &[("direction", "inbound")],
+        )
+        .unwrap_or(0.0);
+        if failures >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("no inbound handshake failure counted yet:\n{metrics}"))
+        }
+    })
+    .await;
     assert_eq!(s.app.requests().await, 0, "nothing reached the app");
 }
 
