@@ -49,6 +49,13 @@
 #        N=2000 WARMUP=200 C=1 TOP=15 NO_BUILD=1 OUT=target/callgrind bench/callgrind.sh
 #        MEMORY=1 CONNS=1000 SETTLE=2 NO_BUILD=1 bench/callgrind.sh
 #        TRACING=closed bench/callgrind.sh     # or TRACING=reachable
+#        SYSCALLS=1 C=32 N=20000 NO_BUILD=1 bench/callgrind.sh
+#
+# SYSCALLS=1 runs the topology natively too and counts, with `perf stat` on
+# the kernel's syscall tracepoints, the system calls each hop makes per
+# request (read/write/… and epoll_wait) over N requests after WARMUP: the
+# kernel work callgrind does not see (each call on loopback also carries
+# the peer's TCP receive path).
 # Needs: valgrind, nginx, h2load (nghttp2-client), curl. Loopback only.
 set -euo pipefail
 
@@ -173,7 +180,7 @@ fi
 # --- the two hops under callgrind ---
 GRIND_PID=
 grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
-    if [[ -n "${MEMORY:-}" ]]; then
+    if [[ -n "${MEMORY:-}${SYSCALLS:-}" ]]; then
         LD_PRELOAD="${PRELOAD:-}" "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
     else
         LD_PRELOAD="${PRELOAD:-}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
@@ -299,6 +306,36 @@ PY
     done
     sleep "$SETTLE" # allow-sleep: a measurement interval, not a readiness wait
     row "hop A holding $CONNS idle client connections"
+    exit 0
+fi
+
+if [[ -n "${SYSCALLS:-}" ]]; then
+    command -v perf >/dev/null || { echo "callgrind.sh: SYSCALLS=1 needs perf (apt-get install linux-perf)" >&2; exit 1; }
+    EVENTS=read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,epoll_wait,epoll_pwait,futex
+    load "$WARMUP"
+    perf_pids=()
+    for hop in a b; do
+        pid=$PID_A
+        [[ $hop == b ]] && pid=$PID_B
+        perf stat -x, -e "$(sed 's/\([a-z_]*\)/syscalls:sys_enter_\1/g' <<<"$EVENTS")" \
+            -p "$pid" -o "$WORK/perf-$hop.csv" &
+        perf_pids+=($!)
+    done
+    # perf attaches asynchronously: wait until both have written their
+    # header line (or the first sample) before the load starts.
+    deadline=$((SECONDS + 30))
+    until [[ -s "$WORK/perf-a.csv" && -s "$WORK/perf-b.csv" ]] || ((SECONDS > deadline)); do sleep 0.1; done
+    load "$N"
+    kill -INT "${perf_pids[@]}"
+    wait "${perf_pids[@]}" 2>/dev/null || true
+    echo "syscalls per request: $N HTTP/1.1 keep-alive requests over $C connection(s) after $WARMUP warm-up"
+    printf '%-14s %10s %10s\n' syscall "hop A" "hop B"
+    for ev in ${EVENTS//,/ }; do
+        a=$(awk -F, -v e="syscalls:sys_enter_$ev" '$3 == e { print $1 }' "$WORK/perf-a.csv")
+        b=$(awk -F, -v e="syscalls:sys_enter_$ev" '$3 == e { print $1 }' "$WORK/perf-b.csv")
+        [[ "${a:-0}${b:-0}" =~ ^[0]*$ ]] && continue
+        awk -v e="$ev" -v a="${a:-0}" -v b="${b:-0}" -v n="$N" 'BEGIN { printf "%-14s %10.2f %10.2f\n", e, a / n, b / n }'
+    done
     exit 0
 fi
 
