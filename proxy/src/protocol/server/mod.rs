@@ -1,0 +1,495 @@
+//! Serving HTTP on one accepted connection, with its limits: the one
+//! server function the sidecar listeners and the gateway share.
+//!
+//! * request head size: hyper answers `431` (HTTP/1, then closes) and the
+//!   h2 codec answers `431` on the stream (HTTP/2 `max_header_list_size`);
+//! * header read timeout (slowloris): the timer starts at the first byte of
+//!   an HTTP/1 request head and stops when the head is complete; when it
+//!   fires the connection is cut with `408` (never on an idle keep-alive
+//!   connection, where no request was started);
+//! * HTTP/2 concurrent streams per connection;
+//! * idle timeout: no request in flight for that long closes the connection
+//!   gracefully (HTTP/1 at once, HTTP/2 with `GOAWAY`);
+//! * drain: in-flight requests finish, then the connection closes.
+//!
+//! An HTTP/1 connection idle for [`PARK_AFTER`] is *parked*: hyper's
+//! connection (its 8 KiB read and write buffers, parser state and the
+//! service) is dropped and only the socket is kept, waiting for the next
+//! byte with the idle timer and the drain still watched; that byte resumes
+//! a fresh HTTP/1 connection. hyper is told to stop with an end of file on
+//! a read that would block, and only when that is safe: no request in
+//! flight or started, the response flushed, and the bytes read so far
+//! ending with a complete request head (so hyper holds no unparsed bytes).
+//! An idle keep-alive connection thus costs its socket and a small task
+//! instead of ~20 KiB.
+//!
+//! hyper's own HTTP/1 header timer is not used: it also runs while a
+//! keep-alive connection waits for its next request, which would make the
+//! header timeout an idle timeout and close clients' pooled connections
+//! under them.
+
+mod state;
+
+use self::state::{ConnState, InFlight, Watched};
+use crate::drain::Drain;
+use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
+use crate::protocol::io::Io;
+use crate::stack::{self, HttpSvc};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use sane_xds_proto::ConnectionLimits;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// The answer to a request head that did not arrive in time.
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// No timestamp recorded.
+const UNSET: u64 = u64::MAX;
+
+/// How long an HTTP/1 connection is idle before hyper's connection is
+/// dropped and only the socket kept (see the module docs). Long enough that
+/// a client sending requests back to back never pays for re-creating it.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
+
+/// How a connection is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// Let hyper detect HTTP/1.1 or HTTP/2.
+    Auto,
+    /// HTTP/2 only.
+    Http2,
+    /// HTTP/1.1 only (with upgrades).
+    Http1,
+}
+
+/// The limits one connection is served with, and where what they cut is
+/// counted.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    /// Largest request head (HTTP/1) or header list (HTTP/2).
+    pub max_header_bytes: usize,
+    /// Time from the first byte of an HTTP/1 request head to its end.
+    pub header_read_timeout: Duration,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Time without a request in flight before the connection is closed.
+    pub idle_timeout: Duration,
+    /// Inbound: idle time of pooled HTTP/1.1 connections to the workload.
+    pub upstream_idle_timeout: Duration,
+    /// Counters of this connection's listener.
+    pub counters: LimitCounters,
+}
+
+/// Metrics of the connection and HTTP limits, labelled by listener.
+#[derive(Clone, Debug)]
+pub struct LimitMetrics {
+    connections_rejected: IntCounterVec,
+    requests_rejected: IntCounterVec,
+    idle_closed: IntCounterVec,
+    parked: IntCounterVec,
+}
+
+/// [`LimitMetrics`] resolved for one listener.
+#[derive(Clone, Debug)]
+pub struct LimitCounters {
+    /// Connections closed at accept: the listener was at `max_connections`.
+    pub connections_rejected: IntCounter,
+    header_too_large: IntCounter,
+    header_timeout: IntCounter,
+    idle_closed: IntCounter,
+    parked: IntCounter,
+}
+
+enum Ended {
+    Closed(Result<(), Box<dyn std::error::Error + Send + Sync>>),
+    HeadTimeout,
+}
+
+/// The drain and timer side of a connection being served: whether it is
+/// closing, and the deadline its timer is set to.
+///
+/// The timer is set lazily: a change that moves the next deadline later
+/// (a request starts, or ends, on a connection that was idle) leaves it
+/// where it is; when it fires early the deadline is worked out again. So a
+/// keep-alive connection under load sets its timer about once per
+/// [`PARK_AFTER`], not three times per request.
+struct Watcher<'a> {
+    state: &'a Arc<ConnState>,
+    limits: &'a HttpLimits,
+    /// [`ConnState`] as a waker: marks `fired`, wakes the task.
+    waker: Waker,
+    /// The deadline the timer waits for, if it waits.
+    armed: Option<Instant>,
+    closing: bool,
+}
+
+/// What the connection needs after the watcher's turn.
+enum Turn {
+    /// Nothing: wait for the next wake-up.
+    Wait,
+    /// Poll hyper's connection again (parking was asked for).
+    Repoll,
+    /// Close gracefully (drain or idle timeout), then poll it again.
+    Shutdown,
+    /// The request head did not arrive in time.
+    HeadTimeout,
+}
+
+/// What a parked connection waited for.
+enum Woke {
+    /// The next request's first byte.
+    Byte(u8),
+    /// The client closed, the idle timeout or the drain: close.
+    Close,
+}
+
+/// Serves HTTP on `io` with `svc` under `limits`, until the client closes,
+/// a limit closes the connection, or the drain asks it to finish its
+/// in-flight requests and close.
+pub async fn serve_http<I: Io>(
+    io: I,
+    svc: HttpSvc,
+    framed: Framed,
+    limits: &HttpLimits,
+    drain: Drain,
+) {
+    let state = Arc::new(ConnState::new(framed == Framed::Http2));
+    let io = Arc::new(Mutex::new(io));
+    let (mut framed, mut first) = (framed, None);
+    let ended = loop {
+        let watched = Watched {
+            io: io.clone(),
+            state: state.clone(),
+            prefix: [0; 4],
+            // A resumed connection is known to be HTTP/1.
+            prefix_len: if first.is_some() { 4 } else { 0 },
+            first,
+            tail: [0; 4],
+        };
+        // Boxed: while parked, hyper's connection state is freed, not kept
+        // inline in this task.
+        let ended = Box::pin(run(watched, svc.clone(), framed, limits, &state, &drain)).await;
+        if !matches!(ended, Ended::Closed(Ok(()))) || !state.parked.load(Ordering::Acquire) {
+            break ended;
+        }
+        limits.counters.parked.inc();
+        tracing::trace!("idle HTTP/1 connection parked");
+        match park(&io, &state, limits, &drain).await {
+            Woke::Byte(b) => {
+                state.resume();
+                (framed, first) = (Framed::Http1, Some(b));
+            }
+            Woke::Close => {
+                shutdown(io).await;
+                return;
+            }
+        }
+    };
+    let c = &limits.counters;
+    match ended {
+        Ended::Closed(Ok(())) => {}
+        Ended::Closed(Err(e)) => {
+            match e.downcast_ref::<hyper::Error>() {
+                Some(h) if h.is_parse_too_large() => c.header_too_large.inc(),
+                _ => {}
+            }
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+        Ended::HeadTimeout => {
+            c.header_timeout.inc();
+            tracing::debug!("request head not complete within the header read timeout; 408");
+            // hyper's connection is gone; this is the only owner left.
+            if let Ok(io) = Arc::try_unwrap(io) {
+                let mut io = io.into_inner().unwrap_or_else(|p| p.into_inner());
+                let write = async {
+                    io.write_all(REQUEST_TIMEOUT).await?;
+                    io.shutdown().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+            }
+        }
+    }
+}
+
+/// Waits, with hyper's connection dropped, for the next byte of a parked
+/// connection, while the idle timeout and the drain still apply (either
+/// closes it, as hyper closes an idle HTTP/1 connection).
+async fn park<I: Io>(
+    io: &Arc<Mutex<I>>,
+    state: &ConnState,
+    limits: &HttpLimits,
+    drain: &Drain,
+) -> Woke {
+    let mut byte = [0u8; 1];
+    let read = std::future::poll_fn(|cx| {
+        let mut io = io.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buf = ReadBuf::new(&mut byte);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(buf.filled().len()),
+            Poll::Ready(Err(_)) => Poll::Ready(0),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    let idle_at = state.at(state.idle_since.load(Ordering::Acquire)) + limits.idle_timeout;
+    tokio::select! {
+        n = read => match n {
+            1 => Woke::Byte(byte[0]),
+            _ => Woke::Close,
+        },
+        _ = drain.signaled() => Woke::Close,
+        _ = tokio::time::sleep_until(idle_at) => {
+            limits.counters.idle_closed.inc();
+            Woke::Close
+        }
+    }
+}
+
+/// Closes a connection hyper no longer holds (TLS: `close_notify`).
+async fn shutdown<I: Io>(io: Arc<Mutex<I>>) {
+    if let Ok(io) = Arc::try_unwrap(io) {
+        let mut io = io.into_inner().unwrap_or_else(|p| p.into_inner());
+        let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    }
+}
+
+/// Drives `conn` while watching the head and idle timers and the drain.
+/// (A macro: the three connection types share no trait for
+/// `graceful_shutdown`.)
+///
+/// hyper's connection is polled on every wake-up of the task; the drain and
+/// the timer only when their own waker ([`ConnState`]'s) fired, and the
+/// timer is set again only when the state changed (see [`Watcher`]).
+macro_rules! watch {
+    ($conn:expr, $limits:expr, $state:expr, $drain:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        // Made once, not per turn: each new one registers with (and,
+        // dropped, unregisters from) the drain's waiter list.
+        let drained = $drain.signaled();
+        tokio::pin!(drained);
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut watcher = Watcher::new($state, $limits);
+        std::future::poll_fn(|cx| loop {
+            $state.polling.store(true, Ordering::SeqCst);
+            let polled = conn.as_mut().poll(cx);
+            $state.polling.store(false, Ordering::SeqCst);
+            if let Poll::Ready(res) = polled {
+                return Poll::Ready(Ended::Closed(res));
+            }
+            match watcher.turn(cx, drained.as_mut(), timer.as_mut()) {
+                Turn::Wait => return Poll::Pending,
+                Turn::HeadTimeout => return Poll::Ready(Ended::HeadTimeout),
+                Turn::Shutdown => conn.as_mut().graceful_shutdown(),
+                // hyper's next read ends its connection if parking is safe.
+                Turn::Repoll => {}
+            }
+        })
+        .await
+    }};
+}
+
+async fn run<I: Io>(
+    io: Watched<I>,
+    svc: HttpSvc,
+    framed: Framed,
+    limits: &HttpLimits,
+    state: &Arc<ConnState>,
+    drain: &Drain,
+) -> Ended {
+    let conn_state = state.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let svc = svc.clone();
+        if req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE)
+        {
+            conn_state.upgrade.store(true, Ordering::Release);
+        }
+        let guard = InFlight::start(&conn_state);
+        async move {
+            let rsp = stack::serve(svc, req).await;
+            Ok::<_, Infallible>(rsp.map(|b| crate::body::guarded(b, guard)))
+        }
+    });
+    let io = TokioIo::new(io);
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    match framed {
+        Framed::Auto => {
+            let conn = b.serve_connection_with_upgrades(io, service);
+            watch!(conn, limits, state, drain)
+        }
+        Framed::Http2 => {
+            let b = b.http2_only();
+            let conn = b.serve_connection(io, service);
+            watch!(conn, limits, state, drain)
+        }
+        Framed::Http1 => {
+            let b = b.http1_only();
+            let conn = b.serve_connection_with_upgrades(io, service);
+            watch!(conn, limits, state, drain)
+        }
+    }
+}
+
+// === impl HttpLimits ===
+
+impl HttpLimits {
+    /// The limits of a listener configured with `cfg`.
+    pub fn new(cfg: &ConnectionLimits, counters: LimitCounters) -> Self {
+        Self {
+            max_header_bytes: cfg.max_request_header_bytes() as usize,
+            header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms()),
+            max_concurrent_streams: cfg.max_concurrent_streams(),
+            idle_timeout: Duration::from_millis(cfg.idle_timeout_ms()),
+            upstream_idle_timeout: Duration::from_millis(cfg.upstream_idle_timeout_ms()),
+            counters,
+        }
+    }
+}
+
+// === impl LimitMetrics ===
+
+impl LimitMetrics {
+    /// Registers the counters in `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        Ok(Self {
+            connections_rejected: counter(
+                "sane_listener_connections_rejected_total",
+                "Connections closed at accept because the listener was at its \
+                 max_connections, by listener.",
+                &["listener"],
+            )?,
+            requests_rejected: counter(
+                "sane_http_requests_rejected_total",
+                "Request heads cut off by a limit, by listener and reason \
+                 (header_too_large: 431, header_timeout: 408).",
+                &["listener", "reason"],
+            )?,
+            idle_closed: counter(
+                "sane_http_idle_connections_closed_total",
+                "Downstream connections closed by the idle timeout, by listener.",
+                &["listener"],
+            )?,
+            parked: counter(
+                "sane_http_connections_parked_total",
+                "Times an idle HTTP/1 downstream connection released its HTTP \
+                 state and buffers until its next request, by listener.",
+                &["listener"],
+            )?,
+        })
+    }
+
+    /// The counters of `listener`.
+    pub fn for_listener(&self, listener: &str) -> LimitCounters {
+        LimitCounters {
+            connections_rejected: self.connections_rejected.with_label_values(&[listener]),
+            header_too_large: self
+                .requests_rejected
+                .with_label_values(&[listener, "header_too_large"]),
+            header_timeout: self
+                .requests_rejected
+                .with_label_values(&[listener, "header_timeout"]),
+            idle_closed: self.idle_closed.with_label_values(&[listener]),
+            parked: self.parked.with_label_values(&[listener]),
+        }
+    }
+}
+
+// === impl Watcher ===
+
+impl<'a> Watcher<'a> {
+    /// Its first turn polls the drain and sets the timer.
+    fn new(state: &'a Arc<ConnState>, limits: &'a HttpLimits) -> Self {
+        state.fired.store(true, Ordering::Release);
+        state.dirty.store(true, Ordering::Release);
+        Self {
+            state,
+            limits,
+            waker: Waker::from(state.clone()),
+            armed: None,
+            closing: false,
+        }
+    }
+
+    /// After a poll of hyper's connection that left it pending: polls the
+    /// drain and the timer if their waker fired, and sets the timer again if
+    /// the state changed.
+    fn turn(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut drained: Pin<&mut impl Future<Output = ()>>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Turn {
+        let (s, limits) = (self.state, self.limits);
+        // Before the flags are read: a wake-up after that reaches this task.
+        s.task.register(cx.waker());
+        let mut own = Context::from_waker(&self.waker);
+        let mut turn = Turn::Wait;
+        loop {
+            let fired = s.fired.swap(false, Ordering::AcqRel);
+            let mut dirty = s.dirty.swap(false, Ordering::SeqCst);
+            if !fired && !dirty {
+                return turn;
+            }
+            if fired && !self.closing && drained.as_mut().poll(&mut own).is_ready() {
+                self.closing = true;
+                dirty = true;
+                turn = Turn::Shutdown;
+            }
+            if fired && self.armed.is_some() && timer.as_mut().poll(&mut own).is_ready() {
+                self.armed = None;
+                dirty = true;
+                let now = Instant::now();
+                if s.head_expired(now, limits.header_read_timeout) {
+                    return Turn::HeadTimeout;
+                }
+                if !self.closing && s.idle_expired(now, limits.idle_timeout) {
+                    limits.counters.idle_closed.inc();
+                    self.closing = true;
+                    turn = Turn::Shutdown;
+                } else if !self.closing && s.park_due(now) {
+                    s.park.store(true, Ordering::Release);
+                    if matches!(turn, Turn::Wait) {
+                        turn = Turn::Repoll;
+                    }
+                }
+            }
+            if dirty {
+                let next = s.deadline(limits, self.closing);
+                if let Some(at) = next.filter(|at| self.armed.is_none_or(|armed| *at < armed)) {
+                    timer.as_mut().reset(at);
+                    self.armed = Some(at);
+                    // Polled next round: it registers this waker, or is due.
+                    s.fired.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,338 @@
+//! The state a served connection shares between its watcher (the drain
+//! and timer side, in the parent module) and its I/O: [`ConnState`], the
+//! I/O wrapper [`Watched`] that reports what hyper reads and writes and
+//! parks an idle HTTP/1 connection, and [`InFlight`], which counts a request
+//! until its response ends.
+
+use super::{HttpLimits, PARK_AFTER, UNSET};
+use crate::protocol::io::Io;
+use futures::task::AtomicWaker;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// What the connection's watcher and its I/O share.
+#[derive(Debug)]
+pub(super) struct ConnState {
+    pub(super) started: Instant,
+    /// Requests whose response has not ended.
+    pub(super) in_flight: AtomicUsize,
+    /// When (ms after `started`) the current HTTP/1 head began, or [`UNSET`].
+    pub(super) head_since: AtomicU64,
+    /// When (ms after `started`) the last request finished.
+    pub(super) idle_since: AtomicU64,
+    /// The connection speaks HTTP/2 (no head timer, never parked).
+    h2: AtomicBool,
+    /// A request asked to switch protocols: never parked.
+    pub(super) upgrade: AtomicBool,
+    /// The watcher asks the I/O to park the connection at the next read
+    /// that would block.
+    pub(super) park: AtomicBool,
+    /// The I/O answered hyper's read with the end of file that parks it.
+    pub(super) parked: AtomicBool,
+    /// A flush completed after the last response ended (so hyper's write
+    /// buffer is empty).
+    pub(super) flushed: AtomicBool,
+    /// The state changed: the watcher sets its timer again.
+    pub(super) dirty: AtomicBool,
+    /// The watcher is polling hyper's connection: a change made meanwhile
+    /// (most are: they happen inside hyper's poll) is seen when that poll
+    /// returns, without waking the task again.
+    pub(super) polling: AtomicBool,
+    /// A wake-up the watcher asked for (the drain, its timer) came: they
+    /// are polled only then, not on every wake-up of the connection task.
+    pub(super) fired: AtomicBool,
+    /// The connection task, for changes made from other tasks (HTTP/2
+    /// streams) and the watcher's own wake-ups ([`Wake`]).
+    pub(super) task: AtomicWaker,
+}
+
+/// The connection's I/O, shared so a `408` can still be written, and a
+/// parked connection resumed, after hyper gave the connection up.
+pub(super) struct Watched<I> {
+    pub(super) io: Arc<Mutex<I>>,
+    pub(super) state: Arc<ConnState>,
+    /// First bytes, to tell the HTTP/2 preface from an HTTP/1 request.
+    pub(super) prefix: [u8; 4],
+    pub(super) prefix_len: u8,
+    /// The byte that resumed a parked connection, not yet given to hyper.
+    pub(super) first: Option<u8>,
+    /// The last four bytes given to hyper.
+    pub(super) tail: [u8; 4],
+}
+
+/// Keeps a request counted as in flight until dropped.
+pub(super) struct InFlight(Arc<ConnState>);
+
+// === impl ConnState ===
+
+impl ConnState {
+    pub(super) fn new(h2: bool) -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            head_since: AtomicU64::new(UNSET),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(h2),
+            upgrade: AtomicBool::new(false),
+            park: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+            fired: AtomicBool::new(false),
+            task: AtomicWaker::new(),
+        }
+    }
+
+    /// The state changed in a way that may move the next deadline: the
+    /// watcher looks at it after the current poll of hyper's connection,
+    /// or, outside one, when the task wakes. (`SeqCst` with the watcher's
+    /// `polling` and `dirty`: either it sees this change or this wakes it.)
+    pub(super) fn changed(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(super) fn at(&self, ms: u64) -> Instant {
+        self.started + Duration::from_millis(ms)
+    }
+
+    /// Bytes arrived: with no request in flight they begin a request head.
+    pub(super) fn on_read(&self) {
+        if self.h2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let now = self.now_ms();
+        if self
+            .head_since
+            .compare_exchange(UNSET, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.changed();
+        }
+    }
+
+    pub(super) fn set_h2(&self) {
+        self.h2.store(true, Ordering::Relaxed);
+        self.head_since.store(UNSET, Ordering::Release);
+        self.changed();
+    }
+
+    /// The next time a timer may fire.
+    pub(super) fn deadline(&self, limits: &HttpLimits, closing: bool) -> Option<Instant> {
+        let head = match self.head_since.load(Ordering::Acquire) {
+            UNSET => None,
+            since => Some(self.at(since) + limits.header_read_timeout),
+        };
+        let idle = (!closing && self.in_flight.load(Ordering::Acquire) == 0)
+            .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout);
+        let park = (!closing && head.is_none() && self.parkable())
+            .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + PARK_AFTER);
+        [head, idle, park].into_iter().flatten().min()
+    }
+
+    /// Parking may be asked for: an HTTP/1 connection without a request in
+    /// flight, not asked yet since its last request.
+    pub(super) fn parkable(&self) -> bool {
+        !self.h2.load(Ordering::Relaxed)
+            && !self.upgrade.load(Ordering::Acquire)
+            && !self.park.load(Ordering::Acquire)
+            && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    pub(super) fn park_due(&self, now: Instant) -> bool {
+        self.parkable()
+            && self.head_since.load(Ordering::Acquire) == UNSET
+            && now >= self.at(self.idle_since.load(Ordering::Acquire)) + PARK_AFTER
+    }
+
+    /// A read would block: true if hyper may be handed an end of file that
+    /// parks the connection (asked for, no request started or in flight,
+    /// the last response flushed, the last bytes read a complete head).
+    pub(super) fn may_park(&self, tail: &[u8; 4]) -> bool {
+        self.park.load(Ordering::Acquire)
+            && !self.h2.load(Ordering::Relaxed)
+            && !self.upgrade.load(Ordering::Acquire)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == UNSET
+            && self.flushed.load(Ordering::Acquire)
+            && tail == b"\r\n\r\n"
+    }
+
+    /// A parked connection got its next byte: a fresh hyper connection
+    /// serves it.
+    pub(super) fn resume(&self) {
+        self.park.store(false, Ordering::Release);
+        self.parked.store(false, Ordering::Release);
+        self.flushed.store(false, Ordering::Release);
+        self.on_read();
+    }
+
+    pub(super) fn head_expired(&self, now: Instant, timeout: Duration) -> bool {
+        match self.head_since.load(Ordering::Acquire) {
+            UNSET => false,
+            since => now >= self.at(since) + timeout,
+        }
+    }
+
+    pub(super) fn idle_expired(&self, now: Instant, timeout: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && now >= self.at(self.idle_since.load(Ordering::Acquire)) + timeout
+    }
+}
+
+impl Wake for ConnState {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+// === impl InFlight ===
+
+impl InFlight {
+    /// A request head is complete: its timer stops, the request counts.
+    pub(super) fn start(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.head_since.store(UNSET, Ordering::Release);
+        state.park.store(false, Ordering::Release);
+        state.flushed.store(false, Ordering::Release);
+        state.changed();
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.idle_since.store(s.now_ms(), Ordering::Release);
+        if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Only a flush after this point proves the response written.
+            s.flushed.store(false, Ordering::Release);
+            s.changed();
+        }
+    }
+}
+
+// === impl Watched ===
+
+impl<I> Watched<I> {
+    /// Bytes given to hyper: HTTP/2 detection, the head timer, the tail.
+    pub(super) fn on_bytes(&mut self, read: &[u8]) {
+        let have = self.prefix_len as usize;
+        if have < 4 {
+            let take = (4 - have).min(read.len());
+            self.prefix[have..have + take].copy_from_slice(&read[..take]);
+            self.prefix_len += take as u8;
+            // "PRI " starts the HTTP/2 preface and no HTTP/1 request.
+            if self.prefix_len == 4 && &self.prefix == b"PRI " {
+                self.state.set_h2();
+            }
+        }
+        if read.len() >= 4 {
+            self.tail.copy_from_slice(&read[read.len() - 4..]);
+        } else {
+            self.tail.rotate_left(read.len());
+            self.tail[4 - read.len()..].copy_from_slice(read);
+        }
+        self.state.on_read();
+    }
+}
+
+impl<I: Io> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = match self.first.take() {
+            Some(b) if buf.remaining() > 0 => {
+                buf.put_slice(&[b]);
+                Poll::Ready(Ok(()))
+            }
+            first => {
+                self.first = first;
+                let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+                Pin::new(&mut *io).poll_read(cx, buf)
+            }
+        };
+        let read = &buf.filled()[before..];
+        match polled {
+            Poll::Ready(Ok(())) if !read.is_empty() => {
+                self.on_bytes(read);
+                polled
+            }
+            Poll::Pending if self.state.may_park(&self.tail) => {
+                // An end of file: hyper ends its idle connection cleanly.
+                self.state.parked.store(true, Ordering::Release);
+                Poll::Ready(Ok(()))
+            }
+            polled => polled,
+        }
+    }
+}
+
+impl<I: Io> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        let io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = {
+            let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+            Pin::new(&mut *io).poll_flush(cx)
+        };
+        // hyper flushes the I/O only once its own buffer is written out.
+        if matches!(flushed, Poll::Ready(Ok(())))
+            && self.state.in_flight.load(Ordering::Acquire) == 0
+        {
+            self.state.flushed.store(true, Ordering::Release);
+        }
+        flushed
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A parked connection stays open without hyper.
+        if self.state.parked.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        Pin::new(&mut *io).poll_shutdown(cx)
+    }
+}

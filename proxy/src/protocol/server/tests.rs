@@ -1,0 +1,352 @@
+//! Tests of the connection server: limits, drain, parking.
+
+use super::*;
+use crate::error::ProxyError;
+use crate::Body;
+use http::{Request, Response};
+use tokio::io::{AsyncReadExt, DuplexStream};
+use tower::util::BoxCloneSyncService;
+
+fn ok() -> HttpSvc {
+    BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+        Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+    }))
+}
+
+fn limits() -> (HttpLimits, LimitMetrics) {
+    let metrics = LimitMetrics::register(&Registry::new()).unwrap();
+    let cfg = ConnectionLimits {
+        max_request_header_bytes: 8192,
+        header_read_timeout: 5_000,
+        idle_timeout: 60_000,
+        ..Default::default()
+    };
+    (HttpLimits::new(&cfg, metrics.for_listener("l")), metrics)
+}
+
+fn serve(server: DuplexStream, svc: HttpSvc, framed: Framed) -> tokio::task::JoinHandle<()> {
+    let (l, _) = limits();
+    serve_with(server, svc, framed, l)
+}
+
+fn serve_with(
+    server: DuplexStream,
+    svc: HttpSvc,
+    framed: Framed,
+    l: HttpLimits,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move { serve_http(server, svc, framed, &l, Drain::default()).await })
+}
+
+async fn read_all(io: &mut DuplexStream) -> String {
+    let mut out = Vec::new();
+    let _ = io.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_request_head_gets_408_at_the_timeout() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, ok(), Framed::Auto, l.clone());
+    client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let started = Instant::now();
+    // The client never finishes its head; the server answers and closes.
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(started.elapsed() >= l.header_read_timeout);
+    served.await.unwrap();
+    let c = metrics.for_listener("l");
+    assert_eq!(c.header_timeout.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, ok(), Framed::Http1, l.clone());
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Idle well past the header timeout: still open, a second request works.
+    tokio::time::sleep(l.header_read_timeout * 3).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // Past the idle timeout it is closed, without a 408.
+    let started = Instant::now();
+    let rest = read_all(&mut client).await;
+    assert_eq!(rest, "", "closed silently");
+    assert!(started.elapsed() >= l.idle_timeout);
+    served.await.unwrap();
+    let c = metrics.for_listener("l");
+    assert_eq!((c.idle_closed.get(), c.header_timeout.get()), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_http1_connection_is_parked_and_resumed() {
+    let (l, metrics) = limits();
+    let c = metrics.for_listener("l");
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, ok(), Framed::Auto, l.clone());
+    let mut buf = vec![0u8; 1024];
+    for parked in 1..=3 {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        assert!(buf[..n].ends_with(b"ok"), "{:?}", &buf[..n]);
+        tokio::time::sleep(PARK_AFTER * 2).await;
+        assert_eq!(c.parked.get(), parked);
+    }
+    // A resumed connection still has the head timer: a head started
+    // and not finished gets 408.
+    client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    served.await.unwrap();
+    assert_eq!((c.header_timeout.get(), c.idle_closed.get()), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipelined_partial_head_is_not_lost_to_parking() {
+    let (l, metrics) = limits();
+    let c = metrics.for_listener("l");
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    serve_with(server, ok(), Framed::Http1, l);
+    // The first request and the start of the second in one write.
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    // hyper holds the partial head: the connection is not parked.
+    tokio::time::sleep(PARK_AFTER * 2).await;
+    assert_eq!(c.parked.get(), 0);
+    client.write_all(b"st: a\r\n\r\n").await.unwrap();
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+    tokio::time::sleep(PARK_AFTER * 2).await;
+    assert_eq!(c.parked.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_connection_closes_at_the_drain() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let drain = Drain::default();
+    let d = drain.clone();
+    let served = tokio::spawn(async move {
+        serve_http(server, ok(), Framed::Auto, &l, d).await;
+    });
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(PARK_AFTER * 2).await;
+    assert_eq!(metrics.for_listener("l").parked.get(), 1);
+    drain.start();
+    assert_eq!(read_all(&mut client).await, "", "closed silently");
+    served.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_lets_the_request_in_flight_finish_then_closes() {
+    let (l, _) = limits();
+    let (called_tx, called) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let gates = Arc::new(Mutex::new(Some((called_tx, released))));
+    let svc = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+        let gate = gates.lock().unwrap().take();
+        async move {
+            if let Some((called, released)) = gate {
+                let _ = called.send(());
+                let _ = released.await;
+            }
+            Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+        }
+    }));
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let drain = Drain::default();
+    let d = drain.clone();
+    let served = tokio::spawn(async move {
+        serve_http(server, svc, Framed::Http1, &l, d).await;
+    });
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    called.await.unwrap();
+    drain.start();
+    release.send(()).unwrap();
+    // The answer still comes, then the connection closes.
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+    served.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_stream_ending_in_its_own_task_starts_the_idle_timer() {
+    let (l, metrics) = limits();
+    // Answered after the idle timeout: the watcher's timer has fired
+    // (and found a request in flight, so it is not set) before the
+    // stream ends, in the stream's own task; the timer must be set
+    // again from there.
+    let slow = BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+    }));
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, slow, Framed::Http2, l.clone());
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Body>(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("http://a/")
+        .body(crate::body::empty())
+        .unwrap();
+    let rsp = sender.send_request(req).await.unwrap();
+    let body = http_body_util::BodyExt::collect(rsp.into_body()).await;
+    assert_eq!(body.unwrap().to_bytes(), "ok");
+    let ended = Instant::now();
+    tokio::time::timeout(l.idle_timeout * 2, served)
+        .await
+        .expect("closed by the idle timeout")
+        .unwrap();
+    assert!(ended.elapsed() >= l.idle_timeout - Duration::from_millis(1));
+    assert_eq!(metrics.for_listener("l").idle_closed.get(), 1);
+    drop(sender);
+}
+
+#[test]
+fn the_connection_future_is_small() {
+    let (l, _) = limits();
+    let (_client, server) = tokio::io::duplex(1024);
+    let fut = serve_http(server, ok(), Framed::Auto, &l, Drain::default());
+    let (_client, server) = tokio::io::duplex(1024);
+    let (state, drain) = (Arc::new(ConnState::new(false)), Drain::default());
+    let watched = Watched {
+        io: Arc::new(Mutex::new(server)),
+        state: state.clone(),
+        prefix: [0; 4],
+        prefix_len: 0,
+        first: None,
+        tail: [0; 4],
+    };
+    let run = run(watched, ok(), Framed::Auto, &l, &state, &drain);
+    println!(
+        "serve_http future: {} bytes; hyper's connection (boxed, freed while parked): {} bytes",
+        std::mem::size_of_val(&fut),
+        std::mem::size_of_val(&run)
+    );
+    // hyper's connection lives in its own allocation, not in every
+    // connection's task.
+    assert!(std::mem::size_of_val(&fut) < 1024);
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(256 * 1024);
+    serve_with(server, ok(), Framed::Auto, l);
+    let big = "x".repeat(20_000);
+    let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    client.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let c = metrics.for_listener("l");
+    assert_eq!(c.header_too_large.get(), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_http2_header_list_gets_431() {
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    serve(server, ok(), Framed::Auto);
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Body>(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let small = Request::get("http://a/")
+        .body(crate::body::empty())
+        .unwrap();
+    let rsp = sender.send_request(small).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    let big = Request::get("http://a/")
+        .header("x-big", "x".repeat(20_000))
+        .body(crate::body::empty())
+        .unwrap();
+    match sender.send_request(big).await {
+        Ok(rsp) => assert_eq!(rsp.status(), 431),
+        Err(e) => panic!("expected a 431 answer, got {e}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_complete_request_is_served() {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    serve(server, ok(), Framed::Auto);
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_error_answer_to_an_unread_body_says_connection_close() {
+    let failing = BoxCloneSyncService::new(tower::service_fn(|_req: Request<Body>| async {
+        Err::<Response<Body>, _>(ProxyError::NoHealthyUpstream {
+            cluster: "c".into(),
+        })
+    }));
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    serve(server, failing, Framed::Http1);
+    // The body is announced but not sent yet: the proxy answers first.
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nab")
+        .await
+        .unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_error_answer_after_the_whole_body_keeps_the_connection() {
+    let failing = BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| async {
+        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+        Err::<Response<Body>, _>(ProxyError::NoHealthyUpstream {
+            cluster: "c".into(),
+        })
+    }));
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    serve(server, failing, Framed::Http1);
+    client
+        .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nab")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = client.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(!answer.contains("connection: close"), "{answer}");
+}
