@@ -226,7 +226,9 @@ async fn plaintext_to_a_strict_port_is_rejected() {
         if failures >= 1.0 {
             Ok(())
         } else {
-            Err(format!("no inbound handshake failure counted yet:\n{metrics}"))
+            Err(format!(
+                "no inbound handshake failure counted yet:\n{metrics}"
+            ))
         }
     })
     .await;
