@@ -156,6 +156,18 @@ const BYTE_BUCKETS: [f64; 9] = [
 ];
 const TCP_LABELS: [&str; 2] = ["reporter", "destination_service"];
 
+/// A counter family, registered in `registry`.
+pub fn register_counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 /// The `destination_service` label for service key `name.namespace`:
 /// Istio's host form, `name.namespace.svc.cluster.local`, shared by HTTP and
 /// TCP metrics so dashboards join them.
@@ -370,9 +382,7 @@ impl ResilienceMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
+            crate::telemetry::register_counter_vec(registry, name, help, labels)
         };
         Ok(Self {
             retries: counter(

@@ -247,9 +247,7 @@ impl GatewayMetrics {
     /// Registers the metrics.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
+            crate::telemetry::register_counter_vec(registry, name, help, labels)
         };
         let connections = IntGaugeVec::new(
             Opts::new(

@@ -36,7 +36,7 @@ use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
 use crate::stack::{self, HttpSvc};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Registry};
 use sane_xds_proto::ConnectionLimits;
 use std::convert::Infallible;
 use std::future::Future;
@@ -372,9 +372,7 @@ impl LimitMetrics {
     /// Registers the counters in `registry`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok::<_, prometheus::Error>(c)
+            crate::telemetry::register_counter_vec(registry, name, help, labels)
         };
         Ok(Self {
             connections_rejected: counter(
