@@ -224,9 +224,10 @@ pub struct AcceptLimits {
 /// Accepts on `socket` until the drain starts. Each accepted connection
 /// within `limits` goes to the next worker ([`crate::workers`]), where
 /// `serve` runs; its future (if it returns one) runs there, in a task the
-/// drain tracks, and holds the connection's slot until it ends. A connection beyond `max_connections` is closed at once and
-/// counted; accept errors (out of file descriptors) back off briefly
-/// instead of spinning.
+/// drain tracks, and holds the connection's slot until it ends. A
+/// connection beyond `max_connections` is closed at once and counted;
+/// accept errors (out of file descriptors) back off briefly instead of
+/// spinning.
 pub async fn accept_loop<F, Fut>(
     socket: &TcpListener,
     name: &str,
