@@ -128,9 +128,7 @@ fn main() -> Result<()> {
         .filter(|k| {
             args.only.is_empty() || args.only.iter().any(|o| k.name().starts_with(o.as_str()))
         })
-        .filter(|k| {
-            !(args.no_tracing && matches!(k, PeerKind::SaneTraced | PeerKind::SaneTracedReachable))
-        })
+        .filter(|k| !(args.no_tracing && k.collector().is_some()))
         .collect();
 
     let mut results = Results::new(meta(&repo, &args, rounds, &plan), commands(&args, &plan));
