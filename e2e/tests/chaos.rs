@@ -736,7 +736,7 @@ fn a_sidecar_restarted_under_load_fails_requests_clearly_and_recovers() {
         // 503 before reading its body, then closes that client connection;
         // a pooled client that picked the connection up again in the
         // meantime sees it closed without an answer (an immediate error,
-        // never a hang). See the README's chaos section.
+        // never a hang). See docs/testing.md's chaos section.
         let mut accepted = GATEWAY_STATUSES.to_vec();
         accepted.push(NO_RESPONSE);
         assert_sane(TEST, &report, &accepted);

@@ -2,7 +2,7 @@
 //! (installed by `scripts/tls-audit-deps.sh`) scans a sidecar's inbound
 //! mutual TLS port. No protocol older than TLS 1.2 may be accepted, and
 //! every accepted cipher suite must be an ECDHE (TLS 1.2) or TLS 1.3 AEAD
-//! suite. The scanner's report is printed, for the README.
+//! suite. The scanner's report is printed, for docs/security.md.
 //!
 //! Without `sslscan` (and no way to install it) the test prints `SKIPPED`;
 //! under `CI=true` it fails instead.
