@@ -81,14 +81,31 @@ impl Prometheus {
     /// addresses, `/metrics`) every second as job `sane`, with its data in
     /// `dir`. Returns once its HTTP API answers `/-/ready`.
     pub async fn start(bin: &Path, dir: &Path, targets: &[SocketAddr]) -> Prometheus {
+        Prometheus::start_with_rules(bin, dir, targets, &[]).await
+    }
+
+    /// [`Prometheus::start`], also evaluating the rule files `rules`
+    /// (recording and alerting rules) every second.
+    pub async fn start_with_rules(
+        bin: &Path,
+        dir: &Path,
+        targets: &[SocketAddr],
+        rules: &[PathBuf],
+    ) -> Prometheus {
         let config = dir.join("prometheus.yml");
         let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let rule_files: Vec<String> = rules
+            .iter()
+            .map(|r| format!("\"{}\"", r.display()))
+            .collect();
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: [{}]\n\
                  scrape_configs:\n  - job_name: sane\n    metrics_path: /metrics\n    \
                  static_configs:\n      - targets: [{}]\n",
+                rule_files.join(", "),
                 list.join(", ")
             ),
         )
