@@ -3,7 +3,9 @@
 //! sidecars with mTLS and xDS, sample services), carry every kind of
 //! traffic without a failure, and stop everything cleanly.
 
-use sane_e2e::harness::{bins_for, eventually, eventually_blocking, Proc, Signal};
+use sane_e2e::harness::{
+    bins_for, eventually, eventually_blocking, Proc, Signal, PACKAGES, PREBUILT_NAMES,
+};
 use std::time::{Duration, Instant};
 
 /// Start (binaries already built), a short run, and an orderly stop.
@@ -32,6 +34,17 @@ impl Demo {
         Demo {
             // Share the test build instead of building the binaries alone.
             proc: Proc::spawn("sane-demo", bin, args, &[("SANE_E2E_BUILD", "tests")]),
+        }
+    }
+
+    /// Starts a copy of `sane-demo` placed in `dir` (with whatever binaries
+    /// the test put beside it), as a plain binary: `CARGO` is emptied, as
+    /// outside cargo.
+    fn start_copied(dir: &std::path::Path, args: &[&str]) -> Demo {
+        let bin = dir.join("sane-demo");
+        std::fs::copy(env!("CARGO_BIN_EXE_sane-demo"), &bin).expect("copying sane-demo");
+        Demo {
+            proc: Proc::spawn("sane-demo", &bin, args, &[("CARGO", "")]),
         }
     }
 
@@ -146,4 +159,42 @@ async fn sigterm_stops_the_demo_and_every_process_in_order() {
     assert_eq!(code, Some(0), "{stdout}\n{}", demo.proc.stderr());
     assert!(stdout.contains("SIGTERM; stopping"), "{stdout}");
     assert_clean_run(&stdout);
+}
+
+/// A copied `sane-demo` runs the release-style binaries next to it and
+/// builds nothing (there is no source tree where it was copied to).
+#[tokio::test]
+async fn a_copied_demo_runs_the_binaries_beside_it_without_cargo() {
+    let built = tokio::task::spawn_blocking(|| bins_for(PACKAGES).to_path_buf())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in PREBUILT_NAMES {
+        std::fs::copy(built.join(name), dir.path().join(name)).expect("copying a binary");
+    }
+    let demo = Demo::start_copied(dir.path(), &["--duration", "3s"]);
+    let code = demo.exit_code(RUN_DEADLINE).await;
+    let stdout = demo.proc.stdout();
+    let stderr = demo.proc.stderr();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("building the workspace"), "{stderr}");
+    assert_clean_run(&stdout);
+}
+
+/// Without the other binaries beside it (and no `--bin-dir`), a copied
+/// `sane-demo` says which are missing and exits 1.
+#[tokio::test]
+async fn a_copied_demo_without_its_binaries_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start_copied(dir.path(), &["--duration", "1s"]);
+    let code = demo.exit_code(STOP_DEADLINE).await;
+    let stderr = demo.proc.stderr();
+    assert_eq!(code, Some(1), "{stderr}");
+    for name in PREBUILT_NAMES {
+        assert!(
+            stderr.contains(&format!("/{name}")),
+            "{name} not named: {stderr}"
+        );
+    }
+    assert!(stderr.contains("--bin-dir"), "{stderr}");
 }

@@ -17,6 +17,10 @@
 //! the three packages, minutes faster on a fresh machine. The environment
 //! variable `SANE_E2E_BUILD` (`tests` or `bins`) overrides the choice; the
 //! demo's own test sets `tests` so it shares the test build.
+//!
+//! A copied or installed `sane-demo` is not in a cargo target directory and
+//! has no source tree to build: [`use_prebuilt`] points the harness at a
+//! directory of release binaries instead, and nothing is built.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -41,6 +45,43 @@ static PREFER_BINARIES: std::sync::atomic::AtomicBool = std::sync::atomic::Atomi
 /// first build).
 pub fn prefer_binaries_only() {
     PREFER_BINARIES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+static PREBUILT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Uses the binaries in `dir` as they are: no cargo build at all. Fails,
+/// naming the missing files, unless `dir` holds `sane-proxy`,
+/// `sane-control-plane`, `sanectl` and `sane-echo`. Call before the first
+/// build.
+pub fn use_prebuilt(dir: &Path) -> Result<(), String> {
+    let missing: Vec<String> = PREBUILT_NAMES
+        .iter()
+        .map(|n| dir.join(format!("{n}{}", std::env::consts::EXE_SUFFIX)))
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{} does not hold the mesh binaries: missing {}",
+            dir.display(),
+            missing.join(", ")
+        ));
+    }
+    PREBUILT
+        .set(dir.to_path_buf())
+        .map_err(|_| "the binary directory is already chosen".to_string())
+}
+
+/// The binaries a prebuilt directory must hold.
+pub const PREBUILT_NAMES: &[&str] = &["sane-proxy", "sane-control-plane", "sanectl", "sane-echo"];
+
+/// Where the binaries are: the prebuilt directory, or this build's profile
+/// directory.
+fn bin_dir() -> &'static Path {
+    match PREBUILT.get() {
+        Some(dir) => dir,
+        None => &layout().profile_dir,
+    }
 }
 
 fn build_mode() -> BuildMode {
@@ -79,10 +120,10 @@ struct Layout {
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        bins_for(PACKAGES);
+        let dir = bins_for(PACKAGES);
         Bins {
-            proxy: existing(&layout().profile_dir, "sane-proxy"),
-            echo: existing(&layout().profile_dir, "sane-echo"),
+            proxy: existing(dir, "sane-proxy"),
+            echo: existing(dir, "sane-echo"),
         }
     })
 }
@@ -91,7 +132,7 @@ pub fn bins() -> &'static Bins {
 /// `name`, e.g. `bin("sane-control-plane")`.
 pub fn bin(name: &str) -> PathBuf {
     bins();
-    existing(&layout().profile_dir, name)
+    existing(bin_dir(), name)
 }
 
 /// `sane-echo`.
@@ -104,6 +145,9 @@ pub fn echo_bin() -> PathBuf {
 /// binaries of `packages` are in. Concurrent callers wait for one another
 /// rather than race cargo.
 pub fn bins_for(packages: &[&str]) -> &'static Path {
+    if let Some(dir) = PREBUILT.get() {
+        return dir;
+    }
     static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
     if !*built {

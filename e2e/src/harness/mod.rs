@@ -37,7 +37,8 @@ mod two_hop;
 
 pub use app::{echo_service, EchoAddrs, EchoApp, GRPC_PORT, HTTP_PORT, TCP_PORT};
 pub use binaries::{
-    bin, bins, bins_for, echo_bin, prefer_binaries_only, workspace_root, Bins, BuildMode, PACKAGES,
+    bin, bins, bins_for, echo_bin, prefer_binaries_only, use_prebuilt, workspace_root, Bins,
+    BuildMode, PACKAGES, PREBUILT_NAMES,
 };
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
