@@ -31,6 +31,7 @@ pub mod registry;
 pub mod resource;
 pub mod status;
 pub mod store;
+pub mod ui;
 pub mod xds;
 
 pub use error::Error;
@@ -92,6 +93,9 @@ pub struct Config {
     /// webhook ([`k8s`]). Default: none.
     #[cfg(feature = "kubernetes")]
     pub kubernetes: Option<k8s::KubernetesConfig>,
+    /// The Prometheus that scrapes the proxies (`http://host:port`), read by
+    /// the web view `/ui` for its graph's edges. Default: none.
+    pub prometheus_url: Option<String>,
 }
 
 /// The control plane with its listeners bound and its state loaded.
@@ -137,6 +141,7 @@ impl Default for Config {
             retiring_root: None,
             #[cfg(feature = "kubernetes")]
             kubernetes: None,
+            prometheus_url: None,
         }
     }
 }
@@ -158,7 +163,8 @@ impl fmt::Debug for Config {
             .field("cert_ttl", &self.cert_ttl)
             .field("max_cert_ttl", &self.max_cert_ttl)
             .field("ca_files", &self.ca_files)
-            .field("retiring_root", &self.retiring_root);
+            .field("retiring_root", &self.retiring_root)
+            .field("prometheus_url", &self.prometheus_url);
         #[cfg(feature = "kubernetes")]
         d.field("kubernetes", &self.kubernetes);
         d.finish()
@@ -242,6 +248,10 @@ pub async fn build(
         body_limit: config.body_limit,
         workload_tokens,
         trust_domain: config.trust_domain.clone(),
+        prometheus: config
+            .prometheus_url
+            .as_deref()
+            .map(ui::prometheus::PromClient::new),
     };
     tracing::info!(
         revision = registry.revision(),

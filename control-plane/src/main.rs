@@ -49,6 +49,10 @@ struct Args {
     /// Largest accepted API request body, in bytes.
     #[arg(long, default_value_t = sane_control_plane::api::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
+    /// The Prometheus that scrapes the proxies (`http://host:port`): the web
+    /// view `/ui` draws its graph's edges from it.
+    #[arg(long, env = "SANE_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
     /// Trust domain of the mesh CA (SPIFFE ids are spiffe://<this>/ns/…/sa/…).
     #[arg(long, env = "SANE_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -114,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "kubernetes")]
         kubernetes,
         body_limit: args.max_body_bytes,
+        prometheus_url: args.prometheus_url,
         ..Config::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -142,6 +142,7 @@ pub async fn build(
         issuer.is_some(),
         tls::TlsMetrics::register(&registry)?,
     ));
+    let node = bootstrap.node.clone();
     let snapshot = Snapshot::compile(bootstrap, 1, None, &origin)?;
     let (admin_socket, admin_addr) = listener::bind_tcp("admin", &admin_address)?;
     let intercepted = transparent::InterceptMetrics::register(&registry)?;
@@ -151,6 +152,7 @@ pub async fn build(
         .map(|l| BoundListener::bind(l, &intercepted))
         .collect::<Result<Vec<_>, _>>()?;
     let metrics = Metrics::register(&registry)?;
+    telemetry::register_proxy_info(&registry, &node)?;
     metrics.config_version.set(snapshot.version as i64);
     let config = Arc::new(ConfigStore::new(snapshot, config_path));
     let drain = Drain::default();

@@ -156,6 +156,25 @@ const BYTE_BUCKETS: [f64; 9] = [
 ];
 const TCP_LABELS: [&str; 2] = ["reporter", "destination_service"];
 
+/// Registers `sane_proxy_info{node, namespace, workload} 1`: which proxy a
+/// scrape target is, so dashboards and the control plane's `/ui` can join
+/// the proxy's other series (certificate expiry, sync state) to its node id.
+pub fn register_proxy_info(
+    registry: &Registry,
+    node: &sane_xds_proto::Node,
+) -> Result<(), prometheus::Error> {
+    let info = IntGaugeVec::new(
+        Opts::new(
+            "sane_proxy_info",
+            "Always 1; labels name the proxy (node id, namespace, workload).",
+        ),
+        &["node", "namespace", "workload"],
+    )?;
+    info.with_label_values(&[&node.id, &node.namespace, &node.workload])
+        .set(1);
+    registry.register(Box::new(info))
+}
+
 /// A counter family, registered in `registry`.
 pub fn register_counter_vec(
     registry: &Registry,

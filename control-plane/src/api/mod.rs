@@ -48,6 +48,8 @@ pub struct ApiState {
     pub workload_tokens: Arc<crate::ca::tokens::WorkloadTokens>,
     /// Trust domain of the CA (to report the identity a token grants).
     pub trust_domain: String,
+    /// Where `/ui` reads the proxies' metrics. Default: none.
+    pub prometheus: Option<crate::ui::prometheus::PromClient>,
 }
 
 /// An error response: status and `{"error": ..., "fields": [...]}`.
@@ -75,6 +77,7 @@ pub fn router(state: ApiState) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(metrics))
+        .route("/ui", get(crate::ui::page))
         .nest("/api/v1", api)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
             ApiError::new(

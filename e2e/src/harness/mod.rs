@@ -9,6 +9,7 @@
 //!   condition with a deadline and is the only way tests poll.
 //! * [`OtlpReceiver`] receives the spans proxies export (OTLP/gRPC).
 //! * [`Prometheus`] runs a real Prometheus server scraping sidecars.
+//! * [`browser::Browser`] drives headless Chromium over DevTools.
 //! * [`Curl`] is the outside client of the gateway tests (TLS, SNI,
 //!   `--resolve`).
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
@@ -19,6 +20,7 @@
 
 mod app;
 mod binaries;
+pub mod browser;
 mod control_plane;
 mod control_plane_client;
 mod curl;

@@ -20,6 +20,9 @@ pub struct Prometheus {
     pub addr: SocketAddr,
     /// The process.
     pub proc: Proc,
+    /// The file-discovery target list, when started by
+    /// [`Prometheus::start_discovering`].
+    targets_file: Option<PathBuf>,
 }
 
 /// `scripts/prometheus-test-deps.sh`.
@@ -92,8 +95,46 @@ impl Prometheus {
         targets: &[SocketAddr],
         rules: &[PathBuf],
     ) -> Prometheus {
-        let config = dir.join("prometheus.yml");
         let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let targets = format!("static_configs:\n      - targets: [{}]\n", list.join(", "));
+        Prometheus::start_config(bin, dir, &targets, rules, None).await
+    }
+
+    /// Starts Prometheus before its targets are known: it scrapes whatever
+    /// [`Prometheus::set_targets`] lists later (file-based discovery, which
+    /// Prometheus watches), evaluating `rules`.
+    pub async fn start_discovering(bin: &Path, dir: &Path, rules: &[PathBuf]) -> Prometheus {
+        let file = dir.join("targets.json");
+        std::fs::write(&file, "[]").expect("writing targets.json");
+        let targets = format!(
+            "file_sd_configs:\n      - files: [\"{}\"]\n        refresh_interval: 1s\n",
+            file.display()
+        );
+        Prometheus::start_config(bin, dir, &targets, rules, Some(file)).await
+    }
+
+    /// Replaces the scraped targets (after [`Prometheus::start_discovering`]).
+    pub fn set_targets(&self, targets: &[SocketAddr]) {
+        let file = self
+            .targets_file
+            .as_ref()
+            .expect("set_targets needs start_discovering");
+        let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+        let json = serde_json::json!([{ "targets": list }]).to_string();
+        // Written whole and renamed, so Prometheus never reads half a list.
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, json).expect("writing targets");
+        std::fs::rename(&tmp, file).expect("replacing targets.json");
+    }
+
+    async fn start_config(
+        bin: &Path,
+        dir: &Path,
+        targets: &str,
+        rules: &[PathBuf],
+        targets_file: Option<PathBuf>,
+    ) -> Prometheus {
+        let config = dir.join("prometheus.yml");
         let rule_files: Vec<String> = rules
             .iter()
             .map(|r| format!("\"{}\"", r.display()))
@@ -104,9 +145,8 @@ impl Prometheus {
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
                  rule_files: [{}]\n\
                  scrape_configs:\n  - job_name: sane\n    metrics_path: /metrics\n    \
-                 static_configs:\n      - targets: [{}]\n",
+                 {targets}",
                 rule_files.join(", "),
-                list.join(", ")
             ),
         )
         .expect("writing prometheus.yml");
@@ -130,7 +170,11 @@ impl Prometheus {
             }
         })
         .await;
-        Prometheus { addr, proc }
+        Prometheus {
+            addr,
+            proc,
+            targets_file,
+        }
     }
 
     /// Runs an instant PromQL query; returns each sample's labels and value.
