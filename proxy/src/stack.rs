@@ -422,7 +422,7 @@ async fn splice(
 
 /// A response body that keeps its endpoint counted as busy until it ends.
 struct GuardedBody {
-    inner: Incoming,
+    inner: crate::upstream::UpstreamBody,
     _guard: Option<InFlight>,
 }
 
