@@ -155,7 +155,9 @@ fn still_open(conns: &mut [std::net::TcpStream]) -> usize {
     let mut buf = [0u8; 1];
     conns
         .iter_mut()
-        .filter(|s| matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock))
+        .filter(
+            |s| matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        )
         .count()
 }
 
@@ -208,7 +210,9 @@ async fn silent_connections_and_slow_bodies_are_closed_while_new_requests_keep_f
         std::future::ready(if remaining == 0 {
             Ok(())
         } else {
-            Err(format!("{remaining} of {SILENT} silent connections still open"))
+            Err(format!(
+                "{remaining} of {SILENT} silent connections still open"
+            ))
         })
     })
     .await;

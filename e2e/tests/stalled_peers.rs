@@ -128,9 +128,7 @@ async fn clients_that_stop_reading_do_not_freeze_other_requests_to_the_same_peer
     let client = mesh.http1();
     // The path works before anything stalls.
     eventually(DEADLINE, || async {
-        send(&client, get(&TwoHop::url("/")))
-            .await
-            .map(|_| ())
+        send(&client, get(&TwoHop::url("/"))).await.map(|_| ())
     })
     .await;
 

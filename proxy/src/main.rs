@@ -164,7 +164,10 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|l| u64::from(l.limits().max_connections()))
         .sum::<u64>()
-        + bootstrap.gateway.as_ref().map_or(0, |g| g.listeners.len() as u64)
+        + bootstrap
+            .gateway
+            .as_ref()
+            .map_or(0, |g| g.listeners.len() as u64)
             * u64::from(sane_xds_proto::DEFAULT_MAX_CONNECTIONS);
     raise_open_file_limit(wanted);
     let (rt, workers) = runtime(args.workers)?;
@@ -218,7 +221,6 @@ fn raise_open_file_limit(listener_connections: u64) {
         tracing::debug!(limit, "open file limit");
     }
 }
-
 
 /// The main runtime, and `workers - 1` more worker threads (default: one
 /// worker per core). Every worker runs tokio's current-thread scheduler and

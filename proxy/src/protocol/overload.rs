@@ -103,7 +103,7 @@ impl Overload {
         let max = max.max(1);
         Self {
             max,
-            threshold: max * threshold_percent.min(100) as usize / 100,
+            threshold: (max as u128 * u128::from(threshold_percent.min(100)) / 100) as usize,
             open: AtomicUsize::new(0),
             level: AtomicU32::new(0),
             changed: Notify::new(),

@@ -55,7 +55,9 @@ pub(super) struct DeadlineBody {
     inner: Incoming,
     limits: BodyLimits,
     watch: Arc<BodyWatch>,
-    started: Instant,
+    /// The first time the body was asked for (a client expecting `100
+    /// continue` only starts then), and the last byte since.
+    started: Option<Instant>,
     last: Instant,
     received: u64,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -65,13 +67,12 @@ pub(super) struct DeadlineBody {
 
 impl DeadlineBody {
     pub(super) fn new(inner: Incoming, limits: BodyLimits, watch: Arc<BodyWatch>) -> Self {
-        let now = Instant::now();
         Self {
             inner,
             limits,
             watch,
-            started: now,
-            last: now,
+            started: None,
+            last: Instant::now(),
             received: 0,
             sleep: None,
         }
@@ -80,16 +81,16 @@ impl DeadlineBody {
     /// The later of "grace after the last byte" and "grace plus the bytes'
     /// worth of time at the minimum rate after the start", whichever is
     /// earlier: no gap longer than the grace, and the average rate kept.
-    fn deadline(&self) -> Instant {
+    fn deadline(&self, started: Instant) -> Instant {
         let grace = self.limits.overload.scaled(self.limits.grace);
         let earned = Duration::from_secs_f64(self.received as f64 / self.limits.min_rate as f64);
-        (self.started + grace + earned).min(self.last + grace)
+        (started + grace + earned).min(self.last + grace)
     }
 
-    fn too_slow(&self, now: Instant) -> BodyTooSlow {
+    fn too_slow(&self, started: Instant, now: Instant) -> BodyTooSlow {
         BodyTooSlow {
             received: self.received,
-            elapsed_ms: now.duration_since(self.started).as_millis() as u64,
+            elapsed_ms: now.duration_since(started).as_millis() as u64,
             grace_ms: self.limits.overload.scaled(self.limits.grace).as_millis() as u64,
             min_rate: self.limits.min_rate,
         }
@@ -105,6 +106,11 @@ impl HttpBody for DeadlineBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        let started = *this.started.get_or_insert_with(|| {
+            let now = Instant::now();
+            this.last = now;
+            now
+        });
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -122,11 +128,11 @@ impl HttpBody for DeadlineBody {
             return Poll::Pending;
         }
         loop {
-            let deadline = this.deadline();
+            let deadline = this.deadline(started);
             let now = Instant::now();
             if now >= deadline {
                 this.watch.timed_out.store(true, Ordering::Release);
-                return Poll::Ready(Some(Err(Box::new(this.too_slow(now)))));
+                return Poll::Ready(Some(Err(Box::new(this.too_slow(started, now)))));
             }
             let sleep = match &mut this.sleep {
                 Some(s) => {
@@ -135,7 +141,9 @@ impl HttpBody for DeadlineBody {
                     }
                     s
                 }
-                None => this.sleep.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                None => this
+                    .sleep
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
             };
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;

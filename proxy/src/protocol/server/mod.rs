@@ -40,11 +40,11 @@ mod state;
 
 use self::body_deadline::{BodyLimits, BodyWatch, DeadlineBody};
 use self::state::{ConnState, InFlight, Watched};
-use crate::error::ProxyError;
-use crate::protocol::overload::Overload;
 use crate::drain::Drain;
+use crate::error::ProxyError;
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
+use crate::protocol::overload::Overload;
 use crate::stack::{self, HttpSvc};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec, Registry};
@@ -528,9 +528,7 @@ impl LimitMetrics {
             first_byte_timeout: self
                 .silent_closed
                 .with_label_values(&[listener, "first_byte_timeout"]),
-            silent_evicted: self
-                .silent_closed
-                .with_label_values(&[listener, "evicted"]),
+            silent_evicted: self.silent_closed.with_label_values(&[listener, "evicted"]),
         }
     }
 }
