@@ -151,13 +151,14 @@ fn open_silent(addr: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
 }
 
 /// How many of `conns` are still open (a read would block).
-fn still_open(conns: &mut [std::net::TcpStream]) -> usize {
+fn still_open(conns: &[std::net::TcpStream]) -> usize {
     let mut buf = [0u8; 1];
     conns
-        .iter_mut()
-        .filter(
-            |s| matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        )
+        .iter()
+        .filter(|s| {
+            let mut s: &std::net::TcpStream = s;
+            matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
         .count()
 }
 
@@ -197,7 +198,7 @@ async fn silent_connections_and_slow_bodies_are_closed_while_new_requests_keep_f
         .map(|_| tokio::spawn(slow_post(outbound)))
         .collect();
     let flood_started = Instant::now();
-    let mut silent = tokio::task::spawn_blocking(move || open_silent(outbound, SILENT))
+    let silent = tokio::task::spawn_blocking(move || open_silent(outbound, SILENT))
         .await
         .unwrap();
     let opened_in = flood_started.elapsed();
@@ -206,7 +207,7 @@ async fn silent_connections_and_slow_bodies_are_closed_while_new_requests_keep_f
     // shrunk under pressure, or evicted to admit a newer connection).
     let mut remaining = SILENT;
     eventually(DEADLINE, || {
-        remaining = still_open(&mut silent);
+        remaining = still_open(&silent);
         std::future::ready(if remaining == 0 {
             Ok(())
         } else {

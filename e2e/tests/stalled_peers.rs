@@ -10,7 +10,6 @@
 
 use sane_e2e::harness::http::{get, send};
 use sane_e2e::harness::{eventually, TwoHop};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,48 +61,73 @@ async fn stalled_download(outbound: SocketAddr) -> Result<TcpStream, String> {
     Ok(s)
 }
 
-/// Bytes queued (`tx_queue` + `rx_queue`) on every TCP socket of this host,
-/// by local port, from `/proc/net/tcp`.
-fn tcp_queues() -> Result<HashMap<u16, (u64, u64)>, String> {
+/// One TCP socket of this host, from `/proc/net/tcp`.
+#[derive(Clone, Copy, Debug)]
+struct TcpRow {
+    local_port: u16,
+    remote_port: u16,
+    /// Bytes written and not yet acknowledged by the peer.
+    tx_queue: u64,
+    /// Bytes received and not yet read.
+    rx_queue: u64,
+}
+
+fn tcp_rows() -> Result<Vec<TcpRow>, String> {
     let text =
         std::fs::read_to_string("/proc/net/tcp").map_err(|e| format!("/proc/net/tcp: {e}"))?;
-    let mut out = HashMap::new();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut out = Vec::new();
     for line in text.lines().skip(1) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(queues)) = (fields.get(1), fields.get(4)) else {
+        let (Some(local), Some(remote), Some(queues)) =
+            (fields.get(1), fields.get(2), fields.get(4))
+        else {
             continue;
         };
-        let port = local
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
         let (tx, rx) = queues.split_once(':').unwrap_or(("0", "0"));
-        let (tx, rx) = (
-            u64::from_str_radix(tx, 16).unwrap_or(0),
-            u64::from_str_radix(rx, 16).unwrap_or(0),
-        );
-        if let Some(port) = port {
-            out.insert(port, (tx, rx));
+        if let (Some(local_port), Some(remote_port)) = (port(local), port(remote)) {
+            out.push(TcpRow {
+                local_port,
+                remote_port,
+                tx_queue: u64::from_str_radix(tx, 16).unwrap_or(0),
+                rx_queue: u64::from_str_radix(rx, 16).unwrap_or(0),
+            });
         }
     }
     Ok(out)
 }
 
-/// Bytes waiting in the receive queues of the sockets on `ports`, once
-/// every one has some and the total is the same as at the last sample, at
-/// least 500 ms before (kept in `last`).
-fn settled(ports: &[u16], last: &mut Option<(Instant, u64)>) -> Result<u64, String> {
-    let queues = tcp_queues()?;
+/// Bytes waiting at the stalled downloads: in their receive queues and in
+/// the proxy's send queues towards them. Ready once every download has
+/// unread bytes and the total is the same as at the last sample, at least
+/// 500 ms before (kept in `last`): nothing moves any more, so the proxy
+/// stopped reading those streams and their windows are full.
+fn settled(
+    ports: &[u16],
+    proxy_port: u16,
+    last: &mut Option<(Instant, u64)>,
+) -> Result<u64, String> {
+    let rows = tcp_rows()?;
     let mut total = 0;
     for port in ports {
-        let (_, rx) = queues
-            .get(port)
-            .copied()
+        let rx = rows
+            .iter()
+            .find(|r| r.local_port == *port && r.remote_port == proxy_port)
+            .map(|r| r.rx_queue)
             .ok_or_else(|| format!("no socket with local port {port}"))?;
         if rx == 0 {
             return Err(format!("download on port {port} has nothing queued yet"));
         }
-        total += rx;
+        let tx: u64 = rows
+            .iter()
+            .filter(|r| r.local_port == proxy_port && r.remote_port == *port)
+            .map(|r| r.tx_queue)
+            .sum();
+        total += rx + tx;
     }
     let now = Instant::now();
     match *last {
@@ -148,7 +172,10 @@ async fn clients_that_stop_reading_do_not_freeze_other_requests_to_the_same_peer
     // the queues stopped growing (sampled at least 500 ms apart), so the
     // windows behind them are full.
     let mut last = None;
-    let queued = eventually(DEADLINE, || std::future::ready(settled(&ports, &mut last))).await;
+    let queued = eventually(DEADLINE, || {
+        std::future::ready(settled(&ports, outbound.port(), &mut last))
+    })
+    .await;
     println!("stalled peers: {STALLED} downloads stalled, {queued} bytes queued at the clients");
 
     // The steady loop: every request must succeed, promptly.
@@ -191,10 +218,13 @@ async fn clients_that_stop_reading_do_not_freeze_other_requests_to_the_same_peer
 
     // The downloads were stalled the whole time, not finished: each still
     // has unread bytes waiting.
-    let queues = tcp_queues().expect("reading /proc/net/tcp");
+    let rows = tcp_rows().expect("reading /proc/net/tcp");
     let still = ports
         .iter()
-        .filter(|p| queues.get(p).is_some_and(|(_, rx)| *rx > 0))
+        .filter(|p| {
+            rows.iter()
+                .any(|r| r.local_port == **p && r.remote_port == outbound.port() && r.rx_queue > 0)
+        })
         .count();
     assert_eq!(still, STALLED, "some stalled downloads ended early");
     drop(stalled);

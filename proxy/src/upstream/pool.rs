@@ -320,3 +320,44 @@ impl H1Pool {
             .count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_connection_makes_the_next_request_open_another() {
+        let pool = H2Pool::default();
+        let key = PoolKey {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            header: None,
+            tls: None,
+            worker: 0,
+        };
+        // No server needed: the client handshake only writes its preface,
+        // and the connection stays open while the other half lives.
+        let (client, _server) = tokio::io::duplex(1 << 16);
+        let Ok(Err(conns)) = pool.checkout(&key).await else {
+            panic!("an empty pool asks for a connection");
+        };
+        let first = H2Pool::handshake(Box::new(client), conns, key.addr, None)
+            .await
+            .unwrap();
+        let mut open = vec![first.slot];
+        for i in 1..H2_MAX_STREAMS_PER_CONNECTION {
+            match pool.checkout(&key).await {
+                Ok(Ok(stream)) => open.push(stream.slot),
+                _ => panic!("stream {i} found no room"),
+            }
+        }
+        // Full: the next request must open another connection.
+        let Ok(Err(conns)) = pool.checkout(&key).await else {
+            panic!("a full connection took one more stream");
+        };
+        drop(conns);
+        // A stream ends (its response body ended or was dropped): room again.
+        open.pop();
+        assert!(matches!(pool.checkout(&key).await, Ok(Ok(_))));
+        assert_eq!(pool.connections(&key), 1);
+    }
+}
