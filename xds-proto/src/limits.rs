@@ -304,6 +304,7 @@ mod tests {
             request_body_timeout: 7_200_000,
             request_body_min_rate: 2 << 30,
             overload_threshold_percent: 101,
+            ..Default::default()
         };
         let text = l.validate().unwrap_err().to_string();
         for want in [
