@@ -176,7 +176,8 @@ async fn clients_that_stop_reading_do_not_freeze_other_requests_to_the_same_peer
         std::future::ready(settled(&ports, outbound.port(), &mut last))
     })
     .await;
-    println!("stalled peers: {STALLED} downloads stalled, {queued} bytes queued at the clients");
+    println!("stalled peers: {STALLED} downloads stalled, {queued} bytes queued between the client sidecar \
+         and the clients");
 
     // The steady loop: every request must succeed, promptly.
     let mut latencies = Vec::with_capacity(NORMAL_REQUESTS);
