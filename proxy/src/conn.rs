@@ -85,9 +85,6 @@ pub async fn splice_to_cluster(
     }
 }
 
-/// How long an inbound TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves an inbound connection from a peer sidecar or a plain client:
 /// mutual TLS first (required, optional or off per the listener's modes),
 /// then protocol detection inside it. `original_port` is the port a
@@ -124,7 +121,9 @@ pub async fn inbound(
         return inbound_detected(stream, conn, target, ctx, drain, limits).await;
     }
     let identity = ctx.identity.clone();
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, identity.accept(stream, peer)).await {
+    // The listener's `tls_handshake_timeout`, shrunk under connection
+    // pressure; each handshake runs in its own connection's task.
+    match tokio::time::timeout(limits.tls_handshake(), identity.accept(stream, peer)).await {
         Ok(Ok((tls, peer_id))) => {
             tracing::debug!(%peer, identity = %peer_id.0, "mutual TLS established");
             let conn = (peer, Some(peer_id), original_port);

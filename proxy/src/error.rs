@@ -115,6 +115,10 @@ pub enum ProxyError {
     /// The proxy is draining and takes no new requests.
     #[error("proxy is draining")]
     Draining,
+    /// The request body stopped, or arrived slower than the listener's
+    /// minimum rate (`request_body_timeout`, `request_body_min_rate`).
+    #[error("request body timeout: the body stopped or arrived too slowly")]
+    RequestBodyTimeout,
     /// An authorization policy denied the caller (inbound).
     #[error("denied by {policy} for {principal} ({operation})")]
     Unauthorized {
@@ -159,9 +163,9 @@ impl ProxyError {
     /// Which side caused the error.
     pub fn source_side(&self) -> ErrorSource {
         match self {
-            ProxyError::BadRequest { .. } | ProxyError::Unauthorized { .. } => {
-                ErrorSource::Downstream
-            }
+            ProxyError::BadRequest { .. }
+            | ProxyError::Unauthorized { .. }
+            | ProxyError::RequestBodyTimeout => ErrorSource::Downstream,
             ProxyError::NoRoute { .. }
             | ProxyError::NoRuleMatched { .. }
             | ProxyError::NoHealthyUpstream { .. }
@@ -197,6 +201,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
@@ -224,7 +229,7 @@ impl ProxyError {
     /// `UC` upstream connection termination, `UT` upstream timeout or passed
     /// deadline, `UO` overflow (circuit breaker), `FI` fault abort, `URX`
     /// retry limit reached, `DPE` bad downstream request, `SI` shutting down
-    /// (draining), `RBAC` denied by an authorization policy. `DI` (fault delay) is added to responses by the fault
+    /// (draining) or a request body that stopped or dribbled (`408`), `RBAC` denied by an authorization policy. `DI` (fault delay) is added to responses by the fault
     /// policy, never to errors.
     pub fn response_flag(&self) -> &'static str {
         match self {
@@ -238,7 +243,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "UC",
             ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => "UT",
             ProxyError::Overloaded { .. } => "UO",
-            ProxyError::Draining => "SI",
+            ProxyError::Draining | ProxyError::RequestBodyTimeout => "SI",
             ProxyError::Unauthorized { .. } => "RBAC",
             ProxyError::FaultAbort { .. } => "FI",
             ProxyError::RetryLimit { .. } => "URX",

@@ -6,11 +6,15 @@
 //! [`accept_loop`] is shared with the gateway's listeners: it stops at the
 //! drain, backs off on accept errors, and enforces the listener's
 //! `max_connections` by closing a connection beyond it at once (counted),
-//! never queuing it, so existing connections keep their resources.
+//! never queuing it, so existing connections keep their resources. A sidecar
+//! listener also tracks its connection pressure ([`Overload`]): when full,
+//! the oldest connection that never sent a byte is closed to admit the new
+//! one, and the timeouts shrink as the listener fills.
 
 use crate::conn;
 use crate::drain::Drain;
 use crate::error::StartError;
+use crate::protocol::overload::Overload;
 use crate::protocol::server::{serve_http, Framed, HttpLimits};
 use crate::stack::{self, HttpSvc, StackContext};
 use crate::transparent::{self, InterceptMetrics};
@@ -23,7 +27,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 /// A bound, not yet serving, listener.
@@ -92,7 +96,14 @@ impl BoundListener {
             .with_label_values(&[&self.name]);
         let counters = ctx.metrics.limits.for_listener(&self.name);
         let rejected = counters.connections_rejected.clone();
-        let limits = Arc::new(HttpLimits::new(&self.limits, counters));
+        let evicted = counters.silent_evicted.clone();
+        let overload = Arc::new(Overload::new(
+            self.limits.max_connections() as usize,
+            self.limits.overload_threshold_percent(),
+        ));
+        let mut limits = HttpLimits::new(&self.limits, counters);
+        limits.overload = overload.clone();
+        let limits = Arc::new(limits);
         let (direction, protocol) = (self.direction, self.protocol);
         let transparent = self.transparent;
         let name = self.name.clone();
@@ -100,6 +111,7 @@ impl BoundListener {
         let accept = AcceptLimits {
             max_connections: self.limits.max_connections() as usize,
             rejected,
+            overload: Some((overload, evicted)),
         };
         let d = drain.clone();
         accept_loop(
@@ -219,15 +231,55 @@ pub struct AcceptLimits {
     pub max_connections: usize,
     /// Counts connections closed because of `max_connections`.
     pub rejected: IntCounter,
+    /// The listener's pressure, and where evictions count: open connections
+    /// are counted there, and when the listener is full the oldest silent
+    /// connection is closed to admit the new one (`None`: refuse it).
+    pub overload: Option<(Arc<Overload>, IntCounter)>,
+}
+
+/// A connection's place in its listener.
+enum Slot {
+    Held(OwnedSemaphorePermit),
+    /// Admitted by evicting a silent connection, whose permit it takes
+    /// once that one's task has ended.
+    Freeing(Arc<Semaphore>),
+}
+
+/// Longest wait of an admitted connection for the slot of the one evicted
+/// for it.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs one connection's future in its slot (counted as open, and while
+/// silent evictable, when the listener tracks its pressure).
+async fn run_conn(fut: impl Future<Output = ()>, slot: Slot, overload: Option<Arc<Overload>>) {
+    let _slot = match slot {
+        Slot::Held(permit) => permit,
+        Slot::Freeing(slots) => {
+            match tokio::time::timeout(EVICTION_WAIT, slots.acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => return,
+            }
+        }
+    };
+    match overload {
+        Some(o) => {
+            let _open = o.open();
+            if !o.silent(fut).await {
+                tracing::debug!("silent connection evicted");
+            }
+        }
+        None => fut.await,
+    }
 }
 
 /// Accepts on `socket` until the drain starts. Each accepted connection
 /// within `limits` goes to the next worker ([`crate::workers`]), where
 /// `serve` runs; its future (if it returns one) runs there, in a task the
 /// drain tracks, and holds the connection's slot until it ends. A
-/// connection beyond `max_connections` is closed at once and counted;
-/// accept errors (out of file descriptors) back off briefly instead of
-/// spinning.
+/// connection beyond `max_connections` is closed at once and counted
+/// (unless a silent connection is evicted for it, see
+/// [`AcceptLimits::overload`]); accept errors (out of file descriptors) back
+/// off briefly instead of spinning.
 pub async fn accept_loop<F, Fut>(
     socket: &TcpListener,
     name: &str,
@@ -254,18 +306,29 @@ pub async fn accept_loop<F, Fut>(
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            limits.rejected.inc();
-            tracing::debug!(listener = %name, %peer, "listener at max_connections; closing");
-            drop(stream);
-            continue;
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Slot::Held(slot),
+            // Full: a silent connection makes room, once its task has run
+            // (it closes at its next poll, so the wait is short).
+            Err(_) => match &limits.overload {
+                Some((o, evicted)) if o.evict_oldest_silent() => {
+                    evicted.inc();
+                    tracing::debug!(listener = %name, %peer, "listener full; closed the oldest silent connection");
+                    Slot::Freeing(slots.clone())
+                }
+                _ => {
+                    limits.rejected.inc();
+                    tracing::debug!(listener = %name, %peer, "listener at max_connections; closing");
+                    drop(stream);
+                    continue;
+                }
+            },
         };
         let _ = stream.set_nodelay(true);
+        let overload = limits.overload.as_ref().map(|(o, _)| o.clone());
         let Some(worker) = crate::workers::next() else {
             if let Some(fut) = serve(stream, peer) {
-                // `map`, not an `async` block awaiting `fut`: that would
-                // keep two copies of `fut` in the task.
-                drain.spawn(fut.map(move |()| drop(slot)));
+                drain.spawn(run_conn(fut, slot, overload));
             }
             continue;
         };
@@ -289,9 +352,8 @@ pub async fn accept_loop<F, Fut>(
                     }
                 };
                 if let Some(fut) = fut {
-                    fut.await;
+                    run_conn(fut, slot, overload).await;
                 }
-                drop(slot);
             },
             &worker,
         );

@@ -100,6 +100,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
+    let wanted: u64 = bootstrap
+        .resources
+        .listeners
+        .iter()
+        .map(|l| u64::from(l.limits().max_connections()))
+        .sum();
+    raise_open_file_limit(wanted);
     let (rt, workers) = runtime(args.workers)?;
     rt.block_on(async move {
         sane_proxy::workers::start(workers).context("starting the worker threads")?;
@@ -151,6 +158,18 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
         println!("config ok");
         return Ok(());
     }
+    let wanted: u64 = bootstrap
+        .resources
+        .listeners
+        .iter()
+        .map(|l| u64::from(l.limits().max_connections()))
+        .sum::<u64>()
+        + bootstrap
+            .gateway
+            .as_ref()
+            .map_or(0, |g| g.listeners.len() as u64)
+            * u64::from(sane_xds_proto::DEFAULT_MAX_CONNECTIONS);
+    raise_open_file_limit(wanted);
     let (rt, workers) = runtime(args.workers)?;
     rt.block_on(async move {
         sane_proxy::workers::start(workers).context("starting the worker threads")?;
@@ -167,6 +186,40 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
         gateway.run().await;
         Ok(())
     })
+}
+
+/// Raises the soft limit of open files to the hard limit: every accepted
+/// connection is a descriptor (two, with its upstream), and the default soft
+/// limit (often 1024) is far below the listeners' `max_connections`. Warns
+/// when even the hard limit is below what the listeners may need
+/// (`listener_connections`, their `max_connections` summed, twice over).
+fn raise_open_file_limit(listener_connections: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the open file limit");
+            return;
+        }
+    };
+    let mut limit = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => limit = hard,
+            Err(e) => tracing::warn!(soft, hard, error = %e, "raising the open file limit"),
+        }
+    }
+    let wanted = listener_connections.saturating_mul(2) + 256;
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "the open file limit is below what the listeners' max_connections may need; \
+             accepts will fail (and back off) before max_connections is reached"
+        );
+    } else {
+        tracing::debug!(limit, "open file limit");
+    }
 }
 
 /// The main runtime, and `workers - 1` more worker threads (default: one

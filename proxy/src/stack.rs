@@ -67,7 +67,6 @@ use bytes::Bytes;
 use futures::future::{self, BoxFuture, Either, Ready};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use sane_xds_proto::Protocol;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -199,10 +198,10 @@ pub fn inbound(
 /// hyper closes it after the response. The response then says
 /// `connection: close`, so the client does not send another request on a
 /// connection that is going away.
-pub async fn serve(svc: HttpSvc, req: Request<Incoming>) -> Response<Body> {
+pub async fn serve(svc: HttpSvc, req: Request<Body>) -> Response<Body> {
     use tower::ServiceExt;
     let http1 = req.version() < Version::HTTP_2;
-    let (req, body_ended) = crate::protocol::http::track_body_end(req.map(body::boxed));
+    let (req, body_ended) = crate::protocol::http::track_body_end(req);
     match svc.oneshot(req).await {
         Ok(rsp) => rsp,
         Err(e) => {
@@ -422,7 +421,7 @@ async fn splice(
 
 /// A response body that keeps its endpoint counted as busy until it ends.
 struct GuardedBody {
-    inner: Incoming,
+    inner: crate::upstream::UpstreamBody,
     _guard: Option<InFlight>,
 }
 

@@ -22,6 +22,7 @@ fn connections_are_served_by_the_workers_in_turn() {
         let limits = AcceptLimits {
             max_connections: 16,
             rejected: prometheus::IntCounter::new("rejected", "rejected").unwrap(),
+            overload: None,
         };
         let accept = {
             let drain = drain.clone();

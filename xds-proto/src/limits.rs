@@ -37,6 +37,19 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 3_600_000;
 /// byte), which covers apps with an even shorter keep-alive.
 pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS: u64 = 4_000;
 
+/// Default time from accept to a connection's first request byte: 10 s.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
+/// Default time an inbound mutual TLS handshake may take, from accept: 10 s.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default grace of a request body (see
+/// [`ConnectionLimits::request_body_timeout`]): 30 s.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT_MS: u64 = 30_000;
+/// Default least average rate of a request body once its grace is used up:
+/// 1 KiB/s.
+pub const DEFAULT_REQUEST_BODY_MIN_RATE: u64 = 1024;
+/// Default share of `max_connections` above which the timeouts shrink: 50 %.
+pub const DEFAULT_OVERLOAD_THRESHOLD_PERCENT: u32 = 50;
+
 /// Largest `max_request_header_bytes` accepted.
 pub const MAX_REQUEST_HEADER_LIMIT: u64 = 1024 * 1024;
 /// Smallest `max_request_header_bytes` accepted (HTTP/1 needs an 8 KiB read
@@ -78,6 +91,45 @@ pub struct ConnectionLimits {
     #[prost(uint64, tag = "6")]
     #[serde(with = "duration_ms")]
     pub upstream_idle_timeout: u64,
+    /// How long a new connection may stay silent: from accept to its first
+    /// byte (the first byte of a request; on an inbound listener, of the
+    /// TLS handshake), then it is closed. Shrinks under connection
+    /// pressure (see `overload_threshold_percent`). Default: 0, meaning
+    /// 10s. At most 5m.
+    #[prost(uint64, tag = "20")]
+    #[serde(with = "duration_ms")]
+    pub first_byte_timeout: u64,
+    /// Inbound listeners: how long a mutual TLS handshake may take, from
+    /// accept; each handshake runs in its connection's own task, so a slow
+    /// one never delays another. Shrinks under connection pressure.
+    /// Default: 0, meaning 10s. At most 1m.
+    #[prost(uint64, tag = "21")]
+    #[serde(with = "duration_ms")]
+    pub tls_handshake_timeout: u64,
+    /// How long a request body may take before it must keep up
+    /// `request_body_min_rate`: a body that stops for this long, or whose
+    /// bytes so far arrived slower on average than the minimum rate once
+    /// this grace is used up, fails the request with `408` (`SI`) and
+    /// closes the connection (HTTP/1) or resets the stream (HTTP/2). Only
+    /// until the response head is sent: a streaming exchange the workload
+    /// already answered is not cut. Shrinks under connection pressure.
+    /// Default: 0, meaning 30s. At most 1h.
+    #[prost(uint64, tag = "22")]
+    #[serde(with = "duration_ms")]
+    pub request_body_timeout: u64,
+    /// Least average request body rate, in bytes per second, after the
+    /// `request_body_timeout` grace: each byte received extends the body's
+    /// deadline by `1 / rate` seconds. Default: 0, meaning 1024 (1 KiB/s).
+    /// At most 1073741824 (1 GiB/s).
+    #[prost(uint64, tag = "23")]
+    pub request_body_min_rate: u64,
+    /// Connection pressure, in percent of `max_connections` open, above
+    /// which the first-byte, TLS handshake, header read, request body and
+    /// idle timeouts shrink, linearly down to 1 % of their configured value
+    /// when the listener is full (Envoy's overload manager `reduce_timeouts`).
+    /// `100` turns the scaling off. Default: 0, meaning 50. At most 100.
+    #[prost(uint32, tag = "24")]
+    pub overload_threshold_percent: u32,
 }
 
 // === impl ConnectionLimits ===
@@ -119,6 +171,34 @@ impl ConnectionLimits {
         or(self.upstream_idle_timeout, DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS)
     }
 
+    /// First-byte timeout in milliseconds, with the default applied.
+    pub fn first_byte_timeout_ms(&self) -> u64 {
+        or(self.first_byte_timeout, DEFAULT_FIRST_BYTE_TIMEOUT_MS)
+    }
+
+    /// Inbound TLS handshake timeout in milliseconds, with the default applied.
+    pub fn tls_handshake_timeout_ms(&self) -> u64 {
+        or(self.tls_handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS)
+    }
+
+    /// Request body grace in milliseconds, with the default applied.
+    pub fn request_body_timeout_ms(&self) -> u64 {
+        or(self.request_body_timeout, DEFAULT_REQUEST_BODY_TIMEOUT_MS)
+    }
+
+    /// Least request body rate in bytes per second, with the default applied.
+    pub fn request_body_min_rate(&self) -> u64 {
+        or(self.request_body_min_rate, DEFAULT_REQUEST_BODY_MIN_RATE)
+    }
+
+    /// Overload threshold in percent, with the default applied.
+    pub fn overload_threshold_percent(&self) -> u32 {
+        or(
+            self.overload_threshold_percent.into(),
+            DEFAULT_OVERLOAD_THRESHOLD_PERCENT.into(),
+        ) as u32
+    }
+
     /// Validates the limits on their own, with paths relative to them.
     pub fn validate(&self) -> Result<(), crate::ValidationErrors> {
         let mut errs = Errors::default();
@@ -152,6 +232,31 @@ impl ConnectionLimits {
             self.upstream_idle_timeout,
             3_600_000,
         );
+        errs.duration_at_most(
+            &path.field("first_byte_timeout"),
+            self.first_byte_timeout,
+            300_000,
+        );
+        errs.duration_at_most(
+            &path.field("tls_handshake_timeout"),
+            self.tls_handshake_timeout,
+            60_000,
+        );
+        errs.duration_at_most(
+            &path.field("request_body_timeout"),
+            self.request_body_timeout,
+            3_600_000,
+        );
+        errs.at_most(
+            &path.field("request_body_min_rate"),
+            self.request_body_min_rate,
+            1 << 30,
+        );
+        errs.at_most(
+            &path.field("overload_threshold_percent"),
+            self.overload_threshold_percent.into(),
+            100,
+        );
     }
 }
 
@@ -177,6 +282,11 @@ mod tests {
         assert_eq!(l.max_connections(), 4096);
         assert_eq!(l.idle_timeout_ms(), 3_600_000);
         assert_eq!(l.upstream_idle_timeout_ms(), 4_000);
+        assert_eq!(l.first_byte_timeout_ms(), 10_000);
+        assert_eq!(l.tls_handshake_timeout_ms(), 10_000);
+        assert_eq!(l.request_body_timeout_ms(), 30_000);
+        assert_eq!(l.request_body_min_rate(), 1024);
+        assert_eq!(l.overload_threshold_percent(), 50);
         // The pool must give connections up before a typical 5 s app keep-alive.
         const { assert!(DEFAULT_UPSTREAM_IDLE_TIMEOUT_MS < 5_000) };
     }
@@ -189,6 +299,11 @@ mod tests {
             max_concurrent_streams: 100_000,
             idle_timeout: 90_000_000,
             upstream_idle_timeout: 7_200_000,
+            first_byte_timeout: 600_000,
+            tls_handshake_timeout: 120_000,
+            request_body_timeout: 7_200_000,
+            request_body_min_rate: 2 << 30,
+            overload_threshold_percent: 101,
             ..Default::default()
         };
         let text = l.validate().unwrap_err().to_string();
@@ -198,6 +313,11 @@ mod tests {
             "max_concurrent_streams: 100000 is above the maximum of 65536",
             "idle_timeout: 1day 1h is above the maximum of 1day",
             "upstream_idle_timeout: 2h is above the maximum of 1h",
+            "first_byte_timeout: 10m is above the maximum of 5m",
+            "tls_handshake_timeout: 2m is above the maximum of 1m",
+            "request_body_timeout: 2h is above the maximum of 1h",
+            "request_body_min_rate: 2147483648 is above the maximum of 1073741824",
+            "overload_threshold_percent: 101 is above the maximum of 100",
         ] {
             assert!(text.contains(want), "{want:?} not in {text}");
         }

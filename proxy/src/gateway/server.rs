@@ -89,6 +89,7 @@ impl BoundGatewayListener {
         let accept = AcceptLimits {
             max_connections: ConnectionLimits::default().max_connections() as usize,
             rejected: counters.connections_rejected.clone(),
+            overload: None,
         };
         let (name, tls) = (self.name.clone(), self.tls);
         let d = drain.clone();

@@ -20,16 +20,24 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// HTTP/2 flow-control window of each stream, on every connection the proxy
-/// makes or accepts: how much of a body may wait, unread, per stream.
+/// makes or accepts: how much of a body may wait, unread, per stream. It
+/// bounds what a stream whose reader stalled can make the proxy buffer.
 pub const H2_STREAM_WINDOW: u32 = 1 << 20;
-/// HTTP/2 flow-control window of a whole connection: 16 streams' worth.
-/// Sidecar-to-sidecar traffic shares one HTTP/2 connection, and a stream
-/// whose reader stalls keeps its unread bytes charged to the connection; with
-/// a connection window no larger than a stream's (hyper's adaptive window),
-/// one slow client stopped every other request to the same peer.
-/// `e2e/tests/chaos.rs` (upstream killed mid-stream) holds streams unread and
-/// needs the others to keep flowing.
-pub const H2_CONNECTION_WINDOW: u32 = 16 * H2_STREAM_WINDOW;
+/// Open streams a pooled upstream HTTP/2 connection carries at most
+/// ([`crate::upstream::pool`] opens another connection beyond it).
+pub const H2_MAX_STREAMS_PER_CONNECTION: usize = 128;
+/// HTTP/2 flow-control window of a whole connection: one stream window for
+/// each stream a pooled connection may carry (128 MiB; the window is only a
+/// permission to send, memory is used by what is actually buffered).
+///
+/// Sidecar-to-sidecar traffic shares pooled HTTP/2 connections, and a stream
+/// whose reader stalls keeps its unread bytes charged to the connection.
+/// With a connection window of 16 stream windows, about two dozen clients
+/// that stopped reading large downloads froze every other request to the
+/// same peer; now the unread bytes of all the streams a connection may carry
+/// fit in its window, so stalled streams only ever block themselves
+/// (`e2e/tests/stalled_peers.rs`).
+pub const H2_CONNECTION_WINDOW: u32 = H2_MAX_STREAMS_PER_CONNECTION as u32 * H2_STREAM_WINDOW;
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110
 /// section 7.6.1), plus the ones HTTP/2 forbids. Standard names only (with

@@ -47,6 +47,7 @@ pub async fn serve_local<H, F>(
     let limits = AcceptLimits {
         max_connections: MAX_CONNECTIONS,
         rejected,
+        overload: None,
     };
     let accept = accept_loop(&socket, name, limits, &own, move |stream, _peer| {
         let handle = handle.clone();

@@ -2,13 +2,16 @@
 //! ([`detect`]), the mesh transport header sidecars put in front of every
 //! connection to a peer ([`transport_header`]), HTTP helpers
 //! ([`http`]), serving HTTP on a connection under its limits ([`server`]),
-//! the proxy's own admin and health servers ([`local`]) and opaque TCP
-//! forwarding ([`opaque`]).
+//! the proxy's own admin and health servers ([`local`]), opaque TCP
+//! forwarding ([`opaque`]) and a listener's connection pressure
+//! ([`overload`]: timeouts that shrink as it fills, silent connections
+//! evicted when it is full).
 
 pub mod detect;
 pub mod http;
 pub mod io;
 pub mod local;
 pub mod opaque;
+pub mod overload;
 pub mod server;
 pub mod transport_header;

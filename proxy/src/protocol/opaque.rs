@@ -17,6 +17,9 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    // A spliced connection is established: server-first protocols may
+    // leave the client silent, so it is no longer evictable as such.
+    super::overload::spoke();
     let (sent, received) = tokio::io::copy_bidirectional(client, upstream).await?;
     Ok(Transferred { sent, received })
 }

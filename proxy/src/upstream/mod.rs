@@ -13,7 +13,7 @@ pub mod connect;
 pub mod pool;
 
 use self::connect::Connect;
-use self::pool::{H1Pool, H2Pool, PoolKey};
+use self::pool::{H1Pool, H2Pool, H2Stream, PoolKey, StreamSlot};
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::policy::replay::ReplayBody;
@@ -31,6 +31,10 @@ use tokio::io::AsyncWriteExt;
 
 /// The peer a connection proved, if it was mutual TLS.
 type Peer = Option<UpstreamPeer>;
+
+/// A response, the peer its connection proved, and (HTTP/2) the stream it
+/// holds on a pooled connection.
+type Sent = (Response<Incoming>, Peer, Option<StreamSlot>);
 
 /// Request body bytes kept to resend a request whose reused connection was
 /// closed under it.
@@ -75,6 +79,15 @@ pub struct Target {
     pub identity: Arc<str>,
 }
 
+/// A response body from an endpoint. On a pooled HTTP/2 connection it
+/// holds its stream's place until it ends or is dropped, so the pool knows
+/// how many streams each connection carries.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    slot: Option<StreamSlot>,
+}
+
 /// The identity the upstream proved in the mutual TLS handshake of the
 /// connection a response came over; in the response's extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +100,32 @@ pub struct Upstream {
     identity: Arc<Identity>,
     h2: H2Pool,
     h1: Arc<H1Pool>,
+}
+
+// === impl UpstreamBody ===
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None | Some(Err(_))) = polled {
+            self.slot = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 // === impl Upstream ===
@@ -140,12 +179,12 @@ impl Upstream {
         req: Request<Body>,
         target: &Target,
         authority: &str,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let (mut rsp, peer) = self.send_on(req, target, authority).await?;
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let (mut rsp, peer, slot) = self.send_on(req, target, authority).await?;
         if let Some(peer) = peer {
             rsp.extensions_mut().insert(peer);
         }
-        Ok(rsp)
+        Ok(rsp.map(|inner| UpstreamBody { inner, slot }))
     }
 
     async fn send_on(
@@ -153,7 +192,7 @@ impl Upstream {
         mut req: Request<Body>,
         target: &Target,
         authority: &str,
-    ) -> Result<(Response<Incoming>, Peer), ProxyError> {
+    ) -> Result<Sent, ProxyError> {
         let addr = target.addr;
         if h::is_upgrade(&req) {
             h::for_h1(&mut req, authority, true)?;
@@ -166,7 +205,7 @@ impl Upstream {
                 .send_request(req)
                 .await
                 .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
-            return Ok((rsp, peer));
+            return Ok((rsp, peer, None));
         }
         let h2 = target.via_sidecar.is_some()
             || matches!(target.protocol, Protocol::Http2 | Protocol::Grpc);
@@ -177,50 +216,52 @@ impl Upstream {
         } else {
             h::for_h1(&mut req, authority, false)?;
             let key = self.key(target, Framing::Http1)?;
-            self.send_h1(req, key, target).await
+            let (rsp, peer) = self.send_h1(req, key, target).await?;
+            Ok((rsp, peer, None))
         }
     }
 
+    /// Sends `req` on a stream of a pooled connection with room for it
+    /// (opening one if none has). A request the pooled connection gave back
+    /// unsent (it died first) goes once more, on another connection.
     async fn send_h2(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         key: PoolKey,
         connect_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Peer), ProxyError> {
+    ) -> Result<Sent, ProxyError> {
         let addr = key.addr;
         let reset = |source| ProxyError::UpstreamReset { addr, source };
-        let handshake_failed = |source| ProxyError::Handshake { addr, source };
-        let slot = match self.h2.checkout(&key).await {
-            Ok((mut pooled, peer)) => match pooled.try_send_request(req).await {
-                Ok(rsp) => return Ok((rsp, peer)),
+        for first in [true, false] {
+            let H2Stream {
+                mut sender,
+                peer,
+                slot,
+            } = match self.h2.checkout(&key).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(conns)) => {
+                    let (io, peer) = self.connect(&key, connect_timeout).await?;
+                    H2Pool::handshake(io, conns, addr, peer)
+                        .await
+                        .map_err(|source| ProxyError::Handshake { addr, source })?
+                }
+                Err(full) => {
+                    return Err(ProxyError::Overloaded {
+                        limit: format!("{full} ({addr})"),
+                    })
+                }
+            };
+            match sender.try_send_request(req).await {
+                Ok(rsp) => return Ok((rsp, peer, Some(slot))),
                 Err(mut e) => match e.take_message() {
                     // The pooled connection died before the request went
-                    // out: safe to send it on a fresh connection.
-                    Some(again) => match self.h2.checkout(&key).await {
-                        Ok((mut s, peer)) => {
-                            let rsp = s.send_request(again).await.map_err(reset)?;
-                            return Ok((rsp, peer));
-                        }
-                        Err(slot) => {
-                            let (io, peer) = self.connect(&key, connect_timeout).await?;
-                            let mut s = H2Pool::handshake(io, slot, addr, peer.clone())
-                                .await
-                                .map_err(handshake_failed)?;
-                            let rsp = s.send_request(again).await.map_err(reset)?;
-                            return Ok((rsp, peer));
-                        }
-                    },
-                    None => return Err(reset(e.into_error())),
+                    // out: safe to send it on another connection.
+                    Some(again) if first => req = again,
+                    _ => return Err(reset(e.into_error())),
                 },
-            },
-            Err(slot) => slot,
-        };
-        let (io, peer) = self.connect(&key, connect_timeout).await?;
-        let mut sender = H2Pool::handshake(io, slot, addr, peer.clone())
-            .await
-            .map_err(handshake_failed)?;
-        let rsp = sender.send_request(req).await.map_err(reset)?;
-        Ok((rsp, peer))
+            }
+        }
+        unreachable!("the second attempt returns")
     }
 
     async fn send_h1(

@@ -1,8 +1,14 @@
 //! Connection pools.
 //!
-//! * HTTP/2: one multiplexed connection per key, shared by every request
+//! * HTTP/2: multiplexed connections per key, shared by every request
 //!   (this is how HTTP/1 traffic between sidecars rides one connection).
-//!   Replaced when it closes.
+//!   A connection carries at most [`H2_MAX_STREAMS_PER_CONNECTION`] open
+//!   streams (a stream stays open until its response body ends or is
+//!   dropped); a request finding every connection full opens another, up to
+//!   [`H2_MAX_CONNECTIONS_PER_KEY`]. As the connection window is that many
+//!   stream windows, streams whose readers stalled can never exhaust it:
+//!   a client that stops reading costs only its own streams. Closed
+//!   connections are dropped at the next checkout.
 //! * HTTP/1.1: a stack of connections per key; a connection goes back on it
 //!   as soon as its request is sent, and is handed out again once its
 //!   response body has been read (hyper's `is_ready`), so returning it costs
@@ -17,7 +23,9 @@
 //! reusing it still knows whom it talks to.
 
 use crate::body::Body;
-use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
+use crate::protocol::http::{
+    H2_CONNECTION_WINDOW, H2_MAX_STREAMS_PER_CONNECTION, H2_STREAM_WINDOW,
+};
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::TransportHeader;
 use crate::upstream::UpstreamPeer;
@@ -28,11 +36,23 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// HTTP/1.1 connections kept per key (idle, or finishing a response).
 pub const MAX_IDLE_PER_KEY: usize = 64;
+
+/// HTTP/2 connections per key at most: [`H2_MAX_STREAMS_PER_CONNECTION`]
+/// times this many requests may be open to one peer port from one worker;
+/// beyond it requests are shed (`503`, `UO`) instead of queued.
+pub const H2_MAX_CONNECTIONS_PER_KEY: usize = 32;
+
+/// Every HTTP/2 connection of a key has [`H2_MAX_STREAMS_PER_CONNECTION`]
+/// open streams and the key has [`H2_MAX_CONNECTIONS_PER_KEY`] connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("every pooled HTTP/2 connection to the peer is full")]
+pub struct PoolFull;
 
 /// Identifies connections that can be shared.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -50,16 +70,42 @@ pub struct PoolKey {
     pub worker: usize,
 }
 
-/// A shared HTTP/2 connection and the identity its peer proved.
-pub type H2Conn = (http2::SendRequest<Body>, Option<UpstreamPeer>);
 /// An idle HTTP/1.1 connection and the identity its peer proved.
 pub type H1Conn = (http1::SendRequest<Body>, Option<UpstreamPeer>);
-type H2Slot = Arc<tokio::sync::Mutex<Option<H2Conn>>>;
+type H2Slot = Arc<tokio::sync::Mutex<Vec<PooledH2>>>;
 type IdleList = Vec<(H1Conn, Instant)>;
-/// The slot a new HTTP/2 connection goes in, held while connecting.
-pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Option<H2Conn>>;
+/// The connections of one key, held while a new one is made, so concurrent
+/// callers wait for one handshake instead of each opening a connection.
+pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Vec<PooledH2>>;
 
-/// Shared HTTP/2 connections.
+/// One pooled HTTP/2 connection.
+#[derive(Debug)]
+pub struct PooledH2 {
+    sender: http2::SendRequest<Body>,
+    peer: Option<UpstreamPeer>,
+    /// Streams open on it: requests sent whose response body has not ended.
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream taken on a pooled HTTP/2 connection: the sender to open it
+/// with, the identity the peer proved, and the [`StreamSlot`] that counts
+/// it until its response body ends.
+#[derive(Debug)]
+pub struct H2Stream {
+    /// Sends the request.
+    pub sender: http2::SendRequest<Body>,
+    /// The identity the connection's peer proved.
+    pub peer: Option<UpstreamPeer>,
+    /// Keep until the response body ends or is dropped.
+    pub slot: StreamSlot,
+}
+
+/// Counts one open stream on a pooled HTTP/2 connection until dropped.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+/// Shared HTTP/2 connections: per key, up to [`H2_MAX_CONNECTIONS_PER_KEY`]
+/// connections of at most [`H2_MAX_STREAMS_PER_CONNECTION`] open streams.
 #[derive(Debug, Default)]
 pub struct H2Pool {
     slots: Mutex<HashMap<PoolKey, H2Slot, RandomState>>,
@@ -74,11 +120,12 @@ pub struct H1Pool {
 // === impl H2Pool ===
 
 impl H2Pool {
-    /// A sender on the live connection for `key`, or `None` if one must be
-    /// made. The returned guard must be filled through [`H2Pool::put`] by the
-    /// caller that connects, so concurrent callers wait for one handshake
-    /// instead of each opening a connection.
-    pub async fn checkout(&self, key: &PoolKey) -> Result<H2Conn, H2SlotGuard> {
+    /// A stream on a live connection for `key` with room for one more, or,
+    /// if there is none, the key's connections locked for the caller to add
+    /// one through [`H2Pool::handshake`] (concurrent callers wait for that
+    /// handshake instead of each opening a connection). Fails with
+    /// [`PoolFull`] when every connection the key may have is full.
+    pub async fn checkout(&self, key: &PoolKey) -> Result<Result<H2Stream, H2SlotGuard>, PoolFull> {
         let slot = {
             let mut slots = self.slots.lock().expect("not poisoned");
             match slots.get(key) {
@@ -86,21 +133,29 @@ impl H2Pool {
                 None => slots.entry(key.clone()).or_default().clone(),
             }
         };
-        let guard = slot.lock_owned().await;
-        match guard.as_ref() {
-            Some((s, peer)) if !s.is_closed() => Ok((s.clone(), peer.clone())),
-            _ => Err(guard),
+        let mut conns = slot.lock_owned().await;
+        conns.retain(|c| !c.sender.is_closed());
+        // The first connection with room: older connections fill up first,
+        // so a quiet key settles back on one connection.
+        for c in conns.iter() {
+            if let Some(stream) = c.take_stream() {
+                return Ok(Ok(stream));
+            }
         }
+        if conns.len() >= H2_MAX_CONNECTIONS_PER_KEY {
+            return Err(PoolFull);
+        }
+        Ok(Err(conns))
     }
 
-    /// Performs the HTTP/2 handshake on `io` and stores the connection
-    /// with the identity `peer` proved.
+    /// Performs the HTTP/2 handshake on `io`, adds the connection (with the
+    /// identity `peer` proved) to `slot`, and takes its first stream.
     pub async fn handshake(
         io: BoxIo,
         mut slot: H2SlotGuard,
         addr: SocketAddr,
         peer: Option<UpstreamPeer>,
-    ) -> Result<http2::SendRequest<Body>, hyper::Error> {
+    ) -> Result<H2Stream, hyper::Error> {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -114,8 +169,17 @@ impl H2Pool {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
         });
-        *slot = Some((sender.clone(), peer));
-        Ok(sender)
+        if !slot.is_empty() {
+            tracing::debug!(%addr, connections = slot.len() + 1, "every pooled h2 connection is full; opened another");
+        }
+        let pooled = PooledH2 {
+            sender,
+            peer,
+            streams: Arc::default(),
+        };
+        let stream = pooled.take_stream().expect("a new connection has room");
+        slot.push(pooled);
+        Ok(stream)
     }
 
     /// Drops pooled connections whose keys are not in `keep`.
@@ -131,9 +195,45 @@ impl H2Pool {
         self.slots.lock().expect("not poisoned").len()
     }
 
+    /// Connections pooled for `key` (closed ones included until the next
+    /// checkout prunes them).
+    pub fn connections(&self, key: &PoolKey) -> usize {
+        let slot = self.slots.lock().expect("not poisoned").get(key).cloned();
+        slot.and_then(|s| s.try_lock().ok().map(|c| c.len()))
+            .unwrap_or(0)
+    }
+
     /// True if no connection slot exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+// === impl PooledH2 ===
+
+impl PooledH2 {
+    /// A stream on this connection, if it has room for one more.
+    fn take_stream(&self) -> Option<H2Stream> {
+        let open = self.streams.load(Ordering::Acquire);
+        if open >= H2_MAX_STREAMS_PER_CONNECTION {
+            return None;
+        }
+        // Only the holder of the key's lock adds streams; others only
+        // remove them, so the check above stays true.
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Some(H2Stream {
+            sender: self.sender.clone(),
+            peer: self.peer.clone(),
+            slot: StreamSlot(self.streams.clone()),
+        })
+    }
+}
+
+// === impl StreamSlot ===
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -218,5 +318,46 @@ impl H1Pool {
             .flatten()
             .filter(|((s, _), _)| s.is_ready())
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_connection_makes_the_next_request_open_another() {
+        let pool = H2Pool::default();
+        let key = PoolKey {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            header: None,
+            tls: None,
+            worker: 0,
+        };
+        // No server needed: the client handshake only writes its preface,
+        // and the connection stays open while the other half lives.
+        let (client, _server) = tokio::io::duplex(1 << 16);
+        let Ok(Err(conns)) = pool.checkout(&key).await else {
+            panic!("an empty pool asks for a connection");
+        };
+        let first = H2Pool::handshake(Box::new(client), conns, key.addr, None)
+            .await
+            .unwrap();
+        let mut open = vec![first.slot];
+        for i in 1..H2_MAX_STREAMS_PER_CONNECTION {
+            match pool.checkout(&key).await {
+                Ok(Ok(stream)) => open.push(stream.slot),
+                _ => panic!("stream {i} found no room"),
+            }
+        }
+        // Full: the next request must open another connection.
+        let Ok(Err(conns)) = pool.checkout(&key).await else {
+            panic!("a full connection took one more stream");
+        };
+        drop(conns);
+        // A stream ends (its response body ended or was dropped): room again.
+        open.pop();
+        assert!(matches!(pool.checkout(&key).await, Ok(Ok(_))));
+        assert_eq!(pool.connections(&key), 1);
     }
 }

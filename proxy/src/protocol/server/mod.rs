@@ -7,9 +7,16 @@
 //!   an HTTP/1 request head and stops when the head is complete; when it
 //!   fires the connection is cut with `408` (never on an idle keep-alive
 //!   connection, where no request was started);
+//! * first-byte timeout: a connection that sends nothing for that long after
+//!   it was accepted is closed (the head timer only starts at a first byte);
+//! * request body deadline ([`body_deadline`]): a body that stops, or
+//!   dribbles slower than the minimum rate, fails with `408` (`SI`);
 //! * HTTP/2 concurrent streams per connection;
 //! * idle timeout: no request in flight for that long closes the connection
 //!   gracefully (HTTP/1 at once, HTTP/2 with `GOAWAY`);
+//! * connection pressure ([`crate::protocol::overload`]): the first-byte,
+//!   head, body and idle timeouts shrink as the listener fills, and every
+//!   connection sets its timer again when they do;
 //! * drain: in-flight requests finish, then the connection closes.
 //!
 //! An HTTP/1 connection idle for [`PARK_AFTER`] is *parked*: hyper's
@@ -28,12 +35,16 @@
 //! header timeout an idle timeout and close clients' pooled connections
 //! under them.
 
+mod body_deadline;
 mod state;
 
+use self::body_deadline::{BodyLimits, BodyWatch, DeadlineBody};
 use self::state::{ConnState, InFlight, Watched};
 use crate::drain::Drain;
+use crate::error::ProxyError;
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
+use crate::protocol::overload::Overload;
 use crate::stack::{self, HttpSvc};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec, Registry};
@@ -85,6 +96,17 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// Inbound: idle time of pooled HTTP/1.1 connections to the workload.
     pub upstream_idle_timeout: Duration,
+    /// Time from the start of serving to the connection's first byte.
+    pub first_byte_timeout: Duration,
+    /// Inbound: time from accept to the end of the mutual TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// A request body's grace (see [`body_deadline`]).
+    pub request_body_timeout: Duration,
+    /// A request body's least average rate after its grace, bytes/s.
+    pub request_body_min_rate: u64,
+    /// The listener's connection pressure, which scales the timeouts
+    /// ([`Overload::unlimited`] unless the listener sets its own).
+    pub overload: Arc<Overload>,
     /// Counters of this connection's listener.
     pub counters: LimitCounters,
 }
@@ -96,6 +118,7 @@ pub struct LimitMetrics {
     requests_rejected: IntCounterVec,
     idle_closed: IntCounterVec,
     parked: IntCounterVec,
+    silent_closed: IntCounterVec,
 }
 
 /// [`LimitMetrics`] resolved for one listener.
@@ -107,6 +130,10 @@ pub struct LimitCounters {
     header_timeout: IntCounter,
     idle_closed: IntCounter,
     parked: IntCounter,
+    body_timeout: IntCounter,
+    first_byte_timeout: IntCounter,
+    /// Silent connections closed to admit a new one on a full listener.
+    pub silent_evicted: IntCounter,
 }
 
 enum Ended {
@@ -163,6 +190,7 @@ pub async fn serve_http<I: Io>(
     drain: Drain,
 ) {
     let state = Arc::new(ConnState::new(framed == Framed::Http2));
+    tracing::trace!(open = limits.overload.open_connections(), "serving");
     let io = Arc::new(Mutex::new(io));
     let (mut framed, mut first) = (framed, None);
     let ended = loop {
@@ -239,16 +267,22 @@ async fn park<I: Io>(
             Poll::Pending => Poll::Pending,
         }
     });
-    let idle_at = state.at(state.idle_since.load(Ordering::Acquire)) + limits.idle_timeout;
-    tokio::select! {
-        n = read => match n {
-            1 => Woke::Byte(byte[0]),
-            _ => Woke::Close,
-        },
-        _ = drain.signaled() => Woke::Close,
-        _ = tokio::time::sleep_until(idle_at) => {
-            limits.counters.idle_closed.inc();
-            Woke::Close
+    tokio::pin!(read);
+    loop {
+        // Set again whenever the listener's pressure changes the timeout.
+        let changed = limits.overload.changed().notified();
+        let idle_at = state.at(state.idle_since.load(Ordering::Acquire)) + limits.idle();
+        tokio::select! {
+            n = &mut read => return match n {
+                1 => Woke::Byte(byte[0]),
+                _ => Woke::Close,
+            },
+            _ = drain.signaled() => return Woke::Close,
+            _ = tokio::time::sleep_until(idle_at) => {
+                limits.counters.idle_closed.inc();
+                return Woke::Close;
+            }
+            _ = changed => {}
         }
     }
 }
@@ -276,6 +310,8 @@ macro_rules! watch {
         // dropped, unregisters from) the drain's waiter list.
         let drained = $drain.signaled();
         tokio::pin!(drained);
+        let pressure = $limits.overload.changed().notified();
+        tokio::pin!(pressure);
         let timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(timer);
         let mut watcher = Watcher::new($state, $limits);
@@ -286,7 +322,7 @@ macro_rules! watch {
             if let Poll::Ready(res) = polled {
                 return Poll::Ready(Ended::Closed(res));
             }
-            match watcher.turn(cx, drained.as_mut(), timer.as_mut()) {
+            match watcher.turn(cx, drained.as_mut(), pressure.as_mut(), timer.as_mut()) {
                 Turn::Wait => return Poll::Pending,
                 Turn::HeadTimeout => return Poll::Ready(Ended::HeadTimeout),
                 Turn::Shutdown => conn.as_mut().graceful_shutdown(),
@@ -307,6 +343,12 @@ async fn run<I: Io>(
     drain: &Drain,
 ) -> Ended {
     let conn_state = state.clone();
+    let body_limits = BodyLimits {
+        grace: limits.request_body_timeout,
+        min_rate: limits.request_body_min_rate.max(1),
+        overload: limits.overload.clone(),
+    };
+    let body_timeouts = limits.counters.body_timeout.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let svc = svc.clone();
         if req.method() == http::Method::CONNECT
@@ -315,8 +357,27 @@ async fn run<I: Io>(
             conn_state.upgrade.store(true, Ordering::Release);
         }
         let guard = InFlight::start(&conn_state);
+        let http1 = req.version() < http::Version::HTTP_2;
+        // Only a request with a body gets a deadline (and its allocation).
+        let (req, watch) = if http_body::Body::is_end_stream(req.body()) {
+            (req.map(crate::body::boxed), None)
+        } else {
+            let watch = Arc::new(BodyWatch::default());
+            let limits = body_limits.clone();
+            let w = watch.clone();
+            let req = req.map(|b| crate::body::boxed(DeadlineBody::new(b, limits, w)));
+            (req, Some((watch, body_timeouts.clone())))
+        };
         async move {
-            let rsp = stack::serve(svc, req).await;
+            let mut rsp = stack::serve(svc, req).await;
+            if let Some((watch, counter)) = watch {
+                watch.answered.store(true, Ordering::Release);
+                if watch.timed_out.load(Ordering::Acquire) {
+                    counter.inc();
+                    tracing::debug!("request body too slow; 408");
+                    rsp = body_timeout_response(http1);
+                }
+            }
             Ok::<_, Infallible>(rsp.map(|b| crate::body::guarded(b, guard)))
         }
     });
@@ -350,10 +411,25 @@ async fn run<I: Io>(
     }
 }
 
+/// The answer to a request whose body missed its deadline (HTTP/1: the rest
+/// of the body is unread, so the connection closes).
+fn body_timeout_response(http1: bool) -> http::Response<crate::Body> {
+    let mut rsp = ProxyError::RequestBodyTimeout.to_response();
+    if http1 {
+        rsp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    rsp
+}
+
 // === impl HttpLimits ===
 
 impl HttpLimits {
-    /// The limits of a listener configured with `cfg`.
+    /// The limits of a listener configured with `cfg` (timeouts never
+    /// scaled: a listener that tracks its pressure sets
+    /// [`HttpLimits::overload`]).
     pub fn new(cfg: &ConnectionLimits, counters: LimitCounters) -> Self {
         Self {
             max_header_bytes: cfg.max_request_header_bytes() as usize,
@@ -361,8 +437,33 @@ impl HttpLimits {
             max_concurrent_streams: cfg.max_concurrent_streams(),
             idle_timeout: Duration::from_millis(cfg.idle_timeout_ms()),
             upstream_idle_timeout: Duration::from_millis(cfg.upstream_idle_timeout_ms()),
+            first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms()),
+            tls_handshake_timeout: Duration::from_millis(cfg.tls_handshake_timeout_ms()),
+            request_body_timeout: Duration::from_millis(cfg.request_body_timeout_ms()),
+            request_body_min_rate: cfg.request_body_min_rate(),
+            overload: Arc::new(Overload::unlimited()),
             counters,
         }
+    }
+
+    /// The header read timeout under the listener's current pressure.
+    pub fn header_timeout(&self) -> Duration {
+        self.overload.scaled(self.header_read_timeout)
+    }
+
+    /// The idle timeout under the listener's current pressure.
+    pub fn idle(&self) -> Duration {
+        self.overload.scaled(self.idle_timeout)
+    }
+
+    /// The first-byte timeout under the listener's current pressure.
+    pub fn first_byte(&self) -> Duration {
+        self.overload.scaled(self.first_byte_timeout)
+    }
+
+    /// The TLS handshake timeout under the listener's current pressure.
+    pub fn tls_handshake(&self) -> Duration {
+        self.overload.scaled(self.tls_handshake_timeout)
     }
 }
 
@@ -383,14 +484,22 @@ impl LimitMetrics {
             )?,
             requests_rejected: counter(
                 "sane_http_requests_rejected_total",
-                "Request heads cut off by a limit, by listener and reason \
-                 (header_too_large: 431, header_timeout: 408).",
+                "Requests cut off by a limit, by listener and reason \
+                 (header_too_large: 431, header_timeout: 408, body_timeout: \
+                 408, the request body too slow).",
                 &["listener", "reason"],
             )?,
             idle_closed: counter(
                 "sane_http_idle_connections_closed_total",
                 "Downstream connections closed by the idle timeout, by listener.",
                 &["listener"],
+            )?,
+            silent_closed: counter(
+                "sane_listener_silent_connections_closed_total",
+                "Connections closed before their first byte, by listener and \
+                 reason (first_byte_timeout; evicted: closed to admit a new \
+                 connection on a full listener).",
+                &["listener", "reason"],
             )?,
             parked: counter(
                 "sane_http_connections_parked_total",
@@ -413,6 +522,13 @@ impl LimitMetrics {
                 .with_label_values(&[listener, "header_timeout"]),
             idle_closed: self.idle_closed.with_label_values(&[listener]),
             parked: self.parked.with_label_values(&[listener]),
+            body_timeout: self
+                .requests_rejected
+                .with_label_values(&[listener, "body_timeout"]),
+            first_byte_timeout: self
+                .silent_closed
+                .with_label_values(&[listener, "first_byte_timeout"]),
+            silent_evicted: self.silent_closed.with_label_values(&[listener, "evicted"]),
         }
     }
 }
@@ -440,6 +556,7 @@ impl<'a> Watcher<'a> {
         &mut self,
         cx: &mut Context<'_>,
         mut drained: Pin<&mut impl Future<Output = ()>>,
+        mut pressure: Pin<&mut tokio::sync::futures::Notified<'a>>,
         mut timer: Pin<&mut Sleep>,
     ) -> Turn {
         let (s, limits) = (self.state, self.limits);
@@ -458,14 +575,28 @@ impl<'a> Watcher<'a> {
                 dirty = true;
                 turn = Turn::Shutdown;
             }
+            // The listener's pressure changed the timeouts: check them now
+            // and set the timer again (listening anew for the next change).
+            if fired && pressure.as_mut().poll(&mut own).is_ready() {
+                pressure.set(limits.overload.changed().notified());
+                let _ = pressure.as_mut().poll(&mut own);
+                if self.armed.is_some() {
+                    timer.as_mut().reset(Instant::now());
+                }
+                dirty = true;
+            }
             if fired && self.armed.is_some() && timer.as_mut().poll(&mut own).is_ready() {
                 self.armed = None;
                 dirty = true;
                 let now = Instant::now();
-                if s.head_expired(now, limits.header_read_timeout) {
+                if s.head_expired(now, limits.header_timeout()) {
                     return Turn::HeadTimeout;
                 }
-                if !self.closing && s.idle_expired(now, limits.idle_timeout) {
+                if !self.closing && s.first_byte_expired(now, limits.first_byte()) {
+                    limits.counters.first_byte_timeout.inc();
+                    self.closing = true;
+                    turn = Turn::Shutdown;
+                } else if !self.closing && s.idle_expired(now, limits.idle()) {
                     limits.counters.idle_closed.inc();
                     self.closing = true;
                     turn = Turn::Shutdown;

@@ -26,6 +26,8 @@ pub(super) struct ConnState {
     pub(super) head_since: AtomicU64,
     /// When (ms after `started`) the last request finished.
     pub(super) idle_since: AtomicU64,
+    /// A byte has arrived (the first-byte timer is over).
+    spoke: AtomicBool,
     /// The connection speaks HTTP/2 (no head timer, never parked).
     h2: AtomicBool,
     /// A request asked to switch protocols: never parked.
@@ -78,6 +80,7 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             head_since: AtomicU64::new(UNSET),
             idle_since: AtomicU64::new(0),
+            spoke: AtomicBool::new(false),
             h2: AtomicBool::new(h2),
             upgrade: AtomicBool::new(false),
             park: AtomicBool::new(false),
@@ -111,6 +114,11 @@ impl ConnState {
 
     /// Bytes arrived: with no request in flight they begin a request head.
     pub(super) fn on_read(&self) {
+        if !self.spoke.load(Ordering::Relaxed) {
+            self.spoke.store(true, Ordering::Release);
+            crate::protocol::overload::spoke();
+            self.changed();
+        }
         if self.h2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
             return;
         }
@@ -134,13 +142,15 @@ impl ConnState {
     pub(super) fn deadline(&self, limits: &HttpLimits, closing: bool) -> Option<Instant> {
         let head = match self.head_since.load(Ordering::Acquire) {
             UNSET => None,
-            since => Some(self.at(since) + limits.header_read_timeout),
+            since => Some(self.at(since) + limits.header_timeout()),
         };
         let idle = (!closing && self.in_flight.load(Ordering::Acquire) == 0)
-            .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout);
+            .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + limits.idle());
+        let first = (!closing && !self.spoke.load(Ordering::Acquire))
+            .then(|| self.started + limits.first_byte());
         let park = (!closing && head.is_none() && self.parkable())
             .then(|| self.at(self.idle_since.load(Ordering::Acquire)) + PARK_AFTER);
-        [head, idle, park].into_iter().flatten().min()
+        [head, idle, first, park].into_iter().flatten().min()
     }
 
     /// Parking may be asked for: an HTTP/1 connection without a request in
@@ -185,6 +195,10 @@ impl ConnState {
             UNSET => false,
             since => now >= self.at(since) + timeout,
         }
+    }
+
+    pub(super) fn first_byte_expired(&self, now: Instant, timeout: Duration) -> bool {
+        !self.spoke.load(Ordering::Acquire) && now >= self.started + timeout
     }
 
     pub(super) fn idle_expired(&self, now: Instant, timeout: Duration) -> bool {

@@ -350,3 +350,129 @@ async fn an_error_answer_after_the_whole_body_keeps_the_connection() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(!answer.contains("connection: close"), "{answer}");
 }
+
+fn limits_with(edit: impl FnOnce(&mut ConnectionLimits)) -> (HttpLimits, LimitMetrics) {
+    let metrics = LimitMetrics::register(&Registry::new()).unwrap();
+    let mut cfg = ConnectionLimits {
+        idle_timeout: 600_000,
+        ..Default::default()
+    };
+    edit(&mut cfg);
+    (HttpLimits::new(&cfg, metrics.for_listener("l")), metrics)
+}
+
+/// Reads the whole request body, then answers with its length (as the
+/// upstream does, failing the request when the body fails).
+fn reads_body() -> HttpSvc {
+    use http_body_util::BodyExt;
+    BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| async move {
+        match req.into_body().collect().await {
+            Ok(b) => Ok(Response::new(crate::body::full(
+                b.to_bytes().len().to_string(),
+            ))),
+            Err(e) => Err(ProxyError::BadRequest {
+                reason: e.to_string(),
+            }),
+        }
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_speaks_is_closed_at_the_first_byte_timeout() {
+    let (l, metrics) = limits_with(|c| c.first_byte_timeout = 2_000);
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, ok(), Framed::Auto, l.clone());
+    let started = Instant::now();
+    assert_eq!(read_all(&mut client).await, "", "closed without a word");
+    let took = started.elapsed();
+    assert!(
+        took >= l.first_byte_timeout && took < l.idle_timeout,
+        "{took:?}"
+    );
+    served.await.unwrap();
+    let c = metrics.for_listener("l");
+    assert_eq!((c.first_byte_timeout.get(), c.idle_closed.get()), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dribbled_request_body_gets_408_at_its_deadline() {
+    let (l, metrics) = limits_with(|c| {
+        c.request_body_timeout = 1_000;
+        c.request_body_min_rate = 1024;
+    });
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, reads_body(), Framed::Http1, l.clone());
+    let (mut rd, mut wr) = tokio::io::split(client);
+    wr.write_all(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let dribble = tokio::spawn(async move {
+        // One byte every 300 ms: never a gap of a whole second, but far
+        // below the minimum rate.
+        while wr.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = rd.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("x-sane-response-flags: SI"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(took >= l.request_body_timeout, "{took:?}");
+    assert!(took < l.request_body_timeout * 2, "{took:?}");
+    served.await.unwrap();
+    dribble.abort();
+    assert_eq!(metrics.for_listener("l").body_timeout.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_body_above_the_minimum_rate_is_not_cut() {
+    let (l, metrics) = limits_with(|c| {
+        c.request_body_timeout = 1_000;
+        c.request_body_min_rate = 1024;
+    });
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, reads_body(), Framed::Http1, l.clone());
+    let (mut rd, mut wr) = tokio::io::split(client);
+    wr.write_all(b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    // 2000 bytes every 500 ms (4 KiB/s) for 2.5 s: well past the grace.
+    for _ in 0..5 {
+        wr.write_all(&[b'x'; 2000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut buf = vec![0u8; 1024];
+    let n = rd.read(&mut buf).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("10000"), "{answer}");
+    drop((rd, wr));
+    served.await.unwrap();
+    assert_eq!(metrics.for_listener("l").body_timeout.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_shrink_for_open_connections_when_the_listener_fills() {
+    let (mut l, metrics) = limits_with(|c| c.first_byte_timeout = 10_000);
+    let overload = Arc::new(Overload::new(10, 50));
+    l.overload = overload.clone();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, ok(), Framed::Auto, l.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The listener fills: the first-byte timeout shrinks to 1 % (100 ms),
+    // already past for this connection, which closes at once.
+    let started = Instant::now();
+    let _open: Vec<_> = (0..10).map(|_| overload.open()).collect();
+    assert_eq!(read_all(&mut client).await, "");
+    assert!(
+        started.elapsed() < Duration::from_millis(50),
+        "{:?}",
+        started.elapsed()
+    );
+    served.await.unwrap();
+    assert_eq!(metrics.for_listener("l").first_byte_timeout.get(), 1);
+}
