@@ -75,7 +75,17 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    prefer_server_order(&mut config);
     Ok(config)
+}
+
+/// Makes a server pick the TLS 1.2 cipher suite by its own preference order
+/// ([`provider`]'s list), not the client's: a client offering a weaker suite
+/// first does not get it. (TLS 1.3 suites are all AEAD with the same
+/// strength; rustls applies the same rule to them.) Every server config the
+/// mesh builds calls this.
+pub fn prefer_server_order(config: &mut ServerConfig) {
+    config.ignore_client_order = true;
 }
 
 /// The outbound (client) side: presents `identity` and accepts only a server

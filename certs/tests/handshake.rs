@@ -264,3 +264,55 @@ async fn old_root_is_accepted_during_rotation_grace_and_refused_after() {
     let err = server.expect_err("the old root is retired");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }
+
+/// testssl flags a TLS 1.2 server that takes the client's cipher order: a
+/// client listing a suite the server likes less first must still get the
+/// server's first choice (the first TLS 1.2 suite of the mesh provider).
+#[tokio::test]
+async fn tls12_server_prefers_its_own_cipher_suite_order() {
+    use rustls::crypto::CryptoProvider;
+    let ca = ca();
+    let bundle = ca.trust_bundle();
+    let server_id = id("prod", "api");
+    let server_leaf = certify(&ca, &server_id);
+    let client_leaf = certify(&ca, &id("prod", "web"));
+    let mesh = sane_certs::tls::provider();
+    let server_tls12: Vec<_> = (mesh.cipher_suites.iter())
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .copied()
+        .collect();
+    let preferred = server_tls12[0].suite();
+    // The client offers the server's TLS 1.2 suites in reverse order.
+    let reversed = CryptoProvider {
+        cipher_suites: server_tls12.iter().rev().copied().collect(),
+        ..(*mesh).clone()
+    };
+    assert_ne!(reversed.cipher_suites[0].suite(), preferred);
+    let reversed = Arc::new(reversed);
+    let verifier = SpiffeServerVerifier::new(&bundle, (&server_id).into(), &reversed).unwrap();
+    let client_cfg = ClientConfig::builder_with_provider(reversed)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            client_leaf.certified_key(),
+        )));
+
+    let server_cfg = server_config(&bundle, &server_leaf).unwrap();
+    assert!(server_cfg.ignore_client_order);
+    let (server, client) = handshake(server_cfg, client_cfg).await;
+    server.unwrap();
+    let client = client.unwrap();
+    let conn = client.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let negotiated = conn.negotiated_cipher_suite().unwrap().suite();
+    println!(
+        "client offered {:?} first; negotiated {negotiated:?}",
+        server_tls12.last().unwrap().suite()
+    );
+    assert_eq!(negotiated, preferred, "the server's first choice wins");
+}
