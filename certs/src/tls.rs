@@ -19,7 +19,7 @@ use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::bundle::TrustBundle;
 use crate::error::Error;
-use crate::identity::SpiffeIdPattern;
+use crate::identity::{SpiffeIdPattern, TrustDomain};
 use crate::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use crate::workload::CertifiedIdentity;
 
@@ -57,15 +57,31 @@ fn build_provider() -> Arc<CryptoProvider> {
 }
 
 /// The inbound (server) side: presents `identity`, requires a client
-/// certificate chaining to `bundle` and carrying a SPIFFE id.
+/// certificate chaining to `bundle` and carrying a SPIFFE id of `identity`'s
+/// own trust domain.
 ///
 /// After the handshake, [`crate::peer_identity_of`] gives the client's id.
 pub fn server_config(
     bundle: &TrustBundle,
     identity: &CertifiedIdentity,
 ) -> Result<ServerConfig, Error> {
+    server_config_federated(bundle, identity, &[])
+}
+
+/// [`server_config`] that also accepts clients of the `federated` trust
+/// domains (whose certificates must still chain to `bundle`).
+pub fn server_config_federated(
+    bundle: &TrustBundle,
+    identity: &CertifiedIdentity,
+    federated: &[TrustDomain],
+) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let verifier = SpiffeClientVerifier::new(bundle, provider.clone())?;
+    let own = identity.identity().trust_domain();
+    let accepted: Vec<TrustDomain> = std::iter::once(own)
+        .chain(federated.iter().filter(|td| *td != own))
+        .cloned()
+        .collect();
+    let verifier = SpiffeClientVerifier::new(bundle, provider.clone(), &accepted)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|source| Error::TlsConfig {

@@ -13,10 +13,10 @@ use rustls::time_provider::TimeProvider;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::{ServerName, UnixTime};
 use sane_certs::{
-    client_config, peer_identity_of, server_config, CertifiedIdentity, Error, SpiffeIdPattern,
-    SpiffeServerVerifier, TrustBundle,
+    client_config, peer_identity_of, server_config, server_config_federated, CertifiedIdentity,
+    Error, SpiffeId, SpiffeIdPattern, SpiffeServerVerifier, TrustBundle,
 };
-use support::{ca, certify, id};
+use support::{ca, certify, id, shared_root_cas};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
@@ -315,4 +315,40 @@ async fn tls12_server_prefers_its_own_cipher_suite_order() {
         server_tls12.last().unwrap().suite()
     );
     assert_eq!(negotiated, preferred, "the server's first choice wins");
+}
+
+/// A client certificate that chains to the mesh root but names another trust
+/// domain (the root is an operator root shared with another mesh) is
+/// refused by the server's handshake, naming the trust domain; listed as
+/// federated, it is accepted and its id is the peer identity.
+#[tokio::test]
+async fn client_of_another_trust_domain_under_the_same_root_is_refused_unless_federated() {
+    let cas = shared_root_cas(&["mesh.test", "evil.local"]);
+    let (ours, evil_ca) = (&cas[0], &cas[1]);
+    let bundle = ours.trust_bundle();
+    assert_eq!(bundle, evil_ca.trust_bundle(), "one root for both");
+    let server_id = id("prod", "api");
+    let server_leaf = certify(ours, &server_id);
+    let evil_td = evil_ca.trust_domain().clone();
+    let evil = SpiffeId::new(evil_td.clone(), "prod", "web").unwrap();
+    let client_leaf = certify(evil_ca, &evil);
+    let client_cfg = || client_config(&bundle, &client_leaf, (&server_id).into()).unwrap();
+
+    let (server, client) =
+        handshake(server_config(&bundle, &server_leaf).unwrap(), client_cfg()).await;
+    let err = server.expect_err("the server must refuse a foreign trust domain");
+    match sane_error(&err) {
+        Some(Error::UntrustedTrustDomain { actual, .. }) => assert_eq!(*actual, evil),
+        other => panic!("unexpected error {other:?} from {err}"),
+    }
+    if let Ok(mut client) = client {
+        let mut buf = [0u8; 1];
+        assert!(client.read(&mut buf).await.is_err());
+    }
+
+    let federated = server_config_federated(&bundle, &server_leaf, &[evil_td]).unwrap();
+    let (server, client) = handshake(federated, client_cfg()).await;
+    let server = server.expect("a federated trust domain is accepted");
+    client.unwrap();
+    assert_eq!(peer_identity_of(server.get_ref().1).unwrap(), evil);
 }
