@@ -350,4 +350,35 @@ mod tests {
             (Some(5432), None)
         );
     }
+
+    /// Transparent mode: iptables redirects every pod port to the inbound,
+    /// so a plain client addressing the pod's admin or an undeclared port
+    /// arrives here with that original port. It is refused, whatever its
+    /// protocol looks like.
+    #[test]
+    fn a_redirected_plain_client_gets_only_declared_ports_that_are_not_the_proxys() {
+        let t = target();
+        let own = workload_port::OwnSockets::default();
+        own.add("127.0.0.1:15000".parse().unwrap());
+        own.add("0.0.0.0:15006".parse().unwrap());
+        let port_of = |detected, original| {
+            let (port, _) = plain_client_port(&t, detected, Some(original));
+            workload_port::check(&t, &own, port.unwrap())
+        };
+        assert_eq!(port_of(Detected::Http1, 8081), Ok(()));
+        assert_eq!(port_of(Detected::Opaque, 5432), Ok(()));
+        for detected in [Detected::Http1, Detected::Opaque] {
+            assert_eq!(
+                port_of(detected, 15000),
+                Err(PortRefusal::ProxyPort),
+                "admin"
+            );
+            assert_eq!(
+                port_of(detected, 15006),
+                Err(PortRefusal::ProxyPort),
+                "inbound"
+            );
+            assert_eq!(port_of(detected, 9000), Err(PortRefusal::Undeclared));
+        }
+    }
 }

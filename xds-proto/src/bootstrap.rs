@@ -216,6 +216,7 @@ impl Bootstrap {
         if let Some(h) = &self.health {
             h.validate_into(&root.field("health"), &mut errs);
         }
+        self.validate_workload_ports_not_own(&root, &mut errs);
         if let Some(g) = &self.gateway {
             g.validate_into(&root.field("gateway"), &mut errs);
         }
@@ -229,6 +230,55 @@ impl Bootstrap {
             }
         }
         errs.finish()
+    }
+
+    /// A declared workload port that is one of the proxy's own sockets
+    /// (admin, health, a listener; fixed ports only, port 0 is checked at
+    /// run time) is a mistake the inbound would refuse at every connection:
+    /// named here instead.
+    fn validate_workload_ports_not_own(&self, root: &FieldPath, errs: &mut Errors) {
+        let mut own: Vec<(String, SocketAddr)> = Vec::new();
+        let mut add = |name: String, addr: &str| {
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                if a.port() != 0 {
+                    own.push((name, a));
+                }
+            }
+        };
+        add("admin".into(), &self.admin.address);
+        if let Some(h) = &self.health {
+            add("health".into(), &h.address);
+        }
+        for l in &self.resources.listeners {
+            add(format!("listener {:?}", l.name), &l.address);
+        }
+        let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        for (i, l) in self.resources.listeners.iter().enumerate() {
+            let ip = match l.workload_address.parse() {
+                Ok(ip) => ip,
+                Err(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            };
+            for (j, w) in l.workload_ports.iter().enumerate() {
+                let hit = own.iter().find(|(_, a)| {
+                    u32::from(a.port()) == w.port
+                        && (a.ip() == ip || a.ip().is_unspecified() || (local(a.ip()) && local(ip)))
+                });
+                if let Some((name, a)) = hit {
+                    let at = root
+                        .field("resources")
+                        .item("listeners", i)
+                        .item("workload_ports", j)
+                        .field("port");
+                    errs.push(
+                        &at,
+                        format!(
+                            "{} is the proxy's own {name} port ({a}); the inbound never delivers to it",
+                            w.port
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// The drain deadline in milliseconds, with the default applied.

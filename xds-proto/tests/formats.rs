@@ -272,3 +272,32 @@ fn federated_trust_domains_default_to_none_and_are_checked() {
         assert!(err.contains(expected), "{expected:?} not in {err}");
     }
 }
+
+#[test]
+fn a_workload_port_that_is_the_proxys_own_port_is_named() {
+    let bad = SAMPLE
+        .replace("address: 127.0.0.1:0", "address: 127.0.0.1:15000")
+        .replace(
+            "{ port: 9090, protocol: grpc }",
+            "{ port: 15000 }, { port: 15001 }",
+        );
+    let b: Bootstrap = serde_yaml::from_str(&bad).unwrap();
+    let err = b.validate().unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "resources.listeners[2].workload_ports[1].port: 15000 is the proxy's own admin port"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "resources.listeners[2].workload_ports[2].port: 15001 is the proxy's own listener \"outbound\" port"
+        ),
+        "{err}"
+    );
+    // The sample itself (admin on port 0, app ports apart) is fine.
+    serde_yaml::from_str::<Bootstrap>(SAMPLE)
+        .unwrap()
+        .validate()
+        .unwrap();
+}
