@@ -131,13 +131,6 @@ impl PortMetrics {
             .with_label_values(&[reason.label(), protocol])
             .inc();
     }
-
-    /// Refused connections so far with `reason` and `protocol`.
-    pub fn count(&self, reason: PortRefusal, protocol: &str) -> u64 {
-        self.refused
-            .with_label_values(&[reason.label(), protocol])
-            .get()
-    }
 }
 
 #[cfg(test)]
