@@ -367,6 +367,25 @@ pub enum Error {
         /// What the peer's verified certificate says.
         actual: SpiffeId,
     },
+
+    /// A client certificate chains to a trusted root but names a trust domain
+    /// that is neither the server's own nor a federated one.
+    #[error(
+        "peer identity {actual} is in trust domain {}, which is not accepted (accepted: {})",
+        actual.trust_domain(),
+        list_domains(accepted)
+    )]
+    UntrustedTrustDomain {
+        /// What the peer's verified certificate says.
+        actual: SpiffeId,
+        /// The trust domains the server accepts.
+        accepted: Vec<TrustDomain>,
+    },
+}
+
+fn list_domains(domains: &[TrustDomain]) -> String {
+    let names: Vec<&str> = domains.iter().map(TrustDomain::as_str).collect();
+    names.join(", ")
 }
 
 /// Formats a time the way operators read it in logs.

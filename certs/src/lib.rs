@@ -17,6 +17,9 @@
 //!   peers against the bundle by SPIFFE id, and [`peer_identity_of`] to read
 //!   the peer's id after the handshake.
 //!
+//! With feature `testing`, [`testing`] builds PKI shapes for tests (an
+//! operator root shared by several trust domains).
+//!
 //! Architecture invariants: only this crate calls rcgen; a private key never
 //! leaves the proxy that generated it (no API serializes a [`WorkloadKey`];
 //! the one key handed out as PEM is that of
@@ -32,6 +35,8 @@ pub mod ca;
 mod error;
 pub mod identity;
 pub mod rotation;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tls;
 pub mod verify;
 pub mod workload;
@@ -42,6 +47,6 @@ pub use ca::{CaOptions, CertificateAuthority, IssuedCert, Serial, ServerCert};
 pub use error::Error;
 pub use identity::{SpiffeId, SpiffeIdPart, SpiffeIdPattern, TrustDomain};
 pub use rotation::{rotation_deadline, rotation_delay, Backoff};
-pub use tls::{client_config, server_config};
+pub use tls::{client_config, server_config, server_config_federated};
 pub use verify::{peer_identity, peer_identity_of, SpiffeClientVerifier, SpiffeServerVerifier};
 pub use workload::{CertifiedIdentity, WorkloadKey};

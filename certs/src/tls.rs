@@ -19,7 +19,7 @@ use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
 use crate::bundle::TrustBundle;
 use crate::error::Error;
-use crate::identity::SpiffeIdPattern;
+use crate::identity::{SpiffeIdPattern, TrustDomain};
 use crate::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use crate::workload::CertifiedIdentity;
 
@@ -57,15 +57,31 @@ fn build_provider() -> Arc<CryptoProvider> {
 }
 
 /// The inbound (server) side: presents `identity`, requires a client
-/// certificate chaining to `bundle` and carrying a SPIFFE id.
+/// certificate chaining to `bundle` and carrying a SPIFFE id of `identity`'s
+/// own trust domain.
 ///
 /// After the handshake, [`crate::peer_identity_of`] gives the client's id.
 pub fn server_config(
     bundle: &TrustBundle,
     identity: &CertifiedIdentity,
 ) -> Result<ServerConfig, Error> {
+    server_config_federated(bundle, identity, &[])
+}
+
+/// [`server_config`] that also accepts clients of the `federated` trust
+/// domains (whose certificates must still chain to `bundle`).
+pub fn server_config_federated(
+    bundle: &TrustBundle,
+    identity: &CertifiedIdentity,
+    federated: &[TrustDomain],
+) -> Result<ServerConfig, Error> {
     let provider = provider();
-    let verifier = SpiffeClientVerifier::new(bundle, provider.clone())?;
+    let own = identity.identity().trust_domain();
+    let accepted: Vec<TrustDomain> = std::iter::once(own)
+        .chain(federated.iter().filter(|td| *td != own))
+        .cloned()
+        .collect();
+    let verifier = SpiffeClientVerifier::new(bundle, provider.clone(), &accepted)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|source| Error::TlsConfig {
@@ -75,7 +91,17 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    prefer_server_order(&mut config);
     Ok(config)
+}
+
+/// Makes a server pick the TLS 1.2 cipher suite by its own preference order
+/// ([`provider`]'s list), not the client's: a client offering a weaker suite
+/// first does not get it. (TLS 1.3 suites are all AEAD with the same
+/// strength; rustls applies the same rule to them.) Every server config the
+/// mesh builds calls this.
+pub fn prefer_server_order(config: &mut ServerConfig) {
+    config.ignore_client_order = true;
 }
 
 /// The outbound (client) side: presents `identity` and accepts only a server

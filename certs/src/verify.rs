@@ -7,7 +7,11 @@
 //! and serverAuth usage with rustls' webpki helpers, then compares the URI
 //! SAN with the expected [`SpiffeIdPattern`] instead of a host name. The
 //! server side wraps [`WebPkiClientVerifier`] and additionally requires a
-//! well-formed SPIFFE id; who may call what is authorization's job, later.
+//! well-formed SPIFFE id in one of the accepted trust domains (its own and
+//! the federated ones): a root may be shared with other trust domains (an
+//! operator's company root), so chaining to it proves only who signed the
+//! certificate, not that its holder belongs to this mesh. Who may call what
+//! is authorization's job, later.
 //!
 //! Both verifiers keep one root store per bundle root and skip roots whose
 //! retirement time has passed at handshake time, which is what lets a
@@ -29,7 +33,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::bundle::TrustBundle;
 use crate::error::Error;
-use crate::identity::{SpiffeId, SpiffeIdPattern};
+use crate::identity::{SpiffeId, SpiffeIdPattern, TrustDomain};
 use crate::x509;
 
 /// Client-side verifier: the server must chain to the bundle and present an
@@ -41,8 +45,10 @@ pub struct SpiffeServerVerifier {
 }
 
 /// Server-side verifier: a client certificate is required, must chain to the
-/// bundle and must carry exactly one SPIFFE id.
+/// bundle and must carry exactly one SPIFFE id, in an accepted trust domain.
 pub struct SpiffeClientVerifier {
+    /// The server's own trust domain first, then the federated ones.
+    trust_domains: Vec<TrustDomain>,
     /// One webpki verifier per root, with that root's retirement time.
     per_root: Vec<(Option<u64>, Arc<dyn ClientCertVerifier>)>,
     /// A verifier over every root, for CA hints and handshake signatures.
@@ -273,8 +279,14 @@ impl fmt::Debug for SpiffeServerVerifier {
 // === impl SpiffeClientVerifier ===
 
 impl SpiffeClientVerifier {
-    /// Requires client certificates chaining to `bundle`.
-    pub fn new(bundle: &TrustBundle, provider: Arc<CryptoProvider>) -> Result<Self, Error> {
+    /// Requires client certificates chaining to `bundle` whose SPIFFE id is
+    /// in one of `trust_domains` (the server's own, then any federated ones;
+    /// an empty list accepts no client).
+    pub fn new(
+        bundle: &TrustBundle,
+        provider: Arc<CryptoProvider>,
+        trust_domains: &[TrustDomain],
+    ) -> Result<Self, Error> {
         let build = |store: RootCertStore| {
             WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
                 .build()
@@ -287,9 +299,15 @@ impl SpiffeClientVerifier {
             per_root.push((anchor.retire_at, build(anchor.store)?));
         }
         Ok(Self {
+            trust_domains: trust_domains.to_vec(),
             per_root,
             all: build(all)?,
         })
+    }
+
+    /// The trust domains whose identities are accepted.
+    pub fn trust_domains(&self) -> &[TrustDomain] {
+        &self.trust_domains
     }
 }
 
@@ -324,7 +342,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
                 CertificateError::UnknownIssuer,
             )));
         }
-        peer_identity(end_entity).map_err(Error::into_rustls)?;
+        let actual = peer_identity(end_entity).map_err(Error::into_rustls)?;
+        if !self.trust_domains.contains(actual.trust_domain()) {
+            return Err(Error::UntrustedTrustDomain {
+                actual,
+                accepted: self.trust_domains.clone(),
+            }
+            .into_rustls());
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -354,6 +379,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
+            .field("trust_domains", &self.trust_domains)
             .field("roots", &self.per_root.len())
             .finish()
     }

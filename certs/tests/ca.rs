@@ -13,8 +13,8 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use sane_certs::ca::{CA_CERT_FILE, CA_KEY_FILE};
 use sane_certs::{
-    CaOptions, CertificateAuthority, CertifiedIdentity, Error, SpiffeClientVerifier, TrustBundle,
-    WorkloadKey,
+    CaOptions, CertificateAuthority, CertifiedIdentity, Error, SpiffeClientVerifier, SpiffeId,
+    TrustBundle, TrustDomain, WorkloadKey,
 };
 use support::{ca, certify, id, td, TempDir};
 use x509_parser::extensions::GeneralName;
@@ -304,10 +304,71 @@ fn operator_intermediate_chain_issues_leaves_that_verify_against_the_root() {
     certified.verify(&root_bundle, SystemTime::now()).unwrap();
 
     // The same check through the server-side rustls verifier.
-    let verifier = SpiffeClientVerifier::new(&root_bundle, sane_certs::tls::provider()).unwrap();
+    let verifier =
+        SpiffeClientVerifier::new(&root_bundle, sane_certs::tls::provider(), &[td()]).unwrap();
     use rustls::server::danger::ClientCertVerifier;
     verifier
         .verify_client_cert(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now())
+        .unwrap();
+}
+
+/// An operator root names no trust domain, so CAs of several trust domains
+/// can chain to it. Chaining to the mesh root then proves nothing about the
+/// trust domain: the server-side verifier accepts only its own (and the
+/// federated ones it is given).
+#[test]
+fn a_leaf_of_another_trust_domain_under_the_same_root_is_refused() {
+    let pki = operator_pki();
+    let chain_pem = format!("{}{}", pki.intermediate_pem, pki.root_pem);
+    let load = |td: &TrustDomain| {
+        CertificateAuthority::from_pem(
+            td,
+            &chain_pem,
+            &pki.intermediate_key_pem,
+            CaOptions::default(),
+        )
+        .unwrap()
+    };
+    let evil_td: TrustDomain = "evil.local".parse().unwrap();
+    let evil_ca = load(&evil_td);
+    let evil = SpiffeId::new(evil_td.clone(), "prod", "web").unwrap();
+    let key = WorkloadKey::generate().unwrap();
+    let issued = evil_ca
+        .sign_csr(key.csr_pem(&evil).unwrap().as_bytes(), &evil, None)
+        .unwrap();
+    let chain = chain_der(&issued.chain_pem);
+    let root_bundle = TrustBundle::from_pem(&pki.root_pem).unwrap();
+    assert_eq!(load(&td()).trust_bundle(), root_bundle, "one root for both");
+
+    use rustls::server::danger::ClientCertVerifier;
+    let now = rustls_pki_types::UnixTime::now();
+    let ours =
+        SpiffeClientVerifier::new(&root_bundle, sane_certs::tls::provider(), &[td()]).unwrap();
+    let err = ours
+        .verify_client_cert(&chain[0], &chain[1..], now)
+        .expect_err("a foreign trust domain must be refused");
+    let rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) = &err else {
+        panic!("unexpected error {err:?}");
+    };
+    match other.0.downcast_ref::<Error>() {
+        Some(Error::UntrustedTrustDomain { actual, accepted }) => {
+            assert_eq!(*actual, evil);
+            assert_eq!(*accepted, vec![td()]);
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("evil.local") && text.contains("mesh.test"),
+        "{text}"
+    );
+
+    // Listed as federated, the same certificate is accepted.
+    let federated =
+        SpiffeClientVerifier::new(&root_bundle, sane_certs::tls::provider(), &[td(), evil_td])
+            .unwrap();
+    federated
+        .verify_client_cert(&chain[0], &chain[1..], now)
         .unwrap();
 }
 
@@ -409,7 +470,8 @@ fn rotated_out_root_is_trusted_only_during_the_grace_period() {
 
     // The server-side verifier reads the handshake clock the same way.
     use rustls::server::danger::ClientCertVerifier;
-    let verifier = SpiffeClientVerifier::new(&bundle, sane_certs::tls::provider()).unwrap();
+    let verifier =
+        SpiffeClientVerifier::new(&bundle, sane_certs::tls::provider(), &[td()]).unwrap();
     let unix = |t: SystemTime| {
         rustls_pki_types::UnixTime::since_unix_epoch(
             t.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
@@ -493,7 +555,7 @@ fn csrs_with_other_accepted_key_types_verify() {
 /// Verifies `chain` with the server-side rustls verifier at the current time.
 fn rustls_verify(bundle: &TrustBundle, chain: &[CertificateDer<'static>]) {
     use rustls::server::danger::ClientCertVerifier;
-    SpiffeClientVerifier::new(bundle, sane_certs::tls::provider())
+    SpiffeClientVerifier::new(bundle, sane_certs::tls::provider(), &[td()])
         .unwrap()
         .verify_client_cert(&chain[0], &chain[1..], rustls_pki_types::UnixTime::now())
         .unwrap();

@@ -13,10 +13,10 @@ use rustls::time_provider::TimeProvider;
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::{ServerName, UnixTime};
 use sane_certs::{
-    client_config, peer_identity_of, server_config, CertifiedIdentity, Error, SpiffeIdPattern,
-    SpiffeServerVerifier, TrustBundle,
+    client_config, peer_identity_of, server_config, server_config_federated, CertifiedIdentity,
+    Error, SpiffeId, SpiffeIdPattern, SpiffeServerVerifier, TrustBundle,
 };
-use support::{ca, certify, id};
+use support::{ca, certify, id, shared_root_cas};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
@@ -263,4 +263,92 @@ async fn old_root_is_accepted_during_rotation_grace_and_refused_after() {
     let (server, _) = handshake(later, client_cfg).await;
     let err = server.expect_err("the old root is retired");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+}
+
+/// testssl flags a TLS 1.2 server that takes the client's cipher order: a
+/// client listing a suite the server likes less first must still get the
+/// server's first choice (the first TLS 1.2 suite of the mesh provider).
+#[tokio::test]
+async fn tls12_server_prefers_its_own_cipher_suite_order() {
+    use rustls::crypto::CryptoProvider;
+    let ca = ca();
+    let bundle = ca.trust_bundle();
+    let server_id = id("prod", "api");
+    let server_leaf = certify(&ca, &server_id);
+    let client_leaf = certify(&ca, &id("prod", "web"));
+    let mesh = sane_certs::tls::provider();
+    let server_tls12: Vec<_> = (mesh.cipher_suites.iter())
+        .filter(|s| s.version() == &rustls::version::TLS12)
+        .copied()
+        .collect();
+    let preferred = server_tls12[0].suite();
+    // The client offers the server's TLS 1.2 suites in reverse order.
+    let reversed = CryptoProvider {
+        cipher_suites: server_tls12.iter().rev().copied().collect(),
+        ..(*mesh).clone()
+    };
+    assert_ne!(reversed.cipher_suites[0].suite(), preferred);
+    let reversed = Arc::new(reversed);
+    let verifier = SpiffeServerVerifier::new(&bundle, (&server_id).into(), &reversed).unwrap();
+    let client_cfg = ClientConfig::builder_with_provider(reversed)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
+            client_leaf.certified_key(),
+        )));
+
+    let server_cfg = server_config(&bundle, &server_leaf).unwrap();
+    assert!(server_cfg.ignore_client_order);
+    let (server, client) = handshake(server_cfg, client_cfg).await;
+    server.unwrap();
+    let client = client.unwrap();
+    let conn = client.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let negotiated = conn.negotiated_cipher_suite().unwrap().suite();
+    println!(
+        "client offered {:?} first; negotiated {negotiated:?}",
+        server_tls12.last().unwrap().suite()
+    );
+    assert_eq!(negotiated, preferred, "the server's first choice wins");
+}
+
+/// A client certificate that chains to the mesh root but names another trust
+/// domain (the root is an operator root shared with another mesh) is
+/// refused by the server's handshake, naming the trust domain; listed as
+/// federated, it is accepted and its id is the peer identity.
+#[tokio::test]
+async fn client_of_another_trust_domain_under_the_same_root_is_refused_unless_federated() {
+    let cas = shared_root_cas(&["mesh.test", "evil.local"]);
+    let (ours, evil_ca) = (&cas[0], &cas[1]);
+    let bundle = ours.trust_bundle();
+    assert_eq!(bundle, evil_ca.trust_bundle(), "one root for both");
+    let server_id = id("prod", "api");
+    let server_leaf = certify(ours, &server_id);
+    let evil_td = evil_ca.trust_domain().clone();
+    let evil = SpiffeId::new(evil_td.clone(), "prod", "web").unwrap();
+    let client_leaf = certify(evil_ca, &evil);
+    let client_cfg = || client_config(&bundle, &client_leaf, (&server_id).into()).unwrap();
+
+    let (server, client) =
+        handshake(server_config(&bundle, &server_leaf).unwrap(), client_cfg()).await;
+    let err = server.expect_err("the server must refuse a foreign trust domain");
+    match sane_error(&err) {
+        Some(Error::UntrustedTrustDomain { actual, .. }) => assert_eq!(*actual, evil),
+        other => panic!("unexpected error {other:?} from {err}"),
+    }
+    if let Ok(mut client) = client {
+        let mut buf = [0u8; 1];
+        assert!(client.read(&mut buf).await.is_err());
+    }
+
+    let federated = server_config_federated(&bundle, &server_leaf, &[evil_td]).unwrap();
+    let (server, client) = handshake(federated, client_cfg()).await;
+    let server = server.expect("a federated trust domain is accepted");
+    client.unwrap();
+    assert_eq!(peer_identity_of(server.get_ref().1).unwrap(), evil);
 }

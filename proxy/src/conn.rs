@@ -7,7 +7,8 @@
 //!   port and framing; otherwise the protocol is detected and the connection
 //!   goes to the port the client originally addressed (when iptables
 //!   redirected it to a transparent listener), else to the first declared
-//!   workload port of that kind.
+//!   workload port of that kind. Either way only a declared workload port
+//!   that is not one of the proxy's own is served ([`workload_port`]).
 
 use crate::cluster::Cluster;
 use crate::config::InboundTarget;
@@ -24,6 +25,9 @@ use crate::stack::{self, StackContext};
 use crate::telemetry::TcpLabels;
 use crate::tls::{PeerIdentity, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
+use crate::workload_port::{self, PortRefusal};
+use crate::ProxyError;
+use futures::future;
 use sane_xds_proto::{Protocol, TlsMode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,6 +187,19 @@ async fn inbound_detected<I: Io>(
         tracing::warn!(%peer, port, "plaintext connection to a STRICT mutual TLS port rejected");
         return;
     }
+    if let Err(reason) = workload_port::check(&target, &ctx.own_sockets, port) {
+        let http = framed.is_some();
+        ctx.metrics.inbound_ports.refused(reason, http);
+        let flags = workload_port::REFUSED_FLAG;
+        let peer_id = peer_id.as_ref().map(|p| &*p.0);
+        tracing::warn!(%peer, ?peer_id, port, %reason, flags, "inbound port refused");
+        if let Some(framed) = framed {
+            // Answered per request (403 `IPR`), so the caller learns why.
+            let io = Prefixed::new(prefix, io);
+            serve_http(io, refuse(port, reason), framed, &limits, drain).await;
+        }
+        return;
+    }
     let io = Prefixed::new(prefix, io);
     let snapshot = ctx.config.load();
     let service = crate::config::local_service_key(&snapshot.bootstrap.node);
@@ -216,10 +233,17 @@ async fn inbound_detected<I: Io>(
     }
 }
 
+/// An HTTP service answering every request with the refusal.
+fn refuse(port: u16, reason: PortRefusal) -> stack::HttpSvc {
+    let refused = move |_req| future::ready(Err(ProxyError::InboundPortRefused { port, reason }));
+    tower::util::BoxCloneSyncService::new(tower::service_fn(refused))
+}
+
 /// Where a plain client (no transport header) goes: the port it originally
 /// addressed, when iptables redirected it here, else the first declared
 /// workload port of its protocol. A declared `tcp` port is spliced whatever
-/// its first bytes look like.
+/// its first bytes look like. (Whether that port may be reached at all is
+/// [`workload_port::check`]'s decision.)
 fn plain_client_port(
     target: &InboundTarget,
     detected: Detected,
@@ -306,7 +330,7 @@ mod tests {
             (Some(5432), None)
         );
         // Redirected: the original destination port, whatever is declared
-        // first (and undeclared ports too, by what was detected).
+        // first (an undeclared one is then refused by `workload_port`).
         assert_eq!(
             plain_client_port(&t, Detected::Http2, Some(8081)),
             (Some(8081), http)
@@ -324,5 +348,36 @@ mod tests {
             plain_client_port(&t, Detected::Http1, Some(5432)),
             (Some(5432), None)
         );
+    }
+
+    /// Transparent mode: iptables redirects every pod port to the inbound,
+    /// so a plain client addressing the pod's admin or an undeclared port
+    /// arrives here with that original port. It is refused, whatever its
+    /// protocol looks like.
+    #[test]
+    fn a_redirected_plain_client_gets_only_declared_ports_that_are_not_the_proxys() {
+        let t = target();
+        let own = workload_port::OwnSockets::default();
+        own.add("127.0.0.1:15000".parse().unwrap());
+        own.add("0.0.0.0:15006".parse().unwrap());
+        let port_of = |detected, original| {
+            let (port, _) = plain_client_port(&t, detected, Some(original));
+            workload_port::check(&t, &own, port.unwrap())
+        };
+        assert_eq!(port_of(Detected::Http1, 8081), Ok(()));
+        assert_eq!(port_of(Detected::Opaque, 5432), Ok(()));
+        for detected in [Detected::Http1, Detected::Opaque] {
+            assert_eq!(
+                port_of(detected, 15000),
+                Err(PortRefusal::ProxyPort),
+                "admin"
+            );
+            assert_eq!(
+                port_of(detected, 15006),
+                Err(PortRefusal::ProxyPort),
+                "inbound"
+            );
+            assert_eq!(port_of(detected, 9000), Err(PortRefusal::Undeclared));
+        }
     }
 }

@@ -129,6 +129,15 @@ pub enum ProxyError {
         /// What was asked, e.g. `GET /admin on port 8080`.
         operation: String,
     },
+    /// The inbound refused the workload port a connection asked for (not
+    /// declared for the local workload, or one of the proxy's own).
+    #[error("inbound delivery to port {port} refused: {reason}")]
+    InboundPortRefused {
+        /// The port asked for (transport header or original destination).
+        port: u16,
+        /// Why, see [`crate::workload_port::PortRefusal`].
+        reason: crate::workload_port::PortRefusal,
+    },
     /// The caller's deadline (`grpc-timeout` or `x-sane-deadline-ms`) passed.
     #[error("the caller's deadline of {budget_ms}ms passed")]
     DeadlineExceeded {
@@ -165,7 +174,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest { .. }
             | ProxyError::Unauthorized { .. }
-            | ProxyError::RequestBodyTimeout => ErrorSource::Downstream,
+            | ProxyError::RequestBodyTimeout
+            | ProxyError::InboundPortRefused { .. } => ErrorSource::Downstream,
             ProxyError::NoRoute { .. }
             | ProxyError::NoRuleMatched { .. }
             | ProxyError::NoHealthyUpstream { .. }
@@ -200,7 +210,9 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ProxyError::Unauthorized { .. } => StatusCode::FORBIDDEN,
+            ProxyError::Unauthorized { .. } | ProxyError::InboundPortRefused { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -229,7 +241,9 @@ impl ProxyError {
     /// `UC` upstream connection termination, `UT` upstream timeout or passed
     /// deadline, `UO` overflow (circuit breaker), `FI` fault abort, `URX`
     /// retry limit reached, `DPE` bad downstream request, `SI` shutting down
-    /// (draining) or a request body that stopped or dribbled (`408`), `RBAC` denied by an authorization policy. `DI` (fault delay) is added to responses by the fault
+    /// (draining) or a request body that stopped or dribbled (`408`), `RBAC`
+    /// denied by an authorization policy, `IPR` inbound port refused (not a
+    /// declared workload port, or the proxy's own). `DI` (fault delay) is added to responses by the fault
     /// policy, never to errors.
     pub fn response_flag(&self) -> &'static str {
         match self {
@@ -245,6 +259,7 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "UO",
             ProxyError::Draining | ProxyError::RequestBodyTimeout => "SI",
             ProxyError::Unauthorized { .. } => "RBAC",
+            ProxyError::InboundPortRefused { .. } => crate::workload_port::REFUSED_FLAG,
             ProxyError::FaultAbort { .. } => "FI",
             ProxyError::RetryLimit { .. } => "URX",
         }

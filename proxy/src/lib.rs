@@ -7,7 +7,9 @@
 //! the current snapshot (swapped atomically on reload), [`admin`] exposes
 //! readiness, metrics and the config, [`drain`] shuts down gracefully.
 //! Connections the [`iptables`] rules redirect to a transparent listener are
-//! served by [`transparent`] according to where they were going. In
+//! served by [`transparent`] according to where they were going. The inbound
+//! delivers only to the ports [`workload_port`] allows: declared workload
+//! ports, never the proxy's own. In
 //! [`gateway`] mode the same proxy also serves public listeners and sends
 //! outside requests into the mesh through the outbound stack.
 //!
@@ -40,6 +42,7 @@ pub mod trace;
 pub mod transparent;
 pub mod upstream;
 pub mod workers;
+pub mod workload_port;
 pub mod xds;
 
 pub use crate::body::Body;
@@ -169,7 +172,14 @@ pub async fn build(
             Some((addr, socket, server))
         }
     };
+    // The inbound never delivers to these (see `workload_port`).
+    let own_sockets = Arc::new(workload_port::OwnSockets::default());
+    std::iter::once(admin_addr)
+        .chain(health.as_ref().map(|(addr, _, _)| *addr))
+        .chain(listeners.iter().map(|l| l.addr))
+        .for_each(|addr| own_sockets.add(addr));
     let ctx = StackContext {
+        own_sockets,
         drain: drain.clone(),
         config: config.clone(),
         upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),

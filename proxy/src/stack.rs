@@ -100,6 +100,9 @@ pub struct StackContext {
     pub drain: crate::drain::Drain,
     /// Span export and access logs.
     pub tracer: Arc<crate::trace::Tracer>,
+    /// The proxy's own listening sockets, which the inbound never
+    /// delivers to.
+    pub own_sockets: Arc<crate::workload_port::OwnSockets>,
 }
 
 /// Builds the outbound stack, in the order (and for the reasons) the module

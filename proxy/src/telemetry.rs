@@ -91,6 +91,8 @@ pub struct Metrics {
     pub authz: crate::policy::authz::AuthzMetrics,
     /// Connections and request heads cut off by the listeners' limits.
     pub limits: crate::protocol::server::LimitMetrics,
+    /// Inbound connections refused for the port they asked for.
+    pub inbound_ports: crate::workload_port::PortMetrics,
 }
 
 /// What the resilience policies decided. Labels are bounded: cluster names
@@ -283,6 +285,7 @@ impl Metrics {
         let resilience = ResilienceMetrics::register(registry)?;
         let authz = crate::policy::authz::AuthzMetrics::register(registry)?;
         let limits = crate::protocol::server::LimitMetrics::register(registry)?;
+        let inbound_ports = crate::workload_port::PortMetrics::register(registry)?;
         Ok(Self {
             requests,
             duration,
@@ -304,6 +307,7 @@ impl Metrics {
             resilience,
             authz,
             limits,
+            inbound_ports,
         })
     }
 

@@ -431,6 +431,7 @@ resources:
             identity,
             drain: Default::default(),
             tracer: Arc::new(crate::trace::Tracer::new(&registry).unwrap()),
+            own_sockets: Default::default(),
         };
         let svc = crate::stack::outbound(ctx);
 

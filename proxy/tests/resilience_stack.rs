@@ -147,6 +147,7 @@ fn proxy(apps: &Apps, extra: &str) -> Proxy {
         identity,
         drain: sane_proxy::drain::Drain::default(),
         tracer: Arc::new(sane_proxy::trace::Tracer::new(&registry).unwrap()),
+        own_sockets: Default::default(),
     });
     Proxy {
         svc,

@@ -61,6 +61,12 @@ pub struct IdentityConfig {
     /// the CA's default (24h).
     #[serde(with = "duration_ms")]
     pub ttl: u64,
+    /// Other trust domains whose workloads may connect to this proxy's
+    /// inbound listeners (their certificates must still chain to the mesh's
+    /// trust bundle). A client certificate of any other trust domain is
+    /// refused in the handshake, even when it chains to the mesh root.
+    /// Default: none (only `trust_domain`).
+    pub federated_trust_domains: Vec<String>,
 }
 
 /// Where the proxy's dynamic configuration comes from.
@@ -111,6 +117,27 @@ impl IdentityConfig {
         }
     }
 
+    fn validate_trust_domains(&self, path: &FieldPath, errs: &mut Errors) {
+        if !self.trust_domain.is_empty() {
+            if let Err(reason) = check_trust_domain(&self.trust_domain) {
+                errs.push(
+                    &path.field("trust_domain"),
+                    format!("{:?} {reason}", self.trust_domain),
+                );
+            }
+        }
+        for (i, td) in self.federated_trust_domains.iter().enumerate() {
+            let at = path.item("federated_trust_domains", i);
+            if let Err(reason) = check_trust_domain(td) {
+                errs.push(&at, format!("{td:?} {reason}"));
+            } else if td == self.trust_domain() {
+                errs.push(&at, format!("{td:?} is the proxy's own trust domain"));
+            } else if self.federated_trust_domains[..i].contains(td) {
+                errs.push(&at, format!("{td:?} is listed twice"));
+            }
+        }
+    }
+
     /// The service account, with the default applied.
     pub fn service_account(&self) -> &str {
         if self.service_account.is_empty() {
@@ -118,6 +145,26 @@ impl IdentityConfig {
         } else {
             &self.service_account
         }
+    }
+}
+
+/// A SPIFFE trust domain name: lowercase letters, digits, `.`, `-` and `_`,
+/// 1 to 255 bytes (the rule `sane_certs::TrustDomain` enforces).
+fn check_trust_domain(td: &str) -> Result<(), String> {
+    if td.is_empty() || td.len() > 255 {
+        return Err(format!(
+            "is {} bytes long; a trust domain has 1 to 255",
+            td.len()
+        ));
+    }
+    match td
+        .chars()
+        .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_'))
+    {
+        Some(c) => Err(format!(
+            "contains {c:?}; only lowercase letters, digits, '.', '-' and '_' are allowed"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -164,10 +211,12 @@ impl Bootstrap {
                     "required when there is no control_plane",
                 );
             }
+            id.validate_trust_domains(&root.field("identity"), &mut errs);
         }
         if let Some(h) = &self.health {
             h.validate_into(&root.field("health"), &mut errs);
         }
+        self.validate_workload_ports_not_own(&root, &mut errs);
         if let Some(g) = &self.gateway {
             g.validate_into(&root.field("gateway"), &mut errs);
         }
@@ -181,6 +230,55 @@ impl Bootstrap {
             }
         }
         errs.finish()
+    }
+
+    /// A declared workload port that is one of the proxy's own sockets
+    /// (admin, health, a listener; fixed ports only, port 0 is checked at
+    /// run time) is a mistake the inbound would refuse at every connection:
+    /// named here instead.
+    fn validate_workload_ports_not_own(&self, root: &FieldPath, errs: &mut Errors) {
+        let mut own: Vec<(String, SocketAddr)> = Vec::new();
+        let mut add = |name: String, addr: &str| {
+            if let Ok(a) = addr.parse::<SocketAddr>() {
+                if a.port() != 0 {
+                    own.push((name, a));
+                }
+            }
+        };
+        add("admin".into(), &self.admin.address);
+        if let Some(h) = &self.health {
+            add("health".into(), &h.address);
+        }
+        for l in &self.resources.listeners {
+            add(format!("listener {:?}", l.name), &l.address);
+        }
+        let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        for (i, l) in self.resources.listeners.iter().enumerate() {
+            let ip = match l.workload_address.parse() {
+                Ok(ip) => ip,
+                Err(_) => std::net::IpAddr::from([127, 0, 0, 1]),
+            };
+            for (j, w) in l.workload_ports.iter().enumerate() {
+                let hit = own.iter().find(|(_, a)| {
+                    u32::from(a.port()) == w.port
+                        && (a.ip() == ip || a.ip().is_unspecified() || (local(a.ip()) && local(ip)))
+                });
+                if let Some((name, a)) = hit {
+                    let at = root
+                        .field("resources")
+                        .item("listeners", i)
+                        .item("workload_ports", j)
+                        .field("port");
+                    errs.push(
+                        &at,
+                        format!(
+                            "{} is the proxy's own {name} port ({a}); the inbound never delivers to it",
+                            w.port
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// The drain deadline in milliseconds, with the default applied.

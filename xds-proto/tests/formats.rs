@@ -236,3 +236,68 @@ resources:
         assert!(err.contains(expected), "missing {expected:?} in: {err}");
     }
 }
+
+#[test]
+fn federated_trust_domains_default_to_none_and_are_checked() {
+    let b: Bootstrap = serde_yaml::from_str(SAMPLE).unwrap();
+    assert!(b.identity.is_none());
+    let with = |list: &str| {
+        let yaml = format!(
+            "{SAMPLE}identity: {{ ca_address: \"http://127.0.0.1:15010\", federated_trust_domains: {list} }}\n"
+        );
+        serde_yaml::from_str::<Bootstrap>(&yaml).unwrap()
+    };
+    let ok = with("[partner.example]");
+    ok.validate().unwrap();
+    assert_eq!(
+        ok.identity.unwrap().federated_trust_domains,
+        vec!["partner.example".to_string()]
+    );
+    let empty: Bootstrap = serde_yaml::from_str(&format!(
+        "{SAMPLE}identity: {{ ca_address: \"http://127.0.0.1:15010\" }}\n"
+    ))
+    .unwrap();
+    assert!(empty.identity.unwrap().federated_trust_domains.is_empty());
+
+    let err = with("[Evil.Local, cluster.local, a.b, a.b, \"\"]")
+        .validate()
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "identity.federated_trust_domains[0]: \"Evil.Local\" contains 'E'",
+        "identity.federated_trust_domains[1]: \"cluster.local\" is the proxy's own trust domain",
+        "identity.federated_trust_domains[3]: \"a.b\" is listed twice",
+        "identity.federated_trust_domains[4]: \"\" is 0 bytes long",
+    ] {
+        assert!(err.contains(expected), "{expected:?} not in {err}");
+    }
+}
+
+#[test]
+fn a_workload_port_that_is_the_proxys_own_port_is_named() {
+    let bad = SAMPLE
+        .replace("address: 127.0.0.1:0", "address: 127.0.0.1:15000")
+        .replace(
+            "{ port: 9090, protocol: grpc }",
+            "{ port: 15000 }, { port: 15001 }",
+        );
+    let b: Bootstrap = serde_yaml::from_str(&bad).unwrap();
+    let err = b.validate().unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "resources.listeners[2].workload_ports[1].port: 15000 is the proxy's own admin port"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "resources.listeners[2].workload_ports[2].port: 15001 is the proxy's own listener \"outbound\" port"
+        ),
+        "{err}"
+    );
+    // The sample itself (admin on port 0, app ports apart) is fine.
+    serde_yaml::from_str::<Bootstrap>(SAMPLE)
+        .unwrap()
+        .validate()
+        .unwrap();
+}

@@ -219,5 +219,6 @@ pub fn server_config_with_resolver(
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    crate::tls::prefer_server_order(&mut config);
     Ok(config)
 }

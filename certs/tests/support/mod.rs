@@ -26,6 +26,33 @@ pub fn ca() -> CertificateAuthority {
     CertificateAuthority::generate(&td(), CaOptions::default()).unwrap()
 }
 
+/// CAs for each of `trust_domains`, all signing with the key of one operator
+/// root that names no trust domain (a company root shared by meshes).
+pub fn shared_root_cas(trust_domains: &[&str]) -> Vec<CertificateAuthority> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Shared Root");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let root = params.self_signed(&key).unwrap();
+    trust_domains
+        .iter()
+        .map(|td| {
+            CertificateAuthority::from_pem(
+                &td.parse().unwrap(),
+                &root.pem(),
+                &key.serialize_pem(),
+                CaOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
 /// The whole workload flow: key, CSR, signature, local pairing.
 pub fn certify(ca: &CertificateAuthority, identity: &SpiffeId) -> CertifiedIdentity {
     let key = WorkloadKey::generate().unwrap();

@@ -369,6 +369,7 @@ impl Injector {
                 ca_address: String::new(),
                 token_file,
                 ttl: 0,
+                federated_trust_domains: Vec::new(),
             }),
             // The kubelet probes the pod IP: all addresses. The app's
             // probes come from `SANE_APP_PROBES` at start.

@@ -158,6 +158,7 @@ impl HostCert {
         };
         let mut config = builder.with_cert_resolver(Arc::new(HostCertResolver(self.clone())));
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        sane_certs::tls::prefer_server_order(&mut config);
         Ok(Arc::new(config))
     }
 }
@@ -264,6 +265,8 @@ pub(crate) mod tests {
         let hc = HostCert::load("a.example.test", &cert, &key).unwrap();
         assert_eq!(hc.current().cert[0].as_ref(), der1.as_slice());
         assert_eq!(hc.refresh().unwrap(), Refresh::Unchanged);
+        // TLS 1.2 suites by the server's order (testssl's "server order").
+        assert!(hc.server_config(None).unwrap().ignore_client_order);
 
         // A certificate whose key is not the one on disk: rejected, naming
         // the host; the old one keeps serving.

@@ -96,6 +96,9 @@ pub async fn build(
         .iter()
         .map(BoundGatewayListener::bind)
         .collect::<Result<Vec<_>, _>>()?;
+    // The gateway's public ports are the proxy's own: never an inbound target.
+    let own = proxy.context().own_sockets;
+    listeners.iter().for_each(|l| own.add(l.addr));
     Ok(Gateway {
         proxy,
         listeners,

@@ -9,8 +9,9 @@
 //! never drops a connection.
 //!
 //! Inbound: a connection is TLS if it starts with a handshake record; the
-//! client certificate must chain to the bundle and carry a SPIFFE id, which
-//! becomes the connection's [`PeerIdentity`]. Outbound: a connection to a
+//! client certificate must chain to the bundle and carry a SPIFFE id of the
+//! proxy's own trust domain or a federated one (a root may be shared with
+//! other meshes), which becomes the connection's [`PeerIdentity`]. Outbound: a connection to a
 //! peer sidecar is TLS whenever the proxy has an identity, and the server
 //! must present the identity the endpoint is expected to have.
 //!
@@ -23,7 +24,7 @@ use arc_swap::ArcSwapOption;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
-use sane_certs::{CertifiedIdentity, SpiffeIdPattern, TrustBundle};
+use sane_certs::{CertifiedIdentity, SpiffeIdPattern, TrustBundle, TrustDomain};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -154,9 +155,16 @@ impl TlsMetrics {
 // === impl TlsMaterial ===
 
 impl TlsMaterial {
-    /// Builds the server config for `identity` trusting `bundle`.
-    pub fn new(identity: CertifiedIdentity, bundle: TrustBundle) -> Result<Self, TlsError> {
-        let server = Arc::new(sane_certs::server_config(&bundle, &identity)?);
+    /// Builds the server config for `identity` trusting `bundle`, accepting
+    /// clients of `identity`'s trust domain and of the `federated` ones.
+    pub fn new(
+        identity: CertifiedIdentity,
+        bundle: TrustBundle,
+        federated: &[TrustDomain],
+    ) -> Result<Self, TlsError> {
+        let server = Arc::new(sane_certs::server_config_federated(
+            &bundle, &identity, federated,
+        )?);
         Ok(Self {
             identity,
             bundle,

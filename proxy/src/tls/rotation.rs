@@ -76,6 +76,9 @@ pub struct IssuerConfig {
     pub identity: SpiffeId,
     /// Requested lifetime.
     pub ttl: Option<Duration>,
+    /// Trust domains besides the identity's own whose clients the inbound
+    /// accepts (`identity.federated_trust_domains`).
+    pub federated: Vec<TrustDomain>,
 }
 
 // === impl IssuerConfig ===
@@ -88,6 +91,9 @@ impl IssuerConfig {
         control_plane: Option<&sane_xds_proto::ControlPlane>,
     ) -> Result<Self, sane_certs::Error> {
         let td = TrustDomain::new(cfg.trust_domain())?;
+        let federated = (cfg.federated_trust_domains.iter())
+            .map(|f| TrustDomain::new(f))
+            .collect::<Result<Vec<_>, _>>()?;
         let identity = SpiffeId::new(
             td,
             sane_xds_proto::namespace_or_default(namespace),
@@ -108,6 +114,7 @@ impl IssuerConfig {
             ),
             identity,
             ttl: (cfg.ttl > 0).then(|| Duration::from_millis(cfg.ttl)),
+            federated,
         })
     }
 }
@@ -173,7 +180,7 @@ pub async fn issue(cfg: &IssuerConfig) -> Result<TlsMaterial, IssueError> {
     let identity = CertifiedIdentity::new(key, &rsp.cert_chain_pem)?;
     let bundle = TrustBundle::from_pem(&rsp.trust_bundle_pem)?;
     identity.verify(&bundle, SystemTime::now())?;
-    Ok(TlsMaterial::new(identity, bundle)?)
+    Ok(TlsMaterial::new(identity, bundle, &cfg.federated)?)
 }
 
 /// Keeps `identity` supplied with a valid certificate until `stop`. `ready`

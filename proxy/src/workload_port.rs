@@ -1,0 +1,183 @@
+//! Which local ports the inbound delivers to.
+//!
+//! A peer sidecar's transport header names the workload port, and a
+//! connection redirected by iptables names the port it was addressed to:
+//! both come from outside. Delivered as asked, any mesh peer could reach
+//! every loopback port of the host — the proxy's own admin server
+//! (`/config_dump`, `POST /drain`) included. So the inbound delivers only
+//! to
+//!
+//! * a port the local config declares for this workload (the inbound
+//!   listener's `workload_ports`, read from the bootstrap file, never from
+//!   the control plane), and
+//! * never to one of the proxy's own sockets ([`OwnSockets`]: admin,
+//!   health, every listener, the gateway's listeners), even if declared.
+//!
+//! Anything else is refused ([`PortRefusal`]): an HTTP connection gets a
+//! 403 with response flag `IPR` per request, an opaque TCP connection is
+//! closed unanswered; both are counted in
+//! `sane_inbound_port_refused_total{reason, protocol}`.
+
+use crate::config::InboundTarget;
+use arc_swap::ArcSwap;
+use prometheus::{IntCounterVec, Registry};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The response flag of a refused inbound port.
+pub const REFUSED_FLAG: &str = "IPR";
+
+/// Why the inbound refused to deliver to a port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRefusal {
+    /// Not one of the workload ports the local config declares.
+    Undeclared,
+    /// One of the proxy's own sockets (admin, health, a listener).
+    ProxyPort,
+}
+
+/// The addresses of every socket the proxy itself listens on, filled in as
+/// they are bound (the proxy's at build, the gateway's after), read per
+/// inbound connection without a lock.
+#[derive(Debug, Default)]
+pub struct OwnSockets(ArcSwap<Vec<SocketAddr>>);
+
+/// Counts refused inbound connections.
+#[derive(Clone, Debug)]
+pub struct PortMetrics {
+    refused: IntCounterVec,
+}
+
+/// Checks that the inbound may deliver to workload `port` of `target`.
+pub fn check(target: &InboundTarget, own: &OwnSockets, port: u16) -> Result<(), PortRefusal> {
+    if own.covers(SocketAddr::new(target.ip, port)) {
+        return Err(PortRefusal::ProxyPort);
+    }
+    if !target.ports.contains_key(&port) {
+        return Err(PortRefusal::Undeclared);
+    }
+    Ok(())
+}
+
+// === impl PortRefusal ===
+
+impl PortRefusal {
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            PortRefusal::Undeclared => "undeclared",
+            PortRefusal::ProxyPort => "proxy_port",
+        }
+    }
+}
+
+impl fmt::Display for PortRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortRefusal::Undeclared => "not a declared workload port",
+            PortRefusal::ProxyPort => "one of the proxy's own ports",
+        })
+    }
+}
+
+// === impl OwnSockets ===
+
+impl OwnSockets {
+    /// Records a socket the proxy listens on.
+    pub fn add(&self, addr: SocketAddr) {
+        self.0.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(addr);
+            Arc::new(next)
+        });
+    }
+
+    /// True if connecting to `target` could reach one of the proxy's own
+    /// sockets: the same port on the same address, on a wildcard bind, or
+    /// on loopback (every loopback address is this host).
+    pub fn covers(&self, target: SocketAddr) -> bool {
+        let local = |ip: IpAddr| ip.is_loopback() || ip.is_unspecified();
+        self.0.load().iter().any(|own| {
+            own.port() == target.port()
+                && (own.ip() == target.ip()
+                    || own.ip().is_unspecified()
+                    || (local(own.ip()) && local(target.ip())))
+        })
+    }
+}
+
+// === impl PortMetrics ===
+
+impl PortMetrics {
+    /// Registers `sane_inbound_port_refused_total`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            refused: crate::telemetry::register_counter_vec(
+                registry,
+                "sane_inbound_port_refused_total",
+                "Inbound connections refused because they asked for a port that is not a \
+                 declared workload port or is one of the proxy's own, by reason \
+                 (undeclared, proxy_port) and protocol (http, tcp).",
+                &["reason", "protocol"],
+            )?,
+        })
+    }
+
+    /// Counts one refused connection.
+    pub fn refused(&self, reason: PortRefusal, http: bool) {
+        let protocol = if http { "http" } else { "tcp" };
+        self.refused
+            .with_label_values(&[reason.label(), protocol])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sane_xds_proto::{Protocol, TlsMode};
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    fn target(ip: [u8; 4]) -> InboundTarget {
+        InboundTarget {
+            ip: ip.into(),
+            ports: HashMap::from([(8080, Protocol::Http), (15000, Protocol::Http)]),
+            default_http: Some(8080),
+            default_tcp: None,
+            detect_timeout: Duration::from_secs(1),
+            tls_mode: TlsMode::Permissive,
+            port_tls: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn only_declared_ports_that_are_not_the_proxys_own() {
+        let own = OwnSockets::default();
+        own.add("127.0.0.1:15000".parse().unwrap());
+        own.add("0.0.0.0:15006".parse().unwrap());
+        let t = target([127, 0, 0, 1]);
+        assert_eq!(check(&t, &own, 8080), Ok(()));
+        assert_eq!(check(&t, &own, 8081), Err(PortRefusal::Undeclared));
+        // Declared, but the admin port: refused all the same.
+        assert_eq!(check(&t, &own, 15000), Err(PortRefusal::ProxyPort));
+        // A wildcard-bound listener is reachable on every address.
+        assert_eq!(check(&t, &own, 15006), Err(PortRefusal::ProxyPort));
+    }
+
+    #[test]
+    fn own_sockets_cover_their_port_on_every_local_address() {
+        let own = OwnSockets::default();
+        own.add("127.0.0.1:15000".parse().unwrap());
+        own.add("10.0.0.5:15020".parse().unwrap());
+        let covers = |s: &str| own.covers(s.parse().unwrap());
+        assert!(covers("127.0.0.1:15000"));
+        assert!(covers("127.0.0.2:15000"), "all of 127/8 is this host");
+        assert!(covers("0.0.0.0:15000"));
+        assert!(!covers("10.0.0.9:15000"), "another host's port");
+        assert!(covers("10.0.0.5:15020"));
+        assert!(!covers("127.0.0.1:15020"), "bound to 10.0.0.5 only");
+        assert!(!covers("127.0.0.1:8080"));
+    }
+}
