@@ -81,6 +81,7 @@
 //!   after that are coalesced ([`debounce`]) and then each stream gets
 //!   only the types whose content in its view changed.
 
+pub mod client_input;
 pub mod debounce;
 pub mod delta;
 pub mod protocol;
@@ -94,4 +95,4 @@ pub(crate) mod test_support;
 
 pub use debounce::DebounceConfig;
 pub use server::AdsService;
-pub use view::{node_metadata, NodeSpec};
+pub use view::{node_metadata, node_metadata_with_inbound, NodeSpec};
