@@ -292,7 +292,9 @@ async fn drive<M: Machine>(
         Ok(Some(req)) => req,
         Ok(None) => return,
         Err(status) => {
+            // E.g. a request over `MAX_REQUEST_BYTES`: say so to the client.
             tracing::debug!(%status, "xds stream failed before its first request");
+            let _ = tx.send(Err(status)).await;
             return;
         }
     };
