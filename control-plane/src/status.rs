@@ -501,7 +501,11 @@ mod tests {
             Duration::from_secs(60),
             Metrics::unregistered(),
         ));
-        let conn = table.connect(&NodeSpec::new("p1", "shop", &[]), "sotw", &ProxyView::empty(4));
+        let conn = table.connect(
+            &NodeSpec::new("p1", "shop", &[]),
+            "sotw",
+            &ProxyView::empty(4),
+        );
         conn.record_sent(&sent(TypeUrl::Service, "v1"));
         assert!(!table.list(4)[0].in_sync);
         conn.record_event(&Event::Ack {
@@ -584,6 +588,9 @@ mod tests {
         }
         let rows = table.list(1);
         assert_eq!(rows.len(), MAX_DISCONNECTED_ROWS);
-        assert!(rows.iter().all(|r| r.node != "p~0"), "the oldest went first");
+        assert!(
+            rows.iter().all(|r| r.node != "p~0"),
+            "the oldest went first"
+        );
     }
 }

@@ -124,16 +124,24 @@ async fn xds_streams_need_a_workload_token_for_their_own_namespace() {
     assert_eq!(missing.code(), tonic::Code::Unauthenticated, "{missing}");
     assert!(missing.message().contains("no bearer token"), "{missing}");
 
-    let forged = first_answer(&cp, Some("not-a-token"), node("test.shop~web-1", "shop", &[]))
-        .await
-        .unwrap_err();
+    let forged = first_answer(
+        &cp,
+        Some("not-a-token"),
+        node("test.shop~web-1", "shop", &[]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged}");
     assert!(forged.message().contains("unknown token"), "{forged}");
 
     // A valid token, but for another namespace than the node claims.
-    let other = first_answer(&cp, Some(&shop), node("test.inventory~spy", "inventory", &[]))
-        .await
-        .unwrap_err();
+    let other = first_answer(
+        &cp,
+        Some(&shop),
+        node("test.inventory~spy", "inventory", &[]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other}");
     assert!(
         other.message().contains("\"inventory\"") && other.message().contains("shop/test"),

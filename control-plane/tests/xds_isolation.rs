@@ -126,7 +126,13 @@ async fn a_token_asking_for_every_service_gets_only_what_its_namespace_is_grante
     let cp = ControlPlane::start(dir.path()).await;
     seed(&cp).await;
     let default = cp.workload_token("default").await;
-    let spy = || node("test.default~spy", "default", &["*", "bank/vault", "vault.bank"]);
+    let spy = || {
+        node(
+            "test.default~spy",
+            "default",
+            &["*", "bank/vault", "vault.bank"],
+        )
+    };
 
     let services = first_view(&cp, &default, spy(), TypeUrl::Service).await;
     assert_eq!(names(&services), ["bank/rates", "default/web"]);
@@ -139,7 +145,11 @@ async fn a_token_asking_for_every_service_gets_only_what_its_namespace_is_grante
         for any in &resp.resources {
             let bytes = String::from_utf8_lossy(&any.value);
             for secret in ["vault", "10.66.0.7", "sa/teller"] {
-                assert!(!bytes.contains(secret), "{secret} leaked in {}", resp.type_url);
+                assert!(
+                    !bytes.contains(secret),
+                    "{secret} leaked in {}",
+                    resp.type_url
+                );
             }
         }
     }
@@ -236,8 +246,15 @@ async fn client_text_is_bounded_and_escaped_in_the_status_table() {
             "{len}: {}",
             refused.code()
         );
-        assert!(refused.message().len() < 1024, "{len}: the message echoes the id");
-        println!("a {len}-byte node id: {:?} {}", refused.code(), refused.message());
+        assert!(
+            refused.message().len() < 1024,
+            "{len}: the message echoes the id"
+        );
+        println!(
+            "a {len}-byte node id: {:?} {}",
+            refused.code(),
+            refused.message()
+        );
     }
 
     let id = "test.default~nacker";
@@ -255,7 +272,10 @@ async fn client_text_is_bounded_and_escaped_in_the_status_table() {
         Some(r.to_string())
     })
     .await;
-    assert!(!reason.contains('\n') && !reason.contains('\u{1b}'), "{reason:.200}");
+    assert!(
+        !reason.contains('\n') && !reason.contains('\u{1b}'),
+        "{reason:.200}"
+    );
     assert!(reason.starts_with("bad\\n2099-01-01"), "{reason:.200}");
     assert!(reason.len() < 2 * 1024, "{} bytes kept", reason.len());
     cp.stop().await;

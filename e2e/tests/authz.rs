@@ -448,7 +448,9 @@ async fn a_service_policy_is_enforced_by_each_of_its_sidecars_whatever_their_wor
         .unwrap();
     assert_eq!(reply.status, 422, "{}", reply.text());
     assert!(
-        reply.text().contains("authorization_policies[default/ghost-deny].service")
+        reply
+            .text()
+            .contains("authorization_policies[default/ghost-deny].service")
             && reply.text().contains("is not a declared service"),
         "{}",
         reply.text()

@@ -49,9 +49,8 @@ impl Stream {
         })
         .await
         .expect("the channel is open");
-        let requests = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (m, rx))
-        });
+        let requests =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
         let mut req = tonic::Request::new(requests);
         let bearer = format!("Bearer {token}").parse().expect("a header value");
         req.metadata_mut().insert("authorization", bearer);
@@ -97,7 +96,9 @@ async fn oversized_node_ids_and_forged_nacks_are_refused_cut_and_escaped() {
         codes.push(status.code());
     }
     // Just over the node id limit: refused by the node check itself.
-    let mut s = Stream::open(&cp, token, node("a".repeat(254))).await.unwrap();
+    let mut s = Stream::open(&cp, token, node("a".repeat(254)))
+        .await
+        .unwrap();
     let refused = s.next().await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
     assert!(refused.message().contains("at most 253 bytes"), "{refused}");
@@ -117,7 +118,10 @@ async fn oversized_node_ids_and_forged_nacks_are_refused_cut_and_escaped() {
         table.text()
     );
     // The probe grew it by 410 MiB; bounded requests leave it near idle.
-    assert!(after - before < 64.0, "RSS grew from {before:.1} to {after:.1} MiB");
+    assert!(
+        after - before < 64.0,
+        "RSS grew from {before:.1} to {after:.1} MiB"
+    );
 
     // A NACK whose message holds a newline, a forged log line and terminal
     // escapes: logged on one line, escaped, and cut.
@@ -126,7 +130,10 @@ async fn oversized_node_ids_and_forged_nacks_are_refused_cut_and_escaped() {
         .unwrap();
     let services = s.next().await.unwrap();
     let forged = "INFO sane_control_plane: all proxies in sync";
-    let reason = format!("bad\n2099-01-01T00:00:00Z {forged}\u{1b}[2J{}", "x".repeat(50_000));
+    let reason = format!(
+        "bad\n2099-01-01T00:00:00Z {forged}\u{1b}[2J{}",
+        "x".repeat(50_000)
+    );
     s.tx.send(DiscoveryRequest {
         type_url: SERVICE_TYPE.into(),
         response_nonce: services.nonce.clone(),

@@ -396,12 +396,18 @@ mod tests {
             ..by_labels
         };
         let err = neither.validate().unwrap_err().to_string();
-        assert!(err.contains("service: a service or a selector is required"), "{err}");
+        assert!(
+            err.contains("service: a service or a selector is required"),
+            "{err}"
+        );
         let elsewhere = AuthorizationPolicy {
             service: "edge.bank".into(),
             ..by_service
         };
         let err = elsewhere.validate().unwrap_err().to_string();
-        assert!(err.contains("service: \"edge.bank\" is not in the policy's namespace"), "{err}");
+        assert!(
+            err.contains("service: \"edge.bank\" is not in the policy's namespace"),
+            "{err}"
+        );
     }
 }

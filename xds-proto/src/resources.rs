@@ -284,7 +284,9 @@ mod tests {
         // ... the registry holds them all.
         let err = mesh.validate_registry().unwrap_err().to_string();
         assert!(
-            err.contains("authorization_policies[0].service: \"ghost.default\" is not a declared service"),
+            err.contains(
+                "authorization_policies[0].service: \"ghost.default\" is not a declared service"
+            ),
             "{err}"
         );
         mesh.authorization_policies[0].service = "edge".into();

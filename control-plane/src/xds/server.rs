@@ -407,7 +407,10 @@ async fn run_stream<M: Machine>(
 /// for a proxy of its own workload.
 fn check_node_id(spec: &NodeSpec, grant: &TokenGrant) -> Result<(), Status> {
     let owner = format!("{}.{}", grant.service_account, grant.namespace);
-    let instance = spec.id.strip_prefix(&owner).map(|rest| rest.strip_prefix('~'));
+    let instance = spec
+        .id
+        .strip_prefix(&owner)
+        .map(|rest| rest.strip_prefix('~'));
     match instance {
         Some(None) if spec.id.len() == owner.len() => return Ok(()),
         Some(Some(i)) if !i.is_empty() => return Ok(()),
@@ -483,10 +486,21 @@ mod tests {
         for ok in ["web.shop", "web.shop~web-7c9f-x2", "web.shop~1"] {
             check_node_id(&NodeSpec::new(ok, "shop", &[]), &grant).unwrap();
         }
-        for hijack in ["db.shop", "web.shop~", "web.shopx", "web", "web.shop.x~1", "x~web.shop"] {
+        for hijack in [
+            "db.shop",
+            "web.shop~",
+            "web.shopx",
+            "web",
+            "web.shop.x~1",
+            "x~web.shop",
+        ] {
             let err = check_node_id(&NodeSpec::new(hijack, "shop", &[]), &grant).unwrap_err();
             assert_eq!(err.code(), tonic::Code::PermissionDenied, "{hijack}");
-            assert!(err.message().contains("\"web.shop~<instance>\""), "{}", err.message());
+            assert!(
+                err.message().contains("\"web.shop~<instance>\""),
+                "{}",
+                err.message()
+            );
         }
     }
 }

@@ -159,7 +159,10 @@ impl NodeSpec {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '/')
                 });
             if !ok && s != "*" {
-                return Err(bad("services", format!("{} is not a service name", shown(s, 64))));
+                return Err(bad(
+                    "services",
+                    format!("{} is not a service name", shown(s, 64)),
+                ));
             }
             spec.add_service(s);
         }
@@ -172,9 +175,9 @@ impl NodeSpec {
             return Err(bad("inbound", msg));
         }
         for a in inbound.iter().filter(|a| !a.is_empty()) {
-            let addr = a.parse::<SocketAddr>().map_err(|_| {
-                bad("inbound", format!("{} is not an ip:port", shown(a, 64)))
-            })?;
+            let addr = a
+                .parse::<SocketAddr>()
+                .map_err(|_| bad("inbound", format!("{} is not an ip:port", shown(a, 64))))?;
             spec.inbound.push(addr);
         }
         Ok(spec)
@@ -195,9 +198,7 @@ impl NodeSpec {
     /// sidecar (`proxy_port`), lives in the proxy's namespace, points at
     /// one of its inbound listeners, and carries no identity or the token's.
     pub fn serves(&self, endpoint: &Endpoint) -> bool {
-        if endpoint.proxy_port == 0
-            || namespace_or_default(&endpoint.namespace) != self.namespace
-        {
+        if endpoint.proxy_port == 0 || namespace_or_default(&endpoint.namespace) != self.namespace {
             return false;
         }
         if !endpoint.identity.is_empty() {
@@ -302,7 +303,9 @@ impl ProxyView {
         let services_map = snapshot.of_kind(Kind::Service);
         let exported: HashSet<&str> = services_map
             .values()
-            .filter(|r| matches!(&r.resource, Resource::Service(s) if s.exported_to(&spec.namespace)))
+            .filter(
+                |r| matches!(&r.resource, Resource::Service(s) if s.exported_to(&spec.namespace)),
+            )
             .map(|r| r.service.as_str())
             .collect();
         let mut visible: BTreeSet<String> = services_map
@@ -583,7 +586,12 @@ mod tests {
             vec![
                 ep("backend", "10.1.0.1", "v1", ""),
                 ep("backend", "10.1.0.2", "v2", ""),
-                ep("db", "10.1.0.3", "v1", "spiffe://cluster.local/ns/inventory/sa/db"),
+                ep(
+                    "db",
+                    "10.1.0.3",
+                    "v1",
+                    "spiffe://cluster.local/ns/inventory/sa/db",
+                ),
                 policy("backend-deny", "backend", None),
                 policy("v2-only", "", Some("v2")),
                 policy("db-deny", "db", None),
@@ -598,7 +606,10 @@ mod tests {
             ProxyView::compute(&snap, &spec)
         };
         let v1 = sidecar("a.inventory~1", "10.1.0.1:15006", "a");
-        assert_eq!(names(&v1, TypeUrl::AuthorizationPolicy), ["inventory/backend-deny"]);
+        assert_eq!(
+            names(&v1, TypeUrl::AuthorizationPolicy),
+            ["inventory/backend-deny"]
+        );
         assert_eq!(v1.serves.iter().collect::<Vec<_>>(), ["backend.inventory"]);
         let v2 = sidecar("a.inventory~2", "10.1.0.2:15006", "a");
         assert_eq!(
@@ -613,7 +624,10 @@ mod tests {
         assert_eq!(names(&peer, TypeUrl::AuthorizationPolicy).len(), 2);
         // An endpoint with an identity is served only under that identity.
         let db = sidecar("db.inventory", "10.1.0.3:15006", "db");
-        assert_eq!(names(&db, TypeUrl::AuthorizationPolicy), ["inventory/db-deny"]);
+        assert_eq!(
+            names(&db, TypeUrl::AuthorizationPolicy),
+            ["inventory/db-deny"]
+        );
         let impostor = sidecar("a.inventory~4", "10.1.0.3:15006", "a");
         assert!(names(&impostor, TypeUrl::AuthorizationPolicy).is_empty());
         // Nothing points at it: no policy at all, whatever it asks for.
@@ -673,7 +687,11 @@ mod tests {
         }))
         .unwrap_err()
         .to_string();
-        assert!(err.len() < 400, "the error does not carry the id: {} bytes", err.len());
+        assert!(
+            err.len() < 400,
+            "the error does not carry the id: {} bytes",
+            err.len()
+        );
         assert!(err.contains("at most 253 bytes"), "{err}");
         let forged = NodeSpec::from_node(Some(&Node {
             id: "p\n\u{1b}[31mall in sync".into(),
@@ -681,8 +699,13 @@ mod tests {
         }))
         .unwrap_err()
         .to_string();
-        assert!(!forged.contains('\n') && !forged.contains('\u{1b}'), "{forged}");
-        let many: Vec<String> = (0..MAX_LISTED_SERVICES + 1).map(|i| format!("s{i}")).collect();
+        assert!(
+            !forged.contains('\n') && !forged.contains('\u{1b}'),
+            "{forged}"
+        );
+        let many: Vec<String> = (0..MAX_LISTED_SERVICES + 1)
+            .map(|i| format!("s{i}"))
+            .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let err = NodeSpec::from_node(Some(&Node {
             id: "p".into(),
@@ -691,7 +714,10 @@ mod tests {
         }))
         .unwrap_err()
         .to_string();
-        assert!(err.contains("\"services\"") && err.contains("at most 256"), "{err}");
+        assert!(
+            err.contains("\"services\"") && err.contains("at most 256"),
+            "{err}"
+        );
         let mut workload = Node {
             id: "p".into(),
             cluster: "w".repeat(MAX_WORKLOAD_BYTES + 1),
@@ -699,6 +725,9 @@ mod tests {
         };
         assert!(NodeSpec::from_node(Some(&workload)).is_err());
         workload.cluster = "web".into();
-        assert_eq!(NodeSpec::from_node(Some(&workload)).unwrap().workload, "web");
+        assert_eq!(
+            NodeSpec::from_node(Some(&workload)).unwrap().workload,
+            "web"
+        );
     }
 }

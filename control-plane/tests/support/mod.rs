@@ -101,7 +101,8 @@ impl ControlPlane {
 
     /// A workload token for `service_account` in `namespace`.
     pub async fn token_for(&self, namespace: &str, service_account: &str) -> String {
-        let body = serde_json::json!({ "namespace": namespace, "service_account": service_account });
+        let body =
+            serde_json::json!({ "namespace": namespace, "service_account": service_account });
         let reply = self
             .client
             .json(http::Method::POST, "/api/v1/tokens", Some(&body))

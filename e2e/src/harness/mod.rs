@@ -40,9 +40,7 @@ pub use binaries::{
     bin, bins, bins_for, echo_bin, prefer_binaries_only, workspace_root, Bins, BuildMode, PACKAGES,
 };
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
-pub use control_plane_client::{
-    proxy_row, xds_bootstrap, xds_node_id, ApiClient, CliRun, Sanectl,
-};
+pub use control_plane_client::{proxy_row, xds_bootstrap, xds_node_id, ApiClient, CliRun, Sanectl};
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
