@@ -109,6 +109,7 @@ pub async fn run(
     block: BlockReady,
     stop: CancellationToken,
 ) {
+    let envoy = envoy_node(&node, &cp, &inbound);
     let mut state = XdsState::default();
     let mut block = Some(block);
     let mut backoff = BACKOFF_START;
@@ -116,7 +117,7 @@ pub async fn run(
         let mut got_response = false;
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&cp, &node, &inbound, &store, &metrics, &mut state, &mut block, &mut got_response) => r,
+            r = session(&cp, &envoy, &store, &metrics, &mut state, &mut block, &mut got_response) => r,
         };
         metrics.connected.set(0);
         if got_response {
@@ -140,8 +141,7 @@ pub async fn run(
 
 async fn session(
     cp: &ControlPlane,
-    node: &Node,
-    inbound: &[SocketAddr],
+    node: &EnvoyNode,
     store: &ConfigStore,
     metrics: &XdsMetrics,
     state: &mut XdsState,
@@ -188,7 +188,7 @@ async fn session(
     for (i, t) in SUBSCRIBED.into_iter().enumerate() {
         let mut req = state.subscribe(t);
         if i == 0 {
-            req.node = Some(envoy_node(node, cp, inbound));
+            req.node = Some(node.clone());
         }
         let _ = tx.try_send(req);
     }
