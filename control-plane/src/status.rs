@@ -2,22 +2,35 @@
 //! or NACKed and why. xDS streams write it; the HTTP API and metrics read it.
 //!
 //! A stream registers with [`ProxyStatusTable::connect`] and gets a
-//! [`Connection`] that marks the proxy disconnected when dropped. Disconnected
-//! proxies stay listed (marked so) for a retention period. The table also
-//! measures convergence: from a published batch of writes to the moment
-//! every connected proxy has ACKed everything it was sent at that revision.
+//! [`Connection`] that marks the proxy disconnected when dropped. There is
+//! one row per stream, and a stream only ever writes its own row: a second
+//! stream with the same node id (the proxy reconnecting before the old
+//! stream is noticed gone) gets a row of its own, and the node's
+//! disconnected rows go away when a new stream of it connects. The xDS
+//! server only lets a token open the node ids of its own workload, so no
+//! stream can stand for another workload's proxy here.
+//!
+//! Disconnected rows stay listed (marked so) for the retention period
+//! (`--proxy-retention`, default 5 minutes), and at most
+//! [`MAX_DISCONNECTED_ROWS`] of them are kept (the oldest go first). The
+//! table also measures convergence: from a published batch of writes to the
+//! moment every connected proxy has ACKed everything it was sent at that
+//! revision.
 
 use crate::metrics::{short_type_name, Metrics, TypeLabels};
 use crate::resource::Resource;
 use crate::xds::protocol::{Event, Sent};
 use crate::xds::snapshot::EncodedResource;
-use crate::xds::view::NodeSpec;
+use crate::xds::view::{NodeSpec, ProxyView};
 use sane_xds_proto::{MeshResources, TypeUrl};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
+
+/// Most disconnected rows kept, whatever the retention period.
+pub const MAX_DISCONNECTED_ROWS: usize = 1024;
 
 /// Shared status of every proxy that connected recently.
 #[derive(Debug)]
@@ -29,7 +42,8 @@ pub struct ProxyStatusTable {
 
 #[derive(Debug, Default)]
 struct Table {
-    proxies: BTreeMap<String, ProxyRecord>,
+    /// One row per stream, by connection number.
+    proxies: BTreeMap<u64, ProxyRecord>,
     next_conn: u64,
     /// Published revisions not yet ACKed by every connected proxy, with the
     /// time of their batch's first write.
@@ -38,8 +52,9 @@ struct Table {
 
 #[derive(Debug)]
 struct ProxyRecord {
-    conn: u64,
     spec: NodeSpec,
+    /// Services whose endpoints point at the proxy.
+    serves: Vec<String>,
     protocol: &'static str,
     connected_since: SystemTime,
     /// Set once the stream is gone: wall time for display, tokio time for
@@ -70,7 +85,6 @@ struct SentRecord {
 #[derive(Debug)]
 pub struct Connection {
     table: Arc<ProxyStatusTable>,
-    node: String,
     conn: u64,
 }
 
@@ -79,12 +93,18 @@ pub struct Connection {
 pub struct ProxyStatus {
     /// `node.id`.
     pub node: String,
+    /// The stream's number, unique in this process: tells two streams of
+    /// one node apart.
+    pub stream: u64,
     /// The node's namespace.
     pub namespace: String,
     /// The node's workload, if it said.
     pub workload: String,
     /// Services it listed (qualified), plus `*` if it asked for all.
     pub services: Vec<String>,
+    /// Services whose endpoints point at it (whose authorization policies
+    /// it enforces).
+    pub serves: Vec<String>,
     /// `sotw` or `delta`.
     pub protocol: &'static str,
     /// True while its stream is open.
@@ -168,26 +188,29 @@ impl ProxyStatusTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a new stream of `spec.id`, replacing any older row.
+    /// Registers a new stream of `spec.id` with its first `view`: a row of
+    /// its own. The node's disconnected rows (earlier streams) go away.
     pub fn connect(
         self: &Arc<Self>,
         spec: &NodeSpec,
         protocol: &'static str,
-        revision: u64,
+        view: &ProxyView,
     ) -> Connection {
         let mut t = self.lock();
         self.prune(&mut t);
+        t.proxies
+            .retain(|_, r| r.spec.id != spec.id || r.disconnected.is_none());
         t.next_conn += 1;
         let conn = t.next_conn;
         t.proxies.insert(
-            spec.id.clone(),
+            conn,
             ProxyRecord {
-                conn,
                 spec: spec.clone(),
+                serves: view.serves.iter().cloned().collect(),
                 protocol,
                 connected_since: SystemTime::now(),
                 disconnected: None,
-                view_revision: revision,
+                view_revision: view.revision,
                 synced_revision: 0,
                 types: HashMap::new(),
             },
@@ -195,7 +218,6 @@ impl ProxyStatusTable {
         self.update_connected(&t);
         Connection {
             table: self.clone(),
-            node: spec.id.clone(),
             conn,
         }
     }
@@ -209,28 +231,39 @@ impl ProxyStatusTable {
         self.check_convergence(&mut t);
     }
 
-    /// Every proxy, by node id. `current_revision` is the registry's.
+    /// Every stream's row, by node id (then oldest stream first).
+    /// `current_revision` is the registry's.
     pub fn list(&self, current_revision: u64) -> Vec<ProxyStatus> {
         let mut t = self.lock();
         self.prune(&mut t);
-        t.proxies
+        let mut rows: Vec<ProxyStatus> = t
+            .proxies
             .iter()
-            .map(|(id, r)| r.status(id, current_revision))
-            .collect()
+            .map(|(conn, r)| r.status(*conn, current_revision))
+            .collect();
+        rows.sort_by(|a, b| (&a.node, a.stream).cmp(&(&b.node, b.stream)));
+        rows
     }
 
-    /// One proxy.
+    /// One proxy: its newest connected stream, else its newest stream.
     pub fn get(&self, node: &str, current_revision: u64) -> Option<ProxyStatus> {
         let t = self.lock();
-        t.proxies
-            .get(node)
-            .map(|r| r.status(node, current_revision))
+        let (conn, r) = Self::row_of(&t, node)?;
+        Some(r.status(conn, current_revision))
     }
 
-    /// What one proxy was last sent.
+    fn row_of<'t>(t: &'t Table, node: &str) -> Option<(u64, &'t ProxyRecord)> {
+        t.proxies
+            .iter()
+            .filter(|(_, r)| r.spec.id == node)
+            .max_by_key(|(conn, r)| (r.disconnected.is_none(), **conn))
+            .map(|(conn, r)| (*conn, r))
+    }
+
+    /// What one proxy was last sent (its row as [`Self::get`] picks it).
     pub fn config(&self, node: &str) -> Option<ProxyConfig> {
         let t = self.lock();
-        let r = t.proxies.get(node)?;
+        let (_, r) = Self::row_of(&t, node)?;
         let mut mesh = MeshResources::default();
         let mut versions = BTreeMap::new();
         for type_url in TypeUrl::ALL {
@@ -256,6 +289,17 @@ impl ProxyStatusTable {
             Some((_, at)) => now.duration_since(at) < self.retention,
             None => true,
         });
+        let mut gone: Vec<(Instant, u64)> = t
+            .proxies
+            .iter()
+            .filter_map(|(conn, r)| r.disconnected.map(|(_, at)| (at, *conn)))
+            .collect();
+        if gone.len() > MAX_DISCONNECTED_ROWS {
+            gone.sort();
+            for (_, conn) in &gone[..gone.len() - MAX_DISCONNECTED_ROWS] {
+                t.proxies.remove(conn);
+            }
+        }
     }
 
     fn update_connected(&self, t: &Table) {
@@ -287,10 +331,10 @@ impl ProxyStatusTable {
         }
     }
 
-    /// Applies `f` to the row of `conn`, if it is still that stream's row.
-    fn with_row(&self, node: &str, conn: u64, f: impl FnOnce(&mut ProxyRecord)) {
+    /// Applies `f` to the row of stream `conn`, if it is still listed.
+    fn with_row(&self, conn: u64, f: impl FnOnce(&mut ProxyRecord)) {
         let mut t = self.lock();
-        let Some(r) = t.proxies.get_mut(node).filter(|r| r.conn == conn) else {
+        let Some(r) = t.proxies.get_mut(&conn) else {
             return;
         };
         f(r);
@@ -312,7 +356,7 @@ impl ProxyRecord {
         })
     }
 
-    fn status(&self, id: &str, current_revision: u64) -> ProxyStatus {
+    fn status(&self, stream: u64, current_revision: u64) -> ProxyStatus {
         let connected = self.disconnected.is_none();
         let mut services: Vec<String> = self.spec.services.iter().cloned().collect();
         if self.spec.all_services {
@@ -323,10 +367,12 @@ impl ProxyRecord {
             .filter_map(|t| Some((short_type_name(t), self.types.get(&t)?.status())))
             .collect();
         ProxyStatus {
-            node: id.to_string(),
+            node: self.spec.id.clone(),
+            stream,
             namespace: self.spec.namespace.clone(),
             workload: self.spec.workload.clone(),
             services,
+            serves: self.serves.clone(),
             protocol: self.protocol,
             connected,
             connected_since: rfc3339(self.connected_since),
@@ -363,15 +409,19 @@ impl TypeRecord {
 // === impl Connection ===
 
 impl Connection {
-    /// The stream computed a view at `revision`.
-    pub fn record_view(&self, revision: u64) {
-        self.table
-            .with_row(&self.node, self.conn, |r| r.view_revision = revision);
+    /// The stream computed `view`.
+    pub fn record_view(&self, view: &ProxyView) {
+        self.table.with_row(self.conn, |r| {
+            r.view_revision = view.revision;
+            if r.serves.iter().ne(view.serves.iter()) {
+                r.serves = view.serves.iter().cloned().collect();
+            }
+        });
     }
 
     /// The stream sent a response.
     pub fn record_sent(&self, sent: &Sent) {
-        self.table.with_row(&self.node, self.conn, |r| {
+        self.table.with_row(self.conn, |r| {
             r.types.entry(sent.type_url).or_default().sent = Some(SentRecord {
                 version: sent.version.clone(),
                 nonce: sent.nonce.clone(),
@@ -385,7 +435,7 @@ impl Connection {
     pub fn record_event(&self, event: &Event) {
         match event {
             Event::Ack { type_url, version } => {
-                self.table.with_row(&self.node, self.conn, |r| {
+                self.table.with_row(self.conn, |r| {
                     r.types.entry(*type_url).or_default().acked =
                         Some((version.clone(), SystemTime::now()));
                 });
@@ -398,7 +448,7 @@ impl Connection {
                 self.table.metrics.nacked(TypeLabels {
                     type_url: *type_url,
                 });
-                self.table.with_row(&self.node, self.conn, |r| {
+                self.table.with_row(self.conn, |r| {
                     r.types.entry(*type_url).or_default().nack = Some(NackStatus {
                         version: version.clone(),
                         reason: reason.clone(),
@@ -414,13 +464,19 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         let mut t = self.table.lock();
-        if let Some(r) = t
-            .proxies
-            .get_mut(&self.node)
-            .filter(|r| r.conn == self.conn)
-        {
+        let node = t.proxies.get(&self.conn).map(|r| r.spec.id.clone());
+        let superseded = node.is_some_and(|node| {
+            t.proxies
+                .iter()
+                .any(|(c, r)| *c != self.conn && r.spec.id == node && r.disconnected.is_none())
+        });
+        if superseded {
+            // The node has a newer stream: this row only adds noise.
+            t.proxies.remove(&self.conn);
+        } else if let Some(r) = t.proxies.get_mut(&self.conn) {
             r.disconnected = Some((SystemTime::now(), Instant::now()));
         }
+        self.table.prune(&mut t);
         self.table.update_connected(&t);
         self.table.check_convergence(&mut t);
     }
@@ -445,7 +501,11 @@ mod tests {
             Duration::from_secs(60),
             Metrics::unregistered(),
         ));
-        let conn = table.connect(&NodeSpec::new("p1", "shop", &[]), "sotw", 4);
+        let conn = table.connect(
+            &NodeSpec::new("p1", "shop", &[]),
+            "sotw",
+            &ProxyView::empty(4),
+        );
         conn.record_sent(&sent(TypeUrl::Service, "v1"));
         assert!(!table.list(4)[0].in_sync);
         conn.record_event(&Event::Ack {
@@ -481,12 +541,56 @@ mod tests {
             Duration::from_secs(60),
             Metrics::unregistered(),
         ));
-        let old = table.connect(&NodeSpec::new("p1", "shop", &[]), "sotw", 1);
-        let new = table.connect(&NodeSpec::new("p1", "shop", &[]), "delta", 1);
+        let spec = NodeSpec::new("p1", "shop", &[]);
+        let view = ProxyView::empty(1);
+        let old = table.connect(&spec, "sotw", &view);
+        let new = table.connect(&spec, "delta", &view);
+        // Two live streams of one node: a row each, each writing its own.
+        assert_eq!(table.list(1).len(), 2);
+        new.record_sent(&sent(TypeUrl::Service, "v1"));
+        old.record_event(&Event::Nack {
+            type_url: TypeUrl::Service,
+            version: "v1".into(),
+            reason: "forged".into(),
+        });
+        let rows = table.list(1);
+        assert!(rows[0].types["Service"].last_nack.is_some());
+        assert!(rows[1].types["Service"].last_nack.is_none());
+        assert_eq!(rows[1].types["Service"].version_sent.as_deref(), Some("v1"));
+        // The old stream ends: its row goes, the live one is untouched.
         drop(old);
-        let s = &table.list(1)[0];
-        assert!(s.connected);
-        assert_eq!(s.protocol, "delta");
+        let rows = table.list(1);
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].connected);
+        assert_eq!(rows[0].protocol, "delta");
+        assert_eq!(table.get("p1", 1).unwrap().stream, rows[0].stream);
+        // The last stream ends: listed as disconnected, until a new one.
         drop(new);
+        assert!(!table.list(1)[0].connected);
+        let again = table.connect(&spec, "sotw", &view);
+        let rows = table.list(1);
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].connected);
+        drop(again);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disconnected_rows_are_bounded() {
+        let table = Arc::new(ProxyStatusTable::new(
+            Duration::from_secs(3600),
+            Metrics::unregistered(),
+        ));
+        let view = ProxyView::empty(1);
+        for i in 0..MAX_DISCONNECTED_ROWS + 10 {
+            let spec = NodeSpec::new(&format!("p~{i}"), "shop", &[]);
+            drop(table.connect(&spec, "sotw", &view));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let rows = table.list(1);
+        assert_eq!(rows.len(), MAX_DISCONNECTED_ROWS);
+        assert!(
+            rows.iter().all(|r| r.node != "p~0"),
+            "the oldest went first"
+        );
     }
 }

@@ -118,22 +118,30 @@ async fn xds_streams_need_a_workload_token_for_their_own_namespace() {
     seed(&cp).await;
     let shop = cp.workload_token("shop").await;
 
-    let missing = first_answer(&cp, None, node("web-1", "shop", &[]))
+    let missing = first_answer(&cp, None, node("test.shop~web-1", "shop", &[]))
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::Unauthenticated, "{missing}");
     assert!(missing.message().contains("no bearer token"), "{missing}");
 
-    let forged = first_answer(&cp, Some("not-a-token"), node("web-1", "shop", &[]))
-        .await
-        .unwrap_err();
+    let forged = first_answer(
+        &cp,
+        Some("not-a-token"),
+        node("test.shop~web-1", "shop", &[]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged}");
     assert!(forged.message().contains("unknown token"), "{forged}");
 
     // A valid token, but for another namespace than the node claims.
-    let other = first_answer(&cp, Some(&shop), node("spy", "inventory", &[]))
-        .await
-        .unwrap_err();
+    let other = first_answer(
+        &cp,
+        Some(&shop),
+        node("test.inventory~spy", "inventory", &[]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(other.code(), tonic::Code::PermissionDenied, "{other}");
     assert!(
         other.message().contains("\"inventory\"") && other.message().contains("shop/test"),
@@ -141,7 +149,7 @@ async fn xds_streams_need_a_workload_token_for_their_own_namespace() {
     );
 
     // The same token for its own namespace gets the view.
-    let ok = first_answer(&cp, Some(&shop), node("web-1", "shop", &[]))
+    let ok = first_answer(&cp, Some(&shop), node("test.shop~web-1", "shop", &[]))
         .await
         .unwrap();
     assert_eq!(names(&ok), ["inventory/backend", "shop/web"]);
@@ -164,7 +172,7 @@ async fn xds_streams_need_a_workload_token_for_their_own_namespace() {
         .iter()
         .filter_map(|p| p["node"].as_str())
         .collect();
-    assert!(!nodes.contains(&"spy"), "{status}");
+    assert!(!nodes.contains(&"test.inventory~spy"), "{status}");
     cp.stop().await;
 }
 
@@ -177,7 +185,7 @@ async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
     let mut ads = SotwClient::connect(
         cp.xds,
         &cp.workload_token("shop").await,
-        node("web-1", "shop", &[]),
+        node("test.shop~web-1", "shop", &[]),
     )
     .await;
     ads.request(TypeUrl::Service).await;
@@ -200,7 +208,7 @@ async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
 
     // The NACK and its reason are visible; the proxy is not in sync.
     let status = eventually(DEADLINE, "the NACK in /api/v1/proxies", || async {
-        let p = proxy_status(&cp, "web-1").await?;
+        let p = proxy_status(&cp, "test.shop~web-1").await?;
         let nack = &p["types"]["Route"]["last_nack"];
         (nack["reason"] == reason && p["types"]["Endpoint"]["in_sync"] == true).then_some(p)
     })
@@ -264,7 +272,7 @@ async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
     .await;
 
     // What it was last sent.
-    let config = cp.client.proxy_config("web-1").await.unwrap();
+    let config = cp.client.proxy_config("test.shop~web-1").await.unwrap();
     assert_eq!(config["resources"]["services"][0]["name"], "web");
     assert_eq!(config["resources"]["routes"][0]["name"], "web");
 
@@ -293,7 +301,7 @@ async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
 
     drop(ads);
     eventually(DEADLINE, "web-1 marked disconnected", || async {
-        let p = proxy_status(&cp, "web-1").await?;
+        let p = proxy_status(&cp, "test.shop~web-1").await?;
         (p["connected"] == false).then_some(())
     })
     .await;
@@ -309,7 +317,7 @@ async fn delta_stream_subscribes_and_sees_removals() {
     let mut ads = DeltaClient::connect(
         cp.xds,
         &cp.workload_token("inventory").await,
-        node("db-client", "inventory", &[]),
+        node("test.inventory~db-client", "inventory", &[]),
     )
     .await;
     ads.send(DeltaDiscoveryRequest {
@@ -343,7 +351,7 @@ async fn delta_stream_subscribes_and_sees_removals() {
     let mut ads = DeltaClient::connect(
         cp.xds,
         &cp.workload_token("inventory").await,
-        node("db-client", "inventory", &[]),
+        node("test.inventory~db-client", "inventory", &[]),
     )
     .await;
     ads.send(DeltaDiscoveryRequest {
@@ -360,7 +368,7 @@ async fn delta_stream_subscribes_and_sees_removals() {
     let mut again = DeltaClient::connect(
         cp.xds,
         &cp.workload_token("inventory").await,
-        node("db-client-2", "inventory", &[]),
+        node("test.inventory~db-client-2", "inventory", &[]),
     )
     .await;
     again
@@ -641,7 +649,7 @@ async fn config_dir_files_are_served_and_followed() {
     let mut ads = SotwClient::connect(
         cp.xds,
         &cp.workload_token("default").await,
-        node("p", "default", &[]),
+        node("test.default~p", "default", &[]),
     )
     .await;
     ads.request(TypeUrl::Service).await;

@@ -344,7 +344,7 @@ fn existing_init_containers_follow_the_sidecar_and_all_probe_kinds_are_rewritten
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(bootstrap.node.id, "api-0");
+    assert_eq!(bootstrap.node.id, "api.shop~api-0");
     let ports: Vec<u32> = bootstrap.resources.listeners[1]
         .workload_ports
         .iter()

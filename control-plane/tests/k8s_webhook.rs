@@ -72,7 +72,7 @@ fn a_replicaset_pod_is_patched_into_a_valid_meshed_pod() {
     .unwrap();
     bootstrap.validate().unwrap();
     assert!(
-        bootstrap.node.id.starts_with("web-7d9f8c6b5-") && bootstrap.node.id.len() == 19,
+        bootstrap.node.id.starts_with("web.shop~web-7d9f8c6b5-") && bootstrap.node.id.len() == 28,
         "a unique node id in the API server's style: {}",
         bootstrap.node.id
     );

@@ -261,7 +261,9 @@ fn spiffe_id(service_account: &str) -> String {
 fn bootstrap(w: &Workload, cp: &ControlPlane, token: &Path, resources: MeshResources) -> Bootstrap {
     Bootstrap {
         node: Node {
-            id: w.instance.to_string(),
+            // Node ids belong to the token's workload (see the control
+            // plane's `xds::server::check_node_id`).
+            id: format!("{}.{NAMESPACE}~{}", w.service_account, w.instance),
             namespace: String::new(),
             workload: w.service.to_string(),
         },

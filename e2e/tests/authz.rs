@@ -6,7 +6,9 @@
 //! batch    (test) → client sidecar `batch`    ══mTLS══▶      (same)
 //!
 //! Every policy change goes through the control plane's API while all
-//! sidecars keep running.
+//! sidecars keep running. The server sidecar's endpoint is registered in the
+//! control plane, which is how the control plane knows the sidecar serves
+//! `echo` (its `node.workload` says something else on purpose).
 
 use sane_e2e::harness::http::{get, http1_client_via, send, tcp_roundtrip, Reply};
 use sane_e2e::harness::{
@@ -36,10 +38,20 @@ fn identity(cp: &ControlPlane, token: &Path, sa: &str) -> IdentityConfig {
     }
 }
 
-/// The server sidecar: listeners from the file, everything else (the
-/// authorization policies included) from the control plane. Its workload is
-/// `echo` in `default`, which the policies target.
-fn server_bootstrap(cp: &ControlPlane, app: &EchoApp, token: &Path) -> Bootstrap {
+/// A server sidecar of `app`: listeners from the file, everything else (the
+/// authorization policies included) from the control plane, which it
+/// reaches with `token` (of service account `sa`) as node
+/// `<sa>.default~<app name>`. Its `node.workload` is `workload`, which need
+/// not be the service's name: the policies of the service apply to it
+/// because the control plane holds an endpoint of the service that points
+/// at it.
+fn server_bootstrap(
+    cp: &ControlPlane,
+    app: &EchoApp,
+    token: &Path,
+    sa: &str,
+    workload: &str,
+) -> Bootstrap {
     let port = |p: u16, protocol: Protocol| WorkloadPort {
         port: p.into(),
         protocol: protocol.into(),
@@ -56,9 +68,32 @@ fn server_bootstrap(cp: &ControlPlane, app: &EchoApp, token: &Path) -> Bootstrap
         ],
         ..Default::default()
     };
-    let mut b = xds_bootstrap(cp, "echo", vec![inbound]);
-    b.identity = Some(identity(cp, token, "echo"));
+    let mut b = xds_bootstrap(cp, &app.name, vec![inbound]);
+    b.node.id = format!("{sa}.default~{}", app.name);
+    b.node.workload = workload.into();
+    if let Some(xds) = b.control_plane.as_mut() {
+        xds.token_file = token.display().to_string();
+    }
+    b.identity = Some(identity(cp, token, sa));
     b
+}
+
+/// Registers service `service` and the endpoint of `app` behind the
+/// sidecar whose inbound listener is `inbound`, with identity `sa`.
+async fn register(cp: &ControlPlane, service: &str, app: &EchoApp, inbound: SocketAddr, sa: &str) {
+    let api = ApiClient::new(cp);
+    let svc = echo_service(service);
+    api.put(&format!("/api/v1/services/default/{service}"), &json!(svc))
+        .await;
+    let mut endpoint = app.endpoint(Some(inbound.port()));
+    endpoint.service = service.into();
+    endpoint.identity = format!("spiffe://cluster.local/ns/default/sa/{sa}");
+    let key = format!("{}:{}", endpoint.address, inbound.port());
+    api.put(
+        &format!("/api/v1/endpoints/default/{service}/{key}"),
+        &json!(endpoint),
+    )
+    .await;
 }
 
 /// A client sidecar with its own identity: an HTTP proxy port and a TCP
@@ -70,8 +105,23 @@ fn client_bootstrap(
     token: &Path,
     sa: &str,
 ) -> Bootstrap {
+    client_of("echo", SERVER_ID, cp, app, server, token, sa)
+}
+
+/// [`client_bootstrap`] for service `service` whose sidecar proves
+/// `server_id`.
+fn client_of(
+    service: &str,
+    server_id: &str,
+    cp: &ControlPlane,
+    app: &EchoApp,
+    server: SocketAddr,
+    token: &Path,
+    sa: &str,
+) -> Bootstrap {
     let mut endpoint = app.endpoint(Some(server.port()));
-    endpoint.identity = SERVER_ID.into();
+    endpoint.service = service.into();
+    endpoint.identity = server_id.into();
     Bootstrap {
         node: Node {
             id: sa.into(),
@@ -93,12 +143,12 @@ fn client_bootstrap(
                     name: "echo-tcp".into(),
                     address: "127.0.0.1:0".into(),
                     protocol: Protocol::Tcp.into(),
-                    service: "echo".into(),
+                    service: service.into(),
                     service_port: TCP_PORT,
                     ..Default::default()
                 },
             ],
-            services: vec![echo_service("echo")],
+            services: vec![echo_service(service)],
             endpoints: vec![endpoint],
             ..Default::default()
         },
@@ -131,11 +181,12 @@ impl Setup {
             &bins().proxy,
             dir.path(),
             "echo",
-            server_bootstrap(&cp, &app, &server_token),
+            server_bootstrap(&cp, &app, &server_token, "echo", "echo-v1"),
         )
         .await;
         server.wait_ready(DEADLINE).await;
         let inbound = server.listener("inbound");
+        register(&cp, "echo", &app, inbound, "echo").await;
         let client = |token, sa| client_bootstrap(&cp, &app, inbound, token, sa);
         let frontend = Sidecar::start(
             &bins().proxy,
@@ -184,10 +235,14 @@ impl Setup {
 }
 
 async fn call(via: &Sidecar, path: &str) -> Result<Reply, String> {
+    call_service(via, "echo", path).await
+}
+
+async fn call_service(via: &Sidecar, service: &str, path: &str) -> Result<Reply, String> {
     let outbound = via.listener("outbound");
     send(
         &http1_client_via(outbound),
-        get(&format!("http://echo{path}")),
+        get(&format!("http://{service}{path}")),
     )
     .await
 }
@@ -195,8 +250,12 @@ async fn call(via: &Sidecar, path: &str) -> Result<Reply, String> {
 /// Polls until `path` through `via` answers `status` (a policy pushed over
 /// xDS takes effect when the server sidecar has applied it).
 async fn until_status(via: &Sidecar, path: &str, status: u16) -> Reply {
+    until_service_status(via, "echo", path, status).await
+}
+
+async fn until_service_status(via: &Sidecar, service: &str, path: &str, status: u16) -> Reply {
     eventually(DEADLINE, || async {
-        let reply = call(via, path).await?;
+        let reply = call_service(via, service, path).await?;
         if reply.status == status {
             Ok(reply)
         } else {
@@ -331,4 +390,110 @@ async fn policies_allow_deny_and_change_without_restart() {
         .unwrap();
     assert_eq!(reply.status, 422, "{}", reply.text());
     assert!(reply.text().contains("paths[0]"), "{}", reply.text());
+}
+
+/// The probe of issue 17: a `deny` policy for service `edge` must be
+/// enforced by every sidecar an endpoint of `edge` points at, whatever its
+/// `node.workload` says, and a policy for a service that does not exist is
+/// refused rather than applied to whichever sidecar carries that name.
+#[tokio::test]
+async fn a_service_policy_is_enforced_by_each_of_its_sidecars_whatever_their_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    let edge_token = cp.issue_token(dir.path(), "default", "edge").await;
+    let fe_token = cp.issue_token(dir.path(), "default", "frontend").await;
+    let edge_id = "spiffe://cluster.local/ns/default/sa/edge";
+    // Two instances of `edge`, whose sidecars call themselves something
+    // else entirely (one of them `ghost`, the name of no service).
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for (name, workload) in [("edge-1", "edge-canary"), ("edge-2", "ghost")] {
+        let app = EchoApp::start_with(&bins().echo, name, "edge").await;
+        let server = Sidecar::start(
+            &bins().proxy,
+            dir.path(),
+            name,
+            server_bootstrap(&cp, &app, &edge_token, "edge", workload),
+        )
+        .await;
+        server.wait_ready(DEADLINE).await;
+        let inbound = server.listener("inbound");
+        register(&cp, "edge", &app, inbound, "edge").await;
+        // A client sidecar reaching this one instance only.
+        let client = Sidecar::start(
+            &bins().proxy,
+            dir.path(),
+            &format!("fe-{name}"),
+            client_of("edge", edge_id, &cp, &app, inbound, &fe_token, "frontend"),
+        )
+        .await;
+        client.wait_ready(DEADLINE).await;
+        servers.push((app, server));
+        clients.push(client);
+    }
+    for client in &clients {
+        until_service_status(client, "edge", "/", 200).await;
+    }
+
+    // A policy for a service that does not exist is refused, naming the
+    // field; nothing is denied by it.
+    let reply = ApiClient::new(&cp)
+        .send(
+            http::Method::PUT,
+            &format!("{POLICIES}/ghost-deny"),
+            json!({ "service": "ghost", "action": "deny", "rules": [ {} ] }).to_string(),
+            Some(TEST_API_TOKEN),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(
+        reply
+            .text()
+            .contains("authorization_policies[default/ghost-deny].service")
+            && reply.text().contains("is not a declared service"),
+        "{}",
+        reply.text()
+    );
+    for client in &clients {
+        assert_eq!(call_service(client, "edge", "/").await.unwrap().status, 200);
+    }
+
+    // A deny policy for `edge`: both of its sidecars enforce it.
+    ApiClient::new(&cp)
+        .put(
+            &format!("{POLICIES}/edge-deny"),
+            &json!({ "service": "edge", "action": "deny", "rules": [ {} ] }),
+        )
+        .await;
+    for client in &clients {
+        let denied = until_service_status(client, "edge", "/", 403).await;
+        assert_eq!(denied.header("x-sane-response-flags"), Some("RBAC"));
+        assert!(
+            denied.text().contains("deny policy default/edge-deny"),
+            "{}",
+            denied.text()
+        );
+    }
+    // The control plane says which service each sidecar serves.
+    let proxies = ApiClient::new(&cp).proxies().await.unwrap();
+    for name in ["edge-1", "edge-2"] {
+        let row = sane_e2e::harness::proxy_row(&proxies, &format!("edge.default~{name}"))
+            .unwrap_or_else(|| panic!("{name} not listed: {proxies}"));
+        assert_eq!(row["serves"], json!(["edge.default"]), "{row}");
+    }
+    // Removing it lets traffic back in, with no sidecar restarted.
+    let reply = ApiClient::new(&cp)
+        .send(
+            http::Method::DELETE,
+            &format!("{POLICIES}/edge-deny"),
+            "",
+            Some(TEST_API_TOKEN),
+        )
+        .await
+        .unwrap();
+    assert!(reply.status.is_success(), "{}", reply.text());
+    for client in &clients {
+        until_service_status(client, "edge", "/", 200).await;
+    }
 }

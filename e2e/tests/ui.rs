@@ -14,8 +14,8 @@ use http::StatusCode;
 use sane_e2e::harness::browser::{chromium_or_skip, screenshot, Browser};
 use sane_e2e::harness::http::{get, http1_client_via, send, HttpClient};
 use sane_e2e::harness::{
-    bins, eventually, prometheus_or_skip, xds_bootstrap, ApiClient, ControlPlane, EchoApp,
-    Prometheus, Sanectl, Sidecar, OUTBOUND,
+    bins, eventually, prometheus_or_skip, xds_bootstrap, xds_node_id, ApiClient, ControlPlane,
+    EchoApp, Prometheus, Sanectl, Sidecar, OUTBOUND,
 };
 use sane_xds_proto::Listener;
 use serde_json::Value;
@@ -137,7 +137,8 @@ routes:
     )
     .unwrap();
     cli.ok(&["apply", "-f", &bad.display().to_string()]).await;
-    for id in ["client", "bystander"] {
+    for id in ["client", "bystander"].map(xds_node_id) {
+        let id = id.as_str();
         eventually(DEADLINE, || async {
             let r = api.proxy(id).await?;
             let route = &r["types"]["Route"];
@@ -169,11 +170,20 @@ routes:
     let services = page
         .eval("[...document.querySelectorAll('[data-service]')].map(n => n.dataset.service).sort()")
         .await;
+    let row = |name: &str| {
+        format!(
+            "document.querySelector('tr[data-proxy=\"{}\"]')",
+            xds_node_id(name)
+        )
+    };
     let client_row = page
-        .eval("(r => r && [r.className, r.textContent])(document.querySelector('tr[data-proxy=\"client\"]'))")
+        .eval(&format!(
+            "(r => r && [r.className, r.textContent])({})",
+            row("client")
+        ))
         .await;
     let bystander_row = page
-        .eval("(r => r && r.className)(document.querySelector('tr[data-proxy=\"bystander\"]'))")
+        .eval(&format!("(r => r && r.className)({})", row("bystander")))
         .await;
     println!("nodes: {nodes}\nedges: {edges}\nservices: {services}\nclient: {client_row}");
 

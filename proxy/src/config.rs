@@ -43,12 +43,27 @@ pub struct Snapshot {
     /// Service and endpoint addresses, for transparently intercepted
     /// connections.
     pub transparent: OriginalDstTable,
-    /// The authorization policies of the local workload (`node.workload` in
-    /// `node.namespace`), enforced on inbound requests and connections.
+    /// The authorization policies this proxy enforces on inbound requests
+    /// and connections: every one the control plane sent (it sends each
+    /// sidecar exactly those that target its endpoints), or, from the file
+    /// alone, those whose `service` is `node.workload` (see [`PolicySource`]).
     pub authz: Arc<AuthzPolicies>,
     /// Tracing and access-log settings of this node (the same `Arc` as the
     /// previous snapshot's while they do not change).
     pub telemetry: Arc<TelemetrySettings>,
+}
+
+/// Where the authorization policies of a config come from, which decides
+/// which of them the proxy enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The bootstrap file alone: the proxy has no endpoints of its own, so
+    /// it enforces the policies whose `service` is its `node.workload` (in
+    /// `node.namespace`) and that have no `selector`.
+    File,
+    /// The control plane, which knows which endpoints point at this proxy
+    /// and sends it exactly the policies that target them: all are enforced.
+    ControlPlane,
 }
 
 /// Where an inbound listener delivers traffic.
@@ -91,6 +106,13 @@ struct Sources {
     dynamic: Option<MeshResources>,
 }
 
+fn policy_source(dynamic: Option<&MeshResources>) -> PolicySource {
+    match dynamic {
+        Some(_) => PolicySource::ControlPlane,
+        None => PolicySource::File,
+    }
+}
+
 fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
     let mut b = file.clone();
     if let Some(d) = dynamic {
@@ -107,10 +129,23 @@ fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Compiles `bootstrap`, carrying load counters over from `previous`.
-    /// `origin` names the config's source in errors.
+    /// Compiles `bootstrap` (a file: see [`PolicySource::File`]), carrying
+    /// load counters over from `previous`. `origin` names the config's
+    /// source in errors.
     pub fn compile(
         bootstrap: Bootstrap,
+        version: u64,
+        previous: Option<&Snapshot>,
+        origin: &str,
+    ) -> Result<Self, StartError> {
+        Self::compile_from(bootstrap, PolicySource::File, version, previous, origin)
+    }
+
+    /// [`Snapshot::compile`] of a config whose authorization policies come
+    /// from `policies`.
+    pub fn compile_from(
+        bootstrap: Bootstrap,
+        authz_source: PolicySource,
         version: u64,
         previous: Option<&Snapshot>,
         origin: &str,
@@ -277,10 +312,13 @@ impl Snapshot {
             builder.cluster_of(service, port, &BTreeMap::new(), only)
         });
         let clusters = builder.built.into_values().collect();
-        let authz = Arc::new(AuthzPolicies::for_workload(
-            &res.authorization_policies,
-            &local_service_key(&bootstrap.node),
-        ));
+        let authz = Arc::new(match authz_source {
+            PolicySource::ControlPlane => AuthzPolicies::all(&res.authorization_policies),
+            PolicySource::File => AuthzPolicies::for_workload(
+                &res.authorization_policies,
+                &local_service_key(&bootstrap.node),
+            ),
+        });
         let telemetry = TelemetrySettings::for_node(&bootstrap);
         let telemetry = match previous {
             Some(p) if *p.telemetry == telemetry => p.telemetry.clone(),
@@ -535,7 +573,7 @@ impl ConfigStore {
     pub fn apply(&self, bootstrap: Bootstrap, origin: &str) -> Result<u64, StartError> {
         let mut sources = self.sources.lock().expect("not poisoned");
         let candidate = merged(&bootstrap, sources.dynamic.as_ref());
-        let v = self.swap(candidate, origin)?;
+        let v = self.swap(candidate, policy_source(sources.dynamic.as_ref()), origin)?;
         sources.file = bootstrap;
         Ok(v)
     }
@@ -545,7 +583,7 @@ impl ConfigStore {
     pub fn apply_dynamic(&self, resources: MeshResources, origin: &str) -> Result<u64, StartError> {
         let mut sources = self.sources.lock().expect("not poisoned");
         let candidate = merged(&sources.file, Some(&resources));
-        let v = self.swap(candidate, origin)?;
+        let v = self.swap(candidate, PolicySource::ControlPlane, origin)?;
         sources.dynamic = Some(resources);
         Ok(v)
     }
@@ -555,12 +593,18 @@ impl ConfigStore {
     pub fn check_dynamic(&self, resources: &MeshResources, origin: &str) -> Result<(), StartError> {
         let sources = self.sources.lock().expect("not poisoned");
         let candidate = merged(&sources.file, Some(resources));
-        Snapshot::compile(candidate, 0, None, origin).map(|_| ())
+        Snapshot::compile_from(candidate, PolicySource::ControlPlane, 0, None, origin).map(|_| ())
     }
 
-    fn swap(&self, candidate: Bootstrap, origin: &str) -> Result<u64, StartError> {
+    fn swap(
+        &self,
+        candidate: Bootstrap,
+        policies: PolicySource,
+        origin: &str,
+    ) -> Result<u64, StartError> {
         let prev = self.load();
-        let result = Snapshot::compile(candidate, prev.version + 1, Some(&prev), origin);
+        let result =
+            Snapshot::compile_from(candidate, policies, prev.version + 1, Some(&prev), origin);
         let mut last = self.last_error.lock().expect("not poisoned");
         match result {
             Ok(next) => {
@@ -675,6 +719,36 @@ resources:
 
     fn compile(text: &str) -> Result<Snapshot, StartError> {
         Snapshot::compile(serde_yaml::from_str(text).unwrap(), 1, None, "test.yaml")
+    }
+
+    #[test]
+    fn the_control_plane_chooses_the_policies_a_file_proxy_picks_by_workload() {
+        let policy = |name: &str, service: &str| sane_xds_proto::AuthorizationPolicy {
+            name: name.into(),
+            service: service.into(),
+            rules: vec![Default::default()],
+            ..Default::default()
+        };
+        let mut file: Bootstrap = serde_yaml::from_str(CFG).unwrap();
+        file.node.workload = "api".into();
+        file.resources.authorization_policies = vec![policy("mine", "api"), policy("edge", "edge")];
+        let store = ConfigStore::new(Snapshot::compile(file.clone(), 1, None, "f").unwrap(), None);
+        // From the file: only the policy naming its workload.
+        assert_eq!(store.load().authz.len(), 1);
+        // From the control plane: every policy it sent (it sent this proxy
+        // those targeting its endpoints, whatever `node.workload` says).
+        let mut pushed = file.resources.clone();
+        pushed.listeners.clear();
+        pushed.authorization_policies = vec![policy("edge", "edge")];
+        store.apply_dynamic(pushed, "xds").unwrap();
+        assert_eq!(store.load().authz.len(), 1);
+        // A file reload keeps the control plane's choice.
+        store.apply(file, "f").unwrap();
+        assert_eq!(store.load().authz.len(), 1);
+        let mut none = store.load().bootstrap.resources.clone();
+        none.authorization_policies.clear();
+        store.apply_dynamic(none, "xds").unwrap();
+        assert!(store.load().authz.is_empty());
     }
 
     #[test]

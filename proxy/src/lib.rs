@@ -56,7 +56,7 @@ use crate::stack::StackContext;
 use crate::telemetry::Metrics;
 use crate::upstream::{connect::TcpConnect, Upstream};
 use prometheus::Registry;
-use sane_xds_proto::Bootstrap;
+use sane_xds_proto::{Bootstrap, Direction};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -256,6 +256,18 @@ impl Proxy {
             // Stops with the admin server: the kubelet sees "draining" until then.
             tokio::spawn(server.serve(socket, stop_admin.clone(), rejected("health")));
         }
+        let inbound: Vec<SocketAddr> = {
+            let config = self.handle.config.load();
+            let defs = config.listeners();
+            self.listeners
+                .iter()
+                .filter(|l| {
+                    defs.iter()
+                        .any(|d| d.name == l.name && d.direction() == Direction::Inbound)
+                })
+                .map(|l| l.addr)
+                .collect()
+        };
         let mut accept_loops = Vec::new();
         for l in self.listeners {
             accept_loops.push(tokio::spawn(l.serve(self.ctx.clone(), drain.clone())));
@@ -277,6 +289,7 @@ impl Proxy {
             tokio::spawn(xds::run(
                 cp,
                 node,
+                inbound,
                 self.handle.config.clone(),
                 metrics,
                 block,

@@ -1,8 +1,16 @@
 //! Authorization policies: who may call a workload, and how (Istio
 //! `AuthorizationPolicy` semantics).
 //!
-//! A policy targets one service's workloads and is enforced by their
-//! sidecars on the inbound side. For one request the proxy decides:
+//! A policy targets workloads of its own namespace: the instances
+//! (endpoints) of one `service`, and/or those whose labels match its
+//! `selector` (Istio's `selector.matchLabels`). It is enforced by their
+//! sidecars on the inbound side, whatever their `node.workload`: the control
+//! plane knows which endpoints point at which sidecar and sends each sidecar
+//! exactly the policies that target it. A sidecar configured from a file
+//! alone has no endpoints of its own: it enforces the policies of its file
+//! whose `service` is its `node.workload` and that have no `selector`.
+//!
+//! For one request the proxy decides:
 //!
 //! 1. a matching `deny` policy → denied (403 `RBAC`, or a closed connection
 //!    for TCP);
@@ -20,7 +28,9 @@
 
 use crate::serde_util::{enum_de, enum_ser};
 use crate::validate::{Errors, FieldPath};
+use crate::Endpoint;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// What a policy does with the requests its rules match.
 #[derive(
@@ -48,7 +58,8 @@ pub enum AuthzAction {
     Audit = 2,
 }
 
-/// An authorization policy for the workloads of one service.
+/// An authorization policy for the workloads of one service, or of those
+/// carrying some labels.
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthorizationPolicy {
@@ -58,9 +69,11 @@ pub struct AuthorizationPolicy {
     /// Namespace. Default: `default`.
     #[prost(string, tag = "2")]
     pub namespace: String,
-    /// The service whose workloads enforce the policy (`name` or
-    /// `name.namespace`): a sidecar enforces the policies of its own
-    /// workload (`node.workload` in `node.namespace`). Required.
+    /// The service whose workloads enforce the policy (`name`, or
+    /// `name.namespace` with the policy's own namespace): every sidecar an
+    /// endpoint of the service points at. In the control plane's registry it
+    /// must be a declared service. Default: empty, any service of the
+    /// namespace (then `selector` is required).
     #[prost(string, tag = "3")]
     pub service: String,
     /// `allow`, `deny` or `audit`. Default: `allow`.
@@ -80,6 +93,12 @@ pub struct AuthorizationPolicy {
     /// passes. Default: false.
     #[prost(bool, tag = "6")]
     pub dry_run: bool,
+    /// Labels a workload's endpoint must all carry for the policy to apply
+    /// to its sidecar (with `service`, to that service's endpoints only).
+    /// Default: none, every endpoint of `service`.
+    #[prost(btree_map = "string, string", tag = "7")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// One rule: every present part must match.
@@ -159,9 +178,25 @@ impl AuthorizationPolicy {
         errs.finish()
     }
 
-    /// The qualified key (`name.namespace`) of the target service.
+    /// The qualified key (`name.namespace`) of the target service; empty
+    /// when the policy targets workloads by `selector` only.
     pub fn service_key(&self) -> String {
+        if self.service.is_empty() {
+            return String::new();
+        }
         crate::resources::qualify(&self.service, &self.namespace)
+    }
+
+    /// True if the policy targets the workload instance `endpoint`: same
+    /// namespace, its `service` (if set), and every `selector` label.
+    pub fn targets(&self, endpoint: &Endpoint) -> bool {
+        let ns = crate::namespace_or_default(&self.namespace);
+        crate::namespace_or_default(&endpoint.namespace) == ns
+            && (self.service.is_empty() || endpoint.service_key() == self.service_key())
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| endpoint.labels.get(k) == Some(v))
     }
 
     pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
@@ -169,7 +204,35 @@ impl AuthorizationPolicy {
         if !self.namespace.is_empty() {
             errs.name(&path.field("namespace"), &self.namespace);
         }
-        errs.name(&path.field("service"), &self.service);
+        let ns = crate::namespace_or_default(&self.namespace);
+        if self.service.is_empty() {
+            if self.selector.is_empty() {
+                errs.push(
+                    &path.field("service"),
+                    "a service or a selector is required (the workloads the policy applies to)",
+                );
+            }
+        } else {
+            errs.name(&path.field("service"), &self.service);
+            if let Some((_, svc_ns)) = self.service.split_once('.') {
+                if svc_ns != ns {
+                    errs.push(
+                        &path.field("service"),
+                        format!(
+                            "{:?} is not in the policy's namespace {ns:?}; a policy applies to \
+                             workloads of its own namespace",
+                            self.service
+                        ),
+                    );
+                }
+            }
+        }
+        for (k, v) in &self.selector {
+            let sp = path.field("selector").field(k);
+            if k.is_empty() || v.is_empty() {
+                errs.push(&sp, "selector labels and values must not be empty");
+            }
+        }
         errs.enum_value::<AuthzAction>(&path.field("action"), self.action);
         for (i, rule) in self.rules.iter().enumerate() {
             let rp = path.item("rules", i);
@@ -294,9 +357,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.action(), AuthzAction::Deny);
-        let err = serde_yaml::from_str::<AuthorizationPolicy>("{ name: p, selector: x }")
+        let err = serde_yaml::from_str::<AuthorizationPolicy>("{ name: p, workload: x }")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("selector"), "{err}");
+        assert!(err.contains("workload"), "{err}");
+    }
+
+    #[test]
+    fn a_policy_targets_a_service_or_labels_of_its_own_namespace() {
+        let ep = |service: &str, ns: &str, version: &str| Endpoint {
+            service: service.into(),
+            namespace: ns.into(),
+            address: "10.0.0.1".into(),
+            labels: [("version".to_string(), version.to_string())].into(),
+            ..Default::default()
+        };
+        let by_service = AuthorizationPolicy {
+            name: "p".into(),
+            namespace: "shop".into(),
+            service: "edge".into(),
+            ..Default::default()
+        };
+        assert!(by_service.targets(&ep("edge", "shop", "v1")));
+        assert!(!by_service.targets(&ep("web", "shop", "v1")));
+        assert!(!by_service.targets(&ep("edge", "bank", "v1")));
+        let by_labels = AuthorizationPolicy {
+            service: String::new(),
+            selector: [("version".to_string(), "v2".to_string())].into(),
+            ..by_service.clone()
+        };
+        by_labels.validate().unwrap();
+        assert!(by_labels.targets(&ep("web", "shop", "v2")));
+        assert!(!by_labels.targets(&ep("web", "shop", "v1")));
+        assert!(!by_labels.targets(&ep("web", "bank", "v2")));
+
+        let neither = AuthorizationPolicy {
+            selector: BTreeMap::new(),
+            ..by_labels
+        };
+        let err = neither.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("service: a service or a selector is required"),
+            "{err}"
+        );
+        let elsewhere = AuthorizationPolicy {
+            service: "edge.bank".into(),
+            ..by_service
+        };
+        let err = elsewhere.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("service: \"edge.bank\" is not in the policy's namespace"),
+            "{err}"
+        );
     }
 }

@@ -101,6 +101,29 @@ impl MeshResources {
         errs.finish()
     }
 
+    /// [`MeshResources::validate`] for a document that holds every service
+    /// of the mesh (the control plane's registry): also the `service` of
+    /// every authorization policy must be declared, so a policy naming a
+    /// service that does not exist is rejected instead of applying to no
+    /// one (or to whatever workload happens to carry that name).
+    pub fn validate_registry(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Errors::default();
+        self.validate_into(&FieldPath::root(), &mut errs);
+        let services: HashSet<String> = self.services.iter().map(Service::key).collect();
+        for (i, a) in self.authorization_policies.iter().enumerate() {
+            let key = a.service_key();
+            if !key.is_empty() && !services.contains(&key) {
+                errs.push(
+                    &FieldPath::root()
+                        .item("authorization_policies", i)
+                        .field("service"),
+                    format!("{key:?} is not a declared service"),
+                );
+            }
+        }
+        errs.finish()
+    }
+
     pub(crate) fn validate_into(&self, root: &FieldPath, errs: &mut Errors) {
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
@@ -193,7 +216,8 @@ impl MeshResources {
         }
         // The target of an authorization policy is a workload, which need
         // not be a declared service of this document (a sidecar's own file
-        // rarely declares its own service), so it is not cross-checked.
+        // rarely declares its own service), so it is not cross-checked here;
+        // `validate_registry` does, for the registry that holds them all.
         let mut authz = HashSet::new();
         for (i, a) in self.authorization_policies.iter().enumerate() {
             let p = root.item("authorization_policies", i);
@@ -229,5 +253,43 @@ pub fn qualify(name: &str, ns: &str) -> String {
         name.to_string()
     } else {
         format!("{name}.{}", crate::namespace_or_default(ns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServicePort;
+
+    #[test]
+    fn the_registry_rejects_a_policy_for_an_unknown_service() {
+        let mut mesh = MeshResources {
+            services: vec![Service {
+                name: "edge".into(),
+                ports: vec![ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            authorization_policies: vec![AuthorizationPolicy {
+                name: "p".into(),
+                service: "ghost".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // A sidecar's file need not declare its own service ...
+        mesh.validate().unwrap();
+        // ... the registry holds them all.
+        let err = mesh.validate_registry().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "authorization_policies[0].service: \"ghost.default\" is not a declared service"
+            ),
+            "{err}"
+        );
+        mesh.authorization_policies[0].service = "edge".into();
+        mesh.validate_registry().unwrap();
     }
 }

@@ -58,6 +58,16 @@ pub struct Service {
     /// Default: none.
     #[prost(string, repeated, tag = "5")]
     pub addresses: Vec<String>,
+    /// The namespaces whose proxies may see this service (its name, ports,
+    /// endpoints with their addresses and identities, routes and destination
+    /// policies): `*` for every namespace, `.` for its own, or namespace
+    /// names. Its own namespace always sees it. A proxy asking for more
+    /// (`services: ["*"]` or a listed name) never gets a service that is not
+    /// exported to its namespace. Default: none, meaning `*` (exported to
+    /// every namespace, as Istio's `exportTo`).
+    #[prost(string, repeated, tag = "6")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
 }
 
 /// One port of a service.
@@ -127,6 +137,19 @@ impl Service {
         names
     }
 
+    /// True if proxies of namespace `ns` may see the service (see
+    /// `export_to`).
+    pub fn exported_to(&self, ns: &str) -> bool {
+        let own = self.namespace();
+        let ns = crate::namespace_or_default(ns);
+        ns == own
+            || self.export_to.is_empty()
+            || self
+                .export_to
+                .iter()
+                .any(|e| e == "*" || (e == "." && ns == own) || e == ns)
+    }
+
     /// Finds a port by its number.
     pub fn port(&self, port: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
@@ -178,6 +201,11 @@ impl Service {
                         errs.push(&ap, format!("{ip} is declared twice"));
                     }
                 }
+            }
+        }
+        for (i, e) in self.export_to.iter().enumerate() {
+            if e != "*" && e != "." {
+                errs.name(&path.item("export_to", i), e);
             }
         }
     }

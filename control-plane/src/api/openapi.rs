@@ -362,7 +362,11 @@ fn other_resource_schemas() -> Value {
             "namespace": { "type": "string", "default": "default" },
             "ports": array_of(schema_ref("ServicePort")),
             "hosts": array_of(string()),
-            "addresses": array_of(string())
+            "addresses": array_of(string()),
+            "export_to": {
+                "type": "array", "items": string(),
+                "description": "Namespaces whose proxies may see the service: `*` (the default), `.` (its own) or names."
+            }
         })),
         "ServicePort": object(&["port"], json!({
             "name": string(), "port": port(), "protocol": protocol, "target_port": port()
@@ -445,10 +449,14 @@ fn other_resource_schemas() -> Value {
 fn authz_schemas() -> Value {
     let patterns = array_of(string());
     json!({
-        "AuthorizationPolicy": object(&["name", "service"], json!({
+        "AuthorizationPolicy": object(&["name"], json!({
             "name": string(),
             "namespace": { "type": "string", "default": "default" },
-            "service": { "type": "string", "description": "The service whose sidecars enforce the policy." },
+            "service": { "type": "string", "description": "The service (of the policy's namespace) whose sidecars enforce the policy; a service or a selector is required." },
+            "selector": {
+                "type": "object", "additionalProperties": string(),
+                "description": "Labels an endpoint must carry for its sidecar to enforce the policy."
+            },
             "action": enumeration(&["allow", "deny", "audit"], "allow"),
             "rules": array_of(schema_ref("AuthzRule")),
             "dry_run": { "type": "boolean", "description": "Log and count would-be denials; enforce nothing." }

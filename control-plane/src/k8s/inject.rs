@@ -100,7 +100,9 @@ pub struct ProxyPorts {
 pub struct PodContext {
     /// The pod's namespace.
     pub namespace: String,
-    /// The proxy's `node.id`: the pod name when known.
+    /// The instance part of the proxy's `node.id`: the pod name when known.
+    /// The node id is `<service account>.<namespace>~<this>`, which the
+    /// xDS server requires of the pod's service-account token.
     pub node_id: String,
     /// The workload (for metrics and status): app label or owner name.
     pub workload: String,
@@ -329,7 +331,7 @@ impl Injector {
             .unwrap_or_else(|| "default".into());
         Bootstrap {
             node: Node {
-                id: ctx.node_id.clone(),
+                id: format!("{service_account}.{}~{}", ctx.namespace, ctx.node_id),
                 namespace: ctx.namespace.clone(),
                 workload: ctx.workload.clone(),
             },
@@ -651,6 +653,7 @@ mod tests {
         assert_eq!(inbound.workload_ports.len(), 2);
         assert_eq!(inbound.workload_ports[1].protocol, Protocol::Grpc as i32);
         assert_eq!(b.node.namespace, "shop");
+        assert_eq!(b.node.id, "web.shop~web-0");
         // The kubelet's probes reach the health port on the pod IP.
         assert_eq!(b.health.unwrap().address, "0.0.0.0:15020");
     }

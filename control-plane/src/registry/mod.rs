@@ -3,7 +3,8 @@
 //!
 //! Writes are transactions ([`Change`]s of [`Op`]s). A transaction is applied
 //! to a copy of the current [`State`], the whole result is validated with
-//! `MeshResources::validate` (so a route to an unknown service, or deleting a
+//! `MeshResources::validate_registry` (so a route or authorization policy
+//! naming an unknown service, or deleting a
 //! service a route still uses, is rejected), written to the [`Store`], and only
 //! then published. Any failure leaves the registry exactly as it was.
 //!

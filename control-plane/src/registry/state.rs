@@ -142,7 +142,7 @@ impl State {
 
     /// Validates the whole registry; paths name resources by key.
     pub fn validate(&self) -> Result<(), Rejected> {
-        let Err(errs) = self.to_mesh().validate() else {
+        let Err(errs) = self.to_mesh().validate_registry() else {
             return Ok(());
         };
         let mut keys: HashMap<Kind, Vec<&str>> = HashMap::new();

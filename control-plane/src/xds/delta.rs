@@ -17,6 +17,7 @@
 //!   a client can tell "nothing there" from "no answer yet";
 //! * after a NACK nothing is resent until the content changes.
 
+use super::client_input::{shown, MAX_NACK_REASON_CHARS, MAX_TOKEN_CHARS};
 use super::protocol::{Event, Nonces, Sent, Step};
 use super::snapshot::{set_version, EncodedResource};
 use super::view::ProxyView;
@@ -64,7 +65,7 @@ impl DeltaStream {
     ) -> Step<DeltaDiscoveryResponse> {
         let Some(type_url) = TypeUrl::parse(&req.type_url) else {
             return Step::event(Event::UnknownType {
-                type_url: req.type_url.clone(),
+                type_url: shown(&req.type_url, MAX_TOKEN_CHARS),
             });
         };
         let mut step = Step::default();
@@ -81,13 +82,13 @@ impl DeltaStream {
             let event = if req.response_nonce != st.nonce {
                 Event::Stale {
                     type_url,
-                    nonce: req.response_nonce.clone(),
+                    nonce: shown(&req.response_nonce, MAX_TOKEN_CHARS),
                 }
             } else if let Some(status) = &req.error_detail {
                 Event::Nack {
                     type_url,
                     version: st.version.clone(),
-                    reason: status.message.clone(),
+                    reason: shown(&status.message, MAX_NACK_REASON_CHARS),
                 }
             } else {
                 Event::Ack {

@@ -13,6 +13,8 @@
 //! | `type.googleapis.com/sane.mesh.v1.Endpoint`            | `Endpoint`                  |
 //! | `type.googleapis.com/sane.mesh.v1.Route`               | `Route`                     |
 //! | `type.googleapis.com/sane.mesh.v1.DestinationPolicy`   | `DestinationPolicy`         |
+//! | `type.googleapis.com/sane.mesh.v1.AuthorizationPolicy` | `AuthorizationPolicy`       |
+//! | `type.googleapis.com/sane.mesh.v1.Telemetry`           | `Telemetry`                 |
 //!
 //! Each resource is an `Any { type_url, value }` whose `value` is the
 //! prost-encoded message. Other type URLs are ignored (logged, never answered).
@@ -33,34 +35,46 @@
 //! The first request of every stream must carry `node` (later ones may omit
 //! it; it is read once per stream):
 //!
-//! * `node.id` (required): unique per proxy instance; the key of its row in
-//!   `GET /api/v1/proxies`. A new stream with the same id replaces the row.
+//! * `node.id` (required): unique per proxy instance, and one of the
+//!   stream token's workload: `<service_account>.<namespace>` or
+//!   `<service_account>.<namespace>~<instance>` (anything else:
+//!   `PERMISSION_DENIED`). Shown in `GET /api/v1/proxies`, one row per
+//!   stream.
 //! * `node.metadata.namespace` (string, default `default`): the proxy's
-//!   namespace.
+//!   namespace; must be the token's.
 //! * `node.metadata.services` (list of strings, or one comma-separated
 //!   string; default none): extra services the proxy talks to, each `name`
 //!   (in the proxy's namespace), `name.namespace` or `namespace/name`; `*`
-//!   means every service of the mesh.
-//!
+//!   means every service exported to its namespace.
+//! * `node.metadata.inbound` (list of `ip:port` strings, default none): the
+//!   bound addresses of the proxy's inbound listeners; endpoints pointing at
+//!   them are the proxy's own (see below).
 //! * `node.metadata.workload` (string, default `node.cluster`): shown in the
 //!   status table only.
+//!
+//! Every field is bounded ([`client_input`]); so is the whole request
+//! ([`client_input::MAX_REQUEST_BYTES`]).
 //!
 //! From a proxy's bootstrap (`sane_xds_proto::Bootstrap`): `node.id` is
 //! `node.id`, `namespace` is `node.namespace`, `workload` (or `node.cluster`)
 //! is `node.workload`, `services` is `control_plane.services`.
 //!
-//! Other metadata fields are ignored, and so is an `authorization` header on
-//! the stream (xDS clients are not authenticated yet). A malformed `namespace` or `services`
-//! ends the stream with `INVALID_ARGUMENT` naming the field.
+//! Other metadata fields are ignored. A malformed or oversized field ends
+//! the stream with `INVALID_ARGUMENT` naming the field.
 //!
 //! ## What a proxy receives (its view)
 //!
-//! Services: all of its namespace, plus those it lists, plus — transitively —
-//! every destination and mirror target of a route of a service already in
-//! the view (so traffic split or mirrored to another namespace works).
-//! Endpoints, routes and policies: those of
-//! the services in the view. An empty `resource_names` (or `*`) subscribes to
-//! the whole view; explicit names narrow it.
+//! Only services exported to its namespace (`Service.export_to`; default
+//! every namespace): all of its namespace, plus those it lists, plus —
+//! transitively — every destination and mirror target of a route of a
+//! service already in the view (so traffic split or mirrored to another
+//! namespace works). Endpoints and destination policies: those of the
+//! services in the view; routes: those whose destinations are all in the
+//! view. Authorization policies: those of its namespace that target an
+//! endpoint the proxy serves (one pointing at its `inbound` addresses, with
+//! no identity or the token's), and it enforces all it gets; telemetry: its
+//! namespace's. See [`view`]. An empty `resource_names` (or `*`) subscribes
+//! to the whole view; explicit names narrow it.
 //!
 //! ## Protocol
 //!
@@ -81,6 +95,7 @@
 //!   after that are coalesced ([`debounce`]) and then each stream gets
 //!   only the types whose content in its view changed.
 
+pub mod client_input;
 pub mod debounce;
 pub mod delta;
 pub mod protocol;
@@ -94,4 +109,4 @@ pub(crate) mod test_support;
 
 pub use debounce::DebounceConfig;
 pub use server::AdsService;
-pub use view::{node_metadata, NodeSpec};
+pub use view::{node_metadata, node_metadata_with_inbound, NodeSpec};

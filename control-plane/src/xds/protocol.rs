@@ -5,7 +5,10 @@ use super::snapshot::EncodedResource;
 use sane_xds_proto::TypeUrl;
 use std::sync::Arc;
 
-/// Something a client request told us, for status and metrics.
+/// Something a client request told us, for status and metrics. Strings
+/// that come from the client are bounded and escaped
+/// ([`super::client_input::shown`]) by the state machine that makes the
+/// event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The client applied the response with the latest nonce.

@@ -4,9 +4,13 @@
 //!
 //! A stream is authenticated before anything is read from it: the caller's
 //! bearer token must stand for a workload ([`WorkloadAuth`], the same check
-//! as the CA's), and the node's namespace must be the token's, so a proxy
-//! only ever receives the view of its own namespace.
+//! as the CA's), the node's namespace must be the token's, so a proxy only
+//! ever receives the view of its own namespace, and the node id must be one
+//! of the token's workload ([`check_node_id`]), so a stream can never speak
+//! for another workload's proxy. Requests are decoded up to
+//! [`MAX_REQUEST_BYTES`], and what a client says is logged escaped.
 
+use super::client_input::MAX_REQUEST_BYTES;
 use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
 use super::protocol::{Event, Step};
@@ -25,6 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
@@ -67,6 +72,13 @@ trait Machine: Send + 'static {
 
 type ResponseTx<R> = mpsc::Sender<Result<R, Status>>;
 
+/// Who opened a stream: what its token grants, and where it comes from.
+#[derive(Debug)]
+struct Caller {
+    grant: TokenGrant,
+    peer: Option<SocketAddr>,
+}
+
 // === impl AdsService ===
 
 impl AdsService {
@@ -94,9 +106,10 @@ impl AdsService {
         }
     }
 
-    /// The tonic server wrapping this service.
+    /// The tonic server wrapping this service; it refuses requests larger
+    /// than [`MAX_REQUEST_BYTES`].
     pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(self)
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
     /// Follows the registry, coalescing changes per `config`, and publishes
@@ -128,9 +141,11 @@ impl AdsService {
         machine: M,
         inbound: Streaming<M::Request>,
         grant: TokenGrant,
+        peer: Option<SocketAddr>,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, grant));
+        let caller = Caller { grant, peer };
+        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, caller));
         ReceiverStream::new(rx)
     }
 
@@ -168,10 +183,12 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let grant = self.authenticate(&request).await?;
         let machine = SotwStream::new(self.stream_id());
+        let peer = request.remote_addr();
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
             grant,
+            peer,
         )))
     }
 
@@ -181,10 +198,12 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let grant = self.authenticate(&request).await?;
         let machine = DeltaStream::new(self.stream_id());
+        let peer = request.remote_addr();
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
             grant,
+            peer,
         )))
     }
 }
@@ -263,7 +282,7 @@ async fn drive<M: Machine>(
     machine: M,
     mut inbound: Streaming<M::Request>,
     tx: ResponseTx<M::Response>,
-    grant: TokenGrant,
+    caller: Caller,
 ) {
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
@@ -273,13 +292,16 @@ async fn drive<M: Machine>(
         Ok(Some(req)) => req,
         Ok(None) => return,
         Err(status) => {
+            // E.g. a request over `MAX_REQUEST_BYTES`: say so to the client.
             tracing::debug!(%status, "xds stream failed before its first request");
+            let _ = tx.send(Err(status)).await;
             return;
         }
     };
-    let spec = match NodeSpec::from_node(M::node(&first)) {
+    let mut spec = match NodeSpec::from_node(M::node(&first)) {
         Ok(spec) => spec,
         Err(error) => {
+            shared.metrics.stream_rejected("node");
             tracing::warn!(%error, "rejecting xds stream");
             let _ = tx
                 .send(Err(Status::invalid_argument(error.to_string())))
@@ -287,12 +309,20 @@ async fn drive<M: Machine>(
             return;
         }
     };
-    if let Err(status) = check_namespace(&spec, &grant) {
-        shared.metrics.stream_rejected("namespace");
-        tracing::warn!(node = %spec.id, message = status.message(), "rejecting xds stream");
-        let _ = tx.send(Err(status)).await;
-        return;
+    let checks = [
+        ("namespace", check_namespace(&spec, &caller.grant)),
+        ("node_id", check_node_id(&spec, &caller.grant)),
+    ];
+    for (reason, check) in checks {
+        if let Err(status) = check {
+            shared.metrics.stream_rejected(reason);
+            tracing::warn!(node = %spec.id, message = status.message(), "rejecting xds stream");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
     }
+    spec.service_account = caller.grant.service_account;
+    spec.peer_ip = caller.peer.map(|p| p.ip());
     let span = tracing::info_span!("xds", node = %spec.id, protocol = M::PROTOCOL);
     run_stream(shared, machine, spec, first, inbound, tx)
         .instrument(span)
@@ -309,8 +339,8 @@ async fn run_stream<M: Machine>(
 ) {
     let mut snapshots = shared.snapshots.subscribe();
     let mut view = ProxyView::compute(&shared.current_snapshot(&mut snapshots), &spec);
-    let conn = shared.status.connect(&spec, M::PROTOCOL, view.revision);
-    tracing::info!(namespace = %spec.namespace, services = view.services.len(), "proxy connected");
+    let conn = shared.status.connect(&spec, M::PROTOCOL, &view);
+    tracing::info!(namespace = %spec.namespace, services = view.services.len(), serves = ?view.serves, "proxy connected");
     let mut next = Some(first);
     loop {
         let (step, cause) = match next.take() {
@@ -366,9 +396,31 @@ async fn run_stream<M: Machine>(
         }
         // After the pushes, so a view is never marked synced before what it
         // changed was sent.
-        conn.record_view(view.revision);
+        conn.record_view(&view);
     }
     tracing::info!("proxy disconnected");
+}
+
+/// Node ids are `<service_account>.<namespace>` (one proxy per workload
+/// identity) or `<service_account>.<namespace>~<instance>` (several), where
+/// service account and namespace are the token's: a stream can only speak
+/// for a proxy of its own workload.
+fn check_node_id(spec: &NodeSpec, grant: &TokenGrant) -> Result<(), Status> {
+    let owner = format!("{}.{}", grant.service_account, grant.namespace);
+    let instance = spec
+        .id
+        .strip_prefix(&owner)
+        .map(|rest| rest.strip_prefix('~'));
+    match instance {
+        Some(None) if spec.id.len() == owner.len() => return Ok(()),
+        Some(Some(i)) if !i.is_empty() => return Ok(()),
+        _ => {}
+    }
+    Err(Status::permission_denied(format!(
+        "node id {:?} is not one of the token's workload {}/{}: node ids are \
+         <service_account>.<namespace>[~<instance>], here {owner:?} or \"{owner}~<instance>\"",
+        spec.id, grant.namespace, grant.service_account
+    )))
 }
 
 /// A token stands for one namespace; its proxy may only ask for that
@@ -384,6 +436,9 @@ fn check_namespace(spec: &NodeSpec, grant: &TokenGrant) -> Result<(), Status> {
     )))
 }
 
+/// Logs what a client told us. The state machines bounded and escaped
+/// its strings ([`super::client_input::shown`]) when they made the event, so they can never end
+/// the line or carry terminal escapes.
 fn log_event(event: &Event) {
     match event {
         Event::Ack { type_url, version } => {
@@ -420,5 +475,32 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("\"bank\""), "{}", err.message());
         assert!(err.message().contains("shop/web"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_token_only_opens_node_ids_of_its_own_workload() {
+        let grant = TokenGrant {
+            namespace: "shop".into(),
+            service_account: "web".into(),
+        };
+        for ok in ["web.shop", "web.shop~web-7c9f-x2", "web.shop~1"] {
+            check_node_id(&NodeSpec::new(ok, "shop", &[]), &grant).unwrap();
+        }
+        for hijack in [
+            "db.shop",
+            "web.shop~",
+            "web.shopx",
+            "web",
+            "web.shop.x~1",
+            "x~web.shop",
+        ] {
+            let err = check_node_id(&NodeSpec::new(hijack, "shop", &[]), &grant).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{hijack}");
+            assert!(
+                err.message().contains("\"web.shop~<instance>\""),
+                "{}",
+                err.message()
+            );
+        }
     }
 }

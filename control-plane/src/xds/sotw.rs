@@ -13,6 +13,7 @@
 //!   the view changes;
 //! * on a view change every requested type whose version changed is pushed.
 
+use super::client_input::{shown, MAX_NACK_REASON_CHARS, MAX_TOKEN_CHARS};
 use super::protocol::{Event, Nonces, Sent, Step};
 use super::snapshot::{set_version, EncodedResource};
 use super::view::ProxyView;
@@ -85,7 +86,7 @@ impl SotwStream {
     ) -> Step<DiscoveryResponse> {
         let Some(type_url) = TypeUrl::parse(&req.type_url) else {
             return Step::event(Event::UnknownType {
-                type_url: req.type_url.clone(),
+                type_url: shown(&req.type_url, MAX_TOKEN_CHARS),
             });
         };
         let subscription = Subscription::from_names(&req.resource_names);
@@ -99,18 +100,18 @@ impl SotwStream {
         if req.response_nonce != st.nonce {
             return Step::event(Event::Stale {
                 type_url,
-                nonce: req.response_nonce.clone(),
+                nonce: shown(&req.response_nonce, MAX_TOKEN_CHARS),
             });
         }
         let event = match &req.error_detail {
             Some(status) => Event::Nack {
                 type_url,
                 version: st.version.clone(),
-                reason: status.message.clone(),
+                reason: shown(&status.message, MAX_NACK_REASON_CHARS),
             },
             None => Event::Ack {
                 type_url,
-                version: req.version_info.clone(),
+                version: shown(&req.version_info, MAX_TOKEN_CHARS),
             },
         };
         let mut step = Step::event(event);

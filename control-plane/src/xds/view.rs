@@ -1,14 +1,28 @@
 //! Per-proxy views (sidecar scoping): which slice of the registry one proxy
-//! receives, decided by the node it announced in its first request.
+//! receives, decided by the node it announced in its first request and by
+//! what its token grants.
+//!
+//! What a proxy may see is bounded by its namespace (the token's, checked
+//! by the server before a view is computed): services of other namespaces
+//! only when they are exported to it (`Service.export_to`), whatever it asks
+//! for (`services: ["*"]` never widens that); authorization policies and
+//! telemetry of its own namespace only; and of the authorization policies
+//! only those that target it: policies whose service or selector matches an
+//! endpoint that points at one of its inbound listeners.
 
+use super::client_input::{
+    is_id_char, shown, MAX_INBOUND_ADDRESSES, MAX_LISTED_SERVICES, MAX_NODE_ID_BYTES,
+    MAX_WORKLOAD_BYTES,
+};
 use super::snapshot::{ResourceMap, XdsSnapshot};
 use crate::error::Error;
-use crate::resource::Kind;
+use crate::resource::{Kind, Resource};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Value};
 use sane_xds_proto::resources::qualify;
-use sane_xds_proto::{namespace_or_default, TypeUrl};
-use std::collections::{BTreeSet, HashMap};
+use sane_xds_proto::{namespace_or_default, Endpoint, TypeUrl};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use tokio::time::Instant;
 
 /// What a proxy asked to see, parsed from its `Node`.
@@ -20,10 +34,21 @@ pub struct NodeSpec {
     pub namespace: String,
     /// `node.metadata.services`, qualified as `name.namespace`.
     pub services: BTreeSet<String>,
-    /// `node.metadata.services` contained `*`: every service of the mesh.
+    /// `node.metadata.services` contained `*`: every service exported to
+    /// its namespace.
     pub all_services: bool,
     /// `node.metadata.workload`, else `node.cluster`; for display only.
     pub workload: String,
+    /// `node.metadata.inbound`: the bound addresses of the proxy's inbound
+    /// listeners; an endpoint whose `address:proxy_port` is one of them is
+    /// served by this proxy (an unspecified IP stands for [`Self::peer_ip`]).
+    pub inbound: Vec<SocketAddr>,
+    /// The IP the stream comes from (set by the server, not the client).
+    pub peer_ip: Option<IpAddr>,
+    /// The service account of the stream's token (set by the server): an
+    /// endpoint with an identity is served by this proxy only if that
+    /// identity is the token's.
+    pub service_account: String,
 }
 
 /// The resources one proxy may receive, by type.
@@ -35,6 +60,9 @@ pub struct ProxyView {
     pub written_at: Instant,
     /// Qualified keys of every service in the view.
     pub services: BTreeSet<String>,
+    /// Qualified keys of the services whose endpoints point at this proxy
+    /// (whose authorization policies it enforces).
+    pub serves: BTreeSet<String>,
     types: HashMap<TypeUrl, ResourceMap>,
 }
 
@@ -49,6 +77,9 @@ impl NodeSpec {
             services: BTreeSet::new(),
             all_services: false,
             workload: String::new(),
+            inbound: Vec::new(),
+            peer_ip: None,
+            service_account: String::new(),
         };
         for s in services {
             spec.add_service(s);
@@ -56,7 +87,9 @@ impl NodeSpec {
         spec
     }
 
-    /// Parses the node of a stream's first request.
+    /// Parses the node of a stream's first request. Every field is bounded
+    /// (see [`super::client_input`]); a field out of bounds is an error
+    /// naming it, never kept.
     pub fn from_node(node: Option<&Node>) -> Result<NodeSpec, Error> {
         let node = node.ok_or_else(|| Error::NodeMetadata {
             node: String::new(),
@@ -64,12 +97,20 @@ impl NodeSpec {
             message: "the first request of a stream must carry the node".into(),
         })?;
         let bad = |field, message: String| Error::NodeMetadata {
-            node: node.id.clone(),
+            node: shown(&node.id, 64),
             field,
             message,
         };
         if node.id.is_empty() {
             return Err(bad("id", "node.id must not be empty".into()));
+        }
+        if node.id.len() > MAX_NODE_ID_BYTES || !node.id.chars().all(is_id_char) {
+            let msg = format!(
+                "node.id ({} bytes) must be at most {MAX_NODE_ID_BYTES} bytes of letters, \
+                 digits, '.', '-', '_' and '~'",
+                node.id.len()
+            );
+            return Err(bad("id", msg));
         }
         let fields = node.metadata.as_ref().map(|m| &m.fields);
         let field = |name: &str| {
@@ -82,30 +123,62 @@ impl NodeSpec {
             Some(ValueKind::StringValue(s)) => s.clone(),
             Some(_) => return Err(bad("namespace", "must be a string".into())),
         };
+        let dns_label = namespace.len() <= 63
+            && namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !dns_label {
+            let msg = format!("{} is not a namespace name", shown(&namespace, 64));
+            return Err(bad("namespace", msg));
+        }
         let mut spec = NodeSpec::new(&node.id, &namespace, &[]);
         spec.workload = match field("workload") {
             None => node.cluster.clone(),
             Some(ValueKind::StringValue(s)) => s.clone(),
             Some(_) => return Err(bad("workload", "must be a string".into())),
         };
-        let listed: Vec<String> = match field("services") {
-            None => Vec::new(),
-            Some(ValueKind::StringValue(s)) => s.split(',').map(|s| s.trim().to_string()).collect(),
-            Some(ValueKind::ListValue(l)) => l
-                .values
-                .iter()
-                .map(|v| match &v.kind {
-                    Some(ValueKind::StringValue(s)) => Ok(s.trim().to_string()),
-                    _ => Err(bad("services", "list items must be strings".into())),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => {
-                let msg = "must be a list of strings or a comma-separated string";
-                return Err(bad("services", msg.into()));
-            }
-        };
+        if spec.workload.len() > MAX_WORKLOAD_BYTES || !spec.workload.chars().all(is_id_char) {
+            let msg = format!(
+                "({} bytes) must be at most {MAX_WORKLOAD_BYTES} bytes of letters, digits, '.', \
+                 '-', '_' and '~'",
+                spec.workload.len()
+            );
+            return Err(bad("workload", msg));
+        }
+        let listed = string_list(field("services"), "services", &bad)?;
+        if listed.len() > MAX_LISTED_SERVICES {
+            let msg = format!(
+                "{} entries; at most {MAX_LISTED_SERVICES} are accepted",
+                listed.len()
+            );
+            return Err(bad("services", msg));
+        }
         for s in listed.iter().filter(|s| !s.is_empty()) {
+            let ok = s.len() <= 253
+                && s.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '/')
+                });
+            if !ok && s != "*" {
+                return Err(bad(
+                    "services",
+                    format!("{} is not a service name", shown(s, 64)),
+                ));
+            }
             spec.add_service(s);
+        }
+        let inbound = string_list(field("inbound"), "inbound", &bad)?;
+        if inbound.len() > MAX_INBOUND_ADDRESSES {
+            let msg = format!(
+                "{} entries; at most {MAX_INBOUND_ADDRESSES} are accepted",
+                inbound.len()
+            );
+            return Err(bad("inbound", msg));
+        }
+        for a in inbound.iter().filter(|a| !a.is_empty()) {
+            let addr = a
+                .parse::<SocketAddr>()
+                .map_err(|_| bad("inbound", format!("{} is not an ip:port", shown(a, 64))))?;
+            spec.inbound.push(addr);
         }
         Ok(spec)
     }
@@ -120,6 +193,56 @@ impl NodeSpec {
             self.services.insert(qualify(s, &self.namespace));
         }
     }
+
+    /// True if `endpoint` is an instance this proxy serves: it has a
+    /// sidecar (`proxy_port`), lives in the proxy's namespace, points at
+    /// one of its inbound listeners, and carries no identity or the token's.
+    pub fn serves(&self, endpoint: &Endpoint) -> bool {
+        if endpoint.proxy_port == 0 || namespace_or_default(&endpoint.namespace) != self.namespace {
+            return false;
+        }
+        if !endpoint.identity.is_empty() {
+            let own = format!("/ns/{}/sa/{}", self.namespace, self.service_account);
+            if self.service_account.is_empty() || !endpoint.identity.ends_with(&own) {
+                return false;
+            }
+        }
+        let Some(ip) = endpoint.ip().map(|ip| ip.to_canonical()) else {
+            return false;
+        };
+        self.inbound.iter().any(|a| {
+            let listens = if a.ip().is_unspecified() {
+                self.peer_ip.map(|p| p.to_canonical())
+            } else {
+                Some(a.ip().to_canonical())
+            };
+            u32::from(a.port()) == endpoint.proxy_port && listens == Some(ip)
+        })
+    }
+}
+
+/// A metadata value that is a list of strings or one comma-separated string.
+fn string_list(
+    value: Option<&ValueKind>,
+    name: &'static str,
+    bad: &impl Fn(&'static str, String) -> Error,
+) -> Result<Vec<String>, Error> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(ValueKind::StringValue(s)) => Ok(s.split(',').map(|s| s.trim().to_string()).collect()),
+        Some(ValueKind::ListValue(l)) => l
+            .values
+            .iter()
+            .map(|v| match &v.kind {
+                Some(ValueKind::StringValue(s)) => Ok(s.trim().to_string()),
+                _ => Err(bad(name, "list items must be strings".into())),
+            })
+            .collect(),
+        Some(_) => Err(bad(
+            name,
+            "must be a list of strings or a comma-separated string".into(),
+        )),
+    }
 }
 
 /// Builds node metadata fields for a client: the inverse of
@@ -128,67 +251,113 @@ pub fn node_metadata(
     namespace: &str,
     services: &[&str],
 ) -> envoy_types::pb::google::protobuf::Struct {
+    node_metadata_with_inbound(namespace, services, &[])
+}
+
+/// [`node_metadata`] of a proxy whose inbound listeners are bound to
+/// `inbound`.
+pub fn node_metadata_with_inbound(
+    namespace: &str,
+    services: &[&str],
+    inbound: &[SocketAddr],
+) -> envoy_types::pb::google::protobuf::Struct {
     let string = |s: &str| Value {
         kind: Some(ValueKind::StringValue(s.to_string())),
     };
-    let list = Value {
+    let list = |items: Vec<Value>| Value {
         kind: Some(ValueKind::ListValue(
-            envoy_types::pb::google::protobuf::ListValue {
-                values: services.iter().map(|s| string(s)).collect(),
-            },
+            envoy_types::pb::google::protobuf::ListValue { values: items },
         )),
     };
+    let mut fields: std::collections::BTreeMap<String, Value> = [
+        ("namespace".to_string(), string(namespace)),
+        (
+            "services".to_string(),
+            list(services.iter().map(|s| string(s)).collect()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    if !inbound.is_empty() {
+        let addrs = inbound.iter().map(|a| string(&a.to_string())).collect();
+        fields.insert("inbound".to_string(), list(addrs));
+    }
     envoy_types::pb::google::protobuf::Struct {
-        fields: [
-            ("namespace".to_string(), string(namespace)),
-            ("services".to_string(), list),
-        ]
-        .into_iter()
-        .collect(),
+        fields: fields.into_iter().collect(),
     }
 }
 
 // === impl ProxyView ===
 
 impl ProxyView {
-    /// The slice of `snapshot` that `spec` sees: its namespace's services,
-    /// the services it lists, and (transitively) every destination and mirror
-    /// target of a route of those; then the endpoints, routes and policies of
-    /// those services, and the authorization policies and telemetry of its
-    /// namespace.
+    /// The slice of `snapshot` that `spec` sees. Services: those exported to
+    /// its namespace that are in its namespace or that it lists (`*`: all of
+    /// them), and (transitively) every exported destination and mirror
+    /// target of a route of those. Endpoints and destination policies: those
+    /// of the services in the view; routes: those whose service and every
+    /// destination are in the view (a route to a service the proxy may not
+    /// see is left out, so the proxy calls the service directly).
+    /// Authorization policies: those of its namespace that target one of the
+    /// endpoints it serves. Telemetry: its namespace's.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
         let services_map = snapshot.of_kind(Kind::Service);
-        let mut visible: BTreeSet<String> = spec.services.clone();
-        for r in services_map.values() {
-            if spec.all_services || r.resource.namespace() == spec.namespace {
-                visible.insert(r.service.clone());
-            }
-        }
+        let exported: HashSet<&str> = services_map
+            .values()
+            .filter(
+                |r| matches!(&r.resource, Resource::Service(s) if s.exported_to(&spec.namespace)),
+            )
+            .map(|r| r.service.as_str())
+            .collect();
+        let mut visible: BTreeSet<String> = services_map
+            .values()
+            .filter(|r| exported.contains(r.service.as_str()))
+            .filter(|r| {
+                spec.all_services
+                    || r.resource.namespace() == spec.namespace
+                    || spec.services.contains(&r.service)
+            })
+            .map(|r| r.service.clone())
+            .collect();
         let routes = snapshot.of_kind(Kind::Route);
         loop {
             let before = visible.len();
             let reached: Vec<String> = routes
                 .values()
                 .filter(|r| visible.contains(&r.service))
-                .flat_map(|r| r.destinations.iter().cloned())
+                .flat_map(|r| r.destinations.iter())
+                .filter(|d| exported.contains(d.as_str()))
+                .cloned()
                 .collect();
             visible.extend(reached);
             if visible.len() == before {
                 break;
             }
         }
+        let served: Vec<&Endpoint> = snapshot
+            .of_kind(Kind::Endpoint)
+            .values()
+            .filter_map(|r| match &r.resource {
+                Resource::Endpoint(e) if spec.serves(e) => Some(e),
+                _ => None,
+            })
+            .collect();
         let mut types = HashMap::new();
         for kind in Kind::ALL {
             let filtered: ResourceMap = snapshot
                 .of_kind(kind)
                 .iter()
-                .filter(|(_, r)| match kind {
+                .filter(|(_, r)| match (&r.resource, kind) {
                     // Telemetry configures a namespace's proxies, not a service.
-                    Kind::Telemetry => r.resource.namespace() == spec.namespace,
-                    // An authorization policy goes to the workloads it
-                    // targets, which live in its namespace.
-                    Kind::Authz => {
-                        visible.contains(&r.service) || r.resource.namespace() == spec.namespace
+                    (_, Kind::Telemetry) => r.resource.namespace() == spec.namespace,
+                    // An authorization policy goes to the sidecars of the
+                    // workloads it targets, never further.
+                    (Resource::Authz(a), _) => {
+                        r.resource.namespace() == spec.namespace
+                            && served.iter().any(|e| a.targets(e))
+                    }
+                    (_, Kind::Route) => {
+                        visible.contains(&r.service)
+                            && r.destinations.iter().all(|d| visible.contains(d))
                     }
                     _ => visible.contains(&r.service),
                 })
@@ -200,6 +369,7 @@ impl ProxyView {
             revision: snapshot.revision,
             written_at: snapshot.written_at,
             services: visible,
+            serves: served.iter().map(|e| e.service_key()).collect(),
             types,
         }
     }
@@ -208,6 +378,18 @@ impl ProxyView {
     pub fn resources(&self, t: TypeUrl) -> &ResourceMap {
         static EMPTY: ResourceMap = ResourceMap::new();
         self.types.get(&t).unwrap_or(&EMPTY)
+    }
+
+    /// A view of nothing at `revision`, for tests.
+    #[cfg(test)]
+    pub(crate) fn empty(revision: u64) -> ProxyView {
+        ProxyView {
+            revision,
+            written_at: Instant::now(),
+            services: BTreeSet::new(),
+            serves: BTreeSet::new(),
+            types: HashMap::new(),
+        }
     }
 }
 
@@ -280,6 +462,179 @@ mod tests {
         assert_eq!(names(&view, TypeUrl::Service), ["inventory/db", "shop/web"]);
     }
 
+    fn put(reg: &crate::registry::Registry, resources: Vec<Resource>) {
+        use crate::registry::{Change, Op, Origin};
+        let ops = resources
+            .into_iter()
+            .map(|resource| Op::Put {
+                resource,
+                ttl: None,
+            })
+            .collect();
+        reg.apply(Change {
+            origin: Origin::Api,
+            ops,
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn other_namespaces_show_only_what_they_export() {
+        use sane_xds_proto::{
+            AuthorizationPolicy, Route, RouteRule, Service, Telemetry, WeightedDestination,
+        };
+        let reg = crate::xds::test_support::registry();
+        let Some(Resource::Service(pay)) = reg
+            .snapshot()
+            .get(Kind::Service, "billing/pay")
+            .map(|e| e.resource.clone())
+        else {
+            panic!("billing/pay in the fixture")
+        };
+        put(
+            &reg,
+            vec![
+                Resource::Service(Service {
+                    export_to: vec![".".into()],
+                    ..pay
+                }),
+                Resource::Authz(AuthorizationPolicy {
+                    name: "deny-all".into(),
+                    namespace: "billing".into(),
+                    service: "pay".into(),
+                    ..Default::default()
+                }),
+                Resource::Telemetry(Telemetry {
+                    name: "t".into(),
+                    namespace: "billing".into(),
+                    ..Default::default()
+                }),
+                // A route of `shop` into the hidden service.
+                Resource::Route(Route {
+                    name: "web".into(),
+                    namespace: "shop".into(),
+                    service: "web".into(),
+                    rules: vec![RouteRule {
+                        destinations: vec![WeightedDestination {
+                            service: "pay.billing".into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                }),
+            ],
+        );
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        // `*` and an explicit listing reach every exported service, never
+        // the hidden one, its endpoints, or another namespace's policies
+        // and telemetry.
+        for asks in [&["*"][..], &["pay.billing", "billing/pay"][..]] {
+            let view = ProxyView::compute(&snap, &NodeSpec::new("web.shop", "shop", asks));
+            let services = names(&view, TypeUrl::Service);
+            assert!(!services.contains(&"billing/pay"), "{services:?}");
+            let endpoints = names(&view, TypeUrl::Endpoint);
+            assert!(
+                endpoints.iter().all(|e| !e.starts_with("billing/")),
+                "{endpoints:?}"
+            );
+            assert!(names(&view, TypeUrl::AuthorizationPolicy).is_empty());
+            assert!(names(&view, TypeUrl::Telemetry).is_empty());
+            // The route into the hidden service is left out (the proxy
+            // would reject a route to a service it does not know).
+            assert!(names(&view, TypeUrl::Route).is_empty());
+        }
+        let all = ProxyView::compute(&snap, &NodeSpec::new("x.inventory", "inventory", &["*"]));
+        assert_eq!(
+            names(&all, TypeUrl::Service),
+            ["inventory/backend", "inventory/db", "shop/web"]
+        );
+        // Its own namespace sees it.
+        let own = ProxyView::compute(&snap, &NodeSpec::new("pay.billing", "billing", &[]));
+        assert_eq!(names(&own, TypeUrl::Service), ["billing/pay"]);
+        assert_eq!(names(&own, TypeUrl::Telemetry), ["billing/t"]);
+    }
+
+    #[test]
+    fn authorization_policies_go_to_the_sidecars_their_endpoints_point_at() {
+        use sane_xds_proto::AuthorizationPolicy;
+        let reg = crate::xds::test_support::registry();
+        let ep = |service: &str, addr: &str, version: &str, identity: &str| {
+            Resource::Endpoint(Endpoint {
+                service: service.into(),
+                namespace: "inventory".into(),
+                address: addr.into(),
+                port: 8080,
+                proxy_port: 15006,
+                identity: identity.into(),
+                labels: [("version".to_string(), version.to_string())].into(),
+                ..Default::default()
+            })
+        };
+        let policy = |name: &str, service: &str, version: Option<&str>| {
+            Resource::Authz(AuthorizationPolicy {
+                name: name.into(),
+                namespace: "inventory".into(),
+                service: service.into(),
+                selector: version
+                    .map(|v| [("version".to_string(), v.to_string())].into())
+                    .unwrap_or_default(),
+                ..Default::default()
+            })
+        };
+        put(
+            &reg,
+            vec![
+                ep("backend", "10.1.0.1", "v1", ""),
+                ep("backend", "10.1.0.2", "v2", ""),
+                ep(
+                    "db",
+                    "10.1.0.3",
+                    "v1",
+                    "spiffe://cluster.local/ns/inventory/sa/db",
+                ),
+                policy("backend-deny", "backend", None),
+                policy("v2-only", "", Some("v2")),
+                policy("db-deny", "db", None),
+            ],
+        );
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        let sidecar = |id: &str, inbound: &str, sa: &str| {
+            let mut spec = NodeSpec::new(id, "inventory", &["*"]);
+            spec.workload = "whatever-it-says".into();
+            spec.inbound = vec![inbound.parse().unwrap()];
+            spec.service_account = sa.into();
+            ProxyView::compute(&snap, &spec)
+        };
+        let v1 = sidecar("a.inventory~1", "10.1.0.1:15006", "a");
+        assert_eq!(
+            names(&v1, TypeUrl::AuthorizationPolicy),
+            ["inventory/backend-deny"]
+        );
+        assert_eq!(v1.serves.iter().collect::<Vec<_>>(), ["backend.inventory"]);
+        let v2 = sidecar("a.inventory~2", "10.1.0.2:15006", "a");
+        assert_eq!(
+            names(&v2, TypeUrl::AuthorizationPolicy),
+            ["inventory/backend-deny", "inventory/v2-only"]
+        );
+        // An unspecified inbound address stands for the stream's peer.
+        let mut spec = NodeSpec::new("a.inventory~3", "inventory", &[]);
+        spec.inbound = vec!["0.0.0.0:15006".parse().unwrap()];
+        spec.peer_ip = Some("10.1.0.2".parse().unwrap());
+        let peer = ProxyView::compute(&snap, &spec);
+        assert_eq!(names(&peer, TypeUrl::AuthorizationPolicy).len(), 2);
+        // An endpoint with an identity is served only under that identity.
+        let db = sidecar("db.inventory", "10.1.0.3:15006", "db");
+        assert_eq!(
+            names(&db, TypeUrl::AuthorizationPolicy),
+            ["inventory/db-deny"]
+        );
+        let impostor = sidecar("a.inventory~4", "10.1.0.3:15006", "a");
+        assert!(names(&impostor, TypeUrl::AuthorizationPolicy).is_empty());
+        // Nothing points at it: no policy at all, whatever it asks for.
+        let client = sidecar("a.inventory~5", "10.9.9.9:15006", "a");
+        assert!(names(&client, TypeUrl::AuthorizationPolicy).is_empty());
+    }
+
     #[test]
     fn node_metadata_round_trips_and_rejects_bad_types() {
         let node = Node {
@@ -309,5 +664,70 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(default.namespace, "default");
+
+        let inbound = Node {
+            id: "p1".into(),
+            metadata: Some(node_metadata_with_inbound(
+                "shop",
+                &[],
+                &["127.0.0.1:15006".parse().unwrap()],
+            )),
+            ..Default::default()
+        };
+        let spec = NodeSpec::from_node(Some(&inbound)).unwrap();
+        assert_eq!(spec.inbound, ["127.0.0.1:15006".parse().unwrap()]);
+    }
+
+    #[test]
+    fn oversized_or_unprintable_node_fields_are_refused_without_being_echoed() {
+        let huge = "a".repeat(3 * 1024 * 1024);
+        let err = NodeSpec::from_node(Some(&Node {
+            id: huge,
+            ..Default::default()
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.len() < 400,
+            "the error does not carry the id: {} bytes",
+            err.len()
+        );
+        assert!(err.contains("at most 253 bytes"), "{err}");
+        let forged = NodeSpec::from_node(Some(&Node {
+            id: "p\n\u{1b}[31mall in sync".into(),
+            ..Default::default()
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !forged.contains('\n') && !forged.contains('\u{1b}'),
+            "{forged}"
+        );
+        let many: Vec<String> = (0..MAX_LISTED_SERVICES + 1)
+            .map(|i| format!("s{i}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = NodeSpec::from_node(Some(&Node {
+            id: "p".into(),
+            metadata: Some(node_metadata("shop", &many)),
+            ..Default::default()
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("\"services\"") && err.contains("at most 256"),
+            "{err}"
+        );
+        let mut workload = Node {
+            id: "p".into(),
+            cluster: "w".repeat(MAX_WORKLOAD_BYTES + 1),
+            ..Default::default()
+        };
+        assert!(NodeSpec::from_node(Some(&workload)).is_err());
+        workload.cluster = "web".into();
+        assert_eq!(
+            NodeSpec::from_node(Some(&workload)).unwrap().workload,
+            "web"
+        );
     }
 }

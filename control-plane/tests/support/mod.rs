@@ -94,8 +94,15 @@ impl ControlPlane {
 
     /// A workload token for `namespace` (service account `test`), issued
     /// through the API: what an xDS stream for that namespace must carry.
+    /// Its node ids are `test.<namespace>` and `test.<namespace>~<instance>`.
     pub async fn workload_token(&self, namespace: &str) -> String {
-        let body = serde_json::json!({ "namespace": namespace, "service_account": "test" });
+        self.token_for(namespace, "test").await
+    }
+
+    /// A workload token for `service_account` in `namespace`.
+    pub async fn token_for(&self, namespace: &str, service_account: &str) -> String {
+        let body =
+            serde_json::json!({ "namespace": namespace, "service_account": service_account });
         let reply = self
             .client
             .json(http::Method::POST, "/api/v1/tokens", Some(&body))

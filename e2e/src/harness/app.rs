@@ -61,6 +61,7 @@ pub fn echo_service(name: &str) -> Service {
         ],
         hosts: Vec::new(),
         addresses: Vec::new(),
+        export_to: Vec::new(),
     }
 }
 

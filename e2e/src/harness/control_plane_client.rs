@@ -45,22 +45,34 @@ pub struct CliRun {
     pub stderr: String,
 }
 
-/// The row of proxy `id` in a `GET /api/v1/proxies` answer.
+/// The row of proxy `id` in a `GET /api/v1/proxies` answer: the row whose
+/// node id is `id`, or [`xds_node_id`]`(id)` (an [`xds_bootstrap`] proxy
+/// named `id`).
 pub fn proxy_row<'a>(status: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    let node = xds_node_id(id);
     status["proxies"]
         .as_array()?
         .iter()
-        .find(|p| p["node"] == id)
+        .find(|p| p["node"] == id || p["node"] == node.as_str())
 }
 
-/// A bootstrap for proxy `id` that takes everything but `listeners` from
-/// `cp` over xDS: admin on port 0, node id and workload `id`, namespace
-/// `default`, with the control plane's `default` workload token.
-pub fn xds_bootstrap(cp: &ControlPlane, id: &str, listeners: Vec<Listener>) -> Bootstrap {
+/// The node id of the [`xds_bootstrap`] proxy named `name`: an instance of
+/// the workload of the control plane's `default` token (service account
+/// `default` in namespace `default`), as the control plane requires
+/// (`<service_account>.<namespace>~<instance>`).
+pub fn xds_node_id(name: &str) -> String {
+    format!("default.default~{name}")
+}
+
+/// A bootstrap for proxy `name` that takes everything but `listeners` from
+/// `cp` over xDS: admin on port 0, node id [`xds_node_id`]`(name)`,
+/// workload `name`, namespace `default`, with the control plane's `default`
+/// workload token.
+pub fn xds_bootstrap(cp: &ControlPlane, name: &str, listeners: Vec<Listener>) -> Bootstrap {
     Bootstrap {
         node: Node {
-            id: id.into(),
-            workload: id.into(),
+            id: xds_node_id(name),
+            workload: name.into(),
             ..Default::default()
         },
         admin: AdminConfig {

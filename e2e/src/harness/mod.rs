@@ -43,7 +43,7 @@ pub use binaries::{
     BuildMode, PACKAGES, PREBUILT_NAMES,
 };
 pub use control_plane::{ControlPlane, TEST_API_TOKEN};
-pub use control_plane_client::{proxy_row, xds_bootstrap, ApiClient, CliRun, Sanectl};
+pub use control_plane_client::{proxy_row, xds_bootstrap, xds_node_id, ApiClient, CliRun, Sanectl};
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;

@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use sane_xds_proto::{ControlPlane, Node};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -95,15 +96,20 @@ impl XdsMetrics {
 }
 
 /// Runs the client until `stop` is cancelled. `block` is dropped once every
-/// type has been accepted.
+/// type has been accepted. `inbound` (the bound inbound listeners) is sent
+/// in the node metadata: the control plane finds the endpoints that point
+/// at this proxy by it, and sends the authorization policies that target
+/// them.
 pub async fn run(
     cp: ControlPlane,
     node: Node,
+    inbound: Vec<SocketAddr>,
     store: Arc<ConfigStore>,
     metrics: XdsMetrics,
     block: BlockReady,
     stop: CancellationToken,
 ) {
+    let envoy = envoy_node(&node, &cp, &inbound);
     let mut state = XdsState::default();
     let mut block = Some(block);
     let mut backoff = BACKOFF_START;
@@ -111,7 +117,7 @@ pub async fn run(
         let mut got_response = false;
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&cp, &node, &store, &metrics, &mut state, &mut block, &mut got_response) => r,
+            r = session(&cp, &envoy, &store, &metrics, &mut state, &mut block, &mut got_response) => r,
         };
         metrics.connected.set(0);
         if got_response {
@@ -135,7 +141,7 @@ pub async fn run(
 
 async fn session(
     cp: &ControlPlane,
-    node: &Node,
+    node: &EnvoyNode,
     store: &ConfigStore,
     metrics: &XdsMetrics,
     state: &mut XdsState,
@@ -182,7 +188,7 @@ async fn session(
     for (i, t) in SUBSCRIBED.into_iter().enumerate() {
         let mut req = state.subscribe(t);
         if i == 0 {
-            req.node = Some(envoy_node(node, cp));
+            req.node = Some(node.clone());
         }
         let _ = tx.try_send(req);
     }
@@ -243,7 +249,7 @@ async fn session(
     Ok(())
 }
 
-fn envoy_node(node: &Node, cp: &ControlPlane) -> EnvoyNode {
+fn envoy_node(node: &Node, cp: &ControlPlane, inbound: &[SocketAddr]) -> EnvoyNode {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
@@ -259,6 +265,15 @@ fn envoy_node(node: &Node, cp: &ControlPlane) -> EnvoyNode {
                 kind: Some(Kind::ListValue(ListValue {
                     values: cp.services.iter().map(|s| string(s)).collect(),
                 })),
+            },
+        );
+    }
+    if !inbound.is_empty() {
+        let addrs = inbound.iter().map(|a| string(&a.to_string())).collect();
+        fields.insert(
+            "inbound".to_string(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue { values: addrs })),
             },
         );
     }

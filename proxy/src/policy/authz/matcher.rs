@@ -71,12 +71,25 @@ struct Compiled {
 // === impl AuthzPolicies ===
 
 impl AuthzPolicies {
-    /// The policies of `resources` that target the workload `service_key`
-    /// (`name.namespace`). Policies are validated before they get here.
+    /// The policies of `resources` that name the workload `service_key`
+    /// (`name.namespace`) as their `service` and have no `selector` (a
+    /// proxy configured from a file knows no labels of its own). Policies
+    /// are validated before they get here.
     pub fn for_workload(resources: &[proto::AuthorizationPolicy], service_key: &str) -> Self {
-        let policies = resources
+        let targeting = resources
             .iter()
-            .filter(|p| p.service_key() == service_key)
+            .filter(|p| p.service_key() == service_key && p.selector.is_empty());
+        Self::compile(targeting)
+    }
+
+    /// Every policy of `resources`: the control plane already chose those
+    /// that target this proxy.
+    pub fn all(resources: &[proto::AuthorizationPolicy]) -> Self {
+        Self::compile(resources.iter())
+    }
+
+    fn compile<'p>(policies: impl Iterator<Item = &'p proto::AuthorizationPolicy>) -> Self {
+        let policies = policies
             .map(|p| Compiled {
                 name: format!("{}/{}", proto::namespace_or_default(&p.namespace), p.name),
                 action: p.action(),
@@ -85,6 +98,11 @@ impl AuthzPolicies {
             })
             .collect();
         Self { policies }
+    }
+
+    /// How many policies are enforced.
+    pub fn len(&self) -> usize {
+        self.policies.len()
     }
 
     /// True when no policy targets the workload (nothing to evaluate).
@@ -246,6 +264,7 @@ mod tests {
             action: action.into(),
             rules,
             dry_run: false,
+            selector: Default::default(),
         }
     }
 

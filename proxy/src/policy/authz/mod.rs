@@ -219,6 +219,7 @@ mod tests {
             service: "api".into(),
             action: AuthzAction::Deny.into(),
             dry_run,
+            selector: Default::default(),
             rules: vec![AuthzRule {
                 to: vec![AuthzOperation {
                     paths: vec!["/admin/*".into()],
