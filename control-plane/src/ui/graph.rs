@@ -40,7 +40,7 @@ pub struct Graph {
     pub edges: Vec<Edge>,
 }
 
-const COLUMN: usize = 340;
+const COLUMN: usize = 420;
 const ROW: usize = 90;
 const MARGIN: usize = 40;
 const BOX_W: usize = 170;
