@@ -193,7 +193,7 @@ pub(crate) fn destination_rule(
         return Ok(());
     };
     let mut policy = DestinationPolicy {
-        name: sane_name(&object.name, None),
+        name: format!("{}.dr", sane_name(&object.name, None)),
         namespace: object.namespace.clone(),
         service: relative(&service, &object.namespace),
         ..Default::default()

@@ -505,6 +505,7 @@ fn emit(
     out: &mut Output,
 ) -> Result<(), IstioError> {
     let root = P::spec();
+    let tag = object.kind.name().to_ascii_lowercase();
     let mut services = Vec::new();
     for (i, parent) in parents.iter().enumerate() {
         let pp = root.i("parentRefs", i);
@@ -546,7 +547,7 @@ fn emit(
     for service in services {
         let suffix = several.then(|| service.split('.').next().unwrap_or(""));
         out.resources.push(Resource::Route(Route {
-            name: sane_name(&object.name, suffix),
+            name: format!("{}.{}", sane_name(&object.name, suffix), tag),
             namespace: object.namespace.clone(),
             service: relative(&service, &object.namespace),
             rules: rules.clone(),

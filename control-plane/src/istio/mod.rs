@@ -27,6 +27,7 @@
 //! two objects (or a Sane route and an Istio one) directing the same
 //! service.
 
+pub mod cli;
 pub mod common;
 pub mod destination_rule;
 mod error;

@@ -231,7 +231,7 @@ pub(crate) fn virtual_service(
         let service = resolve_host(object, &root.i("hosts", i), host, ctx)?;
         let suffix = several.then(|| service.split('.').next().unwrap_or(""));
         out.resources.push(Resource::Route(Route {
-            name: sane_name(&object.name, suffix),
+            name: format!("{}.vs", sane_name(&object.name, suffix)),
             namespace: object.namespace.clone(),
             service: relative(&service, &object.namespace),
             rules: rules.clone(),
