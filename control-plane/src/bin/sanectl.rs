@@ -74,6 +74,14 @@ enum Command {
         /// refer to.
         #[arg(long)]
         offline: bool,
+        /// Print instead the inbound-listener mutual TLS settings the
+        /// PeerAuthentications give a workload with these labels
+        /// (`app=ratings,version=v1`), in `--namespace`.
+        #[arg(long, value_name = "LABELS")]
+        tls_for: Option<String>,
+        /// Namespace of the `--tls-for` workload.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
@@ -214,6 +222,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             file,
             strict,
             offline,
+            tls_for,
+            namespace,
             output,
         } => {
             let mut input = sane_control_plane::istio::cli::Input::default();
@@ -234,6 +244,23 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 }
             };
             let converted = input.convert(&context, strict)?;
+            if let Some(labels) = tls_for {
+                let labels = labels
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| match l.split_once('=') {
+                        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                        None => bail!("--tls-for: {l:?} is not key=value"),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let settings = sane_control_plane::istio::security::tls_for(
+                    &converted.peer_authentications,
+                    &namespace,
+                    &labels,
+                );
+                print(&serde_json::to_value(settings)?, output)?;
+                return Ok(0);
+            }
             eprint!("{}", sane_control_plane::istio::cli::report(&converted));
             print!(
                 "{}",
