@@ -111,7 +111,7 @@ impl P {
 /// timeout is never shortened to 0.
 pub(crate) fn duration_ms(object: &Object, path: &P, text: &str) -> Result<u64, IstioError> {
     let bad = || IstioError::Malformed {
-        object: object.reference(),
+        object: Box::new(object.reference()),
         message: format!(
             "{}: {text:?} is not a duration (e.g. 0.5s, 250ms, 1m)",
             path.as_str()
@@ -158,7 +158,7 @@ pub(crate) fn resolve_host(
 ) -> Result<String, IstioError> {
     let host = host.trim().to_ascii_lowercase();
     let unknown = || IstioError::UnknownHost {
-        object: object.reference(),
+        object: Box::new(object.reference()),
         path: path.as_str().to_string(),
         host: host.clone(),
     };

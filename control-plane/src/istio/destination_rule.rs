@@ -175,7 +175,7 @@ pub(crate) fn destination_rule(
         let sp = root.i("subsets", i);
         if s.name.is_empty() {
             return Err(IstioError::Malformed {
-                object: object.reference(),
+                object: Box::new(object.reference()),
                 message: format!("{}.name: is required", sp.as_str()),
             });
         }

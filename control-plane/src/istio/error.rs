@@ -34,7 +34,7 @@ pub enum IstioError {
     #[error("{object}: {message}")]
     Malformed {
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// The field path and what is wrong.
         message: String,
     },
@@ -44,7 +44,7 @@ pub enum IstioError {
     )]
     MissingSubset {
         /// The route's object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// Path of the `subset` field.
         path: String,
         /// The destination host.
@@ -56,7 +56,7 @@ pub enum IstioError {
     #[error("{object}: {path}: host {host:?} is not a known service")]
     UnknownHost {
         /// The object.
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         /// Path of the host field.
         path: String,
         /// The host.

@@ -344,7 +344,7 @@ pub(crate) fn grpc_route(
 
 fn malformed(object: &Object, p: &P, value: &str) -> IstioError {
     IstioError::Malformed {
-        object: object.reference(),
+        object: Box::new(object.reference()),
         message: format!("{}: {value:?} is not a valid value", p.as_str()),
     }
 }
@@ -430,12 +430,9 @@ fn backends(
                 "per-backend filters (Sane applies filters per rule)",
             );
         }
-        match b.weight {
-            Some(0) => {
-                report.note(&bp.f("weight"), "0: this backend gets no traffic");
-                continue;
-            }
-            _ => {}
+        if b.weight == Some(0) {
+            report.note(&bp.f("weight"), "0: this backend gets no traffic");
+            continue;
         }
         let service = backend_service(object, ctx, b, &bp)?;
         rule.destinations.push(WeightedDestination {
@@ -465,7 +462,7 @@ fn backend_service(
     let group = b.group.as_deref().unwrap_or("");
     if kind != "Service" || !(group.is_empty() || group == "core") {
         return Err(IstioError::Malformed {
-            object: object.reference(),
+            object: Box::new(object.reference()),
             message: format!(
                 "{}: backends of kind {group}/{kind} are not supported (Service only)",
                 p.as_str()

@@ -179,7 +179,7 @@ impl Object {
                 format!("spec.{path}")
             };
             IstioError::Malformed {
-                object: self.reference(),
+                object: Box::new(self.reference()),
                 message: format!("{at}: {}", e.into_inner()),
             }
         })
@@ -254,7 +254,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, IstioError> {
         };
         if object.name.is_empty() {
             return Err(IstioError::Malformed {
-                object: object.reference(),
+                object: Box::new(object.reference()),
                 message: format!("document {n}: metadata.name is required"),
             });
         }

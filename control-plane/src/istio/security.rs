@@ -334,7 +334,7 @@ fn rule(
         for (k, port) in o.ports.iter().enumerate() {
             op.ports
                 .push(port.parse().map_err(|_| IstioError::Malformed {
-                    object: object.reference(),
+                    object: Box::new(object.reference()),
                     message: format!("{}: {port:?} is not a port", op_path.i("ports", k).as_str()),
                 })?);
         }
@@ -495,7 +495,7 @@ fn mode(object: &Object, p: &P, m: &Mtls) -> Result<TlsMode, IstioError> {
         "STRICT" => TlsMode::Strict,
         other => {
             return Err(IstioError::Malformed {
-                object: object.reference(),
+                object: Box::new(object.reference()),
                 message: format!(
                     "{}.mode: {other:?} is not UNSET, DISABLE, PERMISSIVE or STRICT",
                     p.as_str()
@@ -523,7 +523,7 @@ pub(crate) fn peer_authentication(
     for (port, m) in &spec.port_level_mtls {
         let pp = root.f("portLevelMtls").k(port);
         let number: u32 = port.parse().map_err(|_| IstioError::Malformed {
-            object: object.reference(),
+            object: Box::new(object.reference()),
             message: format!("{}: {port:?} is not a port", pp.as_str()),
         })?;
         ports.insert(number, mode(object, &pp, m)?);

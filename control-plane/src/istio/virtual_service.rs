@@ -219,7 +219,7 @@ pub(crate) fn virtual_service(
     }
     if spec.hosts.is_empty() {
         return Err(IstioError::Malformed {
-            object: object.reference(),
+            object: Box::new(object.reference()),
             message: "spec.hosts: at least one host is required".into(),
         });
     }
@@ -302,7 +302,7 @@ fn http_rule(
     }
     if http.route.is_empty() {
         return Err(IstioError::Malformed {
-            object: object.reference(),
+            object: Box::new(object.reference()),
             message: format!("{}.route: at least one destination is required", p.as_str()),
         });
     }
@@ -315,7 +315,7 @@ fn http_rule(
             None => 1,
             Some(w) if w < 0 => {
                 return Err(IstioError::Malformed {
-                    object: object.reference(),
+                    object: Box::new(object.reference()),
                     message: format!("{}.weight: {w} is negative", dp.as_str()),
                 })
             }
@@ -538,7 +538,7 @@ pub(crate) fn destination(
             None => BTreeMap::new(),
             Some(name) => subsets.labels(&service, name).cloned().ok_or_else(|| {
                 IstioError::MissingSubset {
-                    object: object.reference(),
+                    object: Box::new(object.reference()),
                     path: p.f("subset").as_str().to_string(),
                     host: d.host.clone(),
                     subset: name.clone(),
@@ -734,8 +734,8 @@ fn tcp_route(
         && tcp.route.len() == 1
         && tcp.route[0].destination.subset.is_none()
         && hosts.len() == 1
-        && resolve_host(object, &p, &tcp.route[0].destination.host, ctx).ok()
-            == resolve_host(object, &p, &hosts[0], ctx).ok();
+        && resolve_host(object, p, &tcp.route[0].destination.host, ctx).ok()
+            == resolve_host(object, p, &hosts[0], ctx).ok();
     if !trivial {
         report.unsupported(
             p,
