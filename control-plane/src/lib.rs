@@ -24,6 +24,7 @@ pub mod ca;
 pub mod client;
 pub mod error;
 pub mod file_source;
+pub mod istio;
 #[cfg(feature = "kubernetes")]
 pub mod k8s;
 pub mod metrics;

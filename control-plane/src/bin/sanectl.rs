@@ -1,7 +1,8 @@
 //! `sanectl`: the command line for the control plane's HTTP API.
 //!
 //! ```text
-//! sanectl [--server URL] [--token-file F] apply -f mesh.yaml
+//! sanectl [--server URL] [--token-file F] apply -f mesh.yaml [-f istio.yaml] [--strict]
+//! sanectl convert -f istio.yaml [--strict] [--offline]   # Istio/Gateway API -> Sane
 //! sanectl get services|endpoints|routes|policies [ns/name] [-o yaml|json]
 //! sanectl delete <kind> <ns/name>
 //! sanectl status [--wait-sync 30s] [-o table|json]
@@ -47,12 +48,43 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create or replace every resource of a MeshResources YAML file
-    /// (several `---` documents allowed), services first.
+    /// Create or replace every resource of YAML files (several `---`
+    /// documents allowed), services first. Documents are Sane
+    /// MeshResources, or Istio and Gateway API objects, which are converted
+    /// first (see `convert`); a conversion error stores nothing.
     Apply {
-        /// The file; `-` reads stdin.
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        /// The files; `-` reads stdin.
+        #[arg(short = 'f', long = "file", required = true)]
+        file: Vec<PathBuf>,
+        /// Refuse Istio objects with any field Sane cannot honour.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Print the Sane resources Istio and Gateway API objects become, and
+    /// (on stderr) every field that cannot be honoured, by path.
+    Convert {
+        /// The files; `-` reads stdin.
+        #[arg(short = 'f', long = "file", required = true)]
+        file: Vec<PathBuf>,
+        /// Exit 1, printing nothing on stdout, if any field cannot be
+        /// honoured.
+        #[arg(long)]
+        strict: bool,
+        /// Do not ask the server for the services and routes the objects
+        /// refer to.
+        #[arg(long)]
+        offline: bool,
+        /// Print instead the inbound-listener mutual TLS settings the
+        /// PeerAuthentications give a workload with these labels
+        /// (`app=ratings,version=v1`), in `--namespace`.
+        #[arg(long, value_name = "LABELS")]
+        tls_for: Option<String>,
+        /// Namespace of the `--tls-for` workload.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
+        output: Format,
     },
     /// Show resources of a kind, or one by key (`ns/name`, or `name` in
     /// `default`; endpoints: `ns/service/address:port`).
@@ -164,8 +196,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     };
     let client = ApiClient::new(&args.server, token);
     match args.command {
-        Command::Apply { file } => {
-            let text = read_input(&file)?;
+        Command::Apply { file, strict } => {
+            if let Some(input) = istio_input(&file)? {
+                return apply_converted(&client, &input, strict).await;
+            }
+            let file = &file[0];
+            let text = read_input(file)?;
             for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
                 let value = serde_yaml::Value::deserialize(doc)
                     .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
@@ -181,6 +217,56 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                     println!("{} {} {}", applied.kind, applied.key, applied.outcome);
                 }
             }
+        }
+        Command::Convert {
+            file,
+            strict,
+            offline,
+            tls_for,
+            namespace,
+            output,
+        } => {
+            let mut input = sane_control_plane::istio::cli::Input::default();
+            for f in &file {
+                input
+                    .add(&f.display().to_string(), &read_input(f)?)
+                    .map_err(anyhow::Error::msg)?;
+            }
+            let context = if offline {
+                Default::default()
+            } else {
+                match sane_control_plane::istio::cli::context_from(&client).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("warning: converting without the server's services ({e})");
+                        Default::default()
+                    }
+                }
+            };
+            let converted = input.convert(&context, strict)?;
+            if let Some(labels) = tls_for {
+                let labels = labels
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| match l.split_once('=') {
+                        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                        None => bail!("--tls-for: {l:?} is not key=value"),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let settings = sane_control_plane::istio::security::tls_for(
+                    &converted.peer_authentications,
+                    &namespace,
+                    &labels,
+                );
+                print(&serde_json::to_value(settings)?, output)?;
+                return Ok(0);
+            }
+            eprint!("{}", sane_control_plane::istio::cli::report(&converted));
+            print!(
+                "{}",
+                sane_control_plane::istio::cli::peer_authentication_comments(&converted)
+            );
+            print(&serde_json::to_value(&converted.resources)?, output)?;
         }
         Command::Get { kind, key, output } => {
             let kind = parse_kind(&kind)?;
@@ -231,6 +317,42 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Config { proxy, output } => {
             print(&client.proxy_config(&proxy).await?, output)?;
         }
+    }
+    Ok(0)
+}
+
+/// The documents of `files` when more than one is given or some document
+/// is an Istio or Gateway API object; `None` for one plain Sane file.
+fn istio_input(files: &[PathBuf]) -> anyhow::Result<Option<sane_control_plane::istio::cli::Input>> {
+    let mut input = sane_control_plane::istio::cli::Input::default();
+    for f in files {
+        input
+            .add(&f.display().to_string(), &read_input(f)?)
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok((files.len() > 1 || input.has_objects()).then_some(input))
+}
+
+/// `sanectl apply` of Istio objects: converted against the server's
+/// services and routes, reported, then every Sane resource put (nothing is
+/// put when conversion fails).
+async fn apply_converted(
+    client: &ApiClient,
+    input: &sane_control_plane::istio::cli::Input,
+    strict: bool,
+) -> anyhow::Result<i32> {
+    use sane_control_plane::istio::cli;
+    let context = cli::context_from(client)
+        .await
+        .context("reading the services and routes Istio objects refer to")?;
+    let mut converted = input.convert(&context, strict)?;
+    eprint!("{}", cli::report(&converted));
+    if !converted.resources.listeners.is_empty() {
+        eprintln!("warning: listeners are per proxy and were skipped");
+        converted.resources.listeners.clear();
+    }
+    for applied in client.apply(converted.resources).await? {
+        println!("{} {} {}", applied.kind, applied.key, applied.outcome);
     }
     Ok(0)
 }

@@ -1,0 +1,554 @@
+//! Gateway API `HTTPRoute` and `GRPCRoute` → Sane [`Route`]s.
+//!
+//! A route whose `parentRef` is a Service (GAMMA, the Gateway API inside the
+//! mesh) directs that service's traffic, like a VirtualService. One whose
+//! parent is a Gateway (ingress) is reported: the gateway's configuration
+//! is not produced yet.
+//!
+//! Gateway API semantics are kept: `PathPrefix` matches whole path segments
+//! (as Sane's `prefix`); a rule without matches matches every request;
+//! `backendRefs` weights default to 1 and weight 0 gets no traffic; there
+//! are no retries unless asked for.
+
+use super::common::{duration_ms, regex_escape, relative, resolve_host, sane_name, Report, P};
+use super::error::IstioError;
+use super::object::Object;
+use super::{Context, Output};
+use crate::resource::Resource;
+use sane_xds_proto::{
+    HeaderMatch, HeaderOps, MatchKind, MirrorPolicy, PathMatch, RetryPolicy, Route, RouteMatch,
+    RouteRule, WeightedDestination,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct RouteSpec<R> {
+    parent_refs: Vec<ParentRef>,
+    hostnames: Vec<String>,
+    rules: Vec<R>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct ParentRef {
+    group: Option<String>,
+    kind: Option<String>,
+    namespace: Option<String>,
+    name: String,
+    section_name: Option<String>,
+    port: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRule {
+    name: Option<String>,
+    matches: Vec<HttpMatch>,
+    filters: Vec<Filter>,
+    backend_refs: Vec<BackendRef>,
+    timeouts: Option<Timeouts>,
+    retry: Option<Retry>,
+    session_persistence: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct GrpcRule {
+    name: Option<String>,
+    matches: Vec<GrpcMatch>,
+    filters: Vec<Filter>,
+    backend_refs: Vec<BackendRef>,
+    session_persistence: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct HttpMatch {
+    path: Option<PathSpec>,
+    headers: Vec<HeaderSpec>,
+    query_params: Vec<Value>,
+    method: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct GrpcMatch {
+    method: Option<GrpcMethod>,
+    headers: Vec<HeaderSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct GrpcMethod {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    service: Option<String>,
+    method: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PathSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HeaderSpec {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct Filter {
+    #[serde(rename = "type")]
+    kind: String,
+    request_header_modifier: Option<HeaderModifier>,
+    response_header_modifier: Option<HeaderModifier>,
+    request_mirror: Option<Mirror>,
+    request_redirect: Option<Value>,
+    #[serde(rename = "urlRewrite")]
+    url_rewrite: Option<Value>,
+    cors: Option<Value>,
+    extension_ref: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HeaderModifier {
+    set: Vec<NameValue>,
+    add: Vec<NameValue>,
+    remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct Mirror {
+    backend_ref: BackendRef,
+    percent: Option<f64>,
+    fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Fraction {
+    numerator: f64,
+    denominator: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct BackendRef {
+    group: Option<String>,
+    kind: Option<String>,
+    name: String,
+    namespace: Option<String>,
+    port: Option<u32>,
+    weight: Option<u32>,
+    filters: Vec<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct Timeouts {
+    request: Option<String>,
+    backend_request: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Retry {
+    codes: Vec<u32>,
+    attempts: Option<u32>,
+    backoff: Option<String>,
+}
+
+/// Converts an HTTPRoute.
+pub(crate) fn http_route(
+    object: &Object,
+    ctx: &Context,
+    out: &mut Output,
+) -> Result<(), IstioError> {
+    let spec: RouteSpec<HttpRule> = object.spec()?;
+    let root = P::spec();
+    let mut rules = Vec::new();
+    for (i, r) in spec.rules.iter().enumerate() {
+        let p = root.i("rules", i);
+        let report = &mut out.report;
+        let _ = &r.name;
+        report.if_set(
+            &p,
+            "sessionPersistence",
+            &r.session_persistence,
+            "Sane has no session persistence",
+        );
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            let mp = p.i("matches", j);
+            if !m.query_params.is_empty() {
+                report.unsupported(
+                    &mp.f("queryParams"),
+                    "Sane routes do not match on query parameters; this match is left out",
+                );
+                continue;
+            }
+            let mut rm = RouteMatch {
+                method: m.method.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            if let Some(path) = &m.path {
+                let value = path.value.clone().unwrap_or_else(|| "/".into());
+                rm.path = match path.kind.as_deref().unwrap_or("PathPrefix") {
+                    "PathPrefix" if value == "/" => None,
+                    "PathPrefix" => Some(PathMatch {
+                        kind: MatchKind::Prefix.into(),
+                        value,
+                    }),
+                    "Exact" => Some(PathMatch {
+                        kind: MatchKind::Exact.into(),
+                        value,
+                    }),
+                    "RegularExpression" => Some(PathMatch {
+                        kind: MatchKind::Regex.into(),
+                        value,
+                    }),
+                    other => return Err(malformed(object, &mp.f("path").f("type"), other)),
+                };
+            }
+            rm.headers = headers(object, &m.headers, &mp)?;
+            matches.push(rm);
+        }
+        if !r.matches.is_empty() && matches.is_empty() {
+            report.unsupported(&p, "no match is left, so the rule is left out");
+            continue;
+        }
+        let Some(mut rule) = backends(object, ctx, &r.filters, &r.backend_refs, &p, report)? else {
+            continue;
+        };
+        rule.matches = matches;
+        if let Some(t) = &r.timeouts {
+            let tp = p.f("timeouts");
+            let request = t
+                .request
+                .as_ref()
+                .map(|v| duration_ms(object, &tp.f("request"), v))
+                .transpose()?;
+            let backend = t
+                .backend_request
+                .as_ref()
+                .map(|v| duration_ms(object, &tp.f("backendRequest"), v))
+                .transpose()?;
+            rule.timeout_ms = request.or(backend).unwrap_or(0);
+            if let (Some(_), Some(b)) = (request, backend) {
+                rule.retry = Some(RetryPolicy {
+                    attempts: Some(0),
+                    per_try_timeout_ms: b.min(rule.timeout_ms),
+                    ..Default::default()
+                });
+            }
+        }
+        if let Some(retry) = &r.retry {
+            let rp = p.f("retry");
+            let mut policy = rule.retry.take().unwrap_or_default();
+            policy.attempts = Some(
+                retry
+                    .attempts
+                    .unwrap_or(1)
+                    .min(sane_xds_proto::MAX_RETRY_ATTEMPTS),
+            );
+            policy.status_codes = retry.codes.clone();
+            if retry.codes.is_empty() {
+                policy.retry_on = vec!["connect-failure".into(), "refused-stream".into()];
+            }
+            if let Some(b) = &retry.backoff {
+                policy.base_interval_ms = duration_ms(object, &rp.f("backoff"), b)?;
+            }
+            rule.retry = Some(policy);
+        }
+        rules.push(rule);
+    }
+    emit(object, ctx, &spec.parent_refs, &spec.hostnames, rules, out)
+}
+
+/// Converts a GRPCRoute: a method match is a match on the request path
+/// `/<service>/<method>`.
+pub(crate) fn grpc_route(
+    object: &Object,
+    ctx: &Context,
+    out: &mut Output,
+) -> Result<(), IstioError> {
+    let spec: RouteSpec<GrpcRule> = object.spec()?;
+    let root = P::spec();
+    let mut rules = Vec::new();
+    for (i, r) in spec.rules.iter().enumerate() {
+        let p = root.i("rules", i);
+        let report = &mut out.report;
+        let _ = &r.name;
+        report.if_set(
+            &p,
+            "sessionPersistence",
+            &r.session_persistence,
+            "Sane has no session persistence",
+        );
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            let mp = p.i("matches", j);
+            let mut rm = RouteMatch::default();
+            if let Some(method) = &m.method {
+                let regex = method.kind.as_deref() == Some("RegularExpression");
+                let part = |v: &Option<String>| match (v, regex) {
+                    (Some(v), false) => regex_escape(v),
+                    (Some(v), true) => v.clone(),
+                    (None, _) => "[^/]+".to_string(),
+                };
+                rm.path = Some(match (&method.service, &method.method, regex) {
+                    (Some(s), Some(m), false) => PathMatch {
+                        kind: MatchKind::Exact.into(),
+                        value: format!("/{s}/{m}"),
+                    },
+                    (Some(s), None, false) => PathMatch {
+                        kind: MatchKind::Prefix.into(),
+                        value: format!("/{s}"),
+                    },
+                    _ => PathMatch {
+                        kind: MatchKind::Regex.into(),
+                        value: format!("/{}/{}", part(&method.service), part(&method.method)),
+                    },
+                });
+            }
+            rm.headers = headers(object, &m.headers, &mp)?;
+            matches.push(rm);
+        }
+        let Some(mut rule) = backends(object, ctx, &r.filters, &r.backend_refs, &p, report)? else {
+            continue;
+        };
+        rule.matches = matches;
+        rules.push(rule);
+    }
+    emit(object, ctx, &spec.parent_refs, &spec.hostnames, rules, out)
+}
+
+fn malformed(object: &Object, p: &P, value: &str) -> IstioError {
+    IstioError::Malformed {
+        object: Box::new(object.reference()),
+        message: format!("{}: {value:?} is not a valid value", p.as_str()),
+    }
+}
+
+fn headers(object: &Object, list: &[HeaderSpec], mp: &P) -> Result<Vec<HeaderMatch>, IstioError> {
+    let mut out = Vec::new();
+    for (k, h) in list.iter().enumerate() {
+        let kind = match h.kind.as_deref().unwrap_or("Exact") {
+            "Exact" => MatchKind::Exact,
+            "RegularExpression" => MatchKind::Regex,
+            other => return Err(malformed(object, &mp.i("headers", k).f("type"), other)),
+        };
+        out.push(HeaderMatch {
+            name: h.name.to_ascii_lowercase(),
+            kind: kind.into(),
+            value: h.value.clone(),
+            invert: false,
+        });
+    }
+    Ok(out)
+}
+
+/// A rule's filters and backends; `None` (reported) when it has no
+/// backend Sane can send to.
+fn backends(
+    object: &Object,
+    ctx: &Context,
+    filters: &[Filter],
+    refs: &[BackendRef],
+    p: &P,
+    report: &mut Report,
+) -> Result<Option<RouteRule>, IstioError> {
+    let mut rule = RouteRule::default();
+    for (k, f) in filters.iter().enumerate() {
+        let fp = p.i("filters", k);
+        match f.kind.as_str() {
+            "RequestHeaderModifier" => {
+                rule.request_headers = f.request_header_modifier.as_ref().map(ops)
+            }
+            "ResponseHeaderModifier" => {
+                rule.response_headers = f.response_header_modifier.as_ref().map(ops)
+            }
+            "RequestMirror" => {
+                let Some(m) = &f.request_mirror else { continue };
+                let b = &m.backend_ref;
+                let service =
+                    backend_service(object, ctx, b, &fp.f("requestMirror").f("backendRef"))?;
+                let percent = m.percent.or(m
+                    .fraction
+                    .as_ref()
+                    .map(|f| 100.0 * f.numerator / f.denominator.unwrap_or(100.0)));
+                rule.mirror = Some(MirrorPolicy {
+                    service: relative(&service, &object.namespace),
+                    port: b.port.unwrap_or(0),
+                    percent,
+                    max_body_bytes: 0,
+                });
+            }
+            "RequestRedirect" | "URLRewrite" => {
+                report.unsupported(
+                    &fp,
+                    format!(
+                        "{}: Sane routes do not redirect or rewrite; the rule is left out",
+                        f.kind
+                    ),
+                );
+                return Ok(None);
+            }
+            other => report.unsupported(&fp, format!("{other}: not a filter Sane applies")),
+        }
+        let _ = (
+            &f.request_redirect,
+            &f.url_rewrite,
+            &f.cors,
+            &f.extension_ref,
+        );
+    }
+    for (k, b) in refs.iter().enumerate() {
+        let bp = p.i("backendRefs", k);
+        if !b.filters.is_empty() {
+            report.unsupported(
+                &bp.f("filters"),
+                "per-backend filters (Sane applies filters per rule)",
+            );
+        }
+        if b.weight == Some(0) {
+            report.note(&bp.f("weight"), "0: this backend gets no traffic");
+            continue;
+        }
+        let service = backend_service(object, ctx, b, &bp)?;
+        rule.destinations.push(WeightedDestination {
+            service: relative(&service, &object.namespace),
+            port: b.port.unwrap_or(0),
+            weight: b.weight.unwrap_or(1),
+            ..Default::default()
+        });
+    }
+    if rule.destinations.is_empty() {
+        report.unsupported(
+            &p.f("backendRefs"),
+            "no backend gets traffic, so the rule is left out",
+        );
+        return Ok(None);
+    }
+    Ok(Some(rule))
+}
+
+fn backend_service(
+    object: &Object,
+    ctx: &Context,
+    b: &BackendRef,
+    p: &P,
+) -> Result<String, IstioError> {
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    let group = b.group.as_deref().unwrap_or("");
+    if kind != "Service" || !(group.is_empty() || group == "core") {
+        return Err(IstioError::Malformed {
+            object: Box::new(object.reference()),
+            message: format!(
+                "{}: backends of kind {group}/{kind} are not supported (Service only)",
+                p.as_str()
+            ),
+        });
+    }
+    let host = match &b.namespace {
+        Some(ns) => format!("{}.{ns}.svc.cluster.local", b.name),
+        None => b.name.clone(),
+    };
+    resolve_host(object, &p.f("name"), &host, ctx)
+}
+
+fn ops(m: &HeaderModifier) -> HeaderOps {
+    HeaderOps {
+        set: m
+            .set
+            .iter()
+            .map(|nv| (nv.name.to_ascii_lowercase(), nv.value.clone()))
+            .collect(),
+        add: m
+            .add
+            .iter()
+            .map(|nv| (nv.name.to_ascii_lowercase(), nv.value.clone()))
+            .collect(),
+        remove: m.remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
+    }
+}
+
+/// One Sane route per Service parent.
+fn emit(
+    object: &Object,
+    ctx: &Context,
+    parents: &[ParentRef],
+    hostnames: &[String],
+    rules: Vec<RouteRule>,
+    out: &mut Output,
+) -> Result<(), IstioError> {
+    let root = P::spec();
+    let tag = object.kind.name().to_ascii_lowercase();
+    let mut services = Vec::new();
+    for (i, parent) in parents.iter().enumerate() {
+        let pp = root.i("parentRefs", i);
+        let kind = parent.kind.as_deref().unwrap_or("Gateway");
+        let group = parent
+            .group
+            .as_deref()
+            .unwrap_or("gateway.networking.k8s.io");
+        let _ = &parent.section_name;
+        if kind == "Service" && (group.is_empty() || group == "core") {
+            let host = match &parent.namespace {
+                Some(ns) => format!("{}.{ns}.svc.cluster.local", parent.name),
+                None => parent.name.clone(),
+            };
+            services.push(resolve_host(object, &pp.f("name"), &host, ctx)?);
+            if parent.port.is_some() {
+                out.report.note(
+                    &pp.f("port"),
+                    "Sane routes apply to every HTTP port of the service",
+                );
+            }
+        } else {
+            out.report.unsupported(
+                &pp,
+                format!("{kind} {:?}: routes on an ingress Gateway are not converted yet (only Service parents, GAMMA)", parent.name),
+            );
+        }
+    }
+    if !services.is_empty() && !hostnames.is_empty() {
+        out.report.note(
+            &root.f("hostnames"),
+            "ignored for Service parents, as GAMMA specifies",
+        );
+    }
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let several = services.len() > 1;
+    for service in services {
+        let suffix = several.then(|| service.split('.').next().unwrap_or(""));
+        out.resources.push(Resource::Route(Route {
+            name: format!("{}.{}", sane_name(&object.name, suffix), tag),
+            namespace: object.namespace.clone(),
+            service: relative(&service, &object.namespace),
+            rules: rules.clone(),
+        }));
+    }
+    Ok(())
+}
