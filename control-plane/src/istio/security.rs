@@ -159,6 +159,8 @@ pub(crate) fn authorization_policy(
             action: action.into(),
             rules: rules.clone(),
             dry_run: false,
+            // The selector already chose the services above.
+            selector: Default::default(),
         }));
     }
     Ok(())
