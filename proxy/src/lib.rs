@@ -170,7 +170,11 @@ pub async fn build(
     let ctx = StackContext {
         drain: drain.clone(),
         config: config.clone(),
-        upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),
+        upstream: Arc::new(
+            Upstream::new(Arc::new(TcpConnect), identity.clone()).with_max_response_headers(
+                config.load().bootstrap.http.max_response_headers() as usize,
+            ),
+        ),
         metrics: metrics.clone(),
         identity,
         tracer: Arc::new(trace::Tracer::new(&registry)?),

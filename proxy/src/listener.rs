@@ -92,7 +92,9 @@ impl BoundListener {
             .with_label_values(&[&self.name]);
         let counters = ctx.metrics.limits.for_listener(&self.name);
         let rejected = counters.connections_rejected.clone();
-        let limits = Arc::new(HttpLimits::new(&self.limits, counters));
+        let mut limits = HttpLimits::new(&self.limits, counters);
+        limits.max_headers = ctx.config.load().bootstrap.http.max_request_headers() as usize;
+        let limits = Arc::new(limits);
         let (direction, protocol) = (self.direction, self.protocol);
         let transparent = self.transparent;
         let name = self.name.clone();

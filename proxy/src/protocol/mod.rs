@@ -1,7 +1,7 @@
 //! Protocols on an accepted connection: what the first bytes say
 //! ([`detect`]), the mesh transport header sidecars put in front of every
 //! connection to a peer ([`transport_header`]), HTTP helpers
-//! ([`http`]), serving HTTP on a connection under its limits ([`server`]),
+//! ([`http`]), request path normalization ([`path`]), serving HTTP on a connection under its limits ([`server`]),
 //! the proxy's own admin and health servers ([`local`]) and opaque TCP
 //! forwarding ([`opaque`]).
 
@@ -10,5 +10,6 @@ pub mod http;
 pub mod io;
 pub mod local;
 pub mod opaque;
+pub mod path;
 pub mod server;
 pub mod transport_header;

@@ -87,6 +87,8 @@ pub struct Upstream {
     identity: Arc<Identity>,
     h2: H2Pool,
     h1: Arc<H1Pool>,
+    /// Most header fields a response may carry (`http.max_response_headers`).
+    max_response_headers: usize,
 }
 
 // === impl Upstream ===
@@ -99,7 +101,15 @@ impl Upstream {
             identity,
             h2: H2Pool::default(),
             h1: Arc::new(H1Pool::default()),
+            max_response_headers: sane_xds_proto::DEFAULT_MAX_RESPONSE_HEADERS as usize,
         }
+    }
+
+    /// Sets the most header fields a response may carry; one with more
+    /// fails the request with `502 UPE`.
+    pub fn with_max_response_headers(mut self, max: usize) -> Self {
+        self.max_response_headers = max;
+        self
     }
 
     /// Whether (and as whom) a connection to `target` uses mutual TLS: to a
@@ -142,6 +152,17 @@ impl Upstream {
         authority: &str,
     ) -> Result<Response<Incoming>, ProxyError> {
         let (mut rsp, peer) = self.send_on(req, target, authority).await?;
+        // HTTP/1 responses are held to it by hyper's parser; HTTP/2 here.
+        if rsp.headers().len() > self.max_response_headers {
+            return Err(ProxyError::UpstreamProtocol {
+                addr: target.addr,
+                reason: format!(
+                    "{} header fields; the limit is {}",
+                    rsp.headers().len(),
+                    self.max_response_headers
+                ),
+            });
+        }
         if let Some(peer) = peer {
             rsp.extensions_mut().insert(peer);
         }
@@ -159,13 +180,13 @@ impl Upstream {
             h::for_h1(&mut req, authority, true)?;
             let key = self.key(target, Framing::Http1)?;
             let (io, peer) = self.connect(&key, target.connect_timeout).await?;
-            let mut sender = H1Pool::handshake(io, addr, true)
+            let mut sender = H1Pool::handshake(io, addr, true, self.max_response_headers)
                 .await
                 .map_err(|source| ProxyError::Handshake { addr, source })?;
             let rsp = sender
                 .send_request(req)
                 .await
-                .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
+                .map_err(|source| ProxyError::upstream_failed(addr, source))?;
             return Ok((rsp, peer));
         }
         let h2 = target.via_sidecar.is_some()
@@ -188,7 +209,7 @@ impl Upstream {
         connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, Peer), ProxyError> {
         let addr = key.addr;
-        let reset = |source| ProxyError::UpstreamReset { addr, source };
+        let reset = |source| ProxyError::upstream_failed(addr, source);
         let handshake_failed = |source| ProxyError::Handshake { addr, source };
         let slot = match self.h2.checkout(&key).await {
             Ok((mut pooled, peer)) => match pooled.try_send_request(req).await {
@@ -230,7 +251,7 @@ impl Upstream {
         target: &Target,
     ) -> Result<(Response<Incoming>, Peer), ProxyError> {
         let addr = key.addr;
-        let reset = |source| ProxyError::UpstreamReset { addr, source };
+        let reset = |source| ProxyError::upstream_failed(addr, source);
         let mut req = req;
         if let Some((mut pooled, peer)) = self.h1.checkout(&key, target.idle_timeout) {
             // Keep a bounded copy of the body: if the reused connection turns
@@ -275,7 +296,7 @@ impl Upstream {
             }
         }
         let (io, peer) = self.connect(&key, target.connect_timeout).await?;
-        let mut sender = H1Pool::handshake(io, addr, false)
+        let mut sender = H1Pool::handshake(io, addr, false, self.max_response_headers)
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;
         let rsp = sender.send_request(req).await.map_err(reset)?;
