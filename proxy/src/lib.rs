@@ -10,6 +10,7 @@
 //! served by [`transparent`] according to where they were going. In
 //! [`gateway`] mode the same proxy also serves public listeners and sends
 //! outside requests into the mesh through the outbound stack.
+//! [`log_limit`] keeps repeated warnings from flooding the log.
 //!
 //! Entry point: [`build`] binds every socket and returns a [`Proxy`] that
 //! reports its addresses; [`Proxy::run`] serves until drained.
@@ -29,6 +30,7 @@ pub mod gateway;
 pub mod health;
 pub mod iptables;
 pub mod listener;
+pub mod log_limit;
 pub mod observe;
 pub mod policy;
 pub mod protocol;
