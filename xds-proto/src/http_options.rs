@@ -167,7 +167,10 @@ mod tests {
     #[test]
     fn defaults_are_the_safe_ones() {
         let h: HttpOptions = serde_yaml::from_str("{}").unwrap();
-        assert_eq!(h.path_normalization.mode, PathNormalizationMode::MergeSlashes);
+        assert_eq!(
+            h.path_normalization.mode,
+            PathNormalizationMode::MergeSlashes
+        );
         assert_eq!(
             h.path_normalization.escaped_slashes(),
             EscapedSlashes::Reject
@@ -175,8 +178,7 @@ mod tests {
         assert_eq!(h.max_request_headers(), 100);
         assert_eq!(h.max_response_headers(), 200);
         let d: HttpOptions =
-            serde_yaml::from_str("path_normalization: { mode: decode_and_merge_slashes }")
-                .unwrap();
+            serde_yaml::from_str("path_normalization: { mode: decode_and_merge_slashes }").unwrap();
         assert_eq!(
             d.path_normalization.escaped_slashes(),
             EscapedSlashes::Unescape

@@ -67,10 +67,7 @@ fn is_normal(path: &str, merge: bool) -> bool {
     if merge && path.contains("//") {
         return false;
     }
-    !path
-        .split('/')
-        .skip(1)
-        .any(|seg| seg == "." || seg == "..")
+    !path.split('/').skip(1).any(|seg| seg == "." || seg == "..")
 }
 
 /// Step 1: escapes decoded or upper-cased, `\` made `/`.
@@ -218,7 +215,10 @@ mod tests {
         }
         let keep = cfg(PathNormalizationMode::MergeSlashes, EscapedSlashes::Keep);
         assert_eq!(normalize("/admin%2fx", &keep).unwrap(), "/admin%2Fx");
-        let unescape = cfg(PathNormalizationMode::MergeSlashes, EscapedSlashes::Unescape);
+        let unescape = cfg(
+            PathNormalizationMode::MergeSlashes,
+            EscapedSlashes::Unescape,
+        );
         assert_eq!(normalize("/admin%2fx", &unescape).unwrap(), "/admin/x");
         assert_eq!(normalize("/a%2F..%2Fadmin", &unescape).unwrap(), "/admin");
         let decode = cfg(
@@ -307,7 +307,8 @@ mod tests {
         for mode in modes {
             for s in slashes {
                 let c = cfg(mode, s);
-                if c.mode == PathNormalizationMode::DecodeAndMergeSlashes && s == EscapedSlashes::Keep
+                if c.mode == PathNormalizationMode::DecodeAndMergeSlashes
+                    && s == EscapedSlashes::Keep
                 {
                     continue;
                 }

@@ -39,12 +39,17 @@ pub(super) fn check<B>(
     let mut hosts = headers.get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
-        return Err(bad("request has more than one Host header (RFC 9112 section 3.2)"));
+        return Err(bad(
+            "request has more than one Host header (RFC 9112 section 3.2)",
+        ));
     }
     if let (Some(host), Some(authority), Version::HTTP_2) =
         (first, req.uri().authority(), req.version())
     {
-        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+        if !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
             return Err(bad(
                 "request's Host header differs from its :authority (RFC 9113 section 8.3.1)",
             ));

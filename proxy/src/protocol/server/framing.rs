@@ -89,7 +89,11 @@ impl FramingScan {
                 Phase::Body(n) => {
                     let take = n.min(bytes.len() as u64);
                     bytes = &bytes[take as usize..];
-                    self.phase = if take == n { Phase::Head } else { Phase::Body(n - take) };
+                    self.phase = if take == n {
+                        Phase::Head
+                    } else {
+                        Phase::Body(n - take)
+                    };
                 }
                 Phase::ChunkData(n) => {
                     let take = n.min(bytes.len() as u64);
@@ -321,7 +325,8 @@ mod tests {
 
     #[test]
     fn an_upgrade_stops_the_scan() {
-        let stream: &[u8] = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+        let stream: &[u8] =
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
             POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(scan_all(&[stream]).0, None);
         let connect: &[u8] = b"CONNECT a:443 HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -331,7 +336,10 @@ mod tests {
     #[test]
     fn a_bad_length_stops_the_scan() {
         let mut s = FramingScan::new();
-        assert_eq!(s.feed(b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"), None);
+        assert_eq!(
+            s.feed(b"POST / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n"),
+            None
+        );
         assert_eq!(s.phase, Phase::Off);
     }
 }

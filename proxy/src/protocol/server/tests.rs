@@ -357,7 +357,10 @@ async fn too_many_request_headers_get_431_with_its_flag() {
     client.write_all(req.as_bytes()).await.unwrap();
     let answer = read_all(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-    assert!(answer.contains("x-sane-response-flags: DPE\r\n"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
     assert!(answer.contains("connection: close\r\n"), "{answer}");
     assert!(answer.ends_with("header fields or bytes)\n"), "{answer}");
     assert_eq!(metrics.for_listener("l").header_too_large.get(), 1);
@@ -373,7 +376,10 @@ async fn a_malformed_head_gets_400_with_its_flag() {
         .unwrap();
     let answer = read_all(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("x-sane-response-flags: DPE\r\n"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
 }
 
 #[tokio::test]
@@ -387,7 +393,10 @@ async fn two_host_headers_get_400() {
         .unwrap();
     let answer = read_all(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("x-sane-response-flags: DPE\r\n"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
     assert!(answer.contains("more than one Host"), "{answer}");
     assert_eq!(metrics.for_listener("l").malformed.get(), 1);
 }
@@ -417,8 +426,15 @@ async fn both_lengths_get_400_even_after_other_requests() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let second = &answer[answer.find("ok").unwrap() + 2..];
     assert!(second.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(second.contains("Content-Length and Transfer-Encoding"), "{answer}");
-    assert_eq!(seen.load(Ordering::SeqCst), 1, "only the first reached the stack");
+    assert!(
+        second.contains("Content-Length and Transfer-Encoding"),
+        "{answer}"
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the first reached the stack"
+    );
 }
 
 #[tokio::test]
