@@ -264,6 +264,7 @@ async fn an_oversized_request_head_gets_431() {
     client.write_all(req.as_bytes()).await.unwrap();
     let answer = read_all(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("x-sane-response-flags: DPE\r\n"), "{answer}");
     let c = metrics.for_listener("l");
     assert_eq!(c.header_too_large.get(), 1);
 }
