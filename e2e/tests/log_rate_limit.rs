@@ -50,7 +50,9 @@ async fn repeated_warnings_are_limited_and_counted() {
             if logged + suppressed == REQUESTS {
                 Ok((logged, suppressed))
             } else {
-                Err(format!("{logged} logged + {suppressed} reported suppressed"))
+                Err(format!(
+                    "{logged} logged + {suppressed} reported suppressed"
+                ))
             }
         })
         .await;

@@ -205,6 +205,7 @@ pub async fn serve_http<I: Io>(
         Ended::Closed(Err(e)) => {
             match e.downcast_ref::<hyper::Error>() {
                 Some(h) if h.is_parse_too_large() => c.header_too_large.inc(),
+                Some(h) if h.is_parse() => c.malformed.inc(),
                 _ => {}
             }
             tracing::debug!(error = %e, "connection ended with an error");

@@ -264,7 +264,10 @@ async fn an_oversized_request_head_gets_431() {
     client.write_all(req.as_bytes()).await.unwrap();
     let answer = read_all(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
-    assert!(answer.contains("x-sane-response-flags: DPE\r\n"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
     let c = metrics.for_listener("l");
     assert_eq!(c.header_too_large.get(), 1);
 }
@@ -369,8 +372,9 @@ async fn too_many_request_headers_get_431_with_its_flag() {
 
 #[tokio::test]
 async fn a_malformed_head_gets_400_with_its_flag() {
+    let (l, metrics) = limits();
     let (mut client, server) = tokio::io::duplex(64 * 1024);
-    serve(server, ok(), Framed::Auto);
+    let served = serve_with(server, ok(), Framed::Auto, l);
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
         .await
@@ -381,6 +385,8 @@ async fn a_malformed_head_gets_400_with_its_flag() {
         answer.contains("x-sane-response-flags: DPE\r\n"),
         "{answer}"
     );
+    served.await.unwrap();
+    assert_eq!(metrics.for_listener("l").malformed.get(), 1);
 }
 
 #[tokio::test]
