@@ -320,4 +320,63 @@ mod tests {
             }
         }
     }
+
+    /// Every path of up to 6 characters over the characters that matter,
+    /// in every mode: stable, valid, no dot or (merging) empty segment, no
+    /// encoded slash where they are rejected or decoded. (The
+    /// `path_normalize` fuzz target checks the same on any input.)
+    #[test]
+    fn short_paths_exhaustively_keep_the_invariants() {
+        const ALPHABET: &[u8] = b"/.%2fFa\\";
+        let modes = [
+            PathNormalizationMode::Base,
+            PathNormalizationMode::MergeSlashes,
+            PathNormalizationMode::DecodeAndMergeSlashes,
+        ];
+        let slashes = [
+            EscapedSlashes::Default,
+            EscapedSlashes::Keep,
+            EscapedSlashes::Reject,
+            EscapedSlashes::Unescape,
+        ];
+        let mut path = Vec::with_capacity(7);
+        let mut checked = 0u32;
+        for len in 0..=5u32 {
+            for mut n in 0..(ALPHABET.len() as u32).pow(len) {
+                path.clear();
+                path.push(b'/');
+                for _ in 0..len {
+                    path.push(ALPHABET[(n % ALPHABET.len() as u32) as usize]);
+                    n /= ALPHABET.len() as u32;
+                }
+                let p = std::str::from_utf8(&path).unwrap();
+                for mode in modes {
+                    for s in slashes {
+                        let c = cfg(mode, s);
+                        let Ok(once) = normalize(p, &c) else { continue };
+                        checked += 1;
+                        let twice = normalize(&once, &c).expect("accepted again");
+                        assert_eq!(once, twice, "{p:?} under {c:?}");
+                        assert!(once.starts_with('/'), "{p:?} -> {once:?}");
+                        assert!(
+                            !once.split('/').any(|s| s == "." || s == ".."),
+                            "{p:?} -> {once:?}"
+                        );
+                        if mode != PathNormalizationMode::Base {
+                            assert!(!once.contains("//"), "{p:?} -> {once:?}");
+                        }
+                        if c.escaped_slashes() != EscapedSlashes::Keep {
+                            let up = once.to_ascii_uppercase();
+                            assert!(!up.contains("%2F") && !up.contains("%5C"), "{p:?}");
+                        }
+                        assert!(
+                            http::uri::PathAndQuery::try_from(once.as_ref()).is_ok(),
+                            "{p:?} -> {once:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
 }

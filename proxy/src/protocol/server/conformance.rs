@@ -12,6 +12,7 @@
 //! Each answer is a [`ProxyError`], so it carries its flag (`DPE`).
 
 use crate::error::ProxyError;
+use http::uri::Authority;
 use http::{header, Request, Version};
 
 /// Checks `req` against the rules above; `ambiguous` says the connection's
@@ -46,10 +47,19 @@ pub(super) fn check<B>(
     if let (Some(host), Some(authority), Version::HTTP_2) =
         (first, req.uri().authority(), req.version())
     {
-        if !host
-            .as_bytes()
-            .eq_ignore_ascii_case(authority.as_str().as_bytes())
-        {
+        // The same entity: the host alike, and the port where both give one
+        // (`a.example` and `a.example:443` name one server).
+        let same = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<Authority>().ok())
+            .is_some_and(|h| {
+                h.host().eq_ignore_ascii_case(authority.host())
+                    && (h.port_u16().is_none()
+                        || authority.port_u16().is_none()
+                        || h.port_u16() == authority.port_u16())
+            });
+        if !same {
             return Err(bad(
                 "request's Host header differs from its :authority (RFC 9113 section 8.3.1)",
             ));
@@ -98,14 +108,19 @@ mod tests {
 
     #[test]
     fn http2_host_must_match_the_authority() {
-        let mut r = Request::get("http://a.example/")
+        let mut r = Request::get("http://a.example:80/")
             .version(Version::HTTP_2)
             .header("host", "A.example")
             .body(())
             .unwrap();
         assert!(check(&r, 100, false).is_ok());
         r.headers_mut()
-            .insert("host", http::HeaderValue::from_static("b.example"));
-        assert!(check(&r, 100, false).is_err());
+            .insert("host", http::HeaderValue::from_static("a.example:80"));
+        assert!(check(&r, 100, false).is_ok());
+        for other in ["b.example", "a.example:8080", "a.example@b"] {
+            r.headers_mut()
+                .insert("host", http::HeaderValue::from_static(other));
+            assert!(check(&r, 100, false).is_err(), "{other}");
+        }
     }
 }
