@@ -26,7 +26,7 @@ shift || true
 fuzz_dir="$root/proxy/fuzz"
 target_dir="$fuzz_dir/target"
 read -r -a build_flags <<<"${FUZZ_BUILD_FLAGS:---dev -s none}"
-all_targets=(config_yaml xds_response trace_context protocol_detect authz_match)
+all_targets=(config_yaml xds_response trace_context protocol_detect authz_match path_normalize)
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
   targets=("${all_targets[@]}")

@@ -49,6 +49,23 @@ pub enum ProxyError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The request carries more header fields than the listener allows.
+    #[error("request has {count} header fields; the limit is {limit}")]
+    TooManyHeaders {
+        /// Header fields in the request (each value counts).
+        count: usize,
+        /// The limit (`http.max_request_headers`).
+        limit: usize,
+    },
+    /// The endpoint's response broke HTTP (malformed, or more header
+    /// fields than `http.max_response_headers`).
+    #[error("upstream {addr} sent an invalid response: {reason}")]
+    UpstreamProtocol {
+        /// Endpoint address.
+        addr: SocketAddr,
+        /// What was wrong with it.
+        reason: String,
+    },
     /// The destination has no endpoint to send to.
     #[error("no healthy endpoint for {cluster}")]
     NoHealthyUpstream {
@@ -169,10 +186,26 @@ pub enum ProxyError {
 // === impl ProxyError ===
 
 impl ProxyError {
+    /// The error of a request sent to `addr` that failed with `source`
+    /// before a response: a response hyper could not parse (malformed, or
+    /// over the header count limit) is the upstream's protocol error
+    /// (`502 UPE`), anything else a reset (`503 UC`).
+    pub fn upstream_failed(addr: SocketAddr, source: hyper::Error) -> Self {
+        if source.is_parse() || source.is_parse_too_large() {
+            ProxyError::UpstreamProtocol {
+                addr,
+                reason: source.to_string(),
+            }
+        } else {
+            ProxyError::UpstreamReset { addr, source }
+        }
+    }
+
     /// Which side caused the error.
     pub fn source_side(&self) -> ErrorSource {
         match self {
             ProxyError::BadRequest { .. }
+            | ProxyError::TooManyHeaders { .. }
             | ProxyError::Unauthorized { .. }
             | ProxyError::RequestBodyTimeout
             | ProxyError::InboundPortRefused { .. } => ErrorSource::Downstream,
@@ -189,6 +222,7 @@ impl ProxyError {
             | ProxyError::Tls { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamProtocol { .. }
             | ProxyError::Timeout { .. } => ErrorSource::Upstream,
         }
     }
@@ -210,6 +244,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unauthorized { .. } | ProxyError::InboundPortRefused { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -243,12 +279,15 @@ impl ProxyError {
     /// retry limit reached, `DPE` bad downstream request, `SI` shutting down
     /// (draining) or a request body that stopped or dribbled (`408`), `RBAC`
     /// denied by an authorization policy, `IPR` inbound port refused (not a
-    /// declared workload port, or the proxy's own). `DI` (fault delay) is added to responses by the fault
+    /// declared workload port, or the proxy's own), `UPE` upstream protocol
+    /// error (a response that breaks HTTP or its limits); `DPE` also marks a
+    /// request over the header count limit (`431`). `DI` (fault delay) is added to responses by the fault
     /// policy, never to errors.
     pub fn response_flag(&self) -> &'static str {
         match self {
             ProxyError::NoRoute { .. } | ProxyError::NoRuleMatched { .. } => "NR",
-            ProxyError::BadRequest { .. } => "DPE",
+            ProxyError::BadRequest { .. } | ProxyError::TooManyHeaders { .. } => "DPE",
+            ProxyError::UpstreamProtocol { .. } => "UPE",
             ProxyError::NoHealthyUpstream { .. } => "UH",
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }

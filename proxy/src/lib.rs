@@ -12,6 +12,7 @@
 //! ports, never the proxy's own. In
 //! [`gateway`] mode the same proxy also serves public listeners and sends
 //! outside requests into the mesh through the outbound stack.
+//! [`log_limit`] keeps repeated warnings from flooding the log.
 //!
 //! Entry point: [`build`] binds every socket and returns a [`Proxy`] that
 //! reports its addresses; [`Proxy::run`] serves until drained.
@@ -31,6 +32,7 @@ pub mod gateway;
 pub mod health;
 pub mod iptables;
 pub mod listener;
+pub mod log_limit;
 pub mod observe;
 pub mod policy;
 pub mod protocol;
@@ -182,7 +184,11 @@ pub async fn build(
         own_sockets,
         drain: drain.clone(),
         config: config.clone(),
-        upstream: Arc::new(Upstream::new(Arc::new(TcpConnect), identity.clone())),
+        upstream: Arc::new(
+            Upstream::new(Arc::new(TcpConnect), identity.clone()).with_max_response_headers(
+                config.load().bootstrap.http.max_response_headers() as usize,
+            ),
+        ),
         metrics: metrics.clone(),
         identity,
         tracer: Arc::new(trace::Tracer::new(&registry)?),

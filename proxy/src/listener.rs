@@ -102,6 +102,7 @@ impl BoundListener {
             self.limits.overload_threshold_percent(),
         ));
         let mut limits = HttpLimits::new(&self.limits, counters);
+        limits.max_headers = ctx.config.load().bootstrap.http.max_request_headers() as usize;
         limits.overload = overload.clone();
         let limits = Arc::new(limits);
         let (direction, protocol) = (self.direction, self.protocol);

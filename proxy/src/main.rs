@@ -260,18 +260,28 @@ async fn signals(handle: sane_proxy::ProxyHandle) {
     }
 }
 
+/// Logs to stderr, `RUST_LOG` (default `info`) deciding what; warnings
+/// and errors are rate-limited per call site (`log_limit`).
 fn init_logs(format: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if format == "json" {
-        builder.json().init();
+    let layer = if format == "json" {
+        layer.json().boxed()
     } else {
-        builder.init();
-    }
+        layer.boxed()
+    };
+    let limiter = std::sync::Arc::new(sane_proxy::log_limit::WarnLimiter::default());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(layer.with_filter(sane_proxy::log_limit::LimitFilter(limiter.clone())))
+        .init();
+    sane_proxy::log_limit::spawn_reporter(limiter);
 }
 
 #[cfg(test)]

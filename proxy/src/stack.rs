@@ -4,39 +4,45 @@
 //! 1. `observe`: metrics, the hop's trace span and the access log see the
 //!    final outcome, including errors turned into responses, so it sits
 //!    outside everything; it continues (or starts) the trace.
-//! 2. `route`: resolves the authority to a service port, picks the rule and
+//! 2. `path`: the path is normalized (dot segments, merged slashes,
+//!    decoded unreserved characters; `protocol::path`) before anything
+//!    reads it, so routes see, and the destination gets, the path a policy
+//!    would; a path refused (an encoded slash) is a `400` that goes no
+//!    further.
+//! 3. `route`: resolves the authority to a service port, picks the rule and
 //!    weighted destination cluster, and puts the route's timeout, the rule's
 //!    policies and the destination (with its breaker and retry budget) in
 //!    the request's extensions for the layers below.
-//! 3. `fault`: injected delays are not upstream time, so they sit above the
+//! 4. `fault`: injected delays are not upstream time, so they sit above the
 //!    timeouts; aborted requests never reach mirror, retry, breaker or
 //!    endpoint.
-//! 4. `headers`: rewrites before the mirror, so the shadow sees the request
+//! 5. `headers`: rewrites before the mirror, so the shadow sees the request
 //!    the destination sees; response rewrites apply to the final answer.
-//! 5. `mirror`: once per request, not per attempt; the copy runs detached
+//! 6. `mirror`: once per request, not per attempt; the copy runs detached
 //!    through the layers below with the shadow as its destination.
-//! 6. `timeout`: the route's whole-request timeout bounds every attempt and
+//! 7. `timeout`: the route's whole-request timeout bounds every attempt and
 //!    backoff below it, connecting included.
-//! 7. `deadline`: one deadline from the caller's `grpc-timeout` /
+//! 8. `deadline`: one deadline from the caller's `grpc-timeout` /
 //!    `x-sane-deadline-ms` and the route timeout, shared by all attempts;
 //!    the caller's runs out → 504 `UT`.
-//! 8. `retry` (with the destination's retry budget): each attempt goes
+//! 9. `retry` (with the destination's retry budget): each attempt goes
 //!    through everything below again.
-//! 9. `circuit breaker`: every attempt takes a request slot (retries count);
-//!    over a limit → 503 `UO` at once.
-//! 10. `per-try timeout`: bounds one attempt; time waiting for a breaker slot
+//! 10. `circuit breaker`: every attempt takes a request slot (retries count);
+//!     over a limit → 503 `UO` at once.
+//! 11. `per-try timeout`: bounds one attempt; time waiting for a breaker slot
 //!     is not an attempt's.
-//! 11. `propagate`: rewrites the deadline headers per attempt with the time
+//! 12. `propagate`: rewrites the deadline headers per attempt with the time
 //!     actually left, so the next hop gets a shrinking budget.
-//! 12. `attempt`: one trace span per attempt, whose context goes upstream, so
+//! 13. `attempt`: one trace span per attempt, whose context goes upstream, so
 //!     retries show as separate children of the outbound span.
-//! 13. `endpoint`: outlier-aware pick avoiding endpoints earlier attempts
+//! 14. `endpoint`: outlier-aware pick avoiding endpoints earlier attempts
 //!     tried, forwards through the pool, reports the outcome for outlier
 //!     detection and peak-EWMA.
 //!
 //! Inbound (a peer calls the local workload): `observe` (the server span,
 //! the workload sees it as its parent; metrics with the peer's identity);
-//! `authz`, the local workload's authorization policies against the caller's
+//! `path`, so authorization judges (and the workload gets) the normalized
+//! path; `authz`, the local workload's authorization policies against the caller's
 //! mutual TLS identity (below `observe`, so a 403 `RBAC` is counted, traced
 //! and logged; above the rest, so a denied request costs nothing more);
 //! `deadline` and `propagate`, so work for a caller that gave up is cancelled and the
@@ -119,6 +125,10 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
             side: Side::Outbound,
             labels: Default::default(),
         })
+        .layer_fn(|inner| PathStage {
+            inner,
+            config: ctx.config.clone(),
+        })
         .layer_fn(|inner| RouteStage {
             inner,
             config: ctx.config.clone(),
@@ -167,6 +177,10 @@ pub fn inbound(
                 peer: peer.clone(),
             },
             labels: Default::default(),
+        })
+        .layer_fn(|inner| PathStage {
+            inner,
+            config: ctx.config.clone(),
         })
         .layer({
             let config = ctx.config.clone();
@@ -218,6 +232,65 @@ pub async fn serve(svc: HttpSvc, req: Request<Body>) -> Response<Body> {
             rsp
         }
     }
+}
+
+// === PathStage ===
+
+/// Normalizes the request path under the snapshot's
+/// `http.path_normalization` (see [`crate::protocol::path`]); a path it
+/// refuses is a `400 DPE` at once. The gateway runs it before its own
+/// routes too.
+#[derive(Clone, Debug)]
+pub struct PathStage<S> {
+    /// The stage below.
+    pub inner: S,
+    /// Where the setting is read, per request.
+    pub config: Arc<ConfigStore>,
+}
+
+impl<S> Service<Request<Body>> for PathStage<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    /// The stage below, or at once the `400` of a refused path.
+    type Future = Either<S::Future, Ready<Result<Response<Body>, ProxyError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let cfg = self.config.load().bootstrap.http.path_normalization;
+        match normalize_path(&mut req, &cfg) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(e) => Either::Right(future::ready(Err(e))),
+        }
+    }
+}
+
+/// Replaces the request's path with its normalized form (the query is
+/// kept as it came).
+pub fn normalize_path<B>(
+    req: &mut Request<B>,
+    cfg: &sane_xds_proto::PathNormalization,
+) -> Result<(), ProxyError> {
+    let bad = |reason: String| ProxyError::BadRequest { reason };
+    let path = match crate::protocol::path::normalize(req.uri().path(), cfg) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query =
+        Some(http::uri::PathAndQuery::try_from(pq).map_err(|e| bad(e.to_string()))?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| bad(e.to_string()))?;
+    Ok(())
 }
 
 // === RouteStage ===

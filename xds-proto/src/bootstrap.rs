@@ -39,6 +39,10 @@ pub struct Bootstrap {
     /// gateway mode, ignored by a sidecar.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<crate::Gateway>,
+    /// HTTP handling shared by every listener: path normalization and
+    /// header count limits. Default: see [`crate::HttpOptions`]; every
+    /// field has a safe default.
+    pub http: crate::HttpOptions,
 }
 
 /// How the proxy obtains its workload certificate.
@@ -220,6 +224,7 @@ impl Bootstrap {
         if let Some(g) = &self.gateway {
             g.validate_into(&root.field("gateway"), &mut errs);
         }
+        self.http.validate_into(&root.field("http"), &mut errs);
         if let Some(cp) = &self.control_plane {
             let a = &cp.address;
             if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() < 10 {

@@ -18,6 +18,7 @@ mod ca;
 mod endpoint;
 mod gateway;
 mod health;
+mod http_options;
 mod limits;
 mod listener;
 mod policy;
@@ -42,6 +43,10 @@ pub use gateway::{
 };
 pub use health::{
     AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,
+};
+pub use http_options::{
+    EscapedSlashes, HttpOptions, PathNormalization, PathNormalizationMode,
+    DEFAULT_MAX_REQUEST_HEADERS, DEFAULT_MAX_RESPONSE_HEADERS, MAX_HEADERS_LIMIT,
 };
 pub use limits::{
     ConnectionLimits, DEFAULT_FIRST_BYTE_TIMEOUT_MS, DEFAULT_HEADER_READ_TIMEOUT_MS,

@@ -6,7 +6,9 @@
 //! WebSocket messages, `GET /stats` counts requests (and those cancelled while
 //! delayed). Control headers on any
 //! request: `x-echo-delay`, `x-echo-status`, `x-echo-reset`,
-//! `x-echo-fail-percent` (that share of requests, drawn at random, get 503).
+//! `x-echo-fail-percent` (that share of requests, drawn at random, get 503),
+//! `x-echo-response-headers` (that many extra response headers, at most
+//! 10000). The JSON description carries the path and the query as received.
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -37,6 +39,7 @@ const DELAY_HEADER: &str = "x-echo-delay";
 const STATUS_HEADER: &str = "x-echo-status";
 const RESET_HEADER: &str = "x-echo-reset";
 const FAIL_PERCENT_HEADER: &str = "x-echo-fail-percent";
+const RESPONSE_HEADERS_HEADER: &str = "x-echo-response-headers";
 const DEFAULT_CHUNK: usize = 64 * 1024;
 
 /// Shared by every connection of the HTTP port.
@@ -66,6 +69,8 @@ struct Controls {
     reset: bool,
     /// Share (0-100) of requests answered 503, each drawn independently.
     fail_percent: Option<f64>,
+    /// Extra response headers `x-echo-h<i>: <i>` to add.
+    response_headers: usize,
 }
 
 /// Returned to hyper to abort the connection (HTTP/1) or reset the stream
@@ -108,9 +113,11 @@ async fn handle(
     if req.uri().path() != STATS_PATH {
         state.requests.fetch_add(1, Ordering::Relaxed);
     }
+    let mut extra = 0;
     let mut rsp = match Controls::parse(req.headers()) {
         Err(msg) => text(StatusCode::BAD_REQUEST, msg),
         Ok(controls) => {
+            extra = controls.response_headers;
             // Dropping this future (the client went away) cancels the delay.
             if let Some(delay) = controls.delay {
                 let watch = CancelWatch {
@@ -139,6 +146,10 @@ async fn handle(
     };
     rsp.headers_mut()
         .insert(NAME_HEADER, state.name_header.clone());
+    for i in 0..extra {
+        let name = HeaderName::try_from(format!("x-echo-h{i}")).expect("a valid name");
+        rsp.headers_mut().insert(name, HeaderValue::from(i));
+    }
     Ok(rsp)
 }
 
@@ -189,6 +200,7 @@ fn describe(state: &EchoState, req: &Request<Incoming>) -> Response<EchoBody> {
             "name": &*state.name,
             "method": req.method().as_str(),
             "path": req.uri().path(),
+            "query": req.uri().query(),
             "version": format!("{:?}", req.version()),
             "host": host,
             "headers": headers,
@@ -451,6 +463,15 @@ impl Controls {
                     format!("{FAIL_PERCENT_HEADER}: {v:?} is not a percentage (0-100)")
                 })?;
             controls.fail_percent = Some(p);
+        }
+        if let Some(v) = get(RESPONSE_HEADERS_HEADER)? {
+            controls.response_headers = v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 10_000)
+                .ok_or_else(|| {
+                    format!("{RESPONSE_HEADERS_HEADER}: {v:?} is not a count (0-10000)")
+                })?;
         }
         Ok(controls)
     }

@@ -290,3 +290,87 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
+
+/// A response read off a raw socket by [`raw_http1`].
+#[derive(Clone, Debug)]
+pub struct RawReply {
+    /// The status code.
+    pub status: u16,
+    /// Header fields in order, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (lossy).
+    pub body: String,
+}
+
+impl RawReply {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        (self.headers.iter())
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Status, flags and body on one line, for assertion messages.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} flags={:?} body={:?}",
+            self.status,
+            self.header("x-sane-response-flags"),
+            self.body
+        )
+    }
+}
+
+/// Writes `request` as it is (no client normalizes it: raw paths, repeated
+/// headers, conflicting lengths reach the server verbatim) and reads the
+/// first response until the server closes; the request should say
+/// `Connection: close`. Bodies are read as sent (`Content-Length` or to the
+/// end; chunked bodies are returned undecoded).
+pub async fn raw_http1(addr: SocketAddr, request: &[u8]) -> Result<RawReply, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    stream
+        .write_all(request)
+        .await
+        .map_err(|e| format!("writing to {addr}: {e}"))?;
+    let mut back = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut back),
+    );
+    match read.await {
+        Ok(Ok(_)) => {}
+        // A reset after the answer (the server closed with unread input).
+        Ok(Err(_)) if !back.is_empty() => {}
+        Ok(Err(e)) => return Err(format!("reading from {addr}: {e}")),
+        Err(_) => return Err(format!("{addr} did not close within 20s")),
+    }
+    let text = String::from_utf8_lossy(&back).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no complete response head from {addr}: {text:?}"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = match (headers.iter())
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        Some(n) => body.get(..n).unwrap_or(body).to_string(),
+        None => body.to_string(),
+    };
+    Ok(RawReply {
+        status,
+        headers,
+        body,
+    })
+}

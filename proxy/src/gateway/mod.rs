@@ -156,6 +156,7 @@ impl Gateway {
             metrics: self.metrics.clone(),
             limit_metrics: ctx.metrics.limits.clone(),
             https_port,
+            config: ctx.config.clone(),
         };
         for l in self.listeners {
             tokio::spawn(l.serve(shared.clone(), ctx.drain.clone()));

@@ -3,8 +3,9 @@
 //! the request head size and read time limited, through the gateway stack.
 //!
 //! The gateway stack, outermost first (see [`super::edge`] for why):
-//! forwarded headers → rate limit → body limit → [`GatewayRoute`] → the
-//! sidecar's outbound stack. Limits are read from the table current when
+//! forwarded headers → rate limit → body limit → path normalization (so
+//! the gateway's path routes see the normalized path) → [`GatewayRoute`] →
+//! the sidecar's outbound stack. Limits are read from the table current when
 //! the connection was accepted; routes from the one current per request.
 
 use crate::drain::Drain;
@@ -16,7 +17,7 @@ use crate::gateway::table::GatewayTable;
 use crate::gateway::GatewayMetrics;
 use crate::listener::{accept_loop, bind_tcp, AcceptLimits};
 use crate::protocol::server::{serve_http, Framed, HttpLimits, LimitCounters, LimitMetrics};
-use crate::stack::HttpSvc;
+use crate::stack::{HttpSvc, PathStage};
 use arc_swap::ArcSwap;
 use sane_xds_proto::{ConnectionLimits, GatewayListener};
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Shared {
     pub limit_metrics: LimitMetrics,
     /// Bound port of the first TLS listener (redirect target).
     pub https_port: Option<u16>,
+    /// The proxy's config (`http`: path normalization, header limits).
+    pub config: Arc<crate::config::ConfigStore>,
 }
 
 /// A bound gateway listener.
@@ -139,7 +142,8 @@ async fn serve_conn(
     drain: Drain,
 ) {
     let table = shared.table.load_full();
-    let limits = edge_http_limits(&table.limits, counters);
+    let mut limits = edge_http_limits(&table.limits, counters);
+    limits.max_headers = shared.config.load().bootstrap.http.max_request_headers() as usize;
     let scheme = if conn.tls { "https" } else { "http" };
     let edge = ServiceBuilder::new()
         .layer(ForwardedLayer::new(
@@ -151,7 +155,11 @@ async fn serve_conn(
             RateLimitLayer::new(table.rate.as_ref().map(|(_, b)| b.clone()))
                 .counting(shared.metrics.rejections("rate_limited")),
         )
-        .layer(BodyLimitLayer::new(table.limits.max_request_body_bytes()));
+        .layer(BodyLimitLayer::new(table.limits.max_request_body_bytes()))
+        .layer_fn(|inner| PathStage {
+            inner,
+            config: shared.config.clone(),
+        });
     if !conn.tls {
         let svc = edge.service(GatewayRoute::new(
             shared.table.clone(),

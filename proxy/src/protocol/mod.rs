@@ -1,11 +1,11 @@
 //! Protocols on an accepted connection: what the first bytes say
 //! ([`detect`]), the mesh transport header sidecars put in front of every
 //! connection to a peer ([`transport_header`]), HTTP helpers
-//! ([`http`]), serving HTTP on a connection under its limits ([`server`]),
-//! the proxy's own admin and health servers ([`local`]), opaque TCP
-//! forwarding ([`opaque`]) and a listener's connection pressure
-//! ([`overload`]: timeouts that shrink as it fills, silent connections
-//! evicted when it is full).
+//! ([`http`]), request path normalization ([`path`]), serving HTTP on a
+//! connection under its limits ([`server`]), the proxy's own admin and
+//! health servers ([`local`]), opaque TCP forwarding ([`opaque`]) and a
+//! listener's connection pressure ([`overload`]: timeouts that shrink as it
+//! fills, silent connections evicted when it is full).
 
 pub mod detect;
 pub mod http;
@@ -13,5 +13,6 @@ pub mod io;
 pub mod local;
 pub mod opaque;
 pub mod overload;
+pub mod path;
 pub mod server;
 pub mod transport_header;

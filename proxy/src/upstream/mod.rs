@@ -100,6 +100,8 @@ pub struct Upstream {
     identity: Arc<Identity>,
     h2: H2Pool,
     h1: Arc<H1Pool>,
+    /// Most header fields a response may carry (`http.max_response_headers`).
+    max_response_headers: usize,
 }
 
 // === impl UpstreamBody ===
@@ -138,7 +140,15 @@ impl Upstream {
             identity,
             h2: H2Pool::default(),
             h1: Arc::new(H1Pool::default()),
+            max_response_headers: sane_xds_proto::DEFAULT_MAX_RESPONSE_HEADERS as usize,
         }
+    }
+
+    /// Sets the most header fields a response may carry; one with more
+    /// fails the request with `502 UPE`.
+    pub fn with_max_response_headers(mut self, max: usize) -> Self {
+        self.max_response_headers = max;
+        self
     }
 
     /// Whether (and as whom) a connection to `target` uses mutual TLS: to a
@@ -181,6 +191,17 @@ impl Upstream {
         authority: &str,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let (mut rsp, peer, slot) = self.send_on(req, target, authority).await?;
+        // HTTP/1 responses are held to it by hyper's parser; HTTP/2 here.
+        if rsp.headers().len() > self.max_response_headers {
+            return Err(ProxyError::UpstreamProtocol {
+                addr: target.addr,
+                reason: format!(
+                    "{} header fields; the limit is {}",
+                    rsp.headers().len(),
+                    self.max_response_headers
+                ),
+            });
+        }
         if let Some(peer) = peer {
             rsp.extensions_mut().insert(peer);
         }
@@ -198,13 +219,13 @@ impl Upstream {
             h::for_h1(&mut req, authority, true)?;
             let key = self.key(target, Framing::Http1)?;
             let (io, peer) = self.connect(&key, target.connect_timeout).await?;
-            let mut sender = H1Pool::handshake(io, addr, true)
+            let mut sender = H1Pool::handshake(io, addr, true, self.max_response_headers)
                 .await
                 .map_err(|source| ProxyError::Handshake { addr, source })?;
             let rsp = sender
                 .send_request(req)
                 .await
-                .map_err(|source| ProxyError::UpstreamReset { addr, source })?;
+                .map_err(|source| ProxyError::upstream_failed(addr, source))?;
             return Ok((rsp, peer, None));
         }
         let h2 = target.via_sidecar.is_some()
@@ -231,7 +252,7 @@ impl Upstream {
         connect_timeout: Duration,
     ) -> Result<Sent, ProxyError> {
         let addr = key.addr;
-        let reset = |source| ProxyError::UpstreamReset { addr, source };
+        let reset = |source| ProxyError::upstream_failed(addr, source);
         for first in [true, false] {
             let H2Stream {
                 mut sender,
@@ -271,7 +292,7 @@ impl Upstream {
         target: &Target,
     ) -> Result<(Response<Incoming>, Peer), ProxyError> {
         let addr = key.addr;
-        let reset = |source| ProxyError::UpstreamReset { addr, source };
+        let reset = |source| ProxyError::upstream_failed(addr, source);
         let mut req = req;
         if let Some((mut pooled, peer)) = self.h1.checkout(&key, target.idle_timeout) {
             // Keep a bounded copy of the body: if the reused connection turns
@@ -316,7 +337,7 @@ impl Upstream {
             }
         }
         let (io, peer) = self.connect(&key, target.connect_timeout).await?;
-        let mut sender = H1Pool::handshake(io, addr, false)
+        let mut sender = H1Pool::handshake(io, addr, false, self.max_response_headers)
             .await
             .map_err(|source| ProxyError::Handshake { addr, source })?;
         let rsp = sender.send_request(req).await.map_err(reset)?;

@@ -261,13 +261,18 @@ impl H1Pool {
         None
     }
 
-    /// Performs the HTTP/1.1 handshake on `io`.
+    /// Performs the HTTP/1.1 handshake on `io`; a response with more than
+    /// `max_headers` header fields fails to parse.
     pub async fn handshake(
         io: BoxIo,
         addr: SocketAddr,
         upgrades: bool,
+        max_headers: usize,
     ) -> Result<http1::SendRequest<Body>, hyper::Error> {
-        let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+        let (sender, conn) = http1::Builder::new()
+            .max_headers(max_headers)
+            .handshake(TokioIo::new(io))
+            .await?;
         tokio::spawn(async move {
             let res = if upgrades {
                 conn.with_upgrades().await

@@ -3,6 +3,14 @@
 //!
 //! * request head size: hyper answers `431` (HTTP/1, then closes) and the
 //!   h2 codec answers `431` on the stream (HTTP/2 `max_header_list_size`);
+//! * request header count: hyper's HTTP/1 parser stops at the limit
+//!   (`431`); HTTP/2 requests are counted by [`conformance`], which also
+//!   refuses two `Host` headers and (found by [`framing`]) a head with both
+//!   `Content-Length` and `Transfer-Encoding`;
+//! * every answer hyper makes on its own to a head it cannot parse (`400`,
+//!   `414`, `431`) is replaced on the way out by the proxy's, which carries
+//!   the response flag `DPE` and a reason like every proxy-made response
+//!   (see `state::automatic_error`);
 //! * header read timeout (slowloris): the timer starts at the first byte of
 //!   an HTTP/1 request head and stops when the head is complete; when it
 //!   fires the connection is cut with `408` (never on an idle keep-alive
@@ -36,6 +44,8 @@
 //! under them.
 
 mod body_deadline;
+mod conformance;
+mod framing;
 mod state;
 
 use self::body_deadline::{BodyLimits, BodyWatch, DeadlineBody};
@@ -88,6 +98,8 @@ pub enum Framed {
 pub struct HttpLimits {
     /// Largest request head (HTTP/1) or header list (HTTP/2).
     pub max_header_bytes: usize,
+    /// Most header fields in a request (`http.max_request_headers`).
+    pub max_headers: usize,
     /// Time from the first byte of an HTTP/1 request head to its end.
     pub header_read_timeout: Duration,
     /// HTTP/2 streams per connection.
@@ -128,6 +140,7 @@ pub struct LimitCounters {
     pub connections_rejected: IntCounter,
     header_too_large: IntCounter,
     header_timeout: IntCounter,
+    malformed: IntCounter,
     idle_closed: IntCounter,
     parked: IntCounter,
     body_timeout: IntCounter,
@@ -194,15 +207,7 @@ pub async fn serve_http<I: Io>(
     let io = Arc::new(Mutex::new(io));
     let (mut framed, mut first) = (framed, None);
     let ended = loop {
-        let watched = Watched {
-            io: io.clone(),
-            state: state.clone(),
-            prefix: [0; 4],
-            // A resumed connection is known to be HTTP/1.
-            prefix_len: if first.is_some() { 4 } else { 0 },
-            first,
-            tail: [0; 4],
-        };
+        let watched = Watched::new(io.clone(), state.clone(), first);
         // Boxed: while parked, hyper's connection state is freed, not kept
         // inline in this task.
         let ended = Box::pin(run(watched, svc.clone(), framed, limits, &state, &drain)).await;
@@ -228,6 +233,7 @@ pub async fn serve_http<I: Io>(
         Ended::Closed(Err(e)) => {
             match e.downcast_ref::<hyper::Error>() {
                 Some(h) if h.is_parse_too_large() => c.header_too_large.inc(),
+                Some(h) if h.is_parse() => c.malformed.inc(),
                 _ => {}
             }
             tracing::debug!(error = %e, "connection ended with an error");
@@ -349,6 +355,7 @@ async fn run<I: Io>(
         overload: limits.overload.clone(),
     };
     let body_timeouts = limits.counters.body_timeout.clone();
+    let (max_headers, counters) = (limits.max_headers, limits.counters.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let svc = svc.clone();
         if req.method() == http::Method::CONNECT
@@ -356,10 +363,19 @@ async fn run<I: Io>(
         {
             conn_state.upgrade.store(true, Ordering::Release);
         }
+        let ambiguous = req.version() < http::Version::HTTP_2 && conn_state.dispatch();
         let guard = InFlight::start(&conn_state);
         let http1 = req.version() < http::Version::HTTP_2;
+        let refused = conformance::check(&req, max_headers, ambiguous).err();
+        if let Some(e) = &refused {
+            match e {
+                crate::error::ProxyError::TooManyHeaders { .. } => counters.header_too_large.inc(),
+                _ => counters.malformed.inc(),
+            }
+            tracing::warn!(error = %e, flags = e.response_flag(), "request refused");
+        }
         // Only a request with a body gets a deadline (and its allocation).
-        let (req, watch) = if http_body::Body::is_end_stream(req.body()) {
+        let (req, watch) = if refused.is_some() || http_body::Body::is_end_stream(req.body()) {
             (req.map(crate::body::boxed), None)
         } else {
             let watch = Arc::new(BodyWatch::default());
@@ -369,7 +385,21 @@ async fn run<I: Io>(
             (req, Some((watch, body_timeouts.clone())))
         };
         async move {
-            let mut rsp = stack::serve(svc, req).await;
+            let mut rsp = match refused {
+                // The connection closes after it: the client and the
+                // proxy may disagree on where the next request starts.
+                Some(e) => {
+                    let mut rsp = e.to_response();
+                    if http1 {
+                        rsp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    rsp
+                }
+                None => stack::serve(svc, req).await,
+            };
             if let Some((watch, counter)) = watch {
                 watch.answered.store(true, Ordering::Release);
                 if watch.timed_out.load(Ordering::Acquire) {
@@ -386,6 +416,7 @@ async fn run<I: Io>(
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(None)
+        .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
     b.http2()
         .timer(TokioTimer::new())
@@ -433,6 +464,7 @@ impl HttpLimits {
     pub fn new(cfg: &ConnectionLimits, counters: LimitCounters) -> Self {
         Self {
             max_header_bytes: cfg.max_request_header_bytes() as usize,
+            max_headers: sane_xds_proto::DEFAULT_MAX_REQUEST_HEADERS as usize,
             header_read_timeout: Duration::from_millis(cfg.header_read_timeout_ms()),
             max_concurrent_streams: cfg.max_concurrent_streams(),
             idle_timeout: Duration::from_millis(cfg.idle_timeout_ms()),
@@ -485,8 +517,9 @@ impl LimitMetrics {
             requests_rejected: counter(
                 "sane_http_requests_rejected_total",
                 "Requests cut off by a limit, by listener and reason \
-                 (header_too_large: 431, header_timeout: 408, body_timeout: \
-                 408, the request body too slow).",
+                 (header_too_large: 431, header_timeout: 408, malformed: 400 for \
+                 two Host headers or both Content-Length and Transfer-Encoding, \
+                 body_timeout: 408, the request body too slow).",
                 &["listener", "reason"],
             )?,
             idle_closed: counter(
@@ -520,6 +553,9 @@ impl LimitMetrics {
             header_timeout: self
                 .requests_rejected
                 .with_label_values(&[listener, "header_timeout"]),
+            malformed: self
+                .requests_rejected
+                .with_label_values(&[listener, "malformed"]),
             idle_closed: self.idle_closed.with_label_values(&[listener]),
             parked: self.parked.with_label_values(&[listener]),
             body_timeout: self

@@ -4,6 +4,7 @@
 //! parks an idle HTTP/1 connection, and [`InFlight`], which counts a request
 //! until its response ends.
 
+use super::framing::FramingScan;
 use super::{HttpLimits, PARK_AFTER, UNSET};
 use crate::protocol::io::Io;
 use futures::task::AtomicWaker;
@@ -52,6 +53,11 @@ pub(super) struct ConnState {
     /// The connection task, for changes made from other tasks (HTTP/2
     /// streams) and the watcher's own wake-ups ([`Wake`]).
     pub(super) task: AtomicWaker,
+    /// Requests hyper's current connection handed to the service.
+    pub(super) dispatched: AtomicU64,
+    /// Index of the request whose head had both `Content-Length` and
+    /// `Transfer-Encoding` (see `framing`), or [`UNSET`].
+    pub(super) ambiguous: AtomicU64,
 }
 
 /// The connection's I/O, shared so a `408` can still be written, and a
@@ -66,6 +72,29 @@ pub(super) struct Watched<I> {
     pub(super) first: Option<u8>,
     /// The last four bytes given to hyper.
     pub(super) tail: [u8; 4],
+    /// The HTTP/1 request framing on the bytes given to hyper.
+    pub(super) framing: FramingScan,
+    /// A response hyper made on its own being written in its place (see
+    /// [`automatic_error`]): the replacement, and how much of it is written.
+    pub(super) rewrite: Option<(Vec<u8>, usize)>,
+}
+
+impl<I> Watched<I> {
+    /// The I/O of a new hyper connection on `io` (`first`: the byte that
+    /// resumed a parked one).
+    pub(super) fn new(io: Arc<Mutex<I>>, state: Arc<ConnState>, first: Option<u8>) -> Self {
+        Self {
+            io,
+            state,
+            prefix: [0; 4],
+            // A resumed connection is known to be HTTP/1.
+            prefix_len: if first.is_some() { 4 } else { 0 },
+            first,
+            tail: [0; 4],
+            framing: FramingScan::new(),
+            rewrite: None,
+        }
+    }
 }
 
 /// Keeps a request counted as in flight until dropped.
@@ -90,6 +119,8 @@ impl ConnState {
             polling: AtomicBool::new(false),
             fired: AtomicBool::new(false),
             task: AtomicWaker::new(),
+            dispatched: AtomicU64::new(0),
+            ambiguous: AtomicU64::new(UNSET),
         }
     }
 
@@ -187,7 +218,24 @@ impl ConnState {
         self.park.store(false, Ordering::Release);
         self.parked.store(false, Ordering::Release);
         self.flushed.store(false, Ordering::Release);
+        self.dispatched.store(0, Ordering::Release);
+        self.ambiguous.store(UNSET, Ordering::Release);
         self.on_read();
+    }
+
+    /// hyper handed a request to the service: whether its head was the
+    /// ambiguous one.
+    pub(super) fn dispatch(&self) -> bool {
+        let index = self.dispatched.fetch_add(1, Ordering::AcqRel);
+        self.ambiguous.load(Ordering::Acquire) == index
+    }
+
+    /// A write now can only be hyper's own answer to a request head it
+    /// could not parse: HTTP/1, no request in flight, a head started.
+    fn unparsed_head(&self) -> bool {
+        !self.h2.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) != UNSET
     }
 
     pub(super) fn head_expired(&self, now: Instant, timeout: Duration) -> bool {
@@ -265,8 +313,94 @@ impl<I> Watched<I> {
             self.tail.rotate_left(read.len());
             self.tail[4 - read.len()..].copy_from_slice(read);
         }
+        if !self.state.h2.load(Ordering::Relaxed) {
+            if let Some(found) = self.framing.feed(read) {
+                self.state.ambiguous.store(found.0, Ordering::Release);
+            }
+        }
         self.state.on_read();
     }
+
+    /// Writes the replacement of an automatic answer; `Ready` once all of
+    /// it is out.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        I: Io,
+    {
+        let Some((bytes, written)) = &mut self.rewrite else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
+        while *written < bytes.len() {
+            match Pin::new(&mut *io).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// If `buf` is hyper's own answer to a head it could not parse, writes
+    /// the proxy's (with its flag) instead and reports `buf` written.
+    fn replace_automatic(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Option<Poll<io::Result<usize>>>
+    where
+        I: Io,
+    {
+        if self.rewrite.is_none() {
+            if !self.state.unparsed_head() {
+                return None;
+            }
+            self.rewrite = Some((automatic_error(buf)?, 0));
+        }
+        Some(match self.poll_rewrite(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        })
+    }
+}
+
+/// The proxy's answer in place of `head`, when it is one hyper writes on
+/// its own for a request head it could not parse (`400`, `414`, `431`: a
+/// bare status line with `content-length: 0`): the same status with the
+/// response flag `DPE`, `connection: close` and the reason as a body, as
+/// every other proxy-made answer has.
+pub(super) fn automatic_error(head: &[u8]) -> Option<Vec<u8>> {
+    if head.len() > 200 || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let (status, reason) = if head.starts_with(b"HTTP/1.1 431 ") {
+        (
+            "431 Request Header Fields Too Large",
+            "request head over the listener's limit (header fields or bytes)",
+        )
+    } else if head.starts_with(b"HTTP/1.1 400 ") {
+        ("400 Bad Request", "malformed request head")
+    } else if head.starts_with(b"HTTP/1.1 414 ") {
+        ("414 URI Too Long", "request target too long")
+    } else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    if !text.contains("\r\ncontent-length: 0\r\n") {
+        return None;
+    }
+    let body = format!("bad request: {reason}\n");
+    Some(
+        format!(
+            "HTTP/1.1 {status}\r\n{}: DPE\r\ncontent-type: text/plain; charset=utf-8\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            crate::error::RESPONSE_FLAGS_HEADER,
+            body.len()
+        )
+        .into_bytes(),
+    )
 }
 
 impl<I: Io> AsyncRead for Watched<I> {
@@ -305,19 +439,31 @@ impl<I: Io> AsyncRead for Watched<I> {
 
 impl<I: Io> AsyncWrite for Watched<I> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(replaced) = self.replace_automatic(cx, buf) {
+            return replaced;
+        }
         let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         Pin::new(&mut *io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.rewrite.is_some() || self.state.unparsed_head() {
+            // hyper's answer is one buffer; `write` looks at it.
+            let one: Vec<&io::IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).collect();
+            if let [only] = one[..] {
+                if let Some(replaced) = self.replace_automatic(cx, only) {
+                    return replaced;
+                }
+            }
+        }
         let mut io = self.io.lock().unwrap_or_else(|p| p.into_inner());
         Pin::new(&mut *io).poll_write_vectored(cx, bufs)
     }

@@ -242,14 +242,7 @@ fn the_connection_future_is_small() {
     let fut = serve_http(server, ok(), Framed::Auto, &l, Drain::default());
     let (_client, server) = tokio::io::duplex(1024);
     let (state, drain) = (Arc::new(ConnState::new(false)), Drain::default());
-    let watched = Watched {
-        io: Arc::new(Mutex::new(server)),
-        state: state.clone(),
-        prefix: [0; 4],
-        prefix_len: 0,
-        first: None,
-        tail: [0; 4],
-    };
+    let watched = Watched::new(Arc::new(Mutex::new(server)), state.clone(), None);
     let run = run(watched, ok(), Framed::Auto, &l, &state, &drain);
     println!(
         "serve_http future: {} bytes; hyper's connection (boxed, freed while parked): {} bytes",
@@ -271,6 +264,10 @@ async fn an_oversized_request_head_gets_431() {
     client.write_all(req.as_bytes()).await.unwrap();
     let answer = read_all(&mut client).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
     let c = metrics.for_listener("l");
     assert_eq!(c.header_too_large.get(), 1);
 }
@@ -475,4 +472,121 @@ async fn timeouts_shrink_for_open_connections_when_the_listener_fills() {
     );
     served.await.unwrap();
     assert_eq!(metrics.for_listener("l").first_byte_timeout.get(), 1);
+}
+
+#[tokio::test]
+async fn too_many_request_headers_get_431_with_its_flag() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(256 * 1024);
+    serve_with(server, ok(), Framed::Auto, l);
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..120 {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    client.write_all(req.as_bytes()).await.unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("header fields or bytes)\n"), "{answer}");
+    assert_eq!(metrics.for_listener("l").header_too_large.get(), 1);
+}
+
+#[tokio::test]
+async fn a_malformed_head_gets_400_with_its_flag() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let served = serve_with(server, ok(), Framed::Auto, l);
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
+    served.await.unwrap();
+    assert_eq!(metrics.for_listener("l").malformed.get(), 1);
+}
+
+#[tokio::test]
+async fn two_host_headers_get_400() {
+    let (l, metrics) = limits();
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    serve_with(server, ok(), Framed::Http1, l);
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("x-sane-response-flags: DPE\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("more than one Host"), "{answer}");
+    assert_eq!(metrics.for_listener("l").malformed.get(), 1);
+}
+
+#[tokio::test]
+async fn both_lengths_get_400_even_after_other_requests() {
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    let svc = BoxCloneSyncService::new(tower::service_fn(move |req: Request<Body>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+            Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+        }
+    }));
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    serve(server, svc, Framed::Auto);
+    client
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+              POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = read_all(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let second = &answer[answer.find("ok").unwrap() + 2..];
+    assert!(second.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        second.contains("Content-Length and Transfer-Encoding"),
+        "{answer}"
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the first reached the stack"
+    );
+}
+
+#[tokio::test]
+async fn too_many_http2_headers_get_431() {
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    serve(server, ok(), Framed::Auto);
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Body>(TokioIo::new(client))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get("http://a/");
+    for i in 0..101 {
+        req = req.header(format!("x-h{i}"), "v");
+    }
+    let rsp = sender
+        .send_request(req.body(crate::body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 431);
+    assert_eq!(rsp.headers()["x-sane-response-flags"], "DPE");
 }
