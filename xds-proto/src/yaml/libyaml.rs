@@ -27,7 +27,9 @@ pub(super) enum Event {
     Scalar { anchor: Option<Vec<u8>>, len: u64 },
     /// `*name`.
     Alias { anchor: Vec<u8> },
-    /// Stream and document boundaries.
+    /// A document starts (anchors are per document).
+    DocumentStart,
+    /// The stream starts, a document ends.
     Other,
     /// The end of the input.
     End,
@@ -104,6 +106,7 @@ impl<'a> Events<'a> {
                     self.done = true;
                     Event::End
                 }
+                sys::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
                 sys::YAML_SEQUENCE_START_EVENT => Event::CollectionStart {
                     anchor: anchor((*e).data.sequence_start.anchor),
                 },

@@ -133,9 +133,10 @@ pub fn from_str<T: DeserializeOwned>(text: &str, limits: &YamlLimits) -> Result<
     Ok(serde_yaml::from_str(text)?)
 }
 
-/// Checks `text` against `limits` without building anything, in time
-/// linear in its length. A syntax error is left for `serde_yaml` to
-/// describe: it stops at the same place.
+/// Checks `text` (one document or a `---`-separated stream of them; the
+/// limits apply to the whole stream) against `limits` without building
+/// anything, in time linear in its length. A syntax error is left for
+/// `serde_yaml` to describe: it stops at the same place.
 pub fn check(text: &str, limits: &YamlLimits) -> Result<(), YamlError> {
     if text.len() > limits.max_bytes {
         return Err(YamlError::TooLarge {
@@ -158,6 +159,10 @@ pub fn check(text: &str, limits: &YamlLimits) -> Result<(), YamlError> {
         let (size, height) = match event {
             Event::End => return Ok(()),
             Event::Other => continue,
+            Event::DocumentStart => {
+                anchors.clear();
+                continue;
+            }
             Event::CollectionStart { anchor } => {
                 if open.len() >= limits.max_depth {
                     return Err(too_deep(at, limits));
