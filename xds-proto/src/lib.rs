@@ -64,7 +64,9 @@ pub use route_policy::{
 };
 pub use service::{Protocol, Service, ServicePort};
 pub use telemetry::{AccessLogConfig, OtlpProtocol, Telemetry, TracingConfig, MAX_SPAN_QUEUE};
-pub use validate::{FieldError, FieldPath, ValidationErrors};
+pub use validate::{
+    FieldError, FieldPath, ValidationErrors, MAX_NAME_BYTES, MAX_TOKEN_BYTES, MAX_VALUE_BYTES,
+};
 
 /// The namespace used when a resource leaves `namespace` empty.
 pub const DEFAULT_NAMESPACE: &str = "default";

@@ -98,9 +98,8 @@ impl<'a> Events<'a> {
                 });
             }
             let e = event.as_mut_ptr();
-            let anchor = |p: *const u8| {
-                (!p.is_null()).then(|| CStr::from_ptr(p.cast()).to_bytes().to_vec())
-            };
+            let anchor =
+                |p: *const u8| (!p.is_null()).then(|| CStr::from_ptr(p.cast()).to_bytes().to_vec());
             let kind = match (*e).type_ {
                 sys::YAML_STREAM_END_EVENT => {
                     self.done = true;
@@ -113,9 +112,7 @@ impl<'a> Events<'a> {
                 sys::YAML_MAPPING_START_EVENT => Event::CollectionStart {
                     anchor: anchor((*e).data.mapping_start.anchor),
                 },
-                sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => {
-                    Event::CollectionEnd
-                }
+                sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => Event::CollectionEnd,
                 sys::YAML_SCALAR_EVENT => Event::Scalar {
                     anchor: anchor((*e).data.scalar.anchor),
                     len: (*e).data.scalar.length,

@@ -38,7 +38,11 @@ fn an_alias_bomb_is_rejected_before_it_is_expanded() {
     ] {
         let start = Instant::now();
         let err = from_str::<Bootstrap>(&text, &limits()).unwrap_err();
-        println!("{name} alias bomb ({} bytes): {:?}: {err}", text.len(), start.elapsed());
+        println!(
+            "{name} alias bomb ({} bytes): {:?}: {err}",
+            text.len(),
+            start.elapsed()
+        );
         assert!(matches!(err, YamlError::AliasExpansion { .. }), "{err}");
         assert!(
             err.to_string()
@@ -50,7 +54,11 @@ fn an_alias_bomb_is_rejected_before_it_is_expanded() {
 
 #[test]
 fn deep_nesting_is_rejected_at_the_limit() {
-    let flow = format!("node: {{ id: {}x{} }}", "[".repeat(50_000), "]".repeat(50_000));
+    let flow = format!(
+        "node: {{ id: {}x{} }}",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
     let block = format!("resources:\n  listeners:\n{}x\n", "  - ".repeat(50_000));
     let mapping: String = (0..100)
         .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
@@ -58,7 +66,11 @@ fn deep_nesting_is_rejected_at_the_limit() {
     for (name, text) in [("flow", flow), ("block", block), ("mapping", mapping)] {
         let start = Instant::now();
         let err = from_str::<Bootstrap>(&text, &limits()).unwrap_err();
-        println!("{name} nesting ({} bytes): {:?}: {err}", text.len(), start.elapsed());
+        println!(
+            "{name} nesting ({} bytes): {:?}: {err}",
+            text.len(),
+            start.elapsed()
+        );
         assert!(
             err.to_string()
                 .contains("nesting is deeper than the maximum of 64 levels"),
@@ -80,7 +92,10 @@ fn an_alias_to_a_deep_node_counts_its_depth() {
 fn a_document_above_the_size_limit_is_rejected_unread() {
     let text = "#".repeat(1024);
     let err = check(&text, &YamlLimits::with_max_bytes(1000)).unwrap_err();
-    assert_eq!(err.to_string(), "1024 bytes is above the maximum of 1000 bytes");
+    assert_eq!(
+        err.to_string(),
+        "1024 bytes is above the maximum of 1000 bytes"
+    );
 }
 
 #[test]
@@ -109,7 +124,9 @@ fn an_unknown_or_cyclic_alias_is_named() {
         err,
         "line 1 column 4: alias *nope does not refer to an anchor defined before it"
     );
-    let err = check("a: &loop [1, *loop]\n", &limits()).unwrap_err().to_string();
+    let err = check("a: &loop [1, *loop]\n", &limits())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("inside the node it refers to"), "{err}");
 }
 
