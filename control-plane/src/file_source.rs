@@ -432,7 +432,10 @@ mod tests {
         let deep = format!("services: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
         let huge = format!("# {}\n{SERVICES}", "x".repeat(17 * 1024 * 1024));
         for (text, want) in [
-            (bomb, "aliases repeat more than the maximum of 16777216 bytes"),
+            (
+                bomb,
+                "aliases repeat more than the maximum of 16777216 bytes",
+            ),
             (deep, "nesting is deeper than the maximum of 64 levels"),
             (huge, "above the maximum of 16777216 bytes"),
         ] {

@@ -208,13 +208,15 @@ async fn session(
         let origin = format!("xds {}", resp.type_url);
         let reply = match state.candidate(&resp) {
             Err(reason) => Err(reason),
-            Ok((t, received, candidate)) => match apply_off_thread(store, &candidate, &origin).await {
-                Ok(version) => {
-                    tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
-                    Ok(state.accept(t, &resp, received))
+            Ok((t, received, candidate)) => {
+                match apply_off_thread(store, &candidate, &origin).await {
+                    Ok(version) => {
+                        tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
+                        Ok(state.accept(t, &resp, received))
+                    }
+                    Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
                 }
-                Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
-            },
+            }
         };
         let reply = match reply {
             Ok(ack) => {

@@ -14,7 +14,7 @@
 use std::ffi::CStr;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use unsafe_libyaml as sys;
+use unsafe_libyaml as unsafe_sys;
 
 /// What the check needs to know of one event.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub(super) struct Mark {
 /// libyaml's parser over a borrowed input.
 pub(super) struct Events<'a> {
     // Boxed: libyaml's parser must not move once initialized.
-    parser: Box<sys::yaml_parser_t>,
+    parser: Box<unsafe_sys::yaml_parser_t>,
     done: bool,
     _input: PhantomData<&'a [u8]>,
 }
@@ -54,17 +54,23 @@ pub(super) struct Events<'a> {
 
 impl<'a> Events<'a> {
     pub(super) fn new(input: &'a [u8]) -> Self {
-        let mut parser = Box::<sys::yaml_parser_t>::new_uninit();
+        let mut parser = Box::<unsafe_sys::yaml_parser_t>::new_uninit();
         // SAFETY: `yaml_parser_initialize` writes every field of the parser
         // (it zeroes the struct first); it fails only if an allocation fails.
         // The input outlives the parser (`'a`), which only reads it.
         let parser = unsafe {
-            if sys::yaml_parser_initialize(parser.as_mut_ptr()).fail {
-                std::alloc::handle_alloc_error(std::alloc::Layout::new::<sys::yaml_parser_t>());
+            if unsafe_sys::yaml_parser_initialize(parser.as_mut_ptr()).fail {
+                std::alloc::handle_alloc_error(
+                    std::alloc::Layout::new::<unsafe_sys::yaml_parser_t>(),
+                );
             }
             let mut parser = parser.assume_init();
-            sys::yaml_parser_set_encoding(&mut *parser, sys::YAML_UTF8_ENCODING);
-            sys::yaml_parser_set_input_string(&mut *parser, input.as_ptr(), input.len() as u64);
+            unsafe_sys::yaml_parser_set_encoding(&mut *parser, unsafe_sys::YAML_UTF8_ENCODING);
+            unsafe_sys::yaml_parser_set_input_string(
+                &mut *parser,
+                input.as_ptr(),
+                input.len() as u64,
+            );
             parser
         };
         Self {
@@ -80,15 +86,15 @@ impl<'a> Events<'a> {
         if self.done {
             return Ok((Event::End, Mark { line: 0, column: 0 }));
         }
-        let mut event = MaybeUninit::<sys::yaml_event_t>::uninit();
+        let mut event = MaybeUninit::<unsafe_sys::yaml_event_t>::uninit();
         // SAFETY: the parser is initialized and its input alive. On success
         // `yaml_parser_parse` initializes the event, which is read (anchor
         // strings are NUL-terminated and owned by the event) and then freed
         // once with `yaml_event_delete`. After a failure the parser is not
         // used again (`done`).
         unsafe {
-            if self.parser.error != sys::YAML_NO_ERROR
-                || sys::yaml_parser_parse(&mut *self.parser, event.as_mut_ptr()).fail
+            if self.parser.error != unsafe_sys::YAML_NO_ERROR
+                || unsafe_sys::yaml_parser_parse(&mut *self.parser, event.as_mut_ptr()).fail
             {
                 self.done = true;
                 let m = self.parser.problem_mark;
@@ -101,29 +107,31 @@ impl<'a> Events<'a> {
             let anchor =
                 |p: *const u8| (!p.is_null()).then(|| CStr::from_ptr(p.cast()).to_bytes().to_vec());
             let kind = match (*e).type_ {
-                sys::YAML_STREAM_END_EVENT => {
+                unsafe_sys::YAML_STREAM_END_EVENT => {
                     self.done = true;
                     Event::End
                 }
-                sys::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
-                sys::YAML_SEQUENCE_START_EVENT => Event::CollectionStart {
+                unsafe_sys::YAML_DOCUMENT_START_EVENT => Event::DocumentStart,
+                unsafe_sys::YAML_SEQUENCE_START_EVENT => Event::CollectionStart {
                     anchor: anchor((*e).data.sequence_start.anchor),
                 },
-                sys::YAML_MAPPING_START_EVENT => Event::CollectionStart {
+                unsafe_sys::YAML_MAPPING_START_EVENT => Event::CollectionStart {
                     anchor: anchor((*e).data.mapping_start.anchor),
                 },
-                sys::YAML_SEQUENCE_END_EVENT | sys::YAML_MAPPING_END_EVENT => Event::CollectionEnd,
-                sys::YAML_SCALAR_EVENT => Event::Scalar {
+                unsafe_sys::YAML_SEQUENCE_END_EVENT | unsafe_sys::YAML_MAPPING_END_EVENT => {
+                    Event::CollectionEnd
+                }
+                unsafe_sys::YAML_SCALAR_EVENT => Event::Scalar {
                     anchor: anchor((*e).data.scalar.anchor),
                     len: (*e).data.scalar.length,
                 },
-                sys::YAML_ALIAS_EVENT => Event::Alias {
+                unsafe_sys::YAML_ALIAS_EVENT => Event::Alias {
                     anchor: anchor((*e).data.alias.anchor).unwrap_or_default(),
                 },
                 _ => Event::Other,
             };
             let m = (*e).start_mark;
-            sys::yaml_event_delete(e);
+            unsafe_sys::yaml_event_delete(e);
             Ok((
                 kind,
                 Mark {
@@ -138,7 +146,7 @@ impl<'a> Events<'a> {
 impl Drop for Events<'_> {
     fn drop(&mut self) {
         // SAFETY: the parser was initialized in `new` and is deleted once.
-        unsafe { sys::yaml_parser_delete(&mut *self.parser) }
+        unsafe { unsafe_sys::yaml_parser_delete(&mut *self.parser) }
     }
 }
 
