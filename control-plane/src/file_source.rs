@@ -15,6 +15,7 @@
 use crate::error::Error;
 use crate::registry::{Change, Op, Origin, Registry};
 use crate::resource::{Kind, Resource};
+use sane_xds_proto::yaml::{self, YamlLimits};
 use sane_xds_proto::MeshResources;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -120,7 +121,7 @@ impl FileSource {
         let mut candidates = Vec::new();
         for path in &present {
             let state = self.files.entry(path.clone()).or_default();
-            let content = match std::fs::read(path) {
+            let content = match read_bounded(path, YamlLimits::default().max_bytes) {
                 Ok(c) => c,
                 Err(e) => {
                     let msg = format!("reading: {e}");
@@ -271,9 +272,26 @@ fn candidate(
     }
 }
 
-/// Parses every document of a file; rejects duplicate keys.
+/// Reads at most `max` bytes of `path`: a larger file is an error, and is
+/// not read whole.
+fn read_bounded(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut content = Vec::new();
+    file.take(max as u64 + 1).read_to_end(&mut content)?;
+    if content.len() > max {
+        return Err(std::io::Error::other(format!(
+            "the file is above the maximum of {max} bytes"
+        )));
+    }
+    Ok(content)
+}
+
+/// Parses every document of a file; rejects duplicate keys. The file's
+/// nesting and aliases are bounded before it is parsed ([`yaml::check`]).
 fn parse(path: &Path, content: &[u8]) -> Result<Vec<Resource>, String> {
     let text = std::str::from_utf8(content).map_err(|e| format!("not UTF-8: {e}"))?;
+    yaml::check(text, &YamlLimits::default()).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     let mut seen: BTreeMap<(Kind, String), String> = BTreeMap::new();
     for (doc_index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -392,6 +410,44 @@ mod tests {
         std::fs::write(&file, format!("{SERVICES}---\n{SERVICES}")).unwrap();
         let err = &src.sync().unwrap().rejected[0].1;
         assert!(err.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn hostile_files_are_bounded_before_parsing_and_the_last_good_content_stays() {
+        let (dir, reg, mut src) = setup();
+        let file = dir.path().join("mesh.yaml");
+        std::fs::write(&file, SERVICES).unwrap();
+        src.sync().unwrap();
+        assert_eq!(reg.snapshot().len(), 2);
+
+        // ~0.8 MB whose aliases repeat a 400 KB name 20 000 times (8 GB).
+        let mut bomb = format!(
+            "services:\n  - name: &a {}\n    ports: [ {{ port: 80 }} ]\n    hosts: [",
+            "a".repeat(400_000)
+        );
+        for i in 0..20_000 {
+            bomb.push_str(if i == 0 { "*a" } else { ",*a" });
+        }
+        bomb.push_str("]\n");
+        let deep = format!("services: {}{}\n", "[".repeat(50_000), "]".repeat(50_000));
+        let huge = format!("# {}\n{SERVICES}", "x".repeat(17 * 1024 * 1024));
+        for (text, want) in [
+            (
+                bomb,
+                "aliases repeat more than the maximum of 16777216 bytes",
+            ),
+            (deep, "nesting is deeper than the maximum of 64 levels"),
+            (huge, "above the maximum of 16777216 bytes"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let start = std::time::Instant::now();
+            let report = src.sync().unwrap();
+            println!("{want}: rejected in {:?}", start.elapsed());
+            let (path, err) = &report.rejected[0];
+            assert!(path.ends_with("mesh.yaml"));
+            assert!(err.contains(want), "{err}");
+            assert_eq!(reg.snapshot().len(), 2, "the last good content stays");
+        }
     }
 
     #[test]

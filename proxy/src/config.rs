@@ -15,6 +15,7 @@ use crate::trace::TelemetrySettings;
 use crate::transparent::OriginalDstTable;
 use arc_swap::ArcSwap;
 use sane_xds_proto::resources::qualify;
+use sane_xds_proto::yaml::{self, YamlError, YamlLimits};
 use sane_xds_proto::{
     Bootstrap, DestinationPolicy, Direction, Endpoint, Listener, MeshResources, Protocol, Service,
     ServicePort, TlsMode,
@@ -98,6 +99,11 @@ pub struct ConfigStore {
     path: Option<PathBuf>,
     sources: Mutex<Sources>,
     last_error: Mutex<Option<String>>,
+    /// Bounds of the config file (size, nesting, aliases).
+    yaml_limits: Mutex<YamlLimits>,
+    /// Held for a whole file reload (read, parse, apply), so two reloads
+    /// cannot apply out of order.
+    reloading: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -530,13 +536,43 @@ impl InboundTarget {
 }
 
 /// Reads and parses a bootstrap file; unknown fields are named in the error.
-pub fn read_file(path: &Path) -> Result<Bootstrap, StartError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StartError::ReadConfig {
-        path: path.display().to_string(),
+/// The file's size, nesting and alias expansion are bounded by `limits`
+/// before it is parsed (a larger file is not even read).
+pub fn read_file(path: &Path, limits: &YamlLimits) -> Result<Bootstrap, StartError> {
+    use std::io::Read;
+    let display = || path.display().to_string();
+    let read_err = |source| StartError::ReadConfig {
+        path: display(),
         source,
+    };
+    let too_large = |size| StartError::ParseConfig {
+        path: display(),
+        source: YamlError::TooLarge {
+            size,
+            max: limits.max_bytes,
+        },
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
+    if len > limits.max_bytes as u64 {
+        return Err(too_large(len));
+    }
+    // The file may grow between the two calls (or not be a regular file).
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limits.max_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() > limits.max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8: {}", e.utf8_error()),
+        ))
     })?;
-    serde_yaml::from_str(&text).map_err(|source| StartError::ParseConfig {
-        path: path.display().to_string(),
+    yaml::from_str(&text, limits).map_err(|source| StartError::ParseConfig {
+        path: display(),
         source,
     })
 }
@@ -555,7 +591,15 @@ impl ConfigStore {
                 dynamic: None,
             }),
             last_error: Mutex::new(None),
+            yaml_limits: Mutex::new(YamlLimits::default()),
+            reloading: Mutex::new(()),
         }
+    }
+
+    /// Sets the bounds the config file is read with on reload (default:
+    /// [`YamlLimits::default`]).
+    pub fn set_yaml_limits(&self, limits: YamlLimits) {
+        *self.yaml_limits.lock().expect("not poisoned") = limits;
     }
 
     /// The current snapshot.
@@ -621,12 +665,16 @@ impl ConfigStore {
         }
     }
 
-    /// Re-reads the config file and applies it.
+    /// Re-reads the config file and applies it. This blocks for as long as
+    /// reading, parsing and compiling take: call it off the data path
+    /// ([`crate::ProxyHandle::reload`] runs it on a blocking thread).
     pub fn reload(&self) -> Result<u64, StartError> {
         let Some(path) = &self.path else {
             return Ok(self.load().version);
         };
-        let parsed = read_file(path);
+        let _one_at_a_time = self.reloading.lock().expect("not poisoned");
+        let limits = *self.yaml_limits.lock().expect("not poisoned");
+        let parsed = read_file(path, &limits);
         match parsed {
             Ok(b) => self.apply(b, &path.display().to_string()),
             Err(e) => {

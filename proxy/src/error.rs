@@ -387,10 +387,15 @@ pub enum StartError {
     ParseConfig {
         /// The file.
         path: String,
-        /// The parse error, with the field and position.
+        /// The parse error, with the field and position, or the limit
+        /// the file is past (size, nesting, aliases).
         #[source]
-        source: serde_yaml::Error,
+        source: sane_xds_proto::yaml::YamlError,
     },
+    /// A config reload ended without a result (its thread panicked or the
+    /// runtime is shutting down); the current config keeps serving.
+    #[error("config reload aborted: {0}")]
+    ReloadAborted(String),
     /// The config parsed but some values are invalid (names every field).
     #[error("invalid config {path}: {source}")]
     InvalidConfig {

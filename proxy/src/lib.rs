@@ -328,8 +328,17 @@ impl Proxy {
 
 impl ProxyHandle {
     /// Re-reads the config file; on failure the current config keeps serving.
-    pub fn reload(&self) -> Result<u64, StartError> {
-        match self.config.reload() {
+    ///
+    /// Reading, parsing, validating and compiling run on tokio's blocking
+    /// pool, never on the calling runtime: with `--workers 1` that runtime
+    /// also serves every connection, and a large (or hostile) file must not
+    /// stall them. The new snapshot is swapped in when it is ready.
+    pub async fn reload(&self) -> Result<u64, StartError> {
+        let config = self.config.clone();
+        let result = tokio::task::spawn_blocking(move || config.reload())
+            .await
+            .unwrap_or_else(|e| Err(StartError::ReloadAborted(e.to_string())));
+        match result {
             Ok(v) => {
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.config_version.set(v as i64);
@@ -345,6 +354,11 @@ impl ProxyHandle {
                 Err(e)
             }
         }
+    }
+
+    /// Sets the bounds the config file is read with on reload.
+    pub fn set_yaml_limits(&self, limits: sane_xds_proto::yaml::YamlLimits) {
+        self.config.set_yaml_limits(limits);
     }
 
     /// Starts a graceful drain.
@@ -367,7 +381,7 @@ async fn watch_file(handle: ProxyHandle, stop: CancellationToken) {
         let now = config::fingerprint(&path);
         if now != last && now.is_some() {
             last = now;
-            let _ = handle.reload();
+            let _ = handle.reload().await;
         }
     }
 }

@@ -33,6 +33,11 @@ struct Args {
     /// on the main thread.
     #[arg(long, env = "SANE_PROXY_WORKERS")]
     workers: Option<usize>,
+    /// Largest config file in bytes, at start and on reload. The file's
+    /// nesting (64 levels) and alias expansion (at most this many bytes
+    /// repeated) are bounded too, before it is parsed.
+    #[arg(long, env = "SANE_PROXY_MAX_CONFIG_BYTES", default_value_t = sane_xds_proto::yaml::DEFAULT_MAX_YAML_BYTES)]
+    max_config_bytes: usize,
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -93,7 +98,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         return run_gateway(gw, &args);
     }
     let config = args.config.clone().context("--config is required")?;
-    let mut bootstrap = sane_proxy::config::read_file(&config)?;
+    let limits = sane_xds_proto::yaml::YamlLimits::with_max_bytes(args.max_config_bytes);
+    let mut bootstrap = sane_proxy::config::read_file(&config, &limits)?;
     apply_overrides(&mut bootstrap, &args)?;
     if args.check {
         sane_proxy::config::Snapshot::compile(bootstrap, 1, None, &config.display().to_string())?;
@@ -119,6 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         out.flush()?;
         drop(out);
         let handle = proxy.handle();
+        handle.set_yaml_limits(limits);
         tokio::spawn(signals(handle));
         proxy.run().await;
         Ok(())
@@ -152,7 +159,8 @@ fn apply_overrides(b: &mut sane_xds_proto::Bootstrap, args: &Args) -> anyhow::Re
 }
 
 fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
-    let bootstrap = sane_proxy::config::read_file(&gw.config)?;
+    let limits = sane_xds_proto::yaml::YamlLimits::with_max_bytes(args.max_config_bytes);
+    let bootstrap = sane_proxy::config::read_file(&gw.config, &limits)?;
     if gw.check {
         sane_proxy::gateway::check(bootstrap, &gw.config.display().to_string())?;
         println!("config ok");
@@ -182,6 +190,7 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
         }
         out.flush()?;
         drop(out);
+        gateway.handle().set_yaml_limits(limits);
         tokio::spawn(signals(gateway.handle()));
         gateway.run().await;
         Ok(())
@@ -252,7 +261,9 @@ async fn signals(handle: sane_proxy::ProxyHandle) {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading config");
-                let _ = handle.reload();
+                // Its own task: a slow reload must not hold up SIGTERM.
+                let handle = handle.clone();
+                tokio::spawn(async move { handle.reload().await });
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining"); handle.drain(); }
             _ = int.recv() => { tracing::info!("SIGINT: draining"); handle.drain(); }

@@ -27,7 +27,7 @@
 //! itself exactly.
 
 use crate::serde_util::{enum_de, enum_ser};
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_TOKEN_BYTES, MAX_VALUE_BYTES};
 use crate::Endpoint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -254,6 +254,9 @@ impl AuthorizationPolicy {
                     errs.port(&op_path.item("ports", k), *port, false);
                 }
                 for (k, m) in op.methods.iter().enumerate() {
+                    if !errs.length(&op_path.item("methods", k), m, MAX_TOKEN_BYTES) {
+                        continue;
+                    }
                     if m.is_empty() || crate::route::http_token(m).is_none() {
                         errs.push(
                             &op_path.item("methods", k),
@@ -287,6 +290,9 @@ impl AuthorizationPolicy {
 
 /// A pattern may hold one `*`, at its start or its end (or be `*` alone).
 fn pattern(path: &FieldPath, value: &str, errs: &mut Errors) {
+    if !errs.length(path, value, MAX_VALUE_BYTES) {
+        return;
+    }
     if value.is_empty() {
         errs.push(path, "must not be empty");
         return;

@@ -3,7 +3,7 @@
 
 use crate::health::HealthConfig;
 use crate::serde_util::duration_ms;
-use crate::validate::{Errors, FieldPath, ValidationErrors};
+use crate::validate::{Errors, FieldPath, ValidationErrors, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::MeshResources;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -190,6 +190,12 @@ impl Bootstrap {
         if !self.node.namespace.is_empty() {
             errs.name(&root.field("node").field("namespace"), &self.node.namespace);
         }
+        // Both travel in headers and metrics labels of every request.
+        let node = root.field("node");
+        errs.length(&node.field("id"), &self.node.id, MAX_NAME_BYTES);
+        errs.length(&node.field("workload"), &self.node.workload, MAX_NAME_BYTES);
+        let admin = root.field("admin").field("address");
+        errs.length(&admin, &self.admin.address, MAX_VALUE_BYTES);
         match self.admin.address.parse::<SocketAddr>() {
             Ok(a) if !a.ip().is_loopback() => errs.push(
                 &root.field("admin").field("address"),
@@ -204,6 +210,15 @@ impl Bootstrap {
         self.resources
             .validate_into(&root.field("resources"), &mut errs);
         if let Some(id) = &self.identity {
+            let ip = root.field("identity");
+            errs.length(&ip.field("trust_domain"), &id.trust_domain, MAX_NAME_BYTES);
+            errs.length(
+                &ip.field("service_account"),
+                &id.service_account,
+                MAX_NAME_BYTES,
+            );
+            errs.length(&ip.field("ca_address"), &id.ca_address, MAX_VALUE_BYTES);
+            errs.length(&ip.field("token_file"), &id.token_file, MAX_VALUE_BYTES);
             let ca = if id.ca_address.is_empty() {
                 self.control_plane.as_ref().map(|c| c.address.as_str())
             } else {
@@ -226,6 +241,12 @@ impl Bootstrap {
         }
         self.http.validate_into(&root.field("http"), &mut errs);
         if let Some(cp) = &self.control_plane {
+            let cpp = root.field("control_plane");
+            errs.length(&cpp.field("address"), &cp.address, MAX_VALUE_BYTES);
+            errs.length(&cpp.field("token_file"), &cp.token_file, MAX_VALUE_BYTES);
+            for (i, s) in cp.services.iter().enumerate() {
+                errs.length(&cpp.item("services", i), s, MAX_NAME_BYTES);
+            }
             let a = &cp.address;
             if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() < 10 {
                 errs.push(

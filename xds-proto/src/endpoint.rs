@@ -1,6 +1,6 @@
 //! An endpoint: one workload instance backing a service.
 
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -92,6 +92,14 @@ impl Endpoint {
         errs.name(&path.field("service"), &self.service);
         if !self.namespace.is_empty() {
             errs.name(&path.field("namespace"), &self.namespace);
+        }
+        errs.length(&path.field("address"), &self.address, MAX_VALUE_BYTES);
+        errs.length(&path.field("identity"), &self.identity, MAX_VALUE_BYTES);
+        for (k, v) in &self.labels {
+            let lp = path.field("labels");
+            if errs.length(&lp, k, MAX_VALUE_BYTES) {
+                errs.length(&lp.field(k), v, MAX_VALUE_BYTES);
+            }
         }
         if self.address.parse::<IpAddr>().is_err() {
             errs.push(

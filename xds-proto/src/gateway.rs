@@ -8,7 +8,7 @@
 
 use crate::route::RouteRule;
 use crate::serde_util::duration_ms;
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::{RouteMatch, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -204,6 +204,7 @@ impl Gateway {
             if !names.insert(l.name.as_str()) {
                 errs.push(&lp.field("name"), format!("{:?} is used twice", l.name));
             }
+            errs.length(&lp.field("address"), &l.address, MAX_VALUE_BYTES);
             if l.address.parse::<SocketAddr>().is_err() {
                 errs.push(
                     &lp.field("address"),
@@ -228,6 +229,13 @@ impl Gateway {
             }
             if let Some(tls) = &h.tls {
                 let tp = hp.field("tls");
+                for (name, file) in [
+                    ("cert_file", &tls.cert_file),
+                    ("key_file", &tls.key_file),
+                    ("client_ca_file", &tls.client_ca_file),
+                ] {
+                    errs.length(&tp.field(name), file, MAX_VALUE_BYTES);
+                }
                 if tls.cert_file.is_empty() {
                     errs.push(&tp.field("cert_file"), "must not be empty");
                 }
@@ -265,6 +273,9 @@ impl Gateway {
 }
 
 fn hostname(path: &FieldPath, value: &str, errs: &mut Errors) {
+    if !errs.length(path, value, MAX_NAME_BYTES + 2) {
+        return;
+    }
     let bare = value.strip_prefix("*.").unwrap_or(value);
     let ok = !bare.is_empty()
         && bare.len() <= 253

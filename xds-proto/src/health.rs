@@ -9,7 +9,7 @@
 //! `timeoutSeconds`, so the control plane can write it from `k8s-openapi`
 //! types and the proxy can read it without them.
 
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_TOKEN_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -97,6 +97,7 @@ pub struct GrpcProbe {
 
 impl HealthConfig {
     pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
+        errs.length(&path.field("address"), &self.address, MAX_VALUE_BYTES);
         if self.address.parse::<SocketAddr>().is_err() {
             errs.push(
                 &path.field("address"),
@@ -104,6 +105,10 @@ impl HealthConfig {
             );
         }
         for (key, probe) in &self.app_probes {
+            // The key is part of the error path: bounded first.
+            if !errs.length(&path.field("app_probes"), key, MAX_VALUE_BYTES) {
+                continue;
+            }
             let p = path.field("app_probes").field(&format!("{key:?}"));
             if !key.starts_with(APP_HEALTH_PREFIX) || key.len() == APP_HEALTH_PREFIX.len() {
                 errs.push(&p, format!("the path must start with {APP_HEALTH_PREFIX}"));
@@ -140,6 +145,13 @@ impl AppProbe {
         };
         if let Some(h) = &self.http_get {
             let p = path.field("httpGet");
+            errs.length(&p.field("path"), &h.path, MAX_VALUE_BYTES);
+            errs.length(&p.field("scheme"), &h.scheme, MAX_TOKEN_BYTES);
+            for (i, header) in h.http_headers.iter().enumerate() {
+                let hp = p.item("httpHeaders", i);
+                errs.length(&hp.field("name"), &header.name, MAX_TOKEN_BYTES);
+                errs.length(&hp.field("value"), &header.value, MAX_VALUE_BYTES);
+            }
             port(errs, &p, h.port);
             if !matches!(h.scheme.as_str(), "" | "HTTP" | "HTTPS") {
                 errs.push(

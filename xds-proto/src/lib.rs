@@ -10,7 +10,8 @@
 //! Architecture invariant: this crate does no I/O and has no async runtime.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
-#![forbid(unsafe_code)]
+// `unsafe` is allowed in `yaml::libyaml` only (libyaml's pointer API).
+#![deny(unsafe_code)]
 
 mod authz;
 mod bootstrap;
@@ -30,6 +31,7 @@ pub mod serde_util;
 mod service;
 mod telemetry;
 mod validate;
+pub mod yaml;
 
 pub use authz::{
     AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
@@ -70,7 +72,9 @@ pub use route_policy::{
 };
 pub use service::{Protocol, Service, ServicePort};
 pub use telemetry::{AccessLogConfig, OtlpProtocol, Telemetry, TracingConfig, MAX_SPAN_QUEUE};
-pub use validate::{FieldError, FieldPath, ValidationErrors};
+pub use validate::{
+    FieldError, FieldPath, ValidationErrors, MAX_NAME_BYTES, MAX_TOKEN_BYTES, MAX_VALUE_BYTES,
+};
 
 /// The namespace used when a resource leaves `namespace` empty.
 pub const DEFAULT_NAMESPACE: &str = "default";

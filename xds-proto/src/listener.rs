@@ -2,7 +2,7 @@
 
 use crate::serde_util::{duration_ms, enum_de, enum_ser};
 use crate::service::Protocol;
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -196,6 +196,10 @@ impl Listener {
         errs.name(&path.field("name"), &self.name);
         errs.enum_value::<Direction>(&path.field("direction"), self.direction);
         errs.enum_value::<Protocol>(&path.field("protocol"), self.protocol);
+        errs.length(&path.field("address"), &self.address, MAX_VALUE_BYTES);
+        errs.length(&path.field("service"), &self.service, MAX_NAME_BYTES);
+        let wa = &self.workload_address;
+        errs.length(&path.field("workload_address"), wa, MAX_VALUE_BYTES);
         if self.address.parse::<SocketAddr>().is_err() {
             errs.push(
                 &path.field("address"),

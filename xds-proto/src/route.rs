@@ -2,7 +2,7 @@
 
 use crate::route_policy::{FaultPolicy, HeaderOps, MirrorPolicy, RetryPolicy};
 use crate::serde_util::{duration_ms, enum_de, enum_ser};
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_TOKEN_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -209,6 +209,7 @@ impl RouteRule {
             let mp = path.item("matches", i);
             if let Some(p) = &m.path {
                 let pp = mp.field("path");
+                errs.length(&pp.field("value"), &p.value, MAX_VALUE_BYTES);
                 errs.enum_value::<MatchKind>(&pp.field("kind"), p.kind);
                 match MatchKind::from_wire(p.kind) {
                     MatchKind::Regex => regex_ok(&pp.field("value"), &p.value, errs),
@@ -225,6 +226,8 @@ impl RouteRule {
             }
             for (j, h) in m.headers.iter().enumerate() {
                 let hp = mp.item("headers", j);
+                errs.length(&hp.field("name"), &h.name, MAX_TOKEN_BYTES);
+                errs.length(&hp.field("value"), &h.value, MAX_VALUE_BYTES);
                 if h.name.is_empty() || http_token(&h.name).is_none() {
                     errs.push(
                         &hp.field("name"),
@@ -236,6 +239,7 @@ impl RouteRule {
                     regex_ok(&hp.field("value"), &h.value, errs);
                 }
             }
+            errs.length(&mp.field("method"), &m.method, MAX_TOKEN_BYTES);
             if !m.method.is_empty() && http_token(&m.method).is_none() {
                 errs.push(
                     &mp.field("method"),
@@ -245,6 +249,12 @@ impl RouteRule {
         }
         for (i, d) in self.destinations.iter().enumerate() {
             let dp = path.item("destinations", i);
+            for (k, v) in &d.subset {
+                let sp = dp.field("subset");
+                if errs.length(&sp, k, MAX_VALUE_BYTES) {
+                    errs.length(&sp.field(k), v, MAX_VALUE_BYTES);
+                }
+            }
             errs.name(&dp.field("service"), &d.service);
             errs.port(&dp.field("port"), d.port, true);
             if d.weight == 0 && self.destinations.len() > 1 {

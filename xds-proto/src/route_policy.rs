@@ -6,7 +6,7 @@
 //! limits; the proxy compiles every one into a tower layer's settings.
 
 use crate::serde_util::duration_ms;
-use crate::validate::{human_ms, Errors, FieldPath};
+use crate::validate::{human_ms, Errors, FieldPath, MAX_TOKEN_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -268,6 +268,9 @@ impl RetryPolicy {
             );
         }
         for (i, c) in self.retry_on.iter().enumerate() {
+            if !errs.length(&path.item("retry_on", i), c, MAX_TOKEN_BYTES) {
+                continue;
+            }
             if !RETRY_CONDITIONS.contains(&c.as_str()) {
                 errs.push(
                     &path.item("retry_on", i),
@@ -334,6 +337,7 @@ impl FaultPolicy {
         }
         if let Some(a) = &self.abort {
             let ap = path.field("abort");
+            errs.length(&ap.field("grpc_status"), &a.grpc_status, MAX_TOKEN_BYTES);
             match (a.http_status, a.grpc_status.is_empty()) {
                 (0, true) => errs.push(&ap, "needs http_status or grpc_status"),
                 (s, true) if !(200..=599).contains(&s) => errs.push(
@@ -412,7 +416,11 @@ impl HeaderOps {
         let removed: Vec<String> = self.remove.iter().map(|n| n.to_ascii_lowercase()).collect();
         for (field, map) in [("set", &self.set), ("add", &self.add)] {
             for (name, value) in map {
+                if !errs.length(&path.field(field), name, MAX_TOKEN_BYTES) {
+                    continue;
+                }
                 let p = path.field(field).field(name);
+                errs.length(&p, value, MAX_VALUE_BYTES);
                 header_target(&p, name, errs);
                 if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                     errs.push(&p, format!("{value:?} is not a valid header value"));

@@ -1,7 +1,7 @@
 //! A service: a named set of workloads reachable on declared ports.
 
 use crate::serde_util::{enum_de, enum_ser};
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -174,6 +174,7 @@ impl Service {
         }
         for (i, p) in self.ports.iter().enumerate() {
             let pp = path.item("ports", i);
+            errs.length(&pp.field("name"), &p.name, MAX_NAME_BYTES);
             errs.port(&pp.field("port"), p.port, false);
             errs.port(&pp.field("target_port"), p.target_port, true);
             errs.enum_value::<Protocol>(&pp.field("protocol"), p.protocol);
@@ -190,6 +191,7 @@ impl Service {
         }
         for (i, a) in self.addresses.iter().enumerate() {
             let ap = path.item("addresses", i);
+            errs.length(&ap, a, MAX_VALUE_BYTES);
             match a.parse::<IpAddr>() {
                 Err(_) => errs.push(&ap, format!("{a:?} is not an IP address")),
                 Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {

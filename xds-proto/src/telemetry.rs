@@ -4,7 +4,7 @@
 //! A proxy applies the `Telemetry` of its own namespace (the first by name
 //! when there are several). Metrics are always on and need no config.
 
-use crate::validate::{Errors, FieldPath};
+use crate::validate::{Errors, FieldPath, MAX_NAME_BYTES, MAX_TOKEN_BYTES, MAX_VALUE_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// Tracing and access-log settings for the proxies of one namespace.
@@ -90,6 +90,9 @@ impl Telemetry {
         if let Some(t) = &self.tracing {
             let p = path.field("tracing");
             let e = &t.endpoint;
+            errs.length(&p.field("endpoint"), e, MAX_VALUE_BYTES);
+            errs.length(&p.field("protocol"), &t.protocol, MAX_TOKEN_BYTES);
+            errs.length(&p.field("service_name"), &t.service_name, MAX_NAME_BYTES);
             if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
                 errs.push(&p.field("endpoint"), format!("{e:?} is not an http(s) URL"));
             }
@@ -107,6 +110,11 @@ impl Telemetry {
             );
         }
         if let Some(a) = &self.access_log {
+            errs.length(
+                &path.field("access_log").field("path"),
+                &a.path,
+                MAX_VALUE_BYTES,
+            );
             ratio(
                 errs,
                 &path.field("access_log").field("sampling_ratio"),

@@ -3,6 +3,20 @@
 
 use std::fmt;
 
+/// Longest name: a DNS name (RFC 1035), and so a Kubernetes object name.
+/// Applies to every resource name and namespace, service hosts, the node's
+/// id and workload, gateway hostnames.
+pub const MAX_NAME_BYTES: usize = 253;
+/// Longest HTTP header name, method, retry condition or status name a
+/// config may hold.
+pub const MAX_TOKEN_BYTES: usize = 256;
+/// Longest other string a config may hold: paths and path patterns,
+/// regexes, header values, addresses and URLs, file names, labels,
+/// principals.
+pub const MAX_VALUE_BYTES: usize = 4096;
+/// Longest validation message: a message quoting a long value is cut.
+const MAX_MESSAGE_BYTES: usize = 512;
+
 /// A dotted path to a field inside a resource, built while validating.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldPath(String);
@@ -107,20 +121,47 @@ pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
     pub(crate) fn push(&mut self, path: &FieldPath, message: impl Into<String>) {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_BYTES {
+            // A message quoting a value too long to repeat.
+            let total = message.len();
+            let mut end = MAX_MESSAGE_BYTES / 2;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(&format!("… (message of {total} bytes cut)"));
+        }
         self.0.push(FieldError {
             path: path.as_str().to_string(),
-            message: message.into(),
+            message,
         });
     }
 
-    /// Checks a DNS-label-like name: lowercase letters, digits, `-` and `.`.
+    /// Checks that a string is at most `max` bytes (it is not quoted in the
+    /// error); returns false if it is longer.
+    pub(crate) fn length(&mut self, path: &FieldPath, value: &str, max: usize) -> bool {
+        if value.len() > max {
+            self.push(
+                path,
+                format!("{} bytes is above the maximum of {max}", value.len()),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Checks a DNS-label-like name: lowercase letters, digits, `-` and `.`,
+    /// at most [`MAX_NAME_BYTES`].
     pub(crate) fn name(&mut self, path: &FieldPath, value: &str) {
+        if !self.length(path, value, MAX_NAME_BYTES) {
+            return;
+        }
         if value.is_empty() {
             self.push(path, "must not be empty");
-        } else if value.len() > 253
-            || !value
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        } else if !value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             || value.starts_with(['-', '.'])
         {
             self.push(
@@ -172,6 +213,9 @@ impl Errors {
 
     /// Checks an HTTP header name (a token; compared case-insensitively).
     pub(crate) fn header_name(&mut self, path: &FieldPath, name: &str) {
+        if !self.length(path, name, MAX_TOKEN_BYTES) {
+            return;
+        }
         if crate::route::http_token(name).is_none() || name.is_empty() {
             self.push(path, format!("{name:?} is not a valid header name"));
         }
@@ -190,6 +234,65 @@ pub(crate) fn human_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_strings_are_rejected_by_length_and_never_quoted() {
+        let huge = "w".repeat(100 * 1024 * 1024);
+        let b = crate::Bootstrap {
+            node: crate::Node {
+                workload: huge.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let start = std::time::Instant::now();
+        let err = b.validate().unwrap_err().to_string();
+        println!("100 MB node.workload rejected in {:?}", start.elapsed());
+        assert_eq!(
+            err,
+            "node.workload: 104857600 bytes is above the maximum of 253"
+        );
+
+        let long = |n: usize| "a".repeat(n);
+        let yaml = format!(
+            r#"
+node: {{ id: {id} }}
+resources:
+  services:
+    - {{ name: {name}, hosts: [ {name} ], ports: [ {{ port: 80 }} ] }}
+  endpoints:
+    - {{ service: s, address: {addr}, labels: {{ v: {label} }} }}
+  routes:
+    - name: r
+      service: s
+      rules:
+        - matches: [ {{ path: {{ kind: prefix, value: /{path} }}, headers: [ {{ name: x, value: {value} }} ] }} ]
+          request_headers: {{ set: {{ x-a: {value} }} }}
+"#,
+            id = long(254),
+            name = long(254),
+            addr = long(5000),
+            label = long(4097),
+            path = long(4096),
+            value = long(4097),
+        );
+        let b: crate::Bootstrap = serde_yaml::from_str(&yaml).unwrap();
+        let err = b.validate().unwrap_err().to_string();
+        for want in [
+            "node.id: 254 bytes is above the maximum of 253",
+            "resources.services[0].name: 254 bytes is above the maximum of 253",
+            "resources.services[0].hosts[0]: 254 bytes is above the maximum of 253",
+            "resources.endpoints[0].address: 5000 bytes is above the maximum of 4096",
+            "resources.endpoints[0].labels.v: 4097 bytes is above the maximum of 4096",
+            "resources.routes[0].rules[0].matches[0].path.value: 4097 bytes is above the maximum of 4096",
+            "resources.routes[0].rules[0].matches[0].headers[0].value: 4097 bytes is above the maximum of 4096",
+            "resources.routes[0].rules[0].request_headers.set.x-a: 4097 bytes is above the maximum of 4096",
+        ] {
+            assert!(err.contains(want), "{want:?} not in {err}");
+        }
+        // Other checks of a too-long value may quote it: cut.
+        assert!(err.len() < 8 * 1024, "{} bytes of errors", err.len());
+    }
 
     #[test]
     fn paths_and_display() {

@@ -198,7 +198,18 @@ async fn reconcile(
                 Some(gw) if *gw == table.load().source => {}
                 Some(gw) => {
                     let current = table.load_full();
-                    match GatewayTable::compile(gw, &namespace, Some(&current)) {
+                    // Certificate files and regexes: on the blocking pool,
+                    // not on the runtime serving connections (`--workers 1`).
+                    let (gw, ns, cur) = (gw.clone(), namespace.clone(), current.clone());
+                    let compiled = tokio::task::spawn_blocking(move || {
+                        GatewayTable::compile(&gw, &ns, Some(&cur))
+                    })
+                    .await;
+                    let Ok(compiled) = compiled else {
+                        tracing::error!("gateway config compile aborted; still serving the previous one");
+                        continue;
+                    };
+                    match compiled {
                         Ok(next) => {
                             if next.source.listeners != current.source.listeners {
                                 tracing::warn!(

@@ -142,7 +142,7 @@ pub async fn run(
 async fn session(
     cp: &ControlPlane,
     node: &EnvoyNode,
-    store: &ConfigStore,
+    store: &Arc<ConfigStore>,
     metrics: &XdsMetrics,
     state: &mut XdsState,
     block: &mut Option<BlockReady>,
@@ -214,13 +214,15 @@ async fn session(
         let origin = format!("xds {}", resp.type_url);
         let reply = match state.candidate(&resp) {
             Err(reason) => Err(reason),
-            Ok((t, received, candidate)) => match store.apply_dynamic(candidate.clone(), &origin) {
-                Ok(version) => {
-                    tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
-                    Ok(state.accept(t, &resp, received))
+            Ok((t, received, candidate)) => {
+                match apply_off_thread(store, &candidate, &origin).await {
+                    Ok(version) => {
+                        tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
+                        Ok(state.accept(t, &resp, received))
+                    }
+                    Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
                 }
-                Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
-            },
+            }
         };
         let reply = match reply {
             Ok(ack) => {
@@ -247,6 +249,20 @@ async fn session(
         }
     }
     Ok(())
+}
+
+/// Compiles and applies `candidate` on tokio's blocking pool: this task
+/// runs on the main runtime, which with `--workers 1` also serves every
+/// connection, and compiling a large push must not stall them.
+async fn apply_off_thread(
+    store: &Arc<ConfigStore>,
+    candidate: &sane_xds_proto::MeshResources,
+    origin: &str,
+) -> Result<u64, crate::StartError> {
+    let (store, candidate, origin) = (store.clone(), candidate.clone(), origin.to_string());
+    tokio::task::spawn_blocking(move || store.apply_dynamic(candidate, &origin))
+        .await
+        .unwrap_or_else(|e| Err(crate::StartError::ReloadAborted(e.to_string())))
 }
 
 fn envoy_node(node: &Node, cp: &ControlPlane, inbound: &[SocketAddr]) -> EnvoyNode {
