@@ -6,7 +6,9 @@
 //! its path; 401 missing or wrong token; 404 unknown resource or route; 409
 //! a file-owned resource or a heartbeat without lease; 413 a body over the
 //! limit; 422 a write that fails validation (including references to unknown
-//! services). A failed write stores nothing. The routes are listed, with
+//! services); 500 `internal error` for anything unexpected, including a
+//! panicking handler (the detail goes to the log only). A failed write
+//! stores nothing. The routes are listed, with
 //! their schemas, in [`openapi`] (`GET /api/v1/openapi.json`).
 
 pub mod auth;
@@ -89,6 +91,20 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .with_state(state)
+        // Outermost: a panicking handler gets a plain 500, never its text.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+}
+
+/// The answer to a request whose handler panicked: logged here, and the
+/// client is told nothing about it (the text may hold internals).
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(not a string)");
+    tracing::error!(panic = %text, "api handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
 
 /// Writes need the token; reads do not.
