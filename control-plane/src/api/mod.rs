@@ -92,7 +92,9 @@ pub fn router(state: ApiState) -> Router {
         })
         .with_state(state)
         // Outermost: a panicking handler gets a plain 500, never its text.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
 }
 
 /// The answer to a request whose handler panicked: logged here, and the

@@ -224,9 +224,9 @@ fn parse_ttl(t: &str) -> Result<Duration, ApiError> {
     let max = humantime::format_duration(MAX_LEASE_TTL);
     match parsed {
         Ok(d) if d.is_zero() => Err(ttl_error("must be above 0".into())),
-        Ok(d) if d > MAX_LEASE_TTL => Err(ttl_error(format!(
-            "{t:?} is above the maximum of {max}"
-        ))),
+        Ok(d) if d > MAX_LEASE_TTL => {
+            Err(ttl_error(format!("{t:?} is above the maximum of {max}")))
+        }
         Ok(d) => Ok(d),
         // humantime refuses values beyond u64 seconds ("number is too large").
         Err(e) => Err(ttl_error(format!(

@@ -104,11 +104,7 @@ pub(super) fn references(resource: &Resource) -> Vec<String> {
             for rule in &r.rules {
                 let mirror = rule.mirror.as_ref().map(|m| m.service.as_str());
                 let targets = rule.destinations.iter().map(|d| d.service.as_str());
-                out.extend(
-                    targets
-                        .chain(mirror)
-                        .filter_map(|s| named(s, &r.namespace)),
-                );
+                out.extend(targets.chain(mirror).filter_map(|s| named(s, &r.namespace)));
             }
             out.sort();
             out.dedup();

@@ -25,11 +25,7 @@ pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 impl Registry {
     /// The earliest lease deadline.
     pub fn next_lease_deadline(&self) -> Option<Instant> {
-        self.lock()
-            .leases
-            .by_deadline
-            .first()
-            .map(|(d, _)| *d)
+        self.lock().leases.by_deadline.first().map(|(d, _)| *d)
     }
 
     /// Removes every endpoint whose lease ended at or before `now`, in one

@@ -146,7 +146,11 @@ impl Registry {
             source,
         })?;
         if replayed > 0 {
-            tracing::info!(records = replayed, revision = state.revision, "replayed the state log");
+            tracing::info!(
+                records = replayed,
+                revision = state.revision,
+                "replayed the state log"
+            );
         }
         store.start(&recovered, || state.to_stored())?;
         Ok(Registry::with_state(Some(store), state))
@@ -322,8 +326,7 @@ impl Registry {
         let ttl = entry.ttl.ok_or_else(|| Error::NoLease {
             key: key.to_string(),
         })?;
-        w.leases
-            .set(key, Some(lease_deadline(Instant::now(), ttl)));
+        w.leases.set(key, Some(lease_deadline(Instant::now(), ttl)));
         Ok(ttl)
     }
 
@@ -361,8 +364,7 @@ impl Leases {
 /// When a lease of `ttl` taken at `now` ends. TTLs are bounded by
 /// [`MAX_LEASE_TTL`]; the saturation only keeps a bug from panicking.
 fn lease_deadline(now: Instant, ttl: Duration) -> Instant {
-    now.checked_add(ttl)
-        .unwrap_or_else(|| now + MAX_LEASE_TTL)
+    now.checked_add(ttl).unwrap_or_else(|| now + MAX_LEASE_TTL)
 }
 
 fn apply_op(
@@ -450,8 +452,8 @@ fn check_owner(prev: Option<&Entry>, origin: &Origin, kind: Kind, key: &str) -> 
 mod tests {
     use super::*;
     use crate::store::Store;
-    use std::collections::BTreeMap;
     use sane_xds_proto::{Route, RouteRule, Service, ServicePort, WeightedDestination};
+    use std::collections::BTreeMap;
 
     pub(crate) fn service(name: &str) -> Resource {
         Resource::Service(Service {
@@ -718,7 +720,8 @@ mod tests {
         let err = reg.apply(put(vec![twin])).unwrap_err().to_string();
         assert!(err.contains("declared twice"), "{err}");
         // A route whose second destination is removed: the route is named.
-        reg.apply(put(vec![service("one"), service("two")])).unwrap();
+        reg.apply(put(vec![service("one"), service("two")]))
+            .unwrap();
         let mut r = route("r", "one", 1);
         if let Resource::Route(route) = &mut r {
             route.rules[0].destinations[1].service = "two".into();

@@ -181,7 +181,10 @@ impl State {
     /// with a touched service, and the referrers of a removed service. The
     /// registry before the write was valid, so this finds exactly the errors
     /// [`State::validate`] would, at the cost of the change.
-    pub(super) fn validate_change(&self, touched: &BTreeSet<(Kind, String)>) -> Result<(), Rejected> {
+    pub(super) fn validate_change(
+        &self,
+        touched: &BTreeSet<(Kind, String)>,
+    ) -> Result<(), Rejected> {
         let mut include: BTreeSet<(Kind, String)> = BTreeSet::new();
         for (kind, key) in touched {
             let entry = self.get(*kind, key);
@@ -350,9 +353,7 @@ fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry, Error> {
         StoredResource::Endpoint(s) => (s.origin, s.ttl_ms, Resource::Endpoint(s.resource)),
         StoredResource::Route(s) => (s.origin, s.ttl_ms, Resource::Route(s.resource)),
         StoredResource::Policy(s) => (s.origin, s.ttl_ms, Resource::Policy(s.resource)),
-        StoredResource::AuthorizationPolicy(s) => {
-            (s.origin, s.ttl_ms, Resource::Authz(s.resource))
-        }
+        StoredResource::AuthorizationPolicy(s) => (s.origin, s.ttl_ms, Resource::Authz(s.resource)),
         StoredResource::Telemetry(s) => (s.origin, s.ttl_ms, Resource::Telemetry(s.resource)),
     };
     let origin = Origin::parse(&origin).ok_or_else(|| Error::StateInvalid {

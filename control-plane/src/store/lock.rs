@@ -76,7 +76,9 @@ mod tests {
         let first = DirLock::acquire(dir.path()).unwrap();
         let pid = std::process::id().to_string();
         assert_eq!(
-            std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap().trim(),
+            std::fs::read_to_string(dir.path().join(LOCK_FILE))
+                .unwrap()
+                .trim(),
             pid
         );
         // flock conflicts between open files, even in one process.

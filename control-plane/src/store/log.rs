@@ -98,7 +98,10 @@ impl Log {
 
     /// The generation of a log file name (`wal-<n>.log`).
     pub(super) fn generation_of(name: &str) -> Option<u64> {
-        name.strip_prefix("wal-")?.strip_suffix(".log")?.parse().ok()
+        name.strip_prefix("wal-")?
+            .strip_suffix(".log")?
+            .parse()
+            .ok()
     }
 
     /// Starts writing a new, empty file of `generation`.
@@ -228,13 +231,15 @@ impl Log {
 }
 
 fn failed_error(c: &Commit) -> Option<Error> {
-    c.failed.as_ref().map(|(path, kind, text)| Error::StateWrite {
-        path: path.clone(),
-        source: io::Error::new(
-            *kind,
-            format!("an earlier fsync failed ({text}); restart the control plane"),
-        ),
-    })
+    c.failed
+        .as_ref()
+        .map(|(path, kind, text)| Error::StateWrite {
+            path: path.clone(),
+            source: io::Error::new(
+                *kind,
+                format!("an earlier fsync failed ({text}); restart the control plane"),
+            ),
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -408,7 +413,10 @@ mod tests {
         let path = Log::path_of(dir.path(), 7);
         std::fs::write(&path, format!("{HEADER_PREFIX} 9\n")).unwrap();
         let err = read(&path).unwrap_err().to_string();
-        assert!(err.contains("wal-7.log") && err.contains("version 9"), "{err}");
+        assert!(
+            err.contains("wal-7.log") && err.contains("version 9"),
+            "{err}"
+        );
     }
 
     #[test]

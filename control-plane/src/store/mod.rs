@@ -271,7 +271,9 @@ impl Store {
     /// Compacts once the log holds `bytes` (and as many as the snapshot);
     /// default [`DEFAULT_COMPACT_MIN_BYTES`].
     pub fn set_compact_min_bytes(&self, bytes: u64) {
-        self.shared.compact_min_bytes.store(bytes, Ordering::Relaxed);
+        self.shared
+            .compact_min_bytes
+            .store(bytes, Ordering::Relaxed);
     }
 
     /// Reads the snapshot file; `None` if there is none yet. A file of
@@ -314,10 +316,7 @@ impl Store {
                     return Err(Error::StateCorrupt {
                         path: path.clone(),
                         offset: 0,
-                        reason: format!(
-                            "revision {} follows revision {revision}",
-                            record.revision
-                        ),
+                        reason: format!("revision {} follows revision {revision}", record.revision),
                     });
                 }
                 revision = record.revision;
