@@ -101,7 +101,12 @@ async fn ttl_overflows_are_refused_naming_the_field() {
     let body = serde_json::to_vec(&endpoint).unwrap();
     // 2^61 s used to wrap to a lease of 0 ms in the state file; u64::MAX s
     // used to panic, and the panic text was the answer.
-    for ttl in ["2305843009213693952", "18446744073709551615", "25h", "1000000000000000000000s"] {
+    for ttl in [
+        "2305843009213693952",
+        "18446744073709551615",
+        "25h",
+        "1000000000000000000000s",
+    ] {
         let path = format!("/api/v1/endpoints/default/echo/10.0.0.1:8080?ttl={ttl}");
         let (status, reply) = cp
             .client
@@ -123,7 +128,12 @@ async fn ttl_overflows_are_refused_naming_the_field() {
         .send(Method::PUT, path, Some(body), Some(&cp.token))
         .await
         .unwrap();
-    assert_eq!(status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&reply));
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     cp.stop().await;
 }
 

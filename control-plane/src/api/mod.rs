@@ -71,7 +71,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             require_token,
         ));
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -90,11 +90,15 @@ pub fn router(state: ApiState) -> Router {
                 format!("{method} is not allowed on {}", uri.path()),
             )
         })
-        .with_state(state)
-        // Outermost: a panicking handler gets a plain 500, never its text.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
+        .with_state(state);
+    catch_panics(router)
+}
+
+/// Outermost layer: a panicking handler gets a plain 500, never its text.
+fn catch_panics(router: Router) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
 }
 
 /// The answer to a request whose handler panicked: logged here, and the
@@ -204,5 +208,36 @@ impl IntoResponse for ApiError {
             body["fields"] = serde_json::json!(self.fields);
         }
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_plain_500_without_the_panic_text() {
+        let router = Router::new().route(
+            "/boom",
+            get(|| async {
+                let huge = u64::MAX;
+                if huge > 0 {
+                    panic!("secret detail {huge}");
+                }
+                "unreachable"
+            }),
+        );
+        let resp = catch_panics(router)
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(text, r#"{"error":"internal error"}"#);
     }
 }

@@ -150,6 +150,8 @@ pub enum StoredResource {
 }
 
 /// One change of a logged write.
+// Ops live for one write; boxing the resource would only add allocations.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LogOp {
@@ -474,7 +476,7 @@ impl Shared {
             source,
         };
         let probe: FormatProbe = serde_json::from_slice(&bytes).map_err(parse_err)?;
-        if probe.format != serde_json::Value::from(FORMAT_VERSION) {
+        if probe.format != FORMAT_VERSION {
             return Err(Error::StateFormat {
                 path: path.clone(),
                 found: probe.format.to_string(),
