@@ -120,7 +120,13 @@ impl Log {
     pub(super) fn append(&self, record: &LogRecord) -> Result<Ticket, Error> {
         let mut w = lock(&self.writer);
         self.check_failed()?;
-        let frame = encode(record);
+        let frame = encode(record).ok_or_else(|| Error::StateWrite {
+            path: w.path.clone(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a single write is over 4 GiB, the largest log record",
+            ),
+        })?;
         let Some(file) = w.file.clone() else {
             return Err(Error::StateWrite {
                 path: self.dir.clone(),
@@ -267,15 +273,16 @@ fn create(dir: &Path, generation: u64) -> Result<(File, PathBuf, u64), Error> {
     Ok((file, path, header.len() as u64))
 }
 
-/// One record, framed.
-fn encode(record: &LogRecord) -> Vec<u8> {
+/// One record, framed; `None` if it is too long for its length field.
+fn encode(record: &LogRecord) -> Option<Vec<u8>> {
     // Serializing plain data into a Vec cannot fail.
     let payload = serde_json::to_vec(record).unwrap_or_default();
+    let len = u32::try_from(payload.len()).ok()?;
     let mut frame = Vec::with_capacity(FRAME_HEAD + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(&checksum(&payload));
     frame.extend_from_slice(&payload);
-    frame
+    Some(frame)
 }
 
 fn checksum(payload: &[u8]) -> [u8; 8] {
@@ -384,7 +391,7 @@ mod tests {
 
         // Every cut inside the last record (a crash mid-append) loses that
         // record only; the acknowledged ones before it all come back.
-        let last_start = whole.len() - encode(&record(3)).len();
+        let last_start = whole.len() - encode(&record(3)).unwrap().len();
         for cut in last_start + 1..whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
             let r = read(&path).unwrap();
