@@ -132,13 +132,14 @@ impl Registry {
     /// A registry persisted in `store`, recovered from its snapshot and log
     /// (then compacted into a new snapshot).
     pub fn open(store: Store) -> Result<Registry, Error> {
-        let recovered = store.recover()?;
-        let mut state = match recovered.snapshot.clone() {
+        let mut recovered = store.recover()?;
+        let mut state = match recovered.snapshot.take() {
             Some(stored) => State::from_stored_unchecked(stored, store.path())?,
             None => State::empty(),
         };
-        let replayed = recovered.records.len();
-        for record in recovered.records.iter().cloned() {
+        let records = std::mem::take(&mut recovered.records);
+        let replayed = records.len();
+        for record in records {
             state.replay(record, store.dir())?;
         }
         state.validate().map_err(|source| Error::StateInvalid {
