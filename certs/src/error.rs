@@ -201,6 +201,34 @@ pub enum Error {
         missing: &'static str,
     },
 
+    /// A CA file (certificate chain, key or retiring root) cannot be
+    /// loaded: `source` says why.
+    #[error("CA file {}: {source}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its contents.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A CA certificate chain and key, each readable, do not make a CA
+    /// (key mismatch, broken chain, expired, wrong trust domain, ...).
+    #[error(
+        "CA files {} (certificate chain) and {} (key): {source}",
+        cert.display(),
+        key.display()
+    )]
+    CaFiles {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A file system operation failed.
     #[error("cannot {op} {}", path.display())]
     Io {
@@ -396,6 +424,14 @@ fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
 // === impl Error ===
 
 impl Error {
+    /// This error, about the contents of the file at `path`.
+    pub fn in_file(self, path: &std::path::Path) -> Error {
+        Error::CaFile {
+            path: path.to_path_buf(),
+            source: Box::new(self),
+        }
+    }
+
     /// Wraps this error so a rustls verifier can return it; the handshake then
     /// fails with a `certificate_unknown` alert and this error as its cause.
     pub(crate) fn into_rustls(self) -> rustls::Error {

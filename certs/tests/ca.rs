@@ -214,7 +214,39 @@ fn load_or_generate_persists_with_a_private_key_file() {
     let other_td = "other.test".parse().unwrap();
     let err =
         CertificateAuthority::load_or_generate(&dir, &other_td, CaOptions::default()).unwrap_err();
-    assert!(matches!(err, Error::CaTrustDomainMismatch { .. }), "{err}");
+    assert!(
+        matches!(&err, Error::CaFiles { source, .. } if matches!(**source, Error::CaTrustDomainMismatch { .. })),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(CA_CERT_FILE) && text.contains(CA_KEY_FILE),
+        "{text}"
+    );
+
+    // A damaged file is named.
+    let key_pem = std::fs::read(dir.join(CA_KEY_FILE)).unwrap();
+    std::fs::write(
+        dir.join(CA_KEY_FILE),
+        b"-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let err =
+        CertificateAuthority::load_or_generate(&dir, &td(), CaOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&dir.join(CA_KEY_FILE).display().to_string()),
+        "{err}"
+    );
+    std::fs::write(dir.join(CA_KEY_FILE), &key_pem).unwrap();
+    std::fs::write(dir.join(CA_CERT_FILE), b"no certificate here").unwrap();
+    let err =
+        CertificateAuthority::load_or_generate(&dir, &td(), CaOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&dir.join(CA_CERT_FILE).display().to_string()),
+        "{err}"
+    );
 
     std::fs::remove_file(dir.join(CA_CERT_FILE)).unwrap();
     let err =

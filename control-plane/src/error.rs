@@ -40,10 +40,52 @@ pub enum Error {
         /// Every invalid field.
         source: Rejected,
     },
+    /// The data directory is in use by another control plane.
+    #[error(
+        "data directory {} is locked by another control plane (pid {holder}, lock file {}); \
+         stop it first, or give this one another --data-dir",
+        dir.display(),
+        path.display()
+    )]
+    StateLocked {
+        /// The data directory.
+        dir: PathBuf,
+        /// Its lock file.
+        path: PathBuf,
+        /// The pid written in the lock file by its holder.
+        holder: String,
+    },
+    /// A state file was written in a format this build does not know; it is
+    /// neither loaded nor overwritten.
+    #[error(
+        "state file {path}: format version {found} is not supported (this build reads \
+         version {supported}); refusing to load or overwrite it"
+    )]
+    StateFormat {
+        /// The file.
+        path: PathBuf,
+        /// The version found in it.
+        found: String,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A write-ahead log record is damaged somewhere other than at the very
+    /// end of the log (where a crash can cut a record short), or the log
+    /// skips a revision.
+    #[error("state log {path}: damaged at byte {offset}: {reason}")]
+    StateCorrupt {
+        /// The log file.
+        path: PathBuf,
+        /// Where the damaged record starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
     /// Writing the durable state failed; the write was not applied.
     #[error("writing state file {path}: {source}")]
     StateWrite {
-        /// The file being written (the temporary file or the state file).
+        /// The file being written (the log, a snapshot or its temporary
+        /// file, or the lock).
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,

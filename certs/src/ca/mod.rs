@@ -250,6 +250,33 @@ impl CertificateAuthority {
         Self::assemble(trust_domain, chain, key, options)
     }
 
+    /// [`CertificateAuthority::from_pem`] from the files at `cert_chain` and
+    /// `key`: every error names the file (or both files) at fault.
+    pub fn from_pem_files(
+        trust_domain: &TrustDomain,
+        cert_chain: &std::path::Path,
+        key: &std::path::Path,
+        options: CaOptions,
+    ) -> Result<Self, Error> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|source| Error::Io {
+                op: "read",
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        let chain_pem = read(cert_chain)?;
+        let key_pem = read(key)?;
+        let chain = x509::certs_from_pem(chain_pem.as_bytes(), "CA certificate chain")
+            .map_err(|e| e.in_file(cert_chain))?;
+        let key_pair = load_key(&key_pem).map_err(|e| e.in_file(key))?;
+        Self::assemble(trust_domain, chain, key_pair, options).map_err(|e| Error::CaFiles {
+            cert: cert_chain.to_path_buf(),
+            key: key.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
     /// Checks a chain and key, then builds the CA; shared by every constructor.
     fn assemble(
         trust_domain: &TrustDomain,

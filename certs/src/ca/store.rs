@@ -5,6 +5,9 @@
 //! files are written to a temporary file in the same directory and renamed
 //! into place, so a crash never leaves a truncated key or certificate.
 //!
+//! Every error loading the files names the file at fault (or both, when
+//! they do not belong together).
+//!
 //! One control plane owns a CA directory: two starting together on an empty
 //! directory could each generate a CA and interleave their files. The
 //! mismatch is then refused at the next load (the key no longer matches the
@@ -46,11 +49,7 @@ impl CertificateAuthority {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         match (exists(&cert_path)?, exists(&key_path)?) {
-            (true, true) => {
-                let cert_pem = read(&cert_path)?;
-                let key_pem = read(&key_path)?;
-                Self::from_pem(trust_domain, &cert_pem, &key_pem, options)
-            }
+            (true, true) => Self::from_pem_files(trust_domain, &cert_path, &key_path, options),
             (false, false) => {
                 let ca = Self::generate(trust_domain, options)?;
                 DirBuilder::new()
@@ -83,10 +82,6 @@ fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
 
 fn exists(path: &Path) -> Result<bool, Error> {
     path.try_exists().map_err(io_error("stat", path))
-}
-
-fn read(path: &Path) -> Result<String, Error> {
-    fs::read_to_string(path).map_err(io_error("read", path))
 }
 
 /// Writes `contents` to `path` through a temporary file created with `mode`

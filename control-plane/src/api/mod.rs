@@ -6,7 +6,9 @@
 //! its path; 401 missing or wrong token; 404 unknown resource or route; 409
 //! a file-owned resource or a heartbeat without lease; 413 a body over the
 //! limit; 422 a write that fails validation (including references to unknown
-//! services). A failed write stores nothing. The routes are listed, with
+//! services); 500 `internal error` for anything unexpected, including a
+//! panicking handler (the detail goes to the log only). A failed write
+//! stores nothing. The routes are listed, with
 //! their schemas, in [`openapi`] (`GET /api/v1/openapi.json`).
 
 pub mod auth;
@@ -71,7 +73,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             require_token,
         ));
-    Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -91,7 +93,27 @@ pub fn router(state: ApiState) -> Router {
                 format!("{method} is not allowed on {}", uri.path()),
             )
         })
-        .with_state(state)
+        .with_state(state);
+    catch_panics(router)
+}
+
+/// Outermost layer: a panicking handler gets a plain 500, never its text.
+fn catch_panics(router: Router) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        panic_response,
+    ))
+}
+
+/// The answer to a request whose handler panicked: logged here, and the
+/// client is told nothing about it (the text may hold internals).
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(not a string)");
+    tracing::error!(panic = %text, "api handler panicked");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
 
 /// Writes need the token; reads do not.
@@ -189,5 +211,36 @@ impl IntoResponse for ApiError {
             body["fields"] = serde_json::json!(self.fields);
         }
         (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_plain_500_without_the_panic_text() {
+        let router = Router::new().route(
+            "/boom",
+            get(|| async {
+                let huge = u64::MAX;
+                if huge > 0 {
+                    panic!("secret detail {huge}");
+                }
+                "unreachable"
+            }),
+        );
+        let resp = catch_panics(router)
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(text, r#"{"error":"internal error"}"#);
     }
 }

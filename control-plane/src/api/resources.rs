@@ -5,7 +5,8 @@
 //! for endpoints `{namespace}/{service}/{address:port}`.
 
 use super::{read_body, ApiError, ApiState};
-use crate::registry::{Applied, Change, Op, Origin};
+use crate::error::RejectedField;
+use crate::registry::{Applied, Change, Op, Origin, MAX_LEASE_TTL};
 use crate::resource::{Kind, Resource};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -88,7 +89,7 @@ async fn put(
     let ttl = match q.get("ttl") {
         None => None,
         Some(_) if kind != Kind::Endpoint => {
-            return Err(ApiError::bad_request("ttl applies to endpoints only"));
+            return Err(ApiError::bad_request("ttl: applies to endpoints only"));
         }
         Some(t) => Some(parse_ttl(t)?),
     };
@@ -156,10 +157,14 @@ async fn write(state: &ApiState, change: Change) -> Result<Applied, ApiError> {
     let joined = tokio::task::spawn_blocking(move || registry.apply(change)).await;
     match joined {
         Ok(result) => Ok(result?),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("write task failed: {e}"),
-        )),
+        // The panic's text stays in the log: it is no business of the client.
+        Err(error) => {
+            tracing::error!(%error, "registry write task failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error",
+            ))
+        }
     }
 }
 
@@ -209,17 +214,37 @@ fn fill_from_path(resource: &mut Resource, segments: &[String]) -> Result<(), Ap
     Ok(())
 }
 
+/// Parses `?ttl=`: whole seconds or a humantime duration, above zero and
+/// at most [`MAX_LEASE_TTL`]. Every refusal is a 400 naming the `ttl` field.
 fn parse_ttl(t: &str) -> Result<Duration, ApiError> {
     let parsed = match t.parse::<u64>() {
         Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(t),
     };
+    let max = humantime::format_duration(MAX_LEASE_TTL);
     match parsed {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(ApiError::bad_request("ttl must be above 0")),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "invalid ttl {t:?}: {e} (e.g. 30s)"
+        Ok(d) if d.is_zero() => Err(ttl_error("must be above 0".into())),
+        Ok(d) if d > MAX_LEASE_TTL => {
+            Err(ttl_error(format!("{t:?} is above the maximum of {max}")))
+        }
+        Ok(d) => Ok(d),
+        // humantime refuses values beyond u64 seconds ("number is too large").
+        Err(e) => Err(ttl_error(format!(
+            "invalid value {t:?}: {e} (e.g. 30s; at most {max})"
         ))),
+    }
+}
+
+fn ttl_error(message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!("ttl: {message}"),
+        fields: vec![RejectedField {
+            kind: Some(Kind::Endpoint),
+            key: None,
+            path: "ttl".into(),
+            message,
+        }],
     }
 }
 

@@ -68,16 +68,17 @@ pub fn load(config: &crate::Config) -> Result<Loaded, CaError> {
         })
     };
     let authority = match (&config.ca_files, &config.data_dir) {
-        (Some((chain, key)), _) => {
-            CertificateAuthority::from_pem(&td, &read(chain)?, &read(key)?, options)?
-        }
+        (Some((chain, key)), _) => CertificateAuthority::from_pem_files(&td, chain, key, options)?,
         (None, Some(dir)) => {
             CertificateAuthority::load_or_generate(&dir.join(CA_DIR), &td, options)?
         }
         (None, None) => CertificateAuthority::generate(&td, options)?,
     };
     let retiring = match &config.retiring_root {
-        Some((pem, until)) => Some((TrustBundle::from_pem(&read(pem)?)?, *until)),
+        Some((pem, until)) => Some((
+            TrustBundle::from_pem(&read(pem)?).map_err(|e| e.in_file(pem))?,
+            *until,
+        )),
         None => None,
     };
     tracing::info!(

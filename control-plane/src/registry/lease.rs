@@ -13,48 +13,59 @@ use tokio_util::sync::CancellationToken;
 /// How long the sweeper waits before retrying after a failed write.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// The longest lease an endpoint may be registered with: 24 hours. A lease
+/// is a liveness promise renewed by heartbeats (typically every few seconds);
+/// anything longer is a permanent registration, which is what a put without
+/// `ttl` is for. Bounding it also keeps deadline arithmetic far from any
+/// overflow.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
 // === impl Registry ===
 
 impl Registry {
     /// The earliest lease deadline.
     pub fn next_lease_deadline(&self) -> Option<Instant> {
-        self.lock().deadlines.values().min().copied()
+        self.lock().leases.by_deadline.first().map(|(d, _)| *d)
     }
 
     /// Removes every endpoint whose lease ended at or before `now`, in one
     /// write. Returns the removed keys.
     pub fn expire_leases(&self, now: Instant) -> Result<Vec<String>, Error> {
-        let mut leases = self.lock();
-        let due: Vec<String> = leases
-            .deadlines
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let state = self.snapshot();
-        let mut changes = Vec::new();
-        let mut removed = Vec::new();
-        for key in due {
-            match state.get(Kind::Endpoint, &key) {
-                // Delete as the owner, so ownership never blocks a lease.
-                Some(entry) => {
-                    changes.push(Change {
-                        origin: entry.origin.clone(),
-                        ops: vec![Op::Delete {
-                            kind: Kind::Endpoint,
-                            key: key.clone(),
-                        }],
-                    });
-                    removed.push(key);
-                }
-                None => {
-                    leases.deadlines.remove(&key);
+        let (removed, ticket) = {
+            let mut w = self.lock();
+            let due: Vec<String> = w
+                .leases
+                .by_deadline
+                .iter()
+                .take_while(|(d, _)| *d <= now)
+                .map(|(_, k)| k.clone())
+                .collect();
+            let state = w.head.clone();
+            let mut changes = Vec::new();
+            let mut removed = Vec::new();
+            for key in due {
+                match state.get(Kind::Endpoint, &key) {
+                    // Delete as the owner, so ownership never blocks a lease.
+                    Some(entry) => {
+                        changes.push(Change {
+                            origin: entry.origin.clone(),
+                            ops: vec![Op::Delete {
+                                kind: Kind::Endpoint,
+                                key: key.clone(),
+                            }],
+                        });
+                        removed.push(key);
+                    }
+                    None => w.leases.set(&key, None),
                 }
             }
-        }
-        if !changes.is_empty() {
-            self.apply_locked(&mut leases, changes)?;
-        }
+            if changes.is_empty() {
+                return Ok(removed);
+            }
+            let (_, ticket) = self.apply_locked(&mut w, changes)?;
+            (removed, ticket)
+        };
+        self.commit(ticket)?;
         Ok(removed)
     }
 

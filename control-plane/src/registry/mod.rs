@@ -2,26 +2,34 @@
 //! monotonically increasing revision.
 //!
 //! Writes are transactions ([`Change`]s of [`Op`]s). A transaction is applied
-//! to a copy of the current [`State`], the whole result is validated with
-//! `MeshResources::validate_registry` (so a route or authorization policy
-//! naming an unknown service, or deleting a
-//! service a route still uses, is rejected), written to the [`Store`], and only
-//! then published. Any failure leaves the registry exactly as it was.
+//! to a copy of the latest [`State`] (cheap: the maps are persistent), what
+//! it touched is validated with `MeshResources::validate` together with
+//! everything it can affect (so a route or authorization policy naming an unknown service, or
+//! deleting a service a route or policy still uses, is rejected: see [`State`]'s `validate_change`),
+//! logged to the [`Store`], and only once the log is on disk published.
+//! Any failure leaves the registry exactly as it was.
+//!
+//! Concurrent writers are serialized while they apply and append, then wait
+//! for the fsync together (group commit), and the states they made are
+//! published in revision order. A write whose result is already the current
+//! value returns only once the write that made it is durable.
 //!
 //! Readers get an `Arc<State>` from [`Registry::snapshot`] or follow changes
-//! with [`Registry::subscribe`]. Endpoint leases (TTL renewed by heartbeat)
-//! are swept by [`Registry::run_lease_sweeper`] on tokio time, so tests can
-//! pause and advance the clock.
+//! with [`Registry::subscribe`]. Endpoint leases (TTL renewed by heartbeat,
+//! at most [`MAX_LEASE_TTL`]) are swept by [`Registry::run_lease_sweeper`] on
+//! tokio time, so tests can pause and advance the clock.
 
+mod index;
 mod lease;
 mod state;
 
+pub use lease::MAX_LEASE_TTL;
 pub use state::{Entry, Origin, State};
 
 use crate::error::{Error, Rejected};
 use crate::resource::{Kind, Resource};
-use crate::store::Store;
-use std::collections::BTreeMap;
+use crate::store::{Store, Ticket};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -30,19 +38,34 @@ use tokio::time::Instant;
 /// The registry shared by the API, the file source and the xDS server.
 #[derive(Debug)]
 pub struct Registry {
-    /// Serializes writers and holds lease deadlines.
-    inner: Mutex<Leases>,
+    /// Serializes writers; holds the latest state and lease deadlines.
+    inner: Mutex<Writer>,
     store: Option<Store>,
+    /// The published state: durable.
     current: watch::Sender<Arc<State>>,
     /// Wakes the lease sweeper when a deadline was added or moved.
     lease_changed: Notify,
+}
+
+/// What writers share, under [`Registry::inner`].
+#[derive(Debug)]
+struct Writer {
+    leases: Leases,
+    /// The latest state, including writes still waiting for their fsync.
+    head: Arc<State>,
+    /// States logged but not yet durable, with their log tickets, oldest
+    /// first.
+    unsynced: VecDeque<(Ticket, Arc<State>)>,
 }
 
 /// Lease deadlines by endpoint key. Not persisted: after a restart every
 /// lease starts over with its full TTL.
 #[derive(Debug, Default)]
 struct Leases {
-    deadlines: BTreeMap<String, Instant>,
+    deadlines: HashMap<String, Instant>,
+    /// The same, ordered by deadline: the sweeper's next wake-up and the due
+    /// leases are found without a scan.
+    by_deadline: BTreeSet<(Instant, String)>,
 }
 
 /// One operation of a write.
@@ -106,25 +129,51 @@ impl Registry {
         Registry::with_state(None, State::empty())
     }
 
-    /// A registry persisted in `store`, reloaded from it if it holds state.
+    /// A registry persisted in `store`, recovered from its snapshot and log
+    /// (then compacted into a new snapshot).
     pub fn open(store: Store) -> Result<Registry, Error> {
-        let state = match store.load()? {
-            Some(stored) => State::from_stored(stored, store.path())?,
+        let mut recovered = store.recover()?;
+        let mut state = match recovered.snapshot.take() {
+            Some(stored) => State::from_stored_unchecked(stored, store.path())?,
             None => State::empty(),
         };
+        let records = std::mem::take(&mut recovered.records);
+        let replayed = records.len();
+        for record in records {
+            state.replay(record, store.dir())?;
+        }
+        state.validate().map_err(|source| Error::StateInvalid {
+            path: store.dir().to_path_buf(),
+            source,
+        })?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                revision = state.revision,
+                "replayed the state log"
+            );
+        }
+        store.start(&recovered, || state.to_stored())?;
         Ok(Registry::with_state(Some(store), state))
     }
 
     fn with_state(store: Option<Store>, state: State) -> Registry {
         let now = Instant::now();
-        let deadlines = state
-            .list(Kind::Endpoint)
-            .filter_map(|(key, e)| e.ttl.map(|ttl| (key.to_string(), now + ttl)))
-            .collect();
+        let mut leases = Leases::default();
+        for (key, e) in state.list(Kind::Endpoint) {
+            if let Some(ttl) = e.ttl {
+                leases.set(key, Some(lease_deadline(now, ttl)));
+            }
+        }
+        let state = Arc::new(state);
         Registry {
-            inner: Mutex::new(Leases { deadlines }),
+            inner: Mutex::new(Writer {
+                leases,
+                head: state.clone(),
+                unsynced: VecDeque::new(),
+            }),
             store,
-            current: watch::Sender::new(Arc::new(state)),
+            current: watch::Sender::new(state),
             lease_changed: Notify::new(),
         }
     }
@@ -145,59 +194,129 @@ impl Registry {
         self.current.subscribe()
     }
 
+    /// The store, if the registry is persisted.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
     /// Applies one change; see [`Registry::apply_all`].
     pub fn apply(&self, change: Change) -> Result<Applied, Error> {
         self.apply_all(vec![change])
     }
 
-    /// Applies several changes as one all-or-nothing write: validated as a
-    /// whole, persisted, then published as a single new revision (none if
-    /// nothing changed). This performs blocking file I/O; call it from
-    /// `spawn_blocking` in async code.
+    /// Applies several changes as one all-or-nothing write: validated,
+    /// logged, then published as a single new revision (none if nothing
+    /// changed) once the log is on disk. This performs blocking file I/O;
+    /// call it from `spawn_blocking` in async code.
     pub fn apply_all(&self, changes: Vec<Change>) -> Result<Applied, Error> {
-        let mut leases = self.lock();
-        self.apply_locked(&mut leases, changes)
+        let (applied, ticket) = {
+            let mut w = self.lock();
+            self.apply_locked(&mut w, changes)?
+        };
+        self.commit(ticket)?;
+        Ok(applied)
     }
 
-    fn apply_locked(&self, leases: &mut Leases, changes: Vec<Change>) -> Result<Applied, Error> {
+    /// Applies `changes` to the latest state and logs the result; returns
+    /// the ticket to wait for before the write counts as done.
+    fn apply_locked(
+        &self,
+        w: &mut Writer,
+        changes: Vec<Change>,
+    ) -> Result<(Applied, Option<Ticket>), Error> {
         let now = Instant::now();
-        let old = self.snapshot();
-        let mut next = (*old).clone();
+        let base = w.head.clone();
+        let mut next = (*base).clone();
         let mut outcomes = Vec::new();
+        let mut touched = BTreeSet::new();
         let mut lease_updates: Vec<(String, Option<Instant>)> = Vec::new();
         for change in changes {
             for op in change.ops {
                 let (kind, key, outcome) =
                     apply_op(&mut next, &change.origin, op, now, &mut lease_updates)?;
+                touched.insert((kind, key.clone()));
                 outcomes.push((kind, key, outcome));
             }
         }
         let changed = outcomes.iter().any(|(_, _, o)| *o != Outcome::Unchanged);
-        if changed {
-            next.validate().map_err(Error::Rejected)?;
-            next.revision = old.revision + 1;
+        let ticket = if changed {
+            next.validate_change(&touched).map_err(Error::Rejected)?;
+            next.revision = base.revision + 1;
             next.written_at = now;
-            if let Some(store) = &self.store {
-                store.save(&next.to_stored())?;
-            }
-            self.current.send_replace(Arc::new(next));
-        }
-        for (key, deadline) in lease_updates {
-            match deadline {
-                Some(d) => leases.deadlines.insert(key, d),
-                None => leases.deadlines.remove(&key),
+            let next = Arc::new(next);
+            let ticket = match &self.store {
+                Some(store) => {
+                    let ticket = store.append(&next.log_record(&base, &touched))?;
+                    w.unsynced.push_back((ticket, next.clone()));
+                    Some(ticket)
+                }
+                None => {
+                    self.current.send_replace(next.clone());
+                    None
+                }
             };
+            w.head = next;
+            ticket
+        } else {
+            // Unchanged, but perhaps only by a write not yet durable.
+            w.unsynced.back().map(|(t, _)| *t)
+        };
+        if !lease_updates.is_empty() {
+            for (key, deadline) in lease_updates {
+                w.leases.set(&key, deadline);
+            }
+            self.lease_changed.notify_one();
         }
-        self.lease_changed.notify_one();
-        Ok(Applied {
-            revision: self.revision(),
+        let applied = Applied {
+            revision: w.head.revision,
             outcomes,
-        })
+        };
+        Ok((applied, ticket))
+    }
+
+    /// Waits for the log to hold `ticket`, then publishes every durable
+    /// state in order; compacts the log when it is due.
+    fn commit(&self, ticket: Option<Ticket>) -> Result<(), Error> {
+        let (Some(store), Some(ticket)) = (&self.store, ticket) else {
+            return Ok(());
+        };
+        if let Err(e) = store.sync(ticket) {
+            // The log is failed for good (see `Store::sync`): drop the
+            // states that never became durable.
+            let mut w = self.lock();
+            w.head = self.snapshot();
+            w.unsynced.clear();
+            return Err(e);
+        }
+        let mut w = self.lock();
+        let synced = store.synced();
+        let mut newest = None;
+        while w.unsynced.front().is_some_and(|(t, _)| *t <= synced) {
+            newest = w.unsynced.pop_front();
+        }
+        if let Some((_, state)) = newest {
+            self.current.send_replace(state);
+        }
+        if store.compaction_due() {
+            // Appends wait meanwhile (one fsync and a file creation); the
+            // snapshot itself is written in the background.
+            let head = w.head.clone();
+            match store.compact(move || head.to_stored()) {
+                Ok(()) => {
+                    // The log was made durable up to the head.
+                    if let Some((_, state)) = w.unsynced.drain(..).next_back() {
+                        self.current.send_replace(state);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot compact the state log"),
+            }
+        }
+        Ok(())
     }
 
     /// Renews the lease of an endpoint; returns its length.
     pub fn heartbeat(&self, key: &str) -> Result<Duration, Error> {
-        let mut leases = self.lock();
+        let mut w = self.lock();
         let state = self.snapshot();
         let entry = state
             .get(Kind::Endpoint, key)
@@ -208,26 +327,45 @@ impl Registry {
         let ttl = entry.ttl.ok_or_else(|| Error::NoLease {
             key: key.to_string(),
         })?;
-        leases
-            .deadlines
-            .insert(key.to_string(), Instant::now() + ttl);
+        w.leases.set(key, Some(lease_deadline(Instant::now(), ttl)));
         Ok(ttl)
     }
 
     /// Time left on an endpoint's lease, if it has one.
     pub fn lease_remaining(&self, key: &str) -> Option<Duration> {
-        let leases = self.lock();
-        leases
+        let w = self.lock();
+        w.leases
             .deadlines
             .get(key)
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Leases> {
-        // A panic while holding the lock cannot leave `Leases` inconsistent
+    fn lock(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // A panic while holding the lock cannot leave `Writer` inconsistent
         // in a way that matters more than stopping the control plane would.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+// === impl Leases ===
+
+impl Leases {
+    /// Sets (or with `None` removes) the deadline of `key`.
+    fn set(&mut self, key: &str, deadline: Option<Instant>) {
+        if let Some(old) = self.deadlines.remove(key) {
+            self.by_deadline.remove(&(old, key.to_string()));
+        }
+        if let Some(d) = deadline {
+            self.deadlines.insert(key.to_string(), d);
+            self.by_deadline.insert((d, key.to_string()));
+        }
+    }
+}
+
+/// When a lease of `ttl` taken at `now` ends. TTLs are bounded by
+/// [`MAX_LEASE_TTL`]; the saturation only keeps a bug from panicking.
+fn lease_deadline(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl).unwrap_or_else(|| now + MAX_LEASE_TTL)
 }
 
 fn apply_op(
@@ -249,6 +387,16 @@ fn apply_op(
             if ttl == Some(Duration::ZERO) {
                 return Err(Error::Rejected(Rejected::single("ttl", "must be above 0")));
             }
+            if let Some(t) = ttl.filter(|t| *t > MAX_LEASE_TTL) {
+                return Err(Error::Rejected(Rejected::single(
+                    "ttl",
+                    format!(
+                        "{} is above the maximum of {}",
+                        humantime::format_duration(t),
+                        humantime::format_duration(MAX_LEASE_TTL)
+                    ),
+                )));
+            }
             let prev = next.get(kind, &key);
             check_owner(prev, origin, kind, &key)?;
             let entry = Entry {
@@ -262,9 +410,11 @@ fn apply_op(
                 Some(_) => Outcome::Updated,
             };
             if kind == Kind::Endpoint {
-                lease_updates.push((key.clone(), ttl.map(|t| now + t)));
+                lease_updates.push((key.clone(), ttl.map(|t| lease_deadline(now, t))));
             }
-            next.insert(entry);
+            if outcome != Outcome::Unchanged {
+                next.insert(entry);
+            }
             Ok((kind, key, outcome))
         }
         Op::Delete { kind, key } => {
@@ -304,6 +454,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use sane_xds_proto::{Route, RouteRule, Service, ServicePort, WeightedDestination};
+    use std::collections::BTreeMap;
 
     pub(crate) fn service(name: &str) -> Resource {
         Resource::Service(Service {
@@ -417,38 +568,213 @@ mod tests {
         assert!(err.to_string().contains("file:/etc/mesh/a.yaml"), "{err}");
     }
 
+    /// Every file of the data directory but the lock, with its bytes.
+    fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != crate::store::LOCK_FILE)
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    fn open(dir: &std::path::Path) -> Registry {
+        Registry::open(Store::open(dir).unwrap()).unwrap()
+    }
+
     #[tokio::test]
     async fn store_is_reloaded_and_untouched_by_failed_writes() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let reg = Registry::open(Store::open(dir.path()).unwrap()).unwrap();
+            let reg = open(dir.path());
             reg.apply(put(vec![service("echo"), route("split", "echo", 2)]))
                 .unwrap();
             reg.apply(put(vec![route("bad", "nope", 1)])).unwrap_err();
         }
-        let before = std::fs::read(dir.path().join("state.json")).unwrap();
-        let reg = Registry::open(Store::open(dir.path()).unwrap()).unwrap();
+        let reg = open(dir.path());
         assert_eq!(reg.revision(), 1);
         let snap = reg.snapshot();
         assert_eq!(snap.len(), 2);
         assert!(snap.get(Kind::Route, "default/split").is_some());
-        // A rejected write leaves the file byte-for-byte as it was.
+        // A rejected write leaves every file byte-for-byte as it was.
+        let before = files(dir.path());
         reg.apply(put(vec![route("bad", "nope", 1)])).unwrap_err();
-        assert_eq!(
-            std::fs::read(dir.path().join("state.json")).unwrap(),
-            before
-        );
+        assert_eq!(files(dir.path()), before);
     }
 
     #[tokio::test]
     async fn failed_persist_is_not_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(Store::open(dir.path()).unwrap()).unwrap();
-        // Make the temp file path a directory, so creating it fails.
-        std::fs::create_dir(dir.path().join("state.json.tmp")).unwrap();
+        let reg = open(dir.path());
+        reg.store().unwrap().break_log_for_test();
         let err = reg.apply(put(vec![service("echo")])).unwrap_err();
         assert!(matches!(err, Error::StateWrite { .. }), "{err}");
         assert_eq!(reg.revision(), 0);
         assert!(reg.snapshot().is_empty());
+        drop(reg);
+        assert!(open(dir.path()).snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_survive_a_crash_and_a_torn_last_record_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let reg = open(dir.path());
+            reg.apply(put(vec![service("a")])).unwrap();
+            reg.apply(put(vec![service("b")])).unwrap();
+            reg.apply(put(vec![service("c")])).unwrap();
+            // Dropped without any shutdown step: what is on disk is what a
+            // crash would leave.
+        }
+        let log = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .expect("a log file");
+        // A crash in the middle of appending the third write: cut it short.
+        let bytes = std::fs::read(&log).unwrap();
+        std::fs::write(&log, &bytes[..bytes.len() - 10]).unwrap();
+        let reg = open(dir.path());
+        assert_eq!(reg.revision(), 2);
+        let snap = reg.snapshot();
+        assert!(snap.get(Kind::Service, "default/a").is_some());
+        assert!(snap.get(Kind::Service, "default/b").is_some());
+        assert!(snap.get(Kind::Service, "default/c").is_none());
+        // Recovery compacted into a snapshot; writing goes on from there.
+        assert!(dir.path().join("state.json").exists());
+        assert!(!log.exists());
+        reg.apply(put(vec![service("d")])).unwrap();
+        drop(reg);
+        let reg = open(dir.path());
+        assert_eq!(reg.revision(), 3);
+        assert!(reg.snapshot().get(Kind::Service, "default/d").is_some());
+    }
+
+    #[tokio::test]
+    async fn the_log_is_compacted_into_the_snapshot_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let reg = open(dir.path());
+            let store = reg.store().unwrap();
+            store.set_compact_min_bytes(1024);
+            for i in 0..40 {
+                reg.apply(put(vec![service(&format!("s{i}"))])).unwrap();
+            }
+            store.wait_for_compaction();
+            let logs = files(dir.path())
+                .into_keys()
+                .filter(|n| n.ends_with(".log"))
+                .count();
+            assert_eq!(logs, 1, "older logs are deleted");
+            assert!(dir.path().join("state.json").exists());
+            // Deletes are logged too.
+            let del = Change {
+                origin: Origin::Api,
+                ops: vec![Op::Delete {
+                    kind: Kind::Service,
+                    key: "default/s0".into(),
+                }],
+            };
+            reg.apply(del).unwrap();
+        }
+        let reg = open(dir.path());
+        assert_eq!(reg.revision(), 41);
+        assert_eq!(reg.snapshot().len(), 39);
+        assert!(reg.snapshot().get(Kind::Service, "default/s0").is_none());
+        // No temporary file is left behind.
+        assert!(files(dir.path()).keys().all(|n| !n.ends_with(".tmp")));
+    }
+
+    #[tokio::test]
+    async fn changes_are_checked_against_what_they_affect() {
+        let reg = Registry::in_memory();
+        let mut web = service("web");
+        if let Resource::Service(s) = &mut web {
+            s.addresses = vec!["10.96.0.1".into()];
+        }
+        reg.apply(put(vec![web])).unwrap();
+        // A second service on the same virtual IP.
+        let mut api = service("api");
+        if let Resource::Service(s) = &mut api {
+            s.addresses = vec!["10.96.0.1".into()];
+        }
+        let err = reg.apply(put(vec![api])).unwrap_err().to_string();
+        // (Whole-registry validation names the later one by key, as here.)
+        assert!(
+            err.contains("services[default/web].addresses[0]: 10.96.0.1 is already"),
+            "{err}"
+        );
+        // Two services with one qualified name (`a.b` in `c`, `a` in `b.c`).
+        let mut dotted = service("a.b");
+        if let Resource::Service(s) = &mut dotted {
+            s.namespace = "c".into();
+        }
+        reg.apply(put(vec![dotted])).unwrap();
+        let mut twin = service("a");
+        if let Resource::Service(s) = &mut twin {
+            s.namespace = "b.c".into();
+        }
+        let err = reg.apply(put(vec![twin])).unwrap_err().to_string();
+        assert!(err.contains("declared twice"), "{err}");
+        // A route whose second destination is removed: the route is named.
+        reg.apply(put(vec![service("one"), service("two")]))
+            .unwrap();
+        let mut r = route("r", "one", 1);
+        if let Resource::Route(route) = &mut r {
+            route.rules[0].destinations[1].service = "two".into();
+        }
+        reg.apply(put(vec![r])).unwrap();
+        let del = |name: &str| Change {
+            origin: Origin::Api,
+            ops: vec![Op::Delete {
+                kind: Kind::Service,
+                key: format!("default/{name}"),
+            }],
+        };
+        let err = reg.apply(del("two")).unwrap_err().to_string();
+        assert!(
+            err.contains("routes[default/r].rules[0].destinations[1].service"),
+            "{err}"
+        );
+        // Removing the route and the service in one write is fine.
+        let mut both = del("two");
+        both.ops.insert(
+            0,
+            Op::Delete {
+                kind: Kind::Route,
+                key: "default/r".into(),
+            },
+        );
+        reg.apply(both).unwrap();
+        // The incremental checks agree with validating everything.
+        reg.snapshot().validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn leases_are_bounded() {
+        let reg = Registry::in_memory();
+        reg.apply(put(vec![service("echo")])).unwrap();
+        let ep = Resource::Endpoint(sane_xds_proto::Endpoint {
+            service: "echo".into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            ..Default::default()
+        });
+        for ttl in [MAX_LEASE_TTL + Duration::from_millis(1), Duration::MAX] {
+            let err = reg
+                .apply(Change {
+                    origin: Origin::Api,
+                    ops: vec![Op::Put {
+                        resource: ep.clone(),
+                        ttl: Some(ttl),
+                    }],
+                })
+                .unwrap_err();
+            assert!(err.to_string().starts_with("ttl: "), "{err}");
+        }
     }
 }

@@ -1,14 +1,23 @@
 //! One immutable revision of the registry: every resource, who owns it, and
 //! its lease length. Writers build a new `State` from the old one; readers
 //! hold an `Arc<State>` and never see a half-applied write.
+//!
+//! The entries and their [`Index`] are persistent maps (`imbl`): copying a
+//! state shares every node, and a write copies only the O(log n) nodes on
+//! the paths it changes. So the cost of a write is the size of the change,
+//! whatever the size of the registry.
 
+use super::index::{self, Index};
+use super::MAX_LEASE_TTL;
 use crate::error::{Error, Rejected, RejectedField};
 use crate::resource::{Kind, Resource};
-use crate::store::{Stored, StoredState, FORMAT_VERSION};
+use crate::store::{LogOp, LogRecord, Stored, StoredResource, StoredState, FORMAT_VERSION};
+use imbl::OrdMap;
 use sane_xds_proto::{FieldError, MeshResources};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -43,8 +52,12 @@ pub struct State {
     pub revision: u64,
     /// When this revision was written (for convergence time).
     pub written_at: Instant,
-    entries: BTreeMap<(Kind, String), Entry>,
+    /// Entries by key, one map per kind, in [`Kind::ALL`] order.
+    entries: [OrdMap<String, Arc<Entry>>; KINDS],
+    index: Index,
 }
+
+const KINDS: usize = Kind::ALL.len();
 
 // === impl Origin ===
 
@@ -88,53 +101,69 @@ impl State {
         State {
             revision: 0,
             written_at: Instant::now(),
-            entries: BTreeMap::new(),
+            entries: Default::default(),
+            index: Index::default(),
         }
+    }
+
+    fn slot(kind: Kind) -> usize {
+        // `Kind::ALL` lists the kinds in declaration order.
+        kind as usize
     }
 
     /// The entry of `kind` at `key`.
     pub fn get(&self, kind: Kind, key: &str) -> Option<&Entry> {
-        self.entries.get(&(kind, key.to_string()))
+        self.entries[State::slot(kind)].get(key).map(|e| &**e)
     }
 
     /// Every entry of `kind`, ordered by key.
     pub fn list(&self, kind: Kind) -> impl Iterator<Item = (&str, &Entry)> + '_ {
-        self.entries
-            .range((kind, String::new())..)
-            .take_while(move |((k, _), _)| *k == kind)
-            .map(|((_, key), e)| (key.as_str(), e))
+        self.entries[State::slot(kind)]
+            .iter()
+            .map(|(key, e)| (key.as_str(), &**e))
     }
 
     /// Every entry, by kind in dependency order, then by key.
     pub fn iter(&self) -> impl Iterator<Item = (Kind, &str, &Entry)> + '_ {
-        self.entries
-            .iter()
-            .map(|((k, key), e)| (*k, key.as_str(), e))
+        Kind::ALL
+            .into_iter()
+            .flat_map(move |kind| self.list(kind).map(move |(key, e)| (kind, key, e)))
     }
 
     /// Number of stored resources.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.iter().map(|m| m.len()).sum()
     }
 
     /// True when nothing is stored.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.iter().all(|m| m.is_empty())
     }
 
-    pub(super) fn insert(&mut self, entry: Entry) -> Option<Entry> {
-        let k = (entry.resource.kind(), entry.resource.key());
-        self.entries.insert(k, entry)
+    pub(super) fn insert(&mut self, entry: Entry) -> Option<Arc<Entry>> {
+        let kind = entry.resource.kind();
+        let key = entry.resource.key();
+        let entry = Arc::new(entry);
+        let old = self.entries[State::slot(kind)].insert(key.clone(), entry.clone());
+        if let Some(old) = &old {
+            self.index.remove(&key, &old.resource);
+        }
+        self.index.add(&key, &entry.resource);
+        old
     }
 
-    pub(super) fn remove(&mut self, kind: Kind, key: &str) -> Option<Entry> {
-        self.entries.remove(&(kind, key.to_string()))
+    pub(super) fn remove(&mut self, kind: Kind, key: &str) -> Option<Arc<Entry>> {
+        let old = self.entries[State::slot(kind)].remove(key);
+        if let Some(old) = &old {
+            self.index.remove(key, &old.resource);
+        }
+        old
     }
 
     /// All resources as one document (no listeners), ordered by key.
     pub fn to_mesh(&self) -> MeshResources {
         let mut mesh = MeshResources::default();
-        for e in self.entries.values() {
+        for (_, _, e) in self.iter() {
             e.resource.push_into(&mut mesh);
         }
         mesh
@@ -142,15 +171,131 @@ impl State {
 
     /// Validates the whole registry; paths name resources by key.
     pub fn validate(&self) -> Result<(), Rejected> {
-        let Err(errs) = self.to_mesh().validate_registry() else {
+        let keys: Vec<(Kind, &str)> = self.iter().map(|(k, key, _)| (k, key)).collect();
+        self.validate_keys(&keys)
+    }
+
+    /// Validates what a write touched (`touched`, by kind and key, as they
+    /// are now) together with everything it can affect: the services the
+    /// touched resources refer to, services sharing a name or a virtual IP
+    /// with a touched service, and the referrers of a removed service. The
+    /// registry before the write was valid, so this finds exactly the errors
+    /// [`State::validate`] would, at the cost of the change.
+    pub(super) fn validate_change(
+        &self,
+        touched: &BTreeSet<(Kind, String)>,
+    ) -> Result<(), Rejected> {
+        let mut include: BTreeSet<(Kind, String)> = BTreeSet::new();
+        for (kind, key) in touched {
+            let entry = self.get(*kind, key);
+            if entry.is_some() {
+                include.insert((*kind, key.clone()));
+            }
+            match kind {
+                Kind::Service => {
+                    let name = index::service_name_of_key(key);
+                    for k in self.index.services_named(&name) {
+                        include.insert((Kind::Service, k.clone()));
+                    }
+                    match entry {
+                        None => include.extend(self.index.referrers(&name).cloned()),
+                        Some(e) => {
+                            for ip in index::vips(&e.resource) {
+                                for k in self.index.vip_owners(&ip) {
+                                    include.insert((Kind::Service, k.clone()));
+                                }
+                            }
+                        }
+                    }
+                }
+                // Telemetry names are checked for duplicates across
+                // namespaces; there is about one per namespace.
+                Kind::Telemetry => include.extend(
+                    self.list(Kind::Telemetry)
+                        .map(|(k, _)| (Kind::Telemetry, k.to_string())),
+                ),
+                _ => {}
+            }
+        }
+        // The services every included resource refers to, so references
+        // that resolve do.
+        let mut context = Vec::new();
+        for (kind, key) in &include {
+            let Some(e) = self.get(*kind, key) else {
+                continue;
+            };
+            for name in index::references(&e.resource) {
+                context.extend(
+                    self.index
+                        .services_named(&name)
+                        .map(|k| (Kind::Service, k.clone())),
+                );
+            }
+        }
+        include.extend(context);
+        let keys: Vec<(Kind, &str)> = include.iter().map(|(k, key)| (*k, key.as_str())).collect();
+        self.validate_keys(&keys)
+    }
+
+    /// Validates the entries at `keys` (ordered by kind) as one document.
+    fn validate_keys(&self, keys: &[(Kind, &str)]) -> Result<(), Rejected> {
+        let mut mesh = MeshResources::default();
+        let mut by_kind: HashMap<Kind, Vec<&str>> = HashMap::new();
+        for (kind, key) in keys {
+            if let Some(e) = self.get(*kind, key) {
+                e.resource.push_into(&mut mesh);
+                by_kind.entry(*kind).or_default().push(key);
+            }
+        }
+        // The registry holds every service: a policy must name one of them.
+        let Err(errs) = mesh.validate_registry() else {
             return Ok(());
         };
-        let mut keys: HashMap<Kind, Vec<&str>> = HashMap::new();
-        for (kind, key, _) in self.iter() {
-            keys.entry(kind).or_default().push(key);
-        }
-        let fields = errs.0.into_iter().map(|f| keyed_field(f, &keys)).collect();
+        let fields = errs
+            .0
+            .into_iter()
+            .map(|f| keyed_field(f, &by_kind))
+            .collect();
         Err(Rejected { fields })
+    }
+
+    /// The log record taking `base` to this state, for the keys a write
+    /// touched.
+    pub(super) fn log_record(&self, base: &State, touched: &BTreeSet<(Kind, String)>) -> LogRecord {
+        let mut ops = Vec::new();
+        for (kind, key) in touched {
+            let slot = State::slot(*kind);
+            match (base.entries[slot].get(key), self.entries[slot].get(key)) {
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) || a == b => {}
+                (_, Some(b)) => ops.push(LogOp::Put(to_stored_resource(b))),
+                (Some(_), None) => ops.push(LogOp::Delete {
+                    kind: *kind,
+                    key: key.clone(),
+                }),
+                (None, None) => {}
+            }
+        }
+        LogRecord {
+            revision: self.revision,
+            ops,
+        }
+    }
+
+    /// Applies a logged write (validated when it was made; the recovered
+    /// state is validated as a whole once every record is replayed).
+    pub(super) fn replay(&mut self, record: LogRecord, path: &Path) -> Result<(), Error> {
+        for op in record.ops {
+            match op {
+                LogOp::Put(r) => {
+                    self.insert(entry_from_stored(r, path)?);
+                }
+                LogOp::Delete { kind, key } => {
+                    self.remove(kind, &key);
+                }
+            }
+        }
+        self.revision = record.revision;
+        Ok(())
     }
 
     /// The on-disk form.
@@ -160,66 +305,74 @@ impl State {
             revision: self.revision,
             ..Default::default()
         };
-        for e in self.entries.values() {
-            let origin = e.origin.to_string();
-            let ttl_ms = e.ttl.map(|t| t.as_millis() as u64);
-            match &e.resource {
-                Resource::Service(r) => out.services.push(stored(origin, ttl_ms, r)),
-                Resource::Endpoint(r) => out.endpoints.push(stored(origin, ttl_ms, r)),
-                Resource::Route(r) => out.routes.push(stored(origin, ttl_ms, r)),
-                Resource::Policy(r) => out.policies.push(stored(origin, ttl_ms, r)),
-                Resource::Authz(r) => out.authorization_policies.push(stored(origin, ttl_ms, r)),
-                Resource::Telemetry(r) => out.telemetry.push(stored(origin, ttl_ms, r)),
-            }
+        for (_, _, e) in self.iter() {
+            out.push(to_stored_resource(e));
         }
         out
     }
 
     /// Rebuilds a state from its on-disk form and checks it is valid.
     pub fn from_stored(stored: StoredState, path: &Path) -> Result<State, Error> {
-        let mut state = State::empty();
-        state.revision = stored.revision;
-        let bad_origin = |o: &str| Error::StateInvalid {
-            path: path.to_path_buf(),
-            source: Rejected::single(
-                "origin",
-                format!("{o:?} is not `api`, `file:<path>` or `kubernetes`"),
-            ),
-        };
-        let mut add = |origin: String, ttl_ms: Option<u64>, mut resource: Resource| {
-            let origin = Origin::parse(&origin).ok_or_else(|| bad_origin(&origin))?;
-            resource.normalize();
-            state.insert(Entry {
-                resource,
-                origin,
-                ttl: ttl_ms.map(Duration::from_millis),
-            });
-            Ok::<_, Error>(())
-        };
-        for s in stored.services {
-            add(s.origin, s.ttl_ms, Resource::Service(s.resource))?;
-        }
-        for s in stored.endpoints {
-            add(s.origin, s.ttl_ms, Resource::Endpoint(s.resource))?;
-        }
-        for s in stored.routes {
-            add(s.origin, s.ttl_ms, Resource::Route(s.resource))?;
-        }
-        for s in stored.policies {
-            add(s.origin, s.ttl_ms, Resource::Policy(s.resource))?;
-        }
-        for s in stored.authorization_policies {
-            add(s.origin, s.ttl_ms, Resource::Authz(s.resource))?;
-        }
-        for s in stored.telemetry {
-            add(s.origin, s.ttl_ms, Resource::Telemetry(s.resource))?;
-        }
+        let state = State::from_stored_unchecked(stored, path)?;
         state.validate().map_err(|source| Error::StateInvalid {
             path: path.to_path_buf(),
             source,
         })?;
         Ok(state)
     }
+
+    /// [`State::from_stored`] without the validation (done by the caller
+    /// once the log is replayed on top).
+    pub(super) fn from_stored_unchecked(stored: StoredState, path: &Path) -> Result<State, Error> {
+        let mut state = State::empty();
+        state.revision = stored.revision;
+        for r in stored.into_resources() {
+            state.insert(entry_from_stored(r, path)?);
+        }
+        Ok(state)
+    }
+}
+
+fn to_stored_resource(e: &Entry) -> StoredResource {
+    let origin = e.origin.to_string();
+    let ttl_ms = e
+        .ttl
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    match &e.resource {
+        Resource::Service(r) => StoredResource::Service(stored(origin, ttl_ms, r)),
+        Resource::Endpoint(r) => StoredResource::Endpoint(stored(origin, ttl_ms, r)),
+        Resource::Route(r) => StoredResource::Route(stored(origin, ttl_ms, r)),
+        Resource::Policy(r) => StoredResource::Policy(stored(origin, ttl_ms, r)),
+        Resource::Authz(r) => StoredResource::AuthorizationPolicy(stored(origin, ttl_ms, r)),
+        Resource::Telemetry(r) => StoredResource::Telemetry(stored(origin, ttl_ms, r)),
+    }
+}
+
+fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry, Error> {
+    let (origin, ttl_ms, mut resource) = match r {
+        StoredResource::Service(s) => (s.origin, s.ttl_ms, Resource::Service(s.resource)),
+        StoredResource::Endpoint(s) => (s.origin, s.ttl_ms, Resource::Endpoint(s.resource)),
+        StoredResource::Route(s) => (s.origin, s.ttl_ms, Resource::Route(s.resource)),
+        StoredResource::Policy(s) => (s.origin, s.ttl_ms, Resource::Policy(s.resource)),
+        StoredResource::AuthorizationPolicy(s) => (s.origin, s.ttl_ms, Resource::Authz(s.resource)),
+        StoredResource::Telemetry(s) => (s.origin, s.ttl_ms, Resource::Telemetry(s.resource)),
+    };
+    let origin = Origin::parse(&origin).ok_or_else(|| Error::StateInvalid {
+        path: path.to_path_buf(),
+        source: Rejected::single(
+            "origin",
+            format!("{origin:?} is not `api`, `file:<path>` or `kubernetes`"),
+        ),
+    })?;
+    resource.normalize();
+    // Files written before the limit existed may hold longer leases: they
+    // are shortened to the limit rather than refused.
+    let ttl = ttl_ms.map(|ms| Duration::from_millis(ms).min(MAX_LEASE_TTL));
+    Ok(Entry {
+        resource,
+        origin,
+        ttl,
+    })
 }
 
 fn stored<T: Clone>(origin: String, ttl_ms: Option<u64>, r: &T) -> Stored<T> {
