@@ -40,9 +40,12 @@ pub struct SpiffeServerVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Server-side verifier: a client certificate is required, must chain to the
-/// bundle and must carry exactly one SPIFFE id.
+/// Server-side verifier: a client certificate is required (or, built with
+/// [`SpiffeClientVerifier::optional`], asked for but not required), must
+/// chain to the bundle and must carry exactly one SPIFFE id.
 pub struct SpiffeClientVerifier {
+    /// Whether a client without a certificate is refused.
+    mandatory: bool,
     /// One webpki verifier per root, with that root's retirement time.
     per_root: Vec<(Option<u64>, Arc<dyn ClientCertVerifier>)>,
     /// A verifier over every root, for CA hints and handshake signatures.
@@ -287,13 +290,29 @@ impl SpiffeClientVerifier {
             per_root.push((anchor.retire_at, build(anchor.store)?));
         }
         Ok(Self {
+            mandatory: true,
             per_root,
             all: build(all)?,
+        })
+    }
+
+    /// Like [`SpiffeClientVerifier::new`], but a client may also present no
+    /// certificate at all (the control plane's ports: a proxy's first
+    /// connection comes before its first certificate). A certificate that
+    /// is presented is verified just the same.
+    pub fn optional(bundle: &TrustBundle, provider: Arc<CryptoProvider>) -> Result<Self, Error> {
+        Ok(Self {
+            mandatory: false,
+            ..Self::new(bundle, provider)?
         })
     }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.all.root_hint_subjects()
     }
@@ -354,6 +373,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
+            .field("mandatory", &self.mandatory)
             .field("roots", &self.per_root.len())
             .finish()
     }

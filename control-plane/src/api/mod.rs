@@ -1,7 +1,8 @@
 //! The HTTP API (JSON, under `/api/v1`), plus `/healthz` and `/metrics`.
 //!
-//! Reads are open; every other method needs `Authorization: Bearer <token>`
-//! ([`auth`]). Errors are `{"error": "..."}` (plus `fields` for validation
+//! Reads are open unless `--api-read-token-required`; every other method
+//! needs `Authorization: Bearer <token>` ([`auth`]). `/healthz` and
+//! `/metrics` stay open either way. Errors are `{"error": "..."}` (plus `fields` for validation
 //! errors): 400 malformed JSON, unknown fields or a body that does not match
 //! its path; 401 missing or wrong token; 404 unknown resource or route; 409
 //! a file-owned resource or a heartbeat without lease; 413 a body over the
@@ -48,6 +49,8 @@ pub struct ApiState {
     pub workload_tokens: Arc<crate::ca::tokens::WorkloadTokens>,
     /// Trust domain of the CA (to report the identity a token grants).
     pub trust_domain: String,
+    /// Reads need the token too (`--api-read-token-required`).
+    pub read_token_required: bool,
 }
 
 /// An error response: status and `{"error": ..., "fields": [...]}`.
@@ -91,10 +94,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Writes need the token; reads do not.
+/// Writes need the token; reads too with `read_token_required`.
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !read {
+    if !read || state.read_token_required {
         let header = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -5,7 +5,8 @@
 //! A stream is authenticated before anything is read from it: the caller's
 //! bearer token must stand for a workload ([`WorkloadAuth`], the same check
 //! as the CA's), and the node's namespace must be the token's, so a proxy
-//! only ever receives the view of its own namespace.
+//! only ever receives the view of its own namespace. A client certificate
+//! presented over TLS must be the token's workload.
 
 use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
@@ -18,6 +19,7 @@ use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
 use crate::registry::Registry;
 use crate::status::ProxyStatusTable;
+use crate::transport::PeerInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
@@ -123,14 +125,30 @@ impl AdsService {
         .await;
     }
 
+    /// Runs the stream in its own task; if its token is revoked meanwhile,
+    /// the stream is ended with `UNAUTHENTICATED`.
     fn spawn<M: Machine>(
         &self,
         machine: M,
         inbound: Streaming<M::Request>,
         grant: TokenGrant,
+        token: Option<String>,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, grant));
+        let auth = self.shared.auth.clone();
+        let ended = tx.clone();
+        let stream = drive(self.shared.clone(), machine, inbound, tx, grant);
+        tokio::spawn(async move {
+            let token = token.unwrap_or_default();
+            tokio::select! {
+                _ = stream => {}
+                _ = auth.until_revoked(&token) => {
+                    tracing::warn!("xds stream ended: its token was revoked");
+                    let status = Status::unauthenticated("xds stream: the token was revoked");
+                    let _ = ended.send(Err(status)).await;
+                }
+            }
+        });
         ReceiverStream::new(rx)
     }
 
@@ -138,16 +156,14 @@ impl AdsService {
     /// refusing the stream.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<TokenGrant, Status> {
         let token = WorkloadAuth::bearer(request.metadata());
+        let peer = PeerInfo::of(request.extensions());
         self.shared
             .auth
-            .authenticate(token.as_deref())
+            .authenticate_caller(token.as_deref(), peer.identity.as_ref())
             .await
             .map_err(|e| {
                 self.shared.metrics.stream_rejected(e.reason());
-                let peer = request
-                    .remote_addr()
-                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%peer, error = %e, "xds stream refused");
+                tracing::warn!(peer = %peer.remote_display(), error = %e, "xds stream refused");
                 e.to_status("xds stream")
             })
     }
@@ -167,11 +183,13 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let grant = self.authenticate(&request).await?;
+        let token = WorkloadAuth::bearer(request.metadata());
         let machine = SotwStream::new(self.stream_id());
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
             grant,
+            token,
         )))
     }
 
@@ -180,11 +198,13 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let grant = self.authenticate(&request).await?;
+        let token = WorkloadAuth::bearer(request.metadata());
         let machine = DeltaStream::new(self.stream_id());
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
             grant,
+            token,
         )))
     }
 }

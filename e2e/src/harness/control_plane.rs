@@ -52,6 +52,7 @@ impl ControlPlane {
             dir.as_str(),
             "--api-token",
             TEST_API_TOKEN,
+            "--insecure-plaintext-loopback",
         ];
         all.extend_from_slice(args);
         let proc = Proc::spawn("control-plane", &bin, &all, &[]);
