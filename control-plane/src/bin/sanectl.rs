@@ -167,6 +167,11 @@ struct InjectArgs {
     /// Trust domain of the mesh.
     #[arg(long)]
     trust_domain: Option<String>,
+    /// The mesh root (PEM, the control plane's <data-dir>/root-cert.pem)
+    /// the sidecars verify the control plane with; required unless the
+    /// control-plane address is plaintext (http://, loopback only).
+    #[arg(long)]
+    root_cert_file: Option<PathBuf>,
 }
 
 /// Where the control plane writes its root with the default data dir.
@@ -425,6 +430,20 @@ fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
     }
     if let Some(td) = args.trust_domain {
         config.trust_domain = td;
+    }
+    match &args.root_cert_file {
+        Some(path) => {
+            config.root_cert_pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --root-cert-file {}", path.display()))?;
+            sane_certs::TrustBundle::from_pem(&config.root_cert_pem)
+                .with_context(|| format!("--root-cert-file {}", path.display()))?;
+        }
+        None if config.control_plane_address.starts_with("https://") => bail!(
+            "--root-cert-file is required: injected sidecars verify the control plane at {} \
+             with it (the control plane's <data-dir>/root-cert.pem)",
+            config.control_plane_address
+        ),
+        None => {}
     }
     let injected = manifest::inject_manifest(&Injector::new(config), &text, &args.namespace)
         .with_context(|| format!("injecting {}", args.file.display()))?;

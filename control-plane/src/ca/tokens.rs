@@ -273,7 +273,7 @@ mod tests {
         let shown = serde_json::to_string(&listed).unwrap();
         assert!(!shown.contains(&web) && !shown.contains(&api), "{shown}");
 
-        let mut revocations = store.revocations();
+        let revocations = store.revocations();
         assert_eq!(store.revoke("0123456789abcdef").unwrap(), None);
         assert_eq!(store.revoke("short").unwrap(), None);
         assert!(!revocations.has_changed().unwrap());
