@@ -145,10 +145,12 @@ pub fn control_plane_client_config(
 ) -> Result<ClientConfig, Error> {
     let provider = provider();
     let store = roots.root_store(std::time::SystemTime::now())?;
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
-            .build()
-            .map_err(|source| Error::ServerVerifier { source })?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(store),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|source| Error::ServerVerifier { source })?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|source| Error::TlsConfig {

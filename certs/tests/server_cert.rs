@@ -145,9 +145,8 @@ async fn control_plane_configs_verify_the_server_by_ip_and_read_an_optional_clie
         .sign_server_cert(&["localhost".to_string(), "127.0.0.1".to_string()], HOUR)
         .unwrap();
     let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(cert.certified_key()));
-    let server = || {
-        control_plane_server_config(resolver.clone(), &ca.trust_bundle(), &[b"h2"]).unwrap()
-    };
+    let server =
+        || control_plane_server_config(resolver.clone(), &ca.trust_bundle(), &[b"h2"]).unwrap();
     let bundle = ca.trust_bundle();
 
     // No client certificate: accepted (a proxy before its first certificate).

@@ -253,12 +253,13 @@ impl TlsConnector {
         client: Option<&CertifiedIdentity>,
         alpn: &[&[u8]],
     ) -> Result<TlsConnector, Error> {
-        let config = sane_certs::control_plane_client_config(roots, client, alpn).map_err(
-            |source| Error::Tls {
-                name: "client",
-                source,
-            },
-        )?;
+        let config =
+            sane_certs::control_plane_client_config(roots, client, alpn).map_err(|source| {
+                Error::Tls {
+                    name: "client",
+                    source: Box::new(source),
+                }
+            })?;
         Ok(TlsConnector {
             tcp: tcp_connector(),
             tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),

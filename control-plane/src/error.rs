@@ -188,8 +188,8 @@ pub enum Error {
     ServingCert {
         /// The names asked for (`--tls-san` and the defaults).
         names: Vec<String>,
-        /// Why the CA refused.
-        source: sane_certs::Error,
+        /// Why the CA refused (boxed: large, and this path is cold).
+        source: Box<sane_certs::Error>,
     },
     /// An operator certificate or key file could not be used.
     #[error("certificate file {path}: {reason}")]
@@ -212,8 +212,8 @@ pub enum Error {
     Tls {
         /// Which port (`xds`, `api`).
         name: &'static str,
-        /// What failed.
-        source: sane_certs::Error,
+        /// What failed (boxed: large, and this path is cold).
+        source: Box<sane_certs::Error>,
     },
 }
 

@@ -287,10 +287,12 @@ pub async fn build(
         None => (ca, None),
     };
     let root_pem = ca.bundle(std::time::SystemTime::now()).to_pem();
-    let root_cert_file = config
-        .root_cert_file
-        .clone()
-        .or_else(|| config.data_dir.as_ref().map(|d| d.join(transport::ROOT_CERT_FILE)));
+    let root_cert_file = config.root_cert_file.clone().or_else(|| {
+        config
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(transport::ROOT_CERT_FILE))
+    });
     if let Some(path) = &root_cert_file {
         transport::write_root_file(path, &root_pem)?;
         tracing::info!(path = %path.display(), "mesh root written (proxies' control_plane.root_cert_file)");
@@ -299,7 +301,12 @@ pub async fn build(
         tracing::warn!(%xds_addr, %api_addr, "serving xDS, the CA and the API in PLAINTEXT (loopback only)");
         None
     } else {
-        Some(serving_tls(&config, &authority, &ca, &[xds_addr, api_addr])?)
+        Some(serving_tls(
+            &config,
+            &authority,
+            &ca,
+            &[xds_addr, api_addr],
+        )?)
     };
     let ads = AdsService::new(
         registry.clone(),
@@ -361,16 +368,21 @@ fn serving_tls(
     // the retiring one included.
     let client_roots = ca.bundle(std::time::SystemTime::now());
     let xds = sane_certs::control_plane_server_config(cert.clone(), &client_roots, &[b"h2"])
-        .map_err(|source| Error::Tls { name: "xds", source })?;
+        .map_err(|source| Error::Tls {
+            name: "xds",
+            source: Box::new(source),
+        })?;
     let api_resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &config.api_tls_files {
         Some((chain, key)) => Arc::new(transport::FixedCert(transport::load_cert_files(
             chain, key,
         )?)),
         None => cert.clone(),
     };
-    let api =
-        sane_certs::control_plane_server_config(api_resolver, &client_roots, &[b"http/1.1"])
-            .map_err(|source| Error::Tls { name: "api", source })?;
+    let api = sane_certs::control_plane_server_config(api_resolver, &client_roots, &[b"http/1.1"])
+        .map_err(|source| Error::Tls {
+            name: "api",
+            source: Box::new(source),
+        })?;
     Ok(ServingTls {
         cert,
         xds: Arc::new(xds),
@@ -476,7 +488,9 @@ impl Bound {
         let xds = async {
             let signal = stop.clone().cancelled_owned();
             let r = match xds_incoming {
-                Incoming::Tls(incoming) => grpc.serve_with_incoming_shutdown(incoming, signal).await,
+                Incoming::Tls(incoming) => {
+                    grpc.serve_with_incoming_shutdown(incoming, signal).await
+                }
                 Incoming::Plain(listener) => {
                     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                     grpc.serve_with_incoming_shutdown(incoming, signal).await

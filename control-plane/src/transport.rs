@@ -125,7 +125,7 @@ impl ServingCert {
             .sign_server_cert(names, ttl)
             .map_err(|source| Error::ServingCert {
                 names: names.to_vec(),
-                source,
+                source: Box::new(source),
             })?;
         tracing::info!(
             names = ?names,
@@ -512,8 +512,7 @@ mod tests {
         let td = sane_certs::TrustDomain::new("mesh.test").unwrap();
         let ca = CertificateAuthority::generate(&td, sane_certs::CaOptions::default()).unwrap();
         let ttl = Duration::from_secs(3000);
-        let cert =
-            ServingCert::issue(Arc::new(ca), serving_names(&[], &[]), ttl).unwrap();
+        let cert = ServingCert::issue(Arc::new(ca), serving_names(&[], &[]), ttl).unwrap();
         let until = cert
             .renew_at()
             .duration_since(SystemTime::now())

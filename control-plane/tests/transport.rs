@@ -13,7 +13,9 @@ use http::{Method, StatusCode};
 use sane_certs::{CertifiedIdentity, SpiffeId, TrustBundle, WorkloadKey};
 use sane_control_plane::client::{ApiClient, TlsConnector};
 use sane_control_plane::Config;
-use sane_xds_proto::{CertificateRequest, CertificateResponse, TypeUrl, CA_CREATE_CERTIFICATE_PATH};
+use sane_xds_proto::{
+    CertificateRequest, CertificateResponse, TypeUrl, CA_CREATE_CERTIFICATE_PATH,
+};
 use std::time::Duration;
 use support::{bearer, eventually, node, ControlPlane, DEADLINE};
 use tokio_stream::StreamExt;
@@ -133,9 +135,13 @@ async fn xds_and_the_ca_are_served_over_tls_verified_against_the_root_file() {
     assert_eq!(TrustBundle::from_pem(&file).unwrap(), root);
 
     let (token, _) = token_for(&cp, "shop", "web").await;
-    let cert = issue(channel(&cp, &root, None).await.unwrap(), &token, &id("shop", "web"))
-        .await
-        .unwrap();
+    let cert = issue(
+        channel(&cp, &root, None).await.unwrap(),
+        &token,
+        &id("shop", "web"),
+    )
+    .await
+    .unwrap();
     assert_eq!(cert.identity(), &id("shop", "web"));
     let (answer, _stream) = open_stream(channel(&cp, &root, None).await.unwrap(), &token, "shop")
         .await
@@ -215,7 +221,10 @@ async fn plaintext_off_loopback_is_refused_at_startup() {
             .await
             .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("refusing to serve") && msg.contains("plaintext"), "{msg}");
+        assert!(
+            msg.contains("refusing to serve") && msg.contains("plaintext"),
+            "{msg}"
+        );
     }
     // The binary says so and exits non-zero.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sane-control-plane"))
@@ -250,14 +259,20 @@ async fn a_client_certificate_must_be_the_tokens_workload() {
     let web_cert = issue(anonymous().await.unwrap(), &web_token, &id("shop", "web"))
         .await
         .unwrap();
-    let admin_cert = issue(anonymous().await.unwrap(), &admin_token, &id("shop", "admin"))
-        .await
-        .unwrap();
+    let admin_cert = issue(
+        anonymous().await.unwrap(),
+        &admin_token,
+        &id("shop", "admin"),
+    )
+    .await
+    .unwrap();
 
     // Mutual TLS with the token's own certificate: served, and the CA
     // renews over it.
     let mutual = channel(&cp, &root, Some(&web_cert)).await.unwrap();
-    open_stream(mutual.clone(), &web_token, "shop").await.unwrap();
+    open_stream(mutual.clone(), &web_token, "shop")
+        .await
+        .unwrap();
     issue(mutual, &web_token, &id("shop", "web")).await.unwrap();
 
     // Another workload's certificate beside the token: refused, at the
@@ -345,9 +360,13 @@ async fn a_revoked_token_is_refused_by_the_next_stream_and_the_ca_and_ends_open_
         .await
         .unwrap_err();
     assert_eq!(next.code(), tonic::Code::Unauthenticated, "{next}");
-    let ca = issue(channel(&cp, &root, None).await.unwrap(), &token, &id("shop", "web"))
-        .await
-        .unwrap_err();
+    let ca = issue(
+        channel(&cp, &root, None).await.unwrap(),
+        &token,
+        &id("shop", "web"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(ca.code(), tonic::Code::Unauthenticated, "{ca}");
     // Other tokens are untouched; revoking twice is a 404.
     open_stream(channel(&cp, &root, None).await.unwrap(), &other, "shop")
@@ -380,7 +399,11 @@ async fn a_revoked_token_is_refused_by_the_next_stream_and_the_ca_and_ends_open_
 async fn api_reads_can_require_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let cp = start_tls(dir.path(), |c| c.api_read_token_required = true).await;
-    for path in ["/api/v1/services", "/api/v1/proxies", "/api/v1/openapi.json"] {
+    for path in [
+        "/api/v1/services",
+        "/api/v1/proxies",
+        "/api/v1/openapi.json",
+    ] {
         let (status, _) = cp.client.send(Method::GET, path, None, None).await.unwrap();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
         let (status, _) = cp
@@ -447,8 +470,7 @@ async fn the_serving_certificate_is_renewed_while_serving() {
     let cp = start_tls(dir.path(), |c| c.serving_cert_ttl = Duration::from_secs(3)).await;
     let root = cp.root.clone().unwrap();
     let serial = || async {
-        let config =
-            sane_certs::control_plane_client_config(&root, None, &[b"h2"]).unwrap();
+        let config = sane_certs::control_plane_client_config(&root, None, &[b"h2"]).unwrap();
         let tcp = tokio::net::TcpStream::connect(cp.xds).await.unwrap();
         let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
             .connect("127.0.0.1".try_into().unwrap(), tcp)
@@ -458,9 +480,11 @@ async fn the_serving_certificate_is_renewed_while_serving() {
         leaf.as_ref().to_vec()
     };
     let first = serial().await;
-    eventually(Duration::from_secs(30), "a renewed serving certificate", || async {
-        (serial().await != first).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "a renewed serving certificate",
+        || async { (serial().await != first).then_some(()) },
+    )
     .await;
     cp.stop().await;
 }

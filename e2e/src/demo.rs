@@ -21,8 +21,7 @@
 
 use crate::echo::proto::EchoRequest;
 use crate::harness::http::{
-    full, get, h2c_client_via, http1_client_via, request, send, tcp_roundtrip,
-    HttpClient, Reply,
+    full, get, h2c_client_via, http1_client_via, request, send, tcp_roundtrip, HttpClient, Reply,
 };
 use crate::harness::{
     bins, bins_for, echo_service, eventually, isolate_children_from_ctrl_c, ControlPlane, EchoApp,

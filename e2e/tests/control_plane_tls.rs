@@ -60,11 +60,13 @@ async fn a_proxy_gets_config_and_its_certificate_over_verified_tls_then_uses_mut
     })
     .await;
     let cp = ControlPlane::start_on(&data_dir, &xds, &api_addr, &[]).await;
-    ApiClient::new(&cp)
-        .wait_in_sync(DEADLINE, &["web-1"])
-        .await;
+    ApiClient::new(&cp).wait_in_sync(DEADLINE, &["web-1"]).await;
     let log = cp.proc.stderr();
     assert!(!log.contains("xds stream refused"), "{log}");
+    assert!(
+        log.contains("client_certificate=spiffe://cluster.local/ns/default/sa/default"),
+        "the reconnect presented the workload certificate: {log}"
+    );
 }
 
 #[tokio::test]
@@ -137,7 +139,10 @@ async fn a_revoked_token_ends_the_proxys_stream_and_is_refused_after() {
             token_file.to_str().unwrap(),
         ])
         .await;
-    assert!(created.stdout.is_empty(), "the token went to the file: {created}");
+    assert!(
+        created.stdout.is_empty(),
+        "the token went to the file: {created}"
+    );
     let mut bootstrap = xds_bootstrap(&cp, "web-1", outbound());
     bootstrap.control_plane.as_mut().unwrap().token_file = token_file.display().to_string();
     let sidecar = Sidecar::start(&bins().proxy, dir.path(), "web-1", bootstrap).await;

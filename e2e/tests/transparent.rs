@@ -431,7 +431,10 @@ async fn an_unmodified_client_is_intercepted_on_both_sides_and_carried_over_mtls
     //    through unchanged, and counted.
     //    (HTTPS, verified end to end: the sidecar only splices it.)
     let outside = format!("https://{}:{}/api/v1/openapi.json", b.ip, api.port());
-    let (code, body) = a.curl(None, &["--cacert", &cacert, &outside]).await.unwrap();
+    let (code, body) = a
+        .curl(None, &["--cacert", &cacert, &outside])
+        .await
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let a_metrics = sidecar_a.metrics(a).await;
     assert_eq!(intercepted(&a_metrics, "passthrough"), 1.0, "{a_metrics}");

@@ -304,7 +304,8 @@ mod tests {
     }
 
     fn errors(b: &Bootstrap) -> String {
-        b.validate().map_or_else(|e| e.to_string(), |()| String::new())
+        b.validate()
+            .map_or_else(|e| e.to_string(), |()| String::new())
     }
 
     #[test]

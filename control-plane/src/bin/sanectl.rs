@@ -360,7 +360,10 @@ async fn run_token(client: &ApiClient, command: TokenCommand) -> anyhow::Result<
             match output {
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&reply)?),
                 StatusFormat::Table => {
-                    println!("{:<18} {:<20} {:<20} CREATED", "ID", "NAMESPACE", "SERVICE ACCOUNT");
+                    println!(
+                        "{:<18} {:<20} {:<20} CREATED",
+                        "ID", "NAMESPACE", "SERVICE ACCOUNT"
+                    );
                     for t in reply["items"].as_array().into_iter().flatten() {
                         let created = t["created_at"]
                             .as_u64()

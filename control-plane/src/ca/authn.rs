@@ -279,8 +279,16 @@ mod tests {
         assert_eq!(err.reason(), "identity_mismatch");
         let status = err.to_status("xds stream");
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
-        assert!(status.message().contains("sa/admin"), "{}", status.message());
-        assert!(status.message().contains("prod/web"), "{}", status.message());
+        assert!(
+            status.message().contains("sa/admin"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("prod/web"),
+            "{}",
+            status.message()
+        );
         // The certificate alone is not a credential.
         assert_eq!(
             auth.authenticate_caller(None, Some(&id("prod", "web")))

@@ -282,7 +282,11 @@ mod tests {
         assert_eq!(store.authenticate(&web), None);
         assert_eq!(store.authenticate(&api), Some(grant("api")));
         let reloaded = WorkloadTokens::load(Some(dir.path())).unwrap();
-        assert_eq!(reloaded.authenticate(&web), None, "revocation survives a restart");
+        assert_eq!(
+            reloaded.authenticate(&web),
+            None,
+            "revocation survives a restart"
+        );
         assert_eq!(reloaded.list().len(), 1);
     }
 

@@ -293,7 +293,10 @@ impl Injector {
         let mut metadata = metadata.clone();
         let annotations = metadata.annotations.get_or_insert_with(BTreeMap::new);
         annotations.insert(BOOTSTRAP_ANNOTATION.into(), bootstrap_yaml);
-        annotations.insert(ROOT_CERT_ANNOTATION.into(), self.config.root_cert_pem.clone());
+        annotations.insert(
+            ROOT_CERT_ANNOTATION.into(),
+            self.config.root_cert_pem.clone(),
+        );
         annotations.insert(STATUS_ANNOTATION.into(), self.status());
 
         let added = [self.init_container(), self.sidecar(&app_probes)?];

@@ -201,7 +201,11 @@ pub fn overlay(raw: &mut Value, injected: &Injected) -> Result<(), String> {
     let metadata = entry_mapping(root, "metadata")?;
     let annotations = entry_mapping(metadata, "annotations")?;
     let typed = injected.metadata.annotations.clone().unwrap_or_default();
-    for key in [BOOTSTRAP_ANNOTATION, ROOT_CERT_ANNOTATION, STATUS_ANNOTATION] {
+    for key in [
+        BOOTSTRAP_ANNOTATION,
+        ROOT_CERT_ANNOTATION,
+        STATUS_ANNOTATION,
+    ] {
         if let Some(v) = typed.get(key) {
             annotations.insert(key.into(), Value::String(v.clone()));
         }

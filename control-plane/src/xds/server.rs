@@ -161,6 +161,16 @@ impl AdsService {
             .auth
             .authenticate_caller(token.as_deref(), peer.identity.as_ref())
             .await
+            .inspect(|grant| {
+                let client = peer.identity.as_ref().map(ToString::to_string);
+                tracing::info!(
+                    peer = %peer.remote_display(),
+                    namespace = %grant.namespace,
+                    service_account = %grant.service_account,
+                    client_certificate = client.as_deref().unwrap_or("none"),
+                    "xds stream authenticated"
+                );
+            })
             .map_err(|e| {
                 self.shared.metrics.stream_rejected(e.reason());
                 tracing::warn!(peer = %peer.remote_display(), error = %e, "xds stream refused");

@@ -90,8 +90,7 @@ impl ControlPlane {
         });
         let client = match &root {
             Some(root) => {
-                ApiClient::with_roots(&format!("https://{api}"), Some(token.clone()), root)
-                    .unwrap()
+                ApiClient::with_roots(&format!("https://{api}"), Some(token.clone()), root).unwrap()
             }
             None => ApiClient::new(&format!("http://{api}"), Some(token.clone())),
         };

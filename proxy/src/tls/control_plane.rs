@@ -115,12 +115,13 @@ pub async fn connect(
     })?;
     let material = identity.and_then(Identity::current);
     let client = material.as_ref().map(|m| &m.identity);
-    let config = sane_certs::control_plane_client_config(&roots, client, &[b"h2"]).map_err(
-        |source| ConnectError::Tls {
-            address: address.to_string(),
-            source,
-        },
-    )?;
+    let config =
+        sane_certs::control_plane_client_config(&roots, client, &[b"h2"]).map_err(|source| {
+            ConnectError::Tls {
+                address: address.to_string(),
+                source,
+            }
+        })?;
     let dial = TlsDial {
         config: Arc::new(config),
     };
