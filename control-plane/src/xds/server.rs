@@ -167,7 +167,7 @@ impl AdsService {
                     peer = %peer.remote_display(),
                     namespace = %grant.namespace,
                     service_account = %grant.service_account,
-                    client_certificate = client.as_deref().unwrap_or("none"),
+                    client_certificate = %client.as_deref().unwrap_or("none"),
                     "xds stream authenticated"
                 );
             })
