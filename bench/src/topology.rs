@@ -430,7 +430,10 @@ impl Workspace {
             }
             None => Command::new(self.bin_dir.join("sane-control-plane")),
         };
-        cmd.args(["--xds-addr", CP_XDS, "--api-addr", CP_API, "--data-dir"])
+        // Plaintext on loopback: the benchmark measures the data path, and
+        // the sidecars' bootstraps are static (the CA is all they use).
+        cmd.args(["--insecure-plaintext-loopback"])
+            .args(["--xds-addr", CP_XDS, "--api-addr", CP_API, "--data-dir"])
             .arg(self.dir.join("cp"))
             .args(["--api-token", API_TOKEN, "--ca-cert-chain"])
             .arg(self.cert("ca.pem"))

@@ -338,6 +338,14 @@ pub enum Error {
         source: rustls::server::VerifierBuilderError,
     },
 
+    /// The server-certificate verifier cannot be built.
+    #[error("cannot build the server certificate verifier: {source}")]
+    ServerVerifier {
+        /// The underlying failure.
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+
     /// An issued certificate does not carry the local workload key.
     #[error("issued certificate {serial} does not match the local workload key")]
     LeafKeyMismatch {

@@ -47,6 +47,9 @@ pub use ca::{CaOptions, CertificateAuthority, IssuedCert, Serial, ServerCert};
 pub use error::Error;
 pub use identity::{SpiffeId, SpiffeIdPart, SpiffeIdPattern, TrustDomain};
 pub use rotation::{rotation_deadline, rotation_delay, Backoff};
-pub use tls::{client_config, server_config, server_config_federated};
+pub use tls::{
+    client_config, control_plane_client_config, control_plane_server_config, server_config,
+    server_config_federated,
+};
 pub use verify::{peer_identity, peer_identity_of, SpiffeClientVerifier, SpiffeServerVerifier};
 pub use workload::{CertifiedIdentity, WorkloadKey};

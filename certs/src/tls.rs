@@ -130,6 +130,71 @@ pub fn client_config(
     Ok(config)
 }
 
+/// The control plane's own ports (xDS + CA, the HTTP API): presents the
+/// serving certificate `resolver` gives (a DNS/IP-named
+/// [`crate::ServerCert`], renewed by swapping it in the resolver), and asks
+/// for a client certificate without requiring one: a proxy's first
+/// connection comes before its first certificate, and `sanectl` has none. A
+/// certificate that is presented must chain to `client_roots` and carry a
+/// SPIFFE id of one of `trust_domains` (the mesh's), which
+/// [`crate::peer_identity_of`] then reads for the caller to
+/// compare with the bearer token. `alpn`: `h2` for gRPC, `http/1.1` for the
+/// API.
+pub fn control_plane_server_config(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    client_roots: &TrustBundle,
+    trust_domains: &[TrustDomain],
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, Error> {
+    let provider = provider();
+    let verifier = SpiffeClientVerifier::optional(client_roots, provider.clone(), trust_domains)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|source| Error::TlsConfig {
+            side: "server",
+            source,
+        })?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A client of the control plane (a proxy's xDS stream and CA requests,
+/// `sanectl`): the server must chain to one of `roots` (the mesh root the
+/// client was given at bootstrap) and be valid for the name it was dialed
+/// by, a DNS name or an IP address, under the usual web PKI rules. `client`,
+/// when given, is presented as the client certificate (mutual TLS once the
+/// proxy holds a workload certificate).
+pub fn control_plane_client_config(
+    roots: &TrustBundle,
+    client: Option<&CertifiedIdentity>,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, Error> {
+    let provider = provider();
+    let store = roots.root_store(std::time::SystemTime::now())?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(store),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|source| Error::ServerVerifier { source })?;
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|source| Error::TlsConfig {
+            side: "client",
+            source,
+        })?
+        .with_webpki_verifier(verifier);
+    let mut config = match client {
+        Some(identity) => builder
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key()))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
 /// The client side of an HTTPS health probe to the pod's own app over
 /// loopback. Like the kubelet, it does not verify the app's certificate:
 /// the probe only asks whether the app answers, it sends nothing secret and

@@ -44,11 +44,15 @@ pub struct SpiffeServerVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Server-side verifier: a client certificate is required, must chain to the
-/// bundle and must carry exactly one SPIFFE id, in an accepted trust domain.
+/// Server-side verifier: a client certificate is required (or, built with
+/// [`SpiffeClientVerifier::optional`], asked for but not required), must
+/// chain to the bundle and must carry exactly one SPIFFE id, in an accepted
+/// trust domain.
 pub struct SpiffeClientVerifier {
     /// The server's own trust domain first, then the federated ones.
     trust_domains: Vec<TrustDomain>,
+    /// Whether a client without a certificate is refused.
+    mandatory: bool,
     /// One webpki verifier per root, with that root's retirement time.
     per_root: Vec<(Option<u64>, Arc<dyn ClientCertVerifier>)>,
     /// A verifier over every root, for CA hints and handshake signatures.
@@ -300,6 +304,7 @@ impl SpiffeClientVerifier {
         }
         Ok(Self {
             trust_domains: trust_domains.to_vec(),
+            mandatory: true,
             per_root,
             all: build(all)?,
         })
@@ -309,9 +314,28 @@ impl SpiffeClientVerifier {
     pub fn trust_domains(&self) -> &[TrustDomain] {
         &self.trust_domains
     }
+
+    /// Like [`SpiffeClientVerifier::new`], but a client may also present no
+    /// certificate at all (the control plane's ports: a proxy's first
+    /// connection comes before its first certificate). A certificate that
+    /// is presented is verified just the same.
+    pub fn optional(
+        bundle: &TrustBundle,
+        provider: Arc<CryptoProvider>,
+        trust_domains: &[TrustDomain],
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            mandatory: false,
+            ..Self::new(bundle, provider, trust_domains)?
+        })
+    }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.all.root_hint_subjects()
     }
@@ -380,6 +404,7 @@ impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
             .field("trust_domains", &self.trust_domains)
+            .field("mandatory", &self.mandatory)
             .field("roots", &self.per_root.len())
             .finish()
     }

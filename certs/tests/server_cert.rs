@@ -135,3 +135,99 @@ fn refuses_no_names_bad_names_and_tiny_ttls() {
         Err(Error::TtlTooShort { .. })
     ));
 }
+
+/// The control plane's xDS port: a proxy dials it by IP, verifies it
+/// against the root it was given, and presents its workload certificate
+/// once it has one; the server reads that certificate's SPIFFE id.
+#[tokio::test]
+async fn control_plane_configs_verify_the_server_by_ip_and_read_an_optional_client_id() {
+    use sane_certs::{control_plane_client_config, control_plane_server_config};
+    let ca = ca();
+    let cert = ca
+        .sign_server_cert(&["localhost".to_string(), "127.0.0.1".to_string()], HOUR)
+        .unwrap();
+    let resolver = Arc::new(rustls::sign::SingleCertAndKey::from(cert.certified_key()));
+    let server = || {
+        control_plane_server_config(
+            resolver.clone(),
+            &ca.trust_bundle(),
+            &[sane_certs::TrustDomain::new("cluster.local").unwrap()],
+            &[b"h2"],
+        )
+        .unwrap()
+    };
+    let bundle = ca.trust_bundle();
+
+    // No client certificate: accepted (a proxy before its first certificate).
+    let anonymous = control_plane_client_config(&bundle, None, &[b"h2"]).unwrap();
+    let (client_tls, server_tls) = handshake(server(), anonymous, "127.0.0.1").await;
+    client_tls.unwrap();
+    let server_tls = server_tls.unwrap();
+    assert!(server_tls.get_ref().1.peer_certificates().is_none());
+
+    // With a workload certificate: the server sees its SPIFFE id.
+    let workload = support::certify(&ca, &support::id("prod", "web"));
+    let mutual = control_plane_client_config(&bundle, Some(&workload), &[b"h2"]).unwrap();
+    let (client_tls, server_tls) = handshake(server(), mutual, "127.0.0.1").await;
+    let client_tls = client_tls.unwrap();
+    assert_eq!(client_tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let seen = sane_certs::peer_identity_of(server_tls.unwrap().get_ref().1).unwrap();
+    assert_eq!(seen, support::id("prod", "web"));
+
+    // The wrong root: the client refuses the server, naming the reason.
+    let other = support::ca();
+    let wrong = control_plane_client_config(&other.trust_bundle(), None, &[b"h2"]).unwrap();
+    let (client_tls, _) = handshake(server(), wrong, "127.0.0.1").await;
+    let err = client_tls.unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+    // An address the certificate does not name is refused too.
+    let anonymous = control_plane_client_config(&bundle, None, &[b"h2"]).unwrap();
+    let (client_tls, _) = handshake(server(), anonymous, "10.1.2.3").await;
+    let err = client_tls.unwrap_err();
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+
+    // A client certificate from another CA is refused by the server.
+    let foreign = support::certify(&other, &support::id("prod", "web"));
+    let forged = control_plane_client_config(&bundle, Some(&foreign), &[b"h2"]).unwrap();
+    let (_, server_tls) = handshake(server(), forged, "127.0.0.1").await;
+    let err = server_tls.unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+}
+
+#[test]
+fn operator_serving_certificates_load_from_pem_and_must_match_their_key() {
+    let ca = ca();
+    let (chain, key) = ca
+        .sign_external_server_cert(&["api.example".to_string()], HOUR)
+        .unwrap();
+    let cert = sane_certs::ServerCert::from_pem(&chain, &key).unwrap();
+    assert!(cert.not_after() > SystemTime::now());
+    let (_, other_key) = ca
+        .sign_external_server_cert(&["api.example".to_string()], HOUR)
+        .unwrap();
+    let err = sane_certs::ServerCert::from_pem(&chain, &other_key).unwrap_err();
+    assert!(err.to_string().contains("key"), "{err}");
+    let err = sane_certs::ServerCert::from_pem(&chain, "nothing").unwrap_err();
+    assert!(err.to_string().contains("PRIVATE KEY"), "{err}");
+}
+
+type Pair = (
+    std::io::Result<tokio_rustls::client::TlsStream<tokio::io::DuplexStream>>,
+    std::io::Result<tokio_rustls::server::TlsStream<tokio::io::DuplexStream>>,
+);
+
+async fn handshake(server: rustls::ServerConfig, client: ClientConfig, name: &str) -> Pair {
+    let (client_io, server_io) = duplex(64 * 1024);
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let connector = TlsConnector::from(Arc::new(client));
+    let name = ServerName::try_from(name.to_string()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            connector.connect(name, client_io),
+            acceptor.accept(server_io)
+        )
+    })
+    .await
+    .expect("handshake did not finish")
+}

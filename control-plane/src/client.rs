@@ -1,28 +1,58 @@
-//! A small client of the HTTP API, used by `sanectl` and the tests.
+//! A small client of the HTTP API, used by `sanectl` and the tests, and the
+//! TLS connector both it and gRPC clients of the xDS port use.
 //!
 //! Built on hyper-util's client (already in the dependency tree) rather than
-//! reqwest: the API is plain HTTP on a local or cluster address, and this
-//! keeps the CLI free of a second HTTP stack and a TLS stack it would not use.
+//! reqwest: the API is one local or cluster address, and this keeps the CLI
+//! free of a second HTTP stack. `https://` URLs are verified against the
+//! mesh root (`--ca-file`, the control plane's `root-cert.pem`) with the
+//! certs crate's rustls config; [`TlsConnector`] does the TCP + TLS part.
 
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sane_certs::{CertifiedIdentity, TrustBundle};
 use sane_xds_proto::MeshResources;
 use serde_json::Value;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// A client of one control plane's API.
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
     token: Option<String>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<TlsConnector, Full<Bytes>>,
 }
+
+/// Opens TCP connections, then, for `https` URIs, a TLS session verified
+/// against the mesh root. A `tower::Service<Uri>` for hyper-util's client
+/// and for tonic's `Endpoint::connect_with_connector`.
+#[derive(Clone)]
+pub struct TlsConnector {
+    tcp: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A connection [`TlsConnector`] opened.
+#[derive(Debug)]
+pub enum MaybeTls {
+    /// `http://`.
+    Plain(TokioIo<TcpStream>),
+    /// `https://`.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What `apply` did to one resource.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,11 +68,25 @@ pub struct Applied {
 // === impl ApiClient ===
 
 impl ApiClient {
-    /// A client of `base` (e.g. `http://127.0.0.1:15080`), sending `token` on
-    /// writes.
+    /// A client of `base` (`http://127.0.0.1:15080`), sending `token` on
+    /// writes. An `https://` base needs [`ApiClient::with_roots`].
     pub fn new(base: &str, token: Option<String>) -> ApiClient {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Self::build(base, token, TlsConnector::plain())
+    }
+
+    /// A client of `base` (`https://…`) that trusts `roots` (the mesh root
+    /// the control plane writes to `root-cert.pem`, or the operator's CA of
+    /// `--api-tls-cert`).
+    pub fn with_roots(
+        base: &str,
+        token: Option<String>,
+        roots: &TrustBundle,
+    ) -> Result<ApiClient, Error> {
+        let connector = TlsConnector::new(roots, None, &[b"http/1.1"])?;
+        Ok(Self::build(base, token, connector))
+    }
+
+    fn build(base: &str, token: Option<String>, connector: TlsConnector) -> ApiClient {
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             token,
@@ -185,6 +229,149 @@ impl fmt::Debug for ApiClient {
             .field("base", &self.base)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
+    }
+}
+
+// === impl TlsConnector ===
+
+impl TlsConnector {
+    /// Plain TCP only; an `https` URI fails with a message saying what is
+    /// missing.
+    pub fn plain() -> TlsConnector {
+        TlsConnector {
+            tcp: tcp_connector(),
+            tls: None,
+        }
+    }
+
+    /// TCP, then TLS for `https` URIs: the server must chain to `roots` and
+    /// be valid for the URI's host; `client` is presented if given (a
+    /// workload certificate: mutual TLS). `alpn`: `h2` for gRPC,
+    /// `http/1.1` for the API.
+    pub fn new(
+        roots: &TrustBundle,
+        client: Option<&CertifiedIdentity>,
+        alpn: &[&[u8]],
+    ) -> Result<TlsConnector, Error> {
+        let config =
+            sane_certs::control_plane_client_config(roots, client, alpn).map_err(|source| {
+                Error::Tls {
+                    name: "client",
+                    source: Box::new(source),
+                }
+            })?;
+        Ok(TlsConnector {
+            tcp: tcp_connector(),
+            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+        })
+    }
+}
+
+fn tcp_connector() -> HttpConnector {
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(Duration::from_secs(5)));
+    tcp.set_nodelay(true);
+    // The scheme is this connector's business, not HttpConnector's.
+    tcp.enforce_http(false);
+    tcp
+}
+
+impl tower::Service<http::Uri> for TlsConnector {
+    type Response = MaybeTls;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<MaybeTls, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let https = uri.scheme_str() == Some("https");
+        let tls = self.tls.clone();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let connect = self.tcp.call(uri);
+        Box::pin(async move {
+            let tcp = connect.await?;
+            if !https {
+                return Ok(MaybeTls::Plain(tcp));
+            }
+            let Some(tls) = tls else {
+                return Err("an https:// URL needs the mesh root to verify the server \
+                            (sanectl --ca-file, the control plane's root-cert.pem)"
+                    .into());
+            };
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+            let stream = tls.connect(name, tcp.into_inner()).await?;
+            Ok(MaybeTls::Tls(Box::new(TokioIo::new(stream))))
+        })
+    }
+}
+
+impl fmt::Debug for TlsConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+// === impl MaybeTls ===
+
+impl Connection for MaybeTls {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        match self {
+            MaybeTls::Tls(tls) if tls.inner().get_ref().1.alpn_protocol() == Some(b"h2") => {
+                connected.negotiated_h2()
+            }
+            _ => connected,
+        }
+    }
+}
+
+impl hyper::rt::Read for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_flush(cx),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            MaybeTls::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

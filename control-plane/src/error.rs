@@ -213,6 +213,50 @@ pub enum Error {
         /// The `error` field of the JSON body, or the raw body.
         message: String,
     },
+    /// Plaintext was asked for on a port that does not bind loopback.
+    #[error(
+        "refusing to serve {name} in plaintext on {addr}: bearer tokens would cross the network \
+         in clear; --insecure-plaintext-loopback only allows loopback addresses (127.0.0.1, ::1). \
+         Drop the flag to serve TLS with the mesh CA's serving certificate"
+    )]
+    PlaintextNotLoopback {
+        /// Which port (`xds`, `api`).
+        name: &'static str,
+        /// The requested address.
+        addr: SocketAddr,
+    },
+    /// The control plane's serving certificate could not be issued.
+    #[error("issuing the serving certificate for {names:?}: {source}")]
+    ServingCert {
+        /// The names asked for (`--tls-san` and the defaults).
+        names: Vec<String>,
+        /// Why the CA refused (boxed: large, and this path is cold).
+        source: Box<sane_certs::Error>,
+    },
+    /// An operator certificate or key file could not be used.
+    #[error("certificate file {path}: {reason}")]
+    CertFiles {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The root certificate file for proxies could not be written.
+    #[error("writing the root certificate file {path}: {source}")]
+    RootFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A TLS configuration could not be built.
+    #[error("building the TLS configuration of the {name} port: {source}")]
+    Tls {
+        /// Which port (`xds`, `api`).
+        name: &'static str,
+        /// What failed (boxed: large, and this path is cold).
+        source: Box<sane_certs::Error>,
+    },
 }
 
 /// A write that would leave an invalid configuration, with every bad field.

@@ -12,6 +12,9 @@
 //! feature `kubernetes`), [`k8s`] is one more source of resources, one more
 //! way to authenticate to the CA, and the sidecar-injection webhook.
 //!
+//! Both ports are TLS by default, with a serving certificate from the mesh
+//! CA ([`transport`]); plaintext is possible on loopback only.
+//!
 //! Entry points: [`build`] binds both listeners and loads the state,
 //! [`Bound::run`] serves until shutdown. `main.rs` (`sane-control-plane`) and
 //! `bin/sanectl.rs` (the CLI, built on [`client`]) are thin wrappers.
@@ -32,6 +35,7 @@ pub mod registry;
 pub mod resource;
 pub mod status;
 pub mod store;
+pub mod transport;
 pub mod ui;
 pub mod xds;
 
@@ -90,6 +94,27 @@ pub struct Config {
     /// Root rotation: the previous root (PEM), still trusted until
     /// `retiring_until`. Default: none.
     pub retiring_root: Option<(PathBuf, std::time::SystemTime)>,
+    /// Serve xDS, the CA and the API in plaintext; refused unless both
+    /// addresses are loopback ([`transport::check_plaintext_bind`]).
+    /// Default: false (TLS).
+    pub plaintext_loopback: bool,
+    /// Extra names (DNS names or IP addresses) of the serving certificate,
+    /// beyond `localhost`, `127.0.0.1`, `::1` and the bound addresses.
+    /// Default: none.
+    pub tls_sans: Vec<String>,
+    /// Lifetime of the serving certificate; renewed at two thirds of it.
+    /// Default: 24 h.
+    pub serving_cert_ttl: Duration,
+    /// The API's certificate chain and key (PEM files) instead of the mesh
+    /// CA's serving certificate. Default: none.
+    pub api_tls_files: Option<(PathBuf, PathBuf)>,
+    /// Where to write the mesh root(s) in PEM, for proxies' bootstrap
+    /// `control_plane.root_cert_file`. Default: `<data_dir>/root-cert.pem`,
+    /// or nowhere without a data dir.
+    pub root_cert_file: Option<PathBuf>,
+    /// Reads of `/api/v1` need the API token too. Default: false (reads
+    /// are open).
+    pub api_read_token_required: bool,
     /// Kubernetes: the registry source, TokenReview and the injection
     /// webhook ([`k8s`]). Default: none.
     #[cfg(feature = "kubernetes")]
@@ -116,8 +141,25 @@ pub struct Bound {
     #[cfg(feature = "kubernetes")]
     kubernetes: Option<k8s::Kubernetes>,
     config: Config,
+    /// TLS of both ports; `None` when serving plaintext on loopback.
+    tls: Option<ServingTls>,
+    root_cert_file: Option<PathBuf>,
     /// Stops streams and background tasks; cancelled by `run`'s shutdown.
     stop: CancellationToken,
+}
+
+/// A port's connections: past their TLS handshake, or plain TCP.
+enum Incoming {
+    Tls(transport::TlsIncoming),
+    Plain(TcpListener),
+}
+
+/// The TLS side of both ports.
+#[derive(Debug)]
+struct ServingTls {
+    cert: Arc<transport::ServingCert>,
+    xds: Arc<rustls::ServerConfig>,
+    api: Arc<rustls::ServerConfig>,
 }
 
 // === impl Config ===
@@ -140,6 +182,12 @@ impl Default for Config {
             max_cert_ttl: Duration::from_secs(7 * 24 * 3600),
             ca_files: None,
             retiring_root: None,
+            plaintext_loopback: false,
+            tls_sans: Vec::new(),
+            serving_cert_ttl: transport::DEFAULT_SERVING_CERT_TTL,
+            api_tls_files: None,
+            root_cert_file: None,
+            api_read_token_required: false,
             #[cfg(feature = "kubernetes")]
             kubernetes: None,
             prometheus_url: None,
@@ -165,6 +213,12 @@ impl fmt::Debug for Config {
             .field("max_cert_ttl", &self.max_cert_ttl)
             .field("ca_files", &self.ca_files)
             .field("retiring_root", &self.retiring_root)
+            .field("plaintext_loopback", &self.plaintext_loopback)
+            .field("tls_sans", &self.tls_sans)
+            .field("serving_cert_ttl", &self.serving_cert_ttl)
+            .field("api_tls_files", &self.api_tls_files)
+            .field("root_cert_file", &self.root_cert_file)
+            .field("api_read_token_required", &self.api_read_token_required)
             .field("prometheus_url", &self.prometheus_url);
         #[cfg(feature = "kubernetes")]
         d.field("kubernetes", &self.kubernetes);
@@ -173,11 +227,16 @@ impl fmt::Debug for Config {
 }
 
 /// Loads the state, resolves the API token, loads the config dir once, and
-/// binds both listeners. Metrics are registered in `metrics_registry`.
+/// binds both listeners; issues the serving certificate and writes the root
+/// file. Metrics are registered in `metrics_registry`.
 pub async fn build(
     config: Config,
     metrics_registry: &prometheus::Registry,
 ) -> Result<Bound, Error> {
+    if config.plaintext_loopback {
+        transport::check_plaintext_bind("xds", config.xds_addr)?;
+        transport::check_plaintext_bind("api", config.api_addr)?;
+    }
     let metrics = Metrics::register(metrics_registry)?;
     let registry = Arc::new(match &config.data_dir {
         Some(dir) => Registry::open(store::Store::open(dir)?)?,
@@ -234,6 +293,28 @@ pub async fn build(
         }
         None => (ca, None),
     };
+    let root_pem = ca.bundle(std::time::SystemTime::now()).to_pem();
+    let root_cert_file = config.root_cert_file.clone().or_else(|| {
+        config
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(transport::ROOT_CERT_FILE))
+    });
+    if let Some(path) = &root_cert_file {
+        transport::write_root_file(path, &root_pem)?;
+        tracing::info!(path = %path.display(), "mesh root written (proxies' control_plane.root_cert_file)");
+    }
+    let tls = if config.plaintext_loopback {
+        tracing::warn!(%xds_addr, %api_addr, "serving xDS, the CA and the API in PLAINTEXT (loopback only)");
+        None
+    } else {
+        Some(serving_tls(
+            &config,
+            &authority,
+            &ca,
+            &[xds_addr, api_addr],
+        )?)
+    };
     let ads = AdsService::new(
         registry.clone(),
         status.clone(),
@@ -253,6 +334,7 @@ pub async fn build(
             .prometheus_url
             .as_deref()
             .map(ui::prometheus::PromClient::new),
+        read_token_required: config.api_read_token_required,
     };
     tracing::info!(
         revision = registry.revision(),
@@ -274,7 +356,61 @@ pub async fn build(
         #[cfg(feature = "kubernetes")]
         kubernetes,
         config,
+        tls,
+        root_cert_file,
         stop,
+    })
+}
+
+/// The serving certificate and the rustls configs of both ports.
+fn serving_tls(
+    config: &Config,
+    authority: &Arc<sane_certs::CertificateAuthority>,
+    ca: &ca::CaService,
+    bound: &[SocketAddr],
+) -> Result<ServingTls, Error> {
+    let names = transport::serving_names(&config.tls_sans, bound);
+    let cert = Arc::new(transport::ServingCert::issue(
+        authority.clone(),
+        names,
+        config.serving_cert_ttl,
+    )?);
+    // Client certificates are verified against every root proxies trust,
+    // the retiring one included.
+    let client_roots = ca.bundle(std::time::SystemTime::now());
+    // Client certificates of the mesh's own trust domain only.
+    let domains = [
+        sane_certs::TrustDomain::new(&config.trust_domain).map_err(|source| Error::Tls {
+            name: "trust domain",
+            source: Box::new(source),
+        })?,
+    ];
+    let xds =
+        sane_certs::control_plane_server_config(cert.clone(), &client_roots, &domains, &[b"h2"])
+            .map_err(|source| Error::Tls {
+                name: "xds",
+                source: Box::new(source),
+            })?;
+    let api_resolver: Arc<dyn rustls::server::ResolvesServerCert> = match &config.api_tls_files {
+        Some((chain, key)) => Arc::new(transport::FixedCert(transport::load_cert_files(
+            chain, key,
+        )?)),
+        None => cert.clone(),
+    };
+    let api = sane_certs::control_plane_server_config(
+        api_resolver,
+        &client_roots,
+        &domains,
+        &[b"http/1.1"],
+    )
+    .map_err(|source| Error::Tls {
+        name: "api",
+        source: Box::new(source),
+    })?;
+    Ok(ServingTls {
+        cert,
+        xds: Arc::new(xds),
+        api: Arc::new(api),
     })
 }
 
@@ -294,6 +430,16 @@ impl Bound {
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// The file the mesh root was written to, if any.
+    pub fn root_cert_file(&self) -> Option<&std::path::Path> {
+        self.root_cert_file.as_deref()
+    }
+
+    /// Whether the ports serve TLS (false: plaintext on loopback).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The proxy status table.
@@ -340,27 +486,63 @@ impl Bound {
         }
 
         let xds_addr = self.xds_addr;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.xds_listener);
-        let xds = tonic::transport::Server::builder()
+        let api_addr = self.api_addr;
+        let (xds_incoming, api_incoming) = match &self.tls {
+            Some(tls) => {
+                tasks.spawn(tls.cert.clone().run_renewal(stop.clone()));
+                let accept = |name, listener, config: &Arc<rustls::ServerConfig>, addr| {
+                    transport::accept_tls(name, listener, config.clone(), stop.clone())
+                        .map_err(|source| Error::Bind { name, addr, source })
+                };
+                (
+                    Incoming::Tls(accept("xds", self.xds_listener, &tls.xds, xds_addr)?),
+                    Incoming::Tls(accept("api", self.api_listener, &tls.api, api_addr)?),
+                )
+            }
+            None => (
+                Incoming::Plain(self.xds_listener),
+                Incoming::Plain(self.api_listener),
+            ),
+        };
+        let grpc = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(self.ads.into_server())
-            .add_service(self.ca)
-            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+            .add_service(self.ca);
         let xds = async {
-            let r = xds.await.map_err(|source| Error::XdsServe {
+            let signal = stop.clone().cancelled_owned();
+            let r = match xds_incoming {
+                Incoming::Tls(incoming) => {
+                    grpc.serve_with_incoming_shutdown(incoming, signal).await
+                }
+                Incoming::Plain(listener) => {
+                    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                    grpc.serve_with_incoming_shutdown(incoming, signal).await
+                }
+            };
+            let r = r.map_err(|source| Error::XdsServe {
                 addr: xds_addr,
                 source,
             });
             stop.cancel();
             r
         };
-        let api_addr = self.api_addr;
         let app = api::router(self.api_state);
-        let api = axum::serve(self.api_listener, app)
-            .with_graceful_shutdown(stop.clone().cancelled_owned());
         let api = async {
-            let r = api.await.map_err(|source| Error::ApiServe {
+            let signal = stop.clone().cancelled_owned();
+            let r = match api_incoming {
+                Incoming::Tls(incoming) => {
+                    axum::serve(incoming, app)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+                Incoming::Plain(listener) => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+            };
+            let r = r.map_err(|source| Error::ApiServe {
                 addr: api_addr,
                 source,
             });

@@ -1,6 +1,7 @@
 //! `sane-control-plane`: parses flags, builds the control plane, prints the
 //! bound addresses (`listening name=xds addr=…`, `listening name=api
 //! addr=…`) on stdout, and serves until SIGTERM or Ctrl-C. Logs go to stderr.
+//! Both ports are TLS unless `--insecure-plaintext-loopback` (loopback only).
 
 use anyhow::Context;
 use clap::Parser;
@@ -76,6 +77,35 @@ struct Args {
     /// End of the previous root's grace period (RFC 3339).
     #[arg(long, value_parser = humantime::parse_rfc3339, requires = "retiring_root")]
     retiring_root_until: Option<std::time::SystemTime>,
+    /// Serve xDS, the CA and the API in plaintext instead of TLS. Only
+    /// allowed when both addresses are loopback: bearer tokens must not
+    /// cross a network in clear. For local experiments and tests.
+    #[arg(long, env = "SANE_INSECURE_PLAINTEXT_LOOPBACK")]
+    insecure_plaintext_loopback: bool,
+    /// Extra name (DNS name or IP address) proxies dial the control plane
+    /// by, added to its serving certificate (repeat, or comma-separate).
+    /// Always included: localhost, 127.0.0.1, ::1 and the bound addresses
+    /// unless they are 0.0.0.0/::.
+    #[arg(long = "tls-san", env = "SANE_TLS_SANS", value_delimiter = ',')]
+    tls_sans: Vec<String>,
+    /// Lifetime of the serving certificate (renewed at two thirds of it).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    serving_cert_ttl: Duration,
+    /// The API's certificate chain (PEM) instead of the mesh CA's serving
+    /// certificate; with --api-tls-key.
+    #[arg(long, requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The key of --api-tls-cert (PEM).
+    #[arg(long, requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// Where to write the mesh root certificate(s) (PEM) that proxies and
+    /// sanectl verify the control plane with (default:
+    /// <data-dir>/root-cert.pem).
+    #[arg(long, env = "SANE_ROOT_CERT_FILE")]
+    root_cert_file: Option<PathBuf>,
+    /// Reads of /api/v1 need the API token too (default: reads are open).
+    #[arg(long, env = "SANE_API_READ_TOKEN_REQUIRED")]
+    api_read_token_required: bool,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -119,6 +149,12 @@ fn main() -> anyhow::Result<()> {
         kubernetes,
         body_limit: args.max_body_bytes,
         prometheus_url: args.prometheus_url,
+        plaintext_loopback: args.insecure_plaintext_loopback,
+        tls_sans: args.tls_sans,
+        serving_cert_ttl: args.serving_cert_ttl,
+        api_tls_files: args.api_tls_cert.zip(args.api_tls_key),
+        root_cert_file: args.root_cert_file,
+        api_read_token_required: args.api_read_token_required,
         ..Config::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

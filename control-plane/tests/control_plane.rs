@@ -713,7 +713,10 @@ async fn binaries_print_addresses_apply_and_stop_on_sigterm() {
         let (name, addr) = rest.split_once(" addr=").unwrap();
         addrs.insert(name.to_string(), addr.to_string());
     }
-    let api = format!("http://{}", addrs["api"]);
+    // TLS by default: sanectl verifies the API against the root the
+    // control plane wrote next to its state.
+    let api = format!("https://{}", addrs["api"]);
+    let root = dir.path().join("root-cert.pem");
     let token_file = dir.path().join("api-token");
     let mesh = dir.path().join("mesh.yaml");
     std::fs::write(
@@ -723,10 +726,13 @@ async fn binaries_print_addresses_apply_and_stop_on_sigterm() {
     .unwrap();
     let sanectl = |args: Vec<String>| {
         let api = api.clone();
+        let root = root.clone();
         async move {
             tokio::process::Command::new(env!("CARGO_BIN_EXE_sanectl"))
                 .arg("--server")
                 .arg(&api)
+                .arg("--ca-file")
+                .arg(&root)
                 .args(args)
                 .output()
                 .await

@@ -229,9 +229,15 @@ fn service_webhook_and_injected_sidecars_point_at_the_deployment() {
         listen_port("xds-addr"),
         "xDS service port"
     );
-    let xds = format!("http://{dns}:15010");
+    let xds = format!("https://{dns}:15010");
     assert_eq!(arg("injected-control-plane"), xds);
     assert_eq!(InjectConfig::default().control_plane_address, xds);
+    // … over TLS: the serving certificate must name the Service.
+    let sans = arg("tls-san");
+    assert!(
+        sans.split(',').any(|n| n == dns),
+        "--tls-san {sans} lacks {dns}"
+    );
     // Probes use the API port.
     assert_eq!(
         container_port(&container["readinessProbe"]["httpGet"]["port"]),

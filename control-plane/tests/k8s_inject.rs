@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 fn injector() -> Injector {
     Injector::new(InjectConfig {
         proxy_image: "registry.test/sane/proxy:dev".into(),
+        root_cert_pem: fixture("inject/root-cert.pem"),
         ..InjectConfig::default()
     })
 }
@@ -113,6 +114,16 @@ fn check_injected_with_claims(
         item["fieldRef"]["fieldPath"],
         "metadata.annotations['sane.mesh/bootstrap']"
     );
+    // The root the sidecar verifies the control plane with, from the pod.
+    let root_item = &bootstrap_volume["downwardAPI"]["items"][1];
+    assert_eq!(
+        root_item["fieldRef"]["fieldPath"],
+        "metadata.annotations['sane.mesh/root-cert']"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["sane.mesh/root-cert"],
+        fixture("inject/root-cert.pem").as_str()
+    );
     let mount = |volume: &str| {
         sidecar["volumeMounts"]
             .as_array()
@@ -143,6 +154,14 @@ fn check_injected_with_claims(
     )
     .unwrap();
     bootstrap.validate().unwrap();
+    assert_eq!(
+        bootstrap.control_plane.as_ref().unwrap().root_cert_file,
+        format!(
+            "{}/{}",
+            mount("sane-bootstrap"),
+            root_item["path"].as_str().unwrap()
+        )
+    );
     let token = &spec["volumes"]
         .as_array()
         .unwrap()
@@ -422,6 +441,11 @@ fn sanectl_inject_writes_the_same_result_and_reports_each_workload() {
         .args(["inject", "-f", &input, "-o"])
         .arg(&out)
         .args(["--proxy-image", "registry.test/sane/proxy:dev"])
+        .arg("--root-cert-file")
+        .arg(format!(
+            "{}/tests/fixtures/inject/root-cert.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .output()
         .unwrap();
     assert!(
@@ -439,9 +463,20 @@ fn sanectl_inject_writes_the_same_result_and_reports_each_workload() {
         env!("CARGO_MANIFEST_DIR")
     );
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_sanectl"))
-        .args(["inject", "-f", &bad])
+        .args(["inject", "-f", &bad, "--root-cert-file"])
+        .arg(format!(
+            "{}/tests/fixtures/inject/root-cert.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&run.stderr).contains("uses port 15001"));
+    // Without the root the sidecars could not verify the control plane.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_sanectl"))
+        .args(["inject", "-f", &input])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--root-cert-file is required"));
 }

@@ -21,8 +21,7 @@
 
 use crate::echo::proto::EchoRequest;
 use crate::harness::http::{
-    full, get, h2c_client_via, http1_client, http1_client_via, request, send, tcp_roundtrip,
-    HttpClient, Reply,
+    full, get, h2c_client_via, http1_client_via, request, send, tcp_roundtrip, HttpClient, Reply,
 };
 use crate::harness::{
     bins, bins_for, echo_service, eventually, isolate_children_from_ctrl_c, ControlPlane, EchoApp,
@@ -276,8 +275,11 @@ fn bootstrap(w: &Workload, cp: &ControlPlane, token: &Path, resources: MeshResou
             address: cp.xds_url(),
             token_file: token.display().to_string(),
             services: Vec::new(),
+            // TLS: the control plane's certificate verified against the
+            // root it wrote.
+            root_cert_file: cp.root_cert_file(),
         }),
-        // CA address and token default to the control plane's.
+        // CA address, token and root default to the control plane's.
         identity: Some(IdentityConfig {
             service_account: w.service_account.to_string(),
             ..Default::default()
@@ -368,7 +370,9 @@ async fn put(cp: &ControlPlane, path: &str, resource: &impl Serialize) {
     let bearer = HeaderValue::try_from(bearer).expect("a valid header value");
     req.headers_mut().insert(header::CONTENT_TYPE, json);
     req.headers_mut().insert(header::AUTHORIZATION, bearer);
-    let reply = send(&http1_client(), req)
+    let reply = cp
+        .api_client()
+        .send(req)
         .await
         .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
     assert!(
@@ -383,8 +387,9 @@ async fn put(cp: &ControlPlane, path: &str, resource: &impl Serialize) {
 /// one in sync with the registry; returns a summary.
 async fn wait_in_sync(cp: &ControlPlane, expected: usize) -> String {
     let url = cp.api_url("/api/v1/proxies");
+    let api = cp.api_client();
     eventually(SYNC_DEADLINE, || async {
-        let table = send(&http1_client(), get(&url)).await?.json()?;
+        let table = api.send(get(&url)).await?.json()?;
         let proxies = table["proxies"].as_array().cloned().unwrap_or_default();
         let connected: Vec<&serde_json::Value> =
             proxies.iter().filter(|p| p["connected"] == true).collect();
@@ -566,6 +571,10 @@ impl DemoMesh {
         }
         println!("  metrics      {}", cp.api_url("/metrics"));
         println!("  data dir     {}", cp.data_dir.display());
+        println!(
+            "  TLS root     {}   (curl --cacert {0} …, sanectl --ca-file {0})",
+            cp.root_cert.display()
+        );
         println!("  writes need  -H 'Authorization: Bearer {TEST_API_TOKEN}'");
         for sidecar in self.sidecars() {
             let sa = sidecar

@@ -263,6 +263,9 @@ async fn start_control_plane(b: &Pod, data_dir: &Path) -> ControlPlane {
             &data,
             "--api-token",
             sane_e2e::harness::TEST_API_TOKEN,
+            // Dialed by pod B's address: its serving certificate names it.
+            "--tls-san",
+            &b.ip.to_string(),
         ],
     );
     proc.wait_listening(&["xds", "api"], DEADLINE).await;
@@ -272,6 +275,8 @@ async fn start_control_plane(b: &Pod, data_dir: &Path) -> ControlPlane {
         api: SocketAddr::new(IpAddr::V4(b.ip), API_PORT),
         data_dir: data_dir.to_path_buf(),
         xds_token: PathBuf::new(),
+        root_cert: data_dir.join("root-cert.pem"),
+        tls: true,
     };
     cp.xds_token = cp.issue_token(data_dir, "default", "default").await;
     cp
@@ -334,6 +339,7 @@ fn identity(cp: &ControlPlane, token: &Path, service_account: &str) -> IdentityC
     IdentityConfig {
         service_account: service_account.into(),
         ca_address: cp.xds_url(),
+        root_cert_file: cp.root_cert_file(),
         token_file: token.display().to_string(),
         ..Default::default()
     }

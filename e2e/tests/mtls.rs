@@ -23,6 +23,7 @@ fn identity(cp: &ControlPlane, token: &Path, sa: &str, ttl: Duration) -> Identit
     IdentityConfig {
         service_account: sa.into(),
         ca_address: cp.xds_url(),
+        root_cert_file: cp.root_cert_file(),
         token_file: token.display().to_string(),
         ttl: ttl.as_millis() as u64,
         ..Default::default()

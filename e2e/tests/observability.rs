@@ -194,6 +194,7 @@ async fn start_chain(collector: &str) -> Chain {
     let identity = |token: &Path, sa: &str| IdentityConfig {
         service_account: sa.into(),
         ca_address: cp.xds_url(),
+        root_cert_file: cp.root_cert_file(),
         token_file: token.display().to_string(),
         ..Default::default()
     };

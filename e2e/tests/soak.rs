@@ -75,6 +75,7 @@ fn identity(cp: &ControlPlane, token: &Path, sa: &str) -> IdentityConfig {
     IdentityConfig {
         service_account: sa.into(),
         ca_address: cp.xds_url(),
+        root_cert_file: cp.root_cert_file(),
         token_file: token.display().to_string(),
         ttl: CERT_TTL.as_millis() as u64,
         ..Default::default()

@@ -116,6 +116,7 @@ async fn inbound_mtls_port_accepts_only_tls12_and_13_with_strong_suites() {
     bootstrap.identity = Some(IdentityConfig {
         service_account: "echo".into(),
         ca_address: cp.xds_url(),
+        root_cert_file: cp.root_cert_file(),
         token_file: token.display().to_string(),
         ..Default::default()
     });

@@ -112,9 +112,15 @@ fn identity(ca: String, token: &Path, service_account: &str) -> Option<IdentityC
         service_account: service_account.into(),
         ca_address: ca,
         token_file: token.display().to_string(),
+        // The control plane's root, copied beside the tokens (see ROOT_CERT).
+        root_cert_file: token.with_file_name(ROOT_CERT).display().to_string(),
         ..Default::default()
     })
 }
+
+/// The control plane's root, copied into the sidecars' directory: the CA
+/// and xDS are TLS, and the sidecars (another uid) verify them with it.
+const ROOT_CERT: &str = "root-cert.pem";
 
 /// Sidecar B: one transparent inbound listener for the pod's two ports.
 fn server_bootstrap(ca: String, token: &Path) -> Bootstrap {
@@ -233,7 +239,9 @@ async fn issue_token(pod: &Pod, api: SocketAddr, dir: &Path, service_account: &s
                 "content-type: application/json",
                 "--data",
                 &body.to_string(),
-                &format!("http://127.0.0.1:{}/api/v1/tokens", api.port()),
+                "--cacert",
+                &dir.join(ROOT_CERT).display().to_string(),
+                &format!("https://127.0.0.1:{}/api/v1/tokens", api.port()),
             ],
         )
         .await
@@ -287,10 +295,16 @@ async fn an_unmodified_client_is_intercepted_on_both_sides_and_carried_over_mtls
             &data_dir,
             "--api-token",
             TEST_API_TOKEN,
+            // Pod A dials it by pod B's address; B's sidecar by loopback.
+            "--tls-san",
+            &b.ip.to_string(),
         ],
     );
     let cp_addrs = cp.wait_listening(&["xds", "api"], DEADLINE).await;
     let (xds, api) = (cp_addrs["xds"], cp_addrs["api"]);
+    let root = dir.path().join(ROOT_CERT);
+    std::fs::copy(Path::new(&data_dir).join(ROOT_CERT), &root).unwrap();
+    let cacert = root.display().to_string();
 
     // The "init containers": capture everything in both pods, except that
     // the control plane's ports in B are not behind B's sidecar.
@@ -349,14 +363,14 @@ async fn an_unmodified_client_is_intercepted_on_both_sides_and_carried_over_mtls
         b,
         dir.path(),
         "echo-b",
-        server_bootstrap(format!("http://127.0.0.1:{}", xds.port()), &server_token),
+        server_bootstrap(format!("https://127.0.0.1:{}", xds.port()), &server_token),
     )
     .await;
     let sidecar_a = PodSidecar::start(
         a,
         dir.path(),
         "client-a",
-        client_bootstrap(format!("http://{}:{}", b.ip, xds.port()), &client_token, b),
+        client_bootstrap(format!("https://{}:{}", b.ip, xds.port()), &client_token, b),
     )
     .await;
 
@@ -415,8 +429,12 @@ async fn an_unmodified_client_is_intercepted_on_both_sides_and_carried_over_mtls
 
     // 4. A destination outside the mesh (the control plane's API) is passed
     //    through unchanged, and counted.
-    let outside = format!("http://{}:{}/api/v1/openapi.json", b.ip, api.port());
-    let (code, body) = a.curl(None, &[&outside]).await.unwrap();
+    //    (HTTPS, verified end to end: the sidecar only splices it.)
+    let outside = format!("https://{}:{}/api/v1/openapi.json", b.ip, api.port());
+    let (code, body) = a
+        .curl(None, &["--cacert", &cacert, &outside])
+        .await
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let a_metrics = sidecar_a.metrics(a).await;
     assert_eq!(intercepted(&a_metrics, "passthrough"), 1.0, "{a_metrics}");

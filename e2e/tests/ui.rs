@@ -153,7 +153,7 @@ routes:
     }
 
     let browser = Browser::start(&chromium).await;
-    let url = format!("http://{}/ui", cp.api);
+    let url = format!("https://{}/ui", cp.api);
     let mut page = browser.open(&url).await;
     assert!(
         page.errors.is_empty(),

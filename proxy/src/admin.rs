@@ -45,7 +45,7 @@ impl Admin {
 
     fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/ready") => readiness_response(&self.readiness, &self.drain),
+            (&Method::GET, "/ready") => admin_readiness(&self.readiness, &self.drain),
             (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
             (&Method::GET, "/metrics") => {
                 let mut out = Vec::new();
@@ -128,6 +128,23 @@ impl Admin {
             ))
             .expect("valid response")
     }
+}
+
+/// The admin's `/ready` (loopback only): [`readiness_response`], and when
+/// not ready, a `what: why` line per blocker that knows why (the xDS or CA
+/// connection error). The health port, reachable from the network, keeps
+/// the terse answer.
+fn admin_readiness(readiness: &Readiness, drain: &Drain) -> Response<Body> {
+    let reasons = readiness.reasons();
+    if readiness.is_ready() || drain.is_draining() || reasons.is_empty() {
+        return readiness_response(readiness, drain);
+    }
+    let mut body = String::from("not ready\n");
+    for reason in reasons {
+        body.push_str(&reason);
+        body.push('\n');
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, &body)
 }
 
 /// The answer to a readiness check: 200 `ready`, or 503 `draining` /

@@ -6,8 +6,9 @@
 //! with GOAWAY), then waits for all connections up to the drain deadline.
 //! Whatever is still open at the deadline is cut.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,14 +26,20 @@ pub struct Drain {
 pub struct Readiness {
     ready: Arc<AtomicBool>,
     blockers: Arc<AtomicUsize>,
+    /// Why each blocker still blocks, once it knows (`xds`: the last
+    /// connection error), for `/ready` to show.
+    reasons: Reasons,
     drain: Drain,
 }
+
+type Reasons = Arc<Mutex<BTreeMap<&'static str, String>>>;
 
 /// Holds readiness back until dropped.
 #[derive(Debug)]
 pub struct BlockReady {
     what: &'static str,
     blockers: Arc<AtomicUsize>,
+    reasons: Reasons,
 }
 
 /// How a drain ended.
@@ -101,6 +108,7 @@ impl Readiness {
         Self {
             ready: Arc::default(),
             blockers: Arc::default(),
+            reasons: Arc::default(),
             drain,
         }
     }
@@ -111,7 +119,19 @@ impl Readiness {
         BlockReady {
             what,
             blockers: self.blockers.clone(),
+            reasons: self.reasons.clone(),
         }
+    }
+
+    /// What still blocks readiness and why, as `what: reason` lines, for
+    /// those blockers that said ([`BlockReady::note`]).
+    pub fn reasons(&self) -> Vec<String> {
+        self.reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(what, why)| format!("{what}: {why}"))
+            .collect()
     }
 
     /// Marks the proxy ready.
@@ -127,9 +147,26 @@ impl Readiness {
     }
 }
 
+// === impl BlockReady ===
+
+impl BlockReady {
+    /// Records why readiness is still blocked (the last error), shown by
+    /// `/ready` until this guard is dropped or notes another reason.
+    pub fn note(&self, reason: impl Into<String>) {
+        self.reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.what, reason.into());
+    }
+}
+
 impl Drop for BlockReady {
     fn drop(&mut self) {
         tracing::debug!(what = self.what, "no longer blocking readiness");
+        self.reasons
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.what);
         self.blockers.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -149,7 +186,13 @@ mod tests {
         ready.set_ready();
         let block = ready.block("xds");
         assert!(!ready.is_ready());
+        block.note("connecting to https://cp: invalid peer certificate");
+        assert_eq!(
+            ready.reasons(),
+            ["xds: connecting to https://cp: invalid peer certificate"]
+        );
         drop(block);
+        assert!(ready.reasons().is_empty());
         assert!(ready.is_ready());
         drain.start();
         assert!(!ready.is_ready());

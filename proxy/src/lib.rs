@@ -118,10 +118,14 @@ pub async fn build(
         .control_plane
         .clone()
         .map(|mut cp| {
-            // One workload token serves both the CA and the xDS stream.
-            if cp.token_file.is_empty() {
-                if let Some(id) = &bootstrap.identity {
+            // One workload token (and one root) serves both the CA and the
+            // xDS stream.
+            if let Some(id) = &bootstrap.identity {
+                if cp.token_file.is_empty() {
                     cp.token_file = id.token_file.clone();
+                }
+                if cp.root_cert_file.is_empty() {
+                    cp.root_cert_file = id.root_cert_file.clone();
                 }
             }
             cp
@@ -299,6 +303,7 @@ impl Proxy {
                 self.handle.config.clone(),
                 metrics,
                 block,
+                self.ctx.identity.clone(),
                 background.clone(),
             ));
         }

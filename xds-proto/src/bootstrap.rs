@@ -56,11 +56,16 @@ pub struct IdentityConfig {
     /// the proxy asks for (the CA only signs it if the token allows it).
     /// Default: `default`.
     pub service_account: String,
-    /// CA URL. Default: the control plane's `address`.
+    /// CA URL. Default: the control plane's `address`. Like it, `https://`
+    /// (verified against `root_cert_file`), or `http://` to a loopback
+    /// address only.
     pub ca_address: String,
     /// File holding the bootstrap token the CA authenticates. Default: the
     /// control plane's `token_file`.
     pub token_file: String,
+    /// PEM file of the root(s) the CA's serving certificate must chain to.
+    /// Default: the control plane's `root_cert_file`.
+    pub root_cert_file: String,
     /// Requested certificate lifetime; the CA may shorten it. Default: 0,
     /// the CA's default (24h).
     #[serde(with = "duration_ms")]
@@ -77,7 +82,12 @@ pub struct IdentityConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlPlane {
-    /// xDS server URL, e.g. `http://127.0.0.1:15010`. Required.
+    /// xDS server URL, e.g. `https://sane-control-plane.sane-system.svc:15010`.
+    /// `https://`: TLS, the server verified against `root_cert_file` for the
+    /// URL's host (a DNS name or IP address its certificate must carry).
+    /// `http://` (plaintext: the token would travel in clear) only to a
+    /// loopback address (`127.0.0.0/8`, `::1`, `localhost`), matching the
+    /// control plane's `--insecure-plaintext-loopback`. Required.
     pub address: String,
     /// File holding the proxy's workload token, sent as a bearer token on
     /// the xDS stream (the control plane refuses streams without a valid
@@ -87,6 +97,12 @@ pub struct ControlPlane {
     /// Services of other namespaces (or `*`) this proxy talks to, beyond its
     /// own namespace. Default: none.
     pub services: Vec<String>,
+    /// PEM file of the mesh root(s) the control plane's serving certificate
+    /// must chain to: what the control plane writes to
+    /// `<data-dir>/root-cert.pem` (`--root-cert-file`). Read at each
+    /// (re)connect. Required with an `https://` address (here or as
+    /// `identity.root_cert_file`). Default: `identity.root_cert_file`.
+    pub root_cert_file: String,
 }
 
 /// The proxy's identity in the mesh.
@@ -210,26 +226,36 @@ impl Bootstrap {
         self.resources
             .validate_into(&root.field("resources"), &mut errs);
         if let Some(id) = &self.identity {
-            let ip = root.field("identity");
-            errs.length(&ip.field("trust_domain"), &id.trust_domain, MAX_NAME_BYTES);
+            let path = root.field("identity");
             errs.length(
-                &ip.field("service_account"),
+                &path.field("trust_domain"),
+                &id.trust_domain,
+                MAX_NAME_BYTES,
+            );
+            errs.length(
+                &path.field("service_account"),
                 &id.service_account,
                 MAX_NAME_BYTES,
             );
-            errs.length(&ip.field("ca_address"), &id.ca_address, MAX_VALUE_BYTES);
-            errs.length(&ip.field("token_file"), &id.token_file, MAX_VALUE_BYTES);
-            let ca = if id.ca_address.is_empty() {
-                self.control_plane.as_ref().map(|c| c.address.as_str())
-            } else {
-                Some(id.ca_address.as_str())
-            };
-            if ca.is_none() {
+            errs.length(&path.field("ca_address"), &id.ca_address, MAX_VALUE_BYTES);
+            errs.length(&path.field("token_file"), &id.token_file, MAX_VALUE_BYTES);
+            let path = root.field("identity");
+            if !id.ca_address.is_empty() {
+                check_control_plane_url(
+                    &id.ca_address,
+                    self.ca_root_cert_file(),
+                    &path.field("ca_address"),
+                    &path,
+                    &mut errs,
+                );
+            } else if self.control_plane.is_none() {
                 errs.push(
-                    &root.field("identity").field("ca_address"),
+                    &path.field("ca_address"),
                     "required when there is no control_plane",
                 );
             }
+            // Otherwise the CA is the control plane's address, with its
+            // root, checked below.
             id.validate_trust_domains(&root.field("identity"), &mut errs);
         }
         if let Some(h) = &self.health {
@@ -241,19 +267,23 @@ impl Bootstrap {
         }
         self.http.validate_into(&root.field("http"), &mut errs);
         if let Some(cp) = &self.control_plane {
-            let cpp = root.field("control_plane");
-            errs.length(&cpp.field("address"), &cp.address, MAX_VALUE_BYTES);
-            errs.length(&cpp.field("token_file"), &cp.token_file, MAX_VALUE_BYTES);
+            let path = root.field("control_plane");
+            errs.length(&path.field("address"), &cp.address, MAX_VALUE_BYTES);
+            errs.length(&path.field("token_file"), &cp.token_file, MAX_VALUE_BYTES);
             for (i, s) in cp.services.iter().enumerate() {
-                errs.length(&cpp.item("services", i), s, MAX_NAME_BYTES);
+                errs.length(&path.item("services", i), s, MAX_NAME_BYTES);
             }
-            let a = &cp.address;
-            if !(a.starts_with("http://") || a.starts_with("https://")) || a.len() < 10 {
-                errs.push(
-                    &root.field("control_plane").field("address"),
-                    format!("{a:?} is not an http(s) URL"),
-                );
-            }
+            let root_file = match &self.identity {
+                Some(id) if cp.root_cert_file.is_empty() => &id.root_cert_file,
+                _ => &cp.root_cert_file,
+            };
+            check_control_plane_url(
+                &cp.address,
+                root_file,
+                &path.field("address"),
+                &path,
+                &mut errs,
+            );
         }
         errs.finish()
     }
@@ -307,6 +337,18 @@ impl Bootstrap {
         }
     }
 
+    /// The CA's root file: `identity.root_cert_file`, else the control
+    /// plane's. Empty if neither is set.
+    pub fn ca_root_cert_file(&self) -> &str {
+        match &self.identity {
+            Some(id) if !id.root_cert_file.is_empty() => &id.root_cert_file,
+            _ => self
+                .control_plane
+                .as_ref()
+                .map_or("", |c| c.root_cert_file.as_str()),
+        }
+    }
+
     /// The drain deadline in milliseconds, with the default applied.
     pub fn drain_timeout_ms(&self) -> u64 {
         if self.drain_timeout == 0 {
@@ -314,5 +356,139 @@ impl Bootstrap {
         } else {
             self.drain_timeout
         }
+    }
+}
+
+/// The host of an `http(s)://host[:port][/...]` URL, without IPv6 brackets.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+/// Whether `host` is this machine: `localhost` or a loopback address.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A control plane (or CA) URL: `https://` with a root file to verify the
+/// server, or `http://` to loopback only.
+fn check_control_plane_url(
+    url: &str,
+    root_file: &str,
+    field: &FieldPath,
+    section: &FieldPath,
+    errs: &mut Errors,
+) {
+    let Some(host) = url_host(url) else {
+        errs.push(field, format!("{url:?} is not an http(s) URL"));
+        return;
+    };
+    if url.starts_with("https://") {
+        if root_file.is_empty() {
+            errs.push(
+                &section.field("root_cert_file"),
+                format!(
+                    "required to verify {url}: the PEM root the control plane writes to \
+                     <data-dir>/root-cert.pem"
+                ),
+            );
+        }
+    } else if !is_loopback_host(host) {
+        errs.push(
+            field,
+            format!(
+                "{url:?} is plaintext to {host}, which is not a loopback address: the workload \
+                 token would cross the network in clear; use https:// and root_cert_file"
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cp(address: &str, root: &str) -> Bootstrap {
+        Bootstrap {
+            control_plane: Some(ControlPlane {
+                address: address.into(),
+                root_cert_file: root.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn errors(b: &Bootstrap) -> String {
+        b.validate()
+            .map_or_else(|e| e.to_string(), |()| String::new())
+    }
+
+    #[test]
+    fn control_plane_urls_are_tls_with_a_root_or_plaintext_to_loopback() {
+        for ok in [
+            with_cp("https://10.0.0.1:15010", "/etc/sane/root-cert.pem"),
+            with_cp("https://cp.sane-system.svc:15010", "/root.pem"),
+            with_cp("http://127.0.0.1:15010", ""),
+            with_cp("http://[::1]:15010", ""),
+            with_cp("http://localhost:15010", ""),
+        ] {
+            assert_eq!(errors(&ok), "", "{ok:?}");
+        }
+        let e = errors(&with_cp("https://10.0.0.1:15010", ""));
+        assert!(e.contains("control_plane.root_cert_file: required"), "{e}");
+        let e = errors(&with_cp("http://10.0.0.1:15010", ""));
+        assert!(
+            e.contains("control_plane.address") && e.contains("not a loopback address"),
+            "{e}"
+        );
+        let e = errors(&with_cp("ftp://x", ""));
+        assert!(e.contains("not an http(s) URL"), "{e}");
+    }
+
+    #[test]
+    fn the_ca_defaults_to_the_control_planes_url_and_root() {
+        let mut b = with_cp("https://10.0.0.1:15010", "/root.pem");
+        b.identity = Some(IdentityConfig::default());
+        assert_eq!(errors(&b), "");
+        assert_eq!(b.ca_root_cert_file(), "/root.pem");
+        // Its own https CA needs a root: its own or the control plane's.
+        b.identity = Some(IdentityConfig {
+            ca_address: "https://ca.example:15010".into(),
+            ..Default::default()
+        });
+        assert_eq!(errors(&b), "");
+        b.control_plane = None;
+        let e = errors(&b);
+        assert!(e.contains("identity.root_cert_file: required"), "{e}");
+        b.identity = Some(IdentityConfig {
+            ca_address: "http://10.1.1.1:15010".into(),
+            ..Default::default()
+        });
+        let e = errors(&b);
+        assert!(
+            e.contains("identity.ca_address") && e.contains("not a loopback"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://a.b:1/x"), Some("a.b"));
+        assert_eq!(url_host("http://[::1]:15010"), Some("::1"));
+        assert_eq!(url_host("https://10.0.0.1"), Some("10.0.0.1"));
+        assert_eq!(url_host("https://"), None);
+        assert_eq!(url_host("10.0.0.1:80"), None);
     }
 }

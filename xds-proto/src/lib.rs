@@ -36,7 +36,9 @@ pub mod yaml;
 pub use authz::{
     AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
 };
-pub use bootstrap::{AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node};
+pub use bootstrap::{
+    is_loopback_host, url_host, AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node,
+};
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
 pub use endpoint::Endpoint;
 pub use gateway::{

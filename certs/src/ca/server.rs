@@ -37,7 +37,8 @@ pub struct ServerCert {
 
 impl CertificateAuthority {
     /// Generates a P-256 key and signs a TLS server leaf for `dns_names`
-    /// (the first is also the common name), valid for `ttl` (at least
+    /// (the first is also the common name; a name that parses as an IP
+    /// address becomes an IP SAN), valid for `ttl` (at least
     /// [`MIN_LEAF_TTL`]; never past the CA's own expiry).
     ///
     /// Unlike [`CertificateAuthority::sign_csr`] there is no caller to
@@ -95,6 +96,12 @@ impl CertificateAuthority {
         }
         let mut sans = Vec::with_capacity(dns_names.len());
         for name in dns_names {
+            // An address (the control plane dialed by IP) is an IP SAN;
+            // webpki matches an IP server name only against those.
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                continue;
+            }
             let ia5 = name
                 .as_str()
                 .try_into()
@@ -155,6 +162,39 @@ struct ServerLeaf {
 // === impl ServerCert ===
 
 impl ServerCert {
+    /// An operator's serving certificate, read from PEM: `chain_pem` starts
+    /// with the leaf, `key_pem` is its private key (PKCS#8, SEC1 or
+    /// PKCS#1). The key must match the leaf. [`ServerCert::dns_names`] is
+    /// empty for these: the names are whatever the operator's CA put there.
+    pub fn from_pem(chain_pem: &str, key_pem: &str) -> Result<ServerCert, Error> {
+        use rustls_pki_types::pem::{Error as PemError, PemObject};
+        const WHAT: &str = "serving certificate";
+        let chain = x509::certs_from_pem(chain_pem.as_bytes(), WHAT)?;
+        let leaf = x509::inspect(&chain[0], WHAT, 0)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| match e {
+            PemError::NoItemsFound => Error::NoPemBlock {
+                what: "serving certificate key",
+                label: "PRIVATE KEY",
+            },
+            other => Error::InvalidPem {
+                what: "serving certificate key",
+                reason: other.to_string(),
+            },
+        })?;
+        let certified = CertifiedKey::from_der(chain.clone(), key, &crate::tls::provider())
+            .map_err(|source| Error::TlsConfig {
+                side: "serving certificate (does the key match the certificate?)",
+                source,
+            })?;
+        Ok(ServerCert {
+            dns_names: Vec::new(),
+            chain,
+            certified: Arc::new(certified),
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+        })
+    }
+
     /// The DNS names the certificate is valid for.
     pub fn dns_names(&self) -> &[String] {
         &self.dns_names

@@ -1,7 +1,8 @@
 //! The HTTP API (JSON, under `/api/v1`), plus `/healthz` and `/metrics`.
 //!
-//! Reads are open; every other method needs `Authorization: Bearer <token>`
-//! ([`auth`]). Errors are `{"error": "..."}` (plus `fields` for validation
+//! Reads are open unless `--api-read-token-required`; every other method
+//! needs `Authorization: Bearer <token>` ([`auth`]). `/healthz` and
+//! `/metrics` stay open either way. Errors are `{"error": "..."}` (plus `fields` for validation
 //! errors): 400 malformed JSON, unknown fields or a body that does not match
 //! its path; 401 missing or wrong token; 404 unknown resource or route; 409
 //! a file-owned resource or a heartbeat without lease; 413 a body over the
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub trust_domain: String,
     /// Where `/ui` reads the proxies' metrics. Default: none.
     pub prometheus: Option<crate::ui::prometheus::PromClient>,
+    /// Reads need the token too (`--api-read-token-required`).
+    pub read_token_required: bool,
 }
 
 /// An error response: status and `{"error": ..., "fields": [...]}`.
@@ -116,10 +119,10 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }
 
-/// Writes need the token; reads do not.
+/// Writes need the token; reads too with `read_token_required`.
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !read {
+    if !read || state.read_token_required {
         let header = req
             .headers()
             .get(header::AUTHORIZATION)

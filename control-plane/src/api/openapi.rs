@@ -164,7 +164,22 @@ pub fn document() -> Value {
     );
     paths.insert(
         "/api/v1/tokens".into(),
-        json!({ "post": {
+        json!({ "get": {
+            "summary": "List workload bootstrap tokens by id (never the tokens themselves)",
+            "security": [{ "bearer": [] }],
+            "responses": {
+                "200": ok(json!({ "type": "object", "properties": {
+                    "items": { "type": "array", "items": { "type": "object", "properties": {
+                        "id": { "type": "string", "description": "First 16 hex digits of the token's SHA-256." },
+                        "namespace": { "type": "string" },
+                        "service_account": { "type": "string" },
+                        "identity": { "type": "string" },
+                        "created_at": { "type": "integer", "description": "Unix seconds; 0 if unknown." }
+                    }}}
+                }})),
+                "401": error("Missing or invalid token.")
+            }
+        }, "post": {
             "summary": "Issue a workload bootstrap token (shown once; only its hash is kept)",
             "security": [{ "bearer": [] }],
             "requestBody": { "required": true, "content": { "application/json": { "schema": {
@@ -179,11 +194,30 @@ pub fn document() -> Value {
             "responses": {
                 "201": ok(json!({ "type": "object", "properties": {
                     "token": { "type": "string" },
+                    "id": { "type": "string", "description": "The token's id, to list and revoke it by." },
                     "identity": { "type": "string", "description": "The SPIFFE id the token grants." }
                 }})),
                 "400": error("Malformed JSON or unknown field."),
                 "401": error("Missing or invalid token."),
                 "422": error("Invalid namespace or service account.")
+            }
+        }}),
+    );
+    paths.insert(
+        "/api/v1/tokens/{id}".into(),
+        json!({ "delete": {
+            "summary": "Revoke a workload bootstrap token: refused by the CA and new xDS streams, open streams opened with it are ended",
+            "security": [{ "bearer": [] }],
+            "parameters": [path_param("id")],
+            "responses": {
+                "200": ok(json!({ "type": "object", "properties": {
+                    "id": { "type": "string" },
+                    "revoked": { "type": "boolean" },
+                    "namespace": { "type": "string" },
+                    "service_account": { "type": "string" }
+                }})),
+                "401": error("Missing or invalid token."),
+                "404": error("No token has this id.")
             }
         }}),
     );

@@ -7,8 +7,15 @@
 //! sanectl delete <kind> <ns/name>
 //! sanectl status [--wait-sync 30s] [-o table|json]
 //! sanectl config <proxy-id> [-o yaml|json]
+//! sanectl token create <namespace> <service-account> [--out FILE]
+//! sanectl token list [-o table|json]
+//! sanectl token revoke <id>
 //! sanectl inject -f deployment.yaml [-o injected.yaml]   # no server needed
 //! ```
+//!
+//! The API is HTTPS by default: the server is verified against `--ca-file`
+//! (the control plane's `<data-dir>/root-cert.pem`; default
+//! `sane-cp-data/root-cert.pem`, the control plane's default data dir).
 //!
 //! Exit status: 0 on success, 1 on errors, 2 when `status --wait-sync` timed
 //! out with proxies out of sync.
@@ -32,10 +39,19 @@ struct Args {
     #[arg(
         long,
         env = "SANE_SERVER",
-        default_value = "http://127.0.0.1:15080",
+        default_value = "https://127.0.0.1:15080",
         global = true
     )]
     server: String,
+    /// PEM root(s) to verify an https:// server with: the control plane's
+    /// <data-dir>/root-cert.pem, or the CA of its --api-tls-cert.
+    #[arg(
+        long,
+        env = "SANE_CA_FILE",
+        default_value = DEFAULT_CA_FILE,
+        global = true
+    )]
+    ca_file: PathBuf,
     /// File holding the API token (needed for apply and delete).
     #[arg(long, env = "SANE_API_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
@@ -118,6 +134,9 @@ enum Command {
     /// (like `istioctl kube-inject`); other objects pass through untouched.
     #[cfg(feature = "kubernetes")]
     Inject(InjectArgs),
+    /// Create, list and revoke workload bootstrap tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Show what a proxy was last sent.
     Config {
         /// The proxy's node id.
@@ -125,6 +144,34 @@ enum Command {
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Issue a workload bootstrap token for a namespace and service
+    /// account; it is shown once (or written to --out) and only its hash is
+    /// kept.
+    Create {
+        /// The workload's namespace.
+        namespace: String,
+        /// The workload's service account.
+        service_account: String,
+        /// Write the token to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List issued tokens by id (never the tokens themselves).
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = StatusFormat::Table)]
+        output: StatusFormat,
+    },
+    /// Revoke a token by id: the CA and new xDS streams refuse it, and open
+    /// xDS streams opened with it are ended.
+    Revoke {
+        /// The token's id (`sanectl token list`).
+        id: String,
     },
 }
 
@@ -152,7 +199,15 @@ struct InjectArgs {
     /// Trust domain of the mesh.
     #[arg(long)]
     trust_domain: Option<String>,
+    /// The mesh root (PEM, the control plane's <data-dir>/root-cert.pem)
+    /// the sidecars verify the control plane with; required unless the
+    /// control-plane address is plaintext (http://, loopback only).
+    #[arg(long)]
+    root_cert_file: Option<PathBuf>,
 }
+
+/// Where the control plane writes its root with the default data dir.
+const DEFAULT_CA_FILE: &str = "sane-cp-data/root-cert.pem";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
@@ -194,7 +249,12 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         ),
         (None, None) => None,
     };
-    let client = ApiClient::new(&args.server, token);
+    #[cfg(feature = "kubernetes")]
+    if let Command::Inject(inject) = args.command {
+        run_inject(inject)?;
+        return Ok(0);
+    }
+    let client = api_client(&args.server, &args.ca_file, token)?;
     match args.command {
         Command::Apply { file, strict } => {
             if let Some(input) = istio_input(&file)? {
@@ -313,10 +373,11 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             }
         }
         #[cfg(feature = "kubernetes")]
-        Command::Inject(inject) => run_inject(inject)?,
+        Command::Inject(_) => unreachable!("handled above: needs no server"),
         Command::Config { proxy, output } => {
             print(&client.proxy_config(&proxy).await?, output)?;
         }
+        Command::Token(command) => run_token(&client, command).await?,
     }
     Ok(0)
 }
@@ -357,6 +418,127 @@ async fn apply_converted(
     Ok(0)
 }
 
+/// The API client: plain for `http://`, verifying the server against
+/// `ca_file` for `https://`.
+fn api_client(
+    server: &str,
+    ca_file: &std::path::Path,
+    token: Option<String>,
+) -> anyhow::Result<ApiClient> {
+    if !server.starts_with("https://") {
+        return Ok(ApiClient::new(server, token));
+    }
+    let pem = std::fs::read_to_string(ca_file).with_context(|| {
+        format!(
+            "reading the CA file {} to verify {server} (pass --ca-file: the control plane's \
+             <data-dir>/root-cert.pem)",
+            ca_file.display()
+        )
+    })?;
+    let roots = sane_certs::TrustBundle::from_pem(&pem)
+        .with_context(|| format!("CA file {}", ca_file.display()))?;
+    Ok(ApiClient::with_roots(server, token, &roots)?)
+}
+
+/// `sanectl token …`.
+async fn run_token(client: &ApiClient, command: TokenCommand) -> anyhow::Result<()> {
+    use http::Method;
+    match command {
+        TokenCommand::Create {
+            namespace,
+            service_account,
+            out,
+        } => {
+            let body = serde_json::json!({
+                "namespace": namespace,
+                "service_account": service_account,
+            });
+            let reply = client
+                .json(Method::POST, "/api/v1/tokens", Some(&body))
+                .await?;
+            let token = reply["token"].as_str().unwrap_or_default();
+            match out {
+                Some(path) => {
+                    write_secret(&path, token)?;
+                    eprintln!(
+                        "token {} for {} written to {}",
+                        reply["id"].as_str().unwrap_or_default(),
+                        reply["identity"].as_str().unwrap_or_default(),
+                        path.display()
+                    );
+                }
+                None => {
+                    eprintln!(
+                        "token {} for {}:",
+                        reply["id"].as_str().unwrap_or_default(),
+                        reply["identity"].as_str().unwrap_or_default()
+                    );
+                    println!("{token}");
+                }
+            }
+        }
+        TokenCommand::List { output } => {
+            let reply = client.json(Method::GET, "/api/v1/tokens", None).await?;
+            match output {
+                StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&reply)?),
+                StatusFormat::Table => {
+                    println!(
+                        "{:<18} {:<20} {:<20} CREATED",
+                        "ID", "NAMESPACE", "SERVICE ACCOUNT"
+                    );
+                    for t in reply["items"].as_array().into_iter().flatten() {
+                        let created = t["created_at"]
+                            .as_u64()
+                            .filter(|s| *s > 0)
+                            .map(|s| {
+                                humantime::format_rfc3339_seconds(
+                                    std::time::UNIX_EPOCH + Duration::from_secs(s),
+                                )
+                                .to_string()
+                            })
+                            .unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<18} {:<20} {:<20} {created}",
+                            t["id"].as_str().unwrap_or(""),
+                            t["namespace"].as_str().unwrap_or(""),
+                            t["service_account"].as_str().unwrap_or(""),
+                        );
+                    }
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("{id:?} is not a token id (hex digits, as `sanectl token list` shows)");
+            }
+            let path = format!("/api/v1/tokens/{id}");
+            let reply = client.json(Method::DELETE, &path, None).await?;
+            println!(
+                "token {id} ({}/{}) revoked",
+                reply["namespace"].as_str().unwrap_or_default(),
+                reply["service_account"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes a secret to a new file only its owner can read.
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 /// `sanectl inject`: reads, injects, writes; a summary goes to stderr.
 #[cfg(feature = "kubernetes")]
 fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
@@ -373,6 +555,20 @@ fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
     }
     if let Some(td) = args.trust_domain {
         config.trust_domain = td;
+    }
+    match &args.root_cert_file {
+        Some(path) => {
+            config.root_cert_pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --root-cert-file {}", path.display()))?;
+            sane_certs::TrustBundle::from_pem(&config.root_cert_pem)
+                .with_context(|| format!("--root-cert-file {}", path.display()))?;
+        }
+        None if config.control_plane_address.starts_with("https://") => bail!(
+            "--root-cert-file is required: injected sidecars verify the control plane at {} \
+             with it (the control plane's <data-dir>/root-cert.pem)",
+            config.control_plane_address
+        ),
+        None => {}
     }
     let injected = manifest::inject_manifest(&Injector::new(config), &text, &args.namespace)
         .with_context(|| format!("injecting {}", args.file.display()))?;

@@ -4,9 +4,17 @@
 //! [`WorkloadAuth`]: a bootstrap token ([`super::tokens`]) first, then, for
 //! tokens the store does not know, the [`ExternalAuthenticator`] if one is set
 //! (Kubernetes TokenReview).
+//!
+//! The token stays the credential. A caller that also presents a client
+//! certificate over TLS (a proxy renewing its certificate, or reconnecting
+//! its xDS stream, once it holds one) must present the identity the token
+//! stands for: a certificate for another workload next to the token is
+//! refused ([`AuthnError::IdentityMismatch`]), so a stolen token cannot be
+//! used beside another workload's certificate and vice versa.
 
 use super::tokens::{TokenGrant, WorkloadTokens};
 use super::ExternalAuthenticator;
+use sane_certs::SpiffeId;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -30,17 +38,32 @@ pub enum AuthnError {
     /// The external authenticator could not answer now.
     #[error("cannot authenticate the token now: {0}")]
     Unavailable(String),
+    /// The client certificate is for another workload than the token.
+    #[error(
+        "the client certificate is for {presented}, but the token stands for \
+         {namespace}/{service_account}"
+    )]
+    IdentityMismatch {
+        /// The SPIFFE id of the client certificate.
+        presented: String,
+        /// The token's namespace.
+        namespace: String,
+        /// The token's service account.
+        service_account: String,
+    },
 }
 
 // === impl AuthnError ===
 
 impl AuthnError {
-    /// A short label for metrics: `missing`, `unknown` or `unavailable`.
+    /// A short label for metrics: `missing`, `unknown`, `unavailable` or
+    /// `identity_mismatch`.
     pub fn reason(&self) -> &'static str {
         match self {
             AuthnError::Missing => "missing",
             AuthnError::Unknown => "unknown",
             AuthnError::Unavailable(_) => "unavailable",
+            AuthnError::IdentityMismatch { .. } => "identity_mismatch",
         }
     }
 
@@ -49,6 +72,9 @@ impl AuthnError {
     pub fn to_status(&self, service: &str) -> Status {
         match self {
             AuthnError::Unavailable(_) => Status::unavailable(format!("{service}: {self}")),
+            AuthnError::IdentityMismatch { .. } => {
+                Status::permission_denied(format!("{service}: {self}"))
+            }
             _ => Status::unauthenticated(format!(
                 "{service}: {self}; a valid workload bootstrap token (or, on Kubernetes, \
                  service-account token) is required (authorization: Bearer <token>)"
@@ -90,6 +116,39 @@ impl WorkloadAuth {
         self.tokens.authenticate(token).ok_or(AuthnError::Unknown)
     }
 
+    /// Completes once `token`, a bootstrap token that authenticated, is
+    /// revoked; never for a token the external authenticator vouched for
+    /// (those are checked again at each new stream).
+    pub async fn until_revoked(&self, token: &str) {
+        // Subscribe first: a revocation between the check and the wait is
+        // still seen.
+        let mut revocations = self.tokens.revocations();
+        if self.tokens.authenticate(token).is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            if revocations.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if self.tokens.authenticate(token).is_none() {
+                return;
+            }
+        }
+    }
+
+    /// [`WorkloadAuth::authenticate`], then, if the caller presented a
+    /// client certificate (`client`, its verified SPIFFE id), checks that it
+    /// is the token's workload.
+    pub async fn authenticate_caller(
+        &self,
+        token: Option<&str>,
+        client: Option<&SpiffeId>,
+    ) -> Result<TokenGrant, AuthnError> {
+        let grant = self.authenticate(token).await?;
+        check_client_identity(&grant, client)?;
+        Ok(grant)
+    }
+
     /// The workload `token` stands for: a bootstrap token, else whatever the
     /// external authenticator says.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<TokenGrant, AuthnError> {
@@ -108,6 +167,26 @@ impl WorkloadAuth {
                 Err(AuthnError::Unavailable(e))
             }
         }
+    }
+}
+
+/// A client certificate, if any, must be the token's workload.
+pub fn check_client_identity(
+    grant: &TokenGrant,
+    client: Option<&SpiffeId>,
+) -> Result<(), AuthnError> {
+    match client {
+        Some(id)
+            if id.namespace() != grant.namespace
+                || id.service_account() != grant.service_account =>
+        {
+            Err(AuthnError::IdentityMismatch {
+                presented: id.to_string(),
+                namespace: grant.namespace.clone(),
+                service_account: grant.service_account.clone(),
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -177,6 +256,44 @@ mod tests {
         assert_eq!(
             AuthnError::Unknown.to_status("xds").code(),
             tonic::Code::Unauthenticated
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_must_be_the_tokens_workload() {
+        let (auth, token) = auth();
+        let id = |ns, sa| SpiffeId::new("mesh.test".parse().unwrap(), ns, sa).unwrap();
+        assert_eq!(
+            auth.authenticate_caller(Some(&token), Some(&id("prod", "web")))
+                .await,
+            Ok(grant("prod", "web"))
+        );
+        assert_eq!(
+            auth.authenticate_caller(Some(&token), None).await,
+            Ok(grant("prod", "web"))
+        );
+        let err = auth
+            .authenticate_caller(Some(&token), Some(&id("prod", "admin")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "identity_mismatch");
+        let status = err.to_status("xds stream");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("sa/admin"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("prod/web"),
+            "{}",
+            status.message()
+        );
+        // The certificate alone is not a credential.
+        assert_eq!(
+            auth.authenticate_caller(None, Some(&id("prod", "web")))
+                .await,
+            Err(AuthnError::Missing)
         );
     }
 

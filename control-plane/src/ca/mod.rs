@@ -5,7 +5,9 @@
 //! ([`tokens`], or a Kubernetes service-account token when an
 //! [`ExternalAuthenticator`] is set): the SPIFFE id comes from the token,
 //! never from the CSR, and a
-//! CSR asking for another identity is refused with nothing signed. The CA's
+//! CSR asking for another identity is refused with nothing signed. A caller
+//! that presents a client certificate (a proxy renewing) must present the
+//! token's identity ([`WorkloadAuth::authenticate_caller`]). The CA's
 //! key stays in the control plane's data directory (mode 0600) and never
 //! appears in logs or the API.
 
@@ -226,9 +228,13 @@ impl UnaryService<CertificateRequest> for CreateCertificate {
 
     fn call(&mut self, req: Request<CertificateRequest>) -> Self::Future {
         let token = WorkloadAuth::bearer(req.metadata());
+        let peer = crate::transport::PeerInfo::of(req.extensions());
         let svc = self.0.clone();
         Box::pin(async move {
-            let grant = svc.auth.authenticate(token.as_deref()).await;
+            let grant = svc
+                .auth
+                .authenticate_caller(token.as_deref(), peer.identity.as_ref())
+                .await;
             let result = svc.sign_authenticated(grant, req.get_ref());
             result.map(Response::new)
         })

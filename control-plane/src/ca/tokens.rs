@@ -5,6 +5,12 @@
 //! Only its SHA-256 is stored, next to the namespace and service account it
 //! stands for, in `workload-tokens.json` (mode 0600, written atomically). A
 //! leaked store therefore cannot be used to get certificates.
+//!
+//! A token is named by its id: the first [`TOKEN_ID_LEN`] hex digits of its
+//! hash, safe to show (it cannot be turned back into the token). Tokens are
+//! listed and revoked by id; a revoked token is refused by the next CA
+//! request and the next xDS stream, and open xDS streams that were opened
+//! with it are ended ([`WorkloadTokens::revocations`]).
 
 use super::error::CaError as Error;
 use rand::RngCore;
@@ -15,9 +21,14 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 
 /// File name of the token store inside the data directory.
 pub const TOKENS_FILE: &str = "workload-tokens.json";
+
+/// Hex digits of a token's hash that make its id (64 bits).
+pub const TOKEN_ID_LEN: usize = 16;
 
 /// The workload a token stands for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,11 +39,50 @@ pub struct TokenGrant {
     pub service_account: String,
 }
 
+/// What the store keeps per token (keyed by the token's hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TokenRecord {
+    #[serde(flatten)]
+    grant: TokenGrant,
+    /// Unix seconds; 0 for tokens issued before it was recorded.
+    #[serde(default)]
+    created_at: u64,
+}
+
+/// One issued token as listed: never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// The token's id ([`token_id`]).
+    pub id: String,
+    /// The workload it stands for.
+    #[serde(flatten)]
+    pub grant: TokenGrant,
+    /// When it was issued (unix seconds; 0 if unknown).
+    pub created_at: u64,
+}
+
 /// Issued tokens, by hash.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WorkloadTokens {
     path: Option<PathBuf>,
-    grants: Mutex<BTreeMap<String, TokenGrant>>,
+    grants: Mutex<BTreeMap<String, TokenRecord>>,
+    /// Bumped at every revocation, so open streams can check their token.
+    revoked: watch::Sender<u64>,
+}
+
+/// The id of `token`: a prefix of its SHA-256, as [`TokenInfo::id`].
+pub fn token_id(token: &str) -> String {
+    hash(token.trim())[..TOKEN_ID_LEN].to_string()
+}
+
+impl Default for WorkloadTokens {
+    fn default() -> Self {
+        Self {
+            path: None,
+            grants: Mutex::default(),
+            revoked: watch::Sender::new(0),
+        }
+    }
 }
 
 // === impl WorkloadTokens ===
@@ -61,6 +111,7 @@ impl WorkloadTokens {
         Ok(Self {
             path: Some(path),
             grants: Mutex::new(grants),
+            ..Self::default()
         })
     }
 
@@ -69,21 +120,73 @@ impl WorkloadTokens {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
         let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let created_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let mut grants = self.grants.lock().expect("not poisoned");
         let mut next = grants.clone();
-        next.insert(hash(&token), grant);
+        next.insert(hash(&token), TokenRecord { grant, created_at });
         self.persist(&next)?;
         *grants = next;
         Ok(token)
     }
 
-    /// The workload `token` stands for, if it was issued here.
+    /// The workload `token` stands for, if it was issued here (and not
+    /// revoked since).
     pub fn authenticate(&self, token: &str) -> Option<TokenGrant> {
         self.grants
             .lock()
             .expect("not poisoned")
             .get(&hash(token.trim()))
-            .cloned()
+            .map(|r| r.grant.clone())
+    }
+
+    /// Every issued token, by id.
+    pub fn list(&self) -> Vec<TokenInfo> {
+        self.grants
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(hash, r)| TokenInfo {
+                id: hash[..TOKEN_ID_LEN].to_string(),
+                grant: r.grant.clone(),
+                created_at: r.created_at,
+            })
+            .collect()
+    }
+
+    /// Revokes the token with id `id` (persisted before it takes effect):
+    /// what it stood for, or `None` if no token has that id. Several
+    /// tokens sharing the id (a 1 in 2^64 chance) are all revoked.
+    pub fn revoke(&self, id: &str) -> Result<Option<TokenGrant>, Error> {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() != TOKEN_ID_LEN {
+            return Ok(None);
+        }
+        let mut grants = self.grants.lock().expect("not poisoned");
+        let mut next = grants.clone();
+        let mut revoked = None;
+        next.retain(|hash, r| {
+            let hit = hash.starts_with(&id);
+            if hit {
+                revoked = Some(r.grant.clone());
+            }
+            !hit
+        });
+        if revoked.is_none() {
+            return Ok(None);
+        }
+        self.persist(&next)?;
+        *grants = next;
+        drop(grants);
+        self.revoked.send_modify(|n| *n += 1);
+        Ok(revoked)
+    }
+
+    /// Changes at every revocation: a holder of an authenticated token
+    /// re-checks it with [`WorkloadTokens::authenticate`] then.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revoked.subscribe()
     }
 
     /// Number of issued tokens.
@@ -96,7 +199,7 @@ impl WorkloadTokens {
         self.len() == 0
     }
 
-    fn persist(&self, grants: &BTreeMap<String, TokenGrant>) -> Result<(), Error> {
+    fn persist(&self, grants: &BTreeMap<String, TokenRecord>) -> Result<(), Error> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -150,5 +253,53 @@ mod tests {
         assert_eq!(mode, 0o600);
         let reloaded = WorkloadTokens::load(Some(dir.path())).unwrap();
         assert_eq!(reloaded.authenticate(&token), Some(grant));
+    }
+
+    #[test]
+    fn tokens_are_listed_by_id_and_revoked_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WorkloadTokens::load(Some(dir.path())).unwrap();
+        let grant = |sa: &str| TokenGrant {
+            namespace: "prod".into(),
+            service_account: sa.into(),
+        };
+        let web = store.issue(grant("web")).unwrap();
+        let api = store.issue(grant("api")).unwrap();
+        let listed = store.list();
+        assert_eq!(listed.len(), 2);
+        let web_info = listed.iter().find(|t| t.id == token_id(&web)).unwrap();
+        assert_eq!(web_info.grant, grant("web"));
+        assert!(web_info.created_at > 0);
+        let shown = serde_json::to_string(&listed).unwrap();
+        assert!(!shown.contains(&web) && !shown.contains(&api), "{shown}");
+
+        let revocations = store.revocations();
+        assert_eq!(store.revoke("0123456789abcdef").unwrap(), None);
+        assert_eq!(store.revoke("short").unwrap(), None);
+        assert!(!revocations.has_changed().unwrap());
+        assert_eq!(store.revoke(&token_id(&web)).unwrap(), Some(grant("web")));
+        assert!(revocations.has_changed().unwrap());
+        assert_eq!(store.authenticate(&web), None);
+        assert_eq!(store.authenticate(&api), Some(grant("api")));
+        let reloaded = WorkloadTokens::load(Some(dir.path())).unwrap();
+        assert_eq!(
+            reloaded.authenticate(&web),
+            None,
+            "revocation survives a restart"
+        );
+        assert_eq!(reloaded.list().len(), 1);
+    }
+
+    #[test]
+    fn stores_written_before_created_at_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = format!(
+            r#"{{"{}": {{"namespace": "prod", "service_account": "web"}}}}"#,
+            hash("t0")
+        );
+        std::fs::write(dir.path().join(TOKENS_FILE), old).unwrap();
+        let store = WorkloadTokens::load(Some(dir.path())).unwrap();
+        assert_eq!(store.authenticate("t0").unwrap().service_account, "web");
+        assert_eq!(store.list()[0].created_at, 0);
     }
 }

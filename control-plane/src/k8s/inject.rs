@@ -7,7 +7,9 @@
 //! [`InjectConfig`], stored in the pod's `sane.mesh/bootstrap` annotation
 //! and mounted into the sidecar through a downward-API volume as
 //! `/etc/sane/bootstrap.yaml` — per pod, with no ConfigMap to keep in step
-//! and nothing to generate at start-up.
+//! and nothing to generate at start-up. The mesh root the sidecar verifies
+//! the control plane's TLS certificate with travels the same way
+//! (`sane.mesh/root-cert` → `/etc/sane/root-cert.pem`).
 //!
 //! Injection is idempotent: a pod carrying `sane.mesh/status` (or a
 //! `sane-proxy` container) is returned unchanged, and so is a pod annotated
@@ -19,7 +21,7 @@ use super::error::InjectError;
 use super::probes::{self, AppProbes};
 use super::{
     BOOTSTRAP_ANNOTATION, HEALTH_PORT_NAME, INBOUND_PORT_NAME, INIT_NAME, INJECT_ANNOTATION,
-    PROBES_ENV, SIDECAR_NAME, STATUS_ANNOTATION,
+    PROBES_ENV, ROOT_CERT_ANNOTATION, SIDECAR_NAME, STATUS_ANNOTATION,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EnvVar,
@@ -40,6 +42,10 @@ use std::collections::BTreeMap;
 pub const BOOTSTRAP_DIR: &str = "/etc/sane";
 /// File name of the bootstrap inside [`BOOTSTRAP_DIR`].
 pub const BOOTSTRAP_FILE: &str = "bootstrap.yaml";
+/// File name of the mesh root inside [`BOOTSTRAP_DIR`] (from the pod's
+/// `sane.mesh/root-cert` annotation): what the sidecar verifies the control
+/// plane with.
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 /// Directory the token volume is mounted at in the sidecar.
 pub const TOKEN_DIR: &str = "/var/run/secrets/sane.mesh";
 /// File name of the service-account token inside [`TOKEN_DIR`].
@@ -58,9 +64,15 @@ pub struct InjectConfig {
     /// `imagePullPolicy` of the injected containers. Default: none (the
     /// cluster's default).
     pub image_pull_policy: Option<String>,
-    /// xDS (and CA) URL of the control plane as sidecars reach it.
-    /// Default: `http://sane-control-plane.sane-system.svc:15010`.
+    /// xDS (and CA) URL of the control plane as sidecars reach it (TLS:
+    /// its serving certificate carries this host name, `--tls-san`).
+    /// Default: `https://sane-control-plane.sane-system.svc:15010`.
     pub control_plane_address: String,
+    /// The mesh root(s), PEM: stored in the pod's `sane.mesh/root-cert`
+    /// annotation and mounted as `/etc/sane/root-cert.pem`, the sidecar's
+    /// `control_plane.root_cert_file`. The webhook fills it from the CA;
+    /// `sanectl inject` from `--root-cert-file`. Default: empty.
+    pub root_cert_pem: String,
     /// Trust domain of the mesh. Default: `cluster.local`.
     pub trust_domain: String,
     /// Audience of the projected service-account token. Default: `sane-mesh`.
@@ -154,7 +166,8 @@ impl Default for InjectConfig {
         InjectConfig {
             proxy_image: format!("ghcr.io/sane-mesh/proxy:{}", env!("CARGO_PKG_VERSION")),
             image_pull_policy: None,
-            control_plane_address: "http://sane-control-plane.sane-system.svc:15010".into(),
+            control_plane_address: "https://sane-control-plane.sane-system.svc:15010".into(),
+            root_cert_pem: String::new(),
             trust_domain: "cluster.local".into(),
             token_audience: super::DEFAULT_TOKEN_AUDIENCE.into(),
             token_expiration_seconds: 3600,
@@ -282,6 +295,10 @@ impl Injector {
         let mut metadata = metadata.clone();
         let annotations = metadata.annotations.get_or_insert_with(BTreeMap::new);
         annotations.insert(BOOTSTRAP_ANNOTATION.into(), bootstrap_yaml);
+        annotations.insert(
+            ROOT_CERT_ANNOTATION.into(),
+            self.config.root_cert_pem.clone(),
+        );
         annotations.insert(STATUS_ANNOTATION.into(), self.status());
 
         let added = [self.init_container(), self.sidecar(&app_probes)?];
@@ -364,6 +381,7 @@ impl Injector {
                 address: self.config.control_plane_address.clone(),
                 token_file: token_file.clone(),
                 services: Vec::new(),
+                root_cert_file: format!("{BOOTSTRAP_DIR}/{ROOT_CERT_FILE}"),
             }),
             identity: Some(IdentityConfig {
                 trust_domain: self.config.trust_domain.clone(),
@@ -372,6 +390,8 @@ impl Injector {
                 token_file,
                 ttl: 0,
                 federated_trust_domains: Vec::new(),
+                // The control plane's.
+                root_cert_file: String::new(),
             }),
             // The kubelet probes the pod IP: all addresses. The app's
             // probes come from `SANE_APP_PROBES` at start.
@@ -557,14 +577,28 @@ impl Injector {
             Volume {
                 name: BOOTSTRAP_VOLUME.into(),
                 downward_api: Some(DownwardAPIVolumeSource {
-                    items: Some(vec![DownwardAPIVolumeFile {
-                        path: BOOTSTRAP_FILE.into(),
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: format!("metadata.annotations['{BOOTSTRAP_ANNOTATION}']"),
-                            api_version: None,
-                        }),
-                        ..Default::default()
-                    }]),
+                    items: Some(vec![
+                        DownwardAPIVolumeFile {
+                            path: BOOTSTRAP_FILE.into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: format!(
+                                    "metadata.annotations['{BOOTSTRAP_ANNOTATION}']"
+                                ),
+                                api_version: None,
+                            }),
+                            ..Default::default()
+                        },
+                        DownwardAPIVolumeFile {
+                            path: ROOT_CERT_FILE.into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: format!(
+                                    "metadata.annotations['{ROOT_CERT_ANNOTATION}']"
+                                ),
+                                api_version: None,
+                            }),
+                            ..Default::default()
+                        },
+                    ]),
                     ..Default::default()
                 }),
                 ..Default::default()

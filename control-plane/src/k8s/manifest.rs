@@ -16,7 +16,7 @@
 
 use super::error::{InjectError, ManifestError};
 use super::inject::{workload_name, Decision, Injected, Injector, PodContext, SkipReason};
-use super::{BOOTSTRAP_ANNOTATION, STATUS_ANNOTATION};
+use super::{BOOTSTRAP_ANNOTATION, ROOT_CERT_ANNOTATION, STATUS_ANNOTATION};
 use k8s_openapi::api::core::v1::{Container, PodTemplateSpec};
 use serde_yaml::{Mapping, Value};
 
@@ -201,7 +201,11 @@ pub fn overlay(raw: &mut Value, injected: &Injected) -> Result<(), String> {
     let metadata = entry_mapping(root, "metadata")?;
     let annotations = entry_mapping(metadata, "annotations")?;
     let typed = injected.metadata.annotations.clone().unwrap_or_default();
-    for key in [BOOTSTRAP_ANNOTATION, STATUS_ANNOTATION] {
+    for key in [
+        BOOTSTRAP_ANNOTATION,
+        ROOT_CERT_ANNOTATION,
+        STATUS_ANNOTATION,
+    ] {
         if let Some(v) = typed.get(key) {
             annotations.insert(key.into(), Value::String(v.clone()));
         }

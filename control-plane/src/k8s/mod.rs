@@ -65,6 +65,9 @@ pub const NAMESPACE_LABEL: &str = "sane.mesh/inject";
 pub const STATUS_ANNOTATION: &str = "sane.mesh/status";
 /// Pod annotation holding the sidecar's bootstrap YAML.
 pub const BOOTSTRAP_ANNOTATION: &str = "sane.mesh/bootstrap";
+/// Pod annotation holding the mesh root (PEM) the sidecar verifies the
+/// control plane with.
+pub const ROOT_CERT_ANNOTATION: &str = "sane.mesh/root-cert";
 /// Name of the sidecar container.
 pub const SIDECAR_NAME: &str = "sane-proxy";
 /// Name of the traffic-redirection init container.
@@ -107,10 +110,11 @@ pub struct KubeArgs {
     /// imagePullPolicy of the injected containers.
     #[arg(long)]
     pub proxy_image_pull_policy: Option<String>,
-    /// xDS/CA URL injected sidecars connect to.
+    /// xDS/CA URL injected sidecars connect to (its host must be one of
+    /// the serving certificate's names, --tls-san).
     #[arg(
         long,
-        default_value = "http://sane-control-plane.sane-system.svc:15010"
+        default_value = "https://sane-control-plane.sane-system.svc:15010"
     )]
     pub injected_control_plane: String,
     /// Audience of the service-account tokens sidecars present to the CA.
@@ -219,7 +223,12 @@ impl Kubernetes {
                     addr,
                     ca,
                     config.webhook_dns_names.clone(),
-                    Arc::new(Injector::new(config.inject.clone())),
+                    // Injected sidecars verify the control plane with the
+                    // roots the CA hands out.
+                    Arc::new(Injector::new(InjectConfig {
+                        root_cert_pem: bundle_pem.clone(),
+                        ..config.inject.clone()
+                    })),
                 )
                 .await?,
             ),

@@ -38,8 +38,22 @@ struct View {
     metrics_note: Option<String>,
 }
 
-/// The handler of `GET /ui`.
-pub async fn page(State(state): State<ApiState>) -> Html<String> {
+/// The handler of `GET /ui`. With `--api-read-token-required` the mesh's
+/// state is not for anonymous readers, and a browser sends no bearer token:
+/// the page is then refused.
+pub async fn page(State(state): State<ApiState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if state.read_token_required {
+        return (
+            http::StatusCode::FORBIDDEN,
+            "/ui is off: --api-read-token-required keeps the mesh's state from anonymous readers\n",
+        )
+            .into_response();
+    }
+    render_page(&state).await.into_response()
+}
+
+async fn render_page(state: &ApiState) -> Html<String> {
     let snapshot = state.registry.snapshot();
     let mut view = View {
         revision: state.registry.revision(),

@@ -7,7 +7,8 @@
 //! as the CA's), the node's namespace must be the token's, so a proxy only
 //! ever receives the view of its own namespace, and the node id must be one
 //! of the token's workload ([`check_node_id`]), so a stream can never speak
-//! for another workload's proxy. Requests are decoded up to
+//! for another workload's proxy. A client certificate presented over TLS
+//! must be the token's workload. Requests are decoded up to
 //! [`MAX_REQUEST_BYTES`], and what a client says is logged escaped.
 
 use super::client_input::MAX_REQUEST_BYTES;
@@ -22,6 +23,7 @@ use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
 use crate::registry::Registry;
 use crate::status::ProxyStatusTable;
+use crate::transport::PeerInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
@@ -136,16 +138,32 @@ impl AdsService {
         .await;
     }
 
+    /// Runs the stream in its own task; if its token is revoked meanwhile,
+    /// the stream is ended with `UNAUTHENTICATED`.
     fn spawn<M: Machine>(
         &self,
         machine: M,
         inbound: Streaming<M::Request>,
         grant: TokenGrant,
         peer: Option<SocketAddr>,
+        token: Option<String>,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let auth = self.shared.auth.clone();
+        let ended = tx.clone();
         let caller = Caller { grant, peer };
-        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, caller));
+        let stream = drive(self.shared.clone(), machine, inbound, tx, caller);
+        tokio::spawn(async move {
+            let token = token.unwrap_or_default();
+            tokio::select! {
+                _ = stream => {}
+                _ = auth.until_revoked(&token) => {
+                    tracing::warn!("xds stream ended: its token was revoked");
+                    let status = Status::unauthenticated("xds stream: the token was revoked");
+                    let _ = ended.send(Err(status)).await;
+                }
+            }
+        });
         ReceiverStream::new(rx)
     }
 
@@ -153,16 +171,24 @@ impl AdsService {
     /// refusing the stream.
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<TokenGrant, Status> {
         let token = WorkloadAuth::bearer(request.metadata());
+        let peer = PeerInfo::of(request.extensions());
         self.shared
             .auth
-            .authenticate(token.as_deref())
+            .authenticate_caller(token.as_deref(), peer.identity.as_ref())
             .await
+            .inspect(|grant| {
+                let client = peer.identity.as_ref().map(ToString::to_string);
+                tracing::info!(
+                    peer = %peer.remote_display(),
+                    namespace = %grant.namespace,
+                    service_account = %grant.service_account,
+                    client_certificate = %client.as_deref().unwrap_or("none"),
+                    "xds stream authenticated"
+                );
+            })
             .map_err(|e| {
                 self.shared.metrics.stream_rejected(e.reason());
-                let peer = request
-                    .remote_addr()
-                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%peer, error = %e, "xds stream refused");
+                tracing::warn!(peer = %peer.remote_display(), error = %e, "xds stream refused");
                 e.to_status("xds stream")
             })
     }
@@ -182,13 +208,15 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let grant = self.authenticate(&request).await?;
+        let token = WorkloadAuth::bearer(request.metadata());
         let machine = SotwStream::new(self.stream_id());
-        let peer = request.remote_addr();
+        let peer = PeerInfo::of(request.extensions()).remote;
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
             grant,
             peer,
+            token,
         )))
     }
 
@@ -197,13 +225,15 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let grant = self.authenticate(&request).await?;
+        let token = WorkloadAuth::bearer(request.metadata());
         let machine = DeltaStream::new(self.stream_id());
-        let peer = request.remote_addr();
+        let peer = PeerInfo::of(request.extensions()).remote;
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
             grant,
             peer,
+            token,
         )))
     }
 }

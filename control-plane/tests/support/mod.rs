@@ -52,13 +52,17 @@ pub struct ControlPlane {
     pub token: String,
     pub client: ApiClient,
     pub data_dir: PathBuf,
+    /// The mesh root the ports' certificate chains to (`None`: plaintext).
+    pub root: Option<sane_certs::TrustBundle>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), sane_control_plane::Error>>,
 }
 
 impl ControlPlane {
     /// Starts a control plane keeping its state in `data_dir`, with a
-    /// generated token and a short debounce.
+    /// generated token and a short debounce, in plaintext on loopback
+    /// (these tests are about the registry, views and the API; the
+    /// transport has its own tests, which start it with TLS).
     pub async fn start(data_dir: &Path) -> ControlPlane {
         ControlPlane::start_with(data_dir, |_| {}).await
     }
@@ -73,18 +77,30 @@ impl ControlPlane {
                 quiet: Duration::from_millis(10),
                 max_delay: Duration::from_millis(100),
             },
+            plaintext_loopback: true,
             ..Config::default()
         };
         change(&mut config);
         let bound = build(config, &prometheus::Registry::new()).await.unwrap();
         let token = bound.token().secret().to_string();
         let (xds, api) = (bound.xds_addr(), bound.api_addr());
+        let root = bound.is_tls().then(|| {
+            let path = bound.root_cert_file().expect("a data dir, so a root file");
+            sane_certs::TrustBundle::from_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+        });
+        let client = match &root {
+            Some(root) => {
+                ApiClient::with_roots(&format!("https://{api}"), Some(token.clone()), root).unwrap()
+            }
+            None => ApiClient::new(&format!("http://{api}"), Some(token.clone())),
+        };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));
         ControlPlane {
             xds,
             api,
-            client: ApiClient::new(&format!("http://{api}"), Some(token.clone())),
+            client,
+            root,
             token,
             data_dir: data_dir.to_path_buf(),
             shutdown,

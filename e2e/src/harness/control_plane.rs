@@ -1,8 +1,12 @@
 //! Running `sane-control-plane` in tests: on port 0, with a known API token,
-//! and a helper to issue workload bootstrap tokens for sidecars.
+//! and a helper to issue workload bootstrap tokens for sidecars. Its ports
+//! are TLS (the default) unless a test passes `--insecure-plaintext-loopback`;
+//! proxies and clients verify it with the root it writes to
+//! `<data-dir>/root-cert.pem` ([`ControlPlane::root_cert`]).
 
 use super::binaries::bins_for;
 use super::http::{full, request, send};
+use super::https::{https_client, HttpsClient};
 use super::process::Proc;
 use http::Method;
 use std::net::SocketAddr;
@@ -27,6 +31,11 @@ pub struct ControlPlane {
     /// `default`), issued at start: what [`super::xds_bootstrap`] proxies
     /// show on their xDS stream.
     pub xds_token: PathBuf,
+    /// The mesh root it wrote (`<data-dir>/root-cert.pem`): what proxies'
+    /// `root_cert_file` points at.
+    pub root_cert: PathBuf,
+    /// Whether its ports are TLS (false with `--insecure-plaintext-loopback`).
+    pub tls: bool,
 }
 
 // === impl ControlPlane ===
@@ -64,20 +73,49 @@ impl ControlPlane {
             proc,
             data_dir: data_dir.to_path_buf(),
             xds_token: PathBuf::new(),
+            root_cert: data_dir.join("root-cert.pem"),
+            tls: !args.contains(&"--insecure-plaintext-loopback"),
         };
         cp.xds_token = cp.issue_token(data_dir, "default", "default").await;
         cp
     }
 
-    /// `http://<xds addr>`, for a proxy's `control_plane.address` or
-    /// `identity.ca_address`.
+    /// `https://<xds addr>` (`http://` in plaintext), for a proxy's
+    /// `control_plane.address` or `identity.ca_address`.
     pub fn xds_url(&self) -> String {
-        format!("http://{}", self.xds)
+        format!("{}://{}", self.scheme(), self.xds)
     }
 
-    /// `http://<api addr><path>`.
+    /// `https://<api addr><path>` (`http://` in plaintext).
     pub fn api_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.api)
+        format!("{}://{}{path}", self.scheme(), self.api)
+    }
+
+    /// The root file as a bootstrap's `root_cert_file` (empty in plaintext).
+    pub fn root_cert_file(&self) -> String {
+        if self.tls {
+            self.root_cert.display().to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    /// A client of the API trusting the control plane's root (it also
+    /// dials `http://` URLs when the control plane is plaintext).
+    pub fn api_client(&self) -> ApiHttp {
+        if self.tls {
+            ApiHttp::Tls(https_client(&self.root_cert))
+        } else {
+            ApiHttp::Plain(super::http::http1_client())
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Issues a workload token for `namespace`/`service_account` through the
@@ -100,7 +138,9 @@ impl ControlPlane {
             http::header::CONTENT_TYPE,
             "application/json".parse().expect("valid header"),
         );
-        let reply = send(&super::http::http1_client(), req)
+        let reply = self
+            .api_client()
+            .send(req)
             .await
             .unwrap_or_else(|e| panic!("issuing a token: {e}"));
         assert!(
@@ -116,5 +156,31 @@ impl ControlPlane {
         let path = dir.join(format!("{namespace}-{service_account}.token"));
         std::fs::write(&path, token).expect("writing the token file");
         path
+    }
+}
+
+/// An HTTP client for the control plane's API: HTTPS trusting its root, or
+/// plain HTTP when it runs with `--insecure-plaintext-loopback`.
+#[derive(Clone, Debug)]
+pub enum ApiHttp {
+    /// `https://`.
+    Tls(HttpsClient),
+    /// `http://`.
+    Plain(super::http::HttpClient),
+}
+
+// === impl ApiHttp ===
+
+impl ApiHttp {
+    /// Sends `req` and reads the whole response; `Err` only when no
+    /// response came back.
+    pub async fn send(
+        &self,
+        req: http::Request<super::http::Body>,
+    ) -> Result<super::http::Reply, String> {
+        match self {
+            ApiHttp::Tls(c) => send(c, req).await,
+            ApiHttp::Plain(c) => send(c, req).await,
+        }
     }
 }

@@ -6,9 +6,9 @@
 //! on rejections as easily as on successes.
 
 use super::binaries::bins_for;
-use super::control_plane::{ControlPlane, TEST_API_TOKEN};
+use super::control_plane::{ApiHttp, ControlPlane, TEST_API_TOKEN};
 use super::eventually::{eventually, within};
-use super::http::{full, http1_client, request, send, HttpClient, Reply};
+use super::http::{full, request, Reply};
 use http::{header, Method};
 use sane_xds_proto::{AdminConfig, Bootstrap, Listener, MeshResources, Node};
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ const CLI_DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     base: String,
-    http: HttpClient,
+    http: ApiHttp,
 }
 
 /// The `sanectl` binary, pointed at one control plane with the test token.
@@ -30,6 +30,7 @@ pub struct ApiClient {
 pub struct Sanectl {
     bin: PathBuf,
     server: String,
+    ca_file: PathBuf,
 }
 
 /// What one `sanectl` run did.
@@ -86,6 +87,7 @@ pub fn xds_bootstrap(cp: &ControlPlane, name: &str, listeners: Vec<Listener>) ->
         control_plane: Some(sane_xds_proto::ControlPlane {
             address: cp.xds_url(),
             token_file: cp.xds_token.display().to_string(),
+            root_cert_file: cp.root_cert_file(),
             ..Default::default()
         }),
         ..Default::default()
@@ -98,8 +100,8 @@ impl ApiClient {
     /// A client of `cp`'s API.
     pub fn new(cp: &ControlPlane) -> ApiClient {
         ApiClient {
-            base: format!("http://{}", cp.api),
-            http: http1_client(),
+            base: cp.api_url(""),
+            http: cp.api_client(),
         }
     }
 
@@ -122,7 +124,7 @@ impl ApiClient {
             let value = format!("Bearer {t}").parse().expect("a valid header value");
             headers.insert(header::AUTHORIZATION, value);
         }
-        send(&self.http, req).await
+        self.http.send(req).await
     }
 
     /// `GET path`, expecting 200 and JSON.
@@ -197,11 +199,12 @@ impl Sanectl {
     pub fn new(cp: &ControlPlane) -> Sanectl {
         Sanectl {
             bin: bins_for(&["sane-control-plane"]).join("sanectl"),
-            server: format!("http://{}", cp.api),
+            server: cp.api_url(""),
+            ca_file: cp.root_cert.clone(),
         }
     }
 
-    /// Runs `sanectl --server <cp> ARGS` to completion. The token goes in
+    /// Runs `sanectl --server <cp> --ca-file <its root> ARGS` to completion. The token goes in
     /// the environment, as an operator would pass it. Panics if the process
     /// cannot start or runs past a generous deadline.
     pub async fn run(&self, args: &[&str]) -> CliRun {
@@ -211,6 +214,8 @@ impl Sanectl {
             tokio::process::Command::new(&self.bin)
                 .arg("--server")
                 .arg(&self.server)
+                .arg("--ca-file")
+                .arg(&self.ca_file)
                 .args(args)
                 .env("SANE_API_TOKEN", TEST_API_TOKEN)
                 .env_remove("SANE_API_TOKEN_FILE")

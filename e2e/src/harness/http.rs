@@ -115,8 +115,12 @@ pub fn request(method: Method, uri: &str, body: Body) -> Request<Body> {
         .unwrap_or_else(|e| panic!("invalid request {uri:?}: {e}"))
 }
 
-/// Sends `req` on `client` and reads the whole response.
-pub async fn send(client: &HttpClient, req: Request<Body>) -> Result<Reply, String> {
+/// Sends `req` on `client` (an [`HttpClient`], or an
+/// [`super::https::HttpsClient`]) and reads the whole response.
+pub async fn send<C>(client: &Client<C, Body>, req: Request<Body>) -> Result<Reply, String>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let what = format!("{} {}", req.method(), req.uri());
     let rsp = client
         .request(req)

@@ -3,8 +3,9 @@
 //! * [`bins`] builds `sane-proxy` and `sane-echo` once per test process.
 //! * [`Proc`] runs a binary and reads its `listening name=… addr=…` lines.
 //! * [`Mesh`] / [`TwoHop`] start echo apps and sidecars from typed configs.
-//! * [`ControlPlane`] runs `sane-control-plane`; [`ApiClient`] and
-//!   [`Sanectl`] talk to it over HTTP and through the CLI.
+//! * [`ControlPlane`] runs `sane-control-plane` (TLS, its root in
+//!   `<data-dir>/root-cert.pem`); [`ApiClient`] and [`Sanectl`] talk to it
+//!   over HTTPS ([`https`]) and through the CLI.
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
 //! * [`OtlpReceiver`] receives the spans proxies export (OTLP/gRPC).
@@ -27,6 +28,7 @@ mod curl;
 mod eventually;
 mod grpc;
 pub mod http;
+pub mod https;
 mod load;
 mod mesh;
 mod netns;
@@ -42,7 +44,7 @@ pub use binaries::{
     bin, bins, bins_for, echo_bin, prefer_binaries_only, use_prebuilt, workspace_root, Bins,
     BuildMode, PACKAGES, PREBUILT_NAMES,
 };
-pub use control_plane::{ControlPlane, TEST_API_TOKEN};
+pub use control_plane::{ApiHttp, ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, xds_node_id, ApiClient, CliRun, Sanectl};
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};

@@ -18,6 +18,7 @@
 //! Architecture invariant: the private key never leaves this process; it is
 //! generated in [`rotation`] and only handed to rustls.
 
+pub mod control_plane;
 pub mod rotation;
 
 use arc_swap::ArcSwapOption;

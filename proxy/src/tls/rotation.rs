@@ -5,7 +5,9 @@
 //! renews at about half the certificate's lifetime (with jitter, so a fleet
 //! does not renew in lockstep) with a fresh key. If the CA cannot be reached
 //! it retries with backoff and keeps serving on the current certificate until
-//! that expires.
+//! that expires. The CA is reached over TLS ([`super::control_plane`]),
+//! verified against the bootstrap's root; renewals present the current
+//! certificate too.
 
 use super::{Identity, TlsMaterial};
 use http::uri::PathAndQuery;
@@ -20,24 +22,9 @@ use tokio_util::sync::CancellationToken;
 /// Why a certificate could not be obtained.
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
-    /// The CA address is not a valid URI.
-    #[error("CA address {address:?}: {source}")]
-    Address {
-        /// The address.
-        address: String,
-        /// The parse error.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The CA could not be reached.
-    #[error("connecting to the CA at {address}: {source}")]
-    Connect {
-        /// The address.
-        address: String,
-        /// The transport error.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// The CA could not be reached (or its certificate not verified).
+    #[error("CA: {0}")]
+    Connect(#[from] super::control_plane::ConnectError),
     /// The CA refused or failed the request.
     #[error("CA at {address} refused the CSR for {identity}: {status}")]
     Refused {
@@ -72,6 +59,8 @@ pub struct IssuerConfig {
     pub ca_address: String,
     /// Token file ("" for none).
     pub token_file: String,
+    /// PEM root(s) to verify an `https://` CA with.
+    pub root_cert_file: String,
     /// The SPIFFE id to ask for.
     pub identity: SpiffeId,
     /// Requested lifetime.
@@ -112,6 +101,10 @@ impl IssuerConfig {
                 &cfg.token_file,
                 control_plane.map(|c| c.token_file.as_str()),
             ),
+            root_cert_file: pick(
+                &cfg.root_cert_file,
+                control_plane.map(|c| c.root_cert_file.as_str()),
+            ),
             identity,
             ttl: (cfg.ttl > 0).then(|| Duration::from_millis(cfg.ttl)),
             federated,
@@ -119,8 +112,12 @@ impl IssuerConfig {
     }
 }
 
-/// Requests one certificate for a fresh key.
-pub async fn issue(cfg: &IssuerConfig) -> Result<TlsMaterial, IssueError> {
+/// Requests one certificate for a fresh key; over TLS, presents the current
+/// certificate of `current` if there is one.
+pub async fn issue(
+    cfg: &IssuerConfig,
+    current: Option<&Identity>,
+) -> Result<TlsMaterial, IssueError> {
     let key = WorkloadKey::generate()?;
     let csr_pem = key.csr_pem(&cfg.identity)?;
     let token = if cfg.token_file.is_empty() {
@@ -137,19 +134,11 @@ pub async fn issue(cfg: &IssuerConfig) -> Result<TlsMaterial, IssueError> {
         )
     };
     let address = cfg.ca_address.clone();
-    let channel = tonic::transport::Endpoint::from_shared(address.clone())
-        .map_err(|source| IssueError::Address {
-            address: address.clone(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|source| IssueError::Connect {
-            address: address.clone(),
-            source,
-        })?;
+    let channel = super::control_plane::connect(&address, &cfg.root_cert_file, current, |e| {
+        e.connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+    })
+    .await?;
     let mut grpc = tonic::client::Grpc::new(channel);
     let refused = |status| IssueError::Refused {
         address: address.clone(),
@@ -194,7 +183,7 @@ pub async fn run(
     let mut ready = Some(ready);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(15));
     loop {
-        let wait = match issue(&cfg).await {
+        let wait = match issue(&cfg, Some(&identity)).await {
             Ok(material) => {
                 let refresh = material.identity.refresh_in(SystemTime::now());
                 tracing::info!(
@@ -209,6 +198,9 @@ pub async fn run(
                 refresh
             }
             Err(e) => {
+                if let Some(block) = &ready {
+                    block.note(e.to_string());
+                }
                 let delay = backoff.next_delay();
                 let expires = identity
                     .current()

@@ -7,12 +7,19 @@
 //! [`state`]). Readiness is held until every type was accepted once. When the
 //! control plane is unreachable the proxy keeps serving what it has: the data
 //! path never waits on this task.
+//!
+//! The stream runs over TLS to an `https://` address, verified against
+//! `control_plane.root_cert_file`, with the workload certificate as client
+//! certificate once the proxy has one ([`crate::tls::control_plane`]). Until
+//! the first config arrives, the last failure is what `/ready` shows.
 
 pub mod state;
 
 use self::state::{XdsState, SUBSCRIBED};
 use crate::config::ConfigStore;
 use crate::drain::BlockReady;
+use crate::tls::control_plane::connect;
+use crate::tls::Identity;
 use envoy_types::pb::envoy::config::core::v3::Node as EnvoyNode;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
@@ -36,24 +43,9 @@ pub struct XdsMetrics {
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 pub enum XdsError {
-    /// The address is not a valid URI.
-    #[error("control plane address {address:?}: {source}")]
-    Address {
-        /// The address.
-        address: String,
-        /// The parse error.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// Connecting failed.
-    #[error("connecting to control plane {address}: {source}")]
-    Connect {
-        /// The address.
-        address: String,
-        /// The transport error.
-        #[source]
-        source: tonic::transport::Error,
-    },
+    /// Connecting failed (address, root file, TLS handshake, transport).
+    #[error("control plane: {0}")]
+    Connect(#[from] crate::tls::control_plane::ConnectError),
     /// The stream failed or was refused.
     #[error("xds stream to {address}: {status}")]
     Stream {
@@ -100,6 +92,8 @@ impl XdsMetrics {
 /// in the node metadata: the control plane finds the endpoints that point
 /// at this proxy by it, and sends the authorization policies that target
 /// them.
+/// `identity`'s certificate, once it has one, is
+/// presented to the control plane.
 pub async fn run(
     cp: ControlPlane,
     node: Node,
@@ -107,6 +101,7 @@ pub async fn run(
     store: Arc<ConfigStore>,
     metrics: XdsMetrics,
     block: BlockReady,
+    identity: Arc<Identity>,
     stop: CancellationToken,
 ) {
     let envoy = envoy_node(&node, &cp, &inbound);
@@ -117,7 +112,7 @@ pub async fn run(
         let mut got_response = false;
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&cp, &envoy, &store, &metrics, &mut state, &mut block, &mut got_response) => r,
+            r = session(&cp, &envoy, &store, &metrics, &identity, &mut state, &mut block, &mut got_response) => r,
         };
         metrics.connected.set(0);
         if got_response {
@@ -128,6 +123,9 @@ pub async fn run(
                 tracing::warn!(address = %cp.address, "xds stream closed by the control plane; reconnecting")
             }
             Err(e) => {
+                if let Some(block) = &block {
+                    block.note(e.to_string());
+                }
                 tracing::warn!(error = %e, retry_in = ?backoff, "xds session failed; serving the last config")
             }
         }
@@ -139,11 +137,13 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     cp: &ControlPlane,
     node: &EnvoyNode,
     store: &Arc<ConfigStore>,
     metrics: &XdsMetrics,
+    identity: &Identity,
     state: &mut XdsState,
     block: &mut Option<BlockReady>,
     got_response: &mut bool,
@@ -158,21 +158,13 @@ async fn session(
         })?;
         Some(t.trim().to_string())
     };
-    let channel = tonic::transport::Endpoint::from_shared(address.clone())
-        .map_err(|source| XdsError::Address {
-            address: address.clone(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|source| XdsError::Connect {
-            address: address.clone(),
-            source,
-        })?;
+    let channel = connect(&address, &cp.root_cert_file, Some(identity), |e| {
+        e.connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+    })
+    .await?;
     let auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
         token.and_then(|t| format!("Bearer {t}").parse().ok());
     let mut client = AggregatedDiscoveryServiceClient::with_interceptor(
