@@ -94,6 +94,7 @@ impl XdsMetrics {
 /// them.
 /// `identity`'s certificate, once it has one, is
 /// presented to the control plane.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cp: ControlPlane,
     node: Node,
