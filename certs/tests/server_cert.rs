@@ -151,7 +151,7 @@ async fn control_plane_configs_verify_the_server_by_ip_and_read_an_optional_clie
         control_plane_server_config(
             resolver.clone(),
             &ca.trust_bundle(),
-            &[sane_certs::TrustDomain::new("cluster.local").unwrap()],
+            &[sane_certs::TrustDomain::new("mesh.test").unwrap()],
             &[b"h2"],
         )
         .unwrap()

@@ -65,7 +65,8 @@ async fn open_stream(
 ) -> Result<(DiscoveryResponse, tonic::Streaming<DiscoveryResponse>), tonic::Status> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let first = DiscoveryRequest {
-        node: Some(node("web-1", namespace, &[])),
+        // Node ids are of the token's workload: <sa>.<namespace>~<instance>.
+        node: Some(node(&format!("web.{namespace}~1"), namespace, &[])),
         type_url: TypeUrl::Service.as_str().into(),
         ..Default::default()
     };

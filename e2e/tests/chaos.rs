@@ -360,7 +360,7 @@ fn server_bootstrap(cp: &ControlPlane, token: &Path) -> Bootstrap {
         drain_timeout: 2_000,
         identity: Some(IdentityConfig {
             // Sidecar B reaches the CA on its own pod's loopback.
-            ca_address: format!("http://127.0.0.1:{XDS_PORT}"),
+            ca_address: format!("https://127.0.0.1:{XDS_PORT}"),
             ..identity(cp, token, "echo")
         }),
         resources: MeshResources {

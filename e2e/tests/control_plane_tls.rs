@@ -29,6 +29,9 @@ async fn xds_connected(sidecar: &Sidecar) -> Result<f64, String> {
     metric_value(&metrics, "sane_xds_connected", &[]).ok_or_else(|| "no gauge".to_string())
 }
 
+/// The node id of a proxy streaming with the `web` token of `default`.
+const WEB_NODE: &str = "web.default~web-1";
+
 #[tokio::test]
 async fn a_proxy_gets_config_and_its_certificate_over_verified_tls_then_uses_mutual_tls() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,9 +152,11 @@ async fn a_revoked_token_ends_the_proxys_stream_and_is_refused_after() {
     );
     let mut bootstrap = xds_bootstrap(&cp, "web-1", outbound());
     bootstrap.control_plane.as_mut().unwrap().token_file = token_file.display().to_string();
+    // A node id of the token's workload (web in default).
+    bootstrap.node.id = WEB_NODE.into();
     let sidecar = Sidecar::start(&bins().proxy, dir.path(), "web-1", bootstrap).await;
     let api = ApiClient::new(&cp);
-    api.wait_in_sync(DEADLINE, &["web-1"]).await;
+    api.wait_in_sync(DEADLINE, &[WEB_NODE]).await;
 
     let listed = sanectl.ok(&["token", "list", "-o", "json"]).await;
     let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
@@ -170,7 +175,7 @@ async fn a_revoked_token_ends_the_proxys_stream_and_is_refused_after() {
 
     // The open stream ends; the proxy's reconnects are refused.
     eventually(DEADLINE, || async {
-        let row = api.proxy("web-1").await?;
+        let row = api.proxy(WEB_NODE).await?;
         if row["connected"] == false {
             Ok(())
         } else {

@@ -45,6 +45,16 @@ fn fixture(name: &str) -> String {
         .to_string()
 }
 
+/// The xDS stream uses the sidecar's own workload token (its identity's),
+/// under a node id of that workload: the control plane sends a sidecar the
+/// authorization policies of the endpoints whose identity is its token's.
+fn streams_as_itself(b: &mut sane_xds_proto::Bootstrap, sa: &str, instance: &str) {
+    if let Some(cp) = b.control_plane.as_mut() {
+        cp.token_file = String::new();
+    }
+    b.node.id = format!("{sa}.default~{instance}");
+}
+
 fn identity(cp: &ControlPlane, token: &Path, sa: &str) -> IdentityConfig {
     IdentityConfig {
         service_account: sa.into(),
@@ -91,6 +101,7 @@ impl Bookinfo {
             // Authorization policies target the service's workloads.
             b.node.workload = service.into();
             b.identity = Some(identity(&cp, &token, &sa));
+            streams_as_itself(&mut b, &sa, &name);
             servers.push(Sidecar::start(&bins().proxy, dir.path(), &name, b).await);
             apps.push(app);
         }
@@ -106,6 +117,7 @@ impl Bookinfo {
                 };
                 let mut b = xds_bootstrap(cp, sa, vec![outbound]);
                 b.identity = Some(identity(cp, &token, sa));
+                streams_as_itself(&mut b, sa, sa);
                 Sidecar::start(&bins().proxy, &dir, sa, b).await
             }
         };
@@ -703,6 +715,7 @@ async fn peer_authentication_mtls_migration() {
     let mut server_boot = xds_bootstrap(&cp, "ratings-v1", vec![inbound(mode, &ports)]);
     server_boot.node.workload = "ratings".into();
     server_boot.identity = Some(identity(&cp, &token, "bookinfo-ratings"));
+    streams_as_itself(&mut server_boot, "bookinfo-ratings", "ratings-v1");
     let mut server =
         Sidecar::start(&bins().proxy, dir.path(), "ratings-v1", server_boot.clone()).await;
     let client_token = cp
@@ -718,6 +731,7 @@ async fn peer_authentication_mtls_migration() {
         }],
     );
     client_boot.identity = Some(identity(&cp, &client_token, "bookinfo-reviews"));
+    streams_as_itself(&mut client_boot, "bookinfo-reviews", "reviews-v1");
     let client = Sidecar::start(&bins().proxy, dir.path(), "reviews-v1", client_boot).await;
     let mesh = MeshResources {
         services: vec![Service {
