@@ -63,10 +63,20 @@ async fn open_stream(
     token: &str,
     namespace: &str,
 ) -> Result<(DiscoveryResponse, tonic::Streaming<DiscoveryResponse>), tonic::Status> {
+    open_stream_as(channel, token, namespace, "web").await
+}
+
+/// [`open_stream`] for a token of service account `sa`.
+async fn open_stream_as(
+    channel: Channel,
+    token: &str,
+    namespace: &str,
+    sa: &str,
+) -> Result<(DiscoveryResponse, tonic::Streaming<DiscoveryResponse>), tonic::Status> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let first = DiscoveryRequest {
         // Node ids are of the token's workload: <sa>.<namespace>~<instance>.
-        node: Some(node(&format!("web.{namespace}~1"), namespace, &[])),
+        node: Some(node(&format!("{sa}.{namespace}~1"), namespace, &[])),
         type_url: TypeUrl::Service.as_str().into(),
         ..Default::default()
     };
@@ -370,9 +380,14 @@ async fn a_revoked_token_is_refused_by_the_next_stream_and_the_ca_and_ends_open_
     .unwrap_err();
     assert_eq!(ca.code(), tonic::Code::Unauthenticated, "{ca}");
     // Other tokens are untouched; revoking twice is a 404.
-    open_stream(channel(&cp, &root, None).await.unwrap(), &other, "shop")
-        .await
-        .unwrap();
+    open_stream_as(
+        channel(&cp, &root, None).await.unwrap(),
+        &other,
+        "shop",
+        "api",
+    )
+    .await
+    .unwrap();
     let (status, _) = cp
         .client
         .send(

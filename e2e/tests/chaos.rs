@@ -163,6 +163,12 @@ impl Chaos {
         );
         bootstrap.drain_timeout = 2_000;
         bootstrap.identity = Some(identity(&cp, &client_token, "client"));
+        // One workload token for the CA and the xDS stream, under a node id
+        // of that workload: once the proxy holds its certificate it presents
+        // it on the stream, and the control plane refuses a certificate that
+        // is not the token's workload.
+        bootstrap.control_plane.as_mut().unwrap().token_file = String::new();
+        bootstrap.node.id = "client.default~client-a".into();
         let client = Sidecar::start(&bins().proxy, dir.path(), "client-a", bootstrap).await;
         let chaos = Chaos {
             dir,

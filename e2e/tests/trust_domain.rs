@@ -76,6 +76,7 @@ fn server_bootstrap(
         identity: Some(IdentityConfig {
             service_account: "echo".into(),
             ca_address: cp.xds_url(),
+            root_cert_file: cp.root_cert_file(),
             token_file: token.display().to_string(),
             federated_trust_domains: federated.iter().map(|f| f.to_string()).collect(),
             ..Default::default()

@@ -75,7 +75,9 @@ fn rss_mib(cp: &ControlPlane) -> f64 {
 #[tokio::test]
 async fn oversized_node_ids_and_forged_nacks_are_refused_cut_and_escaped() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&dir.path().join("cp"), &[]).await;
+    // Raw gRPC clients speak plaintext: the hostile input is the subject
+    // here, not the transport (tests/control_plane_tls.rs covers that).
+    let cp = ControlPlane::start(&dir.path().join("cp"), &["--insecure-plaintext-loopback"]).await;
     let token = std::fs::read_to_string(&cp.xds_token).unwrap();
     let token = token.trim();
     let api = ApiClient::new(&cp);

@@ -47,14 +47,16 @@ pub struct CliRun {
 }
 
 /// The row of proxy `id` in a `GET /api/v1/proxies` answer: the row whose
-/// node id is `id`, or [`xds_node_id`]`(id)` (an [`xds_bootstrap`] proxy
-/// named `id`).
+/// node id is `id`, [`xds_node_id`]`(id)` (an [`xds_bootstrap`] proxy named
+/// `id`), or an instance `id` of any workload.
 pub fn proxy_row<'a>(status: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
     let node = xds_node_id(id);
-    status["proxies"]
-        .as_array()?
-        .iter()
-        .find(|p| p["node"] == id || p["node"] == node.as_str())
+    status["proxies"].as_array()?.iter().find(|p| {
+        let n = p["node"].as_str().unwrap_or_default();
+        // The full id, the harness's id for `name`, or any workload's
+        // instance `name` (`<sa>.<ns>~name`).
+        n == id || n == node || n.rsplit_once('~').is_some_and(|(_, i)| i == id)
+    })
 }
 
 /// The node id of the [`xds_bootstrap`] proxy named `name`: an instance of
