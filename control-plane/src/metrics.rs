@@ -17,8 +17,8 @@
 //! every connected proxy has ACKed the resulting revision.
 
 use crate::error::Error;
+use crate::xds::XdsType;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use sane_xds_proto::TypeUrl;
 use std::time::Duration;
 
 /// Every metric of the control plane.
@@ -37,7 +37,7 @@ pub struct Metrics {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TypeLabels {
     /// The xDS type.
-    pub type_url: TypeUrl,
+    pub type_url: XdsType,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -54,9 +54,10 @@ impl TypeLabels {
     }
 }
 
-/// The message name of a type URL: `Service`, `DestinationPolicy`, ...
-pub fn short_type_name(t: TypeUrl) -> &'static str {
-    t.as_str().rsplit('.').next().unwrap_or(t.as_str())
+/// The message name of a type URL: `Service`, `DestinationPolicy`, ...,
+/// `envoy.Cluster` (see [`XdsType::short_name`]).
+pub fn short_type_name(t: impl Into<XdsType>) -> &'static str {
+    t.into().short_name()
 }
 
 // === impl Metrics ===

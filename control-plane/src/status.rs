@@ -12,6 +12,7 @@ use crate::resource::Resource;
 use crate::xds::protocol::{Event, Sent};
 use crate::xds::snapshot::EncodedResource;
 use crate::xds::view::NodeSpec;
+use crate::xds::XdsType;
 use sane_xds_proto::{MeshResources, TypeUrl};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -48,7 +49,7 @@ struct ProxyRecord {
     view_revision: u64,
     /// Latest revision at which every type's sent version was ACKed.
     synced_revision: u64,
-    types: HashMap<TypeUrl, TypeRecord>,
+    types: HashMap<XdsType, TypeRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -83,6 +84,9 @@ pub struct ProxyStatus {
     pub namespace: String,
     /// The node's workload, if it said.
     pub workload: String,
+    /// `node.user_agent_name` and version (e.g. `gRPC Python 1.78.0`);
+    /// empty if the node did not say.
+    pub user_agent: String,
     /// Services it listed (qualified), plus `*` if it asked for all.
     pub services: Vec<String>,
     /// `sotw` or `delta`.
@@ -234,7 +238,7 @@ impl ProxyStatusTable {
         let mut mesh = MeshResources::default();
         let mut versions = BTreeMap::new();
         for type_url in TypeUrl::ALL {
-            let Some(sent) = r.types.get(&type_url).and_then(|t| t.sent.as_ref()) else {
+            let Some(sent) = r.types.get(&type_url.into()).and_then(|t| t.sent.as_ref()) else {
                 continue;
             };
             versions.insert(short_type_name(type_url), sent.version.clone());
@@ -318,7 +322,7 @@ impl ProxyRecord {
         if self.spec.all_services {
             services.push("*".into());
         }
-        let types = TypeUrl::ALL
+        let types = XdsType::ALL
             .into_iter()
             .filter_map(|t| Some((short_type_name(t), self.types.get(&t)?.status())))
             .collect();
@@ -326,6 +330,7 @@ impl ProxyRecord {
             node: id.to_string(),
             namespace: self.spec.namespace.clone(),
             workload: self.spec.workload.clone(),
+            user_agent: self.spec.user_agent.clone(),
             services,
             protocol: self.protocol,
             connected,
@@ -432,7 +437,7 @@ mod tests {
 
     fn sent(type_url: TypeUrl, version: &str) -> Sent {
         Sent {
-            type_url,
+            type_url: type_url.into(),
             version: version.into(),
             nonce: "1-1".into(),
             resources: Vec::new(),
@@ -449,7 +454,7 @@ mod tests {
         conn.record_sent(&sent(TypeUrl::Service, "v1"));
         assert!(!table.list(4)[0].in_sync);
         conn.record_event(&Event::Ack {
-            type_url: TypeUrl::Service,
+            type_url: TypeUrl::Service.into(),
             version: "v1".into(),
         });
         assert!(table.list(4)[0].in_sync);
@@ -458,7 +463,7 @@ mod tests {
 
         conn.record_sent(&sent(TypeUrl::Service, "v2"));
         conn.record_event(&Event::Nack {
-            type_url: TypeUrl::Service,
+            type_url: TypeUrl::Service.into(),
             version: "v2".into(),
             reason: "bad".into(),
         });

@@ -83,10 +83,13 @@
 
 pub mod debounce;
 pub mod delta;
+pub mod envoy;
+pub mod node_token;
 pub mod protocol;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;
+pub mod type_url;
 pub mod view;
 
 #[cfg(test)]
@@ -94,4 +97,5 @@ pub(crate) mod test_support;
 
 pub use debounce::DebounceConfig;
 pub use server::AdsService;
+pub use type_url::XdsType;
 pub use view::{node_metadata, NodeSpec};

@@ -9,6 +9,7 @@
 
 use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
+use super::node_token::node_token;
 use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
@@ -127,7 +128,7 @@ impl AdsService {
         &self,
         machine: M,
         inbound: Streaming<M::Request>,
-        grant: TokenGrant,
+        grant: Option<TokenGrant>,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, grant));
@@ -135,21 +136,20 @@ impl AdsService {
     }
 
     /// The workload the stream's bearer token stands for, or the status
-    /// refusing the stream.
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<TokenGrant, Status> {
-        let token = WorkloadAuth::bearer(request.metadata());
+    /// refusing the stream; `None` without an `authorization` header: the
+    /// token is then read from the node metadata of the first request
+    /// ([`node_token`]).
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<Option<TokenGrant>, Status> {
+        let Some(token) = WorkloadAuth::bearer(request.metadata()) else {
+            return Ok(None);
+        };
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
         self.shared
-            .auth
-            .authenticate(token.as_deref())
+            .authenticate(Some(&token), &peer)
             .await
-            .map_err(|e| {
-                self.shared.metrics.stream_rejected(e.reason());
-                let peer = request
-                    .remote_addr()
-                    .map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%peer, error = %e, "xds stream refused");
-                e.to_status("xds stream")
-            })
+            .map(Some)
     }
 
     fn stream_id(&self) -> u64 {
@@ -192,6 +192,16 @@ impl AggregatedDiscoveryService for AdsService {
 // === impl Shared ===
 
 impl Shared {
+    /// The workload `token` stands for, or the status refusing the stream
+    /// of `who` (a peer address or node id, for the log).
+    async fn authenticate(&self, token: Option<&str>, who: &str) -> Result<TokenGrant, Status> {
+        self.auth.authenticate(token).await.map_err(|e| {
+            self.metrics.stream_rejected(e.reason());
+            tracing::warn!(%who, error = %e, "xds stream refused");
+            e.to_status("xds stream")
+        })
+    }
+
     /// The snapshot a new stream starts from: the registry's current state,
     /// not the last debounced publication, so a proxy connecting right after
     /// a write gets it at once. Not published to other streams: their pushes
@@ -263,7 +273,7 @@ async fn drive<M: Machine>(
     machine: M,
     mut inbound: Streaming<M::Request>,
     tx: ResponseTx<M::Response>,
-    grant: TokenGrant,
+    grant: Option<TokenGrant>,
 ) {
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
@@ -285,6 +295,19 @@ async fn drive<M: Machine>(
                 .send(Err(Status::invalid_argument(error.to_string())))
                 .await;
             return;
+        }
+    };
+    let grant = match grant {
+        Some(grant) => grant,
+        None => {
+            let token = node_token(M::node(&first));
+            match shared.authenticate(token.as_deref(), &spec.id).await {
+                Ok(grant) => grant,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
         }
     };
     if let Err(status) = check_namespace(&spec, &grant) {
@@ -363,6 +386,11 @@ async fn run_stream<M: Machine>(
             );
             tracing::debug!(type_url = sent.type_url.as_str(), version = %sent.version, nonce = %sent.nonce, resources = sent.resources.len(), "sent");
             conn.record_sent(&sent);
+        }
+        for resp in step.untracked {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
         }
         // After the pushes, so a view is never marked synced before what it
         // changed was sent.

@@ -1,6 +1,7 @@
 //! Per-proxy views (sidecar scoping): which slice of the registry one proxy
 //! receives, decided by the node it announced in its first request.
 
+use super::envoy::EnvoyResources;
 use super::snapshot::{ResourceMap, XdsSnapshot};
 use crate::error::Error;
 use crate::resource::Kind;
@@ -9,6 +10,7 @@ use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Value};
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{namespace_or_default, TypeUrl};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
 use tokio::time::Instant;
 
 /// What a proxy asked to see, parsed from its `Node`.
@@ -24,6 +26,9 @@ pub struct NodeSpec {
     pub all_services: bool,
     /// `node.metadata.workload`, else `node.cluster`; for display only.
     pub workload: String,
+    /// `node.user_agent_name` and its version (`gRPC Python 1.78.0`); for
+    /// display only.
+    pub user_agent: String,
 }
 
 /// The resources one proxy may receive, by type.
@@ -36,6 +41,10 @@ pub struct ProxyView {
     /// Qualified keys of every service in the view.
     pub services: BTreeSet<String>,
     types: HashMap<TypeUrl, ResourceMap>,
+    /// The node's namespace (Envoy listener names depend on it).
+    pub(super) namespace: String,
+    /// The view as Envoy resources, built on first use (see `type_url`).
+    pub(super) envoy: OnceLock<EnvoyResources>,
 }
 
 // === impl NodeSpec ===
@@ -49,6 +58,7 @@ impl NodeSpec {
             services: BTreeSet::new(),
             all_services: false,
             workload: String::new(),
+            user_agent: String::new(),
         };
         for s in services {
             spec.add_service(s);
@@ -83,6 +93,7 @@ impl NodeSpec {
             Some(_) => return Err(bad("namespace", "must be a string".into())),
         };
         let mut spec = NodeSpec::new(&node.id, &namespace, &[]);
+        spec.user_agent = user_agent(node);
         spec.workload = match field("workload") {
             None => node.cluster.clone(),
             Some(ValueKind::StringValue(s)) => s.clone(),
@@ -121,6 +132,24 @@ impl NodeSpec {
         }
     }
 }
+
+/// `node.user_agent_name` and `user_agent_version` (or build version), as
+/// one string; empty when the node says nothing.
+fn user_agent(node: &Node) -> String {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.as_str(),
+        _ => "",
+    };
+    format!("{} {version}", node.user_agent_name)
+        .trim()
+        .chars()
+        .take(MAX_USER_AGENT_CHARS)
+        .collect()
+}
+
+/// Longest user agent kept (the rest is cut): it is only shown.
+const MAX_USER_AGENT_CHARS: usize = 128;
 
 /// Builds node metadata fields for a client: the inverse of
 /// [`NodeSpec::from_node`], used by tests and by proxies written in Rust.
@@ -201,6 +230,8 @@ impl ProxyView {
             written_at: snapshot.written_at,
             services: visible,
             types,
+            namespace: spec.namespace.clone(),
+            envoy: OnceLock::new(),
         }
     }
 
