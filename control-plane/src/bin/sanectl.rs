@@ -7,6 +7,7 @@
 //! sanectl status [--wait-sync 30s] [-o table|json]
 //! sanectl config <proxy-id> [-o yaml|json]
 //! sanectl inject -f deployment.yaml [-o injected.yaml]   # no server needed
+//! sanectl bootstrap grpc --service NAME [-o bootstrap.json]
 //! ```
 //!
 //! Exit status: 0 on success, 1 on errors, 2 when `status --wait-sync` timed
@@ -16,6 +17,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use sane_control_plane::client::ApiClient;
 use sane_control_plane::resource::Kind;
+use sane_control_plane::xds::envoy::bootstrap::GrpcBootstrap;
 use sane_xds_proto::MeshResources;
 use serde::Deserialize;
 use serde_json::Value;
@@ -86,6 +88,10 @@ enum Command {
     /// (like `istioctl kube-inject`); other objects pass through untouched.
     #[cfg(feature = "kubernetes")]
     Inject(InjectArgs),
+    /// Write the bootstrap of a client that takes its config from the
+    /// control plane without a sidecar.
+    #[command(subcommand)]
+    Bootstrap(BootstrapKind),
     /// Show what a proxy was last sent.
     Config {
         /// The proxy's node id.
@@ -120,6 +126,48 @@ struct InjectArgs {
     /// Trust domain of the mesh.
     #[arg(long)]
     trust_domain: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BootstrapKind {
+    /// A `GRPC_XDS_BOOTSTRAP` file for a proxyless gRPC client (grpc-go,
+    /// grpc-java, grpcio, grpc C++): the xDS server, its channel
+    /// credentials, the node id and metadata (namespace, workload token).
+    /// Without `--workload-token-file`, issues a token for
+    /// `NAMESPACE/SERVICE` through the API (needs the API token).
+    Grpc(GrpcBootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GrpcBootstrapArgs {
+    /// The client's service (its workload and service account).
+    #[arg(long)]
+    service: String,
+    /// The client's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The xDS address as clients reach it: `host:port`, `http://host:port`,
+    /// or `https://host:port` for TLS (with `--ca-file`).
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_server: String,
+    /// CA certificate file a TLS client checks the control plane against.
+    #[arg(long)]
+    ca_file: Option<String>,
+    /// The node id; default `SERVICE-` and 8 random hex digits. Give each
+    /// client process its own.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Services of other namespaces the client calls (`name.namespace`),
+    /// comma-separated; `*` for every service.
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<String>,
+    /// A file holding the workload token to use instead of issuing one.
+    #[arg(long)]
+    workload_token_file: Option<PathBuf>,
+    /// Where to write the file (mode 0600: it holds the token); stdout
+    /// when omitted.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -228,11 +276,76 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         #[cfg(feature = "kubernetes")]
         Command::Inject(inject) => run_inject(inject)?,
+        Command::Bootstrap(BootstrapKind::Grpc(b)) => run_grpc_bootstrap(&client, b).await?,
         Command::Config { proxy, output } => {
             print(&client.proxy_config(&proxy).await?, output)?;
         }
     }
     Ok(0)
+}
+
+/// `sanectl bootstrap grpc`: the token (read or issued), then the file.
+async fn run_grpc_bootstrap(client: &ApiClient, args: GrpcBootstrapArgs) -> anyhow::Result<()> {
+    let token = match &args.workload_token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading workload token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => {
+            let body = serde_json::json!({
+                "namespace": args.namespace,
+                "service_account": args.service,
+            });
+            let issued = client
+                .json(http::Method::POST, "/api/v1/tokens", Some(&body))
+                .await
+                .context("issuing a workload token (or pass --workload-token-file)")?;
+            issued["token"]
+                .as_str()
+                .context("the token reply has no token")?
+                .to_string()
+        }
+    };
+    let node_id = args
+        .node_id
+        .unwrap_or_else(|| format!("{}-{:08x}", args.service, rand::random::<u32>()));
+    let bootstrap = GrpcBootstrap {
+        server: args.xds_server,
+        ca_file: args.ca_file,
+        node_id,
+        service: args.service,
+        namespace: args.namespace,
+        services: args.services,
+        token,
+    };
+    let text = serde_json::to_string_pretty(&bootstrap.to_json())? + "\n";
+    match &args.output {
+        None => print!("{text}"),
+        Some(path) => {
+            write_private(path, &text)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote {} (node {}); run the client with GRPC_XDS_BOOTSTRAP={} and target xds:///SERVICE.NAMESPACE:PORT",
+                path.display(),
+                bootstrap.node_id,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// `sanectl inject`: reads, injects, writes; a summary goes to stderr.

@@ -20,6 +20,7 @@
 //! The bare service name (`echo:9090`) names a listener only for nodes of
 //! the service's own namespace, as it does for a sidecar.
 
+pub mod bootstrap;
 mod cluster;
 mod endpoint;
 mod listener;
