@@ -234,8 +234,8 @@ async fn a_proxyless_client_follows_routes_and_endpoints_without_restarting() {
 
     // 3. Endpoints added and removed through the API are followed.
     let v3 = EchoApp::start_with(&bins().echo, "echo-3", "echo").await;
-    w.apply("all-v1.yaml", &split_route(1, 0).replace("weight: 0", "weight: 1"))
-        .await;
+    // An even split, so both subsets (and so the new v1 endpoint) get calls.
+    w.apply("even.yaml", &split_route(1, 1)).await;
     let ep3 = format!("endpoints:\n  - {}\n", endpoint_yaml(&v3, "v1"));
     w.apply("echo-3.yaml", &ep3).await;
     wait_calls(&client, 30, &[], "calls to the new endpoint", |c| {
@@ -265,8 +265,7 @@ async fn a_config_the_client_rejects_is_a_nack_and_the_last_good_one_serves() {
     let Some(client) = client("proxyless_nack", &bootstrap).await else {
         return;
     };
-    w.apply("split.yaml", &split_route(1, 0).replace("weight: 0", "weight: 1"))
-        .await;
+    w.apply("split.yaml", &split_route(1, 1)).await;
     wait_calls(&client, 20, &[("x-canary", "1")], "canary calls to v2", |c| {
         c.from("echo-2") == 20
     })
@@ -277,9 +276,7 @@ async fn a_config_the_client_rejects_is_a_nack_and_the_last_good_one_serves() {
 
     // The registry accepts this regex (balanced parentheses); gRPC's RE2 does
     // not, so the client rejects the route configuration.
-    let bad = split_route(1, 0)
-        .replace("weight: 0", "weight: 1")
-        .replace(
+    let bad = split_route(1, 1).replace(
             "{ name: x-canary, value: \"1\" }",
             "{ name: x-canary, kind: regex, value: \"[a-\" }",
         );
