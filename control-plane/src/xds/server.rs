@@ -9,7 +9,7 @@
 
 use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
-use super::node_token::node_token;
+use super::node_token::{node_token, NODE_TOKEN_FIELD};
 use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
@@ -304,7 +304,12 @@ async fn drive<M: Machine>(
             match shared.authenticate(token.as_deref(), &spec.id).await {
                 Ok(grant) => grant,
                 Err(status) => {
-                    let _ = tx.send(Err(status)).await;
+                    let message = format!(
+                        "{}, or in the node metadata field {NODE_TOKEN_FIELD:?} from clients \
+                         that cannot send headers",
+                        status.message()
+                    );
+                    let _ = tx.send(Err(Status::new(status.code(), message))).await;
                     return;
                 }
             }
