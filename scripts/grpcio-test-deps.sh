@@ -18,6 +18,12 @@ works() {
   "$python" -c 'import grpc, grpc_tools.protoc' >/dev/null 2>&1
 }
 
+# Test binaries run in parallel and may call this at once: one installs,
+# the others wait for it.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+
 if [ -x "$python" ] && works; then
   echo "grpcio-test-deps: $venv has grpcio $GRPCIO_VERSION" >&2
   echo "$python"

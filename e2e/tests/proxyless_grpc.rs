@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use futures::StreamExt;
 use sane_e2e::echo::proto::EchoRequest;
 use sane_e2e::harness::{
     bins, eventually, grpcio_python_or_skip, proxy_row, within, xds_bootstrap, ApiClient,
@@ -22,7 +23,6 @@ use sane_xds_proto::Listener;
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use futures::StreamExt;
 
 /// Deadline of every wait in this file.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -201,7 +201,9 @@ async fn a_proxyless_client_follows_routes_and_endpoints_without_restarting() {
     println!("no route: {first:?}");
     let row = w.row(NODE).await.unwrap();
     assert!(
-        row["user_agent"].as_str().is_some_and(|ua| ua.contains("gRPC") && ua.contains("Python")),
+        row["user_agent"]
+            .as_str()
+            .is_some_and(|ua| ua.contains("gRPC") && ua.contains("Python")),
         "{row}"
     );
     for t in [
@@ -266,9 +268,13 @@ async fn a_config_the_client_rejects_is_a_nack_and_the_last_good_one_serves() {
         return;
     };
     w.apply("split.yaml", &split_route(1, 1)).await;
-    wait_calls(&client, 20, &[("x-canary", "1")], "canary calls to v2", |c| {
-        c.from("echo-2") == 20
-    })
+    wait_calls(
+        &client,
+        20,
+        &[("x-canary", "1")],
+        "canary calls to v2",
+        |c| c.from("echo-2") == 20,
+    )
     .await;
     w.wait_in_sync(NODE).await;
     let before = w.row(NODE).await.unwrap();
@@ -277,9 +283,9 @@ async fn a_config_the_client_rejects_is_a_nack_and_the_last_good_one_serves() {
     // The registry accepts this regex (balanced parentheses); gRPC's RE2 does
     // not, so the client rejects the route configuration.
     let bad = split_route(1, 1).replace(
-            "{ name: x-canary, value: \"1\" }",
-            "{ name: x-canary, kind: regex, value: \"[a-\" }",
-        );
+        "{ name: x-canary, value: \"1\" }",
+        "{ name: x-canary, kind: regex, value: \"[a-\" }",
+    );
     w.apply("bad.yaml", &bad).await;
     let nack = eventually(DEADLINE, || async {
         let row = w.row(NODE).await?;
@@ -299,7 +305,10 @@ async fn a_config_the_client_rejects_is_a_nack_and_the_last_good_one_serves() {
         "the NACK should carry the client's own text: {nack:?}"
     );
     let status = w.cli.ok(&["status"]).await;
-    assert!(status.stdout.contains(&nack[..nack.len().min(40)]), "{status}");
+    assert!(
+        status.stdout.contains(&nack[..nack.len().min(40)]),
+        "{status}"
+    );
 
     // The previous route keeps serving: canary calls still go to v2.
     let canary = client.calls(20, &[("x-canary", "1")]).await;
@@ -347,7 +356,10 @@ routes:
         eventually(DEADLINE, || {
             let mut c = via_sidecar.clone();
             async move {
-                let r = c.unary(EchoRequest::new("hi")).await.map_err(|e| e.to_string())?;
+                let r = c
+                    .unary(EchoRequest::new("hi"))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let from = r.into_inner().from;
                 (from == want)
                     .then_some(())
@@ -370,7 +382,8 @@ fn node(id: &str, token: Option<&str>) -> Node {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.into())),
     };
-    let mut fields = std::collections::BTreeMap::from([("namespace".to_string(), string("default"))]);
+    let mut fields =
+        std::collections::BTreeMap::from([("namespace".to_string(), string("default"))]);
     if let Some(t) = token {
         fields.insert("token".into(), string(t));
     }
@@ -417,7 +430,10 @@ async fn streams_without_a_valid_token_and_bad_requests_are_refused_alone() {
     let Some(client) = client("proxyless_tokens", &good).await else {
         return;
     };
-    wait_calls(&client, 10, &[], "the good client's calls", |c| c.ok() == 10).await;
+    wait_calls(&client, 10, &[], "the good client's calls", |c| {
+        c.ok() == 10
+    })
+    .await;
 
     // A bootstrap carrying a token nobody issued: the client gets nothing,
     // its calls fail, and the node never appears in the status table.
@@ -457,10 +473,16 @@ async fn streams_without_a_valid_token_and_bad_requests_are_refused_alone() {
     let other_ns = w.cp.issue_token(w.dir.path(), "other", "x").await;
     let other = std::fs::read_to_string(other_ns).unwrap();
     let (_, status) = exchange(&w.cp, vec![lds(Some(node("raw", Some(&other))))], 1).await;
-    assert_eq!(status.expect("refused").code(), tonic::Code::PermissionDenied);
+    assert_eq!(
+        status.expect("refused").code(),
+        tonic::Code::PermissionDenied
+    );
     // Without a header token the node carries it: no node, no stream.
     let (_, status) = exchange(&w.cp, vec![lds(None)], 1).await;
-    assert_eq!(status.expect("refused").code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.expect("refused").code(),
+        tonic::Code::InvalidArgument
+    );
     let token = std::fs::read_to_string(&w.cp.xds_token).unwrap();
 
     // With a valid token: an unknown type gets an empty answer, the stream

@@ -322,8 +322,7 @@ async fn run_grpc_bootstrap(client: &ApiClient, args: GrpcBootstrapArgs) -> anyh
     match &args.output {
         None => print!("{text}"),
         Some(path) => {
-            write_private(path, &text)
-                .with_context(|| format!("writing {}", path.display()))?;
+            write_private(path, &text).with_context(|| format!("writing {}", path.display()))?;
             eprintln!(
                 "wrote {} (node {}); run the client with GRPC_XDS_BOOTSTRAP={} and target xds:///SERVICE.NAMESPACE:PORT",
                 path.display(),
@@ -423,8 +422,8 @@ fn print(value: &Value, format: Format) -> anyhow::Result<()> {
 
 fn print_table(status: &Value) {
     println!(
-        "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} LAST NACK",
-        "NODE", "NAMESPACE", "PROTO", "CONNECTED", "IN SYNC", "REVISION"
+        "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {:<28} LAST NACK",
+        "NODE", "NAMESPACE", "PROTO", "CONNECTED", "IN SYNC", "REVISION", "AGENT"
     );
     let empty = Vec::new();
     for p in status["proxies"].as_array().unwrap_or(&empty) {
@@ -438,14 +437,26 @@ fn print_table(status: &Value) {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        // Non-Sane nodes (gRPC clients, Envoy) by their user agent.
+        let agent: String = p["user_agent"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(28)
+            .collect();
         println!(
-            "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {}",
+            "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {:<28} {}",
             p["node"].as_str().unwrap_or(""),
             p["namespace"].as_str().unwrap_or(""),
             p["protocol"].as_str().unwrap_or(""),
             p["connected"],
             p["in_sync"],
             p["revision"],
+            if agent.is_empty() {
+                "-"
+            } else {
+                agent.as_str()
+            },
             nack
         );
     }

@@ -181,7 +181,9 @@ impl GrpcioClient {
     pub fn stderr_tail(&self, max: usize) -> String {
         let s = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         let start = s.len().saturating_sub(max);
-        let start = (start..=s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        let start = (start..=s.len())
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
         s[start..].to_string()
     }
 

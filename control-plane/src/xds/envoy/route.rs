@@ -371,7 +371,6 @@ fn http_fault(f: &FaultPolicy) -> HttpFault {
                 d.fixed_delay_ms,
             ))),
             percentage: Some(percent(d.percent.unwrap_or(100.0))),
-            ..Default::default()
         }),
         abort: f.abort.as_ref().map(|a| FaultAbort {
             error_type: Some(if a.grpc_status.is_empty() {
