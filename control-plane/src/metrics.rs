@@ -17,8 +17,8 @@
 //! every connected proxy has ACKed the resulting revision.
 
 use crate::error::Error;
-use crate::xds::XdsType;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use sane_xds_proto::TypeUrl;
 use std::time::Duration;
 
 /// Every metric of the control plane.
@@ -36,8 +36,9 @@ pub struct Metrics {
 /// The label set of per-type metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TypeLabels {
-    /// The xDS type.
-    pub type_url: XdsType,
+    /// The xDS type's short name: [`short_type_name`] for mesh types,
+    /// `envoy.Cluster` and the like for Envoy types.
+    pub type_name: &'static str,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,14 +51,13 @@ impl TypeLabels {
     const NAMES: [&'static str; 1] = ["type"];
 
     fn values(&self) -> [&'static str; 1] {
-        [short_type_name(self.type_url)]
+        [self.type_name]
     }
 }
 
-/// The message name of a type URL: `Service`, `DestinationPolicy`, ...,
-/// `envoy.Cluster` (see [`XdsType::short_name`]).
-pub fn short_type_name(t: impl Into<XdsType>) -> &'static str {
-    t.into().short_name()
+/// The message name of a type URL: `Service`, `DestinationPolicy`, ...
+pub fn short_type_name(t: TypeUrl) -> &'static str {
+    t.as_str().rsplit('.').next().unwrap_or(t.as_str())
 }
 
 // === impl Metrics ===

@@ -7,7 +7,7 @@
 //! measures convergence: from a published batch of writes to the moment
 //! every connected proxy has ACKed everything it was sent at that revision.
 
-use crate::metrics::{short_type_name, Metrics, TypeLabels};
+use crate::metrics::{Metrics, TypeLabels};
 use crate::resource::Resource;
 use crate::xds::protocol::{Event, Sent};
 use crate::xds::snapshot::EncodedResource;
@@ -241,7 +241,7 @@ impl ProxyStatusTable {
             let Some(sent) = r.types.get(&type_url.into()).and_then(|t| t.sent.as_ref()) else {
                 continue;
             };
-            versions.insert(short_type_name(type_url), sent.version.clone());
+            versions.insert(XdsType::from(type_url).short_name(), sent.version.clone());
             for res in &sent.resources {
                 Resource::push_into(&res.resource, &mut mesh);
             }
@@ -324,7 +324,7 @@ impl ProxyRecord {
         }
         let types = XdsType::ALL
             .into_iter()
-            .filter_map(|t| Some((short_type_name(t), self.types.get(&t)?.status())))
+            .filter_map(|t| Some((t.short_name(), self.types.get(&t)?.status())))
             .collect();
         ProxyStatus {
             node: id.to_string(),
@@ -401,7 +401,7 @@ impl Connection {
                 reason,
             } => {
                 self.table.metrics.nacked(TypeLabels {
-                    type_url: *type_url,
+                    type_name: type_url.short_name(),
                 });
                 self.table.with_row(&self.node, self.conn, |r| {
                     r.types.entry(*type_url).or_default().nack = Some(NackStatus {

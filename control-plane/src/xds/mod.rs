@@ -15,7 +15,15 @@
 //! | `type.googleapis.com/sane.mesh.v1.DestinationPolicy`   | `DestinationPolicy`         |
 //!
 //! Each resource is an `Any { type_url, value }` whose `value` is the
-//! prost-encoded message. Other type URLs are ignored (logged, never answered).
+//! prost-encoded message.
+//!
+//! The same stream also serves the standard Envoy v3 types
+//! (`envoy.config.listener.v3.Listener`, `envoy.config.route.v3.RouteConfiguration`,
+//! `envoy.config.cluster.v3.Cluster`, `envoy.config.endpoint.v3.ClusterLoadAssignment`),
+//! built from the same view for proxyless gRPC clients and Envoy: see
+//! [`envoy`] for names and `docs/proxyless-grpc.md`. Other type URLs get one
+//! empty response per stream and type (the first request; at most 16 types)
+//! and a warning in the log.
 //!
 //! ## Resource names
 //!
@@ -49,8 +57,12 @@
 //! `node.id`, `namespace` is `node.namespace`, `workload` (or `node.cluster`)
 //! is `node.workload`, `services` is `control_plane.services`.
 //!
-//! Other metadata fields are ignored, and so is an `authorization` header on
-//! the stream (xDS clients are not authenticated yet). A malformed `namespace` or `services`
+//! * `node.metadata.token` (string): the workload token, read only when the
+//!   stream has no `authorization` header (gRPC's xDS client cannot send
+//!   one); see [`node_token`].
+//! * `node.user_agent_name` and version: shown in the status table.
+//!
+//! Other metadata fields are ignored. A malformed `namespace` or `services`
 //! ends the stream with `INVALID_ARGUMENT` naming the field.
 //!
 //! ## What a proxy receives (its view)

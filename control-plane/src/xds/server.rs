@@ -385,7 +385,7 @@ async fn run_stream<M: Machine>(
             }
             shared.metrics.pushed(
                 TypeLabels {
-                    type_url: sent.type_url,
+                    type_name: sent.type_url.short_name(),
                 },
                 cause.elapsed(),
             );

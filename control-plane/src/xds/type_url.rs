@@ -56,7 +56,7 @@ impl XdsType {
     /// (`envoy.RouteConfiguration`).
     pub fn short_name(self) -> &'static str {
         match self {
-            XdsType::Mesh(t) => t.as_str().rsplit('.').next().unwrap_or(t.as_str()),
+            XdsType::Mesh(t) => crate::metrics::short_type_name(t),
             XdsType::Envoy(t) => t.short_name(),
         }
     }

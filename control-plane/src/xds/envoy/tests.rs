@@ -309,3 +309,28 @@ fn envoy_types_are_served_by_name_through_the_state_machine() {
         "echo:9090"
     );
 }
+
+#[test]
+fn envoy_types_are_served_over_delta_too() {
+    use crate::xds::delta::DeltaStream;
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    let v = view("shop");
+    let mut d = DeltaStream::new(1);
+    let step = d.on_request(
+        &DeltaDiscoveryRequest {
+            type_url: EnvoyType::Cluster.as_str().into(),
+            resource_names_subscribe: vec!["echo.shop:9090/version=v2".into()],
+            ..Default::default()
+        },
+        &v,
+    );
+    let (sent, resp) = &step.pushes[0];
+    assert_eq!(
+        sent.type_url,
+        crate::xds::XdsType::Envoy(EnvoyType::Cluster)
+    );
+    let names: Vec<&str> = resp.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["echo.shop:9090/version=v2"]);
+    // The same view again: nothing to send.
+    assert!(d.on_view(&v).pushes.is_empty());
+}
