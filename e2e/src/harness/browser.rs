@@ -8,11 +8,11 @@
 //! page under test.
 
 use super::binaries::workspace_root;
+use super::deps::program_or_skip;
 use super::eventually::eventually;
 use super::process::Proc;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -42,51 +42,16 @@ pub struct Page {
 /// How long Chromium may take to start or a page to load.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// The `chromium` binary, installing it with the project script when
 /// missing. Under `CI=true` a missing, uninstallable browser panics;
 /// otherwise it prints a loud `SKIPPED` and returns `None`.
 pub fn chromium_or_skip(test: &str) -> Option<PathBuf> {
-    let found = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("chromium"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(p) = found() {
-        return Some(p);
-    }
-    let script = workspace_root().join("scripts/chromium-test-deps.sh");
-    let ran = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output();
-    let why = match (&ran, found()) {
-        (_, Some(p)) => return Some(p),
-        (Ok(out), None) => format!(
-            "chromium is not installed and {} failed ({}):\n{}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        (Err(e), None) => format!("running {}: {e}", script.display()),
-    };
-    if required() {
-        panic!("{test} must run under CI=true but cannot: {why}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n************************************************************\n\
-         SKIPPED: {test}: {why}\n\
-         (needs Debian's chromium package; CI=true makes this a failure)\n\
-         ************************************************************\n"
-    );
-    None
+    program_or_skip(
+        test,
+        "chromium",
+        &workspace_root().join("scripts/chromium-test-deps.sh"),
+        "Debian's chromium package",
+    )
 }
 
 /// The flags every Chromium started here gets.

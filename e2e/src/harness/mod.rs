@@ -25,6 +25,7 @@ pub mod browser;
 mod control_plane;
 mod control_plane_client;
 mod curl;
+mod deps;
 mod eventually;
 mod grpc;
 pub mod http;

@@ -4,13 +4,12 @@
 //! queried through its HTTP API.
 
 use super::binaries::workspace_root;
+use super::deps::program_or_skip;
 use super::eventually::eventually;
 use super::http::{get, http1_client, send};
 use super::process::Proc;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A running Prometheus server; killed when dropped.
@@ -30,51 +29,16 @@ pub fn prometheus_deps_script() -> PathBuf {
     workspace_root().join("scripts/prometheus-test-deps.sh")
 }
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// The `prometheus` binary, installing it with the project script when
 /// missing. Under `CI=true` a missing, uninstallable Prometheus panics;
 /// otherwise it prints a loud `SKIPPED` and returns `None`.
 pub fn prometheus_or_skip(test: &str) -> Option<PathBuf> {
-    let found = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("prometheus"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(p) = found() {
-        return Some(p);
-    }
-    let script = prometheus_deps_script();
-    let ran = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output();
-    let why = match (&ran, found()) {
-        (_, Some(p)) => return Some(p),
-        (Ok(out), None) => format!(
-            "prometheus is not installed and {} failed ({}):\n{}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        (Err(e), None) => format!("running {}: {e}", script.display()),
-    };
-    if required() {
-        panic!("{test} must run under CI=true but cannot: {why}");
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n************************************************************\n\
-         SKIPPED: {test}: {why}\n\
-         (needs Debian's prometheus package; CI=true makes this a failure)\n\
-         ************************************************************\n"
-    );
-    None
+    program_or_skip(
+        test,
+        "prometheus",
+        &prometheus_deps_script(),
+        "Debian's prometheus package",
+    )
 }
 
 // === impl Prometheus ===
