@@ -447,7 +447,6 @@ fn a_cycle_across_folders_is_caught() {
 }
 
 #[test]
-#[ignore = "issue 19: the crate still has cross-folder import cycles; un-ignored by the commit that removes them (run with --ignored to list them)"]
 fn certs_has_no_cycle_across_folders() {
     let cycles = check("certs");
     assert!(cycles.is_empty(), "{}", report("certs", &cycles));
