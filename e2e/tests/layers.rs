@@ -453,7 +453,6 @@ fn certs_has_no_cycle_across_folders() {
 }
 
 #[test]
-#[ignore = "issue 19: the crate still has cross-folder import cycles; un-ignored by the commit that removes them (run with --ignored to list them)"]
 fn control_plane_has_no_cycle_across_folders() {
     let cycles = check("control-plane");
     assert!(cycles.is_empty(), "{}", report("control-plane", &cycles));
