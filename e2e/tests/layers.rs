@@ -459,7 +459,6 @@ fn control_plane_has_no_cycle_across_folders() {
 }
 
 #[test]
-#[ignore = "issue 19: the crate still has cross-folder import cycles; un-ignored by the commit that removes them (run with --ignored to list them)"]
 fn proxy_has_no_cycle_across_folders() {
     let cycles = check("proxy");
     assert!(cycles.is_empty(), "{}", report("proxy", &cycles));
