@@ -551,7 +551,9 @@ fn architecture_tables_match_the_imports() {
             }
         }
         for module in table.keys().filter(|m| !real.contains_key(*m)) {
-            wrong.push(format!("{crate_dir}: row `{module}` names no folder of src/"));
+            wrong.push(format!(
+                "{crate_dir}: row `{module}` names no folder of src/"
+            ));
         }
     }
     assert!(
