@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::identity::{SpiffeId, SpiffeIdPart, SpiffeIdPattern, TrustDomain};
-use crate::Serial;
+use crate::serial::Serial;
 
 /// Everything that can go wrong while parsing identities, issuing,
 /// loading or verifying certificates.

@@ -32,9 +32,11 @@
 
 pub mod bundle;
 pub mod ca;
+mod crypto;
 mod error;
 pub mod identity;
 pub mod rotation;
+mod serial;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
@@ -43,10 +45,11 @@ pub mod workload;
 mod x509;
 
 pub use bundle::{BundleRoot, TrustBundle};
-pub use ca::{CaOptions, CertificateAuthority, IssuedCert, Serial, ServerCert};
+pub use ca::{CaOptions, CertificateAuthority, IssuedCert, ServerCert};
 pub use error::Error;
 pub use identity::{SpiffeId, SpiffeIdPart, SpiffeIdPattern, TrustDomain};
 pub use rotation::{rotation_deadline, rotation_delay, Backoff};
+pub use serial::Serial;
 pub use tls::{
     client_config, control_plane_client_config, control_plane_server_config, server_config,
     server_config_federated,

@@ -11,9 +11,8 @@
 //! proxy builds new configs and swaps them in atomically (see STYLE.md §8).
 //! Root retirement needs no rebuild, the verifiers check it per handshake.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
 
@@ -23,38 +22,14 @@ use crate::identity::{SpiffeIdPattern, TrustDomain};
 use crate::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use crate::workload::CertifiedIdentity;
 
+pub use crate::crypto::provider;
+
 /// ALPN protocols, in preference order.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// TLS 1.3 first; 1.2 for peers that lack it, with the suites of [`provider`].
 static PROTOCOL_VERSIONS: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
-
-/// The aws-lc-rs provider cut down to the suites the mesh allows: every TLS
-/// 1.3 suite, and only the ECDHE + AEAD TLS 1.2 suites (listed explicitly so
-/// a future rustls default cannot widen them silently).
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(build_provider).clone()
-}
-
-fn build_provider() -> Arc<CryptoProvider> {
-    use aws_lc_rs::cipher_suite as suite;
-    Arc::new(CryptoProvider {
-        cipher_suites: vec![
-            suite::TLS13_AES_128_GCM_SHA256,
-            suite::TLS13_AES_256_GCM_SHA384,
-            suite::TLS13_CHACHA20_POLY1305_SHA256,
-            suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-            suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-            suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ],
-        ..aws_lc_rs::default_provider()
-    })
-}
 
 /// The inbound (server) side: presents `identity`, requires a client
 /// certificate chaining to `bundle` and carrying a SPIFFE id of `identity`'s

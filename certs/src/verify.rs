@@ -107,7 +107,7 @@ pub(crate) fn verify_server_chain(
     chain: &[CertificateDer<'_>],
     now: SystemTime,
 ) -> Result<(), rustls::Error> {
-    let provider = crate::tls::provider();
+    let provider = crate::crypto::provider();
     let anchors = Anchor::for_bundle(bundle).map_err(Error::into_rustls)?;
     let (leaf, intermediates) = chain
         .split_first()

@@ -17,7 +17,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use crate::bundle::TrustBundle;
 use crate::error::Error;
 use crate::identity::SpiffeId;
-use crate::{rotation, verify, x509, Serial};
+use crate::serial::Serial;
+use crate::{crypto, rotation, verify, x509};
 
 /// A freshly generated ECDSA P-256 key, one per certificate.
 pub struct WorkloadKey {
@@ -114,7 +115,7 @@ impl CertifiedIdentity {
         let identity = verify::identity_in(leaf)?;
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.key.serialize_der()));
         let certified =
-            CertifiedKey::from_der(chain.clone(), private.clone_key(), &crate::tls::provider())
+            CertifiedKey::from_der(chain.clone(), private.clone_key(), &crypto::provider())
                 .map_err(|source| Error::TlsConfig {
                     side: "workload certificate",
                     source,

@@ -12,7 +12,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::Error;
-use crate::Serial;
+use crate::serial::Serial;
 
 /// What the crate needs to know about one certificate.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ pub enum Error {
     /// The Kubernetes client, source or webhook could not be set up.
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
-    Kubernetes(#[from] crate::k8s::KubeError),
+    Kubernetes(#[from] crate::k8s::error::KubeError),
     /// The durable state file could not be read.
     #[error("reading state file {path}: {source}")]
     StateRead {

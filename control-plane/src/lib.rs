@@ -274,7 +274,14 @@ pub async fn build(
         metrics.clone(),
     ));
     let stop = CancellationToken::new();
-    let (authority, workload_tokens, retiring) = ca::load(&config)?;
+    let (authority, workload_tokens, retiring) = ca::load(&ca::CaSettings {
+        trust_domain: config.trust_domain.clone(),
+        cert_ttl: config.cert_ttl,
+        max_cert_ttl: config.max_cert_ttl,
+        ca_files: config.ca_files.clone(),
+        data_dir: config.data_dir.clone(),
+        retiring_root: config.retiring_root.clone(),
+    })?;
     let ca = ca::CaService::new(authority.clone(), workload_tokens.clone(), metrics_registry)
         .map_err(|source| Error::Metrics {
             name: "sane_ca_requests_total",

@@ -14,6 +14,10 @@
 //!
 //! `a_cycle_across_folders_is_caught` runs the same check on a fixture crate
 //! with one such cycle, so the check itself is known to work.
+//!
+//! `architecture_tables_match_the_imports` keeps ARCHITECTURE.md's module
+//! tables true: each crate's table has one row per folder, and its "may
+//! import" column lists exactly the folders that folder's files import.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -401,6 +405,66 @@ impl<'ast> Visit<'ast> for RefVisitor<'_> {
     }
 }
 
+/// Folder of `file` (see the module docs): `policy` for `src/policy/**`,
+/// `config` for `src/config.rs`, `lib` for `src/lib.rs`.
+fn folder_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap_or(file);
+    let first = rel
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().to_string())
+        .unwrap_or_default();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// Folder → the other folders its files import.
+fn folder_imports(crate_dir: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let src = workspace().join(crate_dir).join("src");
+    let graph = CrateGraph::read(&src);
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (from, tos) in graph.edges() {
+        let a = folder_of(&src, &from);
+        let set = out.entry(a.clone()).or_default();
+        for to in tos.keys() {
+            let b = folder_of(&src, to);
+            if b != a {
+                set.insert(b);
+            }
+        }
+    }
+    out
+}
+
+/// The module table of `crate_dir` in ARCHITECTURE.md: the rows after the
+/// header line that starts with `` | `<crate_dir>/` module ``, as module →
+/// the backquoted names of its "may import" column.
+fn architecture_table(text: &str, crate_dir: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let header = format!("| `{crate_dir}/` module |");
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|s| s.trim_end_matches('/').to_string())
+            .collect()
+    };
+    let mut lines = text.lines().skip_while(|l| !l.starts_with(&header));
+    assert!(
+        lines.next().is_some(),
+        "ARCHITECTURE.md has no table starting with {header:?}"
+    );
+    let mut out = BTreeMap::new();
+    for line in lines.skip(1).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split('|').collect();
+        assert!(cells.len() >= 5, "ARCHITECTURE.md: malformed row {line:?}");
+        let module = ticked(cells[1])
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("ARCHITECTURE.md: no `module` in {line:?}"));
+        out.insert(module, ticked(cells[cells.len() - 2]).into_iter().collect());
+    }
+    out
+}
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -447,22 +511,54 @@ fn a_cycle_across_folders_is_caught() {
 }
 
 #[test]
-#[ignore = "issue 19: the crate still has cross-folder import cycles; un-ignored by the commit that removes them (run with --ignored to list them)"]
 fn certs_has_no_cycle_across_folders() {
     let cycles = check("certs");
     assert!(cycles.is_empty(), "{}", report("certs", &cycles));
 }
 
 #[test]
-#[ignore = "issue 19: the crate still has cross-folder import cycles; un-ignored by the commit that removes them (run with --ignored to list them)"]
 fn control_plane_has_no_cycle_across_folders() {
     let cycles = check("control-plane");
     assert!(cycles.is_empty(), "{}", report("control-plane", &cycles));
 }
 
 #[test]
-#[ignore = "issue 19: the crate still has cross-folder import cycles; un-ignored by the commit that removes them (run with --ignored to list them)"]
 fn proxy_has_no_cycle_across_folders() {
     let cycles = check("proxy");
     assert!(cycles.is_empty(), "{}", report("proxy", &cycles));
+}
+
+#[test]
+fn architecture_tables_match_the_imports() {
+    let text = std::fs::read_to_string(workspace().join("ARCHITECTURE.md")).expect("read");
+    let mut wrong = Vec::new();
+    for crate_dir in ["proxy", "control-plane", "certs"] {
+        let real = folder_imports(crate_dir);
+        let table = architecture_table(&text, crate_dir);
+        for (module, imports) in &real {
+            match table.get(module) {
+                None => wrong.push(format!(
+                    "{crate_dir}: no row for `{module}` (it imports {imports:?})"
+                )),
+                Some(listed) if listed != imports => {
+                    let missing: Vec<_> = imports.difference(listed).collect();
+                    let extra: Vec<_> = listed.difference(imports).collect();
+                    wrong.push(format!(
+                        "{crate_dir}: `{module}` imports {imports:?}; add {missing:?}, remove {extra:?}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for module in table.keys().filter(|m| !real.contains_key(*m)) {
+            wrong.push(format!(
+                "{crate_dir}: row `{module}` names no folder of src/"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "ARCHITECTURE.md module tables do not match the imports:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -6,7 +6,7 @@
 //! never holds up a request: a full queue drops the line and counts it in
 //! `sane_access_log_lines_total{result="dropped"}`.
 
-use crate::trace::export::TraceMetrics;
+use crate::trace::metrics::TraceMetrics;
 use sane_xds_proto::AccessLogConfig;
 use serde::Serialize;
 use std::io::Write;

@@ -3,9 +3,9 @@
 //! bundle; never key material), and `POST /drain`.
 
 use crate::body::{self, Body};
-use crate::config::ConfigStore;
 use crate::drain::{Drain, Readiness};
-use crate::protocol::local::serve_local;
+use crate::protocol::local::{serve_local, text};
+use crate::snapshot::ConfigStore;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use prometheus::{Encoder, IntCounter, Registry, TextEncoder};
@@ -158,13 +158,4 @@ pub(crate) fn readiness_response(readiness: &Readiness, drain: &Drain) -> Respon
     } else {
         text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
-}
-
-/// A plain-text response.
-pub(crate) fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(body::full(msg.to_string()))
-        .expect("valid response")
 }

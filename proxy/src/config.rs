@@ -8,109 +8,25 @@
 
 use crate::cluster::{Cluster, EndpointState, LoadCounters};
 use crate::error::StartError;
+use crate::original_dst::OriginalDstTable;
 use crate::policy::authz::AuthzPolicies;
 use crate::policy::RulePolicies;
 use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule, ServiceName};
 use crate::trace::TelemetrySettings;
-use crate::transparent::OriginalDstTable;
-use arc_swap::ArcSwap;
+use crate::workload_port::InboundTarget;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::yaml::{self, YamlError, YamlLimits};
 use sane_xds_proto::{
     Bootstrap, DestinationPolicy, Direction, Endpoint, Listener, MeshResources, Protocol, Service,
-    ServicePort, TlsMode,
+    ServicePort,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// One compiled, immutable configuration.
-#[derive(Debug)]
-pub struct Snapshot {
-    /// Increases by one with every applied config.
-    pub version: u64,
-    /// The configuration this snapshot was compiled from.
-    pub bootstrap: Arc<Bootstrap>,
-    /// HTTP routing table (outbound).
-    pub routes: RouteTable,
-    /// Target cluster of each outbound TCP listener, by listener name.
-    pub tcp_targets: HashMap<String, Arc<Cluster>>,
-    /// Local workload of each inbound listener, by listener name.
-    pub inbound: HashMap<String, Arc<InboundTarget>>,
-    /// Every cluster, for load counters and the admin API.
-    pub clusters: Vec<Arc<Cluster>>,
-    /// Service and endpoint addresses, for transparently intercepted
-    /// connections.
-    pub transparent: OriginalDstTable,
-    /// The authorization policies this proxy enforces on inbound requests
-    /// and connections: every one the control plane sent (it sends each
-    /// sidecar exactly those that target its endpoints), or, from the file
-    /// alone, those whose `service` is `node.workload` (see [`PolicySource`]).
-    pub authz: Arc<AuthzPolicies>,
-    /// Tracing and access-log settings of this node (the same `Arc` as the
-    /// previous snapshot's while they do not change).
-    pub telemetry: Arc<TelemetrySettings>,
-}
-
-/// Where the authorization policies of a config come from, which decides
-/// which of them the proxy enforces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PolicySource {
-    /// The bootstrap file alone: the proxy has no endpoints of its own, so
-    /// it enforces the policies whose `service` is its `node.workload` (in
-    /// `node.namespace`) and that have no `selector`.
-    File,
-    /// The control plane, which knows which endpoints point at this proxy
-    /// and sends it exactly the policies that target them: all are enforced.
-    ControlPlane,
-}
-
-/// Where an inbound listener delivers traffic.
-#[derive(Debug)]
-pub struct InboundTarget {
-    /// The workload's address (normally loopback).
-    pub ip: IpAddr,
-    /// Declared workload ports and their protocols.
-    pub ports: HashMap<u16, Protocol>,
-    /// Port for plain HTTP clients (first declared HTTP-ish port).
-    pub default_http: Option<u16>,
-    /// Port for plain opaque clients (first declared TCP port).
-    pub default_tcp: Option<u16>,
-    /// Protocol detection timeout.
-    pub detect_timeout: Duration,
-    /// The listener's mutual TLS mode (resolved: never `Default`).
-    pub tls_mode: TlsMode,
-    /// Per-port overrides of `tls_mode`.
-    pub port_tls: HashMap<u16, TlsMode>,
-}
-
-/// The current snapshot, swappable without locks on the read path.
-///
-/// Two sources feed it: the bootstrap file and, when a control plane is
-/// configured, the resources it pushed. Each apply merges the newest of both
-/// (control-plane services, endpoints, routes and policies replace the file's;
-/// listeners always come from the file) and compiles the result; writers are
-/// serialized by the `sources` lock, readers never wait.
-#[derive(Debug)]
-pub struct ConfigStore {
-    current: ArcSwap<Snapshot>,
-    path: Option<PathBuf>,
-    sources: Mutex<Sources>,
-    last_error: Mutex<Option<String>>,
-    /// Bounds of the config file (size, nesting, aliases).
-    yaml_limits: Mutex<YamlLimits>,
-    /// Held for a whole file reload (read, parse, apply), so two reloads
-    /// cannot apply out of order.
-    reloading: Mutex<()>,
-}
-
-#[derive(Debug)]
-struct Sources {
-    file: Bootstrap,
-    dynamic: Option<MeshResources>,
-}
+pub use crate::snapshot::{local_service_key, ConfigStore, PolicySource, Snapshot};
 
 fn policy_source(dynamic: Option<&MeshResources>) -> PolicySource {
     match dynamic {
@@ -349,21 +265,6 @@ impl Snapshot {
     }
 }
 
-/// The service key (`name.namespace`) of the local workload, as inbound
-/// metrics and authorization policies name it: `node.workload` (or
-/// `inbound`) in `node.namespace`.
-pub fn local_service_key(node: &sane_xds_proto::Node) -> String {
-    let workload = if node.workload.is_empty() {
-        "inbound"
-    } else {
-        &node.workload
-    };
-    format!(
-        "{workload}.{}",
-        sane_xds_proto::namespace_or_default(&node.namespace)
-    )
-}
-
 type ClusterKey = (String, u32, BTreeMap<String, String>, Option<IpAddr>);
 
 /// Builds each cluster once per snapshot, however many routes point at it.
@@ -473,68 +374,6 @@ impl ClusterBuilder<'_> {
     }
 }
 
-// === impl InboundTarget ===
-
-impl InboundTarget {
-    fn new(l: &Listener, has_identity: bool) -> Self {
-        let tls_mode = match l.tls_mode() {
-            TlsMode::Default if has_identity => TlsMode::Strict,
-            TlsMode::Default => TlsMode::Disable,
-            m => m,
-        };
-        let port_tls = l
-            .workload_ports
-            .iter()
-            .filter(|w| w.tls_mode() != TlsMode::Default)
-            .map(|w| (w.port as u16, w.tls_mode()))
-            .collect();
-        let ip = l
-            .workload_address
-            .parse()
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let ports: HashMap<u16, Protocol> = l
-            .workload_ports
-            .iter()
-            .map(|w| (w.port as u16, w.protocol()))
-            .collect();
-        let first = |http: bool| {
-            l.workload_ports
-                .iter()
-                .find(|w| w.protocol().is_http() == http)
-                .map(|w| w.port as u16)
-        };
-        Self {
-            ip,
-            ports,
-            default_http: first(true),
-            default_tcp: first(false),
-            detect_timeout: Duration::from_millis(l.detect_timeout_ms()),
-            tls_mode,
-            port_tls,
-        }
-    }
-
-    /// The mutual TLS mode of workload `port`.
-    pub fn tls_mode(&self, port: u16) -> TlsMode {
-        self.port_tls.get(&port).copied().unwrap_or(self.tls_mode)
-    }
-
-    /// True if any port accepts TLS (so the listener must look for it).
-    pub fn any_tls(&self) -> bool {
-        self.tls_mode != TlsMode::Disable || self.port_tls.values().any(|m| *m != TlsMode::Disable)
-    }
-
-    /// True if any port accepts plaintext.
-    pub fn any_plaintext(&self) -> bool {
-        self.tls_mode != TlsMode::Strict || self.port_tls.values().any(|m| *m != TlsMode::Strict)
-    }
-
-    /// The protocol the workload speaks on `port` (`http` if undeclared).
-    pub fn protocol(&self, port: u16) -> Protocol {
-        self.ports.get(&port).copied().unwrap_or(Protocol::Http)
-    }
-}
-
 /// Reads and parses a bootstrap file; unknown fields are named in the error.
 /// The file's size, nesting and alias expansion are bounded by `limits`
 /// before it is parsed (a larger file is not even read).
@@ -579,37 +418,13 @@ pub fn read_file(path: &Path, limits: &YamlLimits) -> Result<Bootstrap, StartErr
 
 // === impl ConfigStore ===
 
+// The write side: compiling and swapping in a new snapshot (the read side
+// is in `crate::snapshot`).
 impl ConfigStore {
-    /// A store serving `snapshot`, reloading from `path` if given.
-    pub fn new(snapshot: Snapshot, path: Option<PathBuf>) -> Self {
-        let file = (*snapshot.bootstrap).clone();
-        Self {
-            current: ArcSwap::from_pointee(snapshot),
-            path,
-            sources: Mutex::new(Sources {
-                file,
-                dynamic: None,
-            }),
-            last_error: Mutex::new(None),
-            yaml_limits: Mutex::new(YamlLimits::default()),
-            reloading: Mutex::new(()),
-        }
-    }
-
     /// Sets the bounds the config file is read with on reload (default:
     /// [`YamlLimits::default`]).
     pub fn set_yaml_limits(&self, limits: YamlLimits) {
         *self.yaml_limits.lock().expect("not poisoned") = limits;
-    }
-
-    /// The current snapshot.
-    pub fn load(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
-    /// The reason the last reload failed, if it did.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("not poisoned").clone()
     }
 
     /// Applies a new bootstrap file, or keeps the current config and returns
@@ -682,11 +497,6 @@ impl ConfigStore {
                 Err(e)
             }
         }
-    }
-
-    /// The config file, if the store reloads from one.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
     }
 }
 

@@ -11,7 +11,6 @@
 //!   that is not one of the proxy's own is served ([`workload_port`]).
 
 use crate::cluster::Cluster;
-use crate::config::InboundTarget;
 use crate::drain::Drain;
 use crate::observe::tcp::TcpLog;
 use crate::policy::authz::authorize_tcp;
@@ -25,6 +24,7 @@ use crate::stack::{self, StackContext};
 use crate::telemetry::TcpLabels;
 use crate::tls::{PeerIdentity, TLS_HANDSHAKE_BYTE};
 use crate::upstream::Target;
+use crate::workload_port::InboundTarget;
 use crate::workload_port::{self, PortRefusal};
 use crate::ProxyError;
 use futures::future;
@@ -202,7 +202,7 @@ async fn inbound_detected<I: Io>(
     }
     let io = Prefixed::new(prefix, io);
     let snapshot = ctx.config.load();
-    let service = crate::config::local_service_key(&snapshot.bootstrap.node);
+    let service = crate::snapshot::local_service_key(&snapshot.bootstrap.node);
     drop(snapshot);
     match framed {
         Some(framed) => {

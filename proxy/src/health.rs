@@ -12,10 +12,10 @@
 //! Nothing else is served: unlike the admin server this one is reachable
 //! from the network, so it exposes no config, metrics or controls.
 
-use crate::admin::{readiness_response, text};
+use crate::admin::readiness_response;
 use crate::body::{self, Body};
 use crate::drain::{Drain, Readiness};
-use crate::protocol::local::serve_local;
+use crate::protocol::local::{serve_local, text};
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;

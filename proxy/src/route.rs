@@ -7,9 +7,8 @@
 
 use crate::cluster::Cluster;
 use crate::error::ProxyError;
-use crate::policy::circuit_breaker::Breaker;
 use crate::policy::RulePolicies;
-use http::{Extensions, HeaderMap, Method, Request};
+use http::{HeaderMap, Method, Request};
 use rand::Rng;
 use regex::Regex;
 use sane_xds_proto::{HeaderMatch, MatchKind, PathMatch, Protocol, RouteMatch};
@@ -83,16 +82,6 @@ pub struct Selected {
     pub timeout: Option<Duration>,
     /// The matched rule's policies.
     pub policies: RulePolicies,
-}
-
-/// The destination the route stage chose, for the layers below it (a
-/// request extension); the mirror layer sets one for its copies.
-#[derive(Clone, Debug)]
-pub struct Destination {
-    /// The cluster to balance over.
-    pub cluster: Arc<Cluster>,
-    /// The authority to send upstream.
-    pub authority: String,
 }
 
 /// A compiled [`RouteMatch`].
@@ -271,21 +260,6 @@ impl Rule {
             n -= w;
         }
         self.destinations[0].0.clone()
-    }
-}
-
-// === impl Destination ===
-
-impl Destination {
-    /// Puts the destination and its cluster's circuit breaker and retry
-    /// budget in `ext`, replacing any earlier destination's.
-    pub fn insert_into(self, ext: &mut Extensions) {
-        match self.cluster.breaker() {
-            Some(b) => ext.insert(b.clone()),
-            None => ext.remove::<Arc<Breaker>>(),
-        };
-        ext.insert(self.cluster.retry_budget().clone());
-        ext.insert(self);
     }
 }
 

@@ -50,10 +50,10 @@
 //! workload port the connection was opened for.
 
 use crate::body::{self, Body};
-use crate::cluster::{InFlight, Selection};
-use crate::config::ConfigStore;
+use crate::cluster::{Destination, InFlight, Selection};
 use crate::error::ProxyError;
 use crate::observe::{Observe, ObservedService, Side};
+use crate::original_dst::OriginalDst;
 use crate::policy::authz::{AuthzLayer, PolicySource};
 use crate::policy::circuit_breaker::CircuitBreakerLayer;
 use crate::policy::deadline::{DeadlineLayer, PropagateLayer};
@@ -63,11 +63,10 @@ use crate::policy::mirror::MirrorLayer;
 use crate::policy::retry::RetryLayer;
 use crate::policy::timeout::{PerTryTimeoutLayer, RequestTimeout, TimeoutLayer};
 use crate::protocol::http as h;
-use crate::route::Destination;
+use crate::snapshot::ConfigStore;
 use crate::telemetry::{Metrics, ResilienceMetrics};
 use crate::tls::PeerIdentity;
 use crate::trace::attempt::AttemptLayer;
-use crate::transparent::OriginalDst;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
 use futures::future::{self, BoxFuture, Either, Ready};
@@ -82,13 +81,12 @@ use std::time::Duration;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
+pub use crate::svc::{serve, HttpSvc};
+
 /// Request header telling the workload the caller's verified SPIFFE id.
 pub const PEER_IDENTITY_HEADER: &str = "x-sane-peer-identity";
 /// [`PEER_IDENTITY_HEADER`] parsed once (a `&str` name is parsed per use).
 const PEER_IDENTITY: http::HeaderName = http::HeaderName::from_static(PEER_IDENTITY_HEADER);
-
-/// The one service type passed between stages.
-pub type HttpSvc = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError>;
 
 /// What every stack needs.
 #[derive(Clone, Debug)]
@@ -205,33 +203,6 @@ pub fn inbound(
                 .and_then(|PeerIdentity(id)| http::HeaderValue::from_str(id).ok()),
         });
     BoxCloneSyncService::new(svc)
-}
-
-/// Calls `svc` and turns an error into its response (never fails).
-///
-/// An HTTP/1 request whose body was not read to the end when the proxy
-/// answers with an error (a POST it could not forward) leaves the
-/// connection unusable: nobody knows where the next request starts, so
-/// hyper closes it after the response. The response then says
-/// `connection: close`, so the client does not send another request on a
-/// connection that is going away.
-pub async fn serve(svc: HttpSvc, req: Request<Body>) -> Response<Body> {
-    use tower::ServiceExt;
-    let http1 = req.version() < Version::HTTP_2;
-    let (req, body_ended) = crate::protocol::http::track_body_end(req);
-    match svc.oneshot(req).await {
-        Ok(rsp) => rsp,
-        Err(e) => {
-            let mut rsp = e.to_response();
-            if http1 && !body_ended.load(std::sync::atomic::Ordering::Acquire) {
-                rsp.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            rsp
-        }
-    }
 }
 
 // === PathStage ===

@@ -177,18 +177,6 @@ pub fn register_proxy_info(
     registry.register(Box::new(info))
 }
 
-/// A counter family, registered in `registry`.
-pub fn register_counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, prometheus::Error> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    registry.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
 /// The `destination_service` label for service key `name.namespace`:
 /// Istio's host form, `name.namespace.svc.cluster.local`, shared by HTTP and
 /// TCP metrics so dashboards join them.
@@ -405,7 +393,7 @@ impl ResilienceMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            crate::telemetry::register_counter_vec(registry, name, help, labels)
+            crate::metric::register_counter_vec(registry, name, help, labels)
         };
         Ok(Self {
             retries: counter(

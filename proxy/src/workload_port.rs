@@ -18,12 +18,33 @@
 //! closed unanswered; both are counted in
 //! `sane_inbound_port_refused_total{reason, protocol}`.
 
-use crate::config::InboundTarget;
 use arc_swap::ArcSwap;
 use prometheus::{IntCounterVec, Registry};
+use sane_xds_proto::{Listener, Protocol, TlsMode};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Where an inbound listener delivers traffic.
+#[derive(Debug)]
+pub struct InboundTarget {
+    /// The workload's address (normally loopback).
+    pub ip: IpAddr,
+    /// Declared workload ports and their protocols.
+    pub ports: HashMap<u16, Protocol>,
+    /// Port for plain HTTP clients (first declared HTTP-ish port).
+    pub default_http: Option<u16>,
+    /// Port for plain opaque clients (first declared TCP port).
+    pub default_tcp: Option<u16>,
+    /// Protocol detection timeout.
+    pub detect_timeout: Duration,
+    /// The listener's mutual TLS mode (resolved: never `Default`).
+    pub tls_mode: TlsMode,
+    /// Per-port overrides of `tls_mode`.
+    pub port_tls: HashMap<u16, TlsMode>,
+}
 
 /// The response flag of a refused inbound port.
 pub const REFUSED_FLAG: &str = "IPR";
@@ -58,6 +79,69 @@ pub fn check(target: &InboundTarget, own: &OwnSockets, port: u16) -> Result<(), 
         return Err(PortRefusal::Undeclared);
     }
     Ok(())
+}
+
+// === impl InboundTarget ===
+
+impl InboundTarget {
+    /// Where listener `l` delivers; `has_identity` resolves `tls_mode: default`.
+    pub(crate) fn new(l: &Listener, has_identity: bool) -> Self {
+        let tls_mode = match l.tls_mode() {
+            TlsMode::Default if has_identity => TlsMode::Strict,
+            TlsMode::Default => TlsMode::Disable,
+            m => m,
+        };
+        let port_tls = l
+            .workload_ports
+            .iter()
+            .filter(|w| w.tls_mode() != TlsMode::Default)
+            .map(|w| (w.port as u16, w.tls_mode()))
+            .collect();
+        let ip = l
+            .workload_address
+            .parse()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let ports: HashMap<u16, Protocol> = l
+            .workload_ports
+            .iter()
+            .map(|w| (w.port as u16, w.protocol()))
+            .collect();
+        let first = |http: bool| {
+            l.workload_ports
+                .iter()
+                .find(|w| w.protocol().is_http() == http)
+                .map(|w| w.port as u16)
+        };
+        Self {
+            ip,
+            ports,
+            default_http: first(true),
+            default_tcp: first(false),
+            detect_timeout: Duration::from_millis(l.detect_timeout_ms()),
+            tls_mode,
+            port_tls,
+        }
+    }
+
+    /// The mutual TLS mode of workload `port`.
+    pub fn tls_mode(&self, port: u16) -> TlsMode {
+        self.port_tls.get(&port).copied().unwrap_or(self.tls_mode)
+    }
+
+    /// True if any port accepts TLS (so the listener must look for it).
+    pub fn any_tls(&self) -> bool {
+        self.tls_mode != TlsMode::Disable || self.port_tls.values().any(|m| *m != TlsMode::Disable)
+    }
+
+    /// True if any port accepts plaintext.
+    pub fn any_plaintext(&self) -> bool {
+        self.tls_mode != TlsMode::Strict || self.port_tls.values().any(|m| *m != TlsMode::Strict)
+    }
+
+    /// The protocol the workload speaks on `port` (`http` if undeclared).
+    pub fn protocol(&self, port: u16) -> Protocol {
+        self.ports.get(&port).copied().unwrap_or(Protocol::Http)
+    }
 }
 
 // === impl PortRefusal ===
@@ -113,7 +197,7 @@ impl PortMetrics {
     /// Registers `sane_inbound_port_refused_total`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         Ok(Self {
-            refused: crate::telemetry::register_counter_vec(
+            refused: crate::metric::register_counter_vec(
                 registry,
                 "sane_inbound_port_refused_total",
                 "Inbound connections refused because they asked for a port that is not a \

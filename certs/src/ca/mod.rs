@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
-    SanType, SerialNumber, SignatureAlgorithm,
+    SanType, SignatureAlgorithm,
 };
 use rustls_pki_types::pem::{Error as PemError, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
@@ -26,6 +26,8 @@ use crate::bundle::TrustBundle;
 use crate::error::Error;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::x509::{self, CertInfo};
+
+pub use crate::serial::Serial;
 
 mod server;
 mod store;
@@ -96,10 +98,6 @@ pub struct IssuedCert {
     /// End of validity.
     pub not_after: SystemTime,
 }
-
-/// A certificate serial number; displayed as lowercase hex.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Serial(Vec<u8>);
 
 /// Key algorithms a leaf may carry; the mesh's own workloads use P-256.
 static ACCEPTED_KEY_ALGORITHMS: [&SignatureAlgorithm; 3] = [
@@ -620,6 +618,8 @@ fn check_requested_identity(csr: &Csr, allowed: &SpiffeId) -> Result<(), Error> 
 
 // === impl Serial ===
 
+// Only the CA mints serials; the type itself is a leaf (`crate::serial`),
+// below the error type that names it.
 impl Serial {
     /// A random, positive 16-byte serial (RFC 5280 asks for at least 64
     /// random bits; the first byte is non-zero so DER keeps all 16 bytes).
@@ -629,31 +629,6 @@ impl Serial {
         if bytes[0] == 0 {
             bytes[0] = 1;
         }
-        Ok(Self(bytes.to_vec()))
-    }
-
-    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
-        Self(bytes.to_vec())
-    }
-
-    fn to_rcgen(&self) -> SerialNumber {
-        SerialNumber::from_slice(&self.0)
-    }
-
-    /// The big-endian bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Display for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
-impl fmt::Debug for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Serial({self})")
+        Ok(Self::from_bytes(&bytes))
     }
 }

@@ -167,6 +167,20 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     }
 }
 
+// === impl ApiState ===
+
+/// `GET /ui` reads its part of the state.
+impl axum::extract::FromRef<ApiState> for crate::ui::UiState {
+    fn from_ref(state: &ApiState) -> Self {
+        Self {
+            registry: state.registry.clone(),
+            status: state.status.clone(),
+            prometheus: state.prometheus.clone(),
+            read_token_required: state.read_token_required,
+        }
+    }
+}
+
 // === impl ApiError ===
 
 impl ApiError {

@@ -55,10 +55,29 @@ pub type Loaded = (
     Option<(TrustBundle, SystemTime)>,
 );
 
+/// What [`load`] reads of the control plane's configuration (each field is
+/// the `Config` field of the same name; `lib` copies them, so the CA does not
+/// import the crate root).
+#[derive(Clone, Debug)]
+pub struct CaSettings {
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// Default lifetime of a workload certificate.
+    pub cert_ttl: Duration,
+    /// Longest lifetime a workload may ask for.
+    pub max_cert_ttl: Duration,
+    /// The operator's CA chain and key files, if given.
+    pub ca_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The data directory, if any.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// A root being rotated out, and until when it stays trusted.
+    pub retiring_root: Option<(std::path::PathBuf, SystemTime)>,
+}
+
 /// Loads the CA — the operator's PEM files if given, else `<data_dir>/ca`
 /// (generated on first start), else in memory — the workload tokens, and the
 /// retiring root of a root rotation.
-pub fn load(config: &crate::Config) -> Result<Loaded, CaError> {
+pub fn load(config: &CaSettings) -> Result<Loaded, CaError> {
     let td = sane_certs::TrustDomain::new(&config.trust_domain)?;
     let mut options = sane_certs::CaOptions::default();
     options.default_leaf_ttl = config.cert_ttl;

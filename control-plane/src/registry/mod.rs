@@ -452,9 +452,10 @@ fn check_owner(prev: Option<&Entry>, origin: &Origin, kind: Kind, key: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::{Store, SNAPSHOT_FILE};
     use sane_xds_proto::{Route, RouteRule, Service, ServicePort, WeightedDestination};
     use std::collections::BTreeMap;
+    use std::fs;
 
     pub(crate) fn service(name: &str) -> Resource {
         Resource::Service(Service {
@@ -776,5 +777,19 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().starts_with("ttl: "), "{err}");
         }
+    }
+
+    #[test]
+    fn unknown_format_is_refused_naming_file_and_version_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = br#"{"format": 2, "revision": 9, "shards": []}"#;
+        fs::write(dir.path().join(SNAPSHOT_FILE), written).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = crate::registry::Registry::open(store).unwrap_err();
+        assert!(matches!(err, Error::StateFormat { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("state.json"), "{text}");
+        assert!(text.contains("format version 2"), "{text}");
+        assert_eq!(fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(), written);
     }
 }

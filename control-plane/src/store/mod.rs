@@ -582,20 +582,6 @@ mod tests {
     }
 
     #[test]
-    fn unknown_format_is_refused_naming_file_and_version_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let written = br#"{"format": 2, "revision": 9, "shards": []}"#;
-        fs::write(dir.path().join(SNAPSHOT_FILE), written).unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let err = crate::registry::Registry::open(store).unwrap_err();
-        assert!(matches!(err, Error::StateFormat { .. }), "{err}");
-        let text = err.to_string();
-        assert!(text.contains("state.json"), "{text}");
-        assert!(text.contains("format version 2"), "{text}");
-        assert_eq!(fs::read(dir.path().join(SNAPSHOT_FILE)).unwrap(), written);
-    }
-
-    #[test]
     fn stale_temporary_files_are_cleared_on_open() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("state.json.tmp"), b"{").unwrap();

@@ -13,8 +13,9 @@
 pub mod graph;
 pub mod prometheus;
 
-use crate::api::ApiState;
+use crate::registry::Registry;
 use crate::resource::Resource;
+use crate::status::ProxyStatusTable;
 use axum::extract::State;
 use axum::response::Html;
 use graph::{Edge, Graph, Node};
@@ -22,9 +23,24 @@ use prometheus::{PromClient, Sample};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// The window the edge figures are computed over.
 const WINDOW: &str = "1m";
+
+/// What the page reads. The API router derives it from its own state
+/// (`FromRef<ApiState>` in `api`), so the page does not import the API.
+#[derive(Clone, Debug)]
+pub struct UiState {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// Connected proxies.
+    pub status: Arc<ProxyStatusTable>,
+    /// Where the edge figures are read. Default: none.
+    pub prometheus: Option<PromClient>,
+    /// Reads need the API token (`--api-read-token-required`).
+    pub read_token_required: bool,
+}
 
 /// What the page shows, gathered before rendering.
 #[derive(Debug, Default)]
@@ -41,7 +57,7 @@ struct View {
 /// The handler of `GET /ui`. With `--api-read-token-required` the mesh's
 /// state is not for anonymous readers, and a browser sends no bearer token:
 /// the page is then refused.
-pub async fn page(State(state): State<ApiState>) -> axum::response::Response {
+pub async fn page(State(state): State<UiState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     if state.read_token_required {
         return (
@@ -53,7 +69,7 @@ pub async fn page(State(state): State<ApiState>) -> axum::response::Response {
     render_page(&state).await.into_response()
 }
 
-async fn render_page(state: &ApiState) -> Html<String> {
+async fn render_page(state: &UiState) -> Html<String> {
     let snapshot = state.registry.snapshot();
     let mut view = View {
         revision: state.registry.revision(),

@@ -24,7 +24,7 @@ use crate::error::ProxyError;
 use crate::policy::circuit_breaker::{Breaker, Permit};
 use crate::policy::retry::RetryBudget;
 use crate::telemetry::ResilienceMetrics;
-use http::{HeaderName, Request, StatusCode};
+use http::{Extensions, HeaderName, Request, StatusCode};
 use sane_xds_proto::{DestinationPolicy, Endpoint, LoadBalancer, Protocol, ServicePort};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -93,6 +93,16 @@ pub struct Selection {
 #[derive(Clone, Debug, Default)]
 pub struct TriedEndpoints(Arc<Mutex<Vec<SocketAddr>>>);
 
+/// The destination the route stage chose, for the layers below it (a
+/// request extension); the mirror layer sets one for its copies.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// The cluster to balance over.
+    pub cluster: Arc<Cluster>,
+    /// The authority to send upstream.
+    pub authority: String,
+}
+
 /// The endpoints of one service port.
 #[derive(Debug)]
 pub struct Cluster {
@@ -118,6 +128,21 @@ pub struct Cluster {
 
 /// Endpoint stats by endpoint key, carried across rebuilds.
 pub type LoadCounters = HashMap<(SocketAddr, Option<u16>), Arc<EndpointStats>>;
+
+// === impl Destination ===
+
+impl Destination {
+    /// Puts the destination and its cluster's circuit breaker and retry
+    /// budget in `ext`, replacing any earlier destination's.
+    pub fn insert_into(self, ext: &mut Extensions) {
+        match self.cluster.breaker() {
+            Some(b) => ext.insert(b.clone()),
+            None => ext.remove::<Arc<Breaker>>(),
+        };
+        ext.insert(self.cluster.retry_budget().clone());
+        ext.insert(self);
+    }
+}
 
 // === impl EndpointState ===
 

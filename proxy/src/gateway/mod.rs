@@ -262,7 +262,7 @@ impl GatewayMetrics {
     /// Registers the metrics.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            crate::telemetry::register_counter_vec(registry, name, help, labels)
+            crate::metric::register_counter_vec(registry, name, help, labels)
         };
         let connections = IntGaugeVec::new(
             Opts::new(

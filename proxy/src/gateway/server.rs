@@ -45,7 +45,7 @@ pub struct Shared {
     /// Bound port of the first TLS listener (redirect target).
     pub https_port: Option<u16>,
     /// The proxy's config (`http`: path normalization, header limits).
-    pub config: Arc<crate::config::ConfigStore>,
+    pub config: Arc<crate::snapshot::ConfigStore>,
 }
 
 /// A bound gateway listener.

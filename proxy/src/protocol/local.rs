@@ -9,10 +9,10 @@
 //! * [`HEADER_READ_TIMEOUT`] for a request head (slowloris);
 //! * the loop ends when `stop` is cancelled; connections in progress finish.
 
-use crate::body::Body;
+use crate::body::{self, Body};
 use crate::drain::Drain;
 use crate::listener::{accept_loop, AcceptLimits};
-use http::{Request, Response};
+use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::IntCounter;
@@ -69,6 +69,15 @@ pub async fn serve_local<H, F>(
     }
 }
 
+/// A plain-text response (the admin and health servers answer with it).
+pub(crate) fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(body::full(msg.to_string()))
+        .expect("valid response")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,7 +95,7 @@ mod tests {
             socket,
             stop.clone(),
             rejected.clone(),
-            |req: Request<Incoming>| async move { crate::admin::text(StatusCode::OK, req.uri().path()) },
+            |req: Request<Incoming>| async move { super::text(StatusCode::OK, req.uri().path()) },
         ));
         (addr, stop, rejected)
     }

@@ -187,7 +187,7 @@ mod tests {
 
     /// An upstream answering 200 with a body the test streams (one body
     /// sender per call, in order).
-    fn upstream() -> (crate::stack::HttpSvc, Arc<Mutex<Vec<BodyTx>>>) {
+    fn upstream() -> (crate::svc::HttpSvc, Arc<Mutex<Vec<BodyTx>>>) {
         let senders = Arc::new(Mutex::new(Vec::new()));
         let s = senders.clone();
         let svc = tower::service_fn(move |_: Request<Body>| {
@@ -195,7 +195,7 @@ mod tests {
             s.lock().unwrap().push(tx);
             async move { Ok::<_, ProxyError>(Response::new(StreamBody::new(rx).boxed_unsync())) }
         });
-        (crate::stack::HttpSvc::new(svc), senders)
+        (crate::svc::HttpSvc::new(svc), senders)
     }
 
     fn request(hop: &TraceHop) -> Request<Body> {

@@ -25,12 +25,13 @@
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use sane_xds_proto::{OtlpProtocol, TracingConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+pub use super::metrics::TraceMetrics;
 
 /// Spans sent to the collector in one request, at most.
 const MAX_BATCH: usize = 512;
@@ -44,19 +45,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The wait after a failed export that followed a wait of `previous`.
 fn next_backoff(previous: Option<Duration>) -> Duration {
     previous.map_or(BACKOFF_START, |p| (p * 2).min(BACKOFF_MAX))
-}
-
-/// Counters of the span and access-log pipelines.
-#[derive(Clone, Debug)]
-pub struct TraceMetrics {
-    /// `sane_trace_spans_total` by result, resolved once (no label lookup
-    /// per span).
-    exported: IntCounter,
-    dropped: IntCounter,
-    failed: IntCounter,
-    export_failures: IntCounter,
-    /// Access-log lines, by result (`written`, `dropped`, `failed`).
-    pub access_log: IntCounterVec,
 }
 
 /// Whether the export task takes new spans: closed while it backs off after
@@ -73,44 +61,6 @@ pub struct SpanQueue {
     tx: mpsc::Sender<SpanData>,
     health: ExportHealth,
     metrics: TraceMetrics,
-}
-
-// === impl TraceMetrics ===
-
-impl TraceMetrics {
-    /// Creates the metrics and registers them in `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let spans = IntCounterVec::new(
-            Opts::new(
-                "sane_trace_spans_total",
-                "Spans by result: exported, dropped (not built: the queue was \
-                 full, or the exporter was backing off after a failed export), \
-                 failed (the collector refused or was unreachable).",
-            ),
-            &["result"],
-        )?;
-        let export_failures = IntCounter::new(
-            "sane_trace_export_failures_total",
-            "Span batches the collector refused or did not answer.",
-        )?;
-        let access_log = IntCounterVec::new(
-            Opts::new(
-                "sane_access_log_lines_total",
-                "Access-log lines by result: written, dropped (queue full), failed.",
-            ),
-            &["result"],
-        )?;
-        registry.register(Box::new(spans.clone()))?;
-        registry.register(Box::new(export_failures.clone()))?;
-        registry.register(Box::new(access_log.clone()))?;
-        Ok(Self {
-            exported: spans.with_label_values(&["exported"]),
-            dropped: spans.with_label_values(&["dropped"]),
-            failed: spans.with_label_values(&["failed"]),
-            export_failures,
-            access_log,
-        })
-    }
 }
 
 // === impl ExportHealth ===
@@ -286,6 +236,7 @@ async fn export_loop<E: SpanExporter>(
 mod tests {
     use super::*;
     use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+    use prometheus::Registry;
     use std::sync::atomic::AtomicUsize;
 
     /// An exporter that fails while `failing` is set, and counts the spans

@@ -26,6 +26,7 @@
 pub mod attempt;
 pub mod context;
 pub mod export;
+pub mod metrics;
 
 use crate::access_log::{AccessLog, AccessLogQueue};
 use crate::trace::context::{SpanId, TraceContext};

@@ -55,7 +55,7 @@ use crate::error::ProxyError;
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
 use crate::protocol::overload::Overload;
-use crate::stack::{self, HttpSvc};
+use crate::svc::{serve, HttpSvc};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{IntCounter, IntCounterVec, Registry};
 use sane_xds_proto::ConnectionLimits;
@@ -398,7 +398,7 @@ async fn run<I: Io>(
                     }
                     rsp
                 }
-                None => stack::serve(svc, req).await,
+                None => serve(svc, req).await,
             };
             if let Some((watch, counter)) = watch {
                 watch.answered.store(true, Ordering::Release);
@@ -505,7 +505,7 @@ impl LimitMetrics {
     /// Registers the counters in `registry`.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            crate::telemetry::register_counter_vec(registry, name, help, labels)
+            crate::metric::register_counter_vec(registry, name, help, labels)
         };
         Ok(Self {
             connections_rejected: counter(
