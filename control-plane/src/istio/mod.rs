@@ -35,10 +35,12 @@ pub mod gateway_api;
 pub mod ingress;
 pub mod object;
 pub mod security;
+pub mod server;
+pub mod store;
 pub mod virtual_service;
 
 pub use common::{Note, Unsupported};
-pub use error::IstioError;
+pub use error::{IstioError, StoreError};
 pub use object::{Document, ObjectRef};
 pub use security::{PeerAuthn, TlsSettings};
 
@@ -79,6 +81,8 @@ pub struct Conversion {
 pub struct Converted {
     /// `Kind namespace/name`.
     pub object: ObjectRef,
+    /// Its `apiVersion` (which of the two `Gateway` kinds it is).
+    pub api_version: String,
     /// The Sane resources it produced: `kind namespace/name`.
     pub produced: Vec<String>,
     /// Fields not honoured, with their path and why.
@@ -174,6 +178,7 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
         let (unsupported, notes) = output.report.finish();
         out.objects.push(Converted {
             object: object.reference(),
+            api_version: object.api_version.clone(),
             produced,
             unsupported,
             notes,
