@@ -535,7 +535,24 @@ fn route_schemas() -> Value {
             "fault": schema_ref("FaultPolicy"),
             "mirror": schema_ref("MirrorPolicy"),
             "request_headers": schema_ref("HeaderOps"),
-            "response_headers": schema_ref("HeaderOps")
+            "response_headers": schema_ref("HeaderOps"),
+            "redirect": schema_ref("Redirect"),
+            "rewrite": schema_ref("Rewrite")
+        })),
+        "Redirect": object(&[], json!({
+            "scheme": enumeration(&["", "http", "https"], ""),
+            "host": string(),
+            "port": port(),
+            "path": string(),
+            "replace_prefix": string(),
+            "with_prefix": string(),
+            "status_code": { "type": "integer", "default": 0 }
+        })),
+        "Rewrite": object(&[], json!({
+            "path": string(),
+            "replace_prefix": string(),
+            "with_prefix": string(),
+            "authority": string()
         })),
         "RetryPolicy": object(&[], json!({
             "attempts": { "type": "integer", "default": 2, "maximum": 10 },
@@ -574,7 +591,11 @@ fn route_schemas() -> Value {
         "RouteMatch": object(&[], json!({
             "path": schema_ref("PathMatch"),
             "headers": array_of(schema_ref("HeaderMatch")),
-            "method": string()
+            "method": string(),
+            "query_params": array_of(schema_ref("QueryParamMatch"))
+        })),
+        "QueryParamMatch": object(&["name"], json!({
+            "name": string(), "kind": match_kind.clone(), "value": string()
         })),
         "PathMatch": object(&["value"], json!({ "kind": match_kind.clone(), "value": string() })),
         "HeaderMatch": object(&["name"], json!({
@@ -627,6 +648,9 @@ mod tests {
         check::<RouteMatch>("RouteMatch");
         check::<PathMatch>("PathMatch");
         check::<HeaderMatch>("HeaderMatch");
+        check::<QueryParamMatch>("QueryParamMatch");
+        check::<Redirect>("Redirect");
+        check::<Rewrite>("Rewrite");
         check::<WeightedDestination>("WeightedDestination");
         check::<RetryPolicy>("RetryPolicy");
         check::<FaultPolicy>("FaultPolicy");

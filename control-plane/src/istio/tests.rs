@@ -283,8 +283,8 @@ fn unsupported_fields_are_listed_by_path() {
     let c = convert_all(&[fixture!("unsupported.yaml")], &bookinfo()).unwrap();
     let u = c.unsupported().join("\n");
     for want in [
-        "VirtualService default/ratings: spec.http[0].match[0].queryParams: not supported",
-        "VirtualService default/ratings: spec.http[0].rewrite: not supported",
+        "VirtualService default/ratings: spec.http[0].match[0].sourceLabels: not supported",
+        "VirtualService default/ratings: spec.http[0].rewrite.uriRegexRewrite: not supported",
         "VirtualService default/ratings: spec.http[0].corsPolicy: not supported",
         "DestinationRule default/ratings: spec.trafficPolicy.portLevelSettings: not supported",
     ] {
@@ -608,7 +608,11 @@ spec:
 "#;
     let c = convert_all(&[text], &bookinfo()).unwrap();
     let r = route(&c, "ratings");
-    assert_eq!(r.rules.len(), 1, "the rewriting rule is left out: {r:#?}");
+    assert_eq!(
+        r.rules.len(),
+        1,
+        "the rule rewriting a prefix its matches do not share is left out: {r:#?}"
+    );
     assert_eq!(r.rules[0].timeout_ms, 2_000);
     let g = route(&c, "details");
     assert_eq!(
@@ -617,8 +621,7 @@ spec:
     );
     let u = c.unsupported().join("\n");
     for want in [
-        "HTTPRoute default/ratings: spec.rules[0].matches[1].queryParams: not supported",
-        "HTTPRoute default/ratings: spec.rules[0].filters[0]: not supported: URLRewrite",
+        "HTTPRoute default/ratings: spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch: not supported",
         "HTTPRoute default/ingress: spec.parentRefs[0]: not supported: Gateway \"public-gateway\"",
     ] {
         assert!(u.contains(want), "{want} not in\n{u}");
@@ -628,6 +631,68 @@ spec:
         .routes
         .iter()
         .any(|r| r.name.starts_with("ingress")));
+}
+
+#[test]
+fn redirects_rewrites_and_query_matches_are_converted() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: ratings }
+spec:
+  hosts: [ratings]
+  http:
+  - match:
+    - uri: { prefix: /v1/ratings }
+      queryParams: { debug: { exact: "1" } }
+    rewrite: { uri: /ratings, authority: ratings.internal }
+    route: [ { destination: { host: ratings } } ]
+  - match: [ { uri: { exact: /old } } ]
+    redirect: { uri: /new, authority: reviews.example, redirectCode: 302 }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: details }
+spec:
+  parentRefs: [ { kind: Service, group: "", name: details } ]
+  rules:
+  - matches: [ { path: { type: PathPrefix, value: /api } } ]
+    filters:
+    - type: URLRewrite
+      urlRewrite: { hostname: details.internal, path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 } }
+    backendRefs: [ { name: details, port: 80 } ]
+  - matches: [ { queryParams: [ { type: RegularExpression, name: v, value: "[0-9]+" } ] } ]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: { scheme: https, statusCode: 301 }
+"#;
+    let c = convert_all(&[text], &bookinfo()).unwrap();
+    assert_eq!(c.unsupported(), Vec::<String>::new());
+    let r = route(&c, "ratings");
+    let q = &r.rules[0].matches[0].query_params[0];
+    assert_eq!((q.name.as_str(), q.kind(), q.value.as_str()), ("debug", MatchKind::Exact, "1"));
+    let rw = r.rules[0].rewrite.clone().unwrap();
+    assert_eq!(
+        (rw.replace_prefix.as_str(), rw.with_prefix.as_str(), rw.authority.as_str()),
+        ("/v1/ratings", "/ratings", "ratings.internal")
+    );
+    let rd = r.rules[1].redirect.clone().unwrap();
+    assert_eq!(
+        (rd.path.as_str(), rd.host.as_str(), rd.status_code),
+        ("/new", "reviews.example", 302)
+    );
+    let d = route(&c, "details");
+    let rw = d.rules[0].rewrite.clone().unwrap();
+    assert_eq!(
+        (rw.replace_prefix.as_str(), rw.with_prefix.as_str(), rw.authority.as_str()),
+        ("/api", "/v2", "details.internal")
+    );
+    assert_eq!(d.rules[1].matches[0].query_params[0].kind(), MatchKind::Regex);
+    let rd = d.rules[1].redirect.clone().unwrap();
+    assert_eq!((rd.scheme.as_str(), rd.status_code), ("https", 301));
+    for r in &c.resources.routes {
+        r.validate().unwrap();
+    }
 }
 
 #[test]
