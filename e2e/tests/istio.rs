@@ -229,7 +229,11 @@ async fn call_method(
 
 /// `GET http://{host}{path_and_query}`.
 async fn get_path(client: &HttpClient, host: &str, path_and_query: &str) -> Result<Reply, String> {
-    let req = request(Method::GET, &format!("http://{host}{path_and_query}"), full(""));
+    let req = request(
+        Method::GET,
+        &format!("http://{host}{path_and_query}"),
+        full(""),
+    );
     send(client, req).await
 }
 
@@ -753,7 +757,11 @@ async fn convert_reports_unsupported_fields_and_bad_input_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(reply.status, 400, "{}", reply.text());
-    assert!(reply.text().contains("kind \"WorkloadEntry\""), "{}", reply.text());
+    assert!(
+        reply.text().contains("kind \"WorkloadEntry\""),
+        "{}",
+        reply.text()
+    );
 }
 
 /// The inbound-listener settings `sanectl convert --tls-for` derives from

@@ -389,7 +389,9 @@ impl RouteRule {
                 );
             }
             errs.length(&rp.field("host"), &r.host, MAX_VALUE_BYTES);
-            if r.host.contains(|c: char| "/?#@ ".contains(c) || c.is_control()) {
+            if r.host
+                .contains(|c: char| "/?#@ ".contains(c) || c.is_control())
+            {
                 errs.push(
                     &rp.field("host"),
                     format!("{:?} is not a host name", r.host),
@@ -414,7 +416,9 @@ impl RouteRule {
             let rp = path.field("rewrite");
             paths_ok(&rp, &r.path, &r.replace_prefix, &r.with_prefix, errs);
             errs.length(&rp.field("authority"), &r.authority, MAX_VALUE_BYTES);
-            if r.authority.contains(|c: char| "/?#@ ".contains(c) || c.is_control()) {
+            if r.authority
+                .contains(|c: char| "/?#@ ".contains(c) || c.is_control())
+            {
                 errs.push(
                     &rp.field("authority"),
                     format!("{:?} is not an authority (host[:port])", r.authority),
@@ -427,7 +431,11 @@ impl RouteRule {
 /// The path fields of a redirect or rewrite: absolute paths, and a whole
 /// path or a prefix replacement, not both.
 fn paths_ok(path: &FieldPath, whole: &str, prefix: &str, with: &str, errs: &mut Errors) {
-    for (name, value) in [("path", whole), ("replace_prefix", prefix), ("with_prefix", with)] {
+    for (name, value) in [
+        ("path", whole),
+        ("replace_prefix", prefix),
+        ("with_prefix", with),
+    ] {
         errs.length(&path.field(name), value, MAX_VALUE_BYTES);
         if !value.is_empty() && !value.starts_with('/') {
             errs.push(&path.field(name), format!("{value:?} must start with '/'"));

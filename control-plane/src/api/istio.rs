@@ -22,14 +22,14 @@ use crate::istio::server::Request;
 use crate::istio::store::{ObjectKey, Written};
 use crate::istio::{IstioError, StoreError};
 use crate::resource::{Kind, Resource};
-use sane_xds_proto::namespace_or_default;
-use sane_xds_proto::resources::qualify;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sane_xds_proto::namespace_or_default;
+use sane_xds_proto::resources::qualify;
 use serde_json::json;
 use std::collections::HashMap;
 
@@ -197,9 +197,7 @@ pub(super) fn check_resource_write(
         let object = producer(kind, key);
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!(
-                "{kind} {key:?} is produced by {object}; change or delete that object instead"
-            ),
+            format!("{kind} {key:?} is produced by {object}; change or delete that object instead"),
         ));
     }
     let Some(Resource::Route(route)) = resource else {

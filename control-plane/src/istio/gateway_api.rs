@@ -290,7 +290,8 @@ pub(crate) fn http_route(
             .all(|x| *x == prefixes[0])
             .then_some(prefixes[0])
             .flatten();
-        let Some(mut rule) = backends(object, ctx, &r.filters, &r.backend_refs, &p, prefix, report)?
+        let Some(mut rule) =
+            backends(object, ctx, &r.filters, &r.backend_refs, &p, prefix, report)?
         else {
             continue;
         };
@@ -461,7 +462,9 @@ fn backends(
                 });
             }
             "RequestRedirect" => {
-                let Some(r) = &f.request_redirect else { continue };
+                let Some(r) = &f.request_redirect else {
+                    continue;
+                };
                 let rp = fp.f("requestRedirect");
                 let Some((path, replace_prefix, with_prefix)) =
                     path_modifier(object, r.path.as_ref(), prefix, &rp.f("path"), report)?

@@ -305,10 +305,11 @@ pub fn object_from_json(n: usize, mut json: Value) -> Result<Object, IstioError>
     if let Some(m) = json.as_object_mut() {
         m.remove("status");
     }
-    let envelope: Envelope = serde_json::from_value(json.clone()).map_err(|e| IstioError::Yaml {
-        document: n,
-        message: format!("not a Kubernetes object: {e}"),
-    })?;
+    let envelope: Envelope =
+        serde_json::from_value(json.clone()).map_err(|e| IstioError::Yaml {
+            document: n,
+            message: format!("not a Kubernetes object: {e}"),
+        })?;
     let Some(kind) = ObjectKind::parse(&envelope.api_version, &envelope.kind) else {
         return Err(IstioError::UnknownKind {
             document: n,

@@ -252,7 +252,10 @@ mod tests {
     async fn objects_are_stored_with_what_they_produced_and_their_findings() {
         let (registry, store) = setup().await;
         let written = store
-            .apply(&registry, request(&format!("{DR}---\n{}", vs("reviews", "v1")), false))
+            .apply(
+                &registry,
+                request(&format!("{DR}---\n{}", vs("reviews", "v1")), false),
+            )
             .await
             .unwrap();
         assert_eq!(written.converted.len(), 2);
@@ -278,7 +281,10 @@ mod tests {
             .await
             .unwrap();
         let snap = registry.snapshot();
-        let Resource::Route(r) = &snap.get(Kind::Route, "default/reviews.vs").unwrap().resource
+        let Resource::Route(r) = &snap
+            .get(Kind::Route, "default/reviews.vs")
+            .unwrap()
+            .resource
         else {
             panic!("not a route")
         };
@@ -300,7 +306,10 @@ mod tests {
         let before = registry.revision();
         // --strict with an unsupported field.
         let err = store
-            .apply(&registry, request(&format!("{DR}---\n{}", vs("reviews", "v1")), true))
+            .apply(
+                &registry,
+                request(&format!("{DR}---\n{}", vs("reviews", "v1")), true),
+            )
             .await
             .unwrap_err()
             .to_string();
@@ -317,10 +326,16 @@ mod tests {
         assert!(err.contains("subset \"v1\" of host \"reviews\""), "{err}");
         // A Sane route and a VirtualService for the same host.
         let sane_route = "routes:\n- { name: reviews-canary, service: reviews, rules: [ { destinations: [ { service: reviews } ] } ] }\n";
-        store.apply(&registry, request(sane_route, false)).await.unwrap();
+        store
+            .apply(&registry, request(sane_route, false))
+            .await
+            .unwrap();
         let before_conflict = registry.revision();
         let err = store
-            .apply(&registry, request(&format!("{DR}---\n{}", vs("reviews", "v1")), false))
+            .apply(
+                &registry,
+                request(&format!("{DR}---\n{}", vs("reviews", "v1")), false),
+            )
             .await
             .unwrap_err()
             .to_string();
@@ -349,7 +364,10 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("VirtualService default/nope is not stored"), "{err}");
+        assert!(
+            err.contains("VirtualService default/nope is not stored"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -359,13 +377,19 @@ mod tests {
         let store = IstioStore::open(dir.path()).unwrap();
         store.apply(&registry, request(MESH, false)).await.unwrap();
         store
-            .apply(&registry, request(&format!("{DR}---\n{}", vs("reviews", "v1")), false))
+            .apply(
+                &registry,
+                request(&format!("{DR}---\n{}", vs("reviews", "v1")), false),
+            )
             .await
             .unwrap();
         let reopened = IstioStore::open(dir.path()).unwrap();
         assert_eq!(*reopened.objects(), *store.objects());
         assert_eq!(
-            reopened.producer_of("route default/reviews.vs").unwrap().to_string(),
+            reopened
+                .producer_of("route default/reviews.vs")
+                .unwrap()
+                .to_string(),
             "VirtualService default/reviews"
         );
     }

@@ -670,10 +670,17 @@ spec:
     assert_eq!(c.unsupported(), Vec::<String>::new());
     let r = route(&c, "ratings");
     let q = &r.rules[0].matches[0].query_params[0];
-    assert_eq!((q.name.as_str(), q.kind(), q.value.as_str()), ("debug", MatchKind::Exact, "1"));
+    assert_eq!(
+        (q.name.as_str(), q.kind(), q.value.as_str()),
+        ("debug", MatchKind::Exact, "1")
+    );
     let rw = r.rules[0].rewrite.clone().unwrap();
     assert_eq!(
-        (rw.replace_prefix.as_str(), rw.with_prefix.as_str(), rw.authority.as_str()),
+        (
+            rw.replace_prefix.as_str(),
+            rw.with_prefix.as_str(),
+            rw.authority.as_str()
+        ),
         ("/v1/ratings", "/ratings", "ratings.internal")
     );
     let rd = r.rules[1].redirect.clone().unwrap();
@@ -684,10 +691,17 @@ spec:
     let d = route(&c, "details");
     let rw = d.rules[0].rewrite.clone().unwrap();
     assert_eq!(
-        (rw.replace_prefix.as_str(), rw.with_prefix.as_str(), rw.authority.as_str()),
+        (
+            rw.replace_prefix.as_str(),
+            rw.with_prefix.as_str(),
+            rw.authority.as_str()
+        ),
         ("/api", "/v2", "details.internal")
     );
-    assert_eq!(d.rules[1].matches[0].query_params[0].kind(), MatchKind::Regex);
+    assert_eq!(
+        d.rules[1].matches[0].query_params[0].kind(),
+        MatchKind::Regex
+    );
     let rd = d.rules[1].redirect.clone().unwrap();
     assert_eq!((rd.scheme.as_str(), rd.status_code), ("https", 301));
     for r in &c.resources.routes {

@@ -308,7 +308,10 @@ fn http_rule(
     if let Some(r) = &http.redirect {
         let rp = p.f("redirect");
         if r.derive_port.as_deref() == Some("FROM_PROTOCOL_DEFAULT") {
-            report.note(&rp.f("derivePort"), "the scheme's default port: no port in Location");
+            report.note(
+                &rp.f("derivePort"),
+                "the scheme's default port: no port in Location",
+            );
         }
         let port = match (r.port, r.derive_port.as_deref()) {
             (Some(port), _) => port,
@@ -323,7 +326,10 @@ fn http_rule(
             ..Default::default()
         });
         if rule.rewrite.take().is_some() {
-            report.unsupported(&p.f("rewrite"), "a redirect sends nothing upstream to rewrite");
+            report.unsupported(
+                &p.f("rewrite"),
+                "a redirect sends nothing upstream to rewrite",
+            );
         }
         if !http.route.is_empty() {
             report.unsupported(&p.f("route"), "a redirect sends nothing upstream");

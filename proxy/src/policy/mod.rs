@@ -94,10 +94,7 @@ impl RulePolicies {
                 .redirect
                 .as_ref()
                 .map(|r| Arc::new(Redirect::compile(r))),
-            rewrite: rule
-                .rewrite
-                .as_ref()
-                .map(|r| Arc::new(Rewrite::compile(r))),
+            rewrite: rule.rewrite.as_ref().map(|r| Arc::new(Rewrite::compile(r))),
         })
     }
 

@@ -242,7 +242,12 @@ mod tests {
         assert_eq!(strip.apply("/ratings/1").as_deref(), Some("/1"));
         let root = PathChange::compile("", "/", "/app/");
         assert_eq!(root.apply("/x").as_deref(), Some("/app/x"));
-        assert_eq!(PathChange::compile("/whole", "", "").apply("/a/b").as_deref(), Some("/whole"));
+        assert_eq!(
+            PathChange::compile("/whole", "", "")
+                .apply("/a/b")
+                .as_deref(),
+            Some("/whole")
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -251,13 +256,14 @@ mod tests {
         handle.allow(0);
         let svc = RewriteLayer.layer(svc.map_err(|_| ProxyError::Draining));
         let mut r = req("/v1/reviews?x=1", "reviews:9080");
-        r.extensions_mut().insert(Arc::new(Redirect::compile(&proto::Redirect {
-            host: "bookinfo.example".into(),
-            replace_prefix: "/v1".into(),
-            with_prefix: "/v2".into(),
-            status_code: 302,
-            ..Default::default()
-        })));
+        r.extensions_mut()
+            .insert(Arc::new(Redirect::compile(&proto::Redirect {
+                host: "bookinfo.example".into(),
+                replace_prefix: "/v1".into(),
+                with_prefix: "/v2".into(),
+                status_code: 302,
+                ..Default::default()
+            })));
         let rsp = svc.clone().oneshot(r).await.unwrap();
         assert_eq!(rsp.status(), StatusCode::FOUND);
         assert_eq!(
@@ -265,10 +271,11 @@ mod tests {
             "http://bookinfo.example:9080/v2/reviews?x=1"
         );
         let mut r = req("/a", "reviews");
-        r.extensions_mut().insert(Arc::new(Redirect::compile(&proto::Redirect {
-            scheme: "https".into(),
-            ..Default::default()
-        })));
+        r.extensions_mut()
+            .insert(Arc::new(Redirect::compile(&proto::Redirect {
+                scheme: "https".into(),
+                ..Default::default()
+            })));
         let rsp = svc.oneshot(r).await.unwrap();
         assert_eq!(rsp.status(), StatusCode::MOVED_PERMANENTLY);
         assert_eq!(rsp.headers()[header::LOCATION], "https://reviews/a");
@@ -279,12 +286,13 @@ mod tests {
         let (svc, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
         let svc = RewriteLayer.layer(svc.map_err(|_| ProxyError::Draining));
         let mut r = req("/ratings/7?full=1", "ratings");
-        r.extensions_mut().insert(Arc::new(Rewrite::compile(&proto::Rewrite {
-            replace_prefix: "/ratings".into(),
-            with_prefix: "/v1/ratings".into(),
-            authority: "ratings.internal".into(),
-            ..Default::default()
-        })));
+        r.extensions_mut()
+            .insert(Arc::new(Rewrite::compile(&proto::Rewrite {
+                replace_prefix: "/ratings".into(),
+                with_prefix: "/v1/ratings".into(),
+                authority: "ratings.internal".into(),
+                ..Default::default()
+            })));
         let call = tokio::spawn(svc.oneshot(r));
         let (seen, send) = handle.next_request().await.unwrap();
         assert_eq!(seen.uri().path(), "/v1/ratings/7");
