@@ -13,8 +13,8 @@ use futures::StreamExt;
 use http::{Method, StatusCode};
 use sane_e2e::harness::http::{full, http1_client_via, request, send, HttpClient, Reply};
 use sane_e2e::harness::{
-    bins, eventually, metric_value, within, workspace_root, xds_bootstrap, ApiClient, CliRun,
-    ControlPlane, EchoApp, Sanectl, Sidecar,
+    bins, eventually, metric_value, within, workspace_root, write_bootstrap, xds_bootstrap,
+    ApiClient, CliRun, ControlPlane, EchoApp, Proc, Sanectl, Sidecar, READY_DEADLINE,
 };
 use sane_xds_proto::{
     Direction, Endpoint, IdentityConfig, Listener, MeshResources, Protocol, Service, ServicePort,
@@ -612,6 +612,11 @@ async fn bookinfo_tasks_with_istio_yaml() {
         assert_share(&counts, "reviews-v1", 90.0);
         assert_share(&counts, "reviews-v2", 10.0);
 
+        // 9. Gateway API ingress: a Gateway and an HTTPRoute attached to it
+        // that splits 90/10 with a header, served by `sane-proxy gateway`
+        // from the `gateway` section `sanectl convert --gateway` prints.
+        ingress_splits_90_10_with_its_header(&b).await;
+
         // 8. Authorization: allow-nothing denies everything in the
         // namespace; then only productpage's identity may GET reviews.
         let sleep = Bookinfo::client(&b.sleep);
@@ -642,6 +647,86 @@ async fn bookinfo_tasks_with_istio_yaml() {
             .await;
     })
     .await;
+}
+
+/// Must-show 9, first half: the gateway's configuration comes from the
+/// Gateway API objects; the control plane stores them and pushes the
+/// route they produce; outside requests for the route's hostname are split
+/// 90/10 between reviews-v1 and reviews-v2, each carrying the header.
+async fn ingress_splits_90_10_with_its_header(b: &Bookinfo) {
+    let objects = fixture("gateway-bookinfo.yaml");
+    let section = b
+        .cli
+        .ok(&[
+            "convert",
+            "--gateway",
+            "default/bookinfo-gateway",
+            "-o",
+            "json",
+            "-f",
+            &objects,
+        ])
+        .await;
+    let section: serde_json::Value = serde_json::from_str(&section.stdout).unwrap();
+    let mut gateway: sane_xds_proto::Gateway =
+        serde_json::from_value(section["gateway"].clone()).unwrap();
+    assert_eq!(gateway.listeners[0].address, "0.0.0.0:80");
+    assert_eq!(gateway.hosts[0].hostname, "bookinfo.example.com");
+    for l in &mut gateway.listeners {
+        l.address = "127.0.0.1:0".into();
+    }
+    b.apply(&["gateway-bookinfo.yaml"]).await;
+
+    let sa = "bookinfo-gateway";
+    let token = b.cp.issue_token(b.dir.path(), "default", sa).await;
+    let mut boot = xds_bootstrap(&b.cp, sa, vec![]);
+    boot.identity = Some(identity(&b.cp, &token, sa));
+    streams_as_itself(&mut boot, sa, sa);
+    boot.gateway = Some(gateway);
+    boot.validate().expect("a valid gateway bootstrap");
+    let config = b.dir.path().join("gateway.yaml");
+    write_bootstrap(&config, &boot);
+    let cfg = config.display().to_string();
+    let proc = Proc::spawn(
+        "sane-proxy[gateway]",
+        &bins().proxy,
+        ["gateway", "--config", cfg.as_str()],
+        &[],
+    );
+    let listeners = proc
+        .wait_listening(&["admin", "http"], READY_DEADLINE)
+        .await;
+    let http = listeners["http"];
+    let client = sane_e2e::harness::http::http1_client();
+    let get = || async {
+        let mut req = request(Method::GET, &format!("http://{http}/reviews/1"), full(""));
+        req.headers_mut()
+            .insert(http::header::HOST, "bookinfo.example.com".parse().unwrap());
+        send(&client, req).await
+    };
+    eventually(DEADLINE, || async {
+        let r = get().await?;
+        if r.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut replies = futures::stream::iter(0..SPLIT_REQUESTS)
+        .map(|_| get())
+        .buffer_unordered(16);
+    while let Some(r) = replies.next().await {
+        let r = r.expect("a reply");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let json = r.json().unwrap();
+        assert_eq!(json["headers"]["x-route"], "ingress", "{json}");
+        *counts.entry(served_by(&r).to_string()).or_default() += 1;
+    }
+    assert_share(&counts, "reviews-v1", 90.0);
+    assert_share(&counts, "reviews-v2", 10.0);
+    drop(proc);
 }
 
 /// `sanectl convert` lists every unsupported field by path; `--strict`

@@ -100,6 +100,11 @@ enum Command {
         /// Namespace of the `--tls-for` workload.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Print instead the `gateway` section of `sane-proxy gateway`'s
+        /// bootstrap that this Gateway API Gateway (`ns/name`) and the
+        /// HTTPRoutes attached to it stand for.
+        #[arg(long, value_name = "NS/NAME")]
+        gateway: Option<String>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
@@ -286,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             offline,
             tls_for,
             namespace,
+            gateway,
             output,
         } => {
             let mut input = sane_control_plane::istio::cli::Input::default();
@@ -306,6 +312,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 }
             };
             let converted = input.convert(&context, strict)?;
+            if let Some(name) = gateway {
+                let key = qualify_key(&name);
+                let Some(g) = converted
+                    .gateways
+                    .iter()
+                    .find(|g| format!("{}/{}", g.object.namespace, g.object.name) == key)
+                else {
+                    bail!("no Gateway {key} among the objects");
+                };
+                eprint!("{}", sane_control_plane::istio::cli::report(&converted));
+                print(&serde_json::json!({ "gateway": g.gateway }), output)?;
+                return Ok(0);
+            }
             if let Some(labels) = tls_for {
                 let labels = labels
                     .split(',')

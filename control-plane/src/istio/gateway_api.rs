@@ -2,8 +2,12 @@
 //!
 //! A route whose `parentRef` is a Service (GAMMA, the Gateway API inside the
 //! mesh) directs that service's traffic, like a VirtualService. One whose
-//! parent is a Gateway (ingress) is reported: the gateway's configuration
-//! is not produced yet.
+//! parent is a Gateway (ingress) gets a service of its own, `<name>-gw`
+//! (port 80, no endpoints), whose Sane route holds the rules (weights,
+//! filters, timeouts), and each of its hostnames becomes a host of that
+//! Gateway's `sane-proxy gateway` configuration ([`super::ingress`]) sending
+//! the route's matches to that service: the gateway hands requests to the
+//! outbound stack, where the route applies.
 //!
 //! Gateway API semantics are kept: `PathPrefix` matches whole path segments
 //! (as Sane's `prefix`); a rule without matches matches every request;
@@ -16,8 +20,9 @@ use super::object::Object;
 use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
-    HeaderMatch, HeaderOps, MatchKind, MirrorPolicy, PathMatch, QueryParamMatch, Redirect,
-    RetryPolicy, Rewrite, Route, RouteMatch, RouteRule, WeightedDestination,
+    GatewayRoute, HeaderMatch, HeaderOps, MatchKind, MirrorPolicy, PathMatch, QueryParamMatch,
+    Redirect, RetryPolicy, Rewrite, Route, RouteMatch, RouteRule, Service, ServicePort,
+    WeightedDestination,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -627,6 +632,7 @@ fn emit(
     let root = P::spec();
     let tag = object.kind.name().to_ascii_lowercase();
     let mut services = Vec::new();
+    let mut gateways = Vec::new();
     for (i, parent) in parents.iter().enumerate() {
         let pp = root.i("parentRefs", i);
         let kind = parent.kind.as_deref().unwrap_or("Gateway");
@@ -647,12 +653,20 @@ fn emit(
                     "Sane routes apply to every HTTP port of the service",
                 );
             }
+        } else if kind == "Gateway" && group == "gateway.networking.k8s.io" {
+            gateways.push((i, parent));
         } else {
             out.report.unsupported(
                 &pp,
-                format!("{kind} {:?}: routes on an ingress Gateway are not converted yet (only Service parents, GAMMA)", parent.name),
+                format!(
+                    "{group}/{kind} {:?}: parents are Services (GAMMA) or Gateways",
+                    parent.name
+                ),
             );
         }
+    }
+    if !gateways.is_empty() && !rules.is_empty() {
+        ingress(object, &gateways, hostnames, &rules, out);
     }
     if !services.is_empty() && !hostnames.is_empty() {
         out.report.note(
@@ -674,4 +688,56 @@ fn emit(
         }));
     }
     Ok(())
+}
+
+/// A route on ingress Gateways: its own service and route, and a gateway
+/// route per hostname (see the module docs).
+fn ingress(
+    object: &Object,
+    gateways: &[(usize, &ParentRef)],
+    hostnames: &[String],
+    rules: &[RouteRule],
+    out: &mut Output,
+) {
+    let service = format!("{}-gw", sane_name(&object.name, None).replace('.', "-"));
+    out.resources.push(Resource::Service(Service {
+        name: service.clone(),
+        namespace: object.namespace.clone(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    out.resources.push(Resource::Route(Route {
+        name: format!("{}.httproute-gw", sane_name(&object.name, None)),
+        namespace: object.namespace.clone(),
+        service: service.clone(),
+        rules: rules.to_vec(),
+    }));
+    // The gateway sends what any rule matches (everything when a rule
+    // matches everything); the route then picks the rule.
+    let matches = if rules.iter().any(|r| r.matches.is_empty()) {
+        Vec::new()
+    } else {
+        rules.iter().flat_map(|r| r.matches.clone()).collect()
+    };
+    for (i, parent) in gateways {
+        out.gateway_routes.push(super::ingress::GatewayAttach {
+            path: P::spec().i("parentRefs", *i),
+            namespace: parent
+                .namespace
+                .clone()
+                .unwrap_or_else(|| object.namespace.clone()),
+            gateway: parent.name.clone(),
+            section: parent.section_name.clone(),
+            hostnames: hostnames.to_vec(),
+            route: GatewayRoute {
+                matches: matches.clone(),
+                service: format!("{service}.{}", object.namespace),
+                port: 80,
+            },
+        });
+    }
 }

@@ -622,15 +622,59 @@ spec:
     let u = c.unsupported().join("\n");
     for want in [
         "HTTPRoute default/ratings: spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch: not supported",
-        "HTTPRoute default/ingress: spec.parentRefs[0]: not supported: Gateway \"public-gateway\"",
+        "HTTPRoute default/ingress: spec.parentRefs[0]: not supported: Gateway default/public-gateway is not among the objects",
     ] {
         assert!(u.contains(want), "{want} not in\n{u}");
     }
-    assert!(!c
-        .resources
-        .routes
+    assert_eq!(route(&c, "ingress-gw").name, "ingress.httproute-gw");
+    assert!(c.gateways.is_empty());
+}
+
+#[test]
+fn an_http_route_on_a_gateway_becomes_gateway_hosts_and_a_route() {
+    let c = convert_all(&[fixture!("gateway-bookinfo.yaml")], &bookinfo()).unwrap();
+    let u = c.unsupported().join("\n");
+    assert!(
+        u.contains(
+            "Gateway default/bookinfo-gateway: spec.listeners[0].allowedRoutes: not supported"
+        ),
+        "{u}"
+    );
+    let g = &c.gateways[0];
+    assert_eq!(g.object.to_string(), "Gateway default/bookinfo-gateway");
+    assert_eq!(g.gateway.listeners[0].address, "0.0.0.0:80");
+    assert!(!g.gateway.listeners[0].tls);
+    let host = &g.gateway.hosts[0];
+    assert_eq!(host.hostname, "bookinfo.example.com");
+    assert_eq!(host.routes[0].service, "reviews-ingress-gw.default");
+    assert_eq!(host.routes[0].port, 80);
+    assert_eq!(
+        host.routes[0].matches[0].path.as_ref().unwrap().value,
+        "/reviews"
+    );
+    let r = route(&c, "reviews-ingress-gw");
+    let weights: Vec<(&str, u32)> = r.rules[0]
+        .destinations
         .iter()
-        .any(|r| r.name.starts_with("ingress")));
+        .map(|d| (d.service.as_str(), d.weight))
+        .collect();
+    assert_eq!(weights, [("reviews-v1", 90), ("reviews-v2", 10)]);
+    assert_eq!(
+        r.rules[0].request_headers.as_ref().unwrap().add["x-route"],
+        "ingress"
+    );
+    assert!(c
+        .resources
+        .services
+        .iter()
+        .any(|s| s.name == "reviews-ingress-gw"));
+    let gw = c
+        .objects
+        .iter()
+        .find(|o| o.object.kind == "Gateway")
+        .unwrap();
+    assert_eq!(gw.produced, ["gateway default/bookinfo-gateway"]);
+    g.gateway.validate().unwrap();
 }
 
 #[test]
