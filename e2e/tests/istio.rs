@@ -200,6 +200,10 @@ impl Bookinfo {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = self.cli.ok(&args).await;
         println!("{run}");
+        // The whole write lands at once: wait until the callers took it.
+        ApiClient::new(&self.cp)
+            .wait_in_sync(DEADLINE, &["bookinfo-productpage", "sleep"])
+            .await;
         run
     }
 
@@ -842,11 +846,8 @@ async fn convert_reports_unsupported_fields_and_bad_input_stores_nothing() {
         .await
         .unwrap();
     assert_eq!(reply.status, 400, "{}", reply.text());
-    assert!(
-        reply.text().contains("kind \"WorkloadEntry\""),
-        "{}",
-        reply.text()
-    );
+    let error = reply.json().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("kind \"WorkloadEntry\""), "{error}");
 }
 
 /// The inbound-listener settings `sanectl convert --tls-for` derives from
