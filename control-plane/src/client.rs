@@ -142,6 +142,17 @@ impl ApiClient {
         body: Option<&Value>,
     ) -> Result<Value, Error> {
         let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        self.bytes(method, path, bytes).await
+    }
+
+    /// Like [`ApiClient::json`], with a body sent as it is (the YAML of
+    /// `POST /api/v1/istio`).
+    pub async fn bytes(
+        &self,
+        method: Method,
+        path: &str,
+        bytes: Option<Vec<u8>>,
+    ) -> Result<Value, Error> {
         let (status, resp) = self
             .send(method.clone(), path, bytes, self.token.as_deref())
             .await?;

@@ -16,6 +16,9 @@ pub enum Error {
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::error::KubeError),
+    /// The stored Istio objects could not be loaded.
+    #[error(transparent)]
+    IstioStore(Box<crate::istio::StoreError>),
     /// The durable state file could not be read.
     #[error("reading state file {path}: {source}")]
     StateRead {

@@ -342,6 +342,12 @@ pub async fn build(
             .as_deref()
             .map(ui::prometheus::PromClient::new),
         read_token_required: config.api_read_token_required,
+        istio: Arc::new(match &config.data_dir {
+            Some(dir) => {
+                istio::store::IstioStore::open(dir).map_err(|e| Error::IstioStore(Box::new(e)))?
+            }
+            None => istio::store::IstioStore::in_memory(),
+        }),
     };
     tracing::info!(
         revision = registry.revision(),

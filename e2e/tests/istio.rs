@@ -3,8 +3,9 @@
 //! (productpage; reviews v1, v2, v3; ratings; details), each behind a
 //! server sidecar with its own identity, and two calling sidecars
 //! (`productpage`'s identity, and `sleep`'s). Every configuration change is
-//! a `sanectl apply -f <Istio YAML>`, converted client-side into Sane
-//! resources and pushed over xDS while everything keeps running.
+//! a `sanectl apply -f <Istio YAML>`: the control plane stores the objects,
+//! converts them (with every object stored before) into Sane resources and
+//! pushes those over xDS while everything keeps running.
 //!
 //! caller sidecar (productpage | sleep) ══mTLS══▶ server sidecar ─▶ echo app
 
@@ -12,8 +13,8 @@ use futures::StreamExt;
 use http::{Method, StatusCode};
 use sane_e2e::harness::http::{full, http1_client_via, request, send, HttpClient, Reply};
 use sane_e2e::harness::{
-    bins, eventually, metric_value, within, workspace_root, xds_bootstrap, ApiClient, CliRun,
-    ControlPlane, EchoApp, Sanectl, Sidecar,
+    bins, eventually, metric_value, within, workspace_root, write_bootstrap, xds_bootstrap,
+    ApiClient, CliRun, ControlPlane, EchoApp, Proc, Sanectl, Sidecar, READY_DEADLINE,
 };
 use sane_xds_proto::{
     Direction, Endpoint, IdentityConfig, Listener, MeshResources, Protocol, Service, ServicePort,
@@ -199,6 +200,10 @@ impl Bookinfo {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = self.cli.ok(&args).await;
         println!("{run}");
+        // The whole write lands at once: wait until the callers took it.
+        ApiClient::new(&self.cp)
+            .wait_in_sync(DEADLINE, &["bookinfo-productpage", "sleep"])
+            .await;
         run
     }
 
@@ -223,6 +228,16 @@ async fn call_method(
         req.headers_mut()
             .insert(name, v.parse().expect("a valid header value"));
     }
+    send(client, req).await
+}
+
+/// `GET http://{host}{path_and_query}`.
+async fn get_path(client: &HttpClient, host: &str, path_and_query: &str) -> Result<Reply, String> {
+    let req = request(
+        Method::GET,
+        &format!("http://{host}{path_and_query}"),
+        full(""),
+    );
     send(client, req).await
 }
 
@@ -297,11 +312,23 @@ async fn bookinfo_tasks_with_istio_yaml() {
         until_served_by(&pp, "reviews", &[], "reviews-v1").await;
         let counts = tally(&pp, "reviews", 100).await;
         assert_eq!(counts.get("reviews-v1"), Some(&100), "{counts:?}");
-        b.apply(&[
-            "destination-rule-all.yaml",
-            "virtual-service-reviews-test-v2.yaml",
-        ])
-        .await;
+        // The control plane keeps the objects as written, with what each
+        // produced; `sanectl status` lists them.
+        let api = ApiClient::new(&b.cp);
+        let stored = api
+            .get("/api/v1/istio/virtualservices/default/reviews")
+            .await
+            .unwrap();
+        assert_eq!(stored["produced"], serde_json::json!(["route default/reviews.vs"]));
+        assert_eq!(stored["object"]["spec"]["hosts"][0], "reviews", "{stored}");
+        let status = b.cli.ok(&["status"]).await;
+        assert!(
+            status.stdout.contains("VirtualService default/reviews")
+                && status.stdout.contains("route default/reviews.vs"),
+            "{status}"
+        );
+        // A stored DestinationRule serves later VirtualServices alone.
+        b.apply(&["virtual-service-reviews-test-v2.yaml"]).await;
         until_served_by(&pp, "reviews", &[("end-user", "jason")], "reviews-v2").await;
         for _ in 0..20 {
             let jason = call(&pp, "reviews", &[("end-user", "jason")])
@@ -384,6 +411,35 @@ async fn bookinfo_tasks_with_istio_yaml() {
             StatusCode::OK
         );
 
+        // Redirect, rewrite and a queryParams match (Istio's HTTPRedirect
+        // and HTTPRewrite examples).
+        b.apply(&["virtual-service-ratings-redirect-rewrite.yaml"])
+            .await;
+        let moved = eventually(DEADLINE, || async {
+            let r = get_path(&pp, "ratings", "/v1/getProductRatings?id=7").await?;
+            (r.status == StatusCode::MOVED_PERMANENTLY)
+                .then_some(r)
+                .ok_or_else(|| "not redirected yet".to_string())
+        })
+        .await;
+        assert_eq!(
+            moved.header("location"),
+            Some("http://newratings.default.svc.cluster.local/v1/bookRatings?id=7")
+        );
+        assert_eq!(moved.header("x-echo-name"), None, "a redirect reaches no app");
+        let rewritten = get_path(&pp, "ratings", "/ratings/7?debug=1").await.unwrap();
+        let json = rewritten.json().unwrap();
+        assert_eq!(
+            (json["path"].as_str(), json["query"].as_str()),
+            (Some("/v1/bookRatings/7"), Some("debug=1")),
+            "{json}"
+        );
+        assert_eq!(json["host"], "ratings.internal", "{json}");
+        let plain = get_path(&pp, "ratings", "/ratings/7?debug=0").await.unwrap();
+        let json = plain.json().unwrap();
+        assert_eq!(json["path"], "/ratings/7", "{json}");
+        assert_ne!(json["host"], "ratings.internal", "{json}");
+
         // 4. Request timeouts: 0.5s on reviews, which answers after 2s.
         b.apply(&[
             "destination-rule-all.yaml",
@@ -406,7 +462,28 @@ async fn bookinfo_tasks_with_istio_yaml() {
         );
 
         // 5. Circuit breaking: maxConnections 1, http1MaxPendingRequests 1,
-        // 20 concurrent callers: the overflow is shed with 503 UO.
+        // 20 concurrent callers: the overflow is shed with 503 UO. The
+        // task's DestinationRule has no subsets, and the stored details
+        // VirtualService routes to subset v1: refused by name, nothing
+        // stored, until that VirtualService goes.
+        let missing = b
+            .cli
+            .run(&[
+                "apply",
+                "-f",
+                &fixture("destination-rule-details-circuit-breaker.yaml"),
+            ])
+            .await;
+        assert_eq!(missing.code(), Some(1), "{missing}");
+        assert!(
+            missing.stderr.contains(
+                "VirtualService default/details: spec.http[0].route[0].destination.subset: subset \"v1\" of host \"details\" is not declared"
+            ),
+            "{missing}"
+        );
+        b.cli
+            .ok(&["delete", "virtualservice", "default/details"])
+            .await;
         let run = b
             .apply(&["destination-rule-details-circuit-breaker.yaml"])
             .await;
@@ -414,6 +491,16 @@ async fn bookinfo_tasks_with_istio_yaml() {
             run.stderr
                 .contains("maxRequestsPerConnection: not supported"),
             "{run}"
+        );
+        let details = api
+            .get("/api/v1/istio/destinationrules/default/details")
+            .await
+            .unwrap();
+        assert!(
+            details["unsupported"].to_string().contains(
+                "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection"
+            ),
+            "{details}"
         );
         let shed = eventually(DEADLINE, || async {
             let replies: Vec<_> = futures::stream::iter(0..20)
@@ -463,8 +550,19 @@ async fn bookinfo_tasks_with_istio_yaml() {
         b.cli
             .ok(&["apply", "-f", &extra_path.display().to_string()])
             .await;
-        // Every ratings endpoint gets traffic: no subset route.
-        b.cli.ok(&["delete", "route", "default/ratings.vs"]).await;
+        // Every ratings endpoint gets traffic: no subset route. What a
+        // stored object produced changes only with the object.
+        let owned = b.cli.run(&["delete", "route", "default/ratings.vs"]).await;
+        assert_eq!(owned.code(), Some(1), "{owned}");
+        assert!(
+            owned
+                .stderr
+                .contains("is produced by VirtualService default/ratings"),
+            "{owned}"
+        );
+        b.cli
+            .ok(&["delete", "virtualservice", "default/ratings"])
+            .await;
         b.apply(&["destination-rule-ratings-outlier.yaml"]).await;
         eventually(DEADLINE, || async {
             let r = call(&pp, "ratings", &[]).await?;
@@ -496,7 +594,9 @@ async fn bookinfo_tasks_with_istio_yaml() {
         );
         // ... so the VirtualService goes, and the route splits 90/10 with
         // its header.
-        b.cli.ok(&["delete", "route", "default/reviews.vs"]).await;
+        b.cli
+            .ok(&["delete", "virtualservice", "default/reviews"])
+            .await;
         b.apply(&["httproute-reviews-gamma.yaml"]).await;
         let seen = eventually(DEADLINE, || async {
             let r = call(&pp, "reviews", &[]).await?;
@@ -515,6 +615,11 @@ async fn bookinfo_tasks_with_istio_yaml() {
         let counts = tally(&pp, "reviews", SPLIT_REQUESTS).await;
         assert_share(&counts, "reviews-v1", 90.0);
         assert_share(&counts, "reviews-v2", 10.0);
+
+        // 9. Gateway API ingress: a Gateway and an HTTPRoute attached to it
+        // that splits 90/10 with a header, served by `sane-proxy gateway`
+        // from the `gateway` section `sanectl convert --gateway` prints.
+        ingress_splits_90_10_with_its_header(&b).await;
 
         // 8. Authorization: allow-nothing denies everything in the
         // namespace; then only productpage's identity may GET reviews.
@@ -548,6 +653,86 @@ async fn bookinfo_tasks_with_istio_yaml() {
     .await;
 }
 
+/// Must-show 9, first half: the gateway's configuration comes from the
+/// Gateway API objects; the control plane stores them and pushes the
+/// route they produce; outside requests for the route's hostname are split
+/// 90/10 between reviews-v1 and reviews-v2, each carrying the header.
+async fn ingress_splits_90_10_with_its_header(b: &Bookinfo) {
+    let objects = fixture("gateway-bookinfo.yaml");
+    let section = b
+        .cli
+        .ok(&[
+            "convert",
+            "--gateway",
+            "default/bookinfo-gateway",
+            "-o",
+            "json",
+            "-f",
+            &objects,
+        ])
+        .await;
+    let section: serde_json::Value = serde_json::from_str(&section.stdout).unwrap();
+    let mut gateway: sane_xds_proto::Gateway =
+        serde_json::from_value(section["gateway"].clone()).unwrap();
+    assert_eq!(gateway.listeners[0].address, "0.0.0.0:80");
+    assert_eq!(gateway.hosts[0].hostname, "bookinfo.example.com");
+    for l in &mut gateway.listeners {
+        l.address = "127.0.0.1:0".into();
+    }
+    b.apply(&["gateway-bookinfo.yaml"]).await;
+
+    let sa = "bookinfo-gateway";
+    let token = b.cp.issue_token(b.dir.path(), "default", sa).await;
+    let mut boot = xds_bootstrap(&b.cp, sa, vec![]);
+    boot.identity = Some(identity(&b.cp, &token, sa));
+    streams_as_itself(&mut boot, sa, sa);
+    boot.gateway = Some(gateway);
+    boot.validate().expect("a valid gateway bootstrap");
+    let config = b.dir.path().join("gateway.yaml");
+    write_bootstrap(&config, &boot);
+    let cfg = config.display().to_string();
+    let proc = Proc::spawn(
+        "sane-proxy[gateway]",
+        &bins().proxy,
+        ["gateway", "--config", cfg.as_str()],
+        &[],
+    );
+    let listeners = proc
+        .wait_listening(&["admin", "http"], READY_DEADLINE)
+        .await;
+    let http = listeners["http"];
+    let client = sane_e2e::harness::http::http1_client();
+    let get = || async {
+        let mut req = request(Method::GET, &format!("http://{http}/reviews/1"), full(""));
+        req.headers_mut()
+            .insert(http::header::HOST, "bookinfo.example.com".parse().unwrap());
+        send(&client, req).await
+    };
+    eventually(DEADLINE, || async {
+        let r = get().await?;
+        if r.status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.text()))
+        }
+    })
+    .await;
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut replies = futures::stream::iter(0..SPLIT_REQUESTS)
+        .map(|_| get())
+        .buffer_unordered(16);
+    while let Some(r) = replies.next().await {
+        let r = r.expect("a reply");
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let json = r.json().unwrap();
+        assert_eq!(json["headers"]["x-route"], "ingress", "{json}");
+        *counts.entry(served_by(&r).to_string()).or_default() += 1;
+    }
+    assert_share(&counts, "reviews-v1", 90.0);
+    assert_share(&counts, "reviews-v2", 10.0);
+    drop(proc);
+}
+
 /// `sanectl convert` lists every unsupported field by path; `--strict`
 /// refuses them, and so does `apply --strict`, storing nothing; bad input
 /// (an unknown kind, a malformed object, a missing subset, a conflict with
@@ -572,8 +757,8 @@ async fn convert_reports_unsupported_fields_and_bad_input_stores_nothing() {
     let unsupported = fixture("unsupported.yaml");
     let run = cli.ok(&["convert", "-f", &unsupported]).await;
     for want in [
-        "VirtualService default/ratings: spec.http[0].match[0].queryParams: not supported",
-        "VirtualService default/ratings: spec.http[0].rewrite: not supported",
+        "VirtualService default/ratings: spec.http[0].match[0].sourceLabels: not supported",
+        "VirtualService default/ratings: spec.http[0].rewrite.uriRegexRewrite: not supported",
         "VirtualService default/ratings: spec.http[0].corsPolicy: not supported",
         "DestinationRule default/ratings: spec.trafficPolicy.portLevelSettings: not supported",
     ] {
@@ -628,6 +813,41 @@ async fn convert_reports_unsupported_fields_and_bad_input_stores_nothing() {
     );
     let policies = api.get("/api/v1/policies").await.unwrap();
     assert_eq!(policies["items"], serde_json::json!([]), "{policies}");
+    let stored = api.get("/api/v1/istio").await.unwrap();
+    assert_eq!(stored["items"], serde_json::json!([]), "{stored}");
+
+    // The other way round: a Sane route for a service a stored
+    // VirtualService directs is refused, naming both.
+    let vs = bad(
+        "ratings-vs.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http: [ { timeout: 2s, route: [ { destination: { host: ratings } } ] } ]\n",
+    );
+    cli.ok(&["apply", "-f", &vs]).await;
+    let canary = bad(
+        "ratings-canary.yaml",
+        "routes:\n- { name: ratings-canary, service: ratings, rules: [ { destinations: [ { service: ratings } ] } ] }\n",
+    );
+    let refused = cli.run(&["apply", "-f", &canary]).await;
+    assert_eq!(refused.code(), Some(1), "{refused}");
+    assert!(
+        refused.stderr.contains(
+            "conflict for service \"ratings.default\": VirtualService default/ratings and Sane route default/ratings-canary"
+        ),
+        "{refused}"
+    );
+    // Unknown kinds are refused by the API itself too (400, by name).
+    let reply = api
+        .send(
+            Method::POST,
+            "/api/v1/istio",
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w}\n",
+            Some(sane_e2e::harness::TEST_API_TOKEN),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let error = reply.json().unwrap()["error"].as_str().unwrap().to_string();
+    assert!(error.contains("kind \"WorkloadEntry\""), "{error}");
 }
 
 /// The inbound-listener settings `sanectl convert --tls-for` derives from

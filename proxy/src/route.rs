@@ -90,6 +90,8 @@ pub struct Matcher {
     path: Option<StrMatcher>,
     headers: Vec<(http::HeaderName, StrMatcher, bool)>,
     method: Option<Method>,
+    /// Query parameter name and condition on its (decoded) value.
+    query: Vec<(String, StrMatcher)>,
 }
 
 #[derive(Debug)]
@@ -287,10 +289,22 @@ impl Matcher {
                 })?,
             )
         };
+        let mut query = Vec::new();
+        for (i, q) in m.query_params.iter().enumerate() {
+            let f = format!("{field}.query_params[{i}]");
+            let matcher = match MatchKind::from_wire(q.kind) {
+                MatchKind::Exact => StrMatcher::Exact(q.value.clone()),
+                MatchKind::Prefix => StrMatcher::Prefix(q.value.clone()),
+                MatchKind::Regex => StrMatcher::Regex(anchored(&q.value, &format!("{f}.value"))?),
+                MatchKind::Present => StrMatcher::Present,
+            };
+            query.push((q.name.clone(), matcher));
+        }
         Ok(Self {
             path,
             headers,
             method,
+            query,
         })
     }
 
@@ -303,6 +317,16 @@ impl Matcher {
         }
         if let Some(p) = &self.path {
             if !p.matches(Some(req.uri().path())) {
+                return false;
+            }
+        }
+        if !self.query.is_empty() {
+            let query = req.uri().query().unwrap_or("");
+            let all = self.query.iter().all(|(name, m)| {
+                form_urlencoded::parse(query.as_bytes())
+                    .any(|(n, v)| n == name.as_str() && m.matches(Some(&v)))
+            });
+            if !all {
                 return false;
             }
         }
@@ -425,6 +449,7 @@ mod tests {
                 })
                 .collect(),
             method: method.into(),
+            ..Default::default()
         }
     }
 
@@ -467,6 +492,29 @@ mod tests {
             &[("x-canary", "1"), ("x-debug", "")]
         )));
         assert!(!m.matches(&req("POST", "/users/42", &[])));
+    }
+
+    #[test]
+    fn query_parameters_match_decoded_values() {
+        let mut m = rm(None, &[], "");
+        m.query_params = vec![
+            sane_xds_proto::QueryParamMatch {
+                name: "user".into(),
+                kind: MatchKind::Exact as i32,
+                value: "jason smith".into(),
+            },
+            sane_xds_proto::QueryParamMatch {
+                name: "debug".into(),
+                kind: MatchKind::Present as i32,
+                value: String::new(),
+            },
+        ];
+        let m = Matcher::compile(&m, "m").unwrap();
+        assert!(m.matches(&req("GET", "/?user=jason%20smith&debug", &[])));
+        assert!(m.matches(&req("GET", "/?debug=1&user=kim&user=jason+smith", &[])));
+        assert!(!m.matches(&req("GET", "/?user=jason%20smith", &[])));
+        assert!(!m.matches(&req("GET", "/?User=jason%20smith&debug", &[])));
+        assert!(!m.matches(&req("GET", "/", &[])));
     }
 
     #[test]

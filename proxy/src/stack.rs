@@ -61,6 +61,7 @@ use crate::policy::fault::FaultLayer;
 use crate::policy::headers::HeaderRewriteLayer;
 use crate::policy::mirror::MirrorLayer;
 use crate::policy::retry::RetryLayer;
+use crate::policy::rewrite::RewriteLayer;
 use crate::policy::timeout::{PerTryTimeoutLayer, RequestTimeout, TimeoutLayer};
 use crate::protocol::http as h;
 use crate::snapshot::ConfigStore;
@@ -133,6 +134,7 @@ pub fn outbound(ctx: StackContext) -> HttpSvc {
         })
         .layer(FaultLayer::new(resilience.clone()))
         .layer(HeaderRewriteLayer)
+        .layer(RewriteLayer)
         .layer(MirrorLayer::new(resilience.clone()))
         .layer(TimeoutLayer)
         .layer(DeadlineLayer)

@@ -65,7 +65,8 @@ pub use policy::{DestinationPolicy, LoadBalancer};
 pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
 pub use resources::{MeshResources, TypeUrl};
 pub use route::{
-    HeaderMatch, MatchKind, PathMatch, Route, RouteMatch, RouteRule, WeightedDestination,
+    HeaderMatch, MatchKind, PathMatch, QueryParamMatch, Redirect, Rewrite, Route, RouteMatch,
+    RouteRule, WeightedDestination,
 };
 pub use route_policy::{
     grpc_code, FaultAbort, FaultDelay, FaultPolicy, HeaderOps, MirrorPolicy, RetryPolicy,

@@ -64,6 +64,69 @@ pub struct RouteRule {
     #[prost(message, optional, tag = "8")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderOps>,
+    /// Answer matching requests with a redirect instead of sending them
+    /// upstream. Default: none.
+    #[prost(message, optional, tag = "9")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Rewrite the path or authority of matching requests before they go
+    /// upstream (mirror copies included). Default: none.
+    #[prost(message, optional, tag = "10")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+/// A redirect answer (like an Istio `HTTPRedirect` or the Gateway API's
+/// `RequestRedirect`): `Location` is the request's URL with the parts set
+/// here replaced.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Redirect {
+    /// `http` or `https`. Default: empty, the request's scheme.
+    #[prost(string, tag = "1")]
+    pub scheme: String,
+    /// Host name. Default: empty, the request's host.
+    #[prost(string, tag = "2")]
+    pub host: String,
+    /// Port. Default: 0, the request's (none when the scheme changes).
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    /// The whole path. Default: empty, the request's path (or the
+    /// `replace_prefix` rewrite).
+    #[prost(string, tag = "4")]
+    pub path: String,
+    /// A path starting with this prefix (on a `/` boundary) has it replaced
+    /// with `with_prefix`. Default: empty, none. Not with `path`.
+    #[prost(string, tag = "5")]
+    pub replace_prefix: String,
+    /// What replaces `replace_prefix`. Default: empty (`/` if nothing is
+    /// left).
+    #[prost(string, tag = "6")]
+    pub with_prefix: String,
+    /// 301, 302, 303, 307 or 308. Default: 0, meaning 301.
+    #[prost(uint32, tag = "7")]
+    pub status_code: u32,
+}
+
+/// A rewrite of the request sent upstream (like an Istio `HTTPRewrite` or
+/// the Gateway API's `URLRewrite`).
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rewrite {
+    /// The whole path (the query is kept). Default: empty, unchanged.
+    #[prost(string, tag = "1")]
+    pub path: String,
+    /// A path starting with this prefix (on a `/` boundary) has it replaced
+    /// with `with_prefix`. Default: empty, none. Not with `path`.
+    #[prost(string, tag = "2")]
+    pub replace_prefix: String,
+    /// What replaces `replace_prefix`. Default: empty (`/` if nothing is
+    /// left).
+    #[prost(string, tag = "3")]
+    pub with_prefix: String,
+    /// The authority (`Host`) sent upstream. Default: empty, unchanged.
+    #[prost(string, tag = "4")]
+    pub authority: String,
 }
 
 /// Conditions on a request; all present conditions must hold.
@@ -79,6 +142,31 @@ pub struct RouteMatch {
     /// HTTP method, e.g. `GET`. Default: empty, any method.
     #[prost(string, tag = "3")]
     pub method: String,
+    /// Conditions on query parameters (values percent-decoded), all of which
+    /// must hold. Default: none.
+    #[prost(message, repeated, tag = "4")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<QueryParamMatch>,
+}
+
+/// A condition on one query parameter; with several of that name, any one
+/// may meet it.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryParamMatch {
+    /// Parameter name, compared exactly. Required.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// How to compare. Default: `exact`.
+    #[prost(enumeration = "MatchKind", tag = "2")]
+    #[serde(
+        serialize_with = "enum_ser::<MatchKind, _>",
+        deserialize_with = "enum_de::<MatchKind, _>"
+    )]
+    pub kind: i32,
+    /// The value compared with the parameter's. Default: empty.
+    #[prost(string, tag = "3")]
+    pub value: String,
 }
 
 /// How a string is compared.
@@ -239,6 +327,18 @@ impl RouteRule {
                     regex_ok(&hp.field("value"), &h.value, errs);
                 }
             }
+            for (j, q) in m.query_params.iter().enumerate() {
+                let qp = mp.item("query_params", j);
+                errs.length(&qp.field("name"), &q.name, MAX_TOKEN_BYTES);
+                errs.length(&qp.field("value"), &q.value, MAX_VALUE_BYTES);
+                if q.name.is_empty() {
+                    errs.push(&qp.field("name"), "a query parameter name is required");
+                }
+                errs.enum_value::<MatchKind>(&qp.field("kind"), q.kind);
+                if MatchKind::from_wire(q.kind) == MatchKind::Regex {
+                    regex_ok(&qp.field("value"), &q.value, errs);
+                }
+            }
             errs.length(&mp.field("method"), &m.method, MAX_TOKEN_BYTES);
             if !m.method.is_empty() && http_token(&m.method).is_none() {
                 errs.push(
@@ -280,6 +380,78 @@ impl RouteRule {
         if let Some(h) = &self.response_headers {
             h.validate_into(&path.field("response_headers"), errs);
         }
+        if let Some(r) = &self.redirect {
+            let rp = path.field("redirect");
+            if !matches!(r.scheme.as_str(), "" | "http" | "https") {
+                errs.push(
+                    &rp.field("scheme"),
+                    format!("{:?} is not http or https", r.scheme),
+                );
+            }
+            errs.length(&rp.field("host"), &r.host, MAX_VALUE_BYTES);
+            if r.host
+                .contains(|c: char| "/?#@ ".contains(c) || c.is_control())
+            {
+                errs.push(
+                    &rp.field("host"),
+                    format!("{:?} is not a host name", r.host),
+                );
+            }
+            errs.port(&rp.field("port"), r.port, true);
+            paths_ok(&rp, &r.path, &r.replace_prefix, &r.with_prefix, errs);
+            if !matches!(r.status_code, 0 | 301 | 302 | 303 | 307 | 308) {
+                errs.push(
+                    &rp.field("status_code"),
+                    format!("{} is not 301, 302, 303, 307 or 308", r.status_code),
+                );
+            }
+            if self.rewrite.is_some() {
+                errs.push(
+                    &path.field("rewrite"),
+                    "a rule that redirects sends nothing upstream to rewrite",
+                );
+            }
+        }
+        if let Some(r) = &self.rewrite {
+            let rp = path.field("rewrite");
+            paths_ok(&rp, &r.path, &r.replace_prefix, &r.with_prefix, errs);
+            errs.length(&rp.field("authority"), &r.authority, MAX_VALUE_BYTES);
+            if r.authority
+                .contains(|c: char| "/?#@ ".contains(c) || c.is_control())
+            {
+                errs.push(
+                    &rp.field("authority"),
+                    format!("{:?} is not an authority (host[:port])", r.authority),
+                );
+            }
+        }
+    }
+}
+
+/// The path fields of a redirect or rewrite: absolute paths, and a whole
+/// path or a prefix replacement, not both.
+fn paths_ok(path: &FieldPath, whole: &str, prefix: &str, with: &str, errs: &mut Errors) {
+    for (name, value) in [
+        ("path", whole),
+        ("replace_prefix", prefix),
+        ("with_prefix", with),
+    ] {
+        errs.length(&path.field(name), value, MAX_VALUE_BYTES);
+        if !value.is_empty() && !value.starts_with('/') {
+            errs.push(&path.field(name), format!("{value:?} must start with '/'"));
+        }
+        if value.contains(|c: char| c == '?' || c == '#' || c.is_whitespace() || c.is_control()) {
+            errs.push(&path.field(name), format!("{value:?} is not a path"));
+        }
+    }
+    if !whole.is_empty() && !prefix.is_empty() {
+        errs.push(
+            &path.field("replace_prefix"),
+            "a whole path and a prefix replacement exclude each other",
+        );
+    }
+    if prefix.is_empty() && !with.is_empty() {
+        errs.push(&path.field("with_prefix"), "needs replace_prefix");
     }
 }
 

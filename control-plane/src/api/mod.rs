@@ -13,6 +13,7 @@
 //! their schemas, in [`openapi`] (`GET /api/v1/openapi.json`).
 
 pub mod auth;
+mod istio;
 pub mod openapi;
 mod proxies;
 mod resources;
@@ -55,6 +56,8 @@ pub struct ApiState {
     pub prometheus: Option<crate::ui::prometheus::PromClient>,
     /// Reads need the token too (`--api-read-token-required`).
     pub read_token_required: bool,
+    /// The stored Istio and Gateway API objects.
+    pub istio: Arc<crate::istio::store::IstioStore>,
 }
 
 /// An error response: status and `{"error": ..., "fields": [...]}`.
@@ -72,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(resources::routes())
         .merge(proxies::routes())
         .merge(tokens::routes())
+        .merge(istio::routes())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

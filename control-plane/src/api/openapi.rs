@@ -221,6 +221,65 @@ pub fn document() -> Value {
             }
         }}),
     );
+    let istio_item = json!({ "type": "object", "properties": {
+        "kind": { "type": "string" },
+        "resource": { "type": "string" },
+        "apiVersion": { "type": "string" },
+        "namespace": { "type": "string" },
+        "name": { "type": "string" },
+        "produced": array_of(string()),
+        "unsupported": array_of(json!({ "type": "object", "properties": {
+            "path": string(), "reason": string()
+        }})),
+        "notes": array_of(json!({ "type": "object", "properties": {
+            "path": string(), "note": string()
+        }})),
+        "object": { "type": "object", "description": "The object as written (one object only)." }
+    }});
+    let istio_written = json!({ "type": "object", "properties": {
+        "revision": { "type": "integer" },
+        "objects": { "type": "array", "items": { "type": "object" } },
+        "outcomes": { "type": "array", "items": { "type": "object" } }
+    }});
+    paths.insert(
+        "/api/v1/istio".into(),
+        json!({ "get": {
+            "summary": "Stored Istio and Gateway API objects, with what each produced and its unsupported fields",
+            "responses": { "200": ok(json!({ "type": "object", "properties": {
+                "items": { "type": "array", "items": istio_item.clone() }
+            }})) }
+        }, "post": {
+            "summary": "Store Istio, Gateway API and Sane documents (multi-document YAML) and write what they produce, all or nothing",
+            "security": [{ "bearer": [] }],
+            "parameters": [{ "name": "strict", "in": "query", "schema": { "type": "boolean" },
+                "description": "Refuse objects with fields that cannot be honoured." }],
+            "requestBody": { "required": true, "content": { "application/yaml": { "schema": { "type": "string" } } } },
+            "responses": {
+                "200": ok(istio_written.clone()),
+                "400": error("Not YAML, an unknown kind or a malformed object."),
+                "401": error("Missing or invalid token."),
+                "409": error("Two objects (or a Sane route and an object) direct one service, or a resource another source owns."),
+                "422": error("A missing subset, an unknown host, strict findings, or resources the registry refuses.")
+            }
+        }}),
+    );
+    paths.insert(
+        "/api/v1/istio/{resource}/{namespace}/{name}".into(),
+        json!({ "get": {
+            "summary": "One stored object, as written, with what it produced",
+            "parameters": [path_param("resource"), path_param("namespace"), path_param("name")],
+            "responses": { "200": ok(istio_item), "404": error("Not stored, or not a stored kind.") }
+        }, "delete": {
+            "summary": "Remove a stored object and what it produced",
+            "security": [{ "bearer": [] }],
+            "parameters": [path_param("resource"), path_param("namespace"), path_param("name")],
+            "responses": {
+                "200": ok(istio_written),
+                "401": error("Missing or invalid token."),
+                "404": error("Not stored, or not a stored kind.")
+            }
+        }}),
+    );
     paths.insert(
         "/api/v1/openapi.json".into(),
         json!({ "get": { "summary": "This document", "responses": { "200": ok(json!({ "type": "object" })) } } }),
@@ -535,7 +594,24 @@ fn route_schemas() -> Value {
             "fault": schema_ref("FaultPolicy"),
             "mirror": schema_ref("MirrorPolicy"),
             "request_headers": schema_ref("HeaderOps"),
-            "response_headers": schema_ref("HeaderOps")
+            "response_headers": schema_ref("HeaderOps"),
+            "redirect": schema_ref("Redirect"),
+            "rewrite": schema_ref("Rewrite")
+        })),
+        "Redirect": object(&[], json!({
+            "scheme": enumeration(&["", "http", "https"], ""),
+            "host": string(),
+            "port": port(),
+            "path": string(),
+            "replace_prefix": string(),
+            "with_prefix": string(),
+            "status_code": { "type": "integer", "default": 0 }
+        })),
+        "Rewrite": object(&[], json!({
+            "path": string(),
+            "replace_prefix": string(),
+            "with_prefix": string(),
+            "authority": string()
         })),
         "RetryPolicy": object(&[], json!({
             "attempts": { "type": "integer", "default": 2, "maximum": 10 },
@@ -574,7 +650,11 @@ fn route_schemas() -> Value {
         "RouteMatch": object(&[], json!({
             "path": schema_ref("PathMatch"),
             "headers": array_of(schema_ref("HeaderMatch")),
-            "method": string()
+            "method": string(),
+            "query_params": array_of(schema_ref("QueryParamMatch"))
+        })),
+        "QueryParamMatch": object(&["name"], json!({
+            "name": string(), "kind": match_kind.clone(), "value": string()
         })),
         "PathMatch": object(&["value"], json!({ "kind": match_kind.clone(), "value": string() })),
         "HeaderMatch": object(&["name"], json!({
@@ -627,6 +707,9 @@ mod tests {
         check::<RouteMatch>("RouteMatch");
         check::<PathMatch>("PathMatch");
         check::<HeaderMatch>("HeaderMatch");
+        check::<QueryParamMatch>("QueryParamMatch");
+        check::<Redirect>("Redirect");
+        check::<Rewrite>("Rewrite");
         check::<WeightedDestination>("WeightedDestination");
         check::<RetryPolicy>("RetryPolicy");
         check::<FaultPolicy>("FaultPolicy");

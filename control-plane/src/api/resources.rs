@@ -103,6 +103,7 @@ async fn put(
             resource.key()
         )));
     }
+    super::istio::check_resource_write(&state, kind, &key, Some(&resource))?;
     let change = Change {
         origin: Origin::Api,
         ops: vec![Op::Put { resource, ttl }],
@@ -126,6 +127,7 @@ async fn delete(
     State(state): State<ApiState>,
     Path(segments): Path<Vec<String>>,
 ) -> Result<Response, ApiError> {
+    super::istio::check_resource_write(&state, kind, &segments.join("/"), None)?;
     let change = Change {
         origin: Origin::Api,
         ops: vec![Op::Delete {

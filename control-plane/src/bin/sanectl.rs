@@ -4,7 +4,8 @@
 //! sanectl [--server URL] [--token-file F] apply -f mesh.yaml [-f istio.yaml] [--strict]
 //! sanectl convert -f istio.yaml [--strict] [--offline]   # Istio/Gateway API -> Sane
 //! sanectl get services|endpoints|routes|policies [ns/name] [-o yaml|json]
-//! sanectl delete <kind> <ns/name>
+//! sanectl get istio | virtualservices|destinationrules|... [ns/name]   # stored Istio objects
+//! sanectl delete <kind> <ns/name>        # also an Istio kind: the object and what it produced
 //! sanectl status [--wait-sync 30s] [-o table|json]
 //! sanectl config <proxy-id> [-o yaml|json]
 //! sanectl token create <namespace> <service-account> [--out FILE]
@@ -66,8 +67,9 @@ struct Args {
 enum Command {
     /// Create or replace every resource of YAML files (several `---`
     /// documents allowed), services first. Documents are Sane
-    /// MeshResources, or Istio and Gateway API objects, which are converted
-    /// first (see `convert`); a conversion error stores nothing.
+    /// MeshResources, or Istio and Gateway API objects, which the control
+    /// plane stores and converts (`POST /api/v1/istio`): every document of
+    /// every file in one all-or-nothing write.
     Apply {
         /// The files; `-` reads stdin.
         #[arg(short = 'f', long = "file", required = true)]
@@ -98,6 +100,11 @@ enum Command {
         /// Namespace of the `--tls-for` workload.
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
+        /// Print instead the `gateway` section of `sane-proxy gateway`'s
+        /// bootstrap that this Gateway API Gateway (`ns/name`) and the
+        /// HTTPRoutes attached to it stand for.
+        #[arg(long, value_name = "NS/NAME")]
+        gateway: Option<String>,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
@@ -257,8 +264,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     let client = api_client(&args.server, &args.ca_file, token)?;
     match args.command {
         Command::Apply { file, strict } => {
-            if let Some(input) = istio_input(&file)? {
-                return apply_converted(&client, &input, strict).await;
+            if let Some(text) = istio_input(&file)? {
+                return apply_server_side(&client, text, strict).await;
             }
             let file = &file[0];
             let text = read_input(file)?;
@@ -284,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             offline,
             tls_for,
             namespace,
+            gateway,
             output,
         } => {
             let mut input = sane_control_plane::istio::cli::Input::default();
@@ -304,6 +312,19 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 }
             };
             let converted = input.convert(&context, strict)?;
+            if let Some(name) = gateway {
+                let key = qualify_key(&name);
+                let Some(g) = converted
+                    .gateways
+                    .iter()
+                    .find(|g| format!("{}/{}", g.object.namespace, g.object.name) == key)
+                else {
+                    bail!("no Gateway {key} among the objects");
+                };
+                eprint!("{}", sane_control_plane::istio::cli::report(&converted));
+                print(&serde_json::json!({ "gateway": g.gateway }), output)?;
+                return Ok(0);
+            }
             if let Some(labels) = tls_for {
                 let labels = labels
                     .split(',')
@@ -329,6 +350,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             print(&serde_json::to_value(&converted.resources)?, output)?;
         }
         Command::Get { kind, key, output } => {
+            if let Some(path) = istio_path(&kind, key.as_deref())? {
+                print(&client.json(http::Method::GET, &path, None).await?, output)?;
+                return Ok(0);
+            }
             let kind = parse_kind(&kind)?;
             let value = match key {
                 Some(key) => client.get(kind, &qualify_key(&key)).await?,
@@ -342,6 +367,16 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             print(&value, output)?;
         }
         Command::Delete { kind, key } => {
+            if let Some(path) = istio_path(&kind, Some(&key))? {
+                let reply = client.json(http::Method::DELETE, &path, None).await?;
+                println!(
+                    "{kind} {} deleted (revision {})",
+                    qualify_key(&key),
+                    reply["revision"]
+                );
+                print_outcomes(&reply);
+                return Ok(0);
+            }
             let kind = parse_kind(&kind)?;
             let resp = client.delete(kind, &qualify_key(&key)).await?;
             println!(
@@ -353,15 +388,26 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         Command::Status { wait_sync, output } => {
             let deadline = wait_sync.map(|d| Instant::now() + d);
             loop {
-                let status = client.proxies().await?;
+                let mut status = client.proxies().await?;
                 let in_sync = status["all_in_sync"].as_bool().unwrap_or(false);
                 let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
                 if deadline.is_none() || in_sync || timed_out {
+                    // What each stored Istio object produced, and its
+                    // findings (a server without them shows none).
+                    let istio = client
+                        .json(http::Method::GET, "/api/v1/istio", None)
+                        .await
+                        .map(|v| v["items"].clone())
+                        .unwrap_or(Value::Array(Vec::new()));
                     match output {
                         StatusFormat::Json => {
+                            status["istio_objects"] = istio;
                             println!("{}", serde_json::to_string_pretty(&status)?)
                         }
-                        StatusFormat::Table => print_table(&status),
+                        StatusFormat::Table => {
+                            print_table(&status);
+                            print_istio_table(&istio);
+                        }
                     }
                     if deadline.is_some() && !in_sync {
                         eprintln!("not every proxy is in sync");
@@ -382,40 +428,142 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The documents of `files` when more than one is given or some document
-/// is an Istio or Gateway API object; `None` for one plain Sane file.
-fn istio_input(files: &[PathBuf]) -> anyhow::Result<Option<sane_control_plane::istio::cli::Input>> {
+/// The text of `files`, one multi-document YAML, when more than one is
+/// given or some document is an Istio or Gateway API object; `None` for one
+/// plain Sane file. A file that does not parse is refused here, by name.
+fn istio_input(files: &[PathBuf]) -> anyhow::Result<Option<String>> {
     let mut input = sane_control_plane::istio::cli::Input::default();
+    let mut text = String::new();
     for f in files {
+        let t = read_input(f)?;
         input
-            .add(&f.display().to_string(), &read_input(f)?)
+            .add(&f.display().to_string(), &t)
             .map_err(anyhow::Error::msg)?;
+        text.push_str("\n---\n");
+        text.push_str(&t);
     }
-    Ok((files.len() > 1 || input.has_objects()).then_some(input))
+    Ok((files.len() > 1 || input.has_objects()).then_some(text))
 }
 
-/// `sanectl apply` of Istio objects: converted against the server's
-/// services and routes, reported, then every Sane resource put (nothing is
-/// put when conversion fails).
-async fn apply_converted(
-    client: &ApiClient,
-    input: &sane_control_plane::istio::cli::Input,
-    strict: bool,
-) -> anyhow::Result<i32> {
-    use sane_control_plane::istio::cli;
-    let context = cli::context_from(client)
-        .await
-        .context("reading the services and routes Istio objects refer to")?;
-    let mut converted = input.convert(&context, strict)?;
-    eprint!("{}", cli::report(&converted));
-    if !converted.resources.listeners.is_empty() {
-        eprintln!("warning: listeners are per proxy and were skipped");
-        converted.resources.listeners.clear();
+/// `sanectl apply` of Istio objects: the control plane stores and converts
+/// them (nothing is stored when that fails); prints its report (findings
+/// on stderr) and what changed.
+async fn apply_server_side(client: &ApiClient, text: String, strict: bool) -> anyhow::Result<i32> {
+    let path = if strict {
+        "/api/v1/istio?strict=true"
+    } else {
+        "/api/v1/istio"
+    };
+    let reply = client
+        .bytes(http::Method::POST, path, Some(text.into_bytes()))
+        .await?;
+    let empty = Vec::new();
+    let objects = reply["objects"].as_array().unwrap_or(&empty);
+    for o in objects {
+        for u in o["unsupported"].as_array().unwrap_or(&empty) {
+            eprintln!(
+                "{}: {}: {}",
+                o["object"].as_str().unwrap_or_default(),
+                u["path"].as_str().unwrap_or_default(),
+                u["reason"].as_str().unwrap_or_default()
+            );
+        }
     }
-    for applied in client.apply(converted.resources).await? {
-        println!("{} {} {}", applied.kind, applied.key, applied.outcome);
+    for o in objects {
+        for n in o["notes"].as_array().unwrap_or(&empty) {
+            eprintln!(
+                "{}: {}: note: {}",
+                o["object"].as_str().unwrap_or_default(),
+                n["path"].as_str().unwrap_or_default(),
+                n["note"].as_str().unwrap_or_default()
+            );
+        }
     }
+    for o in objects {
+        let produced: Vec<&str> = o["produced"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let produced = if produced.is_empty() {
+            "nothing".to_string()
+        } else {
+            produced.join(", ")
+        };
+        eprintln!("{} -> {produced}", o["object"].as_str().unwrap_or_default());
+    }
+    print_outcomes(&reply);
     Ok(0)
+}
+
+/// `kind key outcome` per resource a write touched.
+fn print_outcomes(reply: &Value) {
+    for o in reply["outcomes"].as_array().into_iter().flatten() {
+        println!(
+            "{} {} {}",
+            o["kind"].as_str().unwrap_or_default(),
+            o["key"].as_str().unwrap_or_default(),
+            o["outcome"].as_str().unwrap_or_default()
+        );
+    }
+}
+
+/// The API path of stored Istio objects when `kind` names them (`istio`
+/// for all of them, or a kind: `virtualservice`, `httproutes`, ...).
+fn istio_path(kind: &str, key: Option<&str>) -> anyhow::Result<Option<String>> {
+    use sane_control_plane::istio::object::ObjectKind;
+    if kind == "istio" {
+        if key.is_some() {
+            bail!("get istio lists every stored object; name a kind to get one (virtualservice ns/name)");
+        }
+        return Ok(Some("/api/v1/istio".into()));
+    }
+    let Some(k) = ObjectKind::from_resource_name(kind) else {
+        return Ok(None);
+    };
+    match key {
+        None => Ok(Some("/api/v1/istio".into())),
+        Some(key) => Ok(Some(format!(
+            "/api/v1/istio/{}/{}",
+            k.plural(),
+            qualify_key(key)
+        ))),
+    }
+}
+
+/// The stored Istio objects: what each produced, and how many of its
+/// fields are not honoured.
+fn print_istio_table(items: &Value) {
+    let Some(items) = items.as_array().filter(|i| !i.is_empty()) else {
+        return;
+    };
+    println!();
+    println!("{:<40} {:<11} PRODUCED", "ISTIO OBJECT", "UNSUPPORTED");
+    for o in items {
+        let name = format!(
+            "{} {}/{}",
+            o["kind"].as_str().unwrap_or_default(),
+            o["namespace"].as_str().unwrap_or_default(),
+            o["name"].as_str().unwrap_or_default()
+        );
+        let produced: Vec<&str> = o["produced"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<40} {:<11} {}",
+            name,
+            o["unsupported"].as_array().map_or(0, Vec::len),
+            if produced.is_empty() {
+                "-".to_string()
+            } else {
+                produced.join(", ")
+            }
+        );
+    }
 }
 
 /// The API client: plain for `http://`, verifying the server against

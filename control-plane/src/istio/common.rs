@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A field that is not honoured.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Unsupported {
     /// Its path, e.g. `spec.http[0].corsPolicy`.
     pub path: String,
@@ -18,7 +18,7 @@ pub struct Unsupported {
 }
 
 /// A field that is honoured, translated where Sane differs on purpose.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Note {
     /// Its path.
     pub path: String,
@@ -256,6 +256,7 @@ mod tests {
             name: "x".into(),
             namespace: "default".into(),
             spec: Value::Null,
+            raw: Value::Null,
         }
     }
 

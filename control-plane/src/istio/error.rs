@@ -77,3 +77,39 @@ pub enum IstioError {
     #[error("{} field(s) cannot be honoured:\n  {}", .0.len(), .0.join("\n  "))]
     Strict(Vec<String>),
 }
+
+/// Why a write of stored Istio objects failed: nothing of it is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The objects could not be converted.
+    #[error(transparent)]
+    Convert(#[from] IstioError),
+    /// The registry refused what they produce.
+    #[error(transparent)]
+    Registry(#[from] crate::Error),
+    /// A removal names an object that is not stored.
+    #[error("{0} is not stored")]
+    NotStored(super::store::ObjectKey),
+    /// A Sane document with listeners: those are per proxy, in its bootstrap.
+    #[error("listeners: per-proxy settings are not stored by the control plane (put them in the proxy's bootstrap)")]
+    Listeners,
+    /// The objects file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The objects file is not what this version writes.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A blocking task failed.
+    #[error("internal error: {0}")]
+    Task(String),
+}

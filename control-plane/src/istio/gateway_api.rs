@@ -2,8 +2,12 @@
 //!
 //! A route whose `parentRef` is a Service (GAMMA, the Gateway API inside the
 //! mesh) directs that service's traffic, like a VirtualService. One whose
-//! parent is a Gateway (ingress) is reported: the gateway's configuration
-//! is not produced yet.
+//! parent is a Gateway (ingress) gets a service of its own, `<name>-gw`
+//! (port 80, no endpoints), whose Sane route holds the rules (weights,
+//! filters, timeouts), and each of its hostnames becomes a host of that
+//! Gateway's `sane-proxy gateway` configuration ([`super::ingress`]) sending
+//! the route's matches to that service: the gateway hands requests to the
+//! outbound stack, where the route applies.
 //!
 //! Gateway API semantics are kept: `PathPrefix` matches whole path segments
 //! (as Sane's `prefix`); a rule without matches matches every request;
@@ -16,8 +20,9 @@ use super::object::Object;
 use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
-    HeaderMatch, HeaderOps, MatchKind, MirrorPolicy, PathMatch, RetryPolicy, Route, RouteMatch,
-    RouteRule, WeightedDestination,
+    GatewayRoute, HeaderMatch, HeaderOps, MatchKind, MirrorPolicy, PathMatch, QueryParamMatch,
+    Redirect, RetryPolicy, Rewrite, Route, RouteMatch, RouteRule, Service, ServicePort,
+    WeightedDestination,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -68,7 +73,7 @@ struct GrpcRule {
 struct HttpMatch {
     path: Option<PathSpec>,
     headers: Vec<HeaderSpec>,
-    query_params: Vec<Value>,
+    query_params: Vec<HeaderSpec>,
     method: Option<String>,
 }
 
@@ -113,11 +118,37 @@ struct Filter {
     request_header_modifier: Option<HeaderModifier>,
     response_header_modifier: Option<HeaderModifier>,
     request_mirror: Option<Mirror>,
-    request_redirect: Option<Value>,
+    request_redirect: Option<RequestRedirect>,
     #[serde(rename = "urlRewrite")]
-    url_rewrite: Option<Value>,
+    url_rewrite: Option<UrlRewrite>,
     cors: Option<Value>,
     extension_ref: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct RequestRedirect {
+    scheme: Option<String>,
+    hostname: Option<String>,
+    path: Option<PathModifier>,
+    port: Option<u32>,
+    status_code: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct UrlRewrite {
+    hostname: Option<String>,
+    path: Option<PathModifier>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct PathModifier {
+    #[serde(rename = "type")]
+    kind: String,
+    replace_full_path: Option<String>,
+    replace_prefix_match: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,17 +230,24 @@ pub(crate) fn http_route(
         let mut matches = Vec::new();
         for (j, m) in r.matches.iter().enumerate() {
             let mp = p.i("matches", j);
-            if !m.query_params.is_empty() {
-                report.unsupported(
-                    &mp.f("queryParams"),
-                    "Sane routes do not match on query parameters; this match is left out",
-                );
-                continue;
-            }
             let mut rm = RouteMatch {
                 method: m.method.clone().unwrap_or_default(),
                 ..Default::default()
             };
+            for (k, q) in m.query_params.iter().enumerate() {
+                let kind = match q.kind.as_deref().unwrap_or("Exact") {
+                    "Exact" => MatchKind::Exact,
+                    "RegularExpression" => MatchKind::Regex,
+                    other => {
+                        return Err(malformed(object, &mp.i("queryParams", k).f("type"), other))
+                    }
+                };
+                rm.query_params.push(QueryParamMatch {
+                    name: q.name.clone(),
+                    kind: kind.into(),
+                    value: q.value.clone(),
+                });
+            }
             if let Some(path) = &m.path {
                 let value = path.value.clone().unwrap_or_else(|| "/".into());
                 rm.path = match path.kind.as_deref().unwrap_or("PathPrefix") {
@@ -236,7 +274,30 @@ pub(crate) fn http_route(
             report.unsupported(&p, "no match is left, so the rule is left out");
             continue;
         }
-        let Some(mut rule) = backends(object, ctx, &r.filters, &r.backend_refs, &p, report)? else {
+        // The prefix a ReplacePrefixMatch replaces: the one every match
+        // alternative tests (`/` without matches).
+        let prefixes: Vec<Option<&str>> = if r.matches.is_empty() {
+            vec![Some("/")]
+        } else {
+            r.matches
+                .iter()
+                .map(|m| match &m.path {
+                    None => Some("/"),
+                    Some(p) if p.kind.as_deref().unwrap_or("PathPrefix") == "PathPrefix" => {
+                        Some(p.value.as_deref().unwrap_or("/"))
+                    }
+                    Some(_) => None,
+                })
+                .collect()
+        };
+        let prefix = prefixes
+            .iter()
+            .all(|x| *x == prefixes[0])
+            .then_some(prefixes[0])
+            .flatten();
+        let Some(mut rule) =
+            backends(object, ctx, &r.filters, &r.backend_refs, &p, prefix, report)?
+        else {
             continue;
         };
         rule.matches = matches;
@@ -333,7 +394,8 @@ pub(crate) fn grpc_route(
             rm.headers = headers(object, &m.headers, &mp)?;
             matches.push(rm);
         }
-        let Some(mut rule) = backends(object, ctx, &r.filters, &r.backend_refs, &p, report)? else {
+        let Some(mut rule) = backends(object, ctx, &r.filters, &r.backend_refs, &p, None, report)?
+        else {
             continue;
         };
         rule.matches = matches;
@@ -375,6 +437,7 @@ fn backends(
     filters: &[Filter],
     refs: &[BackendRef],
     p: &P,
+    prefix: Option<&str>,
     report: &mut Report,
 ) -> Result<Option<RouteRule>, IstioError> {
     let mut rule = RouteRule::default();
@@ -403,15 +466,40 @@ fn backends(
                     max_body_bytes: 0,
                 });
             }
-            "RequestRedirect" | "URLRewrite" => {
-                report.unsupported(
-                    &fp,
-                    format!(
-                        "{}: Sane routes do not redirect or rewrite; the rule is left out",
-                        f.kind
-                    ),
-                );
-                return Ok(None);
+            "RequestRedirect" => {
+                let Some(r) = &f.request_redirect else {
+                    continue;
+                };
+                let rp = fp.f("requestRedirect");
+                let Some((path, replace_prefix, with_prefix)) =
+                    path_modifier(object, r.path.as_ref(), prefix, &rp.f("path"), report)?
+                else {
+                    return Ok(None);
+                };
+                rule.redirect = Some(Redirect {
+                    scheme: r.scheme.clone().unwrap_or_default(),
+                    host: r.hostname.clone().unwrap_or_default(),
+                    port: r.port.unwrap_or(0),
+                    path,
+                    replace_prefix,
+                    with_prefix,
+                    status_code: r.status_code.unwrap_or(302),
+                });
+            }
+            "URLRewrite" => {
+                let Some(r) = &f.url_rewrite else { continue };
+                let rp = fp.f("urlRewrite");
+                let Some((path, replace_prefix, with_prefix)) =
+                    path_modifier(object, r.path.as_ref(), prefix, &rp.f("path"), report)?
+                else {
+                    return Ok(None);
+                };
+                rule.rewrite = Some(Rewrite {
+                    path,
+                    replace_prefix,
+                    with_prefix,
+                    authority: r.hostname.clone().unwrap_or_default(),
+                });
             }
             other => report.unsupported(&fp, format!("{other}: not a filter Sane applies")),
         }
@@ -421,6 +509,10 @@ fn backends(
             &f.cors,
             &f.extension_ref,
         );
+    }
+    if rule.redirect.is_some() {
+        // A redirect sends nothing to the backends.
+        return Ok(Some(rule));
     }
     for (k, b) in refs.iter().enumerate() {
         let bp = p.i("backendRefs", k);
@@ -450,6 +542,42 @@ fn backends(
         return Ok(None);
     }
     Ok(Some(rule))
+}
+
+/// A filter's `path`: (whole path, prefix replaced, its replacement);
+/// `None` (reported) when `ReplacePrefixMatch` has no single matched prefix.
+fn path_modifier(
+    object: &Object,
+    m: Option<&PathModifier>,
+    prefix: Option<&str>,
+    p: &P,
+    report: &mut Report,
+) -> Result<Option<(String, String, String)>, IstioError> {
+    let Some(m) = m else {
+        return Ok(Some(Default::default()));
+    };
+    match m.kind.as_str() {
+        "ReplaceFullPath" => Ok(Some((
+            m.replace_full_path.clone().unwrap_or_default(),
+            String::new(),
+            String::new(),
+        ))),
+        "ReplacePrefixMatch" => match prefix {
+            Some(prefix) => Ok(Some((
+                String::new(),
+                prefix.to_string(),
+                m.replace_prefix_match.clone().unwrap_or_default(),
+            ))),
+            None => {
+                report.unsupported(
+                    &p.f("replacePrefixMatch"),
+                    "the rule's matches do not share one PathPrefix; the rule is left out",
+                );
+                Ok(None)
+            }
+        },
+        other => Err(malformed(object, &p.f("type"), other)),
+    }
 }
 
 fn backend_service(
@@ -504,6 +632,7 @@ fn emit(
     let root = P::spec();
     let tag = object.kind.name().to_ascii_lowercase();
     let mut services = Vec::new();
+    let mut gateways = Vec::new();
     for (i, parent) in parents.iter().enumerate() {
         let pp = root.i("parentRefs", i);
         let kind = parent.kind.as_deref().unwrap_or("Gateway");
@@ -524,12 +653,20 @@ fn emit(
                     "Sane routes apply to every HTTP port of the service",
                 );
             }
+        } else if kind == "Gateway" && group == "gateway.networking.k8s.io" {
+            gateways.push((i, parent));
         } else {
             out.report.unsupported(
                 &pp,
-                format!("{kind} {:?}: routes on an ingress Gateway are not converted yet (only Service parents, GAMMA)", parent.name),
+                format!(
+                    "{group}/{kind} {:?}: parents are Services (GAMMA) or Gateways",
+                    parent.name
+                ),
             );
         }
+    }
+    if !gateways.is_empty() && !rules.is_empty() {
+        ingress(object, &gateways, hostnames, &rules, out);
     }
     if !services.is_empty() && !hostnames.is_empty() {
         out.report.note(
@@ -551,4 +688,56 @@ fn emit(
         }));
     }
     Ok(())
+}
+
+/// A route on ingress Gateways: its own service and route, and a gateway
+/// route per hostname (see the module docs).
+fn ingress(
+    object: &Object,
+    gateways: &[(usize, &ParentRef)],
+    hostnames: &[String],
+    rules: &[RouteRule],
+    out: &mut Output,
+) {
+    let service = format!("{}-gw", sane_name(&object.name, None).replace('.', "-"));
+    out.resources.push(Resource::Service(Service {
+        name: service.clone(),
+        namespace: object.namespace.clone(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    out.resources.push(Resource::Route(Route {
+        name: format!("{}.httproute-gw", sane_name(&object.name, None)),
+        namespace: object.namespace.clone(),
+        service: service.clone(),
+        rules: rules.to_vec(),
+    }));
+    // The gateway sends what any rule matches (everything when a rule
+    // matches everything); the route then picks the rule.
+    let matches = if rules.iter().any(|r| r.matches.is_empty()) {
+        Vec::new()
+    } else {
+        rules.iter().flat_map(|r| r.matches.clone()).collect()
+    };
+    for (i, parent) in gateways {
+        out.gateway_routes.push(super::ingress::GatewayAttach {
+            path: P::spec().i("parentRefs", *i),
+            namespace: parent
+                .namespace
+                .clone()
+                .unwrap_or_else(|| object.namespace.clone()),
+            gateway: parent.name.clone(),
+            section: parent.section_name.clone(),
+            hostnames: hostnames.to_vec(),
+            route: GatewayRoute {
+                matches: matches.clone(),
+                service: format!("{service}.{}", object.namespace),
+                port: 80,
+            },
+        });
+    }
 }

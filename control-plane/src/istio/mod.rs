@@ -35,10 +35,12 @@ pub mod gateway_api;
 pub mod ingress;
 pub mod object;
 pub mod security;
+pub mod server;
+pub mod store;
 pub mod virtual_service;
 
 pub use common::{Note, Unsupported};
-pub use error::IstioError;
+pub use error::{IstioError, StoreError};
 pub use object::{Document, ObjectRef};
 pub use security::{PeerAuthn, TlsSettings};
 
@@ -72,6 +74,10 @@ pub struct Conversion {
     /// workload's inbound listener ([`security::tls_for`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthn>,
+    /// The `sane-proxy gateway` configurations Gateway API Gateways stand
+    /// for, with the hosts of the HTTPRoutes attached to them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<ingress::ConvertedGateway>,
 }
 
 /// One converted object.
@@ -79,6 +85,8 @@ pub struct Conversion {
 pub struct Converted {
     /// `Kind namespace/name`.
     pub object: ObjectRef,
+    /// Its `apiVersion` (which of the two `Gateway` kinds it is).
+    pub api_version: String,
     /// The Sane resources it produced: `kind namespace/name`.
     pub produced: Vec<String>,
     /// Fields not honoured, with their path and why.
@@ -93,6 +101,10 @@ pub struct Converted {
 pub(crate) struct Output {
     pub(crate) resources: Vec<Resource>,
     pub(crate) report: common::Report,
+    /// A Gateway API Gateway's gateway configuration.
+    pub(crate) gateway: Option<ingress::ConvertedGateway>,
+    /// An HTTPRoute's hosts on Gateways.
+    pub(crate) gateway_routes: Vec<ingress::GatewayAttach>,
 }
 
 // === impl Conversion ===
@@ -131,6 +143,9 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
     objects.sort_by_key(|o| o.kind.order());
     let mut out = Conversion::default();
     let mut subsets = destination_rule::Subsets::default();
+    // HTTPRoutes are converted before the Gateways they attach to.
+    let mut attaches: Vec<(usize, ingress::GatewayAttach)> = Vec::new();
+    let mut reports: Vec<common::Report> = Vec::new();
     for object in &objects {
         let mut output = Output::default();
         use object::ObjectKind as K;
@@ -171,13 +186,29 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
         for r in &output.resources {
             r.push_into(&mut out.resources);
         }
-        let (unsupported, notes) = output.report.finish();
+        let mut produced: Vec<String> = produced;
+        if let Some(g) = output.gateway {
+            produced.push(format!("gateway {}/{}", g.object.namespace, g.object.name));
+            out.gateways.push(g);
+        }
+        let index = reports.len();
+        attaches.extend(output.gateway_routes.into_iter().map(|a| (index, a)));
+        reports.push(output.report);
         out.objects.push(Converted {
             object: object.reference(),
+            api_version: object.api_version.clone(),
             produced,
-            unsupported,
-            notes,
+            unsupported: Vec::new(),
+            notes: Vec::new(),
         });
+    }
+    for (index, a) in &attaches {
+        ingress::attach(&mut out.gateways, a, &mut reports[*index]);
+    }
+    for (converted, report) in out.objects.iter_mut().zip(reports) {
+        let (unsupported, notes) = report.finish();
+        converted.unsupported = unsupported;
+        converted.notes = notes;
     }
     check_conflicts(&out, &ctx)?;
     Ok(out)

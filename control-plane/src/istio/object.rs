@@ -57,6 +57,9 @@ pub struct Object {
     pub namespace: String,
     /// `spec`, untyped until its kind's module reads it.
     pub spec: Value,
+    /// The whole object as written (JSON), `status` left out: what the
+    /// control plane stores and shows.
+    pub raw: Value,
 }
 
 /// `Kind namespace/name`, how reports name an object.
@@ -145,6 +148,68 @@ impl ObjectKind {
         }
     }
 
+    /// Every kind.
+    pub const ALL: [ObjectKind; 10] = [
+        ObjectKind::ServiceEntry,
+        ObjectKind::DestinationRule,
+        ObjectKind::VirtualService,
+        ObjectKind::HttpRoute,
+        ObjectKind::GrpcRoute,
+        ObjectKind::AuthorizationPolicy,
+        ObjectKind::PeerAuthentication,
+        ObjectKind::Sidecar,
+        ObjectKind::IstioGateway,
+        ObjectKind::KubeGateway,
+    ];
+
+    /// The resource name in API paths, as Kubernetes names it: lowercase
+    /// plural (`virtualservices`); the two `Gateway` kinds with their group
+    /// (`gateways.networking.istio.io`, `gateways.gateway.networking.k8s.io`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            ObjectKind::ServiceEntry => "serviceentries",
+            ObjectKind::DestinationRule => "destinationrules",
+            ObjectKind::VirtualService => "virtualservices",
+            ObjectKind::HttpRoute => "httproutes",
+            ObjectKind::GrpcRoute => "grpcroutes",
+            ObjectKind::AuthorizationPolicy => "authorizationpolicies",
+            ObjectKind::PeerAuthentication => "peerauthentications",
+            ObjectKind::Sidecar => "sidecars",
+            ObjectKind::IstioGateway => "gateways.networking.istio.io",
+            ObjectKind::KubeGateway => "gateways.gateway.networking.k8s.io",
+        }
+    }
+
+    /// The kind a user names: its plural, its singular (`virtualservice`),
+    /// or its `kind` (`VirtualService`), case-insensitive; `gateway(s)`
+    /// alone is Istio's (as `kubectl` resolves it with Istio installed).
+    pub fn from_resource_name(name: &str) -> Option<ObjectKind> {
+        let name = name.to_ascii_lowercase();
+        let (base, group) = match name.split_once('.') {
+            Some((b, g)) => (b.to_string(), Some(g.to_string())),
+            None => (name.clone(), None),
+        };
+        ObjectKind::ALL.into_iter().find(|k| {
+            let plural = k.plural();
+            let (k_base, k_group) = plural.split_once('.').unwrap_or((plural, ""));
+            let singular = k.name().to_ascii_lowercase();
+            let base_ok = base == k_base || base == singular;
+            match &group {
+                Some(g) => base_ok && g == k_group,
+                None => base_ok && (k_group.is_empty() || *k == ObjectKind::IstioGateway),
+            }
+        })
+    }
+
+    /// The API group.
+    pub fn group(self) -> &'static str {
+        match self {
+            ObjectKind::HttpRoute | ObjectKind::GrpcRoute | ObjectKind::KubeGateway => GATEWAY_API,
+            ObjectKind::AuthorizationPolicy | ObjectKind::PeerAuthentication => ISTIO_SECURITY,
+            _ => ISTIO_NETWORKING,
+        }
+    }
+
     /// Conversion order: what declares services, then what refers to them.
     pub(crate) fn order(self) -> u8 {
         self as u8
@@ -229,36 +294,47 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, IstioError> {
             document: n,
             message: e.to_string(),
         })?;
-        let envelope: Envelope = serde_json::from_value(json).map_err(|e| IstioError::Yaml {
+        out.push(Document::Object(object_from_json(n, json)?));
+    }
+    Ok(out)
+}
+
+/// Reads one object from its JSON form (document `n` of its input): an
+/// unknown kind, a missing name or a bad envelope is an error naming it.
+pub fn object_from_json(n: usize, mut json: Value) -> Result<Object, IstioError> {
+    if let Some(m) = json.as_object_mut() {
+        m.remove("status");
+    }
+    let envelope: Envelope =
+        serde_json::from_value(json.clone()).map_err(|e| IstioError::Yaml {
             document: n,
             message: format!("not a Kubernetes object: {e}"),
         })?;
-        let Some(kind) = ObjectKind::parse(&envelope.api_version, &envelope.kind) else {
-            return Err(IstioError::UnknownKind {
-                document: n,
-                api_version: envelope.api_version,
-                kind: envelope.kind,
-                name: envelope.metadata.name,
-            });
-        };
-        let object = Object {
-            kind,
+    let Some(kind) = ObjectKind::parse(&envelope.api_version, &envelope.kind) else {
+        return Err(IstioError::UnknownKind {
+            document: n,
             api_version: envelope.api_version,
-            namespace: if envelope.metadata.namespace.is_empty() {
-                sane_xds_proto::DEFAULT_NAMESPACE.to_string()
-            } else {
-                envelope.metadata.namespace
-            },
+            kind: envelope.kind,
             name: envelope.metadata.name,
-            spec: envelope.spec,
-        };
-        if object.name.is_empty() {
-            return Err(IstioError::Malformed {
-                object: Box::new(object.reference()),
-                message: format!("document {n}: metadata.name is required"),
-            });
-        }
-        out.push(Document::Object(object));
+        });
+    };
+    let object = Object {
+        kind,
+        api_version: envelope.api_version,
+        namespace: if envelope.metadata.namespace.is_empty() {
+            sane_xds_proto::DEFAULT_NAMESPACE.to_string()
+        } else {
+            envelope.metadata.namespace
+        },
+        name: envelope.metadata.name,
+        spec: envelope.spec,
+        raw: json,
+    };
+    if object.name.is_empty() {
+        return Err(IstioError::Malformed {
+            object: Box::new(object.reference()),
+            message: format!("document {n}: metadata.name is required"),
+        });
     }
-    Ok(out)
+    Ok(object)
 }

@@ -283,8 +283,8 @@ fn unsupported_fields_are_listed_by_path() {
     let c = convert_all(&[fixture!("unsupported.yaml")], &bookinfo()).unwrap();
     let u = c.unsupported().join("\n");
     for want in [
-        "VirtualService default/ratings: spec.http[0].match[0].queryParams: not supported",
-        "VirtualService default/ratings: spec.http[0].rewrite: not supported",
+        "VirtualService default/ratings: spec.http[0].match[0].sourceLabels: not supported",
+        "VirtualService default/ratings: spec.http[0].rewrite.uriRegexRewrite: not supported",
         "VirtualService default/ratings: spec.http[0].corsPolicy: not supported",
         "DestinationRule default/ratings: spec.trafficPolicy.portLevelSettings: not supported",
     ] {
@@ -608,7 +608,11 @@ spec:
 "#;
     let c = convert_all(&[text], &bookinfo()).unwrap();
     let r = route(&c, "ratings");
-    assert_eq!(r.rules.len(), 1, "the rewriting rule is left out: {r:#?}");
+    assert_eq!(
+        r.rules.len(),
+        1,
+        "the rule rewriting a prefix its matches do not share is left out: {r:#?}"
+    );
     assert_eq!(r.rules[0].timeout_ms, 2_000);
     let g = route(&c, "details");
     assert_eq!(
@@ -617,17 +621,136 @@ spec:
     );
     let u = c.unsupported().join("\n");
     for want in [
-        "HTTPRoute default/ratings: spec.rules[0].matches[1].queryParams: not supported",
-        "HTTPRoute default/ratings: spec.rules[0].filters[0]: not supported: URLRewrite",
-        "HTTPRoute default/ingress: spec.parentRefs[0]: not supported: Gateway \"public-gateway\"",
+        "HTTPRoute default/ratings: spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch: not supported",
+        "HTTPRoute default/ingress: spec.parentRefs[0]: not supported: Gateway default/public-gateway is not among the objects",
     ] {
         assert!(u.contains(want), "{want} not in\n{u}");
     }
-    assert!(!c
-        .resources
-        .routes
+    assert_eq!(route(&c, "ingress-gw").name, "ingress.httproute-gw");
+    assert!(c.gateways.is_empty());
+}
+
+#[test]
+fn an_http_route_on_a_gateway_becomes_gateway_hosts_and_a_route() {
+    let c = convert_all(&[fixture!("gateway-bookinfo.yaml")], &bookinfo()).unwrap();
+    let u = c.unsupported().join("\n");
+    assert!(
+        u.contains(
+            "Gateway default/bookinfo-gateway: spec.listeners[0].allowedRoutes: not supported"
+        ),
+        "{u}"
+    );
+    let g = &c.gateways[0];
+    assert_eq!(g.object.to_string(), "Gateway default/bookinfo-gateway");
+    assert_eq!(g.gateway.listeners[0].address, "0.0.0.0:80");
+    assert!(!g.gateway.listeners[0].tls);
+    let host = &g.gateway.hosts[0];
+    assert_eq!(host.hostname, "bookinfo.example.com");
+    assert_eq!(host.routes[0].service, "reviews-ingress-gw.default");
+    assert_eq!(host.routes[0].port, 80);
+    assert_eq!(
+        host.routes[0].matches[0].path.as_ref().unwrap().value,
+        "/reviews"
+    );
+    let r = route(&c, "reviews-ingress-gw");
+    let weights: Vec<(&str, u32)> = r.rules[0]
+        .destinations
         .iter()
-        .any(|r| r.name.starts_with("ingress")));
+        .map(|d| (d.service.as_str(), d.weight))
+        .collect();
+    assert_eq!(weights, [("reviews-v1", 90), ("reviews-v2", 10)]);
+    assert_eq!(
+        r.rules[0].request_headers.as_ref().unwrap().add["x-route"],
+        "ingress"
+    );
+    assert!(c
+        .resources
+        .services
+        .iter()
+        .any(|s| s.name == "reviews-ingress-gw"));
+    let gw = c
+        .objects
+        .iter()
+        .find(|o| o.object.kind == "Gateway")
+        .unwrap();
+    assert_eq!(gw.produced, ["gateway default/bookinfo-gateway"]);
+    g.gateway.validate().unwrap();
+}
+
+#[test]
+fn redirects_rewrites_and_query_matches_are_converted() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: ratings }
+spec:
+  hosts: [ratings]
+  http:
+  - match:
+    - uri: { prefix: /v1/ratings }
+      queryParams: { debug: { exact: "1" } }
+    rewrite: { uri: /ratings, authority: ratings.internal }
+    route: [ { destination: { host: ratings } } ]
+  - match: [ { uri: { exact: /old } } ]
+    redirect: { uri: /new, authority: reviews.example, redirectCode: 302 }
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: { name: details }
+spec:
+  parentRefs: [ { kind: Service, group: "", name: details } ]
+  rules:
+  - matches: [ { path: { type: PathPrefix, value: /api } } ]
+    filters:
+    - type: URLRewrite
+      urlRewrite: { hostname: details.internal, path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 } }
+    backendRefs: [ { name: details, port: 80 } ]
+  - matches: [ { queryParams: [ { type: RegularExpression, name: v, value: "[0-9]+" } ] } ]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: { scheme: https, statusCode: 301 }
+"#;
+    let c = convert_all(&[text], &bookinfo()).unwrap();
+    assert_eq!(c.unsupported(), Vec::<String>::new());
+    let r = route(&c, "ratings");
+    let q = &r.rules[0].matches[0].query_params[0];
+    assert_eq!(
+        (q.name.as_str(), q.kind(), q.value.as_str()),
+        ("debug", MatchKind::Exact, "1")
+    );
+    let rw = r.rules[0].rewrite.clone().unwrap();
+    assert_eq!(
+        (
+            rw.replace_prefix.as_str(),
+            rw.with_prefix.as_str(),
+            rw.authority.as_str()
+        ),
+        ("/v1/ratings", "/ratings", "ratings.internal")
+    );
+    let rd = r.rules[1].redirect.clone().unwrap();
+    assert_eq!(
+        (rd.path.as_str(), rd.host.as_str(), rd.status_code),
+        ("/new", "reviews.example", 302)
+    );
+    let d = route(&c, "details");
+    let rw = d.rules[0].rewrite.clone().unwrap();
+    assert_eq!(
+        (
+            rw.replace_prefix.as_str(),
+            rw.with_prefix.as_str(),
+            rw.authority.as_str()
+        ),
+        ("/api", "/v2", "details.internal")
+    );
+    assert_eq!(
+        d.rules[1].matches[0].query_params[0].kind(),
+        MatchKind::Regex
+    );
+    let rd = d.rules[1].redirect.clone().unwrap();
+    assert_eq!((rd.scheme.as_str(), rd.status_code), ("https", 301));
+    for r in &c.resources.routes {
+        r.validate().unwrap();
+    }
 }
 
 #[test]

@@ -11,8 +11,9 @@
 //! What cannot be expressed is reported by path. A match condition Sane
 //! cannot test drops its whole alternative (it never matches, rather than
 //! matching more than written); a rule left with no alternative, or one
-//! with no destination (`redirect`, `directResponse`, `delegate`), is left
-//! out.
+//! Sane cannot answer (`directResponse`, `delegate`), is left out.
+//! `redirect` answers with a redirect; `rewrite.uri` replaces the matched
+//! `uri.prefix` (the whole path after an `exact` match), as Envoy does.
 
 use super::common::{
     duration_ms, percent, present, regex_escape, relative, resolve_host, sane_name, Percent, P,
@@ -24,7 +25,8 @@ use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
     FaultAbort, FaultDelay, FaultPolicy, HeaderMatch, HeaderOps, MatchKind, MirrorPolicy,
-    PathMatch, RetryPolicy, Route, RouteMatch, RouteRule, WeightedDestination, RETRY_CONDITIONS,
+    PathMatch, QueryParamMatch, Redirect, RetryPolicy, Rewrite, Route, RouteMatch, RouteRule,
+    WeightedDestination, RETRY_CONDITIONS,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -48,10 +50,10 @@ struct HttpRoute {
     #[serde(rename = "match")]
     matches: Vec<HttpMatch>,
     route: Vec<RouteDestination>,
-    redirect: Option<Value>,
+    redirect: Option<HttpRedirect>,
     direct_response: Option<Value>,
     delegate: Option<Value>,
-    rewrite: Option<Value>,
+    rewrite: Option<HttpRewrite>,
     timeout: Option<String>,
     retries: Option<HttpRetry>,
     fault: Option<Fault>,
@@ -63,6 +65,25 @@ struct HttpRoute {
     mirror_percent_snake: Option<u32>,
     cors_policy: Option<Value>,
     headers: Option<Headers>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRedirect {
+    uri: Option<String>,
+    authority: Option<String>,
+    port: Option<u32>,
+    derive_port: Option<String>,
+    scheme: Option<String>,
+    redirect_code: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+struct HttpRewrite {
+    uri: Option<String>,
+    authority: Option<String>,
+    uri_regex_rewrite: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -85,7 +106,7 @@ struct HttpMatch {
     port: Option<u32>,
     source_labels: BTreeMap<String, String>,
     gateways: Vec<String>,
-    query_params: BTreeMap<String, Value>,
+    query_params: BTreeMap<String, StringMatch>,
     ignore_uri_case: bool,
     without_headers: BTreeMap<String, StringMatch>,
     source_namespace: Option<String>,
@@ -275,20 +296,47 @@ fn http_rule(
         );
         return Ok(None);
     }
-    report.if_set(
-        p,
-        "rewrite",
-        &http.rewrite,
-        "Sane routes do not rewrite URIs or authorities",
-    );
+    if let Some(r) = &http.rewrite {
+        rule.rewrite = rewrite(r, &http.matches, &p.f("rewrite"), report);
+    }
     report.if_set(
         p,
         "corsPolicy",
         &http.cors_policy,
         "Sane routes have no CORS policy",
     );
+    if let Some(r) = &http.redirect {
+        let rp = p.f("redirect");
+        if r.derive_port.as_deref() == Some("FROM_PROTOCOL_DEFAULT") {
+            report.note(
+                &rp.f("derivePort"),
+                "the scheme's default port: no port in Location",
+            );
+        }
+        let port = match (r.port, r.derive_port.as_deref()) {
+            (Some(port), _) => port,
+            _ => 0,
+        };
+        rule.redirect = Some(Redirect {
+            scheme: r.scheme.clone().unwrap_or_default(),
+            host: r.authority.clone().unwrap_or_default(),
+            port,
+            path: r.uri.clone().unwrap_or_default(),
+            status_code: r.redirect_code.unwrap_or(301),
+            ..Default::default()
+        });
+        if rule.rewrite.take().is_some() {
+            report.unsupported(
+                &p.f("rewrite"),
+                "a redirect sends nothing upstream to rewrite",
+            );
+        }
+        if !http.route.is_empty() {
+            report.unsupported(&p.f("route"), "a redirect sends nothing upstream");
+        }
+        return Ok(Some(rule));
+    }
     for (field, value) in [
-        ("redirect", &http.redirect),
         ("directResponse", &http.direct_response),
         ("delegate", &http.delegate),
     ] {
@@ -372,6 +420,62 @@ fn http_rule(
     Ok(Some(rule))
 }
 
+/// `rewrite` as Envoy applies it: `uri` replaces the matched `uri.prefix`,
+/// or the whole path after an `exact` match (or with no `uri` match, the
+/// leading `/`). Alternatives that match the path differently cannot share
+/// one rewrite: reported, and the rule forwards unrewritten.
+fn rewrite(
+    r: &HttpRewrite,
+    matches: &[HttpMatch],
+    p: &P,
+    report: &mut super::common::Report,
+) -> Option<Rewrite> {
+    report.if_set(
+        p,
+        "uriRegexRewrite",
+        &r.uri_regex_rewrite,
+        "Sane rewrites whole paths or prefixes, not by regex",
+    );
+    let mut out = Rewrite {
+        authority: r.authority.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if let Some(uri) = &r.uri {
+        let uris: Vec<Option<&StringMatch>> = matches.iter().map(|m| m.uri.as_ref()).collect();
+        let first = uris.first().copied().flatten();
+        let all_same = uris.iter().all(|u| match (u, first) {
+            (Some(a), Some(b)) => a.exact == b.exact && a.prefix == b.prefix && a.regex == b.regex,
+            (None, None) => true,
+            _ => false,
+        });
+        match first {
+            _ if !all_same => {
+                report.unsupported(
+                    &p.f("uri"),
+                    "the match alternatives match the path differently, so no one prefix can be                      replaced; requests go upstream with their path",
+                );
+            }
+            None => {
+                out.replace_prefix = "/".into();
+                out.with_prefix = uri.clone();
+            }
+            Some(StringMatch {
+                prefix: Some(prefix),
+                ..
+            }) => {
+                out.replace_prefix = prefix.clone();
+                out.with_prefix = uri.clone();
+            }
+            Some(StringMatch { exact: Some(_), .. }) => out.path = uri.clone(),
+            Some(_) => report.unsupported(
+                &p.f("uri"),
+                "after a regex match, Envoy replaces no prefix; Sane neither (path kept)",
+            ),
+        }
+    }
+    (out != Rewrite::default()).then_some(out)
+}
+
 fn merge_headers(rule: &Headers, dest: &Headers) -> Headers {
     let merge = |a: &Option<HeaderOperations>, b: &Option<HeaderOperations>| match (a, b) {
         (Some(a), Some(b)) => {
@@ -431,12 +535,38 @@ fn http_match(m: &HttpMatch, p: &P, report: &mut super::common::Report) -> Optio
     if !m.gateways.is_empty() {
         drop(report, "gateways", "Sane routes do not match on gateways");
     }
-    if !m.query_params.is_empty() {
-        drop(
-            report,
-            "queryParams",
-            "Sane routes do not match on query parameters",
-        );
+    let mut query_params = Vec::new();
+    for (name, sm) in &m.query_params {
+        let (kind, value) = match sm {
+            StringMatch {
+                exact: Some(e),
+                prefix: None,
+                regex: None,
+            } => (MatchKind::Exact, e.clone()),
+            StringMatch {
+                exact: None,
+                prefix: Some(v),
+                regex: None,
+            } => (MatchKind::Prefix, v.clone()),
+            StringMatch {
+                exact: None,
+                prefix: None,
+                regex: Some(r),
+            } => (MatchKind::Regex, r.clone()),
+            _ => {
+                drop(
+                    report,
+                    "queryParams",
+                    "a query parameter match needs exactly one of exact, prefix, regex",
+                );
+                continue;
+            }
+        };
+        query_params.push(QueryParamMatch {
+            name: name.clone(),
+            kind: kind.into(),
+            value,
+        });
     }
     if m.source_namespace.is_some() {
         drop(
@@ -449,7 +579,10 @@ fn http_match(m: &HttpMatch, p: &P, report: &mut super::common::Report) -> Optio
         report.unsupported(&p.f("statPrefix"), "Sane metrics have no per-route prefix");
     }
     let _ = &m.name;
-    let mut rm = RouteMatch::default();
+    let mut rm = RouteMatch {
+        query_params,
+        ..Default::default()
+    };
     if let Some(uri) = &m.uri {
         rm.path = uri_match(uri, m.ignore_uri_case);
     }

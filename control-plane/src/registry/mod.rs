@@ -432,13 +432,13 @@ fn apply_op(
     }
 }
 
-/// A resource owned by a file (or by Kubernetes) may only be changed by that
-/// owner; API-owned ones may be taken over by either (they are declared
+/// A resource owned by a file (or by Kubernetes, or produced by a stored
+/// Istio object) may only be changed by that owner; API-owned ones may be taken over by either (they are declared
 /// sources of truth).
 fn check_owner(prev: Option<&Entry>, origin: &Origin, kind: Kind, key: &str) -> Result<(), Error> {
     match prev {
         Some(Entry {
-            origin: owner @ (Origin::File(_) | Origin::Kubernetes),
+            origin: owner @ (Origin::File(_) | Origin::Kubernetes | Origin::Istio),
             ..
         }) if owner != origin => Err(Error::Conflict {
             kind,

@@ -32,6 +32,9 @@ pub enum Origin {
     /// The Kubernetes source (`--kubernetes`): Services, EndpointSlices,
     /// Pods and `sane.mesh` custom resources of the cluster.
     Kubernetes,
+    /// The Istio and Gateway API objects the control plane stores
+    /// (`crate::istio::store`): what they produced changes only with them.
+    Istio,
 }
 
 /// A stored resource and its bookkeeping.
@@ -62,12 +65,14 @@ const KINDS: usize = Kind::ALL.len();
 // === impl Origin ===
 
 impl Origin {
-    /// Parses the stored form (`api`, `file:<path>`, `kubernetes`).
+    /// Parses the stored form (`api`, `file:<path>`, `kubernetes`, `istio`).
     pub fn parse(s: &str) -> Option<Origin> {
         if s == "api" {
             Some(Origin::Api)
         } else if s == "kubernetes" {
             Some(Origin::Kubernetes)
+        } else if s == "istio" {
+            Some(Origin::Istio)
         } else {
             s.strip_prefix("file:")
                 .map(|p| Origin::File(PathBuf::from(p)))
@@ -78,7 +83,7 @@ impl Origin {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Origin::File(p) => Some(p),
-            Origin::Api | Origin::Kubernetes => None,
+            Origin::Api | Origin::Kubernetes | Origin::Istio => None,
         }
     }
 }
@@ -89,6 +94,7 @@ impl fmt::Display for Origin {
             Origin::Api => f.write_str("api"),
             Origin::File(p) => write!(f, "file:{}", p.display()),
             Origin::Kubernetes => f.write_str("kubernetes"),
+            Origin::Istio => f.write_str("istio"),
         }
     }
 }
@@ -361,7 +367,7 @@ fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry, Error> {
         path: path.to_path_buf(),
         source: Rejected::single(
             "origin",
-            format!("{origin:?} is not `api`, `file:<path>` or `kubernetes`"),
+            format!("{origin:?} is not `api`, `file:<path>`, `kubernetes` or `istio`"),
         ),
     })?;
     resource.normalize();

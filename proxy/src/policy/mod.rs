@@ -18,12 +18,14 @@ pub mod headers;
 pub mod mirror;
 pub mod replay;
 pub mod retry;
+pub mod rewrite;
 pub mod timeout;
 
 use self::fault::FaultPolicy;
 use self::headers::{HeaderOps, InvalidHeaderOp, RequestHeaderOps, ResponseHeaderOps};
 use self::mirror::MirrorPolicy;
 use self::retry::RetryPolicy;
+use self::rewrite::{Redirect, Rewrite};
 use self::timeout::PerTryTimeout;
 use crate::body::Body;
 use crate::cluster::Cluster;
@@ -51,6 +53,10 @@ pub struct RulePolicies {
     pub request_headers: Option<Arc<HeaderOps>>,
     /// Response header rewrites.
     pub response_headers: Option<Arc<HeaderOps>>,
+    /// A redirect answered instead of sending the request.
+    pub redirect: Option<Arc<Redirect>>,
+    /// Path and authority rewrites.
+    pub rewrite: Option<Arc<Rewrite>>,
 }
 
 // === impl RulePolicies ===
@@ -84,6 +90,11 @@ impl RulePolicies {
                 .map(|(m, c)| Arc::new(MirrorPolicy::new(c, m))),
             request_headers: headers(&rule.request_headers, "request_headers")?,
             response_headers: headers(&rule.response_headers, "response_headers")?,
+            redirect: rule
+                .redirect
+                .as_ref()
+                .map(|r| Arc::new(Redirect::compile(r))),
+            rewrite: rule.rewrite.as_ref().map(|r| Arc::new(Rewrite::compile(r))),
         })
     }
 
@@ -106,6 +117,12 @@ impl RulePolicies {
         }
         if let Some(h) = &self.response_headers {
             ext.insert(ResponseHeaderOps(h.clone()));
+        }
+        if let Some(r) = &self.redirect {
+            ext.insert(r.clone());
+        }
+        if let Some(r) = &self.rewrite {
+            ext.insert(r.clone());
         }
     }
 }
