@@ -16,9 +16,10 @@ pub enum Error {
     #[cfg(feature = "kubernetes")]
     #[error(transparent)]
     Kubernetes(#[from] crate::k8s::error::KubeError),
-    /// The stored Istio objects could not be loaded.
-    #[error(transparent)]
-    IstioStore(Box<crate::istio::StoreError>),
+    /// The stored Istio objects could not be loaded (the error type lives
+    /// in `istio`, above this one, so it is carried boxed).
+    #[error("loading the stored Istio objects: {0}")]
+    IstioStore(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The durable state file could not be read.
     #[error("reading state file {path}: {source}")]
     StateRead {

@@ -16,7 +16,7 @@ use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::policy::PolicyFuture;
 use crate::protocol::http as h;
-use crate::route::Destination;
+use crate::cluster::Destination;
 use futures::future::{self, Either, FutureExt};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use sane_xds_proto as proto;
