@@ -40,6 +40,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -49,6 +50,10 @@ use tracing::Instrument;
 
 /// Responses buffered per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
+
+/// How long a stream without an `authorization` header may take to send
+/// its first request (which carries its token in the node).
+const UNAUTHENTICATED_FIRST_REQUEST: Duration = Duration::from_secs(10);
 
 /// The ADS service: cheap to clone, one per server.
 #[derive(Clone, Debug)]
@@ -305,9 +310,25 @@ async fn drive<M: Machine>(
     tx: ResponseTx<M::Response>,
     caller: Caller,
 ) {
+    // A stream not yet authenticated (its token is to come in the node)
+    // gets a deadline for its first request, so it cannot sit idle.
+    let first_deadline = match caller.header {
+        Some(_) => None,
+        None => Some(Instant::now() + UNAUTHENTICATED_FIRST_REQUEST),
+    };
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         m = inbound.message() => m,
+        _ = sleep_until_some(first_deadline) => {
+            shared.metrics.stream_rejected("missing");
+            tracing::warn!(peer = %caller.peer.remote_display(), "xds stream refused: no token and no first request in time");
+            let status = Status::unauthenticated(format!(
+                "xds stream: no authorization header and no first request (with \
+                 node.metadata.{NODE_TOKEN_FIELD}) within {UNAUTHENTICATED_FIRST_REQUEST:?}"
+            ));
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
     };
     let first = match first {
         Ok(Some(req)) => req,
@@ -451,6 +472,14 @@ async fn run_stream<M: Machine>(
         conn.record_view(&view);
     }
     tracing::info!("proxy disconnected");
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Node ids are `<service_account>.<namespace>` (one proxy per workload

@@ -3,10 +3,11 @@
 //! project), driven by `e2e/python/xds_client.py` over stdin/stdout.
 //!
 //! grpcio lives in a virtualenv that `scripts/grpcio-test-deps.sh` creates
-//! when missing; under `CI=true` a missing, uninstallable grpcio fails the
-//! test instead of skipping it.
+//! when missing ([`super::deps`]); under `CI=true` a missing, uninstallable
+//! grpcio fails the test instead of skipping it.
 
 use super::binaries::workspace_root;
+use super::deps::installed_or_skip;
 use super::eventually::within;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,10 +42,6 @@ pub struct CallCounts {
     pub errors: BTreeMap<String, u64>,
 }
 
-fn required() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// `scripts/grpcio-test-deps.sh`.
 pub fn grpcio_deps_script() -> PathBuf {
     workspace_root().join("scripts/grpcio-test-deps.sh")
@@ -54,33 +51,7 @@ pub fn grpcio_deps_script() -> PathBuf {
 /// script when missing. Under `CI=true` a failure panics; otherwise it
 /// prints a loud `SKIPPED` and returns `None`.
 pub fn grpcio_python_or_skip(test: &str) -> Option<PathBuf> {
-    let script = grpcio_deps_script();
-    let ran = std::process::Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output();
-    let why = match &ran {
-        Ok(out) if out.status.success() => {
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            match stdout.lines().last().map(str::trim) {
-                Some(p) if Path::new(p).is_file() => return Some(PathBuf::from(p)),
-                _ => format!("{} printed no python path:\n{stdout}", script.display()),
-            }
-        }
-        Ok(out) => format!(
-            "{} failed ({}):\n{}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => format!("running {}: {e}", script.display()),
-    };
-    if required() {
-        panic!("{test} must run under CI=true but grpcio is not available: {why}");
-    }
-    eprintln!("SKIPPED {test}: grpcio is not available: {why}");
-    None
+    installed_or_skip(test, &grpcio_deps_script(), "python3 and grpcio from PyPI")
 }
 
 // === impl GrpcioClient ===
