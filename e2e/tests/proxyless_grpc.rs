@@ -4,6 +4,10 @@
 //! Envoy v3 resources and calls the `sane-echo` instances directly, with no
 //! sidecar on its side.
 //!
+//! The client speaks TLS to the control plane (`tls` channel creds with the
+//! control plane's root file, as `sanectl bootstrap grpc` writes by
+//! default) and authenticates with the workload token in its node metadata.
+//!
 //! grpcio is installed into a virtualenv by `scripts/grpcio-test-deps.sh`
 //! when missing; under `CI=true` a missing grpcio fails these tests.
 
@@ -15,6 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use futures::StreamExt;
 use sane_e2e::echo::proto::EchoRequest;
+use sane_e2e::harness::https::grpc_channel;
 use sane_e2e::harness::{
     bins, eventually, grpcio_python_or_skip, proxy_row, within, xds_bootstrap, ApiClient,
     CallCounts, ControlPlane, EchoApp, EchoClient, GrpcioClient, Sanectl, Sidecar, OUTBOUND,
@@ -30,7 +35,9 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const PORT: u32 = 9090;
 /// What the proxyless client dials.
 const TARGET: &str = "xds:///echo.default:9090";
-/// The client's node id (set in its bootstrap).
+/// The client's instance name: its node id is
+/// `echo-client.default~py-client` (`sanectl bootstrap grpc --instance`),
+/// and the status rows are found by it.
 const NODE: &str = "py-client";
 
 /// A control plane, two echo instances (`v1`, `v2`) registered without
@@ -83,8 +90,9 @@ impl World {
             .stdout
     }
 
-    /// `sanectl bootstrap grpc` for node `node`, with extra `args`; returns
-    /// the file.
+    /// `sanectl bootstrap grpc` for instance `node` of `echo-client`, with
+    /// extra `args`; returns the file. The xDS root is sanectl's `--ca-file`
+    /// (the control plane's root file).
     async fn bootstrap(&self, node: &str, args: &[&str]) -> PathBuf {
         let path = self.dir.path().join(format!("{node}.bootstrap.json"));
         let xds = self.cp.xds_url();
@@ -96,7 +104,7 @@ impl World {
             "echo-client",
             "--xds-server",
             &xds,
-            "--node-id",
+            "--instance",
             node,
             "-o",
             &out,
@@ -192,6 +200,17 @@ async fn a_proxyless_client_follows_routes_and_endpoints_without_restarting() {
     let Some(client) = client("proxyless_follows_routes", &bootstrap).await else {
         return;
     };
+    // What sanectl wrote: TLS to the control plane, verified with its root,
+    // and a node id of the token's workload.
+    let written: Json = serde_json::from_str(&std::fs::read_to_string(&bootstrap).unwrap()).unwrap();
+    let creds = &written["xds_servers"][0]["channel_creds"][0];
+    assert_eq!(creds["type"], "tls", "{written}");
+    assert_eq!(
+        creds["config"]["ca_certificate_file"],
+        w.cp.root_cert.display().to_string(),
+        "{written}"
+    );
+    assert_eq!(written["node"]["id"], format!("echo-client.default~{NODE}"));
 
     // 1. It reaches both registered instances (round robin) over xDS.
     let first = wait_calls(&client, 20, &[], "both instances", |c| {
@@ -371,11 +390,13 @@ routes:
     }
 }
 
-/// An ADS client written with tonic, to send what grpcio never would.
+/// An ADS client written with tonic (TLS, trusting the control plane's
+/// root), to send what grpcio never would.
 async fn ads(cp: &ControlPlane) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-    AggregatedDiscoveryServiceClient::connect(cp.xds_url())
+    let channel = grpc_channel(&cp.xds_url(), &cp.root_cert)
         .await
-        .expect("connecting to the xDS port")
+        .expect("connecting to the xDS port");
+    AggregatedDiscoveryServiceClient::new(channel)
 }
 
 fn node(id: &str, token: Option<&str>) -> Node {
@@ -423,8 +444,13 @@ async fn exchange(
     (got, None)
 }
 
+/// The default token's node id for a raw stream (instance `name`).
+fn raw_id(name: &str) -> String {
+    format!("default.default~{name}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_without_a_valid_token_and_bad_requests_are_refused_alone() {
+async fn streams_without_a_valid_token_are_refused_as_for_proxies() {
     let w = World::start().await;
     let good = w.bootstrap(NODE, &[]).await;
     let Some(client) = client("proxyless_tokens", &good).await else {
@@ -457,38 +483,134 @@ async fn streams_without_a_valid_token_and_bad_requests_are_refused_alone() {
         "the client should have been told why: {}",
         intruder.stderr_tail(3000)
     );
+    drop(intruder);
 
-    // Raw streams: no token at all, a token of another namespace, no node.
+    // Raw streams: no token at all, a token of another namespace, a node id
+    // of another workload, no node.
     let lds = |node: Option<Node>| DiscoveryRequest {
         node,
         type_url: "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
         resource_names: vec!["echo.default:9090".into()],
         ..Default::default()
     };
-    let (got, status) = exchange(&w.cp, vec![lds(Some(node("raw", None)))], 1).await;
+    let (got, status) = exchange(&w.cp, vec![lds(Some(node(&raw_id("raw"), None)))], 1).await;
     let status = status.expect("refused");
     assert!(got.is_empty());
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("\"token\""), "{status:?}");
     let other_ns = w.cp.issue_token(w.dir.path(), "other", "x").await;
     let other = std::fs::read_to_string(other_ns).unwrap();
-    let (_, status) = exchange(&w.cp, vec![lds(Some(node("raw", Some(&other))))], 1).await;
-    assert_eq!(
-        status.expect("refused").code(),
-        tonic::Code::PermissionDenied
-    );
+    let (_, status) = exchange(
+        &w.cp,
+        vec![lds(Some(node("x.other~raw", Some(&other))))],
+        1,
+    )
+    .await;
+    let status = status.expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let token = std::fs::read_to_string(&w.cp.xds_token).unwrap();
+    let (_, status) = exchange(
+        &w.cp,
+        vec![lds(Some(node("echo-client.default~raw", Some(&token))))],
+        1,
+    )
+    .await;
+    let status = status.expect("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("node id"), "{status:?}");
     // Without a header token the node carries it: no node, no stream.
     let (_, status) = exchange(&w.cp, vec![lds(None)], 1).await;
     assert_eq!(
         status.expect("refused").code(),
         tonic::Code::InvalidArgument
     );
-    let token = std::fs::read_to_string(&w.cp.xds_token).unwrap();
 
-    // With a valid token: an unknown type gets an empty answer, the stream
+    // A revoked token ends the proxyless client's stream, as a proxy's.
+    let token_file = w.dir.path().join("revokee.token");
+    let token_path = token_file.display().to_string();
+    w.cli
+        .ok(&["token", "create", "default", "revokee", "--out", &token_path])
+        .await;
+    let revokee = w
+        .bootstrap(
+            "revokee-1",
+            &[
+                "--service-account",
+                "revokee",
+                "--workload-token-file",
+                &token_path,
+            ],
+        )
+        .await;
+    let doomed = GrpcioClient::start(&python, &revokee, TARGET).await;
+    wait_calls(&doomed, 5, &[], "the revokee's calls", |c| c.ok() == 5).await;
+    let row = w.row("revokee-1").await.unwrap();
+    assert_eq!(row["node"], "revokee.default~revokee-1", "{row}");
+    let listed = w.cli.ok(&["token", "list", "-o", "json"]).await;
+    let listed: Json = serde_json::from_str(&listed.stdout).unwrap();
+    let id = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["service_account"] == "revokee")
+        .expect("the revokee token is listed")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.cli.ok(&["token", "revoke", &id]).await;
+    eventually(DEADLINE, || async {
+        let row = w.row("revokee-1").await?;
+        let log = w.cp.proc.stderr();
+        if row["connected"] == false
+            && log.contains("its token was revoked")
+            && log.contains("xds stream refused")
+        {
+            Ok(())
+        } else {
+            Err(format!("the revoked client's stream is still open or not yet refused again: {row}"))
+        }
+    })
+    .await;
+    drop(doomed);
+
+    // The good client never noticed.
+    let after = client.calls(10, &[]).await;
+    assert_eq!(after.ok(), 10, "{after:?}");
+    let row = w.row(NODE).await.unwrap();
+    assert_eq!(row["connected"], true, "{row}");
+}
+
+/// A message that is not a `DiscoveryRequest`: field 1 (`version_info`, a
+/// string) as a varint, which a `DiscoveryRequest` decoder refuses.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(uint64, tag = "1")]
+    x: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_types_and_malformed_requests_are_answered_alone() {
+    let w = World::start().await;
+    let good = w.bootstrap(NODE, &[]).await;
+    let Some(client) = client("proxyless_bad_input", &good).await else {
+        return;
+    };
+    wait_calls(&client, 10, &[], "the good client's calls", |c| {
+        c.ok() == 10
+    })
+    .await;
+    let token = std::fs::read_to_string(&w.cp.xds_token).unwrap();
+    let lds = |node: Option<Node>| DiscoveryRequest {
+        node,
+        type_url: "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+        resource_names: vec!["echo.default:9090".into()],
+        ..Default::default()
+    };
+
+    // An unknown type gets an empty answer and a logged reason; the stream
     // goes on and answers the Envoy type after it.
     let unknown = DiscoveryRequest {
-        node: Some(node("raw", Some(&token))),
+        node: Some(node(&raw_id("raw"), Some(&token))),
         type_url: "type.googleapis.com/made.up.Thing".into(),
         ..Default::default()
     };
@@ -497,10 +619,56 @@ async fn streams_without_a_valid_token_and_bad_requests_are_refused_alone() {
     assert_eq!(got[0].type_url, "type.googleapis.com/made.up.Thing");
     assert!(got[0].resources.is_empty());
     assert_eq!(got[1].resources.len(), 1, "{:?}", got[1]);
+    let log = w.cp.proc.stderr();
+    let logged = log
+        .lines()
+        .find(|l| l.contains("made.up.Thing"))
+        .unwrap_or_else(|| panic!("the unknown type is not logged:\n{log}"));
+    assert!(logged.contains("does not serve"), "{logged}");
 
-    // The good client never noticed.
+    // A malformed node (its namespace) ends that stream alone, naming the
+    // field.
+    let mut bad_node = node(&raw_id("bad"), Some(&token));
+    bad_node.metadata.as_mut().unwrap().fields.insert(
+        "namespace".into(),
+        Value {
+            kind: Some(Kind::StringValue("Not A Namespace\n".into())),
+        },
+    );
+    let (_, status) = exchange(&w.cp, vec![lds(Some(bad_node))], 1).await;
+    let status = status.expect("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("namespace"), "{status:?}");
+
+    // Bytes that are no DiscoveryRequest: that stream fails, nothing else.
+    let channel = grpc_channel(&w.cp.xds_url(), &w.cp.root_cert).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+    );
+    let garbage = futures::stream::iter(vec![Garbage { x: 7 }]).chain(futures::stream::pending());
+    let codec = tonic_prost::ProstCodec::<Garbage, DiscoveryResponse>::default();
+    let answer = match grpc
+        .streaming(tonic::Request::new(garbage), path, codec)
+        .await
+    {
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            within(DEADLINE, stream.message()).await.map(|_| ())
+        }
+        Err(status) => Err(status),
+    };
+    let status = answer.expect_err("a malformed request is refused");
+    println!("malformed request: {status:?}");
+    assert_ne!(status.code(), tonic::Code::Ok);
+
+    // The good client never noticed, and the control plane still serves.
     let after = client.calls(10, &[]).await;
     assert_eq!(after.ok(), 10, "{after:?}");
     let row = w.row(NODE).await.unwrap();
     assert_eq!(row["connected"], true, "{row}");
+    let (got, status) = exchange(&w.cp, vec![lds(Some(node(&raw_id("after"), Some(&token))))], 1).await;
+    assert!(status.is_none(), "{status:?}");
+    assert_eq!(got[0].resources.len(), 1, "{:?}", got[0]);
 }

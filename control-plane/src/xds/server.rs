@@ -536,7 +536,11 @@ fn log_event(event: &Event) {
             tracing::debug!(type_url = type_url.as_str(), %nonce, "stale request ignored");
         }
         Event::UnknownType { type_url } => {
-            tracing::warn!(%type_url, "request for an unknown type ignored");
+            tracing::warn!(
+                %type_url,
+                "request for a type this server does not serve: its first request gets an \
+                 empty response, later ones are ignored"
+            );
         }
     }
 }
