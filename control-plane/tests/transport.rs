@@ -349,7 +349,10 @@ async fn open_without_header(
         ..Default::default()
     };
     let stream = tokio_stream::iter(vec![first]).chain(tokio_stream::pending());
-    let mut responses = client.stream_aggregated_resources(stream).await?.into_inner();
+    let mut responses = client
+        .stream_aggregated_resources(stream)
+        .await?
+        .into_inner();
     let answer = tokio::time::timeout(DEADLINE, responses.message())
         .await
         .expect("an answer in time")?

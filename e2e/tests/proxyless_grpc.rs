@@ -202,7 +202,8 @@ async fn a_proxyless_client_follows_routes_and_endpoints_without_restarting() {
     };
     // What sanectl wrote: TLS to the control plane, verified with its root,
     // and a node id of the token's workload.
-    let written: Json = serde_json::from_str(&std::fs::read_to_string(&bootstrap).unwrap()).unwrap();
+    let written: Json =
+        serde_json::from_str(&std::fs::read_to_string(&bootstrap).unwrap()).unwrap();
     let creds = &written["xds_servers"][0]["channel_creds"][0];
     assert_eq!(creds["type"], "tls", "{written}");
     assert_eq!(
@@ -500,12 +501,7 @@ async fn streams_without_a_valid_token_are_refused_as_for_proxies() {
     assert!(status.message().contains("\"token\""), "{status:?}");
     let other_ns = w.cp.issue_token(w.dir.path(), "other", "x").await;
     let other = std::fs::read_to_string(other_ns).unwrap();
-    let (_, status) = exchange(
-        &w.cp,
-        vec![lds(Some(node("x.other~raw", Some(&other))))],
-        1,
-    )
-    .await;
+    let (_, status) = exchange(&w.cp, vec![lds(Some(node("x.other~raw", Some(&other))))], 1).await;
     let status = status.expect("refused");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let token = std::fs::read_to_string(&w.cp.xds_token).unwrap();
@@ -529,7 +525,14 @@ async fn streams_without_a_valid_token_are_refused_as_for_proxies() {
     let token_file = w.dir.path().join("revokee.token");
     let token_path = token_file.display().to_string();
     w.cli
-        .ok(&["token", "create", "default", "revokee", "--out", &token_path])
+        .ok(&[
+            "token",
+            "create",
+            "default",
+            "revokee",
+            "--out",
+            &token_path,
+        ])
         .await;
     let revokee = w
         .bootstrap(
@@ -567,7 +570,9 @@ async fn streams_without_a_valid_token_are_refused_as_for_proxies() {
         {
             Ok(())
         } else {
-            Err(format!("the revoked client's stream is still open or not yet refused again: {row}"))
+            Err(format!(
+                "the revoked client's stream is still open or not yet refused again: {row}"
+            ))
         }
     })
     .await;
@@ -641,7 +646,9 @@ async fn unknown_types_and_malformed_requests_are_answered_alone() {
     assert!(status.message().contains("namespace"), "{status:?}");
 
     // Bytes that are no DiscoveryRequest: that stream fails, nothing else.
-    let channel = grpc_channel(&w.cp.xds_url(), &w.cp.root_cert).await.unwrap();
+    let channel = grpc_channel(&w.cp.xds_url(), &w.cp.root_cert)
+        .await
+        .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let path = http::uri::PathAndQuery::from_static(
@@ -668,7 +675,12 @@ async fn unknown_types_and_malformed_requests_are_answered_alone() {
     assert_eq!(after.ok(), 10, "{after:?}");
     let row = w.row(NODE).await.unwrap();
     assert_eq!(row["connected"], true, "{row}");
-    let (got, status) = exchange(&w.cp, vec![lds(Some(node(&raw_id("after"), Some(&token))))], 1).await;
+    let (got, status) = exchange(
+        &w.cp,
+        vec![lds(Some(node(&raw_id("after"), Some(&token))))],
+        1,
+    )
+    .await;
     assert!(status.is_none(), "{status:?}");
     assert_eq!(got[0].resources.len(), 1, "{:?}", got[0]);
 }

@@ -194,7 +194,11 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let caller = self.caller(&request).await?;
         let machine = SotwStream::new(self.stream_id());
-        Ok(Response::new(self.spawn(machine, request.into_inner(), caller)))
+        Ok(Response::new(self.spawn(
+            machine,
+            request.into_inner(),
+            caller,
+        )))
     }
 
     async fn delta_aggregated_resources(
@@ -203,7 +207,11 @@ impl AggregatedDiscoveryService for AdsService {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let caller = self.caller(&request).await?;
         let machine = DeltaStream::new(self.stream_id());
-        Ok(Response::new(self.spawn(machine, request.into_inner(), caller)))
+        Ok(Response::new(self.spawn(
+            machine,
+            request.into_inner(),
+            caller,
+        )))
     }
 }
 

@@ -49,7 +49,10 @@ pub fn https_client(root_file: &Path) -> HttpsClient {
 /// A gRPC (HTTP/2) channel to `url` (`https://…`, verified against the
 /// roots in `root_file`; `http://` dials plaintext), for tests that speak
 /// xDS or the CA as a raw client would.
-pub async fn grpc_channel(url: &str, root_file: &Path) -> Result<tonic::transport::Channel, String> {
+pub async fn grpc_channel(
+    url: &str,
+    root_file: &Path,
+) -> Result<tonic::transport::Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("{url}: {e}"))?;
     if !url.starts_with("https://") {

@@ -60,7 +60,10 @@ impl GrpcBootstrap {
             .map(|h| h.trim_end_matches('/'))
             .filter(|h| !h.is_empty() && !h.contains('/'))
             .ok_or_else(|| BootstrapError::Server(self.server.clone()))?;
-        if host.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+        if host
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
             return Err(BootstrapError::Server(self.server.clone()));
         }
         if self.server.starts_with("https://") && self.ca_file.is_none() {
@@ -71,7 +74,10 @@ impl GrpcBootstrap {
                 && !rest.is_empty()
                 && self.node_id.matches('~').count() <= 1
                 && !self.node_id.ends_with('~')
-        }) && self.node_id.chars().all(crate::xds::client_input::is_id_char);
+        }) && self
+            .node_id
+            .chars()
+            .all(crate::xds::client_input::is_id_char);
         if !id_ok {
             return Err(BootstrapError::NodeId(self.node_id.clone()));
         }
