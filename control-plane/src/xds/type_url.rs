@@ -84,6 +84,6 @@ impl ProxyView {
     /// The view as Envoy resources.
     pub fn envoy(&self) -> &EnvoyResources {
         self.envoy
-            .get_or_init(|| EnvoyResources::build(self, &self.namespace))
+            .get_or_init(|| EnvoyResources::build(|t| self.resources(t), &self.namespace))
     }
 }

@@ -32,7 +32,7 @@ use crate::resource::{Kind, Resource};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sane_xds_proto::resources::qualify;
-use sane_xds_proto::{DestinationPolicy, Endpoint, Route, Service};
+use sane_xds_proto::{DestinationPolicy, Endpoint, Route, Service, TypeUrl};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,11 +122,13 @@ impl EnvoyType {
 // === impl EnvoyResources ===
 
 impl EnvoyResources {
-    /// Builds every Envoy resource of the services in `view` (a node's
+    /// Builds every Envoy resource of the services in a view (a node's
     /// slice of the registry: its services, endpoints, routes and
-    /// policies), for a node of `namespace`.
-    pub fn build(view: &super::view::ProxyView, namespace: &str) -> EnvoyResources {
-        let of = |kind: Kind| view.resources(kind.type_url()).values();
+    /// policies, given by type through `view`), for a node of `namespace`.
+    /// It takes the view's maps, not the view, so this module never imports
+    /// the view that caches its result.
+    pub fn build<'a>(view: impl Fn(TypeUrl) -> &'a ResourceMap, namespace: &str) -> EnvoyResources {
+        let of = |kind: Kind| view(kind.type_url()).values();
         let mut inputs = Inputs {
             namespace,
             services: BTreeMap::new(),
