@@ -36,8 +36,9 @@ pub struct Metrics {
 /// The label set of per-type metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TypeLabels {
-    /// The xDS type.
-    pub type_url: TypeUrl,
+    /// The xDS type's short name: [`short_type_name`] for mesh types,
+    /// `envoy.Cluster` and the like for Envoy types.
+    pub type_name: &'static str,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,7 +51,7 @@ impl TypeLabels {
     const NAMES: [&'static str; 1] = ["type"];
 
     fn values(&self) -> [&'static str; 1] {
-        [short_type_name(self.type_url)]
+        [self.type_name]
     }
 }
 

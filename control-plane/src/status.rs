@@ -17,11 +17,12 @@
 //! moment every connected proxy has ACKed everything it was sent at that
 //! revision.
 
-use crate::metrics::{short_type_name, Metrics, TypeLabels};
+use crate::metrics::{Metrics, TypeLabels};
 use crate::resource::Resource;
 use crate::xds::protocol::{Event, Sent};
 use crate::xds::snapshot::EncodedResource;
 use crate::xds::view::{NodeSpec, ProxyView};
+use crate::xds::XdsType;
 use sane_xds_proto::{MeshResources, TypeUrl};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -63,7 +64,7 @@ struct ProxyRecord {
     view_revision: u64,
     /// Latest revision at which every type's sent version was ACKed.
     synced_revision: u64,
-    types: HashMap<TypeUrl, TypeRecord>,
+    types: HashMap<XdsType, TypeRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -100,6 +101,9 @@ pub struct ProxyStatus {
     pub namespace: String,
     /// The node's workload, if it said.
     pub workload: String,
+    /// `node.user_agent_name` and version (e.g. `gRPC Python 1.78.0`);
+    /// empty if the node did not say.
+    pub user_agent: String,
     /// Services it listed (qualified), plus `*` if it asked for all.
     pub services: Vec<String>,
     /// Services whose endpoints point at it (whose authorization policies
@@ -267,10 +271,10 @@ impl ProxyStatusTable {
         let mut mesh = MeshResources::default();
         let mut versions = BTreeMap::new();
         for type_url in TypeUrl::ALL {
-            let Some(sent) = r.types.get(&type_url).and_then(|t| t.sent.as_ref()) else {
+            let Some(sent) = r.types.get(&type_url.into()).and_then(|t| t.sent.as_ref()) else {
                 continue;
             };
-            versions.insert(short_type_name(type_url), sent.version.clone());
+            versions.insert(XdsType::from(type_url).short_name(), sent.version.clone());
             for res in &sent.resources {
                 Resource::push_into(&res.resource, &mut mesh);
             }
@@ -362,15 +366,16 @@ impl ProxyRecord {
         if self.spec.all_services {
             services.push("*".into());
         }
-        let types = TypeUrl::ALL
+        let types = XdsType::ALL
             .into_iter()
-            .filter_map(|t| Some((short_type_name(t), self.types.get(&t)?.status())))
+            .filter_map(|t| Some((t.short_name(), self.types.get(&t)?.status())))
             .collect();
         ProxyStatus {
             node: self.spec.id.clone(),
             stream,
             namespace: self.spec.namespace.clone(),
             workload: self.spec.workload.clone(),
+            user_agent: self.spec.user_agent.clone(),
             services,
             serves: self.serves.clone(),
             protocol: self.protocol,
@@ -446,7 +451,7 @@ impl Connection {
                 reason,
             } => {
                 self.table.metrics.nacked(TypeLabels {
-                    type_url: *type_url,
+                    type_name: type_url.short_name(),
                 });
                 self.table.with_row(self.conn, |r| {
                     r.types.entry(*type_url).or_default().nack = Some(NackStatus {
@@ -488,7 +493,7 @@ mod tests {
 
     fn sent(type_url: TypeUrl, version: &str) -> Sent {
         Sent {
-            type_url,
+            type_url: type_url.into(),
             version: version.into(),
             nonce: "1-1".into(),
             resources: Vec::new(),
@@ -509,7 +514,7 @@ mod tests {
         conn.record_sent(&sent(TypeUrl::Service, "v1"));
         assert!(!table.list(4)[0].in_sync);
         conn.record_event(&Event::Ack {
-            type_url: TypeUrl::Service,
+            type_url: TypeUrl::Service.into(),
             version: "v1".into(),
         });
         assert!(table.list(4)[0].in_sync);
@@ -518,7 +523,7 @@ mod tests {
 
         conn.record_sent(&sent(TypeUrl::Service, "v2"));
         conn.record_event(&Event::Nack {
-            type_url: TypeUrl::Service,
+            type_url: TypeUrl::Service.into(),
             version: "v2".into(),
             reason: "bad".into(),
         });
@@ -549,7 +554,7 @@ mod tests {
         assert_eq!(table.list(1).len(), 2);
         new.record_sent(&sent(TypeUrl::Service, "v1"));
         old.record_event(&Event::Nack {
-            type_url: TypeUrl::Service,
+            type_url: TypeUrl::Service.into(),
             version: "v1".into(),
             reason: "forged".into(),
         });

@@ -302,15 +302,77 @@ async fn a_client_certificate_must_be_the_tokens_workload() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
 
-    // The certificate alone is no credential.
+    // The certificate alone is no credential: without a header token the
+    // stream waits for the node's (gRPC clients' `node.metadata.token`),
+    // and a node without one is refused.
     let mutual = channel(&cp, &root, Some(&web_cert)).await.unwrap();
-    let mut client = AggregatedDiscoveryServiceClient::new(mutual);
-    let status = client
-        .stream_aggregated_resources(tokio_stream::pending::<DiscoveryRequest>())
+    let status = open_without_header(mutual, node("web.shop~1", "shop", &[]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    assert!(status.message().contains("\"token\""), "{status}");
+    // A node token is checked against the certificate like a header token.
+    let mixed = channel(&cp, &root, Some(&admin_cert)).await.unwrap();
+    let status = open_without_header(mixed, node_with_token("shop", &web_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status}");
+    let mutual = channel(&cp, &root, Some(&web_cert)).await.unwrap();
+    open_without_header(mutual, node_with_token("shop", &web_token))
+        .await
+        .unwrap();
     cp.stop().await;
+}
+
+/// Node `web.<namespace>~1` carrying `token` in its metadata.
+fn node_with_token(namespace: &str, token: &str) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::google::protobuf::{value::Kind, Value};
+    let mut n = node(&format!("web.{namespace}~1"), namespace, &[]);
+    let fields = &mut n.metadata.as_mut().expect("metadata").fields;
+    let token = Value {
+        kind: Some(Kind::StringValue(token.into())),
+    };
+    fields.insert("token".into(), token);
+    n
+}
+
+/// A stream opened without an `authorization` header, whose first request
+/// carries `node`: its first answer, and the stream.
+async fn open_without_header(
+    channel: Channel,
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+) -> Result<(DiscoveryResponse, tonic::Streaming<DiscoveryResponse>), tonic::Status> {
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let first = DiscoveryRequest {
+        node: Some(node),
+        type_url: TypeUrl::Service.as_str().into(),
+        ..Default::default()
+    };
+    let stream = tokio_stream::iter(vec![first]).chain(tokio_stream::pending());
+    let mut responses = client
+        .stream_aggregated_resources(stream)
+        .await?
+        .into_inner();
+    let answer = tokio::time::timeout(DEADLINE, responses.message())
+        .await
+        .expect("an answer in time")?
+        .ok_or_else(|| tonic::Status::cancelled("stream ended without a status"))?;
+    Ok((answer, responses))
+}
+
+/// Reads `stream` until it ends; the status it ended with.
+async fn ended(stream: &mut tonic::Streaming<DiscoveryResponse>) -> tonic::Status {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return tonic::Status::cancelled("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time")
 }
 
 #[tokio::test]
@@ -345,6 +407,13 @@ async fn a_revoked_token_is_refused_by_the_next_stream_and_the_ca_and_ends_open_
     let (_, mut open) = open_stream(channel(&cp, &root, None).await.unwrap(), &token, "shop")
         .await
         .unwrap();
+    // A proxyless gRPC client's stream: the token in its node.
+    let (_, mut by_node) = open_without_header(
+        channel(&cp, &root, None).await.unwrap(),
+        node_with_token("shop", &token),
+    )
+    .await
+    .unwrap();
     let revoked = cp
         .client
         .json(Method::DELETE, &format!("/api/v1/tokens/{token_id}"), None)
@@ -366,10 +435,20 @@ async fn a_revoked_token_is_refused_by_the_next_stream_and_the_ca_and_ends_open_
     .unwrap_err();
     assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended}");
     assert!(ended.message().contains("revoked"), "{ended}");
-    // … the next one is refused, and so is the CA.
+    let by_node = self::ended(&mut by_node).await;
+    assert_eq!(by_node.code(), tonic::Code::Unauthenticated, "{by_node}");
+    assert!(by_node.message().contains("revoked"), "{by_node}");
+    // … the next one is refused (in a header or a node), and so is the CA.
     let next = open_stream(channel(&cp, &root, None).await.unwrap(), &token, "shop")
         .await
         .unwrap_err();
+    assert_eq!(next.code(), tonic::Code::Unauthenticated, "{next}");
+    let next = open_without_header(
+        channel(&cp, &root, None).await.unwrap(),
+        node_with_token("shop", &token),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(next.code(), tonic::Code::Unauthenticated, "{next}");
     let ca = issue(
         channel(&cp, &root, None).await.unwrap(),

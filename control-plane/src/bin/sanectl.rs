@@ -12,6 +12,7 @@
 //! sanectl token list [-o table|json]
 //! sanectl token revoke <id>
 //! sanectl inject -f deployment.yaml [-o injected.yaml]   # no server needed
+//! sanectl bootstrap grpc --service NAME [-o bootstrap.json]
 //! ```
 //!
 //! The API is HTTPS by default: the server is verified against `--ca-file`
@@ -25,6 +26,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use sane_control_plane::client::ApiClient;
 use sane_control_plane::resource::Kind;
+use sane_control_plane::xds::envoy::bootstrap::GrpcBootstrap;
 use sane_xds_proto::MeshResources;
 use serde::Deserialize;
 use serde_json::Value;
@@ -144,6 +146,10 @@ enum Command {
     /// Create, list and revoke workload bootstrap tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Write the bootstrap of a client that takes its config from the
+    /// control plane without a sidecar.
+    #[command(subcommand)]
+    Bootstrap(BootstrapKind),
     /// Show what a proxy was last sent.
     Config {
         /// The proxy's node id.
@@ -215,6 +221,55 @@ struct InjectArgs {
 
 /// Where the control plane writes its root with the default data dir.
 const DEFAULT_CA_FILE: &str = "sane-cp-data/root-cert.pem";
+
+#[derive(Debug, Subcommand)]
+enum BootstrapKind {
+    /// A `GRPC_XDS_BOOTSTRAP` file for a proxyless gRPC client (grpc-go,
+    /// grpc-java, grpcio, grpc C++): the xDS server, its channel
+    /// credentials, the node id and metadata (namespace, workload token).
+    /// Without `--workload-token-file`, issues a token for
+    /// `NAMESPACE/SERVICE` through the API (needs the API token).
+    Grpc(GrpcBootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GrpcBootstrapArgs {
+    /// The client's service (its workload and service account).
+    #[arg(long)]
+    service: String,
+    /// The client's namespace.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The client's service account (the token's); default `--service`.
+    #[arg(long)]
+    service_account: Option<String>,
+    /// The xDS address as clients reach it: `https://host:port` (TLS,
+    /// verified against `--xds-ca-file`), or `http://host:port` for a
+    /// control plane serving plaintext on loopback
+    /// (`--insecure-plaintext-loopback`).
+    #[arg(long, default_value = "https://127.0.0.1:15010")]
+    xds_server: String,
+    /// The root the client verifies the xDS server with (the control
+    /// plane's <data-dir>/root-cert.pem); default `--ca-file`. Written as an
+    /// absolute path.
+    #[arg(long)]
+    xds_ca_file: Option<PathBuf>,
+    /// The node id's instance part (`<service_account>.<namespace>~<instance>`);
+    /// default 8 random hex digits. Give each client process its own.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Services of other namespaces the client calls (`name.namespace`),
+    /// comma-separated; `*` for every service.
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<String>,
+    /// A file holding the workload token to use instead of issuing one.
+    #[arg(long)]
+    workload_token_file: Option<PathBuf>,
+    /// Where to write the file (mode 0600: it holds the token); stdout
+    /// when omitted.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Format {
@@ -420,6 +475,9 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         }
         #[cfg(feature = "kubernetes")]
         Command::Inject(_) => unreachable!("handled above: needs no server"),
+        Command::Bootstrap(BootstrapKind::Grpc(b)) => {
+            run_grpc_bootstrap(&client, &args.ca_file, b).await?
+        }
         Command::Config { proxy, output } => {
             print(&client.proxy_config(&proxy).await?, output)?;
         }
@@ -687,6 +745,80 @@ fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `sanectl bootstrap grpc`: the token (read or issued), then the file.
+async fn run_grpc_bootstrap(
+    client: &ApiClient,
+    api_ca_file: &std::path::Path,
+    args: GrpcBootstrapArgs,
+) -> anyhow::Result<()> {
+    let service_account = args.service_account.unwrap_or_else(|| args.service.clone());
+    let token = match &args.workload_token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading workload token file {}", f.display()))?
+            .trim()
+            .to_string(),
+        None => {
+            let body = serde_json::json!({
+                "namespace": args.namespace,
+                "service_account": service_account,
+            });
+            let issued = client
+                .json(http::Method::POST, "/api/v1/tokens", Some(&body))
+                .await
+                .context("issuing a workload token (or pass --workload-token-file)")?;
+            issued["token"]
+                .as_str()
+                .context("the token reply has no token")?
+                .to_string()
+        }
+    };
+    let ca_file = if args.xds_server.starts_with("https://") {
+        let path = args.xds_ca_file.as_deref().unwrap_or(api_ca_file);
+        let pem = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading the xDS root {} (pass --xds-ca-file: the control plane's \
+                 <data-dir>/root-cert.pem)",
+                path.display()
+            )
+        })?;
+        sane_certs::TrustBundle::from_pem(&pem)
+            .with_context(|| format!("xDS root {}", path.display()))?;
+        let absolute = std::path::absolute(path)
+            .with_context(|| format!("the absolute path of {}", path.display()))?;
+        Some(absolute.display().to_string())
+    } else {
+        None
+    };
+    let instance = args
+        .instance
+        .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
+    let bootstrap = GrpcBootstrap {
+        server: args.xds_server,
+        ca_file,
+        node_id: format!("{service_account}.{}~{instance}", args.namespace),
+        service: args.service,
+        namespace: args.namespace,
+        services: args.services,
+        token,
+    };
+    bootstrap.validate()?;
+    let text = serde_json::to_string_pretty(&bootstrap.to_json())? + "\n";
+    match &args.output {
+        None => print!("{text}"),
+        Some(path) => {
+            write_secret(path, &text)?;
+            eprintln!(
+                "wrote {} (node {}); run the client with GRPC_XDS_BOOTSTRAP={} and target \
+                 xds:///SERVICE.NAMESPACE:PORT",
+                path.display(),
+                bootstrap.node_id,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `sanectl inject`: reads, injects, writes; a summary goes to stderr.
 #[cfg(feature = "kubernetes")]
 fn run_inject(args: InjectArgs) -> anyhow::Result<()> {
@@ -776,8 +908,8 @@ fn print(value: &Value, format: Format) -> anyhow::Result<()> {
 
 fn print_table(status: &Value) {
     println!(
-        "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} LAST NACK",
-        "NODE", "NAMESPACE", "PROTO", "CONNECTED", "IN SYNC", "REVISION"
+        "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {:<28} LAST NACK",
+        "NODE", "NAMESPACE", "PROTO", "CONNECTED", "IN SYNC", "REVISION", "AGENT"
     );
     let empty = Vec::new();
     for p in status["proxies"].as_array().unwrap_or(&empty) {
@@ -791,14 +923,26 @@ fn print_table(status: &Value) {
             })
             .collect::<Vec<_>>()
             .join("; ");
+        // Non-Sane nodes (gRPC clients, Envoy) by their user agent.
+        let agent: String = p["user_agent"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(28)
+            .collect();
         println!(
-            "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {}",
+            "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {:<28} {}",
             p["node"].as_str().unwrap_or(""),
             p["namespace"].as_str().unwrap_or(""),
             p["protocol"].as_str().unwrap_or(""),
             p["connected"],
             p["in_sync"],
             p["revision"],
+            if agent.is_empty() {
+                "-"
+            } else {
+                agent.as_str()
+            },
             nack
         );
     }

@@ -23,6 +23,10 @@ pub const MAX_LISTED_SERVICES: usize = 256;
 /// Most entries in `node.metadata.inbound`.
 pub const MAX_INBOUND_ADDRESSES: usize = 16;
 
+/// Longest `node.user_agent_name` plus version kept (characters; the rest
+/// is cut): it is only shown.
+pub const MAX_USER_AGENT_CHARS: usize = 128;
+
 /// Longest NACK message kept and logged (characters); the rest is cut.
 pub const MAX_NACK_REASON_CHARS: usize = 1024;
 

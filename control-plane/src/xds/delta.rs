@@ -15,16 +15,18 @@
 //!   its view; unsubscribed names are simply forgotten;
 //! * the first request of a type is always answered (even with nothing), so
 //!   a client can tell "nothing there" from "no answer yet";
-//! * after a NACK nothing is resent until the content changes.
+//! * after a NACK nothing is resent until the content changes;
+//! * a type this server does not serve gets one empty response (see
+//!   [`UnknownTypes`]), never an error.
 
 use super::client_input::{shown, MAX_NACK_REASON_CHARS, MAX_TOKEN_CHARS};
-use super::protocol::{Event, Nonces, Sent, Step};
+use super::protocol::{Event, Nonces, Sent, Step, UnknownTypes};
 use super::snapshot::{set_version, EncodedResource};
+use super::type_url::XdsType;
 use super::view::ProxyView;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
 };
-use sane_xds_proto::TypeUrl;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -32,7 +34,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct DeltaStream {
     nonces: Nonces,
-    types: HashMap<TypeUrl, DeltaType>,
+    types: HashMap<XdsType, DeltaType>,
+    unknown: UnknownTypes,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +57,7 @@ impl DeltaStream {
         DeltaStream {
             nonces: Nonces::new(stream),
             types: HashMap::new(),
+            unknown: UnknownTypes::default(),
         }
     }
 
@@ -63,10 +67,17 @@ impl DeltaStream {
         req: &DeltaDiscoveryRequest,
         view: &ProxyView,
     ) -> Step<DeltaDiscoveryResponse> {
-        let Some(type_url) = TypeUrl::parse(&req.type_url) else {
-            return Step::event(Event::UnknownType {
-                type_url: shown(&req.type_url, MAX_TOKEN_CHARS),
-            });
+        let Some(type_url) = XdsType::parse(&req.type_url) else {
+            let (event, answer) = self.unknown.on_request(&req.type_url, &req.response_nonce);
+            let mut step = Step::event(event);
+            if answer {
+                step.untracked.push(DeltaDiscoveryResponse {
+                    type_url: req.type_url.clone(),
+                    nonce: self.nonces.next_nonce(),
+                    ..Default::default()
+                });
+            }
+            return step;
         };
         let mut step = Step::default();
         let first = !self.types.contains_key(&type_url);
@@ -123,7 +134,7 @@ impl DeltaStream {
     /// Handles a new view: sends what changed for every requested type.
     pub fn on_view(&mut self, view: &ProxyView) -> Step<DeltaDiscoveryResponse> {
         let mut step = Step::default();
-        for type_url in TypeUrl::ALL {
+        for type_url in XdsType::ALL {
             if self.types.contains_key(&type_url) {
                 step.pushes.extend(self.diff(type_url, view, false));
             }
@@ -135,13 +146,13 @@ impl DeltaStream {
     /// should hold; `None` if they agree (unless `always`).
     fn diff(
         &mut self,
-        type_url: TypeUrl,
+        type_url: XdsType,
         view: &ProxyView,
         always: bool,
     ) -> Option<(Sent, DeltaDiscoveryResponse)> {
         let st = self.types.get_mut(&type_url)?;
         let desired: Vec<&Arc<EncodedResource>> = view
-            .resources(type_url)
+            .of_type(type_url)
             .values()
             .filter(|r| st.wildcard || st.names.contains(&r.name))
             .collect();
@@ -199,10 +210,16 @@ mod tests {
     use crate::resource::Kind;
     use crate::xds::test_support::{view_of, view_without};
     use envoy_types::pb::google::rpc::Status;
+    use sane_xds_proto::TypeUrl;
 
-    fn req(type_url: TypeUrl, nonce: &str, sub: &[&str], unsub: &[&str]) -> DeltaDiscoveryRequest {
+    fn req(
+        type_url: impl Into<XdsType>,
+        nonce: &str,
+        sub: &[&str],
+        unsub: &[&str],
+    ) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
-            type_url: type_url.as_str().to_string(),
+            type_url: type_url.into().as_str().to_string(),
             response_nonce: nonce.to_string(),
             resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
             resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
@@ -231,7 +248,7 @@ mod tests {
         assert_eq!(
             step.events,
             [Event::Ack {
-                type_url: TypeUrl::Service,
+                type_url: TypeUrl::Service.into(),
                 version: sent.version.clone()
             }]
         );
@@ -338,7 +355,7 @@ mod tests {
         assert_eq!(
             step.events,
             [Event::Nack {
-                type_url: TypeUrl::Route,
+                type_url: TypeUrl::Route.into(),
                 version,
                 reason: "shop/web: rules[0]: bad".into()
             }]

@@ -17,7 +17,15 @@
 //! | `type.googleapis.com/sane.mesh.v1.Telemetry`           | `Telemetry`                 |
 //!
 //! Each resource is an `Any { type_url, value }` whose `value` is the
-//! prost-encoded message. Other type URLs are ignored (logged, never answered).
+//! prost-encoded message.
+//!
+//! The same stream also serves the standard Envoy v3 types
+//! (`envoy.config.listener.v3.Listener`, `envoy.config.route.v3.RouteConfiguration`,
+//! `envoy.config.cluster.v3.Cluster`, `envoy.config.endpoint.v3.ClusterLoadAssignment`),
+//! built from the same view for proxyless gRPC clients and Envoy: see
+//! [`envoy`] for names and `docs/proxyless-grpc.md`. Other type URLs get one
+//! empty response per stream and type (the first request; at most 16 types)
+//! and a warning in the log.
 //!
 //! ## Resource names
 //!
@@ -51,6 +59,10 @@
 //!   them are the proxy's own (see below).
 //! * `node.metadata.workload` (string, default `node.cluster`): shown in the
 //!   status table only.
+//! * `node.metadata.token` (string): the workload token, read only when the
+//!   stream has no `authorization` header (gRPC's xDS client cannot send
+//!   one); see [`node_token`].
+//! * `node.user_agent_name` and version: shown in the status table.
 //!
 //! Every field is bounded ([`client_input`]); so is the whole request
 //! ([`client_input::MAX_REQUEST_BYTES`]).
@@ -98,10 +110,13 @@
 pub mod client_input;
 pub mod debounce;
 pub mod delta;
+pub mod envoy;
+pub mod node_token;
 pub mod protocol;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;
+pub mod type_url;
 pub mod view;
 
 #[cfg(test)]
@@ -109,4 +124,5 @@ pub(crate) mod test_support;
 
 pub use debounce::DebounceConfig;
 pub use server::AdsService;
+pub use type_url::XdsType;
 pub use view::{node_metadata, node_metadata_with_inbound, NodeSpec};

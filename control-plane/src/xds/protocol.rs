@@ -1,8 +1,9 @@
 //! What the two xDS state machines (state of the world and delta) share:
 //! the events they report, the pushes they make, and nonces.
 
+use super::client_input::shown;
 use super::snapshot::EncodedResource;
-use sane_xds_proto::TypeUrl;
+use super::type_url::XdsType;
 use std::sync::Arc;
 
 /// Something a client request told us, for status and metrics. Strings
@@ -14,14 +15,14 @@ pub enum Event {
     /// The client applied the response with the latest nonce.
     Ack {
         /// The type.
-        type_url: TypeUrl,
+        type_url: XdsType,
         /// The version it applied.
         version: String,
     },
     /// The client rejected the response with the latest nonce.
     Nack {
         /// The type.
-        type_url: TypeUrl,
+        type_url: XdsType,
         /// The version it rejected.
         version: String,
         /// `error_detail.message`.
@@ -31,11 +32,12 @@ pub enum Event {
     /// used only for its subscription changes (delta).
     Stale {
         /// The type.
-        type_url: TypeUrl,
+        type_url: XdsType,
         /// The nonce it carried.
         nonce: String,
     },
-    /// A type URL this server does not serve; the request is ignored.
+    /// A type URL this server does not serve; the first request of it is
+    /// answered with an empty response, later ones are ignored.
     UnknownType {
         /// The URL.
         type_url: String,
@@ -46,7 +48,7 @@ pub enum Event {
 #[derive(Clone, Debug)]
 pub struct Sent {
     /// The type.
-    pub type_url: TypeUrl,
+    pub type_url: XdsType,
     /// `version_info` / `system_version_info`: the version of the whole set
     /// the client holds after applying it.
     pub version: String,
@@ -64,6 +66,9 @@ pub struct Step<R> {
     pub events: Vec<Event>,
     /// Responses to send, in order.
     pub pushes: Vec<(Sent, R)>,
+    /// Empty responses to types this server does not serve: sent after the
+    /// pushes, recorded nowhere.
+    pub untracked: Vec<R>,
 }
 
 /// Fresh nonces for one stream: `<stream>-<n>`, unique within the process.
@@ -80,6 +85,7 @@ impl<R> Default for Step<R> {
         Step {
             events: Vec::new(),
             pushes: Vec::new(),
+            untracked: Vec::new(),
         }
     }
 }
@@ -90,7 +96,40 @@ impl<R> Step<R> {
         Step {
             events: vec![event],
             pushes: Vec::new(),
+            untracked: Vec::new(),
         }
+    }
+}
+
+/// Unknown type URLs a stream gets an empty answer for; requests for more
+/// are only logged, so a client cannot grow a stream's state without bound.
+pub const MAX_UNKNOWN_TYPES: usize = 16;
+
+/// Longest type URL answered or logged in full; a longer one is logged cut
+/// and never answered.
+pub const MAX_TYPE_URL_CHARS: usize = 256;
+
+/// Unknown type URLs one stream has answered.
+#[derive(Debug, Default)]
+pub struct UnknownTypes {
+    answered: std::collections::HashSet<String>,
+}
+
+// === impl UnknownTypes ===
+
+impl UnknownTypes {
+    /// The event for a request of unknown type `url` with nonce `nonce`, and
+    /// whether to answer it (empty): only its first request, only for the
+    /// first [`MAX_UNKNOWN_TYPES`] types, and only reasonable URLs.
+    pub fn on_request(&mut self, url: &str, nonce: &str) -> (Event, bool) {
+        let event = Event::UnknownType {
+            type_url: shown(url, MAX_TYPE_URL_CHARS),
+        };
+        let answer = nonce.is_empty()
+            && url.len() <= MAX_TYPE_URL_CHARS
+            && self.answered.len() < MAX_UNKNOWN_TYPES
+            && self.answered.insert(url.to_string());
+        (event, answer)
     }
 }
 

@@ -10,10 +10,17 @@
 //! for another workload's proxy. A client certificate presented over TLS
 //! must be the token's workload. Requests are decoded up to
 //! [`MAX_REQUEST_BYTES`], and what a client says is logged escaped.
+//!
+//! The token comes from the `authorization` header or, for clients that
+//! cannot send one (gRPC's own xDS client), from `node.metadata.token` of
+//! the first request ([`node_token`]); both go through the same check, the
+//! same namespace and node-id rules, and the same revocation: a stream whose
+//! token is revoked is ended with `UNAUTHENTICATED`.
 
 use super::client_input::MAX_REQUEST_BYTES;
 use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
+use super::node_token::{node_token, NODE_TOKEN_FIELD};
 use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
@@ -31,9 +38,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,6 +50,10 @@ use tracing::Instrument;
 
 /// Responses buffered per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
+
+/// How long a stream without an `authorization` header may take to send
+/// its first request (which carries its token in the node).
+const UNAUTHENTICATED_FIRST_REQUEST: Duration = Duration::from_secs(10);
 
 /// The ADS service: cheap to clone, one per server.
 #[derive(Clone, Debug)]
@@ -74,11 +85,13 @@ trait Machine: Send + 'static {
 
 type ResponseTx<R> = mpsc::Sender<Result<R, Status>>;
 
-/// Who opened a stream: what its token grants, and where it comes from.
+/// Who opened a stream: where it comes from, and its header token and what
+/// that grants (`None` without an `authorization` header: the token is then
+/// read from the first request's node, see [`node_token`]).
 #[derive(Debug)]
 struct Caller {
-    grant: TokenGrant,
-    peer: Option<SocketAddr>,
+    peer: PeerInfo,
+    header: Option<(String, TokenGrant)>,
 }
 
 // === impl AdsService ===
@@ -138,59 +151,31 @@ impl AdsService {
         .await;
     }
 
-    /// Runs the stream in its own task; if its token is revoked meanwhile,
-    /// the stream is ended with `UNAUTHENTICATED`.
+    /// Runs the stream in its own task.
     fn spawn<M: Machine>(
         &self,
         machine: M,
         inbound: Streaming<M::Request>,
-        grant: TokenGrant,
-        peer: Option<SocketAddr>,
-        token: Option<String>,
+        caller: Caller,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let auth = self.shared.auth.clone();
-        let ended = tx.clone();
-        let caller = Caller { grant, peer };
-        let stream = drive(self.shared.clone(), machine, inbound, tx, caller);
-        tokio::spawn(async move {
-            let token = token.unwrap_or_default();
-            tokio::select! {
-                _ = stream => {}
-                _ = auth.until_revoked(&token) => {
-                    tracing::warn!("xds stream ended: its token was revoked");
-                    let status = Status::unauthenticated("xds stream: the token was revoked");
-                    let _ = ended.send(Err(status)).await;
-                }
-            }
-        });
+        tokio::spawn(drive(self.shared.clone(), machine, inbound, tx, caller));
         ReceiverStream::new(rx)
     }
 
-    /// The workload the stream's bearer token stands for, or the status
-    /// refusing the stream.
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<TokenGrant, Status> {
-        let token = WorkloadAuth::bearer(request.metadata());
+    /// Who calls: with an `authorization` header, the workload its token
+    /// stands for (or the status refusing the stream); without one, the
+    /// token is read from the first request's node ([`node_token`]).
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let peer = PeerInfo::of(request.extensions());
-        self.shared
-            .auth
-            .authenticate_caller(token.as_deref(), peer.identity.as_ref())
-            .await
-            .inspect(|grant| {
-                let client = peer.identity.as_ref().map(ToString::to_string);
-                tracing::info!(
-                    peer = %peer.remote_display(),
-                    namespace = %grant.namespace,
-                    service_account = %grant.service_account,
-                    client_certificate = %client.as_deref().unwrap_or("none"),
-                    "xds stream authenticated"
-                );
-            })
-            .map_err(|e| {
-                self.shared.metrics.stream_rejected(e.reason());
-                tracing::warn!(peer = %peer.remote_display(), error = %e, "xds stream refused");
-                e.to_status("xds stream")
-            })
+        let header = match WorkloadAuth::bearer(request.metadata()) {
+            Some(token) => {
+                let grant = self.shared.authenticate(Some(&token), &peer).await?;
+                Some((token, grant))
+            }
+            None => None,
+        };
+        Ok(Caller { peer, header })
     }
 
     fn stream_id(&self) -> u64 {
@@ -207,16 +192,12 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let grant = self.authenticate(&request).await?;
-        let token = WorkloadAuth::bearer(request.metadata());
+        let caller = self.caller(&request).await?;
         let machine = SotwStream::new(self.stream_id());
-        let peer = PeerInfo::of(request.extensions()).remote;
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
-            grant,
-            peer,
-            token,
+            caller,
         )))
     }
 
@@ -224,16 +205,12 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let grant = self.authenticate(&request).await?;
-        let token = WorkloadAuth::bearer(request.metadata());
+        let caller = self.caller(&request).await?;
         let machine = DeltaStream::new(self.stream_id());
-        let peer = PeerInfo::of(request.extensions()).remote;
         Ok(Response::new(self.spawn(
             machine,
             request.into_inner(),
-            grant,
-            peer,
-            token,
+            caller,
         )))
     }
 }
@@ -241,6 +218,33 @@ impl AggregatedDiscoveryService for AdsService {
 // === impl Shared ===
 
 impl Shared {
+    /// The workload `token` stands for (checked against the client
+    /// certificate `peer` proved, if any), or the status refusing the stream.
+    async fn authenticate(
+        &self,
+        token: Option<&str>,
+        peer: &PeerInfo,
+    ) -> Result<TokenGrant, Status> {
+        self.auth
+            .authenticate_caller(token, peer.identity.as_ref())
+            .await
+            .inspect(|grant| {
+                let client = peer.identity.as_ref().map(ToString::to_string);
+                tracing::info!(
+                    peer = %peer.remote_display(),
+                    namespace = %grant.namespace,
+                    service_account = %grant.service_account,
+                    client_certificate = %client.as_deref().unwrap_or("none"),
+                    "xds stream authenticated"
+                );
+            })
+            .map_err(|e| {
+                self.metrics.stream_rejected(e.reason());
+                tracing::warn!(peer = %peer.remote_display(), error = %e, "xds stream refused");
+                e.to_status("xds stream")
+            })
+    }
+
     /// The snapshot a new stream starts from: the registry's current state,
     /// not the last debounced publication, so a proxy connecting right after
     /// a write gets it at once. Not published to other streams: their pushes
@@ -314,9 +318,25 @@ async fn drive<M: Machine>(
     tx: ResponseTx<M::Response>,
     caller: Caller,
 ) {
+    // A stream not yet authenticated (its token is to come in the node)
+    // gets a deadline for its first request, so it cannot sit idle.
+    let first_deadline = match caller.header {
+        Some(_) => None,
+        None => Some(Instant::now() + UNAUTHENTICATED_FIRST_REQUEST),
+    };
     let first = tokio::select! {
         _ = shared.shutdown.cancelled() => return,
         m = inbound.message() => m,
+        _ = sleep_until_some(first_deadline) => {
+            shared.metrics.stream_rejected("missing");
+            tracing::warn!(peer = %caller.peer.remote_display(), "xds stream refused: no token and no first request in time");
+            let status = Status::unauthenticated(format!(
+                "xds stream: no authorization header and no first request (with \
+                 node.metadata.{NODE_TOKEN_FIELD}) within {UNAUTHENTICATED_FIRST_REQUEST:?}"
+            ));
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
     };
     let first = match first {
         Ok(Some(req)) => req,
@@ -339,9 +359,27 @@ async fn drive<M: Machine>(
             return;
         }
     };
+    let (token, grant) = match caller.header {
+        Some(header) => header,
+        None => {
+            let token = node_token(M::node(&first));
+            match shared.authenticate(token.as_deref(), &caller.peer).await {
+                Ok(grant) => (token.unwrap_or_default(), grant),
+                Err(status) => {
+                    let message = format!(
+                        "{}, or in the node metadata field {NODE_TOKEN_FIELD:?} from clients \
+                         that cannot send headers",
+                        status.message()
+                    );
+                    let _ = tx.send(Err(Status::new(status.code(), message))).await;
+                    return;
+                }
+            }
+        }
+    };
     let checks = [
-        ("namespace", check_namespace(&spec, &caller.grant)),
-        ("node_id", check_node_id(&spec, &caller.grant)),
+        ("namespace", check_namespace(&spec, &grant)),
+        ("node_id", check_node_id(&spec, &grant)),
     ];
     for (reason, check) in checks {
         if let Err(status) = check {
@@ -351,12 +389,20 @@ async fn drive<M: Machine>(
             return;
         }
     }
-    spec.service_account = caller.grant.service_account;
-    spec.peer_ip = caller.peer.map(|p| p.ip());
+    spec.service_account = grant.service_account;
+    spec.peer_ip = caller.peer.remote.map(|p| p.ip());
     let span = tracing::info_span!("xds", node = %spec.id, protocol = M::PROTOCOL);
-    run_stream(shared, machine, spec, first, inbound, tx)
-        .instrument(span)
-        .await;
+    let auth = shared.auth.clone();
+    let ended = tx.clone();
+    let stream = run_stream(shared, machine, spec, first, inbound, tx).instrument(span.clone());
+    tokio::select! {
+        _ = stream => {}
+        _ = auth.until_revoked(&token) => {
+            span.in_scope(|| tracing::warn!("xds stream ended: its token was revoked"));
+            let status = Status::unauthenticated("xds stream: the token was revoked");
+            let _ = ended.send(Err(status)).await;
+        }
+    }
 }
 
 async fn run_stream<M: Machine>(
@@ -417,18 +463,31 @@ async fn run_stream<M: Machine>(
             }
             shared.metrics.pushed(
                 TypeLabels {
-                    type_url: sent.type_url,
+                    type_name: sent.type_url.short_name(),
                 },
                 cause.elapsed(),
             );
             tracing::debug!(type_url = sent.type_url.as_str(), version = %sent.version, nonce = %sent.nonce, resources = sent.resources.len(), "sent");
             conn.record_sent(&sent);
         }
+        for resp in step.untracked {
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+        }
         // After the pushes, so a view is never marked synced before what it
         // changed was sent.
         conn.record_view(&view);
     }
     tracing::info!("proxy disconnected");
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Node ids are `<service_account>.<namespace>` (one proxy per workload
@@ -485,7 +544,11 @@ fn log_event(event: &Event) {
             tracing::debug!(type_url = type_url.as_str(), %nonce, "stale request ignored");
         }
         Event::UnknownType { type_url } => {
-            tracing::warn!(%type_url, "request for an unknown type ignored");
+            tracing::warn!(
+                %type_url,
+                "request for a type this server does not serve: its first request gets an \
+                 empty response, later ones are ignored"
+            );
         }
     }
 }

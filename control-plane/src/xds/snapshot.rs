@@ -42,7 +42,7 @@ pub struct XdsSnapshot {
 
 /// Hex of the first 8 bytes of a SHA-256: short, and stable across
 /// processes and versions (unlike `DefaultHasher`).
-fn short_hash(h: Sha256) -> String {
+pub(crate) fn short_hash(h: Sha256) -> String {
     h.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))

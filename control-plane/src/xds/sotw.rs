@@ -11,14 +11,16 @@
 //!   NACK; either way a changed subscription is answered at once;
 //! * after a NACK the same version is not sent again; a new one is sent when
 //!   the view changes;
-//! * on a view change every requested type whose version changed is pushed.
+//! * on a view change every requested type whose version changed is pushed;
+//! * a type this server does not serve gets one empty response (see
+//!   [`UnknownTypes`]), never an error.
 
 use super::client_input::{shown, MAX_NACK_REASON_CHARS, MAX_TOKEN_CHARS};
-use super::protocol::{Event, Nonces, Sent, Step};
+use super::protocol::{Event, Nonces, Sent, Step, UnknownTypes};
 use super::snapshot::{set_version, EncodedResource};
+use super::type_url::XdsType;
 use super::view::ProxyView;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use sane_xds_proto::TypeUrl;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -35,7 +37,8 @@ pub enum Subscription {
 #[derive(Debug)]
 pub struct SotwStream {
     nonces: Nonces,
-    types: HashMap<TypeUrl, SotwType>,
+    types: HashMap<XdsType, SotwType>,
+    unknown: UnknownTypes,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,7 @@ impl SotwStream {
         SotwStream {
             nonces: Nonces::new(stream),
             types: HashMap::new(),
+            unknown: UnknownTypes::default(),
         }
     }
 
@@ -84,10 +88,17 @@ impl SotwStream {
         req: &DiscoveryRequest,
         view: &ProxyView,
     ) -> Step<DiscoveryResponse> {
-        let Some(type_url) = TypeUrl::parse(&req.type_url) else {
-            return Step::event(Event::UnknownType {
-                type_url: shown(&req.type_url, MAX_TOKEN_CHARS),
-            });
+        let Some(type_url) = XdsType::parse(&req.type_url) else {
+            let (event, answer) = self.unknown.on_request(&req.type_url, &req.response_nonce);
+            let mut step = Step::event(event);
+            if answer {
+                step.untracked.push(DiscoveryResponse {
+                    type_url: req.type_url.clone(),
+                    nonce: self.nonces.next_nonce(),
+                    ..Default::default()
+                });
+            }
+            return step;
         };
         let subscription = Subscription::from_names(&req.resource_names);
         let Some(st) = self.types.get_mut(&type_url) else {
@@ -126,7 +137,7 @@ impl SotwStream {
     /// Handles a new view: pushes every requested type whose content changed.
     pub fn on_view(&mut self, view: &ProxyView) -> Step<DiscoveryResponse> {
         let mut step = Step::default();
-        for type_url in TypeUrl::ALL {
+        for type_url in XdsType::ALL {
             let Some(st) = self.types.get(&type_url) else {
                 continue;
             };
@@ -139,13 +150,13 @@ impl SotwStream {
     }
 
     /// The version last sent for each requested type.
-    pub fn sent_versions(&self) -> impl Iterator<Item = (TypeUrl, &str)> + '_ {
+    pub fn sent_versions(&self) -> impl Iterator<Item = (XdsType, &str)> + '_ {
         self.types.iter().map(|(t, st)| (*t, st.version.as_str()))
     }
 
     fn push_new(
         &mut self,
-        type_url: TypeUrl,
+        type_url: XdsType,
         subscription: Subscription,
         view: &ProxyView,
     ) -> Step<DiscoveryResponse> {
@@ -162,7 +173,7 @@ impl SotwStream {
         step
     }
 
-    fn respond(&mut self, type_url: TypeUrl, view: &ProxyView) -> (Sent, DiscoveryResponse) {
+    fn respond(&mut self, type_url: XdsType, view: &ProxyView) -> (Sent, DiscoveryResponse) {
         let nonce = self.nonces.next_nonce();
         let Some(st) = self.types.get_mut(&type_url) else {
             unreachable!("respond is only called for tracked types")
@@ -190,11 +201,11 @@ impl SotwStream {
 /// The resources of `type_url` in `view` that `sub` selects, and their version.
 fn selected(
     view: &ProxyView,
-    type_url: TypeUrl,
+    type_url: XdsType,
     sub: &Subscription,
 ) -> (String, Vec<Arc<EncodedResource>>) {
     let resources: Vec<_> = view
-        .resources(type_url)
+        .of_type(type_url)
         .values()
         .filter(|r| sub.contains(&r.name))
         .cloned()
@@ -208,10 +219,16 @@ mod tests {
     use crate::resource::Kind;
     use crate::xds::test_support::{names_of, view_of, view_without};
     use envoy_types::pb::google::rpc::Status;
+    use sane_xds_proto::TypeUrl;
 
-    fn req(type_url: TypeUrl, version: &str, nonce: &str, names: &[&str]) -> DiscoveryRequest {
+    fn req(
+        type_url: impl Into<XdsType>,
+        version: &str,
+        nonce: &str,
+        names: &[&str],
+    ) -> DiscoveryRequest {
         DiscoveryRequest {
-            type_url: type_url.as_str().to_string(),
+            type_url: type_url.into().as_str().to_string(),
             version_info: version.to_string(),
             response_nonce: nonce.to_string(),
             resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -219,7 +236,7 @@ mod tests {
         }
     }
 
-    fn nack(type_url: TypeUrl, nonce: &str, reason: &str) -> DiscoveryRequest {
+    fn nack(type_url: impl Into<XdsType>, nonce: &str, reason: &str) -> DiscoveryRequest {
         DiscoveryRequest {
             error_detail: Some(Status {
                 code: 3,
@@ -249,7 +266,7 @@ mod tests {
         assert_eq!(
             step.events,
             [Event::Ack {
-                type_url: TypeUrl::Service,
+                type_url: TypeUrl::Service.into(),
                 version: sent.version.clone()
             }]
         );
@@ -305,7 +322,7 @@ mod tests {
         assert_eq!(
             step.events,
             [Event::Nack {
-                type_url: TypeUrl::Route,
+                type_url: TypeUrl::Route.into(),
                 version: sent.version.clone(),
                 reason: "routes[0]: bad regex".into()
             }]
@@ -338,9 +355,27 @@ mod tests {
         assert_eq!(step.pushes[0].1.nonce, "2-1");
         assert_eq!(step.pushes[0].1.resources.len(), 3);
         let mut unknown = req(TypeUrl::Service, "", "", &[]);
-        unknown.type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster".into();
+        unknown.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();
         let step = second.on_request(&unknown, &view);
         assert!(matches!(step.events[0], Event::UnknownType { .. }));
+        // Answered once, empty; its ACK is not answered again.
+        assert!(step.pushes.is_empty());
+        assert_eq!(step.untracked.len(), 1);
+        assert!(step.untracked[0].resources.is_empty());
+        assert_eq!(step.untracked[0].type_url, unknown.type_url);
+        unknown.response_nonce = step.untracked[0].nonce.clone();
+        let step = second.on_request(&unknown, &view);
+        assert!(matches!(step.events[0], Event::UnknownType { .. }));
+        assert!(step.untracked.is_empty() && step.pushes.is_empty());
+        // A flood of made-up types is answered for the first few only.
+        let answered: usize = (0..100)
+            .map(|i| {
+                let mut r = req(TypeUrl::Service, "", "", &[]);
+                r.type_url = format!("type.googleapis.com/made.up.T{i}");
+                second.on_request(&r, &view).untracked.len()
+            })
+            .sum();
+        assert_eq!(answered, crate::xds::protocol::MAX_UNKNOWN_TYPES - 1);
         // Listeners are served, empty.
         let step = second.on_request(&req(TypeUrl::Listener, "", "", &[]), &view);
         assert!(step.pushes[0].1.resources.is_empty());

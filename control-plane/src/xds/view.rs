@@ -12,8 +12,9 @@
 
 use super::client_input::{
     is_id_char, shown, MAX_INBOUND_ADDRESSES, MAX_LISTED_SERVICES, MAX_NODE_ID_BYTES,
-    MAX_WORKLOAD_BYTES,
+    MAX_USER_AGENT_CHARS, MAX_WORKLOAD_BYTES,
 };
+use super::envoy::EnvoyResources;
 use super::snapshot::{ResourceMap, XdsSnapshot};
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
@@ -23,6 +24,7 @@ use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{namespace_or_default, Endpoint, TypeUrl};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::OnceLock;
 use tokio::time::Instant;
 
 /// What a proxy asked to see, parsed from its `Node`.
@@ -49,6 +51,9 @@ pub struct NodeSpec {
     /// endpoint with an identity is served by this proxy only if that
     /// identity is the token's.
     pub service_account: String,
+    /// `node.user_agent_name` and its version (`gRPC Python 1.78.0`); for
+    /// display only.
+    pub user_agent: String,
 }
 
 /// The resources one proxy may receive, by type.
@@ -64,6 +69,10 @@ pub struct ProxyView {
     /// (whose authorization policies it enforces).
     pub serves: BTreeSet<String>,
     types: HashMap<TypeUrl, ResourceMap>,
+    /// The node's namespace (Envoy listener names depend on it).
+    pub(super) namespace: String,
+    /// The view as Envoy resources, built on first use (see `type_url`).
+    pub(super) envoy: OnceLock<EnvoyResources>,
 }
 
 // === impl NodeSpec ===
@@ -80,6 +89,7 @@ impl NodeSpec {
             inbound: Vec::new(),
             peer_ip: None,
             service_account: String::new(),
+            user_agent: String::new(),
         };
         for s in services {
             spec.add_service(s);
@@ -132,6 +142,7 @@ impl NodeSpec {
             return Err(bad("namespace", msg));
         }
         let mut spec = NodeSpec::new(&node.id, &namespace, &[]);
+        spec.user_agent = user_agent(node);
         spec.workload = match field("workload") {
             None => node.cluster.clone(),
             Some(ValueKind::StringValue(s)) => s.clone(),
@@ -243,6 +254,18 @@ fn string_list(
             "must be a list of strings or a comma-separated string".into(),
         )),
     }
+}
+
+/// `node.user_agent_name` and `user_agent_version` (or build version), as
+/// one string; empty when the node says nothing.
+fn user_agent(node: &Node) -> String {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.as_str(),
+        _ => "",
+    };
+    let agent = format!("{} {version}", node.user_agent_name);
+    shown(agent.trim(), MAX_USER_AGENT_CHARS)
 }
 
 /// Builds node metadata fields for a client: the inverse of
@@ -371,6 +394,8 @@ impl ProxyView {
             services: visible,
             serves: served.iter().map(|e| e.service_key()).collect(),
             types,
+            namespace: spec.namespace.clone(),
+            envoy: OnceLock::new(),
         }
     }
 
@@ -389,6 +414,8 @@ impl ProxyView {
             services: BTreeSet::new(),
             serves: BTreeSet::new(),
             types: HashMap::new(),
+            namespace: "default".into(),
+            envoy: OnceLock::new(),
         }
     }
 }

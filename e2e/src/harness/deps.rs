@@ -47,6 +47,40 @@ pub(crate) fn program_or_skip(
         ),
         (Err(e), None) => format!("running {}: {e}", script.display()),
     };
+    fail_or_skip(test, &why, package)
+}
+
+/// The program `script` installs (when needed) and names on the last line
+/// of its stdout, for programs that live outside `PATH` (a virtualenv's
+/// python). A failure is handled as in [`program_or_skip`].
+pub(crate) fn installed_or_skip(test: &str, script: &Path, package: &str) -> Option<PathBuf> {
+    let ran = Command::new("bash")
+        .arg(script)
+        .stdin(Stdio::null())
+        .output();
+    let why = match &ran {
+        Ok(out) if out.status.success() => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            match stdout.lines().last().map(str::trim) {
+                Some(p) if Path::new(p).is_file() => return Some(PathBuf::from(p)),
+                _ => format!("{} printed no program path:\n{stdout}", script.display()),
+            }
+        }
+        Ok(out) => format!(
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("running {}: {e}", script.display()),
+    };
+    fail_or_skip(test, &why, package)
+}
+
+/// Under `CI=true` panics naming `test` and `why`; otherwise prints a loud
+/// `SKIPPED` and returns `None`.
+fn fail_or_skip(test: &str, why: &str, package: &str) -> Option<PathBuf> {
     if required() {
         panic!("{test} must run under CI=true but cannot: {why}");
     }

@@ -3,7 +3,8 @@
 //!
 //! The client is hyper-util's, like [`super::http`]'s, over a dialer that
 //! adds TLS (with the certs crate's control-plane client config) for
-//! `https` URIs; [`super::http::send`] takes either.
+//! `https` URIs; [`super::http::send`] takes either. [`grpc_channel`] is
+//! the same dialer under a tonic channel (ALPN `h2`), for raw xDS clients.
 
 use super::http::{Body, BoxError};
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -43,6 +44,32 @@ pub fn https_client(root_file: &Path) -> HttpsClient {
     Client::builder(TokioExecutor::new()).build(TlsDialer {
         config: Arc::new(config),
     })
+}
+
+/// A gRPC (HTTP/2) channel to `url` (`https://…`, verified against the
+/// roots in `root_file`; `http://` dials plaintext), for tests that speak
+/// xDS or the CA as a raw client would.
+pub async fn grpc_channel(
+    url: &str,
+    root_file: &Path,
+) -> Result<tonic::transport::Channel, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !url.starts_with("https://") {
+        return endpoint.connect().await.map_err(|e| format!("{url}: {e}"));
+    }
+    let pem = std::fs::read_to_string(root_file)
+        .map_err(|e| format!("reading {}: {e}", root_file.display()))?;
+    let roots = TrustBundle::from_pem(&pem).map_err(|e| format!("{}: {e}", root_file.display()))?;
+    let config = sane_certs::control_plane_client_config(&roots, None, &[b"h2"])
+        .map_err(|e| format!("a client config for {}: {e}", root_file.display()))?;
+    let dialer = TlsDialer {
+        config: Arc::new(config),
+    };
+    endpoint
+        .connect_with_connector(dialer)
+        .await
+        .map_err(|e| format!("{url}: {e:?}"))
 }
 
 // === impl TlsDialer ===

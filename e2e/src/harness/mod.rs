@@ -8,6 +8,9 @@
 //!   over HTTPS ([`https`]) and through the CLI.
 //! * [`http`], [`EchoClient`] talk to them; [`eventually`] waits for a
 //!   condition with a deadline and is the only way tests poll.
+//! * [`GrpcioClient`] is a proxyless gRPC client (grpcio, from PyPI, in a
+//!   virtualenv `scripts/grpcio-test-deps.sh` makes) reading its config
+//!   from the control plane over xDS.
 //! * [`OtlpReceiver`] receives the spans proxies export (OTLP/gRPC).
 //! * [`Prometheus`] runs a real Prometheus server scraping sidecars.
 //! * [`browser::Browser`] drives headless Chromium over DevTools.
@@ -28,6 +31,7 @@ mod curl;
 mod deps;
 mod eventually;
 mod grpc;
+mod grpcio;
 pub mod http;
 pub mod https;
 mod load;
@@ -50,6 +54,7 @@ pub use control_plane_client::{proxy_row, xds_bootstrap, xds_node_id, ApiClient,
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
+pub use grpcio::{grpcio_deps_script, grpcio_python_or_skip, CallCounts, GrpcioClient};
 pub use load::{payload, EchoRequests, Load, LoadReport, Outcome, BODY_ABORTED, NO_RESPONSE};
 pub use mesh::{Mesh, MeshBuilder, CLIENT, INBOUND, OUTBOUND};
 pub use netns::{deps_script, Pod, PodPair, Ran};
