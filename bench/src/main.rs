@@ -328,13 +328,7 @@ fn measure(
             rec(Metric::P99(rate), l.p99);
             rec(Metric::P999(rate), l.p999);
             // The second method at the same rate, right after.
-            let o = load::oha(
-                pin,
-                &target,
-                rate,
-                plan.latency_connections,
-                plan.latency,
-            )?;
+            let o = load::oha(pin, &target, rate, plan.latency_connections, plan.latency)?;
             errors += o.errors;
             rec(
                 Metric::OhaAchieved(rate),

@@ -495,11 +495,7 @@ impl Results {
         if self.summary(PeerKind::Direct, mode, p50).is_empty() {
             return;
         }
-        let _ = writeln!(
-            s,
-            "Latency at {rate} req/s (ms; {}):\n",
-            method.describe()
-        );
+        let _ = writeln!(s, "Latency at {rate} req/s (ms; {}):\n", method.describe());
         let _ = writeln!(
             s,
             "| variant | achieved req/s | p50 | p90 | p99 | p99.9 | added p50 | added p99 | added p99 ×best peer |\n|---|---|---|---|---|---|---|---|---|"

@@ -56,6 +56,9 @@ use tokio_stream::wrappers::ReceiverStream;
 const API_TOKEN: &str = "sane-fleet-bench-token";
 /// A route's timeout before any change; change `g` sets `BASE + g`.
 const BASE_TIMEOUT_MS: u64 = 5_000;
+/// The proxy's reconnect backoff (`sane_proxy::xds`): 10 ms doubling to 15 s.
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 #[derive(Parser, Debug, Clone)]
 #[command(name = "fleet", about = "The control plane under N simulated proxies")]
@@ -137,7 +140,23 @@ struct Fleet {
     ready: AtomicUsize,
     expect: Mutex<Option<Expect>>,
     progress: Mutex<Progress>,
-    failures: Mutex<Vec<String>>,
+    /// Streams that ended and were opened again (as the proxy does, with
+    /// its backoff), and the last reason.
+    reconnects: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What one simulated proxy keeps across reconnects.
+#[derive(Debug, Default)]
+struct ProxyState {
+    /// SotW: the proxy's state machine (versions it holds).
+    sotw: XdsState,
+    /// The last change generation this proxy was counted for.
+    seen: u64,
+    /// Counted in [`Fleet::ready`] already.
+    ready: bool,
+    /// A response arrived on the current stream (resets the backoff).
+    got_response: bool,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +178,8 @@ struct Proxy {
 /// Figures of one change.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
+    /// The API write itself (validated, logged durably, answered).
+    write: Duration,
     to_last_ack: Duration,
     cp_cpu: f64,
     client_cpu: f64,
@@ -177,6 +198,9 @@ struct RunReport {
     hwm: f64,
     route: Vec<Sample>,
     endpoint: Vec<Sample>,
+    /// Streams re-opened during the run, and the last reason.
+    reconnects: usize,
+    last_error: Option<String>,
 }
 
 /// Kills the process on drop.
@@ -258,6 +282,7 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let xds_url = format!("https://{xds}");
     let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
     for index in 0..n {
         let service = index % services;
         let proxy = Proxy {
@@ -272,21 +297,34 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
             xds_url.clone(),
             root_file.display().to_string(),
         );
-        tokio::spawn(async move {
-            let result = match protocol {
-                Protocol::Sotw => sotw(&fleet, &gate, &proxy, &url, &root, &token).await,
-                Protocol::Delta => delta(&fleet, &gate, &proxy, &url, &root, &token).await,
-            };
-            let why = match result {
-                Ok(()) => "the control plane ended the stream".to_string(),
-                Err(e) => format!("{e:#}"),
-            };
-            fleet
-                .failures
-                .lock()
-                .unwrap()
-                .push(format!("proxy {}: {why}", proxy.index));
-        });
+        tasks.push(tokio::spawn(async move {
+            // Held until the first config of every type is in.
+            let mut permit = gate.acquire().await.ok();
+            let mut ps = ProxyState::default();
+            let mut backoff = BACKOFF_START;
+            loop {
+                ps.got_response = false;
+                let result = match protocol {
+                    Protocol::Sotw => {
+                        sotw(&fleet, &proxy, &url, &root, &token, &mut ps, &mut permit).await
+                    }
+                    Protocol::Delta => {
+                        delta(&fleet, &proxy, &url, &root, &token, &mut ps, &mut permit).await
+                    }
+                };
+                let why = match result {
+                    Ok(()) => "the control plane ended the stream".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                fleet.reconnects.fetch_add(1, Ordering::Relaxed);
+                *fleet.last_error.lock().unwrap() = Some(format!("proxy {}: {why}", proxy.index));
+                if ps.got_response {
+                    backoff = BACKOFF_START;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }));
     }
     wait_for(&fleet, args.timeout, "the fleet to connect", || {
         fleet.ready.load(Ordering::Relaxed) >= n
@@ -300,7 +338,11 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
     tokio::time::sleep(args.gap).await;
     let rss_idle = procfs::memory(&[pid]).rss;
 
-    let per_ns = |i: usize| (0..n).filter(|p| p % services % namespaces == i % namespaces).count();
+    let per_ns = |i: usize| {
+        (0..n)
+            .filter(|p| p % services % namespaces == i % namespaces)
+            .count()
+    };
     let mut generation = 0;
     let mut route_samples = Vec::new();
     let mut endpoint_samples = Vec::new();
@@ -346,7 +388,11 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
         endpoint_samples.push(sample);
     }
     let mem = procfs::memory(&[pid]);
+    for t in &tasks {
+        t.abort();
+    }
     drop(cp);
+    let last_error = fleet.last_error.lock().unwrap().clone();
     Ok(RunReport {
         proxies: n,
         protocol,
@@ -358,6 +404,8 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
         hwm: mem.hwm,
         route: route_samples,
         endpoint: endpoint_samples,
+        reconnects: fleet.reconnects.load(Ordering::Relaxed),
+        last_error,
     })
 }
 
@@ -385,6 +433,7 @@ where
     let client_before = procfs::cpu_seconds(&[std::process::id()]);
     let start = Instant::now();
     write.await.context("the change's API write")?;
+    let written = start.elapsed();
     wait_for(fleet, args.timeout, "a change to reach the fleet", || {
         fleet.progress.lock().unwrap().reached >= expected
     })
@@ -397,6 +446,7 @@ where
         .context("no ACK time")?;
     tokio::time::sleep(args.gap).await;
     Ok(Sample {
+        write: written,
         to_last_ack: last_ack.saturating_duration_since(start),
         cp_cpu: procfs::cpu_seconds(&[pid]) - cpu_before,
         client_cpu: procfs::cpu_seconds(&[std::process::id()]) - client_before,
@@ -404,8 +454,8 @@ where
 }
 
 /// Polls `done` every 5 ms (the figures come from the streams' own
-/// timestamps, not from this poll) until `timeout`, failing early when a
-/// stream failed.
+/// timestamps, not from this poll) until `timeout`; the error names the
+/// last stream failure, if any.
 async fn wait_for(
     fleet: &Fleet,
     timeout: Duration,
@@ -414,14 +464,16 @@ async fn wait_for(
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(f) = fleet.failures.lock().unwrap().first() {
-            bail!("waiting for {what}: {f}");
-        }
         if done() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("waiting for {what}: not done after {timeout:?}");
+            let last = fleet.last_error.lock().unwrap().clone();
+            bail!(
+                "waiting for {what}: not done after {timeout:?} ({} reconnects; last: {})",
+                fleet.reconnects.load(Ordering::Relaxed),
+                last.as_deref().unwrap_or("none")
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -463,7 +515,10 @@ impl Fleet {
 
 fn node(proxy: &Proxy) -> envoy_types::pb::envoy::config::core::v3::Node {
     let node = Node {
-        id: format!("svc-{}.{}~p-{}", proxy.service, proxy.namespace, proxy.index),
+        id: format!(
+            "svc-{}.{}~p-{}",
+            proxy.service, proxy.namespace, proxy.index
+        ),
         namespace: proxy.namespace.clone(),
         workload: format!("svc-{}", proxy.service),
         ..Default::default()
@@ -506,15 +561,15 @@ async fn ads_client(
 /// A state-of-the-world stream: the proxy's requests and state machine.
 async fn sotw(
     fleet: &Fleet,
-    gate: &Semaphore,
     proxy: &Proxy,
     url: &str,
     root: &str,
     token: &str,
+    ps: &mut ProxyState,
+    permit: &mut Option<tokio::sync::SemaphorePermit<'_>>,
 ) -> Result<()> {
-    let mut permit = Some(gate.acquire().await?);
     let mut client = ads_client(url, root, token).await?;
-    let mut st = XdsState::default();
+    let st = &mut ps.sotw;
     let (tx, rx) = mpsc::channel(16);
     for (i, t) in SUBSCRIBED.into_iter().enumerate() {
         let mut req: DiscoveryRequest = st.subscribe(t);
@@ -527,18 +582,18 @@ async fn sotw(
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let mut seen = 0;
     while let Some(resp) = responses.message().await? {
-        let (t, received) = state::receive(&resp).map_err(|reason| {
-            anyhow::anyhow!("would NACK {}: {reason}", resp.type_url)
-        })?;
+        ps.got_response = true;
+        let (t, received) = state::receive(&resp)
+            .map_err(|reason| anyhow::anyhow!("would NACK {}: {reason}", resp.type_url))?;
         // Checked before `accept` takes the map; counted after the ACK is
         // sent, with the time it was sent.
         let ack = st.accept(t, &resp, received.clone());
         tx.send(ack).await?;
-        fleet.acked(t, &received, &mut seen, Instant::now());
-        if permit.is_some() && st.all_acked() {
-            permit = None;
+        fleet.acked(t, &received, &mut ps.seen, Instant::now());
+        if !ps.ready && st.all_acked() {
+            ps.ready = true;
+            *permit = None;
             fleet.ready.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -550,13 +605,13 @@ async fn sotw(
 /// proxy's code.
 async fn delta(
     fleet: &Fleet,
-    gate: &Semaphore,
     proxy: &Proxy,
     url: &str,
     root: &str,
     token: &str,
+    ps: &mut ProxyState,
+    permit: &mut Option<tokio::sync::SemaphorePermit<'_>>,
 ) -> Result<()> {
-    let mut permit = Some(gate.acquire().await?);
     let mut client = ads_client(url, root, token).await?;
     let (tx, rx) = mpsc::channel(16);
     for (i, t) in SUBSCRIBED.into_iter().enumerate() {
@@ -572,16 +627,17 @@ async fn delta(
         .into_inner();
     let mut held: HashMap<TypeUrl, BTreeMap<String, Resource>> = HashMap::new();
     let mut acked: HashSet<TypeUrl> = HashSet::new();
-    let mut seen = 0;
     while let Some(resp) = responses.message().await? {
+        ps.got_response = true;
         let t = TypeUrl::parse(&resp.type_url)
             .filter(|t| SUBSCRIBED.contains(t))
             .with_context(|| format!("unsupported type {:?}", resp.type_url))?;
         let mut decoded = Vec::with_capacity(resp.resources.len());
         for r in &resp.resources {
-            let any = r.resource.as_ref().with_context(|| {
-                format!("would NACK: resource {} has no body", r.name)
-            })?;
+            let any = r
+                .resource
+                .as_ref()
+                .with_context(|| format!("would NACK: resource {} has no body", r.name))?;
             let res = state::decode_validated(t, any)
                 .map_err(|reason| anyhow::anyhow!("would NACK {}: {reason}", r.name))?;
             decoded.push((r.name.clone(), res));
@@ -597,10 +653,11 @@ async fn delta(
             ..Default::default()
         })
         .await?;
-        fleet.acked(t, map, &mut seen, Instant::now());
+        fleet.acked(t, map, &mut ps.seen, Instant::now());
         acked.insert(t);
-        if permit.is_some() && acked.len() == SUBSCRIBED.len() {
-            permit = None;
+        if !ps.ready && acked.len() == SUBSCRIBED.len() {
+            ps.ready = true;
+            *permit = None;
             fleet.ready.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -685,7 +742,8 @@ async fn issue_tokens(
     use futures::stream::{self, StreamExt, TryStreamExt};
     stream::iter(0..services)
         .map(|i| {
-            let body = serde_json::json!({ "namespace": ns_of(i), "service_account": format!("svc-{i}") });
+            let body =
+                serde_json::json!({ "namespace": ns_of(i), "service_account": format!("svc-{i}") });
             async move {
                 let v = api
                     .json(Method::POST, "/api/v1/tokens", Some(&body))
@@ -754,10 +812,14 @@ fn pct(xs: &[f64], p: f64) -> f64 {
     v[rank - 1]
 }
 
-fn summary(samples: &[Sample]) -> (f64, f64, f64, f64, f64) {
+fn summary(samples: &[Sample]) -> (f64, f64, f64, f64, f64, f64) {
     let ms: Vec<f64> = samples
         .iter()
         .map(|s| s.to_last_ack.as_secs_f64() * 1e3)
+        .collect();
+    let writes: Vec<f64> = samples
+        .iter()
+        .map(|s| s.write.as_secs_f64() * 1e3)
         .collect();
     let mean = |f: fn(&Sample) -> f64| samples.iter().map(f).sum::<f64>() / samples.len() as f64;
     (
@@ -766,14 +828,15 @@ fn summary(samples: &[Sample]) -> (f64, f64, f64, f64, f64) {
         pct(&ms, 1.0),
         mean(|s| s.cp_cpu),
         mean(|s| s.client_cpu),
+        pct(&writes, 0.5),
     )
 }
 
 fn row(r: &RunReport) -> String {
-    let (rp50, rp99, rmax, rcpu, rcl) = summary(&r.route);
-    let (ep50, ep99, emax, ecpu, ecl) = summary(&r.endpoint);
+    let (rp50, rp99, rmax, rcpu, rcl, rw) = summary(&r.route);
+    let (ep50, ep99, emax, ecpu, ecl, ew) = summary(&r.endpoint);
     format!(
-        "| {} | {:?} | {} / {} | {:.1} s | {rp50:.0} | {rp99:.0} | {rmax:.0} | {rcpu:.3} | {ep50:.0} | {ep99:.0} | {emax:.0} | {ecpu:.3} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} |",
+        "| {} | {:?} | {} / {} | {:.1} s | {rp50:.0} | {rp99:.0} | {rmax:.0} | {rcpu:.3} | {ep50:.0} | {ep99:.0} | {emax:.0} | {ecpu:.3} | {rw:.0} / {ew:.0} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} |",
         r.proxies,
         r.protocol,
         r.services,
@@ -800,8 +863,8 @@ fn render(args: &Args, reports: &[RunReport]) -> String {
         humantime::format_duration(args.gap),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     );
-    out.push_str("| proxies | protocol | services / resources | fleet connected in | route: p50 ms | p99 ms | max ms | CP CPU s per change | endpoint: p50 ms | p99 ms | max ms | CP CPU s per change | CP RSS MiB idle / end / peak | fleet CPU s per change (route / endpoint) |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| proxies | protocol | services / resources | fleet connected in | route: p50 ms | p99 ms | max ms | CP CPU s per change | endpoint: p50 ms | p99 ms | max ms | CP CPU s per change | API write p50 ms (route / endpoint) | CP RSS MiB idle / end / peak | fleet CPU s per change (route / endpoint) |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in reports {
         out.push_str(&row(r));
         out.push('\n');
@@ -816,11 +879,16 @@ fn render(args: &Args, reports: &[RunReport]) -> String {
         };
         let _ = writeln!(
             out,
-            "- {} {:?}: route [{}], endpoint [{}]",
+            "- {} {:?}: route [{}], endpoint [{}]; streams re-opened: {}{}",
             r.proxies,
             r.protocol,
             ms(&r.route),
-            ms(&r.endpoint)
+            ms(&r.endpoint),
+            r.reconnects,
+            r.last_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
         );
     }
     out

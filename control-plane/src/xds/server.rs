@@ -17,7 +17,7 @@ use super::delta::DeltaStream;
 use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
-use super::view::{NodeSpec, ProxyView};
+use super::view::{NodeSpec, ProxyView, ViewCache};
 use crate::ca::tokens::TokenGrant;
 use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
@@ -59,6 +59,7 @@ struct Shared {
     shutdown: CancellationToken,
     next_stream: AtomicU64,
     auth: WorkloadAuth,
+    views: ViewCache,
 }
 
 /// One of the two ADS protocols, as the stream driver sees it.
@@ -104,6 +105,7 @@ impl AdsService {
                 shutdown,
                 next_stream: AtomicU64::new(1),
                 auth,
+                views: ViewCache::default(),
             }),
         }
     }
@@ -368,7 +370,9 @@ async fn run_stream<M: Machine>(
     tx: ResponseTx<M::Response>,
 ) {
     let mut snapshots = shared.snapshots.subscribe();
-    let mut view = ProxyView::compute(&shared.current_snapshot(&mut snapshots), &spec);
+    let mut view = shared
+        .views
+        .view(&shared.current_snapshot(&mut snapshots), &spec);
     let conn = shared.status.connect(&spec, M::PROTOCOL, &view);
     tracing::info!(namespace = %spec.namespace, services = view.services.len(), serves = ?view.serves, "proxy connected");
     let mut next = Some(first);
@@ -390,7 +394,7 @@ async fn run_stream<M: Machine>(
                         // publisher (see `current_snapshot`).
                         continue;
                     }
-                    view = ProxyView::compute(&snapshot, &spec);
+                    view = shared.views.view(&snapshot, &spec);
                     (machine.on_view(&view), view.written_at)
                 }
                 msg = inbound.message() => match msg {

@@ -199,7 +199,11 @@ fn selected(
         .filter(|r| sub.contains(&r.name))
         .cloned()
         .collect();
-    (set_version(&resources), resources)
+    let version = match sub {
+        Subscription::Wildcard => view.version(type_url),
+        Subscription::Names(_) => set_version(&resources),
+    };
+    (version, resources)
 }
 
 #[cfg(test)]
