@@ -4,7 +4,11 @@
 //! timer per client connection; latency is from the moment a request is
 //! sent, so it is not corrected for coordinated omission: a stalled
 //! connection delays its next request instead of counting it as late),
-//! and `openssl s_time` for the rate of new mutual-TLS handshakes.
+//! `oha -q --latency-correction` as a second, independent latency method
+//! (open loop: requests are due on a fixed schedule, and each is timed from
+//! when it was due, so a stall counts against every request it delayed —
+//! corrected for coordinated omission), and `openssl s_time` for the rate
+//! of new mutual-TLS handshakes.
 
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -228,6 +232,100 @@ pub fn parse_h2load(summary: &str, log: &str) -> Result<Latency> {
     })
 }
 
+/// The `oha` command line for `target` at `rate` requests per second in
+/// total over `connections` HTTP/1.1 keep-alive connections, open loop with
+/// coordinated-omission correction, one worker thread (like `h2load`),
+/// JSON summary on stdout. `-w` lets the requests in flight at the end
+/// finish instead of counting them as aborted.
+pub fn oha_args(target: &Target, rate: u32, connections: u32, duration: Duration) -> Vec<String> {
+    let mut args = vec![
+        "--no-tui".to_string(),
+        "--output-format".into(),
+        "json".into(),
+        "--worker-threads".into(),
+        "1".into(),
+        "-c".into(),
+        connections.to_string(),
+        "-q".into(),
+        rate.to_string(),
+        "--latency-correction".into(),
+        "-z".into(),
+        format!("{}s", duration.as_secs().max(1)),
+        "-w".into(),
+    ];
+    if let Some(h) = &target.host {
+        args.push("--host".into());
+        args.push(h.clone());
+    }
+    args.push(target.url.clone());
+    args
+}
+
+/// Runs `oha` at a fixed rate and reads its JSON summary.
+pub fn oha(
+    pin: &Pin,
+    target: &Target,
+    rate: u32,
+    connections: u32,
+    duration: Duration,
+) -> Result<Latency> {
+    let out = pin
+        .command("oha")
+        .args(oha_args(target, rate, connections, duration))
+        .output()
+        .context("running oha (installed by scripts/bench-deps.sh)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "oha failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_oha(&text).with_context(|| format!("parsing oha's JSON summary:\n{text}"))
+}
+
+/// Parses `oha --output-format json`: `latencyPercentiles` (seconds, keys
+/// `p50`, `p90`, `p99`, `p99.9`), `statusCodeDistribution` and
+/// `errorDistribution` (counts).
+pub fn parse_oha(json: &str) -> Result<Latency> {
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    let pct = |k: &str| -> Result<f64> {
+        v["latencyPercentiles"][k]
+            .as_f64()
+            .map(|s| s * 1000.0)
+            .with_context(|| format!("no latencyPercentiles.{k}"))
+    };
+    let counts = |k: &str| -> Vec<(String, f64)> {
+        v[k].as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_f64().unwrap_or(0.0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let statuses = counts("statusCodeDistribution");
+    let responses: f64 = statuses.iter().map(|(_, n)| n).sum();
+    if responses == 0.0 {
+        bail!("no request completed");
+    }
+    let not_2xx: f64 = statuses
+        .iter()
+        .filter(|(code, _)| !code.starts_with('2'))
+        .map(|(_, n)| n)
+        .sum();
+    let errors: f64 = counts("errorDistribution").iter().map(|(_, n)| n).sum();
+    Ok(Latency {
+        requests: responses,
+        errors: not_2xx + errors,
+        p50: pct("p50")?,
+        p90: pct("p90")?,
+        p99: pct("p99")?,
+        p999: pct("p99.9")?,
+    })
+}
+
 /// New mutual-TLS handshakes per second against `addr` (a TLS port), with
 /// the client certificate `cert`/`key`: `openssl s_time -new` for
 /// `duration`, rate over wall-clock time.
@@ -319,6 +417,22 @@ Transfer/sec:      2.00MB
     }
 
     #[test]
+    fn oha_summary() {
+        let json = r#"{"summary":{"successRate":1.0,"total":10.0},
+            "latencyPercentiles":{"p10":0.0001,"p50":0.0002,"p90":0.0004,"p99":0.0015,"p99.9":0.003,"p99.99":0.004},
+            "statusCodeDistribution":{"200":9990,"503":2},
+            "errorDistribution":{"connection closed":3}}"#;
+        let l = parse_oha(json).unwrap();
+        assert_eq!(l.requests, 9992.0);
+        assert_eq!(l.errors, 5.0);
+        assert!((l.p50 - 0.2).abs() < 1e-9, "{l:?}");
+        assert!((l.p99 - 1.5).abs() < 1e-9, "{l:?}");
+        assert!((l.p999 - 3.0).abs() < 1e-9, "{l:?}");
+        assert!(parse_oha(r#"{"statusCodeDistribution":{}}"#).is_err());
+        assert!(parse_oha("garbage").is_err());
+    }
+
+    #[test]
     fn s_time_report() {
         let text = "Collecting connection statistics for 4 seconds\n\
             1234 connections in 2.10s; 587.62 connections/user sec, bytes read 0\n\
@@ -339,6 +453,11 @@ Transfer/sec:      2.00MB
         assert_eq!(
             h,
             "--h1 -c 16 --rps 62.5 -D 10 --log-file=/tmp/x.log -H :authority: backend http://127.0.0.1:18021/"
+        );
+        let o = oha_args(&t, 5000, 16, Duration::from_secs(10)).join(" ");
+        assert_eq!(
+            o,
+            "--no-tui --output-format json --worker-threads 1 -c 16 -q 5000 --latency-correction -z 10s -w --host backend http://127.0.0.1:18021/"
         );
         let cmd = Pin(Some("0".into())).command("wrk");
         assert_eq!(cmd.get_program(), "taskset");

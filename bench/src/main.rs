@@ -327,6 +327,17 @@ fn measure(
             rec(Metric::P90(rate), l.p90);
             rec(Metric::P99(rate), l.p99);
             rec(Metric::P999(rate), l.p999);
+            // The second method at the same rate, right after.
+            let o = load::oha(pin, &target, rate, plan.latency_connections, plan.latency)?;
+            errors += o.errors;
+            rec(
+                Metric::OhaAchieved(rate),
+                o.requests / plan.latency.as_secs_f64(),
+            );
+            rec(Metric::OhaP50(rate), o.p50);
+            rec(Metric::OhaP90(rate), o.p90);
+            rec(Metric::OhaP99(rate), o.p99);
+            rec(Metric::OhaP999(rate), o.p999);
         }
         rec(Metric::Errors, errors);
     }
@@ -549,6 +560,7 @@ fn meta(repo: &Path, args: &Args, rounds: usize, plan: &Plan) -> Vec<(String, St
         ("haproxy".into(), sh("haproxy -v | head -1")),
         ("wrk".into(), sh("wrk -v | head -1")),
         ("h2load".into(), sh("h2load --version")),
+        ("oha".into(), sh("oha --version")),
         ("openssl".into(), sh("openssl version")),
         (
             "pinning".into(),
@@ -629,6 +641,15 @@ fn commands(args: &Args, plan: &Plan) -> Vec<String> {
                 plan.latency_connections,
                 plan.latency,
                 "@WORK@/h2load.log"
+            ))
+        ));
+        out.push(format!(
+            "{pin}oha {}",
+            q(load::oha_args(
+                &t,
+                rate,
+                plan.latency_connections,
+                plan.latency
             ))
         ));
     }

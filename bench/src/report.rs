@@ -27,6 +27,17 @@ pub enum Metric {
     P999(u32),
     /// Requests per second actually sent in the run at a rate.
     Achieved(u32),
+    /// The second latency method (`oha`, open loop, corrected for
+    /// coordinated omission) at a rate: p50 (ms).
+    OhaP50(u32),
+    /// `oha` p90 at a rate.
+    OhaP90(u32),
+    /// `oha` p99 at a rate.
+    OhaP99(u32),
+    /// `oha` p99.9 at a rate.
+    OhaP999(u32),
+    /// Requests per second `oha` completed at a rate.
+    OhaAchieved(u32),
     /// Failed requests over the whole round (must be 0).
     Errors,
     /// RSS MiB per sidecar when idle (the larger hop).
@@ -94,6 +105,62 @@ pub struct Results {
 }
 
 const PEERS: [PeerKind; 2] = [PeerKind::Nginx, PeerKind::Haproxy];
+
+/// The two latency methods, each with its own table per rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LatencyMethod {
+    /// `h2load --rps`: a timer per connection, latency from send.
+    H2load,
+    /// `oha -q --latency-correction`: open loop, latency from when each
+    /// request was due.
+    Oha,
+}
+
+// === impl LatencyMethod ===
+
+impl LatencyMethod {
+    /// Both, in the order the report shows them.
+    pub const ALL: [LatencyMethod; 2] = [LatencyMethod::H2load, LatencyMethod::Oha];
+
+    /// The metrics of a run at `rate`: achieved req/s, p50, p90, p99, p99.9.
+    pub fn metrics(self, rate: u32) -> [Metric; 5] {
+        match self {
+            LatencyMethod::H2load => [
+                Metric::Achieved(rate),
+                Metric::P50(rate),
+                Metric::P90(rate),
+                Metric::P99(rate),
+                Metric::P999(rate),
+            ],
+            LatencyMethod::Oha => [
+                Metric::OhaAchieved(rate),
+                Metric::OhaP50(rate),
+                Metric::OhaP90(rate),
+                Metric::OhaP99(rate),
+                Metric::OhaP999(rate),
+            ],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            LatencyMethod::H2load => {
+                "`h2load --rps` over 16 connections, from send to end of response"
+            }
+            LatencyMethod::Oha => {
+                "second method: `oha -q --latency-correction` over 16 connections, open loop, \
+                 from when each request was due to end of response"
+            }
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            LatencyMethod::H2load => "h2load",
+            LatencyMethod::Oha => "oha",
+        }
+    }
+}
 
 // === impl Results ===
 
@@ -300,14 +367,19 @@ impl Results {
             Some(false) => "**no**",
             None => "not measured",
         };
-        if let Some(&rate) = rates.first() {
-            let m = Metric::P99(rate);
+        for method in LatencyMethod::ALL {
+            let Some(&rate) = rates.first() else { break };
+            let m = method.metrics(rate)[3];
+            if self.summary(PeerKind::Direct, h, m).is_empty() {
+                continue;
+            }
             let ours = self.added(PeerKind::Sane, h, m);
             let peer = self.best_added(h, m);
             let r = ratio(ours, peer);
             let _ = writeln!(
                 s,
-                "| added p99 at {rate} req/s ≤ 0.7× the better peer's | sane +{} ms vs best peer +{} ms: {} | {} |",
+                "| added p99 at {rate} req/s ≤ 0.7× the better peer's ({}) | sane +{} ms vs best peer +{} ms: {} | {} |",
+                method.short(),
                 fmt(ours, 3),
                 fmt(peer, 3),
                 show_ratio(r),
@@ -411,53 +483,55 @@ impl Results {
         }
         let _ = writeln!(s);
         for &rate in rates {
-            if self
-                .summary(PeerKind::Direct, mode, Metric::P50(rate))
-                .is_empty()
-            {
+            for method in LatencyMethod::ALL {
+                self.render_latency(s, mode, rate, method);
+            }
+        }
+    }
+
+    /// One latency table: `method`'s figures at `rate`, added over direct.
+    fn render_latency(&self, s: &mut String, mode: Mode, rate: u32, method: LatencyMethod) {
+        let [achieved, p50, p90, p99, p999] = method.metrics(rate);
+        if self.summary(PeerKind::Direct, mode, p50).is_empty() {
+            return;
+        }
+        let _ = writeln!(s, "Latency at {rate} req/s (ms; {}):\n", method.describe());
+        let _ = writeln!(
+            s,
+            "| variant | achieved req/s | p50 | p90 | p99 | p99.9 | added p50 | added p99 | added p99 ×best peer |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        let best_added = self.best_added(mode, p99);
+        for kind in PeerKind::ALL {
+            if self.summary(kind, mode, p50).is_empty() {
                 continue;
             }
-            let _ = writeln!(
-                s,
-                "Latency at {rate} req/s (ms; `h2load --rps` over 16 connections, from send to end of response):\n"
-            );
-            let _ = writeln!(
-                s,
-                "| variant | achieved req/s | p50 | p90 | p99 | p99.9 | added p50 | added p99 | added p99 ×best peer |\n|---|---|---|---|---|---|---|---|---|"
-            );
-            let best_added = self.best_added(mode, Metric::P99(rate));
-            for kind in PeerKind::ALL {
-                if self.summary(kind, mode, Metric::P50(rate)).is_empty() {
-                    continue;
+            let proxied = kind != PeerKind::Direct;
+            let add = |m| {
+                if proxied {
+                    format!("+{}", fmt(self.added(kind, mode, m), 3))
+                } else {
+                    "–".into()
                 }
-                let proxied = kind != PeerKind::Direct;
-                let add = |m| {
-                    if proxied {
-                        format!("+{}", fmt(self.added(kind, mode, m), 3))
-                    } else {
-                        "–".into()
-                    }
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    kind.name(),
-                    self.show(kind, mode, Metric::Achieved(rate), 0),
-                    self.show(kind, mode, Metric::P50(rate), 3),
-                    self.show(kind, mode, Metric::P90(rate), 3),
-                    self.show(kind, mode, Metric::P99(rate), 3),
-                    self.show(kind, mode, Metric::P999(rate), 3),
-                    add(Metric::P50(rate)),
-                    add(Metric::P99(rate)),
-                    if proxied {
-                        show_ratio(ratio(self.added(kind, mode, Metric::P99(rate)), best_added))
-                    } else {
-                        "–".into()
-                    },
-                );
-            }
-            let _ = writeln!(s);
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                kind.name(),
+                self.show(kind, mode, achieved, 0),
+                self.show(kind, mode, p50, 3),
+                self.show(kind, mode, p90, 3),
+                self.show(kind, mode, p99, 3),
+                self.show(kind, mode, p999, 3),
+                add(p50),
+                add(p99),
+                if proxied {
+                    show_ratio(ratio(self.added(kind, mode, p99), best_added))
+                } else {
+                    "–".into()
+                },
+            );
         }
+        let _ = writeln!(s);
     }
 
     fn render_memory(&self, s: &mut String) {

@@ -161,10 +161,17 @@ impl DeltaStream {
             .copied()
             .filter(|r| st.known.get(&r.name) != Some(&r.version))
             .collect();
+        // By lookup in the view (keyed by name): a scan of `desired` per
+        // held name cost |held| × |desired| per type and stream.
+        let in_view = view.of_type(type_url);
         let removed: Vec<String> = st
             .known
             .keys()
-            .filter(|k| !desired.iter().any(|r| &r.name == *k))
+            .filter(|k| {
+                !in_view
+                    .get(k.as_str())
+                    .is_some_and(|r| st.wildcard || st.names.contains(&r.name))
+            })
             .cloned()
             .collect();
         if changed.is_empty() && removed.is_empty() && !always {

@@ -24,7 +24,7 @@ use super::node_token::{node_token, NODE_TOKEN_FIELD};
 use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
-use super::view::{NodeSpec, ProxyView};
+use super::view::{NodeSpec, ProxyView, ViewCache};
 use crate::ca::tokens::TokenGrant;
 use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
@@ -70,6 +70,7 @@ struct Shared {
     shutdown: CancellationToken,
     next_stream: AtomicU64,
     auth: WorkloadAuth,
+    views: ViewCache,
 }
 
 /// One of the two ADS protocols, as the stream driver sees it.
@@ -117,6 +118,7 @@ impl AdsService {
                 shutdown,
                 next_stream: AtomicU64::new(1),
                 auth,
+                views: ViewCache::default(),
             }),
         }
     }
@@ -414,7 +416,9 @@ async fn run_stream<M: Machine>(
     tx: ResponseTx<M::Response>,
 ) {
     let mut snapshots = shared.snapshots.subscribe();
-    let mut view = ProxyView::compute(&shared.current_snapshot(&mut snapshots), &spec);
+    let mut view = shared
+        .views
+        .view(&shared.current_snapshot(&mut snapshots), &spec);
     let conn = shared.status.connect(&spec, M::PROTOCOL, &view);
     tracing::info!(namespace = %spec.namespace, services = view.services.len(), serves = ?view.serves, "proxy connected");
     let mut next = Some(first);
@@ -436,7 +440,7 @@ async fn run_stream<M: Machine>(
                         // publisher (see `current_snapshot`).
                         continue;
                     }
-                    view = ProxyView::compute(&snapshot, &spec);
+                    view = shared.views.view(&snapshot, &spec);
                     (machine.on_view(&view), view.written_at)
                 }
                 msg = inbound.message() => match msg {

@@ -210,7 +210,14 @@ fn selected(
         .filter(|r| sub.contains(&r.name))
         .cloned()
         .collect();
-    (set_version(&resources), resources)
+    let version = match sub {
+        Subscription::Wildcard => match type_url {
+            XdsType::Mesh(t) => view.version(t),
+            XdsType::Envoy(_) => set_version(&resources),
+        },
+        Subscription::Names(_) => set_version(&resources),
+    };
+    (version, resources)
 }
 
 #[cfg(test)]

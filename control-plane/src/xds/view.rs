@@ -15,7 +15,7 @@ use super::client_input::{
     MAX_USER_AGENT_CHARS, MAX_WORKLOAD_BYTES,
 };
 use super::envoy::EnvoyResources;
-use super::snapshot::{ResourceMap, XdsSnapshot};
+use super::snapshot::{set_version, ResourceMap, XdsSnapshot};
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -24,7 +24,7 @@ use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{namespace_or_default, Endpoint, TypeUrl};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use tokio::time::Instant;
 
 /// What a proxy asked to see, parsed from its `Node`.
@@ -73,6 +73,29 @@ pub struct ProxyView {
     pub(super) namespace: String,
     /// The view as Envoy resources, built on first use (see `type_url`).
     pub(super) envoy: OnceLock<EnvoyResources>,
+    /// The version of every resource of each type ([`set_version`]), what a
+    /// wildcard subscription is sent: computed once per view, not per stream
+    /// and push.
+    versions: HashMap<TypeUrl, String>,
+}
+
+/// Views shared between the streams of one snapshot whose nodes select the
+/// same slice (same namespace, listed services and served endpoints): a
+/// fleet of sidecars of one namespace computes one view per push instead
+/// of one per proxy. Holds the views of the latest revision only.
+#[derive(Debug, Default)]
+pub struct ViewCache {
+    latest: Mutex<(u64, HashMap<ViewKey, Arc<ProxyView>>)>,
+}
+
+/// What a view depends on besides the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ViewKey {
+    namespace: String,
+    services: BTreeSet<String>,
+    all_services: bool,
+    /// Names of the endpoints the proxy serves (its authorization policies).
+    served: Vec<String>,
 }
 
 // === impl NodeSpec ===
@@ -356,15 +379,9 @@ impl ProxyView {
                 break;
             }
         }
-        let served: Vec<&Endpoint> = snapshot
-            .of_kind(Kind::Endpoint)
-            .values()
-            .filter_map(|r| match &r.resource {
-                Resource::Endpoint(e) if spec.serves(e) => Some(e),
-                _ => None,
-            })
-            .collect();
+        let served: Vec<&Endpoint> = served(snapshot, spec).map(|(_, e)| e).collect();
         let mut types = HashMap::new();
+        let mut versions = HashMap::new();
         for kind in Kind::ALL {
             let filtered: ResourceMap = snapshot
                 .of_kind(kind)
@@ -386,6 +403,7 @@ impl ProxyView {
                 })
                 .map(|(k, r)| (k.clone(), r.clone()))
                 .collect();
+            versions.insert(kind.type_url(), set_version(filtered.values()));
             types.insert(kind.type_url(), filtered);
         }
         ProxyView {
@@ -396,6 +414,16 @@ impl ProxyView {
             types,
             namespace: spec.namespace.clone(),
             envoy: OnceLock::new(),
+            versions,
+        }
+    }
+
+    /// The version of every resource of type `t` in the view (what a
+    /// wildcard subscription holds).
+    pub fn version(&self, t: TypeUrl) -> String {
+        match self.versions.get(&t) {
+            Some(v) => v.clone(),
+            None => set_version(self.resources(t).values()),
         }
     }
 
@@ -416,7 +444,55 @@ impl ProxyView {
             types: HashMap::new(),
             namespace: "default".into(),
             envoy: OnceLock::new(),
+            versions: HashMap::new(),
         }
+    }
+}
+
+/// The endpoints of `snapshot` that `spec`'s proxy serves, with their names.
+fn served<'a>(
+    snapshot: &'a XdsSnapshot,
+    spec: &'a NodeSpec,
+) -> impl Iterator<Item = (&'a String, &'a Endpoint)> + 'a {
+    snapshot
+        .of_kind(Kind::Endpoint)
+        .iter()
+        .filter_map(|(name, r)| match &r.resource {
+            Resource::Endpoint(e) if spec.serves(e) => Some((name, e)),
+            _ => None,
+        })
+}
+
+// === impl ViewCache ===
+
+impl ViewCache {
+    /// `spec`'s view of `snapshot`: shared with every stream that asked for
+    /// the same slice of the same revision, computed by the first.
+    pub fn view(&self, snapshot: &XdsSnapshot, spec: &NodeSpec) -> Arc<ProxyView> {
+        let key = ViewKey {
+            namespace: spec.namespace.clone(),
+            services: spec.services.clone(),
+            all_services: spec.all_services,
+            served: served(snapshot, spec).map(|(n, _)| n.clone()).collect(),
+        };
+        {
+            let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            if latest.0 == snapshot.revision {
+                if let Some(v) = latest.1.get(&key) {
+                    return v.clone();
+                }
+            }
+        }
+        // Computed outside the lock: streams of other slices go on.
+        let view = Arc::new(ProxyView::compute(snapshot, spec));
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if snapshot.revision > latest.0 {
+            *latest = (snapshot.revision, HashMap::new());
+        }
+        if snapshot.revision == latest.0 {
+            latest.1.insert(key, view.clone());
+        }
+        view
     }
 }
 

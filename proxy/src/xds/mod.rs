@@ -258,7 +258,11 @@ async fn apply_off_thread(
         .unwrap_or_else(|e| Err(crate::StartError::ReloadAborted(e.to_string())))
 }
 
-fn envoy_node(node: &Node, cp: &ControlPlane, inbound: &[SocketAddr]) -> EnvoyNode {
+/// The `Node` a proxy announces on its first request: `node.id` (default
+/// `sidecar`), `node.workload` as cluster, and the metadata the control
+/// plane scopes its view by (`namespace`, `services`, `inbound`). Public so
+/// tools speaking xDS as a proxy (the fleet benchmark) announce the same.
+pub fn envoy_node(node: &Node, cp: &ControlPlane, inbound: &[SocketAddr]) -> EnvoyNode {
     let string = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };

@@ -110,16 +110,7 @@ impl XdsState {
         &self,
         resp: &DiscoveryResponse,
     ) -> Result<(TypeUrl, BTreeMap<String, Resource>, MeshResources), String> {
-        let t = TypeUrl::parse(&resp.type_url)
-            .filter(|t| SUBSCRIBED.contains(t))
-            .ok_or_else(|| format!("unsupported type {:?}", resp.type_url))?;
-        let mut received = BTreeMap::new();
-        for (i, any) in resp.resources.iter().enumerate() {
-            let r = decode(t, any).map_err(|e| format!("resources[{i}]: {e}"))?;
-            let name = name_of(&r);
-            validate(&r).map_err(|e| format!("{} {name}: {e}", kind(&r)))?;
-            received.insert(name, r);
-        }
+        let (t, received) = receive(resp)?;
         let mut all: Vec<&Resource> = Vec::new();
         for other in SUBSCRIBED {
             if other == t {
@@ -168,6 +159,33 @@ impl XdsState {
             ..Default::default()
         }
     }
+}
+
+/// Decodes and validates every resource of `resp`, by name: the first half
+/// of [`XdsState::candidate`], without merging with the other types. Public
+/// for tools that speak xDS like a proxy without a data plane (the
+/// control-plane fleet benchmark, `bench/src/bin/fleet.rs`).
+pub fn receive(resp: &DiscoveryResponse) -> Result<(TypeUrl, BTreeMap<String, Resource>), String> {
+    let t = TypeUrl::parse(&resp.type_url)
+        .filter(|t| SUBSCRIBED.contains(t))
+        .ok_or_else(|| format!("unsupported type {:?}", resp.type_url))?;
+    let mut received = BTreeMap::new();
+    for (i, any) in resp.resources.iter().enumerate() {
+        let r = decode(t, any).map_err(|e| format!("resources[{i}]: {e}"))?;
+        let name = name_of(&r);
+        validate(&r).map_err(|e| format!("{} {name}: {e}", kind(&r)))?;
+        received.insert(name, r);
+    }
+    Ok((t, received))
+}
+
+/// Decodes one resource of type `t` and validates it; the error names the
+/// resource (`service default/echo: ports[0].port: …`) once it could be
+/// decoded.
+pub fn decode_validated(t: TypeUrl, any: &Any) -> Result<Resource, String> {
+    let r = decode(t, any)?;
+    validate(&r).map_err(|e| format!("{} {}: {e}", kind(&r), name_of(&r)))?;
+    Ok(r)
 }
 
 fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {

@@ -1,0 +1,917 @@
+//! `fleet`: the control plane under a simulated fleet of proxies.
+//!
+//! For each fleet size (`--proxies`, default 100, 1 000 and 5 000) and each
+//! protocol (`--protocols`, state of the world and delta), starts a fresh
+//! release `sane-control-plane` (TLS on both ports, as deployed), fills its
+//! registry through the API with a realistic mesh — N/10 services, each
+//! with 3 endpoints and one route, in `--namespaces` namespaces — and opens
+//! N real ADS streams to it, each over its own TLS connection, with a
+//! workload token of its service and a node id of that workload
+//! (`svc-<i>.<namespace>~p-<n>`), as a sidecar of that service would.
+//!
+//! A stream speaks xDS as the proxy does, without the data plane: the
+//! proxy's own client code builds its node (`sane_proxy::xds::envoy_node`)
+//! and connects (`sane_proxy::tls::control_plane::connect`, verifying the
+//! control plane against `<data-dir>/root-cert.pem`); every response is
+//! decoded and validated resource by resource with the proxy's state
+//! machine (`sane_proxy::xds::state`) and ACKed. State-of-the-world streams
+//! subscribe like the proxy (wildcard, every type); delta streams (the
+//! proxy has no delta client) subscribe to the same types by wildcard, keep
+//! the resources they hold by name, and decode and validate each with the
+//! same function.
+//!
+//! Then, `--changes` times each, one route change (a PUT of one route with
+//! a new timeout) and one endpoint change (alternately adding and deleting
+//! a fourth endpoint of one service), spaced by `--gap`: for each, the time
+//! from just before the API write to the last ACK of a response that holds
+//! it, over every proxy that sees the changed service; the control plane's
+//! CPU seconds (user + system, `/proc/<pid>/stat`) spent from the write to
+//! the end of the gap; and its RSS. Prints a markdown report (and writes it
+//! to `--out`). `bench/fleet.sh` builds the binaries and runs it.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use http::Method;
+use sane_bench::procfs;
+use sane_control_plane::client::ApiClient;
+use sane_control_plane::resource::{Kind, Resource as CpResource};
+use sane_proxy::xds::state::{self, Resource, XdsState, SUBSCRIBED};
+use sane_xds_proto::{
+    ControlPlane, Endpoint, Node, Route, RouteRule, Service, ServicePort, TypeUrl,
+    WeightedDestination,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+const API_TOKEN: &str = "sane-fleet-bench-token";
+/// A route's timeout before any change; change `g` sets `BASE + g`.
+const BASE_TIMEOUT_MS: u64 = 5_000;
+/// The proxy's reconnect backoff (`sane_proxy::xds`): 10 ms doubling to 15 s.
+const BACKOFF_START: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "fleet", about = "The control plane under N simulated proxies")]
+struct Args {
+    /// The control-plane binary (default: `sane-control-plane` beside this
+    /// tool, i.e. the same build).
+    #[arg(long)]
+    control_plane: Option<PathBuf>,
+    /// Fleet sizes, one fresh control plane each.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
+    proxies: Vec<usize>,
+    /// `sotw`, `delta` or both.
+    #[arg(long, value_delimiter = ',', default_value = "sotw,delta")]
+    protocols: Vec<Protocol>,
+    /// Namespaces the services (and their proxies) are spread over; with 1
+    /// every proxy sees every service.
+    #[arg(long, default_value_t = 1)]
+    namespaces: usize,
+    /// Measured changes of each kind (route, endpoint).
+    #[arg(long, default_value_t = 10)]
+    changes: usize,
+    /// Pause after a change's last ACK before the next change (the
+    /// control plane's CPU is read at its end).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    gap: Duration,
+    /// The control plane's `--debounce-quiet`.
+    #[arg(long, default_value = "100ms")]
+    debounce_quiet: String,
+    /// The control plane's `--debounce-max`.
+    #[arg(long, default_value = "1s")]
+    debounce_max: String,
+    /// Streams being set up at once (TCP + TLS + the first config).
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Worker threads of the simulated proxies' runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Longest wait for one change to reach every proxy, or for the fleet
+    /// to connect.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Scratch directory (cleared per run): data directory and logs.
+    #[arg(long, default_value = "/tmp/sane-fleet")]
+    work_dir: PathBuf,
+    /// Also write the report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Protocol {
+    Sotw,
+    Delta,
+}
+
+/// What a response must show for a stream to count as having the change.
+#[derive(Clone, Debug)]
+struct Expect {
+    generation: u64,
+    type_url: TypeUrl,
+    name: String,
+    want: Want,
+}
+
+#[derive(Clone, Debug)]
+enum Want {
+    /// A route whose first rule has this timeout.
+    RouteTimeout(u64),
+    /// The resource exists.
+    Present,
+    /// The resource is gone.
+    Absent,
+}
+
+/// Shared between the driver and every stream.
+#[derive(Debug, Default)]
+struct Fleet {
+    /// Streams that ACKed their first config of every type.
+    ready: AtomicUsize,
+    expect: Mutex<Option<Expect>>,
+    progress: Mutex<Progress>,
+    /// Streams that ended and were opened again (as the proxy does, with
+    /// its backoff), and the last reason.
+    reconnects: AtomicUsize,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What one simulated proxy keeps across reconnects.
+#[derive(Debug, Default)]
+struct ProxyState {
+    /// SotW: the proxy's state machine (versions it holds).
+    sotw: XdsState,
+    /// The last change generation this proxy was counted for.
+    seen: u64,
+    /// Counted in [`Fleet::ready`] already.
+    ready: bool,
+    /// A response arrived on the current stream (resets the backoff).
+    got_response: bool,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    generation: u64,
+    reached: usize,
+    last_ack: Option<Instant>,
+}
+
+/// One simulated proxy.
+#[derive(Clone, Debug)]
+struct Proxy {
+    index: usize,
+    namespace: String,
+    /// The service (workload) whose sidecar it plays.
+    service: usize,
+}
+
+/// Figures of one change.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// The API write itself (validated, logged durably, answered).
+    write: Duration,
+    to_last_ack: Duration,
+    cp_cpu: f64,
+    client_cpu: f64,
+}
+
+/// Figures of one (N, protocol) run.
+#[derive(Debug)]
+struct RunReport {
+    proxies: usize,
+    protocol: Protocol,
+    services: usize,
+    resources: usize,
+    connect: Duration,
+    rss_idle: f64,
+    rss_end: f64,
+    hwm: f64,
+    route: Vec<Sample>,
+    endpoint: Vec<Sample>,
+    /// Streams re-opened during the run, and the last reason.
+    reconnects: usize,
+    last_error: Option<String>,
+}
+
+/// Kills the process on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    raise_fd_limit()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    let mut reports = Vec::new();
+    for &n in &args.proxies {
+        for &protocol in &args.protocols {
+            eprintln!("fleet: {n} proxies, {protocol:?}");
+            let report = runtime
+                .block_on(run(&args, n, protocol))
+                .with_context(|| format!("{n} proxies, {protocol:?}"))?;
+            eprintln!("{}", row(&report));
+            reports.push(report);
+        }
+    }
+    let text = render(&args, &reports);
+    print!("{text}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// 5 000 streams are 5 000 sockets here and in the control plane (which
+/// inherits the limit).
+fn raise_fd_limit() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource as Limit};
+    let (_, hard) = getrlimit(Limit::RLIMIT_NOFILE)?;
+    setrlimit(Limit::RLIMIT_NOFILE, hard, hard)?;
+    Ok(())
+}
+
+async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
+    let dir = args.work_dir.join(format!("{n}-{protocol:?}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (cp, xds, api_addr) = start_control_plane(args, &dir)?;
+    let pid = cp.0.id();
+    let root_file = dir.join("data/root-cert.pem");
+    let roots = sane_certs::TrustBundle::from_pem(&std::fs::read_to_string(&root_file)?)?;
+    let api = ApiClient::with_roots(
+        &format!("https://{api_addr}"),
+        Some(API_TOKEN.into()),
+        &roots,
+    )?;
+
+    let services = (n / 10).max(1);
+    let namespaces = args.namespaces.clamp(1, services);
+    let ns_of = |i: usize| format!("fleet-{}", i % namespaces);
+    let mut resources = Vec::new();
+    for i in 0..services {
+        resources.push(CpResource::Service(service(i, &ns_of(i))));
+        for k in 1..=3 {
+            resources.push(CpResource::Endpoint(endpoint(i, &ns_of(i), k)));
+        }
+        resources.push(CpResource::Route(route(i, &ns_of(i), BASE_TIMEOUT_MS)));
+    }
+    let count = resources.len();
+    put_all(&api, resources).await?;
+    let tokens = issue_tokens(&api, services, &ns_of).await?;
+
+    // The fleet.
+    let fleet = Arc::new(Fleet::default());
+    let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let xds_url = format!("https://{xds}");
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for index in 0..n {
+        let service = index % services;
+        let proxy = Proxy {
+            index,
+            namespace: ns_of(service),
+            service,
+        };
+        let token = tokens[service].clone();
+        let (fleet, gate, url, root) = (
+            fleet.clone(),
+            gate.clone(),
+            xds_url.clone(),
+            root_file.display().to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            // Held until the first config of every type is in.
+            let mut permit = gate.acquire().await.ok();
+            let mut ps = ProxyState::default();
+            let mut backoff = BACKOFF_START;
+            loop {
+                ps.got_response = false;
+                let result = match protocol {
+                    Protocol::Sotw => {
+                        sotw(&fleet, &proxy, &url, &root, &token, &mut ps, &mut permit).await
+                    }
+                    Protocol::Delta => {
+                        delta(&fleet, &proxy, &url, &root, &token, &mut ps, &mut permit).await
+                    }
+                };
+                let why = match result {
+                    Ok(()) => "the control plane ended the stream".to_string(),
+                    Err(e) => format!("{e:#}"),
+                };
+                fleet.reconnects.fetch_add(1, Ordering::Relaxed);
+                *fleet.last_error.lock().unwrap() = Some(format!("proxy {}: {why}", proxy.index));
+                if ps.got_response {
+                    backoff = BACKOFF_START;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }));
+    }
+    wait_for(&fleet, args.timeout, "the fleet to connect", || {
+        fleet.ready.load(Ordering::Relaxed) >= n
+    })
+    .await?;
+    let connect = started.elapsed();
+    eprintln!(
+        "  {n} streams have their config after {:.1} s",
+        connect.as_secs_f64()
+    );
+    tokio::time::sleep(args.gap).await;
+    let rss_idle = procfs::memory(&[pid]).rss;
+
+    let per_ns = |i: usize| {
+        (0..n)
+            .filter(|p| p % services % namespaces == i % namespaces)
+            .count()
+    };
+    let mut generation = 0;
+    let mut route_samples = Vec::new();
+    let mut endpoint_samples = Vec::new();
+    for c in 0..args.changes {
+        // A route change: one route, a new timeout.
+        generation += 1;
+        let i = (c * 7) % services;
+        let timeout = BASE_TIMEOUT_MS + generation;
+        let changed = route(i, &ns_of(i), timeout);
+        let expect = Expect {
+            generation,
+            type_url: TypeUrl::Route,
+            name: state::name_of(&Resource::Route(changed.clone())),
+            want: Want::RouteTimeout(timeout),
+        };
+        let sample = measure(args, &fleet, pid, expect, per_ns(i), async {
+            api.put(&CpResource::Route(changed), None).await
+        })
+        .await?;
+        route_samples.push(sample);
+
+        // An endpoint change: a fourth endpoint appears, or goes again.
+        generation += 1;
+        let i = (c / 2 * 7 + 3) % services;
+        let extra = endpoint(i, &ns_of(i), 4);
+        let name = state::name_of(&Resource::Endpoint(extra.clone()));
+        let add = c % 2 == 0;
+        let expect = Expect {
+            generation,
+            type_url: TypeUrl::Endpoint,
+            name,
+            want: if add { Want::Present } else { Want::Absent },
+        };
+        let write = async {
+            let r = CpResource::Endpoint(extra);
+            if add {
+                api.put(&r, None).await
+            } else {
+                api.delete(Kind::Endpoint, &r.key()).await
+            }
+        };
+        let sample = measure(args, &fleet, pid, expect, per_ns(i), write).await?;
+        endpoint_samples.push(sample);
+    }
+    let mem = procfs::memory(&[pid]);
+    for t in &tasks {
+        t.abort();
+    }
+    drop(cp);
+    let last_error = fleet.last_error.lock().unwrap().clone();
+    Ok(RunReport {
+        proxies: n,
+        protocol,
+        services,
+        resources: count,
+        connect,
+        rss_idle,
+        rss_end: mem.rss,
+        hwm: mem.hwm,
+        route: route_samples,
+        endpoint: endpoint_samples,
+        reconnects: fleet.reconnects.load(Ordering::Relaxed),
+        last_error,
+    })
+}
+
+/// Makes one change through `write` and waits until `expected` streams hold
+/// it; then waits `--gap` and reads the CPU the control plane spent.
+async fn measure<F, T>(
+    args: &Args,
+    fleet: &Fleet,
+    pid: u32,
+    expect: Expect,
+    expected: usize,
+    write: F,
+) -> Result<Sample>
+where
+    F: std::future::Future<Output = Result<T, sane_control_plane::error::Error>>,
+{
+    let generation = expect.generation;
+    *fleet.progress.lock().unwrap() = Progress {
+        generation,
+        reached: 0,
+        last_ack: None,
+    };
+    *fleet.expect.lock().unwrap() = Some(expect);
+    let cpu_before = procfs::cpu_seconds(&[pid]);
+    let client_before = procfs::cpu_seconds(&[std::process::id()]);
+    let start = Instant::now();
+    write.await.context("the change's API write")?;
+    let written = start.elapsed();
+    wait_for(fleet, args.timeout, "a change to reach the fleet", || {
+        fleet.progress.lock().unwrap().reached >= expected
+    })
+    .await?;
+    let last_ack = fleet
+        .progress
+        .lock()
+        .unwrap()
+        .last_ack
+        .context("no ACK time")?;
+    tokio::time::sleep(args.gap).await;
+    Ok(Sample {
+        write: written,
+        to_last_ack: last_ack.saturating_duration_since(start),
+        cp_cpu: procfs::cpu_seconds(&[pid]) - cpu_before,
+        client_cpu: procfs::cpu_seconds(&[std::process::id()]) - client_before,
+    })
+}
+
+/// Polls `done` every 5 ms (the figures come from the streams' own
+/// timestamps, not from this poll) until `timeout`; the error names the
+/// last stream failure, if any.
+async fn wait_for(
+    fleet: &Fleet,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let last = fleet.last_error.lock().unwrap().clone();
+            bail!(
+                "waiting for {what}: not done after {timeout:?} ({} reconnects; last: {})",
+                fleet.reconnects.load(Ordering::Relaxed),
+                last.as_deref().unwrap_or("none")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// === impl Fleet ===
+
+impl Fleet {
+    /// Called by a stream after it ACKed a response of `t`: counts the
+    /// stream once if what it now holds of `t` shows the awaited change.
+    fn acked(&self, t: TypeUrl, held: &BTreeMap<String, Resource>, seen: &mut u64, at: Instant) {
+        let Some(expect) = self.expect.lock().unwrap().clone() else {
+            return;
+        };
+        if expect.type_url != t || expect.generation <= *seen {
+            return;
+        }
+        let has = match (&expect.want, held.get(&expect.name)) {
+            (Want::RouteTimeout(ms), Some(Resource::Route(r))) => {
+                r.rules.first().is_some_and(|rule| rule.timeout_ms == *ms)
+            }
+            (Want::Present, found) => found.is_some(),
+            (Want::Absent, found) => found.is_none(),
+            _ => false,
+        };
+        if !has {
+            return;
+        }
+        *seen = expect.generation;
+        let mut p = self.progress.lock().unwrap();
+        if p.generation == expect.generation {
+            p.reached += 1;
+            p.last_ack = Some(p.last_ack.map_or(at, |l| l.max(at)));
+        }
+    }
+}
+
+// === the simulated proxies ===
+
+fn node(proxy: &Proxy) -> envoy_types::pb::envoy::config::core::v3::Node {
+    let node = Node {
+        id: format!(
+            "svc-{}.{}~p-{}",
+            proxy.service, proxy.namespace, proxy.index
+        ),
+        namespace: proxy.namespace.clone(),
+        workload: format!("svc-{}", proxy.service),
+        ..Default::default()
+    };
+    sane_proxy::xds::envoy_node(&node, &ControlPlane::default(), &[])
+}
+
+/// The ADS client of one proxy over its own TLS connection, with the
+/// proxy's connect settings and bearer token.
+async fn ads_client(
+    url: &str,
+    root: &str,
+    token: &str,
+) -> Result<
+    AggregatedDiscoveryServiceClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            impl tonic::service::Interceptor,
+        >,
+    >,
+> {
+    let channel = sane_proxy::tls::control_plane::connect(url, root, None, |e| {
+        e.connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+    })
+    .await?;
+    let auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse()?;
+    Ok(AggregatedDiscoveryServiceClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", auth.clone());
+            Ok(req)
+        },
+    ))
+}
+
+/// A state-of-the-world stream: the proxy's requests and state machine.
+async fn sotw(
+    fleet: &Fleet,
+    proxy: &Proxy,
+    url: &str,
+    root: &str,
+    token: &str,
+    ps: &mut ProxyState,
+    permit: &mut Option<tokio::sync::SemaphorePermit<'_>>,
+) -> Result<()> {
+    let mut client = ads_client(url, root, token).await?;
+    let st = &mut ps.sotw;
+    let (tx, rx) = mpsc::channel(16);
+    for (i, t) in SUBSCRIBED.into_iter().enumerate() {
+        let mut req: DiscoveryRequest = st.subscribe(t);
+        if i == 0 {
+            req.node = Some(node(proxy));
+        }
+        tx.try_send(req)?;
+    }
+    let mut responses = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(resp) = responses.message().await? {
+        ps.got_response = true;
+        let (t, received) = state::receive(&resp)
+            .map_err(|reason| anyhow::anyhow!("would NACK {}: {reason}", resp.type_url))?;
+        // Checked before `accept` takes the map; counted after the ACK is
+        // sent, with the time it was sent.
+        let ack = st.accept(t, &resp, received.clone());
+        tx.send(ack).await?;
+        fleet.acked(t, &received, &mut ps.seen, Instant::now());
+        if !ps.ready && st.all_acked() {
+            ps.ready = true;
+            *permit = None;
+            fleet.ready.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// A delta stream: wildcard subscriptions to the proxy's types; the
+/// resources held are kept by name, each decoded and validated by the
+/// proxy's code.
+async fn delta(
+    fleet: &Fleet,
+    proxy: &Proxy,
+    url: &str,
+    root: &str,
+    token: &str,
+    ps: &mut ProxyState,
+    permit: &mut Option<tokio::sync::SemaphorePermit<'_>>,
+) -> Result<()> {
+    let mut client = ads_client(url, root, token).await?;
+    let (tx, rx) = mpsc::channel(16);
+    for (i, t) in SUBSCRIBED.into_iter().enumerate() {
+        tx.try_send(DeltaDiscoveryRequest {
+            type_url: t.as_str().to_string(),
+            node: (i == 0).then(|| node(proxy)),
+            ..Default::default()
+        })?;
+    }
+    let mut responses = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let mut held: HashMap<TypeUrl, BTreeMap<String, Resource>> = HashMap::new();
+    let mut acked: HashSet<TypeUrl> = HashSet::new();
+    while let Some(resp) = responses.message().await? {
+        ps.got_response = true;
+        let t = TypeUrl::parse(&resp.type_url)
+            .filter(|t| SUBSCRIBED.contains(t))
+            .with_context(|| format!("unsupported type {:?}", resp.type_url))?;
+        let mut decoded = Vec::with_capacity(resp.resources.len());
+        for r in &resp.resources {
+            let any = r
+                .resource
+                .as_ref()
+                .with_context(|| format!("would NACK: resource {} has no body", r.name))?;
+            let res = state::decode_validated(t, any)
+                .map_err(|reason| anyhow::anyhow!("would NACK {}: {reason}", r.name))?;
+            decoded.push((r.name.clone(), res));
+        }
+        let map = held.entry(t).or_default();
+        map.extend(decoded);
+        for name in &resp.removed_resources {
+            map.remove(name);
+        }
+        tx.send(DeltaDiscoveryRequest {
+            type_url: resp.type_url.clone(),
+            response_nonce: resp.nonce.clone(),
+            ..Default::default()
+        })
+        .await?;
+        fleet.acked(t, map, &mut ps.seen, Instant::now());
+        acked.insert(t);
+        if !ps.ready && acked.len() == SUBSCRIBED.len() {
+            ps.ready = true;
+            *permit = None;
+            fleet.ready.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+// === the registry ===
+
+fn service(i: usize, ns: &str) -> Service {
+    Service {
+        name: format!("svc-{i}"),
+        namespace: ns.into(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Endpoint `k` of service `i`: `10.<i / 250>.<i % 250>.<k>:8080` behind a
+/// sidecar on 15006.
+fn endpoint(i: usize, ns: &str, k: usize) -> Endpoint {
+    Endpoint {
+        service: format!("svc-{i}"),
+        namespace: ns.into(),
+        address: format!("10.{}.{}.{k}", i / 250, i % 250),
+        port: 8080,
+        proxy_port: 15006,
+        ..Default::default()
+    }
+}
+
+/// Service `i`'s route: every request to it, with a timeout.
+fn route(i: usize, ns: &str, timeout_ms: u64) -> Route {
+    Route {
+        name: format!("svc-{i}"),
+        namespace: ns.into(),
+        service: format!("svc-{i}"),
+        rules: vec![RouteRule {
+            destinations: vec![WeightedDestination {
+                service: format!("svc-{i}"),
+                port: 80,
+                weight: 100,
+                ..Default::default()
+            }],
+            timeout_ms,
+            ..Default::default()
+        }],
+    }
+}
+
+/// PUTs every resource, 8 writes in flight (services come first in
+/// `resources`' order per service, so references resolve).
+async fn put_all(api: &ApiClient, resources: Vec<CpResource>) -> Result<()> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    // Services first: an endpoint or route needs its service.
+    let (services, rest): (Vec<_>, Vec<_>) = resources
+        .into_iter()
+        .partition(|r| matches!(r, CpResource::Service(_)));
+    for batch in [services, rest] {
+        stream::iter(batch)
+            .map(|r| async move {
+                api.put(&r, None)
+                    .await
+                    .with_context(|| format!("PUT {}", r.key()))
+            })
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
+    }
+    Ok(())
+}
+
+/// One workload token per service (its service account is `svc-<i>`).
+async fn issue_tokens(
+    api: &ApiClient,
+    services: usize,
+    ns_of: &impl Fn(usize) -> String,
+) -> Result<Vec<String>> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    stream::iter(0..services)
+        .map(|i| {
+            let body =
+                serde_json::json!({ "namespace": ns_of(i), "service_account": format!("svc-{i}") });
+            async move {
+                let v = api
+                    .json(Method::POST, "/api/v1/tokens", Some(&body))
+                    .await
+                    .with_context(|| format!("issuing the token of svc-{i}"))?;
+                v["token"]
+                    .as_str()
+                    .map(str::to_string)
+                    .context("no token in the reply")
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await
+}
+
+/// Starts the control plane (TLS, the given debounce) and returns it with
+/// its xDS and API addresses.
+fn start_control_plane(args: &Args, dir: &Path) -> Result<(ChildGuard, String, String)> {
+    let log = dir.join("control-plane.log");
+    let bin = match &args.control_plane {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the tool's directory")?
+            .join("sane-control-plane"),
+    };
+    let mut child = Command::new(&bin)
+        .args(["--xds-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--api-token", API_TOKEN])
+        .args(["--debounce-quiet", &args.debounce_quiet])
+        .args(["--debounce-max", &args.debounce_max])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let guard = ChildGuard(child);
+    let (mut xds, mut api) = (None, None);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(a) = line.strip_prefix("listening name=xds addr=") {
+            xds = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("listening name=api addr=") {
+            api = Some(a.to_string());
+        }
+        if let (Some(x), Some(a)) = (&xds, &api) {
+            return Ok((guard, x.clone(), a.clone()));
+        }
+    }
+    bail!(
+        "the control plane exited before listening; see {}",
+        log.display()
+    )
+}
+
+// === report ===
+
+/// Nearest-rank percentile of `xs` (sorted here).
+fn pct(xs: &[f64], p: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+fn summary(samples: &[Sample]) -> (f64, f64, f64, f64, f64, f64) {
+    let ms: Vec<f64> = samples
+        .iter()
+        .map(|s| s.to_last_ack.as_secs_f64() * 1e3)
+        .collect();
+    let writes: Vec<f64> = samples
+        .iter()
+        .map(|s| s.write.as_secs_f64() * 1e3)
+        .collect();
+    let mean = |f: fn(&Sample) -> f64| samples.iter().map(f).sum::<f64>() / samples.len() as f64;
+    (
+        pct(&ms, 0.5),
+        pct(&ms, 0.99),
+        pct(&ms, 1.0),
+        mean(|s| s.cp_cpu),
+        mean(|s| s.client_cpu),
+        pct(&writes, 0.5),
+    )
+}
+
+fn row(r: &RunReport) -> String {
+    let (rp50, rp99, rmax, rcpu, rcl, rw) = summary(&r.route);
+    let (ep50, ep99, emax, ecpu, ecl, ew) = summary(&r.endpoint);
+    format!(
+        "| {} | {:?} | {} / {} | {:.1} s | {rp50:.0} | {rp99:.0} | {rmax:.0} | {rcpu:.3} | {ep50:.0} | {ep99:.0} | {emax:.0} | {ecpu:.3} | {rw:.0} / {ew:.0} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} |",
+        r.proxies,
+        r.protocol,
+        r.services,
+        r.resources,
+        r.connect.as_secs_f64(),
+        r.rss_idle,
+        r.rss_end,
+        r.hwm,
+        rcl,
+        ecl,
+    )
+}
+
+fn render(args: &Args, reports: &[RunReport]) -> String {
+    let mut out = String::new();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Control plane under a simulated fleet (`fleet`): debounce quiet {} / max {}, {} namespace(s), {} changes of each kind, {} between changes, load average at the end {}\n",
+        args.debounce_quiet,
+        args.debounce_max,
+        args.namespaces,
+        args.changes,
+        humantime::format_duration(args.gap),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    );
+    out.push_str("| proxies | protocol | services / resources | fleet connected in | route: p50 ms | p99 ms | max ms | CP CPU s per change | endpoint: p50 ms | p99 ms | max ms | CP CPU s per change | API write p50 ms (route / endpoint) | CP RSS MiB idle / end / peak | fleet CPU s per change (route / endpoint) |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in reports {
+        out.push_str(&row(r));
+        out.push('\n');
+    }
+    out.push_str("\nRaw times to the last ACK (ms):\n\n");
+    for r in reports {
+        let ms = |s: &[Sample]| {
+            s.iter()
+                .map(|s| format!("{:.0}", s.to_last_ack.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            out,
+            "- {} {:?}: route [{}], endpoint [{}]; streams re-opened: {}{}",
+            r.proxies,
+            r.protocol,
+            ms(&r.route),
+            ms(&r.endpoint),
+            r.reconnects,
+            r.last_error
+                .as_deref()
+                .map(|e| format!(" (last: {e})"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let xs: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(pct(&xs, 0.5), 5.0);
+        assert_eq!(pct(&xs, 0.99), 10.0);
+        assert_eq!(pct(&[3.0], 0.99), 3.0);
+    }
+
+    #[test]
+    fn every_generated_resource_is_valid() {
+        let route = route(3, "fleet-0", 5_001);
+        route.validate().unwrap();
+        service(3, "fleet-0").validate().unwrap();
+        endpoint(300, "fleet-0", 4).validate().unwrap();
+        assert_eq!(endpoint(300, "fleet-0", 4).address, "10.1.50.4");
+    }
+}
