@@ -60,6 +60,10 @@ pub struct PortRoute {
 pub struct ServiceName {
     key: Arc<str>,
     host: Arc<str>,
+    /// `name` and `namespace`: the `destination_service_name` and
+    /// `destination_service_namespace` metric labels.
+    name: Arc<str>,
+    namespace: Arc<str>,
 }
 
 /// One compiled rule.
@@ -127,10 +131,23 @@ pub struct CompileError {
 impl ServiceName {
     /// The name of the service `key` (`name.namespace`).
     pub fn new(key: &str) -> Self {
+        let (name, namespace) = key.rsplit_once('.').unwrap_or((key, "default"));
         Self {
             key: key.into(),
             host: crate::telemetry::istio_host(key).into(),
+            name: name.into(),
+            namespace: namespace.into(),
         }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The service's namespace.
+    pub fn namespace(&self) -> &Arc<str> {
+        &self.namespace
     }
 
     /// `name.namespace`.

@@ -149,7 +149,7 @@ pub fn explain_with(
         node: Node {
             id: spec.from.clone(),
             namespace: namespace.to_string(),
-            workload: String::new(),
+            ..Default::default()
         },
         resources: mesh.clone(),
         ..Default::default()
