@@ -285,7 +285,10 @@ fn logs(dir: &std::path::Path) -> String {
     };
     let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     paths.sort();
-    for p in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "log")) {
+    for p in paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    {
         let text = std::fs::read_to_string(p).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(30).collect();
         out.push_str(&format!("--- {} (last lines)\n", p.display()));
@@ -304,7 +307,8 @@ fn expected_lines_match_pieces_in_order() {
     assert!(has_line(out, "web-1 ... true"));
     assert!(!has_line(out, "IN SYNC ... NODE"));
     assert!(!has_line(out, "web-1 ... false"));
-    let steps = steps("```sh\necho a\n```\n\n```text\na\n```\n\nprose\n\n```text\nnot expected\n```\n");
+    let steps =
+        steps("```sh\necho a\n```\n\n```text\na\n```\n\nprose\n\n```text\nnot expected\n```\n");
     assert_eq!(steps.len(), 1);
     assert_eq!(steps[0].expected, vec!["a".to_string()]);
 }

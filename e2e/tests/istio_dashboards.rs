@@ -113,8 +113,8 @@ async fn istio_dashboards_and_kiali_find_every_series() {
     let Some(prometheus_bin) = prometheus_or_skip(TEST) else {
         return;
     };
-    let fixture = sane_e2e::harness::workspace_root()
-        .join("e2e/fixtures/istio-dashboards/queries.yaml");
+    let fixture =
+        sane_e2e::harness::workspace_root().join("e2e/fixtures/istio-dashboards/queries.yaml");
     let queries: Queries =
         serde_yaml::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
 

@@ -191,9 +191,14 @@ async fn explain_agrees_with_where_200_requests_really_go() {
         let abort = &e["fault"]["abort"];
         let verdict = if abort.is_object() && abort["percent"].as_f64() == Some(100.0) {
             let want = abort["http_status"].as_u64().unwrap() as u16;
-            (reply.status.as_u16() == want && flags.contains("FI")).then_some(()).ok_or_else(
-                || format!("explain: abort {want}; proxy: {} flags {flags:?}", reply.status),
-            )
+            (reply.status.as_u16() == want && flags.contains("FI"))
+                .then_some(())
+                .ok_or_else(|| {
+                    format!(
+                        "explain: abort {want}; proxy: {} flags {flags:?}",
+                        reply.status
+                    )
+                })
         } else {
             let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
             let served = body["name"].as_str().unwrap_or("?").to_string();
@@ -218,7 +223,10 @@ async fn explain_agrees_with_where_200_requests_really_go() {
                 .any(|(_, inst)| *inst == served)
                 .then_some(())
                 .ok_or_else(|| {
-                    format!("explain allowed {allowed:?}; proxy: {} from {served}", reply.status)
+                    format!(
+                        "explain allowed {allowed:?}; proxy: {} from {served}",
+                        reply.status
+                    )
                 })
         };
         match verdict {
@@ -256,11 +264,19 @@ policies:
     .unwrap();
     let more_path = more.display().to_string();
     let diff = m.cli.ok(&["diff", "-f", &more_path]).await;
-    assert!(diff.stdout.contains("+ authorization_policy default/allow-default"), "{diff}");
+    assert!(
+        diff.stdout
+            .contains("+ authorization_policy default/allow-default"),
+        "{diff}"
+    );
     assert!(diff.stdout.contains("+ telemetry default/mesh"), "{diff}");
     m.cli.ok(&["apply", "-f", &more_path]).await;
     let diff = m.cli.ok(&["diff", "-f", &more_path]).await;
-    assert!(diff.stdout.contains("= authorization_policy default/allow-default"), "{diff}");
+    assert!(
+        diff.stdout
+            .contains("= authorization_policy default/allow-default"),
+        "{diff}"
+    );
 
     // A changed weight: diff names the field, old and new values.
     let manifest = std::fs::read_to_string(&m.manifest).unwrap();
@@ -293,7 +309,9 @@ policies:
         let v: Value = serde_json::from_str(&json.stdout).unwrap();
         assert!(!v[kind].as_array().unwrap().is_empty(), "{json}");
     }
-    m.cli.ok(&["get", "authz", "allow-default", "-o", "yaml"]).await;
+    m.cli
+        .ok(&["get", "authz", "allow-default", "-o", "yaml"])
+        .await;
 
     let describe = m.cli.ok(&["describe", "service", "echo"]).await;
     for want in [
@@ -304,9 +322,15 @@ policies:
         "Authorization policies: default/allow-default",
         &xds_node_id("client"),
     ] {
-        assert!(describe.stdout.contains(want), "missing {want:?}: {describe}");
+        assert!(
+            describe.stdout.contains(want),
+            "missing {want:?}: {describe}"
+        );
     }
-    let describe = m.cli.ok(&["describe", "service", "echo", "-o", "json"]).await;
+    let describe = m
+        .cli
+        .ok(&["describe", "service", "echo", "-o", "json"])
+        .await;
     let d: Value = serde_json::from_str(&describe.stdout).unwrap();
     let proxy = &d["proxies"][0];
     assert_eq!(proxy["node"], xds_node_id("client"));
@@ -326,17 +350,30 @@ policies:
         "routes:\n  - name: r\n    service: echo\n    rules: [ { destinations: [ { service: echo, wieght: 2 } ] } ]\n",
     )
     .unwrap();
-    let run = m.cli.run(&["apply", "-f", &bad.display().to_string()]).await;
+    let run = m
+        .cli
+        .run(&["apply", "-f", &bad.display().to_string()])
+        .await;
     assert_eq!(run.code(), Some(1), "{run}");
     assert!(
         run.stderr.contains("routes[0].rules[0].destinations[0]") && run.stderr.contains("wieght"),
         "{run}"
     );
     let run = m.cli.run(&["get", "gateways"]).await;
-    assert!(run.stderr.contains("kind: unknown kind \"gateways\""), "{run}");
+    assert!(
+        run.stderr.contains("kind: unknown kind \"gateways\""),
+        "{run}"
+    );
     let run = m
         .cli
-        .run(&["explain", "request", "--from", &xds_node_id("client"), "--host", "nowhere"])
+        .run(&[
+            "explain",
+            "request",
+            "--from",
+            &xds_node_id("client"),
+            "--host",
+            "nowhere",
+        ])
         .await;
     assert!(run.stderr.contains("--host: \"nowhere\""), "{run}");
 

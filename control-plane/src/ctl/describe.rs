@@ -153,8 +153,7 @@ async fn holds_service(client: &ApiClient, node: &str, ns: &str, name: &str) -> 
         .flatten()
         .any(|s| {
             s["name"].as_str() == Some(name)
-                && sane_xds_proto::namespace_or_default(s["namespace"].as_str().unwrap_or(""))
-                    == ns
+                && sane_xds_proto::namespace_or_default(s["namespace"].as_str().unwrap_or("")) == ns
         })
 }
 
@@ -169,7 +168,11 @@ pub fn render(d: &ServiceDescription) -> String {
     ));
     out.push_str("Ports:     ");
     for p in s["ports"].as_array().into_iter().flatten() {
-        out.push_str(&format!(" {}:{}", p["name"].as_str().unwrap_or(""), p["port"]));
+        out.push_str(&format!(
+            " {}:{}",
+            p["name"].as_str().unwrap_or(""),
+            p["port"]
+        ));
     }
     out.push('\n');
     out.push_str(&format!("Endpoints:  {}\n", d.endpoints.len()));
@@ -179,7 +182,10 @@ pub fn render(d: &ServiceDescription) -> String {
             e["address"].as_str().unwrap_or(""),
             e["port"],
             e["proxy_port"],
-            e["identity"].as_str().filter(|i| !i.is_empty()).unwrap_or("-"),
+            e["identity"]
+                .as_str()
+                .filter(|i| !i.is_empty())
+                .unwrap_or("-"),
             e["labels"]
         ));
     }
@@ -202,7 +208,11 @@ pub fn render(d: &ServiceDescription) -> String {
         let n = names(list);
         out.push_str(&format!(
             "{title}: {}\n",
-            if n.is_empty() { "none".into() } else { n.join(", ") }
+            if n.is_empty() {
+                "none".into()
+            } else {
+                n.join(", ")
+            }
         ));
     }
     out.push_str("Proxies:\n");

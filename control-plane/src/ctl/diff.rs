@@ -34,7 +34,10 @@ pub struct FieldChange {
 }
 
 /// Compares every resource of `resources` (file order) with the server's.
-pub async fn diff(client: &ApiClient, resources: Vec<Resource>) -> Result<Vec<ResourceDiff>, Error> {
+pub async fn diff(
+    client: &ApiClient,
+    resources: Vec<Resource>,
+) -> Result<Vec<ResourceDiff>, Error> {
     let mut out = Vec::new();
     for mut r in resources {
         r.normalize();
@@ -139,7 +142,10 @@ mod tests {
         let paths: Vec<&str> = out.iter().map(|c| c.path.as_str()).collect();
         assert_eq!(
             paths,
-            ["rules[0].destinations[0].weight", "rules[0].destinations[1].weight"]
+            [
+                "rules[0].destinations[0].weight",
+                "rules[0].destinations[1].weight"
+            ]
         );
         assert_eq!(out[0].from, json!(80));
         assert_eq!(out[0].to, json!(50));

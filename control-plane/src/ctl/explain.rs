@@ -97,7 +97,9 @@ pub struct AuthzVerdict {
 /// Explains `spec`: fetches the proxy's config and the destination's
 /// authorization policies from the control plane.
 pub async fn explain(client: &ApiClient, spec: &RequestSpec) -> Result<Explanation, Error> {
-    let status = client.json(http::Method::GET, &proxy_path(&spec.from), None).await?;
+    let status = client
+        .json(http::Method::GET, &proxy_path(&spec.from), None)
+        .await?;
     let config = client.proxy_config(&spec.from).await?;
     let mesh: MeshResources =
         serde_json::from_value(config["resources"].clone()).map_err(|e| Error::Ctl {
@@ -113,7 +115,10 @@ pub async fn explain(client: &ApiClient, spec: &RequestSpec) -> Result<Explanati
         .flatten()
         .filter_map(|v| serde_json::from_value(v.clone()).ok())
         .collect();
-    let namespace = status["namespace"].as_str().unwrap_or("default").to_string();
+    let namespace = status["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
     let revision = config["revision"].as_u64().unwrap_or(0);
     explain_with(spec, &namespace, revision, mesh, &authz)
 }
@@ -174,8 +179,8 @@ pub fn explain_with(
         .map_err(|e| ctl("--host/--path/--header", e.to_string()))?;
     sane_proxy::stack::normalize_path(&mut req, &snapshot.bootstrap.http.path_normalization)
         .map_err(|e| ctl("--path", e.to_string()))?;
-    let (host, port) = sane_proxy::protocol::http::target_ref(&req)
-        .map_err(|e| ctl("--host", e.to_string()))?;
+    let (host, port) =
+        sane_proxy::protocol::http::target_ref(&req).map_err(|e| ctl("--host", e.to_string()))?;
     let route = snapshot.routes.resolve(&host, port).ok_or_else(|| {
         let known: Vec<String> = mesh.services.iter().map(|s| s.key()).collect();
         ctl(
@@ -433,7 +438,10 @@ pub fn render(e: &Explanation) -> String {
             out.push_str(&format!(
                 "    endpoint {} identity {} labels {}\n",
                 ep["address"].as_str().unwrap_or(""),
-                ep["identity"].as_str().filter(|i| !i.is_empty()).unwrap_or("-"),
+                ep["identity"]
+                    .as_str()
+                    .filter(|i| !i.is_empty())
+                    .unwrap_or("-"),
                 ep["labels"]
             ));
         }

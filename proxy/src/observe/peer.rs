@@ -127,8 +127,7 @@ impl PeerMeta {
 fn valid(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 63
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
@@ -136,8 +135,7 @@ fn valid(v: &str) -> bool {
 pub(crate) fn workload_name(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 63
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
