@@ -194,6 +194,15 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// A `sanectl` computation ([`crate::ctl`]) could not be done: names the
+    /// argument or field at fault (`--host`, `routes[0].rules[1]`, ...).
+    #[error("{field}: {message}")]
+    Ctl {
+        /// The argument or field.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// An API request (from the client in [`crate::client`]) failed to reach
     /// the server.
     #[error("request {method} {url}: {message}")]

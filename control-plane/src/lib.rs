@@ -25,6 +25,7 @@
 pub mod api;
 pub mod ca;
 pub mod client;
+pub mod ctl;
 pub mod error;
 pub mod file_source;
 pub mod istio;

@@ -265,6 +265,11 @@ fn bootstrap(w: &Workload, cp: &ControlPlane, token: &Path, resources: MeshResou
             id: format!("{}.{NAMESPACE}~{}", w.service_account, w.instance),
             namespace: String::new(),
             workload: w.service.to_string(),
+            // Istio's `app`/`version` metric labels (Kiali's versioned graph).
+            labels: BTreeMap::from([
+                ("app".to_string(), w.service.to_string()),
+                ("version".to_string(), w.version.to_string()),
+            ]),
         },
         admin: AdminConfig {
             address: ANY_PORT.to_string(),

@@ -44,6 +44,7 @@ fn valid_config() -> Bootstrap {
             id: "bad-input".to_string(),
             namespace: String::new(),
             workload: "bad-input".to_string(),
+            ..Default::default()
         },
         admin: AdminConfig {
             address: "127.0.0.1:0".to_string(),

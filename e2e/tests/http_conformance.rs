@@ -34,6 +34,7 @@ async fn start_gateway(dir: &Path, mesh: &TwoHop) -> (Proc, SocketAddr) {
             id: "gateway".into(),
             namespace: String::new(),
             workload: "gateway".into(),
+            ..Default::default()
         },
         admin: AdminConfig {
             address: "127.0.0.1:0".into(),

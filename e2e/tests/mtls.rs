@@ -35,6 +35,7 @@ fn node(name: &str) -> Node {
         id: name.into(),
         namespace: String::new(),
         workload: name.into(),
+        ..Default::default()
     }
 }
 

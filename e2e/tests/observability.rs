@@ -118,6 +118,7 @@ fn bootstrap(name: &str, resources: MeshResources, identity: Option<IdentityConf
             id: name.into(),
             namespace: String::new(),
             workload: name.into(),
+            ..Default::default()
         },
         admin: AdminConfig {
             address: "127.0.0.1:0".into(),

@@ -59,6 +59,10 @@ pub struct PortRoute {
 pub struct ServiceName {
     key: Arc<str>,
     host: Arc<str>,
+    /// `name` and `namespace`: the `destination_service_name` and
+    /// `destination_service_namespace` metric labels.
+    name: Arc<str>,
+    namespace: Arc<str>,
 }
 
 /// One compiled rule.
@@ -118,10 +122,23 @@ pub struct CompileError {
 impl ServiceName {
     /// The name of the service `key` (`name.namespace`).
     pub fn new(key: &str) -> Self {
+        let (name, namespace) = key.rsplit_once('.').unwrap_or((key, "default"));
         Self {
             key: key.into(),
             host: crate::telemetry::istio_host(key).into(),
+            name: name.into(),
+            namespace: namespace.into(),
         }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The service's namespace.
+    pub fn namespace(&self) -> &Arc<str> {
+        &self.namespace
     }
 
     /// `name.namespace`.
@@ -203,21 +220,28 @@ impl PortRoute {
     /// Picks the destination for a request: the first matching rule, then a
     /// weighted draw among its destinations.
     pub fn select<B>(&self, req: &Request<B>) -> Result<Selected, ProxyError> {
-        let rule = self
-            .rules
-            .iter()
-            .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(req)))
-            .ok_or_else(|| ProxyError::NoRuleMatched {
-                route: self.route_name.clone().unwrap_or_default(),
-                method: req.method().to_string(),
-                path: req.uri().path().to_string(),
-            })?;
+        let (_, rule) = self.matching_rule(req)?;
         let cluster = rule.pick(&mut rand::rng());
         Ok(Selected {
             cluster,
             timeout: rule.timeout,
             policies: rule.policies.clone(),
         })
+    }
+
+    /// The first rule that matches `req`, with its index: the rule
+    /// [`PortRoute::select`] takes (`sanectl explain` calls this too, so
+    /// what it reports is what the proxy does).
+    pub fn matching_rule<B>(&self, req: &Request<B>) -> Result<(usize, &Rule), ProxyError> {
+        self.rules
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matching(req).is_some())
+            .ok_or_else(|| ProxyError::NoRuleMatched {
+                route: self.route_name.clone().unwrap_or_default(),
+                method: req.method().to_string(),
+                path: req.uri().path().to_string(),
+            })
     }
 }
 
@@ -248,6 +272,22 @@ impl Rule {
     pub fn with_policies(mut self, policies: RulePolicies) -> Self {
         self.policies = policies;
         self
+    }
+
+    /// Why `req` matches this rule: `Some(None)` for a rule without
+    /// matches (it takes everything), `Some(Some(i))` when `matches[i]` is
+    /// the first that holds, `None` when the rule does not apply.
+    pub fn matching<B>(&self, req: &Request<B>) -> Option<Option<usize>> {
+        if self.matches.is_empty() {
+            return Some(None);
+        }
+        self.matches.iter().position(|m| m.matches(req)).map(Some)
+    }
+
+    /// The weighted destinations a request of this rule is drawn among
+    /// (weights of 0 count as 1).
+    pub fn destinations(&self) -> &[(Arc<Cluster>, u32)] {
+        &self.destinations
     }
 
     fn pick(&self, rng: &mut impl Rng) -> Arc<Cluster> {

@@ -41,6 +41,30 @@ pub struct RequestLabels<'a> {
     pub connection_security_policy: &'a str,
     /// Response flags, `-` when none.
     pub response_flags: &'a str,
+    /// The calling workload's namespace, `unknown` when not known.
+    pub source_workload_namespace: &'a str,
+    /// The caller's canonical service (Istio's `service.istio.io/canonical-name`).
+    pub source_canonical_service: &'a str,
+    /// The caller's canonical revision.
+    pub source_canonical_revision: &'a str,
+    /// The caller's `app` label.
+    pub source_app: &'a str,
+    /// The caller's `version` label.
+    pub source_version: &'a str,
+    /// The called workload's namespace, `unknown` when not known.
+    pub destination_workload_namespace: &'a str,
+    /// Name of the service called (`echo`), `unknown` when not resolved.
+    pub destination_service_name: &'a str,
+    /// Namespace of the service called.
+    pub destination_service_namespace: &'a str,
+    /// The called workload's canonical service.
+    pub destination_canonical_service: &'a str,
+    /// The called workload's canonical revision.
+    pub destination_canonical_revision: &'a str,
+    /// The called workload's `app` label.
+    pub destination_app: &'a str,
+    /// The called workload's `version` label.
+    pub destination_version: &'a str,
 }
 
 /// Request and response body sizes, counted from the body frames that
@@ -117,7 +141,7 @@ struct RequestSeries {
 }
 
 /// Label set → its [`RequestSeries`]. `MetricVec::with_label_values` hashes
-/// all 11 labels and takes the vec's lock, four times per request (one per
+/// all 23 labels and takes the vec's lock, four times per request (one per
 /// metric); this cache does it once. It holds one entry per series the
 /// vecs hold, so it is exactly as bounded as the metrics' labels are, and
 /// nothing removes series from the vecs. Hashed with foldhash (seeded per
@@ -132,7 +156,8 @@ struct SeriesCache {
 
 type SeriesKey = (Box<[Box<str>]>, u16);
 
-const REQ_LABELS: [&str; 11] = [
+/// Istio's standard labels (Kiali and the Istio dashboards group by them).
+const REQ_LABELS: [&str; 23] = [
     "reporter",
     "source_workload",
     "source_principal",
@@ -144,7 +169,22 @@ const REQ_LABELS: [&str; 11] = [
     "grpc_response_status",
     "connection_security_policy",
     "response_flags",
+    "source_workload_namespace",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_app",
+    "source_version",
+    "destination_workload_namespace",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_app",
+    "destination_version",
 ];
+/// Where `response_code` (kept as a number in the cache key) sits in
+/// [`REQ_LABELS`].
+const RESPONSE_CODE_AT: usize = 7;
 const BYTE_BUCKETS: [f64; 9] = [
     1.0,
     10.0,
@@ -319,6 +359,18 @@ impl Metrics {
             l.grpc_response_status,
             l.connection_security_policy,
             l.response_flags,
+            l.source_workload_namespace,
+            l.source_canonical_service,
+            l.source_canonical_revision,
+            l.source_app,
+            l.source_version,
+            l.destination_workload_namespace,
+            l.destination_service_name,
+            l.destination_service_namespace,
+            l.destination_canonical_service,
+            l.destination_canonical_revision,
+            l.destination_app,
+            l.destination_version,
         ];
         let cache = &self.request_series;
         let hash = {
@@ -339,8 +391,10 @@ impl Metrics {
             }
         }
         let code = l.response_code.to_string();
-        let [a, b, c, d, e, f, g, h, i, j] = strings;
-        let values = [a, b, c, d, e, f, g, code.as_str(), h, i, j];
+        let mut values: Vec<&str> = Vec::with_capacity(REQ_LABELS.len());
+        values.extend_from_slice(&strings[..RESPONSE_CODE_AT]);
+        values.push(&code);
+        values.extend_from_slice(&strings[RESPONSE_CODE_AT..]);
         let series = RequestSeries {
             requests: self.requests.with_label_values(&values),
             duration: self.duration.with_label_values(&values),
@@ -502,6 +556,18 @@ mod tests {
                 grpc_response_status: "",
                 connection_security_policy: "mutual_tls",
                 response_flags: "-",
+                source_workload_namespace: "default",
+                source_canonical_service: "client",
+                source_canonical_revision: "latest",
+                source_app: "client",
+                source_version: "v1",
+                destination_workload_namespace: "default",
+                destination_service_name: "echo",
+                destination_service_namespace: "default",
+                destination_canonical_service: "echo",
+                destination_canonical_revision: "v2",
+                destination_app: "echo",
+                destination_version: "v2",
             },
             3.0,
             RequestSizes {
@@ -512,7 +578,7 @@ mod tests {
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap();
-        assert!(text.contains("istio_requests_total{connection_security_policy=\"mutual_tls\",destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\",destination_service=\"echo.default.svc.cluster.local\",destination_workload=\"echo\",grpc_response_status=\"\",reporter=\"destination\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",source_principal=\"spiffe://cluster.local/ns/default/sa/client\",source_workload=\"client\"} 1"), "{text}");
+        assert!(text.contains("istio_requests_total{connection_security_policy=\"mutual_tls\",destination_app=\"echo\",destination_canonical_revision=\"v2\",destination_canonical_service=\"echo\",destination_principal=\"spiffe://cluster.local/ns/default/sa/echo\",destination_service=\"echo.default.svc.cluster.local\",destination_service_name=\"echo\",destination_service_namespace=\"default\",destination_version=\"v2\",destination_workload=\"echo\",destination_workload_namespace=\"default\",grpc_response_status=\"\",reporter=\"destination\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",source_app=\"client\",source_canonical_revision=\"latest\",source_canonical_service=\"client\",source_principal=\"spiffe://cluster.local/ns/default/sa/client\",source_version=\"v1\",source_workload=\"client\",source_workload_namespace=\"default\"} 1"), "{text}");
         assert!(text.contains("istio_request_bytes_bucket{"), "{text}");
         assert!(text.contains("istio_response_bytes_sum{"), "{text}");
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
@@ -534,6 +600,18 @@ mod tests {
             grpc_response_status: "",
             connection_security_policy: "unknown",
             response_flags: flags,
+            source_workload_namespace: "default",
+            source_canonical_service: "client",
+            source_canonical_revision: "latest",
+            source_app: "unknown",
+            source_version: "unknown",
+            destination_workload_namespace: "unknown",
+            destination_service_name: "echo",
+            destination_service_namespace: "default",
+            destination_canonical_service: "unknown",
+            destination_canonical_revision: "unknown",
+            destination_app: "unknown",
+            destination_version: "unknown",
         };
         let sizes = RequestSizes {
             request: 1,

@@ -6,6 +6,7 @@ use crate::serde_util::duration_ms;
 use crate::validate::{Errors, FieldPath, ValidationErrors, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::MeshResources;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// The proxy's configuration file (`sane-proxy --config FILE`).
@@ -115,6 +116,15 @@ pub struct Node {
     pub namespace: String,
     /// Workload name (for metrics). Default: empty.
     pub workload: String,
+    /// Labels of the workload, as on its pod. They give the Istio metric
+    /// labels of this side of a request: `app` (else
+    /// `app.kubernetes.io/name`) is `*_app`, `version` (else
+    /// `app.kubernetes.io/version`) is `*_version`,
+    /// `service.istio.io/canonical-name` (else the app, else the workload)
+    /// is `*_canonical_service`, `service.istio.io/canonical-revision` (else
+    /// the version, else `latest`) is `*_canonical_revision`. A value that is
+    /// not 1-63 characters of `A-Za-z0-9._-` counts as absent. Default: none.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The admin server.
@@ -210,6 +220,10 @@ impl Bootstrap {
         let node = root.field("node");
         errs.length(&node.field("id"), &self.node.id, MAX_NAME_BYTES);
         errs.length(&node.field("workload"), &self.node.workload, MAX_NAME_BYTES);
+        for (k, v) in &self.node.labels {
+            errs.length(&node.field("labels"), k, MAX_NAME_BYTES);
+            errs.length(&node.field("labels"), v, MAX_VALUE_BYTES);
+        }
         let admin = root.field("admin").field("address");
         errs.length(&admin, &self.admin.address, MAX_VALUE_BYTES);
         match self.admin.address.parse::<SocketAddr>() {

@@ -3,9 +3,12 @@
 //! ```text
 //! sanectl [--server URL] [--token-file F] apply -f mesh.yaml [-f istio.yaml] [--strict]
 //! sanectl convert -f istio.yaml [--strict] [--offline]   # Istio/Gateway API -> Sane
-//! sanectl get services|endpoints|routes|policies [ns/name] [-o yaml|json]
+//! sanectl get <kind> [ns/name] [-o yaml|json|table]   # every kind, authorization policies and telemetry included
 //! sanectl get istio | virtualservices|destinationrules|... [ns/name]   # stored Istio objects
 //! sanectl delete <kind> <ns/name>        # also an Istio kind: the object and what it produced
+//! sanectl diff -f mesh.yaml [-o table|json]          # what apply would change
+//! sanectl describe service <ns/name> [-o table|json|yaml]
+//! sanectl explain request --from <proxy> --host H --path P [--method M] [--header K=V]
 //! sanectl status [--wait-sync 30s] [-o table|json]
 //! sanectl config <proxy-id> [-o yaml|json]
 //! sanectl token create <namespace> <service-account> [--out FILE]
@@ -25,7 +28,8 @@
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use sane_control_plane::client::ApiClient;
-use sane_control_plane::resource::Kind;
+use sane_control_plane::ctl;
+use sane_control_plane::resource::{Kind, Resource};
 use sane_control_plane::xds::envoy::bootstrap::GrpcBootstrap;
 use sane_xds_proto::MeshResources;
 use serde::Deserialize;
@@ -114,20 +118,68 @@ enum Command {
     /// Show resources of a kind, or one by key (`ns/name`, or `name` in
     /// `default`; endpoints: `ns/service/address:port`).
     Get {
-        /// services, endpoints, routes or policies.
+        /// services, endpoints, routes, policies, authorization_policies or
+        /// telemetry (singular, `svc`, `ep`, `authz` also accepted).
         kind: String,
         /// A key; all when omitted.
         key: Option<String>,
-        /// Output format.
+        /// Output format: yaml and json are shaped like a MeshResources
+        /// document (re-appliable), table is for reading.
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
     },
     /// Delete one resource.
     Delete {
-        /// services, endpoints, routes or policies.
+        /// Any kind `get` takes.
         kind: String,
         /// Its key.
         key: String,
+    },
+    /// Show what `apply -f` would change, without changing anything: `+`
+    /// created, `~` updated (with each changed field, by path), `=`
+    /// unchanged.
+    Diff {
+        /// The file (Sane MeshResources YAML); `-` reads stdin.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Everything about one service: its endpoints, the routes and policies
+    /// that apply, and which proxies ACKed which version.
+    Describe {
+        /// `service` (the only kind described so far).
+        kind: String,
+        /// `ns/name`, or `name` in `default`.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Where a request would go and why, computed by the proxy's own code
+    /// from the config the control plane last sent it.
+    Explain {
+        /// `request` (the only thing explained so far).
+        what: String,
+        /// Node id of the proxy the request goes through.
+        #[arg(long)]
+        from: String,
+        /// `host[:port]` the app addresses.
+        #[arg(long)]
+        host: String,
+        /// Path (and query).
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A request header, `name=value` (repeat).
+        #[arg(long = "header", value_name = "K=V")]
+        headers: Vec<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
     },
     /// Show connected proxies and whether they are in sync.
     Status {
@@ -271,16 +323,18 @@ struct GrpcBootstrapArgs {
     output: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Format {
     Yaml,
     Json,
+    Table,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum StatusFormat {
     Table,
     Json,
+    Yaml,
 }
 
 fn main() {
@@ -330,7 +384,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 if value.is_null() {
                     continue;
                 }
-                let mesh: MeshResources = serde_yaml::from_value(value)
+                let mesh = mesh_document(value)
                     .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
                 if !mesh.listeners.is_empty() {
                     eprintln!("warning: listeners are per proxy and were skipped");
@@ -410,6 +464,17 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             let kind = parse_kind(&kind)?;
+            if output == Format::Table {
+                let list = match key {
+                    Some(key) => serde_json::json!({
+                        "items": [client.get(kind, &qualify_key(&key)).await?]
+                    }),
+                    None => client.list(kind).await?,
+                };
+                let items = ctl::items(kind, &list)?;
+                print!("{}", ctl::table::resources(kind, &items).render());
+                return Ok(0);
+            }
             let value = match key {
                 Some(key) => client.get(kind, &qualify_key(&key)).await?,
                 None => {
@@ -440,6 +505,67 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 resp["revision"]
             );
         }
+        Command::Diff { file, output } => {
+            let text = read_input(&file)?;
+            let mut resources = Vec::new();
+            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let value = serde_yaml::Value::deserialize(doc)
+                    .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
+                if value.is_null() {
+                    continue;
+                }
+                let mesh = mesh_document(value)
+                    .with_context(|| format!("{}: document {}", file.display(), i + 1))?;
+                resources.extend(Resource::from_mesh(mesh).into_iter().map(|(_, r)| r));
+            }
+            let diffs = ctl::diff::diff(&client, resources).await?;
+            match output {
+                Format::Table => print!("{}", ctl::diff::render(&diffs)),
+                f => print(&serde_json::to_value(&diffs)?, f)?,
+            }
+        }
+        Command::Describe { kind, name, output } => {
+            if parse_kind(&kind)? != Kind::Service {
+                bail!("describe: {kind:?}: only `service` can be described");
+            }
+            let d = ctl::describe::service(&client, &qualify_key(&name)).await?;
+            match output {
+                Format::Table => print!("{}", ctl::describe::render(&d)),
+                f => print(&serde_json::to_value(&d)?, f)?,
+            }
+        }
+        Command::Explain {
+            what,
+            from,
+            host,
+            path,
+            method,
+            headers,
+            output,
+        } => {
+            if what != "request" {
+                bail!("explain: {what:?}: only `request` can be explained");
+            }
+            let headers = headers
+                .iter()
+                .map(|h| match h.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                    _ => bail!("--header: {h:?} is not name=value"),
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let spec = ctl::explain::RequestSpec {
+                from,
+                host,
+                path,
+                method,
+                headers,
+            };
+            let e = ctl::explain::explain(&client, &spec).await?;
+            match output {
+                Format::Table => print!("{}", ctl::explain::render(&e)),
+                f => print(&serde_json::to_value(&e)?, f)?,
+            }
+        }
         Command::Status { wait_sync, output } => {
             let deadline = wait_sync.map(|d| Instant::now() + d);
             loop {
@@ -458,6 +584,10 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                         StatusFormat::Json => {
                             status["istio_objects"] = istio;
                             println!("{}", serde_json::to_string_pretty(&status)?)
+                        }
+                        StatusFormat::Yaml => {
+                            status["istio_objects"] = istio;
+                            print!("{}", serde_yaml::to_string(&status)?)
                         }
                         StatusFormat::Table => {
                             print_table(&status);
@@ -687,6 +817,7 @@ async fn run_token(client: &ApiClient, command: TokenCommand) -> anyhow::Result<
             let reply = client.json(Method::GET, "/api/v1/tokens", None).await?;
             match output {
                 StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&reply)?),
+                StatusFormat::Yaml => print!("{}", serde_yaml::to_string(&reply)?),
                 StatusFormat::Table => {
                     println!(
                         "{:<18} {:<20} {:<20} CREATED",
@@ -882,11 +1013,29 @@ fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 fn parse_kind(s: &str) -> anyhow::Result<Kind> {
-    match Kind::parse(s) {
+    let s = s.to_ascii_lowercase().replace('-', "_");
+    match Kind::parse(&s) {
         Some(k) => Ok(k),
-        None if s == "svc" => Ok(Kind::Service),
-        None => bail!("unknown kind {s:?} (services, endpoints, routes, policies)"),
+        None => Ok(match s.as_str() {
+            "svc" => Kind::Service,
+            "ep" => Kind::Endpoint,
+            "authz" | "authorizationpolicy" | "authorizationpolicies" => Kind::Authz,
+            "destinationpolicy" | "destinationpolicies" | "destination_policies" => Kind::Policy,
+            _ => bail!(
+                "kind: unknown kind {s:?} (services, endpoints, routes, policies, \
+                 authorization_policies, telemetry)"
+            ),
+        }),
     }
+}
+
+/// A MeshResources document; an error names the field path
+/// (`routes[0].rules[1].destinations[0].weight: invalid type ...`).
+fn mesh_document(value: serde_yaml::Value) -> anyhow::Result<MeshResources> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow::anyhow!("{path}: {}", e.into_inner())
+    })
 }
 
 /// `name` means `default/name`.
@@ -901,7 +1050,8 @@ fn qualify_key(key: &str) -> String {
 fn print(value: &Value, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        // Tables are printed by the commands that have them.
+        Format::Yaml | Format::Table => print!("{}", serde_yaml::to_string(value)?),
     }
     Ok(())
 }

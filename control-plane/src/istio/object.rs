@@ -281,9 +281,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Document>, IstioError> {
         }
         let is_object = yaml.get("apiVersion").is_some() || yaml.get("kind").is_some();
         if !is_object {
-            let mesh = serde_yaml::from_value(yaml).map_err(|e| IstioError::Yaml {
+            // The message names the field path (`routes[0].rules[1]...`).
+            let mesh = serde_path_to_error::deserialize(yaml).map_err(|e| IstioError::Yaml {
                 document: n,
-                message: e.to_string(),
+                message: format!("{}: {}", e.path(), e.inner()),
             })?;
             out.push(Document::Sane(Box::new(mesh)));
             continue;

@@ -351,6 +351,7 @@ impl Injector {
                 id: format!("{service_account}.{}~{}", ctx.namespace, ctx.node_id),
                 namespace: ctx.namespace.clone(),
                 workload: ctx.workload.clone(),
+                ..Default::default()
             },
             admin: AdminConfig {
                 address: format!("127.0.0.1:{}", ports.admin),

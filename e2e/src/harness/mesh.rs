@@ -327,6 +327,7 @@ impl Mesh {
                 id: name.to_string(),
                 namespace: String::new(),
                 workload: name.to_string(),
+                ..Default::default()
             },
             admin: AdminConfig {
                 address: ANY_PORT.to_string(),

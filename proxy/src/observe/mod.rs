@@ -27,9 +27,11 @@
 //! the connection the response came over ([`UpstreamPeer`]).
 
 pub mod body;
+mod peer;
 pub(crate) mod tcp;
 
 use self::body::{BodyEnd, BodyOutcome, ByteCount, CountingBody, ObservedBody};
+use self::peer::PeerMeta;
 use crate::access_log::AccessLog;
 use crate::body::Body;
 use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
@@ -84,18 +86,20 @@ pub(crate) struct ObservedService(pub(crate) Arc<Mutex<Option<(ServiceName, Prot
 #[derive(Debug)]
 pub(crate) struct LabelCache {
     unknown: Arc<str>,
+    unknown_peer: Arc<PeerMeta>,
     entries: Mutex<LabelEntries>,
 }
 
 #[derive(Debug, Default)]
 struct LabelEntries {
-    /// The local workload's name and its header value.
-    workload: Option<(Arc<str>, Option<HeaderValue>)>,
+    /// The local workload's labels and their header value, for the node
+    /// they were built from.
+    local: Option<(sane_xds_proto::Node, Arc<PeerMeta>, Option<HeaderValue>)>,
     /// The SPIFFE id of the current certificate.
     own: Option<(Arc<TlsMaterial>, Arc<str>)>,
-    /// The last workload name a peer claimed in a header, as checked by
-    /// [`workload_name`].
-    claimed: Option<(HeaderValue, Arc<str>)>,
+    /// The last peer metadata header a peer sent, as parsed by
+    /// [`PeerMeta::parse`].
+    claimed: Option<(HeaderValue, Arc<PeerMeta>)>,
 }
 
 /// Which side of a hop the stage observes.
@@ -132,9 +136,9 @@ struct Exchange {
     labels: Arc<LabelCache>,
     hop: TraceHop,
     inbound: bool,
-    source_workload: Arc<str>,
+    source: Arc<PeerMeta>,
     source_principal: Arc<str>,
-    destination_workload: Arc<str>,
+    destination: Arc<PeerMeta>,
     destination_principal: Arc<str>,
     /// Inbound: the local workload's name as a header value, sent back to
     /// a caller that proved its identity.
@@ -183,7 +187,18 @@ where
         let snapshot = self.config.load();
         let active = self.tracer.active(&snapshot.telemetry);
         let labels = &self.labels;
-        let (workload, workload_header) = labels.workload(&snapshot.bootstrap.node.workload);
+        let (workload, workload_header) = labels.local(&snapshot.bootstrap.node);
+        // Inbound, the service called is the one the request's authority
+        // names (as Istio's destination reporter has it), resolved in the
+        // snapshot's table like the outbound route stage does; the local
+        // workload's own service when it names none.
+        let called = match &self.side {
+            Side::Inbound { .. } => h::target_ref(&req)
+                .ok()
+                .and_then(|(host, port)| snapshot.routes.resolve(&host, port))
+                .map(|r| r.service.clone()),
+            Side::Outbound => None,
+        };
         drop(snapshot);
         let hop = active.start_hop(req.headers());
         let request_id = ensure_request_id(req.headers_mut());
@@ -196,7 +211,7 @@ where
         let counted = request_bytes.clone();
         let mut req = req.map(|b| CountingBody::new(b, counted).boxed_unsync());
         let observed = ObservedService::default();
-        let (source_workload, source_principal, dest_workload, dest_principal, policy);
+        let (source, source_principal, destination, dest_principal, policy);
         let inbound_peer = match &self.side {
             Side::Inbound { peer, .. } => peer.clone(),
             Side::Outbound => None,
@@ -206,14 +221,14 @@ where
                 // The workload continues the trace as a child of this span.
                 hop.context.inject(req.headers_mut());
                 let claimed = req.headers_mut().remove(SOURCE_WORKLOAD);
-                source_workload = match (peer, claimed) {
+                source = match (peer, claimed) {
                     (Some(_), Some(v)) => labels.claimed(v),
-                    _ => labels.unknown.clone(),
+                    _ => labels.unknown_peer.clone(),
                 };
                 source_principal = peer
                     .as_ref()
                     .map_or_else(|| labels.unknown.clone(), |p| p.0.clone());
-                dest_workload = workload.clone();
+                destination = workload.clone();
                 dest_principal = own_id.unwrap_or_else(|| labels.unknown.clone());
                 policy = if peer.is_some() { "mutual_tls" } else { "none" };
             }
@@ -222,10 +237,10 @@ where
                     req.headers_mut().insert(SOURCE_WORKLOAD, v.clone());
                 }
                 req.extensions_mut().insert(hop.clone());
-                source_workload = workload.clone();
+                source = workload.clone();
                 source_principal = own_id.unwrap_or_else(|| labels.unknown.clone());
                 // Learned from the response (see `Exchange::learn_peer`).
-                dest_workload = labels.unknown.clone();
+                destination = labels.unknown_peer.clone();
                 dest_principal = labels.unknown.clone();
                 policy = "unknown";
             }
@@ -234,7 +249,8 @@ where
             service, protocol, ..
         } = &self.side
         {
-            *observed.0.lock().expect("not poisoned") = Some((service.clone(), *protocol));
+            let service = called.unwrap_or_else(|| service.clone());
+            *observed.0.lock().expect("not poisoned") = Some((service, *protocol));
         }
         req.extensions_mut().insert(observed.clone());
         let grpc = h::is_grpc(req.headers());
@@ -250,9 +266,9 @@ where
                 labels: self.labels.clone(),
                 hop,
                 inbound: matches!(self.side, Side::Inbound { .. }),
-                source_workload,
+                source,
                 source_principal,
-                destination_workload: dest_workload,
+                destination,
                 destination_principal: dest_principal,
                 workload_header: workload_header.filter(|_| inbound_peer.is_some()),
                 policy,
@@ -348,6 +364,7 @@ impl Default for LabelCache {
     fn default() -> Self {
         Self {
             unknown: "unknown".into(),
+            unknown_peer: Arc::new(PeerMeta::unknown()),
             entries: Mutex::default(),
         }
     }
@@ -358,22 +375,17 @@ impl LabelCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The local workload's label (`unknown` when the bootstrap has none)
-    /// and its header value (none if it cannot be one).
-    fn workload(&self, name: &str) -> (Arc<str>, Option<HeaderValue>) {
-        if name.is_empty() {
-            return (
-                self.unknown.clone(),
-                Some(HeaderValue::from_static("unknown")),
-            );
-        }
+    /// The local workload's labels (built once per node config) and their
+    /// header value.
+    fn local(&self, node: &sane_xds_proto::Node) -> (Arc<PeerMeta>, Option<HeaderValue>) {
         let mut entries = self.entries();
-        match &entries.workload {
-            Some((label, header)) if **label == *name => (label.clone(), header.clone()),
+        match &entries.local {
+            Some((seen, meta, header)) if seen == node => (meta.clone(), header.clone()),
             _ => {
-                let entry = (Arc::<str>::from(name), HeaderValue::from_str(name).ok());
-                entries.workload = Some(entry.clone());
-                entry
+                let meta = Arc::new(PeerMeta::local(node));
+                let header = meta.header();
+                entries.local = Some((node.clone(), meta.clone(), header.clone()));
+                (meta, header)
             }
         }
     }
@@ -392,18 +404,15 @@ impl LabelCache {
         }
     }
 
-    /// A peer's claimed workload name, checked by [`workload_name`].
-    fn claimed(&self, v: HeaderValue) -> Arc<str> {
+    /// A peer's metadata header, parsed once per distinct value.
+    fn claimed(&self, v: HeaderValue) -> Arc<PeerMeta> {
         let mut entries = self.entries();
         match &entries.claimed {
-            Some((seen, label)) if *seen == v => label.clone(),
+            Some((seen, meta)) if *seen == v => meta.clone(),
             _ => {
-                let label = match workload_name(&v) {
-                    Some(name) => Arc::<str>::from(name),
-                    None => self.unknown.clone(),
-                };
-                entries.claimed = Some((v, label.clone()));
-                label
+                let meta = Arc::new(PeerMeta::parse(&v));
+                entries.claimed = Some((v, meta.clone()));
+                meta
             }
         }
     }
@@ -429,7 +438,7 @@ impl Exchange {
         if let Some(UpstreamPeer(PeerIdentity(id))) = rsp.extensions().get::<UpstreamPeer>() {
             self.destination_principal = id.clone();
             if let Some(v) = claimed {
-                self.destination_workload = self.labels.claimed(v);
+                self.destination = self.labels.claimed(v);
             }
         }
     }
@@ -443,9 +452,9 @@ impl Exchange {
             labels,
             hop,
             inbound,
-            source_workload,
+            source,
             source_principal,
-            destination_workload,
+            destination,
             destination_principal,
             workload_header: _,
             policy,
@@ -481,13 +490,17 @@ impl Exchange {
             response: outcome.bytes,
         };
         let host = service.as_ref().map_or(&labels.unknown, ServiceName::host);
+        let service_name = service.as_ref().map_or(&labels.unknown, ServiceName::name);
+        let service_namespace = service
+            .as_ref()
+            .map_or(&labels.unknown, ServiceName::namespace);
         let service: &str = service.as_ref().map_or(&labels.unknown, |s| s.key());
         metrics.request(
             RequestLabels {
                 reporter: if inbound { "destination" } else { "source" },
-                source_workload: &source_workload,
+                source_workload: &source.workload,
                 source_principal: &source_principal,
-                destination_workload: &destination_workload,
+                destination_workload: &destination.workload,
                 destination_service: host,
                 destination_principal: &destination_principal,
                 request_protocol: if grpc { "grpc" } else { "http" },
@@ -495,6 +508,18 @@ impl Exchange {
                 grpc_response_status: grpc_status,
                 connection_security_policy: policy,
                 response_flags: &flags,
+                source_workload_namespace: &source.namespace,
+                source_canonical_service: &source.canonical_service,
+                source_canonical_revision: &source.canonical_revision,
+                source_app: &source.app,
+                source_version: &source.version,
+                destination_workload_namespace: &destination.namespace,
+                destination_service_name: service_name,
+                destination_service_namespace: service_namespace,
+                destination_canonical_service: &destination.canonical_service,
+                destination_canonical_revision: &destination.canonical_revision,
+                destination_app: &destination.app,
+                destination_version: &destination.version,
             },
             millis,
             sizes,
@@ -568,23 +593,6 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str>
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// A peer's claimed workload name, kept only when it looks like one (so a
-/// peer cannot blow up label cardinality with arbitrary text).
-fn workload_name(v: &HeaderValue) -> Option<&str> {
-    match v.to_str() {
-        Ok(s)
-            if !s.is_empty()
-                && s.len() <= 63
-                && s.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                }) =>
-        {
-            Some(s)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,16 +600,14 @@ mod tests {
     #[test]
     fn a_claimed_workload_is_bounded() {
         let ok = HeaderValue::from_static("web-1");
-        assert_eq!(workload_name(&ok), Some("web-1"));
         let cache = LabelCache::default();
-        assert_eq!(&*cache.claimed(ok.clone()), "web-1");
+        assert_eq!(&*cache.claimed(ok.clone()).workload, "web-1");
         for bad in ["", "UPPER", "a/b", &"x".repeat(64)] {
             let v = HeaderValue::from_str(bad).unwrap();
-            assert_eq!(workload_name(&v), None);
-            assert_eq!(&*cache.claimed(v), "unknown");
+            assert_eq!(&*cache.claimed(v).workload, "unknown");
         }
         assert_eq!(
-            &*cache.claimed(ok),
+            &*cache.claimed(ok).workload,
             "web-1",
             "a new claim replaces the last"
         );

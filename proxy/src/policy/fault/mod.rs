@@ -76,6 +76,16 @@ impl FaultPolicy {
         }
     }
 
+    /// The delay and the share of requests (0-1) it applies to.
+    pub fn delay(&self) -> Option<(Duration, f64)> {
+        self.delay
+    }
+
+    /// The answer and the share of requests (0-1) aborted with it.
+    pub fn abort(&self) -> Option<(Aborted, f64)> {
+        self.abort
+    }
+
     /// Draws the faults for one request (delay and abort independently).
     pub fn decide(&self, rng: &mut impl Rng) -> Decision {
         let hit = |share: f64, rng: &mut dyn rand::RngCore| {
