@@ -65,7 +65,7 @@ WARMUP=${WARMUP:-200}
 C=${C:-1}
 TOP=${TOP:-15}
 OUT=${OUT:-$ROOT/target/callgrind}
-BIN=$ROOT/target/release
+BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release} # where sane-control-plane (and by default sane-proxy) are
 PROXY=${PROXY:-$BIN/sane-proxy} # another sane-proxy binary, e.g. a copy of the "before" build
 # PRELOAD: a malloc to LD_PRELOAD into both proxies (e.g. libjemalloc.so.2),
 # to weigh an allocator before linking one in.
@@ -150,7 +150,7 @@ PIDS+=($!)
 until_ok "http://127.0.0.1:$BACKEND_PORT/"
 
 # --- control plane: the CA and the workload tokens ---
-"$BIN/sane-control-plane" --xds-addr 127.0.0.1:0 --api-addr 127.0.0.1:0 \
+"$BIN/sane-control-plane" --insecure-plaintext-loopback --xds-addr 127.0.0.1:0 --api-addr 127.0.0.1:0 \
     --data-dir "$WORK/cp" --api-token "$TOKEN" >"$WORK/logs/cp.log" 2>&1 &
 PIDS+=($!)
 CP_XDS=$(listening "$WORK/logs/cp.log" xds)

@@ -104,18 +104,18 @@ pub enum ProxyError {
     Handshake {
         /// Endpoint address.
         addr: SocketAddr,
-        /// The protocol error.
+        /// The protocol error (hyper's for HTTP/1.1, h2's for HTTP/2).
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The endpoint reset or closed the connection before responding.
     #[error("upstream {addr} reset before responding: {source}")]
     UpstreamReset {
         /// Endpoint address.
         addr: SocketAddr,
-        /// The protocol error.
+        /// The protocol error (hyper's for HTTP/1.1, h2's for HTTP/2).
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The request took longer than its timeout.
     #[error("request timed out after {timeout_ms}ms")]
@@ -197,7 +197,10 @@ impl ProxyError {
                 reason: source.to_string(),
             }
         } else {
-            ProxyError::UpstreamReset { addr, source }
+            ProxyError::UpstreamReset {
+                addr,
+                source: Box::new(source),
+            }
         }
     }
 

@@ -10,11 +10,13 @@
 //! connection), so the observe stage can name the destination principal.
 
 pub mod connect;
+pub mod http2;
 pub mod pool;
 
 use self::connect::Connect;
+use self::http2::{H2Body, SendError};
 use self::pool::{H1Pool, H2Pool, H2Stream, PoolKey, StreamSlot};
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::error::ProxyError;
 use crate::policy::replay::ReplayBody;
 use crate::protocol::http as h;
@@ -34,7 +36,15 @@ type Peer = Option<UpstreamPeer>;
 
 /// A response, the peer its connection proved, and (HTTP/2) the stream it
 /// holds on a pooled connection.
-type Sent = (Response<Incoming>, Peer, Option<StreamSlot>);
+type Sent = (Response<Received>, Peer, Option<StreamSlot>);
+
+/// A response body as it came: read by hyper (HTTP/1.1) or from an HTTP/2
+/// stream.
+#[derive(Debug)]
+enum Received {
+    Http1(Incoming),
+    Http2(H2Body),
+}
 
 /// Request body bytes kept to resend a request whose reused connection was
 /// closed under it.
@@ -84,7 +94,7 @@ pub struct Target {
 /// how many streams each connection carries.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: Received,
     slot: Option<StreamSlot>,
 }
 
@@ -108,13 +118,17 @@ pub struct Upstream {
 
 impl http_body::Body for UpstreamBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        use std::pin::Pin;
+        let polled = match &mut self.inner {
+            Received::Http1(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            Received::Http2(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+        };
         if let std::task::Poll::Ready(None | Some(Err(_))) = polled {
             self.slot = None;
         }
@@ -122,11 +136,17 @@ impl http_body::Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Received::Http1(b) => b.is_end_stream(),
+            Received::Http2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Received::Http1(b) => b.size_hint(),
+            Received::Http2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -221,12 +241,15 @@ impl Upstream {
             let (io, peer) = self.connect(&key, target.connect_timeout).await?;
             let mut sender = H1Pool::handshake(io, addr, true, self.max_response_headers)
                 .await
-                .map_err(|source| ProxyError::Handshake { addr, source })?;
+                .map_err(|source| ProxyError::Handshake {
+                    addr,
+                    source: Box::new(source),
+                })?;
             let rsp = sender
                 .send_request(req)
                 .await
                 .map_err(|source| ProxyError::upstream_failed(addr, source))?;
-            return Ok((rsp, peer, None));
+            return Ok((rsp.map(Received::Http1), peer, None));
         }
         let h2 = target.via_sidecar.is_some()
             || matches!(target.protocol, Protocol::Http2 | Protocol::Grpc);
@@ -238,7 +261,7 @@ impl Upstream {
             h::for_h1(&mut req, authority, false)?;
             let key = self.key(target, Framing::Http1)?;
             let (rsp, peer) = self.send_h1(req, key, target).await?;
-            Ok((rsp, peer, None))
+            Ok((rsp.map(Received::Http1), peer, None))
         }
     }
 
@@ -252,19 +275,21 @@ impl Upstream {
         connect_timeout: Duration,
     ) -> Result<Sent, ProxyError> {
         let addr = key.addr;
-        let reset = |source| ProxyError::upstream_failed(addr, source);
+        let reset = |source: ::h2::Error| ProxyError::UpstreamReset {
+            addr,
+            source: Box::new(source),
+        };
         for first in [true, false] {
-            let H2Stream {
-                mut sender,
-                peer,
-                slot,
-            } = match self.h2.checkout(&key).await {
+            let H2Stream { sender, peer, slot } = match self.h2.checkout(&key).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(conns)) => {
                     let (io, peer) = self.connect(&key, connect_timeout).await?;
                     H2Pool::handshake(io, conns, addr, peer)
                         .await
-                        .map_err(|source| ProxyError::Handshake { addr, source })?
+                        .map_err(|source| ProxyError::Handshake {
+                            addr,
+                            source: Box::new(source),
+                        })?
                 }
                 Err(full) => {
                     return Err(ProxyError::Overloaded {
@@ -272,14 +297,12 @@ impl Upstream {
                     })
                 }
             };
-            match sender.try_send_request(req).await {
-                Ok(rsp) => return Ok((rsp, peer, Some(slot))),
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection died before the request went
-                    // out: safe to send it on another connection.
-                    Some(again) if first => req = again,
-                    _ => return Err(reset(e.into_error())),
-                },
+            match http2::send(sender, req).await {
+                Ok(rsp) => return Ok((rsp.map(Received::Http2), peer, Some(slot))),
+                // The pooled connection died (or is going away) before the
+                // request went out: safe to send it on another connection.
+                Err(SendError::Unsent(again, _)) if first => req = again,
+                Err(SendError::Unsent(_, e) | SendError::Failed(e)) => return Err(reset(e)),
             }
         }
         unreachable!("the second attempt returns")
@@ -339,7 +362,10 @@ impl Upstream {
         let (io, peer) = self.connect(&key, target.connect_timeout).await?;
         let mut sender = H1Pool::handshake(io, addr, false, self.max_response_headers)
             .await
-            .map_err(|source| ProxyError::Handshake { addr, source })?;
+            .map_err(|source| ProxyError::Handshake {
+                addr,
+                source: Box::new(source),
+            })?;
         let rsp = sender.send_request(req).await.map_err(reset)?;
         self.h1.checkin(key, sender, peer.clone());
         Ok((rsp, peer))

@@ -23,14 +23,13 @@
 //! reusing it still knows whom it talks to.
 
 use crate::body::Body;
-use crate::protocol::http::{
-    H2_CONNECTION_WINDOW, H2_MAX_STREAMS_PER_CONNECTION, H2_STREAM_WINDOW,
-};
+use crate::protocol::http::H2_MAX_STREAMS_PER_CONNECTION;
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::TransportHeader;
+use crate::upstream::http2::{H2Connection, StreamOpener};
 use crate::upstream::UpstreamPeer;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 // Keys come from the config's endpoints, not from requests: foldhash
 // (seeded per process) instead of SipHash, looked up once per request.
 use foldhash::fast::RandomState;
@@ -81,7 +80,7 @@ pub type H2SlotGuard = tokio::sync::OwnedMutexGuard<Vec<PooledH2>>;
 /// One pooled HTTP/2 connection.
 #[derive(Debug)]
 pub struct PooledH2 {
-    sender: http2::SendRequest<Body>,
+    conn: H2Connection,
     peer: Option<UpstreamPeer>,
     /// Streams open on it: requests sent whose response body has not ended.
     streams: Arc<AtomicUsize>,
@@ -92,8 +91,8 @@ pub struct PooledH2 {
 /// it until its response body ends.
 #[derive(Debug)]
 pub struct H2Stream {
-    /// Sends the request.
-    pub sender: http2::SendRequest<Body>,
+    /// Opens the request's stream (see [`crate::upstream::http2::send`]).
+    pub sender: StreamOpener,
     /// The identity the connection's peer proved.
     pub peer: Option<UpstreamPeer>,
     /// Keep until the response body ends or is dropped.
@@ -134,7 +133,7 @@ impl H2Pool {
             }
         };
         let mut conns = slot.lock_owned().await;
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| !c.conn.is_closed());
         // The first connection with room: older connections fill up first,
         // so a quiet key settles back on one connection.
         for c in conns.iter() {
@@ -155,27 +154,16 @@ impl H2Pool {
         mut slot: H2SlotGuard,
         addr: SocketAddr,
         peer: Option<UpstreamPeer>,
-    ) -> Result<H2Stream, hyper::Error> {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(io))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-            }
-        });
+    ) -> Result<H2Stream, h2::Error> {
+        let streams = Arc::<AtomicUsize>::default();
+        let conn = H2Connection::handshake(io, addr, streams.clone()).await?;
         if !slot.is_empty() {
             tracing::debug!(%addr, connections = slot.len() + 1, "every pooled h2 connection is full; opened another");
         }
         let pooled = PooledH2 {
-            sender,
+            conn,
             peer,
-            streams: Arc::default(),
+            streams,
         };
         let stream = pooled.take_stream().expect("a new connection has room");
         slot.push(pooled);
@@ -222,7 +210,7 @@ impl PooledH2 {
         // remove them, so the check above stays true.
         self.streams.fetch_add(1, Ordering::AcqRel);
         Some(H2Stream {
-            sender: self.sender.clone(),
+            sender: self.conn.stream(),
             peer: self.peer.clone(),
             slot: StreamSlot(self.streams.clone()),
         })

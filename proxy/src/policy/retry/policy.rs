@@ -108,7 +108,7 @@ impl RetryPolicy {
                     (on.connect_failure || on.server_error || on.gateway_error)
                         .then_some(Retryable::NotSent)
                 }
-                ProxyError::UpstreamReset { source, .. } if is_refused_stream(source) => {
+                ProxyError::UpstreamReset { source, .. } if is_refused_stream(&**source) => {
                     (on.refused_stream || on.reset || on.server_error || on.gateway_error)
                         .then_some(Retryable::NotSent)
                 }
@@ -149,7 +149,7 @@ fn is_idempotent(m: &Method) -> bool {
 
 /// HTTP/2 `REFUSED_STREAM` guarantees the server did not process the
 /// stream (RFC 9113 section 8.7).
-fn is_refused_stream(e: &hyper::Error) -> bool {
+fn is_refused_stream(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
