@@ -68,6 +68,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Directory of YAML `MeshResources` files to follow. Default: none.
     pub config_dir: Option<PathBuf>,
+    /// Keep the registry in etcd instead of `data_dir` (replicated control
+    /// planes: `--store etcd://...`). Default: none (the file store).
+    pub etcd: Option<store::etcd::EtcdConfig>,
     /// The API token itself. Default: none.
     pub api_token: Option<String>,
     /// A file holding the API token. Default: none (then `data_dir/api-token`,
@@ -171,6 +174,7 @@ impl Default for Config {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 15080)),
             data_dir: None,
             config_dir: None,
+            etcd: None,
             api_token: None,
             api_token_file: None,
             debounce: DebounceConfig::default(),
@@ -202,6 +206,7 @@ impl fmt::Debug for Config {
             .field("api_addr", &self.api_addr)
             .field("data_dir", &self.data_dir)
             .field("config_dir", &self.config_dir)
+            .field("etcd", &self.etcd)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("api_token_file", &self.api_token_file)
             .field("debounce", &self.debounce)
@@ -238,10 +243,22 @@ pub async fn build(
         transport::check_plaintext_bind("api", config.api_addr)?;
     }
     let metrics = Metrics::register(metrics_registry)?;
-    let registry = Arc::new(match &config.data_dir {
-        Some(dir) => Registry::open(store::Store::open(dir)?)?,
-        None => Registry::in_memory(),
-    });
+    let registry = match (&config.etcd, &config.data_dir) {
+        // Connecting waits (and retries) until etcd answers: off the
+        // async workers.
+        (Some(etcd), _) => {
+            let etcd = etcd.clone();
+            tokio::task::spawn_blocking(move || {
+                Registry::open_etcd(store::etcd::EtcdStore::connect(etcd)?)
+            })
+            .await
+            .map_err(|e| Error::Runtime {
+                source: std::io::Error::other(e.to_string()),
+            })??
+        }
+        (None, Some(dir)) => Arc::new(Registry::open(store::Store::open(dir)?)?),
+        (None, None) => Arc::new(Registry::in_memory()),
+    };
     let token = Arc::new(ApiToken::resolve(
         config.api_token.as_deref(),
         config.api_token_file.as_deref(),

@@ -189,10 +189,19 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } | Error::NoLease { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::NoLease { .. } | Error::VersionConflict { .. } => {
+                StatusCode::CONFLICT
+            }
+            // The replica's etcd is down or contended: retry later (the
+            // body names the members and the cause).
+            Error::StoreUnavailable { .. }
+            | Error::StoreFormat { .. }
+            | Error::StoreContention { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %e, "api write refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %e, "api request failed");
         }
         let fields = match &e {
