@@ -286,12 +286,23 @@ pub async fn build(
     };
     let (xds_listener, xds_addr) = bind("xds", config.xds_addr).await?;
     let (api_listener, api_addr) = bind("api", config.api_addr).await?;
+    if let Some(etcd) = registry.etcd() {
+        etcd.name_replica(api_addr);
+    }
     let status = Arc::new(ProxyStatusTable::new(
         config.proxy_retention,
         metrics.clone(),
     ));
     let stop = CancellationToken::new();
     let (authority, workload_tokens, retiring) = ca::load(&config)?;
+    if let Some(etcd) = registry.etcd() {
+        let (etcd, tokens) = (etcd.clone(), workload_tokens.clone());
+        tokio::task::spawn_blocking(move || store::etcd_shared::share_tokens(&etcd, &tokens))
+            .await
+            .map_err(|e| Error::Runtime {
+                source: std::io::Error::other(e.to_string()),
+            })??;
+    }
     let ca = ca::CaService::new(authority.clone(), workload_tokens.clone(), metrics_registry)
         .map_err(|source| Error::Metrics {
             name: "sane_ca_requests_total",
@@ -494,6 +505,24 @@ impl Bound {
         }
         tasks.spawn(self.ads.clone().run_publisher(self.config.debounce));
         tasks.spawn(self.registry.clone().run_lease_sweeper(stop.clone()));
+        if let Some(etcd) = self.registry.etcd() {
+            // This replica's proxies, for `GET /api/v1/proxies` on the others.
+            let (status, registry) = (self.status.clone(), self.registry.clone());
+            let replica = etcd.replica().to_string();
+            let name = replica.clone();
+            let rows = move || {
+                serde_json::json!({
+                    "replica": name,
+                    "proxies": status.list(registry.revision()),
+                })
+            };
+            tasks.spawn(store::etcd_shared::publish_status(
+                etcd.clone(),
+                replica,
+                rows,
+                stop.clone(),
+            ));
+        }
         if let Some(src) = self.file_source {
             tasks.spawn(src.run(self.config.config_poll_interval, stop.clone()));
         }

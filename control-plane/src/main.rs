@@ -53,6 +53,10 @@ struct Args {
     /// File holding the etcd user's password.
     #[arg(long, env = "SANE_ETCD_PASSWORD_FILE", requires = "etcd_user")]
     etcd_password_file: Option<PathBuf>,
+    /// This replica's name among the replicas sharing etcd (shown in
+    /// `GET /api/v1/proxies`); default `<hostname>/<api address>`.
+    #[arg(long, env = "SANE_REPLICA_ID")]
+    replica_id: Option<String>,
     /// How long one etcd request may take before a write answers 503.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     etcd_timeout: Duration,
@@ -169,6 +173,7 @@ fn main() -> anyhow::Result<()> {
                 etcd.user = Some((user, password.trim_end().to_string()));
             }
             etcd.request_timeout = args.etcd_timeout;
+            etcd.replica = args.replica_id.unwrap_or_default();
             Some(etcd)
         }
     };

@@ -81,6 +81,7 @@ pub fn router(state: ApiState) -> Router {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/ui", get(crate::ui::page))
         .nest("/api/v1", api)
@@ -98,6 +99,24 @@ pub fn router(state: ApiState) -> Router {
         })
         .with_state(state);
     catch_panics(router)
+}
+
+/// `/ready`: 200 while the control plane serves proxies (a replica that
+/// lost etcd keeps serving its last view), with whether writes can commit
+/// in `writes` (`{"ready": false, "reason": …}` naming the store's cause).
+async fn ready(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let writes = match state.registry.etcd() {
+        None => serde_json::json!({ "ready": true }),
+        Some(etcd) => match etcd.check_writable().await {
+            Ok(()) => serde_json::json!({ "ready": true, "store": etcd.config().display() }),
+            Err(e) => serde_json::json!({ "ready": false, "reason": e.to_string() }),
+        },
+    };
+    Json(serde_json::json!({
+        "status": "ready",
+        "revision": state.registry.revision(),
+        "writes": writes,
+    }))
 }
 
 /// Outermost layer: a panicking handler gets a plain 500, never its text.

@@ -88,8 +88,8 @@ impl Registry {
     }
 
     /// The etcd store, if the registry is kept there.
-    pub fn etcd(&self) -> Option<&EtcdStore> {
-        self.etcd.as_ref().map(|e| &*e.store)
+    pub fn etcd(&self) -> Option<&Arc<EtcdStore>> {
+        self.etcd.as_ref().map(|e| &e.store)
     }
 
     pub(super) fn apply_etcd(

@@ -53,6 +53,9 @@ pub struct EtcdConfig {
     pub user: Option<(String, String)>,
     /// Per-request timeout. Default: [`DEFAULT_REQUEST_TIMEOUT`].
     pub request_timeout: Duration,
+    /// This replica's name among the replicas (its status key). Default:
+    /// `<hostname>/<API address>` (`--replica-id`).
+    pub replica: String,
 }
 
 /// A connected etcd store.
@@ -60,6 +63,8 @@ pub struct EtcdStore {
     client: Client,
     config: EtcdConfig,
     runtime: tokio::runtime::Handle,
+    /// This replica's name, set once its API address is bound.
+    replica: std::sync::OnceLock<String>,
     /// Stops the runtime's thread when dropped.
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -169,6 +174,7 @@ impl std::fmt::Debug for EtcdConfig {
             .field("client_cert", &self.client_cert)
             .field("user", &self.user.as_ref().map(|(u, _)| (u, "<redacted>")))
             .field("request_timeout", &self.request_timeout)
+            .field("replica", &self.replica)
             .finish()
     }
 }
@@ -212,6 +218,7 @@ impl EtcdConfig {
             client_cert: None,
             user: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            replica: String::new(),
         })
     }
 
@@ -319,6 +326,7 @@ impl EtcdStore {
         };
         let store = EtcdStore {
             client,
+            replica: std::sync::OnceLock::new(),
             config,
             runtime,
             _stop: stop,
@@ -326,6 +334,26 @@ impl EtcdStore {
         store.check_format()?;
         tracing::info!(store = %store.config.display(), prefix = %store.config.prefix, "connected to etcd");
         Ok(store)
+    }
+
+    /// This replica's name among the replicas: `--replica-id`, else
+    /// `<hostname>/<api address>` once [`EtcdStore::name_replica`] ran.
+    pub fn replica(&self) -> &str {
+        self.replica
+            .get()
+            .map_or(self.config.replica.as_str(), String::as_str)
+    }
+
+    /// Names the replica after its bound API address, unless `--replica-id`
+    /// named it.
+    pub fn name_replica(&self, api_addr: std::net::SocketAddr) {
+        let name = if self.config.replica.is_empty() {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}/{api_addr}", host.trim())
+        } else {
+            self.config.replica.clone()
+        };
+        let _ = self.replica.set(name);
     }
 
     /// The configuration.
@@ -344,6 +372,21 @@ impl EtcdStore {
         fut: impl Future<Output = T> + Send + 'static,
     ) -> Result<T, Error> {
         block_on_handle(&self.runtime, fut)
+    }
+
+    /// Whether a write could commit now: a linearizable read of the meta
+    /// key (needs the quorum), within 2 s.
+    pub async fn check_writable(&self) -> Result<(), Error> {
+        let mut client = self.client.clone();
+        let key = self.config.meta_key();
+        match tokio::time::timeout(Duration::from_secs(2), client.get(key, None)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.unavailable(&e)),
+            Err(_) => Err(Error::StoreUnavailable {
+                store: self.config.display(),
+                reason: "etcd did not answer within 2s (is its quorum lost?)".into(),
+            }),
+        }
     }
 
     /// The error of a failed etcd request, naming the members.

@@ -25,6 +25,7 @@
 //! the state is written as a new snapshot and the old logs are removed.
 
 pub mod etcd;
+pub mod etcd_shared;
 mod lock;
 mod log;
 
