@@ -131,6 +131,16 @@ pub enum Error {
         /// How many times it was validated and refused by etcd.
         attempts: u32,
     },
+    /// Replicas on etcd without an operator CA would each generate their
+    /// own, and no proxy could trust certificates of the others.
+    #[error(
+        "--store {store} needs --ca-cert-chain and --ca-key: every replica must sign with the \
+         same CA (give each replica the same files); see docs/replicas.md"
+    )]
+    ReplicaWithoutCa {
+        /// The members.
+        store: String,
+    },
     /// The background runtime of the etcd client could not run.
     #[error("the etcd client runtime: {source}")]
     Runtime {

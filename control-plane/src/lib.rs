@@ -242,6 +242,11 @@ pub async fn build(
         transport::check_plaintext_bind("xds", config.xds_addr)?;
         transport::check_plaintext_bind("api", config.api_addr)?;
     }
+    if let (Some(etcd), None) = (&config.etcd, &config.ca_files) {
+        return Err(Error::ReplicaWithoutCa {
+            store: etcd.display(),
+        });
+    }
     let metrics = Metrics::register(metrics_registry)?;
     let registry = match (&config.etcd, &config.data_dir) {
         // Connecting waits (and retries) until etcd answers: off the
