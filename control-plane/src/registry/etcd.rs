@@ -76,6 +76,8 @@ impl Registry {
         }
         let store = Arc::new(store);
         let mut registry = Registry::with_state(None, state);
+        // Leases are etcd's: no local deadline, no sweeping here.
+        registry.lock().leases = Default::default();
         registry.etcd = Some(EtcdBackend {
             store: store.clone(),
             writes: Mutex::new(()),

@@ -796,6 +796,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn expected_versions_guard_writes_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let expect = |version| Op::Expect {
+            kind: Kind::Route,
+            key: "default/r".into(),
+            version,
+        };
+        let guarded = |version, weight| Change {
+            origin: Origin::Api,
+            ops: vec![
+                expect(version),
+                Op::Put {
+                    resource: route("r", "echo", weight),
+                    ttl: None,
+                },
+            ],
+        };
+        let version = {
+            let reg = open(dir.path());
+            reg.apply(put(vec![service("echo")])).unwrap();
+            // 0: must not exist yet.
+            reg.apply(guarded(0, 1)).unwrap();
+            let err = reg.apply(guarded(0, 2)).unwrap_err();
+            assert!(matches!(err, Error::VersionConflict { expected: 0, found: 2, .. }), "{err}");
+            let v = reg.snapshot().get(Kind::Route, "default/r").unwrap().version;
+            assert_eq!(v, 2, "the revision of the write that made it");
+            reg.apply(guarded(v, 3)).unwrap();
+            // The version read before that write is stale now.
+            let err = reg.apply(guarded(v, 4)).unwrap_err().to_string();
+            assert!(err.contains("at resource version 3, not 2"), "{err}");
+            // An unrelated write leaves the route's version alone.
+            reg.apply(put(vec![service("other")])).unwrap();
+            reg.snapshot().get(Kind::Route, "default/r").unwrap().version
+        };
+        assert_eq!(version, 3);
+        let reg = open(dir.path());
+        assert_eq!(reg.snapshot().get(Kind::Route, "default/r").unwrap().version, 3);
+        reg.apply(guarded(3, 5)).unwrap();
+    }
+
+    #[tokio::test]
     async fn leases_are_bounded() {
         let reg = Registry::in_memory();
         reg.apply(put(vec![service("echo")])).unwrap();
