@@ -21,9 +21,8 @@ use http::{Method, StatusCode};
 use sane_certs::testing::operator_root;
 use sane_e2e::harness::http::{get, http1_client_via, send, HttpClient};
 use sane_e2e::harness::{
-    bins, bins_for, echo_service, eventually, etcd_or_skip, proxy_row,
-    xds_bootstrap, ApiClient, ControlPlane, EchoApp, EtcdCluster, Proc, Sanectl, Sidecar, Signal,
-    OUTBOUND, TEST_API_TOKEN,
+    bins, bins_for, echo_service, etcd_or_skip, eventually, proxy_row, xds_bootstrap, ApiClient,
+    ControlPlane, EchoApp, EtcdCluster, Proc, Sanectl, Sidecar, Signal, OUTBOUND, TEST_API_TOKEN,
 };
 use sane_xds_proto::{
     AdminConfig, Bootstrap, Direction, IdentityConfig, Listener, MeshResources, Node, Protocol,
@@ -125,7 +124,13 @@ impl Replicas {
     }
 
     /// Sends a write with the admin token.
-    async fn write(&self, via: usize, method: Method, path: &str, body: &Value) -> (StatusCode, Value) {
+    async fn write(
+        &self,
+        via: usize,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> (StatusCode, Value) {
         match self.apis[via]
             .send(method, path, body.to_string(), Some(TEST_API_TOKEN))
             .await
@@ -252,7 +257,13 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
         .put("/api/v1/routes/default/echo-route", &route("5s"))
         .await;
     let names: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
-    let proxies = join_all(names.iter().enumerate().map(|(i, n)| r.proxy(n, i % 3, i == 0))).await;
+    let proxies = join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| r.proxy(n, i % 3, i == 0)),
+    )
+    .await;
     let ids: Vec<&str> = names.iter().map(String::as_str).collect();
     for api in &r.apis {
         api.wait_in_sync(DEADLINE, &ids).await;
@@ -269,7 +280,11 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
                 i % 3 + 1
             );
         }
-        assert_eq!(status["replicas"].as_array().map(Vec::len), Some(3), "{status}");
+        assert_eq!(
+            status["replicas"].as_array().map(Vec::len),
+            Some(3),
+            "{status}"
+        );
     }
     let client = http1_client_via(proxies[0].listener(OUTBOUND));
     eventually(DEADLINE, || async { answered(&client).await.map(|_| ()) }).await;
@@ -280,7 +295,13 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
         .iter()
         .map(|id| {
             let row = proxy_row(&before, id).unwrap();
-            (*id, row["types"]["Route"]["version_acked"].as_str().unwrap_or("").to_string())
+            (
+                *id,
+                row["types"]["Route"]["version_acked"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
         })
         .collect();
     let started = Instant::now();
@@ -294,7 +315,9 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
         let mut versions = BTreeSet::new();
         for id in &ids {
             let row = proxy_row(&status, id).ok_or_else(|| format!("{id} not listed"))?;
-            let v = row["types"]["Route"]["version_acked"].as_str().unwrap_or("");
+            let v = row["types"]["Route"]["version_acked"]
+                .as_str()
+                .unwrap_or("");
             if v == old[id] || row["in_sync"] != true || row["revision"].as_u64() < Some(revision) {
                 return Err(format!("{id} has not ACKed revision {revision}: {row}"));
             }
@@ -308,7 +331,11 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
         "route written through replica 1, ACKed by 10 proxies over 3 replicas in {} ms",
         converged.as_millis()
     );
-    assert_eq!(acked.len(), 1, "every replica sent one Route version: {acked:?}");
+    assert_eq!(
+        acked.len(),
+        1,
+        "every replica sent one Route version: {acked:?}"
+    );
     // `sanectl status --wait-sync` agrees on every replica.
     for cp in &r.cps {
         let run = Sanectl::new(cp).ok(&["status", "--wait-sync", "20s"]).await;
@@ -341,7 +368,12 @@ async fn acknowledged_writes_survive_killing_an_etcd_member() {
         let body = json!({ "ports": [ { "port": 1000 + i } ] });
         let via = (i % 3) as usize;
         let (status, reply) = r
-            .write(via, Method::PUT, &format!("/api/v1/services/default/{name}"), &body)
+            .write(
+                via,
+                Method::PUT,
+                &format!("/api/v1/services/default/{name}"),
+                &body,
+            )
             .await;
         if status.is_success() {
             acknowledged.insert(name, 1000 + i);
@@ -371,7 +403,9 @@ async fn acknowledged_writes_survive_killing_an_etcd_member() {
                 .count();
             (found == acknowledged.len())
                 .then_some(found)
-                .ok_or_else(|| format!("replica {}: {found} of {} found", k + 1, acknowledged.len()))
+                .ok_or_else(|| {
+                    format!("replica {}: {found} of {} found", k + 1, acknowledged.len())
+                })
         })
         .await;
         found_everywhere = found_everywhere.min(found);
@@ -384,7 +418,10 @@ async fn acknowledged_writes_survive_killing_an_etcd_member() {
         acknowledged.len(),
     );
     assert_eq!(found_everywhere, acknowledged.len());
-    assert!(acked_after_kill > 100, "writes continue after the kill: {refused:?}");
+    assert!(
+        acked_after_kill > 100,
+        "writes continue after the kill: {refused:?}"
+    );
     // Every refusal named its cause.
     for line in &refused {
         assert!(line.contains("503") && line.contains("etcd"), "{line}");
@@ -402,9 +439,13 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
     let app = EchoApp::start_with(&bins().echo, "echo-1", "echo").await;
     declare_echo(&r, 1, &app).await;
     let names = ["f0", "f1", "f2", "f3"];
-    let proxies =
-        join_all(names.iter().enumerate().map(|(i, n)| r.proxy(n, if i < 3 { 0 } else { 1 }, i == 0)))
-            .await;
+    let proxies = join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| r.proxy(n, if i < 3 { 0 } else { 1 }, i == 0)),
+    )
+    .await;
     r.apis[1].wait_in_sync(DEADLINE, &names).await;
     let client = http1_client_via(proxies[0].listener(OUTBOUND));
     eventually(DEADLINE, || async { answered(&client).await.map(|_| ()) }).await;
@@ -435,7 +476,13 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
             .ok_or_else(|| format!("reconnected so far: {back_at:?}"))
     })
     .await;
-    let slowest = back_at.lock().unwrap().values().copied().max().unwrap_or_default();
+    let slowest = back_at
+        .lock()
+        .unwrap()
+        .values()
+        .copied()
+        .max()
+        .unwrap_or_default();
     println!(
         "replica 1 SIGKILLed: its 3 proxies reconnected to another replica within {} ms \
          (as seen in the survivors' status, polled)",
@@ -443,7 +490,10 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
     );
     steady.wait_for_more(50).await;
     let (ok, failures) = steady.stop().await;
-    println!("steady loop: {ok} requests answered, {} failed", failures.len());
+    println!(
+        "steady loop: {ok} requests answered, {} failed",
+        failures.len()
+    );
     assert!(failures.is_empty(), "requests failed: {failures:?}");
     // Both survivors list every proxy, connected and in sync.
     for api in &r.apis[1..] {
@@ -470,12 +520,20 @@ async fn losing_the_etcd_quorum_refuses_writes_and_keeps_serving() {
     r.etcd.kill(0).await;
     r.etcd.kill(1).await;
     let (status, reply) = r
-        .write(1, Method::PUT, "/api/v1/services/default/late", &json!({ "ports": [ { "port": 81 } ] }))
+        .write(
+            1,
+            Method::PUT,
+            "/api/v1/services/default/late",
+            &json!({ "ports": [ { "port": 81 } ] }),
+        )
         .await;
     println!("write with 2 of 3 etcd members down: {status} {reply}");
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     let error = reply["error"].as_str().unwrap_or_default();
-    assert!(error.contains(&r.etcd.store_url()), "names the store: {error}");
+    assert!(
+        error.contains(&r.etcd.store_url()),
+        "names the store: {error}"
+    );
     let ready = r.apis[1].get("/ready").await.unwrap();
     assert_eq!(ready["writes"]["ready"], false, "{ready}");
     // Serving goes on: traffic, and a proxy connecting now gets the config.
@@ -484,16 +542,27 @@ async fn losing_the_etcd_quorum_refuses_writes_and_keeps_serving() {
     }
     let late = r.proxy("q1", 1, true).await;
     let late_client = http1_client_via(late.listener(OUTBOUND));
-    eventually(DEADLINE, || async { answered(&late_client).await.map(|_| ()) }).await;
+    eventually(DEADLINE, || async {
+        answered(&late_client).await.map(|_| ())
+    })
+    .await;
 
     r.etcd.restart(0).await;
     r.etcd.restart(1).await;
     let recovered = Instant::now();
     eventually(DEADLINE, || async {
         let (status, reply) = r
-            .write(1, Method::PUT, "/api/v1/services/default/late", &json!({ "ports": [ { "port": 81 } ] }))
+            .write(
+                1,
+                Method::PUT,
+                "/api/v1/services/default/late",
+                &json!({ "ports": [ { "port": 81 } ] }),
+            )
             .await;
-        status.is_success().then_some(()).ok_or_else(|| format!("{status} {reply}"))
+        status
+            .is_success()
+            .then_some(())
+            .ok_or_else(|| format!("{status} {reply}"))
     })
     .await;
     println!(
@@ -504,7 +573,10 @@ async fn losing_the_etcd_quorum_refuses_writes_and_keeps_serving() {
     assert_eq!(ready["writes"]["ready"], true, "{ready}");
     // And the write reaches the other replica.
     eventually(DEADLINE, || async {
-        r.apis[0].get("/api/v1/services/default/late").await.map(|_| ())
+        r.apis[0]
+            .get("/api/v1/services/default/late")
+            .await
+            .map(|_| ())
     })
     .await;
 }
@@ -524,7 +596,10 @@ async fn an_endpoint_lease_expires_after_its_replica_dies() {
     for addr in ["10.0.0.1", "10.0.0.2"] {
         let ep = json!({ "service": "echo", "address": addr, "port": 80 });
         r.apis[0]
-            .put(&format!("/api/v1/endpoints/default/echo/{addr}:80?ttl=8s"), &ep)
+            .put(
+                &format!("/api/v1/endpoints/default/echo/{addr}:80?ttl=8s"),
+                &ep,
+            )
             .await;
     }
     let proxy = r.proxy("l0", 1, true).await;
@@ -548,7 +623,9 @@ async fn an_endpoint_lease_expires_after_its_replica_dies() {
         let api = r.apis[1].clone();
         async move {
             loop {
-                let _ = api.post("/api/v1/endpoints/default/echo/10.0.0.2:80/heartbeat").await;
+                let _ = api
+                    .post("/api/v1/endpoints/default/echo/10.0.0.2:80/heartbeat")
+                    .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -612,11 +689,17 @@ async fn conflicting_writes_through_two_replicas_one_wins_the_other_gets_409() {
         );
         let statuses = [ra.0, rb.0];
         let wins = statuses.iter().filter(|s| s.is_success()).count();
-        let conflicts = statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count();
+        let conflicts = statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count();
         assert_eq!((wins, conflicts), (1, 1), "round {round}: {ra:?} {rb:?}");
         let loser = if ra.0.is_success() { &rb.1 } else { &ra.1 };
         assert!(
-            loser["error"].as_str().unwrap_or_default().contains("resource version"),
+            loser["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("resource version"),
             "{loser}"
         );
         let winner = if ra.0.is_success() { &a } else { &b };
@@ -722,9 +805,12 @@ async fn certificates_from_different_replicas_are_trusted_by_each_other() {
     )
     .await;
     client.wait_ready(DEADLINE).await;
-    let reply = send(&http1_client_via(client.listener("outbound")), get("http://echo/"))
-        .await
-        .unwrap();
+    let reply = send(
+        &http1_client_via(client.listener("outbound")),
+        get("http://echo/"),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     let seen = reply.json().unwrap();
     assert_eq!(
@@ -773,7 +859,10 @@ async fn unreachable_etcd_is_retried_and_an_unknown_format_is_refused() {
             .ok_or_else(|| format!("no retry message naming the store yet:\n{err}"))
     })
     .await;
-    assert!(waiting.try_exit_status().is_none(), "it waits rather than exits");
+    assert!(
+        waiting.try_exit_status().is_none(),
+        "it waits rather than exits"
+    );
     r.etcd.restart_all(&[0, 1, 2]).await;
     waiting.wait_listening(&["xds", "api"], DEADLINE).await;
     drop(waiting);
@@ -790,6 +879,9 @@ async fn unreachable_etcd_is_retried_and_an_unknown_format_is_refused() {
         err.contains("/sane-mesh/meta") && err.contains("format version 99"),
         "{err}"
     );
-    let meta = r.etcd.etcdctl(&["get", "/sane-mesh/meta", "--print-value-only"]).unwrap();
+    let meta = r
+        .etcd
+        .etcdctl(&["get", "/sane-mesh/meta", "--print-value-only"])
+        .unwrap();
     assert_eq!(meta.trim(), r#"{"format": 99}"#);
 }

@@ -819,8 +819,22 @@ mod tests {
             // 0: must not exist yet.
             reg.apply(guarded(0, 1)).unwrap();
             let err = reg.apply(guarded(0, 2)).unwrap_err();
-            assert!(matches!(err, Error::VersionConflict { expected: 0, found: 2, .. }), "{err}");
-            let v = reg.snapshot().get(Kind::Route, "default/r").unwrap().version;
+            assert!(
+                matches!(
+                    err,
+                    Error::VersionConflict {
+                        expected: 0,
+                        found: 2,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let v = reg
+                .snapshot()
+                .get(Kind::Route, "default/r")
+                .unwrap()
+                .version;
             assert_eq!(v, 2, "the revision of the write that made it");
             reg.apply(guarded(v, 3)).unwrap();
             // The version read before that write is stale now.
@@ -828,11 +842,20 @@ mod tests {
             assert!(err.contains("at resource version 3, not 2"), "{err}");
             // An unrelated write leaves the route's version alone.
             reg.apply(put(vec![service("other")])).unwrap();
-            reg.snapshot().get(Kind::Route, "default/r").unwrap().version
+            reg.snapshot()
+                .get(Kind::Route, "default/r")
+                .unwrap()
+                .version
         };
         assert_eq!(version, 3);
         let reg = open(dir.path());
-        assert_eq!(reg.snapshot().get(Kind::Route, "default/r").unwrap().version, 3);
+        assert_eq!(
+            reg.snapshot()
+                .get(Kind::Route, "default/r")
+                .unwrap()
+                .version,
+            3
+        );
         reg.apply(guarded(3, 5)).unwrap();
     }
 

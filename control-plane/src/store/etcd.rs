@@ -26,7 +26,11 @@ use etcd_client::{
 };
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Key prefix when `--store-prefix` is not given.
 pub const DEFAULT_PREFIX: &str = "/sane-mesh";
@@ -222,51 +226,79 @@ impl EtcdConfig {
         })
     }
 
-    /// The members as URLs (`https://` with a CA file).
-    fn urls(&self) -> Vec<String> {
-        let scheme = if self.ca_file.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        self.endpoints
-            .iter()
-            .map(|e| format!("{scheme}://{e}"))
-            .collect()
-    }
-
     /// The members, for messages: `etcd://a:2379,b:2379`.
     pub fn display(&self) -> String {
         format!("etcd://{}", self.endpoints.join(","))
     }
 
-    fn options(&self) -> Result<ConnectOptions, Error> {
+    fn options(&self) -> ConnectOptions {
         let mut options = ConnectOptions::new()
-            .with_timeout(self.request_timeout)
-            .with_connect_timeout(self.request_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true)
             // A member cut off from the quorum refuses rather than
             // answering from its stale copy.
             .with_require_leader(true);
         if let Some((user, password)) = &self.user {
             options = options.with_user(user.clone(), password.clone());
         }
-        if let Some(ca) = &self.ca_file {
-            let read = |p: &PathBuf| {
-                std::fs::read(p).map_err(|e| Error::CertFiles {
-                    path: p.clone(),
-                    reason: e.to_string(),
-                })
-            };
-            let mut tls = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
-            if let Some((cert, key)) = &self.client_cert {
-                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
-            }
-            options = options.with_tls(tls);
+        options
+    }
+
+    /// The rustls client config for `--etcd-ca-file` (and a client
+    /// certificate), if TLS is asked for.
+    fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, Error> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let Some(ca) = &self.ca_file else {
+            return Ok(None);
+        };
+        let bad = |p: &PathBuf, reason: String| Error::CertFiles {
+            path: p.clone(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(ca, e.to_string()))? {
+            let cert = cert.map_err(|e| bad(ca, e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(ca, e.to_string()))?;
         }
-        Ok(options)
+        if roots.is_empty() {
+            return Err(bad(ca, "holds no certificate".into()));
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(sane_certs::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(ca, e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match &self.client_cert {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| bad(cert, e.to_string()))?;
+                let key_der =
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| bad(cert, e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(Arc::new(config)))
+    }
+
+    /// One HTTP/2 connection to one member at a time: each (re)connect
+    /// tries the members in turn from the one after the last used, so a
+    /// dead member is skipped at once.
+    fn channel(&self) -> Result<tonic::transport::Channel, Error> {
+        let dialer = MemberDialer {
+            members: Arc::new(self.endpoints.clone()),
+            tls: self.tls()?,
+            next: Arc::new(AtomicUsize::new(0)),
+            connect_timeout: self.request_timeout,
+        };
+        let endpoint = tonic::transport::Endpoint::from_static("http://etcd.members")
+            .timeout(self.request_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
+        Ok(endpoint.connect_with_connector_lazy(dialer))
     }
 
     fn meta_key(&self) -> String {
@@ -302,13 +334,18 @@ impl EtcdStore {
     /// format is refused at once and left untouched.
     pub fn connect(config: EtcdConfig) -> Result<EtcdStore, Error> {
         let (runtime, stop) = spawn_runtime()?;
-        let options = config.options()?;
+        let options = config.options();
         let mut backoff = Duration::from_millis(100);
         let client = loop {
-            let urls = config.urls();
+            let channel = {
+                // The lazy channel's background task lives on our runtime.
+                let _entered = runtime.enter();
+                config.channel()?
+            };
             let opts = options.clone();
             let attempt = block_on_handle(&runtime, async move {
-                let mut client = Client::connect(urls, Some(opts)).await?;
+                let channel = etcd_client::Channel::Tonic(channel);
+                let mut client = Client::from_channel(channel, Some(opts)).await?;
                 client.status().await?;
                 Ok::<_, etcd_client::Error>(client)
             });
@@ -712,6 +749,94 @@ impl EtcdWatcher {
     }
 }
 
+/// Dials the etcd members in turn (see [`EtcdConfig::channel`]).
+#[derive(Clone)]
+struct MemberDialer {
+    members: Arc<Vec<String>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    next: Arc<AtomicUsize>,
+    connect_timeout: Duration,
+}
+
+/// A connection to a member, plain or TLS.
+trait MemberIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> MemberIo for T {}
+
+type DialFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<
+                    hyper_util::rt::TokioIo<Box<dyn MemberIo>>,
+                    Box<dyn std::error::Error + Send + Sync>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower::Service<http::Uri> for MemberDialer {
+    type Response = hyper_util::rt::TokioIo<Box<dyn MemberIo>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = DialFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let n = this.members.len();
+            let first = this.next.fetch_add(1, Ordering::Relaxed);
+            let mut failures = Vec::new();
+            for k in 0..n {
+                let member = &this.members[(first + k) % n];
+                match this.dial(member).await {
+                    Ok(io) => {
+                        // Stay on this member until its connection fails.
+                        this.next.store((first + k) % n, Ordering::Relaxed);
+                        return Ok(hyper_util::rt::TokioIo::new(io));
+                    }
+                    Err(e) => failures.push(format!("{member}: {e}")),
+                }
+            }
+            Err(format!("no etcd member answered ({})", failures.join("; ")).into())
+        })
+    }
+}
+
+impl MemberDialer {
+    async fn dial(&self, member: &str) -> Result<Box<dyn MemberIo>, String> {
+        let tcp =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(member))
+                .await
+                .map_err(|_| format!("no answer within {:?}", self.connect_timeout))?
+                .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(Box::new(tcp));
+        };
+        let host = member
+            .rsplit_once(':')
+            .map_or(member, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS: {e}"))?;
+        Ok(Box::new(stream))
+    }
+}
+
 /// Why a watch stopped.
 #[derive(Debug)]
 pub enum WatchEnd {
@@ -803,7 +928,6 @@ mod tests {
         let c = EtcdConfig::parse("etcd://10.0.0.1:2379, h2:2379/", "/mesh/").unwrap();
         assert_eq!(c.endpoints, ["10.0.0.1:2379", "h2:2379"]);
         assert_eq!(c.prefix, "/mesh");
-        assert_eq!(c.urls(), ["http://10.0.0.1:2379", "http://h2:2379"]);
         assert_eq!(
             c.resource_key(Kind::Route, "default/r"),
             "/mesh/r/routes/default/r"

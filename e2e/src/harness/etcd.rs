@@ -12,8 +12,8 @@ use super::binaries::workspace_root;
 use super::deps::program_or_skip;
 use super::eventually::eventually;
 use super::http::{full, get, http1_client, request, send};
-use http::Method;
 use super::process::{Proc, Signal};
+use http::Method;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -147,7 +147,8 @@ impl EtcdCluster {
                 let url = format!("http://{}/v3/maintenance/status", self.client_addr(i));
                 let reply = send(&client, request(Method::POST, &url, full("{}"))).await?;
                 let status = reply.json()?;
-                if status["leader"].is_string() && status["leader"] == status["header"]["member_id"] {
+                if status["leader"].is_string() && status["leader"] == status["header"]["member_id"]
+                {
                     return Ok(i);
                 }
             }
