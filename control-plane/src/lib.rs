@@ -248,6 +248,14 @@ pub async fn build(
         });
     }
     let metrics = Metrics::register(metrics_registry)?;
+    if let (Some(_), Some(dir)) = (&config.etcd, &config.data_dir) {
+        // The file store creates it otherwise; the token cache and the
+        // root file live there.
+        std::fs::create_dir_all(dir).map_err(|source| Error::StateWrite {
+            path: dir.clone(),
+            source,
+        })?;
+    }
     let registry = match (&config.etcd, &config.data_dir) {
         // Connecting waits (and retries) until etcd answers: off the
         // async workers.

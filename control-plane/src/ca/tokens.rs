@@ -265,7 +265,11 @@ impl WorkloadTokens {
                 true
             }
         };
-        self.persist(&next)?;
+        // The shared store is the truth; the local file is only a cache,
+        // so a failure to write it does not keep the token out.
+        if let Err(error) = self.persist(&next) {
+            tracing::warn!(%error, "cannot cache a shared workload token locally");
+        }
         *grants = next;
         drop(grants);
         if removed {
@@ -379,6 +383,22 @@ mod tests {
             "revocation survives a restart"
         );
         assert_eq!(reloaded.list().len(), 1);
+    }
+
+    #[test]
+    fn tokens_from_the_shared_store_authenticate_and_their_removal_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        // A data dir that is not there: the local cache cannot be written,
+        // the shared token counts all the same.
+        let store = WorkloadTokens::load(Some(&dir.path().join("missing"))).unwrap();
+        let record = br#"{"namespace": "prod", "service_account": "web", "created_at": 7}"#;
+        store.apply_shared(&hash("t1"), Some(record)).unwrap();
+        assert_eq!(store.authenticate("t1").unwrap().service_account, "web");
+        let revocations = store.revocations();
+        store.apply_shared(&hash("t1"), None).unwrap();
+        assert_eq!(store.authenticate("t1"), None);
+        assert!(revocations.has_changed().unwrap());
+        assert!(store.apply_shared(&hash("t2"), Some(b"nope")).is_err());
     }
 
     #[test]
