@@ -94,6 +94,79 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The registry's etcd cluster did not answer (unreachable, or lost its
+    /// quorum); nothing was written.
+    #[error("store {store} is unavailable: {reason}")]
+    StoreUnavailable {
+        /// The members (`etcd://a:2379,b:2379`).
+        store: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The etcd store holds data of a format this build does not know; it is
+    /// neither loaded nor overwritten.
+    #[error(
+        "store {store}: key {key} says format version {found}, this build reads version \
+         {supported}; refusing to load or overwrite it"
+    )]
+    StoreFormat {
+        /// The members.
+        store: String,
+        /// The meta key.
+        key: String,
+        /// The version found.
+        found: String,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+    /// A value in the etcd store cannot be read.
+    #[error("store {store}: key {key}: {reason}")]
+    StoreValue {
+        /// The members.
+        store: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Other writers kept changing the registry while this write retried.
+    #[error("the registry changed under this write {attempts} times in a row; try again")]
+    StoreContention {
+        /// How many times it was validated and refused by etcd.
+        attempts: u32,
+    },
+    /// Replicas on etcd without an operator CA would each generate their
+    /// own, and no proxy could trust certificates of the others.
+    #[error(
+        "--store {store} needs --ca-cert-chain and --ca-key: every replica must sign with the \
+         same CA (give each replica the same files); see docs/replicas.md"
+    )]
+    ReplicaWithoutCa {
+        /// The members.
+        store: String,
+    },
+    /// The background runtime of the etcd client could not run.
+    #[error("the etcd client runtime: {source}")]
+    Runtime {
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A write named the version of a resource it expected (`If-Match`,
+    /// `resource_version`), and the resource is at another.
+    #[error(
+        "{kind} {key:?} is at resource version {found}, not {expected} (changed by another \
+         writer; read it again)"
+    )]
+    VersionConflict {
+        /// Kind of the resource.
+        kind: Kind,
+        /// Its key.
+        key: String,
+        /// The version the write expected (0: absent).
+        expected: u64,
+        /// Its version now (0: absent).
+        found: u64,
+    },
     /// The write would leave an invalid configuration; nothing was stored.
     #[error("{0}")]
     Rejected(Rejected),

@@ -69,6 +69,9 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Directory of YAML `MeshResources` files to follow. Default: none.
     pub config_dir: Option<PathBuf>,
+    /// Keep the registry in etcd instead of `data_dir` (replicated control
+    /// planes: `--store etcd://...`). Default: none (the file store).
+    pub etcd: Option<store::etcd::EtcdConfig>,
     /// The API token itself. Default: none.
     pub api_token: Option<String>,
     /// A file holding the API token. Default: none (then `data_dir/api-token`,
@@ -172,6 +175,7 @@ impl Default for Config {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 15080)),
             data_dir: None,
             config_dir: None,
+            etcd: None,
             api_token: None,
             api_token_file: None,
             debounce: DebounceConfig::default(),
@@ -203,6 +207,7 @@ impl fmt::Debug for Config {
             .field("api_addr", &self.api_addr)
             .field("data_dir", &self.data_dir)
             .field("config_dir", &self.config_dir)
+            .field("etcd", &self.etcd)
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("api_token_file", &self.api_token_file)
             .field("debounce", &self.debounce)
@@ -238,11 +243,36 @@ pub async fn build(
         transport::check_plaintext_bind("xds", config.xds_addr)?;
         transport::check_plaintext_bind("api", config.api_addr)?;
     }
+    if let (Some(etcd), None) = (&config.etcd, &config.ca_files) {
+        return Err(Error::ReplicaWithoutCa {
+            store: etcd.display(),
+        });
+    }
     let metrics = Metrics::register(metrics_registry)?;
-    let registry = Arc::new(match &config.data_dir {
-        Some(dir) => Registry::open(store::Store::open(dir)?)?,
-        None => Registry::in_memory(),
-    });
+    if let (Some(_), Some(dir)) = (&config.etcd, &config.data_dir) {
+        // The file store creates it otherwise; the token cache and the
+        // root file live there.
+        std::fs::create_dir_all(dir).map_err(|source| Error::StateWrite {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let registry = match (&config.etcd, &config.data_dir) {
+        // Connecting waits (and retries) until etcd answers: off the
+        // async workers.
+        (Some(etcd), _) => {
+            let etcd = etcd.clone();
+            tokio::task::spawn_blocking(move || {
+                Registry::open_etcd(store::etcd::EtcdStore::connect(etcd)?)
+            })
+            .await
+            .map_err(|e| Error::Runtime {
+                source: std::io::Error::other(e.to_string()),
+            })??
+        }
+        (None, Some(dir)) => Arc::new(Registry::open(store::Store::open(dir)?)?),
+        (None, None) => Arc::new(Registry::in_memory()),
+    };
     let token = Arc::new(ApiToken::resolve(
         config.api_token.as_deref(),
         config.api_token_file.as_deref(),
@@ -270,6 +300,9 @@ pub async fn build(
     };
     let (xds_listener, xds_addr) = bind("xds", config.xds_addr).await?;
     let (api_listener, api_addr) = bind("api", config.api_addr).await?;
+    if let Some(etcd) = registry.etcd() {
+        etcd.name_replica(api_addr);
+    }
     let status = Arc::new(ProxyStatusTable::new(
         config.proxy_retention,
         metrics.clone(),
@@ -283,6 +316,14 @@ pub async fn build(
         data_dir: config.data_dir.clone(),
         retiring_root: config.retiring_root.clone(),
     })?;
+    if let Some(etcd) = registry.etcd() {
+        let (etcd, tokens) = (etcd.clone(), workload_tokens.clone());
+        tokio::task::spawn_blocking(move || store::etcd_shared::share_tokens(&etcd, &tokens))
+            .await
+            .map_err(|e| Error::Runtime {
+                source: std::io::Error::other(e.to_string()),
+            })??;
+    }
     let ca = ca::CaService::new(authority.clone(), workload_tokens.clone(), metrics_registry)
         .map_err(|source| Error::Metrics {
             name: "sane_ca_requests_total",
@@ -491,6 +532,24 @@ impl Bound {
         }
         tasks.spawn(self.ads.clone().run_publisher(self.config.debounce));
         tasks.spawn(self.registry.clone().run_lease_sweeper(stop.clone()));
+        if let Some(etcd) = self.registry.etcd() {
+            // This replica's proxies, for `GET /api/v1/proxies` on the others.
+            let (status, registry) = (self.status.clone(), self.registry.clone());
+            let replica = etcd.replica().to_string();
+            let name = replica.clone();
+            let rows = move || {
+                serde_json::json!({
+                    "replica": name,
+                    "proxies": status.list(registry.revision()),
+                })
+            };
+            tasks.spawn(store::etcd_shared::publish_status(
+                etcd.clone(),
+                replica,
+                rows,
+                stop.clone(),
+            ));
+        }
         if let Some(src) = self.file_source {
             tasks.spawn(src.run(self.config.config_poll_interval, stop.clone()));
         }

@@ -29,6 +29,37 @@ struct Args {
     /// Directory for the registry state and a generated API token.
     #[arg(long, env = "SANE_DATA_DIR", default_value = "sane-cp-data")]
     data_dir: PathBuf,
+    /// Where the registry lives: `file` (the data directory; one control
+    /// plane) or `etcd://host:port[,host:port...]` (any number of replicas
+    /// sharing one etcd cluster; see docs/replicas.md).
+    #[arg(long, env = "SANE_STORE", default_value = "file")]
+    store: String,
+    /// Key prefix of this mesh in etcd.
+    #[arg(long, env = "SANE_STORE_PREFIX", default_value = sane_control_plane::store::etcd::DEFAULT_PREFIX)]
+    store_prefix: String,
+    /// CA certificate (PEM) to verify etcd with; connects over TLS.
+    #[arg(long, env = "SANE_ETCD_CA_FILE")]
+    etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; with
+    /// --etcd-key-file and --etcd-ca-file.
+    #[arg(long, env = "SANE_ETCD_CERT_FILE", requires_all = ["etcd_key_file", "etcd_ca_file"])]
+    etcd_cert_file: Option<PathBuf>,
+    /// The key of --etcd-cert-file (PEM).
+    #[arg(long, env = "SANE_ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    etcd_key_file: Option<PathBuf>,
+    /// etcd user (etcd auth); the password is read from --etcd-password-file.
+    #[arg(long, env = "SANE_ETCD_USER", requires = "etcd_password_file")]
+    etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "SANE_ETCD_PASSWORD_FILE", requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
+    /// This replica's name among the replicas sharing etcd (shown in
+    /// `GET /api/v1/proxies`); default `<hostname>/<api address>`.
+    #[arg(long, env = "SANE_REPLICA_ID")]
+    replica_id: Option<String>,
+    /// How long one etcd request may take before a write answers 503.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    etcd_timeout: Duration,
     /// Directory of YAML MeshResources files to follow.
     #[arg(long, env = "SANE_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
@@ -128,11 +159,30 @@ fn main() -> anyhow::Result<()> {
     }
     #[cfg(feature = "kubernetes")]
     let kubernetes = args.kubernetes.into_config(&args.trust_domain);
+    let etcd = match args.store.as_str() {
+        "file" => None,
+        url => {
+            let mut etcd =
+                sane_control_plane::store::etcd::EtcdConfig::parse(url, &args.store_prefix)
+                    .map_err(anyhow::Error::msg)?;
+            etcd.ca_file = args.etcd_ca_file;
+            etcd.client_cert = args.etcd_cert_file.zip(args.etcd_key_file);
+            if let (Some(user), Some(file)) = (args.etcd_user, args.etcd_password_file) {
+                let password = std::fs::read_to_string(&file)
+                    .with_context(|| format!("--etcd-password-file {}", file.display()))?;
+                etcd.user = Some((user, password.trim_end().to_string()));
+            }
+            etcd.request_timeout = args.etcd_timeout;
+            etcd.replica = args.replica_id.unwrap_or_default();
+            Some(etcd)
+        }
+    };
     let config = Config {
         xds_addr: args.xds_addr,
         api_addr: args.api_addr,
         data_dir: Some(args.data_dir.clone()),
         config_dir: args.config_dir,
+        etcd,
         api_token: args.api_token,
         api_token_file: args.api_token_file,
         debounce: DebounceConfig {

@@ -783,3 +783,64 @@ async fn binaries_print_addresses_apply_and_stop_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `?resource_version=` on a write: 0 creates only, a stale version is
+/// refused with 409 naming both versions, and nothing changes then.
+#[tokio::test]
+async fn resource_versions_guard_api_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    put(
+        &cp,
+        "/api/v1/services/shop/web",
+        json!({ "ports": [{ "port": 80 }] }),
+    )
+    .await;
+    let route = |weight: u32| {
+        json!({ "service": "web", "rules": [{ "destinations": [
+            { "service": "web", "weight": weight }
+        ]}]})
+    };
+    let created = put(&cp, "/api/v1/routes/shop/r?resource_version=0", route(1)).await;
+    let version = created["resource_version"].as_u64().unwrap();
+    let err = cp
+        .client
+        .json(
+            Method::PUT,
+            "/api/v1/routes/shop/r?resource_version=0",
+            Some(&route(2)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, sane_control_plane::Error::Api { status, .. } if *status == StatusCode::CONFLICT),
+        "{err}"
+    );
+    let path = format!("/api/v1/routes/shop/r?resource_version={version}");
+    let updated = put(&cp, &path, route(3)).await;
+    assert!(updated["resource_version"].as_u64().unwrap() > version);
+    let err = cp
+        .client
+        .json(Method::DELETE, &path, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("409") && err.contains(&format!("not {version}")),
+        "{err}"
+    );
+    let stored = cp.client.get(Kind::Route, "shop/r").await.unwrap();
+    assert_eq!(stored["rules"][0]["destinations"][0]["weight"], 3);
+    let err = cp
+        .client
+        .json(
+            Method::PUT,
+            "/api/v1/routes/shop/r?resource_version=x",
+            Some(&route(4)),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resource_version"), "{err}");
+    cp.stop().await;
+}

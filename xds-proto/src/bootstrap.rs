@@ -59,7 +59,7 @@ pub struct IdentityConfig {
     pub service_account: String,
     /// CA URL. Default: the control plane's `address`. Like it, `https://`
     /// (verified against `root_cert_file`), or `http://` to a loopback
-    /// address only.
+    /// address only; several comma-separated URLs are tried in turn.
     pub ca_address: String,
     /// File holding the bootstrap token the CA authenticates. Default: the
     /// control plane's `token_file`.
@@ -83,7 +83,9 @@ pub struct IdentityConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlPlane {
-    /// xDS server URL, e.g. `https://sane-control-plane.sane-system.svc:15010`.
+    /// xDS server URL, e.g. `https://sane-control-plane.sane-system.svc:15010`;
+    /// replicated control planes: several, comma-separated (a failed stream
+    /// moves on to the next one, keeping the last config meanwhile).
     /// `https://`: TLS, the server verified against `root_cert_file` for the
     /// URL's host (a DNS name or IP address its certificate must carry).
     /// `http://` (plaintext: the token would travel in clear) only to a
@@ -398,6 +400,20 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// A control plane (or CA) URL: `https://` with a root file to verify the
 /// server, or `http://` to loopback only.
 fn check_control_plane_url(
+    urls: &str,
+    root_file: &str,
+    field: &FieldPath,
+    section: &FieldPath,
+    errs: &mut Errors,
+) {
+    // Replicated control planes: several comma-separated URLs, each
+    // checked on its own.
+    for url in urls.split(',').map(str::trim) {
+        check_one_control_plane_url(url, root_file, field, section, errs);
+    }
+}
+
+fn check_one_control_plane_url(
     url: &str,
     root_file: &str,
     field: &FieldPath,

@@ -85,6 +85,7 @@ pub fn router(state: ApiState) -> Router {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/ui", get(crate::ui::page))
         .nest("/api/v1", api)
@@ -102,6 +103,24 @@ pub fn router(state: ApiState) -> Router {
         })
         .with_state(state);
     catch_panics(router)
+}
+
+/// `/ready`: 200 while the control plane serves proxies (a replica that
+/// lost etcd keeps serving its last view), with whether writes can commit
+/// in `writes` (`{"ready": false, "reason": …}` naming the store's cause).
+async fn ready(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    let writes = match state.registry.etcd() {
+        None => serde_json::json!({ "ready": true }),
+        Some(etcd) => match etcd.check_writable().await {
+            Ok(()) => serde_json::json!({ "ready": true, "store": etcd.config().display() }),
+            Err(e) => serde_json::json!({ "ready": false, "reason": e.to_string() }),
+        },
+    };
+    Json(serde_json::json!({
+        "status": "ready",
+        "revision": state.registry.revision(),
+        "writes": writes,
+    }))
 }
 
 /// Outermost layer: a panicking handler gets a plain 500, never its text.
@@ -207,10 +226,19 @@ impl From<Error> for ApiError {
         let status = match &e {
             Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict { .. } | Error::NoLease { .. } => StatusCode::CONFLICT,
+            Error::Conflict { .. } | Error::NoLease { .. } | Error::VersionConflict { .. } => {
+                StatusCode::CONFLICT
+            }
+            // The replica's etcd is down or contended: retry later (the
+            // body names the members and the cause).
+            Error::StoreUnavailable { .. }
+            | Error::StoreFormat { .. }
+            | Error::StoreContention { .. } => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %e, "api write refused");
+        } else if status.is_server_error() {
             tracing::error!(error = %e, "api request failed");
         }
         let fields = match &e {

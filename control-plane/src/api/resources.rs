@@ -3,6 +3,11 @@
 //!
 //! Keys in paths are those of [`crate::resource`]: `{namespace}/{name}`, and
 //! for endpoints `{namespace}/{service}/{address:port}`.
+//!
+//! Optimistic concurrency: a GET answers the resource's version in `ETag`
+//! (and writes in `resource_version`); a PUT or DELETE with `If-Match:
+//! "<version>"` or `?resource_version=<version>` (`0`: must not exist yet)
+//! succeeds only if the resource is still at that version, else 409.
 
 use super::{read_body, ApiError, ApiState};
 use crate::error::RejectedField;
@@ -10,7 +15,8 @@ use crate::registry::{Applied, Change, Op, Origin, MAX_LEASE_TTL};
 use crate::resource::{Kind, Resource};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{ETAG, IF_MATCH};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -38,11 +44,17 @@ pub(super) fn routes() -> Router<ApiState> {
                 &one,
                 get(move |s: State<ApiState>, p: Path<Vec<String>>| get_one(kind, s, p))
                     .put(
-                        move |s: State<ApiState>, p: Path<Vec<String>>, q: Params, body: Body| {
-                            put(kind, s, p, q, body)
-                        },
+                        move |s: State<ApiState>,
+                              p: Path<Vec<String>>,
+                              q: Params,
+                              h: HeaderMap,
+                              body: Body| { put(kind, s, p, q, h, body) },
                     )
-                    .delete(move |s: State<ApiState>, p: Path<Vec<String>>| delete(kind, s, p)),
+                    .delete(
+                        move |s: State<ApiState>, p: Path<Vec<String>>, q: Params, h: HeaderMap| {
+                            delete(kind, s, p, q, h)
+                        },
+                    ),
             );
     }
     router.route(
@@ -75,7 +87,11 @@ async fn get_one(
     let key = segments.join("/");
     let snap = state.registry.snapshot();
     let entry = snap.get(kind, &key).ok_or_else(|| not_found(kind, &key))?;
-    Ok(Json(entry.resource.to_json()).into_response())
+    let mut resp = Json(entry.resource.to_json()).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", entry.version)) {
+        resp.headers_mut().insert(ETAG, v);
+    }
+    Ok(resp)
 }
 
 async fn put(
@@ -83,9 +99,11 @@ async fn put(
     State(state): State<ApiState>,
     Path(segments): Path<Vec<String>>,
     Query(q): Params,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = segments.join("/");
+    let expect = expected_version(&q, &headers)?;
     let ttl = match q.get("ttl") {
         None => None,
         Some(_) if kind != Kind::Endpoint => {
@@ -104,9 +122,18 @@ async fn put(
         )));
     }
     super::istio::check_resource_write(&state, kind, &key, Some(&resource))?;
+    let mut ops = Vec::new();
+    if let Some(version) = expect {
+        ops.push(Op::Expect {
+            kind,
+            key: key.clone(),
+            version,
+        });
+    }
+    ops.push(Op::Put { resource, ttl });
     let change = Change {
         origin: Origin::Api,
-        ops: vec![Op::Put { resource, ttl }],
+        ops,
     };
     let applied = write(&state, change).await?;
     let created = applied.outcomes.first().map(|o| o.2) == Some(crate::registry::Outcome::Created);
@@ -115,7 +142,7 @@ async fn put(
     } else {
         StatusCode::OK
     };
-    let mut body = outcome_body(&applied);
+    let mut body = outcome_body(&state, &applied);
     if let Some(ttl) = ttl {
         body["ttl"] = json!(humantime::format_duration(ttl).to_string());
     }
@@ -126,17 +153,26 @@ async fn delete(
     kind: Kind,
     State(state): State<ApiState>,
     Path(segments): Path<Vec<String>>,
+    Query(q): Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    super::istio::check_resource_write(&state, kind, &segments.join("/"), None)?;
+    let key = segments.join("/");
+    super::istio::check_resource_write(&state, kind, &key, None)?;
+    let mut ops = Vec::new();
+    if let Some(version) = expected_version(&q, &headers)? {
+        ops.push(Op::Expect {
+            kind,
+            key: key.clone(),
+            version,
+        });
+    }
+    ops.push(Op::Delete { kind, key });
     let change = Change {
         origin: Origin::Api,
-        ops: vec![Op::Delete {
-            kind,
-            key: segments.join("/"),
-        }],
+        ops,
     };
     let applied = write(&state, change).await?;
-    Ok(Json(outcome_body(&applied)).into_response())
+    Ok(Json(outcome_body(&state, &applied)).into_response())
 }
 
 async fn heartbeat(
@@ -170,13 +206,54 @@ async fn write(state: &ApiState, change: Change) -> Result<Applied, ApiError> {
     }
 }
 
-fn outcome_body(applied: &Applied) -> serde_json::Value {
+fn outcome_body(state: &ApiState, applied: &Applied) -> serde_json::Value {
     let (kind, key, outcome) = applied.outcomes.first().cloned().unwrap_or((
         Kind::Service,
         String::new(),
         crate::registry::Outcome::Unchanged,
     ));
-    json!({ "kind": kind, "key": key, "outcome": outcome, "revision": applied.revision })
+    let mut body =
+        json!({ "kind": kind, "key": key, "outcome": outcome, "revision": applied.revision });
+    if let Some(e) = state.registry.snapshot().get(kind, &key) {
+        body["resource_version"] = json!(e.version);
+    }
+    body
+}
+
+/// The version a write expects: `If-Match: "<n>"` or `?resource_version=<n>`
+/// (both must agree when both are given).
+fn expected_version(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Option<u64>, ApiError> {
+    let bad = |what: &str, v: &str| {
+        ApiError::bad_request(format!(
+            "{what}: {v:?} is not a resource version (the number a GET answers in ETag, \
+             or 0 for \"must not exist\")"
+        ))
+    };
+    let from_query = match q.get("resource_version") {
+        Some(v) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| bad("resource_version", v))?,
+        ),
+        None => None,
+    };
+    let from_header = match headers.get(IF_MATCH) {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| bad("If-Match", "<not text>"))?;
+            let trimmed = text.trim().trim_start_matches("W/").trim_matches('"');
+            Some(trimmed.parse::<u64>().map_err(|_| bad("If-Match", text))?)
+        }
+        None => None,
+    };
+    match (from_query, from_header) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::bad_request(format!(
+            "If-Match {b} and resource_version {a} disagree"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 /// Fills empty identifying fields from the path, and rejects ones that

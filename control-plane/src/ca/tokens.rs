@@ -11,6 +11,12 @@
 //! listed and revoked by id; a revoked token is refused by the next CA
 //! request and the next xDS stream, and open xDS streams that were opened
 //! with it are ended ([`WorkloadTokens::revocations`]).
+//!
+//! Replicated control planes share their tokens through a
+//! [`SharedTokenStore`] (etcd: `store::etcd::share_tokens`): issuing and
+//! revoking write there first, and every replica applies what the store
+//! reports ([`WorkloadTokens::apply_shared`]), so a token issued by one
+//! replica is accepted, and a revocation enforced, by all.
 
 use super::error::CaError as Error;
 use rand::RngCore;
@@ -68,6 +74,19 @@ pub struct WorkloadTokens {
     grants: Mutex<BTreeMap<String, TokenRecord>>,
     /// Bumped at every revocation, so open streams can check their token.
     revoked: watch::Sender<u64>,
+    /// The store replicas share, when there is one.
+    shared: std::sync::OnceLock<Box<dyn SharedTokenStore>>,
+}
+
+/// A store of token records shared by replicated control planes (hash →
+/// JSON record, never the token itself).
+pub trait SharedTokenStore: Send + Sync + std::fmt::Debug {
+    /// Where it is, for messages.
+    fn name(&self) -> String;
+    /// Records one token (before it is handed out).
+    fn put(&self, hash: &str, record: Vec<u8>) -> Result<(), String>;
+    /// Removes one token (before the revocation is answered).
+    fn delete(&self, hash: &str) -> Result<(), String>;
 }
 
 /// The id of `token`: a prefix of its SHA-256, as [`TokenInfo::id`].
@@ -81,6 +100,7 @@ impl Default for WorkloadTokens {
             path: None,
             grants: Mutex::default(),
             revoked: watch::Sender::new(0),
+            shared: std::sync::OnceLock::new(),
         }
     }
 }
@@ -123,9 +143,19 @@ impl WorkloadTokens {
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let record = TokenRecord { grant, created_at };
+        if let Some(shared) = self.shared.get() {
+            let bytes = serde_json::to_vec(&record).expect("serializable");
+            shared
+                .put(&hash(&token), bytes)
+                .map_err(|reason| Error::TokenStore {
+                    path: shared.name(),
+                    reason,
+                })?;
+        }
         let mut grants = self.grants.lock().expect("not poisoned");
         let mut next = grants.clone();
-        next.insert(hash(&token), TokenRecord { grant, created_at });
+        next.insert(hash(&token), record);
         self.persist(&next)?;
         *grants = next;
         Ok(token)
@@ -176,11 +206,76 @@ impl WorkloadTokens {
         if revoked.is_none() {
             return Ok(None);
         }
+        if let Some(shared) = self.shared.get() {
+            for h in grants.keys().filter(|h| h.starts_with(&id)) {
+                shared.delete(h).map_err(|reason| Error::TokenStore {
+                    path: shared.name(),
+                    reason,
+                })?;
+            }
+        }
         self.persist(&next)?;
         *grants = next;
         drop(grants);
         self.revoked.send_modify(|n| *n += 1);
         Ok(revoked)
+    }
+
+    /// Shares tokens with other replicas through `shared` from now on.
+    pub fn set_shared(&self, shared: Box<dyn SharedTokenStore>) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// Every token as `(hash, JSON record)`: what a shared store is seeded
+    /// with.
+    pub fn records(&self) -> Vec<(String, Vec<u8>)> {
+        self.grants
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(h, r)| (h.clone(), serde_json::to_vec(r).expect("serializable")))
+            .collect()
+    }
+
+    /// Applies what the shared store reports: `Some(record)` issued (by any
+    /// replica), `None` revoked. A record that does not parse is refused.
+    pub fn apply_shared(&self, hash: &str, record: Option<&[u8]>) -> Result<(), Error> {
+        let mut grants = self.grants.lock().expect("not poisoned");
+        let mut next = grants.clone();
+        let removed = match record {
+            Some(bytes) => {
+                let r: TokenRecord =
+                    serde_json::from_slice(bytes).map_err(|e| Error::TokenStore {
+                        path: self.shared.get().map_or_else(String::new, |s| s.name()),
+                        reason: format!(
+                            "token record {}: {e}",
+                            &hash[..hash.len().min(TOKEN_ID_LEN)]
+                        ),
+                    })?;
+                if next.get(hash) == Some(&r) {
+                    return Ok(());
+                }
+                next.insert(hash.to_string(), r);
+                false
+            }
+            None => {
+                if next.remove(hash).is_none() {
+                    return Ok(());
+                }
+                true
+            }
+        };
+        // The shared store is the truth; the local file is only a cache,
+        // so a failure to write it does not keep the token out.
+        if let Err(error) = self.persist(&next) {
+            tracing::warn!(%error, "cannot cache a shared workload token locally");
+        }
+        *grants = next;
+        drop(grants);
+        if removed {
+            self.revoked.send_modify(|n| *n += 1);
+        }
+        Ok(())
     }
 
     /// Changes at every revocation: a holder of an authenticated token
@@ -288,6 +383,22 @@ mod tests {
             "revocation survives a restart"
         );
         assert_eq!(reloaded.list().len(), 1);
+    }
+
+    #[test]
+    fn tokens_from_the_shared_store_authenticate_and_their_removal_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        // A data dir that is not there: the local cache cannot be written,
+        // the shared token counts all the same.
+        let store = WorkloadTokens::load(Some(&dir.path().join("missing"))).unwrap();
+        let record = br#"{"namespace": "prod", "service_account": "web", "created_at": 7}"#;
+        store.apply_shared(&hash("t1"), Some(record)).unwrap();
+        assert_eq!(store.authenticate("t1").unwrap().service_account, "web");
+        let revocations = store.revocations();
+        store.apply_shared(&hash("t1"), None).unwrap();
+        assert_eq!(store.authenticate("t1"), None);
+        assert!(revocations.has_changed().unwrap());
+        assert!(store.apply_shared(&hash("t2"), Some(b"nope")).is_err());
     }
 
     #[test]

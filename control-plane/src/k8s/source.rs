@@ -419,7 +419,7 @@ impl KubeSource {
 fn problem(op: &Op, e: &Error) -> Problem {
     let object = match op {
         Op::Put { resource, .. } => format!("{} {}", resource.kind(), resource.key()),
-        Op::Delete { kind, key } => format!("{kind} {key}"),
+        Op::Delete { kind, key } | Op::Expect { kind, key, .. } => format!("{kind} {key}"),
     };
     Problem {
         object,

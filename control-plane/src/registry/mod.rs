@@ -19,6 +19,7 @@
 //! at most [`MAX_LEASE_TTL`]) are swept by [`Registry::run_lease_sweeper`] on
 //! tokio time, so tests can pause and advance the clock.
 
+mod etcd;
 mod index;
 mod lease;
 mod state;
@@ -41,6 +42,9 @@ pub struct Registry {
     /// Serializes writers; holds the latest state and lease deadlines.
     inner: Mutex<Writer>,
     store: Option<Store>,
+    /// The etcd backend (replicas): writes are etcd transactions, and the
+    /// published state is what its watch reports ([`etcd`]).
+    etcd: Option<etcd::EtcdBackend>,
     /// The published state: durable.
     current: watch::Sender<Arc<State>>,
     /// Wakes the lease sweeper when a deadline was added or moved.
@@ -86,6 +90,17 @@ pub enum Op {
         kind: Kind,
         /// Its key.
         key: String,
+    },
+    /// A precondition: the write fails with [`Error::VersionConflict`]
+    /// unless the resource is at `version` (0: does not exist) when this
+    /// operation is reached (`If-Match`, `resource_version`).
+    Expect {
+        /// Its kind.
+        kind: Kind,
+        /// Its key.
+        key: String,
+        /// The resource version the writer read.
+        version: u64,
     },
 }
 
@@ -173,6 +188,7 @@ impl Registry {
                 unsynced: VecDeque::new(),
             }),
             store,
+            etcd: None,
             current: watch::Sender::new(state),
             lease_changed: Notify::new(),
         }
@@ -209,6 +225,9 @@ impl Registry {
     /// changed) once the log is on disk. This performs blocking file I/O;
     /// call it from `spawn_blocking` in async code.
     pub fn apply_all(&self, changes: Vec<Change>) -> Result<Applied, Error> {
+        if let Some(etcd) = &self.etcd {
+            return self.apply_etcd(etcd, changes);
+        }
         let (applied, ticket) = {
             let mut w = self.lock();
             self.apply_locked(&mut w, changes)?
@@ -232,8 +251,11 @@ impl Registry {
         let mut lease_updates: Vec<(String, Option<Instant>)> = Vec::new();
         for change in changes {
             for op in change.ops {
-                let (kind, key, outcome) =
-                    apply_op(&mut next, &change.origin, op, now, &mut lease_updates)?;
+                let Some((kind, key, outcome)) =
+                    apply_op(&mut next, &change.origin, op, now, &mut lease_updates)?
+                else {
+                    continue;
+                };
                 touched.insert((kind, key.clone()));
                 outcomes.push((kind, key, outcome));
             }
@@ -242,6 +264,7 @@ impl Registry {
         let ticket = if changed {
             next.validate_change(&touched).map_err(Error::Rejected)?;
             next.revision = base.revision + 1;
+            next.stamp(&base, &touched, next.revision);
             next.written_at = now;
             let next = Arc::new(next);
             let ticket = match &self.store {
@@ -316,6 +339,9 @@ impl Registry {
 
     /// Renews the lease of an endpoint; returns its length.
     pub fn heartbeat(&self, key: &str) -> Result<Duration, Error> {
+        if let Some(etcd) = &self.etcd {
+            return etcd.heartbeat(&self.snapshot(), key);
+        }
         let mut w = self.lock();
         let state = self.snapshot();
         let entry = state
@@ -368,14 +394,27 @@ fn lease_deadline(now: Instant, ttl: Duration) -> Instant {
     now.checked_add(ttl).unwrap_or_else(|| now + MAX_LEASE_TTL)
 }
 
+/// Applies one operation to `next`; `None` for a precondition that held.
 fn apply_op(
     next: &mut State,
     origin: &Origin,
     op: Op,
     now: Instant,
     lease_updates: &mut Vec<(String, Option<Instant>)>,
-) -> Result<(Kind, String, Outcome), Error> {
+) -> Result<Option<(Kind, String, Outcome)>, Error> {
     match op {
+        Op::Expect { kind, key, version } => {
+            let found = next.get(kind, &key).map_or(0, |e| e.version);
+            if found != version {
+                return Err(Error::VersionConflict {
+                    kind,
+                    key,
+                    expected: version,
+                    found,
+                });
+            }
+            Ok(None)
+        }
         Op::Put { mut resource, ttl } => {
             resource.normalize();
             let kind = resource.kind();
@@ -403,6 +442,8 @@ fn apply_op(
                 resource,
                 origin: origin.clone(),
                 ttl,
+                // Stamped with the write's revision once it is known.
+                version: 0,
             };
             let outcome = match prev {
                 None => Outcome::Created,
@@ -415,7 +456,7 @@ fn apply_op(
             if outcome != Outcome::Unchanged {
                 next.insert(entry);
             }
-            Ok((kind, key, outcome))
+            Ok(Some((kind, key, outcome)))
         }
         Op::Delete { kind, key } => {
             let prev = next.get(kind, &key);
@@ -427,7 +468,7 @@ fn apply_op(
             if kind == Kind::Endpoint {
                 lease_updates.push((key.clone(), None));
             }
-            Ok((kind, key, Outcome::Deleted))
+            Ok(Some((kind, key, Outcome::Deleted)))
         }
     }
 }
@@ -753,6 +794,70 @@ mod tests {
         reg.apply(both).unwrap();
         // The incremental checks agree with validating everything.
         reg.snapshot().validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn expected_versions_guard_writes_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let expect = |version| Op::Expect {
+            kind: Kind::Route,
+            key: "default/r".into(),
+            version,
+        };
+        let guarded = |version, weight| Change {
+            origin: Origin::Api,
+            ops: vec![
+                expect(version),
+                Op::Put {
+                    resource: route("r", "echo", weight),
+                    ttl: None,
+                },
+            ],
+        };
+        let version = {
+            let reg = open(dir.path());
+            reg.apply(put(vec![service("echo")])).unwrap();
+            // 0: must not exist yet.
+            reg.apply(guarded(0, 1)).unwrap();
+            let err = reg.apply(guarded(0, 2)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::VersionConflict {
+                        expected: 0,
+                        found: 2,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            let v = reg
+                .snapshot()
+                .get(Kind::Route, "default/r")
+                .unwrap()
+                .version;
+            assert_eq!(v, 2, "the revision of the write that made it");
+            reg.apply(guarded(v, 3)).unwrap();
+            // The version read before that write is stale now.
+            let err = reg.apply(guarded(v, 4)).unwrap_err().to_string();
+            assert!(err.contains("at resource version 3, not 2"), "{err}");
+            // An unrelated write leaves the route's version alone.
+            reg.apply(put(vec![service("other")])).unwrap();
+            reg.snapshot()
+                .get(Kind::Route, "default/r")
+                .unwrap()
+                .version
+        };
+        assert_eq!(version, 3);
+        let reg = open(dir.path());
+        assert_eq!(
+            reg.snapshot()
+                .get(Kind::Route, "default/r")
+                .unwrap()
+                .version,
+            3
+        );
+        reg.apply(guarded(3, 5)).unwrap();
     }
 
     #[tokio::test]

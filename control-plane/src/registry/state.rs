@@ -38,7 +38,7 @@ pub enum Origin {
 }
 
 /// A stored resource and its bookkeeping.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Entry {
     /// The resource, namespace normalized.
     pub resource: Resource,
@@ -46,6 +46,9 @@ pub struct Entry {
     pub origin: Origin,
     /// Lease length of an endpoint registered with a TTL.
     pub ttl: Option<Duration>,
+    /// Resource version: the registry revision that last changed it (in
+    /// etcd, its key's `mod_revision`). What `If-Match` compares with.
+    pub version: u64,
 }
 
 /// The registry at one revision.
@@ -55,6 +58,9 @@ pub struct State {
     pub revision: u64,
     /// When this revision was written (for convergence time).
     pub written_at: Instant,
+    /// etcd: `mod_revision` of the meta key every write puts, which a write
+    /// compares to commit (0 with the file store).
+    pub(super) meta_revision: i64,
     /// Entries by key, one map per kind, in [`Kind::ALL`] order.
     entries: [OrdMap<String, Arc<Entry>>; KINDS],
     index: Index,
@@ -99,6 +105,15 @@ impl fmt::Display for Origin {
     }
 }
 
+// === impl Entry ===
+
+/// The same value, whatever its version.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Entry) -> bool {
+        self.resource == other.resource && self.origin == other.origin && self.ttl == other.ttl
+    }
+}
+
 // === impl State ===
 
 impl State {
@@ -107,6 +122,7 @@ impl State {
         State {
             revision: 0,
             written_at: Instant::now(),
+            meta_revision: 0,
             entries: Default::default(),
             index: Index::default(),
         }
@@ -164,6 +180,49 @@ impl State {
             self.index.remove(key, &old.resource);
         }
         old
+    }
+
+    /// Gives every touched entry that differs from `base` the version
+    /// `revision`.
+    pub(super) fn stamp(
+        &mut self,
+        base: &State,
+        touched: &BTreeSet<(Kind, String)>,
+        revision: u64,
+    ) {
+        for (kind, key) in touched {
+            let slot = State::slot(*kind);
+            let Some(e) = self.entries[slot].get(key) else {
+                continue;
+            };
+            if base.entries[slot]
+                .get(key)
+                .is_some_and(|b| Arc::ptr_eq(b, e))
+            {
+                continue;
+            }
+            let mut e = (**e).clone();
+            e.version = revision;
+            self.entries[slot].insert(key.clone(), Arc::new(e));
+        }
+    }
+
+    /// Replaces or removes one entry as etcd reported it; true if that
+    /// changed anything.
+    pub(super) fn apply_watched(&mut self, kind: Kind, key: &str, entry: Option<Entry>) -> bool {
+        match entry {
+            Some(e) => {
+                if self
+                    .get(kind, key)
+                    .is_some_and(|old| old.version == e.version && *old == e)
+                {
+                    return false;
+                }
+                self.insert(e);
+                true
+            }
+            None => self.remove(kind, key).is_some(),
+        }
     }
 
     /// All resources as one document (no listeners), ordered by key.
@@ -293,7 +352,11 @@ impl State {
         for op in record.ops {
             match op {
                 LogOp::Put(r) => {
-                    self.insert(entry_from_stored(r, path)?);
+                    let mut e = entry_from_stored(r, path)?;
+                    if e.version == 0 {
+                        e.version = record.revision;
+                    }
+                    self.insert(e);
                 }
                 LogOp::Delete { kind, key } => {
                     self.remove(kind, &key);
@@ -333,35 +396,56 @@ impl State {
         let mut state = State::empty();
         state.revision = stored.revision;
         for r in stored.into_resources() {
-            state.insert(entry_from_stored(r, path)?);
+            let mut e = entry_from_stored(r, path)?;
+            if e.version == 0 {
+                e.version = state.revision;
+            }
+            state.insert(e);
         }
         Ok(state)
     }
 }
 
-fn to_stored_resource(e: &Entry) -> StoredResource {
+pub(super) fn to_stored_resource(e: &Entry) -> StoredResource {
     let origin = e.origin.to_string();
+    let version = e.version;
     let ttl_ms = e
         .ttl
         .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     match &e.resource {
-        Resource::Service(r) => StoredResource::Service(stored(origin, ttl_ms, r)),
-        Resource::Endpoint(r) => StoredResource::Endpoint(stored(origin, ttl_ms, r)),
-        Resource::Route(r) => StoredResource::Route(stored(origin, ttl_ms, r)),
-        Resource::Policy(r) => StoredResource::Policy(stored(origin, ttl_ms, r)),
-        Resource::Authz(r) => StoredResource::AuthorizationPolicy(stored(origin, ttl_ms, r)),
-        Resource::Telemetry(r) => StoredResource::Telemetry(stored(origin, ttl_ms, r)),
+        Resource::Service(r) => StoredResource::Service(stored(origin, ttl_ms, version, r)),
+        Resource::Endpoint(r) => StoredResource::Endpoint(stored(origin, ttl_ms, version, r)),
+        Resource::Route(r) => StoredResource::Route(stored(origin, ttl_ms, version, r)),
+        Resource::Policy(r) => StoredResource::Policy(stored(origin, ttl_ms, version, r)),
+        Resource::Authz(r) => {
+            StoredResource::AuthorizationPolicy(stored(origin, ttl_ms, version, r))
+        }
+        Resource::Telemetry(r) => StoredResource::Telemetry(stored(origin, ttl_ms, version, r)),
     }
 }
 
-fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry, Error> {
-    let (origin, ttl_ms, mut resource) = match r {
-        StoredResource::Service(s) => (s.origin, s.ttl_ms, Resource::Service(s.resource)),
-        StoredResource::Endpoint(s) => (s.origin, s.ttl_ms, Resource::Endpoint(s.resource)),
-        StoredResource::Route(s) => (s.origin, s.ttl_ms, Resource::Route(s.resource)),
-        StoredResource::Policy(s) => (s.origin, s.ttl_ms, Resource::Policy(s.resource)),
-        StoredResource::AuthorizationPolicy(s) => (s.origin, s.ttl_ms, Resource::Authz(s.resource)),
-        StoredResource::Telemetry(s) => (s.origin, s.ttl_ms, Resource::Telemetry(s.resource)),
+pub(super) fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry, Error> {
+    let (origin, ttl_ms, version, mut resource) = match r {
+        StoredResource::Service(s) => {
+            (s.origin, s.ttl_ms, s.version, Resource::Service(s.resource))
+        }
+        StoredResource::Endpoint(s) => (
+            s.origin,
+            s.ttl_ms,
+            s.version,
+            Resource::Endpoint(s.resource),
+        ),
+        StoredResource::Route(s) => (s.origin, s.ttl_ms, s.version, Resource::Route(s.resource)),
+        StoredResource::Policy(s) => (s.origin, s.ttl_ms, s.version, Resource::Policy(s.resource)),
+        StoredResource::AuthorizationPolicy(s) => {
+            (s.origin, s.ttl_ms, s.version, Resource::Authz(s.resource))
+        }
+        StoredResource::Telemetry(s) => (
+            s.origin,
+            s.ttl_ms,
+            s.version,
+            Resource::Telemetry(s.resource),
+        ),
     };
     let origin = Origin::parse(&origin).ok_or_else(|| Error::StateInvalid {
         path: path.to_path_buf(),
@@ -378,13 +462,15 @@ fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry, Error> {
         resource,
         origin,
         ttl,
+        version,
     })
 }
 
-fn stored<T: Clone>(origin: String, ttl_ms: Option<u64>, r: &T) -> Stored<T> {
+fn stored<T: Clone>(origin: String, ttl_ms: Option<u64>, version: u64, r: &T) -> Stored<T> {
     Stored {
         origin,
         ttl_ms,
+        version,
         resource: r.clone(),
     }
 }

@@ -24,6 +24,8 @@
 //! the start, naming the file, and nothing is overwritten. Once recovered,
 //! the state is written as a new snapshot and the old logs are removed.
 
+pub mod etcd;
+pub mod etcd_shared;
 mod lock;
 mod log;
 
@@ -127,8 +129,17 @@ pub struct Stored<T> {
     /// After a restart the lease starts over with its full length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// Its resource version: the revision that last changed it. Omitted by
+    /// older writers (then the revision of the snapshot or record holding
+    /// it) and in etcd (where it is the key's `mod_revision`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
     /// The resource.
     pub resource: T,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// One resource of any kind, as logged: `{"service": {...}}`.
@@ -181,6 +192,22 @@ pub struct LogRecord {
 #[derive(Deserialize)]
 struct FormatProbe {
     format: serde_json::Value,
+}
+
+// === impl StoredResource ===
+
+impl StoredResource {
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            StoredResource::Service(_) => Kind::Service,
+            StoredResource::Endpoint(_) => Kind::Endpoint,
+            StoredResource::Route(_) => Kind::Route,
+            StoredResource::Policy(_) => Kind::Policy,
+            StoredResource::AuthorizationPolicy(_) => Kind::Authz,
+            StoredResource::Telemetry(_) => Kind::Telemetry,
+        }
+    }
 }
 
 // === impl StoredState ===
@@ -564,6 +591,7 @@ mod tests {
         state.services.push(Stored {
             origin: "api".into(),
             ttl_ms: None,
+            version: 0,
             resource: Service {
                 name: "echo".into(),
                 ..Default::default()

@@ -19,6 +19,8 @@
 //! * [`PodPair`] builds two network namespaces ("pods") joined by a veth
 //!   pair, for transparent interception with real iptables rules;
 //!   [`Pod::block_on`] runs test code inside one.
+//! * [`EtcdCluster`] runs real etcd members on loopback (replicated
+//!   control planes).
 //! * [`Load`] sends requests with deadlines and checksums and counts the
 //!   outcomes; [`proc_stats`] samples RSS and fds from `/proc` (chaos, soak).
 
@@ -29,6 +31,7 @@ mod control_plane;
 mod control_plane_client;
 mod curl;
 mod deps;
+mod etcd;
 mod eventually;
 mod grpc;
 mod grpcio;
@@ -52,6 +55,7 @@ pub use binaries::{
 pub use control_plane::{ApiHttp, ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, xds_node_id, ApiClient, CliRun, Sanectl};
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
+pub use etcd::{etcd_deps_script, etcd_or_skip, EtcdCluster};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use grpcio::{grpcio_deps_script, grpcio_python_or_skip, CallCounts, GrpcioClient};

@@ -112,10 +112,42 @@ impl IssuerConfig {
     }
 }
 
-/// Requests one certificate for a fresh key; over TLS, presents the current
-/// certificate of `current` if there is one.
+/// Requests one certificate for a fresh key from the CA, trying each of
+/// `ca_address`'s comma-separated addresses (replicated control planes) in
+/// turn until one issues it; the last failure is returned. Over TLS,
+/// presents the current certificate of `current` if there is one.
 pub async fn issue(
     cfg: &IssuerConfig,
+    current: Option<&Identity>,
+) -> Result<TlsMaterial, IssueError> {
+    let addresses: Vec<&str> = cfg
+        .ca_address
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let mut last = None;
+    for address in addresses {
+        match issue_from(cfg, address, current).await {
+            Ok(m) => return Ok(m),
+            Err(e) => {
+                if cfg.ca_address.contains(',') {
+                    tracing::warn!(%address, error = %e, "CA request failed; trying the next address");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| IssueError::Refused {
+        address: cfg.ca_address.clone(),
+        identity: cfg.identity.to_string(),
+        status: tonic::Status::invalid_argument("no CA address"),
+    }))
+}
+
+async fn issue_from(
+    cfg: &IssuerConfig,
+    address: &str,
     current: Option<&Identity>,
 ) -> Result<TlsMaterial, IssueError> {
     let key = WorkloadKey::generate()?;
@@ -133,7 +165,7 @@ pub async fn issue(
                 .to_string(),
         )
     };
-    let address = cfg.ca_address.clone();
+    let address = address.to_string();
     let channel = super::control_plane::connect(&address, &cfg.root_cert_file, current, |e| {
         e.connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))

@@ -109,19 +109,30 @@ pub async fn run(
     let mut state = XdsState::default();
     let mut block = Some(block);
     let mut backoff = BACKOFF_START;
+    // Replicated control planes: `address` lists several, comma-separated.
+    // A failed or closed stream moves on to the next one; the backoff grows
+    // only once every address was tried without a response.
+    let addresses = control_plane_addresses(&cp.address);
+    let mut at = 0;
+    let mut failed_in_row = 0;
     loop {
         let mut got_response = false;
+        let address = addresses[at % addresses.len()].clone();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&cp, &envoy, &store, &metrics, &identity, &mut state, &mut block, &mut got_response) => r,
+            r = session(&cp, &address, &envoy, &store, &metrics, &identity, &mut state, &mut block, &mut got_response) => r,
         };
         metrics.connected.set(0);
         if got_response {
             backoff = BACKOFF_START;
+            failed_in_row = 0;
+        } else {
+            failed_in_row += 1;
         }
+        at += 1;
         match result {
             Ok(()) => {
-                tracing::warn!(address = %cp.address, "xds stream closed by the control plane; reconnecting")
+                tracing::warn!(%address, "xds stream closed by the control plane; reconnecting")
             }
             Err(e) => {
                 if let Some(block) = &block {
@@ -130,17 +141,38 @@ pub async fn run(
                 tracing::warn!(error = %e, retry_in = ?backoff, "xds session failed; serving the last config")
             }
         }
+        // Jitter (50-100 % of the backoff): proxies of a replica that went
+        // away do not all land on the next one in the same instant.
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if failed_in_row >= addresses.len() {
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// The comma-separated addresses of `control_plane.address` (at least one).
+fn control_plane_addresses(address: &str) -> Vec<String> {
+    let list: Vec<String> = address
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        vec![address.to_string()]
+    } else {
+        list
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn session(
     cp: &ControlPlane,
+    address: &str,
     node: &EnvoyNode,
     store: &Arc<ConfigStore>,
     metrics: &XdsMetrics,
@@ -149,7 +181,7 @@ async fn session(
     block: &mut Option<BlockReady>,
     got_response: &mut bool,
 ) -> Result<(), XdsError> {
-    let address = cp.address.clone();
+    let address = address.to_string();
     let token = if cp.token_file.is_empty() {
         None
     } else {
