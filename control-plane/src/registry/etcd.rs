@@ -163,7 +163,7 @@ impl Registry {
                     (_, Some(b)) => ops.push(EtcdOp::Put {
                         kind: *kind,
                         key: key.clone(),
-                        value: to_stored_resource(b),
+                        value: Box::new(to_stored_resource(b)),
                         ttl: b.ttl,
                     }),
                     (Some(_), None) => ops.push(EtcdOp::Delete {
@@ -247,7 +247,7 @@ impl Registry {
                 } => {
                     revision = revision.max(mod_revision);
                     let Some(value) = value else { continue };
-                    let entry = match entry_from_stored(value, Path::new(&key)) {
+                    let entry = match entry_from_stored(*value, Path::new(&key)) {
                         Ok(mut e) => {
                             e.version = u64::try_from(mod_revision).unwrap_or(0);
                             e
@@ -308,7 +308,7 @@ impl Registry {
             batch.push(Watched::Put {
                 kind,
                 key,
-                value: Some(r.stored),
+                value: Some(Box::new(r.stored)),
                 mod_revision: r.mod_revision,
                 lease: r.lease,
             });

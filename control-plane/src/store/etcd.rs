@@ -105,7 +105,7 @@ pub enum EtcdOp {
         /// Its key.
         key: String,
         /// The value.
-        value: StoredResource,
+        value: Box<StoredResource>,
         /// Lease length (endpoints with a TTL).
         ttl: Option<Duration>,
     },
@@ -137,7 +137,7 @@ pub enum Watched {
         /// Its key.
         key: String,
         /// The value, if it parsed.
-        value: Option<StoredResource>,
+        value: Option<Box<StoredResource>>,
         /// Its `mod_revision`.
         mod_revision: i64,
         /// Its lease.
@@ -727,7 +727,7 @@ impl EtcdWatcher {
                     });
                 } else {
                     let value = match serde_json::from_slice::<StoredResource>(kv.value()) {
-                        Ok(v) => Some(v),
+                        Ok(v) => Some(Box::new(v)),
                         Err(error) => {
                             tracing::error!(key = %full, %error, "ignoring an etcd value this build cannot read");
                             None
