@@ -359,9 +359,9 @@ policies:
         run.stderr.contains("routes[0].rules[0].destinations[0]") && run.stderr.contains("wieght"),
         "{run}"
     );
-    let run = m.cli.run(&["get", "gateways"]).await;
+    let run = m.cli.run(&["get", "widgets"]).await;
     assert!(
-        run.stderr.contains("kind: unknown kind \"gateways\""),
+        run.stderr.contains("kind: unknown kind \"widgets\""),
         "{run}"
     );
     let run = m

@@ -74,7 +74,7 @@ pub struct StreamOpener {
 pub enum SendError {
     /// The connection can take no more streams (closed, or going away):
     /// the request was not sent and can go on another connection.
-    Unsent(Request<Body>, h2::Error),
+    Unsent(Box<Request<Body>>, h2::Error),
     /// The stream failed (refused, reset, or the connection broke) after
     /// the request was handed to it.
     Failed(h2::Error),
@@ -211,7 +211,7 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
         Ok(sender) => sender,
         Err(e) => {
             opener.closed.store(true, Ordering::Release);
-            return Err(SendError::Unsent(req, e));
+            return Err(SendError::Unsent(Box::new(req), e));
         }
     };
     let (mut parts, body) = req.into_parts();

@@ -301,7 +301,7 @@ impl Upstream {
                 Ok(rsp) => return Ok((rsp.map(Received::Http2), peer, Some(slot))),
                 // The pooled connection died (or is going away) before the
                 // request went out: safe to send it on another connection.
-                Err(SendError::Unsent(again, _)) if first => req = again,
+                Err(SendError::Unsent(again, _)) if first => req = *again,
                 Err(SendError::Unsent(_, e) | SendError::Failed(e)) => return Err(reset(e)),
             }
         }

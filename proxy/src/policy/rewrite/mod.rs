@@ -13,10 +13,10 @@ mod layer;
 pub use self::layer::RewriteLayer;
 
 use crate::body::{self, Body};
+use crate::cluster::Destination;
 use crate::error::ProxyError;
 use crate::policy::PolicyFuture;
 use crate::protocol::http as h;
-use crate::cluster::Destination;
 use futures::future::{self, Either, FutureExt};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use sane_xds_proto as proto;
