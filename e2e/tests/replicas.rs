@@ -22,7 +22,8 @@ use sane_certs::testing::operator_root;
 use sane_e2e::harness::http::{get, http1_client_via, send, HttpClient};
 use sane_e2e::harness::{
     bins, bins_for, echo_service, etcd_or_skip, eventually, proxy_row, xds_bootstrap, ApiClient,
-    ControlPlane, EchoApp, EtcdCluster, Proc, Sanectl, Sidecar, Signal, OUTBOUND, TEST_API_TOKEN,
+    ControlPlane, EchoApp, EtcdCluster, Load, Outcome, Proc, Sanectl, Sidecar, Signal, OUTBOUND,
+    TEST_API_TOKEN,
 };
 use sane_xds_proto::{
     AdminConfig, Bootstrap, Direction, IdentityConfig, Listener, MeshResources, Node, Protocol,
@@ -31,8 +32,7 @@ use sane_xds_proto::{
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Deadline of every wait in this file.
@@ -183,59 +183,21 @@ fn rows_of<'a>(status: &'a Value, id: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// A request loop through one sidecar until stopped.
-struct Steady {
-    ok: Arc<AtomicU64>,
-    failures: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Steady {
-    fn start(client: HttpClient) -> Steady {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let (ok, failures, stop) = (ok.clone(), failures.clone(), stop.clone());
-            async move {
-                let mut pace = tokio::time::interval(Duration::from_millis(5));
-                while !stop.load(Ordering::Relaxed) {
-                    pace.tick().await;
-                    match answered(&client).await {
-                        Ok(_) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => failures.lock().unwrap().push(e),
-                    }
-                }
+/// A request loop through `client` until stopped: every 200 counts as
+/// answered, anything else as a failure.
+fn steady(client: HttpClient) -> Load {
+    Load::start(1, Duration::from_millis(5), move |_, _| {
+        let client = client.clone();
+        async move {
+            match answered(&client).await {
+                Ok(_) => Outcome::Ok,
+                Err(detail) => Outcome::Failed {
+                    class: "not answered".into(),
+                    detail,
+                },
             }
-        });
-        Steady {
-            ok,
-            failures,
-            stop,
-            task,
         }
-    }
-
-    async fn wait_for_more(&self, n: u64) {
-        let target = self.ok.load(Ordering::Relaxed) + n;
-        eventually(DEADLINE, || async {
-            let now = self.ok.load(Ordering::Relaxed);
-            (now >= target)
-                .then_some(())
-                .ok_or_else(|| format!("{now} answered, waiting for {target}"))
-        })
-        .await
-    }
-
-    async fn stop(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.expect("the loop does not panic");
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
+    })
 }
 
 // === tests ===
@@ -449,8 +411,8 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
     r.apis[1].wait_in_sync(DEADLINE, &names).await;
     let client = http1_client_via(proxies[0].listener(OUTBOUND));
     eventually(DEADLINE, || async { answered(&client).await.map(|_| ()) }).await;
-    let steady = Steady::start(client);
-    steady.wait_for_more(50).await;
+    let steady = steady(client);
+    steady.wait_for_more_ok(50, DEADLINE).await;
 
     r.cps[0].proc.signal(Signal::SIGKILL);
     let killed_at = Instant::now();
@@ -488,13 +450,19 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
          (as seen in the survivors' status, polled)",
         slowest.as_millis()
     );
-    steady.wait_for_more(50).await;
-    let (ok, failures) = steady.stop().await;
+    steady.wait_for_more_ok(50, DEADLINE).await;
+    let report = steady.stop().await;
     println!(
-        "steady loop: {ok} requests answered, {} failed",
-        failures.len()
+        "steady loop: {} requests answered, {} failed",
+        report.ok,
+        report.failures()
     );
-    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert_eq!(
+        report.failures(),
+        0,
+        "requests failed: {:?}",
+        report.examples
+    );
     // Both survivors list every proxy, connected and in sync.
     for api in &r.apis[1..] {
         api.wait_in_sync(DEADLINE, &names).await;
@@ -626,7 +594,7 @@ async fn an_endpoint_lease_expires_after_its_replica_dies() {
                 let _ = api
                     .post("/api/v1/endpoints/default/echo/10.0.0.2:80/heartbeat")
                     .await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await; // allow-sleep: the heartbeat's period, not a wait for readiness
             }
         }
     });

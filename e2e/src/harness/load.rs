@@ -206,6 +206,18 @@ impl Load {
         self.report().sent
     }
 
+    /// Waits (up to `deadline`) until `n` more requests succeeded than now.
+    pub async fn wait_for_more_ok(&self, n: u64, deadline: Duration) {
+        let target = self.report().ok + n;
+        super::eventually(deadline, || async {
+            let now = self.report().ok;
+            (now >= target)
+                .then_some(())
+                .ok_or_else(|| format!("{now} requests succeeded, waiting for {target}"))
+        })
+        .await
+    }
+
     /// Stops the workers (each finishes its request in flight, which its
     /// deadline bounds) and returns the final counts.
     pub async fn stop(self) -> LoadReport {
