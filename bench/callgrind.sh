@@ -100,30 +100,9 @@ trap cleanup EXIT
 # A free loopback port for nginx (which cannot report the one it bound).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Polls `log` for `listening name=<name> addr=…` and prints the address.
-listening() {
-    local log=$1 name=$2 deadline=$((SECONDS + 120))
-    while ((SECONDS < deadline)); do
-        local addr
-        addr=$(sed -n "s/^listening name=$name addr=//p" "$log" | head -n1)
-        if [[ -n "$addr" ]]; then echo "$addr"; return 0; fi
-        sleep 0.2
-    done
-    echo "callgrind.sh: no 'listening name=$name' in $log:" >&2
-    cat "$log" >&2
-    return 1
-}
-
-# Polls until `url` answers 200 `ok` with Host: backend.
-until_ok() {
-    local deadline=$((SECONDS + 120))
-    while ((SECONDS < deadline)); do
-        [[ "$(curl -s -m 5 -H 'Host: backend' "$1" || true)" == ok ]] && return 0
-        sleep 0.2
-    done
-    echo "callgrind.sh: $1 never answered 200 ok" >&2
-    return 1
-}
+# listening, until_ok, sane_a_yaml, sane_b_yaml
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # --- backend: nginx answering `200 ok` (as bench/peers/backend.conf) ---
 BACKEND_PORT=$(free_port)
@@ -190,48 +169,12 @@ grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
     PIDS+=("$GRIND_PID")
 }
 
-cat >"$WORK/sane-b.yaml" <<EOF
-node: { id: bench-b, namespace: default, workload: bench-b }
-admin: { address: "127.0.0.1:0" }
-drain_timeout: 1s
-identity:
-  trust_domain: cluster.local
-  service_account: bench-b
-  ca_address: "http://$CP_XDS"
-  token_file: "$WORK/tokens/bench-b.token"
-resources:
-  listeners:
-    - name: inbound
-      direction: inbound
-      address: "127.0.0.1:0"
-      workload_ports:
-        - { port: $BACKEND_PORT, protocol: http }
-$TELEMETRY
-EOF
+sane_b_yaml "$BACKEND_PORT" "$TELEMETRY" >"$WORK/sane-b.yaml"
 grind hop-b "$WORK/sane-b.yaml"
 PID_B=$GRIND_PID
 B_ADDR=$(listening "$WORK/logs/hop-b.log" inbound)
 
-cat >"$WORK/sane-a.yaml" <<EOF
-node: { id: bench-a, namespace: default, workload: bench-a }
-admin: { address: "127.0.0.1:0" }
-drain_timeout: 1s
-identity:
-  trust_domain: cluster.local
-  service_account: bench-a
-  ca_address: "http://$CP_XDS"
-  token_file: "$WORK/tokens/bench-a.token"
-resources:
-  listeners:
-    - { name: outbound, direction: outbound, protocol: http, address: "127.0.0.1:0" }
-  services:
-    - name: backend
-      ports:
-        - { name: http, port: 80, target_port: $BACKEND_PORT, protocol: http }
-  endpoints:
-    - { service: backend, address: 127.0.0.1, proxy_port: ${B_ADDR##*:}, identity: "spiffe://cluster.local/ns/default/sa/bench-b" }
-$TELEMETRY
-EOF
+sane_a_yaml "$BACKEND_PORT" "${B_ADDR##*:}" "$TELEMETRY" >"$WORK/sane-a.yaml"
 grind hop-a "$WORK/sane-a.yaml"
 PID_A=$GRIND_PID
 A_ADDR=$(listening "$WORK/logs/hop-a.log" outbound)

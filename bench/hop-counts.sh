@@ -64,30 +64,9 @@ trap cleanup EXIT
 
 port() { echo $((PORT_BASE + $1 - 18000)); }
 
-# Polls `log` for `listening name=<name> addr=…` and prints the address.
-listening() {
-    local log=$1 name=$2 deadline=$((SECONDS + 120))
-    while ((SECONDS < deadline)); do
-        local addr
-        addr=$(sed -n "s/^listening name=$name addr=//p" "$log" | head -n1)
-        if [[ -n "$addr" ]]; then echo "$addr"; return 0; fi
-        sleep 0.2
-    done
-    echo "hop-counts.sh: no 'listening name=$name' in $log" >&2
-    cat "$log" >&2
-    return 1
-}
-
-# Polls until `url` answers `ok` with Host: backend.
-until_ok() {
-    local deadline=$((SECONDS + 120))
-    while ((SECONDS < deadline)); do
-        [[ "$(curl -s -m 5 -H 'Host: backend' "$1" || true)" == ok ]] && return 0
-        sleep 0.2
-    done
-    echo "hop-counts.sh: $1 never answered ok" >&2
-    return 1
-}
+# listening, until_ok, sane_a_yaml, sane_b_yaml
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 # bench/peers/<name> with @WORK@ and the ports filled in.
 peer_conf() {
@@ -155,47 +134,13 @@ start_sane() { # sets A_ADDR, HOP_A, HOP_B
                 python3 -c 'import json,sys; print(json.load(sys.stdin)["token"], end="")' >"$WORK/tokens/$sa.token"
         done
     fi
-    cat >"$WORK/conf/sane-b.yaml" <<EOF
-node: { id: bench-b, namespace: default, workload: bench-b }
-admin: { address: "127.0.0.1:0" }
-drain_timeout: 1s
-identity:
-  trust_domain: cluster.local
-  service_account: bench-b
-  ca_address: "http://$CP_XDS"
-  token_file: "$WORK/tokens/bench-b.token"
-resources:
-  listeners:
-    - name: inbound
-      direction: inbound
-      address: "127.0.0.1:0"
-      workload_ports:
-        - { port: ${BACKEND##*:}, protocol: http }
-EOF
+    sane_b_yaml "${BACKEND##*:}" >"$WORK/conf/sane-b.yaml"
     "$PROXY" --config "$WORK/conf/sane-b.yaml" --workers 1 >"$WORK/logs/sane-b.log" 2>&1 &
     HOP_B=$!
     PIDS+=("$HOP_B")
     local b_addr
     b_addr=$(listening "$WORK/logs/sane-b.log" inbound)
-    cat >"$WORK/conf/sane-a.yaml" <<EOF
-node: { id: bench-a, namespace: default, workload: bench-a }
-admin: { address: "127.0.0.1:0" }
-drain_timeout: 1s
-identity:
-  trust_domain: cluster.local
-  service_account: bench-a
-  ca_address: "http://$CP_XDS"
-  token_file: "$WORK/tokens/bench-a.token"
-resources:
-  listeners:
-    - { name: outbound, direction: outbound, protocol: http, address: "127.0.0.1:0" }
-  services:
-    - name: backend
-      ports:
-        - { name: http, port: 80, target_port: ${BACKEND##*:}, protocol: http }
-  endpoints:
-    - { service: backend, address: 127.0.0.1, proxy_port: ${b_addr##*:}, identity: "spiffe://cluster.local/ns/default/sa/bench-b" }
-EOF
+    sane_a_yaml "${BACKEND##*:}" "${b_addr##*:}" >"$WORK/conf/sane-a.yaml"
     "$PROXY" --config "$WORK/conf/sane-a.yaml" --workers 1 >"$WORK/logs/sane-a.log" 2>&1 &
     HOP_A=$!
     PIDS+=("$HOP_A")
