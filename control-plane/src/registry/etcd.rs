@@ -336,15 +336,7 @@ impl Registry {
 impl EtcdBackend {
     /// Renews the etcd lease of an endpoint; returns its TTL.
     pub(super) fn heartbeat(&self, state: &State, key: &str) -> Result<Duration, Error> {
-        let entry = state
-            .get(Kind::Endpoint, key)
-            .ok_or_else(|| Error::NotFound {
-                kind: Kind::Endpoint,
-                key: key.to_string(),
-            })?;
-        let ttl = entry.ttl.ok_or_else(|| Error::NoLease {
-            key: key.to_string(),
-        })?;
+        let ttl = state.endpoint_ttl(key)?;
         let lease = self
             .leases
             .lock()

@@ -344,15 +344,7 @@ impl Registry {
         }
         let mut w = self.lock();
         let state = self.snapshot();
-        let entry = state
-            .get(Kind::Endpoint, key)
-            .ok_or_else(|| Error::NotFound {
-                kind: Kind::Endpoint,
-                key: key.to_string(),
-            })?;
-        let ttl = entry.ttl.ok_or_else(|| Error::NoLease {
-            key: key.to_string(),
-        })?;
+        let ttl = state.endpoint_ttl(key)?;
         w.leases.set(key, Some(lease_deadline(Instant::now(), ttl)));
         Ok(ttl)
     }

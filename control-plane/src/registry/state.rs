@@ -138,6 +138,20 @@ impl State {
         self.entries[State::slot(kind)].get(key).map(|e| &**e)
     }
 
+    /// The lease length of endpoint `key`: `NotFound` without such an
+    /// endpoint, `NoLease` when it was registered without a TTL.
+    pub fn endpoint_ttl(&self, key: &str) -> Result<Duration, Error> {
+        let entry = self
+            .get(Kind::Endpoint, key)
+            .ok_or_else(|| Error::NotFound {
+                kind: Kind::Endpoint,
+                key: key.to_string(),
+            })?;
+        entry.ttl.ok_or_else(|| Error::NoLease {
+            key: key.to_string(),
+        })
+    }
+
     /// Every entry of `kind`, ordered by key.
     pub fn list(&self, kind: Kind) -> impl Iterator<Item = (&str, &Entry)> + '_ {
         self.entries[State::slot(kind)]
