@@ -132,6 +132,7 @@ fn main() -> Result<()> {
         .collect();
 
     let mut results = Results::new(meta(&repo, &args, rounds, &plan), commands(&args, &plan));
+    results.workers = workers[0];
     let started = Instant::now();
     let shared = ws.start_shared(pin.0.as_deref())?;
     let mut failures = Vec::new();
@@ -147,6 +148,7 @@ fn main() -> Result<()> {
             (Pin(opt(&args.multi_worker_cpus)), k.collect())
         };
         ws.workers = w;
+        pass_results.workers = w;
         let r = if pass == 0 {
             &mut results
         } else {
