@@ -132,7 +132,7 @@ fn watched_istio_objects_reach_the_registry_with_their_findings() {
     // The AuthorizationPolicy's policy.
     let ap = &h.watched.objects[&Harness::key(IstioKind::AuthorizationPolicy, "reviews-viewer")];
     let produced = ap.produced[0]
-        .strip_prefix("authz ")
+        .strip_prefix("authorization_policy ")
         .expect("an authorization policy")
         .to_string();
     assert!(h.registry.snapshot().get(Kind::Authz, &produced).is_some());
