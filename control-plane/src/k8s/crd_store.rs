@@ -246,7 +246,7 @@ impl CrdStore {
             match result {
                 Ok((outcome, o)) => {
                     let v = version_of(&o, kind, key)?;
-                    let before = current.as_ref().and_then(|c| parse_version(c));
+                    let before = current.as_ref().and_then(parse_version);
                     let outcome = match before {
                         Some(b) if outcome == Outcome::Updated => updated(v, b),
                         _ => outcome,

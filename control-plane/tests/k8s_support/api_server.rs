@@ -234,9 +234,9 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
 /// `/api/v1/...` or `/apis/g/v/...` → collection, namespace, name.
 fn parse(path: &str) -> Option<Parsed> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (base, rest) = match parts.first()? {
-        &"api" => (parts.get(..2)?.join("/"), parts.get(2..)?),
-        &"apis" => (parts.get(..3)?.join("/"), parts.get(3..)?),
+    let (base, rest) = match *parts.first()? {
+        "api" => (parts.get(..2)?.join("/"), parts.get(2..)?),
+        "apis" => (parts.get(..3)?.join("/"), parts.get(3..)?),
         _ => return None,
     };
     match rest {
