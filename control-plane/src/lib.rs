@@ -243,10 +243,18 @@ pub async fn build(
         transport::check_plaintext_bind("xds", config.xds_addr)?;
         transport::check_plaintext_bind("api", config.api_addr)?;
     }
-    if let (Some(etcd), None) = (&config.etcd, &config.ca_files) {
+    #[cfg(feature = "kubernetes")]
+    let ca_secret = config.kubernetes.as_ref().and_then(|k| k.ca_secret.clone());
+    #[cfg(not(feature = "kubernetes"))]
+    let ca_secret: Option<String> = None;
+    if let (Some(etcd), None, None) = (&config.etcd, &config.ca_files, &ca_secret) {
         return Err(Error::ReplicaWithoutCa {
             store: etcd.display(),
         });
+    }
+    #[cfg(feature = "kubernetes")]
+    if ca_secret.is_some() && config.ca_files.is_some() {
+        return Err(k8s::KubeError::TwoCas.into());
     }
     let metrics = Metrics::register(metrics_registry)?;
     if let (Some(_), Some(dir)) = (&config.etcd, &config.data_dir) {
@@ -308,10 +316,24 @@ pub async fn build(
         metrics.clone(),
     ));
     let stop = CancellationToken::new();
+    #[cfg(feature = "kubernetes")]
+    let kube_client = match &config.kubernetes {
+        Some(k) => k8s::connect(k).await?,
+        None => None,
+    };
+    // Every replica signs with the CA of the one Secret.
+    #[cfg(feature = "kubernetes")]
+    let ca_pem = match (&ca_secret, &kube_client) {
+        (Some(secret), Some(client)) => Some(k8s::ca_secret::read(client.clone(), secret).await?),
+        _ => None,
+    };
+    #[cfg(not(feature = "kubernetes"))]
+    let ca_pem = None;
     let (authority, workload_tokens, retiring) = ca::load(&ca::CaSettings {
         trust_domain: config.trust_domain.clone(),
         cert_ttl: config.cert_ttl,
         max_cert_ttl: config.max_cert_ttl,
+        ca_pem,
         ca_files: config.ca_files.clone(),
         data_dir: config.data_dir.clone(),
         retiring_root: config.retiring_root.clone(),
@@ -334,7 +356,8 @@ pub async fn build(
     let (ca, kubernetes) = match &config.kubernetes {
         Some(k) => {
             let bundle = ca.bundle(std::time::SystemTime::now()).to_pem();
-            let kube = k8s::Kubernetes::bind(k.clone(), authority.clone(), bundle).await?;
+            let kube =
+                k8s::Kubernetes::bind(k.clone(), kube_client, authority.clone(), bundle).await?;
             match kube.token_reviewer() {
                 Some(reviewer) => (ca.with_external(reviewer), Some(kube)),
                 None => (ca, Some(kube)),
@@ -371,6 +394,17 @@ pub async fn build(
         stop.clone(),
         ca.auth().clone(),
     );
+    let istio_watched = Arc::new(istio::watched::WatchedObjects::new());
+    #[cfg(feature = "kubernetes")]
+    let cluster = kubernetes.as_ref().and_then(|k| {
+        k.cluster_store(
+            registry.clone(),
+            istio_watched.clone(),
+            registry.etcd().is_some(),
+        )
+    });
+    #[cfg(not(feature = "kubernetes"))]
+    let cluster = None;
     let api_state = ApiState {
         registry: registry.clone(),
         status: status.clone(),
@@ -390,6 +424,8 @@ pub async fn build(
             }
             None => istio::store::IstioStore::in_memory(),
         }),
+        istio_watched,
+        cluster,
     };
     tracing::info!(
         revision = registry.revision(),
@@ -555,7 +591,8 @@ impl Bound {
         }
         #[cfg(feature = "kubernetes")]
         if let Some(kube) = self.kubernetes {
-            tasks.spawn(kube.run(self.registry.clone(), stop.clone()));
+            let watched = self.api_state.istio_watched.clone();
+            tasks.spawn(kube.run(self.registry.clone(), watched, stop.clone()));
         }
 
         let xds_addr = self.xds_addr;

@@ -301,3 +301,64 @@ fn the_examples_convert_to_valid_registry_resources() {
     assert_eq!((mesh.routes.len(), mesh.policies.len()), (1, 1));
     mesh.validate().unwrap();
 }
+
+#[test]
+fn replicas_share_one_ca_secret_and_a_disruption_leaves_one_serving() {
+    let docs = read("control-plane.yaml");
+    let deployment = find(&docs, "Deployment");
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+    let pod = &deployment["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |flag: &str| -> &str {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{flag}=")))
+            .unwrap_or_else(|| panic!("no --{flag}"))
+    };
+    assert!(args.contains(&"--kubernetes"));
+
+    // The CA Secret: the Role lets the service account read exactly it.
+    let (ns, name) = arg("ca-secret").split_once('/').unwrap();
+    let role = find(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], ns);
+    let rule = &role["rules"][0];
+    assert_eq!(rule["resources"], serde_json::json!(["secrets"]));
+    assert_eq!(rule["resourceNames"], serde_json::json!([name]));
+    assert_eq!(rule["verbs"], serde_json::json!(["get"]));
+    let binding = find(&docs, "RoleBinding");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        pod["spec"]["serviceAccountName"]
+    );
+
+    // One API token for every replica, from a Secret volume.
+    let token = arg("api-token-file");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| token.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("no volume mounted at {token}"));
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["secret"]["secretName"].is_string(), "{volume}");
+
+    // The PodDisruptionBudget covers the replicas and keeps one.
+    let pdb = find(&docs, "PodDisruptionBudget");
+    for (k, v) in pdb["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "PDB selector {k}");
+    }
+    let min = pdb["spec"]["minAvailable"].as_i64().unwrap();
+    assert!(min >= 1 && min < deployment["spec"]["replicas"].as_i64().unwrap());
+}

@@ -15,6 +15,11 @@
 //!   `virtualservices`, `gateways.gateway.networking.k8s.io`, ...).
 //! * `DELETE /api/v1/istio/{resource}/{namespace}/{name}`: removes the
 //!   object and what it produced.
+//!
+//! In `--kubernetes` mode the objects come from the cluster (watched,
+//! [`crate::istio::watched`]): they are listed with `"source":
+//! "kubernetes"` (a refused one with its `error`), and writes here are
+//! refused with 409 (`kubectl apply` them: every replica watches them).
 
 use super::{read_body, ApiError, ApiState};
 use crate::istio::object::{parse_documents, ObjectKind};
@@ -46,6 +51,7 @@ async fn apply(
     Query(q): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    refuse_in_cluster(&state)?;
     let strict = match q.get("strict").map(String::as_str) {
         None | Some("false") => false,
         Some("true") | Some("") => true,
@@ -78,12 +84,13 @@ async fn apply(
 }
 
 async fn list(State(state): State<ApiState>) -> Response {
-    let items: Vec<_> = state
+    let mut items: Vec<_> = state
         .istio
         .objects()
         .iter()
         .map(|(k, o)| o.to_json(k, false))
         .collect();
+    items.extend(state.istio_watched.get().to_json(false));
     Json(json!({ "items": items })).into_response()
 }
 
@@ -93,16 +100,22 @@ async fn get_one(
 ) -> Result<Response, ApiError> {
     let key = object_key(&resource, namespace, name)?;
     let objects = state.istio.objects();
-    let object = objects
-        .get(&key)
+    if let Some(object) = objects.get(&key) {
+        return Ok(Json(object.to_json(&key, true)).into_response());
+    }
+    let watched = state
+        .istio_watched
+        .get()
+        .one(&key)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("{key} is not stored")))?;
-    Ok(Json(object.to_json(&key, true)).into_response())
+    Ok(Json(watched).into_response())
 }
 
 async fn delete(
     State(state): State<ApiState>,
     Path((resource, namespace, name)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
+    refuse_in_cluster(&state)?;
     let key = object_key(&resource, namespace, name)?;
     let request = Request {
         remove: vec![key],
@@ -110,6 +123,21 @@ async fn delete(
     };
     let written = state.istio.apply(&state.registry, request).await?;
     Ok(Json(written_body(&written)).into_response())
+}
+
+/// With the cluster as the store, objects are written there (`kubectl
+/// apply`), where every replica watches them; one stored here would be
+/// this replica's alone.
+fn refuse_in_cluster(state: &ApiState) -> Result<(), ApiError> {
+    if state.cluster.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this control plane follows the Kubernetes cluster (--kubernetes): apply Istio and \
+             Gateway API objects to the cluster (kubectl apply -f); every replica watches and \
+             converts them, and `sanectl status` shows their findings",
+        ));
+    }
+    Ok(())
 }
 
 fn object_key(resource: &str, namespace: String, name: String) -> Result<ObjectKey, ApiError> {

@@ -10,9 +10,13 @@
 //! services); 500 `internal error` for anything unexpected, including a
 //! panicking handler (the detail goes to the log only). A failed write
 //! stores nothing. The routes are listed, with
-//! their schemas, in [`openapi`] (`GET /api/v1/openapi.json`).
+//! their schemas, in [`openapi`] (`GET /api/v1/openapi.json`). In
+//! `--kubernetes` mode writes of routes and policies go to the cluster
+//! ([`cluster`]): a conflict the API server reports is a 409 too, and an
+//! API server that cannot be reached a 503.
 
 pub mod auth;
+pub mod cluster;
 mod istio;
 pub mod openapi;
 mod proxies;
@@ -58,6 +62,12 @@ pub struct ApiState {
     pub read_token_required: bool,
     /// The stored Istio and Gateway API objects.
     pub istio: Arc<crate::istio::store::IstioStore>,
+    /// Istio and Gateway API objects watched in the cluster
+    /// (`--kubernetes`), shown beside the stored ones.
+    pub istio_watched: Arc<crate::istio::watched::WatchedObjects>,
+    /// Where writes go when the registry is not the store (`--kubernetes`:
+    /// the cluster's `sane.mesh/v1` objects). Default: none.
+    pub cluster: Option<Arc<dyn cluster::ClusterStore>>,
 }
 
 /// An error response: status and `{"error": ..., "fields": [...]}`.

@@ -8,6 +8,12 @@
 //! (and writes in `resource_version`); a PUT or DELETE with `If-Match:
 //! "<version>"` or `?resource_version=<version>` (`0`: must not exist yet)
 //! succeeds only if the resource is still at that version, else 409.
+//!
+//! In `--kubernetes` mode ([`super::cluster`]) routes and policies are
+//! written as the cluster's `sane.mesh/v1` objects and their versions are
+//! the objects' `resourceVersion`s, the same through every replica; kinds
+//! the cluster cannot hold are refused (409) unless the registry is shared
+//! (etcd).
 
 use super::{read_body, ApiError, ApiState};
 use crate::error::RejectedField;
@@ -87,8 +93,12 @@ async fn get_one(
     let key = segments.join("/");
     let snap = state.registry.snapshot();
     let entry = snap.get(kind, &key).ok_or_else(|| not_found(kind, &key))?;
+    let version = match &state.cluster {
+        Some(cluster) => cluster.version(kind, &key).unwrap_or(entry.version),
+        None => entry.version,
+    };
     let mut resp = Json(entry.resource.to_json()).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", entry.version)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         resp.headers_mut().insert(ETAG, v);
     }
     Ok(resp)
@@ -122,6 +132,10 @@ async fn put(
         )));
     }
     super::istio::check_resource_write(&state, kind, &key, Some(&resource))?;
+    if let Some(cluster) = cluster_for(&state, kind)? {
+        let written = cluster.put(resource, expect).await?;
+        return Ok(cluster_reply(&state, kind, &key, &written));
+    }
     let mut ops = Vec::new();
     if let Some(version) = expect {
         ops.push(Op::Expect {
@@ -158,8 +172,13 @@ async fn delete(
 ) -> Result<Response, ApiError> {
     let key = segments.join("/");
     super::istio::check_resource_write(&state, kind, &key, None)?;
+    let expect = expected_version(&q, &headers)?;
+    if let Some(cluster) = cluster_for(&state, kind)? {
+        let written = cluster.delete(kind, key.clone(), expect).await?;
+        return Ok(cluster_reply(&state, kind, &key, &written));
+    }
     let mut ops = Vec::new();
-    if let Some(version) = expected_version(&q, &headers)? {
+    if let Some(version) = expect {
         ops.push(Op::Expect {
             kind,
             key: key.clone(),
@@ -187,6 +206,47 @@ async fn heartbeat(
         "ttl": humantime::format_duration(ttl).to_string(),
     }))
     .into_response())
+}
+
+/// The cluster store a write of `kind` goes to, if not the registry; a
+/// kind the cluster store refuses is a 409 saying why.
+fn cluster_for(
+    state: &ApiState,
+    kind: Kind,
+) -> Result<Option<&dyn super::cluster::ClusterStore>, ApiError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(None);
+    };
+    match cluster.route(kind) {
+        None => Ok(None),
+        Some(Ok(())) => Ok(Some(cluster.as_ref())),
+        Some(Err(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+    }
+}
+
+/// The answer to a cluster write: as a registry write's, with the
+/// cluster's version, and whether this replica had seen it yet.
+fn cluster_reply(
+    state: &ApiState,
+    kind: Kind,
+    key: &str,
+    written: &super::cluster::ClusterWrite,
+) -> Response {
+    let status = match written.outcome {
+        crate::registry::Outcome::Created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    let mut body = json!({
+        "kind": kind,
+        "key": key,
+        "outcome": written.outcome,
+        "revision": state.registry.revision(),
+        "synced": written.synced,
+    });
+    if written.version > 0 {
+        body["resource_version"] = json!(written.version);
+    }
+    (status, Json(body)).into_response()
 }
 
 /// Runs a registry write off the async workers (it fsyncs).

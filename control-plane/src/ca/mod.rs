@@ -68,13 +68,37 @@ pub struct CaSettings {
     pub max_cert_ttl: Duration,
     /// The operator's CA chain and key files, if given.
     pub ca_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The operator's CA chain and key as PEM text (read from a Kubernetes
+    /// Secret), if given; used before `ca_files`.
+    pub ca_pem: Option<CaPem>,
     /// The data directory, if any.
     pub data_dir: Option<std::path::PathBuf>,
     /// A root being rotated out, and until when it stays trusted.
     pub retiring_root: Option<(std::path::PathBuf, SystemTime)>,
 }
 
-/// Loads the CA — the operator's PEM files if given, else `<data_dir>/ca`
+/// CA material given as text: the chain (signing CA first, up to the root)
+/// and its key, and where they came from (for errors). `Debug` leaves the
+/// key out.
+#[derive(Clone)]
+pub struct CaPem {
+    /// Where it was read, e.g. `secret sane-system/sane-ca`.
+    pub source: String,
+    /// PEM certificates, the signing CA first.
+    pub chain: String,
+    /// PEM private key (PKCS#8).
+    pub key: String,
+}
+
+impl std::fmt::Debug for CaPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaPem")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads the CA — the operator's PEM text or files if given, else `<data_dir>/ca`
 /// (generated on first start), else in memory — the workload tokens, and the
 /// retiring root of a root rotation.
 pub fn load(config: &CaSettings) -> Result<Loaded, CaError> {
@@ -88,12 +112,19 @@ pub fn load(config: &CaSettings) -> Result<Loaded, CaError> {
             reason: e.to_string(),
         })
     };
-    let authority = match (&config.ca_files, &config.data_dir) {
-        (Some((chain, key)), _) => CertificateAuthority::from_pem_files(&td, chain, key, options)?,
-        (None, Some(dir)) => {
+    let authority = match (&config.ca_pem, &config.ca_files, &config.data_dir) {
+        (Some(pem), _, _) => CertificateAuthority::from_pem(&td, &pem.chain, &pem.key, options)
+            .map_err(|e| CaError::File {
+                path: pem.source.clone(),
+                reason: e.to_string(),
+            })?,
+        (None, Some((chain, key)), _) => {
+            CertificateAuthority::from_pem_files(&td, chain, key, options)?
+        }
+        (None, None, Some(dir)) => {
             CertificateAuthority::load_or_generate(&dir.join(CA_DIR), &td, options)?
         }
-        (None, None) => CertificateAuthority::generate(&td, options)?,
+        (None, None, None) => CertificateAuthority::generate(&td, options)?,
     };
     let retiring = match &config.retiring_root {
         Some((pem, until)) => Some((

@@ -38,6 +38,7 @@ pub mod security;
 pub mod server;
 pub mod store;
 pub mod virtual_service;
+pub mod watched;
 
 pub use common::{Note, Unsupported};
 pub use error::{IstioError, StoreError};

@@ -12,6 +12,7 @@
 //! The watchers read these objects untyped (`DynamicObject`): one malformed
 //! object must be reported, not break the watch of all the others.
 
+use crate::resource::{Kind, Resource};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, Route};
 use serde::de::DeserializeOwned;
@@ -79,6 +80,23 @@ impl PolicyKind {
         )
     }
 
+    /// The kind of registry resource it becomes, if it becomes one.
+    pub fn registry_kind(self) -> Option<Kind> {
+        match self {
+            PolicyKind::Route => Some(Kind::Route),
+            PolicyKind::DestinationPolicy => Some(Kind::Policy),
+            PolicyKind::AuthorizationPolicy => Some(Kind::Authz),
+            PolicyKind::PeerAuthentication => None,
+        }
+    }
+
+    /// The kind of object a registry resource of `kind` is written as.
+    pub fn of_registry_kind(kind: Kind) -> Option<PolicyKind> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.registry_kind() == Some(kind))
+    }
+
     /// What kube-rs needs to watch it.
     pub fn api_resource(self) -> ApiResource {
         ApiResource::from_gvk_with_plural(
@@ -110,6 +128,30 @@ pub fn authorization_policy(object: &DynamicObject) -> Result<AuthorizationPolic
     let mut policy: AuthorizationPolicy = spec(object)?;
     check_names(&mut policy.name, &mut policy.namespace, &name, &namespace)?;
     Ok(policy)
+}
+
+/// The object a registry route or policy is written as (`--kubernetes`
+/// API writes): named by its metadata, its spec the resource without
+/// `name` and `namespace` — what [`route`], [`destination_policy`] and
+/// [`authorization_policy`] read back. `None` for kinds without a CRD.
+pub fn object_of(resource: &Resource) -> Option<(PolicyKind, Value)> {
+    let kind = PolicyKind::of_registry_kind(resource.kind())?;
+    let mut resource = resource.clone();
+    resource.normalize();
+    let key = resource.key();
+    let (namespace, name) = key.split_once('/')?;
+    let mut spec = resource.to_json();
+    if let Some(map) = spec.as_object_mut() {
+        map.remove("name");
+        map.remove("namespace");
+    }
+    let object = json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": kind.kind(),
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": spec,
+    });
+    Some((kind, object))
 }
 
 fn names(object: &DynamicObject) -> Result<(String, String), String> {
@@ -316,6 +358,26 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("spec.name: \"other\" differs"), "{err}");
+    }
+
+    #[test]
+    fn a_resource_is_written_as_the_object_it_is_read_from() {
+        let r = route(&object(
+            "Route",
+            json!({ "service": "web", "rules": [ { "timeout": "2s" } ] }),
+        ))
+        .unwrap();
+        let (kind, written) = object_of(&Resource::Route(r.clone())).unwrap();
+        assert_eq!(kind, PolicyKind::Route);
+        assert_eq!(
+            written["metadata"],
+            json!({ "name": "split", "namespace": "shop" })
+        );
+        assert!(written["spec"].get("name").is_none(), "{written}");
+        let back: DynamicObject = serde_json::from_value(written).unwrap();
+        assert_eq!(route(&back).unwrap(), r);
+        let service = Resource::Service(sane_xds_proto::Service::default());
+        assert!(object_of(&service).is_none());
     }
 
     #[test]

@@ -116,6 +116,17 @@ pub enum KubeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The CA Secret (`--ca-secret`) cannot be read or holds no CA.
+    #[error("CA secret {secret}: {reason}")]
+    CaSecret {
+        /// `namespace/name`.
+        secret: String,
+        /// What is wrong (never the key material).
+        reason: String,
+    },
+    /// `--ca-secret` together with `--ca-cert-chain`/`--ca-key`.
+    #[error("--ca-secret and --ca-cert-chain/--ca-key both name a CA: give one")]
+    TwoCas,
     /// The webhook's caBundle could not be written into its configuration.
     #[error("MutatingWebhookConfiguration {name:?}: {message}")]
     WebhookConfig {

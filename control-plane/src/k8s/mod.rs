@@ -11,8 +11,14 @@
 //! * [`source`] converts what the cluster holds (Services, EndpointSlices,
 //!   Pods, and the `sane.mesh/v1` custom resources of [`crd`]) into registry
 //!   resources — a pure function over an object [`store`] — and keeps the
-//!   registry in step with it; [`watch`] is the kube-rs loop that feeds the
-//!   store (it runs only with `--kubernetes`).
+//!   registry in step with it; [`istio_source`] converts the cluster's Istio
+//!   and Gateway API objects the same way `sanectl apply` does; [`watch`] is
+//!   the kube-rs loop that feeds the store (it runs only with
+//!   `--kubernetes`).
+//! * [`crd_store`] makes the cluster the API's store: writes of routes and
+//!   policies become writes of `sane.mesh/v1` objects, which every replica
+//!   sees through its watch; [`ca_secret`] reads the CA all replicas sign
+//!   with from a Secret (`--ca-secret`).
 //! * [`token_review`] authenticates a sidecar's projected service-account
 //!   token to the CA through the TokenReview API, as an alternative to
 //!   bootstrap tokens.
@@ -32,9 +38,12 @@
 //!
 //! Opt out per pod with the annotation `sane.mesh/inject: "false"`.
 
+pub mod ca_secret;
 pub mod crd;
+pub mod crd_store;
 pub mod error;
 pub mod inject;
+pub mod istio_source;
 pub mod manifest;
 pub mod probes;
 pub mod source;
@@ -45,8 +54,11 @@ pub mod webhook;
 
 pub use error::{InjectError, KubeError, ManifestError};
 
+use crate::api::cluster::ClusterStore;
 use crate::ca::ExternalAuthenticator;
+use crate::istio::watched::WatchedObjects;
 use crate::registry::Registry;
+use crd_store::{CrdStore, Versions};
 use inject::{InjectConfig, Injector};
 use sane_certs::CertificateAuthority;
 use sane_xds_proto::Protocol;
@@ -54,6 +66,7 @@ use source::SourceSettings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch as watch_channel;
 use tokio_util::sync::CancellationToken;
 use webhook::WebhookServer;
 
@@ -120,6 +133,11 @@ pub struct KubeArgs {
     /// Audience of the service-account tokens sidecars present to the CA.
     #[arg(long, default_value = DEFAULT_TOKEN_AUDIENCE)]
     pub token_audience: String,
+    /// The CA every replica signs with, from this Secret (`namespace/name`;
+    /// keys tls.crt + tls.key (+ ca.crt), or Istio's ca-cert.pem +
+    /// ca-key.pem), instead of --ca-cert-chain/--ca-key or a generated CA.
+    #[arg(long, env = "SANE_CA_SECRET")]
+    pub ca_secret: Option<String>,
 }
 
 /// What the control plane does with Kubernetes.
@@ -139,6 +157,11 @@ pub struct KubernetesConfig {
     pub inject: InjectConfig,
     /// How cluster objects become registry resources.
     pub source: SourceSettings,
+    /// The Secret (`namespace/name`) holding the CA. Default: none.
+    pub ca_secret: Option<String>,
+    /// The API server's URL, instead of the kubeconfig or in-cluster
+    /// configuration (tests point it at a recorded API). Default: none.
+    pub api_server: Option<String>,
 }
 
 /// The Kubernetes side of a built control plane.
@@ -148,6 +171,8 @@ pub struct Kubernetes {
     reviewer: Option<Arc<token_review::TokenReviewer>>,
     config: KubernetesConfig,
     bundle_pem: String,
+    /// What the watch has brought into the registry ([`crd_store`]).
+    synced: watch_channel::Sender<Arc<Versions>>,
 }
 
 // === impl KubeArgs ===
@@ -156,7 +181,7 @@ impl KubeArgs {
     /// The configuration, or none when neither the watch nor the webhook is
     /// asked for.
     pub fn into_config(self, trust_domain: &str) -> Option<KubernetesConfig> {
-        if !self.kubernetes && self.webhook_addr.is_none() {
+        if !self.kubernetes && self.webhook_addr.is_none() && self.ca_secret.is_none() {
             return None;
         }
         let mut inject = InjectConfig {
@@ -179,8 +204,32 @@ impl KubeArgs {
                 trust_domain: trust_domain.to_string(),
                 ..SourceSettings::default()
             },
+            ca_secret: self.ca_secret,
+            api_server: None,
         })
     }
+}
+
+/// The cluster's client, when the configuration needs one (watching, or
+/// reading the CA Secret): `api_server` if set, else the kubeconfig or the
+/// in-cluster service account.
+pub async fn connect(config: &KubernetesConfig) -> Result<Option<kube::Client>, KubeError> {
+    if !config.watch && config.ca_secret.is_none() {
+        return Ok(None);
+    }
+    let client = match &config.api_server {
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|e| KubeError::ClientConfig(format!("API server {url:?}: {e}")))?;
+            kube::Client::try_from(kube::Config::new(uri))
+                .map_err(|e| KubeError::ClientConfig(e.to_string()))?
+        }
+        None => kube::Client::try_default()
+            .await
+            .map_err(|e| KubeError::ClientConfig(e.to_string()))?,
+    };
+    Ok(Some(client))
 }
 
 // === impl Kubernetes ===
@@ -196,21 +245,15 @@ impl std::fmt::Debug for Kubernetes {
 }
 
 impl Kubernetes {
-    /// Connects to the cluster (when watching) and binds the webhook.
+    /// Takes the cluster's client ([`connect`]; used when watching) and
+    /// binds the webhook.
     pub async fn bind(
         config: KubernetesConfig,
+        client: Option<kube::Client>,
         ca: Arc<CertificateAuthority>,
         bundle_pem: String,
     ) -> Result<Kubernetes, KubeError> {
-        let client = if config.watch {
-            Some(
-                kube::Client::try_default()
-                    .await
-                    .map_err(|e| KubeError::ClientConfig(e.to_string()))?,
-            )
-        } else {
-            None
-        };
+        let client = client.filter(|_| config.watch);
         let reviewer = client.clone().map(|c| {
             Arc::new(token_review::TokenReviewer::new(
                 c,
@@ -240,7 +283,28 @@ impl Kubernetes {
             reviewer,
             config,
             bundle_pem,
+            synced: watch_channel::Sender::new(Arc::new(Versions::new())),
         })
+    }
+
+    /// The API's store when watching: the cluster's `sane.mesh/v1` objects
+    /// ([`crd_store`]). `shared_registry`: the registry is on etcd, so kinds
+    /// without a custom resource are still written to it.
+    pub fn cluster_store(
+        &self,
+        registry: Arc<Registry>,
+        watched: Arc<WatchedObjects>,
+        shared_registry: bool,
+    ) -> Option<Arc<dyn ClusterStore>> {
+        let client = self.client.clone()?;
+        let store: Arc<dyn ClusterStore> = Arc::new(CrdStore::new(
+            client,
+            registry,
+            self.synced.subscribe(),
+            watched,
+            shared_registry,
+        ));
+        Some(store)
     }
 
     /// The CA's TokenReview authenticator, when watching the cluster.
@@ -255,9 +319,14 @@ impl Kubernetes {
         self.webhook.as_ref().map(WebhookServer::addr)
     }
 
-    /// Serves the webhook, publishes its caBundle and follows the cluster,
-    /// until `shutdown`.
-    pub async fn run(self, registry: Arc<Registry>, shutdown: CancellationToken) {
+    /// Serves the webhook, publishes its caBundle and follows the cluster
+    /// (Istio objects' conversions into `watched`), until `shutdown`.
+    pub async fn run(
+        self,
+        registry: Arc<Registry>,
+        watched: Arc<WatchedObjects>,
+        shutdown: CancellationToken,
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(webhook) = self.webhook {
             let stop = shutdown.clone();
@@ -275,7 +344,11 @@ impl Kubernetes {
             tasks.spawn(watch::run(
                 client,
                 registry,
-                self.config.source.clone(),
+                watch::Outputs {
+                    settings: self.config.source.clone(),
+                    watched,
+                    synced: self.synced,
+                },
                 shutdown.clone(),
             ));
         }

@@ -1,6 +1,7 @@
 //! What the cluster holds, as far as the mesh cares: the latest Services,
-//! EndpointSlices, Pods (reduced to [`PodInfo`]) and `sane.mesh` objects,
-//! fed by watch events.
+//! EndpointSlices, Pods (reduced to [`PodInfo`]), `sane.mesh` objects, and
+//! Istio and Gateway API objects (kept as JSON, as `crate::istio` reads
+//! them), fed by watch events.
 //!
 //! The store knows nothing of the registry and does no I/O: the kube-rs
 //! watchers ([`super::watch`]) and the tests (recorded watch events, see
@@ -16,6 +17,7 @@
 
 use super::crd::PolicyKind;
 use super::{INBOUND_PORT_NAME, SIDECAR_NAME};
+use crate::istio::object::ObjectKind as IstioKind;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::core::DynamicObject;
@@ -35,6 +37,8 @@ pub enum ObjectKind {
     Pod,
     /// `sane.mesh/v1/<kind>`
     Policy(PolicyKind),
+    /// An Istio or Gateway API kind.
+    Istio(IstioKind),
 }
 
 /// One watched object.
@@ -48,6 +52,8 @@ pub enum KubeObject {
     Pod(Box<Pod>),
     /// A `sane.mesh` object, untyped (see [`super::crd`]).
     Policy(PolicyKind, Box<DynamicObject>),
+    /// An Istio or Gateway API object, as JSON.
+    Istio(IstioKind, Box<serde_json::Value>),
 }
 
 /// What a watcher reports.
@@ -83,6 +89,7 @@ pub struct ObjectStore {
     slices: Bucket<EndpointSlice>,
     pods: Bucket<PodInfo>,
     policies: BTreeMap<PolicyKind, Bucket<DynamicObject>>,
+    istio: BTreeMap<IstioKind, Bucket<serde_json::Value>>,
     listed: BTreeSet<ObjectKind>,
 }
 
@@ -101,6 +108,9 @@ impl KubeObject {
         let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
         let kind = value["kind"].as_str().unwrap_or_default().to_string();
         let typed = |e: serde_json::Error| format!("{api_version} {kind}: {e}");
+        if let Some(istio) = IstioKind::parse(&api_version, &kind) {
+            return Ok(KubeObject::Istio(istio, Box::new(value)));
+        }
         Ok(match (api_version.as_str(), kind.as_str()) {
             ("v1", "Service") => KubeObject::Service(serde_json::from_value(value).map_err(typed)?),
             ("discovery.k8s.io/v1", "EndpointSlice") => {
@@ -122,6 +132,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(s) => &s.metadata,
             KubeObject::Pod(p) => &p.metadata,
             KubeObject::Policy(_, o) => &o.metadata,
+            KubeObject::Istio(_, o) => return json_key(o),
         })
     }
 
@@ -132,6 +143,7 @@ impl KubeObject {
             KubeObject::EndpointSlice(_) => ObjectKind::EndpointSlice,
             KubeObject::Pod(_) => ObjectKind::Pod,
             KubeObject::Policy(k, _) => ObjectKind::Policy(*k),
+            KubeObject::Istio(k, _) => ObjectKind::Istio(*k),
         }
     }
 }
@@ -215,18 +227,21 @@ impl ObjectStore {
                 KubeObject::EndpointSlice(s) => self.slices.apply(key(&s.metadata), *s),
                 KubeObject::Pod(p) => self.pods.apply(key(&p.metadata), PodInfo::of(&p)),
                 KubeObject::Policy(kind, o) => self.policy_bucket(kind).apply(key(&o.metadata), *o),
+                KubeObject::Istio(kind, o) => self.istio_bucket(kind).apply(json_key(&o), *o),
             },
             StoreEvent::Delete(object) => match object {
                 KubeObject::Service(s) => self.services.delete(&key(&s.metadata)),
                 KubeObject::EndpointSlice(s) => self.slices.delete(&key(&s.metadata)),
                 KubeObject::Pod(p) => self.pods.delete(&key(&p.metadata)),
                 KubeObject::Policy(kind, o) => self.policy_bucket(kind).delete(&key(&o.metadata)),
+                KubeObject::Istio(kind, o) => self.istio_bucket(kind).delete(&json_key(&o)),
             },
             StoreEvent::RelistStart(kind) => match kind {
                 ObjectKind::Service => self.services.relist_start(),
                 ObjectKind::EndpointSlice => self.slices.relist_start(),
                 ObjectKind::Pod => self.pods.relist_start(),
                 ObjectKind::Policy(k) => self.policy_bucket(k).relist_start(),
+                ObjectKind::Istio(k) => self.istio_bucket(k).relist_start(),
             },
             StoreEvent::RelistDone(kind) => {
                 match kind {
@@ -234,6 +249,7 @@ impl ObjectStore {
                     ObjectKind::EndpointSlice => self.slices.relist_done(),
                     ObjectKind::Pod => self.pods.relist_done(),
                     ObjectKind::Policy(k) => self.policy_bucket(k).relist_done(),
+                    ObjectKind::Istio(k) => self.istio_bucket(k).relist_done(),
                 }
                 self.listed.insert(kind);
             }
@@ -275,9 +291,49 @@ impl ObjectStore {
             .flat_map(|b| b.live.iter())
     }
 
+    /// The `resourceVersion` of every `sane.mesh` object that becomes a
+    /// registry resource, by registry kind and key (what the API's
+    /// `If-Match` compares with in `--kubernetes` mode); objects whose
+    /// version is not a number are left out.
+    pub fn policy_versions(&self) -> BTreeMap<(crate::resource::Kind, String), u64> {
+        let mut out = BTreeMap::new();
+        for (kind, bucket) in &self.policies {
+            let Some(registry_kind) = kind.registry_kind() else {
+                continue;
+            };
+            for ((ns, name), o) in &bucket.live {
+                let version = o.metadata.resource_version.as_deref().unwrap_or_default();
+                if let Ok(v) = version.parse::<u64>() {
+                    out.insert((registry_kind, format!("{ns}/{name}")), v);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every Istio and Gateway API object, by kind.
+    pub fn istio_objects(
+        &self,
+    ) -> impl Iterator<Item = (IstioKind, &ObjectKey, &serde_json::Value)> {
+        self.istio
+            .iter()
+            .flat_map(|(kind, b)| b.live.iter().map(move |(k, o)| (*kind, k, o)))
+    }
+
     fn policy_bucket(&mut self, kind: PolicyKind) -> &mut Bucket<DynamicObject> {
         self.policies.entry(kind).or_default()
     }
+
+    fn istio_bucket(&mut self, kind: IstioKind) -> &mut Bucket<serde_json::Value> {
+        self.istio.entry(kind).or_default()
+    }
+}
+
+/// `(namespace, name)` of an object held as JSON.
+fn json_key(object: &serde_json::Value) -> ObjectKey {
+    let meta = &object["metadata"];
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    (text(&meta["namespace"]), text(&meta["name"]))
 }
 
 fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
@@ -376,5 +432,32 @@ mod tests {
         let err =
             KubeObject::from_json(json!({ "apiVersion": "v1", "kind": "Secret" })).unwrap_err();
         assert!(err.contains("unwatched"), "{err}");
+    }
+
+    #[test]
+    fn istio_objects_are_kept_as_json_by_kind() {
+        let vs = |version: &str| {
+            json!({ "type": "ADDED", "object": {
+                "apiVersion": format!("networking.istio.io/{version}"), "kind": "VirtualService",
+                "metadata": { "name": "reviews", "namespace": "bookinfo" }, "spec": { "hosts": ["reviews"] }
+            }})
+        };
+        let kind = ObjectKind::Istio(IstioKind::VirtualService);
+        let mut store = ObjectStore::new();
+        store.handle(StoreEvent::RelistStart(kind));
+        for version in ["v1", "v1alpha3"] {
+            let event = StoreEvent::from_watch_json(vs(version)).unwrap().unwrap();
+            store.handle(event);
+        }
+        store.handle(StoreEvent::RelistDone(kind));
+        assert!(store.is_listed(&[kind]));
+        let all: Vec<_> = store.istio_objects().collect();
+        assert_eq!(all.len(), 1, "one object, whatever the version");
+        assert_eq!(all[0].0, IstioKind::VirtualService);
+        assert_eq!(all[0].1, &("bookinfo".to_string(), "reviews".to_string()));
+        assert_eq!(all[0].2["apiVersion"], "networking.istio.io/v1alpha3");
+        let gone = json!({ "type": "DELETED", "object": vs("v1")["object"].clone() });
+        store.handle(StoreEvent::from_watch_json(gone).unwrap().unwrap());
+        assert_eq!(store.istio_objects().count(), 0);
     }
 }

@@ -1,27 +1,38 @@
 //! The kube-rs watchers (`--kubernetes`): one per watched kind, feeding one
 //! [`ObjectStore`]; once every kind is listed and changes settle, the store
-//! is [`convert`]ed and [`KubeSource::sync`]ed into the registry.
+//! is converted ([`convert_with_istio`]: cluster objects, then Istio and
+//! Gateway API objects) and [`KubeSource::sync`]ed into the registry; then
+//! the Istio objects' findings and the `sane.mesh` objects' versions are
+//! published (the API shows the first, and [`super::crd_store`] waits on
+//! the second).
 //!
 //! Everything this loop decides is in the store and the source, which the
 //! tests drive with recorded events; this file only moves events. Watch
-//! errors are retried with kube-runtime's default backoff; a `sane.mesh`
-//! CRD that is not installed is skipped with a warning (its kind counts as
-//! listed and empty) rather than blocking the first sync forever.
+//! errors are retried with kube-runtime's default backoff; a CRD that is
+//! not installed (a `sane.mesh` one, or an Istio or Gateway API kind in
+//! none of the versions users write) — or, for the Istio kinds, one the
+//! service account may not list — is skipped with one warning (its kind
+//! counts as listed and empty) rather than blocking the first sync
+//! forever; installing it takes a restart.
 
 use super::crd::PolicyKind;
-use super::source::{convert, KubeSource, SourceSettings};
+use super::crd_store::Versions;
+use super::istio_source::convert_with_istio;
+use super::source::{KubeSource, SourceSettings};
 use super::store::{KubeObject, ObjectKind, ObjectStore, StoreEvent};
+use crate::istio::object::ObjectKind as IstioKind;
+use crate::istio::watched::WatchedObjects;
 use crate::registry::Registry;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::core::DynamicObject;
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind, TypeMeta};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Sync once events have been quiet this long…
@@ -35,10 +46,54 @@ pub const REQUIRED_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch"]),
     ("", "pods", &["list", "watch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
-    ("sane.mesh", "routes", &["list", "watch"]),
-    ("sane.mesh", "destinationpolicies", &["list", "watch"]),
-    ("sane.mesh", "authorizationpolicies", &["list", "watch"]),
+    // Watched, and written by the API (crd_store).
+    (
+        "sane.mesh",
+        "routes",
+        &["list", "watch", "get", "create", "update", "delete"],
+    ),
+    (
+        "sane.mesh",
+        "destinationpolicies",
+        &["list", "watch", "get", "create", "update", "delete"],
+    ),
+    (
+        "sane.mesh",
+        "authorizationpolicies",
+        &["list", "watch", "get", "create", "update", "delete"],
+    ),
     ("sane.mesh", "peerauthentications", &["list", "watch"]),
+    // Istio and Gateway API inputs (istio_source).
+    ("networking.istio.io", "virtualservices", &["list", "watch"]),
+    (
+        "networking.istio.io",
+        "destinationrules",
+        &["list", "watch"],
+    ),
+    ("networking.istio.io", "serviceentries", &["list", "watch"]),
+    ("networking.istio.io", "sidecars", &["list", "watch"]),
+    ("networking.istio.io", "gateways", &["list", "watch"]),
+    (
+        "security.istio.io",
+        "peerauthentications",
+        &["list", "watch"],
+    ),
+    (
+        "security.istio.io",
+        "authorizationpolicies",
+        &["list", "watch"],
+    ),
+    ("gateway.networking.k8s.io", "gateways", &["list", "watch"]),
+    (
+        "gateway.networking.k8s.io",
+        "httproutes",
+        &["list", "watch"],
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "grpcroutes",
+        &["list", "watch"],
+    ),
     ("authentication.k8s.io", "tokenreviews", &["create"]),
     (
         "admissionregistration.k8s.io",
@@ -47,13 +102,33 @@ pub const REQUIRED_ACCESS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
+/// The API versions of each Istio and Gateway API group users still
+/// write, newest first: the first one the cluster serves is watched.
+const ISTIO_VERSIONS: &[(&str, &[&str])] = &[
+    ("networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("security.istio.io", &["v1", "v1beta1"]),
+    ("gateway.networking.k8s.io", &["v1", "v1beta1"]),
+];
+
+/// Where the loop publishes besides the registry.
+#[derive(Debug)]
+pub struct Outputs {
+    /// How cluster objects are converted.
+    pub settings: SourceSettings,
+    /// The Istio objects' conversions, for the API and the status.
+    pub watched: Arc<WatchedObjects>,
+    /// The `sane.mesh` objects' versions in the registry, after each sync.
+    pub synced: watch::Sender<Arc<Versions>>,
+}
+
 /// Watches the cluster into `registry` until `shutdown`.
 pub async fn run(
     client: kube::Client,
     registry: Arc<Registry>,
-    settings: SourceSettings,
+    outputs: Outputs,
     shutdown: CancellationToken,
 ) {
+    let settings = outputs.settings;
     let (tx, mut rx) = mpsc::channel::<StoreEvent>(1024);
     let mut store = ObjectStore::new();
     let mut kinds = vec![
@@ -105,9 +180,34 @@ pub async fn run(
             tx.clone(),
         ));
     }
+    for kind in IstioKind::ALL {
+        let object_kind = ObjectKind::Istio(kind);
+        kinds.push(object_kind);
+        let Some(resource) = served(&client, kind).await else {
+            store.handle(StoreEvent::RelistStart(object_kind));
+            store.handle(StoreEvent::RelistDone(object_kind));
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let types = TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        };
+        tasks.spawn(follow(
+            watcher::watcher(api, watcher::Config::default()).default_backoff(),
+            object_kind,
+            move |mut o: DynamicObject| {
+                // List items may come without their type.
+                o.types.get_or_insert_with(|| types.clone());
+                let json = serde_json::to_value(o).unwrap_or_default();
+                KubeObject::Istio(kind, Box::new(json))
+            },
+            tx.clone(),
+        ));
+    }
     drop(tx);
 
-    let mut source = Some(KubeSource::new(registry));
+    let mut source = Some(KubeSource::new(registry.clone()));
     let mut logged_listed = false;
     loop {
         let event = tokio::select! {
@@ -135,7 +235,8 @@ pub async fn run(
             );
             logged_listed = true;
         }
-        let converted = convert(&store, &settings);
+        let (converted, watched) = convert_with_istio(&store, &settings, &registry.snapshot());
+        let versions = store.policy_versions();
         let Some(mut s) = source.take() else { break };
         // The registry's store fsyncs: keep it off the async workers.
         let done = tokio::task::spawn_blocking(move || {
@@ -146,6 +247,8 @@ pub async fn run(
         match done {
             Ok((s, result)) => {
                 source = Some(s);
+                outputs.watched.replace(watched);
+                outputs.synced.send_replace(Arc::new(versions));
                 match result {
                     Ok(report) if report.writes > 0 => {
                         tracing::debug!(writes = report.writes, "registry synced from kubernetes")
@@ -163,6 +266,33 @@ pub async fn run(
         }
     }
     tasks.abort_all();
+}
+
+/// The first version of `kind` the cluster serves; `None` (logged once)
+/// when its CRD is not installed or the service account may not list it.
+async fn served(client: &kube::Client, kind: IstioKind) -> Option<ApiResource> {
+    let versions = ISTIO_VERSIONS
+        .iter()
+        .find(|(group, _)| *group == kind.group())
+        .map_or(&[][..], |(_, v)| *v);
+    let plural = kind.plural().split('.').next().unwrap_or_default();
+    let crd = format!("{plural}.{}", kind.group());
+    for version in versions {
+        let gvk = GroupVersionKind::gvk(kind.group(), version, kind.name());
+        let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::warn!(%crd, message = %e.message, "not allowed to list these objects; they are ignored until a restart");
+                return None;
+            }
+            // Anything else the watcher retries and reports.
+            _ => return Some(resource),
+        }
+    }
+    tracing::info!(%crd, "CRD not installed (in none of {versions:?}); these objects are ignored until a restart");
+    None
 }
 
 fn watcher<K>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
