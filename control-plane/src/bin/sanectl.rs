@@ -711,7 +711,7 @@ fn istio_path(kind: &str, key: Option<&str>) -> anyhow::Result<Option<String>> {
         return Ok(None);
     };
     match key {
-        None => Ok(Some("/api/v1/istio".into())),
+        None => Ok(Some(format!("/api/v1/istio/{}", k.plural()))),
         Some(key) => Ok(Some(format!(
             "/api/v1/istio/{}/{}",
             k.plural(),
