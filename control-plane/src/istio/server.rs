@@ -16,6 +16,7 @@ use super::store::{ObjectKey, Objects, StoredObject};
 use super::{convert, Context, Converted, IstioError};
 use crate::registry::{Change, Op, Origin, State};
 use crate::resource::{Kind, Resource};
+use crate::xds::scope::SidecarScope;
 use sane_xds_proto::MeshResources;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,8 @@ pub struct Plan {
     pub objects: Objects,
     /// The conversion of each object of the request.
     pub converted: Vec<Converted>,
+    /// The Sidecar scopes of every object afterwards.
+    pub scopes: Vec<SidecarScope>,
 }
 
 /// Plans a write of `request` against the `stored` objects and the
@@ -124,6 +127,7 @@ pub fn plan(stored: &Objects, state: &State, request: Request) -> Result<Plan, S
         }
     }
 
+    let scopes = conversion.scopes;
     let produced: Vec<Resource> = Resource::from_mesh(conversion.resources)
         .into_iter()
         .map(|(_, r)| r)
@@ -188,6 +192,7 @@ pub fn plan(stored: &Objects, state: &State, request: Request) -> Result<Plan, S
         changes,
         objects,
         converted,
+        scopes,
     })
 }
 
