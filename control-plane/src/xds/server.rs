@@ -468,7 +468,14 @@ async fn run_stream<M: Machine>(
                     if changed.is_err() {
                         break;
                     }
-                    let snapshot = snapshots.borrow_and_update().clone();
+                    let mut snapshot = snapshots.borrow_and_update().clone();
+                    if snapshot.revision < view.revision
+                        && snapshot.scopes.generation > view.scopes_generation
+                    {
+                        // New scopes published on a revision behind the
+                        // one this stream started from: keep its revision.
+                        snapshot = shared.current_snapshot(&mut snapshots);
+                    }
                     if !snapshot.is_newer_than(view.revision, view.scopes_generation) {
                         // Already seen when the stream started ahead of the
                         // publisher (see `current_snapshot`).
