@@ -376,6 +376,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_routes_directing_a_service_come_from_the_index() {
+        let (registry, store) = setup().await;
+        // A route of ratings that sends to reviews refers to reviews but
+        // does not direct it.
+        let routes = "routes:\n\
+            - { name: ratings-to-reviews, service: ratings, rules: [ { destinations: [ { service: reviews } ] } ] }\n\
+            - { name: reviews-canary, service: reviews, rules: [ { destinations: [ { service: reviews } ] } ] }\n";
+        store.apply(&registry, request(routes, false)).await.unwrap();
+        let snap = registry.snapshot();
+        let directing: Vec<&str> = snap.routes_of("reviews.default").map(|(k, _)| k).collect();
+        assert_eq!(directing, ["default/reviews-canary"]);
+        assert!(snap.routes_of("details.default").next().is_none());
+    }
+
+    #[tokio::test]
     async fn objects_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::in_memory());
