@@ -391,6 +391,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn stored_sidecars_publish_their_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::in_memory());
+        let store = IstioStore::open(dir.path()).unwrap();
+        let scopes = store.scopes();
+        assert_eq!(scopes.borrow().generation, 0);
+        let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+            metadata: { name: default, namespace: prod }\n\
+            spec:\n  egress: [ { hosts: [\"./*\"] } ]\n";
+        store.apply(&registry, request(sidecar, false)).await.unwrap();
+        {
+            let now = scopes.borrow();
+            assert_eq!(now.generation, 1);
+            assert_eq!(now.scopes[0].egress[0].namespace, "prod");
+        }
+        // The same again changes nothing; a restart reads them back.
+        store.apply(&registry, request(sidecar, false)).await.unwrap();
+        assert_eq!(scopes.borrow().generation, 1);
+        let reopened = IstioStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.scopes().borrow().scopes, scopes.borrow().scopes);
+        let remove = Request {
+            remove: vec![ObjectKey {
+                kind: super::super::object::ObjectKind::Sidecar,
+                namespace: "prod".into(),
+                name: "default".into(),
+            }],
+            ..Default::default()
+        };
+        store.apply(&registry, remove).await.unwrap();
+        assert!(scopes.borrow().scopes.is_empty());
+        assert_eq!(scopes.borrow().generation, 2);
+    }
+
+    #[tokio::test]
     async fn objects_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Arc::new(Registry::in_memory());
