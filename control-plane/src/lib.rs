@@ -391,6 +391,8 @@ pub async fn build(
             None => istio::store::IstioStore::in_memory(),
         }),
     };
+    // The stored Sidecars scope the first streams too.
+    ads.publish_scopes(api_state.istio.scopes().borrow().clone());
     tracing::info!(
         revision = registry.revision(),
         resources = registry.snapshot().len(),

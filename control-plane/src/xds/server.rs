@@ -163,28 +163,34 @@ impl AdsService {
     /// and publishes each new set at once with the current resources, until
     /// shutdown or until the sender is gone.
     pub async fn run_scope_publisher(self, mut scopes: watch::Receiver<Arc<Scopes>>) {
-        let shared = self.shared.clone();
         loop {
             let current = scopes.borrow_and_update().clone();
-            {
-                let _publishing = shared.publishing.lock().unwrap_or_else(|e| e.into_inner());
-                let prev = shared.snapshots.borrow().clone();
-                if prev.scopes.generation != current.generation {
-                    tracing::info!(
-                        generation = current.generation,
-                        scopes = current.scopes.len(),
-                        "publishing sidecar scopes to proxies"
-                    );
-                    shared
-                        .snapshots
-                        .send_replace(Arc::new(prev.with_scopes(current)));
-                }
-            }
+            self.publish_scopes(current);
             tokio::select! {
-                _ = shared.shutdown.cancelled() => return,
+                _ = self.shared.shutdown.cancelled() => return,
                 r = scopes.changed() => if r.is_err() { return },
             }
         }
+    }
+
+    /// Publishes `scopes` to every stream with the current resources,
+    /// unless they are the ones published (same generation). Called once
+    /// before serving, so no stream starts unscoped.
+    pub fn publish_scopes(&self, scopes: Arc<Scopes>) {
+        let shared = &self.shared;
+        let _publishing = shared.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = shared.snapshots.borrow().clone();
+        if prev.scopes.generation == scopes.generation {
+            return;
+        }
+        tracing::info!(
+            generation = scopes.generation,
+            scopes = scopes.scopes.len(),
+            "publishing sidecar scopes to proxies"
+        );
+        shared
+            .snapshots
+            .send_replace(Arc::new(prev.with_scopes(scopes)));
     }
 
     /// Runs the stream in its own task.
