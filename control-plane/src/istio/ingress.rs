@@ -12,11 +12,15 @@
 //! [`DEFAULT_CREDENTIALS_DIR`], or the directory `sanectl convert
 //! --credentials-dir` names ([`ConvertedGateway::use_credentials_dir`]).
 
-use super::common::{present, Report, P};
+use super::common::{present, sane_name, Report, P};
 use super::error::IstioError;
 use super::object::{Object, ObjectRef};
 use super::Output;
-use sane_xds_proto::{Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls};
+use crate::resource::Resource;
+use sane_xds_proto::{
+    Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, Route, RouteRule, Service,
+    ServicePort,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -426,6 +430,58 @@ fn server_tls(
             );
             None
         }
+    }
+}
+
+/// The ingress route of a VirtualService bound to Istio Gateways: its rules
+/// on a service of its own, `<name>-vs-gw` (port 80, no endpoints), and a
+/// gateway route per host to it ([`attach`]).
+pub(crate) fn bound_virtual_service(
+    object: &Object,
+    gateways: &[(usize, String, String)],
+    hosts: &[String],
+    rules: &[RouteRule],
+    out: &mut Output,
+) {
+    let base = sane_name(&object.name, None).replace('.', "-");
+    let service = format!("{base}-vs-gw");
+    out.resources.push(Resource::Service(Service {
+        name: service.clone(),
+        namespace: object.namespace.clone(),
+        ports: vec![ServicePort {
+            name: "http".into(),
+            port: 80,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }));
+    out.resources.push(Resource::Route(Route {
+        name: format!("{}.vs-gw", sane_name(&object.name, None)),
+        namespace: object.namespace.clone(),
+        service: service.clone(),
+        rules: rules.to_vec(),
+    }));
+    // The gateway sends what any rule matches (everything when one rule
+    // matches everything); the route then picks the rule, in order.
+    let matches = if rules.iter().any(|r| r.matches.is_empty()) {
+        Vec::new()
+    } else {
+        rules.iter().flat_map(|r| r.matches.clone()).collect()
+    };
+    for (i, ns, name) in gateways {
+        out.gateway_routes.push(GatewayAttach {
+            path: P::spec().i("gateways", *i),
+            namespace: ns.clone(),
+            gateway: name.clone(),
+            istio: true,
+            section: None,
+            hostnames: hosts.to_vec(),
+            route: GatewayRoute {
+                matches: matches.clone(),
+                service: format!("{service}.{}", object.namespace),
+                port: 80,
+            },
+        });
     }
 }
 

@@ -20,7 +20,7 @@
 //! HTTPRoute on a Gateway is ([`super::gateway_api`]): its rules go on a
 //! service of its own, `<name>-vs-gw` (port 80, no endpoints), and each
 //! host the Gateway's servers accept gets a gateway route to it
-//! ([`super::ingress`]). `mesh` in the list (or no list) also directs the
+//! ([`super::ingress::bound_virtual_service`]). `mesh` in the list (or no list) also directs the
 //! hosts' mesh services, as without gateways.
 
 use super::common::{
@@ -32,9 +32,9 @@ use super::object::Object;
 use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
-    FaultAbort, FaultDelay, FaultPolicy, GatewayRoute, HeaderMatch, HeaderOps, MatchKind,
-    MirrorPolicy, PathMatch, QueryParamMatch, Redirect, RetryPolicy, Rewrite, Route, RouteMatch,
-    RouteRule, Service, ServicePort, WeightedDestination, RETRY_CONDITIONS,
+    FaultAbort, FaultDelay, FaultPolicy, HeaderMatch, HeaderOps, MatchKind, MirrorPolicy,
+    PathMatch, QueryParamMatch, Redirect, RetryPolicy, Rewrite, Route, RouteMatch, RouteRule,
+    WeightedDestination, RETRY_CONDITIONS,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -256,7 +256,7 @@ pub(crate) fn virtual_service(
         return Ok(());
     }
     if !gateways.is_empty() {
-        ingress(object, &gateways, &spec.hosts, &rules, out);
+        super::ingress::bound_virtual_service(object, &gateways, &spec.hosts, &rules, out);
     }
     if !mesh {
         return Ok(());
@@ -273,57 +273,6 @@ pub(crate) fn virtual_service(
         }));
     }
     Ok(())
-}
-
-/// The ingress route of a VirtualService bound to Istio Gateways: its own
-/// service and route, and a gateway route per host (see the module docs).
-fn ingress(
-    object: &Object,
-    gateways: &[(usize, String, String)],
-    hosts: &[String],
-    rules: &[RouteRule],
-    out: &mut Output,
-) {
-    let base = sane_name(&object.name, None).replace('.', "-");
-    let service = format!("{base}-vs-gw");
-    out.resources.push(Resource::Service(Service {
-        name: service.clone(),
-        namespace: object.namespace.clone(),
-        ports: vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }));
-    out.resources.push(Resource::Route(Route {
-        name: format!("{}.vs-gw", sane_name(&object.name, None)),
-        namespace: object.namespace.clone(),
-        service: service.clone(),
-        rules: rules.to_vec(),
-    }));
-    // The gateway sends what any rule matches (everything when one rule
-    // matches everything); the route then picks the rule, in order.
-    let matches = if rules.iter().any(|r| r.matches.is_empty()) {
-        Vec::new()
-    } else {
-        rules.iter().flat_map(|r| r.matches.clone()).collect()
-    };
-    for (i, ns, name) in gateways {
-        out.gateway_routes.push(super::ingress::GatewayAttach {
-            path: P::spec().i("gateways", *i),
-            namespace: ns.clone(),
-            gateway: name.clone(),
-            istio: true,
-            section: None,
-            hostnames: hosts.to_vec(),
-            route: GatewayRoute {
-                matches: matches.clone(),
-                service: format!("{service}.{}", object.namespace),
-                port: 80,
-            },
-        });
-    }
 }
 
 /// `exportTo` other than everywhere cannot be honoured: Sane resources are

@@ -183,7 +183,7 @@ mod tests {
         let scopes = Scopes::default().next(vec![
             scope(ROOT_NAMESPACE, "default", None, &["*/*"]),
             scope("prod", "default", None, &["prod/*"]),
-            scope("prod", "ratings", Some(&[("app", "ratings")]), &["backend/*"]),
+            scope("prod", "ratings", Some(&[("app", "ratings")][..]), &["backend/*"]),
         ]);
         assert_eq!(scopes.generation, 1);
         let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
@@ -209,4 +209,58 @@ mod tests {
         assert_eq!(scopes.next(scopes.scopes.clone()).generation, 1);
         assert!(Scopes::default().for_proxy("prod", &labels("x"), &[]).is_none());
     }
+
+    fn names(view: &crate::xds::view::ProxyView, t: sane_xds_proto::TypeUrl) -> Vec<&str> {
+        view.resources(t).keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn sidecar_scopes_keep_only_their_egress_hosts() {
+        use crate::xds::test_support::snapshot;
+        use crate::xds::view::{NodeSpec, ProxyView, ViewCache};
+        use sane_xds_proto::TypeUrl;
+        use std::sync::Arc;
+        let host = |ns: &str, host: &str| EgressHost {
+            namespace: ns.into(),
+            host: host.into(),
+        };
+        let scopes = Scopes::default().next(vec![
+            SidecarScope {
+                namespace: "shop".into(),
+                name: "default".into(),
+                selector: None,
+                egress: vec![host("shop", "*"), host("istio-system", "*")],
+            },
+            SidecarScope {
+                namespace: "shop".into(),
+                name: "web".into(),
+                selector: Some([("app".to_string(), "web".to_string())].into()),
+                egress: vec![host("billing", "pay.billing.svc.cluster.local")],
+            },
+        ]);
+        let snap = snapshot().with_scopes(Arc::new(scopes));
+        let spec = NodeSpec::new("p1", "shop", &["*"]);
+        let view = ProxyView::compute(&snap, &spec);
+        assert_eq!(names(&view, TypeUrl::Service), ["shop/web"]);
+        // Its destination is out of scope: the route is left out too.
+        assert!(names(&view, TypeUrl::Route).is_empty());
+        assert_eq!(view.scope.as_deref(), Some("shop/default"));
+        let mut web = spec.clone();
+        web.labels = [("app".to_string(), "web".to_string())].into();
+        let view = ProxyView::compute(&snap, &web);
+        assert_eq!(names(&view, TypeUrl::Service), ["billing/pay"]);
+        assert_eq!(names(&view, TypeUrl::Endpoint), ["billing/pay/10.0.0.4:8080"]);
+        // The cache tells the two apart, and a new set of scopes apart
+        // from the old one at the same revision.
+        let cache = ViewCache::default();
+        assert_eq!(cache.view(&snap, &web).services.len(), 1);
+        assert_eq!(cache.view(&snap, &spec).services.len(), 1);
+        let unscoped = snap.with_scopes(Arc::new(Scopes {
+            generation: 2,
+            scopes: Vec::new(),
+        }));
+        assert!(unscoped.is_newer_than(view.revision, view.scopes_generation));
+        assert_eq!(cache.view(&unscoped, &web).services.len(), 4);
+    }
+
 }
