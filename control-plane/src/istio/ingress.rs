@@ -615,8 +615,8 @@ fn listener_tls(
 // === impl HostSettings ===
 
 impl HostSettings {
-    /// How well `pattern` matches `host`: exact 3, wildcard 2 (+ suffix
-    /// length, longest first), `*` 1; `None` when it does not.
+    /// How well `pattern` matches `host`, higher is better: exact, then the
+    /// longest wildcard suffix, then `*`; `None` when it does not match.
     fn rank(&self, host: &str) -> Option<usize> {
         if self.pattern == host {
             return Some(usize::MAX);

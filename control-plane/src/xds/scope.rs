@@ -1,6 +1,6 @@
 //! Sidecar scopes: the egress hosts that limit what a proxy is sent, as
 //! Istio's `Sidecar` resource gives them (converted by
-//! `crate::istio::ingress`).
+//! `crate::istio::sidecar`).
 //!
 //! A proxy's scope is chosen as Istio chooses it: a scope of the proxy's
 //! namespace whose `selector` matches the workload (its node labels, or the
