@@ -107,7 +107,13 @@ async fn until(via: &Sidecar, host: &str, status: u16) {
         if r.status.as_u16() == status && flag == want_flag {
             Ok(())
         } else {
-            Err(format!("{} via {}: {} {flag:?} {}", host, via.name, r.status, r.text()))
+            Err(format!(
+                "{} via {}: {} {flag:?} {}",
+                host,
+                via.name,
+                r.status,
+                r.text()
+            ))
         }
     })
     .await
@@ -133,7 +139,10 @@ async fn until_clusters(via: &Sidecar, want: &[&str]) {
         if have == want {
             Ok(())
         } else {
-            Err(format!("{} has clusters of {have:?}, want {want:?}", via.name))
+            Err(format!(
+                "{} has clusters of {have:?}, want {want:?}",
+                via.name
+            ))
         }
     })
     .await
@@ -223,7 +232,10 @@ async fn sidecar_egress_hosts_limit_what_proxies_are_sent() {
             o["produced"][0].as_str().unwrap()
         })
         .collect();
-    assert_eq!(produced, ["scope default/default", "scope default/productpage"]);
+    assert_eq!(
+        produced,
+        ["scope default/default", "scope default/productpage"]
+    );
 
     // Deleting the workload's Sidecar gives it the namespace's again.
     cli.ok(&["delete", "sidecar", "default/productpage"]).await;
@@ -253,14 +265,20 @@ fn write_secret(credentials: &Path, secret: &str, host: &str) -> String {
 
 /// `GET https://{host}{path}` sent to `addr`, SNI `host`, the server's
 /// certificate verified for `host` against `roots_pem`.
-async fn https_get(addr: SocketAddr, host: &str, path: &str, roots_pem: &str) -> Result<Reply, String> {
+async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    roots_pem: &str,
+) -> Result<Reply, String> {
     let roots = sane_certs::TrustBundle::from_pem(roots_pem).map_err(|e| e.to_string())?;
     let config = sane_certs::control_plane_client_config(&roots, None, &[b"http/1.1"])
         .map_err(|e| e.to_string())?;
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("{addr}: {e}"))?;
-    let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -378,7 +396,12 @@ async fn https_routes_to_httpbin(https: SocketAddr, roots: &str) {
     let r = https_get(https, HTTPBIN, "/delay/1", roots).await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let unrouted = https_get(https, HTTPBIN, "/headers", roots).await.unwrap();
-    assert_eq!(unrouted.status, StatusCode::NOT_FOUND, "{}", unrouted.text());
+    assert_eq!(
+        unrouted.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        unrouted.text()
+    );
 }
 
 /// Must-show for Istio's `Gateway`: the secure ingress task's Gateway

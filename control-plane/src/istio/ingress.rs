@@ -219,7 +219,12 @@ pub(crate) fn istio_gateway(object: &Object, out: &mut Output) -> Result<(), Ist
         let sp = root.i("servers", i);
         let report = &mut out.report;
         let _ = &server.name; // names only label Envoy's stats
-        report.if_set(&sp, "bind", &server.bind, "listeners bind every address of the gateway host");
+        report.if_set(
+            &sp,
+            "bind",
+            &server.bind,
+            "listeners bind every address of the gateway host",
+        );
         report.if_set(
             &sp,
             "defaultEndpoint",
@@ -286,7 +291,9 @@ pub(crate) fn istio_gateway(object: &Object, out: &mut Output) -> Result<(), Ist
             Some(l) if l.tls != tls => {
                 report.unsupported(
                     &sp.f("port"),
-                    format!("port {port} is served by another server with other TLS; server left out"),
+                    format!(
+                        "port {port} is served by another server with other TLS; server left out"
+                    ),
                 );
                 continue;
             }
@@ -359,8 +366,14 @@ fn server_tls(
     };
     for (name, set) in [
         ("subjectAltNames", !t.subject_alt_names.is_empty()),
-        ("verifyCertificateSpki", !t.verify_certificate_spki.is_empty()),
-        ("verifyCertificateHash", !t.verify_certificate_hash.is_empty()),
+        (
+            "verifyCertificateSpki",
+            !t.verify_certificate_spki.is_empty(),
+        ),
+        (
+            "verifyCertificateHash",
+            !t.verify_certificate_hash.is_empty(),
+        ),
         ("caCrl", t.ca_crl.is_some()),
     ] {
         if set {
@@ -390,7 +403,10 @@ fn server_tls(
     }
     if let Some(name) = &t.credential_name {
         if t.server_certificate.is_some() || t.private_key.is_some() {
-            report.note(tp, "`credentialName` is used; the certificate files are not");
+            report.note(
+                tp,
+                "`credentialName` is used; the certificate files are not",
+            );
         }
         let secret = format!("{}/{name}", object.namespace);
         let mut tls = secret_files(DEFAULT_CREDENTIALS_DIR, &secret, mutual);
@@ -567,7 +583,10 @@ fn listener_tls(
 ) -> Option<(HostTls, String)> {
     let tp = lp.f("tls");
     let Some(t) = &l.tls else {
-        report.unsupported(lp, "an HTTPS listener needs `tls.certificateRefs`; listener left out");
+        report.unsupported(
+            lp,
+            "an HTTPS listener needs `tls.certificateRefs`; listener left out",
+        );
         return None;
     };
     if t.mode.as_deref().is_some_and(|m| m != "Terminate") {
@@ -580,7 +599,12 @@ fn listener_tls(
         );
         return None;
     }
-    report.if_set(&tp, "options", &t.options, "the gateway's TLS has no options");
+    report.if_set(
+        &tp,
+        "options",
+        &t.options,
+        "the gateway's TLS has no options",
+    );
     report.if_set(
         &tp,
         "frontendValidation",
@@ -609,7 +633,10 @@ fn listener_tls(
     }
     let ns = first.namespace.as_deref().unwrap_or(&object.namespace);
     let secret = format!("{ns}/{}", first.name);
-    Some((secret_files(DEFAULT_CREDENTIALS_DIR, &secret, false), secret))
+    Some((
+        secret_files(DEFAULT_CREDENTIALS_DIR, &secret, false),
+        secret,
+    ))
 }
 
 // === impl HostSettings ===

@@ -383,7 +383,10 @@ mod tests {
         let routes = "routes:\n\
             - { name: ratings-to-reviews, service: ratings, rules: [ { destinations: [ { service: reviews } ] } ] }\n\
             - { name: reviews-canary, service: reviews, rules: [ { destinations: [ { service: reviews } ] } ] }\n";
-        store.apply(&registry, request(routes, false)).await.unwrap();
+        store
+            .apply(&registry, request(routes, false))
+            .await
+            .unwrap();
         let snap = registry.snapshot();
         let directing: Vec<&str> = snap.routes_of("reviews.default").map(|(k, _)| k).collect();
         assert_eq!(directing, ["default/reviews-canary"]);
@@ -400,14 +403,20 @@ mod tests {
         let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
             metadata: { name: default, namespace: prod }\n\
             spec:\n  egress: [ { hosts: [\"./*\"] } ]\n";
-        store.apply(&registry, request(sidecar, false)).await.unwrap();
+        store
+            .apply(&registry, request(sidecar, false))
+            .await
+            .unwrap();
         {
             let now = scopes.borrow();
             assert_eq!(now.generation, 1);
             assert_eq!(now.scopes[0].egress[0].namespace, "prod");
         }
         // The same again changes nothing; a restart reads them back.
-        store.apply(&registry, request(sidecar, false)).await.unwrap();
+        store
+            .apply(&registry, request(sidecar, false))
+            .await
+            .unwrap();
         assert_eq!(scopes.borrow().generation, 1);
         let reopened = IstioStore::open(dir.path()).unwrap();
         assert_eq!(reopened.scopes().borrow().scopes, scopes.borrow().scopes);

@@ -77,7 +77,9 @@ pub(crate) fn sidecar(object: &Object, out: &mut Output) -> Result<(), IstioErro
             ),
             Some(other) => report.unsupported(
                 &pp.f("mode"),
-                format!("{other:?}: Sane proxies send only to services in their view (REGISTRY_ONLY)"),
+                format!(
+                    "{other:?}: Sane proxies send only to services in their view (REGISTRY_ONLY)"
+                ),
             ),
         }
         if present(&policy.egress_proxy) {
@@ -105,7 +107,10 @@ pub(crate) fn sidecar(object: &Object, out: &mut Output) -> Result<(), IstioErro
             );
         }
         if l.bind.is_some() {
-            report.unsupported(&lp.f("bind"), "the outbound listener's address is the bootstrap's");
+            report.unsupported(
+                &lp.f("bind"),
+                "the outbound listener's address is the bootstrap's",
+            );
         }
         if l.capture_mode.is_some() {
             report.unsupported(
@@ -120,7 +125,10 @@ pub(crate) fn sidecar(object: &Object, out: &mut Output) -> Result<(), IstioErro
     if s.egress.is_empty() {
         // Istio falls back to the mesh's default Sidecar; here nothing
         // limits the view.
-        report.note(&root.f("egress"), "none: the proxies' views are not limited");
+        report.note(
+            &root.f("egress"),
+            "none: the proxies' views are not limited",
+        );
         return Ok(());
     }
     out.scope = Some(SidecarScope {

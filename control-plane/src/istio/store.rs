@@ -231,8 +231,9 @@ fn scopes_of(objects: &Objects) -> Vec<SidecarScope> {
         .iter()
         .filter(|(k, _)| k.kind == ObjectKind::Sidecar)
         .filter_map(|(k, o)| {
-            let converted = object_from_json(1, o.object.clone())
-                .and_then(|object| super::convert(&[super::Document::Object(object)], &Default::default()));
+            let converted = object_from_json(1, o.object.clone()).and_then(|object| {
+                super::convert(&[super::Document::Object(object)], &Default::default())
+            });
             match converted {
                 Ok(c) => Some(c.scopes),
                 Err(e) => {

@@ -6,7 +6,10 @@ use super::*;
 #[test]
 fn sidecars_become_scopes_of_their_egress_hosts() {
     let c = convert_all(
-        &[fixture!("sidecar-default.yaml"), fixture!("sidecar-productpage.yaml")],
+        &[
+            fixture!("sidecar-default.yaml"),
+            fixture!("sidecar-productpage.yaml"),
+        ],
         &bookinfo(),
     )
     .unwrap();
@@ -19,7 +22,13 @@ fn sidecars_become_scopes_of_their_egress_hosts() {
                 .iter()
                 .map(|e| format!("{}/{}", e.namespace, e.host))
                 .collect();
-            format!("{}/{} {:?} {}", s.namespace, s.name, s.selector, hosts.join(","))
+            format!(
+                "{}/{} {:?} {}",
+                s.namespace,
+                s.name,
+                s.selector,
+                hosts.join(",")
+            )
         })
         .collect();
     assert_eq!(
@@ -36,13 +45,25 @@ fn sidecars_become_scopes_of_their_egress_hosts() {
     let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\n\
                 spec:\n  egress: [ { port: {number: 80}, hosts: [\"*/*\"] } ]\n  \
                 outboundTrafficPolicy: {mode: ALLOW_ANY}\n";
-    let u = convert_all(&[text], &bookinfo()).unwrap().unsupported().join("\n");
-    assert!(u.contains("Sidecar default/s: spec.egress[0].port: not supported"), "{u}");
-    assert!(u.contains("spec.outboundTrafficPolicy.mode: not supported: \"ALLOW_ANY\""), "{u}");
+    let u = convert_all(&[text], &bookinfo())
+        .unwrap()
+        .unsupported()
+        .join("\n");
+    assert!(
+        u.contains("Sidecar default/s: spec.egress[0].port: not supported"),
+        "{u}"
+    );
+    assert!(
+        u.contains("spec.outboundTrafficPolicy.mode: not supported: \"ALLOW_ANY\""),
+        "{u}"
+    );
     let bad = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\n\
                spec:\n  egress: [ { hosts: [\"reviews\"] } ]\n";
     let err = convert_all(&[bad], &bookinfo()).unwrap_err().to_string();
-    assert!(err.contains("spec.egress[0].hosts[0]: \"reviews\" is not namespace/host"), "{err}");
+    assert!(
+        err.contains("spec.egress[0].hosts[0]: \"reviews\" is not namespace/host"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -59,13 +80,25 @@ fn istio_gateways_serve_the_hosts_of_bound_virtual_services() {
         .iter()
         .map(|l| (l.name.as_str(), l.address.as_str(), l.tls))
         .collect();
-    assert_eq!(listeners, [("https", "0.0.0.0:443", true), ("http", "0.0.0.0:80", false)]);
+    assert_eq!(
+        listeners,
+        [
+            ("https", "0.0.0.0:443", true),
+            ("http", "0.0.0.0:80", false)
+        ]
+    );
     let host = &g.gateway.hosts[0];
     assert_eq!(host.hostname, "httpbin.example.com");
     assert!(host.https_redirect);
     let tls = host.tls.as_ref().unwrap();
-    assert_eq!(tls.cert_file, "/etc/sane/credentials/default/httpbin-credential/tls.crt");
-    assert_eq!(tls.key_file, "/etc/sane/credentials/default/httpbin-credential/tls.key");
+    assert_eq!(
+        tls.cert_file,
+        "/etc/sane/credentials/default/httpbin-credential/tls.crt"
+    );
+    assert_eq!(
+        tls.key_file,
+        "/etc/sane/credentials/default/httpbin-credential/tls.key"
+    );
     assert_eq!(host.routes[0].service, "httpbin-vs-gw.default");
     assert_eq!(host.routes[0].matches.len(), 2);
     // The route the gateway's requests take: the VirtualService's rules.
@@ -75,7 +108,10 @@ fn istio_gateways_serve_the_hosts_of_bound_virtual_services() {
     let mut moved = g.clone();
     moved.use_credentials_dir("/run/secrets");
     let tls = moved.gateway.hosts[0].tls.as_ref().unwrap();
-    assert_eq!(tls.cert_file, "/run/secrets/default/httpbin-credential/tls.crt");
+    assert_eq!(
+        tls.cert_file,
+        "/run/secrets/default/httpbin-credential/tls.crt"
+    );
     moved.gateway.validate().unwrap();
 
     // Files instead of a Secret; a host no server accepts; PASSTHROUGH.
@@ -104,7 +140,10 @@ spec:
 "#;
     let c = convert_all(&[text], &bookinfo()).unwrap();
     let u = c.unsupported().join("\n");
-    assert!(u.contains("spec.servers[1].tls.mode: not supported: \"PASSTHROUGH\""), "{u}");
+    assert!(
+        u.contains("spec.servers[1].tls.mode: not supported: \"PASSTHROUGH\""),
+        "{u}"
+    );
     assert!(
         u.contains("VirtualService default/bookinfo: spec.gateways[0]: not supported: host \"other.example.com\""),
         "{u}"
@@ -133,9 +172,18 @@ fn gateway_api_https_listeners_read_certificate_refs() {
         host.tls.as_ref().unwrap().cert_file,
         "/etc/sane/credentials/istio-system/httpbin-credential/tls.crt"
     );
-    assert_eq!(g.credentials["httpbin.example.com"], "istio-system/httpbin-credential");
+    assert_eq!(
+        g.credentials["httpbin.example.com"],
+        "istio-system/httpbin-credential"
+    );
     let passthrough = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g}\n\
         spec:\n  listeners: [ { name: tls, port: 443, protocol: HTTPS, tls: { mode: Passthrough } } ]\n";
-    let u = convert_all(&[passthrough], &ctx).unwrap().unsupported().join("\n");
-    assert!(u.contains("spec.listeners[0].tls.mode: not supported: \"Passthrough\""), "{u}");
+    let u = convert_all(&[passthrough], &ctx)
+        .unwrap()
+        .unsupported()
+        .join("\n");
+    assert!(
+        u.contains("spec.listeners[0].tls.mode: not supported: \"Passthrough\""),
+        "{u}"
+    );
 }

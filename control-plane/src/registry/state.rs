@@ -170,7 +170,10 @@ impl State {
     /// The routes whose `service` is the service named `service`
     /// (qualified, `name.namespace`), looked up in the index: what directs
     /// that service, without scanning every route.
-    pub fn routes_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+    pub fn routes_of<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
         self.index
             .referrers(service)
             .filter(|(kind, _)| *kind == Kind::Route)

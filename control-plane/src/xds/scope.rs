@@ -139,7 +139,12 @@ mod tests {
         }
     }
 
-    fn scope(ns: &str, name: &str, selector: Option<&[(&str, &str)]>, egress: &[&str]) -> SidecarScope {
+    fn scope(
+        ns: &str,
+        name: &str,
+        selector: Option<&[(&str, &str)]>,
+        egress: &[&str],
+    ) -> SidecarScope {
         SidecarScope {
             namespace: ns.into(),
             name: name.into(),
@@ -183,7 +188,12 @@ mod tests {
         let scopes = Scopes::default().next(vec![
             scope(ROOT_NAMESPACE, "default", None, &["*/*"]),
             scope("prod", "default", None, &["prod/*"]),
-            scope("prod", "ratings", Some(&[("app", "ratings")][..]), &["backend/*"]),
+            scope(
+                "prod",
+                "ratings",
+                Some(&[("app", "ratings")][..]),
+                &["backend/*"],
+            ),
         ]);
         assert_eq!(scopes.generation, 1);
         let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
@@ -194,10 +204,7 @@ mod tests {
         };
         assert_eq!(pick("prod", "ratings").as_deref(), Some("prod/ratings"));
         assert_eq!(pick("prod", "reviews").as_deref(), Some("prod/default"));
-        assert_eq!(
-            pick("other", "x").as_deref(),
-            Some("istio-system/default")
-        );
+        assert_eq!(pick("other", "x").as_deref(), Some("istio-system/default"));
         // The labels of a served endpoint select too.
         let served = Endpoint {
             labels: labels("ratings"),
@@ -207,7 +214,9 @@ mod tests {
         assert_eq!(s.map(|s| s.name.as_str()), Some("ratings"));
         // The same set keeps its generation.
         assert_eq!(scopes.next(scopes.scopes.clone()).generation, 1);
-        assert!(Scopes::default().for_proxy("prod", &labels("x"), &[]).is_none());
+        assert!(Scopes::default()
+            .for_proxy("prod", &labels("x"), &[])
+            .is_none());
     }
 
     fn names(view: &crate::xds::view::ProxyView, t: sane_xds_proto::TypeUrl) -> Vec<&str> {
@@ -249,7 +258,10 @@ mod tests {
         web.labels = [("app".to_string(), "web".to_string())].into();
         let view = ProxyView::compute(&snap, &web);
         assert_eq!(names(&view, TypeUrl::Service), ["billing/pay"]);
-        assert_eq!(names(&view, TypeUrl::Endpoint), ["billing/pay/10.0.0.4:8080"]);
+        assert_eq!(
+            names(&view, TypeUrl::Endpoint),
+            ["billing/pay/10.0.0.4:8080"]
+        );
         // The cache tells the two apart, and a new set of scopes apart
         // from the old one at the same revision.
         let cache = ViewCache::default();
@@ -262,5 +274,4 @@ mod tests {
         assert!(unscoped.is_newer_than(view.revision, view.scopes_generation));
         assert_eq!(cache.view(&unscoped, &web).services.len(), 4);
     }
-
 }

@@ -306,7 +306,10 @@ fn labels(
         Some(_) => return Err(bad("labels", "must be a map of strings".into())),
     };
     if fields.len() > MAX_LABELS {
-        let msg = format!("{} entries; at most {MAX_LABELS} are accepted", fields.len());
+        let msg = format!(
+            "{} entries; at most {MAX_LABELS} are accepted",
+            fields.len()
+        );
         return Err(bad("labels", msg));
     }
     let mut out = BTreeMap::new();
@@ -545,7 +548,8 @@ impl ViewCache {
             services: spec.services.clone(),
             all_services: spec.all_services,
             served: served.iter().map(|(n, _)| (*n).clone()).collect(),
-            scope: scope_of(snapshot, spec, &endpoints).map(|s| format!("{}/{}", s.namespace, s.name)),
+            scope: scope_of(snapshot, spec, &endpoints)
+                .map(|s| format!("{}/{}", s.namespace, s.name)),
         };
         let tag = (snapshot.revision, snapshot.scopes.generation);
         {
