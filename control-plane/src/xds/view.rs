@@ -96,8 +96,12 @@ pub struct ProxyView {
 /// revision and scope generation only.
 #[derive(Debug, Default)]
 pub struct ViewCache {
-    latest: Mutex<((u64, u64), HashMap<ViewKey, Arc<ProxyView>>)>,
+    latest: Mutex<(ViewTag, HashMap<ViewKey, Arc<ProxyView>>)>,
 }
+
+/// What a set of cached views was computed from: the snapshot's registry
+/// revision and scope generation.
+type ViewTag = (u64, u64);
 
 /// What a view depends on besides the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
