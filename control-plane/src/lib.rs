@@ -427,6 +427,8 @@ pub async fn build(
         istio_watched,
         cluster,
     };
+    // The stored Sidecars scope the first streams too.
+    ads.publish_scopes(api_state.istio.scopes().borrow().clone());
     tracing::info!(
         revision = registry.revision(),
         resources = registry.snapshot().len(),
@@ -567,6 +569,12 @@ impl Bound {
             });
         }
         tasks.spawn(self.ads.clone().run_publisher(self.config.debounce));
+        // Istio `Sidecar`s limit what proxies are sent.
+        tasks.spawn(
+            self.ads
+                .clone()
+                .run_scope_publisher(self.api_state.istio.scopes()),
+        );
         tasks.spawn(self.registry.clone().run_lease_sweeper(stop.clone()));
         if let Some(etcd) = self.registry.etcd() {
             // This replica's proxies, for `GET /api/v1/proxies` on the others.

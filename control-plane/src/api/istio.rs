@@ -10,7 +10,8 @@
 //!   registry refuses; 409: two objects (or a Sane route and an object)
 //!   directing one service, or a resource another source owns.
 //! * `GET /api/v1/istio`: every stored object with what it produced and its
-//!   findings; `GET /api/v1/istio/{resource}/{namespace}/{name}` one, with
+//!   findings; `GET /api/v1/istio/{resource}` those of one kind;
+//!   `GET /api/v1/istio/{resource}/{namespace}/{name}` one, with
 //!   the object itself (`resource` as Kubernetes names it:
 //!   `virtualservices`, `gateways.gateway.networking.k8s.io`, ...).
 //! * `DELETE /api/v1/istio/{resource}/{namespace}/{name}`: removes the
@@ -40,10 +41,13 @@ use std::collections::HashMap;
 
 /// `/istio`, `/istio/{resource}/{namespace}/{name}`.
 pub(super) fn routes() -> Router<ApiState> {
-    Router::new().route("/istio", post(apply).get(list)).route(
-        "/istio/{resource}/{namespace}/{name}",
-        get(get_one).delete(delete),
-    )
+    Router::new()
+        .route("/istio", post(apply).get(list))
+        .route("/istio/{resource}", get(list_kind))
+        .route(
+            "/istio/{resource}/{namespace}/{name}",
+            get(get_one).delete(delete),
+        )
 }
 
 async fn apply(
@@ -94,6 +98,29 @@ async fn list(State(state): State<ApiState>) -> Response {
     Json(json!({ "items": items })).into_response()
 }
 
+async fn list_kind(
+    State(state): State<ApiState>,
+    Path(resource): Path<String>,
+) -> Result<Response, ApiError> {
+    let kind = object_kind(&resource)?;
+    let mut items: Vec<_> = state
+        .istio
+        .objects()
+        .iter()
+        .filter(|(k, _)| k.kind == kind)
+        .map(|(k, o)| o.to_json(k, false))
+        .collect();
+    items.extend(
+        state
+            .istio_watched
+            .get()
+            .to_json(false)
+            .into_iter()
+            .filter(|v| v["resource"] == kind.plural()),
+    );
+    Ok(Json(json!({ "items": items })).into_response())
+}
+
 async fn get_one(
     State(state): State<ApiState>,
     Path((resource, namespace, name)): Path<(String, String, String)>,
@@ -140,8 +167,8 @@ fn refuse_in_cluster(state: &ApiState) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn object_key(resource: &str, namespace: String, name: String) -> Result<ObjectKey, ApiError> {
-    let kind = ObjectKind::from_resource_name(resource).ok_or_else(|| {
+fn object_kind(resource: &str) -> Result<ObjectKind, ApiError> {
+    ObjectKind::from_resource_name(resource).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -149,7 +176,11 @@ fn object_key(resource: &str, namespace: String, name: String) -> Result<ObjectK
                 ObjectKind::ALL.map(ObjectKind::plural).join(", ")
             ),
         )
-    })?;
+    })
+}
+
+fn object_key(resource: &str, namespace: String, name: String) -> Result<ObjectKey, ApiError> {
+    let kind = object_kind(resource)?;
     Ok(ObjectKey {
         kind,
         namespace,
@@ -232,13 +263,10 @@ pub(super) fn check_resource_write(
         return Ok(());
     };
     let service = qualify(&route.service, namespace_or_default(&route.namespace));
-    for (other_key, e) in snap.list(Kind::Route) {
-        let Resource::Route(other) = &e.resource else {
-            continue;
-        };
-        if e.origin == crate::registry::Origin::Istio
-            && qualify(&other.service, namespace_or_default(&other.namespace)) == service
-        {
+    // The routes directing this service, from the registry's index: a PUT
+    // costs the routes of its service, not every route.
+    for (other_key, e) in snap.routes_of(&service) {
+        if e.origin == crate::registry::Origin::Istio {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!(

@@ -264,6 +264,16 @@ pub fn document() -> Value {
         }}),
     );
     paths.insert(
+        "/api/v1/istio/{resource}".into(),
+        json!({ "get": {
+            "summary": "The stored objects of one kind (`virtualservices`, `sidecars`, `gateways.networking.istio.io`, ...)",
+            "parameters": [path_param("resource")],
+            "responses": { "200": ok(json!({ "type": "object", "properties": {
+                "items": { "type": "array", "items": istio_item.clone() }
+            }})), "404": error("Not a stored kind.") }
+        }}),
+    );
+    paths.insert(
         "/api/v1/istio/{resource}/{namespace}/{name}".into(),
         json!({ "get": {
             "summary": "One stored object, as written, with what it produced",

@@ -107,10 +107,16 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
         /// Print instead the `gateway` section of `sane-proxy gateway`'s
-        /// bootstrap that this Gateway API Gateway (`ns/name`) and the
-        /// HTTPRoutes attached to it stand for.
+        /// bootstrap that this Gateway (`ns/name`; Istio's or the Gateway
+        /// API's) and the VirtualServices or HTTPRoutes bound to it stand
+        /// for.
         #[arg(long, value_name = "NS/NAME")]
         gateway: Option<String>,
+        /// With `--gateway`: where the Secrets its servers and listeners
+        /// name (`credentialName`, `certificateRefs`) are, as
+        /// `<DIR>/<namespace>/<name>/tls.crt`, `tls.key` (and `ca.crt`).
+        #[arg(long, value_name = "DIR", default_value = sane_control_plane::istio::ingress::DEFAULT_CREDENTIALS_DIR)]
+        credentials_dir: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t = Format::Yaml)]
         output: Format,
@@ -401,6 +407,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
             tls_for,
             namespace,
             gateway,
+            credentials_dir,
             output,
         } => {
             let mut input = sane_control_plane::istio::cli::Input::default();
@@ -430,6 +437,8 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                 else {
                     bail!("no Gateway {key} among the objects");
                 };
+                let mut g = g.clone();
+                g.use_credentials_dir(&credentials_dir);
                 eprint!("{}", sane_control_plane::istio::cli::report(&converted));
                 print(&serde_json::json!({ "gateway": g.gateway }), output)?;
                 return Ok(0);
@@ -711,7 +720,7 @@ fn istio_path(kind: &str, key: Option<&str>) -> anyhow::Result<Option<String>> {
         return Ok(None);
     };
     match key {
-        None => Ok(Some("/api/v1/istio".into())),
+        None => Ok(Some(format!("/api/v1/istio/{}", k.plural()))),
         Some(key) => Ok(Some(format!(
             "/api/v1/istio/{}/{}",
             k.plural(),

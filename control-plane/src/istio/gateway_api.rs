@@ -731,6 +731,7 @@ fn ingress(
                 .clone()
                 .unwrap_or_else(|| object.namespace.clone()),
             gateway: parent.name.clone(),
+            istio: false,
             section: parent.section_name.clone(),
             hostnames: hostnames.to_vec(),
             route: GatewayRoute {

@@ -16,9 +16,10 @@
 //! `sanectl apply` and tests run the same code. Each kind family has its own
 //! module: [`virtual_service`], [`destination_rule`] (with
 //! `ServiceEntry`), [`security`] (`AuthorizationPolicy`,
-//! `PeerAuthentication`), [`gateway_api`] (`HTTPRoute`, `GRPCRoute`), and
-//! [`ingress`] (the two `Gateway` kinds and `Sidecar`, accepted and
-//! reported). [`object`] reads the envelope (apiVersion, kind, metadata) and
+//! `PeerAuthentication`), [`gateway_api`] (`HTTPRoute`, `GRPCRoute`),
+//! [`ingress`] (the two `Gateway` kinds: `sane-proxy gateway`
+//! configurations) and [`sidecar`] (`Sidecar`: the scope of what proxies
+//! are sent). [`object`] reads the envelope (apiVersion, kind, metadata) and
 //! [`common`] holds what they share (durations, host names, the report).
 //!
 //! Errors stop the whole conversion, so nothing is stored: an unknown kind,
@@ -36,6 +37,7 @@ pub mod ingress;
 pub mod object;
 pub mod security;
 pub mod server;
+pub mod sidecar;
 pub mod store;
 pub mod virtual_service;
 pub mod watched;
@@ -46,6 +48,7 @@ pub use object::{Document, ObjectRef};
 pub use security::{PeerAuthn, TlsSettings};
 
 use crate::resource::{Kind, Resource};
+use crate::xds::scope::SidecarScope;
 use sane_xds_proto::{Endpoint, MeshResources, Route, Service};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -79,6 +82,10 @@ pub struct Conversion {
     /// for, with the hosts of the HTTPRoutes attached to them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gateways: Vec<ingress::ConvertedGateway>,
+    /// The scopes Sidecars give the proxies they select (applied by the
+    /// control plane's xDS views).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<SidecarScope>,
 }
 
 /// One converted object.
@@ -106,6 +113,8 @@ pub(crate) struct Output {
     pub(crate) gateway: Option<ingress::ConvertedGateway>,
     /// An HTTPRoute's hosts on Gateways.
     pub(crate) gateway_routes: Vec<ingress::GatewayAttach>,
+    /// A Sidecar's scope.
+    pub(crate) scope: Option<SidecarScope>,
 }
 
 // === impl Conversion ===
@@ -165,7 +174,7 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
                 out.peer_authentications
                     .push(security::peer_authentication(object, &mut output)?);
             }
-            K::Sidecar => ingress::sidecar(object, &mut output)?,
+            K::Sidecar => sidecar::sidecar(object, &mut output)?,
             K::IstioGateway => ingress::istio_gateway(object, &mut output)?,
             K::KubeGateway => ingress::kube_gateway(object, &mut output)?,
         }
@@ -191,6 +200,10 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
         if let Some(g) = output.gateway {
             produced.push(format!("gateway {}/{}", g.object.namespace, g.object.name));
             out.gateways.push(g);
+        }
+        if let Some(scope) = output.scope {
+            produced.push(format!("scope {}/{}", scope.namespace, scope.name));
+            out.scopes.push(scope);
         }
         let index = reports.len();
         attaches.extend(output.gateway_routes.into_iter().map(|a| (index, a)));

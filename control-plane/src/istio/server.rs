@@ -16,6 +16,7 @@ use super::store::{ObjectKey, Objects, StoredObject};
 use super::{convert, Context, Converted, IstioError};
 use crate::registry::{Change, Op, Origin, State};
 use crate::resource::{Kind, Resource};
+use crate::xds::scope::SidecarScope;
 use sane_xds_proto::MeshResources;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,6 +43,8 @@ pub struct Plan {
     pub objects: Objects,
     /// The conversion of each object of the request.
     pub converted: Vec<Converted>,
+    /// The Sidecar scopes of every object afterwards.
+    pub scopes: Vec<SidecarScope>,
 }
 
 /// Plans a write of `request` against the `stored` objects and the
@@ -124,6 +127,7 @@ pub fn plan(stored: &Objects, state: &State, request: Request) -> Result<Plan, S
         }
     }
 
+    let scopes = conversion.scopes;
     let produced: Vec<Resource> = Resource::from_mesh(conversion.resources)
         .into_iter()
         .map(|(_, r)| r)
@@ -188,6 +192,7 @@ pub fn plan(stored: &Objects, state: &State, request: Request) -> Result<Plan, S
         changes,
         objects,
         converted,
+        scopes,
     })
 }
 
@@ -368,6 +373,64 @@ mod tests {
             err.contains("VirtualService default/nope is not stored"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_routes_directing_a_service_come_from_the_index() {
+        let (registry, store) = setup().await;
+        // A route of ratings that sends to reviews refers to reviews but
+        // does not direct it.
+        let routes = "routes:\n\
+            - { name: ratings-to-reviews, service: ratings, rules: [ { destinations: [ { service: reviews } ] } ] }\n\
+            - { name: reviews-canary, service: reviews, rules: [ { destinations: [ { service: reviews } ] } ] }\n";
+        store
+            .apply(&registry, request(routes, false))
+            .await
+            .unwrap();
+        let snap = registry.snapshot();
+        let directing: Vec<&str> = snap.routes_of("reviews.default").map(|(k, _)| k).collect();
+        assert_eq!(directing, ["default/reviews-canary"]);
+        assert!(snap.routes_of("details.default").next().is_none());
+    }
+
+    #[tokio::test]
+    async fn stored_sidecars_publish_their_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::in_memory());
+        let store = IstioStore::open(dir.path()).unwrap();
+        let scopes = store.scopes();
+        assert_eq!(scopes.borrow().generation, 0);
+        let sidecar = "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+            metadata: { name: default, namespace: prod }\n\
+            spec:\n  egress: [ { hosts: [\"./*\"] } ]\n";
+        store
+            .apply(&registry, request(sidecar, false))
+            .await
+            .unwrap();
+        {
+            let now = scopes.borrow();
+            assert_eq!(now.generation, 1);
+            assert_eq!(now.scopes[0].egress[0].namespace, "prod");
+        }
+        // The same again changes nothing; a restart reads them back.
+        store
+            .apply(&registry, request(sidecar, false))
+            .await
+            .unwrap();
+        assert_eq!(scopes.borrow().generation, 1);
+        let reopened = IstioStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.scopes().borrow().scopes, scopes.borrow().scopes);
+        let remove = Request {
+            remove: vec![ObjectKey {
+                kind: super::super::object::ObjectKind::Sidecar,
+                namespace: "prod".into(),
+                name: "default".into(),
+            }],
+            ..Default::default()
+        };
+        store.apply(&registry, remove).await.unwrap();
+        assert!(scopes.borrow().scopes.is_empty());
+        assert_eq!(scopes.borrow().generation, 2);
     }
 
     #[tokio::test]

@@ -12,13 +12,15 @@
 //! save fail, the next write removes what no stored object produces.
 //!
 //! Writes are serialized (one at a time); reads take the current set
-//! without waiting.
+//! without waiting. The scopes Sidecars give proxies are published on a
+//! watch channel ([`IstioStore::scopes`]) the xDS server follows.
 
 use super::error::StoreError;
 use super::object::{object_from_json, ObjectKind};
 use super::server::{plan, Plan, Request};
 use super::{Converted, Note, Unsupported};
 use crate::registry::{Applied, Registry};
+use crate::xds::scope::{Scopes, SidecarScope};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -42,6 +44,8 @@ pub struct IstioStore {
     current: Mutex<Arc<Objects>>,
     /// Held through a whole write: plan, registry write, save.
     writer: tokio::sync::Mutex<()>,
+    /// The Sidecar scopes of the stored objects.
+    scopes: tokio::sync::watch::Sender<Arc<Scopes>>,
 }
 
 /// How an object is addressed: kind, namespace, name.
@@ -149,11 +153,18 @@ impl IstioStore {
     }
 
     fn with(path: Option<PathBuf>, objects: Objects) -> IstioStore {
+        let scopes = Scopes::default().next(scopes_of(&objects));
         IstioStore {
             path,
             current: Mutex::new(Arc::new(objects)),
             writer: tokio::sync::Mutex::new(()),
+            scopes: tokio::sync::watch::Sender::new(Arc::new(scopes)),
         }
+    }
+
+    /// The Sidecar scopes now, and each new set as writes change them.
+    pub fn scopes(&self) -> tokio::sync::watch::Receiver<Arc<Scopes>> {
+        self.scopes.subscribe()
     }
 
     /// The stored objects now.
@@ -188,6 +199,7 @@ impl IstioStore {
             changes,
             objects,
             converted,
+            scopes,
         } = plan(&stored, &state, request)?;
         let registry = registry.clone();
         let applied = tokio::task::spawn_blocking(move || registry.apply_all(changes))
@@ -200,8 +212,38 @@ impl IstioStore {
                 .map_err(|e| StoreError::Task(e.to_string()))??;
         }
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(objects);
+        self.scopes.send_if_modified(|current| {
+            let next = current.next(scopes);
+            let changed = next.generation != current.generation;
+            if changed {
+                *current = Arc::new(next);
+            }
+            changed
+        });
         Ok(Written { applied, converted })
     }
+}
+
+/// The scopes of the stored Sidecars (each was converted when it was
+/// stored; one that no longer converts is logged and left out).
+fn scopes_of(objects: &Objects) -> Vec<SidecarScope> {
+    objects
+        .iter()
+        .filter(|(k, _)| k.kind == ObjectKind::Sidecar)
+        .filter_map(|(k, o)| {
+            let converted = object_from_json(1, o.object.clone()).and_then(|object| {
+                super::convert(&[super::Document::Object(object)], &Default::default())
+            });
+            match converted {
+                Ok(c) => Some(c.scopes),
+                Err(e) => {
+                    tracing::warn!(object = %k, error = %e, "stored Sidecar left out");
+                    None
+                }
+            }
+        })
+        .flatten()
+        .collect()
 }
 
 fn load(path: &Path, bytes: &[u8]) -> Result<Objects, StoreError> {

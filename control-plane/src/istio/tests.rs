@@ -788,30 +788,5 @@ spec:
     c.resources.validate().unwrap();
 }
 
-#[test]
-fn sidecar_and_gateways_are_read_and_reported() {
-    let text = r#"
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: { name: default }
-spec:
-  egress: [ { hosts: ["./*", "istio-system/*"] } ]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: { name: bookinfo-gateway }
-spec:
-  selector: { istio: ingressgateway }
-  servers: [ { port: { number: 8080, name: http, protocol: HTTP }, hosts: ["*"] } ]
-"#;
-    let c = convert_all(&[text], &bookinfo()).unwrap();
-    let u = c.unsupported().join("\n");
-    assert!(
-        u.contains("Sidecar default/default: spec.egress: not supported"),
-        "{u}"
-    );
-    assert!(
-        u.contains("Gateway default/bookinfo-gateway: spec.servers: not supported"),
-        "{u}"
-    );
-}
+#[path = "tests_ingress.rs"]
+mod ingress;

@@ -14,6 +14,14 @@
 //! Sane cannot answer (`directResponse`, `delegate`), is left out.
 //! `redirect` answers with a redirect; `rewrite.uri` replaces the matched
 //! `uri.prefix` (the whole path after an `exact` match), as Envoy does.
+//!
+//! Bound to Istio `Gateway`s (`gateways: [name]` or `[namespace/name]`), a
+//! VirtualService is the ingress route of its `hosts` there, as an
+//! HTTPRoute on a Gateway is ([`super::gateway_api`]): its rules go on a
+//! service of its own, `<name>-vs-gw` (port 80, no endpoints), and each
+//! host the Gateway's servers accept gets a gateway route to it
+//! ([`super::ingress::bound_virtual_service`]). `mesh` in the list (or no list) also directs the
+//! hosts' mesh services, as without gateways.
 
 use super::common::{
     duration_ms, percent, present, regex_escape, relative, resolve_host, sane_name, Percent, P,
@@ -210,23 +218,19 @@ pub(crate) fn virtual_service(
 ) -> Result<(), IstioError> {
     let spec: Spec = object.spec()?;
     let root = P::spec();
+    let mesh = spec.gateways.is_empty() || spec.gateways.iter().any(|g| g == "mesh");
+    // `name` is a Gateway of the VirtualService's namespace.
+    let gateways: Vec<(usize, String, String)> = spec
+        .gateways
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| *g != "mesh")
+        .map(|(i, g)| match g.split_once('/') {
+            Some((ns, name)) => (i, ns.to_string(), name.to_string()),
+            None => (i, object.namespace.clone(), g.clone()),
+        })
+        .collect();
     let report = &mut out.report;
-    if !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == "mesh") {
-        report.unsupported(
-            &root.f("gateways"),
-            "routes bound only to ingress gateways are not converted (bind them to `mesh`, or use \
-             an HTTPRoute whose parentRef is the Gateway)",
-        );
-        return Ok(());
-    }
-    for (i, g) in spec.gateways.iter().enumerate() {
-        if g != "mesh" {
-            report.unsupported(
-                &root.i("gateways", i),
-                "only the `mesh` binding is converted; ingress gateway routes are not",
-            );
-        }
-    }
     export_to(&spec.export_to, &root, report);
     report.if_set(&root, "tls", &spec.tls, "Sane does not route TLS by SNI");
     let mut rules = Vec::new();
@@ -236,7 +240,11 @@ pub(crate) fn virtual_service(
         }
     }
     for (i, tcp) in spec.tcp.iter().enumerate() {
-        tcp_route(object, ctx, &spec.hosts, tcp, &root.i("tcp", i), report)?;
+        if mesh {
+            tcp_route(object, ctx, &spec.hosts, tcp, &root.i("tcp", i), report)?;
+        } else {
+            report.unsupported(&root.i("tcp", i), "the gateway serves HTTP and HTTPS");
+        }
     }
     if spec.hosts.is_empty() {
         return Err(IstioError::Malformed {
@@ -245,6 +253,12 @@ pub(crate) fn virtual_service(
         });
     }
     if rules.is_empty() {
+        return Ok(());
+    }
+    if !gateways.is_empty() {
+        super::ingress::bound_virtual_service(object, &gateways, &spec.hosts, &rules, out);
+    }
+    if !mesh {
         return Ok(());
     }
     let several = spec.hosts.len() > 1;

@@ -13,7 +13,8 @@ use crate::error::{Error, Rejected, RejectedField};
 use crate::resource::{Kind, Resource};
 use crate::store::{LogOp, LogRecord, Stored, StoredResource, StoredState, FORMAT_VERSION};
 use imbl::OrdMap;
-use sane_xds_proto::{FieldError, MeshResources};
+use sane_xds_proto::resources::qualify;
+use sane_xds_proto::{namespace_or_default, FieldError, MeshResources};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -164,6 +165,25 @@ impl State {
         Kind::ALL
             .into_iter()
             .flat_map(move |kind| self.list(kind).map(move |(key, e)| (kind, key, e)))
+    }
+
+    /// The routes whose `service` is the service named `service`
+    /// (qualified, `name.namespace`), looked up in the index: what directs
+    /// that service, without scanning every route.
+    pub fn routes_of<'a>(
+        &'a self,
+        service: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Entry)> + 'a {
+        self.index
+            .referrers(service)
+            .filter(|(kind, _)| *kind == Kind::Route)
+            .filter_map(move |(_, key)| Some((key.as_str(), self.get(Kind::Route, key)?)))
+            .filter(move |(_, e)| match &e.resource {
+                Resource::Route(r) => {
+                    qualify(&r.service, namespace_or_default(&r.namespace)) == service
+                }
+                _ => false,
+            })
     }
 
     /// Number of stored resources.

@@ -23,6 +23,13 @@ pub const MAX_LISTED_SERVICES: usize = 256;
 /// Most entries in `node.metadata.inbound`.
 pub const MAX_INBOUND_ADDRESSES: usize = 16;
 
+/// Most entries in `node.metadata.labels`.
+pub const MAX_LABELS: usize = 64;
+
+/// Longest key or value of `node.metadata.labels` (bytes: a Kubernetes
+/// label key with its prefix is at most 253 + 1 + 63).
+pub const MAX_LABEL_BYTES: usize = 317;
+
 /// Longest `node.user_agent_name` plus version kept (characters; the rest
 /// is cut): it is only shown.
 pub const MAX_USER_AGENT_CHARS: usize = 128;

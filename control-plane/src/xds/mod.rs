@@ -62,6 +62,9 @@
 //! * `node.metadata.token` (string): the workload token, read only when the
 //!   stream has no `authorization` header (gRPC's xDS client cannot send
 //!   one); see [`node_token`].
+//! * `node.metadata.labels` (map of strings, default none): the workload's
+//!   labels, which a Sidecar's `workloadSelector` matches (so do the labels
+//!   of the endpoints the proxy serves).
 //! * `node.user_agent_name` and version: shown in the status table.
 //!
 //! Every field is bounded ([`client_input`]); so is the whole request
@@ -85,7 +88,9 @@
 //! view. Authorization policies: those of its namespace that target an
 //! endpoint the proxy serves (one pointing at its `inbound` addresses, with
 //! no identity or the token's), and it enforces all it gets; telemetry: its
-//! namespace's. See [`view`]. An empty `resource_names` (or `*`) subscribes
+//! namespace's. A Sidecar scope (Istio's `Sidecar`, see [`scope`]) keeps
+//! of those services only the ones its egress hosts admit. See [`view`]. An
+//! empty `resource_names` (or `*`) subscribes
 //! to the whole view; explicit names narrow it.
 //!
 //! ## Protocol
@@ -113,6 +118,7 @@ pub mod delta;
 pub mod envoy;
 pub mod node_token;
 pub mod protocol;
+pub mod scope;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;

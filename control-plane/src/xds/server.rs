@@ -22,6 +22,7 @@ use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
 use super::node_token::{node_token, NODE_TOKEN_FIELD};
 use super::protocol::{Event, Step};
+use super::scope::Scopes;
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
 use super::view::{NodeSpec, ProxyView, ViewCache};
@@ -71,6 +72,9 @@ struct Shared {
     next_stream: AtomicU64,
     auth: WorkloadAuth,
     views: ViewCache,
+    /// Held while a publisher reads the last snapshot and replaces it, so
+    /// the registry's and the scopes' publishers never undo each other.
+    publishing: std::sync::Mutex<()>,
 }
 
 /// One of the two ADS protocols, as the stream driver sees it.
@@ -119,6 +123,7 @@ impl AdsService {
                 next_stream: AtomicU64::new(1),
                 auth,
                 views: ViewCache::default(),
+                publishing: std::sync::Mutex::new(()),
             }),
         }
     }
@@ -139,6 +144,7 @@ impl AdsService {
             input,
             shared.shutdown.clone(),
             move |state, first_change| {
+                let _publishing = shared.publishing.lock().unwrap_or_else(|e| e.into_inner());
                 let prev = shared.snapshots.borrow().clone();
                 if prev.revision == state.revision {
                     shared.metrics.set_revision(state.revision);
@@ -151,6 +157,40 @@ impl AdsService {
             },
         )
         .await;
+    }
+
+    /// Follows the Sidecar scopes (`crate::istio::store::IstioStore::scopes`)
+    /// and publishes each new set at once with the current resources, until
+    /// shutdown or until the sender is gone.
+    pub async fn run_scope_publisher(self, mut scopes: watch::Receiver<Arc<Scopes>>) {
+        loop {
+            let current = scopes.borrow_and_update().clone();
+            self.publish_scopes(current);
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                r = scopes.changed() => if r.is_err() { return },
+            }
+        }
+    }
+
+    /// Publishes `scopes` to every stream with the current resources,
+    /// unless they are the ones published (same generation). Called once
+    /// before serving, so no stream starts unscoped.
+    pub fn publish_scopes(&self, scopes: Arc<Scopes>) {
+        let shared = &self.shared;
+        let _publishing = shared.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = shared.snapshots.borrow().clone();
+        if prev.scopes.generation == scopes.generation {
+            return;
+        }
+        tracing::info!(
+            generation = scopes.generation,
+            scopes = scopes.scopes.len(),
+            "publishing sidecar scopes to proxies"
+        );
+        shared
+            .snapshots
+            .send_replace(Arc::new(prev.with_scopes(scopes)));
     }
 
     /// Runs the stream in its own task.
@@ -434,8 +474,15 @@ async fn run_stream<M: Machine>(
                     if changed.is_err() {
                         break;
                     }
-                    let snapshot = snapshots.borrow_and_update().clone();
-                    if snapshot.revision <= view.revision {
+                    let mut snapshot = snapshots.borrow_and_update().clone();
+                    if snapshot.revision < view.revision
+                        && snapshot.scopes.generation > view.scopes_generation
+                    {
+                        // New scopes published on a revision behind the
+                        // one this stream started from: keep its revision.
+                        snapshot = shared.current_snapshot(&mut snapshots);
+                    }
+                    if !snapshot.is_newer_than(view.revision, view.scopes_generation) {
                         // Already seen when the stream started ahead of the
                         // publisher (see `current_snapshot`).
                         continue;

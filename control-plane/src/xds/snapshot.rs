@@ -1,6 +1,7 @@
 //! The registry encoded for the wire: each resource packed once into an
 //! `Any` with a content version, shared by every stream through `Arc`s.
 
+use super::scope::Scopes;
 use crate::registry::State;
 use crate::resource::{Kind, Resource};
 use envoy_types::pb::google::protobuf::Any;
@@ -38,6 +39,8 @@ pub struct XdsSnapshot {
     /// When the first write of this revision's batch happened.
     pub written_at: Instant,
     types: HashMap<TypeUrl, ResourceMap>,
+    /// The Sidecar scopes views are limited by ([`super::scope`]).
+    pub scopes: Arc<Scopes>,
 }
 
 /// Hex of the first 8 bytes of a SHA-256: short, and stable across
@@ -99,7 +102,7 @@ impl EncodedResource {
 
 impl XdsSnapshot {
     /// Encodes `state`, reusing the encodings of `prev` for unchanged
-    /// resources.
+    /// resources; the scopes are `prev`'s.
     pub fn build(state: &State, written_at: Instant, prev: Option<&XdsSnapshot>) -> XdsSnapshot {
         let mut types: HashMap<TypeUrl, ResourceMap> = HashMap::new();
         for (kind, key, entry) in state.iter() {
@@ -120,7 +123,23 @@ impl XdsSnapshot {
             revision: state.revision,
             written_at,
             types,
+            scopes: prev.map(|p| p.scopes.clone()).unwrap_or_default(),
         }
+    }
+
+    /// The same resources under other Sidecar scopes.
+    pub fn with_scopes(&self, scopes: Arc<Scopes>) -> XdsSnapshot {
+        XdsSnapshot {
+            scopes,
+            ..self.clone()
+        }
+    }
+
+    /// True if this snapshot holds something `revision` and scope
+    /// `generation` (a view's) do not: a later registry revision or a
+    /// later set of scopes.
+    pub fn is_newer_than(&self, revision: u64, generation: u64) -> bool {
+        self.revision > revision || self.scopes.generation > generation
     }
 
     /// Every resource of type `t` (listeners: none).

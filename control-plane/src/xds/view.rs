@@ -8,13 +8,16 @@
 //! for (`services: ["*"]` never widens that); authorization policies and
 //! telemetry of its own namespace only; and of the authorization policies
 //! only those that target it: policies whose service or selector matches an
-//! endpoint that points at one of its inbound listeners.
+//! endpoint that points at one of its inbound listeners. A Sidecar scope
+//! ([`super::scope`]) narrows the services further to its egress hosts.
 
 use super::client_input::{
     is_id_char, shown, MAX_INBOUND_ADDRESSES, MAX_LISTED_SERVICES, MAX_NODE_ID_BYTES,
     MAX_USER_AGENT_CHARS, MAX_WORKLOAD_BYTES,
 };
+use super::client_input::{MAX_LABELS, MAX_LABEL_BYTES};
 use super::envoy::EnvoyResources;
+use super::scope::SidecarScope;
 use super::snapshot::{set_version, ResourceMap, XdsSnapshot};
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
@@ -22,7 +25,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind as ValueKind, Value};
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{namespace_or_default, Endpoint, TypeUrl};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::time::Instant;
@@ -54,6 +57,9 @@ pub struct NodeSpec {
     /// `node.user_agent_name` and its version (`gRPC Python 1.78.0`); for
     /// display only.
     pub user_agent: String,
+    /// `node.metadata.labels`: the workload's labels, which a Sidecar's
+    /// `workloadSelector` matches.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The resources one proxy may receive, by type.
@@ -68,6 +74,10 @@ pub struct ProxyView {
     /// Qualified keys of the services whose endpoints point at this proxy
     /// (whose authorization policies it enforces).
     pub serves: BTreeSet<String>,
+    /// The Sidecar scope that limited the view (`namespace/name`), if any.
+    pub scope: Option<String>,
+    /// The generation of the scopes the view was computed under.
+    pub scopes_generation: u64,
     types: HashMap<TypeUrl, ResourceMap>,
     /// The node's namespace (Envoy listener names depend on it).
     pub(super) namespace: String,
@@ -80,13 +90,18 @@ pub struct ProxyView {
 }
 
 /// Views shared between the streams of one snapshot whose nodes select the
-/// same slice (same namespace, listed services and served endpoints): a
-/// fleet of sidecars of one namespace computes one view per push instead
-/// of one per proxy. Holds the views of the latest revision only.
+/// same slice (same namespace, listed services, served endpoints and
+/// Sidecar scope): a fleet of sidecars of one namespace computes one view
+/// per push instead of one per proxy. Holds the views of the latest
+/// revision and scope generation only.
 #[derive(Debug, Default)]
 pub struct ViewCache {
-    latest: Mutex<(u64, HashMap<ViewKey, Arc<ProxyView>>)>,
+    latest: Mutex<(ViewTag, HashMap<ViewKey, Arc<ProxyView>>)>,
 }
+
+/// What a set of cached views was computed from: the snapshot's registry
+/// revision and scope generation.
+type ViewTag = (u64, u64);
 
 /// What a view depends on besides the snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,6 +111,8 @@ struct ViewKey {
     all_services: bool,
     /// Names of the endpoints the proxy serves (its authorization policies).
     served: Vec<String>,
+    /// The Sidecar scope chosen for it (`namespace/name`).
+    scope: Option<String>,
 }
 
 // === impl NodeSpec ===
@@ -113,6 +130,7 @@ impl NodeSpec {
             peer_ip: None,
             service_account: String::new(),
             user_agent: String::new(),
+            labels: BTreeMap::new(),
         };
         for s in services {
             spec.add_service(s);
@@ -200,6 +218,7 @@ impl NodeSpec {
             }
             spec.add_service(s);
         }
+        spec.labels = labels(field("labels"), &bad)?;
         let inbound = string_list(field("inbound"), "inbound", &bad)?;
         if inbound.len() > MAX_INBOUND_ADDRESSES {
             let msg = format!(
@@ -279,6 +298,42 @@ fn string_list(
     }
 }
 
+/// `node.metadata.labels`: a struct of strings, at most [`MAX_LABELS`] of
+/// them, each key and value at most [`MAX_LABEL_BYTES`].
+fn labels(
+    value: Option<&ValueKind>,
+    bad: &impl Fn(&'static str, String) -> Error,
+) -> Result<BTreeMap<String, String>, Error> {
+    let fields = match value {
+        None => return Ok(BTreeMap::new()),
+        Some(ValueKind::StructValue(s)) => &s.fields,
+        Some(_) => return Err(bad("labels", "must be a map of strings".into())),
+    };
+    if fields.len() > MAX_LABELS {
+        let msg = format!(
+            "{} entries; at most {MAX_LABELS} are accepted",
+            fields.len()
+        );
+        return Err(bad("labels", msg));
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in fields {
+        let Some(ValueKind::StringValue(v)) = &v.kind else {
+            let msg = format!("{}: values must be strings", shown(k, 64));
+            return Err(bad("labels", msg));
+        };
+        if k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES {
+            let msg = format!(
+                "{}: keys (not empty) and values must be at most {MAX_LABEL_BYTES} bytes",
+                shown(k, 64)
+            );
+            return Err(bad("labels", msg));
+        }
+        out.insert(k.clone(), v.clone());
+    }
+    Ok(out)
+}
+
 /// `node.user_agent_name` and `user_agent_version` (or build version), as
 /// one string; empty when the node says nothing.
 fn user_agent(node: &Node) -> String {
@@ -344,14 +399,21 @@ impl ProxyView {
     /// destination are in the view (a route to a service the proxy may not
     /// see is left out, so the proxy calls the service directly).
     /// Authorization policies: those of its namespace that target one of the
-    /// endpoints it serves. Telemetry: its namespace's.
+    /// endpoints it serves. Telemetry: its namespace's. A Sidecar scope
+    /// keeps of those services (listed, own or reached) only the ones its
+    /// egress hosts admit.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
+        let served: Vec<&Endpoint> = served(snapshot, spec).map(|(_, e)| e).collect();
+        let scope = scope_of(snapshot, spec, &served);
         let services_map = snapshot.of_kind(Kind::Service);
         let exported: HashSet<&str> = services_map
             .values()
-            .filter(
-                |r| matches!(&r.resource, Resource::Service(s) if s.exported_to(&spec.namespace)),
-            )
+            .filter(|r| match &r.resource {
+                Resource::Service(s) => {
+                    s.exported_to(&spec.namespace) && scope.is_none_or(|sc| sc.admits(s))
+                }
+                _ => false,
+            })
             .map(|r| r.service.as_str())
             .collect();
         let mut visible: BTreeSet<String> = services_map
@@ -379,7 +441,6 @@ impl ProxyView {
                 break;
             }
         }
-        let served: Vec<&Endpoint> = served(snapshot, spec).map(|(_, e)| e).collect();
         let mut types = HashMap::new();
         let mut versions = HashMap::new();
         for kind in Kind::ALL {
@@ -411,6 +472,8 @@ impl ProxyView {
             written_at: snapshot.written_at,
             services: visible,
             serves: served.iter().map(|e| e.service_key()).collect(),
+            scope: scope.map(|s| format!("{}/{}", s.namespace, s.name)),
+            scopes_generation: snapshot.scopes.generation,
             types,
             namespace: spec.namespace.clone(),
             envoy: OnceLock::new(),
@@ -441,12 +504,25 @@ impl ProxyView {
             written_at: Instant::now(),
             services: BTreeSet::new(),
             serves: BTreeSet::new(),
+            scope: None,
+            scopes_generation: 0,
             types: HashMap::new(),
             namespace: "default".into(),
             envoy: OnceLock::new(),
             versions: HashMap::new(),
         }
     }
+}
+
+/// The Sidecar scope of `spec`'s proxy, which serves `served`.
+fn scope_of<'a>(
+    snapshot: &'a XdsSnapshot,
+    spec: &NodeSpec,
+    served: &[&Endpoint],
+) -> Option<&'a SidecarScope> {
+    snapshot
+        .scopes
+        .for_proxy(&spec.namespace, &spec.labels, served)
 }
 
 /// The endpoints of `snapshot` that `spec`'s proxy serves, with their names.
@@ -469,15 +545,20 @@ impl ViewCache {
     /// `spec`'s view of `snapshot`: shared with every stream that asked for
     /// the same slice of the same revision, computed by the first.
     pub fn view(&self, snapshot: &XdsSnapshot, spec: &NodeSpec) -> Arc<ProxyView> {
+        let served: Vec<(&String, &Endpoint)> = served(snapshot, spec).collect();
+        let endpoints: Vec<&Endpoint> = served.iter().map(|(_, e)| *e).collect();
         let key = ViewKey {
             namespace: spec.namespace.clone(),
             services: spec.services.clone(),
             all_services: spec.all_services,
-            served: served(snapshot, spec).map(|(n, _)| n.clone()).collect(),
+            served: served.iter().map(|(n, _)| (*n).clone()).collect(),
+            scope: scope_of(snapshot, spec, &endpoints)
+                .map(|s| format!("{}/{}", s.namespace, s.name)),
         };
+        let tag = (snapshot.revision, snapshot.scopes.generation);
         {
             let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-            if latest.0 == snapshot.revision {
+            if latest.0 == tag {
                 if let Some(v) = latest.1.get(&key) {
                     return v.clone();
                 }
@@ -486,10 +567,10 @@ impl ViewCache {
         // Computed outside the lock: streams of other slices go on.
         let view = Arc::new(ProxyView::compute(snapshot, spec));
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if snapshot.revision > latest.0 {
-            *latest = (snapshot.revision, HashMap::new());
+        if tag != latest.0 && tag.0 >= latest.0 .0 && tag.1 >= latest.0 .1 {
+            *latest = (tag, HashMap::new());
         }
-        if snapshot.revision == latest.0 {
+        if tag == latest.0 {
             latest.1.insert(key, view.clone());
         }
         view

@@ -292,7 +292,7 @@ async fn apply_off_thread(
 
 /// The `Node` a proxy announces on its first request: `node.id` (default
 /// `sidecar`), `node.workload` as cluster, and the metadata the control
-/// plane scopes its view by (`namespace`, `services`, `inbound`). Public so
+/// plane scopes its view by (`namespace`, `services`, `inbound`, `labels`). Public so
 /// tools speaking xDS as a proxy (the fleet benchmark) announce the same.
 pub fn envoy_node(node: &Node, cp: &ControlPlane, inbound: &[SocketAddr]) -> EnvoyNode {
     let string = |s: &str| Value {
@@ -310,6 +310,20 @@ pub fn envoy_node(node: &Node, cp: &ControlPlane, inbound: &[SocketAddr]) -> Env
                 kind: Some(Kind::ListValue(ListValue {
                     values: cp.services.iter().map(|s| string(s)).collect(),
                 })),
+            },
+        );
+    }
+    if !node.labels.is_empty() {
+        // The control plane picks the proxy's Sidecar scope by them.
+        let labels = node
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), string(v)))
+            .collect();
+        fields.insert(
+            "labels".to_string(),
+            Value {
+                kind: Some(Kind::StructValue(Struct { fields: labels })),
             },
         );
     }
