@@ -10,10 +10,20 @@
 #
 #   bench/fleet.sh                                  # everything (~15 min)
 #   bench/fleet.sh -- --proxies 1000 --protocols delta --out /tmp/f.md
+#
+# Replicas (issue 21): `--topologies file,etcd:3` measures one control plane
+# on its file store and 3 replicas on a 3-member etcd (installed by
+# scripts/etcd-test-deps.sh when missing) in one run:
+#
+#   bench/fleet.sh -- --proxies 100 --protocols sotw --topologies file,etcd:3 \
+#       --out bench/results/replicas.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tool_args=()
 if [ "${1:-}" = "--" ]; then shift; tool_args=("$@"); fi
+case " ${tool_args[*]:-} " in
+    *etcd:*) scripts/etcd-test-deps.sh ;;
+esac
 # One invocation: the tool links the proxy and control-plane crates, so
 # both share the release build of their dependencies.
 cargo build --release -p sane-control-plane --bin sane-control-plane -p sane-bench --bin fleet
