@@ -507,11 +507,23 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
         let after = xds_updates(p).await;
         assert_eq!(&after, before, "{}: re-sent what it held", p.name);
     }
+    // The survivors say why: each type they did not send, counted.
+    let mut resumed = 0.0;
+    for api in &r.apis[1..] {
+        let reply = api.send(Method::GET, "/metrics", "", None).await.unwrap();
+        resumed += reply
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("sane_cp_xds_resumed_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>();
+    }
     println!(
         "the 3 moved proxies resumed on the survivors with no xDS response \
-         (updates per type unchanged: {:?})",
+         (updates per type unchanged: {:?}); survivors' sane_cp_xds_resumed_total: {resumed}",
         updates_before[0]
     );
+    assert!(resumed >= 18.0, "3 proxies × 6 types resumed: {resumed}");
     // The next change reaches them: exactly one Route response each.
     r.apis[2]
         .put("/api/v1/routes/default/echo-route", &route("9s"))
