@@ -262,6 +262,31 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
             "{status}"
         );
     }
+    // One proxy, asked of every replica: the same row, naming its replica;
+    // what it was sent is kept where it is connected, and the others say
+    // where.
+    let p0 = sane_e2e::harness::xds_node_id("p0");
+    for api in &r.apis {
+        let row = api.get(&format!("/api/v1/proxies/{p0}")).await.unwrap();
+        assert_eq!(row["node"], p0.as_str(), "{row}");
+        assert_eq!(row["connected"], true, "{row}");
+        let on = row["replica"].as_str().unwrap_or_default();
+        assert!(on.ends_with(&r.replica_name_suffix(0)), "{row}");
+    }
+    r.apis[0]
+        .get(&format!("/api/v1/proxies/{p0}/config"))
+        .await
+        .unwrap();
+    let elsewhere = r.apis[1]
+        .send(Method::GET, &format!("/api/v1/proxies/{p0}/config"), "", None)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    assert!(
+        elsewhere.text().contains(&r.replica_name_suffix(0)),
+        "{}",
+        elsewhere.text()
+    );
     let client = http1_client_via(proxies[0].listener(OUTBOUND));
     eventually(DEADLINE, || async { answered(&client).await.map(|_| ()) }).await;
 
