@@ -74,10 +74,11 @@ pub fn tls_leaf(root: &OperatorRoot, names: &[&str]) -> Result<(String, String),
         what: what(),
         source,
     })?;
-    let issuer = Issuer::from_ca_cert_der(&root_der, root_key).map_err(|source| Error::Signing {
-        what: what(),
-        source,
-    })?;
+    let issuer =
+        Issuer::from_ca_cert_der(&root_der, root_key).map_err(|source| Error::Signing {
+            what: what(),
+            source,
+        })?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     if let Some(first) = names.first() {

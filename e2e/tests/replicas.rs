@@ -23,8 +23,7 @@ use sane_e2e::harness::http::{get, http1_client_via, send, HttpClient};
 use sane_e2e::harness::{
     bins, bins_for, echo_service, etcd_or_skip, eventually, proxy_row, xds_bootstrap, ApiClient,
     ControlPlane, EchoApp, EtcdCluster, EtcdTls, Load, Outcome, Proc, Sanectl, Sidecar, Signal,
-    OUTBOUND,
-    TEST_API_TOKEN,
+    OUTBOUND, TEST_API_TOKEN,
 };
 use sane_xds_proto::{
     AdminConfig, Bootstrap, Direction, IdentityConfig, Listener, MeshResources, Node, Protocol,
@@ -278,7 +277,12 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
         .await
         .unwrap();
     let elsewhere = r.apis[1]
-        .send(Method::GET, &format!("/api/v1/proxies/{p0}/config"), "", None)
+        .send(
+            Method::GET,
+            &format!("/api/v1/proxies/{p0}/config"),
+            "",
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
@@ -341,7 +345,13 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
     // says which replica each proxy is connected to (the REPLICA column).
     for cp in &r.cps {
         let run = Sanectl::new(cp).ok(&["status", "--wait-sync", "20s"]).await;
-        let header: Vec<&str> = run.stdout.lines().next().unwrap_or("").split_whitespace().collect();
+        let header: Vec<&str> = run
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         assert_eq!(header.get(1), Some(&"REPLICA"), "{run}");
         for (i, id) in ids.iter().enumerate() {
             let node = sane_e2e::harness::xds_node_id(id);
@@ -999,8 +1009,8 @@ async fn replicas_reach_etcd_over_tls_with_client_certificates() {
     let etcd = EtcdCluster::start_tls(&etcd_bin, &dir.path().join("etcd"), 1, tls.clone()).await;
 
     let store = etcd.store_url();
-    let [ca, cert, key, mesh_ca, mesh_key] = [&tls.ca, &client_cert, &client_key, &mesh_ca, &mesh_key]
-        .map(|p| p.display().to_string());
+    let [ca, cert, key, mesh_ca, mesh_key] =
+        [&tls.ca, &client_cert, &client_key, &mesh_ca, &mesh_key].map(|p| p.display().to_string());
     let args = |etcd_ca: &str, with_client_cert: bool| {
         let mut a = vec![
             "--store".to_string(),
@@ -1013,7 +1023,12 @@ async fn replicas_reach_etcd_over_tls_with_client_certificates() {
             mesh_key.clone(),
         ];
         if with_client_cert {
-            a.extend(["--etcd-cert-file".into(), cert.clone(), "--etcd-key-file".into(), key.clone()]);
+            a.extend([
+                "--etcd-cert-file".into(),
+                cert.clone(),
+                "--etcd-key-file".into(),
+                key.clone(),
+            ]);
         }
         a
     };
@@ -1037,10 +1052,19 @@ async fn replicas_reach_etcd_over_tls_with_client_certificates() {
     let member = etcd.client_addr(0);
     let bin = bins_for(&["sane-control-plane"]).join("sane-control-plane");
     for (case, etcd_ca, with_client_cert, cause) in [
-        ("untrusted member certificate", wrong_ca.display().to_string(), true, "certificate"),
+        (
+            "untrusted member certificate",
+            wrong_ca.display().to_string(),
+            true,
+            "certificate",
+        ),
         ("no client certificate", ca.clone(), false, "alert"),
     ] {
-        let data = dir.path().join(case.replace(' ', "-")).display().to_string();
+        let data = dir
+            .path()
+            .join(case.replace(' ', "-"))
+            .display()
+            .to_string();
         let mut a = vec![
             "--data-dir".to_string(),
             data,
@@ -1056,13 +1080,20 @@ async fn replicas_reach_etcd_over_tls_with_client_certificates() {
         let line = eventually(DEADLINE, || async {
             let err = refused.stderr();
             err.lines()
-                .find(|l| l.contains("cannot reach etcd") && l.contains(&member) && l.contains(cause))
+                .find(|l| {
+                    l.contains("cannot reach etcd") && l.contains(&member) && l.contains(cause)
+                })
                 .map(str::to_string)
-                .ok_or_else(|| format!("{case}: no message naming {member} and the cause yet:\n{err}"))
+                .ok_or_else(|| {
+                    format!("{case}: no message naming {member} and the cause yet:\n{err}")
+                })
         })
         .await;
         println!("{case}: {line}");
-        assert!(refused.try_exit_status().is_none(), "{case}: it keeps retrying");
+        assert!(
+            refused.try_exit_status().is_none(),
+            "{case}: it keeps retrying"
+        );
         assert!(
             !refused.stdout().contains("listening name=api"),
             "{case}: it must not serve without its store"

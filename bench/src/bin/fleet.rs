@@ -306,9 +306,10 @@ fn raise_fd_limit() -> Result<()> {
 }
 
 async fn run(args: &Args, n: usize, protocol: Protocol, topology: Topology) -> Result<RunReport> {
-    let dir = args
-        .work_dir
-        .join(format!("{n}-{protocol:?}-{}", topology.label().replace(':', "")));
+    let dir = args.work_dir.join(format!(
+        "{n}-{protocol:?}-{}",
+        topology.label().replace(':', "")
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let serving = {
@@ -1000,7 +1001,9 @@ fn row(r: &RunReport) -> String {
     let (rp50, rp99, rmax, rcpu, rcl, rw) = summary(&r.route);
     let (ep50, ep99, emax, ecpu, ecl, ew) = summary(&r.endpoint);
     let etcd = match (r.etcd_cpu, r.etcd_rss) {
-        (Some((route, endpoint)), Some(rss)) => format!("{route:.3} / {endpoint:.3} s, {rss:.1} MiB"),
+        (Some((route, endpoint)), Some(rss)) => {
+            format!("{route:.3} / {endpoint:.3} s, {rss:.1} MiB")
+        }
         _ => "-".into(),
     };
     format!(

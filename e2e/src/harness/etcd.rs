@@ -155,10 +155,7 @@ impl EtcdCluster {
 
     /// Waits until member `i` answers `/health` with `"health":"true"`.
     pub async fn wait_healthy(&self, i: usize) {
-        let url = format!(
-            "http://127.0.0.1:{}/health",
-            self.members[i].metrics_port
-        );
+        let url = format!("http://127.0.0.1:{}/health", self.members[i].metrics_port);
         let client = http1_client();
         eventually(HEALTHY_DEADLINE, || async {
             let reply = send(&client, get(&url)).await?;

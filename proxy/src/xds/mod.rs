@@ -131,7 +131,8 @@ pub async fn run(
             r = session(&cp, &address, &envoy, &store, &metrics, &identity, &mut state, &mut block, &mut got_response, &mut established) => r,
         };
         metrics.connected.set(0);
-        let stable = established.is_some_and(|at: tokio::time::Instant| at.elapsed() >= STABLE_STREAM);
+        let stable =
+            established.is_some_and(|at: tokio::time::Instant| at.elapsed() >= STABLE_STREAM);
         if got_response || stable {
             backoff = BACKOFF_START;
             failed_in_row = 0;
