@@ -25,6 +25,7 @@ impl EtcdCluster {
     /// Starts `n` members of one new cluster under `dir` and waits (up to
     /// `timeout`) until each answers `/health` with `"health":"true"`.
     pub fn start(bin: &Path, dir: &Path, n: usize, timeout: Duration) -> Result<EtcdCluster> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ports: Vec<(u16, u16)> = (0..n)
             .map(|_| Ok((free_port()?, free_port()?)))
             .collect::<Result<_>>()?;
