@@ -10,13 +10,31 @@
 #
 #   bench/fleet.sh                                  # everything (~15 min)
 #   bench/fleet.sh -- --proxies 1000 --protocols delta --out /tmp/f.md
+#
+# Replicas (issue 21): `--topologies file,etcd:3` measures one control plane
+# on its file store and 3 replicas on a 3-member etcd (installed by
+# scripts/etcd-test-deps.sh when missing) in one run:
+#
+#   bench/fleet.sh -- --proxies 100 --protocols sotw --topologies file,etcd:3 \
+#       --out bench/results/replicas.md
+#
+# FLEET_PROFILE=debug builds and runs the debug build instead (a smoke run on
+# a busy machine, where the release build takes too long).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tool_args=()
 if [ "${1:-}" = "--" ]; then shift; tool_args=("$@"); fi
+case " ${tool_args[*]:-} " in
+    *etcd:*) scripts/etcd-test-deps.sh ;;
+esac
 # One invocation: the tool links the proxy and control-plane crates, so
 # both share the release build of their dependencies.
-cargo build --release -p sane-control-plane --bin sane-control-plane -p sane-bench --bin fleet
+profile="${FLEET_PROFILE:-release}"
+case "$profile" in
+    release) cargo build --release -p sane-control-plane --bin sane-control-plane -p sane-bench --bin fleet ;;
+    debug) cargo build -p sane-control-plane --bin sane-control-plane -p sane-bench --bin fleet ;;
+    *) echo "FLEET_PROFILE=$profile: expected release or debug" >&2; exit 2 ;;
+esac
 # 5 000 streams are 5 000 sockets in the tool and in the control plane (the
 # tool also raises its soft limit to the hard one; the control plane
 # inherits it).
@@ -24,4 +42,4 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 has_out=false
 for a in "${tool_args[@]}"; do [ "$a" = "--out" ] && has_out=true; done
 if ! $has_out; then tool_args+=(--out bench/results/fleet.md); fi
-exec "${CARGO_TARGET_DIR:-target}/release/fleet" "${tool_args[@]}"
+exec "${CARGO_TARGET_DIR:-target}/$profile/fleet" "${tool_args[@]}"

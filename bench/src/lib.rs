@@ -11,6 +11,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod etcd;
 pub mod load;
 pub mod procfs;
 pub mod report;

@@ -8,6 +8,7 @@
 //! | `sane_cp_xds_pushes_total`              | counter   | `type` |
 //! | `sane_cp_xds_push_latency_seconds`      | histogram | `type` |
 //! | `sane_cp_xds_nacks_total`               | counter   | `type` |
+//! | `sane_cp_xds_resumed_total`             | counter   | `type` |
 //! | `sane_cp_convergence_seconds`           | histogram |        |
 //! | `sane_cp_xds_streams_rejected_total`    | counter   | `reason` |
 //!
@@ -29,6 +30,7 @@ pub struct Metrics {
     pushes: IntCounterVec,
     push_latency: HistogramVec,
     nacks: IntCounterVec,
+    resumed: IntCounterVec,
     convergence: Histogram,
     streams_rejected: IntCounterVec,
 }
@@ -98,6 +100,16 @@ impl Metrics {
                 &TypeLabels::NAMES,
             )
             .map_err(err("sane_cp_xds_nacks_total"))?,
+            resumed: IntCounterVec::new(
+                Opts::new(
+                    "sane_cp_xds_resumed_total",
+                    "Types a new state-of-the-world stream did not send because the client \
+                     already held their current version (a proxy resuming, e.g. after failing \
+                     over from another replica)",
+                ),
+                &TypeLabels::NAMES,
+            )
+            .map_err(err("sane_cp_xds_resumed_total"))?,
             convergence: Histogram::with_opts(
                 HistogramOpts::new(
                     "sane_cp_convergence_seconds",
@@ -116,7 +128,7 @@ impl Metrics {
             )
             .map_err(err("sane_cp_xds_streams_rejected_total"))?,
         };
-        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 7] = [
+        let collectors: [(&'static str, Box<dyn prometheus::core::Collector>); 8] = [
             (
                 "sane_cp_connected_proxies",
                 Box::new(m.connected_proxies.clone()),
@@ -131,6 +143,7 @@ impl Metrics {
                 Box::new(m.push_latency.clone()),
             ),
             ("sane_cp_xds_nacks_total", Box::new(m.nacks.clone())),
+            ("sane_cp_xds_resumed_total", Box::new(m.resumed.clone())),
             (
                 "sane_cp_convergence_seconds",
                 Box::new(m.convergence.clone()),
@@ -169,6 +182,10 @@ impl Metrics {
 
     pub(crate) fn nacked(&self, labels: TypeLabels) {
         self.nacks.with_label_values(&labels.values()).inc();
+    }
+
+    pub(crate) fn resumed(&self, labels: TypeLabels) {
+        self.resumed.with_label_values(&labels.values()).inc();
     }
 
     pub(crate) fn stream_rejected(&self, reason: &'static str) {

@@ -308,6 +308,68 @@ async fn sotw_stream_gets_its_view_and_acks_and_nacks_show_in_the_api() {
     cp.stop().await;
 }
 
+/// A state-of-the-world client on a new stream asking with the version it
+/// holds (a proxy failing over to another replica, which computes the same
+/// versions) is sent nothing for that type, shows in sync, and gets the
+/// next change as usual.
+#[tokio::test]
+async fn sotw_stream_resuming_with_the_current_version_is_not_sent_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    seed(&cp).await;
+    let token = cp.workload_token("shop").await;
+    let mut first = SotwClient::connect(cp.xds, &token, node("test.shop~web-1", "shop", &[])).await;
+    first.request(TypeUrl::Service).await;
+    let services = first.recv_type(TypeUrl::Service).await;
+    first.ack(&services).await;
+    drop(first);
+
+    let mut again = SotwClient::connect(cp.xds, &token, node("test.shop~web-1", "shop", &[])).await;
+    again
+        .send(DiscoveryRequest {
+            type_url: TypeUrl::Service.as_str().into(),
+            version_info: services.version_info.clone(),
+            ..Default::default()
+        })
+        .await;
+    // Requests are answered in order: had the services been sent again,
+    // they would come before the endpoints.
+    again.request(TypeUrl::Endpoint).await;
+    let next = again.recv().await;
+    assert_eq!(next.type_url, TypeUrl::Endpoint.as_str(), "{next:?}");
+    again.ack(&next).await;
+    let status = eventually(DEADLINE, "the resumed stream in sync", || async {
+        let p = proxy_status(&cp, "test.shop~web-1").await?;
+        (p["connected"] == true && p["in_sync"] == true).then_some(p)
+    })
+    .await;
+    assert_eq!(
+        status["types"]["Service"]["version_acked"],
+        json!(services.version_info)
+    );
+    // The next change of the type is pushed.
+    put(
+        &cp,
+        "/api/v1/services/shop/extra",
+        json!({ "ports": [{ "port": 81 }] }),
+    )
+    .await;
+    let changed = again.recv_type(TypeUrl::Service).await;
+    assert_ne!(changed.version_info, services.version_info);
+    assert!(names(&changed).contains(&"shop/extra".to_string()));
+    let (_, metrics) = cp
+        .client
+        .send(Method::GET, "/metrics", None, None)
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(
+        metrics.contains("sane_cp_xds_resumed_total{type=\"Service\"} 1"),
+        "{metrics}"
+    );
+    cp.stop().await;
+}
+
 #[tokio::test]
 async fn delta_stream_subscribes_and_sees_removals() {
     let dir = tempfile::tempdir().unwrap();

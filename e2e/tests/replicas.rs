@@ -18,12 +18,12 @@
 
 use futures::future::join_all;
 use http::{Method, StatusCode};
-use sane_certs::testing::operator_root;
+use sane_certs::testing::{operator_root, tls_leaf};
 use sane_e2e::harness::http::{get, http1_client_via, send, HttpClient};
 use sane_e2e::harness::{
     bins, bins_for, echo_service, etcd_or_skip, eventually, proxy_row, xds_bootstrap, ApiClient,
-    ControlPlane, EchoApp, EtcdCluster, Load, Outcome, Proc, Sanectl, Sidecar, Signal, OUTBOUND,
-    TEST_API_TOKEN,
+    ControlPlane, EchoApp, EtcdCluster, EtcdTls, Load, Outcome, Proc, Sanectl, Sidecar, Signal,
+    OUTBOUND, TEST_API_TOKEN,
 };
 use sane_xds_proto::{
     AdminConfig, Bootstrap, Direction, IdentityConfig, Listener, MeshResources, Node, Protocol,
@@ -183,6 +183,19 @@ fn rows_of<'a>(status: &'a Value, id: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The proxy's `sane_xds_updates_total` by type and result: every xDS
+/// response it received (applied or rejected).
+async fn xds_updates(proxy: &Sidecar) -> BTreeMap<String, u64> {
+    let text = proxy.metrics().await.expect("the proxy's metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("sane_xds_updates_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once("} ")?;
+            Some((labels.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// A request loop through `client` until stopped: every 200 counts as
 /// answered, anything else as a failure.
 fn steady(client: HttpClient) -> Load {
@@ -248,6 +261,36 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
             "{status}"
         );
     }
+    // One proxy, asked of every replica: the same row, naming its replica;
+    // what it was sent is kept where it is connected, and the others say
+    // where.
+    let p0 = sane_e2e::harness::xds_node_id("p0");
+    for api in &r.apis {
+        let row = api.get(&format!("/api/v1/proxies/{p0}")).await.unwrap();
+        assert_eq!(row["node"], p0.as_str(), "{row}");
+        assert_eq!(row["connected"], true, "{row}");
+        let on = row["replica"].as_str().unwrap_or_default();
+        assert!(on.ends_with(&r.replica_name_suffix(0)), "{row}");
+    }
+    r.apis[0]
+        .get(&format!("/api/v1/proxies/{p0}/config"))
+        .await
+        .unwrap();
+    let elsewhere = r.apis[1]
+        .send(
+            Method::GET,
+            &format!("/api/v1/proxies/{p0}/config"),
+            "",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND);
+    assert!(
+        elsewhere.text().contains(&r.replica_name_suffix(0)),
+        "{}",
+        elsewhere.text()
+    );
     let client = http1_client_via(proxies[0].listener(OUTBOUND));
     eventually(DEADLINE, || async { answered(&client).await.map(|_| ()) }).await;
 
@@ -298,11 +341,31 @@ async fn a_route_written_through_one_replica_reaches_proxies_on_every_replica() 
         1,
         "every replica sent one Route version: {acked:?}"
     );
-    // `sanectl status --wait-sync` agrees on every replica.
+    // `sanectl status --wait-sync` agrees on every replica, and its table
+    // says which replica each proxy is connected to (the REPLICA column).
     for cp in &r.cps {
         let run = Sanectl::new(cp).ok(&["status", "--wait-sync", "20s"]).await;
-        for id in &ids {
-            assert!(run.stdout.contains(id), "{run}");
+        let header: Vec<&str> = run
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        assert_eq!(header.get(1), Some(&"REPLICA"), "{run}");
+        for (i, id) in ids.iter().enumerate() {
+            let node = sane_e2e::harness::xds_node_id(id);
+            let row: Vec<&str> = run
+                .stdout
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|cols| cols.first() == Some(&node.as_str()))
+                .unwrap_or_else(|| panic!("{id} not in the table: {run}"));
+            assert!(
+                row[1].ends_with(&r.replica_name_suffix(i % 3)),
+                "{id} should be shown on replica {}: {row:?}\n{run}",
+                i % 3 + 1
+            );
         }
     }
     drop(proxies);
@@ -413,6 +476,11 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
     eventually(DEADLINE, || async { answered(&client).await.map(|_| ()) }).await;
     let steady = steady(client);
     steady.wait_for_more_ok(50, DEADLINE).await;
+    // What each proxy of replica 1 received so far (its first config).
+    let mut updates_before = Vec::new();
+    for p in &proxies[..3] {
+        updates_before.push(xds_updates(p).await);
+    }
 
     r.cps[0].proc.signal(Signal::SIGKILL);
     let killed_at = Instant::now();
@@ -467,6 +535,58 @@ async fn proxies_fail_over_when_their_replica_is_killed() {
     for api in &r.apis[1..] {
         api.wait_in_sync(DEADLINE, &names).await;
     }
+    // They resumed with the versions they held: the replica they moved to
+    // sent them nothing (versions are the same on every replica), and
+    // counts them in sync all the same.
+    for (p, before) in proxies[..3].iter().zip(&updates_before) {
+        let after = xds_updates(p).await;
+        assert_eq!(&after, before, "{}: re-sent what it held", p.name);
+    }
+    // The survivors say why: each type they did not send, counted.
+    let mut resumed = 0.0;
+    for api in &r.apis[1..] {
+        let reply = api.send(Method::GET, "/metrics", "", None).await.unwrap();
+        resumed += reply
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("sane_cp_xds_resumed_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    println!(
+        "the 3 moved proxies resumed on the survivors with no xDS response \
+         (updates per type unchanged: {:?}); survivors' sane_cp_xds_resumed_total: {resumed}",
+        updates_before[0]
+    );
+    assert!(resumed >= 18.0, "3 proxies × 6 types resumed: {resumed}");
+    // The next change reaches them: exactly one Route response each.
+    r.apis[2]
+        .put("/api/v1/routes/default/echo-route", &route("9s"))
+        .await;
+    for (p, before) in proxies[..3].iter().zip(&updates_before) {
+        let route_acks = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .filter(|(l, _)| l.contains("type=\"Route\"") && l.contains("result=\"ack\""))
+                .map(|(_, v)| *v)
+                .sum::<u64>()
+        };
+        let want = route_acks(before) + 1;
+        eventually(DEADLINE, || async {
+            let got = route_acks(&xds_updates(p).await);
+            (got == want)
+                .then_some(())
+                .ok_or_else(|| format!("{}: {got} Route ACKs, want {want}", p.name))
+        })
+        .await;
+    }
+    for api in &r.apis[1..] {
+        api.wait_in_sync(DEADLINE, &names).await;
+    }
+    let report = {
+        let client = http1_client_via(proxies[0].listener(OUTBOUND));
+        answered(&client).await
+    };
+    assert!(report.is_ok(), "the config keeps serving: {report:?}");
     drop(proxies);
 }
 
@@ -852,4 +972,131 @@ async fn unreachable_etcd_is_retried_and_an_unknown_format_is_refused() {
         .etcdctl(&["get", "/sane-mesh/meta", "--print-value-only"])
         .unwrap();
     assert_eq!(meta.trim(), r#"{"format": 99}"#);
+}
+
+/// TLS to etcd: a member serving clients over TLS and requiring client
+/// certificates (`--client-cert-auth`), with certificates this test
+/// generates. Two replicas given `--etcd-ca-file`, `--etcd-cert-file` and
+/// `--etcd-key-file` share writes through it. A replica that does not trust
+/// the member's certificate, and one without a client certificate, say why
+/// naming the member's address, keep retrying, and never come up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_etcd_over_tls_with_client_certificates() {
+    let Some(etcd_bin) = etcd_or_skip("replicas::etcd_over_tls") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("writing PEM");
+        path
+    };
+    let etcd_root = operator_root("etcd Test Root").expect("an etcd root");
+    let (server, server_key) = tls_leaf(&etcd_root, &["127.0.0.1", "localhost"]).unwrap();
+    let (client, client_key) = tls_leaf(&etcd_root, &["sane-control-plane"]).unwrap();
+    let tls = EtcdTls {
+        ca: write("etcd-ca.pem", &etcd_root.cert_pem),
+        cert: write("etcd-server.pem", &server),
+        key: write("etcd-server-key.pem", &server_key),
+    };
+    let client_cert = write("etcd-client.pem", &client);
+    let client_key = write("etcd-client-key.pem", &client_key);
+    let other_root = operator_root("Not etcd's Root").expect("another root");
+    let wrong_ca = write("wrong-ca.pem", &other_root.cert_pem);
+    let mesh_root = operator_root("Replicas Test Root").expect("a mesh root");
+    let mesh_ca = write("mesh-ca.pem", &mesh_root.cert_pem);
+    let mesh_key = write("mesh-ca-key.pem", &mesh_root.key_pem);
+    let etcd = EtcdCluster::start_tls(&etcd_bin, &dir.path().join("etcd"), 1, tls.clone()).await;
+
+    let store = etcd.store_url();
+    let [ca, cert, key, mesh_ca, mesh_key] =
+        [&tls.ca, &client_cert, &client_key, &mesh_ca, &mesh_key].map(|p| p.display().to_string());
+    let args = |etcd_ca: &str, with_client_cert: bool| {
+        let mut a = vec![
+            "--store".to_string(),
+            store.clone(),
+            "--etcd-ca-file".into(),
+            etcd_ca.to_string(),
+            "--ca-cert-chain".into(),
+            mesh_ca.clone(),
+            "--ca-key".into(),
+            mesh_key.clone(),
+        ];
+        if with_client_cert {
+            a.extend([
+                "--etcd-cert-file".into(),
+                cert.clone(),
+                "--etcd-key-file".into(),
+                key.clone(),
+            ]);
+        }
+        a
+    };
+    let good = args(&ca, true);
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let r1 = ControlPlane::start(&dir.path().join("r1"), &good).await;
+    let r2 = ControlPlane::start(&dir.path().join("r2"), &good).await;
+    let (a1, a2) = (ApiClient::new(&r1), ApiClient::new(&r2));
+    let svc = json!({ "ports": [ { "port": 8443 } ] });
+    a1.put("/api/v1/services/default/over-tls", &svc).await;
+    // Replica 2 has it from its watch over TLS.
+    eventually(DEADLINE, || async {
+        let got = a2.get("/api/v1/services/default/over-tls").await?;
+        (got["ports"][0]["port"] == 8443)
+            .then_some(())
+            .ok_or_else(|| format!("replica 2 serves {got}"))
+    })
+    .await;
+    println!("two replicas share a write through etcd over TLS with client certificates");
+
+    let member = etcd.client_addr(0);
+    let bin = bins_for(&["sane-control-plane"]).join("sane-control-plane");
+    for (case, etcd_ca, with_client_cert, cause) in [
+        (
+            "untrusted member certificate",
+            wrong_ca.display().to_string(),
+            true,
+            "certificate",
+        ),
+        ("no client certificate", ca.clone(), false, "alert"),
+    ] {
+        let data = dir
+            .path()
+            .join(case.replace(' ', "-"))
+            .display()
+            .to_string();
+        let mut a = vec![
+            "--data-dir".to_string(),
+            data,
+            "--xds-addr".into(),
+            "127.0.0.1:0".into(),
+            "--api-addr".into(),
+            "127.0.0.1:0".into(),
+            "--api-token".into(),
+            TEST_API_TOKEN.into(),
+        ];
+        a.extend(args(&etcd_ca, with_client_cert));
+        let refused = Proc::spawn(&format!("control-plane-{case}"), &bin, &a, &[]);
+        let line = eventually(DEADLINE, || async {
+            let err = refused.stderr();
+            err.lines()
+                .find(|l| {
+                    l.contains("cannot reach etcd") && l.contains(&member) && l.contains(cause)
+                })
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    format!("{case}: no message naming {member} and the cause yet:\n{err}")
+                })
+        })
+        .await;
+        println!("{case}: {line}");
+        assert!(
+            refused.try_exit_status().is_none(),
+            "{case}: it keeps retrying"
+        );
+        assert!(
+            !refused.stdout().contains("listening name=api"),
+            "{case}: it must not serve without its store"
+        );
+    }
 }

@@ -28,12 +28,23 @@
 //! CPU seconds (user + system, `/proc/<pid>/stat`) spent from the write to
 //! the end of the gap; and its RSS. Prints a markdown report (and writes it
 //! to `--out`). `bench/fleet.sh` builds the binaries and runs it.
+//!
+//! `--topologies` picks what serves the fleet: `file` (default) is one
+//! control plane on its embedded file store; `etcd:<k>` is `k` replicas on
+//! a fresh `--etcd-members`-member etcd cluster (`sane_bench::etcd`, real
+//! `etcd` processes on loopback), sharing one operator CA, with the
+//! proxies spread round-robin over the replicas (proxy `i` streams from
+//! replica `i % k`). Every write goes through replica 1, so the figures of
+//! `etcd:3` include the etcd commit and the watch to the other replicas;
+//! CPU and memory are summed over the replicas (etcd's own are reported
+//! beside them).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use http::Method;
+use sane_bench::etcd::EtcdCluster;
 use sane_bench::procfs;
 use sane_control_plane::client::ApiClient;
 use sane_control_plane::resource::{Kind, Resource as CpResource};
@@ -73,6 +84,16 @@ struct Args {
     /// `sotw`, `delta` or both.
     #[arg(long, value_delimiter = ',', default_value = "sotw,delta")]
     protocols: Vec<Protocol>,
+    /// What serves the fleet: `file` (one control plane, embedded file
+    /// store) and/or `etcd:<k>` (`k` replicas on an etcd cluster).
+    #[arg(long, value_delimiter = ',', default_value = "file", value_parser = Topology::parse)]
+    topologies: Vec<Topology>,
+    /// Members of the etcd cluster of `etcd:<k>` topologies.
+    #[arg(long, default_value_t = 3)]
+    etcd_members: usize,
+    /// The etcd server binary (`scripts/etcd-test-deps.sh` installs it).
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
     /// Namespaces the services (and their proxies) are spread over; with 1
     /// every proxy sees every service.
     #[arg(long, default_value_t = 1)]
@@ -112,6 +133,31 @@ struct Args {
 enum Protocol {
     Sotw,
     Delta,
+}
+
+/// What serves the fleet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    /// One control plane on its embedded file store.
+    File,
+    /// This many replicas on an etcd cluster.
+    Etcd(usize),
+}
+
+/// The control planes of one run, and the etcd cluster under them.
+struct Serving {
+    replicas: Vec<Replica>,
+    /// Dropped after the replicas (fields drop in order).
+    _etcd: Option<EtcdCluster>,
+    etcd_pids: Vec<u32>,
+}
+
+struct Replica {
+    _child: ChildGuard,
+    pid: u32,
+    xds: String,
+    api: String,
+    root_file: PathBuf,
 }
 
 /// What a response must show for a stream to count as having the change.
@@ -181,15 +227,23 @@ struct Sample {
     /// The API write itself (validated, logged durably, answered).
     write: Duration,
     to_last_ack: Duration,
+    /// Summed over the replicas.
     cp_cpu: f64,
+    /// Summed over the etcd members (0 on the file store).
+    etcd_cpu: f64,
     client_cpu: f64,
 }
 
-/// Figures of one (N, protocol) run.
+/// Figures of one (N, protocol, topology) run.
 #[derive(Debug)]
 struct RunReport {
     proxies: usize,
     protocol: Protocol,
+    topology: Topology,
+    /// etcd's RSS at the end (MiB, every member), for `etcd:<k>`.
+    etcd_rss: Option<f64>,
+    /// etcd's CPU seconds per change (route, endpoint), for `etcd:<k>`.
+    etcd_cpu: Option<(f64, f64)>,
     services: usize,
     resources: usize,
     connect: Duration,
@@ -222,13 +276,16 @@ fn main() -> Result<()> {
         .build()?;
     let mut reports = Vec::new();
     for &n in &args.proxies {
-        for &protocol in &args.protocols {
-            eprintln!("fleet: {n} proxies, {protocol:?}");
-            let report = runtime
-                .block_on(run(&args, n, protocol))
-                .with_context(|| format!("{n} proxies, {protocol:?}"))?;
-            eprintln!("{}", row(&report));
-            reports.push(report);
+        for &topology in &args.topologies {
+            for &protocol in &args.protocols {
+                let label = format!("{n} proxies, {protocol:?}, {}", topology.label());
+                eprintln!("fleet: {label}");
+                let report = runtime
+                    .block_on(run(&args, n, protocol, topology))
+                    .with_context(|| label.clone())?;
+                eprintln!("{}", row(&report));
+                reports.push(report);
+            }
         }
     }
     let text = render(&args, &reports);
@@ -248,19 +305,33 @@ fn raise_fd_limit() -> Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
-    let dir = args.work_dir.join(format!("{n}-{protocol:?}"));
+async fn run(args: &Args, n: usize, protocol: Protocol, topology: Topology) -> Result<RunReport> {
+    let dir = args.work_dir.join(format!(
+        "{n}-{protocol:?}-{}",
+        topology.label().replace(':', "")
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (cp, xds, api_addr) = start_control_plane(args, &dir)?;
-    let pid = cp.0.id();
-    let root_file = dir.join("data/root-cert.pem");
+    let serving = {
+        let (args, dir) = (args.clone(), dir.clone());
+        tokio::task::spawn_blocking(move || start_serving(&args, &dir, topology)).await??
+    };
+    let pids: Vec<u32> = serving.replicas.iter().map(|r| r.pid).collect();
+    let etcd_pids = serving.etcd_pids.clone();
+    // Writes go through replica 1; proxies are spread over all of them.
+    let first = &serving.replicas[0];
+    let root_file = first.root_file.clone();
     let roots = sane_certs::TrustBundle::from_pem(&std::fs::read_to_string(&root_file)?)?;
     let api = ApiClient::with_roots(
-        &format!("https://{api_addr}"),
+        &format!("https://{}", first.api),
         Some(API_TOKEN.into()),
         &roots,
     )?;
+    let xds_urls: Vec<String> = serving
+        .replicas
+        .iter()
+        .map(|r| format!("https://{}", r.xds))
+        .collect();
 
     let services = (n / 10).max(1);
     let namespaces = args.namespaces.clamp(1, services);
@@ -280,7 +351,6 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
     // The fleet.
     let fleet = Arc::new(Fleet::default());
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let xds_url = format!("https://{xds}");
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for index in 0..n {
@@ -294,7 +364,7 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
         let (fleet, gate, url, root) = (
             fleet.clone(),
             gate.clone(),
-            xds_url.clone(),
+            xds_urls[index % xds_urls.len()].clone(),
             root_file.display().to_string(),
         );
         tasks.push(tokio::spawn(async move {
@@ -336,7 +406,7 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
         connect.as_secs_f64()
     );
     tokio::time::sleep(args.gap).await;
-    let rss_idle = procfs::memory(&[pid]).rss;
+    let rss_idle = procfs::memory(&pids).rss;
 
     let per_ns = |i: usize| {
         (0..n)
@@ -358,7 +428,7 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
             name: state::name_of(&Resource::Route(changed.clone())),
             want: Want::RouteTimeout(timeout),
         };
-        let sample = measure(args, &fleet, pid, expect, per_ns(i), async {
+        let sample = measure(args, &fleet, &pids, &etcd_pids, expect, per_ns(i), async {
             api.put(&CpResource::Route(changed), None).await
         })
         .await?;
@@ -384,18 +454,26 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
                 api.delete(Kind::Endpoint, &r.key()).await
             }
         };
-        let sample = measure(args, &fleet, pid, expect, per_ns(i), write).await?;
+        let sample = measure(args, &fleet, &pids, &etcd_pids, expect, per_ns(i), write).await?;
         endpoint_samples.push(sample);
     }
-    let mem = procfs::memory(&[pid]);
+    let mem = procfs::memory(&pids);
+    let etcd_rss = (!etcd_pids.is_empty()).then(|| procfs::memory(&etcd_pids).rss);
+    let etcd_cpu = (!etcd_pids.is_empty()).then(|| {
+        let mean = |s: &[Sample]| s.iter().map(|s| s.etcd_cpu).sum::<f64>() / s.len() as f64;
+        (mean(&route_samples), mean(&endpoint_samples))
+    });
     for t in &tasks {
         t.abort();
     }
-    drop(cp);
+    drop(serving);
     let last_error = fleet.last_error.lock().unwrap().clone();
     Ok(RunReport {
         proxies: n,
         protocol,
+        topology,
+        etcd_rss,
+        etcd_cpu,
         services,
         resources: count,
         connect,
@@ -414,7 +492,8 @@ async fn run(args: &Args, n: usize, protocol: Protocol) -> Result<RunReport> {
 async fn measure<F, T>(
     args: &Args,
     fleet: &Fleet,
-    pid: u32,
+    pids: &[u32],
+    etcd_pids: &[u32],
     expect: Expect,
     expected: usize,
     write: F,
@@ -429,7 +508,8 @@ where
         last_ack: None,
     };
     *fleet.expect.lock().unwrap() = Some(expect);
-    let cpu_before = procfs::cpu_seconds(&[pid]);
+    let cpu_before = procfs::cpu_seconds(pids);
+    let etcd_before = procfs::cpu_seconds(etcd_pids);
     let client_before = procfs::cpu_seconds(&[std::process::id()]);
     let start = Instant::now();
     write.await.context("the change's API write")?;
@@ -448,7 +528,8 @@ where
     Ok(Sample {
         write: written,
         to_last_ack: last_ack.saturating_duration_since(start),
-        cp_cpu: procfs::cpu_seconds(&[pid]) - cpu_before,
+        cp_cpu: procfs::cpu_seconds(pids) - cpu_before,
+        etcd_cpu: procfs::cpu_seconds(etcd_pids) - etcd_before,
         client_cpu: procfs::cpu_seconds(&[std::process::id()]) - client_before,
     })
 }
@@ -476,6 +557,30 @@ async fn wait_for(
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// === impl Topology ===
+
+impl Topology {
+    /// `file` or `etcd:<k>` (k ≥ 1).
+    fn parse(s: &str) -> Result<Topology, String> {
+        if s == "file" {
+            return Ok(Topology::File);
+        }
+        match s.strip_prefix("etcd:").map(str::parse::<usize>) {
+            Some(Ok(k)) if k >= 1 => Ok(Topology::Etcd(k)),
+            _ => Err(format!(
+                "topology {s:?}: expected `file` or `etcd:<replicas>` (e.g. etcd:3)"
+            )),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Topology::File => "file".into(),
+            Topology::Etcd(k) => format!("etcd:{k}"),
+        }
     }
 }
 
@@ -760,10 +865,61 @@ async fn issue_tokens(
         .await
 }
 
-/// Starts the control plane (TLS, the given debounce) and returns it with
-/// its xDS and API addresses.
-fn start_control_plane(args: &Args, dir: &Path) -> Result<(ChildGuard, String, String)> {
-    let log = dir.join("control-plane.log");
+/// Starts what serves the fleet: one control plane on its file store, or
+/// an etcd cluster and `k` replicas on it sharing one operator CA.
+fn start_serving(args: &Args, dir: &Path, topology: Topology) -> Result<Serving> {
+    let Topology::Etcd(k) = topology else {
+        let replica = start_control_plane(args, dir, "data", &[])?;
+        return Ok(Serving {
+            replicas: vec![replica],
+            _etcd: None,
+            etcd_pids: Vec::new(),
+        });
+    };
+    let etcd = EtcdCluster::start(
+        &args.etcd,
+        &dir.join("etcd"),
+        args.etcd_members.max(1),
+        Duration::from_secs(60),
+    )?;
+    let root = sane_certs::testing::operator_root("Fleet Bench Root")?;
+    let (chain, key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    std::fs::write(&chain, &root.cert_pem)?;
+    std::fs::write(&key, &root.key_pem)?;
+    let store = etcd.store_url();
+    let mut replicas = Vec::with_capacity(k);
+    for i in 1..=k.max(1) {
+        let extra = [
+            "--store".to_string(),
+            store.clone(),
+            "--store-prefix".into(),
+            "/sane-fleet".into(),
+            "--replica-id".into(),
+            format!("r{i}"),
+            "--ca-cert-chain".into(),
+            chain.display().to_string(),
+            "--ca-key".into(),
+            key.display().to_string(),
+        ];
+        replicas.push(start_control_plane(
+            args,
+            dir,
+            &format!("replica-{i}"),
+            &extra,
+        )?);
+    }
+    Ok(Serving {
+        replicas,
+        etcd_pids: etcd.pids(),
+        _etcd: Some(etcd),
+    })
+}
+
+/// Starts one control plane (TLS, the given debounce, data in
+/// `dir/<name>`, log in `dir/<name>.log`) and returns it with its xDS and
+/// API addresses.
+fn start_control_plane(args: &Args, dir: &Path, name: &str, extra: &[String]) -> Result<Replica> {
+    let log = dir.join(format!("{name}.log"));
     let bin = match &args.control_plane {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -771,18 +927,21 @@ fn start_control_plane(args: &Args, dir: &Path) -> Result<(ChildGuard, String, S
             .context("the tool's directory")?
             .join("sane-control-plane"),
     };
+    let data = dir.join(name);
     let mut child = Command::new(&bin)
         .args(["--xds-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
         .arg("--data-dir")
-        .arg(dir.join("data"))
+        .arg(&data)
         .args(["--api-token", API_TOKEN])
         .args(["--debounce-quiet", &args.debounce_quiet])
         .args(["--debounce-max", &args.debounce_max])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
+    let pid = child.id();
     let guard = ChildGuard(child);
     let (mut xds, mut api) = (None, None);
     for line in BufReader::new(stdout).lines() {
@@ -793,7 +952,13 @@ fn start_control_plane(args: &Args, dir: &Path) -> Result<(ChildGuard, String, S
             api = Some(a.to_string());
         }
         if let (Some(x), Some(a)) = (&xds, &api) {
-            return Ok((guard, x.clone(), a.clone()));
+            return Ok(Replica {
+                _child: guard,
+                pid,
+                xds: x.clone(),
+                api: a.clone(),
+                root_file: data.join("root-cert.pem"),
+            });
         }
     }
     bail!(
@@ -835,9 +1000,16 @@ fn summary(samples: &[Sample]) -> (f64, f64, f64, f64, f64, f64) {
 fn row(r: &RunReport) -> String {
     let (rp50, rp99, rmax, rcpu, rcl, rw) = summary(&r.route);
     let (ep50, ep99, emax, ecpu, ecl, ew) = summary(&r.endpoint);
+    let etcd = match (r.etcd_cpu, r.etcd_rss) {
+        (Some((route, endpoint)), Some(rss)) => {
+            format!("{route:.3} / {endpoint:.3} s, {rss:.1} MiB")
+        }
+        _ => "-".into(),
+    };
     format!(
-        "| {} | {:?} | {} / {} | {:.1} s | {rp50:.0} | {rp99:.0} | {rmax:.0} | {rcpu:.3} | {ep50:.0} | {ep99:.0} | {emax:.0} | {ecpu:.3} | {rw:.0} / {ew:.0} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} |",
+        "| {} | {} | {:?} | {} / {} | {:.1} s | {rp50:.0} | {rp99:.0} | {rmax:.0} | {rcpu:.3} | {ep50:.0} | {ep99:.0} | {emax:.0} | {ecpu:.3} | {rw:.0} / {ew:.0} | {:.1} / {:.1} / {:.1} | {:.2} / {:.2} | {etcd} |",
         r.proxies,
+        r.topology.label(),
         r.protocol,
         r.services,
         r.resources,
@@ -863,8 +1035,10 @@ fn render(args: &Args, reports: &[RunReport]) -> String {
         humantime::format_duration(args.gap),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
     );
-    out.push_str("| proxies | protocol | services / resources | fleet connected in | route: p50 ms | p99 ms | max ms | CP CPU s per change | endpoint: p50 ms | p99 ms | max ms | CP CPU s per change | API write p50 ms (route / endpoint) | CP RSS MiB idle / end / peak | fleet CPU s per change (route / endpoint) |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("Topology: `file` is one control plane on its file store; `etcd:<k>` is k replicas on a fresh etcd cluster of ");
+    let _ = write!(out, "{} members, proxies spread round-robin over the replicas, writes through replica 1; control-plane CPU and RSS are summed over the replicas.\n\n", args.etcd_members);
+    out.push_str("| proxies | topology | protocol | services / resources | fleet connected in | route: p50 ms | p99 ms | max ms | CP CPU s per change | endpoint: p50 ms | p99 ms | max ms | CP CPU s per change | API write p50 ms (route / endpoint) | CP RSS MiB idle / end / peak | fleet CPU s per change (route / endpoint) | etcd CPU per change (route / endpoint), RSS |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in reports {
         out.push_str(&row(r));
         out.push('\n');
@@ -879,8 +1053,9 @@ fn render(args: &Args, reports: &[RunReport]) -> String {
         };
         let _ = writeln!(
             out,
-            "- {} {:?}: route [{}], endpoint [{}]; streams re-opened: {}{}",
+            "- {} {} {:?}: route [{}], endpoint [{}]; streams re-opened: {}{}",
             r.proxies,
+            r.topology.label(),
             r.protocol,
             ms(&r.route),
             ms(&r.endpoint),
@@ -904,6 +1079,17 @@ mod tests {
         assert_eq!(pct(&xs, 0.5), 5.0);
         assert_eq!(pct(&xs, 0.99), 10.0);
         assert_eq!(pct(&[3.0], 0.99), 3.0);
+    }
+
+    #[test]
+    fn topologies_parse_and_bad_ones_are_named() {
+        assert_eq!(Topology::parse("file"), Ok(Topology::File));
+        assert_eq!(Topology::parse("etcd:3"), Ok(Topology::Etcd(3)));
+        assert_eq!(Topology::Etcd(3).label(), "etcd:3");
+        for bad in ["etcd:0", "etcd", "etcd:x", "raft:3"] {
+            let err = Topology::parse(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
     }
 
     #[test]

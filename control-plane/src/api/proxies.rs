@@ -25,31 +25,15 @@ async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
         );
     };
     // Replicas: this one's rows, then every other replica's published ones
-    // (each row says which replica the proxy is connected to). A row of
-    // another replica counts as in sync only at this replica's revision.
+    // (each row says which replica the proxy is connected to).
     let own = etcd.replica().to_string();
-    let mut rows: Vec<serde_json::Value> = proxies
-        .iter()
-        .map(|p| {
-            let mut v = json!(p);
-            v["replica"] = json!(own);
-            v
-        })
-        .collect();
+    let mut rows: Vec<serde_json::Value> = proxies.iter().map(|p| own_row(p, &own)).collect();
     let mut replicas = vec![own.clone()];
     let mut body = json!({});
-    match crate::store::etcd_shared::replicas_status(etcd, &own).await {
+    match other_replicas(etcd, &own, revision).await {
         Ok(others) => {
-            for other in others {
-                let name = other["replica"].as_str().unwrap_or_default().to_string();
-                for row in other["proxies"].as_array().into_iter().flatten() {
-                    let mut row = row.clone();
-                    let current = row["revision"].as_u64().is_some_and(|r| r >= revision);
-                    let in_sync = row["in_sync"].as_bool().unwrap_or(false) && current;
-                    row["in_sync"] = json!(in_sync);
-                    row["replica"] = json!(name);
-                    rows.push(row);
-                }
+            for (name, other_rows) in others {
+                rows.extend(other_rows);
                 replicas.push(name);
             }
         }
@@ -66,23 +50,102 @@ async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
     Json(body)
 }
 
+/// One proxy: its newest stream here, or — replicas on etcd — the row
+/// another replica published for it (a connected row first), so every
+/// replica answers for every proxy.
 async fn one(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let status = state
-        .status
-        .get(&id, state.registry.revision())
-        .ok_or_else(|| unknown(&id))?;
-    Ok(Json(json!(status)))
+    let revision = state.registry.revision();
+    let local = state.status.get(&id, revision);
+    let Some(etcd) = state.registry.etcd() else {
+        return local.map(|s| Json(json!(s))).ok_or_else(|| unknown(&id));
+    };
+    let own = etcd.replica().to_string();
+    let mut rows: Vec<serde_json::Value> = local.iter().map(|p| own_row(p, &own)).collect();
+    if let Ok(others) = other_replicas(etcd, &own, revision).await {
+        rows.extend(
+            others
+                .into_iter()
+                .flat_map(|(_, rows)| rows)
+                .filter(|row| row["node"] == id.as_str()),
+        );
+    }
+    let connected = rows.iter().position(|r| r["connected"] == true);
+    match connected.or((!rows.is_empty()).then_some(0)) {
+        Some(i) => Ok(Json(rows.swap_remove(i))),
+        None => Err(unknown(&id)),
+    }
 }
 
+/// What a proxy was last sent: kept by the replica it is connected to only;
+/// another replica's answer names that one.
 async fn config(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let config = state.status.config(&id).ok_or_else(|| unknown(&id))?;
-    Ok(Json(json!(config)))
+    if let Some(config) = state.status.config(&id) {
+        return Ok(Json(json!(config)));
+    }
+    let Some(etcd) = state.registry.etcd() else {
+        return Err(unknown(&id));
+    };
+    let own = etcd.replica().to_string();
+    let others = other_replicas(etcd, &own, state.registry.revision())
+        .await
+        .unwrap_or_default();
+    let on = others
+        .into_iter()
+        .find(|(_, rows)| rows.iter().any(|r| r["node"] == id.as_str()));
+    match on {
+        Some((replica, _)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "proxy {id:?} is connected to replica {replica:?}: what it was sent is kept \
+                 there (ask that replica's /api/v1/proxies/{id}/config)"
+            ),
+        )),
+        None => Err(unknown(&id)),
+    }
+}
+
+/// A row of this replica, with its name.
+fn own_row(p: &crate::status::ProxyStatus, own: &str) -> serde_json::Value {
+    let mut v = json!(p);
+    v["replica"] = json!(own);
+    v
+}
+
+/// Every other replica's published rows, by replica name, each row with
+/// its `replica`. A row of another replica counts as in sync only at this
+/// replica's `revision`.
+async fn other_replicas(
+    etcd: &crate::store::etcd::EtcdStore,
+    own: &str,
+    revision: u64,
+) -> Result<Vec<(String, Vec<serde_json::Value>)>, crate::error::Error> {
+    let others = crate::store::etcd_shared::replicas_status(etcd, own).await?;
+    Ok(others
+        .into_iter()
+        .map(|other| {
+            let name = other["replica"].as_str().unwrap_or_default().to_string();
+            let rows = other["proxies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|row| {
+                    let mut row = row.clone();
+                    let current = row["revision"].as_u64().is_some_and(|r| r >= revision);
+                    let in_sync = row["in_sync"].as_bool().unwrap_or(false) && current;
+                    row["in_sync"] = json!(in_sync);
+                    row["replica"] = json!(name);
+                    row
+                })
+                .collect();
+            (name, rows)
+        })
+        .collect())
 }
 
 fn unknown(id: &str) -> ApiError {

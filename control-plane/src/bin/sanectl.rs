@@ -1066,12 +1066,34 @@ fn print(value: &Value, format: Format) -> anyhow::Result<()> {
 }
 
 fn print_table(status: &Value) {
-    println!(
-        "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {:<28} LAST NACK",
-        "NODE", "NAMESPACE", "PROTO", "CONNECTED", "IN SYNC", "REVISION", "AGENT"
-    );
     let empty = Vec::new();
-    for p in status["proxies"].as_array().unwrap_or(&empty) {
+    let proxies = status["proxies"].as_array().unwrap_or(&empty);
+    // Replicas on etcd: which replica each proxy is connected to (every
+    // replica lists every replica's proxies). One process: no column.
+    let replicated = status.get("replicas").is_some();
+    let replica_width = proxies
+        .iter()
+        .filter_map(|p| p["replica"].as_str())
+        .map(str::len)
+        .chain([7])
+        .max()
+        .unwrap_or(7);
+    let replica = |name: &str| match replicated {
+        true => format!("{name:<replica_width$} "),
+        false => String::new(),
+    };
+    println!(
+        "{:<24} {}{:<12} {:<6} {:<10} {:<8} {:<9} {:<28} LAST NACK",
+        "NODE",
+        replica("REPLICA"),
+        "NAMESPACE",
+        "PROTO",
+        "CONNECTED",
+        "IN SYNC",
+        "REVISION",
+        "AGENT"
+    );
+    for p in proxies {
         let nack = p["types"]
             .as_object()
             .into_iter()
@@ -1090,8 +1112,9 @@ fn print_table(status: &Value) {
             .take(28)
             .collect();
         println!(
-            "{:<24} {:<12} {:<6} {:<10} {:<8} {:<9} {:<28} {}",
+            "{:<24} {}{:<12} {:<6} {:<10} {:<8} {:<9} {:<28} {}",
             p["node"].as_str().unwrap_or(""),
+            replica(p["replica"].as_str().unwrap_or("-")),
             p["namespace"].as_str().unwrap_or(""),
             p["protocol"].as_str().unwrap_or(""),
             p["connected"],

@@ -105,7 +105,11 @@
 //!   version is, when the content changes). Put the resource name and field
 //!   path in the message.
 //! * State of the world: requests with an older nonce are ignored; the first
-//!   request of a type (on each new stream) is always answered in full.
+//!   request of a type on each new stream is answered in full, unless its
+//!   `version_info` already is the version it would be sent: then nothing is
+//!   sent (the client resumes with what it holds, e.g. after failing over
+//!   to another replica, whose versions are the same) and the next change
+//!   is pushed as usual.
 //! * Delta: see [`delta`] for subscriptions, `initial_resource_versions` and
 //!   `removed_resources`.
 //! * A new stream starts from the registry's latest state. Registry changes

@@ -69,6 +69,11 @@ pub struct Step<R> {
     /// Empty responses to types this server does not serve: sent after the
     /// pushes, recorded nowhere.
     pub untracked: Vec<R>,
+    /// Types the client already holds in their current version (a state of
+    /// the world client resuming on a new stream, e.g. after failing over
+    /// to another replica): nothing is sent, and the status records them as
+    /// sent and ACKed.
+    pub resumed: Vec<Sent>,
 }
 
 /// Fresh nonces for one stream: `<stream>-<n>`, unique within the process.
@@ -86,6 +91,7 @@ impl<R> Default for Step<R> {
             events: Vec::new(),
             pushes: Vec::new(),
             untracked: Vec::new(),
+            resumed: Vec::new(),
         }
     }
 }
@@ -97,6 +103,7 @@ impl<R> Step<R> {
             events: vec![event],
             pushes: Vec::new(),
             untracked: Vec::new(),
+            resumed: Vec::new(),
         }
     }
 }

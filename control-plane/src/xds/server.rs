@@ -526,6 +526,19 @@ async fn run_stream<M: Machine>(
                 return;
             }
         }
+        for sent in &step.resumed {
+            // The client holds this version already (it resumed here, e.g.
+            // from another replica): recorded as sent and ACKed, not sent.
+            shared.metrics.resumed(TypeLabels {
+                type_name: sent.type_url.short_name(),
+            });
+            tracing::debug!(type_url = sent.type_url.as_str(), version = %sent.version, resources = sent.resources.len(), "resumed: the client holds the current version");
+            conn.record_sent(sent);
+            conn.record_event(&Event::Ack {
+                type_url: sent.type_url,
+                version: sent.version.clone(),
+            });
+        }
         // After the pushes, so a view is never marked synced before what it
         // changed was sent.
         conn.record_view(&view);

@@ -3,8 +3,14 @@
 //!
 //! Per type it tracks the subscription, the last response (version and
 //! nonce) and what the client said about it. Rules:
-//! * the first request of a type (or one with an empty nonce) is answered
-//!   with the current state, whatever version the client claims to hold;
+//! * the first request of a type on a stream is answered with the current
+//!   state, unless its `version_info` is already that state's version: the
+//!   client holds it (a proxy resuming after a reconnect, e.g. failing over
+//!   to another replica: versions are content hashes, the same on every
+//!   replica), so nothing is sent and the type counts as ACKed at that
+//!   version (go-control-plane's rule too); the next change is pushed;
+//! * a later request with an empty nonce starts the type over and is
+//!   answered with the current state, whatever version it claims;
 //! * a request whose `response_nonce` is not the latest for its type is stale
 //!   and ignored entirely, subscription included (the client re-sends it);
 //! * with the latest nonce, no `error_detail` is an ACK and `error_detail` a
@@ -102,6 +108,10 @@ impl SotwStream {
         };
         let subscription = Subscription::from_names(&req.resource_names);
         let Some(st) = self.types.get_mut(&type_url) else {
+            let (version, resources) = selected(view, type_url, &subscription);
+            if !req.version_info.is_empty() && req.version_info == version {
+                return self.resume(type_url, subscription, version, resources);
+            }
             return self.push_new(type_url, subscription, view);
         };
         if req.response_nonce.is_empty() {
@@ -170,6 +180,34 @@ impl SotwStream {
         );
         let mut step = Step::default();
         step.pushes.push(self.respond(type_url, view));
+        step
+    }
+
+    /// The client's first request of `type_url` names the version it would
+    /// be sent: track the type at that version (no nonce yet: any request
+    /// but one with a fresh nonce is stale) and send nothing.
+    fn resume(
+        &mut self,
+        type_url: XdsType,
+        subscription: Subscription,
+        version: String,
+        resources: Vec<Arc<EncodedResource>>,
+    ) -> Step<DiscoveryResponse> {
+        self.types.insert(
+            type_url,
+            SotwType {
+                subscription,
+                version: version.clone(),
+                nonce: String::new(),
+            },
+        );
+        let mut step = Step::default();
+        step.resumed.push(Sent {
+            type_url,
+            version,
+            nonce: String::new(),
+            resources,
+        });
         step
     }
 
@@ -346,6 +384,55 @@ mod tests {
     }
 
     #[test]
+    fn a_client_resuming_with_the_current_version_is_not_sent_it_again() {
+        let view = view_of("shop");
+        let mut first = SotwStream::new(1);
+        let version = first
+            .on_request(&req(TypeUrl::Route, "", "", &[]), &view)
+            .pushes[0]
+            .0
+            .version
+            .clone();
+        // A new stream (another replica: versions are content hashes) and
+        // the client holds this version: nothing is sent, the type counts
+        // as sent and ACKed at it.
+        let mut second = SotwStream::new(2);
+        let step = second.on_request(&req(TypeUrl::Route, &version, "", &[]), &view);
+        assert!(step.pushes.is_empty() && step.events.is_empty());
+        assert_eq!(step.resumed.len(), 1);
+        assert_eq!(step.resumed[0].version, version);
+        let held = step.resumed[0].resources.len();
+        assert!(held > 0);
+        assert!(second.on_view(&view).pushes.is_empty());
+        // A request with an old stream's nonce is stale here.
+        let step = second.on_request(&req(TypeUrl::Route, &version, "1-1", &[]), &view);
+        assert!(matches!(step.events[0], Event::Stale { .. }));
+        // The next change is pushed, and its ACK recorded.
+        let changed = view_without("shop", Kind::Route, "shop/web");
+        let step = second.on_view(&changed);
+        assert_eq!(step.pushes.len(), 1);
+        assert_eq!(step.pushes[0].1.nonce, "2-1");
+        assert_eq!(step.pushes[0].1.resources.len(), held - 1);
+        let v2 = step.pushes[0].0.version.clone();
+        let step = second.on_request(&req(TypeUrl::Route, &v2, "2-1", &[]), &changed);
+        assert_eq!(
+            step.events,
+            [Event::Ack {
+                type_url: TypeUrl::Route.into(),
+                version: v2
+            }]
+        );
+        // A version the stream would not send (older, or a narrower
+        // subscription's) gets the current state in full.
+        let mut third = SotwStream::new(3);
+        let step = third.on_request(&req(TypeUrl::Route, &version, "", &[]), &changed);
+        assert_eq!(step.pushes.len(), 1);
+        assert!(step.resumed.is_empty());
+        let step = third.on_request(&req(TypeUrl::Endpoint, &version, "", &["x"]), &view);
+        assert_eq!(step.pushes.len(), 1);
+    }
+
+    #[test]
     fn reconnect_gets_current_state_and_unknown_types_are_reported() {
         let view = view_of("shop");
         let mut first = SotwStream::new(1);
@@ -355,10 +442,13 @@ mod tests {
             .0
             .version
             .clone();
-        // A new stream: the client claims the version and an old nonce, and
-        // still gets the full state with a fresh nonce.
+        // A new stream: the client claims another version and an old nonce,
+        // and gets the full state with a fresh nonce.
         let mut second = SotwStream::new(2);
-        let step = second.on_request(&req(TypeUrl::Service, &version, "1-1", &[]), &view);
+        let step = second.on_request(
+            &req(TypeUrl::Service, &format!("{version}x"), "1-1", &[]),
+            &view,
+        );
         assert_eq!(step.pushes[0].1.nonce, "2-1");
         assert_eq!(step.pushes[0].1.resources.len(), 3);
         let mut unknown = req(TypeUrl::Service, "", "", &[]);

@@ -7,6 +7,9 @@
 //! lists them all), so their ports are picked by binding port 0 and
 //! releasing it just before the start. Elections are tuned short (50 ms
 //! heartbeat, 500 ms election timeout) so a killed leader is replaced fast.
+//! [`EtcdCluster::start_tls`] serves clients over TLS and requires client
+//! certificates; readiness is then read from each member's plain metrics
+//! port (`--listen-metrics-urls`, which also serves `/health`).
 
 use super::binaries::workspace_root;
 use super::deps::program_or_skip;
@@ -43,6 +46,20 @@ pub struct EtcdCluster {
     bin: PathBuf,
     dir: PathBuf,
     members: Vec<Member>,
+    tls: Option<EtcdTls>,
+}
+
+/// Client TLS of the members: `https://` client URLs with this certificate,
+/// and clients must present one signed by `ca` (`--client-cert-auth`).
+/// Peers stay plaintext (loopback, tests only).
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// PEM CA the members verify client certificates with.
+    pub ca: PathBuf,
+    /// PEM serving certificate of every member (names 127.0.0.1).
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 #[derive(Debug)]
@@ -50,6 +67,9 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Plain HTTP `/health` (and `/metrics`): the readiness probe when the
+    /// client port speaks TLS.
+    metrics_port: u16,
     proc: Option<Proc>,
 }
 
@@ -59,11 +79,22 @@ impl EtcdCluster {
     /// Starts `n` members with their data under `dir`, and waits until
     /// each is healthy (the cluster has a leader).
     pub async fn start(bin: &Path, dir: &Path, n: usize) -> EtcdCluster {
+        Self::start_with(bin, dir, n, None).await
+    }
+
+    /// [`EtcdCluster::start`] with client TLS and client-certificate
+    /// authentication ([`EtcdTls`]).
+    pub async fn start_tls(bin: &Path, dir: &Path, n: usize, tls: EtcdTls) -> EtcdCluster {
+        Self::start_with(bin, dir, n, Some(tls)).await
+    }
+
+    async fn start_with(bin: &Path, dir: &Path, n: usize, tls: Option<EtcdTls>) -> EtcdCluster {
         let members = (1..=n)
             .map(|i| Member {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 proc: None,
             })
             .collect();
@@ -71,6 +102,7 @@ impl EtcdCluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             members,
+            tls,
         };
         for i in 0..n {
             cluster.spawn(i);
@@ -123,7 +155,7 @@ impl EtcdCluster {
 
     /// Waits until member `i` answers `/health` with `"health":"true"`.
     pub async fn wait_healthy(&self, i: usize) {
-        let url = format!("http://{}/health", self.client_addr(i));
+        let url = format!("http://127.0.0.1:{}/health", self.members[i].metrics_port);
         let client = http1_client();
         eventually(HEALTHY_DEADLINE, || async {
             let reply = send(&client, get(&url)).await?;
@@ -188,9 +220,23 @@ impl EtcdCluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect();
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
         let data = self.dir.join(&m.name).display().to_string();
+        let tls_args: Vec<String> = match &self.tls {
+            Some(tls) => vec![
+                "--cert-file".into(),
+                tls.cert.display().to_string(),
+                "--key-file".into(),
+                tls.key.display().to_string(),
+                "--trusted-ca-file".into(),
+                tls.ca.display().to_string(),
+                "--client-cert-auth".into(),
+            ],
+            None => Vec::new(),
+        };
         let args = [
             "--name",
             m.name.as_str(),
@@ -214,10 +260,17 @@ impl EtcdCluster {
             "50",
             "--election-timeout",
             "500",
+            "--listen-metrics-urls",
+            metrics.as_str(),
             "--logger",
             "zap",
         ];
-        let proc = Proc::spawn(&format!("etcd-{}", m.name), &self.bin, args, &[]);
+        let args = args
+            .into_iter()
+            .map(str::to_string)
+            .chain(tls_args)
+            .collect::<Vec<_>>();
+        let proc = Proc::spawn(&format!("etcd-{}", m.name), &self.bin, &args, &[]);
         self.members[i].proc = Some(proc);
     }
 }

@@ -55,7 +55,7 @@ pub use binaries::{
 pub use control_plane::{ApiHttp, ControlPlane, TEST_API_TOKEN};
 pub use control_plane_client::{proxy_row, xds_bootstrap, xds_node_id, ApiClient, CliRun, Sanectl};
 pub use curl::{gateway_deps_script, Curl, CurlReply, CurlRequest};
-pub use etcd::{etcd_deps_script, etcd_or_skip, EtcdCluster};
+pub use etcd::{etcd_deps_script, etcd_or_skip, EtcdCluster, EtcdTls};
 pub use eventually::{eventually, eventually_blocking, within, EVENTUALLY_STEP};
 pub use grpc::EchoClient;
 pub use grpcio::{grpcio_deps_script, grpcio_python_or_skip, CallCounts, GrpcioClient};

@@ -1,7 +1,10 @@
 //! The xDS client: one ADS stream (state of the world) to the control plane.
 //!
 //! Connects with backoff (10 ms doubling to 15 s, reset after a response is
-//! received), subscribes to every type (wildcard), and for each response
+//! received or a stream stayed up [`STABLE_STREAM`]), subscribes to every
+//! type (wildcard) with the version it holds of each — so a control plane
+//! (another replica after a failover) that would send the same version
+//! sends nothing, and the proxy resumes with what it has —, and for each response
 //! either applies the resources atomically and ACKs, or keeps the last good
 //! config and NACKs with a message naming the resource and field (see
 //! [`state`]). Readiness is held until every type was accepted once. When the
@@ -32,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 
 const BACKOFF_START: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// A stream open this long counts as a success (resets the backoff) even
+/// without a response: a proxy resuming with the versions it holds may get
+/// none until the next change, while a refused stream ends at once.
+pub const STABLE_STREAM: Duration = Duration::from_secs(2);
 
 /// xDS client metrics.
 #[derive(Clone, Debug)]
@@ -117,13 +124,16 @@ pub async fn run(
     let mut failed_in_row = 0;
     loop {
         let mut got_response = false;
+        let mut established = None;
         let address = addresses[at % addresses.len()].clone();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = session(&cp, &address, &envoy, &store, &metrics, &identity, &mut state, &mut block, &mut got_response) => r,
+            r = session(&cp, &address, &envoy, &store, &metrics, &identity, &mut state, &mut block, &mut got_response, &mut established) => r,
         };
         metrics.connected.set(0);
-        if got_response {
+        let stable =
+            established.is_some_and(|at: tokio::time::Instant| at.elapsed() >= STABLE_STREAM);
+        if got_response || stable {
             backoff = BACKOFF_START;
             failed_in_row = 0;
         } else {
@@ -180,6 +190,7 @@ async fn session(
     state: &mut XdsState,
     block: &mut Option<BlockReady>,
     got_response: &mut bool,
+    established: &mut Option<tokio::time::Instant>,
 ) -> Result<(), XdsError> {
     let address = address.to_string();
     let token = if cp.token_file.is_empty() {
@@ -227,6 +238,7 @@ async fn session(
         .map_err(stream_err)?
         .into_inner();
     metrics.connected.set(1);
+    *established = Some(tokio::time::Instant::now());
     tracing::info!(%address, "xds stream established");
     while let Some(resp) = responses.message().await.map_err(stream_err)? {
         *got_response = true;
