@@ -180,8 +180,11 @@ struct Exchange {
     /// Response flags, `-` (static, no allocation) when none.
     flags: Cow<'static, str>,
     method: Method,
-    path: String,
-    authority: String,
+    /// The request's target as it came (a clone shares its bytes): the
+    /// path, and the authority when it names one.
+    uri: http::Uri,
+    /// The `Host` header, when the target names no authority (HTTP/1).
+    host: Option<HeaderValue>,
     version: Version,
     request_id: RequestId,
     start: Instant,
@@ -232,19 +235,32 @@ where
         let own_id = labels.own(self.identity.current());
         let version = req.version();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let authority = h::authority_text(&req).unwrap_or_default();
+        let uri = req.uri().clone();
+        let host = match uri.authority() {
+            Some(_) => None,
+            None => req.headers().get(http::header::HOST).cloned(),
+        };
         let request_bytes = ByteCount::default();
         let counted = request_bytes.clone();
         let mut req = req.map(|b| CountingBody::new(b, counted).boxed_unsync());
-        let observed = ObservedService::default();
+        let mut grpc = h::is_grpc(req.headers());
         let (source, source_principal, destination, dest_principal, policy);
+        // Inbound, the service is known here; outbound, the route stage
+        // below learns it (`observed`).
+        let (service, observed);
         let inbound_peer = match &self.side {
             Side::Inbound { peer, .. } => peer.clone(),
             Side::Outbound => None,
         };
         match &self.side {
-            Side::Inbound { peer, .. } => {
+            Side::Inbound {
+                peer,
+                service: own,
+                protocol,
+            } => {
+                service = Some(called.unwrap_or_else(|| own.clone()));
+                grpc = grpc || *protocol == Protocol::Grpc;
+                observed = None;
                 // The workload continues the trace as a child of this span.
                 hop.context.inject(req.headers_mut());
                 let claimed = req.headers_mut().remove(SOURCE_WORKLOAD);
@@ -270,17 +286,12 @@ where
                 destination = labels.unknown_peer.clone();
                 dest_principal = labels.unknown.clone();
                 policy = "unknown";
+                service = None;
+                let learned = ObservedService::default();
+                req.extensions_mut().insert(learned.clone());
+                observed = Some(learned);
             }
         }
-        if let Side::Inbound {
-            service, protocol, ..
-        } = &self.side
-        {
-            let service = called.unwrap_or_else(|| service.clone());
-            *observed.0.lock().expect("not poisoned") = Some((service, *protocol));
-        }
-        req.extensions_mut().insert(observed.clone());
-        let grpc = h::is_grpc(req.headers());
         let fut = self.inner.call(req);
         // Recorded as a downstream disconnect (status 0, flag `DC`) if this
         // future is dropped before the response headers are in: the caller
@@ -299,14 +310,14 @@ where
                 destination_principal: dest_principal,
                 workload_header: workload_header.filter(|_| inbound_peer.is_some()),
                 policy,
-                service: None,
+                service,
                 grpc,
                 header_grpc_status: None,
                 status: 0,
                 flags: Cow::Borrowed("-"),
                 method,
-                path,
-                authority,
+                uri,
+                host,
                 version,
                 request_id,
                 start,
@@ -332,7 +343,7 @@ where
             exchange.header_grpc_status = rsp.headers().get(&GRPC_STATUS).cloned();
             if let Some(e) = &error {
                 tracing::warn!(
-                    method = %exchange.method, path = %exchange.path,
+                    method = %exchange.method, path = %exchange.uri.path(),
                     status = exchange.status, flags = %exchange.flags, error = %e,
                     "request failed"
                 );
@@ -357,7 +368,8 @@ where
 /// `call`.
 struct Pending {
     exchange: Option<Exchange>,
-    observed: ObservedService,
+    /// Outbound: where the route stage puts the service it resolved.
+    observed: Option<ObservedService>,
 }
 
 // === impl Pending ===
@@ -367,7 +379,9 @@ impl Pending {
     /// the response body records it.
     fn take(&mut self) -> Exchange {
         let mut exchange = self.exchange.take().expect("taken once");
-        exchange.learn_service(&self.observed);
+        if let Some(observed) = &self.observed {
+            exchange.learn_service(observed);
+        }
         exchange
     }
 }
@@ -375,7 +389,9 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(mut exchange) = self.exchange.take() {
-            exchange.learn_service(&self.observed);
+            if let Some(observed) = &self.observed {
+                exchange.learn_service(observed);
+            }
             exchange.finish(BodyOutcome {
                 end: BodyEnd::Dropped,
                 bytes: 0,
@@ -538,9 +554,8 @@ impl Exchange {
     }
 
     /// Reports the finished exchange: metrics (into the series kept for
-    /// its route and peer), access log, span. The span takes the
-    /// exchange's strings by move (no copies), after the access log (which
-    /// copies them only when it is on).
+    /// its route and peer), access log, span. The access log and the span
+    /// copy the strings they need, each only when it is on.
     fn finish(self, outcome: BodyOutcome) {
         let Exchange {
             metrics,
@@ -559,8 +574,8 @@ impl Exchange {
             status,
             flags,
             method,
-            path,
-            authority,
+            uri,
+            host,
             version,
             request_id,
             start,
@@ -602,14 +617,19 @@ impl Exchange {
         labels.series(&metrics, &key).record(outcome, millis, sizes);
         let service: &str = key.service.as_ref().map_or(&labels.unknown, |s| s.key());
         let protocol_version = version_text(version);
+        let path = uri.path();
+        let authority = match uri.authority() {
+            Some(a) => a.as_str(),
+            None => host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+        };
         hop.active().log(|| AccessLog {
             start_time: humantime::format_rfc3339_millis(wall).to_string(),
             direction: if inbound { "inbound" } else { "outbound" },
             trace_id: hop.context.trace_id.to_string(),
             request_id: request_id.to_string(),
             method: method.to_string(),
-            authority: authority.clone(),
-            path: path.clone(),
+            authority: authority.to_string(),
+            path: path.to_string(),
             protocol: protocol_version.to_string(),
             status,
             grpc_status: grpc_status.to_string(),
@@ -635,8 +655,8 @@ impl Exchange {
             };
             let span = SpanOutcome {
                 method: method_text(&method),
-                path: path.into(),
-                authority: authority.into(),
+                path: path.to_string().into(),
+                authority: authority.to_string().into(),
                 status,
                 flags,
                 service: service.to_string().into(),
