@@ -535,7 +535,9 @@ impl fmt::Debug for SeriesCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (routes, series) = self.map.read().map_or((0, 0), |m| {
             let routes = m.values().flatten();
-            let series = routes.clone().map(|r| r.outcomes.read().map_or(0, |o| o.len()));
+            let series = routes
+                .clone()
+                .map(|r| r.outcomes.read().map_or(0, |o| o.len()));
             (routes.count(), series.sum::<usize>())
         });
         f.debug_struct("SeriesCache")

@@ -23,11 +23,11 @@ use crate::protocol::http::{strip_hop_by_hop, H2_CONNECTION_WINDOW, H2_STREAM_WI
 use crate::protocol::io::Io;
 use bytes::{Buf, Bytes};
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::task::AtomicWaker;
 use h2::server::{Connection, Handshake, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
-use futures::task::AtomicWaker;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -214,32 +214,32 @@ where
     };
     for _ in 0..MAX_ROUNDS {
         round.again.store(false, Ordering::SeqCst);
-            loop {
-                match conn.poll_accept(cx) {
-                    Poll::Ready(Some(Ok((req, respond)))) => {
-                        let remaining = content_length(req.headers());
-                        let req = req.map(|recv| RecvBody {
-                            recv,
-                            data_done: false,
-                            remaining,
-                        });
-                        let serving = handle(req);
-                        streams.push(StreamTask::Serving { respond, serving });
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Box::new(e))),
-                    // Closed (every stream ended after a GOAWAY, or the
-                    // peer went away): a stream left can send nothing more.
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending => break,
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    let remaining = content_length(req.headers());
+                    let req = req.map(|recv| RecvBody {
+                        recv,
+                        data_done: false,
+                        remaining,
+                    });
+                    let serving = handle(req);
+                    streams.push(StreamTask::Serving { respond, serving });
                 }
-            }
-            // The streams whose waker fired (and those just accepted).
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            if !round.again.load(Ordering::SeqCst) {
-                return Poll::Pending;
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Box::new(e))),
+                // Closed (every stream ended after a GOAWAY, or the
+                // peer went away): a stream left can send nothing more.
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
             }
         }
-        Poll::Pending
+        // The streams whose waker fired (and those just accepted).
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        if !round.again.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+    }
+    Poll::Pending
 }
 
 /// The `content-length` a head states, if one valid one.

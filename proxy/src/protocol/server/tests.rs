@@ -652,7 +652,8 @@ async fn http2_served_directly_carries_bodies_and_trailers_on_concurrent_streams
             let mut sender = sender.ready().await.unwrap();
             let req = Request::post("http://a/").body(()).unwrap();
             let (rsp, mut tx) = sender.send_request(req, false).unwrap();
-            tx.send_data(bytes::Bytes::from(vec![7u8; n]), true).unwrap();
+            tx.send_data(bytes::Bytes::from(vec![7u8; n]), true)
+                .unwrap();
             let rsp = rsp.await.unwrap();
             assert_eq!(rsp.status(), 200);
             let mut body = rsp.into_body();
