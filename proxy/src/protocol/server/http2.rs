@@ -73,6 +73,10 @@ struct RoundWaker {
     again: AtomicBool,
 }
 
+// Unboxed on purpose: the open connection is the state for the
+// connection's whole life (polled on every wake-up), and the whole server
+// already lives in the box `serve_http` puts `run` in.
+#[allow(clippy::large_enum_variant)]
 enum Conn<I: Io> {
     Handshaking(Pin<Box<Handshake<Watched<I>, Bytes>>>),
     Open(Connection<Watched<I>, Bytes>),
