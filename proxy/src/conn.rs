@@ -171,7 +171,7 @@ async fn inbound_detected<I: Io>(
         Detected::Mesh(h) => (
             Some(h.port),
             match h.framing {
-                Framing::Http2 => Some(Framed::Http2),
+                Framing::Http2 => Some(Framed::PeerHttp2),
                 Framing::Http1 => Some(Framed::Http1),
                 Framing::Opaque => None,
             },

@@ -8,6 +8,8 @@
 use crate::body::Body;
 use crate::error::ProxyError;
 use http::{Request, Response, Version};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 
 /// The one service type passed between stages.
@@ -23,13 +25,21 @@ pub type HttpSvc = BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError
 /// connection that is going away.
 pub async fn serve(svc: HttpSvc, req: Request<Body>) -> Response<Body> {
     use tower::ServiceExt;
-    let http1 = req.version() < Version::HTTP_2;
-    let (req, body_ended) = crate::protocol::http::track_body_end(req);
+    // Only an HTTP/1 body still to come can be left unread: only it is
+    // tracked (a wrapper and a flag, allocated per request).
+    let unread = req.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(req.body());
+    let (req, body_ended) = if unread {
+        let (req, ended) = crate::protocol::http::track_body_end(req);
+        (req, Some(ended))
+    } else {
+        (req, None)
+    };
     match svc.oneshot(req).await {
         Ok(rsp) => rsp,
         Err(e) => {
             let mut rsp = e.to_response();
-            if http1 && !body_ended.load(std::sync::atomic::Ordering::Acquire) {
+            let ended = |e: Arc<AtomicBool>| e.load(Ordering::Acquire);
+            if body_ended.is_some_and(|e| !ended(e)) {
                 rsp.headers_mut().insert(
                     http::header::CONNECTION,
                     http::HeaderValue::from_static("close"),

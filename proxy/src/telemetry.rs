@@ -11,7 +11,7 @@ use prometheus::{
 };
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, RwLock};
 
 /// Labels of one HTTP request (Istio's standard set). Every value is from a
@@ -89,12 +89,10 @@ pub struct TcpLabels<'a> {
 /// All proxy metrics.
 #[derive(Clone, Debug)]
 pub struct Metrics {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    request_bytes: HistogramVec,
-    response_bytes: HistogramVec,
-    /// The four request series of each label set seen, resolved once.
-    request_series: Arc<SeriesCache>,
+    /// The four `istio_*` request metrics.
+    request_vecs: RequestVecs,
+    /// The [`RouteSeries`] of each route label set seen, resolved once.
+    route_series: Arc<SeriesCache>,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     tcp_sent: IntCounterVec,
@@ -131,6 +129,15 @@ pub struct ResilienceMetrics {
     mirrors: IntCounterVec,
 }
 
+/// The four `istio_*` request metrics (clones share the registered ones).
+#[derive(Clone, Debug)]
+struct RequestVecs {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+}
+
 /// The four `istio_*` request series of one label set.
 #[derive(Debug)]
 struct RequestSeries {
@@ -140,21 +147,54 @@ struct RequestSeries {
     response_bytes: Histogram,
 }
 
-/// Label set → its [`RequestSeries`]. `MetricVec::with_label_values` hashes
-/// all 23 labels and takes the vec's lock, four times per request (one per
-/// metric); this cache does it once. It holds one entry per series the
-/// vecs hold, so it is exactly as bounded as the metrics' labels are, and
-/// nothing removes series from the vecs. Hashed with foldhash (seeded per
-/// process): SipHash over the ~200 bytes of labels cost more than the
-/// lookup it saves; the labels are not attacker-chosen (config names,
-/// verified SPIFFE ids, status codes).
-struct SeriesCache {
-    hasher: RandomState,
-    /// Hash → the label sets with that hash (string labels, response code).
-    map: RwLock<HashMap<u64, Vec<(SeriesKey, RequestSeries)>>>,
+/// The outcome labels of one request: the ones [`RouteSeries`] leaves open.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome<'a> {
+    /// Status code.
+    pub response_code: u16,
+    /// See [`RequestLabels::grpc_response_status`].
+    pub grpc_response_status: &'a str,
+    /// Response flags, `-` when none.
+    pub response_flags: &'a str,
 }
 
-type SeriesKey = (Box<[Box<str>]>, u16);
+/// The request series of one route and peer: every label of
+/// [`RequestLabels`] but the [`Outcome`] fixed, the series of each outcome
+/// seen with them resolved once. A caller that keeps the handle (the
+/// observe stage keeps it per route and peer, found by pointer compares)
+/// records a request with a scan of a few outcomes instead of hashing 22
+/// label strings; [`Metrics::request`] resolves one per call.
+pub struct RouteSeries {
+    vecs: RequestVecs,
+    /// The fixed values, in [`REQ_LABELS`] order without the outcome's.
+    labels: Box<[Box<str>]>,
+    /// Each outcome seen and its series. Bounded like the labels: status
+    /// codes, gRPC codes, flag sets.
+    outcomes: RwLock<Vec<(OutcomeKey, RequestSeries)>>,
+}
+
+/// An [`Outcome`], owned.
+#[derive(Debug)]
+struct OutcomeKey {
+    code: u16,
+    grpc: Box<str>,
+    flags: Box<str>,
+}
+
+/// Route label set → its [`RouteSeries`]. `MetricVec::with_label_values`
+/// hashes all 23 labels and takes the vec's lock, four times per request
+/// (one per metric); this cache does it once per route label set, and
+/// callers that keep the handle skip even that. It holds one entry per
+/// label set the vecs hold series for, so it is exactly as bounded as the
+/// metrics' labels are, and nothing removes series from the vecs. Hashed
+/// with foldhash (seeded per process): SipHash over the ~200 bytes of
+/// labels cost more than the lookup it saves; the labels are not
+/// attacker-chosen (config names, verified SPIFFE ids).
+struct SeriesCache {
+    hasher: RandomState,
+    /// Hash → the route label sets with that hash.
+    map: RwLock<HashMap<u64, Vec<Arc<RouteSeries>>>>,
+}
 
 /// Istio's standard labels (Kiali and the Istio dashboards group by them).
 const REQ_LABELS: [&str; 23] = [
@@ -182,9 +222,13 @@ const REQ_LABELS: [&str; 23] = [
     "destination_app",
     "destination_version",
 ];
-/// Where `response_code` (kept as a number in the cache key) sits in
-/// [`REQ_LABELS`].
+/// Where the [`Outcome`]'s labels sit in [`REQ_LABELS`] (a
+/// [`RouteSeries`] keeps the others).
 const RESPONSE_CODE_AT: usize = 7;
+const GRPC_STATUS_AT: usize = 8;
+const RESPONSE_FLAGS_AT: usize = 10;
+/// How many labels a [`RouteSeries`] keeps.
+const ROUTE_LABELS: usize = REQ_LABELS.len() - 3;
 const BYTE_BUCKETS: [f64; 9] = [
     1.0,
     10.0,
@@ -315,11 +359,13 @@ impl Metrics {
         let limits = crate::protocol::server::LimitMetrics::register(registry)?;
         let inbound_ports = crate::workload_port::PortMetrics::register(registry)?;
         Ok(Self {
-            requests,
-            duration,
-            request_bytes,
-            response_bytes,
-            request_series: Arc::new(SeriesCache {
+            request_vecs: RequestVecs {
+                requests,
+                duration,
+                request_bytes,
+                response_bytes,
+            },
+            route_series: Arc::new(SeriesCache {
                 hasher: RandomState::default(),
                 map: RwLock::default(),
             }),
@@ -339,16 +385,24 @@ impl Metrics {
         })
     }
 
-    /// Records one finished request.
+    /// Records one finished request (resolving its [`RouteSeries`]: a
+    /// caller recording many requests of one route and peer keeps the one
+    /// [`Metrics::route_series`] returns instead).
     pub fn request(&self, l: RequestLabels<'_>, millis: f64, sizes: RequestSizes) {
-        let record = |s: &RequestSeries| {
-            s.requests.inc();
-            s.duration.observe(millis);
-            s.request_bytes.observe(sizes.request as f64);
-            s.response_bytes.observe(sizes.response as f64);
+        let outcome = Outcome {
+            response_code: l.response_code,
+            grpc_response_status: l.grpc_response_status,
+            response_flags: l.response_flags,
         };
-        // In `REQ_LABELS` order, without `response_code` (kept as a number).
-        let strings = [
+        self.route_series(&l).record(outcome, millis, sizes);
+    }
+
+    /// The series of `l`'s route and peer; `l`'s [`Outcome`] fields
+    /// (`response_code`, `grpc_response_status`, `response_flags`) are not
+    /// read. The same label values always give the same series.
+    pub fn route_series(&self, l: &RequestLabels<'_>) -> Arc<RouteSeries> {
+        // In `REQ_LABELS` order, without the outcome's labels.
+        let strings: [&str; ROUTE_LABELS] = [
             l.reporter,
             l.source_workload,
             l.source_principal,
@@ -356,9 +410,7 @@ impl Metrics {
             l.destination_service,
             l.destination_principal,
             l.request_protocol,
-            l.grpc_response_status,
             l.connection_security_policy,
-            l.response_flags,
             l.source_workload_namespace,
             l.source_canonical_service,
             l.source_canonical_revision,
@@ -372,43 +424,28 @@ impl Metrics {
             l.destination_app,
             l.destination_version,
         ];
-        let cache = &self.request_series;
-        let hash = {
-            let mut h = cache.hasher.build_hasher();
-            strings.hash(&mut h);
-            l.response_code.hash(&mut h);
-            h.finish()
-        };
-        let same = |(labels, code): &SeriesKey| {
-            *code == l.response_code && labels.iter().map(|s| &**s).eq(strings)
-        };
+        let cache = &self.route_series;
+        let hash = cache.hasher.hash_one(strings);
+        let same = |s: &&Arc<RouteSeries>| s.labels.iter().map(|l| &**l).eq(strings);
         {
-            let map = cache.map.read().expect("not poisoned");
-            if let Some((_, series)) = map.get(&hash).and_then(|b| b.iter().find(|(k, _)| same(k)))
-            {
-                record(series);
-                return;
+            let map = cache.map.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(series) = map.get(&hash).and_then(|b| b.iter().find(same)) {
+                return series.clone();
             }
         }
-        let code = l.response_code.to_string();
-        let mut values: Vec<&str> = Vec::with_capacity(REQ_LABELS.len());
-        values.extend_from_slice(&strings[..RESPONSE_CODE_AT]);
-        values.push(&code);
-        values.extend_from_slice(&strings[RESPONSE_CODE_AT..]);
-        let series = RequestSeries {
-            requests: self.requests.with_label_values(&values),
-            duration: self.duration.with_label_values(&values),
-            request_bytes: self.request_bytes.with_label_values(&values),
-            response_bytes: self.response_bytes.with_label_values(&values),
-        };
-        record(&series);
-        let mut map = cache.map.write().expect("not poisoned");
+        let mut map = cache.map.write().unwrap_or_else(|p| p.into_inner());
         let bucket = map.entry(hash).or_default();
         // Another request may have added it meanwhile.
-        if !bucket.iter().any(|(k, _)| same(k)) {
-            let key = strings.iter().map(|s| Box::from(*s)).collect();
-            bucket.push(((key, l.response_code), series));
+        if let Some(series) = bucket.iter().find(same) {
+            return series.clone();
         }
+        let series = Arc::new(RouteSeries {
+            vecs: self.request_vecs.clone(),
+            labels: strings.iter().map(|s| Box::from(*s)).collect(),
+            outcomes: RwLock::default(),
+        });
+        bucket.push(series.clone());
+        series
     }
 
     /// Records an opened TCP connection.
@@ -427,15 +464,84 @@ impl Metrics {
     }
 }
 
+// === impl RouteSeries ===
+
+impl RouteSeries {
+    /// Records one finished request of this route and peer with `outcome`.
+    pub fn record(&self, outcome: Outcome<'_>, millis: f64, sizes: RequestSizes) {
+        let record = |s: &RequestSeries| {
+            s.requests.inc();
+            s.duration.observe(millis);
+            s.request_bytes.observe(sizes.request as f64);
+            s.response_bytes.observe(sizes.response as f64);
+        };
+        let same = |(k, _): &&(OutcomeKey, RequestSeries)| {
+            k.code == outcome.response_code
+                && *k.flags == *outcome.response_flags
+                && *k.grpc == *outcome.grpc_response_status
+        };
+        {
+            let outcomes = self.outcomes.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, series)) = outcomes.iter().find(same) {
+                record(series);
+                return;
+            }
+        }
+        let code = outcome.response_code.to_string();
+        let mut values: Vec<&str> = Vec::with_capacity(REQ_LABELS.len());
+        let mut fixed = self.labels.iter().map(|l| &**l);
+        for at in 0..REQ_LABELS.len() {
+            values.push(match at {
+                RESPONSE_CODE_AT => code.as_str(),
+                GRPC_STATUS_AT => outcome.grpc_response_status,
+                RESPONSE_FLAGS_AT => outcome.response_flags,
+                _ => fixed.next().expect("ROUTE_LABELS values"),
+            });
+        }
+        let v = &self.vecs;
+        let series = RequestSeries {
+            requests: v.requests.with_label_values(&values),
+            duration: v.duration.with_label_values(&values),
+            request_bytes: v.request_bytes.with_label_values(&values),
+            response_bytes: v.response_bytes.with_label_values(&values),
+        };
+        record(&series);
+        let mut outcomes = self.outcomes.write().unwrap_or_else(|p| p.into_inner());
+        // Another request may have added it meanwhile.
+        if !outcomes.iter().any(|e| same(&e)) {
+            let key = OutcomeKey {
+                code: outcome.response_code,
+                grpc: outcome.grpc_response_status.into(),
+                flags: outcome.response_flags.into(),
+            };
+            outcomes.push((key, series));
+        }
+    }
+}
+
+impl fmt::Debug for RouteSeries {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outcomes = self.outcomes.read().map_or(0, |o| o.len());
+        f.debug_struct("RouteSeries")
+            .field("labels", &self.labels)
+            .field("outcomes", &outcomes)
+            .finish()
+    }
+}
+
 // === impl SeriesCache ===
 
 impl fmt::Debug for SeriesCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let series = self
-            .map
-            .read()
-            .map_or(0, |m| m.values().map(Vec::len).sum());
+        let (routes, series) = self.map.read().map_or((0, 0), |m| {
+            let routes = m.values().flatten();
+            let series = routes
+                .clone()
+                .map(|r| r.outcomes.read().map_or(0, |o| o.len()));
+            (routes.count(), series.sum::<usize>())
+        });
         f.debug_struct("SeriesCache")
+            .field("routes", &routes)
             .field("series", &series)
             .finish()
     }
@@ -584,11 +690,9 @@ mod tests {
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
     }
 
-    #[test]
-    fn repeated_label_sets_share_their_series() {
-        let registry = Registry::new();
-        let m = Metrics::register(&registry).unwrap();
-        let labels = |code, flags| RequestLabels {
+    /// An outbound request's labels, with this outcome.
+    fn client_labels(code: u16, flags: &str) -> RequestLabels<'_> {
+        RequestLabels {
             reporter: "source",
             source_workload: "client",
             source_principal: "unknown",
@@ -612,7 +716,80 @@ mod tests {
             destination_canonical_revision: "unknown",
             destination_app: "unknown",
             destination_version: "unknown",
+        }
+    }
+
+    /// `istio_requests_total` by `(source_workload, response_code,
+    /// response_flags)`.
+    fn request_counts(registry: &Registry) -> Vec<(String, String, String, f64)> {
+        let families = registry.gather();
+        let family = families
+            .iter()
+            .find(|f| f.name() == "istio_requests_total")
+            .expect("istio_requests_total");
+        let mut counts: Vec<_> = (family.get_metric().iter())
+            .map(|m| {
+                let label = |name: &str| {
+                    (m.get_label().iter())
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                        .unwrap_or_default()
+                };
+                (
+                    label("source_workload"),
+                    label("response_code"),
+                    label("response_flags"),
+                    m.get_counter().get_value(),
+                )
+            })
+            .collect();
+        counts.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        counts
+    }
+
+    #[test]
+    fn a_kept_route_series_records_each_outcome_under_its_labels() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap();
+        let kept = m.route_series(&client_labels(200, "-"));
+        assert!(
+            Arc::ptr_eq(&kept, &m.route_series(&client_labels(503, "UH"))),
+            "the outcome is not part of a route's labels"
+        );
+        let sizes = RequestSizes::default();
+        for (code, flags) in [(200, "-"), (200, "-"), (503, "UH")] {
+            let outcome = Outcome {
+                response_code: code,
+                grpc_response_status: "",
+                response_flags: flags,
+            };
+            kept.record(outcome, 1.0, sizes);
+        }
+        // A caller resolving the same labels lands in the same series.
+        m.request(client_labels(200, "-"), 1.0, sizes);
+        // Another peer is another route series.
+        let other = RequestLabels {
+            source_workload: "other",
+            ..client_labels(200, "-")
         };
+        assert!(!Arc::ptr_eq(&kept, &m.route_series(&other)));
+        m.request(other, 1.0, sizes);
+        let row = |w: &str, c: &str, f: &str, n| (w.into(), c.into(), f.into(), n);
+        assert_eq!(
+            request_counts(&registry),
+            vec![
+                row("client", "200", "-", 3.0),
+                row("client", "503", "UH", 1.0),
+                row("other", "200", "-", 1.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn repeated_label_sets_share_their_series() {
+        let registry = Registry::new();
+        let m = Metrics::register(&registry).unwrap();
+        let labels = client_labels;
         let sizes = RequestSizes {
             request: 1,
             response: 10,

@@ -38,7 +38,7 @@ use crate::error::{ProxyError, RESPONSE_FLAGS_HEADER};
 use crate::protocol::http as h;
 use crate::route::ServiceName;
 use crate::snapshot::ConfigStore;
-use crate::telemetry::{Metrics, RequestLabels, RequestSizes};
+use crate::telemetry::{Metrics, Outcome, RequestLabels, RequestSizes, RouteSeries};
 use crate::tls::{Identity, PeerIdentity, TlsMaterial};
 use crate::trace::context::{ensure_request_id, RequestId};
 use crate::trace::{method_text, version_text, HopKind, SpanOutcome, TraceHop, Tracer};
@@ -100,6 +100,33 @@ struct LabelEntries {
     /// The last peer metadata header a peer sent, as parsed by
     /// [`PeerMeta::parse`].
     claimed: Option<(HeaderValue, Arc<PeerMeta>)>,
+    /// The request series of the last [`SERIES_KEPT`] routes and peers,
+    /// oldest first.
+    series: Vec<(SeriesKey, Arc<RouteSeries>)>,
+}
+
+/// How many routes and peers' request series a [`LabelCache`] keeps (an
+/// inbound connection has one peer and usually one service; an outbound
+/// listener's requests go to a few destinations at a time).
+const SERIES_KEPT: usize = 8;
+
+/// What decides an exchange's metric labels, all but the outcome. Every
+/// part is built once (per config, certificate, connection or header
+/// value) and shared, so two keys holding the same `Arc`s have the same
+/// labels: comparing pointers finds the series without reading a label
+/// string. (Equal labels behind other `Arc`s only miss, and resolve to the
+/// same series by value.) The key holds its `Arc`s, so an address is never
+/// reused while it is kept.
+#[derive(Clone, Debug)]
+struct SeriesKey {
+    inbound: bool,
+    grpc: bool,
+    policy: &'static str,
+    source: Arc<PeerMeta>,
+    source_principal: Arc<str>,
+    destination: Arc<PeerMeta>,
+    destination_principal: Arc<str>,
+    service: Option<ServiceName>,
 }
 
 /// Which side of a hop the stage observes.
@@ -153,8 +180,11 @@ struct Exchange {
     /// Response flags, `-` (static, no allocation) when none.
     flags: Cow<'static, str>,
     method: Method,
-    path: String,
-    authority: String,
+    /// The request's target as it came (a clone shares its bytes): the
+    /// path, and the authority when it names one.
+    uri: http::Uri,
+    /// The `Host` header, when the target names no authority (HTTP/1).
+    host: Option<HeaderValue>,
     version: Version,
     request_id: RequestId,
     start: Instant,
@@ -205,19 +235,32 @@ where
         let own_id = labels.own(self.identity.current());
         let version = req.version();
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let authority = h::authority_text(&req).unwrap_or_default();
+        let uri = req.uri().clone();
+        let host = match uri.authority() {
+            Some(_) => None,
+            None => req.headers().get(http::header::HOST).cloned(),
+        };
         let request_bytes = ByteCount::default();
         let counted = request_bytes.clone();
         let mut req = req.map(|b| CountingBody::new(b, counted).boxed_unsync());
-        let observed = ObservedService::default();
+        let mut grpc = h::is_grpc(req.headers());
         let (source, source_principal, destination, dest_principal, policy);
+        // Inbound, the service is known here; outbound, the route stage
+        // below learns it (`observed`).
+        let (service, observed);
         let inbound_peer = match &self.side {
             Side::Inbound { peer, .. } => peer.clone(),
             Side::Outbound => None,
         };
         match &self.side {
-            Side::Inbound { peer, .. } => {
+            Side::Inbound {
+                peer,
+                service: own,
+                protocol,
+            } => {
+                service = Some(called.unwrap_or_else(|| own.clone()));
+                grpc = grpc || *protocol == Protocol::Grpc;
+                observed = None;
                 // The workload continues the trace as a child of this span.
                 hop.context.inject(req.headers_mut());
                 let claimed = req.headers_mut().remove(SOURCE_WORKLOAD);
@@ -243,17 +286,12 @@ where
                 destination = labels.unknown_peer.clone();
                 dest_principal = labels.unknown.clone();
                 policy = "unknown";
+                service = None;
+                let learned = ObservedService::default();
+                req.extensions_mut().insert(learned.clone());
+                observed = Some(learned);
             }
         }
-        if let Side::Inbound {
-            service, protocol, ..
-        } = &self.side
-        {
-            let service = called.unwrap_or_else(|| service.clone());
-            *observed.0.lock().expect("not poisoned") = Some((service, *protocol));
-        }
-        req.extensions_mut().insert(observed.clone());
-        let grpc = h::is_grpc(req.headers());
         let fut = self.inner.call(req);
         // Recorded as a downstream disconnect (status 0, flag `DC`) if this
         // future is dropped before the response headers are in: the caller
@@ -272,14 +310,14 @@ where
                 destination_principal: dest_principal,
                 workload_header: workload_header.filter(|_| inbound_peer.is_some()),
                 policy,
-                service: None,
+                service,
                 grpc,
                 header_grpc_status: None,
                 status: 0,
                 flags: Cow::Borrowed("-"),
                 method,
-                path,
-                authority,
+                uri,
+                host,
                 version,
                 request_id,
                 start,
@@ -305,7 +343,7 @@ where
             exchange.header_grpc_status = rsp.headers().get(&GRPC_STATUS).cloned();
             if let Some(e) = &error {
                 tracing::warn!(
-                    method = %exchange.method, path = %exchange.path,
+                    method = %exchange.method, path = %exchange.uri.path(),
                     status = exchange.status, flags = %exchange.flags, error = %e,
                     "request failed"
                 );
@@ -330,7 +368,8 @@ where
 /// `call`.
 struct Pending {
     exchange: Option<Exchange>,
-    observed: ObservedService,
+    /// Outbound: where the route stage puts the service it resolved.
+    observed: Option<ObservedService>,
 }
 
 // === impl Pending ===
@@ -340,7 +379,9 @@ impl Pending {
     /// the response body records it.
     fn take(&mut self) -> Exchange {
         let mut exchange = self.exchange.take().expect("taken once");
-        exchange.learn_service(&self.observed);
+        if let Some(observed) = &self.observed {
+            exchange.learn_service(observed);
+        }
         exchange
     }
 }
@@ -348,7 +389,9 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(mut exchange) = self.exchange.take() {
-            exchange.learn_service(&self.observed);
+            if let Some(observed) = &self.observed {
+                exchange.learn_service(observed);
+            }
             exchange.finish(BodyOutcome {
                 end: BodyEnd::Dropped,
                 bytes: 0,
@@ -416,6 +459,73 @@ impl LabelCache {
             }
         }
     }
+
+    /// The request series of `key`'s route and peer: kept from an earlier
+    /// exchange with the same key, else resolved by its labels (and kept).
+    fn series(&self, metrics: &Metrics, key: &SeriesKey) -> Arc<RouteSeries> {
+        if let Some((_, series)) = self.entries().series.iter().find(|(k, _)| k.same(key)) {
+            return series.clone();
+        }
+        let service = key.service.as_ref();
+        let service_name = service.map_or(&self.unknown, ServiceName::name);
+        let service_namespace = service.map_or(&self.unknown, ServiceName::namespace);
+        let host = service.map_or(&self.unknown, ServiceName::host);
+        let (source, destination) = (&key.source, &key.destination);
+        let series = metrics.route_series(&RequestLabels {
+            reporter: if key.inbound { "destination" } else { "source" },
+            source_workload: &source.workload,
+            source_principal: &key.source_principal,
+            destination_workload: &destination.workload,
+            destination_service: host,
+            destination_principal: &key.destination_principal,
+            request_protocol: if key.grpc { "grpc" } else { "http" },
+            // The outcome is not read.
+            response_code: 0,
+            grpc_response_status: "",
+            connection_security_policy: key.policy,
+            response_flags: "",
+            source_workload_namespace: &source.namespace,
+            source_canonical_service: &source.canonical_service,
+            source_canonical_revision: &source.canonical_revision,
+            source_app: &source.app,
+            source_version: &source.version,
+            destination_workload_namespace: &destination.namespace,
+            destination_service_name: service_name,
+            destination_service_namespace: service_namespace,
+            destination_canonical_service: &destination.canonical_service,
+            destination_canonical_revision: &destination.canonical_revision,
+            destination_app: &destination.app,
+            destination_version: &destination.version,
+        });
+        let mut entries = self.entries();
+        if entries.series.len() == SERIES_KEPT {
+            entries.series.remove(0);
+        }
+        entries.series.push((key.clone(), series.clone()));
+        series
+    }
+}
+
+// === impl SeriesKey ===
+
+impl SeriesKey {
+    /// The same route and peer: the same shared values (see the type's
+    /// docs).
+    fn same(&self, other: &SeriesKey) -> bool {
+        let service = match (&self.service, &other.service) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a.host(), b.host()),
+            (None, None) => true,
+            _ => false,
+        };
+        service
+            && self.inbound == other.inbound
+            && self.grpc == other.grpc
+            && self.policy == other.policy
+            && Arc::ptr_eq(&self.source, &other.source)
+            && Arc::ptr_eq(&self.source_principal, &other.source_principal)
+            && Arc::ptr_eq(&self.destination, &other.destination)
+            && Arc::ptr_eq(&self.destination_principal, &other.destination_principal)
+    }
 }
 
 // === impl Exchange ===
@@ -443,9 +553,9 @@ impl Exchange {
         }
     }
 
-    /// Reports the finished exchange: metrics, access log, span. The span
-    /// takes the exchange's strings by move (no copies), after the access
-    /// log (which copies them only when it is on).
+    /// Reports the finished exchange: metrics (into the series kept for
+    /// its route and peer), access log, span. The access log and the span
+    /// copy the strings they need, each only when it is on.
     fn finish(self, outcome: BodyOutcome) {
         let Exchange {
             metrics,
@@ -464,8 +574,8 @@ impl Exchange {
             status,
             flags,
             method,
-            path,
-            authority,
+            uri,
+            host,
             version,
             request_id,
             start,
@@ -489,50 +599,37 @@ impl Exchange {
             request: request_bytes.get(),
             response: outcome.bytes,
         };
-        let host = service.as_ref().map_or(&labels.unknown, ServiceName::host);
-        let service_name = service.as_ref().map_or(&labels.unknown, ServiceName::name);
-        let service_namespace = service
-            .as_ref()
-            .map_or(&labels.unknown, ServiceName::namespace);
-        let service: &str = service.as_ref().map_or(&labels.unknown, |s| s.key());
-        metrics.request(
-            RequestLabels {
-                reporter: if inbound { "destination" } else { "source" },
-                source_workload: &source.workload,
-                source_principal: &source_principal,
-                destination_workload: &destination.workload,
-                destination_service: host,
-                destination_principal: &destination_principal,
-                request_protocol: if grpc { "grpc" } else { "http" },
-                response_code: status,
-                grpc_response_status: grpc_status,
-                connection_security_policy: policy,
-                response_flags: &flags,
-                source_workload_namespace: &source.namespace,
-                source_canonical_service: &source.canonical_service,
-                source_canonical_revision: &source.canonical_revision,
-                source_app: &source.app,
-                source_version: &source.version,
-                destination_workload_namespace: &destination.namespace,
-                destination_service_name: service_name,
-                destination_service_namespace: service_namespace,
-                destination_canonical_service: &destination.canonical_service,
-                destination_canonical_revision: &destination.canonical_revision,
-                destination_app: &destination.app,
-                destination_version: &destination.version,
-            },
-            millis,
-            sizes,
-        );
+        let key = SeriesKey {
+            inbound,
+            grpc,
+            policy,
+            source,
+            source_principal,
+            destination,
+            destination_principal,
+            service,
+        };
+        let outcome = Outcome {
+            response_code: status,
+            grpc_response_status: grpc_status,
+            response_flags: &flags,
+        };
+        labels.series(&metrics, &key).record(outcome, millis, sizes);
+        let service: &str = key.service.as_ref().map_or(&labels.unknown, |s| s.key());
         let protocol_version = version_text(version);
+        let path = uri.path();
+        let authority = match uri.authority() {
+            Some(a) => a.as_str(),
+            None => host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""),
+        };
         hop.active().log(|| AccessLog {
             start_time: humantime::format_rfc3339_millis(wall).to_string(),
             direction: if inbound { "inbound" } else { "outbound" },
             trace_id: hop.context.trace_id.to_string(),
             request_id: request_id.to_string(),
             method: method.to_string(),
-            authority: authority.clone(),
-            path: path.clone(),
+            authority: authority.to_string(),
+            path: path.to_string(),
             protocol: protocol_version.to_string(),
             status,
             grpc_status: grpc_status.to_string(),
@@ -542,8 +639,8 @@ impl Exchange {
             bytes_sent: sizes.response,
             upstream_service: service.to_string(),
             upstream_host: String::new(),
-            source_principal: source_principal.to_string(),
-            destination_principal: destination_principal.to_string(),
+            source_principal: key.source_principal.to_string(),
+            destination_principal: key.destination_principal.to_string(),
         });
         tracing::debug!(
             method = %method, path = %path, status, flags = %flags,
@@ -558,8 +655,8 @@ impl Exchange {
             };
             let span = SpanOutcome {
                 method: method_text(&method),
-                path: path.into(),
-                authority: authority.into(),
+                path: path.to_string().into(),
+                authority: authority.to_string().into(),
                 status,
                 flags,
                 service: service.to_string().into(),
@@ -610,6 +707,54 @@ mod tests {
             &*cache.claimed(ok).workload,
             "web-1",
             "a new claim replaces the last"
+        );
+    }
+
+    #[test]
+    fn kept_series_follow_the_route_and_peer() {
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry).unwrap();
+        let cache = LabelCache::default();
+        let key = |source: Arc<PeerMeta>| SeriesKey {
+            inbound: true,
+            grpc: false,
+            policy: "mutual_tls",
+            source,
+            source_principal: cache.unknown.clone(),
+            destination: cache.unknown_peer.clone(),
+            destination_principal: cache.unknown.clone(),
+            service: None,
+        };
+        let web1 = cache.claimed(HeaderValue::from_static("web-1"));
+        let first = cache.series(&metrics, &key(web1.clone()));
+        assert!(Arc::ptr_eq(&first, &cache.series(&metrics, &key(web1))));
+        let web2 = cache.claimed(HeaderValue::from_static("web-2"));
+        let second = cache.series(&metrics, &key(web2));
+        assert!(!Arc::ptr_eq(&first, &second), "another peer");
+        let ok = Outcome {
+            response_code: 200,
+            grpc_response_status: "",
+            response_flags: "-",
+        };
+        first.record(ok, 1.0, RequestSizes::default());
+        second.record(ok, 1.0, RequestSizes::default());
+        second.record(ok, 1.0, RequestSizes::default());
+        let families = registry.gather();
+        let family = (families.iter())
+            .find(|f| f.name() == "istio_requests_total")
+            .unwrap();
+        let mut counts: Vec<_> = (family.get_metric().iter())
+            .map(|m| {
+                let source = (m.get_label().iter())
+                    .find(|l| l.name() == "source_workload")
+                    .map(|l| l.value().to_string());
+                (source.unwrap(), m.get_counter().get_value())
+            })
+            .collect();
+        counts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(
+            counts,
+            vec![("web-1".to_string(), 1.0), ("web-2".to_string(), 2.0)]
         );
     }
 

@@ -318,17 +318,24 @@ impl Upstream {
         let reset = |source| ProxyError::upstream_failed(addr, source);
         let mut req = req;
         if let Some((mut pooled, peer)) = self.h1.checkout(&key, target.idle_timeout) {
-            // Keep a bounded copy of the body: if the reused connection turns
-            // out to be closed by the server, the request goes again.
+            // Keep a bounded copy of the body (a request without one needs
+            // none): if the reused connection turns out to be closed by the
+            // server, the request goes again.
             let (parts, body) = req.into_parts();
-            let first = ReplayBody::new(body, RACE_REPLAY_BYTES);
-            let again = first.try_replay();
+            let empty = http_body::Body::is_end_stream(&body);
+            let (body, again) = if empty {
+                (body, None)
+            } else {
+                let first = ReplayBody::new(body, RACE_REPLAY_BYTES);
+                let again = first.try_replay();
+                (crate::body::boxed(first), again)
+            };
             let head = (
                 parts.method.clone(),
                 parts.uri.clone(),
                 parts.headers.clone(),
             );
-            req = Request::from_parts(parts, crate::body::boxed(first));
+            req = Request::from_parts(parts, body);
             match pooled.try_send_request(req).await {
                 Ok(rsp) => {
                     self.h1.checkin(key, pooled, peer.clone());
@@ -344,13 +351,19 @@ impl Upstream {
                         // the idle connection as the request arrived, so it
                         // never saw it). Retried once, whatever the method.
                         let err = e.into_error();
-                        let replay = again.filter(|_| closed_before_response(&err));
-                        let Some(body) = replay.and_then(|b| b.try_replay()) else {
+                        let replay = if !closed_before_response(&err) {
+                            None
+                        } else if empty {
+                            Some(crate::body::empty())
+                        } else {
+                            (again.and_then(|b| b.try_replay())).map(crate::body::boxed)
+                        };
+                        let Some(body) = replay else {
                             return Err(reset(err));
                         };
                         tracing::debug!(%addr, error = %err, "reused connection closed; retrying once");
                         let (method, uri, headers) = head;
-                        let mut retry = Request::new(crate::body::boxed(body));
+                        let mut retry = Request::new(body);
                         *retry.method_mut() = method;
                         *retry.uri_mut() = uri;
                         *retry.headers_mut() = headers;

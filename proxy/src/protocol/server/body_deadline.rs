@@ -14,7 +14,6 @@
 use crate::protocol::overload::Overload;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,8 +50,8 @@ pub(super) struct BodyLimits {
 }
 
 /// A request body under its progress deadline.
-pub(super) struct DeadlineBody {
-    inner: Incoming,
+pub(super) struct DeadlineBody<B> {
+    inner: B,
     limits: BodyLimits,
     watch: Arc<BodyWatch>,
     /// The first time the body was asked for (a client expecting `100
@@ -65,8 +64,8 @@ pub(super) struct DeadlineBody {
 
 // === impl DeadlineBody ===
 
-impl DeadlineBody {
-    pub(super) fn new(inner: Incoming, limits: BodyLimits, watch: Arc<BodyWatch>) -> Self {
+impl<B> DeadlineBody<B> {
+    pub(super) fn new(inner: B, limits: BodyLimits, watch: Arc<BodyWatch>) -> Self {
         Self {
             inner,
             limits,
@@ -97,7 +96,11 @@ impl DeadlineBody {
     }
 }
 
-impl HttpBody for DeadlineBody {
+impl<B> HttpBody for DeadlineBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<crate::body::BoxError>,
+{
     type Data = Bytes;
     type Error = crate::body::BoxError;
 

@@ -46,6 +46,7 @@
 mod body_deadline;
 mod conformance;
 mod framing;
+mod http2;
 mod state;
 
 use self::body_deadline::{BodyLimits, BodyWatch, DeadlineBody};
@@ -86,8 +87,12 @@ pub const PARK_AFTER: Duration = Duration::from_millis(100);
 pub enum Framed {
     /// Let hyper detect HTTP/1.1 or HTTP/2.
     Auto,
-    /// HTTP/2 only.
+    /// HTTP/2 only (the gateway's clients that chose it by ALPN).
     Http2,
+    /// HTTP/2 only from a peer sidecar (its transport header said so):
+    /// served with `h2` directly, every stream polled by the connection's
+    /// task (`server/http2.rs`).
+    PeerHttp2,
     /// HTTP/1.1 only (with upgrades).
     Http1,
 }
@@ -202,7 +207,8 @@ pub async fn serve_http<I: Io>(
     limits: &HttpLimits,
     drain: Drain,
 ) {
-    let state = Arc::new(ConnState::new(framed == Framed::Http2));
+    let h2 = matches!(framed, Framed::Http2 | Framed::PeerHttp2);
+    let state = Arc::new(ConnState::new(h2));
     tracing::trace!(open = limits.overload.open_connections(), "serving");
     let io = Arc::new(Mutex::new(io));
     let (mut framed, mut first) = (framed, None);
@@ -340,6 +346,17 @@ macro_rules! watch {
     }};
 }
 
+/// What serves one request on a connection: the connection's bookkeeping
+/// around the stack (in-flight count, conformance, the body deadline).
+#[derive(Clone)]
+struct Handler {
+    svc: HttpSvc,
+    state: Arc<ConnState>,
+    body_limits: BodyLimits,
+    max_headers: usize,
+    counters: LimitCounters,
+}
+
 async fn run<I: Io>(
     io: Watched<I>,
     svc: HttpSvc,
@@ -348,29 +365,90 @@ async fn run<I: Io>(
     state: &Arc<ConnState>,
     drain: &Drain,
 ) -> Ended {
-    let conn_state = state.clone();
-    let body_limits = BodyLimits {
-        grace: limits.request_body_timeout,
-        min_rate: limits.request_body_min_rate.max(1),
-        overload: limits.overload.clone(),
+    let handler = Handler {
+        svc,
+        state: state.clone(),
+        body_limits: BodyLimits {
+            grace: limits.request_body_timeout,
+            min_rate: limits.request_body_min_rate.max(1),
+            overload: limits.overload.clone(),
+        },
+        max_headers: limits.max_headers,
+        counters: limits.counters.clone(),
     };
-    let body_timeouts = limits.counters.body_timeout.clone();
-    let (max_headers, counters) = (limits.max_headers, limits.counters.clone());
+    let max_header_list = limits.max_header_bytes.min(u32::MAX as usize) as u32;
+    if framed == Framed::PeerHttp2 {
+        // A peer sidecar's connection: `h2` directly, no task per stream.
+        let conn = http2::H2Server::new(
+            io,
+            move |req| handler.handle(req),
+            max_header_list,
+            limits.max_concurrent_streams,
+        );
+        return watch!(conn, limits, state, drain);
+    }
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let svc = svc.clone();
+        let rsp = handler.handle(req);
+        async move { Ok::<_, Infallible>(rsp.await) }
+    });
+    let io = TokioIo::new(io);
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(max_header_list)
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    match framed {
+        Framed::Auto => {
+            let conn = b.serve_connection_with_upgrades(io, service);
+            watch!(conn, limits, state, drain)
+        }
+        Framed::Http2 => {
+            let b = b.http2_only();
+            let conn = b.serve_connection(io, service);
+            watch!(conn, limits, state, drain)
+        }
+        Framed::PeerHttp2 => unreachable!("served by h2 above"),
+        Framed::Http1 => {
+            let b = b.http1_only();
+            let conn = b.serve_connection_with_upgrades(io, service);
+            watch!(conn, limits, state, drain)
+        }
+    }
+}
+
+// === impl Handler ===
+
+impl Handler {
+    /// Serves `req` (its body read from hyper or an `h2` stream): counted
+    /// in flight until its response body ends, refused if it breaks the
+    /// conformance rules, its body under the progress deadline.
+    fn handle<B>(&self, req: http::Request<B>) -> impl Future<Output = http::Response<crate::Body>>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<crate::body::BoxError>,
+    {
+        let svc = self.svc.clone();
+        let conn_state = &self.state;
         if req.method() == http::Method::CONNECT
             || req.headers().contains_key(http::header::UPGRADE)
         {
             conn_state.upgrade.store(true, Ordering::Release);
         }
         let ambiguous = req.version() < http::Version::HTTP_2 && conn_state.dispatch();
-        let guard = InFlight::start(&conn_state);
+        let guard = InFlight::start(conn_state);
         let http1 = req.version() < http::Version::HTTP_2;
-        let refused = conformance::check(&req, max_headers, ambiguous).err();
+        let refused = conformance::check(&req, self.max_headers, ambiguous).err();
         if let Some(e) = &refused {
             match e {
-                crate::error::ProxyError::TooManyHeaders { .. } => counters.header_too_large.inc(),
-                _ => counters.malformed.inc(),
+                ProxyError::TooManyHeaders { .. } => self.counters.header_too_large.inc(),
+                _ => self.counters.malformed.inc(),
             }
             tracing::warn!(error = %e, flags = e.response_flag(), "request refused");
         }
@@ -379,10 +457,10 @@ async fn run<I: Io>(
             (req.map(crate::body::boxed), None)
         } else {
             let watch = Arc::new(BodyWatch::default());
-            let limits = body_limits.clone();
+            let limits = self.body_limits.clone();
             let w = watch.clone();
             let req = req.map(|b| crate::body::boxed(DeadlineBody::new(b, limits, w)));
-            (req, Some((watch, body_timeouts.clone())))
+            (req, Some((watch, self.counters.body_timeout.clone())))
         };
         async move {
             let mut rsp = match refused {
@@ -408,36 +486,7 @@ async fn run<I: Io>(
                     rsp = body_timeout_response(http1);
                 }
             }
-            Ok::<_, Infallible>(rsp.map(|b| crate::body::guarded(b, guard)))
-        }
-    });
-    let io = TokioIo::new(io);
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    b.http2()
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
-        .max_concurrent_streams(limits.max_concurrent_streams);
-    match framed {
-        Framed::Auto => {
-            let conn = b.serve_connection_with_upgrades(io, service);
-            watch!(conn, limits, state, drain)
-        }
-        Framed::Http2 => {
-            let b = b.http2_only();
-            let conn = b.serve_connection(io, service);
-            watch!(conn, limits, state, drain)
-        }
-        Framed::Http1 => {
-            let b = b.http1_only();
-            let conn = b.serve_connection_with_upgrades(io, service);
-            watch!(conn, limits, state, drain)
+            rsp.map(|b| crate::body::guarded(b, guard))
         }
     }
 }

@@ -203,6 +203,14 @@ async fn a_drain_lets_the_request_in_flight_finish_then_closes() {
 
 #[tokio::test(start_paused = true)]
 async fn an_http2_stream_ending_in_its_own_task_starts_the_idle_timer() {
+    // hyper's server (a task per stream) and h2 directly (the streams in
+    // the connection's task).
+    for framed in [Framed::Http2, Framed::PeerHttp2] {
+        http2_stream_end_starts_the_idle_timer(framed).await;
+    }
+}
+
+async fn http2_stream_end_starts_the_idle_timer(framed: Framed) {
     let (l, metrics) = limits();
     // Answered after the idle timeout: the watcher's timer has fired
     // (and found a request in flight, so it is not set) before the
@@ -213,7 +221,7 @@ async fn an_http2_stream_ending_in_its_own_task_starts_the_idle_timer() {
         Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
     }));
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let served = serve_with(server, slow, Framed::Http2, l.clone());
+    let served = serve_with(server, slow, framed, l.clone());
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Body>(TokioIo::new(client))
         .await
@@ -274,8 +282,14 @@ async fn an_oversized_request_head_gets_431() {
 
 #[tokio::test]
 async fn an_oversized_http2_header_list_gets_431() {
+    for framed in [Framed::Auto, Framed::PeerHttp2] {
+        oversized_http2_header_list(framed).await;
+    }
+}
+
+async fn oversized_http2_header_list(framed: Framed) {
     let (client, server) = tokio::io::duplex(256 * 1024);
-    serve(server, ok(), Framed::Auto);
+    serve(server, ok(), framed);
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Body>(TokioIo::new(client))
         .await
@@ -572,8 +586,14 @@ async fn both_lengths_get_400_even_after_other_requests() {
 
 #[tokio::test]
 async fn too_many_http2_headers_get_431() {
+    for framed in [Framed::Auto, Framed::PeerHttp2] {
+        too_many_http2_headers(framed).await;
+    }
+}
+
+async fn too_many_http2_headers(framed: Framed) {
     let (client, server) = tokio::io::duplex(256 * 1024);
-    serve(server, ok(), Framed::Auto);
+    serve(server, ok(), framed);
     let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Body>(TokioIo::new(client))
         .await
@@ -589,4 +609,126 @@ async fn too_many_http2_headers_get_431() {
         .unwrap();
     assert_eq!(rsp.status(), 431);
     assert_eq!(rsp.headers()["x-sane-response-flags"], "DPE");
+}
+
+/// A service answering with the request's body and its length in the
+/// trailer `x-bytes`.
+fn echo_with_trailers() -> HttpSvc {
+    BoxCloneSyncService::new(tower::service_fn(|req: Request<Body>| async move {
+        let got = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .map_err(|e| ProxyError::BadRequest {
+                reason: e.to_string(),
+            })?;
+        let bytes = got.to_bytes();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-bytes", bytes.len().into());
+        let frames = [
+            Ok::<_, Infallible>(http_body::Frame::data(bytes)),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+        Ok::<_, ProxyError>(Response::new(crate::body::boxed(body)))
+    }))
+}
+
+/// An h2 client on `client` (its connection driven in a task).
+async fn h2_client(client: DuplexStream) -> h2::client::SendRequest<bytes::Bytes> {
+    let (sender, conn) = h2::client::handshake(client).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+#[tokio::test]
+async fn http2_served_directly_carries_bodies_and_trailers_on_concurrent_streams() {
+    let (client, server) = tokio::io::duplex(256 * 1024);
+    serve(server, echo_with_trailers(), Framed::PeerHttp2);
+    let sender = h2_client(client).await;
+    let one = |n: usize| {
+        let sender = sender.clone();
+        async move {
+            let mut sender = sender.ready().await.unwrap();
+            let req = Request::post("http://a/").body(()).unwrap();
+            let (rsp, mut tx) = sender.send_request(req, false).unwrap();
+            tx.send_data(bytes::Bytes::from(vec![7u8; n]), true)
+                .unwrap();
+            let rsp = rsp.await.unwrap();
+            assert_eq!(rsp.status(), 200);
+            let mut body = rsp.into_body();
+            let mut got = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                got += chunk.len();
+            }
+            let trailers = body.trailers().await.unwrap().expect("trailers");
+            (got, trailers["x-bytes"].to_str().unwrap().to_string())
+        }
+    };
+    // Larger than a stream's initial window from the client's side too.
+    let (a, b) = tokio::join!(one(10), one(200_000));
+    assert_eq!(a, (10, "10".to_string()));
+    assert_eq!(b, (200_000, "200000".to_string()));
+}
+
+#[tokio::test]
+async fn http2_served_directly_drops_the_request_a_client_reset() {
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    let (called_tx, called) = tokio::sync::oneshot::channel::<()>();
+    let gates = Arc::new(Mutex::new(Some((called_tx, dropped_tx))));
+    // Never answers; what it holds is dropped with the request.
+    let svc = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+        let gate = gates.lock().unwrap().take();
+        async move {
+            let (called, _held_until_dropped) = gate.expect("one request");
+            let _ = called.send(());
+            futures::future::pending::<Result<Response<Body>, ProxyError>>().await
+        }
+    }));
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    serve(server, svc, Framed::PeerHttp2);
+    let mut sender = h2_client(client).await.ready().await.unwrap();
+    let req = Request::get("http://a/").body(()).unwrap();
+    let (_rsp, mut tx) = sender.send_request(req, true).unwrap();
+    called.await.unwrap();
+    tx.send_reset(h2::Reason::CANCEL);
+    // The sender half was held by the request being served: dropped.
+    assert!(dropped.await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn http2_served_directly_finishes_its_streams_at_the_drain_then_closes() {
+    let (l, _) = limits();
+    let (called_tx, called) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let gates = Arc::new(Mutex::new(Some((called_tx, released))));
+    let svc = BoxCloneSyncService::new(tower::service_fn(move |_req: Request<Body>| {
+        let gate = gates.lock().unwrap().take();
+        async move {
+            if let Some((called, released)) = gate {
+                let _ = called.send(());
+                let _ = released.await;
+            }
+            Ok::<_, ProxyError>(Response::new(crate::body::full("ok")))
+        }
+    }));
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let drain = Drain::default();
+    let d = drain.clone();
+    let served =
+        tokio::spawn(async move { serve_http(server, svc, Framed::PeerHttp2, &l, d).await });
+    let mut sender = h2_client(client).await.ready().await.unwrap();
+    let req = Request::get("http://a/").body(()).unwrap();
+    let (rsp, _) = sender.send_request(req, true).unwrap();
+    called.await.unwrap();
+    drain.start();
+    release.send(()).unwrap();
+    let mut body = rsp.await.unwrap().into_body();
+    assert_eq!(body.data().await.unwrap().unwrap(), "ok");
+    tokio::time::timeout(Duration::from_secs(30), served)
+        .await
+        .expect("the connection closes once its stream ended")
+        .unwrap();
 }
