@@ -7,6 +7,7 @@ use envoy_types::pb::google::protobuf::Any;
 use sane_xds_proto::TypeUrl;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -38,6 +39,10 @@ pub struct XdsSnapshot {
     /// When the first write of this revision's batch happened.
     pub written_at: Instant,
     types: HashMap<TypeUrl, ResourceMap>,
+    /// Endpoint names by IP: which endpoints may point at a proxy's inbound
+    /// listener, found per stream by lookup rather than by a scan of every
+    /// endpoint.
+    endpoint_ips: HashMap<IpAddr, Vec<String>>,
 }
 
 /// Hex of the first 8 bytes of a SHA-256: short, and stable across
@@ -116,11 +121,28 @@ impl XdsSnapshot {
             });
             types.entry(t).or_default().insert(key.to_string(), encoded);
         }
+        let mut endpoint_ips: HashMap<IpAddr, Vec<String>> = HashMap::new();
+        for (name, r) in types.get(&TypeUrl::Endpoint).into_iter().flatten() {
+            if let Resource::Endpoint(e) = &r.resource {
+                if let Some(ip) = e.ip() {
+                    endpoint_ips
+                        .entry(ip.to_canonical())
+                        .or_default()
+                        .push(name.clone());
+                }
+            }
+        }
         XdsSnapshot {
             revision: state.revision,
             written_at,
             types,
+            endpoint_ips,
         }
+    }
+
+    /// Names of the endpoints whose address is `ip` (canonical form).
+    pub fn endpoints_at(&self, ip: IpAddr) -> &[String] {
+        self.endpoint_ips.get(&ip).map_or(&[], Vec::as_slice)
     }
 
     /// Every resource of type `t` (listeners: none).
