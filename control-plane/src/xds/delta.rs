@@ -208,7 +208,12 @@ impl DeltaStream {
                     return None;
                 }
                 let (changed, removed) = walk(held.of_type(type_url), in_view);
-                (changed, removed, wire.version.clone(), wire.resources.clone())
+                (
+                    changed,
+                    removed,
+                    wire.version.clone(),
+                    wire.resources.clone(),
+                )
             }
             _ => {
                 let known = st.known.names(type_url);

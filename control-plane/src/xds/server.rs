@@ -25,6 +25,7 @@ use super::protocol::{Event, Step};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
 use super::view::{NodeSpec, ProxyView, ViewCache};
+use super::wire::SotwResponse;
 use crate::ca::tokens::TokenGrant;
 use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
@@ -32,7 +33,6 @@ use crate::registry::Registry;
 use crate::status::ProxyStatusTable;
 use crate::transport::PeerInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use super::wire::SotwResponse;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
@@ -286,7 +286,8 @@ where
         match req.uri().path() {
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
                 Box::pin(async move {
-                    let codec = tonic_prost::ProstCodec::<SotwResponse, DiscoveryRequest>::default();
+                    let codec =
+                        tonic_prost::ProstCodec::<SotwResponse, DiscoveryRequest>::default();
                     let mut grpc =
                         tonic::server::Grpc::new(codec).apply_max_message_size_config(max, None);
                     Ok(grpc.streaming(Sotw(inner), req).await)
@@ -384,11 +385,7 @@ impl Machine for SotwStream {
     fn type_url(req: &DiscoveryRequest) -> &str {
         &req.type_url
     }
-    fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        view: &Arc<ProxyView>,
-    ) -> Step<SotwResponse> {
+    fn on_request(&mut self, req: &DiscoveryRequest, view: &Arc<ProxyView>) -> Step<SotwResponse> {
         SotwStream::on_request(self, req, view)
     }
     fn on_view(&mut self, view: &Arc<ProxyView>) -> Step<SotwResponse> {

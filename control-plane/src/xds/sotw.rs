@@ -84,11 +84,7 @@ impl SotwStream {
     }
 
     /// Handles one request.
-    pub fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        view: &ProxyView,
-    ) -> Step<SotwResponse> {
+    pub fn on_request(&mut self, req: &DiscoveryRequest, view: &ProxyView) -> Step<SotwResponse> {
         let Some(type_url) = XdsType::parse(&req.type_url) else {
             let (event, answer) = self.unknown.on_request(&req.type_url, &req.response_nonce);
             let mut step = Step::event(event);

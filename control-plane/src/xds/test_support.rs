@@ -2,9 +2,9 @@
 
 use super::snapshot::XdsSnapshot;
 use super::view::{NodeSpec, ProxyView};
+use super::wire::SotwResponse;
 use crate::registry::{Change, Op, Origin, Registry};
 use crate::resource::{Kind, Resource};
-use super::wire::SotwResponse;
 use sane_xds_proto::{Endpoint, Route, RouteRule, Service, ServicePort, WeightedDestination};
 use std::sync::Arc;
 use tokio::time::Instant;

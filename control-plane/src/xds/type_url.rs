@@ -7,8 +7,8 @@ use super::envoy::{EnvoyResources, EnvoyType};
 use super::snapshot::ResourceMap;
 use super::view::ProxyView;
 use super::wire::TypeWire;
-use std::sync::Arc;
 use sane_xds_proto::TypeUrl;
+use std::sync::Arc;
 
 /// One served resource type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -181,8 +181,7 @@ mod tests {
     fn a_shared_response_is_a_discovery_response_on_the_wire() {
         let view = view_of("shop");
         let t = XdsType::from(TypeUrl::Service);
-        let resources: Arc<[Arc<EncodedResource>]> =
-            view.of_type(t).values().cloned().collect();
+        let resources: Arc<[Arc<EncodedResource>]> = view.of_type(t).values().cloned().collect();
         let wire = Arc::new(TypeWire::new("v1".into(), resources.clone()));
         let resp = SotwResponse {
             version_info: "v1".into(),
@@ -199,7 +198,10 @@ mod tests {
             nonce: "7-1".into(),
             ..Default::default()
         };
-        assert_eq!(DiscoveryResponse::decode(bytes.as_slice()).unwrap(), expected);
+        assert_eq!(
+            DiscoveryResponse::decode(bytes.as_slice()).unwrap(),
+            expected
+        );
         let empty = SotwResponse {
             type_url: "x".into(),
             nonce: "1-1".into(),
