@@ -49,6 +49,15 @@ struct Table {
     /// Published revisions not yet ACKed by every connected proxy, with the
     /// time of their batch's first write.
     pending: BTreeMap<u64, Instant>,
+    /// How many connected rows stand at each `synced_revision`: the
+    /// minimum is what every connected proxy reached, read in O(log n) at
+    /// each ACK instead of a scan of every row (which cost rows × events
+    /// under the lock: 5 000 streams spent seconds here per push).
+    synced: BTreeMap<u64, usize>,
+    /// Rows not disconnected.
+    connected: usize,
+    /// Rows disconnected (kept for the retention period).
+    disconnected: usize,
 }
 
 #[derive(Debug)]
@@ -79,7 +88,7 @@ struct SentRecord {
     version: String,
     nonce: String,
     at: SystemTime,
-    resources: Vec<Arc<EncodedResource>>,
+    resources: Arc<[Arc<EncodedResource>]>,
 }
 
 /// A stream's handle on its row; marks it disconnected on drop.
@@ -202,8 +211,12 @@ impl ProxyStatusTable {
     ) -> Connection {
         let mut t = self.lock();
         self.prune(&mut t);
-        t.proxies
-            .retain(|_, r| r.spec.id != spec.id || r.disconnected.is_none());
+        if t.disconnected > 0 {
+            let before = t.proxies.len();
+            t.proxies
+                .retain(|_, r| r.spec.id != spec.id || r.disconnected.is_none());
+            t.disconnected -= before - t.proxies.len();
+        }
         t.next_conn += 1;
         let conn = t.next_conn;
         t.proxies.insert(
@@ -219,6 +232,8 @@ impl ProxyStatusTable {
                 types: HashMap::new(),
             },
         );
+        t.connected += 1;
+        t.add_synced(0);
         self.update_connected(&t);
         Connection {
             table: self.clone(),
@@ -275,7 +290,7 @@ impl ProxyStatusTable {
                 continue;
             };
             versions.insert(XdsType::from(type_url).short_name(), sent.version.clone());
-            for res in &sent.resources {
+            for res in sent.resources.iter() {
                 Resource::push_into(&res.resource, &mut mesh);
             }
         }
@@ -288,6 +303,9 @@ impl ProxyStatusTable {
     }
 
     fn prune(&self, t: &mut Table) {
+        if t.disconnected == 0 {
+            return;
+        }
         let now = Instant::now();
         t.proxies.retain(|_, r| match r.disconnected {
             Some((_, at)) => now.duration_since(at) < self.retention,
@@ -304,22 +322,20 @@ impl ProxyStatusTable {
                 t.proxies.remove(conn);
             }
         }
+        t.disconnected = gone.len().min(MAX_DISCONNECTED_ROWS);
     }
 
     fn update_connected(&self, t: &Table) {
-        let n = t
-            .proxies
-            .values()
-            .filter(|r| r.disconnected.is_none())
-            .count();
-        self.metrics.set_connected(n);
+        self.metrics.set_connected(t.connected);
     }
 
     /// Observes convergence of every pending revision that all connected
     /// proxies have reached.
     fn check_convergence(&self, t: &mut Table) {
-        let connected = t.proxies.values().filter(|r| r.disconnected.is_none());
-        let Some(min) = connected.map(|r| r.synced_revision).min() else {
+        if t.pending.is_empty() {
+            return;
+        }
+        let Some(&min) = t.synced.keys().next() else {
             // Nobody to converge: nothing to measure.
             t.pending.clear();
             return;
@@ -342,10 +358,33 @@ impl ProxyStatusTable {
             return;
         };
         f(r);
+        let before = r.synced_revision;
         if r.is_synced() {
             r.synced_revision = r.view_revision;
         }
+        let (after, connected) = (r.synced_revision, r.disconnected.is_none());
+        if connected && after != before {
+            t.remove_synced(before);
+            t.add_synced(after);
+        }
         self.check_convergence(&mut t);
+    }
+}
+
+// === impl Table ===
+
+impl Table {
+    fn add_synced(&mut self, revision: u64) {
+        *self.synced.entry(revision).or_default() += 1;
+    }
+
+    fn remove_synced(&mut self, revision: u64) {
+        if let Some(n) = self.synced.get_mut(&revision) {
+            *n -= 1;
+            if *n == 0 {
+                self.synced.remove(&revision);
+            }
+        }
     }
 }
 
@@ -475,11 +514,21 @@ impl Drop for Connection {
                 .iter()
                 .any(|(c, r)| *c != self.conn && r.spec.id == node && r.disconnected.is_none())
         });
+        let synced = t
+            .proxies
+            .get(&self.conn)
+            .filter(|r| r.disconnected.is_none())
+            .map(|r| r.synced_revision);
         if superseded {
             // The node has a newer stream: this row only adds noise.
             t.proxies.remove(&self.conn);
         } else if let Some(r) = t.proxies.get_mut(&self.conn) {
             r.disconnected = Some((SystemTime::now(), Instant::now()));
+            t.disconnected += 1;
+        }
+        if let Some(rev) = synced {
+            t.connected -= 1;
+            t.remove_synced(rev);
         }
         self.table.prune(&mut t);
         self.table.update_connected(&t);
@@ -496,7 +545,7 @@ mod tests {
             type_url: type_url.into(),
             version: version.into(),
             nonce: "1-1".into(),
-            resources: Vec::new(),
+            resources: Arc::new([]),
         }
     }
 

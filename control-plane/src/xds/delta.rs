@@ -21,7 +21,7 @@
 
 use super::client_input::{shown, MAX_NACK_REASON_CHARS, MAX_TOKEN_CHARS};
 use super::protocol::{Event, Nonces, Sent, Step, UnknownTypes};
-use super::snapshot::{set_version, EncodedResource};
+use super::snapshot::{set_version, EncodedResource, ResourceMap};
 use super::type_url::XdsType;
 use super::view::ProxyView;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -42,11 +42,49 @@ pub struct DeltaStream {
 struct DeltaType {
     wildcard: bool,
     names: BTreeSet<String>,
-    /// Version of each resource the client holds.
-    known: BTreeMap<String, String>,
+    /// What the client holds.
+    known: Known,
     /// Version and nonce of the latest response.
     version: String,
     nonce: String,
+}
+
+/// What a client holds of one type.
+#[derive(Debug)]
+enum Known {
+    /// The version of each resource, by name.
+    Names(BTreeMap<String, String>),
+    /// Exactly the resources of the type in this view: what a wildcard
+    /// subscription was last brought to. The next view's response is then a
+    /// walk of the two sorted maps (most entries the same `Arc`), and no
+    /// name or version is copied per stream.
+    View(Arc<ProxyView>),
+}
+
+// === impl Known ===
+
+impl Default for Known {
+    fn default() -> Self {
+        Known::Names(BTreeMap::new())
+    }
+}
+
+impl Known {
+    /// The held versions by name (a view is copied out once).
+    fn names(&mut self, type_url: XdsType) -> &mut BTreeMap<String, String> {
+        if let Known::View(view) = self {
+            let map = view
+                .of_type(type_url)
+                .values()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect();
+            *self = Known::Names(map);
+        }
+        match self {
+            Known::Names(map) => map,
+            Known::View(_) => unreachable!("replaced above"),
+        }
+    }
 }
 
 // === impl DeltaStream ===
@@ -65,7 +103,7 @@ impl DeltaStream {
     pub fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-        view: &ProxyView,
+        view: &Arc<ProxyView>,
     ) -> Step<DeltaDiscoveryResponse> {
         let Some(type_url) = XdsType::parse(&req.type_url) else {
             let (event, answer) = self.unknown.on_request(&req.type_url, &req.response_nonce);
@@ -84,11 +122,12 @@ impl DeltaStream {
         let st = self.types.entry(type_url).or_default();
         if first {
             st.wildcard = req.resource_names_subscribe.is_empty();
-            st.known = req
-                .initial_resource_versions
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            st.known = Known::Names(
+                req.initial_resource_versions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            );
         } else if !req.response_nonce.is_empty() {
             let event = if req.response_nonce != st.nonce {
                 Event::Stale {
@@ -123,8 +162,14 @@ impl DeltaStream {
                 st.names.remove(name);
             }
         }
-        let (wildcard, names) = (st.wildcard, st.names.clone());
-        st.known.retain(|k, _| wildcard || names.contains(k));
+        if !st.wildcard {
+            let names = &st.names;
+            let known = match &mut st.known {
+                Known::Names(map) => map,
+                held @ Known::View(_) => held.names(type_url),
+            };
+            known.retain(|k, _| names.contains(k));
+        }
         if let Some(push) = self.diff(type_url, view, first) {
             step.pushes.push(push);
         }
@@ -132,7 +177,7 @@ impl DeltaStream {
     }
 
     /// Handles a new view: sends what changed for every requested type.
-    pub fn on_view(&mut self, view: &ProxyView) -> Step<DeltaDiscoveryResponse> {
+    pub fn on_view(&mut self, view: &Arc<ProxyView>) -> Step<DeltaDiscoveryResponse> {
         let mut step = Step::default();
         for type_url in XdsType::ALL {
             if self.types.contains_key(&type_url) {
@@ -147,42 +192,73 @@ impl DeltaStream {
     fn diff(
         &mut self,
         type_url: XdsType,
-        view: &ProxyView,
+        view: &Arc<ProxyView>,
         always: bool,
     ) -> Option<(Sent, DeltaDiscoveryResponse)> {
         let st = self.types.get_mut(&type_url)?;
-        let desired: Vec<&Arc<EncodedResource>> = view
-            .of_type(type_url)
-            .values()
-            .filter(|r| st.wildcard || st.names.contains(&r.name))
-            .collect();
-        let changed: Vec<&Arc<EncodedResource>> = desired
-            .iter()
-            .copied()
-            .filter(|r| st.known.get(&r.name) != Some(&r.version))
-            .collect();
-        // By lookup in the view (keyed by name): a scan of `desired` per
-        // held name cost |held| × |desired| per type and stream.
         let in_view = view.of_type(type_url);
-        let removed: Vec<String> = st
-            .known
-            .keys()
-            .filter(|k| {
-                !in_view
-                    .get(k.as_str())
-                    .is_some_and(|r| st.wildcard || st.names.contains(&r.name))
-            })
-            .cloned()
-            .collect();
+        let (changed, removed, version, resources) = match &st.known {
+            // The common case, a wildcard client holding the previous view:
+            // nothing is hashed or copied unless it changed.
+            Known::View(held) if st.wildcard => {
+                let wire = view.wire(type_url);
+                let same = Arc::ptr_eq(held, view) || held.wire(type_url).version == wire.version;
+                if same && !always {
+                    st.known = Known::View(view.clone());
+                    return None;
+                }
+                let (changed, removed) = walk(held.of_type(type_url), in_view);
+                (
+                    changed,
+                    removed,
+                    wire.version.clone(),
+                    wire.resources.clone(),
+                )
+            }
+            _ => {
+                let known = st.known.names(type_url);
+                let desired: Arc<[Arc<EncodedResource>]> = in_view
+                    .values()
+                    .filter(|r| st.wildcard || st.names.contains(&r.name))
+                    .cloned()
+                    .collect();
+                let changed: Vec<Arc<EncodedResource>> = desired
+                    .iter()
+                    .filter(|r| known.get(&r.name) != Some(&r.version))
+                    .cloned()
+                    .collect();
+                // By lookup in the view (keyed by name): a scan of `desired`
+                // per held name cost |held| × |desired| per type and stream.
+                let removed: Vec<String> = known
+                    .keys()
+                    .filter(|k| {
+                        !in_view
+                            .get(k.as_str())
+                            .is_some_and(|r| st.wildcard || st.names.contains(&r.name))
+                    })
+                    .cloned()
+                    .collect();
+                let version = set_version(desired.iter());
+                (changed, removed, version, desired)
+            }
+        };
         if changed.is_empty() && removed.is_empty() && !always {
+            if st.wildcard {
+                st.known = Known::View(view.clone());
+            }
             return None;
         }
         let nonce = self.nonces.next_nonce();
-        let version = set_version(desired.iter().copied());
-        st.known = desired
-            .iter()
-            .map(|r| (r.name.clone(), r.version.clone()))
-            .collect();
+        st.known = if st.wildcard {
+            Known::View(view.clone())
+        } else {
+            Known::Names(
+                resources
+                    .iter()
+                    .map(|r| (r.name.clone(), r.version.clone()))
+                    .collect(),
+            )
+        };
         st.version = version.clone();
         st.nonce = nonce.clone();
         let resp = DeltaDiscoveryResponse {
@@ -205,10 +281,50 @@ impl DeltaStream {
             type_url,
             version,
             nonce,
-            resources: desired.into_iter().cloned().collect(),
+            resources,
         };
         Some((sent, resp))
     }
+}
+
+/// What changed from `held` to `now` (both sorted by name): resources new
+/// or of another version, and the names gone. Unchanged resources are
+/// usually the same `Arc` (snapshots reuse unchanged encodings).
+fn walk(held: &ResourceMap, now: &ResourceMap) -> (Vec<Arc<EncodedResource>>, Vec<String>) {
+    use std::cmp::Ordering;
+    let (mut changed, mut removed) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (held.values().peekable(), now.values().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(h), None) => {
+                removed.push(h.name.clone());
+                a.next();
+            }
+            (None, Some(n)) => {
+                changed.push((*n).clone());
+                b.next();
+            }
+            (Some(h), Some(n)) => match h.name.cmp(&n.name) {
+                Ordering::Less => {
+                    removed.push(h.name.clone());
+                    a.next();
+                }
+                Ordering::Greater => {
+                    changed.push((*n).clone());
+                    b.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(h, n) && h.version != n.version {
+                        changed.push((*n).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    (changed, removed)
 }
 
 #[cfg(test)]

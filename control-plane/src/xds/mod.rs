@@ -128,6 +128,7 @@ pub mod snapshot;
 pub mod sotw;
 pub mod type_url;
 pub mod view;
+pub mod wire;
 
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -56,7 +56,7 @@ pub struct Sent {
     pub nonce: String,
     /// Every resource the client holds after applying it (for status pages),
     /// not only the ones in this response.
-    pub resources: Vec<Arc<EncodedResource>>,
+    pub resources: Arc<[Arc<EncodedResource>]>,
 }
 
 /// The result of feeding one input to a state machine.

@@ -26,6 +26,7 @@ use super::scope::Scopes;
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
 use super::view::{NodeSpec, ProxyView, ViewCache};
+use super::wire::SotwResponse;
 use crate::ca::tokens::TokenGrant;
 use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
@@ -34,18 +35,18 @@ use crate::status::ProxyStatusTable;
 use crate::transport::PeerInfo;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
 };
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::{http, BoxFuture, StdError};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
@@ -77,6 +78,22 @@ struct Shared {
     publishing: std::sync::Mutex<()>,
 }
 
+/// The ADS gRPC service over [`AdsService`]: the generated
+/// `AggregatedDiscoveryServiceServer` but for its state-of-the-world
+/// responses, [`SotwResponse`]s (their resources encoded once per view).
+/// Requests beyond [`MAX_REQUEST_BYTES`] are refused.
+#[derive(Clone, Debug)]
+pub struct AdsServer {
+    inner: AdsService,
+    max_decoding: usize,
+}
+
+/// The state-of-the-world method.
+struct Sotw(AdsService);
+
+/// The delta method.
+struct Delta(AdsService);
+
 /// One of the two ADS protocols, as the stream driver sees it.
 trait Machine: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
@@ -84,8 +101,8 @@ trait Machine: Send + 'static {
     const PROTOCOL: &'static str;
     fn node(req: &Self::Request) -> Option<&Node>;
     fn type_url(req: &Self::Request) -> &str;
-    fn on_request(&mut self, req: &Self::Request, view: &ProxyView) -> Step<Self::Response>;
-    fn on_view(&mut self, view: &ProxyView) -> Step<Self::Response>;
+    fn on_request(&mut self, req: &Self::Request, view: &Arc<ProxyView>) -> Step<Self::Response>;
+    fn on_view(&mut self, view: &Arc<ProxyView>) -> Step<Self::Response>;
 }
 
 type ResponseTx<R> = mpsc::Sender<Result<R, Status>>;
@@ -130,8 +147,8 @@ impl AdsService {
 
     /// The tonic server wrapping this service; it refuses requests larger
     /// than [`MAX_REQUEST_BYTES`].
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<AdsService> {
-        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
+    pub fn into_server(self) -> AdsServer {
+        AdsServer::new(self)
     }
 
     /// Follows the registry, coalescing changes per `config`, and publishes
@@ -223,17 +240,12 @@ impl AdsService {
     fn stream_id(&self) -> u64 {
         self.shared.next_stream.fetch_add(1, Ordering::Relaxed)
     }
-}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-
-    async fn stream_aggregated_resources(
+    /// `StreamAggregatedResources`.
+    async fn sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<ReceiverStream<Result<SotwResponse, Status>>>, Status> {
         let caller = self.caller(&request).await?;
         let machine = SotwStream::new(self.stream_id());
         Ok(Response::new(self.spawn(
@@ -243,10 +255,11 @@ impl AggregatedDiscoveryService for AdsService {
         )))
     }
 
-    async fn delta_aggregated_resources(
+    /// `DeltaAggregatedResources`.
+    async fn delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+    ) -> Result<Response<ReceiverStream<Result<DeltaDiscoveryResponse, Status>>>, Status> {
         let caller = self.caller(&request).await?;
         let machine = DeltaStream::new(self.stream_id());
         Ok(Response::new(self.spawn(
@@ -254,6 +267,97 @@ impl AggregatedDiscoveryService for AdsService {
             request.into_inner(),
             caller,
         )))
+    }
+}
+
+// === impl AdsServer ===
+
+impl AdsServer {
+    fn new(inner: AdsService) -> AdsServer {
+        AdsServer {
+            inner,
+            max_decoding: MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+impl tonic::server::NamedService for AdsServer {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+impl tonic::server::StreamingService<DiscoveryRequest> for Sotw {
+    type Response = SotwResponse;
+    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.sotw(request).await })
+    }
+}
+
+impl tonic::server::StreamingService<DeltaDiscoveryRequest> for Delta {
+    type Response = DeltaDiscoveryResponse;
+    type ResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.delta(request).await })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let max = Some(self.max_decoding);
+        match req.uri().path() {
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
+                Box::pin(async move {
+                    let codec =
+                        tonic_prost::ProstCodec::<SotwResponse, DiscoveryRequest>::default();
+                    let mut grpc =
+                        tonic::server::Grpc::new(codec).apply_max_message_size_config(max, None);
+                    Ok(grpc.streaming(Sotw(inner), req).await)
+                })
+            }
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources" => {
+                Box::pin(async move {
+                    let codec = tonic_prost::ProstCodec::<
+                        DeltaDiscoveryResponse,
+                        DeltaDiscoveryRequest,
+                    >::default();
+                    let mut grpc =
+                        tonic::server::Grpc::new(codec).apply_max_message_size_config(max, None);
+                    Ok(grpc.streaming(Delta(inner), req).await)
+                })
+            }
+            _ => Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(
+                    Status::GRPC_STATUS,
+                    (tonic::Code::Unimplemented as i32).into(),
+                );
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            }),
+        }
     }
 }
 
@@ -312,7 +416,7 @@ impl Shared {
 
 impl Machine for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
     const PROTOCOL: &'static str = "sotw";
 
     fn node(req: &DiscoveryRequest) -> Option<&Node> {
@@ -321,10 +425,10 @@ impl Machine for SotwStream {
     fn type_url(req: &DiscoveryRequest) -> &str {
         &req.type_url
     }
-    fn on_request(&mut self, req: &DiscoveryRequest, view: &ProxyView) -> Step<DiscoveryResponse> {
+    fn on_request(&mut self, req: &DiscoveryRequest, view: &Arc<ProxyView>) -> Step<SotwResponse> {
         SotwStream::on_request(self, req, view)
     }
-    fn on_view(&mut self, view: &ProxyView) -> Step<DiscoveryResponse> {
+    fn on_view(&mut self, view: &Arc<ProxyView>) -> Step<SotwResponse> {
         SotwStream::on_view(self, view)
     }
 }
@@ -343,11 +447,11 @@ impl Machine for DeltaStream {
     fn on_request(
         &mut self,
         req: &DeltaDiscoveryRequest,
-        view: &ProxyView,
+        view: &Arc<ProxyView>,
     ) -> Step<DeltaDiscoveryResponse> {
         DeltaStream::on_request(self, req, view)
     }
-    fn on_view(&mut self, view: &ProxyView) -> Step<DeltaDiscoveryResponse> {
+    fn on_view(&mut self, view: &Arc<ProxyView>) -> Step<DeltaDiscoveryResponse> {
         DeltaStream::on_view(self, view)
     }
 }

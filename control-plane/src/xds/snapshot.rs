@@ -8,6 +8,7 @@ use envoy_types::pb::google::protobuf::Any;
 use sane_xds_proto::TypeUrl;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -41,6 +42,10 @@ pub struct XdsSnapshot {
     types: HashMap<TypeUrl, ResourceMap>,
     /// The Sidecar scopes views are limited by ([`super::scope`]).
     pub scopes: Arc<Scopes>,
+    /// Endpoint names by IP: which endpoints may point at a proxy's inbound
+    /// listener, found per stream by lookup rather than by a scan of every
+    /// endpoint.
+    endpoint_ips: HashMap<IpAddr, Vec<String>>,
 }
 
 /// Hex of the first 8 bytes of a SHA-256: short, and stable across
@@ -119,11 +124,23 @@ impl XdsSnapshot {
             });
             types.entry(t).or_default().insert(key.to_string(), encoded);
         }
+        let mut endpoint_ips: HashMap<IpAddr, Vec<String>> = HashMap::new();
+        for (name, r) in types.get(&TypeUrl::Endpoint).into_iter().flatten() {
+            if let Resource::Endpoint(e) = &r.resource {
+                if let Some(ip) = e.ip() {
+                    endpoint_ips
+                        .entry(ip.to_canonical())
+                        .or_default()
+                        .push(name.clone());
+                }
+            }
+        }
         XdsSnapshot {
             revision: state.revision,
             written_at,
             types,
             scopes: prev.map(|p| p.scopes.clone()).unwrap_or_default(),
+            endpoint_ips,
         }
     }
 
@@ -140,6 +157,11 @@ impl XdsSnapshot {
     /// later set of scopes.
     pub fn is_newer_than(&self, revision: u64, generation: u64) -> bool {
         self.revision > revision || self.scopes.generation > generation
+    }
+
+    /// Names of the endpoints whose address is `ip` (canonical form).
+    pub fn endpoints_at(&self, ip: IpAddr) -> &[String] {
+        self.endpoint_ips.get(&ip).map_or(&[], Vec::as_slice)
     }
 
     /// Every resource of type `t` (listeners: none).

@@ -26,7 +26,8 @@ use super::protocol::{Event, Nonces, Sent, Step, UnknownTypes};
 use super::snapshot::{set_version, EncodedResource};
 use super::type_url::XdsType;
 use super::view::ProxyView;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use super::wire::{SotwResponse, TypeWire};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -89,16 +90,12 @@ impl SotwStream {
     }
 
     /// Handles one request.
-    pub fn on_request(
-        &mut self,
-        req: &DiscoveryRequest,
-        view: &ProxyView,
-    ) -> Step<DiscoveryResponse> {
+    pub fn on_request(&mut self, req: &DiscoveryRequest, view: &ProxyView) -> Step<SotwResponse> {
         let Some(type_url) = XdsType::parse(&req.type_url) else {
             let (event, answer) = self.unknown.on_request(&req.type_url, &req.response_nonce);
             let mut step = Step::event(event);
             if answer {
-                step.untracked.push(DiscoveryResponse {
+                step.untracked.push(SotwResponse {
                     type_url: req.type_url.clone(),
                     nonce: self.nonces.next_nonce(),
                     ..Default::default()
@@ -108,8 +105,9 @@ impl SotwStream {
         };
         let subscription = Subscription::from_names(&req.resource_names);
         let Some(st) = self.types.get_mut(&type_url) else {
-            let (version, resources) = selected(view, type_url, &subscription);
-            if !req.version_info.is_empty() && req.version_info == version {
+            let wire = selected(view, type_url, &subscription);
+            if !req.version_info.is_empty() && req.version_info == wire.version {
+                let (version, resources) = (wire.version.clone(), wire.resources.clone());
                 return self.resume(type_url, subscription, version, resources);
             }
             return self.push_new(type_url, subscription, view);
@@ -145,14 +143,15 @@ impl SotwStream {
     }
 
     /// Handles a new view: pushes every requested type whose content changed.
-    pub fn on_view(&mut self, view: &ProxyView) -> Step<DiscoveryResponse> {
+    pub fn on_view(&mut self, view: &ProxyView) -> Step<SotwResponse> {
         let mut step = Step::default();
         for type_url in XdsType::ALL {
             let Some(st) = self.types.get(&type_url) else {
                 continue;
             };
-            let (version, _) = selected(view, type_url, &st.subscription);
-            if version != st.version {
+            // A wildcard's version is the view's (computed once per view):
+            // no per-stream walk of the type's resources to learn it.
+            if selected(view, type_url, &st.subscription).version != st.version {
                 step.pushes.push(self.respond(type_url, view));
             }
         }
@@ -169,7 +168,7 @@ impl SotwStream {
         type_url: XdsType,
         subscription: Subscription,
         view: &ProxyView,
-    ) -> Step<DiscoveryResponse> {
+    ) -> Step<SotwResponse> {
         self.types.insert(
             type_url,
             SotwType {
@@ -191,8 +190,8 @@ impl SotwStream {
         type_url: XdsType,
         subscription: Subscription,
         version: String,
-        resources: Vec<Arc<EncodedResource>>,
-    ) -> Step<DiscoveryResponse> {
+        resources: Arc<[Arc<EncodedResource>]>,
+    ) -> Step<SotwResponse> {
         self.types.insert(
             type_url,
             SotwType {
@@ -211,51 +210,46 @@ impl SotwStream {
         step
     }
 
-    fn respond(&mut self, type_url: XdsType, view: &ProxyView) -> (Sent, DiscoveryResponse) {
+    fn respond(&mut self, type_url: XdsType, view: &ProxyView) -> (Sent, SotwResponse) {
         let nonce = self.nonces.next_nonce();
         let Some(st) = self.types.get_mut(&type_url) else {
             unreachable!("respond is only called for tracked types")
         };
-        let (version, resources) = selected(view, type_url, &st.subscription);
-        st.version = version.clone();
+        let wire = selected(view, type_url, &st.subscription);
+        st.version = wire.version.clone();
         st.nonce = nonce.clone();
-        let resp = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: resources.iter().map(|r| r.any.clone()).collect(),
-            type_url: type_url.as_str().to_string(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
         let sent = Sent {
             type_url,
-            version,
+            version: wire.version.clone(),
+            nonce: nonce.clone(),
+            resources: wire.resources.clone(),
+        };
+        let resp = SotwResponse {
+            version_info: wire.version.clone(),
+            type_url: type_url.as_str().to_string(),
             nonce,
-            resources,
+            body: Some(wire),
         };
         (sent, resp)
     }
 }
 
-/// The resources of `type_url` in `view` that `sub` selects, and their version.
-fn selected(
-    view: &ProxyView,
-    type_url: XdsType,
-    sub: &Subscription,
-) -> (String, Vec<Arc<EncodedResource>>) {
-    let resources: Vec<_> = view
-        .of_type(type_url)
-        .values()
-        .filter(|r| sub.contains(&r.name))
-        .cloned()
-        .collect();
-    let version = match sub {
-        Subscription::Wildcard => match type_url {
-            XdsType::Mesh(t) => view.version(t),
-            XdsType::Envoy(_) => set_version(&resources),
-        },
-        Subscription::Names(_) => set_version(&resources),
-    };
-    (version, resources)
+/// The resources of `type_url` in `view` that `sub` selects, with their
+/// version: a wildcard's are the view's, encoded once for every stream
+/// holding it.
+fn selected(view: &ProxyView, type_url: XdsType, sub: &Subscription) -> Arc<TypeWire> {
+    match sub {
+        Subscription::Wildcard => view.wire(type_url),
+        Subscription::Names(_) => {
+            let resources: Arc<[_]> = view
+                .of_type(type_url)
+                .values()
+                .filter(|r| sub.contains(&r.name))
+                .cloned()
+                .collect();
+            Arc::new(TypeWire::new(set_version(resources.iter()), resources))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -350,7 +344,7 @@ mod tests {
             &view,
         );
         assert_eq!(step.pushes.len(), 1);
-        assert_eq!(step.pushes[0].1.resources.len(), 3);
+        assert_eq!(step.pushes[0].1.resources().len(), 3);
         assert_ne!(step.pushes[0].0.version, sent.version);
     }
 
@@ -379,7 +373,7 @@ mod tests {
         let changed = view_without("shop", Kind::Route, "shop/web");
         let step = s.on_view(&changed);
         assert_eq!(step.pushes.len(), 1);
-        assert!(step.pushes[0].1.resources.is_empty());
+        assert!(step.pushes[0].1.resources().is_empty());
         assert_ne!(step.pushes[0].0.version, sent.version);
     }
 
@@ -412,7 +406,7 @@ mod tests {
         let step = second.on_view(&changed);
         assert_eq!(step.pushes.len(), 1);
         assert_eq!(step.pushes[0].1.nonce, "2-1");
-        assert_eq!(step.pushes[0].1.resources.len(), held - 1);
+        assert_eq!(step.pushes[0].1.resources().len(), held - 1);
         let v2 = step.pushes[0].0.version.clone();
         let step = second.on_request(&req(TypeUrl::Route, &v2, "2-1", &[]), &changed);
         assert_eq!(
@@ -450,7 +444,7 @@ mod tests {
             &view,
         );
         assert_eq!(step.pushes[0].1.nonce, "2-1");
-        assert_eq!(step.pushes[0].1.resources.len(), 3);
+        assert_eq!(step.pushes[0].1.resources().len(), 3);
         let mut unknown = req(TypeUrl::Service, "", "", &[]);
         unknown.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();
         let step = second.on_request(&unknown, &view);
@@ -458,7 +452,7 @@ mod tests {
         // Answered once, empty; its ACK is not answered again.
         assert!(step.pushes.is_empty());
         assert_eq!(step.untracked.len(), 1);
-        assert!(step.untracked[0].resources.is_empty());
+        assert!(step.untracked[0].resources().is_empty());
         assert_eq!(step.untracked[0].type_url, unknown.type_url);
         unknown.response_nonce = step.untracked[0].nonce.clone();
         let step = second.on_request(&unknown, &view);
@@ -475,6 +469,6 @@ mod tests {
         assert_eq!(answered, crate::xds::protocol::MAX_UNKNOWN_TYPES - 1);
         // Listeners are served, empty.
         let step = second.on_request(&req(TypeUrl::Listener, "", "", &[]), &view);
-        assert!(step.pushes[0].1.resources.is_empty());
+        assert!(step.pushes[0].1.resources().is_empty());
     }
 }

@@ -2,10 +2,11 @@
 
 use super::snapshot::XdsSnapshot;
 use super::view::{NodeSpec, ProxyView};
+use super::wire::SotwResponse;
 use crate::registry::{Change, Op, Origin, Registry};
 use crate::resource::{Kind, Resource};
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use sane_xds_proto::{Endpoint, Route, RouteRule, Service, ServicePort, WeightedDestination};
+use std::sync::Arc;
 use tokio::time::Instant;
 
 fn svc(ns: &str, name: &str) -> Resource {
@@ -78,12 +79,15 @@ pub(crate) fn snapshot() -> XdsSnapshot {
 }
 
 /// The view of a proxy in `ns` that also lists `pay.billing`.
-pub(crate) fn view_of(ns: &str) -> ProxyView {
-    ProxyView::compute(&snapshot(), &NodeSpec::new("p", ns, &["pay.billing"]))
+pub(crate) fn view_of(ns: &str) -> Arc<ProxyView> {
+    Arc::new(ProxyView::compute(
+        &snapshot(),
+        &NodeSpec::new("p", ns, &["pay.billing"]),
+    ))
 }
 
 /// [`view_of`] after deleting one resource.
-pub(crate) fn view_without(ns: &str, kind: Kind, key: &str) -> ProxyView {
+pub(crate) fn view_without(ns: &str, kind: Kind, key: &str) -> Arc<ProxyView> {
     let reg = registry();
     reg.apply(Change {
         origin: Origin::Api,
@@ -94,12 +98,15 @@ pub(crate) fn view_without(ns: &str, kind: Kind, key: &str) -> ProxyView {
     })
     .unwrap();
     let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
-    ProxyView::compute(&snap, &NodeSpec::new("p", ns, &["pay.billing"]))
+    Arc::new(ProxyView::compute(
+        &snap,
+        &NodeSpec::new("p", ns, &["pay.billing"]),
+    ))
 }
 
 /// Keys of the resources in a response, decoded from their `Any`.
-pub(crate) fn names_of(resp: &DiscoveryResponse) -> Vec<String> {
-    resp.resources
+pub(crate) fn names_of(resp: &SotwResponse) -> Vec<String> {
+    resp.resources()
         .iter()
         .map(|a| Resource::decode_any(a).unwrap().key())
         .collect()

@@ -6,7 +6,9 @@
 use super::envoy::{EnvoyResources, EnvoyType};
 use super::snapshot::ResourceMap;
 use super::view::ProxyView;
+use super::wire::TypeWire;
 use sane_xds_proto::TypeUrl;
+use std::sync::Arc;
 
 /// One served resource type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,6 +81,24 @@ impl ProxyView {
             XdsType::Mesh(t) => self.resources(t),
             XdsType::Envoy(t) => self.envoy().get(t),
         }
+    }
+
+    /// The version of every resource of type `t` in the view: what a
+    /// wildcard subscription holds (mesh types: computed once per view).
+    pub fn wildcard_version(&self, t: XdsType) -> String {
+        match t {
+            XdsType::Mesh(t) => self.version(t),
+            XdsType::Envoy(t) => super::snapshot::set_version(self.envoy().get(t).values()),
+        }
+    }
+
+    /// What a wildcard subscription to type `t` is sent: built once per
+    /// view, shared by every stream holding it.
+    pub fn wire(&self, t: XdsType) -> Arc<TypeWire> {
+        self.wire.get_or_build(t, || {
+            let resources = self.of_type(t).values().cloned().collect();
+            TypeWire::new(self.wildcard_version(t), resources)
+        })
     }
 
     /// The view as Envoy resources.

@@ -19,6 +19,7 @@ use super::client_input::{MAX_LABELS, MAX_LABEL_BYTES};
 use super::envoy::EnvoyResources;
 use super::scope::SidecarScope;
 use super::snapshot::{set_version, ResourceMap, XdsSnapshot};
+use super::wire::WireCache;
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -87,6 +88,8 @@ pub struct ProxyView {
     /// wildcard subscription is sent: computed once per view, not per stream
     /// and push.
     versions: HashMap<TypeUrl, String>,
+    /// What wildcard subscriptions are sent, encoded once per view.
+    pub(super) wire: WireCache,
 }
 
 /// Views shared between the streams of one snapshot whose nodes select the
@@ -478,6 +481,7 @@ impl ProxyView {
             namespace: spec.namespace.clone(),
             envoy: OnceLock::new(),
             versions,
+            wire: WireCache::default(),
         }
     }
 
@@ -510,6 +514,7 @@ impl ProxyView {
             namespace: "default".into(),
             envoy: OnceLock::new(),
             versions: HashMap::new(),
+            wire: WireCache::default(),
         }
     }
 }
@@ -525,14 +530,25 @@ fn scope_of<'a>(
         .for_proxy(&spec.namespace, &spec.labels, served)
 }
 
-/// The endpoints of `snapshot` that `spec`'s proxy serves, with their names.
+/// The endpoints of `snapshot` that `spec`'s proxy serves, with their names
+/// (in name order). Only the endpoints at its inbound IPs are looked at:
+/// this runs per stream and push.
 fn served<'a>(
     snapshot: &'a XdsSnapshot,
     spec: &'a NodeSpec,
 ) -> impl Iterator<Item = (&'a String, &'a Endpoint)> + 'a {
-    snapshot
-        .of_kind(Kind::Endpoint)
+    let endpoints = snapshot.of_kind(Kind::Endpoint);
+    let at: BTreeSet<&String> = spec
+        .inbound
         .iter()
+        .filter_map(|a| match a.ip() {
+            ip if ip.is_unspecified() => spec.peer_ip,
+            ip => Some(ip),
+        })
+        .flat_map(|ip| snapshot.endpoints_at(ip.to_canonical()))
+        .collect();
+    at.into_iter()
+        .filter_map(|name| endpoints.get_key_value(name))
         .filter_map(|(name, r)| match &r.resource {
             Resource::Endpoint(e) if spec.serves(e) => Some((name, e)),
             _ => None,

@@ -296,14 +296,14 @@ fn envoy_types_are_served_by_name_through_the_state_machine() {
         },
         &v,
     );
-    let resp = &step.pushes[0].1;
-    assert_eq!(resp.resources.len(), 1);
+    let resources = step.pushes[0].1.resources();
+    assert_eq!(resources.len(), 1);
     assert_eq!(
-        resp.resources[0].type_url,
+        resources[0].type_url,
         "type.googleapis.com/envoy.config.listener.v3.Listener"
     );
     assert_eq!(
-        Listener::decode(resp.resources[0].value.as_slice())
+        Listener::decode(resources[0].value.as_slice())
             .unwrap()
             .name,
         "echo:9090"
@@ -314,7 +314,7 @@ fn envoy_types_are_served_by_name_through_the_state_machine() {
 fn envoy_types_are_served_over_delta_too() {
     use crate::xds::delta::DeltaStream;
     use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-    let v = view("shop");
+    let v = std::sync::Arc::new(view("shop"));
     let mut d = DeltaStream::new(1);
     let step = d.on_request(
         &DeltaDiscoveryRequest {
