@@ -8,6 +8,7 @@
 #   bench/conn-memory.sh                  # 1 000 connections, 1 worker
 #   bench/conn-memory.sh --heaptrack      # plus the heaptrack breakdown
 #   bench/conn-memory.sh -- --conns 5000  # arguments after -- go to the tool
+#   bench/conn-memory.sh -- --endpoints 10,1000,10000   # idle RSS by config size
 #
 # heaptrack comes from Debian's package (installed with apt-get when
 # missing; that needs root).

@@ -11,7 +11,7 @@ use clap::Parser;
 use sane_bench::load::{self, Pin, Target};
 use sane_bench::procfs::{self, Memory};
 use sane_bench::report::{Metric, Results, ScalePoint};
-use sane_bench::topology::{idle_connections, Mode, PeerKind, Workspace};
+use sane_bench::topology::{self, idle_connections, Mode, PeerKind, Workspace};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -394,19 +394,7 @@ fn max_memory(hops: &[Vec<u32>]) -> Memory {
 
 /// The sane pair with `n` extra services (one endpoint each) in hop A.
 fn scale_point(ws: &Workspace, pin: &Pin, plan: &Plan, n: usize) -> Result<ScalePoint> {
-    let mut services = String::new();
-    let mut endpoints = String::new();
-    for i in 0..n {
-        services += &format!(
-            "    - {{ name: svc-{i}, ports: [ {{ name: http, port: 80, target_port: 8080 }} ] }}\n"
-        );
-        endpoints += &format!(
-            "    - {{ service: svc-{i}, address: 10.{}.{}.{}, proxy_port: 15006, identity: \"spiffe://cluster.local/ns/default/sa/svc-{i}\" }}\n",
-            (i >> 16) & 255,
-            (i >> 8) & 255,
-            i & 255
-        );
-    }
+    let (services, endpoints) = topology::scale_resources(n);
     let start = Instant::now();
     let peer = ws.start_with(PeerKind::Sane, &services, &endpoints)?;
     let start_s = start.elapsed().as_secs_f64();

@@ -633,6 +633,26 @@ fn openssl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The scale test's extra resources: `n` services (`svc-<i>`, one HTTP
+/// port) with one sidecar endpoint each, as YAML list items indented for a
+/// bootstrap's `resources.services` and `resources.endpoints`.
+pub fn scale_resources(n: usize) -> (String, String) {
+    let mut services = String::new();
+    let mut endpoints = String::new();
+    for i in 0..n {
+        services += &format!(
+            "    - {{ name: svc-{i}, ports: [ {{ name: http, port: 80, target_port: 8080 }} ] }}\n"
+        );
+        endpoints += &format!(
+            "    - {{ service: svc-{i}, address: 10.{}.{}.{}, proxy_port: 15006, identity: \"spiffe://cluster.local/ns/default/sa/svc-{i}\" }}\n",
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        );
+    }
+    (services, endpoints)
+}
+
 /// Calls `f` until it succeeds or `deadline` passes (then its last error).
 pub fn poll<T>(deadline: Instant, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     loop {

@@ -107,7 +107,7 @@ impl Admin {
                             "pending_requests": b.pending_requests(),
                             "active_retries": b.active_retries(),
                         })),
-                        "retry_budget_remaining": c.retry_budget().remaining(),
+                        "retry_budget_remaining": c.retry_budget_remaining(),
                     })
                 })
                 .collect();

@@ -28,24 +28,67 @@ use std::time::{Duration, SystemTime};
 
 pub use crate::snapshot::{local_service_key, ConfigStore, PolicySource, Snapshot};
 
-fn policy_source(dynamic: Option<&MeshResources>) -> PolicySource {
+fn policy_source(dynamic: Option<&Arc<Bootstrap>>) -> PolicySource {
     match dynamic {
         Some(_) => PolicySource::ControlPlane,
         None => PolicySource::File,
     }
 }
 
-fn merged(file: &Bootstrap, dynamic: Option<&MeshResources>) -> Bootstrap {
-    let mut b = file.clone();
-    if let Some(d) = dynamic {
-        b.resources.services = d.services.clone();
-        b.resources.endpoints = d.endpoints.clone();
-        b.resources.routes = d.routes.clone();
-        b.resources.policies = d.policies.clone();
-        b.resources.authorization_policies = d.authorization_policies.clone();
-        b.resources.telemetry = d.telemetry.clone();
+/// The config to compile: the file's, with the control plane's resources
+/// (those of `dynamic`, the last config applied with them) when there are
+/// any. Without them it is the file's own `Arc`, so the snapshot and the
+/// store share one copy of a large config.
+fn merged(file: &Arc<Bootstrap>, dynamic: Option<&Arc<Bootstrap>>) -> Arc<Bootstrap> {
+    match dynamic {
+        None => file.clone(),
+        Some(d) => Arc::new(with_resources(file, d.resources.clone())),
     }
-    b
+}
+
+/// The file's config with the control plane's `resources` (moved in, not
+/// copied): every kind of them but listeners, which come from the file.
+fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
+    // Destructured in full: a new field of either must be placed here.
+    let Bootstrap {
+        node,
+        admin,
+        drain_timeout,
+        resources,
+        control_plane,
+        identity,
+        health,
+        gateway,
+        http,
+    } = file;
+    let MeshResources {
+        listeners: _,
+        services,
+        endpoints,
+        routes,
+        policies,
+        authorization_policies,
+        telemetry,
+    } = dynamic;
+    Bootstrap {
+        node: node.clone(),
+        admin: admin.clone(),
+        drain_timeout: *drain_timeout,
+        resources: MeshResources {
+            listeners: resources.listeners.clone(),
+            services,
+            endpoints,
+            routes,
+            policies,
+            authorization_policies,
+            telemetry,
+        },
+        control_plane: control_plane.clone(),
+        identity: identity.clone(),
+        health: health.clone(),
+        gateway: gateway.clone(),
+        http: http.clone(),
+    }
 }
 
 // === impl Snapshot ===
@@ -64,14 +107,16 @@ impl Snapshot {
     }
 
     /// [`Snapshot::compile`] of a config whose authorization policies come
-    /// from `policies`.
+    /// from `policies`. The snapshot keeps `bootstrap` (an `Arc` given in is
+    /// shared, not copied).
     pub fn compile_from(
-        bootstrap: Bootstrap,
+        bootstrap: impl Into<Arc<Bootstrap>>,
         authz_source: PolicySource,
         version: u64,
         previous: Option<&Snapshot>,
         origin: &str,
     ) -> Result<Self, StartError> {
+        let bootstrap: Arc<Bootstrap> = bootstrap.into();
         bootstrap
             .validate()
             .map_err(|source| StartError::InvalidConfig {
@@ -230,9 +275,16 @@ impl Snapshot {
                 }
             }
         }
-        let transparent = OriginalDstTable::compile(res, &routes, |service, port, only| {
-            builder.cluster_of(service, port, &BTreeMap::new(), only)
-        });
+        // Only transparently intercepted connections look addresses up: a
+        // proxy without such a listener does not build a table (and a
+        // cluster per endpoint address) it would never read.
+        let transparent = if intercepts(res, previous) {
+            OriginalDstTable::compile(res, &routes, |service, port, only| {
+                builder.cluster_of(service, port, &BTreeMap::new(), only)
+            })
+        } else {
+            OriginalDstTable::default()
+        };
         let clusters = builder.built.into_values().collect();
         let authz = Arc::new(match authz_source {
             PolicySource::ControlPlane => AuthzPolicies::all(&res.authorization_policies),
@@ -249,7 +301,7 @@ impl Snapshot {
         Ok(Self {
             telemetry,
             version,
-            bootstrap: Arc::new(bootstrap),
+            bootstrap,
             routes,
             tcp_targets,
             inbound,
@@ -263,6 +315,17 @@ impl Snapshot {
     pub fn listeners(&self) -> &[Listener] {
         &self.bootstrap.resources.listeners
     }
+}
+
+/// True if a transparent outbound listener reads the original-destination
+/// table: one in this config, or one bound earlier (the previous snapshot
+/// built a table: a listener removed from the file keeps serving until the
+/// restart).
+fn intercepts(res: &MeshResources, previous: Option<&Snapshot>) -> bool {
+    res.listeners
+        .iter()
+        .any(|l| l.transparent && l.direction() == Direction::Outbound)
+        || previous.is_some_and(|p| p.transparent.is_compiled())
 }
 
 type ClusterKey = (String, u32, BTreeMap<String, String>, Option<IpAddr>);
@@ -334,16 +397,26 @@ impl ClusterBuilder<'_> {
                 port,
                 ..Default::default()
             });
-        let eps: Vec<Arc<EndpointState>> = self
-            .endpoints
-            .get(service)
-            .into_iter()
-            .flatten()
-            .filter(|e| subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-            .filter(|e| only.is_none() || e.ip() == only)
-            .filter_map(|e| EndpointState::new(e, &sp, self.counters))
-            .map(Arc::new)
-            .collect();
+        let eps: Vec<Arc<EndpointState>> = match only {
+            // One endpoint of the service's cluster: the same state (load,
+            // latency, health), not a copy of it.
+            Some(ip) => self
+                .cluster_of(service, port, subset, None)
+                .endpoints
+                .iter()
+                .filter(|e| e.connect_addr.ip() == ip)
+                .cloned()
+                .collect(),
+            None => self
+                .endpoints
+                .get(service)
+                .into_iter()
+                .flatten()
+                .filter(|e| subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                .filter_map(|e| EndpointState::new(e, &sp, self.counters))
+                .map(Arc::new)
+                .collect(),
+        };
         let policy = self.policies.get(service);
         let ms = |v: u64, default: u64| Duration::from_millis(if v == 0 { default } else { v });
         let mut name = format!("{service}:{port}");
@@ -431,9 +504,18 @@ impl ConfigStore {
     /// why not.
     pub fn apply(&self, bootstrap: Bootstrap, origin: &str) -> Result<u64, StartError> {
         let mut sources = self.sources.lock().expect("not poisoned");
-        let candidate = merged(&bootstrap, sources.dynamic.as_ref());
-        let v = self.swap(candidate, policy_source(sources.dynamic.as_ref()), origin)?;
-        sources.file = bootstrap;
+        let file = Arc::new(bootstrap);
+        let candidate = merged(&file, sources.dynamic.as_ref());
+        let v = self.swap(
+            candidate.clone(),
+            policy_source(sources.dynamic.as_ref()),
+            origin,
+        )?;
+        if sources.dynamic.is_some() {
+            // The same resources, now with the new file: keep one copy.
+            sources.dynamic = Some(candidate);
+        }
+        sources.file = file;
         Ok(v)
     }
 
@@ -441,9 +523,10 @@ impl ConfigStore {
     /// keeps the current config and returns why not.
     pub fn apply_dynamic(&self, resources: MeshResources, origin: &str) -> Result<u64, StartError> {
         let mut sources = self.sources.lock().expect("not poisoned");
-        let candidate = merged(&sources.file, Some(&resources));
-        let v = self.swap(candidate, PolicySource::ControlPlane, origin)?;
-        sources.dynamic = Some(resources);
+        let candidate = Arc::new(with_resources(&sources.file, resources));
+        let v = self.swap(candidate.clone(), PolicySource::ControlPlane, origin)?;
+        // The snapshot's own config: the resources are kept once.
+        sources.dynamic = Some(candidate);
         Ok(v)
     }
 
@@ -451,13 +534,13 @@ impl ConfigStore {
     /// applying them.
     pub fn check_dynamic(&self, resources: &MeshResources, origin: &str) -> Result<(), StartError> {
         let sources = self.sources.lock().expect("not poisoned");
-        let candidate = merged(&sources.file, Some(resources));
+        let candidate = with_resources(&sources.file, resources.clone());
         Snapshot::compile_from(candidate, PolicySource::ControlPlane, 0, None, origin).map(|_| ())
     }
 
     fn swap(
         &self,
-        candidate: Bootstrap,
+        candidate: Arc<Bootstrap>,
         policies: PolicySource,
         origin: &str,
     ) -> Result<u64, StartError> {
@@ -607,6 +690,75 @@ resources:
         none.authorization_policies.clear();
         store.apply_dynamic(none, "xds").unwrap();
         assert!(store.load().authz.is_empty());
+    }
+
+    #[test]
+    fn the_store_and_the_snapshot_share_one_copy_of_the_config() {
+        let file = || serde_yaml::from_str::<Bootstrap>(CFG).unwrap();
+        let store = ConfigStore::new(compile(CFG).unwrap(), None);
+        let kept = |store: &ConfigStore| {
+            let sources = store.sources.lock().unwrap();
+            (sources.file.clone(), sources.dynamic.clone())
+        };
+        assert!(Arc::ptr_eq(&store.load().bootstrap, &kept(&store).0));
+        store.apply(file(), "f").unwrap();
+        assert!(Arc::ptr_eq(&store.load().bootstrap, &kept(&store).0));
+        // The control plane's resources are kept once: in the snapshot's
+        // config, which a file reload merges again.
+        let mut pushed = file().resources;
+        pushed.listeners.clear();
+        pushed.endpoints.truncate(1);
+        store.apply_dynamic(pushed.clone(), "xds").unwrap();
+        let dynamic = kept(&store).1.unwrap();
+        assert!(Arc::ptr_eq(&store.load().bootstrap, &dynamic));
+        store.apply(file(), "f").unwrap();
+        let dynamic = kept(&store).1.unwrap();
+        assert!(Arc::ptr_eq(&store.load().bootstrap, &dynamic));
+        assert_eq!(store.load().bootstrap.resources.endpoints, pushed.endpoints);
+        assert_eq!(store.load().listeners(), file().resources.listeners);
+    }
+
+    #[test]
+    fn only_a_transparent_listener_gets_an_original_destination_table() {
+        let plain = compile(CFG).unwrap();
+        assert!(!plain.transparent.is_compiled());
+        assert!(plain.transparent.is_empty());
+        let intercepting = CFG.replace(
+            r#"- { name: out, address: "127.0.0.1:0" }"#,
+            r#"- { name: out, address: "127.0.0.1:0", transparent: true }"#,
+        );
+        let t = compile(&intercepting).unwrap();
+        assert!(t.transparent.is_compiled());
+        // An endpoint's own route shares its service's name and its
+        // endpoint's state with the service's route and cluster.
+        let by_addr = t
+            .transparent
+            .http_route("10.0.0.1:8080".parse().unwrap())
+            .unwrap();
+        let by_host = t.routes.resolve("echo", Some(80)).unwrap();
+        assert!(Arc::ptr_eq(by_addr.service.host(), by_host.service.host()));
+        let req = http::Request::get("/").body(()).unwrap();
+        let one = by_addr.select(&req).unwrap().cluster;
+        assert_eq!(one.name, "echo.default:80[10.0.0.1]");
+        let all = t.clusters.iter().find(|c| c.name == "echo.default:80");
+        let same = all
+            .unwrap()
+            .endpoints
+            .iter()
+            .find(|e| Arc::ptr_eq(e, &one.endpoints[0]));
+        assert!(
+            same.is_some(),
+            "the endpoint's state is the service cluster's"
+        );
+        // A reload that drops the listener from the file keeps the table:
+        // the bound listener serves until the restart.
+        let file = serde_yaml::from_str::<Bootstrap>(CFG).unwrap();
+        let next = Snapshot::compile(file, 2, Some(&t), "f").unwrap();
+        assert!(next.transparent.is_compiled());
+        assert!(next
+            .transparent
+            .http_route("10.0.0.1:8080".parse().unwrap())
+            .is_some());
     }
 
     #[test]

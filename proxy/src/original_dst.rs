@@ -28,10 +28,13 @@ pub enum OriginalDstTarget {
     Tcp(Arc<Cluster>),
 }
 
-/// Service addresses and endpoint addresses, compiled once per snapshot.
+/// Service addresses and endpoint addresses, compiled once per snapshot
+/// (empty, and never compiled, for a proxy without a transparent outbound
+/// listener: nothing would read it).
 #[derive(Debug, Default)]
 pub struct OriginalDstTable {
     by_addr: HashMap<SocketAddr, OriginalDstTarget>,
+    compiled: bool,
 }
 
 // === impl OriginalDstTable ===
@@ -82,7 +85,13 @@ impl OriginalDstTable {
                     }
                     let one = cluster(&svc.key(), port.port, Some(ip));
                     let target = if port.protocol().is_http() {
-                        OriginalDstTarget::Http(Arc::new(endpoint_route(svc, port.port, one)))
+                        // The service's name as its own route has it: one
+                        // copy of the strings per service, not per endpoint.
+                        let name = routes
+                            .resolve(&svc.key(), Some(port.port as u16))
+                            .map(|r| r.service.clone())
+                            .unwrap_or_else(|| ServiceName::new(&svc.key()));
+                        OriginalDstTarget::Http(Arc::new(endpoint_route(svc, name, port.port, one)))
                     } else {
                         OriginalDstTarget::Tcp(one)
                     };
@@ -90,7 +99,16 @@ impl OriginalDstTable {
                 }
             }
         }
-        Self { by_addr }
+        Self {
+            by_addr,
+            compiled: true,
+        }
+    }
+
+    /// True if the table was compiled (a transparent listener reads it),
+    /// false for the [`Default`] one.
+    pub fn is_compiled(&self) -> bool {
+        self.compiled
     }
 
     /// What `addr` is in the mesh, if anything.
@@ -118,10 +136,15 @@ impl OriginalDstTable {
 }
 
 /// The route of one endpoint's HTTP port: everything to its own cluster.
-fn endpoint_route(svc: &Service, port: u32, cluster: Arc<Cluster>) -> PortRoute {
+fn endpoint_route(
+    svc: &Service,
+    service: ServiceName,
+    port: u32,
+    cluster: Arc<Cluster>,
+) -> PortRoute {
     let protocol = svc.port(port).map(|p| p.protocol()).unwrap_or_default();
     PortRoute {
-        service: ServiceName::new(&svc.key()),
+        service,
         port: port as u16,
         protocol,
         route_name: None,

@@ -17,7 +17,7 @@ use crate::trace::TelemetrySettings;
 use crate::workload_port::InboundTarget;
 use arc_swap::ArcSwap;
 use sane_xds_proto::yaml::YamlLimits;
-use sane_xds_proto::{Bootstrap, MeshResources};
+use sane_xds_proto::Bootstrap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -85,8 +85,13 @@ pub struct ConfigStore {
 
 #[derive(Debug)]
 pub(crate) struct Sources {
-    pub(crate) file: Bootstrap,
-    pub(crate) dynamic: Option<MeshResources>,
+    /// The file's config (the current snapshot's own `Arc` while no
+    /// control plane has pushed resources).
+    pub(crate) file: Arc<Bootstrap>,
+    /// The last config applied with the control plane's resources (the
+    /// current snapshot's `Arc`): its `resources` are those resources,
+    /// merged again with the file when the file changes.
+    pub(crate) dynamic: Option<Arc<Bootstrap>>,
 }
 
 /// The service key (`name.namespace`) of the local workload, as inbound
@@ -110,7 +115,7 @@ pub fn local_service_key(node: &sane_xds_proto::Node) -> String {
 impl ConfigStore {
     /// A store serving `snapshot`, reloading from `path` if given.
     pub fn new(snapshot: Snapshot, path: Option<PathBuf>) -> Self {
-        let file = (*snapshot.bootstrap).clone();
+        let file = snapshot.bootstrap.clone();
         Self {
             current: ArcSwap::from_pointee(snapshot),
             path,

@@ -10,6 +10,12 @@
 //! `/proc/PID/smaps_rollup`; the difference divided by the connection count
 //! is the cost per connection.
 //!
+//! `--endpoints 10,1000,10000` measures the config's share instead: for
+//! each size, a proxy whose config also has that many services with one
+//! endpoint each (the scale test's, `topology::scale_resources`), idle
+//! memory only (after the first requests and `--settle`), and the
+//! least-squares RSS per 1 000 endpoints.
+//!
 //! `--wrap heaptrack` runs the proxy under a wrapper command instead (the
 //! memory figures are then the wrapper's and not printed); the proxy is
 //! stopped through its admin `POST /drain` so the wrapper sees a clean exit.
@@ -18,7 +24,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sane_bench::procfs;
-use sane_bench::topology::{http, idle_connections, poll};
+use sane_bench::stats::slope;
+use sane_bench::topology::{http, idle_connections, poll, scale_resources};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -47,6 +54,15 @@ struct Args {
     /// the rest of the command line, so it goes last.
     #[arg(long, allow_hyphen_values = true, num_args = 1..)]
     wrap: Vec<String>,
+    /// Config sizes to measure instead of connections: extra services with
+    /// one endpoint each (comma-separated counts).
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<usize>,
+    /// Add a transparent outbound listener, as a sidecar behind iptables
+    /// interception has (it makes the proxy compile the original-destination
+    /// table: every endpoint address).
+    #[arg(long)]
+    transparent: bool,
     /// Scratch directory for the config and the proxy's log (`proxy.log`).
     #[arg(long, default_value = "/tmp/sane-conn-memory")]
     work_dir: PathBuf,
@@ -60,39 +76,10 @@ fn main() -> Result<()> {
     let args = Args::parse();
     fs::create_dir_all(&args.work_dir)?;
     let backend = spawn_backend()?;
-    let config = args.work_dir.join("sane.yaml");
-    fs::write(&config, config_yaml(backend))?;
-
-    let mut cmd = match args.wrap.split_first() {
-        Some((w, rest)) => {
-            let mut c = Command::new(w);
-            c.args(rest).arg(&args.proxy);
-            c
-        }
-        None => Command::new(&args.proxy),
-    };
-    cmd.arg("--config")
-        .arg(&config)
-        .arg("--workers")
-        .arg(args.workers.to_string())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(args.work_dir.join("proxy.log"))?);
-    let mut proxy = Proxy(cmd.spawn().context("starting sane-proxy")?);
-    let (entry, admin) = proxy.addresses()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    poll(deadline, || {
-        let (status, body) = http(&entry, "GET", "/", Some("backend"), None)?;
-        if status != 200 || body != "ok" {
-            bail!("{status} {body}");
-        }
-        Ok(())
-    })
-    .context("waiting for the proxy to serve")?;
-    // A few requests so the upstream pool and the lazily built state exist
-    // before the idle figure.
-    for _ in 0..10 {
-        http(&entry, "GET", "/", Some("backend"), None)?;
+    if !args.endpoints.is_empty() {
+        return endpoint_scale(&args, backend);
     }
+    let (mut proxy, entry, admin) = start(&args, backend, 0)?;
     let pid = proxy.0.id();
     let measured = args.wrap.is_empty();
     settle(args.settle);
@@ -147,13 +134,91 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Idle memory of a proxy per config size, and the slope.
+fn endpoint_scale(args: &Args, backend: u16) -> Result<()> {
+    println!(
+        "idle memory by config size (extra services with one endpoint each); settle {:.1} s; workers {}{}",
+        args.settle.as_secs_f64(),
+        args.workers,
+        if args.transparent { "; with a transparent listener" } else { "" }
+    );
+    println!();
+    println!("| endpoints | start (s) | RSS (MiB) | PSS (MiB) | private (MiB) |");
+    println!("|---|---|---|---|---|");
+    let mut points = Vec::new();
+    for &n in &args.endpoints {
+        let started = Instant::now();
+        let (mut proxy, _, admin) = start(args, backend, n)?;
+        let start_secs = started.elapsed().as_secs_f64();
+        settle(args.settle);
+        let m = procfs::memory(&[proxy.0.id()]);
+        let _ = http(&admin, "POST", "/drain", None, None);
+        proxy.wait(Duration::from_secs(30))?;
+        println!(
+            "| {n} | {start_secs:.2} | {:.1} | {:.1} | {:.1} |",
+            m.rss, m.pss, m.private
+        );
+        points.push((n as f64, m.rss));
+    }
+    println!();
+    match slope(&points) {
+        Some(s) => println!("RSS per 1 000 endpoints: {:.2} MiB", s * 1000.0),
+        None => println!("RSS per 1 000 endpoints: needs two sizes"),
+    }
+    Ok(())
+}
+
+/// Starts the proxy with `extra` scale-test services, waits until it
+/// serves and sends a few requests, so the upstream pool and the lazily
+/// built state exist before a measurement. Returns it with its outbound
+/// and admin addresses.
+fn start(args: &Args, backend: u16, extra: usize) -> Result<(Proxy, String, String)> {
+    let config = args.work_dir.join("sane.yaml");
+    fs::write(&config, config_yaml(backend, extra, args.transparent))?;
+    let mut cmd = match args.wrap.split_first() {
+        Some((w, rest)) => {
+            let mut c = Command::new(w);
+            c.args(rest).arg(&args.proxy);
+            c
+        }
+        None => Command::new(&args.proxy),
+    };
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--workers")
+        .arg(args.workers.to_string())
+        .stdout(Stdio::piped())
+        .stderr(fs::File::create(args.work_dir.join("proxy.log"))?);
+    let mut proxy = Proxy(cmd.spawn().context("starting sane-proxy")?);
+    let (entry, admin) = proxy.addresses()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    poll(deadline, || {
+        let (status, body) = http(&entry, "GET", "/", Some("backend"), None)?;
+        if status != 200 || body != "ok" {
+            bail!("{status} {body}");
+        }
+        Ok(())
+    })
+    .context("waiting for the proxy to serve")?;
+    for _ in 0..10 {
+        http(&entry, "GET", "/", Some("backend"), None)?;
+    }
+    Ok((proxy, entry, admin))
+}
+
 fn settle(d: Duration) {
     // allow-sleep: a measurement interval (let the proxy reach its idle
     // state), not waiting for readiness.
     std::thread::sleep(d);
 }
 
-fn config_yaml(backend: u16) -> String {
+fn config_yaml(backend: u16, extra: usize, transparent: bool) -> String {
+    let (services, endpoints) = scale_resources(extra);
+    let intercept = if transparent {
+        "    - { name: intercept, direction: outbound, protocol: http, address: \"127.0.0.1:0\", transparent: true }\n"
+    } else {
+        ""
+    };
     format!(
         r#"# conn-memory: one outbound HTTP listener, the backend without a sidecar.
 node: {{ id: conn-memory, namespace: default, workload: conn-memory }}
@@ -162,13 +227,13 @@ drain_timeout: 1s
 resources:
   listeners:
     - {{ name: outbound, direction: outbound, protocol: http, address: "127.0.0.1:0" }}
-  services:
+{intercept}  services:
     - name: backend
       ports:
         - {{ name: http, port: 80, target_port: {backend}, protocol: http }}
-  endpoints:
+{services}  endpoints:
     - {{ service: backend, address: 127.0.0.1 }}
-"#
+{endpoints}"#
     )
 }
 

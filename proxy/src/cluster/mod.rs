@@ -29,7 +29,7 @@ use sane_xds_proto::{DestinationPolicy, Endpoint, LoadBalancer, Protocol, Servic
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -123,7 +123,17 @@ pub struct Cluster {
     /// ejection cap.
     ejecting: Mutex<()>,
     breaker: Option<Arc<Breaker>>,
-    retry_budget: Arc<RetryBudget>,
+    retry_budget: Arc<LazyBudget>,
+}
+
+/// A cluster's retry budget, made by the first request through the
+/// cluster: most clusters of a large mesh never carry one, and a budget is
+/// a few hundred bytes. Shared with the same cluster of the next snapshot
+/// while its settings do not change, made or not.
+#[derive(Debug)]
+struct LazyBudget {
+    settings: sane_xds_proto::RetryBudget,
+    budget: OnceLock<Arc<RetryBudget>>,
 }
 
 /// Endpoint stats by endpoint key, carried across rebuilds.
@@ -141,6 +151,17 @@ impl Destination {
         };
         ext.insert(self.cluster.retry_budget().clone());
         ext.insert(self);
+    }
+}
+
+// === impl LazyBudget ===
+
+impl LazyBudget {
+    fn new(settings: sane_xds_proto::RetryBudget) -> Self {
+        Self {
+            settings,
+            budget: OnceLock::new(),
+        }
     }
 }
 
@@ -280,7 +301,7 @@ impl Cluster {
                 Balancer::consistent_hash(&eps)
             }
         };
-        let retry_budget = Arc::new(RetryBudget::new(&name, &Default::default()));
+        let retry_budget = Arc::new(LazyBudget::new(Default::default()));
         Self {
             name,
             protocol: port.protocol(),
@@ -320,8 +341,8 @@ impl Cluster {
         let budget = p.retry_budget.clone().unwrap_or_default();
         self.retry_budget = previous
             .map(|c| c.retry_budget.clone())
-            .filter(|b| *b.settings() == budget)
-            .unwrap_or_else(|| Arc::new(RetryBudget::new(&self.name, &budget)));
+            .filter(|b| b.settings == budget)
+            .unwrap_or_else(|| Arc::new(LazyBudget::new(budget)));
         self
     }
 
@@ -330,9 +351,19 @@ impl Cluster {
         self.breaker.as_ref()
     }
 
-    /// The retry budget.
+    /// The retry budget (made by the first call).
     pub fn retry_budget(&self) -> &Arc<RetryBudget> {
-        &self.retry_budget
+        let lazy = &self.retry_budget;
+        lazy.budget
+            .get_or_init(|| Arc::new(RetryBudget::new(&self.name, &lazy.settings)))
+    }
+
+    /// Retries the budget allows now, without making it (the admin API).
+    pub fn retry_budget_remaining(&self) -> u64 {
+        match self.retry_budget.budget.get() {
+            Some(b) => b.remaining(),
+            None => RetryBudget::new(&self.name, &self.retry_budget.settings).remaining(),
+        }
     }
 
     /// Picks an endpoint, skipping ejected ones and those in `exclude` when
@@ -500,6 +531,28 @@ mod tests {
         let s = EndpointState::new(&ep, &port(), &counters).unwrap();
         assert_eq!(s.connect_addr, "10.0.0.1:15006".parse().unwrap());
         assert_eq!(s.via_sidecar, Some(9999));
+    }
+
+    #[test]
+    fn the_retry_budget_is_made_by_the_first_request() {
+        let c = Cluster::new(
+            "echo.default:80".into(),
+            &port(),
+            Vec::new(),
+            LoadBalancer::default(),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        );
+        let fresh = RetryBudget::new("echo.default:80", &Default::default()).remaining();
+        assert_eq!(c.retry_budget_remaining(), fresh);
+        assert!(
+            c.retry_budget.budget.get().is_none(),
+            "reading what it allows does not make it"
+        );
+        let budget = c.retry_budget().clone();
+        budget.deposit();
+        assert!(Arc::ptr_eq(&budget, c.retry_budget()));
+        assert_eq!(budget.cluster(), "echo.default:80");
     }
 
     #[test]
