@@ -366,7 +366,11 @@ impl Results {
     fn render_targets(&self, s: &mut String, rates: &[u32]) {
         let h = Mode::Http;
         let workers = self.workers.max(1);
-        let _ = writeln!(s, "## Targets (issue 20) and where we stand{}\n", self.label);
+        let _ = writeln!(
+            s,
+            "## Targets (issue 20) and where we stand{}\n",
+            self.label
+        );
         let _ = writeln!(s, "| figure | target | measured | met |\n|---|---|---|---|");
         let verdict = |ok: Option<bool>| match ok {
             Some(true) => "yes",
@@ -645,7 +649,10 @@ mod tests {
         let text = r.render(&[1000]);
         assert!(text.contains("| sane | 18000 | ×1.20 |"), "{text}");
         assert!(text.contains("×0.60 | yes |"), "{text}");
-        assert!(text.contains("| HTTP throughput, 1 worker(s) | ≥ ×1.3 | ×1.20 | **no** |"), "{text}");
+        assert!(
+            text.contains("| HTTP throughput, 1 worker(s) | ≥ ×1.3 | ×1.20 | **no** |"),
+            "{text}"
+        );
         assert!(text.contains("| idle RSS per sidecar | ≤ 10 MiB | – MiB | not measured |"));
         assert!(!text.contains("unreachable and to a reachable OTLP collector"));
     }
@@ -689,7 +696,10 @@ mod tests {
         );
         assert!(text.contains("| 42 |"), "{text}");
         assert!(text.contains("## Targets (issue 20) and where we stand (2 workers per proxy)"));
-        assert!(text.contains("| HTTP throughput, 2 worker(s) | ≥ ×1.2 | ×1.50 | yes |"), "{text}");
+        assert!(
+            text.contains("| HTTP throughput, 2 worker(s) | ≥ ×1.2 | ×1.50 | yes |"),
+            "{text}"
+        );
         assert!(text.contains("| sane | 9000 | ×1.50 |"), "{text}");
     }
 }
