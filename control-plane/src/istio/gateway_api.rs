@@ -21,8 +21,7 @@ use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
     GatewayRoute, HeaderMatch, HeaderOps, MatchKind, MirrorPolicy, PathMatch, QueryParamMatch,
-    Redirect, RetryPolicy, Rewrite, Route, RouteMatch, RouteRule, Service, ServicePort,
-    WeightedDestination,
+    Redirect, RetryPolicy, Rewrite, Route, RouteMatch, RouteRule, WeightedDestination,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -699,30 +698,8 @@ fn ingress(
     rules: &[RouteRule],
     out: &mut Output,
 ) {
-    let service = format!("{}-gw", sane_name(&object.name, None).replace('.', "-"));
-    out.resources.push(Resource::Service(Service {
-        name: service.clone(),
-        namespace: object.namespace.clone(),
-        ports: vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }));
-    out.resources.push(Resource::Route(Route {
-        name: format!("{}.httproute-gw", sane_name(&object.name, None)),
-        namespace: object.namespace.clone(),
-        service: service.clone(),
-        rules: rules.to_vec(),
-    }));
-    // The gateway sends what any rule matches (everything when a rule
-    // matches everything); the route then picks the rule.
-    let matches = if rules.iter().any(|r| r.matches.is_empty()) {
-        Vec::new()
-    } else {
-        rules.iter().flat_map(|r| r.matches.clone()).collect()
-    };
+    let (service, matches) =
+        super::ingress::gateway_backend(object, "-gw", "httproute-gw", rules, out);
     for (i, parent) in gateways {
         out.gateway_routes.push(super::ingress::GatewayAttach {
             path: P::spec().i("parentRefs", *i),

@@ -18,8 +18,8 @@ use super::object::{Object, ObjectRef};
 use super::Output;
 use crate::resource::Resource;
 use sane_xds_proto::{
-    Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, Route, RouteRule, Service,
-    ServicePort,
+    Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, Route, RouteMatch, RouteRule,
+    Service, ServicePort,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -449,18 +449,22 @@ fn server_tls(
     }
 }
 
-/// The ingress route of a VirtualService bound to Istio Gateways: its rules
-/// on a service of its own, `<name>-vs-gw` (port 80, no endpoints), and a
-/// gateway route per host to it ([`attach`]).
-pub(crate) fn bound_virtual_service(
+/// The service and route behind a gateway's routes for `object`: a
+/// service `<name><service_suffix>` (port 80, no endpoints) whose route
+/// `<name>.<route_suffix>` holds `rules`. Returns the service's name and
+/// what the gateway sends to it: what any rule matches (everything when a
+/// rule matches everything); the route then picks the rule, in order.
+pub(crate) fn gateway_backend(
     object: &Object,
-    gateways: &[(usize, String, String)],
-    hosts: &[String],
+    service_suffix: &str,
+    route_suffix: &str,
     rules: &[RouteRule],
     out: &mut Output,
-) {
-    let base = sane_name(&object.name, None).replace('.', "-");
-    let service = format!("{base}-vs-gw");
+) -> (String, Vec<RouteMatch>) {
+    let service = format!(
+        "{}{service_suffix}",
+        sane_name(&object.name, None).replace('.', "-")
+    );
     out.resources.push(Resource::Service(Service {
         name: service.clone(),
         namespace: object.namespace.clone(),
@@ -472,18 +476,30 @@ pub(crate) fn bound_virtual_service(
         ..Default::default()
     }));
     out.resources.push(Resource::Route(Route {
-        name: format!("{}.vs-gw", sane_name(&object.name, None)),
+        name: format!("{}.{route_suffix}", sane_name(&object.name, None)),
         namespace: object.namespace.clone(),
         service: service.clone(),
         rules: rules.to_vec(),
     }));
-    // The gateway sends what any rule matches (everything when one rule
-    // matches everything); the route then picks the rule, in order.
     let matches = if rules.iter().any(|r| r.matches.is_empty()) {
         Vec::new()
     } else {
         rules.iter().flat_map(|r| r.matches.clone()).collect()
     };
+    (service, matches)
+}
+
+/// The ingress route of a VirtualService bound to Istio Gateways: its rules
+/// on a service of its own, `<name>-vs-gw` (port 80, no endpoints), and a
+/// gateway route per host to it ([`attach`]).
+pub(crate) fn bound_virtual_service(
+    object: &Object,
+    gateways: &[(usize, String, String)],
+    hosts: &[String],
+    rules: &[RouteRule],
+    out: &mut Output,
+) {
+    let (service, matches) = gateway_backend(object, "-vs-gw", "vs-gw", rules, out);
     for (i, ns, name) in gateways {
         out.gateway_routes.push(GatewayAttach {
             path: P::spec().i("gateways", *i),
