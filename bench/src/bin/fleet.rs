@@ -7,7 +7,8 @@
 //! with 3 endpoints and one route, in `--namespaces` namespaces — and opens
 //! N real ADS streams to it, each over its own TLS connection, with a
 //! workload token of its service and a node id of that workload
-//! (`svc-<i>.<namespace>~p-<n>`), as a sidecar of that service would.
+//! (`svc-<i>.<namespace>~p-<n>`) and the inbound address of one of its
+//! service's endpoints, as a sidecar of that service would.
 //!
 //! A stream speaks xDS as the proxy does, without the data plane: the
 //! proxy's own client code builds its node (`sane_proxy::xds::envoy_node`)
@@ -219,6 +220,11 @@ struct Proxy {
     namespace: String,
     /// The service (workload) whose sidecar it plays.
     service: usize,
+    /// The inbound address it announces: that of one of its service's
+    /// endpoints, as a sidecar announces its pod's, so it is sent the
+    /// authorization policies of that endpoint (and, as in a real mesh,
+    /// the proxies of different endpoints hold different views).
+    inbound: std::net::SocketAddr,
 }
 
 /// Figures of one change.
@@ -359,6 +365,7 @@ async fn run(args: &Args, n: usize, protocol: Protocol, topology: Topology) -> R
             index,
             namespace: ns_of(service),
             service,
+            inbound: endpoint_addr(service, index / services % 3 + 1),
         };
         let token = tokens[service].clone();
         let (fleet, gate, url, root) = (
@@ -628,7 +635,7 @@ fn node(proxy: &Proxy) -> envoy_types::pb::envoy::config::core::v3::Node {
         workload: format!("svc-{}", proxy.service),
         ..Default::default()
     };
-    sane_proxy::xds::envoy_node(&node, &ControlPlane::default(), &[])
+    sane_proxy::xds::envoy_node(&node, &ControlPlane::default(), &[proxy.inbound])
 }
 
 /// The ADS client of one proxy over its own TLS connection, with the
@@ -787,14 +794,21 @@ fn service(i: usize, ns: &str) -> Service {
 /// Endpoint `k` of service `i`: `10.<i / 250>.<i % 250>.<k>:8080` behind a
 /// sidecar on 15006.
 fn endpoint(i: usize, ns: &str, k: usize) -> Endpoint {
+    let at = endpoint_addr(i, k);
     Endpoint {
         service: format!("svc-{i}"),
         namespace: ns.into(),
-        address: format!("10.{}.{}.{k}", i / 250, i % 250),
+        address: at.ip().to_string(),
         port: 8080,
-        proxy_port: 15006,
+        proxy_port: at.port().into(),
         ..Default::default()
     }
+}
+
+/// Where the sidecar of service `i`'s endpoint `k` listens.
+fn endpoint_addr(i: usize, k: usize) -> std::net::SocketAddr {
+    let ip = std::net::Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, k as u8);
+    (ip, 15006).into()
 }
 
 /// Service `i`'s route: every request to it, with a timeout.

@@ -95,6 +95,11 @@ impl ProxyView {
     /// What a wildcard subscription to type `t` is sent: built once per
     /// view, shared by every stream holding it.
     pub fn wire(&self, t: XdsType) -> Arc<TypeWire> {
+        if let XdsType::Mesh(m) = t {
+            if let Some(wire) = self.mesh_wire(m) {
+                return wire;
+            }
+        }
         self.wire.get_or_build(t, || {
             let resources = self.of_type(t).values().cloned().collect();
             TypeWire::new(self.wildcard_version(t), resources)

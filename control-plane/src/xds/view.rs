@@ -19,7 +19,7 @@ use super::client_input::{MAX_LABELS, MAX_LABEL_BYTES};
 use super::envoy::EnvoyResources;
 use super::scope::SidecarScope;
 use super::snapshot::{set_version, ResourceMap, XdsSnapshot};
-use super::wire::WireCache;
+use super::wire::{TypeWire, WireCache};
 use crate::error::Error;
 use crate::resource::{Kind, Resource};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -64,14 +64,20 @@ pub struct NodeSpec {
 }
 
 /// The resources one proxy may receive, by type.
-#[derive(Debug, Clone)]
+///
+/// A view is a few shared parts: each type's resources are a [`TypeSlice`]
+/// that every view depending on the same inputs ([`SliceKey`]) holds, so
+/// 5 000 sidecars of one namespace, each serving its own endpoint, hold
+/// 5 000 small views around one set of service, endpoint and route slices
+/// (and one encoding of each) instead of 5 000 copies.
+#[derive(Debug)]
 pub struct ProxyView {
     /// The registry revision the view was computed from.
     pub revision: u64,
     /// When that revision's first write happened.
     pub written_at: Instant,
     /// Qualified keys of every service in the view.
-    pub services: BTreeSet<String>,
+    pub services: Arc<BTreeSet<String>>,
     /// Qualified keys of the services whose endpoints point at this proxy
     /// (whose authorization policies it enforces).
     pub serves: BTreeSet<String>,
@@ -79,43 +85,100 @@ pub struct ProxyView {
     pub scope: Option<String>,
     /// The generation of the scopes the view was computed under.
     pub scopes_generation: u64,
-    types: HashMap<TypeUrl, ResourceMap>,
+    types: HashMap<TypeUrl, Arc<TypeSlice>>,
     /// The node's namespace (Envoy listener names depend on it).
     pub(super) namespace: String,
     /// The view as Envoy resources, built on first use (see `type_url`).
     pub(super) envoy: OnceLock<EnvoyResources>,
-    /// The version of every resource of each type ([`set_version`]), what a
-    /// wildcard subscription is sent: computed once per view, not per stream
-    /// and push.
-    versions: HashMap<TypeUrl, String>,
-    /// What wildcard subscriptions are sent, encoded once per view.
+    /// What wildcard subscriptions to Envoy types are sent, encoded once per
+    /// view (mesh types: once per [`TypeSlice`]).
     pub(super) wire: WireCache,
+}
+
+/// One mesh type's resources in a view, the version of the set (what a
+/// wildcard subscription holds) and their encoding (what it is sent, built
+/// on first use): shared by every view whose [`SliceKey`] for the type is
+/// the same.
+#[derive(Debug)]
+pub(super) struct TypeSlice {
+    resources: ResourceMap,
+    version: String,
+    wire: OnceLock<Arc<TypeWire>>,
+}
+
+/// What one type's slice of a view depends on besides the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SliceKey {
+    /// Telemetry: the proxy's namespace.
+    Namespace(String),
+    /// Authorization policies: the namespace's that target the endpoints
+    /// the proxy serves (their names).
+    Served(String, Vec<String>),
+    /// Services, endpoints, routes and destination policies: the services
+    /// the proxy sees.
+    Visible(Arc<VisibleKey>),
+}
+
+/// What the services a proxy sees depend on besides the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct VisibleKey {
+    namespace: String,
+    services: BTreeSet<String>,
+    all_services: bool,
+    /// The Sidecar scope chosen for the proxy (`namespace/name`).
+    scope: Option<String>,
+}
+
+/// What a view depends on besides the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ViewKey {
+    visible: Arc<VisibleKey>,
+    /// Names of the endpoints the proxy serves (its authorization policies).
+    served: Vec<String>,
 }
 
 /// Views shared between the streams of one snapshot whose nodes select the
 /// same slice (same namespace, listed services, served endpoints and
 /// Sidecar scope): a fleet of sidecars of one namespace computes one view
-/// per push instead of one per proxy. Holds the views of the latest
-/// revision and scope generation only.
+/// per push instead of one per proxy, and views that differ only in what
+/// their proxies serve share every slice but the authorization policies'.
+/// Holds the views of the latest revision and scope generation only.
 #[derive(Debug, Default)]
 pub struct ViewCache {
-    latest: Mutex<(ViewTag, HashMap<ViewKey, Arc<ProxyView>>)>,
+    latest: Mutex<(ViewTag, Arc<Parts>)>,
 }
 
 /// What a set of cached views was computed from: the snapshot's registry
 /// revision and scope generation.
 type ViewTag = (u64, u64);
 
-/// What a view depends on besides the snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct ViewKey {
-    namespace: String,
-    services: BTreeSet<String>,
-    all_services: bool,
-    /// Names of the endpoints the proxy serves (its authorization policies).
-    served: Vec<String>,
-    /// The Sidecar scope chosen for it (`namespace/name`).
-    scope: Option<String>,
+/// A value computed once per key: the first caller computes it, callers
+/// of the same key meanwhile wait for it, callers of other keys go on.
+type Shared<K, V> = Mutex<HashMap<K, Arc<OnceLock<Arc<V>>>>>;
+
+/// The views of one snapshot and the parts they share.
+#[derive(Debug, Default)]
+struct Parts {
+    views: Shared<ViewKey, ProxyView>,
+    visible: Shared<Arc<VisibleKey>, BTreeSet<String>>,
+    slices: Shared<(TypeUrl, SliceKey), TypeSlice>,
+}
+
+/// The value of `key` in `map`, computed by `build` if it is the first
+/// asked for.
+fn shared<K: Eq + std::hash::Hash, V>(
+    map: &Shared<K, V>,
+    key: K,
+    build: impl FnOnce() -> V,
+) -> Arc<V> {
+    let cell = map
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .clone();
+    // Computed outside the map's lock: callers of other keys go on.
+    cell.get_or_init(|| Arc::new(build())).clone()
 }
 
 // === impl NodeSpec ===
@@ -406,81 +469,44 @@ impl ProxyView {
     /// keeps of those services (listed, own or reached) only the ones its
     /// egress hosts admit.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
-        let served: Vec<&Endpoint> = served(snapshot, spec).map(|(_, e)| e).collect();
-        let scope = scope_of(snapshot, spec, &served);
-        let services_map = snapshot.of_kind(Kind::Service);
-        let exported: HashSet<&str> = services_map
-            .values()
-            .filter(|r| match &r.resource {
-                Resource::Service(s) => {
-                    s.exported_to(&spec.namespace) && scope.is_none_or(|sc| sc.admits(s))
-                }
-                _ => false,
-            })
-            .map(|r| r.service.as_str())
-            .collect();
-        let mut visible: BTreeSet<String> = services_map
-            .values()
-            .filter(|r| exported.contains(r.service.as_str()))
-            .filter(|r| {
-                spec.all_services
-                    || r.resource.namespace() == spec.namespace
-                    || spec.services.contains(&r.service)
-            })
-            .map(|r| r.service.clone())
-            .collect();
-        let routes = snapshot.of_kind(Kind::Route);
-        loop {
-            let before = visible.len();
-            let reached: Vec<String> = routes
-                .values()
-                .filter(|r| visible.contains(&r.service))
-                .flat_map(|r| r.destinations.iter())
-                .filter(|d| exported.contains(d.as_str()))
-                .cloned()
-                .collect();
-            visible.extend(reached);
-            if visible.len() == before {
-                break;
-            }
-        }
+        let inputs = Inputs::of(snapshot, spec);
+        ProxyView::compute_in(snapshot, spec, &inputs, &Parts::default())
+    }
+
+    /// [`ProxyView::compute`], taking the parts `parts` already holds and
+    /// adding the ones it computes.
+    fn compute_in(
+        snapshot: &XdsSnapshot,
+        spec: &NodeSpec,
+        inputs: &Inputs<'_>,
+        parts: &Parts,
+    ) -> ProxyView {
+        let scope = inputs.scope;
+        let services = shared(&parts.visible, inputs.key.visible.clone(), || {
+            visible_services(snapshot, spec, scope)
+        });
         let mut types = HashMap::new();
-        let mut versions = HashMap::new();
         for kind in Kind::ALL {
-            let filtered: ResourceMap = snapshot
-                .of_kind(kind)
-                .iter()
-                .filter(|(_, r)| match (&r.resource, kind) {
-                    // Telemetry configures a namespace's proxies, not a service.
-                    (_, Kind::Telemetry) => r.resource.namespace() == spec.namespace,
-                    // An authorization policy goes to the sidecars of the
-                    // workloads it targets, never further.
-                    (Resource::Authz(a), _) => {
-                        r.resource.namespace() == spec.namespace
-                            && served.iter().any(|e| a.targets(e))
-                    }
-                    (_, Kind::Route) => {
-                        visible.contains(&r.service)
-                            && r.destinations.iter().all(|d| visible.contains(d))
-                    }
-                    _ => visible.contains(&r.service),
-                })
-                .map(|(k, r)| (k.clone(), r.clone()))
-                .collect();
-            versions.insert(kind.type_url(), set_version(filtered.values()));
-            types.insert(kind.type_url(), filtered);
+            let key = match kind {
+                Kind::Telemetry => SliceKey::Namespace(spec.namespace.clone()),
+                Kind::Authz => SliceKey::Served(spec.namespace.clone(), inputs.key.served.clone()),
+                _ => SliceKey::Visible(inputs.key.visible.clone()),
+            };
+            let slice = shared(&parts.slices, (kind.type_url(), key), || {
+                TypeSlice::new(snapshot, kind, spec, &services, &inputs.endpoints)
+            });
+            types.insert(kind.type_url(), slice);
         }
         ProxyView {
             revision: snapshot.revision,
             written_at: snapshot.written_at,
-            services: visible,
-            serves: served.iter().map(|e| e.service_key()).collect(),
-            scope: scope.map(|s| format!("{}/{}", s.namespace, s.name)),
+            services,
+            serves: inputs.endpoints.iter().map(|e| e.service_key()).collect(),
+            scope: inputs.key.visible.scope.clone(),
             scopes_generation: snapshot.scopes.generation,
             types,
             namespace: spec.namespace.clone(),
             envoy: OnceLock::new(),
-            versions,
             wire: WireCache::default(),
         }
     }
@@ -488,8 +514,8 @@ impl ProxyView {
     /// The version of every resource of type `t` in the view (what a
     /// wildcard subscription holds).
     pub fn version(&self, t: TypeUrl) -> String {
-        match self.versions.get(&t) {
-            Some(v) => v.clone(),
+        match self.types.get(&t) {
+            Some(slice) => slice.version.clone(),
             None => set_version(self.resources(t).values()),
         }
     }
@@ -497,7 +523,22 @@ impl ProxyView {
     /// The resources of type `t` in the view (listeners: none).
     pub fn resources(&self, t: TypeUrl) -> &ResourceMap {
         static EMPTY: ResourceMap = ResourceMap::new();
-        self.types.get(&t).unwrap_or(&EMPTY)
+        self.types.get(&t).map_or(&EMPTY, |slice| &slice.resources)
+    }
+
+    /// What a wildcard subscription to mesh type `t` is sent, if the view
+    /// holds the type: encoded once for every view sharing the slice.
+    pub(super) fn mesh_wire(&self, t: TypeUrl) -> Option<Arc<TypeWire>> {
+        let slice = self.types.get(&t)?;
+        Some(
+            slice
+                .wire
+                .get_or_init(|| {
+                    let resources = slice.resources.values().cloned().collect();
+                    Arc::new(TypeWire::new(slice.version.clone(), resources))
+                })
+                .clone(),
+        )
     }
 
     /// A view of nothing at `revision`, for tests.
@@ -506,17 +547,131 @@ impl ProxyView {
         ProxyView {
             revision,
             written_at: Instant::now(),
-            services: BTreeSet::new(),
+            services: Arc::default(),
             serves: BTreeSet::new(),
             scope: None,
             scopes_generation: 0,
             types: HashMap::new(),
             namespace: "default".into(),
             envoy: OnceLock::new(),
-            versions: HashMap::new(),
             wire: WireCache::default(),
         }
     }
+}
+
+// === impl TypeSlice ===
+
+impl TypeSlice {
+    /// The resources of `kind` a proxy of `spec`'s namespace that sees
+    /// `visible` and serves `served` receives.
+    fn new(
+        snapshot: &XdsSnapshot,
+        kind: Kind,
+        spec: &NodeSpec,
+        visible: &BTreeSet<String>,
+        served: &[&Endpoint],
+    ) -> TypeSlice {
+        let resources: ResourceMap = snapshot
+            .of_kind(kind)
+            .iter()
+            .filter(|(_, r)| match (&r.resource, kind) {
+                // Telemetry configures a namespace's proxies, not a service.
+                (_, Kind::Telemetry) => r.resource.namespace() == spec.namespace,
+                // An authorization policy goes to the sidecars of the
+                // workloads it targets, never further.
+                (Resource::Authz(a), _) => {
+                    r.resource.namespace() == spec.namespace && served.iter().any(|e| a.targets(e))
+                }
+                (_, Kind::Route) => {
+                    visible.contains(&r.service)
+                        && r.destinations.iter().all(|d| visible.contains(d))
+                }
+                _ => visible.contains(&r.service),
+            })
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        TypeSlice {
+            version: set_version(resources.values()),
+            resources,
+            wire: OnceLock::new(),
+        }
+    }
+}
+
+/// What a view is computed from besides the snapshot: the endpoints the
+/// proxy serves, its Sidecar scope, and the view's key.
+struct Inputs<'a> {
+    endpoints: Vec<&'a Endpoint>,
+    scope: Option<&'a SidecarScope>,
+    key: ViewKey,
+}
+
+impl<'a> Inputs<'a> {
+    fn of(snapshot: &'a XdsSnapshot, spec: &'a NodeSpec) -> Inputs<'a> {
+        let served: Vec<(&String, &Endpoint)> = served(snapshot, spec).collect();
+        let endpoints: Vec<&Endpoint> = served.iter().map(|(_, e)| *e).collect();
+        let scope = scope_of(snapshot, spec, &endpoints);
+        let visible = Arc::new(VisibleKey {
+            namespace: spec.namespace.clone(),
+            services: spec.services.clone(),
+            all_services: spec.all_services,
+            scope: scope.map(|s| format!("{}/{}", s.namespace, s.name)),
+        });
+        Inputs {
+            key: ViewKey {
+                visible,
+                served: served.iter().map(|(n, _)| (*n).clone()).collect(),
+            },
+            endpoints,
+            scope,
+        }
+    }
+}
+
+/// The services a proxy of `spec` sees under `scope` (see
+/// [`ProxyView::compute`]).
+fn visible_services(
+    snapshot: &XdsSnapshot,
+    spec: &NodeSpec,
+    scope: Option<&SidecarScope>,
+) -> BTreeSet<String> {
+    let services_map = snapshot.of_kind(Kind::Service);
+    let exported: HashSet<&str> = services_map
+        .values()
+        .filter(|r| match &r.resource {
+            Resource::Service(s) => {
+                s.exported_to(&spec.namespace) && scope.is_none_or(|sc| sc.admits(s))
+            }
+            _ => false,
+        })
+        .map(|r| r.service.as_str())
+        .collect();
+    let mut visible: BTreeSet<String> = services_map
+        .values()
+        .filter(|r| exported.contains(r.service.as_str()))
+        .filter(|r| {
+            spec.all_services
+                || r.resource.namespace() == spec.namespace
+                || spec.services.contains(&r.service)
+        })
+        .map(|r| r.service.clone())
+        .collect();
+    let routes = snapshot.of_kind(Kind::Route);
+    loop {
+        let before = visible.len();
+        let reached: Vec<String> = routes
+            .values()
+            .filter(|r| visible.contains(&r.service))
+            .flat_map(|r| r.destinations.iter())
+            .filter(|d| exported.contains(d.as_str()))
+            .cloned()
+            .collect();
+        visible.extend(reached);
+        if visible.len() == before {
+            break;
+        }
+    }
+    visible
 }
 
 /// The Sidecar scope of `spec`'s proxy, which serves `served`.
@@ -559,37 +714,31 @@ fn served<'a>(
 
 impl ViewCache {
     /// `spec`'s view of `snapshot`: shared with every stream that asked for
-    /// the same slice of the same revision, computed by the first.
+    /// the same slice of the same revision, computed by the first; its
+    /// parts shared with every view of the revision that depends on the
+    /// same inputs.
     pub fn view(&self, snapshot: &XdsSnapshot, spec: &NodeSpec) -> Arc<ProxyView> {
-        let served: Vec<(&String, &Endpoint)> = served(snapshot, spec).collect();
-        let endpoints: Vec<&Endpoint> = served.iter().map(|(_, e)| *e).collect();
-        let key = ViewKey {
-            namespace: spec.namespace.clone(),
-            services: spec.services.clone(),
-            all_services: spec.all_services,
-            served: served.iter().map(|(n, _)| (*n).clone()).collect(),
-            scope: scope_of(snapshot, spec, &endpoints)
-                .map(|s| format!("{}/{}", s.namespace, s.name)),
-        };
+        let inputs = Inputs::of(snapshot, spec);
         let tag = (snapshot.revision, snapshot.scopes.generation);
-        {
-            let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-            if latest.0 == tag {
-                if let Some(v) = latest.1.get(&key) {
-                    return v.clone();
-                }
+        let parts = {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            if tag != latest.0 && tag.0 >= latest.0 .0 && tag.1 >= latest.0 .1 {
+                *latest = (tag, Arc::default());
             }
+            (tag == latest.0).then(|| latest.1.clone())
+        };
+        match parts {
+            Some(parts) => shared(&parts.views, inputs.key.clone(), || {
+                ProxyView::compute_in(snapshot, spec, &inputs, &parts)
+            }),
+            // A stream still on an older snapshot than the cached one.
+            None => Arc::new(ProxyView::compute_in(
+                snapshot,
+                spec,
+                &inputs,
+                &Parts::default(),
+            )),
         }
-        // Computed outside the lock: streams of other slices go on.
-        let view = Arc::new(ProxyView::compute(snapshot, spec));
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if tag != latest.0 && tag.0 >= latest.0 .0 && tag.1 >= latest.0 .1 {
-            *latest = (tag, HashMap::new());
-        }
-        if tag == latest.0 {
-            latest.1.insert(key, view.clone());
-        }
-        view
     }
 }
 
@@ -833,6 +982,65 @@ mod tests {
         // Nothing points at it: no policy at all, whatever it asks for.
         let client = sidecar("a.inventory~5", "10.9.9.9:15006", "a");
         assert!(names(&client, TypeUrl::AuthorizationPolicy).is_empty());
+    }
+
+    #[test]
+    fn views_of_sidecars_serving_different_endpoints_share_all_but_their_policies() {
+        use sane_xds_proto::AuthorizationPolicy;
+        let reg = crate::xds::test_support::registry();
+        let ep = |addr: &str| {
+            Resource::Endpoint(Endpoint {
+                service: "backend".into(),
+                namespace: "inventory".into(),
+                address: addr.into(),
+                port: 8080,
+                proxy_port: 15006,
+                labels: [("pod".to_string(), addr.to_string())].into(),
+                ..Default::default()
+            })
+        };
+        let only = Resource::Authz(AuthorizationPolicy {
+            name: "only-first".into(),
+            namespace: "inventory".into(),
+            selector: [("pod".to_string(), "10.1.0.1".to_string())].into(),
+            ..Default::default()
+        });
+        put(&reg, vec![ep("10.1.0.1"), ep("10.1.0.2"), only]);
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        let spec = |inbound: &str| {
+            let mut spec = NodeSpec::new(inbound, "inventory", &["*"]);
+            spec.inbound = vec![inbound.parse().unwrap()];
+            spec
+        };
+        let cache = ViewCache::default();
+        let first = cache.view(&snap, &spec("10.1.0.1:15006"));
+        let second = cache.view(&snap, &spec("10.1.0.2:15006"));
+        // Two views: each has its own policies, as computed alone.
+        assert!(!Arc::ptr_eq(&first, &second));
+        for (view, inbound) in [(&first, "10.1.0.1:15006"), (&second, "10.1.0.2:15006")] {
+            let alone = ProxyView::compute(&snap, &spec(inbound));
+            for t in TypeUrl::ALL {
+                assert_eq!(names(view, t), names(&alone, t), "{t:?}");
+                assert_eq!(view.version(t), alone.version(t), "{t:?}");
+            }
+        }
+        assert_eq!(
+            names(&first, TypeUrl::AuthorizationPolicy),
+            ["inventory/only-first"]
+        );
+        assert!(names(&second, TypeUrl::AuthorizationPolicy).is_empty());
+        // One copy of the rest, and one encoding of it.
+        assert!(Arc::ptr_eq(&first.services, &second.services));
+        for t in [TypeUrl::Service, TypeUrl::Endpoint, TypeUrl::Route] {
+            assert!(Arc::ptr_eq(&first.types[&t], &second.types[&t]), "{t:?}");
+            let (a, b) = (first.wire(t.into()), second.wire(t.into()));
+            assert!(Arc::ptr_eq(&a, &b), "{t:?}");
+        }
+        // The same node again gets the same view.
+        assert!(Arc::ptr_eq(
+            &first,
+            &cache.view(&snap, &spec("10.1.0.1:15006"))
+        ));
     }
 
     #[test]
