@@ -151,3 +151,22 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+/// The `--kubernetes` settings of a control plane following the fake API
+/// server at `url` (no webhook; the CA from the data dir unless
+/// `ca_secret` names a Secret).
+pub fn kube_config(
+    url: &str,
+    ca_secret: Option<&str>,
+) -> sane_control_plane::k8s::KubernetesConfig {
+    sane_control_plane::k8s::KubernetesConfig {
+        watch: true,
+        webhook_addr: None,
+        webhook_dns_names: Vec::new(),
+        webhook_config: "sane-sidecar-injector".into(),
+        inject: sane_control_plane::k8s::inject::InjectConfig::default(),
+        source: sane_control_plane::k8s::source::SourceSettings::default(),
+        ca_secret: ca_secret.map(str::to_string),
+        api_server: Some(url.into()),
+    }
+}
