@@ -20,7 +20,7 @@ mod support;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use k8s_support::api_server::FakeApiServer;
-use k8s_support::{fixture, kube_config};
+use k8s_support::{fixture, kube_config, listed_store, recorded_events};
 use sane_control_plane::istio::object::ObjectKind as IstioKind;
 use sane_control_plane::istio::store::ObjectKey;
 use sane_control_plane::istio::watched::Watched;
@@ -48,12 +48,7 @@ fn kinds() -> Vec<ObjectKind> {
 }
 
 fn events(file: &str) -> Vec<StoreEvent> {
-    let recorded: Vec<serde_json::Value> =
-        serde_json::from_str(&fixture(&format!("istio-watch/{file}"))).unwrap();
-    recorded
-        .into_iter()
-        .filter_map(|e| StoreEvent::from_watch_json(e).unwrap())
-        .collect()
+    recorded_events(&format!("istio-watch/{file}"))
 }
 
 struct Harness {
@@ -67,21 +62,11 @@ impl Harness {
     fn listed(file: &str) -> Harness {
         let registry = Arc::new(Registry::in_memory());
         let mut h = Harness {
-            store: ObjectStore::new(),
+            store: listed_store(&kinds(), events(file)),
             source: KubeSource::new(registry.clone()),
             registry,
             watched: Watched::default(),
         };
-        for kind in kinds() {
-            h.store.handle(StoreEvent::RelistStart(kind));
-        }
-        for e in events(file) {
-            h.store.handle(e);
-        }
-        for kind in kinds() {
-            h.store.handle(StoreEvent::RelistDone(kind));
-        }
-        assert!(h.store.is_listed(&kinds()));
         h.sync();
         h
     }

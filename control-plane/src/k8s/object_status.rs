@@ -7,8 +7,9 @@
 //!   `Reconciled` (True: converted; False: left out, `reason` saying why),
 //!   `status.validationMessages` with one entry per field Sane does not
 //!   honour (Istio's `AnalysisMessageBase`: `type {code, name}`, `level`,
-//!   plus a `description` naming the field, which Istio's status schema
-//!   keeps and Kiali shows), and `status.observedGeneration`.
+//!   plus a `description` naming the field: an extension, which Kiali
+//!   shows and which is not compared, should a schema prune it), and
+//!   `status.observedGeneration`.
 //! - Gateway API `Gateway`: `status.conditions` `Accepted` and
 //!   `Programmed`.
 //! - `HTTPRoute`, `GRPCRoute`: one `status.parents[]` entry per
@@ -45,6 +46,9 @@ pub const UNSUPPORTED_CODE: &str = "SANE0001";
 /// At most this many unsupported fields are listed in a condition message
 /// (all of them are in `validationMessages`).
 const LISTED_IN_MESSAGE: usize = 10;
+
+/// At most this many `status.parents[]` entries (the Gateway API's limit).
+const MAX_PARENTS: usize = 32;
 
 /// One status write.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,9 +103,9 @@ pub fn plan(
         let existing = object.get("status").cloned().unwrap_or(json!({}));
         let next = next_status(kind, object, finding, &existing, now);
         let owned = owned_fields(kind);
-        let unchanged = owned
-            .iter()
-            .all(|f| existing.get(*f).filter(|v| !v.is_null()) == next.get(*f));
+        let unchanged = owned.iter().all(|f| {
+            comparable(f, existing.get(*f).filter(|v| !v.is_null())) == comparable(f, next.get(*f))
+        });
         if unchanged {
             continue;
         }
@@ -222,6 +226,8 @@ fn next_status(
                     "conditions": merge_conditions(&before, ours.clone(), now),
                 }));
             }
+            // The Gateway API's schema allows 32 entries.
+            parents.truncate(MAX_PARENTS);
             if parents.is_empty() && !existing.get("parents").is_some_and(Value::is_array) {
                 next.remove("parents");
             } else {
@@ -453,6 +459,22 @@ fn route_conditions(finding: Finding<'_>, generation: Option<i64>) -> Vec<Value>
     }
 }
 
+/// A status field as compared with the one held: Sane's `description` in
+/// validation messages is an extension of Istio's `AnalysisMessageBase`,
+/// so an API server whose schema prunes it must not make Sane write the
+/// same status again and again.
+fn comparable(field: &str, value: Option<&Value>) -> Option<Value> {
+    let mut value = value.cloned()?;
+    if field == "validationMessages" {
+        for m in value.as_array_mut().into_iter().flatten() {
+            if let Some(m) = m.as_object_mut() {
+                m.remove("description");
+            }
+        }
+    }
+    Some(value)
+}
+
 /// `status` without any `lastTransitionTime` (which a write recomputed
 /// from an older status would set anew).
 fn without_times(status: &Value) -> Value {
@@ -566,9 +588,17 @@ mod tests {
             "spec.http[0].corsPolicy: not supported: no CORS"
         );
 
-        // Once the object holds it, nothing is written, later too.
+        // Once the object holds it, nothing is written, later too; nor
+        // when the API server pruned the `description` extension.
         let store = store_with(&[vs(Some(status.clone()))]);
         assert!(plan(&store, &s, &watched, &Sent::new(), LATER).is_empty());
+        let mut pruned = status.clone();
+        pruned["validationMessages"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("description");
+        let pruned_store = store_with(&[vs(Some(pruned))]);
+        assert!(plan(&pruned_store, &s, &watched, &Sent::new(), LATER).is_empty());
         // The field fixed: the messages go (null), the condition changes
         // and gets a new time.
         let fixed = watched_with(key(ObjectKind::VirtualService, "web"), converted(&[]));
