@@ -405,3 +405,73 @@ async fn watched_sidecars_scope_proxies_and_findings_are_written_to_status() {
     drop(ads);
     cp.stop().await;
 }
+
+fn sidecar(name: &str, host: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": { "egress": [ { "hosts": [ host ] } ] }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_sidecar_wins_over_an_applied_one_for_the_same_proxies() {
+    // Applied through the API (stored in the data dir) before the control
+    // plane watched the cluster: it scopes the namespace to cart.
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let body = serde_json::to_vec(&sidecar("applied", "./cart.shop.svc.cluster.local")).unwrap();
+    let (status, reply) = cp
+        .client
+        .send(
+            http::Method::POST,
+            "/api/v1/istio",
+            Some(body),
+            Some(&cp.token),
+        )
+        .await
+        .unwrap();
+    assert!(
+        status.is_success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&reply)
+    );
+    cp.stop().await;
+
+    let mut objects: Vec<Value> = serde_json::from_str(&fixture("cluster/objects.json")).unwrap();
+    objects.push(service("shop", "cart"));
+    let fake = FakeApiServer::start(INSTALLED, objects).await;
+    let url = fake.url();
+    let cp = ControlPlane::start_with(dir.path(), |c| c.kubernetes = Some(kube_config(&url, None)))
+        .await;
+    for key in ["shop/web", "shop/cart"] {
+        eventually(DEADLINE, "the cluster's services", || async {
+            cp.client.get(Kind::Service, key).await.ok()
+        })
+        .await;
+    }
+    let mut ads = SotwClient::connect(
+        cp.xds,
+        &cp.workload_token("shop").await,
+        node("test.shop~web-1", "shop", &[]),
+    )
+    .await;
+    ads.request(TypeUrl::Service).await;
+    let services = next_of(&mut ads, TypeUrl::Service).await;
+    assert_eq!(names(&services), ["shop/cart"], "the applied scope");
+    ads.ack(&services).await;
+
+    // A watched Sidecar for the same proxies (the whole namespace) wins,
+    // though "watched" sorts after "applied".
+    fake.apply(sidecar("watched", "./web.shop.svc.cluster.local"));
+    let services = next_of(&mut ads, TypeUrl::Service).await;
+    assert_eq!(names(&services), ["shop/web"], "the watched scope");
+    ads.ack(&services).await;
+
+    // Deleted from the cluster: the applied one scopes them again.
+    fake.remove(SIDECARS, "shop", "watched");
+    let services = next_of(&mut ads, TypeUrl::Service).await;
+    assert_eq!(names(&services), ["shop/cart"]);
+    drop(ads);
+    cp.stop().await;
+}
