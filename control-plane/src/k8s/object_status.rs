@@ -345,19 +345,18 @@ fn converted_message(o: &StoredObject) -> String {
     }
 }
 
+/// The paths of the unsupported fields, the first [`LISTED_IN_MESSAGE`].
 fn unsupported_list(o: &StoredObject) -> String {
-    let mut listed: Vec<&str> = o
+    let listed: Vec<&str> = o
         .unsupported
         .iter()
         .take(LISTED_IN_MESSAGE)
         .map(|u| u.path.as_str())
         .collect();
-    let more = o.unsupported.len().saturating_sub(LISTED_IN_MESSAGE);
-    let more = format!("and {more} more");
-    if o.unsupported.len() > LISTED_IN_MESSAGE {
-        listed.push(&more);
+    match o.unsupported.len().checked_sub(LISTED_IN_MESSAGE) {
+        Some(more) if more > 0 => format!("{} and {more} more", listed.join(", ")),
+        _ => listed.join(", "),
     }
-    listed.join(", ")
 }
 
 /// The message of an accepted Gateway API object: what it became, and
