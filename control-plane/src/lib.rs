@@ -569,12 +569,12 @@ impl Bound {
             });
         }
         tasks.spawn(self.ads.clone().run_publisher(self.config.debounce));
-        // Istio `Sidecar`s limit what proxies are sent.
-        tasks.spawn(
-            self.ads
-                .clone()
-                .run_scope_publisher(self.api_state.istio.scopes()),
-        );
+        // Istio `Sidecar`s (applied, and watched in the cluster) limit
+        // what proxies are sent.
+        tasks.spawn(self.ads.clone().run_scope_publisher(
+            self.api_state.istio.scopes(),
+            self.api_state.istio_watched.scopes(),
+        ));
         tasks.spawn(self.registry.clone().run_lease_sweeper(stop.clone()));
         if let Some(etcd) = self.registry.etcd() {
             // This replica's proxies, for `GET /api/v1/proxies` on the others.

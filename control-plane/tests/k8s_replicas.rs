@@ -18,8 +18,6 @@ mod support;
 use http::{Method, StatusCode};
 use k8s_support::api_server::FakeApiServer;
 use k8s_support::fixture;
-use sane_control_plane::k8s::inject::InjectConfig;
-use sane_control_plane::k8s::source::SourceSettings;
 use sane_control_plane::k8s::KubernetesConfig;
 use sane_control_plane::resource::Kind;
 use serde_json::{json, Value};
@@ -43,16 +41,7 @@ const INSTALLED: &[&str] = &[
 const ROUTES: &str = "/apis/sane.mesh/v1/namespaces/shop/routes";
 
 fn kube_config(url: &str) -> KubernetesConfig {
-    KubernetesConfig {
-        watch: true,
-        webhook_addr: None,
-        webhook_dns_names: Vec::new(),
-        webhook_config: "sane-sidecar-injector".into(),
-        inject: InjectConfig::default(),
-        source: SourceSettings::default(),
-        ca_secret: Some("sane-system/sane-ca".into()),
-        api_server: Some(url.into()),
-    }
+    k8s_support::kube_config(url, Some("sane-system/sane-ca"))
 }
 
 /// A CA as Istio's `cacerts` Secret holds it, and its certificate.

@@ -9,7 +9,7 @@
 
 mod k8s_support;
 
-use k8s_support::fixture;
+use k8s_support::{listed_store, recorded_events};
 use sane_control_plane::k8s::crd::PolicyKind;
 use sane_control_plane::k8s::source::{convert, KubeSource, SourceSettings};
 use sane_control_plane::k8s::store::{ObjectKind, ObjectStore, StoreEvent};
@@ -31,12 +31,7 @@ const KINDS: [ObjectKind; 7] = [
 ];
 
 fn events(file: &str) -> Vec<StoreEvent> {
-    let recorded: Vec<serde_json::Value> =
-        serde_json::from_str(&fixture(&format!("source/{file}"))).unwrap();
-    recorded
-        .into_iter()
-        .filter_map(|e| StoreEvent::from_watch_json(e).unwrap())
-        .collect()
+    recorded_events(&format!("source/{file}"))
 }
 
 struct Harness {
@@ -51,21 +46,11 @@ impl Harness {
     fn listed(file: &str) -> Harness {
         let registry = Arc::new(Registry::in_memory());
         let mut h = Harness {
-            store: ObjectStore::new(),
+            store: listed_store(&KINDS, events(file)),
             source: KubeSource::new(registry.clone()),
             registry,
             settings: SourceSettings::default(),
         };
-        for kind in KINDS {
-            h.store.handle(StoreEvent::RelistStart(kind));
-        }
-        for e in events(file) {
-            h.store.handle(e);
-        }
-        for kind in KINDS {
-            h.store.handle(StoreEvent::RelistDone(kind));
-        }
-        assert!(h.store.is_listed(&KINDS));
         h.sync();
         h
     }

@@ -78,6 +78,24 @@ pub enum IstioError {
     Strict(Vec<String>),
 }
 
+// === impl IstioError ===
+
+impl IstioError {
+    /// The kind of error in one CamelCase word, as a Kubernetes condition's
+    /// `reason` carries it: `Malformed`, `UnknownKind`, `MissingSubset`,
+    /// `UnknownHost`, `Conflict`, `Unsupported`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IstioError::Yaml { .. } | IstioError::Malformed { .. } => "Malformed",
+            IstioError::UnknownKind { .. } => "UnknownKind",
+            IstioError::MissingSubset { .. } => "MissingSubset",
+            IstioError::UnknownHost { .. } => "UnknownHost",
+            IstioError::Conflict { .. } => "Conflict",
+            IstioError::Strict(_) => "Unsupported",
+        }
+    }
+}
+
 /// Why a write of stored Istio objects failed: nothing of it is stored.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -14,7 +14,7 @@ use super::common::{present, P};
 use super::error::IstioError;
 use super::object::Object;
 use super::Output;
-use crate::xds::scope::{EgressHost, SidecarScope};
+use crate::xds::scope::{EgressHost, ScopeSource, SidecarScope};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -133,6 +133,8 @@ pub(crate) fn sidecar(object: &Object, out: &mut Output) -> Result<(), IstioErro
     }
     out.scope = Some(SidecarScope {
         namespace: object.namespace.clone(),
+        // Marked by the caller that knows (`crate::xds::scope::merge`).
+        source: ScopeSource::Api,
         name: object.name.clone(),
         selector,
         egress,

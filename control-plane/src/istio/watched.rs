@@ -5,17 +5,23 @@
 //! with why.
 //!
 //! The watch loop replaces the whole set after each conversion; readers
-//! take the current set without waiting.
+//! take the current set without waiting. The watched Sidecars' scopes are
+//! published on a watch channel ([`WatchedObjects::scopes`]) the xDS
+//! server merges with the applied ones (`crate::xds::scope::merge`).
 
 use super::store::{ObjectKey, Objects};
+use super::IstioError;
+use crate::xds::scope::SidecarScope;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 /// The watched objects now (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WatchedObjects {
     current: Mutex<Arc<Watched>>,
+    scopes: watch::Sender<Arc<Vec<SidecarScope>>>,
 }
 
 /// One conversion's result.
@@ -23,9 +29,43 @@ pub struct WatchedObjects {
 pub struct Watched {
     /// The objects converted, with what they produced and their findings.
     pub objects: Objects,
-    /// The objects left out (malformed, a missing subset, a conflict, …):
-    /// the object as the cluster holds it, and why.
-    pub refused: BTreeMap<ObjectKey, (Value, String)>,
+    /// The objects left out (malformed, a missing subset, a conflict, …).
+    pub refused: BTreeMap<ObjectKey, Refused>,
+    /// The scopes the converted Sidecars give the proxies they select.
+    pub scopes: Vec<SidecarScope>,
+}
+
+/// An object left out of the conversion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refused {
+    /// The object as the cluster holds it.
+    pub object: Value,
+    /// Why, in one CamelCase word ([`IstioError::reason`]).
+    pub reason: &'static str,
+    /// Why, in full.
+    pub message: String,
+}
+
+// === impl Refused ===
+
+impl Refused {
+    /// `object` left out for `error`.
+    pub fn new(object: Value, error: &IstioError) -> Refused {
+        Refused {
+            object,
+            reason: error.reason(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl Default for WatchedObjects {
+    fn default() -> WatchedObjects {
+        WatchedObjects {
+            current: Mutex::default(),
+            scopes: watch::Sender::new(Arc::default()),
+        }
+    }
 }
 
 // === impl WatchedObjects ===
@@ -44,9 +84,22 @@ impl WatchedObjects {
             .clone()
     }
 
-    /// Replaces the set.
+    /// Replaces the set (and publishes its scopes if they changed).
     pub fn replace(&self, watched: Watched) {
+        let scopes = watched.scopes.clone();
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(watched);
+        self.scopes.send_if_modified(|current| {
+            let changed = **current != scopes;
+            if changed {
+                *current = Arc::new(scopes);
+            }
+            changed
+        });
+    }
+
+    /// The watched Sidecars' scopes now, and each new set.
+    pub fn scopes(&self) -> watch::Receiver<Arc<Vec<SidecarScope>>> {
+        self.scopes.subscribe()
     }
 
     /// The watched object that produced `produced` (`route shop/r.vs`).
@@ -74,7 +127,8 @@ impl Watched {
                 v
             })
             .collect();
-        for (key, (object, why)) in &self.refused {
+        for (key, refused) in &self.refused {
+            let object = &refused.object;
             let mut v = serde_json::json!({
                 "kind": key.kind.name(),
                 "resource": key.kind.plural(),
@@ -85,7 +139,8 @@ impl Watched {
                 "unsupported": [],
                 "notes": [],
                 "source": "kubernetes",
-                "error": why,
+                "error": refused.message,
+                "reason": refused.reason,
             });
             if full {
                 v["object"] = object.clone();
@@ -108,6 +163,7 @@ impl Watched {
                 .get(key)
                 .map(|r| [(key.clone(), r.clone())].into_iter().collect())
                 .unwrap_or_default(),
+            scopes: Vec::new(),
         };
         only.to_json(true).into_iter().next()
     }

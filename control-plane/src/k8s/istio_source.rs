@@ -24,7 +24,7 @@ use super::source::{convert, Converted, Problem, SourceSettings};
 use super::store::ObjectStore;
 use crate::istio::object::{object_from_json, Document, Object};
 use crate::istio::store::{ObjectKey, StoredObject};
-use crate::istio::watched::Watched;
+use crate::istio::watched::{Refused, Watched};
 use crate::istio::{self, Context};
 use crate::registry::{Origin, State};
 use crate::resource::Resource;
@@ -69,13 +69,14 @@ pub fn convert_with_istio(
                     namespace: ns.clone(),
                     name: name.clone(),
                 };
-                watched.refused.insert(key, (json, e.to_string()));
+                watched.refused.insert(key, Refused::new(json, &e));
             }
         }
     }
     let mut raw: BTreeMap<ObjectKey, Value> =
         objects.iter().map(|o| (key_of(o), o.raw.clone())).collect();
     if let Some(conversion) = accept(objects, &context, &mut watched) {
+        watched.scopes = conversion.scopes;
         converted.resources.extend(
             Resource::from_mesh(conversion.resources)
                 .into_iter()
@@ -99,10 +100,10 @@ pub fn convert_with_istio(
             );
         }
     }
-    for (key, (_, why)) in &watched.refused {
+    for (key, refused) in &watched.refused {
         converted.problems.push(Problem {
             object: key.to_string(),
-            message: why.clone(),
+            message: refused.message.clone(),
         });
     }
     (converted, watched)
@@ -135,7 +136,7 @@ fn accept(
             Ok(c) => last = Some(c),
             Err(e) => {
                 let Some(o) = kept.pop() else { continue };
-                watched.refused.insert(key_of(&o), (o.raw, e.to_string()));
+                watched.refused.insert(key_of(&o), Refused::new(o.raw, &e));
             }
         }
     }
@@ -151,10 +152,14 @@ fn key_of(o: &Object) -> ObjectKey {
 }
 
 /// The object without what the API server adds for its own bookkeeping
-/// (`metadata.managedFields`, the last-applied annotation's copy), which
-/// the status need not repeat.
+/// (`metadata.managedFields`, the last-applied annotation's copy) and
+/// without its `status` (what Sane wrote there, `super::object_status`),
+/// which the API's listing need not repeat.
 fn trimmed(object: &Value) -> Value {
     let mut object = object.clone();
+    if let Some(o) = object.as_object_mut() {
+        o.remove("status");
+    }
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("managedFields");
         if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {

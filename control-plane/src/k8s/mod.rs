@@ -45,6 +45,7 @@ pub mod error;
 pub mod inject;
 pub mod istio_source;
 pub mod manifest;
+pub mod object_status;
 pub mod probes;
 pub mod source;
 pub mod store;

@@ -219,8 +219,25 @@ impl ObjectStore {
         ObjectStore::default()
     }
 
-    /// Applies one watch event.
-    pub fn handle(&mut self, event: StoreEvent) {
+    /// Applies one watch event. Returns false when it cannot change what
+    /// the store converts to: a change of an Istio or Gateway API object's
+    /// `status` alone (as when Sane writes it, `super::object_status`).
+    pub fn handle(&mut self, event: StoreEvent) -> bool {
+        if let StoreEvent::Apply(KubeObject::Istio(kind, o)) = &event {
+            let key = json_key(o);
+            let bucket = self.istio_bucket(*kind);
+            let status_only = bucket.relisting.is_none()
+                && bucket
+                    .live
+                    .get(&key)
+                    .is_some_and(|old| without_status(old) == without_status(o));
+            if status_only {
+                if let StoreEvent::Apply(KubeObject::Istio(_, o)) = event {
+                    bucket.live.insert(key, *o);
+                }
+                return false;
+            }
+        }
         match event {
             StoreEvent::Apply(object) => match object {
                 KubeObject::Service(s) => self.services.apply(key(&s.metadata), *s),
@@ -254,6 +271,7 @@ impl ObjectStore {
                 self.listed.insert(kind);
             }
         }
+        true
     }
 
     /// True once every kind in `kinds` has completed a list.
@@ -327,6 +345,24 @@ impl ObjectStore {
     fn istio_bucket(&mut self, kind: IstioKind) -> &mut Bucket<serde_json::Value> {
         self.istio.entry(kind).or_default()
     }
+}
+
+/// An object held as JSON without its `status` and what the API server
+/// changes when the status is written (`resourceVersion`,
+/// `managedFields`).
+fn without_status(object: &serde_json::Value) -> serde_json::Value {
+    let mut object = object.clone();
+    if let Some(o) = object.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = object
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        meta.remove("resourceVersion");
+        meta.remove("managedFields");
+    }
+    object
 }
 
 /// `(namespace, name)` of an object held as JSON.
@@ -415,6 +451,29 @@ mod tests {
         assert_eq!(names, ["a"]);
         store.handle(StoreEvent::Delete(service("a")));
         assert_eq!(store.services().count(), 0);
+    }
+
+    #[test]
+    fn a_status_only_change_is_kept_but_converts_the_same() {
+        let vs = |status: serde_json::Value, version: &str, hosts: &str| {
+            StoreEvent::Apply(
+                KubeObject::from_json(json!({
+                    "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                    "metadata": { "name": "r", "namespace": "shop", "resourceVersion": version },
+                    "spec": { "hosts": [hosts] }, "status": status
+                }))
+                .unwrap(),
+            )
+        };
+        let mut store = ObjectStore::new();
+        assert!(store.handle(vs(json!({}), "1", "web")), "new");
+        assert!(!store.handle(vs(json!({ "observedGeneration": 1 }), "2", "web")));
+        let (_, _, held) = store.istio_objects().next().unwrap();
+        assert_eq!(
+            held["status"]["observedGeneration"], 1,
+            "the status is kept"
+        );
+        assert!(store.handle(vs(json!({ "observedGeneration": 1 }), "3", "cart")));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Gateway API objects) and [`KubeSource::sync`]ed into the registry; then
 //! the Istio objects' findings and the `sane.mesh` objects' versions are
 //! published (the API shows the first, and [`super::crd_store`] waits on
-//! the second).
+//! the second), and what Sane made of each Istio object is written to its
+//! `status` ([`object_status`]). A change of an object's status alone
+//! (Sane's own write, seen by the watch) does not convert again.
 //!
 //! Everything this loop decides is in the store and the source, which the
 //! tests drive with recorded events; this file only moves events. Watch
@@ -18,6 +20,7 @@
 use super::crd::PolicyKind;
 use super::crd_store::Versions;
 use super::istio_source::convert_with_istio;
+use super::object_status;
 use super::source::{KubeSource, SourceSettings};
 use super::store::{KubeObject, ObjectKind, ObjectStore, StoreEvent};
 use crate::istio::object::ObjectKind as IstioKind;
@@ -94,6 +97,25 @@ pub const REQUIRED_ACCESS: &[(&str, &str, &[&str])] = &[
         "grpcroutes",
         &["list", "watch"],
     ),
+    // What Sane made of them, written to their status (object_status).
+    ("networking.istio.io", "virtualservices/status", &["patch"]),
+    ("networking.istio.io", "destinationrules/status", &["patch"]),
+    ("networking.istio.io", "serviceentries/status", &["patch"]),
+    ("networking.istio.io", "sidecars/status", &["patch"]),
+    ("networking.istio.io", "gateways/status", &["patch"]),
+    (
+        "security.istio.io",
+        "peerauthentications/status",
+        &["patch"],
+    ),
+    (
+        "security.istio.io",
+        "authorizationpolicies/status",
+        &["patch"],
+    ),
+    ("gateway.networking.k8s.io", "gateways/status", &["patch"]),
+    ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
+    ("gateway.networking.k8s.io", "grpcroutes/status", &["patch"]),
     ("authentication.k8s.io", "tokenreviews", &["create"]),
     (
         "admissionregistration.k8s.io",
@@ -209,12 +231,15 @@ pub async fn run(
 
     let mut source = Some(KubeSource::new(registry.clone()));
     let mut logged_listed = false;
+    // Whether an event since the last sync may change the conversion.
+    let mut dirty = false;
+    let mut sent = object_status::Sent::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             e = rx.recv() => match e { Some(e) => e, None => break },
         };
-        store.handle(event);
+        dirty |= store.handle(event);
         // Coalesce a burst (a relist is thousands of events).
         let deadline = tokio::time::Instant::now() + MAX_DELAY;
         loop {
@@ -222,12 +247,13 @@ pub async fn run(
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(QUIET) => break,
                 _ = tokio::time::sleep_until(deadline) => break,
-                e = rx.recv() => match e { Some(e) => store.handle(e), None => break },
+                e = rx.recv() => match e { Some(e) => dirty |= store.handle(e), None => break },
             }
         }
-        if !store.is_listed(&kinds) {
+        if !dirty || !store.is_listed(&kinds) {
             continue;
         }
+        dirty = false;
         if !logged_listed {
             tracing::info!(
                 pods = store.pod_count(),
@@ -236,6 +262,10 @@ pub async fn run(
             logged_listed = true;
         }
         let (converted, watched) = convert_with_istio(&store, &settings, &registry.snapshot());
+        object_status::forget_gone(&mut sent, &watched);
+        let now = k8s_openapi::chrono::Utc::now()
+            .to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true);
+        let status_writes = object_status::plan(&store, &settings, &watched, &sent, &now);
         let versions = store.policy_versions();
         let Some(mut s) = source.take() else { break };
         // The registry's store fsyncs: keep it off the async workers.
@@ -250,10 +280,16 @@ pub async fn run(
                 outputs.watched.replace(watched);
                 outputs.synced.send_replace(Arc::new(versions));
                 match result {
-                    Ok(report) if report.writes > 0 => {
-                        tracing::debug!(writes = report.writes, "registry synced from kubernetes")
+                    Ok(report) => {
+                        if report.writes > 0 {
+                            tracing::debug!(
+                                writes = report.writes,
+                                "registry synced from kubernetes"
+                            );
+                        }
+                        // What the objects became is in effect: say so.
+                        object_status::write(&client, status_writes, &mut sent).await;
                     }
-                    Ok(_) => {}
                     Err(error) => {
                         tracing::error!(%error, "writing kubernetes objects to the registry failed")
                     }

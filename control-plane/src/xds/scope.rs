@@ -7,7 +7,9 @@
 //! labels of an endpoint it serves), else the scope of its namespace
 //! without a selector, else the mesh-wide scope ([`ROOT_NAMESPACE`],
 //! without a selector), else none (the whole view). Among several matching
-//! scopes of one rank, the first by name wins. The chosen scope keeps of
+//! scopes of one rank, one watched in the cluster (`--kubernetes`) wins
+//! over one applied through the API ([`ScopeSource`]), then the first by
+//! name wins. The chosen scope keeps of
 //! the proxy's view only the services some egress host admits
 //! ([`SidecarScope::admits`]); it never widens the view (`export_to` and
 //! the token's namespace still bound it).
@@ -32,11 +34,28 @@ pub struct EgressHost {
     pub host: String,
 }
 
+/// Where a Sidecar came from. Declared in order of precedence: where a
+/// watched and an applied Sidecar both select a proxy at the same rank
+/// (both for its workload, or both for its whole namespace), the watched
+/// one scopes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeSource {
+    /// Watched in the cluster (`--kubernetes`): what `kubectl apply` set.
+    Kubernetes,
+    /// Applied through the API (`sanectl apply`) and stored.
+    #[default]
+    Api,
+}
+
 /// What one Sidecar lets the proxies it selects see.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SidecarScope {
     /// The Sidecar's namespace: the proxies it may apply to.
     pub namespace: String,
+    /// Where it came from (it sorts before the name: see [`ScopeSource`]).
+    #[serde(skip)]
+    pub source: ScopeSource,
     /// The Sidecar's name.
     pub name: String,
     /// `workloadSelector.labels`; `None` applies to the whole namespace.
@@ -52,8 +71,39 @@ pub struct SidecarScope {
 pub struct Scopes {
     /// Increases with every change of `scopes`; 0 for none ever.
     pub generation: u64,
-    /// The scopes, ordered by namespace and name.
+    /// The scopes, ordered by namespace, source and name.
     pub scopes: Vec<SidecarScope>,
+}
+
+/// The scopes of both sources, each marked with its source, for
+/// [`Scopes::next`]. A watched and an applied Sidecar of one namespace
+/// with the same selector (the same proxies at the same rank) are a
+/// conflict: the watched one wins (see [`ScopeSource`]) and the conflict
+/// is logged, naming both.
+pub fn merge(applied: &[SidecarScope], watched: &[SidecarScope]) -> Vec<SidecarScope> {
+    let mark = |s: &SidecarScope, source| SidecarScope {
+        source,
+        ..s.clone()
+    };
+    for w in watched {
+        for a in applied.iter().filter(|a| {
+            a.namespace == w.namespace
+                && a.selector.as_ref().filter(|s| !s.is_empty())
+                    == w.selector.as_ref().filter(|s| !s.is_empty())
+        }) {
+            tracing::warn!(
+                namespace = %w.namespace,
+                watched = %w.name,
+                applied = %a.name,
+                "a Sidecar watched in the cluster and one applied through the API select the same proxies; the watched one scopes them"
+            );
+        }
+    }
+    watched
+        .iter()
+        .map(|s| mark(s, ScopeSource::Kubernetes))
+        .chain(applied.iter().map(|s| mark(s, ScopeSource::Api)))
+        .collect()
 }
 
 // === impl SidecarScope ===
@@ -147,6 +197,7 @@ mod tests {
     ) -> SidecarScope {
         SidecarScope {
             namespace: ns.into(),
+            source: ScopeSource::Api,
             name: name.into(),
             selector: selector.map(|s| {
                 s.iter()
@@ -219,6 +270,30 @@ mod tests {
             .is_none());
     }
 
+    #[test]
+    fn a_watched_sidecar_wins_over_an_applied_one_at_the_same_rank() {
+        let applied = vec![
+            scope("prod", "a-applied", None, &["prod/*"]),
+            scope("prod", "web", Some(&[("app", "web")][..]), &["*/*"]),
+        ];
+        let watched = vec![scope("prod", "z-watched", None, &["backend/*"])];
+        let scopes = Scopes::default().next(merge(&applied, &watched));
+        assert_eq!(scopes.scopes.len(), 3, "both sources are kept");
+        let labels = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
+        // Namespace rank: the watched one, though it sorts after by name.
+        let s = scopes.for_proxy("prod", &labels("x"), &[]).unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.source),
+            ("z-watched", ScopeSource::Kubernetes)
+        );
+        // A workload scope still beats a namespace scope, whatever its source.
+        let s = scopes.for_proxy("prod", &labels("web"), &[]).unwrap();
+        assert_eq!((s.name.as_str(), s.source), ("web", ScopeSource::Api));
+        // A source changing alone is a new set.
+        let swapped = scopes.next(merge(&watched, &applied));
+        assert_eq!(swapped.generation, 2);
+    }
+
     fn names(view: &crate::xds::view::ProxyView, t: sane_xds_proto::TypeUrl) -> Vec<&str> {
         view.resources(t).keys().map(String::as_str).collect()
     }
@@ -236,12 +311,14 @@ mod tests {
         let scopes = Scopes::default().next(vec![
             SidecarScope {
                 namespace: "shop".into(),
+                source: ScopeSource::Api,
                 name: "default".into(),
                 selector: None,
                 egress: vec![host("shop", "*"), host("istio-system", "*")],
             },
             SidecarScope {
                 namespace: "shop".into(),
+                source: ScopeSource::Api,
                 name: "web".into(),
                 selector: Some([("app".to_string(), "web".to_string())].into()),
                 egress: vec![host("billing", "pay.billing.svc.cluster.local")],

@@ -22,7 +22,7 @@ use super::debounce::{debounce, DebounceConfig};
 use super::delta::DeltaStream;
 use super::node_token::{node_token, NODE_TOKEN_FIELD};
 use super::protocol::{Event, Step};
-use super::scope::Scopes;
+use super::scope::{self, Scopes, SidecarScope};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
 use super::view::{NodeSpec, ProxyView, ViewCache};
@@ -176,16 +176,35 @@ impl AdsService {
         .await;
     }
 
-    /// Follows the Sidecar scopes (`crate::istio::store::IstioStore::scopes`)
-    /// and publishes each new set at once with the current resources, until
-    /// shutdown or until the sender is gone.
-    pub async fn run_scope_publisher(self, mut scopes: watch::Receiver<Arc<Scopes>>) {
+    /// Follows the Sidecar scopes of both sources — applied through the API
+    /// (`crate::istio::store::IstioStore::scopes`) and watched in the
+    /// cluster (`crate::istio::watched::WatchedObjects::scopes`) — and
+    /// publishes each new merged set ([`scope::merge`]) at once with the
+    /// current resources, until shutdown or until both senders are gone.
+    pub async fn run_scope_publisher(
+        self,
+        mut applied: watch::Receiver<Arc<Scopes>>,
+        mut watched: watch::Receiver<Arc<Vec<SidecarScope>>>,
+    ) {
+        // Generations continue from what is published (the applied set,
+        // before serving), so a new set is never mistaken for it.
+        let mut current = (*self.shared.snapshots.borrow().scopes).clone();
+        let (mut applied_open, mut watched_open) = (true, true);
         loop {
-            let current = scopes.borrow_and_update().clone();
-            self.publish_scopes(current);
+            let merged = scope::merge(
+                &applied.borrow_and_update().scopes,
+                &watched.borrow_and_update(),
+            );
+            let next = current.next(merged);
+            if next.generation != current.generation {
+                current = next;
+                self.publish_scopes(Arc::new(current.clone()));
+            }
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
-                r = scopes.changed() => if r.is_err() { return },
+                r = applied.changed(), if applied_open => applied_open = r.is_ok(),
+                r = watched.changed(), if watched_open => watched_open = r.is_ok(),
+                else => return,
             }
         }
     }

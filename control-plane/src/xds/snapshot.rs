@@ -39,9 +39,17 @@ pub struct XdsSnapshot {
     pub revision: u64,
     /// When the first write of this revision's batch happened.
     pub written_at: Instant,
-    types: HashMap<TypeUrl, ResourceMap>,
+    /// The resources and their index: shared (not copied) by the
+    /// snapshots of one revision under other scopes.
+    encoded: Arc<Encoded>,
     /// The Sidecar scopes views are limited by ([`super::scope`]).
     pub scopes: Arc<Scopes>,
+}
+
+/// What one registry revision encodes to.
+#[derive(Debug)]
+struct Encoded {
+    types: HashMap<TypeUrl, ResourceMap>,
     /// Endpoint names by IP: which endpoints may point at a proxy's inbound
     /// listener, found per stream by lookup rather than by a scan of every
     /// endpoint.
@@ -138,17 +146,21 @@ impl XdsSnapshot {
         XdsSnapshot {
             revision: state.revision,
             written_at,
-            types,
+            encoded: Arc::new(Encoded {
+                types,
+                endpoint_ips,
+            }),
             scopes: prev.map(|p| p.scopes.clone()).unwrap_or_default(),
-            endpoint_ips,
         }
     }
 
-    /// The same resources under other Sidecar scopes.
+    /// The same resources (shared, not copied) under other Sidecar scopes.
     pub fn with_scopes(&self, scopes: Arc<Scopes>) -> XdsSnapshot {
         XdsSnapshot {
+            revision: self.revision,
+            written_at: self.written_at,
+            encoded: self.encoded.clone(),
             scopes,
-            ..self.clone()
         }
     }
 
@@ -161,17 +173,38 @@ impl XdsSnapshot {
 
     /// Names of the endpoints whose address is `ip` (canonical form).
     pub fn endpoints_at(&self, ip: IpAddr) -> &[String] {
-        self.endpoint_ips.get(&ip).map_or(&[], Vec::as_slice)
+        self.encoded
+            .endpoint_ips
+            .get(&ip)
+            .map_or(&[], Vec::as_slice)
     }
 
     /// Every resource of type `t` (listeners: none).
     pub fn resources(&self, t: TypeUrl) -> &ResourceMap {
         static EMPTY: ResourceMap = BTreeMap::new();
-        self.types.get(&t).unwrap_or(&EMPTY)
+        self.encoded.types.get(&t).unwrap_or(&EMPTY)
     }
 
     /// Every resource of `kind`.
     pub fn of_kind(&self, kind: Kind) -> &ResourceMap {
         self.resources(kind.type_url())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_scopes_share_the_encoded_resources() {
+        let snap = crate::xds::test_support::snapshot();
+        let scoped = snap.with_scopes(Arc::new(Scopes {
+            generation: 7,
+            scopes: Vec::new(),
+        }));
+        assert!(Arc::ptr_eq(&snap.encoded, &scoped.encoded));
+        assert_eq!(scoped.revision, snap.revision);
+        assert_eq!(scoped.scopes.generation, 7);
+        assert!(!scoped.resources(TypeUrl::Service).is_empty());
     }
 }

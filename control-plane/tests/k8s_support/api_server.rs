@@ -3,7 +3,12 @@
 //! create, replace (refused with 409 unless `metadata.resourceVersion`
 //! matches, as the real one does for custom resources) and delete (with
 //! `preconditions.resourceVersion`) of the collections it is told are
-//! installed; 404 for the others, as for a CRD that is not installed.
+//! installed, and the `status` subresource (a merge PATCH, checked against
+//! `metadata.resourceVersion` when it carries one; a PUT, always checked);
+//! 404 for the others, as for a CRD that is not installed. As for a custom
+//! resource with a status subresource, `metadata.generation` grows when the
+//! spec changes, never with a status write, and a write of the object
+//! leaves its status alone.
 //!
 //! It is seeded with fixture objects, records every request (tests check
 //! what a control plane wrote), and can be told to answer the next request
@@ -59,8 +64,9 @@ struct Inner {
     failures: Vec<(Method, String, StatusCode, String)>,
 }
 
-/// `(collection, namespace, name)` of a path; `None` when not a resource.
-type Parsed = (String, Option<String>, Option<String>);
+/// `(collection, namespace, name, status subresource)` of a path; `None`
+/// when not a resource.
+type Parsed = (String, Option<String>, Option<String>, bool);
 
 impl FakeApiServer {
     /// Serves `installed` collections (`api/v1/services`,
@@ -101,6 +107,16 @@ impl FakeApiServer {
         self.requests()
             .into_iter()
             .filter(|r| r.method != Method::GET)
+            .collect()
+    }
+
+    /// The writes of the status of the object at `collection`/`namespace`/`name`.
+    pub fn status_writes(&self, collection: &str, namespace: &str, name: &str) -> Vec<Recorded> {
+        let (base, plural) = collection.rsplit_once('/').unwrap_or_default();
+        let path = format!("/{base}/namespaces/{namespace}/{plural}/{name}/status");
+        self.writes()
+            .into_iter()
+            .filter(|r| r.path == path)
             .collect()
     }
 
@@ -151,18 +167,44 @@ impl Inner {
         self.version
     }
 
-    /// Stores `object` (a new resourceVersion) and tells the watchers.
+    /// Stores `object` (a new resourceVersion; a new generation if its
+    /// spec changed; the stored status if it has none) and tells the
+    /// watchers.
     fn store(&mut self, collection: &str, mut object: Value) -> Value {
         let version = self.next_version();
+        let key = (
+            object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let previous = self.objects.get(collection).and_then(|m| m.get(&key));
+        let generation = match previous {
+            None => object["metadata"]["generation"].as_i64().unwrap_or(1),
+            Some(p) => {
+                let g = p["metadata"]["generation"].as_i64().unwrap_or(1);
+                if p.get("spec") == object.get("spec") {
+                    g
+                } else {
+                    g + 1
+                }
+            }
+        };
+        if let (Some(p), None) = (previous, object.get("status")) {
+            if let Some(status) = p.get("status") {
+                object["status"] = status.clone();
+            }
+        }
         let meta = &mut object["metadata"];
         meta["resourceVersion"] = json!(version.to_string());
+        meta["generation"] = json!(generation);
         if meta.get("uid").is_none() {
             meta["uid"] = json!(format!("uid-{version}"));
         }
-        let key = (
-            meta["namespace"].as_str().unwrap_or_default().to_string(),
-            meta["name"].as_str().unwrap_or_default().to_string(),
-        );
         let existed = self
             .objects
             .entry(collection.to_string())
@@ -223,6 +265,19 @@ pub fn plural(kind: &str) -> String {
     }
 }
 
+/// 409 when `sent` is given and is not `current`'s resourceVersion (the
+/// check of replace, delete and status writes).
+fn version_conflict(current: &Value, sent: Option<&str>, message: &str) -> Option<Response> {
+    let held = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default();
+    sent.filter(|s| *s != held)
+        .map(|_| status(StatusCode::CONFLICT, "Conflict", message))
+}
+
+const MODIFIED: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
+
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({
         "kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -240,14 +295,24 @@ fn parse(path: &str) -> Option<Parsed> {
         _ => return None,
     };
     match rest {
-        [plural] => Some((format!("{base}/{plural}"), None, None)),
-        ["namespaces", ns, plural] => {
-            Some((format!("{base}/{plural}"), Some(ns.to_string()), None))
-        }
+        [plural] => Some((format!("{base}/{plural}"), None, None, false)),
+        ["namespaces", ns, plural] => Some((
+            format!("{base}/{plural}"),
+            Some(ns.to_string()),
+            None,
+            false,
+        )),
         ["namespaces", ns, plural, name] => Some((
             format!("{base}/{plural}"),
             Some(ns.to_string()),
             Some(name.to_string()),
+            false,
+        )),
+        ["namespaces", ns, plural, name, "status"] => Some((
+            format!("{base}/{plural}"),
+            Some(ns.to_string()),
+            Some(name.to_string()),
+            true,
         )),
         _ => None,
     }
@@ -284,7 +349,7 @@ async fn handle(State(state): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
         let (_, _, code, reason) = inner.failures.remove(i);
         return status(code, &reason, &format!("injected {reason}"));
     }
-    let Some((collection, namespace, name)) = parse(&path) else {
+    let Some((collection, namespace, name, subresource)) = parse(&path) else {
         return status(
             StatusCode::NOT_FOUND,
             "NotFound",
@@ -305,6 +370,48 @@ async fn handle(State(state): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             &format!("{collection} {name:?} not found"),
         )
     };
+    if subresource {
+        let (Some(name), Method::PATCH | Method::PUT) = (name.as_deref(), method.clone()) else {
+            return status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not supported",
+            );
+        };
+        let key = (namespace.unwrap_or_default(), name.to_string());
+        let Some(current) = inner
+            .objects
+            .get(&collection)
+            .and_then(|m| m.get(&key))
+            .cloned()
+        else {
+            return not_found(name);
+        };
+        let sent = body["metadata"]["resourceVersion"].as_str();
+        // A PUT must carry the version; a merge patch may.
+        let sent = if method == Method::PUT {
+            Some(sent.unwrap_or_default())
+        } else {
+            sent
+        };
+        if let Some(conflict) = version_conflict(&current, sent, MODIFIED) {
+            return conflict;
+        }
+        let mut next = current.clone();
+        if method == Method::PUT {
+            next["status"] = body.get("status").cloned().unwrap_or(json!({}));
+        } else {
+            let mut status = current.get("status").cloned().unwrap_or(json!({}));
+            json_patch::merge(&mut status, &body["status"]);
+            next["status"] = status;
+        }
+        if next.get("status") == current.get("status") {
+            // No change: the same version, as a real API server answers.
+            return axum::Json(current).into_response();
+        }
+        let stored = inner.store(&collection, next);
+        return axum::Json(stored).into_response();
+    }
     match (method, name.as_deref()) {
         (Method::GET, None) if matches!(query_value(&query, "watch"), Some("true" | "1")) => {
             let from: u64 = query_value(&query, "resourceVersion")
@@ -386,20 +493,21 @@ async fn handle(State(state): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             let sent = body["metadata"]["resourceVersion"]
                 .as_str()
                 .unwrap_or_default();
-            if sent
-                != current["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap_or_default()
-            {
-                return status(
-                    StatusCode::CONFLICT,
-                    "Conflict",
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                );
+            if let Some(conflict) = version_conflict(&current, Some(sent), MODIFIED) {
+                return conflict;
             }
             let mut object = body;
             object["metadata"]["namespace"] = json!(key.0);
             object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+            // The status is the subresource's to write.
+            match current.get("status") {
+                Some(s) => object["status"] = s.clone(),
+                None => {
+                    if let Some(o) = object.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
             if object.get("spec") == current.get("spec") {
                 // No change: the same version, as a real API server answers.
                 return axum::Json(current).into_response();
@@ -417,18 +525,13 @@ async fn handle(State(state): State<Arc<Mutex<Inner>>>, req: Request) -> Respons
             else {
                 return not_found(name);
             };
-            if let Some(want) = body["preconditions"]["resourceVersion"].as_str() {
-                if want
-                    != current["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or_default()
-                {
-                    return status(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        "Precondition failed: ResourceVersion in precondition does not match",
-                    );
-                }
+            let want = body["preconditions"]["resourceVersion"].as_str();
+            if let Some(conflict) = version_conflict(
+                &current,
+                want,
+                "Precondition failed: ResourceVersion in precondition does not match",
+            ) {
+                return conflict;
             }
             let deleted = inner.delete(&collection, &ns, name).unwrap_or(current);
             axum::Json(deleted).into_response()

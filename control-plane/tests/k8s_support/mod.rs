@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, Ser
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use sane_control_plane::k8s::store::{ObjectKind, ObjectStore, StoreEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -26,6 +27,34 @@ pub fn fixture(path: &str) -> String {
         .join("tests/fixtures")
         .join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// The recorded watch events of `tests/fixtures/<path>` (a JSON list of
+/// `{"type": …, "object": …}`, as the API server streams them), as the
+/// object store takes them.
+pub fn recorded_events(path: &str) -> Vec<StoreEvent> {
+    let recorded: Vec<Value> = serde_json::from_str(&fixture(path)).unwrap();
+    recorded
+        .into_iter()
+        .filter_map(|e| StoreEvent::from_watch_json(e).unwrap())
+        .collect()
+}
+
+/// A store that has completed a first list of every kind of `kinds`,
+/// holding `events`: what the watchers report when they start.
+pub fn listed_store(kinds: &[ObjectKind], events: Vec<StoreEvent>) -> ObjectStore {
+    let mut store = ObjectStore::new();
+    for kind in kinds {
+        store.handle(StoreEvent::RelistStart(*kind));
+    }
+    for e in events {
+        store.handle(e);
+    }
+    for kind in kinds {
+        store.handle(StoreEvent::RelistDone(*kind));
+    }
+    assert!(store.is_listed(kinds));
+    store
 }
 
 /// Every document of a YAML text, as JSON values (empty documents dropped).
@@ -150,4 +179,23 @@ pub fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The `--kubernetes` settings of a control plane following the fake API
+/// server at `url` (no webhook; the CA from the data dir unless
+/// `ca_secret` names a Secret).
+pub fn kube_config(
+    url: &str,
+    ca_secret: Option<&str>,
+) -> sane_control_plane::k8s::KubernetesConfig {
+    sane_control_plane::k8s::KubernetesConfig {
+        watch: true,
+        webhook_addr: None,
+        webhook_dns_names: Vec::new(),
+        webhook_config: "sane-sidecar-injector".into(),
+        inject: sane_control_plane::k8s::inject::InjectConfig::default(),
+        source: sane_control_plane::k8s::source::SourceSettings::default(),
+        ca_secret: ca_secret.map(str::to_string),
+        api_server: Some(url.into()),
+    }
 }
