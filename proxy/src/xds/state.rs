@@ -17,19 +17,20 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route, Service, Telemetry,
-    TypeUrl,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, PeerAuthentication, Route,
+    Service, Telemetry, TypeUrl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The types the proxy subscribes to, in the order it asks for them.
-pub const SUBSCRIBED: [TypeUrl; 6] = [
+pub const SUBSCRIBED: [TypeUrl; 7] = [
     TypeUrl::Service,
     TypeUrl::Endpoint,
     TypeUrl::Route,
     TypeUrl::DestinationPolicy,
     TypeUrl::AuthorizationPolicy,
     TypeUrl::Telemetry,
+    TypeUrl::PeerAuthentication,
 ];
 
 /// A decoded resource of any subscribed type.
@@ -47,6 +48,8 @@ pub enum Resource {
     Authz(AuthorizationPolicy),
     /// Tracing and access-log settings.
     Telemetry(Telemetry),
+    /// A mutual TLS mode of some workloads' inbound side.
+    PeerAuthn(PeerAuthentication),
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +210,9 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
             Resource::Authz(AuthorizationPolicy::decode(v).map_err(err)?)
         }
         TypeUrl::Telemetry => Resource::Telemetry(Telemetry::decode(v).map_err(err)?),
+        TypeUrl::PeerAuthentication => {
+            Resource::PeerAuthn(PeerAuthentication::decode(v).map_err(err)?)
+        }
         TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
     })
 }
@@ -219,6 +225,7 @@ fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
         Resource::Policy(p) => p.validate(),
         Resource::Authz(a) => a.validate(),
         Resource::Telemetry(t) => t.validate(),
+        Resource::PeerAuthn(p) => p.validate(),
     }
 }
 
@@ -230,6 +237,7 @@ fn kind(r: &Resource) -> &'static str {
         Resource::Policy(_) => "policy",
         Resource::Authz(_) => "authorization_policy",
         Resource::Telemetry(_) => "telemetry",
+        Resource::PeerAuthn(_) => "peer_authentication",
     }
 }
 
@@ -242,6 +250,7 @@ pub fn name_of(r: &Resource) -> String {
         Resource::Policy(p) => format!("{}/{}", ns(&p.namespace), p.name),
         Resource::Authz(a) => format!("{}/{}", ns(&a.namespace), a.name),
         Resource::Telemetry(t) => format!("{}/{}", ns(&t.namespace), t.name),
+        Resource::PeerAuthn(p) => format!("{}/{}", ns(&p.namespace), p.name),
         Resource::Endpoint(e) => {
             let port = if e.proxy_port != 0 {
                 e.proxy_port
@@ -290,6 +299,11 @@ fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
             .cloned()
             .map(Resource::Authz),
         "telemetry" => candidate.telemetry.get(i).cloned().map(Resource::Telemetry),
+        "peer_authentications" => candidate
+            .peer_authentications
+            .get(i)
+            .cloned()
+            .map(Resource::PeerAuthn),
         _ => None,
     }
 }
@@ -326,6 +340,7 @@ fn assemble(all: Vec<&Resource>) -> MeshResources {
             // service this proxy sees: never held back.
             Resource::Authz(a) => out.authorization_policies.push(a.clone()),
             Resource::Telemetry(t) => out.telemetry.push(t.clone()),
+            Resource::PeerAuthn(p) => out.peer_authentications.push(p.clone()),
             other => tracing::debug!(
                 resource = %name_of(other),
                 "held back until the service it refers to arrives"
