@@ -118,14 +118,15 @@ pub fn report(c: &Conversion) -> String {
     out
 }
 
-/// The inbound-listener settings the PeerAuthentications give workloads,
-/// as YAML comments (per namespace and selector).
+/// The inbound modes the PeerAuthentications give workloads, as YAML
+/// comments (per namespace and selector); the resources themselves are in
+/// the document, delivered to the sidecars by the control plane.
 pub fn peer_authentication_comments(c: &Conversion) -> String {
     let mut out = String::new();
-    for p in &c.peer_authentications {
-        let labels = p.selector.clone().unwrap_or_default();
-        let settings = tls_for(&c.peer_authentications, &p.namespace, &labels);
-        let who = match &p.selector {
+    let all = &c.resources.peer_authentications;
+    for p in all {
+        let settings = tls_for(all, p.namespace(), &p.selector);
+        let who = match Some(&p.selector).filter(|s| !s.is_empty()) {
             Some(s) => format!(
                 "workloads of {} with {}",
                 p.namespace,
@@ -134,7 +135,7 @@ pub fn peer_authentication_comments(c: &Conversion) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            None => format!("namespace {}", p.namespace),
+            None => format!("namespace {}", p.namespace()),
         };
         let ports: Vec<String> = settings
             .ports
@@ -143,8 +144,9 @@ pub fn peer_authentication_comments(c: &Conversion) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "# PeerAuthentication {}/{}: inbound listener of {who}: tls_mode: {}{}",
-            p.namespace,
+            "# PeerAuthentication {}/{}: inbound of {who} (delivered by the control plane): \
+             tls_mode: {}{}",
+            p.namespace(),
             p.name,
             tls_name(settings.mode),
             if ports.is_empty() {
