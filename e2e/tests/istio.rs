@@ -989,16 +989,20 @@ async fn peer_authentication_mtls_migration() {
     let inbound_addr = server.listener("inbound");
     // A plain HTTP client reaches the first HTTP workload port, a plain
     // opaque one the TCP port (echoed back when delivered).
+    // Each attempt is bounded: a refused connection must not hang a poll.
+    let attempt = Duration::from_secs(5);
     let plain_http = || async move {
         let mut req = request(Method::GET, "/", full(""));
         req.headers_mut().insert("host", "ratings".parse().unwrap());
-        sane_e2e::harness::http::send_http1(inbound_addr, req)
-            .await
-            .map(|r| r.status())
+        let sent = sane_e2e::harness::http::send_http1(inbound_addr, req);
+        match tokio::time::timeout(attempt, sent).await {
+            Ok(r) => r.map(|r| r.status()),
+            Err(_) => Err("no answer in 5s".to_string()),
+        }
     };
     let plain_tcp = || async move {
-        sane_e2e::harness::http::tcp_roundtrip(inbound_addr, b"ping").await
-            .is_ok_and(|back| back == b"ping")
+        let echoed = sane_e2e::harness::http::tcp_roundtrip(inbound_addr, b"ping");
+        matches!(tokio::time::timeout(attempt, echoed).await, Ok(Ok(back)) if back == b"ping")
     };
     let inbound_mode = || async {
         let dump = server.config_dump().await?;

@@ -47,25 +47,33 @@ impl Input {
                 return Err(IstioError::Strict(unsupported));
             }
         }
+        // The Sane documents first, then what the objects produced.
         let mut all = MeshResources::default();
-        for d in &self.documents {
-            if let Document::Sane(m) = d {
-                all.services.extend(m.services.iter().cloned());
-                all.endpoints.extend(m.endpoints.iter().cloned());
-                all.routes.extend(m.routes.iter().cloned());
-                all.policies.extend(m.policies.iter().cloned());
-                all.authorization_policies
-                    .extend(m.authorization_policies.iter().cloned());
-                all.telemetry.extend(m.telemetry.iter().cloned());
-                all.listeners.extend(m.listeners.iter().cloned());
-            }
+        let sane = self.documents.iter().filter_map(|d| match d {
+            Document::Sane(m) => Some(m.as_ref().clone()),
+            Document::Object(_) => None,
+        });
+        for m in sane.chain([conversion.resources.clone()]) {
+            // Destructured in full: a new kind must be placed here.
+            let MeshResources {
+                listeners,
+                services,
+                endpoints,
+                routes,
+                policies,
+                authorization_policies,
+                telemetry,
+                peer_authentications,
+            } = m;
+            all.listeners.extend(listeners);
+            all.services.extend(services);
+            all.endpoints.extend(endpoints);
+            all.routes.extend(routes);
+            all.policies.extend(policies);
+            all.authorization_policies.extend(authorization_policies);
+            all.telemetry.extend(telemetry);
+            all.peer_authentications.extend(peer_authentications);
         }
-        let c = conversion.resources;
-        all.services.extend(c.services);
-        all.endpoints.extend(c.endpoints);
-        all.routes.extend(c.routes);
-        all.policies.extend(c.policies);
-        all.authorization_policies.extend(c.authorization_policies);
         conversion.resources = all;
         Ok(conversion)
     }

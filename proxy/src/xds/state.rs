@@ -455,6 +455,31 @@ mod tests {
     }
 
     #[test]
+    fn peer_authentications_are_accepted_and_a_bad_one_nacked_by_field() {
+        let st = XdsState::default();
+        let mut p = PeerAuthentication {
+            name: "ratings".into(),
+            namespace: "shop".into(),
+            selector: [("app".to_string(), "ratings".to_string())].into(),
+            mode: sane_xds_proto::TlsMode::Strict.into(),
+            ..Default::default()
+        };
+        p.port_modes.insert(9080, sane_xds_proto::TlsMode::Disable.into());
+        let t = TypeUrl::PeerAuthentication;
+        let (_, _, candidate) = st.candidate(&resp(t, "1", "n1", vec![any(t, &p)])).unwrap();
+        assert_eq!(candidate.peer_authentications, [p.clone()]);
+        p.port_modes.insert(0, 9);
+        let reason = st
+            .candidate(&resp(t, "2", "n2", vec![any(t, &p)]))
+            .unwrap_err();
+        assert!(
+            reason.starts_with("peer_authentication shop/ratings: port_modes.0: 0 is not a valid port"),
+            "{reason}"
+        );
+        assert!(reason.contains("port_modes.0: 9 is not a known value"), "{reason}");
+    }
+
+    #[test]
     fn garbage_and_wrong_types_are_nacked() {
         let st = XdsState::default();
         let r = resp(
