@@ -18,8 +18,8 @@
 //! bracketed (`[fd00::7]:8080`). An empty namespace is stored as `default`.
 
 use sane_xds_proto::{
-    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route,
-    PeerAuthentication, Service, Telemetry, TypeUrl,
+    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources,
+    PeerAuthentication, Route, Service, Telemetry, TypeUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -960,7 +960,11 @@ async fn peer_authentications_go_through_the_api_the_store_and_xds() {
     cp.stop().await;
 
     let cp = ControlPlane::start(dir.path()).await;
-    let got = cp.client.get(Kind::PeerAuthn, "shop/ratings").await.unwrap();
+    let got = cp
+        .client
+        .get(Kind::PeerAuthn, "shop/ratings")
+        .await
+        .unwrap();
     assert_eq!(got["port_modes"]["9080"], "disable", "{got}");
     let mut ads = SotwClient::connect(
         cp.xds,

@@ -1013,7 +1013,13 @@ async fn peer_authentication_mtls_migration() {
         until_served_by(&sidecar_client, "ratings", &[], "ratings-v1").await;
         assert!(plain_http().await.is_err(), "strict by default");
 
-        apply_fixture(&cli, dir.path(), "peer-authentication-permissive.yaml", http_port).await;
+        apply_fixture(
+            &cli,
+            dir.path(),
+            "peer-authentication-permissive.yaml",
+            http_port,
+        )
+        .await;
         eventually(DEADLINE, || async {
             match (plain_http().await, plain_tcp().await) {
                 (Ok(StatusCode::OK), true) => Ok(()),
@@ -1025,7 +1031,13 @@ async fn peer_authentication_mtls_migration() {
         let r = call(&sidecar_client, "ratings", &[]).await.unwrap();
         assert_eq!((r.status, served_by(&r)), (StatusCode::OK, "ratings-v1"));
 
-        apply_fixture(&cli, dir.path(), "peer-authentication-strict.yaml", http_port).await;
+        apply_fixture(
+            &cli,
+            dir.path(),
+            "peer-authentication-strict.yaml",
+            http_port,
+        )
+        .await;
         eventually(DEADLINE, || async {
             match (plain_http().await, plain_tcp().await) {
                 (Err(_), false) => Ok(()),

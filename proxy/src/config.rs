@@ -250,8 +250,11 @@ impl Snapshot {
         let mut tcp_targets = HashMap::new();
         let mut inbound = HashMap::new();
         let node = &bootstrap.node;
-        let peer_tls =
-            sane_xds_proto::resolve_peer_tls(&res.peer_authentications, &node.namespace, &node.labels);
+        let peer_tls = sane_xds_proto::resolve_peer_tls(
+            &res.peer_authentications,
+            &node.namespace,
+            &node.labels,
+        );
         for l in &res.listeners {
             match (l.direction(), l.protocol()) {
                 (Direction::Outbound, Protocol::Tcp) => {

@@ -382,38 +382,68 @@ mod tests {
 
     #[test]
     fn a_peer_authentication_governs_what_the_bootstrap_leaves_default() {
-        let l = listener(TlsMode::Default, &[(8080, TlsMode::Default), (9090, TlsMode::Default)]);
+        let l = listener(
+            TlsMode::Default,
+            &[(8080, TlsMode::Default), (9090, TlsMode::Default)],
+        );
         // Neither: strict with an identity, else disable.
         let none = PeerTls::default();
-        assert_eq!(InboundTarget::new(&l, true, &none).tls_mode(8080), TlsMode::Strict);
-        assert_eq!(InboundTarget::new(&l, false, &none).tls_mode(8080), TlsMode::Disable);
+        assert_eq!(
+            InboundTarget::new(&l, true, &none).tls_mode(8080),
+            TlsMode::Strict
+        );
+        assert_eq!(
+            InboundTarget::new(&l, false, &none).tls_mode(8080),
+            TlsMode::Disable
+        );
         // The delivered mode, and its port-level one.
         let p = peer(TlsMode::Strict, &[(9090, TlsMode::Disable)]);
         let t = InboundTarget::new(&l, true, &p);
-        assert_eq!((t.tls_mode(8080), t.tls_mode(9090)), (TlsMode::Strict, TlsMode::Disable));
+        assert_eq!(
+            (t.tls_mode(8080), t.tls_mode(9090)),
+            (TlsMode::Strict, TlsMode::Disable)
+        );
         assert!(t.any_tls() && t.any_plaintext());
         assert!(t.tls_overrides.is_empty());
         let p = peer(TlsMode::Permissive, &[]);
-        assert_eq!(InboundTarget::new(&l, true, &p).tls_mode(8080), TlsMode::Permissive);
+        assert_eq!(
+            InboundTarget::new(&l, true, &p).tls_mode(8080),
+            TlsMode::Permissive
+        );
     }
 
     #[test]
     fn an_explicit_bootstrap_mode_is_a_local_pin() {
-        let l = listener(TlsMode::Strict, &[(8080, TlsMode::Default), (9090, TlsMode::Permissive)]);
-        let p = peer(TlsMode::Disable, &[(8080, TlsMode::Disable), (9090, TlsMode::Disable)]);
+        let l = listener(
+            TlsMode::Strict,
+            &[(8080, TlsMode::Default), (9090, TlsMode::Permissive)],
+        );
+        let p = peer(
+            TlsMode::Disable,
+            &[(8080, TlsMode::Disable), (9090, TlsMode::Disable)],
+        );
         let t = InboundTarget::new(&l, true, &p);
         assert_eq!(t.tls_mode(8080), TlsMode::Strict);
         assert_eq!(t.tls_mode(9090), TlsMode::Permissive);
         assert_eq!(t.tls_overrides.len(), 3, "{:?}", t.tls_overrides);
         assert!(
-            t.tls_overrides[0].contains("tls_mode strict (bootstrap) overrides disable (PeerAuthentication shop/p)"),
+            t.tls_overrides[0].contains(
+                "tls_mode strict (bootstrap) overrides disable (PeerAuthentication shop/p)"
+            ),
             "{:?}",
             t.tls_overrides
         );
         // A pinned port inside a listener the PeerAuthentication governs.
         let l = listener(TlsMode::Default, &[(9090, TlsMode::Strict)]);
-        let t = InboundTarget::new(&l, true, &peer(TlsMode::Permissive, &[(9090, TlsMode::Disable)]));
-        assert_eq!((t.tls_mode(8080), t.tls_mode(9090)), (TlsMode::Permissive, TlsMode::Strict));
+        let t = InboundTarget::new(
+            &l,
+            true,
+            &peer(TlsMode::Permissive, &[(9090, TlsMode::Disable)]),
+        );
+        assert_eq!(
+            (t.tls_mode(8080), t.tls_mode(9090)),
+            (TlsMode::Permissive, TlsMode::Strict)
+        );
         assert_eq!(t.effective_tls().ports, [(9090, TlsMode::Strict)].into());
     }
 }

@@ -62,7 +62,9 @@ pub use limits::{
     MIN_REQUEST_HEADER_LIMIT,
 };
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
-pub use peer_authn::{resolve as resolve_peer_tls, PeerAuthentication, PeerTls, MESH_ROOT_NAMESPACE};
+pub use peer_authn::{
+    resolve as resolve_peer_tls, PeerAuthentication, PeerTls, MESH_ROOT_NAMESPACE,
+};
 pub use policy::{DestinationPolicy, LoadBalancer};
 pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
 pub use resources::{MeshResources, TypeUrl};

@@ -228,15 +228,29 @@ mod tests {
         assert_eq!(r.from, ["shop/ratings"]);
         // UNSET at the workload level inherits the namespace's mode.
         let r = resolve(&all, "shop", &labels("reviews"));
-        assert_eq!((r.mode, r.from.clone()), (TlsMode::Permissive, vec!["shop/ns".to_string()]));
+        assert_eq!(
+            (r.mode, r.from.clone()),
+            (TlsMode::Permissive, vec!["shop/ns".to_string()])
+        );
         assert!(r.ports.is_empty());
         // Another namespace gets the mesh's.
-        assert_eq!(resolve(&all, "web", &labels("ratings")).mode, TlsMode::Strict);
+        assert_eq!(
+            resolve(&all, "web", &labels("ratings")).mode,
+            TlsMode::Strict
+        );
         // Nothing at all: Default (the proxy's own default holds).
         assert_eq!(resolve(&[], "web", &labels("x")), PeerTls::default());
         // A selector in the root namespace selects only root-namespace workloads.
-        let root_sel = vec![pa(MESH_ROOT_NAMESPACE, "w", &[("app", "x")], TlsMode::Disable)];
-        assert_eq!(resolve(&root_sel, "web", &labels("x")).mode, TlsMode::Default);
+        let root_sel = vec![pa(
+            MESH_ROOT_NAMESPACE,
+            "w",
+            &[("app", "x")],
+            TlsMode::Disable,
+        )];
+        assert_eq!(
+            resolve(&root_sel, "web", &labels("x")).mode,
+            TlsMode::Default
+        );
     }
 
     #[test]
@@ -293,9 +307,12 @@ mod tests {
         assert_eq!(back["port_modes"]["8080"], "disable");
         let again: PeerAuthentication = serde_json::from_value(back).unwrap();
         assert_eq!(again, p);
-        let err = crate::yaml::from_str::<PeerAuthentication>("name: p\nmode: sometimes\n", &Default::default())
-            .unwrap_err()
-            .to_string();
+        let err = crate::yaml::from_str::<PeerAuthentication>(
+            "name: p\nmode: sometimes\n",
+            &Default::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("sometimes"), "{err}");
     }
 }

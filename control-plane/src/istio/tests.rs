@@ -514,10 +514,18 @@ fn peer_authentication_workload_beats_namespace_beats_mesh() {
     let mesh = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
     let c = convert_all(&[mesh, fixture!("peer-authentication.yaml")], &bookinfo()).unwrap();
     let labels = |app: &str| [("app".to_string(), app.to_string())].into();
-    let ratings = security::tls_for(&c.resources.peer_authentications, "default", &labels("ratings"));
+    let ratings = security::tls_for(
+        &c.resources.peer_authentications,
+        "default",
+        &labels("ratings"),
+    );
     assert_eq!(ratings.mode, TlsMode::Strict);
     assert_eq!(ratings.ports[&9080], TlsMode::Disable);
-    let reviews = security::tls_for(&c.resources.peer_authentications, "default", &labels("reviews"));
+    let reviews = security::tls_for(
+        &c.resources.peer_authentications,
+        "default",
+        &labels("reviews"),
+    );
     assert_eq!(
         (reviews.mode, reviews.ports.len()),
         (TlsMode::Permissive, 0)
@@ -549,7 +557,9 @@ fn peer_authentication_workload_beats_namespace_beats_mesh() {
         ["peer_authentication default/ratings"]
     );
     assert!(
-        !c.unsupported().iter().any(|u| u.contains("PeerAuthentication")),
+        !c.unsupported()
+            .iter()
+            .any(|u| u.contains("PeerAuthentication")),
         "{:?}",
         c.unsupported()
     );

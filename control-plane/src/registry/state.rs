@@ -483,9 +483,12 @@ pub(super) fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry,
             s.version,
             Resource::Telemetry(s.resource),
         ),
-        StoredResource::PeerAuthentication(s) => {
-            (s.origin, s.ttl_ms, s.version, Resource::PeerAuthn(s.resource))
-        }
+        StoredResource::PeerAuthentication(s) => (
+            s.origin,
+            s.ttl_ms,
+            s.version,
+            Resource::PeerAuthn(s.resource),
+        ),
     };
     let origin = Origin::parse(&origin).ok_or_else(|| Error::StateInvalid {
         path: path.to_path_buf(),

@@ -464,7 +464,8 @@ mod tests {
             mode: sane_xds_proto::TlsMode::Strict.into(),
             ..Default::default()
         };
-        p.port_modes.insert(9080, sane_xds_proto::TlsMode::Disable.into());
+        p.port_modes
+            .insert(9080, sane_xds_proto::TlsMode::Disable.into());
         let t = TypeUrl::PeerAuthentication;
         let (_, _, candidate) = st.candidate(&resp(t, "1", "n1", vec![any(t, &p)])).unwrap();
         assert_eq!(candidate.peer_authentications, [p.clone()]);
@@ -473,10 +474,15 @@ mod tests {
             .candidate(&resp(t, "2", "n2", vec![any(t, &p)]))
             .unwrap_err();
         assert!(
-            reason.starts_with("peer_authentication shop/ratings: port_modes.0: 0 is not a valid port"),
+            reason.starts_with(
+                "peer_authentication shop/ratings: port_modes.0: 0 is not a valid port"
+            ),
             "{reason}"
         );
-        assert!(reason.contains("port_modes.0: 9 is not a known value"), "{reason}");
+        assert!(
+            reason.contains("port_modes.0: 9 is not a known value"),
+            "{reason}"
+        );
     }
 
     #[test]
