@@ -906,3 +906,74 @@ async fn resource_versions_guard_api_writes() {
     assert!(err.contains("resource_version"), "{err}");
     cp.stop().await;
 }
+
+/// A Sane PeerAuthentication through the API (token, field-path errors),
+/// the store (a restart keeps it) and xDS (a proxy gets its namespace's and
+/// the root namespace's, never another namespace's).
+#[tokio::test]
+async fn peer_authentications_go_through_the_api_the_store_and_xds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(dir.path()).await;
+    let send = |path: &'static str, body: &'static [u8]| {
+        let client = cp.client.clone();
+        let token = cp.token.clone();
+        async move {
+            let (status, body) = client
+                .send(Method::PUT, path, Some(body.to_vec()), Some(&token))
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (s, b) = send(
+        "/api/v1/peer_authentications/shop/ratings",
+        br#"{"selector":{"app":"ratings"},"mode":"strict","port_modes":{"70000":"disable"}}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    assert!(b.contains("port_modes.70000"), "{b}");
+    let (s, b) = send(
+        "/api/v1/peer_authentications/shop/ratings",
+        br#"{"mode":"sometimes"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    assert!(b.contains("sometimes"), "{b}");
+    put(
+        &cp,
+        "/api/v1/peer_authentications/shop/ratings",
+        json!({ "selector": { "app": "ratings" }, "mode": "strict", "port_modes": { "9080": "disable" } }),
+    )
+    .await;
+    put(
+        &cp,
+        "/api/v1/peer_authentications/istio-system/mesh",
+        json!({ "mode": "permissive" }),
+    )
+    .await;
+    put(
+        &cp,
+        "/api/v1/peer_authentications/inventory/default",
+        json!({ "mode": "disable" }),
+    )
+    .await;
+    cp.stop().await;
+
+    let cp = ControlPlane::start(dir.path()).await;
+    let got = cp
+        .client
+        .get(Kind::PeerAuthn, "shop/ratings")
+        .await
+        .unwrap();
+    assert_eq!(got["port_modes"]["9080"], "disable", "{got}");
+    let mut ads = SotwClient::connect(
+        cp.xds,
+        &cp.workload_token("shop").await,
+        node("test.shop~web-1", "shop", &[]),
+    )
+    .await;
+    ads.request(TypeUrl::PeerAuthentication).await;
+    let pas = ads.recv_type(TypeUrl::PeerAuthentication).await;
+    assert_eq!(names(&pas), ["istio-system/mesh", "shop/ratings"]);
+    cp.stop().await;
+}

@@ -154,11 +154,6 @@ fn initial_list_converges_to_services_endpoints_identities_and_policies() {
         a.rules[0].from[0].principals[0],
         "spiffe://cluster.local/ns/shop/sa/frontend"
     );
-    let converted = convert(&h.store, &h.settings);
-    assert_eq!(
-        converted.unenforced, 0,
-        "no PeerAuthentication in the fixture"
-    );
     let report = h.sync();
     let problems: Vec<String> = report
         .problems

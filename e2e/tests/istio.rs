@@ -885,11 +885,30 @@ async fn ratings_tls(
     (s.mode, s.ports.into_iter().collect())
 }
 
-/// 7. Mutual TLS migration with PeerAuthentication: PERMISSIVE accepts a
-/// plaintext client, STRICT refuses it, a port-level DISABLE exception lets
-/// it in again; the sidecar client (mTLS) is served throughout. The modes
-/// are resolved by `sanectl convert --tls-for` (the control plane does not
-/// deliver listeners yet) and the ratings sidecar is reloaded with them.
+/// Applies a PeerAuthentication fixture with `sanectl apply -f`, as an Istio
+/// user would; the port it names (9080, as in Istio's task) is the echo
+/// app's HTTP port.
+async fn apply_fixture(cli: &Sanectl, dir: &Path, file: &str, http_port: u16) {
+    let text = std::fs::read_to_string(fixture(file))
+        .unwrap()
+        .replace("9080", &http_port.to_string());
+    let path = dir.join(file);
+    std::fs::write(&path, text).unwrap();
+    let run = cli.ok(&["apply", "-f", &path.display().to_string()]).await;
+    assert!(
+        run.stderr.contains("-> peer_authentication default/"),
+        "the PeerAuthentication produced a Sane resource: {run}"
+    );
+}
+
+/// 7. Mutual TLS migration with PeerAuthentication, enforced through the
+/// control plane: `sanectl apply` of Istio's task's objects changes the
+/// running ratings sidecar's inbound mode, without a restart. PERMISSIVE
+/// lets a plaintext client in; STRICT refuses it while the mesh client
+/// (mutual TLS) is still served; a workload-level STRICT with a port-level
+/// DISABLE lets plaintext into that port only. The sidecar's bootstrap
+/// leaves `tls_mode: default` (as injected sidecars do) and carries its
+/// pod's labels.
 #[tokio::test]
 async fn peer_authentication_mtls_migration() {
     let dir = tempfile::tempdir().unwrap();
@@ -897,47 +916,40 @@ async fn peer_authentication_mtls_migration() {
     let cli = Sanectl::new(&cp);
     let app = EchoApp::start_with(&bins().echo, "ratings-v1", "ratings").await;
     let http_port = app.addrs.http.port();
-    let inbound = |mode: TlsMode, ports: &[(u16, TlsMode)]| {
-        let mut l = Listener {
-            name: "inbound".into(),
-            direction: Direction::Inbound.into(),
-            address: "127.0.0.1:0".into(),
-            workload_ports: vec![WorkloadPort {
-                port: http_port.into(),
-                protocol: Protocol::Http.into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        l.tls_mode = mode.into();
-        for (port, m) in ports {
-            for w in l
-                .workload_ports
-                .iter_mut()
-                .filter(|w| w.port == u32::from(*port))
-            {
-                w.tls_mode = (*m).into();
-            }
-        }
-        l
-    };
-    let (mode, ports) = ratings_tls(
-        &cli,
-        dir.path(),
-        "peer-authentication-permissive.yaml",
-        http_port,
-    )
-    .await;
-    assert_eq!((mode, ports.len()), (TlsMode::Permissive, 0));
+    let tcp_port = app.addrs.tcp.port();
+    // `sanectl convert --tls-for` still resolves what a bootstrap would pin.
+    let (mode, ports) = ratings_tls(&cli, dir.path(), "peer-authentication.yaml", http_port).await;
+    assert_eq!(
+        (mode, ports),
+        (TlsMode::Strict, vec![(http_port, TlsMode::Disable)])
+    );
     let token = cp
         .issue_token(dir.path(), "default", "bookinfo-ratings")
         .await;
-    let mut server_boot = xds_bootstrap(&cp, "ratings-v1", vec![inbound(mode, &ports)]);
+    let inbound = Listener {
+        name: "inbound".into(),
+        direction: Direction::Inbound.into(),
+        address: "127.0.0.1:0".into(),
+        workload_ports: vec![
+            WorkloadPort {
+                port: http_port.into(),
+                protocol: Protocol::Http.into(),
+                ..Default::default()
+            },
+            WorkloadPort {
+                port: tcp_port.into(),
+                protocol: Protocol::Tcp.into(),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let mut server_boot = xds_bootstrap(&cp, "ratings-v1", vec![inbound]);
     server_boot.node.workload = "ratings".into();
+    server_boot.node.labels = [("app".to_string(), "ratings".to_string())].into();
     server_boot.identity = Some(identity(&cp, &token, "bookinfo-ratings"));
     streams_as_itself(&mut server_boot, "bookinfo-ratings", "ratings-v1");
-    let mut server =
-        Sidecar::start(&bins().proxy, dir.path(), "ratings-v1", server_boot.clone()).await;
+    let server = Sidecar::start(&bins().proxy, dir.path(), "ratings-v1", server_boot).await;
     let client_token = cp
         .issue_token(dir.path(), "default", "bookinfo-reviews")
         .await;
@@ -975,47 +987,65 @@ async fn peer_authentication_mtls_migration() {
         .await;
     let sidecar_client = Bookinfo::client(&client);
     let inbound_addr = server.listener("inbound");
-    let plaintext = || async move {
+    // A plain HTTP client reaches the first HTTP workload port, a plain
+    // opaque one the TCP port (echoed back when delivered).
+    // Each attempt is bounded: a refused connection must not hang a poll.
+    let attempt = Duration::from_secs(5);
+    let plain_http = || async move {
         let mut req = request(Method::GET, "/", full(""));
         req.headers_mut().insert("host", "ratings".parse().unwrap());
-        sane_e2e::harness::http::send_http1(inbound_addr, req)
-            .await
-            .map(|r| r.status())
+        let sent = sane_e2e::harness::http::send_http1(inbound_addr, req);
+        match tokio::time::timeout(attempt, sent).await {
+            Ok(r) => r.map(|r| r.status()),
+            Err(_) => Err("no answer in 5s".to_string()),
+        }
+    };
+    let plain_tcp = || async move {
+        let echoed = sane_e2e::harness::http::tcp_roundtrip(inbound_addr, b"ping");
+        matches!(tokio::time::timeout(attempt, echoed).await, Ok(Ok(back)) if back == b"ping")
+    };
+    let inbound_mode = || async {
+        let dump = server.config_dump().await?;
+        Ok::<_, String>(dump["inbound_tls"]["inbound"].clone())
     };
     within(TEST_DEADLINE, async {
+        // No PeerAuthentication yet: strict (the sidecar has an identity).
         until_served_by(&sidecar_client, "ratings", &[], "ratings-v1").await;
-        assert_eq!(
-            plaintext().await,
-            Ok(StatusCode::OK),
-            "PERMISSIVE accepts plaintext"
-        );
+        assert!(plain_http().await.is_err(), "strict by default");
 
-        let (mode, ports) = ratings_tls(
+        apply_fixture(
+            &cli,
+            dir.path(),
+            "peer-authentication-permissive.yaml",
+            http_port,
+        )
+        .await;
+        eventually(DEADLINE, || async {
+            match (plain_http().await, plain_tcp().await) {
+                (Ok(StatusCode::OK), true) => Ok(()),
+                other => Err(format!("plaintext under PERMISSIVE: {other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(inbound_mode().await.unwrap()["mode"], "permissive");
+        let r = call(&sidecar_client, "ratings", &[]).await.unwrap();
+        assert_eq!((r.status, served_by(&r)), (StatusCode::OK, "ratings-v1"));
+
+        apply_fixture(
             &cli,
             dir.path(),
             "peer-authentication-strict.yaml",
             http_port,
         )
         .await;
-        assert_eq!(
-            (mode, ports.len()),
-            (TlsMode::Strict, 0),
-            "the workload level wins"
-        );
-        server.reload(sane_xds_proto::Bootstrap {
-            resources: MeshResources {
-                listeners: vec![inbound(mode, &ports)],
-                ..Default::default()
-            },
-            ..server_boot.clone()
-        });
         eventually(DEADLINE, || async {
-            match plaintext().await {
-                Err(_) => Ok(()),
-                Ok(s) => Err(format!("plaintext still answered {s}")),
+            match (plain_http().await, plain_tcp().await) {
+                (Err(_), false) => Ok(()),
+                other => Err(format!("plaintext under STRICT: {other:?}")),
             }
         })
         .await;
+        assert_eq!(inbound_mode().await.unwrap()["mode"], "strict");
         let r = call(&sidecar_client, "ratings", &[]).await.unwrap();
         assert_eq!(
             (r.status, served_by(&r)),
@@ -1023,26 +1053,20 @@ async fn peer_authentication_mtls_migration() {
             "mTLS is served"
         );
 
-        let (mode, ports) =
-            ratings_tls(&cli, dir.path(), "peer-authentication.yaml", http_port).await;
-        assert_eq!(
-            (mode, ports.clone()),
-            (TlsMode::Strict, vec![(http_port, TlsMode::Disable)])
-        );
-        server.reload(sane_xds_proto::Bootstrap {
-            resources: MeshResources {
-                listeners: vec![inbound(mode, &ports)],
-                ..Default::default()
-            },
-            ..server_boot.clone()
-        });
+        apply_fixture(&cli, dir.path(), "peer-authentication.yaml", http_port).await;
         eventually(DEADLINE, || async {
-            match plaintext().await {
+            match plain_http().await {
                 Ok(StatusCode::OK) => Ok(()),
                 other => Err(format!("plaintext to the DISABLE port: {other:?}")),
             }
         })
         .await;
+        assert!(!plain_tcp().await, "the other port stays STRICT");
+        let mode = inbound_mode().await.unwrap();
+        assert_eq!(mode["mode"], "strict", "{mode}");
+        assert_eq!(mode["ports"][http_port.to_string()], "disable", "{mode}");
+        let r = call(&sidecar_client, "ratings", &[]).await.unwrap();
+        assert_eq!((r.status, served_by(&r)), (StatusCode::OK, "ratings-v1"));
     })
     .await;
 }

@@ -114,8 +114,15 @@ impl Admin {
             cs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
             cs
         };
+        let inbound_tls: std::collections::BTreeMap<_, _> = s
+            .inbound
+            .iter()
+            .map(|(name, t)| (name.clone(), t.effective_tls()))
+            .collect();
         let dump = json!({
             "version": s.version,
+            "peer_tls": &s.peer_tls,
+            "inbound_tls": inbound_tls,
             "source": self.config.path().map(|p| p.display().to_string()),
             "last_reload_error": self.config.last_error(),
             "bootstrap": &*s.bootstrap,

@@ -69,6 +69,7 @@ fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
         policies,
         authorization_policies,
         telemetry,
+        peer_authentications,
     } = dynamic;
     Bootstrap {
         node: node.clone(),
@@ -82,6 +83,7 @@ fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
             policies,
             authorization_policies,
             telemetry,
+            peer_authentications,
         },
         control_plane: control_plane.clone(),
         identity: identity.clone(),
@@ -247,6 +249,12 @@ impl Snapshot {
 
         let mut tcp_targets = HashMap::new();
         let mut inbound = HashMap::new();
+        let node = &bootstrap.node;
+        let peer_tls = sane_xds_proto::resolve_peer_tls(
+            &res.peer_authentications,
+            &node.namespace,
+            &node.labels,
+        );
         for l in &res.listeners {
             match (l.direction(), l.protocol()) {
                 (Direction::Outbound, Protocol::Tcp) => {
@@ -257,10 +265,9 @@ impl Snapshot {
                     );
                 }
                 (Direction::Inbound, _) => {
-                    inbound.insert(
-                        l.name.clone(),
-                        Arc::new(InboundTarget::new(l, bootstrap.identity.is_some())),
-                    );
+                    let target = InboundTarget::new(l, bootstrap.identity.is_some(), &peer_tls);
+                    log_tls_overrides(&target, previous.and_then(|p| p.inbound.get(&l.name)));
+                    inbound.insert(l.name.clone(), Arc::new(target));
                 }
                 _ => {}
             }
@@ -308,12 +315,24 @@ impl Snapshot {
             clusters,
             transparent,
             authz,
+            peer_tls,
         })
     }
 
     /// The listener definitions of this snapshot.
     pub fn listeners(&self) -> &[Listener] {
         &self.bootstrap.resources.listeners
+    }
+}
+
+/// Logs the bootstrap's pins that override a delivered PeerAuthentication,
+/// once: when they first appear (not again on every later config).
+fn log_tls_overrides(target: &InboundTarget, previous: Option<&Arc<InboundTarget>>) {
+    let before = previous.map(|p| p.tls_overrides.as_slice()).unwrap_or(&[]);
+    for o in &target.tls_overrides {
+        if !before.contains(o) {
+            tracing::warn!(override = %o, "a PeerAuthentication is overridden by the bootstrap");
+        }
     }
 }
 

@@ -313,6 +313,7 @@ mod tests {
             detect_timeout: Duration::from_secs(1),
             tls_mode: TlsMode::Permissive,
             port_tls: HashMap::new(),
+            tls_overrides: Vec::new(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The compiled configuration the data path reads: one immutable
 //! [`Snapshot`] (route table, clusters, original-destination table,
 //! authorization policies, telemetry settings, the inbound listeners'
-//! workload ports) and the [`ConfigStore`] that holds the current one.
+//! workload ports and mutual TLS modes) and the [`ConfigStore`] that holds the current one.
 //!
 //! Only data types and the read side live here, below every module that
 //! reads a snapshot per request or connection. Building one (`Snapshot::compile`)
@@ -17,7 +17,7 @@ use crate::trace::TelemetrySettings;
 use crate::workload_port::InboundTarget;
 use arc_swap::ArcSwap;
 use sane_xds_proto::yaml::YamlLimits;
-use sane_xds_proto::Bootstrap;
+use sane_xds_proto::{Bootstrap, PeerTls};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -48,6 +48,11 @@ pub struct Snapshot {
     /// Tracing and access-log settings of this node (the same `Arc` as the
     /// previous snapshot's while they do not change).
     pub telemetry: Arc<TelemetrySettings>,
+    /// This node's mutual TLS modes resolved from the `PeerAuthentication`s
+    /// it was given (its namespace and labels; see
+    /// [`sane_xds_proto::resolve_peer_tls`]); the inbound targets apply them
+    /// where the bootstrap leaves `tls_mode: default`.
+    pub peer_tls: PeerTls,
 }
 
 /// Where the authorization policies of a config come from, which decides

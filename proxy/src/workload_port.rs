@@ -20,7 +20,7 @@
 
 use arc_swap::ArcSwap;
 use prometheus::{IntCounterVec, Registry};
-use sane_xds_proto::{Listener, Protocol, TlsMode};
+use sane_xds_proto::{Listener, PeerTls, Protocol, TlsMode};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +44,22 @@ pub struct InboundTarget {
     pub tls_mode: TlsMode,
     /// Per-port overrides of `tls_mode`.
     pub port_tls: HashMap<u16, TlsMode>,
+    /// Where each mode came from, for `/config_dump` and the log: the
+    /// bootstrap's pins that override a delivered `PeerAuthentication`.
+    pub tls_overrides: Vec<String>,
+}
+
+/// The effective mutual TLS modes of an inbound listener, as the admin's
+/// `/config_dump` shows them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EffectiveTls {
+    /// The listener's mode.
+    pub mode: TlsMode,
+    /// Ports whose mode differs from the listener's.
+    pub ports: std::collections::BTreeMap<u16, TlsMode>,
+    /// The bootstrap's pins that override a `PeerAuthentication`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
 }
 
 /// The response flag of a refused inbound port.
@@ -84,19 +100,67 @@ pub fn check(target: &InboundTarget, own: &OwnSockets, port: u16) -> Result<(), 
 // === impl InboundTarget ===
 
 impl InboundTarget {
-    /// Where listener `l` delivers; `has_identity` resolves `tls_mode: default`.
-    pub(crate) fn new(l: &Listener, has_identity: bool) -> Self {
-        let tls_mode = match l.tls_mode() {
-            TlsMode::Default if has_identity => TlsMode::Strict,
-            TlsMode::Default => TlsMode::Disable,
-            m => m,
+    /// Where listener `l` delivers. Its mutual TLS modes, by precedence: a
+    /// mode the bootstrap sets explicitly (on the port, else on the
+    /// listener) is a local pin and wins; where it says `default`, the
+    /// `PeerAuthentication`s the proxy was given decide (`peer`: resolved
+    /// for this node); with neither, `strict` when the proxy has an identity
+    /// (`has_identity`), else `disable`.
+    pub(crate) fn new(l: &Listener, has_identity: bool, peer: &PeerTls) -> Self {
+        let mut tls_overrides = Vec::new();
+        let by = || peer.from.join(", ");
+        let pinned = l.tls_mode() != TlsMode::Default;
+        let tls_mode = match (l.tls_mode(), peer.mode) {
+            (TlsMode::Default, TlsMode::Default) if has_identity => TlsMode::Strict,
+            (TlsMode::Default, TlsMode::Default) => TlsMode::Disable,
+            (TlsMode::Default, m) => m,
+            (pin, m) => {
+                if m != TlsMode::Default && m != pin {
+                    tls_overrides.push(format!(
+                        "listener {}: tls_mode {} (bootstrap) overrides {} (PeerAuthentication {})",
+                        l.name,
+                        mode_name(pin),
+                        mode_name(m),
+                        by()
+                    ));
+                }
+                pin
+            }
         };
-        let port_tls = l
-            .workload_ports
-            .iter()
-            .filter(|w| w.tls_mode() != TlsMode::Default)
-            .map(|w| (w.port as u16, w.tls_mode()))
-            .collect();
+        let mut port_tls: HashMap<u16, TlsMode> = HashMap::new();
+        for w in &l.workload_ports {
+            if w.tls_mode() != TlsMode::Default {
+                port_tls.insert(w.port as u16, w.tls_mode());
+            }
+        }
+        for (port, m) in &peer.ports {
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            match port_tls.get(&port) {
+                Some(pin) if pin != m => tls_overrides.push(format!(
+                    "listener {}: workload_ports {port} tls_mode {} (bootstrap) overrides {} \
+                     (PeerAuthentication {})",
+                    l.name,
+                    mode_name(*pin),
+                    mode_name(*m),
+                    by()
+                )),
+                Some(_) => {}
+                None if pinned && *m != tls_mode => tls_overrides.push(format!(
+                    "listener {}: tls_mode {} (bootstrap) overrides port {port} {} \
+                     (PeerAuthentication {})",
+                    l.name,
+                    mode_name(tls_mode),
+                    mode_name(*m),
+                    by()
+                )),
+                None if pinned => {}
+                None => {
+                    port_tls.insert(port, *m);
+                }
+            }
+        }
         let ip = l
             .workload_address
             .parse()
@@ -120,6 +184,21 @@ impl InboundTarget {
             detect_timeout: Duration::from_millis(l.detect_timeout_ms()),
             tls_mode,
             port_tls,
+            tls_overrides,
+        }
+    }
+
+    /// The effective modes, for `/config_dump`.
+    pub fn effective_tls(&self) -> EffectiveTls {
+        EffectiveTls {
+            mode: self.tls_mode,
+            ports: self
+                .port_tls
+                .iter()
+                .filter(|(_, m)| **m != self.tls_mode)
+                .map(|(p, m)| (*p, *m))
+                .collect(),
+            overrides: self.tls_overrides.clone(),
         }
     }
 
@@ -141,6 +220,15 @@ impl InboundTarget {
     /// The protocol the workload speaks on `port` (`http` if undeclared).
     pub fn protocol(&self, port: u16) -> Protocol {
         self.ports.get(&port).copied().unwrap_or(Protocol::Http)
+    }
+}
+
+fn mode_name(m: TlsMode) -> &'static str {
+    match m {
+        TlsMode::Default => "default",
+        TlsMode::Strict => "strict",
+        TlsMode::Permissive => "permissive",
+        TlsMode::Disable => "disable",
     }
 }
 
@@ -233,6 +321,7 @@ mod tests {
             detect_timeout: Duration::from_secs(1),
             tls_mode: TlsMode::Permissive,
             port_tls: HashMap::new(),
+            tls_overrides: Vec::new(),
         }
     }
 
@@ -263,5 +352,98 @@ mod tests {
         assert!(covers("10.0.0.5:15020"));
         assert!(!covers("127.0.0.1:15020"), "bound to 10.0.0.5 only");
         assert!(!covers("127.0.0.1:8080"));
+    }
+
+    fn listener(mode: TlsMode, ports: &[(u32, TlsMode)]) -> Listener {
+        Listener {
+            name: "inbound".into(),
+            direction: sane_xds_proto::Direction::Inbound.into(),
+            address: "127.0.0.1:0".into(),
+            tls_mode: mode.into(),
+            workload_ports: ports
+                .iter()
+                .map(|(port, m)| sane_xds_proto::WorkloadPort {
+                    port: *port,
+                    tls_mode: (*m).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn peer(mode: TlsMode, ports: &[(u32, TlsMode)]) -> PeerTls {
+        PeerTls {
+            mode,
+            ports: ports.iter().copied().collect(),
+            from: vec!["shop/p".into()],
+        }
+    }
+
+    #[test]
+    fn a_peer_authentication_governs_what_the_bootstrap_leaves_default() {
+        let l = listener(
+            TlsMode::Default,
+            &[(8080, TlsMode::Default), (9090, TlsMode::Default)],
+        );
+        // Neither: strict with an identity, else disable.
+        let none = PeerTls::default();
+        assert_eq!(
+            InboundTarget::new(&l, true, &none).tls_mode(8080),
+            TlsMode::Strict
+        );
+        assert_eq!(
+            InboundTarget::new(&l, false, &none).tls_mode(8080),
+            TlsMode::Disable
+        );
+        // The delivered mode, and its port-level one.
+        let p = peer(TlsMode::Strict, &[(9090, TlsMode::Disable)]);
+        let t = InboundTarget::new(&l, true, &p);
+        assert_eq!(
+            (t.tls_mode(8080), t.tls_mode(9090)),
+            (TlsMode::Strict, TlsMode::Disable)
+        );
+        assert!(t.any_tls() && t.any_plaintext());
+        assert!(t.tls_overrides.is_empty());
+        let p = peer(TlsMode::Permissive, &[]);
+        assert_eq!(
+            InboundTarget::new(&l, true, &p).tls_mode(8080),
+            TlsMode::Permissive
+        );
+    }
+
+    #[test]
+    fn an_explicit_bootstrap_mode_is_a_local_pin() {
+        let l = listener(
+            TlsMode::Strict,
+            &[(8080, TlsMode::Default), (9090, TlsMode::Permissive)],
+        );
+        let p = peer(
+            TlsMode::Disable,
+            &[(8080, TlsMode::Disable), (9090, TlsMode::Disable)],
+        );
+        let t = InboundTarget::new(&l, true, &p);
+        assert_eq!(t.tls_mode(8080), TlsMode::Strict);
+        assert_eq!(t.tls_mode(9090), TlsMode::Permissive);
+        assert_eq!(t.tls_overrides.len(), 3, "{:?}", t.tls_overrides);
+        assert!(
+            t.tls_overrides[0].contains(
+                "tls_mode strict (bootstrap) overrides disable (PeerAuthentication shop/p)"
+            ),
+            "{:?}",
+            t.tls_overrides
+        );
+        // A pinned port inside a listener the PeerAuthentication governs.
+        let l = listener(TlsMode::Default, &[(9090, TlsMode::Strict)]);
+        let t = InboundTarget::new(
+            &l,
+            true,
+            &peer(TlsMode::Permissive, &[(9090, TlsMode::Disable)]),
+        );
+        assert_eq!(
+            (t.tls_mode(8080), t.tls_mode(9090)),
+            (TlsMode::Permissive, TlsMode::Strict)
+        );
+        assert_eq!(t.effective_tls().ports, [(9090, TlsMode::Strict)].into());
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every concept the mesh configures (a [`Service`], its [`Endpoint`]s, a
 //! [`Route`], a [`DestinationPolicy`], an [`AuthorizationPolicy`], a
-//! [`Listener`], a [`Telemetry`]) is one Rust struct that
+//! [`Listener`], a [`Telemetry`], a [`PeerAuthentication`]) is one Rust struct that
 //! derives both `serde` (YAML files, the JSON API) and `prost` (the xDS wire,
 //! packed in `Any` with the type URL from [`TypeUrl`]). Validation lives next to
 //! the types and reports the field path and the bad value.
@@ -22,6 +22,7 @@ mod health;
 mod http_options;
 mod limits;
 mod listener;
+mod peer_authn;
 mod policy;
 mod resilience;
 pub mod resources;
@@ -61,6 +62,9 @@ pub use limits::{
     MIN_REQUEST_HEADER_LIMIT,
 };
 pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
+pub use peer_authn::{
+    resolve as resolve_peer_tls, PeerAuthentication, PeerTls, MESH_ROOT_NAMESPACE,
+};
 pub use policy::{DestinationPolicy, LoadBalancer};
 pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
 pub use resources::{MeshResources, TypeUrl};

@@ -2,7 +2,8 @@
 
 use crate::validate::{Errors, FieldPath, ValidationErrors};
 use crate::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, Route, Service, Telemetry,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, PeerAuthentication, Route, Service,
+    Telemetry,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,13 @@ pub struct MeshResources {
     /// Tracing and access-log settings. Default: none.
     #[prost(message, repeated, tag = "7")]
     pub telemetry: Vec<Telemetry>,
+    /// Mutual TLS modes of the inbound side of workloads (Istio
+    /// `PeerAuthentication`), resolved by each sidecar for itself. Default:
+    /// none (each inbound listener's own `tls_mode`, else `strict` with an
+    /// identity).
+    #[prost(message, repeated, tag = "8")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<PeerAuthentication>,
 }
 
 /// The type URL of each resource kind on the xDS wire.
@@ -55,13 +63,15 @@ pub enum TypeUrl {
     AuthorizationPolicy,
     /// [`Telemetry`]
     Telemetry,
+    /// [`PeerAuthentication`]
+    PeerAuthentication,
 }
 
 // === impl TypeUrl ===
 
 impl TypeUrl {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [TypeUrl; 7] = [
+    pub const ALL: [TypeUrl; 8] = [
         TypeUrl::Listener,
         TypeUrl::Service,
         TypeUrl::Endpoint,
@@ -69,6 +79,7 @@ impl TypeUrl {
         TypeUrl::DestinationPolicy,
         TypeUrl::AuthorizationPolicy,
         TypeUrl::Telemetry,
+        TypeUrl::PeerAuthentication,
     ];
 
     /// The URL string.
@@ -81,6 +92,7 @@ impl TypeUrl {
             TypeUrl::DestinationPolicy => "type.googleapis.com/sane.mesh.v1.DestinationPolicy",
             TypeUrl::AuthorizationPolicy => "type.googleapis.com/sane.mesh.v1.AuthorizationPolicy",
             TypeUrl::Telemetry => "type.googleapis.com/sane.mesh.v1.Telemetry",
+            TypeUrl::PeerAuthentication => "type.googleapis.com/sane.mesh.v1.PeerAuthentication",
         }
     }
 
@@ -234,6 +246,14 @@ impl MeshResources {
             let key = qualify(&t.name, &t.namespace);
             if !telemetry.insert(key.clone()) {
                 errs.push(&p.field("name"), format!("{key:?} is declared twice"));
+            }
+        }
+        let mut peer = HashSet::new();
+        for (i, a) in self.peer_authentications.iter().enumerate() {
+            let p = root.item("peer_authentications", i);
+            a.validate_into(&p, errs);
+            if !peer.insert((a.namespace(), a.name.as_str())) {
+                errs.push(&p.field("name"), format!("{:?} is declared twice", a.name));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

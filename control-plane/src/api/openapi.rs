@@ -30,6 +30,11 @@ pub fn document() -> Value {
             "Endpoint",
             &["namespace", "service", "instance"][..],
         ),
+        (
+            "peer_authentications",
+            "PeerAuthentication",
+            &["namespace", "name"][..],
+        ),
     ] {
         let mut list_params = vec![query("namespace", "Only resources of this namespace.")];
         if plural == "endpoints" {
@@ -525,7 +530,22 @@ fn other_resource_schemas() -> Value {
             "routes": array_of(schema_ref("Route")),
             "policies": array_of(schema_ref("DestinationPolicy")),
             "authorization_policies": array_of(schema_ref("AuthorizationPolicy")),
-            "telemetry": array_of(schema_ref("Telemetry"))
+            "telemetry": array_of(schema_ref("Telemetry")),
+            "peer_authentications": array_of(schema_ref("PeerAuthentication"))
+        })),
+        "PeerAuthentication": object(&["name"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default", "description": "Namespace of the workloads it applies to; in the root namespace `istio-system` and without a selector, the whole mesh." },
+            "selector": {
+                "type": "object", "additionalProperties": string(),
+                "description": "Labels a workload's sidecar (node.labels) must carry; empty: every workload of the namespace."
+            },
+            "mode": enumeration(&["default", "strict", "permissive", "disable"], "default"),
+            "port_modes": {
+                "type": "object",
+                "additionalProperties": enumeration(&["default", "strict", "permissive", "disable"], "default"),
+                "description": "Modes by workload port (keys are port numbers); only with a selector."
+            }
         })),
         "Telemetry": object(&["name"], json!({
             "name": string(),
@@ -740,6 +760,7 @@ mod tests {
         check::<Telemetry>("Telemetry");
         check::<TracingConfig>("TracingConfig");
         check::<AccessLogConfig>("AccessLogConfig");
+        check::<PeerAuthentication>("PeerAuthentication");
     }
 
     /// The values an enum of `T` serializes to, in declaration order.
@@ -777,6 +798,10 @@ mod tests {
             (
                 &schemas["AuthorizationPolicy"]["properties"]["action"],
                 values::<AuthzAction>(),
+            ),
+            (
+                &schemas["PeerAuthentication"]["properties"]["mode"],
+                values::<TlsMode>(),
             ),
         ] {
             assert_eq!(schema["enum"], Value::Array(expected.clone()), "{schema}");

@@ -453,7 +453,7 @@ async fn run(args: Args) -> anyhow::Result<i32> {
                     })
                     .collect::<anyhow::Result<_>>()?;
                 let settings = sane_control_plane::istio::security::tls_for(
-                    &converted.peer_authentications,
+                    &converted.resources.peer_authentications,
                     &namespace,
                     &labels,
                 );
@@ -1030,9 +1030,10 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
             "ep" => Kind::Endpoint,
             "authz" | "authorizationpolicy" | "authorizationpolicies" => Kind::Authz,
             "destinationpolicy" | "destinationpolicies" | "destination_policies" => Kind::Policy,
+            "pa" | "peerauthentication" | "peerauthentications" => Kind::PeerAuthn,
             _ => bail!(
                 "kind: unknown kind {s:?} (services, endpoints, routes, policies, \
-                 authorization_policies, telemetry)"
+                 authorization_policies, telemetry, peer_authentications)"
             ),
         }),
     }

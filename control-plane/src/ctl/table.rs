@@ -87,6 +87,7 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
             "SELECTOR",
         ]),
         Kind::Telemetry => Table::new(&["NAMESPACE", "NAME", "TRACING", "ACCESS LOG"]),
+        Kind::PeerAuthn => Table::new(&["NAMESPACE", "NAME", "SELECTOR", "MODE", "PORTS"]),
     };
     for r in sorted {
         let ns = r.namespace().to_string();
@@ -158,6 +159,22 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
                     t.name.clone(),
                     on_off(&v["tracing"]),
                     on_off(&v["access_log"]),
+                ]
+            }
+            Resource::PeerAuthn(p) => {
+                let v = serde_json::to_value(p).unwrap_or_default();
+                let ports = v["port_modes"].as_object().map(|m| {
+                    m.iter()
+                        .map(|(port, mode)| format!("{port}:{}", mode.as_str().unwrap_or("?")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                });
+                vec![
+                    ns,
+                    p.name.clone(),
+                    dash(labels(&p.selector)),
+                    v["mode"].as_str().unwrap_or("?").to_string(),
+                    dash(ports.unwrap_or_default()),
                 ]
             }
         };

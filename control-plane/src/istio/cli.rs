@@ -47,25 +47,33 @@ impl Input {
                 return Err(IstioError::Strict(unsupported));
             }
         }
+        // The Sane documents first, then what the objects produced.
         let mut all = MeshResources::default();
-        for d in &self.documents {
-            if let Document::Sane(m) = d {
-                all.services.extend(m.services.iter().cloned());
-                all.endpoints.extend(m.endpoints.iter().cloned());
-                all.routes.extend(m.routes.iter().cloned());
-                all.policies.extend(m.policies.iter().cloned());
-                all.authorization_policies
-                    .extend(m.authorization_policies.iter().cloned());
-                all.telemetry.extend(m.telemetry.iter().cloned());
-                all.listeners.extend(m.listeners.iter().cloned());
-            }
+        let sane = self.documents.iter().filter_map(|d| match d {
+            Document::Sane(m) => Some(m.as_ref().clone()),
+            Document::Object(_) => None,
+        });
+        for m in sane.chain([conversion.resources.clone()]) {
+            // Destructured in full: a new kind must be placed here.
+            let MeshResources {
+                listeners,
+                services,
+                endpoints,
+                routes,
+                policies,
+                authorization_policies,
+                telemetry,
+                peer_authentications,
+            } = m;
+            all.listeners.extend(listeners);
+            all.services.extend(services);
+            all.endpoints.extend(endpoints);
+            all.routes.extend(routes);
+            all.policies.extend(policies);
+            all.authorization_policies.extend(authorization_policies);
+            all.telemetry.extend(telemetry);
+            all.peer_authentications.extend(peer_authentications);
         }
-        let c = conversion.resources;
-        all.services.extend(c.services);
-        all.endpoints.extend(c.endpoints);
-        all.routes.extend(c.routes);
-        all.policies.extend(c.policies);
-        all.authorization_policies.extend(c.authorization_policies);
         conversion.resources = all;
         Ok(conversion)
     }
@@ -118,14 +126,15 @@ pub fn report(c: &Conversion) -> String {
     out
 }
 
-/// The inbound-listener settings the PeerAuthentications give workloads,
-/// as YAML comments (per namespace and selector).
+/// The inbound modes the PeerAuthentications give workloads, as YAML
+/// comments (per namespace and selector); the resources themselves are in
+/// the document, delivered to the sidecars by the control plane.
 pub fn peer_authentication_comments(c: &Conversion) -> String {
     let mut out = String::new();
-    for p in &c.peer_authentications {
-        let labels = p.selector.clone().unwrap_or_default();
-        let settings = tls_for(&c.peer_authentications, &p.namespace, &labels);
-        let who = match &p.selector {
+    let all = &c.resources.peer_authentications;
+    for p in all {
+        let settings = tls_for(all, p.namespace(), &p.selector);
+        let who = match Some(&p.selector).filter(|s| !s.is_empty()) {
             Some(s) => format!(
                 "workloads of {} with {}",
                 p.namespace,
@@ -134,7 +143,7 @@ pub fn peer_authentication_comments(c: &Conversion) -> String {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-            None => format!("namespace {}", p.namespace),
+            None => format!("namespace {}", p.namespace()),
         };
         let ports: Vec<String> = settings
             .ports
@@ -143,8 +152,9 @@ pub fn peer_authentication_comments(c: &Conversion) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "# PeerAuthentication {}/{}: inbound listener of {who}: tls_mode: {}{}",
-            p.namespace,
+            "# PeerAuthentication {}/{}: inbound of {who} (delivered by the control plane): \
+             tls_mode: {}{}",
+            p.namespace(),
             p.name,
             tls_name(settings.mode),
             if ports.is_empty() {

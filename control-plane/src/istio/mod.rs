@@ -45,7 +45,7 @@ pub mod watched;
 pub use common::{Note, Unsupported};
 pub use error::{IstioError, StoreError};
 pub use object::{Document, ObjectRef};
-pub use security::{PeerAuthn, TlsSettings};
+pub use security::TlsSettings;
 
 use crate::resource::{Kind, Resource};
 use crate::xds::scope::SidecarScope;
@@ -74,10 +74,6 @@ pub struct Conversion {
     pub resources: MeshResources,
     /// Per object, what it produced and what of it could not be honoured.
     pub objects: Vec<Converted>,
-    /// Resolved `PeerAuthentication` objects: the mutual TLS mode of a
-    /// workload's inbound listener ([`security::tls_for`]).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub peer_authentications: Vec<PeerAuthn>,
     /// The `sane-proxy gateway` configurations Gateway API Gateways stand
     /// for, with the hosts of the HTTPRoutes attached to them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -170,10 +166,7 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
             K::HttpRoute => gateway_api::http_route(object, &ctx, &mut output)?,
             K::GrpcRoute => gateway_api::grpc_route(object, &ctx, &mut output)?,
             K::AuthorizationPolicy => security::authorization_policy(object, &ctx, &mut output)?,
-            K::PeerAuthentication => {
-                out.peer_authentications
-                    .push(security::peer_authentication(object, &mut output)?);
-            }
+            K::PeerAuthentication => security::peer_authentication(object, &mut output)?,
             K::Sidecar => sidecar::sidecar(object, &mut output)?,
             K::IstioGateway => ingress::istio_gateway(object, &mut output)?,
             K::KubeGateway => ingress::kube_gateway(object, &mut output)?,

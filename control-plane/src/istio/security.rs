@@ -1,6 +1,7 @@
 //! `AuthorizationPolicy` → Sane [`AuthorizationPolicy`]s (one per selected
-//! service), and `PeerAuthentication` → the mutual TLS mode of a workload's
-//! inbound listener ([`tls_for`]).
+//! service), and `PeerAuthentication` → the Sane [`PeerAuthentication`] the
+//! control plane delivers to the sidecars, which resolve their own inbound
+//! mode from it ([`tls_for`] runs the same resolution for `sanectl convert`).
 //!
 //! An authorization condition Sane cannot test is handled as Istio handles
 //! conditions a proxy cannot enforce: in an `ALLOW` (or `AUDIT`) policy the
@@ -15,14 +16,14 @@ use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
     AuthorizationPolicy, AuthzAction, AuthzCondition, AuthzOperation, AuthzRule, AuthzSource,
-    Listener, Service, TlsMode,
+    Listener, PeerAuthentication, Service, TlsMode,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The namespace whose selector-less policies apply to the whole mesh.
-pub const ROOT_NAMESPACE: &str = "istio-system";
+pub const ROOT_NAMESPACE: &str = sane_xds_proto::MESH_ROOT_NAMESPACE;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
@@ -459,23 +460,8 @@ struct Mtls {
     mode: Option<String>,
 }
 
-/// A PeerAuthentication, resolved.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PeerAuthn {
-    /// Its namespace (the mesh's, in [`ROOT_NAMESPACE`]).
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// `selector.matchLabels`; `None` for a namespace- or mesh-wide one.
-    pub selector: Option<BTreeMap<String, String>>,
-    /// `mtls.mode`; [`TlsMode::Default`] for `UNSET` (inherit).
-    #[serde(serialize_with = "tls_name")]
-    pub mode: TlsMode,
-    /// `portLevelMtls` by workload port.
-    pub ports: BTreeMap<u32, TlsMode>,
-}
-
-/// The mutual TLS settings of one workload's inbound listener.
+/// The mutual TLS settings of one workload's inbound listener (what
+/// `sanectl convert --tls-for` prints).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct TlsSettings {
     /// The listener's mode; [`TlsMode::Default`] when no PeerAuthentication
@@ -483,10 +469,6 @@ pub struct TlsSettings {
     pub mode: TlsMode,
     /// Per workload port.
     pub ports: BTreeMap<u32, TlsMode>,
-}
-
-fn tls_name<S: serde::Serializer>(m: &TlsMode, s: S) -> Result<S::Ok, S::Error> {
-    m.serialize(s)
 }
 
 fn mode(object: &Object, p: &P, m: &Mtls) -> Result<TlsMode, IstioError> {
@@ -507,13 +489,11 @@ fn mode(object: &Object, p: &P, m: &Mtls) -> Result<TlsMode, IstioError> {
     })
 }
 
-/// Reads a PeerAuthentication. Its settings reach a sidecar through the
-/// inbound listener of its bootstrap ([`tls_for`], [`TlsSettings::apply`]);
-/// the control plane does not deliver listeners, which is reported.
-pub(crate) fn peer_authentication(
-    object: &Object,
-    out: &mut Output,
-) -> Result<PeerAuthn, IstioError> {
+/// Converts a PeerAuthentication into the Sane [`PeerAuthentication`] of the
+/// same name and namespace, which the control plane sends to the sidecars
+/// of its namespace (of every namespace from the root one); each sidecar
+/// resolves its own mode ([`sane_xds_proto::resolve_peer_tls`]).
+pub(crate) fn peer_authentication(object: &Object, out: &mut Output) -> Result<(), IstioError> {
     let spec: PeerSpec = object.spec()?;
     let root = P::spec();
     let m = spec
@@ -521,81 +501,61 @@ pub(crate) fn peer_authentication(
         .as_ref()
         .map(|m| mode(object, &root.f("mtls"), m))
         .transpose()?;
-    let mut ports = BTreeMap::new();
+    let mut port_modes = BTreeMap::new();
     for (port, m) in &spec.port_level_mtls {
         let pp = root.f("portLevelMtls").k(port);
-        let number: u32 = port.parse().map_err(|_| IstioError::Malformed {
-            object: Box::new(object.reference()),
-            message: format!("{}: {port:?} is not a port", pp.as_str()),
-        })?;
-        ports.insert(number, mode(object, &pp, m)?);
+        let number: u32 = port
+            .parse()
+            .ok()
+            .filter(|n| (1..=65535).contains(n))
+            .ok_or_else(|| IstioError::Malformed {
+                object: Box::new(object.reference()),
+                message: format!("{}: {port:?} is not a port", pp.as_str()),
+            })?;
+        port_modes.insert(number, i32::from(mode(object, &pp, m)?));
     }
-    if !ports.is_empty() && spec.selector.is_none() {
+    let selector = spec.selector.map(|s| s.match_labels).unwrap_or_default();
+    if !port_modes.is_empty() && selector.is_empty() {
         // As Istio: port-level settings need a workload selector.
         out.report.unsupported(
             &root.f("portLevelMtls"),
             "port-level settings apply only with a workload selector",
         );
-        ports.clear();
+        port_modes.clear();
     }
-    out.report.unsupported(
-        &root,
-        "the control plane does not deliver listeners yet: set the selected sidecars' inbound \
-         listener tls_mode (and workload_ports[].tls_mode) as `sanectl convert` prints",
-    );
-    Ok(PeerAuthn {
-        namespace: object.namespace.clone(),
+    out.resources.push(Resource::PeerAuthn(PeerAuthentication {
         name: object.name.clone(),
-        selector: spec.selector.map(|s| s.match_labels),
-        mode: m.unwrap_or(TlsMode::Default),
-        ports,
-    })
+        namespace: object.namespace.clone(),
+        selector,
+        mode: m.unwrap_or(TlsMode::Default).into(),
+        port_modes,
+    }));
+    Ok(())
 }
 
 /// The mutual TLS settings of a workload in `namespace` with `labels`: the
 /// workload-level PeerAuthentication beats the namespace's, which beats the
 /// mesh's (root namespace); `UNSET` inherits the next level. Port-level
-/// settings come from the workload-level one.
+/// settings come from the workload-level one. The resolution the sidecars
+/// themselves run ([`sane_xds_proto::resolve_peer_tls`]).
 pub fn tls_for(
-    all: &[PeerAuthn],
+    all: &[PeerAuthentication],
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> TlsSettings {
-    let workload = all.iter().find(|p| {
-        p.namespace == namespace
-            && p.selector
-                .as_ref()
-                .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-    });
-    let ns = all
-        .iter()
-        .find(|p| p.namespace == namespace && p.selector.as_ref().is_none_or(|s| s.is_empty()));
-    let mesh = all.iter().find(|p| {
-        p.namespace == ROOT_NAMESPACE && p.selector.as_ref().is_none_or(|s| s.is_empty())
-    });
-    let mode = [workload, ns, mesh]
-        .into_iter()
-        .flatten()
-        .map(|p| p.mode)
-        .find(|m| *m != TlsMode::Default)
-        .unwrap_or(TlsMode::Default);
-    let ports = workload
-        .map(|w| {
-            w.ports
-                .iter()
-                .filter(|(_, m)| **m != TlsMode::Default)
-                .map(|(p, m)| (*p, *m))
-                .collect()
-        })
-        .unwrap_or_default();
-    TlsSettings { mode, ports }
+    let resolved = sane_xds_proto::resolve_peer_tls(all, namespace, labels);
+    TlsSettings {
+        mode: resolved.mode,
+        ports: resolved.ports,
+    }
 }
 
 // === impl TlsSettings ===
 
 impl TlsSettings {
-    /// Sets an inbound listener's modes; returns the ports that are not
-    /// among its `workload_ports` (so were not applied).
+    /// Sets an inbound listener's modes (pinning them in a bootstrap, which
+    /// then overrides what the control plane delivers); returns the ports
+    /// that are not among its `workload_ports` (so were not applied).
     pub fn apply(&self, listener: &mut Listener) -> Vec<u32> {
         listener.tls_mode = self.mode.into();
         let mut missing = Vec::new();

@@ -514,15 +514,23 @@ fn peer_authentication_workload_beats_namespace_beats_mesh() {
     let mesh = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
     let c = convert_all(&[mesh, fixture!("peer-authentication.yaml")], &bookinfo()).unwrap();
     let labels = |app: &str| [("app".to_string(), app.to_string())].into();
-    let ratings = security::tls_for(&c.peer_authentications, "default", &labels("ratings"));
+    let ratings = security::tls_for(
+        &c.resources.peer_authentications,
+        "default",
+        &labels("ratings"),
+    );
     assert_eq!(ratings.mode, TlsMode::Strict);
     assert_eq!(ratings.ports[&9080], TlsMode::Disable);
-    let reviews = security::tls_for(&c.peer_authentications, "default", &labels("reviews"));
+    let reviews = security::tls_for(
+        &c.resources.peer_authentications,
+        "default",
+        &labels("reviews"),
+    );
     assert_eq!(
         (reviews.mode, reviews.ports.len()),
         (TlsMode::Permissive, 0)
     );
-    let other = security::tls_for(&c.peer_authentications, "shop", &labels("web"));
+    let other = security::tls_for(&c.resources.peer_authentications, "shop", &labels("web"));
     assert_eq!(other.mode, TlsMode::Strict, "the mesh-wide one");
     let none = security::tls_for(&[], "shop", &labels("web"));
     assert_eq!(none.mode, TlsMode::Default, "Sane's own default (strict)");
@@ -536,8 +544,47 @@ fn peer_authentication_workload_beats_namespace_beats_mesh() {
     assert!(ratings.apply(&mut listener).is_empty());
     assert_eq!(listener.tls_mode(), TlsMode::Strict);
     assert_eq!(listener.workload_ports[0].tls_mode(), TlsMode::Disable);
-    // Not delivered by the control plane: said so.
-    assert!(c.unsupported().iter().any(|u| u.contains("PeerAuthentication default/ratings: spec: not supported: the control plane does not deliver listeners")));
+    // Delivered by the control plane now: produced, not reported.
+    let produced = |key: &str| {
+        c.objects
+            .iter()
+            .find(|o| o.object.to_string() == format!("PeerAuthentication {key}"))
+            .map(|o| o.produced.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        produced("default/ratings"),
+        ["peer_authentication default/ratings"]
+    );
+    assert!(
+        !c.unsupported()
+            .iter()
+            .any(|u| u.contains("PeerAuthentication")),
+        "{:?}",
+        c.unsupported()
+    );
+    let ratings = c
+        .resources
+        .peer_authentications
+        .iter()
+        .find(|p| p.name == "ratings")
+        .unwrap();
+    ratings.validate().unwrap();
+    assert_eq!(ratings.selector, labels("ratings"));
+    assert_eq!(ratings.port_modes[&9080], i32::from(TlsMode::Disable));
+}
+
+#[test]
+fn port_level_mtls_without_a_selector_is_reported_as_istio_does() {
+    let ns = "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: STRICT}, portLevelMtls: {\"8080\": {mode: DISABLE}}}\n";
+    let c = convert_all(&[ns], &bookinfo()).unwrap();
+    let p = &c.resources.peer_authentications[0];
+    assert_eq!((p.tls_mode(), p.port_modes.len()), (TlsMode::Strict, 0));
+    let u = c.unsupported().join("\n");
+    assert!(
+        u.contains("PeerAuthentication shop/default: spec.portLevelMtls: not supported: port-level settings apply only with a workload selector"),
+        "{u}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! The `sane.mesh/v1` custom resources: `Route`, `DestinationPolicy` and
-//! `AuthorizationPolicy` (whose `spec` is the `sane-xds-proto` type itself,
-//! minus `name` and `namespace`, which come from the object's metadata), and
-//! `PeerAuthentication` (stored, not enforced yet).
+//! The `sane.mesh/v1` custom resources: `Route`, `DestinationPolicy`,
+//! `AuthorizationPolicy` and `PeerAuthentication`, whose `spec` is the
+//! `sane-xds-proto` type itself, minus `name` and `namespace`, which come
+//! from the object's metadata.
 //!
 //! The CRDs' OpenAPI schemas are generated from the HTTP API's schemas
 //! ([`crate::api::openapi`]), which a test keeps equal to the resource types,
@@ -14,7 +14,7 @@
 
 use crate::resource::{Kind, Resource};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, Route};
+use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, PeerAuthentication, Route};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
@@ -32,7 +32,7 @@ pub enum PolicyKind {
     DestinationPolicy,
     /// Becomes a registry authorization policy.
     AuthorizationPolicy,
-    /// Stored, not enforced yet.
+    /// Becomes a registry peer authentication.
     PeerAuthentication,
 }
 
@@ -72,21 +72,13 @@ impl PolicyKind {
         PolicyKind::ALL.into_iter().find(|k| k.kind() == kind)
     }
 
-    /// True for the kinds the control plane acts on.
-    pub fn is_enforced(self) -> bool {
-        matches!(
-            self,
-            PolicyKind::Route | PolicyKind::DestinationPolicy | PolicyKind::AuthorizationPolicy
-        )
-    }
-
     /// The kind of registry resource it becomes, if it becomes one.
     pub fn registry_kind(self) -> Option<Kind> {
         match self {
             PolicyKind::Route => Some(Kind::Route),
             PolicyKind::DestinationPolicy => Some(Kind::Policy),
             PolicyKind::AuthorizationPolicy => Some(Kind::Authz),
-            PolicyKind::PeerAuthentication => None,
+            PolicyKind::PeerAuthentication => Some(Kind::PeerAuthn),
         }
     }
 
@@ -128,6 +120,14 @@ pub fn authorization_policy(object: &DynamicObject) -> Result<AuthorizationPolic
     let mut policy: AuthorizationPolicy = spec(object)?;
     check_names(&mut policy.name, &mut policy.namespace, &name, &namespace)?;
     Ok(policy)
+}
+
+/// Reads a `PeerAuthentication` object: its spec, named by its metadata.
+pub fn peer_authentication(object: &DynamicObject) -> Result<PeerAuthentication, String> {
+    let (name, namespace) = names(object)?;
+    let mut p: PeerAuthentication = spec(object)?;
+    check_names(&mut p.name, &mut p.namespace, &name, &namespace)?;
+    Ok(p)
 }
 
 /// The object a registry route or policy is written as (`--kubernetes`
@@ -204,39 +204,30 @@ pub fn definitions() -> Vec<Value> {
     PolicyKind::ALL
         .into_iter()
         .map(|kind| {
-            let (spec, columns) = match kind {
-                PolicyKind::Route
-                | PolicyKind::DestinationPolicy
-                | PolicyKind::AuthorizationPolicy => {
-                    let mut spec = structural(&schemas[kind.kind()], schemas);
-                    // Named by the object's metadata.
-                    if let Some(props) = spec["properties"].as_object_mut() {
-                        props.remove("name");
-                        props.remove("namespace");
-                    }
-                    if let Some(required) = spec["required"].as_array_mut() {
-                        required.retain(|r| r != "name" && r != "namespace");
-                    }
-                    let columns = json!([{
-                        "name": "Service", "type": "string", "jsonPath": ".spec.service",
-                        "description": "The service it applies to."
-                    }]);
-                    (spec, columns)
-                }
-                PolicyKind::PeerAuthentication => (
-                    json!({
-                        "type": "object",
-                        "description": "Stored by the control plane; not enforced yet.",
-                        "x-kubernetes-preserve-unknown-fields": true
-                    }),
-                    json!([]),
-                ),
+            let mut spec = structural(&schemas[kind.kind()], schemas);
+            // Named by the object's metadata.
+            if let Some(props) = spec["properties"].as_object_mut() {
+                props.remove("name");
+                props.remove("namespace");
+            }
+            if let Some(required) = spec["required"].as_array_mut() {
+                required.retain(|r| r != "name" && r != "namespace");
+            }
+            let columns = match kind {
+                PolicyKind::PeerAuthentication => json!([{
+                    "name": "Mode", "type": "string", "jsonPath": ".spec.mode",
+                    "description": "The mutual TLS mode it sets."
+                }]),
+                _ => json!([{
+                    "name": "Service", "type": "string", "jsonPath": ".spec.service",
+                    "description": "The service it applies to."
+                }]),
             };
             let description = match kind {
                 PolicyKind::Route => "How HTTP requests to a service are matched and split (sane-xds-proto Route).",
                 PolicyKind::DestinationPolicy => "How traffic to a service is balanced and protected (sane-xds-proto DestinationPolicy).",
                 PolicyKind::AuthorizationPolicy => "Which identities may call a service's workloads, and how (sane-xds-proto AuthorizationPolicy).",
-                PolicyKind::PeerAuthentication => "Mutual TLS mode of workloads (not enforced yet).",
+                PolicyKind::PeerAuthentication => "Mutual TLS mode of the inbound side of workloads (sane-xds-proto PeerAuthentication).",
             };
             let mut columns = columns.as_array().cloned().unwrap_or_default();
             columns.push(json!({ "name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp" }));

@@ -289,7 +289,11 @@ impl Injector {
             }
         }
 
-        let bootstrap = self.bootstrap(&spec, ctx);
+        let mut bootstrap = self.bootstrap(&spec, ctx);
+        // The pod's labels: its Istio metric labels, and what a workload-level
+        // PeerAuthentication's selector matches (the inbound listener keeps
+        // `tls_mode: default`, so the delivered PeerAuthentications govern it).
+        bootstrap.node.labels = metadata.labels.clone().unwrap_or_default();
         let bootstrap_yaml =
             serde_yaml::to_string(&bootstrap).map_err(|e| InjectError::Bootstrap(e.to_string()))?;
         let mut metadata = metadata.clone();
@@ -691,6 +695,28 @@ mod tests {
         assert_eq!(b.node.id, "web.shop~web-0");
         // The kubelet's probes reach the health port on the pod IP.
         assert_eq!(b.health.unwrap().address, "0.0.0.0:15020");
+    }
+
+    #[test]
+    fn an_injected_sidecar_leaves_its_mtls_mode_to_peer_authentications() {
+        let injector = Injector::new(InjectConfig::default());
+        let meta = ObjectMeta {
+            labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+            ..Default::default()
+        };
+        let Decision::Injected(i) = injector.inject(&meta, &pod_spec(), &ctx()).unwrap() else {
+            panic!("not injected");
+        };
+        let yaml = &i.metadata.annotations.as_ref().unwrap()[BOOTSTRAP_ANNOTATION];
+        let b: Bootstrap = serde_yaml::from_str(yaml).unwrap();
+        // The selector of a workload-level PeerAuthentication matches these.
+        assert_eq!(b.node.labels, meta.labels.clone().unwrap());
+        let inbound = &b.resources.listeners[1];
+        assert_eq!(inbound.tls_mode(), sane_xds_proto::TlsMode::Default);
+        assert!(inbound
+            .workload_ports
+            .iter()
+            .all(|w| w.tls_mode() == sane_xds_proto::TlsMode::Default));
     }
 
     #[test]

@@ -63,8 +63,6 @@ pub struct Converted {
     pub resources: Vec<Resource>,
     /// Objects that could not be converted.
     pub problems: Vec<Problem>,
-    /// `PeerAuthentication` objects (stored, not enforced yet).
-    pub unenforced: usize,
 }
 
 /// An object left out, and why.
@@ -161,8 +159,7 @@ pub fn convert(store: &ObjectStore, settings: &SourceSettings) -> Converted {
                     crd::authorization_policy(object).map(Resource::Authz)
                 }
                 PolicyKind::PeerAuthentication => {
-                    out.unenforced += 1;
-                    continue;
+                    crd::peer_authentication(object).map(Resource::PeerAuthn)
                 }
             };
             match converted {

@@ -455,6 +455,9 @@ pub(super) fn to_stored_resource(e: &Entry) -> StoredResource {
             StoredResource::AuthorizationPolicy(stored(origin, ttl_ms, version, r))
         }
         Resource::Telemetry(r) => StoredResource::Telemetry(stored(origin, ttl_ms, version, r)),
+        Resource::PeerAuthn(r) => {
+            StoredResource::PeerAuthentication(stored(origin, ttl_ms, version, r))
+        }
     }
 }
 
@@ -479,6 +482,12 @@ pub(super) fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry,
             s.ttl_ms,
             s.version,
             Resource::Telemetry(s.resource),
+        ),
+        StoredResource::PeerAuthentication(s) => (
+            s.origin,
+            s.ttl_ms,
+            s.version,
+            Resource::PeerAuthn(s.resource),
         ),
     };
     let origin = Origin::parse(&origin).ok_or_else(|| Error::StateInvalid {

@@ -36,7 +36,9 @@ use self::lock::DirLock;
 use self::log::Log;
 use crate::error::Error;
 use crate::resource::Kind;
-use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, Endpoint, Route, Service, Telemetry};
+use sane_xds_proto::{
+    AuthorizationPolicy, DestinationPolicy, Endpoint, PeerAuthentication, Route, Service, Telemetry,
+};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -117,6 +119,9 @@ pub struct StoredState {
     /// Telemetry settings.
     #[serde(default)]
     pub telemetry: Vec<Stored<Telemetry>>,
+    /// Peer authentications (mutual TLS modes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_authentications: Vec<Stored<PeerAuthentication>>,
 }
 
 /// One stored resource and its bookkeeping.
@@ -158,6 +163,8 @@ pub enum StoredResource {
     AuthorizationPolicy(Stored<AuthorizationPolicy>),
     /// Telemetry settings.
     Telemetry(Stored<Telemetry>),
+    /// A peer authentication.
+    PeerAuthentication(Stored<PeerAuthentication>),
 }
 
 /// One change of a logged write.
@@ -206,6 +213,7 @@ impl StoredResource {
             StoredResource::Policy(_) => Kind::Policy,
             StoredResource::AuthorizationPolicy(_) => Kind::Authz,
             StoredResource::Telemetry(_) => Kind::Telemetry,
+            StoredResource::PeerAuthentication(_) => Kind::PeerAuthn,
         }
     }
 }
@@ -222,6 +230,7 @@ impl StoredState {
             policies,
             authorization_policies,
             telemetry,
+            peer_authentications,
             ..
         } = self;
         (services.into_iter().map(StoredResource::Service))
@@ -234,6 +243,11 @@ impl StoredState {
                     .map(StoredResource::AuthorizationPolicy),
             )
             .chain(telemetry.into_iter().map(StoredResource::Telemetry))
+            .chain(
+                peer_authentications
+                    .into_iter()
+                    .map(StoredResource::PeerAuthentication),
+            )
     }
 
     /// Adds a resource to the list of its kind.
@@ -245,6 +259,7 @@ impl StoredState {
             StoredResource::Policy(s) => self.policies.push(s),
             StoredResource::AuthorizationPolicy(s) => self.authorization_policies.push(s),
             StoredResource::Telemetry(s) => self.telemetry.push(s),
+            StoredResource::PeerAuthentication(s) => self.peer_authentications.push(s),
         }
     }
 }

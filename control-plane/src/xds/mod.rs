@@ -15,6 +15,7 @@
 //! | `type.googleapis.com/sane.mesh.v1.DestinationPolicy`   | `DestinationPolicy`         |
 //! | `type.googleapis.com/sane.mesh.v1.AuthorizationPolicy` | `AuthorizationPolicy`       |
 //! | `type.googleapis.com/sane.mesh.v1.Telemetry`           | `Telemetry`                 |
+//! | `type.googleapis.com/sane.mesh.v1.PeerAuthentication`  | `PeerAuthentication` (its namespace's and the root namespace's) |
 //!
 //! Each resource is an `Any { type_url, value }` whose `value` is the
 //! prost-encoded message.

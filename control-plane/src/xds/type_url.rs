@@ -23,8 +23,10 @@ pub enum XdsType {
 
 impl XdsType {
     /// Every type, in push order: the mesh's (in the order a proxy applies
-    /// them), then Envoy's (clusters before what refers to them).
-    pub const ALL: [XdsType; 11] = [
+    /// them), then Envoy's (clusters before what refers to them); mesh types
+    /// added later go last (their order does not matter to a proxy, which
+    /// compiles only the whole set).
+    pub const ALL: [XdsType; 12] = [
         XdsType::Mesh(TypeUrl::Listener),
         XdsType::Mesh(TypeUrl::Service),
         XdsType::Mesh(TypeUrl::Endpoint),
@@ -36,6 +38,7 @@ impl XdsType {
         XdsType::Envoy(EnvoyType::ClusterLoadAssignment),
         XdsType::Envoy(EnvoyType::Listener),
         XdsType::Envoy(EnvoyType::RouteConfiguration),
+        XdsType::Mesh(TypeUrl::PeerAuthentication),
     ];
 
     /// Parses a request's type URL.

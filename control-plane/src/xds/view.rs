@@ -465,7 +465,8 @@ impl ProxyView {
     /// destination are in the view (a route to a service the proxy may not
     /// see is left out, so the proxy calls the service directly).
     /// Authorization policies: those of its namespace that target one of the
-    /// endpoints it serves. Telemetry: its namespace's. A Sidecar scope
+    /// endpoints it serves. Telemetry: its namespace's. Peer
+    /// authentications: its namespace's and the mesh root namespace's. A Sidecar scope
     /// keeps of those services (listed, own or reached) only the ones its
     /// egress hosts admit.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
@@ -488,7 +489,7 @@ impl ProxyView {
         let mut types = HashMap::new();
         for kind in Kind::ALL {
             let key = match kind {
-                Kind::Telemetry => SliceKey::Namespace(spec.namespace.clone()),
+                Kind::Telemetry | Kind::PeerAuthn => SliceKey::Namespace(spec.namespace.clone()),
                 Kind::Authz => SliceKey::Served(spec.namespace.clone(), inputs.key.served.clone()),
                 _ => SliceKey::Visible(inputs.key.visible.clone()),
             };
@@ -577,6 +578,13 @@ impl TypeSlice {
             .filter(|(_, r)| match (&r.resource, kind) {
                 // Telemetry configures a namespace's proxies, not a service.
                 (_, Kind::Telemetry) => r.resource.namespace() == spec.namespace,
+                // Peer authentications: its namespace's and the mesh's
+                // (root namespace); the proxy resolves its own mode from
+                // them, so the set is the same for a whole namespace.
+                (_, Kind::PeerAuthn) => {
+                    let ns = r.resource.namespace();
+                    ns == spec.namespace || ns == sane_xds_proto::MESH_ROOT_NAMESPACE
+                }
                 // An authorization policy goes to the sidecars of the
                 // workloads it targets, never further.
                 (Resource::Authz(a), _) => {
@@ -901,6 +909,39 @@ mod tests {
         let own = ProxyView::compute(&snap, &NodeSpec::new("pay.billing", "billing", &[]));
         assert_eq!(names(&own, TypeUrl::Service), ["billing/pay"]);
         assert_eq!(names(&own, TypeUrl::Telemetry), ["billing/t"]);
+    }
+
+    #[test]
+    fn peer_authentications_go_to_their_namespace_and_the_root_ones_to_all() {
+        use sane_xds_proto::{PeerAuthentication, TlsMode, MESH_ROOT_NAMESPACE};
+        let reg = crate::xds::test_support::registry();
+        let pa = |ns: &str, name: &str| {
+            Resource::PeerAuthn(PeerAuthentication {
+                name: name.into(),
+                namespace: ns.into(),
+                mode: TlsMode::Strict.into(),
+                ..Default::default()
+            })
+        };
+        put(
+            &reg,
+            vec![
+                pa(MESH_ROOT_NAMESPACE, "mesh"),
+                pa("billing", "strict"),
+                pa("shop", "strict"),
+            ],
+        );
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        let shop = ProxyView::compute(&snap, &NodeSpec::new("web.shop", "shop", &["*"]));
+        assert_eq!(
+            names(&shop, TypeUrl::PeerAuthentication),
+            ["istio-system/mesh", "shop/strict"]
+        );
+        let other = ProxyView::compute(&snap, &NodeSpec::new("x.inventory", "inventory", &[]));
+        assert_eq!(
+            names(&other, TypeUrl::PeerAuthentication),
+            ["istio-system/mesh"]
+        );
     }
 
     #[test]

@@ -17,19 +17,20 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route, Service, Telemetry,
-    TypeUrl,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, PeerAuthentication, Route,
+    Service, Telemetry, TypeUrl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The types the proxy subscribes to, in the order it asks for them.
-pub const SUBSCRIBED: [TypeUrl; 6] = [
+pub const SUBSCRIBED: [TypeUrl; 7] = [
     TypeUrl::Service,
     TypeUrl::Endpoint,
     TypeUrl::Route,
     TypeUrl::DestinationPolicy,
     TypeUrl::AuthorizationPolicy,
     TypeUrl::Telemetry,
+    TypeUrl::PeerAuthentication,
 ];
 
 /// A decoded resource of any subscribed type.
@@ -47,6 +48,8 @@ pub enum Resource {
     Authz(AuthorizationPolicy),
     /// Tracing and access-log settings.
     Telemetry(Telemetry),
+    /// A mutual TLS mode of some workloads' inbound side.
+    PeerAuthn(PeerAuthentication),
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +210,9 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
             Resource::Authz(AuthorizationPolicy::decode(v).map_err(err)?)
         }
         TypeUrl::Telemetry => Resource::Telemetry(Telemetry::decode(v).map_err(err)?),
+        TypeUrl::PeerAuthentication => {
+            Resource::PeerAuthn(PeerAuthentication::decode(v).map_err(err)?)
+        }
         TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
     })
 }
@@ -219,6 +225,7 @@ fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
         Resource::Policy(p) => p.validate(),
         Resource::Authz(a) => a.validate(),
         Resource::Telemetry(t) => t.validate(),
+        Resource::PeerAuthn(p) => p.validate(),
     }
 }
 
@@ -230,6 +237,7 @@ fn kind(r: &Resource) -> &'static str {
         Resource::Policy(_) => "policy",
         Resource::Authz(_) => "authorization_policy",
         Resource::Telemetry(_) => "telemetry",
+        Resource::PeerAuthn(_) => "peer_authentication",
     }
 }
 
@@ -242,6 +250,7 @@ pub fn name_of(r: &Resource) -> String {
         Resource::Policy(p) => format!("{}/{}", ns(&p.namespace), p.name),
         Resource::Authz(a) => format!("{}/{}", ns(&a.namespace), a.name),
         Resource::Telemetry(t) => format!("{}/{}", ns(&t.namespace), t.name),
+        Resource::PeerAuthn(p) => format!("{}/{}", ns(&p.namespace), p.name),
         Resource::Endpoint(e) => {
             let port = if e.proxy_port != 0 {
                 e.proxy_port
@@ -290,6 +299,11 @@ fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
             .cloned()
             .map(Resource::Authz),
         "telemetry" => candidate.telemetry.get(i).cloned().map(Resource::Telemetry),
+        "peer_authentications" => candidate
+            .peer_authentications
+            .get(i)
+            .cloned()
+            .map(Resource::PeerAuthn),
         _ => None,
     }
 }
@@ -326,6 +340,7 @@ fn assemble(all: Vec<&Resource>) -> MeshResources {
             // service this proxy sees: never held back.
             Resource::Authz(a) => out.authorization_policies.push(a.clone()),
             Resource::Telemetry(t) => out.telemetry.push(t.clone()),
+            Resource::PeerAuthn(p) => out.peer_authentications.push(p.clone()),
             other => tracing::debug!(
                 resource = %name_of(other),
                 "held back until the service it refers to arrives"
@@ -437,6 +452,37 @@ mod tests {
         );
         assert_eq!(nack.response_nonce, "n2");
         assert!(nack.error_detail.unwrap().message.contains("ports[0].port"));
+    }
+
+    #[test]
+    fn peer_authentications_are_accepted_and_a_bad_one_nacked_by_field() {
+        let st = XdsState::default();
+        let mut p = PeerAuthentication {
+            name: "ratings".into(),
+            namespace: "shop".into(),
+            selector: [("app".to_string(), "ratings".to_string())].into(),
+            mode: sane_xds_proto::TlsMode::Strict.into(),
+            ..Default::default()
+        };
+        p.port_modes
+            .insert(9080, sane_xds_proto::TlsMode::Disable.into());
+        let t = TypeUrl::PeerAuthentication;
+        let (_, _, candidate) = st.candidate(&resp(t, "1", "n1", vec![any(t, &p)])).unwrap();
+        assert_eq!(candidate.peer_authentications, [p.clone()]);
+        p.port_modes.insert(0, 9);
+        let reason = st
+            .candidate(&resp(t, "2", "n2", vec![any(t, &p)]))
+            .unwrap_err();
+        assert!(
+            reason.starts_with(
+                "peer_authentication shop/ratings: port_modes.0: 0 is not a valid port"
+            ),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("port_modes.0: 9 is not a known value"),
+            "{reason}"
+        );
     }
 
     #[test]
