@@ -2,7 +2,7 @@
 
 use crate::validate::{Errors, FieldPath, ValidationErrors};
 use crate::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, Route, Service, Telemetry,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, Listener, Route, Service, Telemetry,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -36,6 +36,11 @@ pub struct MeshResources {
     /// Tracing and access-log settings. Default: none.
     #[prost(message, repeated, tag = "7")]
     pub telemetry: Vec<Telemetry>,
+    /// Ingress gateway configurations, delivered to the gateway proxies
+    /// their `selector` matches (a sidecar ignores them). Default: none.
+    #[prost(message, repeated, tag = "8")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Gateway>,
 }
 
 /// The type URL of each resource kind on the xDS wire.
@@ -55,13 +60,15 @@ pub enum TypeUrl {
     AuthorizationPolicy,
     /// [`Telemetry`]
     Telemetry,
+    /// [`Gateway`]
+    Gateway,
 }
 
 // === impl TypeUrl ===
 
 impl TypeUrl {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [TypeUrl; 7] = [
+    pub const ALL: [TypeUrl; 8] = [
         TypeUrl::Listener,
         TypeUrl::Service,
         TypeUrl::Endpoint,
@@ -69,6 +76,7 @@ impl TypeUrl {
         TypeUrl::DestinationPolicy,
         TypeUrl::AuthorizationPolicy,
         TypeUrl::Telemetry,
+        TypeUrl::Gateway,
     ];
 
     /// The URL string.
@@ -81,6 +89,7 @@ impl TypeUrl {
             TypeUrl::DestinationPolicy => "type.googleapis.com/sane.mesh.v1.DestinationPolicy",
             TypeUrl::AuthorizationPolicy => "type.googleapis.com/sane.mesh.v1.AuthorizationPolicy",
             TypeUrl::Telemetry => "type.googleapis.com/sane.mesh.v1.Telemetry",
+            TypeUrl::Gateway => "type.googleapis.com/sane.mesh.v1.Gateway",
         }
     }
 
@@ -233,6 +242,15 @@ impl MeshResources {
             t.validate_into(&p, errs);
             let key = qualify(&t.name, &t.namespace);
             if !telemetry.insert(key.clone()) {
+                errs.push(&p.field("name"), format!("{key:?} is declared twice"));
+            }
+        }
+        let mut gateways = HashSet::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            let p = root.item("gateways", i);
+            g.validate_resource_into(&p, errs);
+            let key = format!("{}/{}", crate::namespace_or_default(&g.namespace), g.name);
+            if !gateways.insert(key.clone()) {
                 errs.push(&p.field("name"), format!("{key:?} is declared twice"));
             }
         }
