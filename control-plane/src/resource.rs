@@ -11,14 +11,15 @@
 //! | `authorization_policy` | `namespace/name`          | `default/allow-web`            |
 //! | `endpoint` | `namespace/service/address:port`      | `default/echo/10.0.0.7:15006`  |
 //! | `telemetry`| `namespace/name`                      | `default/mesh`                 |
+//! | `gateway`  | `namespace/name`                      | `istio-system/public`          |
 //!
 //! An endpoint's `port` in its key is its `proxy_port` when it has a sidecar,
 //! otherwise its workload `port` (0 when that is unset too); IPv6 addresses are
 //! bracketed (`[fd00::7]:8080`). An empty namespace is stored as `default`.
 
 use sane_xds_proto::{
-    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route,
-    Service, Telemetry, TypeUrl,
+    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, MeshResources,
+    Route, Service, Telemetry, TypeUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -40,6 +41,8 @@ pub enum Kind {
     Authz,
     /// [`Telemetry`]
     Telemetry,
+    /// [`Gateway`]
+    Gateway,
 }
 
 /// One resource of any kind.
@@ -57,6 +60,8 @@ pub enum Resource {
     Authz(AuthorizationPolicy),
     /// Tracing and access-log settings of a namespace.
     Telemetry(Telemetry),
+    /// An ingress gateway configuration, for the gateway proxies it selects.
+    Gateway(Gateway),
 }
 
 // === impl Kind ===
@@ -64,13 +69,14 @@ pub enum Resource {
 impl Kind {
     /// All kinds, in dependency order: services first, so applying in this
     /// order never references a service that is not there yet.
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
         Kind::Policy,
         Kind::Authz,
         Kind::Telemetry,
+        Kind::Gateway,
     ];
 
     /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`,
@@ -83,6 +89,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Authz => "authorization_policy",
             Kind::Telemetry => "telemetry",
+            Kind::Gateway => "gateway",
         }
     }
 
@@ -95,6 +102,7 @@ impl Kind {
             Kind::Policy => "policies",
             Kind::Authz => "authorization_policies",
             Kind::Telemetry => "telemetry",
+            Kind::Gateway => "gateways",
         }
     }
 
@@ -114,6 +122,7 @@ impl Kind {
             Kind::Policy => TypeUrl::DestinationPolicy,
             Kind::Authz => TypeUrl::AuthorizationPolicy,
             Kind::Telemetry => TypeUrl::Telemetry,
+            Kind::Gateway => TypeUrl::Gateway,
         }
     }
 
@@ -149,6 +158,7 @@ impl Resource {
             Resource::Policy(_) => Kind::Policy,
             Resource::Authz(_) => Kind::Authz,
             Resource::Telemetry(_) => Kind::Telemetry,
+            Resource::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -160,6 +170,7 @@ impl Resource {
             Resource::Policy(p) => ns_key(&p.namespace, &p.name),
             Resource::Authz(a) => ns_key(&a.namespace, &a.name),
             Resource::Telemetry(t) => ns_key(&t.namespace, &t.name),
+            Resource::Gateway(g) => ns_key(&g.namespace, &g.name),
             Resource::Endpoint(e) => endpoint_key(e),
         }
     }
@@ -174,6 +185,7 @@ impl Resource {
             Resource::Policy(p) => &mut p.namespace,
             Resource::Authz(a) => &mut a.namespace,
             Resource::Telemetry(t) => &mut t.namespace,
+            Resource::Gateway(g) => &mut g.namespace,
         };
         if ns.is_empty() {
             *ns = namespace_or_default("").to_string();
@@ -189,6 +201,7 @@ impl Resource {
             Resource::Policy(p) => serde_json::to_value(p),
             Resource::Authz(a) => serde_json::to_value(a),
             Resource::Telemetry(t) => serde_json::to_value(t),
+            Resource::Gateway(g) => serde_json::to_value(g),
         };
         // These types only hold strings, numbers, maps and lists.
         v.unwrap_or(serde_json::Value::Null)
@@ -203,6 +216,7 @@ impl Resource {
             Kind::Policy => Resource::Policy(serde_json::from_slice(bytes)?),
             Kind::Authz => Resource::Authz(serde_json::from_slice(bytes)?),
             Kind::Telemetry => Resource::Telemetry(serde_json::from_slice(bytes)?),
+            Kind::Gateway => Resource::Gateway(serde_json::from_slice(bytes)?),
         })
     }
 
@@ -216,6 +230,7 @@ impl Resource {
             Resource::Policy(p) => p.encode_to_vec(),
             Resource::Authz(a) => a.encode_to_vec(),
             Resource::Telemetry(t) => t.encode_to_vec(),
+            Resource::Gateway(g) => g.encode_to_vec(),
         }
     }
 
@@ -232,6 +247,7 @@ impl Resource {
             Kind::Policy => Resource::Policy(DestinationPolicy::decode(bytes).ok()?),
             Kind::Authz => Resource::Authz(AuthorizationPolicy::decode(bytes).ok()?),
             Kind::Telemetry => Resource::Telemetry(Telemetry::decode(bytes).ok()?),
+            Kind::Gateway => Resource::Gateway(Gateway::decode(bytes).ok()?),
         })
     }
 
@@ -244,6 +260,7 @@ impl Resource {
             Resource::Policy(p) => mesh.policies.push(p.clone()),
             Resource::Authz(a) => mesh.authorization_policies.push(a.clone()),
             Resource::Telemetry(t) => mesh.telemetry.push(t.clone()),
+            Resource::Gateway(g) => mesh.gateways.push(g.clone()),
         }
     }
 
@@ -288,6 +305,12 @@ impl Resource {
                 .enumerate()
                 .map(|(i, t)| (indexed(Kind::Telemetry, i), Resource::Telemetry(t))),
         );
+        out.extend(
+            mesh.gateways
+                .into_iter()
+                .enumerate()
+                .map(|(i, g)| (indexed(Kind::Gateway, i), Resource::Gateway(g))),
+        );
         out
     }
 
@@ -301,7 +324,8 @@ impl Resource {
             Resource::Policy(p) => sane_xds_proto::resources::qualify(&p.service, &p.namespace),
             Resource::Authz(a) => a.service_key(),
             // Not about one service: it applies to its whole namespace.
-            Resource::Telemetry(_) => String::new(),
+            // Not about one service: it configures the gateways it selects.
+            Resource::Telemetry(_) | Resource::Gateway(_) => String::new(),
         }
     }
 
@@ -314,6 +338,7 @@ impl Resource {
             Resource::Policy(p) => &p.namespace,
             Resource::Authz(a) => &a.namespace,
             Resource::Telemetry(t) => &t.namespace,
+            Resource::Gateway(g) => &g.namespace,
         })
     }
 }

@@ -69,6 +69,7 @@ fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
         policies,
         authorization_policies,
         telemetry,
+        gateways,
     } = dynamic;
     Bootstrap {
         node: node.clone(),
@@ -82,6 +83,7 @@ fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
             policies,
             authorization_policies,
             telemetry,
+            gateways,
         },
         control_plane: control_plane.clone(),
         identity: identity.clone(),

@@ -87,6 +87,7 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
             "SELECTOR",
         ]),
         Kind::Telemetry => Table::new(&["NAMESPACE", "NAME", "TRACING", "ACCESS LOG"]),
+        Kind::Gateway => Table::new(&["NAMESPACE", "NAME", "SELECTOR", "LISTENERS", "HOSTS"]),
     };
     for r in sorted {
         let ns = r.namespace().to_string();
@@ -160,6 +161,25 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
                     on_off(&v["access_log"]),
                 ]
             }
+            Resource::Gateway(g) => vec![
+                ns,
+                g.name.clone(),
+                dash(labels(&g.selector)),
+                dash(
+                    g.listeners
+                        .iter()
+                        .map(|l| format!("{}={}{}", l.name, l.address, if l.tls { "/tls" } else { "" }))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                dash(
+                    g.hosts
+                        .iter()
+                        .map(|h| h.hostname.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ],
         };
         t.push(row);
     }

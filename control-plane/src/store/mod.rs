@@ -36,7 +36,9 @@ use self::lock::DirLock;
 use self::log::Log;
 use crate::error::Error;
 use crate::resource::Kind;
-use sane_xds_proto::{AuthorizationPolicy, DestinationPolicy, Endpoint, Route, Service, Telemetry};
+use sane_xds_proto::{
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, Route, Service, Telemetry,
+};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -117,6 +119,9 @@ pub struct StoredState {
     /// Telemetry settings.
     #[serde(default)]
     pub telemetry: Vec<Stored<Telemetry>>,
+    /// Ingress gateway configurations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Stored<Gateway>>,
 }
 
 /// One stored resource and its bookkeeping.
@@ -158,6 +163,8 @@ pub enum StoredResource {
     AuthorizationPolicy(Stored<AuthorizationPolicy>),
     /// Telemetry settings.
     Telemetry(Stored<Telemetry>),
+    /// An ingress gateway configuration.
+    Gateway(Stored<Gateway>),
 }
 
 /// One change of a logged write.
@@ -206,6 +213,7 @@ impl StoredResource {
             StoredResource::Policy(_) => Kind::Policy,
             StoredResource::AuthorizationPolicy(_) => Kind::Authz,
             StoredResource::Telemetry(_) => Kind::Telemetry,
+            StoredResource::Gateway(_) => Kind::Gateway,
         }
     }
 }
@@ -222,6 +230,7 @@ impl StoredState {
             policies,
             authorization_policies,
             telemetry,
+            gateways,
             ..
         } = self;
         (services.into_iter().map(StoredResource::Service))
@@ -234,6 +243,7 @@ impl StoredState {
                     .map(StoredResource::AuthorizationPolicy),
             )
             .chain(telemetry.into_iter().map(StoredResource::Telemetry))
+            .chain(gateways.into_iter().map(StoredResource::Gateway))
     }
 
     /// Adds a resource to the list of its kind.
@@ -245,6 +255,7 @@ impl StoredState {
             StoredResource::Policy(s) => self.policies.push(s),
             StoredResource::AuthorizationPolicy(s) => self.authorization_policies.push(s),
             StoredResource::Telemetry(s) => self.telemetry.push(s),
+            StoredResource::Gateway(s) => self.gateways.push(s),
         }
     }
 }

@@ -23,8 +23,9 @@ pub enum XdsType {
 
 impl XdsType {
     /// Every type, in push order: the mesh's (in the order a proxy applies
-    /// them), then Envoy's (clusters before what refers to them).
-    pub const ALL: [XdsType; 11] = [
+    /// them), then Envoy's (clusters before what refers to them); types
+    /// added later are appended (`Gateway`).
+    pub const ALL: [XdsType; 12] = [
         XdsType::Mesh(TypeUrl::Listener),
         XdsType::Mesh(TypeUrl::Service),
         XdsType::Mesh(TypeUrl::Endpoint),
@@ -36,6 +37,7 @@ impl XdsType {
         XdsType::Envoy(EnvoyType::ClusterLoadAssignment),
         XdsType::Envoy(EnvoyType::Listener),
         XdsType::Envoy(EnvoyType::RouteConfiguration),
+        XdsType::Mesh(TypeUrl::Gateway),
     ];
 
     /// Parses a request's type URL.

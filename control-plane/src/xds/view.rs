@@ -10,6 +10,9 @@
 //! only those that target it: policies whose service or selector matches an
 //! endpoint that points at one of its inbound listeners. A Sidecar scope
 //! ([`super::scope`]) narrows the services further to its egress hosts.
+//! Gateway configurations go to the proxies of their namespace whose node
+//! labels carry every label of their `selector` (gateway proxies; a
+//! sidecar normally matches none).
 
 use super::client_input::{
     is_id_char, shown, MAX_INBOUND_ADDRESSES, MAX_LISTED_SERVICES, MAX_NODE_ID_BYTES,
@@ -116,6 +119,8 @@ struct ViewKey {
     served: Vec<String>,
     /// The Sidecar scope chosen for it (`namespace/name`).
     scope: Option<String>,
+    /// Names of the gateway configurations its labels select.
+    gateways: Vec<String>,
 }
 
 // === impl NodeSpec ===
@@ -248,6 +253,12 @@ impl NodeSpec {
         } else {
             self.services.insert(qualify(s, &self.namespace));
         }
+    }
+
+    /// True if gateway configuration `g` goes to this proxy: same
+    /// namespace, and its node labels carry every label of `g.selector`.
+    pub fn selected_by(&self, g: &sane_xds_proto::Gateway) -> bool {
+        namespace_or_default(&g.namespace) == self.namespace && g.selects(&self.labels)
     }
 
     /// True if `endpoint` is an instance this proxy serves: it has a
@@ -402,7 +413,8 @@ impl ProxyView {
     /// destination are in the view (a route to a service the proxy may not
     /// see is left out, so the proxy calls the service directly).
     /// Authorization policies: those of its namespace that target one of the
-    /// endpoints it serves. Telemetry: its namespace's. A Sidecar scope
+    /// endpoints it serves. Telemetry: its namespace's. Gateways: those of
+    /// its namespace whose selector its labels match. A Sidecar scope
     /// keeps of those services (listed, own or reached) only the ones its
     /// egress hosts admit.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
@@ -453,6 +465,9 @@ impl ProxyView {
                 .filter(|(_, r)| match (&r.resource, kind) {
                     // Telemetry configures a namespace's proxies, not a service.
                     (_, Kind::Telemetry) => r.resource.namespace() == spec.namespace,
+                    // A gateway configuration goes to the gateway proxies of
+                    // its namespace that its selector picks, never further.
+                    (Resource::Gateway(g), _) => spec.selected_by(g),
                     // An authorization policy goes to the sidecars of the
                     // workloads it targets, never further.
                     (Resource::Authz(a), _) => {
@@ -530,6 +545,17 @@ fn scope_of<'a>(
         .for_proxy(&spec.namespace, &spec.labels, served)
 }
 
+/// Names of the gateway configurations of `snapshot` that select `spec`'s
+/// proxy (a few per mesh: scanned per stream and push).
+fn selected_gateways(snapshot: &XdsSnapshot, spec: &NodeSpec) -> Vec<String> {
+    snapshot
+        .of_kind(Kind::Gateway)
+        .iter()
+        .filter(|(_, r)| matches!(&r.resource, Resource::Gateway(g) if spec.selected_by(g)))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// The endpoints of `snapshot` that `spec`'s proxy serves, with their names
 /// (in name order). Only the endpoints at its inbound IPs are looked at:
 /// this runs per stream and push.
@@ -570,6 +596,7 @@ impl ViewCache {
             served: served.iter().map(|(n, _)| (*n).clone()).collect(),
             scope: scope_of(snapshot, spec, &endpoints)
                 .map(|s| format!("{}/{}", s.namespace, s.name)),
+            gateways: selected_gateways(snapshot, spec),
         };
         let tag = (snapshot.revision, snapshot.scopes.generation);
         {
@@ -929,5 +956,42 @@ mod tests {
             NodeSpec::from_node(Some(&workload)).unwrap().workload,
             "web"
         );
+    }
+
+    #[test]
+    fn gateways_go_to_the_proxies_their_selector_picks() {
+        use sane_xds_proto::Gateway;
+        let reg = crate::xds::test_support::registry();
+        let gateway = |name: &str, ns: &str, label: &str| {
+            Resource::Gateway(Gateway {
+                name: name.into(),
+                namespace: ns.into(),
+                selector: [("istio".to_string(), label.to_string())].into(),
+                ..Default::default()
+            })
+        };
+        put(
+            &reg,
+            vec![
+                gateway("public", "shop", "ingressgateway"),
+                gateway("internal", "shop", "internal-gateway"),
+                gateway("other", "billing", "ingressgateway"),
+            ],
+        );
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        let mut gw = NodeSpec::new("gw", "shop", &[]);
+        gw.labels.insert("istio".into(), "ingressgateway".into());
+        gw.labels.insert("app".into(), "edge".into());
+        let view = ProxyView::compute(&snap, &gw);
+        // Its namespace's only, and only the one its labels select.
+        assert_eq!(names(&view, TypeUrl::Gateway), ["shop/public"]);
+        let sidecar = ProxyView::compute(&snap, &NodeSpec::new("web", "shop", &[]));
+        assert!(names(&sidecar, TypeUrl::Gateway).is_empty());
+        // The shared view cache tells the two apart.
+        let cache = ViewCache::default();
+        let a = cache.view(&snap, &gw);
+        let b = cache.view(&snap, &NodeSpec::new("web", "shop", &[]));
+        assert_eq!(names(&a, TypeUrl::Gateway), ["shop/public"]);
+        assert!(names(&b, TypeUrl::Gateway).is_empty());
     }
 }

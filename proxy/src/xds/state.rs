@@ -17,19 +17,21 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, Route, Service, Telemetry,
-    TypeUrl,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, MeshResources, Route, Service,
+    Telemetry, TypeUrl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// The types the proxy subscribes to, in the order it asks for them.
-pub const SUBSCRIBED: [TypeUrl; 6] = [
+/// The types the proxy subscribes to, in the order it asks for them. A
+/// sidecar is sent no `Gateway` (none selects it) and ignores any.
+pub const SUBSCRIBED: [TypeUrl; 7] = [
     TypeUrl::Service,
     TypeUrl::Endpoint,
     TypeUrl::Route,
     TypeUrl::DestinationPolicy,
     TypeUrl::AuthorizationPolicy,
     TypeUrl::Telemetry,
+    TypeUrl::Gateway,
 ];
 
 /// A decoded resource of any subscribed type.
@@ -47,6 +49,8 @@ pub enum Resource {
     Authz(AuthorizationPolicy),
     /// Tracing and access-log settings.
     Telemetry(Telemetry),
+    /// An ingress gateway configuration (read by `sane-proxy gateway`).
+    Gateway(Gateway),
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +211,7 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
             Resource::Authz(AuthorizationPolicy::decode(v).map_err(err)?)
         }
         TypeUrl::Telemetry => Resource::Telemetry(Telemetry::decode(v).map_err(err)?),
+        TypeUrl::Gateway => Resource::Gateway(Gateway::decode(v).map_err(err)?),
         TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
     })
 }
@@ -219,6 +224,7 @@ fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
         Resource::Policy(p) => p.validate(),
         Resource::Authz(a) => a.validate(),
         Resource::Telemetry(t) => t.validate(),
+        Resource::Gateway(g) => g.validate_resource(),
     }
 }
 
@@ -230,6 +236,7 @@ fn kind(r: &Resource) -> &'static str {
         Resource::Policy(_) => "policy",
         Resource::Authz(_) => "authorization_policy",
         Resource::Telemetry(_) => "telemetry",
+        Resource::Gateway(_) => "gateway",
     }
 }
 
@@ -242,6 +249,7 @@ pub fn name_of(r: &Resource) -> String {
         Resource::Policy(p) => format!("{}/{}", ns(&p.namespace), p.name),
         Resource::Authz(a) => format!("{}/{}", ns(&a.namespace), a.name),
         Resource::Telemetry(t) => format!("{}/{}", ns(&t.namespace), t.name),
+        Resource::Gateway(g) => format!("{}/{}", ns(&g.namespace), g.name),
         Resource::Endpoint(e) => {
             let port = if e.proxy_port != 0 {
                 e.proxy_port
@@ -290,6 +298,7 @@ fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
             .cloned()
             .map(Resource::Authz),
         "telemetry" => candidate.telemetry.get(i).cloned().map(Resource::Telemetry),
+        "gateways" => candidate.gateways.get(i).cloned().map(Resource::Gateway),
         _ => None,
     }
 }
@@ -326,6 +335,9 @@ fn assemble(all: Vec<&Resource>) -> MeshResources {
             // service this proxy sees: never held back.
             Resource::Authz(a) => out.authorization_policies.push(a.clone()),
             Resource::Telemetry(t) => out.telemetry.push(t.clone()),
+            // Its routes' services are checked when the gateway compiles
+            // its table: never held back.
+            Resource::Gateway(g) => out.gateways.push(g.clone()),
             other => tracing::debug!(
                 resource = %name_of(other),
                 "held back until the service it refers to arrives"
