@@ -220,7 +220,12 @@ async fn applied_gateways_and_routes_configure_the_running_gateway() {
     let unrouted = https_get(https_addr, HTTPBIN, "/headers", &httpbin_roots)
         .await
         .unwrap();
-    assert_eq!(unrouted.status, StatusCode::NOT_FOUND, "{}", unrouted.text());
+    assert_eq!(
+        unrouted.status,
+        StatusCode::NOT_FOUND,
+        "{}",
+        unrouted.text()
+    );
     let mut plain = request(
         Method::GET,
         &format!("http://127.0.0.1:{http}/status/200"),
@@ -278,7 +283,14 @@ async fn applied_gateways_and_routes_configure_the_running_gateway() {
 
     // A changed HTTPRoute: its new prefix is served, the old one no more.
     cli.ok(&["apply", "-f", &kube("/headers")]).await;
-    until_status(kube_addr, KUBE_HOST, "/headers", &kube_roots, StatusCode::OK).await;
+    until_status(
+        kube_addr,
+        KUBE_HOST,
+        "/headers",
+        &kube_roots,
+        StatusCode::OK,
+    )
+    .await;
     until_status(
         kube_addr,
         KUBE_HOST,
@@ -313,7 +325,8 @@ async fn applied_gateways_and_routes_configure_the_running_gateway() {
     .await;
     // Removing the VirtualService leaves the Istio Gateway's listener
     // without its host.
-    cli.ok(&["delete", "virtualservice", "default/httpbin"]).await;
+    cli.ok(&["delete", "virtualservice", "default/httpbin"])
+        .await;
     eventually(DEADLINE, || async {
         match https_get(https_addr, HTTPBIN, "/status/200", &httpbin_roots).await {
             Ok(r) if r.status == StatusCode::OK => Err(format!("still served: {}", r.status)),

@@ -600,7 +600,13 @@ listeners: [ { name: https, address: "0.0.0.0:443", tls: true } ]
         };
         mesh.gateways[1].selector.clear();
         let text = mesh.validate().unwrap_err().to_string();
-        assert!(text.contains("gateways[1].selector: at least one label"), "{text}");
-        assert!(text.contains("gateways[1].name: \"shop/public\" is declared twice"), "{text}");
+        assert!(
+            text.contains("gateways[1].selector: at least one label"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateways[1].name: \"shop/public\" is declared twice"),
+            "{text}"
+        );
     }
 }

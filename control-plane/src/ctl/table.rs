@@ -168,7 +168,14 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
                 dash(
                     g.listeners
                         .iter()
-                        .map(|l| format!("{}={}{}", l.name, l.address, if l.tls { "/tls" } else { "" }))
+                        .map(|l| {
+                            format!(
+                                "{}={}{}",
+                                l.name,
+                                l.address,
+                                if l.tls { "/tls" } else { "" }
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(","),
                 ),

@@ -223,9 +223,11 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
     // plane delivers to the gateway proxies they select.
     for g in &out.gateways {
         let produced = format!("gateway {}/{}", g.object.namespace, g.object.name);
-        let Some(index) = out.objects.iter().position(|o| {
-            o.object == g.object && o.produced.contains(&produced)
-        }) else {
+        let Some(index) = out
+            .objects
+            .iter()
+            .position(|o| o.object == g.object && o.produced.contains(&produced))
+        else {
             continue;
         };
         if g.gateway.selector.is_empty() {

@@ -194,11 +194,18 @@ fn both_gateways_produce_the_resources_the_control_plane_delivers() {
     ctx.services.push(service("httpbin"));
     let c = convert_all(&[fixture!("gateway-httpbin-istio.yaml")], &ctx).unwrap();
     let g = &c.resources.gateways[0];
-    assert_eq!((g.namespace.as_str(), g.name.as_str()), ("default", "mygateway"));
+    assert_eq!(
+        (g.namespace.as_str(), g.name.as_str()),
+        ("default", "mygateway")
+    );
     assert_eq!(g.selector["istio"], "ingressgateway");
     assert_eq!(g.hosts[0].hostname, "httpbin.example.com");
     g.validate_resource().unwrap();
-    let istio = c.objects.iter().find(|o| o.object.kind == "Gateway").unwrap();
+    let istio = c
+        .objects
+        .iter()
+        .find(|o| o.object.kind == "Gateway")
+        .unwrap();
     assert_eq!(istio.produced, ["gateway default/mygateway"]);
 
     let c = convert_all(&[fixture!("gateway-httpbin-kube.yaml")], &ctx).unwrap();
@@ -226,7 +233,14 @@ fn both_gateways_produce_the_resources_the_control_plane_delivers() {
                 spec:\n  servers: [ { port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"] } ]\n";
     let c = convert_all(&[text], &ctx).unwrap();
     assert!(c.resources.gateways.is_empty());
-    assert!(c.objects[0].produced.is_empty(), "{:?}", c.objects[0].produced);
+    assert!(
+        c.objects[0].produced.is_empty(),
+        "{:?}",
+        c.objects[0].produced
+    );
     let u = c.unsupported().join("\n");
-    assert!(u.contains("spec.selector: not supported: no selector"), "{u}");
+    assert!(
+        u.contains("spec.selector: not supported: no selector"),
+        "{u}"
+    );
 }

@@ -199,7 +199,10 @@ hosts:
         );
         let hosts: Vec<&str> = g.hosts.iter().map(|h| h.hostname.as_str()).collect();
         assert_eq!(hosts, ["shop.example.com", "api.example.com"]);
-        assert_eq!(m.host_origins, ["bootstrap", "gateway shop/public hosts[1]"]);
+        assert_eq!(
+            m.host_origins,
+            ["bootstrap", "gateway shop/public hosts[1]"]
+        );
         // Services default to the resource's namespace; Secrets are read
         // from this gateway's credentials directory.
         let api = &g.hosts[1];

@@ -347,7 +347,10 @@ async fn reconcile(r: Reconciler, mut listeners: Listeners, drain: crate::drain:
             let merged = merged_of(&snapshot, &r.delivery);
             if merged.rejected != last_rejected {
                 for why in &merged.rejected {
-                    r.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                    r.metrics
+                        .config_reloads
+                        .with_label_values(&["rejected"])
+                        .inc();
                     tracing::error!(reason = %why, "delivered gateway configuration left out");
                 }
                 last_rejected = merged.rejected.clone();
@@ -362,7 +365,9 @@ async fn reconcile(r: Reconciler, mut listeners: Listeners, drain: crate::drain:
                 })
                 .await;
                 let Ok(compiled) = compiled else {
-                    tracing::error!("gateway config compile aborted; still serving the previous one");
+                    tracing::error!(
+                        "gateway config compile aborted; still serving the previous one"
+                    );
                     continue;
                 };
                 match compiled {
