@@ -452,6 +452,41 @@ mod tests {
     }
 
     #[test]
+    fn gateways_are_delivered_whole_and_an_invalid_one_is_nacked_by_name() {
+        let st = XdsState::default();
+        let gw = Gateway {
+            name: "public".into(),
+            namespace: "istio-system".into(),
+            selector: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            ..Default::default()
+        };
+        let r = resp(
+            TypeUrl::Gateway,
+            "g1",
+            "n1",
+            vec![any(TypeUrl::Gateway, &gw)],
+        );
+        let (t, got, candidate) = st.candidate(&r).unwrap();
+        assert_eq!(t, TypeUrl::Gateway);
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["istio-system/public"]);
+        // Never held back: its routes' services are the gateway's to resolve.
+        assert_eq!(candidate.gateways, [gw.clone()]);
+        let mut bad = gw;
+        bad.selector.clear();
+        let r = resp(
+            TypeUrl::Gateway,
+            "g2",
+            "n2",
+            vec![any(TypeUrl::Gateway, &bad)],
+        );
+        let reason = st.candidate(&r).unwrap_err();
+        assert!(
+            reason.starts_with("gateway istio-system/public: selector: at least one label"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn garbage_and_wrong_types_are_nacked() {
         let st = XdsState::default();
         let r = resp(
