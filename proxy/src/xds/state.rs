@@ -470,7 +470,7 @@ mod tests {
         assert_eq!(t, TypeUrl::Gateway);
         assert_eq!(got.keys().collect::<Vec<_>>(), ["istio-system/public"]);
         // Never held back: its routes' services are the gateway's to resolve.
-        assert_eq!(candidate.gateways, [gw.clone()]);
+        assert_eq!(candidate.gateways, std::slice::from_ref(&gw));
         let mut bad = gw;
         bad.selector.clear();
         let r = resp(
