@@ -12,13 +12,14 @@
 //! | `endpoint` | `namespace/service/address:port`      | `default/echo/10.0.0.7:15006`  |
 //! | `telemetry`| `namespace/name`                      | `default/mesh`                 |
 //! | `peer_authentication` | `namespace/name`           | `istio-system/mesh-mtls`       |
+//! | `gateway`  | `namespace/name`                      | `istio-system/public`          |
 //!
 //! An endpoint's `port` in its key is its `proxy_port` when it has a sidecar,
 //! otherwise its workload `port` (0 when that is unset too); IPv6 addresses are
 //! bracketed (`[fd00::7]:8080`). An empty namespace is stored as `default`.
 
 use sane_xds_proto::{
-    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources,
+    namespace_or_default, AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, MeshResources,
     PeerAuthentication, Route, Service, Telemetry, TypeUrl,
 };
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,8 @@ pub enum Kind {
     Telemetry,
     /// [`PeerAuthentication`]
     PeerAuthn,
+    /// [`Gateway`]
+    Gateway,
 }
 
 /// One resource of any kind.
@@ -62,6 +65,8 @@ pub enum Resource {
     Telemetry(Telemetry),
     /// The mutual TLS mode of some workloads' inbound side.
     PeerAuthn(PeerAuthentication),
+    /// An ingress gateway configuration, for the gateway proxies it selects.
+    Gateway(Gateway),
 }
 
 // === impl Kind ===
@@ -69,7 +74,7 @@ pub enum Resource {
 impl Kind {
     /// All kinds, in dependency order: services first, so applying in this
     /// order never references a service that is not there yet.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Service,
         Kind::Endpoint,
         Kind::Route,
@@ -77,6 +82,7 @@ impl Kind {
         Kind::Authz,
         Kind::Telemetry,
         Kind::PeerAuthn,
+        Kind::Gateway,
     ];
 
     /// Singular lowercase name: `service`, `endpoint`, `route`, `policy`,
@@ -90,6 +96,7 @@ impl Kind {
             Kind::Authz => "authorization_policy",
             Kind::Telemetry => "telemetry",
             Kind::PeerAuthn => "peer_authentication",
+            Kind::Gateway => "gateway",
         }
     }
 
@@ -103,6 +110,7 @@ impl Kind {
             Kind::Authz => "authorization_policies",
             Kind::Telemetry => "telemetry",
             Kind::PeerAuthn => "peer_authentications",
+            Kind::Gateway => "gateways",
         }
     }
 
@@ -123,6 +131,7 @@ impl Kind {
             Kind::Authz => TypeUrl::AuthorizationPolicy,
             Kind::Telemetry => TypeUrl::Telemetry,
             Kind::PeerAuthn => TypeUrl::PeerAuthentication,
+            Kind::Gateway => TypeUrl::Gateway,
         }
     }
 
@@ -159,6 +168,7 @@ impl Resource {
             Resource::Authz(_) => Kind::Authz,
             Resource::Telemetry(_) => Kind::Telemetry,
             Resource::PeerAuthn(_) => Kind::PeerAuthn,
+            Resource::Gateway(_) => Kind::Gateway,
         }
     }
 
@@ -171,6 +181,7 @@ impl Resource {
             Resource::Authz(a) => ns_key(&a.namespace, &a.name),
             Resource::Telemetry(t) => ns_key(&t.namespace, &t.name),
             Resource::PeerAuthn(p) => ns_key(&p.namespace, &p.name),
+            Resource::Gateway(g) => ns_key(&g.namespace, &g.name),
             Resource::Endpoint(e) => endpoint_key(e),
         }
     }
@@ -186,6 +197,7 @@ impl Resource {
             Resource::Authz(a) => &mut a.namespace,
             Resource::Telemetry(t) => &mut t.namespace,
             Resource::PeerAuthn(p) => &mut p.namespace,
+            Resource::Gateway(g) => &mut g.namespace,
         };
         if ns.is_empty() {
             *ns = namespace_or_default("").to_string();
@@ -202,6 +214,7 @@ impl Resource {
             Resource::Authz(a) => serde_json::to_value(a),
             Resource::Telemetry(t) => serde_json::to_value(t),
             Resource::PeerAuthn(p) => serde_json::to_value(p),
+            Resource::Gateway(g) => serde_json::to_value(g),
         };
         // These types only hold strings, numbers, maps and lists.
         v.unwrap_or(serde_json::Value::Null)
@@ -217,6 +230,7 @@ impl Resource {
             Kind::Authz => Resource::Authz(serde_json::from_slice(bytes)?),
             Kind::Telemetry => Resource::Telemetry(serde_json::from_slice(bytes)?),
             Kind::PeerAuthn => Resource::PeerAuthn(serde_json::from_slice(bytes)?),
+            Kind::Gateway => Resource::Gateway(serde_json::from_slice(bytes)?),
         })
     }
 
@@ -231,6 +245,7 @@ impl Resource {
             Resource::Authz(a) => a.encode_to_vec(),
             Resource::Telemetry(t) => t.encode_to_vec(),
             Resource::PeerAuthn(p) => p.encode_to_vec(),
+            Resource::Gateway(g) => g.encode_to_vec(),
         }
     }
 
@@ -248,6 +263,7 @@ impl Resource {
             Kind::Authz => Resource::Authz(AuthorizationPolicy::decode(bytes).ok()?),
             Kind::Telemetry => Resource::Telemetry(Telemetry::decode(bytes).ok()?),
             Kind::PeerAuthn => Resource::PeerAuthn(PeerAuthentication::decode(bytes).ok()?),
+            Kind::Gateway => Resource::Gateway(Gateway::decode(bytes).ok()?),
         })
     }
 
@@ -261,6 +277,7 @@ impl Resource {
             Resource::Authz(a) => mesh.authorization_policies.push(a.clone()),
             Resource::Telemetry(t) => mesh.telemetry.push(t.clone()),
             Resource::PeerAuthn(p) => mesh.peer_authentications.push(p.clone()),
+            Resource::Gateway(g) => mesh.gateways.push(g.clone()),
         }
     }
 
@@ -311,6 +328,12 @@ impl Resource {
                 .enumerate()
                 .map(|(i, p)| (indexed(Kind::PeerAuthn, i), Resource::PeerAuthn(p))),
         );
+        out.extend(
+            mesh.gateways
+                .into_iter()
+                .enumerate()
+                .map(|(i, g)| (indexed(Kind::Gateway, i), Resource::Gateway(g))),
+        );
         out
     }
 
@@ -324,7 +347,9 @@ impl Resource {
             Resource::Policy(p) => sane_xds_proto::resources::qualify(&p.service, &p.namespace),
             Resource::Authz(a) => a.service_key(),
             // Not about one service: it applies to its whole namespace.
-            Resource::Telemetry(_) | Resource::PeerAuthn(_) => String::new(),
+            // Not about one service: a gateway configuration configures the
+            // gateways it selects.
+            Resource::Telemetry(_) | Resource::PeerAuthn(_) | Resource::Gateway(_) => String::new(),
         }
     }
 
@@ -338,6 +363,7 @@ impl Resource {
             Resource::Authz(a) => &a.namespace,
             Resource::Telemetry(t) => &t.namespace,
             Resource::PeerAuthn(p) => &p.namespace,
+            Resource::Gateway(g) => &g.namespace,
         })
     }
 }

@@ -291,6 +291,7 @@ async fn gateway_serves_each_host_its_certificate_and_routes_into_the_mesh() {
                 },
             ],
             limits: None,
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -473,6 +474,7 @@ async fn gateway_cuts_off_slowloris_and_rate_limits_with_429() {
                 header_read_timeout: 2_000,
                 ..Default::default()
             }),
+            ..Default::default()
         }),
         ..Default::default()
     };

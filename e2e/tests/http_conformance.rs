@@ -70,6 +70,7 @@ async fn start_gateway(dir: &Path, mesh: &TwoHop) -> (Proc, SocketAddr) {
                 }],
             }],
             limits: None,
+            ..Default::default()
         }),
         ..Default::default()
     };

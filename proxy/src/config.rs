@@ -70,6 +70,7 @@ fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
         authorization_policies,
         telemetry,
         peer_authentications,
+        gateways,
     } = dynamic;
     Bootstrap {
         node: node.clone(),
@@ -84,6 +85,7 @@ fn with_resources(file: &Bootstrap, dynamic: MeshResources) -> Bootstrap {
             authorization_policies,
             telemetry,
             peer_authentications,
+            gateways,
         },
         control_plane: control_plane.clone(),
         identity: identity.clone(),

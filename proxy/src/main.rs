@@ -74,6 +74,16 @@ struct GatewayArgs {
     /// Validate the config (certificates included) and exit.
     #[arg(long)]
     check: bool,
+    /// Where the Secrets named by delivered gateway configurations (Istio
+    /// `credentialName`, Gateway API `certificateRefs`) are read on this
+    /// machine: `<dir>/<namespace>/<name>/tls.crt` and `tls.key`. Default:
+    /// `/etc/sane/credentials`.
+    #[arg(long, env = "SANE_GATEWAY_CREDENTIALS_DIR")]
+    credentials_dir: Option<PathBuf>,
+    /// The IP delivered listeners bind instead of the unspecified address
+    /// they name (`0.0.0.0:<port>`). Default: as delivered.
+    #[arg(long, env = "SANE_GATEWAY_LISTENER_IP")]
+    listener_ip: Option<std::net::IpAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -185,8 +195,12 @@ fn run_gateway(gw: &GatewayArgs, args: &Args) -> anyhow::Result<()> {
     rt.block_on(async move {
         sane_proxy::workers::start(workers).context("starting the worker threads")?;
         let registry = prometheus::Registry::new();
-        let gateway =
+        let mut gateway =
             sane_proxy::gateway::build(bootstrap, Some(gw.config.clone()), registry).await?;
+        gateway.set_delivery(sane_proxy::gateway::merge::DeliveryOptions {
+            credentials_dir: gw.credentials_dir.clone(),
+            listener_ip: gw.listener_ip,
+        });
         heap::release();
         tokio::spawn(heap::release_periodically());
         let mut out = std::io::stdout().lock();
@@ -415,7 +429,7 @@ mod tests {
         assert!(serve.command.is_none());
         let gw = Args::try_parse_from(["sane-proxy", "gateway", "--config", "gw.yaml"]).unwrap();
         assert!(
-            matches!(gw.command, Some(Command::Gateway(GatewayArgs { ref config, check: false })) if config == &PathBuf::from("gw.yaml"))
+            matches!(gw.command, Some(Command::Gateway(GatewayArgs { ref config, check: false, .. })) if config == &PathBuf::from("gw.yaml"))
         );
     }
 

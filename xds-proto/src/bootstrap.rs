@@ -279,7 +279,9 @@ impl Bootstrap {
         }
         self.validate_workload_ports_not_own(&root, &mut errs);
         if let Some(g) = &self.gateway {
-            g.validate_into(&root.field("gateway"), &mut errs);
+            // With a control plane, listeners and hosts may all be delivered.
+            let required = self.control_plane.is_none();
+            g.validate_into(&root.field("gateway"), &mut errs, required);
         }
         self.http.validate_into(&root.field("http"), &mut errs);
         if let Some(cp) = &self.control_plane {

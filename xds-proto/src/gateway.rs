@@ -3,16 +3,32 @@
 //! the protections at the edge.
 //!
 //! A [`Gateway`] is read from the `gateway` section of the bootstrap file of
-//! `sane-proxy gateway`. It derives prost too, so the control plane can
-//! deliver it over xDS like the other resources.
+//! `sane-proxy gateway`, and is also a mesh resource the control plane
+//! delivers over xDS (`TypeUrl::Gateway`): then it carries a `namespace`
+//! and a `selector` of node labels, and goes to the gateway proxies of its
+//! namespace whose `node.labels` carry every selector label. A gateway
+//! serves its bootstrap section merged with every delivered one.
 
 use crate::route::RouteRule;
 use crate::serde_util::duration_ms;
 use crate::validate::{Errors, FieldPath, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use crate::{RouteMatch, ValidationErrors};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+
+/// Where a gateway reads the certificate of a Secret (Istio's
+/// `credentialName`, the Gateway API's `certificateRefs`) unless
+/// `sane-proxy gateway --credentials-dir` says otherwise:
+/// `<dir>/<namespace>/<name>/tls.crt` and `tls.key` (`ca.crt` for client
+/// roots), the keys of a `kubernetes.io/tls` Secret. Private keys never
+/// travel over xDS: a delivered host names files on the gateway's machine.
+pub const DEFAULT_CREDENTIALS_DIR: &str = "/etc/sane/credentials";
+
+/// The node label a Gateway API `Gateway`'s delivered configuration
+/// selects its gateway proxies by (value: the Gateway's name), as Istio's
+/// automated deployment labels the gateway pods it creates.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// The smallest request header limit: HTTP/1 parsing needs an 8 KiB buffer.
 pub const MIN_REQUEST_HEADER_BYTES: u64 = 8 * 1024;
@@ -23,20 +39,39 @@ pub const MAX_REQUEST_HEADER_BYTES: u64 = 1024 * 1024;
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Gateway {
-    /// Gateway name (for logs and metrics). Default: `gateway`.
+    /// Gateway name (for logs and metrics). Default: `gateway`; required
+    /// for a delivered resource (its key is `namespace/name`).
     #[prost(string, tag = "1")]
     pub name: String,
-    /// Public listeners. Required: at least one. Their addresses are bound at
-    /// start; a reload that changes them takes effect at the next restart.
+    /// Public listeners. Required in a bootstrap section without a control
+    /// plane: at least one. Bootstrap listeners are bound at start (a reload
+    /// that changes them takes effect at the next restart); delivered ones
+    /// are bound when they arrive and closed when they go.
     #[prost(message, repeated, tag = "2")]
     pub listeners: Vec<GatewayListener>,
     /// The host names served, each with its certificate and routes.
-    /// Required: at least one.
+    /// Required in a bootstrap section without a control plane: at least
+    /// one.
     #[prost(message, repeated, tag = "3")]
     pub hosts: Vec<GatewayHost>,
-    /// Edge protections. Default: see [`EdgeLimits`].
+    /// Edge protections. Default: see [`EdgeLimits`]. Only the bootstrap
+    /// section's are read: a delivered resource may not set them.
     #[prost(message, optional, tag = "4")]
     pub limits: Option<EdgeLimits>,
+    /// A delivered resource's namespace: it goes to gateway proxies of this
+    /// namespace only, and its routes' services default to it. Default:
+    /// `default`. Not read in a bootstrap section.
+    #[prost(string, tag = "5")]
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// A delivered resource goes to the proxies whose `node.labels` carry
+    /// every one of these labels (Istio: the Gateway's `selector`, e.g.
+    /// `istio: ingressgateway`; Gateway API: [`GATEWAY_NAME_LABEL`]`: <name>`).
+    /// Required (at least one label) for a delivered resource; not read in a
+    /// bootstrap section.
+    #[prost(btree_map = "string, string", tag = "6")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
 }
 
 /// One public listener.
@@ -169,8 +204,53 @@ impl Gateway {
     /// Validates the gateway on its own, with paths relative to it.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errs = Errors::default();
-        self.validate_into(&FieldPath::root(), &mut errs);
+        self.validate_into(&FieldPath::root(), &mut errs, true);
         errs.finish()
+    }
+
+    /// Validates a delivered resource (see [`Gateway::validate_resource_into`]).
+    pub fn validate_resource(&self) -> Result<(), ValidationErrors> {
+        let mut errs = Errors::default();
+        self.validate_resource_into(&FieldPath::root(), &mut errs);
+        errs.finish()
+    }
+
+    /// True if a proxy with node `labels` is selected: the selector is not
+    /// empty and every one of its labels is among `labels`.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    /// Checks a resource the control plane delivers: a name, a namespace
+    /// name, a non-empty selector, no `limits` (the bootstrap's apply), and
+    /// the listeners and hosts as in a bootstrap section, except that either
+    /// may be empty (a Gateway whose routes are not bound yet has no hosts).
+    pub(crate) fn validate_resource_into(&self, path: &FieldPath, errs: &mut Errors) {
+        errs.name(&path.field("name"), &self.name);
+        if !self.namespace.is_empty() {
+            errs.name(&path.field("namespace"), &self.namespace);
+        }
+        if self.selector.is_empty() {
+            errs.push(
+                &path.field("selector"),
+                "at least one label is required (the gateway proxies it is delivered to)",
+            );
+        }
+        for (k, v) in &self.selector {
+            let sp = path.field("selector").field(k);
+            if k.is_empty() || v.is_empty() {
+                errs.push(&sp, "selector labels and values must not be empty");
+            }
+            errs.length(&sp, k, MAX_NAME_BYTES);
+            errs.length(&sp, v, MAX_VALUE_BYTES);
+        }
+        if self.limits.is_some() {
+            errs.push(
+                &path.field("limits"),
+                "edge limits are the gateway's own (its bootstrap section), not delivered",
+            );
+        }
+        self.validate_parts(path, errs, false);
     }
 
     /// The name, with the default applied.
@@ -187,11 +267,21 @@ impl Gateway {
         self.limits.clone().unwrap_or_default()
     }
 
-    pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors) {
+    /// Checks a bootstrap section. `required`: listeners and hosts may not
+    /// be empty (a gateway without a control plane).
+    pub(crate) fn validate_into(&self, path: &FieldPath, errs: &mut Errors, required: bool) {
         if !self.name.is_empty() {
             errs.name(&path.field("name"), &self.name);
         }
-        if self.listeners.is_empty() {
+        self.validate_parts(path, errs, required);
+        if let Some(l) = &self.limits {
+            l.validate_into(&path.field("limits"), errs);
+        }
+    }
+
+    /// Listeners and hosts; `required`: at least one of each.
+    fn validate_parts(&self, path: &FieldPath, errs: &mut Errors, required: bool) {
+        if required && self.listeners.is_empty() {
             errs.push(
                 &path.field("listeners"),
                 "at least one listener is required",
@@ -214,7 +304,7 @@ impl Gateway {
             errs.port(&lp.field("redirect_port"), l.redirect_port, true);
         }
         let has_tls_listener = self.listeners.iter().any(|l| l.tls);
-        if self.hosts.is_empty() {
+        if required && self.hosts.is_empty() {
             errs.push(&path.field("hosts"), "at least one host is required");
         }
         let mut hosts = HashSet::new();
@@ -265,9 +355,6 @@ impl Gateway {
                 errs.name(&rp.field("service"), &r.service);
                 errs.port(&rp.field("port"), r.port, false);
             }
-        }
-        if let Some(l) = &self.limits {
-            l.validate_into(&path.field("limits"), errs);
         }
     }
 }
@@ -445,5 +532,81 @@ limits:
             .unwrap_err()
             .to_string();
         assert!(err.contains("tsl"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    fn delivered() -> Gateway {
+        serde_yaml::from_str(
+            r#"
+name: public
+namespace: shop
+selector: { istio: ingressgateway }
+listeners: [ { name: https, address: "0.0.0.0:443", tls: true } ]
+"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_delivered_gateway_may_have_no_hosts_yet() {
+        delivered().validate_resource().unwrap();
+        // A bootstrap section still needs its hosts.
+        assert!(delivered().validate().is_err());
+    }
+
+    #[test]
+    fn a_delivered_gateway_needs_a_selector_and_no_limits() {
+        let mut g = delivered();
+        g.selector.clear();
+        g.name.clear();
+        g.limits = Some(EdgeLimits::default());
+        g.listeners[0].address = "nowhere".into();
+        let text = g.validate_resource().unwrap_err().to_string();
+        for want in [
+            "selector: at least one label is required",
+            "name:",
+            "limits: edge limits are the gateway's own",
+            "listeners[0].address: \"nowhere\" is not a socket address",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+    }
+
+    #[test]
+    fn selection_needs_every_selector_label() {
+        let g = delivered();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(g.selects(&labels(&[("istio", "ingressgateway"), ("app", "x")])));
+        assert!(!g.selects(&labels(&[("istio", "egressgateway")])));
+        assert!(!g.selects(&labels(&[])));
+        let none = Gateway::default();
+        assert!(!none.selects(&labels(&[("istio", "ingressgateway")])));
+    }
+
+    #[test]
+    fn the_mesh_checks_every_delivered_gateway_by_its_path() {
+        let mut mesh = crate::MeshResources {
+            gateways: vec![delivered(), delivered()],
+            ..Default::default()
+        };
+        mesh.gateways[1].selector.clear();
+        let text = mesh.validate().unwrap_err().to_string();
+        assert!(
+            text.contains("gateways[1].selector: at least one label"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateways[1].name: \"shop/public\" is declared twice"),
+            "{text}"
+        );
     }
 }

@@ -44,7 +44,8 @@ pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH
 pub use endpoint::Endpoint;
 pub use gateway::{
     EdgeLimits, Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, RateLimit,
-    MAX_REQUEST_HEADER_BYTES, MIN_REQUEST_HEADER_BYTES,
+    DEFAULT_CREDENTIALS_DIR, GATEWAY_NAME_LABEL, MAX_REQUEST_HEADER_BYTES,
+    MIN_REQUEST_HEADER_BYTES,
 };
 pub use health::{
     AppProbe, GrpcProbe, HealthConfig, HttpGetProbe, ProbeHeader, TcpSocketProbe, APP_HEALTH_PREFIX,

@@ -2,8 +2,8 @@
 
 use crate::validate::{Errors, FieldPath, ValidationErrors};
 use crate::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, Listener, PeerAuthentication, Route, Service,
-    Telemetry,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, Listener, PeerAuthentication, Route,
+    Service, Telemetry,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -44,6 +44,11 @@ pub struct MeshResources {
     #[prost(message, repeated, tag = "8")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<PeerAuthentication>,
+    /// Ingress gateway configurations, delivered to the gateway proxies
+    /// their `selector` matches (a sidecar ignores them). Default: none.
+    #[prost(message, repeated, tag = "9")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Gateway>,
 }
 
 /// The type URL of each resource kind on the xDS wire.
@@ -65,13 +70,15 @@ pub enum TypeUrl {
     Telemetry,
     /// [`PeerAuthentication`]
     PeerAuthentication,
+    /// [`Gateway`]
+    Gateway,
 }
 
 // === impl TypeUrl ===
 
 impl TypeUrl {
     /// All kinds, in the order a proxy applies them.
-    pub const ALL: [TypeUrl; 8] = [
+    pub const ALL: [TypeUrl; 9] = [
         TypeUrl::Listener,
         TypeUrl::Service,
         TypeUrl::Endpoint,
@@ -80,6 +87,7 @@ impl TypeUrl {
         TypeUrl::AuthorizationPolicy,
         TypeUrl::Telemetry,
         TypeUrl::PeerAuthentication,
+        TypeUrl::Gateway,
     ];
 
     /// The URL string.
@@ -93,6 +101,7 @@ impl TypeUrl {
             TypeUrl::AuthorizationPolicy => "type.googleapis.com/sane.mesh.v1.AuthorizationPolicy",
             TypeUrl::Telemetry => "type.googleapis.com/sane.mesh.v1.Telemetry",
             TypeUrl::PeerAuthentication => "type.googleapis.com/sane.mesh.v1.PeerAuthentication",
+            TypeUrl::Gateway => "type.googleapis.com/sane.mesh.v1.Gateway",
         }
     }
 
@@ -254,6 +263,15 @@ impl MeshResources {
             a.validate_into(&p, errs);
             if !peer.insert((a.namespace(), a.name.as_str())) {
                 errs.push(&p.field("name"), format!("{:?} is declared twice", a.name));
+            }
+        }
+        let mut gateways = HashSet::new();
+        for (i, g) in self.gateways.iter().enumerate() {
+            let p = root.item("gateways", i);
+            g.validate_resource_into(&p, errs);
+            let key = format!("{}/{}", crate::namespace_or_default(&g.namespace), g.name);
+            if !gateways.insert(key.clone()) {
+                errs.push(&p.field("name"), format!("{key:?} is declared twice"));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {

@@ -20,6 +20,7 @@ pub fn document() -> Value {
         ("routes", "Route", &["namespace", "name"][..]),
         ("policies", "DestinationPolicy", &["namespace", "name"][..]),
         ("telemetry", "Telemetry", &["namespace", "name"][..]),
+        ("gateways", "Gateway", &["namespace", "name"][..]),
         (
             "authorization_policies",
             "AuthorizationPolicy",
@@ -452,7 +453,12 @@ fn schemas() -> Value {
             }
         }
     });
-    for part in [route_schemas(), other_resource_schemas(), authz_schemas()] {
+    for part in [
+        route_schemas(),
+        other_resource_schemas(),
+        authz_schemas(),
+        gateway_schemas(),
+    ] {
         if let (Some(all), Value::Object(part)) = (all.as_object_mut(), part) {
             all.extend(part);
         }
@@ -531,7 +537,8 @@ fn other_resource_schemas() -> Value {
             "policies": array_of(schema_ref("DestinationPolicy")),
             "authorization_policies": array_of(schema_ref("AuthorizationPolicy")),
             "telemetry": array_of(schema_ref("Telemetry")),
-            "peer_authentications": array_of(schema_ref("PeerAuthentication"))
+            "peer_authentications": array_of(schema_ref("PeerAuthentication")),
+            "gateways": array_of(schema_ref("Gateway"))
         })),
         "PeerAuthentication": object(&["name"], json!({
             "name": string(),
@@ -563,6 +570,46 @@ fn other_resource_schemas() -> Value {
         "AccessLogConfig": object(&[], json!({
             "path": string(),
             "sampling_ratio": { "type": "number", "minimum": 0, "maximum": 1, "default": 1.0 }
+        }))
+    })
+}
+
+/// Ingress gateway configurations, delivered to the `sane-proxy gateway`s
+/// whose node labels carry every `selector` label.
+fn gateway_schemas() -> Value {
+    json!({
+        "Gateway": object(&["name", "selector"], json!({
+            "name": string(),
+            "namespace": { "type": "string", "default": "default" },
+            "selector": {
+                "type": "object", "additionalProperties": string(),
+                "description": "Node labels a gateway proxy must all carry to be sent this configuration."
+            },
+            "listeners": array_of(schema_ref("GatewayListener")),
+            "hosts": array_of(schema_ref("GatewayHost")),
+            "limits": { "type": "object", "description": "Not accepted in a delivered resource: the gateway's bootstrap sets its edge limits." }
+        })),
+        "GatewayListener": object(&["name", "address"], json!({
+            "name": string(),
+            "address": { "type": "string", "example": "0.0.0.0:443" },
+            "tls": { "type": "boolean", "default": false },
+            "redirect_port": port()
+        })),
+        "GatewayHost": object(&["hostname", "routes"], json!({
+            "hostname": { "type": "string", "example": "shop.example.com" },
+            "tls": schema_ref("HostTls"),
+            "https_redirect": { "type": "boolean", "default": false },
+            "routes": array_of(schema_ref("GatewayRoute"))
+        })),
+        "HostTls": object(&["cert_file", "key_file"], json!({
+            "cert_file": { "type": "string", "description": "A file on the gateway's machine: private keys never travel over xDS." },
+            "key_file": string(),
+            "client_ca_file": string()
+        })),
+        "GatewayRoute": object(&["service", "port"], json!({
+            "matches": array_of(schema_ref("RouteMatch")),
+            "service": string(),
+            "port": port()
         }))
     })
 }
@@ -758,6 +805,11 @@ mod tests {
         check::<AuthzOperation>("AuthzOperation");
         check::<AuthzCondition>("AuthzCondition");
         check::<Telemetry>("Telemetry");
+        check::<Gateway>("Gateway");
+        check::<GatewayListener>("GatewayListener");
+        check::<GatewayHost>("GatewayHost");
+        check::<HostTls>("HostTls");
+        check::<GatewayRoute>("GatewayRoute");
         check::<TracingConfig>("TracingConfig");
         check::<AccessLogConfig>("AccessLogConfig");
         check::<PeerAuthentication>("PeerAuthentication");

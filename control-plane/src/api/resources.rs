@@ -330,6 +330,7 @@ fn fill_from_path(resource: &mut Resource, segments: &[String]) -> Result<(), Ap
         Resource::Authz(a) => (&mut a.namespace, &mut a.name),
         Resource::Telemetry(t) => (&mut t.namespace, &mut t.name),
         Resource::PeerAuthn(p) => (&mut p.namespace, &mut p.name),
+        Resource::Gateway(g) => (&mut g.namespace, &mut g.name),
         Resource::Endpoint(e) => (&mut e.namespace, &mut e.service),
     };
     let (Some(path_ns), Some(path_second)) = (segments.first(), segments.get(1)) else {

@@ -124,8 +124,10 @@ enum Command {
     /// Show resources of a kind, or one by key (`ns/name`, or `name` in
     /// `default`; endpoints: `ns/service/address:port`).
     Get {
-        /// services, endpoints, routes, policies, authorization_policies or
-        /// telemetry (singular, `svc`, `ep`, `authz` also accepted).
+        /// services, endpoints, routes, policies, authorization_policies,
+        /// telemetry or sane-gateways (the delivered gateway configurations;
+        /// `gateways` alone are Istio's) (singular, `svc`, `ep`, `authz` also
+        /// accepted).
         kind: String,
         /// A key; all when omitted.
         key: Option<String>,
@@ -1031,9 +1033,11 @@ fn parse_kind(s: &str) -> anyhow::Result<Kind> {
             "authz" | "authorizationpolicy" | "authorizationpolicies" => Kind::Authz,
             "destinationpolicy" | "destinationpolicies" | "destination_policies" => Kind::Policy,
             "pa" | "peerauthentication" | "peerauthentications" => Kind::PeerAuthn,
+            // `gateway(s)` alone names Istio's Gateway objects.
+            "sane_gateway" | "sane_gateways" => Kind::Gateway,
             _ => bail!(
                 "kind: unknown kind {s:?} (services, endpoints, routes, policies, \
-                 authorization_policies, telemetry, peer_authentications)"
+                 authorization_policies, telemetry, peer_authentications, sane-gateways)"
             ),
         }),
     }

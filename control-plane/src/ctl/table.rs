@@ -88,6 +88,7 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
         ]),
         Kind::Telemetry => Table::new(&["NAMESPACE", "NAME", "TRACING", "ACCESS LOG"]),
         Kind::PeerAuthn => Table::new(&["NAMESPACE", "NAME", "SELECTOR", "MODE", "PORTS"]),
+        Kind::Gateway => Table::new(&["NAMESPACE", "NAME", "SELECTOR", "LISTENERS", "HOSTS"]),
     };
     for r in sorted {
         let ns = r.namespace().to_string();
@@ -177,6 +178,32 @@ pub fn resources(kind: Kind, resources: &[Resource]) -> Table {
                     dash(ports.unwrap_or_default()),
                 ]
             }
+            Resource::Gateway(g) => vec![
+                ns,
+                g.name.clone(),
+                dash(labels(&g.selector)),
+                dash(
+                    g.listeners
+                        .iter()
+                        .map(|l| {
+                            format!(
+                                "{}={}{}",
+                                l.name,
+                                l.address,
+                                if l.tls { "/tls" } else { "" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                dash(
+                    g.hosts
+                        .iter()
+                        .map(|h| h.hostname.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ],
         };
         t.push(row);
     }

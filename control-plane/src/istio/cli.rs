@@ -64,6 +64,7 @@ impl Input {
                 authorization_policies,
                 telemetry,
                 peer_authentications,
+                gateways,
             } = m;
             all.listeners.extend(listeners);
             all.services.extend(services);
@@ -73,6 +74,7 @@ impl Input {
             all.authorization_policies.extend(authorization_policies);
             all.telemetry.extend(telemetry);
             all.peer_authentications.extend(peer_authentications);
+            all.gateways.extend(gateways);
         }
         conversion.resources = all;
         Ok(conversion)

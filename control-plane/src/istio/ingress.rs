@@ -1,7 +1,13 @@
 //! Ingress kinds: both `Gateway`s become the configuration of `sane-proxy
-//! gateway` (its `gateway` section: listeners, and a host per hostname of
+//! gateway` (a [`Gateway`] resource: listeners, and a host per hostname of
 //! the routes bound to it — HTTPRoutes, see [`super::gateway_api`], and
-//! VirtualServices with `gateways:`, see [`super::virtual_service`]).
+//! VirtualServices with `gateways:`, see [`super::virtual_service`]). The
+//! control plane delivers it over xDS to the gateway proxies of the
+//! object's namespace its `selector` picks: an Istio Gateway's own
+//! `selector` (`istio: ingressgateway`), a Gateway API Gateway's
+//! [`GATEWAY_NAME_LABEL`]`: <name>` (the label Istio's automated deployment
+//! gives the pods it creates for a Gateway). `sanectl convert --gateway`
+//! prints the same configuration as a bootstrap `gateway` section.
 //!
 //! A host's certificate comes from files: Istio's `serverCertificate` and
 //! `privateKey` as written, or a Secret (Istio's `credentialName`, the
@@ -10,7 +16,10 @@
 //! `ca.crt` for client certificates) — the keys of a `kubernetes.io/tls`
 //! Secret, as `kubectl create secret tls` writes them — under
 //! [`DEFAULT_CREDENTIALS_DIR`], or the directory `sanectl convert
-//! --credentials-dir` names ([`ConvertedGateway::use_credentials_dir`]).
+//! --credentials-dir` names ([`ConvertedGateway::use_credentials_dir`]);
+//! a delivered configuration names the same files, and the gateway reads
+//! them on its own machine (`sane-proxy gateway --credentials-dir` moves
+//! the directory there). Private keys never travel over xDS.
 
 use super::common::{present, sane_name, Report, P};
 use super::error::IstioError;
@@ -19,7 +28,7 @@ use super::Output;
 use crate::resource::Resource;
 use sane_xds_proto::{
     Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, Route, RouteMatch, RouteRule,
-    Service, ServicePort,
+    Service, ServicePort, GATEWAY_NAME_LABEL,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,8 +36,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Where Secrets named by Gateways are read from unless `sanectl convert
-/// --credentials-dir` says otherwise: `<dir>/<namespace>/<name>/tls.crt`.
-pub const DEFAULT_CREDENTIALS_DIR: &str = "/etc/sane/credentials";
+/// --credentials-dir` (or the gateway's own `--credentials-dir`) says
+/// otherwise: `<dir>/<namespace>/<name>/tls.crt`.
+pub use sane_xds_proto::DEFAULT_CREDENTIALS_DIR;
 
 /// A route's claim on a Gateway: the hosts it serves there.
 #[derive(Clone, Debug)]
@@ -204,14 +214,26 @@ fn secret_files(dir: &str, secret: &str, client_ca: bool) -> HostTls {
 pub(crate) fn istio_gateway(object: &Object, out: &mut Output) -> Result<(), IstioError> {
     let s: IstioGatewaySpec = object.spec()?;
     let root = P::spec();
-    if !s.selector.is_empty() {
+    if s.selector.is_empty() {
+        out.report.unsupported(
+            &root.f("selector"),
+            "no selector: the configuration is delivered to no gateway proxy \
+             (`sanectl convert --gateway` still prints it for a bootstrap file)",
+        );
+    } else {
         out.report.note(
             &root.f("selector"),
-            "the gateway workload is the `sane-proxy gateway` run with this configuration",
+            format!(
+                "delivered to the `sane-proxy gateway`s of namespace {} whose node.labels \
+                 carry these labels",
+                object.namespace
+            ),
         );
     }
     let mut gateway = Gateway {
         name: object.name.clone(),
+        namespace: object.namespace.clone(),
+        selector: s.selector.clone(),
         ..Default::default()
     };
     let mut settings = Vec::new();
@@ -536,8 +558,18 @@ pub(crate) fn kube_gateway(object: &Object, out: &mut Output) -> Result<(), Isti
     );
     let mut gateway = Gateway {
         name: object.name.clone(),
+        namespace: object.namespace.clone(),
+        selector: [(GATEWAY_NAME_LABEL.to_string(), object.name.clone())].into(),
         ..Default::default()
     };
+    out.report.note(
+        &root,
+        format!(
+            "delivered to the `sane-proxy gateway`s of namespace {} whose node.labels carry \
+             `{GATEWAY_NAME_LABEL}: {}`",
+            object.namespace, object.name
+        ),
+    );
     let mut listener_hosts = Vec::new();
     let mut settings = Vec::new();
     for (i, l) in s.listeners.iter().enumerate() {

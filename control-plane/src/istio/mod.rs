@@ -212,6 +212,41 @@ pub fn convert(documents: &[Document], context: &Context) -> Result<Conversion, 
     for (index, a) in &attaches {
         ingress::attach(&mut out.gateways, a, &mut reports[*index]);
     }
+    // With their hosts attached, the gateways are resources the control
+    // plane delivers to the gateway proxies they select.
+    for g in &out.gateways {
+        let produced = format!("gateway {}/{}", g.object.namespace, g.object.name);
+        let Some(index) = out
+            .objects
+            .iter()
+            .position(|o| o.object == g.object && o.produced.contains(&produced))
+        else {
+            continue;
+        };
+        if g.gateway.selector.is_empty() {
+            // Reported by the converter: delivered to no one.
+            out.objects[index].produced.retain(|p| p != &produced);
+            continue;
+        }
+        let taken = out
+            .resources
+            .gateways
+            .iter()
+            .any(|x| x.namespace == g.gateway.namespace && x.name == g.gateway.name);
+        if taken {
+            reports[index].unsupported(
+                &common::P::spec(),
+                format!(
+                    "an Istio and a Gateway API Gateway are both named {}: only the first is \
+                     delivered",
+                    produced.trim_start_matches("gateway ")
+                ),
+            );
+            out.objects[index].produced.retain(|p| p != &produced);
+            continue;
+        }
+        out.resources.gateways.push(g.gateway.clone());
+    }
     for (converted, report) in out.objects.iter_mut().zip(reports) {
         let (unsupported, notes) = report.finish();
         converted.unsupported = unsupported;

@@ -187,3 +187,60 @@ fn gateway_api_https_listeners_read_certificate_refs() {
         "{u}"
     );
 }
+
+#[test]
+fn both_gateways_produce_the_resources_the_control_plane_delivers() {
+    let mut ctx = bookinfo();
+    ctx.services.push(service("httpbin"));
+    let c = convert_all(&[fixture!("gateway-httpbin-istio.yaml")], &ctx).unwrap();
+    let g = &c.resources.gateways[0];
+    assert_eq!(
+        (g.namespace.as_str(), g.name.as_str()),
+        ("default", "mygateway")
+    );
+    assert_eq!(g.selector["istio"], "ingressgateway");
+    assert_eq!(g.hosts[0].hostname, "httpbin.example.com");
+    g.validate_resource().unwrap();
+    let istio = c
+        .objects
+        .iter()
+        .find(|o| o.object.kind == "Gateway")
+        .unwrap();
+    assert_eq!(istio.produced, ["gateway default/mygateway"]);
+
+    let c = convert_all(&[fixture!("gateway-httpbin-kube.yaml")], &ctx).unwrap();
+    let g = &c.resources.gateways[0];
+    assert_eq!(g.namespace, "istio-system");
+    assert_eq!(
+        g.selector,
+        BTreeMap::from([(
+            sane_xds_proto::GATEWAY_NAME_LABEL.to_string(),
+            "mygateway".to_string()
+        )])
+    );
+    g.validate_resource().unwrap();
+    // Through `Resource`, as the server writes it to the registry.
+    let kinds: Vec<String> = Resource::from_mesh(c.resources.clone())
+        .into_iter()
+        .filter(|(_, r)| r.kind() == Kind::Gateway)
+        .map(|(_, r)| r.key())
+        .collect();
+    assert_eq!(kinds, ["istio-system/mygateway"]);
+
+    // Without a selector an Istio Gateway would go to no one: reported,
+    // not produced.
+    let text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n\
+                spec:\n  servers: [ { port: {number: 80, name: http, protocol: HTTP}, hosts: [\"*\"] } ]\n";
+    let c = convert_all(&[text], &ctx).unwrap();
+    assert!(c.resources.gateways.is_empty());
+    assert!(
+        c.objects[0].produced.is_empty(),
+        "{:?}",
+        c.objects[0].produced
+    );
+    let u = c.unsupported().join("\n");
+    assert!(
+        u.contains("spec.selector: not supported: no selector"),
+        "{u}"
+    );
+}

@@ -113,7 +113,11 @@ pub(super) fn references(resource: &Resource) -> Vec<String> {
         Resource::Policy(p) => named(&p.service, &p.namespace).into_iter().collect(),
         // A policy must name a declared service (`validate_registry`).
         Resource::Authz(a) => named(&a.service, &a.namespace).into_iter().collect(),
-        Resource::Service(_) | Resource::Telemetry(_) | Resource::PeerAuthn(_) => Vec::new(),
+        // A gateway's routes name services the gateway resolves itself.
+        Resource::Service(_)
+        | Resource::Telemetry(_)
+        | Resource::PeerAuthn(_)
+        | Resource::Gateway(_) => Vec::new(),
     }
 }
 

@@ -458,6 +458,7 @@ pub(super) fn to_stored_resource(e: &Entry) -> StoredResource {
         Resource::PeerAuthn(r) => {
             StoredResource::PeerAuthentication(stored(origin, ttl_ms, version, r))
         }
+        Resource::Gateway(r) => StoredResource::Gateway(stored(origin, ttl_ms, version, r)),
     }
 }
 
@@ -489,6 +490,9 @@ pub(super) fn entry_from_stored(r: StoredResource, path: &Path) -> Result<Entry,
             s.version,
             Resource::PeerAuthn(s.resource),
         ),
+        StoredResource::Gateway(s) => {
+            (s.origin, s.ttl_ms, s.version, Resource::Gateway(s.resource))
+        }
     };
     let origin = Origin::parse(&origin).ok_or_else(|| Error::StateInvalid {
         path: path.to_path_buf(),

@@ -37,7 +37,8 @@ use self::log::Log;
 use crate::error::Error;
 use crate::resource::Kind;
 use sane_xds_proto::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, PeerAuthentication, Route, Service, Telemetry,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, PeerAuthentication, Route, Service,
+    Telemetry,
 };
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -122,6 +123,9 @@ pub struct StoredState {
     /// Peer authentications (mutual TLS modes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peer_authentications: Vec<Stored<PeerAuthentication>>,
+    /// Ingress gateway configurations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<Stored<Gateway>>,
 }
 
 /// One stored resource and its bookkeeping.
@@ -165,6 +169,8 @@ pub enum StoredResource {
     Telemetry(Stored<Telemetry>),
     /// A peer authentication.
     PeerAuthentication(Stored<PeerAuthentication>),
+    /// An ingress gateway configuration.
+    Gateway(Stored<Gateway>),
 }
 
 /// One change of a logged write.
@@ -214,6 +220,7 @@ impl StoredResource {
             StoredResource::AuthorizationPolicy(_) => Kind::Authz,
             StoredResource::Telemetry(_) => Kind::Telemetry,
             StoredResource::PeerAuthentication(_) => Kind::PeerAuthn,
+            StoredResource::Gateway(_) => Kind::Gateway,
         }
     }
 }
@@ -231,6 +238,7 @@ impl StoredState {
             authorization_policies,
             telemetry,
             peer_authentications,
+            gateways,
             ..
         } = self;
         (services.into_iter().map(StoredResource::Service))
@@ -248,6 +256,7 @@ impl StoredState {
                     .into_iter()
                     .map(StoredResource::PeerAuthentication),
             )
+            .chain(gateways.into_iter().map(StoredResource::Gateway))
     }
 
     /// Adds a resource to the list of its kind.
@@ -260,6 +269,7 @@ impl StoredState {
             StoredResource::AuthorizationPolicy(s) => self.authorization_policies.push(s),
             StoredResource::Telemetry(s) => self.telemetry.push(s),
             StoredResource::PeerAuthentication(s) => self.peer_authentications.push(s),
+            StoredResource::Gateway(s) => self.gateways.push(s),
         }
     }
 }

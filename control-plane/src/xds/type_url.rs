@@ -26,7 +26,7 @@ impl XdsType {
     /// them), then Envoy's (clusters before what refers to them); mesh types
     /// added later go last (their order does not matter to a proxy, which
     /// compiles only the whole set).
-    pub const ALL: [XdsType; 12] = [
+    pub const ALL: [XdsType; 13] = [
         XdsType::Mesh(TypeUrl::Listener),
         XdsType::Mesh(TypeUrl::Service),
         XdsType::Mesh(TypeUrl::Endpoint),
@@ -39,6 +39,7 @@ impl XdsType {
         XdsType::Envoy(EnvoyType::Listener),
         XdsType::Envoy(EnvoyType::RouteConfiguration),
         XdsType::Mesh(TypeUrl::PeerAuthentication),
+        XdsType::Mesh(TypeUrl::Gateway),
     ];
 
     /// Parses a request's type URL.

@@ -10,6 +10,9 @@
 //! only those that target it: policies whose service or selector matches an
 //! endpoint that points at one of its inbound listeners. A Sidecar scope
 //! ([`super::scope`]) narrows the services further to its egress hosts.
+//! Gateway configurations go to the proxies of their namespace whose node
+//! labels carry every label of their `selector` (gateway proxies; a
+//! sidecar normally matches none).
 
 use super::client_input::{
     is_id_char, shown, MAX_INBOUND_ADDRESSES, MAX_LISTED_SERVICES, MAX_NODE_ID_BYTES,
@@ -117,6 +120,9 @@ enum SliceKey {
     /// Services, endpoints, routes and destination policies: the services
     /// the proxy sees.
     Visible(Arc<VisibleKey>),
+    /// Gateway configurations: those the proxy's labels select (their
+    /// names).
+    Selected(Vec<String>),
 }
 
 /// What the services a proxy sees depend on besides the snapshot.
@@ -135,6 +141,8 @@ struct ViewKey {
     visible: Arc<VisibleKey>,
     /// Names of the endpoints the proxy serves (its authorization policies).
     served: Vec<String>,
+    /// Names of the gateway configurations its labels select.
+    gateways: Vec<String>,
 }
 
 /// Views shared between the streams of one snapshot whose nodes select the
@@ -313,6 +321,12 @@ impl NodeSpec {
         }
     }
 
+    /// True if gateway configuration `g` goes to this proxy: same
+    /// namespace, and its node labels carry every label of `g.selector`.
+    pub fn selected_by(&self, g: &sane_xds_proto::Gateway) -> bool {
+        namespace_or_default(&g.namespace) == self.namespace && g.selects(&self.labels)
+    }
+
     /// True if `endpoint` is an instance this proxy serves: it has a
     /// sidecar (`proxy_port`), lives in the proxy's namespace, points at
     /// one of its inbound listeners, and carries no identity or the token's.
@@ -466,7 +480,9 @@ impl ProxyView {
     /// see is left out, so the proxy calls the service directly).
     /// Authorization policies: those of its namespace that target one of the
     /// endpoints it serves. Telemetry: its namespace's. Peer
-    /// authentications: its namespace's and the mesh root namespace's. A Sidecar scope
+    /// authentications: its namespace's and the mesh root namespace's.
+    /// Gateways: those of its namespace whose selector its labels match. A
+    /// Sidecar scope
     /// keeps of those services (listed, own or reached) only the ones its
     /// egress hosts admit.
     pub fn compute(snapshot: &XdsSnapshot, spec: &NodeSpec) -> ProxyView {
@@ -490,6 +506,7 @@ impl ProxyView {
         for kind in Kind::ALL {
             let key = match kind {
                 Kind::Telemetry | Kind::PeerAuthn => SliceKey::Namespace(spec.namespace.clone()),
+                Kind::Gateway => SliceKey::Selected(inputs.key.gateways.clone()),
                 Kind::Authz => SliceKey::Served(spec.namespace.clone(), inputs.key.served.clone()),
                 _ => SliceKey::Visible(inputs.key.visible.clone()),
             };
@@ -578,6 +595,9 @@ impl TypeSlice {
             .filter(|(_, r)| match (&r.resource, kind) {
                 // Telemetry configures a namespace's proxies, not a service.
                 (_, Kind::Telemetry) => r.resource.namespace() == spec.namespace,
+                // A gateway configuration goes to the gateway proxies of
+                // its namespace that its selector picks, never further.
+                (Resource::Gateway(g), _) => spec.selected_by(g),
                 // Peer authentications: its namespace's and the mesh's
                 // (root namespace); the proxy resolves its own mode from
                 // them, so the set is the same for a whole namespace.
@@ -629,6 +649,7 @@ impl<'a> Inputs<'a> {
             key: ViewKey {
                 visible,
                 served: served.iter().map(|(n, _)| (*n).clone()).collect(),
+                gateways: selected_gateways(snapshot, spec),
             },
             endpoints,
             scope,
@@ -691,6 +712,17 @@ fn scope_of<'a>(
     snapshot
         .scopes
         .for_proxy(&spec.namespace, &spec.labels, served)
+}
+
+/// Names of the gateway configurations of `snapshot` that select `spec`'s
+/// proxy (a few per mesh: scanned per stream and push).
+fn selected_gateways(snapshot: &XdsSnapshot, spec: &NodeSpec) -> Vec<String> {
+    snapshot
+        .of_kind(Kind::Gateway)
+        .iter()
+        .filter(|(_, r)| matches!(&r.resource, Resource::Gateway(g) if spec.selected_by(g)))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// The endpoints of `snapshot` that `spec`'s proxy serves, with their names
@@ -1178,5 +1210,42 @@ mod tests {
             NodeSpec::from_node(Some(&workload)).unwrap().workload,
             "web"
         );
+    }
+
+    #[test]
+    fn gateways_go_to_the_proxies_their_selector_picks() {
+        use sane_xds_proto::Gateway;
+        let reg = crate::xds::test_support::registry();
+        let gateway = |name: &str, ns: &str, label: &str| {
+            Resource::Gateway(Gateway {
+                name: name.into(),
+                namespace: ns.into(),
+                selector: [("istio".to_string(), label.to_string())].into(),
+                ..Default::default()
+            })
+        };
+        put(
+            &reg,
+            vec![
+                gateway("public", "shop", "ingressgateway"),
+                gateway("internal", "shop", "internal-gateway"),
+                gateway("other", "billing", "ingressgateway"),
+            ],
+        );
+        let snap = XdsSnapshot::build(&reg.snapshot(), Instant::now(), None);
+        let mut gw = NodeSpec::new("gw", "shop", &[]);
+        gw.labels.insert("istio".into(), "ingressgateway".into());
+        gw.labels.insert("app".into(), "edge".into());
+        let view = ProxyView::compute(&snap, &gw);
+        // Its namespace's only, and only the one its labels select.
+        assert_eq!(names(&view, TypeUrl::Gateway), ["shop/public"]);
+        let sidecar = ProxyView::compute(&snap, &NodeSpec::new("web", "shop", &[]));
+        assert!(names(&sidecar, TypeUrl::Gateway).is_empty());
+        // The shared view cache tells the two apart.
+        let cache = ViewCache::default();
+        let a = cache.view(&snap, &gw);
+        let b = cache.view(&snap, &NodeSpec::new("web", "shop", &[]));
+        assert_eq!(names(&a, TypeUrl::Gateway), ["shop/public"]);
+        assert!(names(&b, TypeUrl::Gateway).is_empty());
     }
 }

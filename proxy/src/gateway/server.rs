@@ -58,6 +58,7 @@ pub struct BoundGatewayListener {
     tls: bool,
     redirect_port: u16,
     socket: TcpListener,
+    spec: GatewayListener,
 }
 
 // === impl BoundGatewayListener ===
@@ -72,7 +73,13 @@ impl BoundGatewayListener {
             tls: l.tls,
             redirect_port: l.redirect_port as u16,
             socket,
+            spec: l.clone(),
         })
+    }
+
+    /// The configuration it was bound from.
+    pub fn spec(&self) -> GatewayListener {
+        self.spec.clone()
     }
 
     /// True if this listener terminates TLS.

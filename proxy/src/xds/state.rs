@@ -17,13 +17,14 @@ use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use sane_xds_proto::resources::qualify;
 use sane_xds_proto::{
-    AuthorizationPolicy, DestinationPolicy, Endpoint, MeshResources, PeerAuthentication, Route,
-    Service, Telemetry, TypeUrl,
+    AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, MeshResources, PeerAuthentication,
+    Route, Service, Telemetry, TypeUrl,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// The types the proxy subscribes to, in the order it asks for them.
-pub const SUBSCRIBED: [TypeUrl; 7] = [
+/// The types the proxy subscribes to, in the order it asks for them. A
+/// sidecar is sent no `Gateway` (none selects it) and ignores any.
+pub const SUBSCRIBED: [TypeUrl; 8] = [
     TypeUrl::Service,
     TypeUrl::Endpoint,
     TypeUrl::Route,
@@ -31,6 +32,7 @@ pub const SUBSCRIBED: [TypeUrl; 7] = [
     TypeUrl::AuthorizationPolicy,
     TypeUrl::Telemetry,
     TypeUrl::PeerAuthentication,
+    TypeUrl::Gateway,
 ];
 
 /// A decoded resource of any subscribed type.
@@ -50,6 +52,8 @@ pub enum Resource {
     Telemetry(Telemetry),
     /// A mutual TLS mode of some workloads' inbound side.
     PeerAuthn(PeerAuthentication),
+    /// An ingress gateway configuration (read by `sane-proxy gateway`).
+    Gateway(Gateway),
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +217,7 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
         TypeUrl::PeerAuthentication => {
             Resource::PeerAuthn(PeerAuthentication::decode(v).map_err(err)?)
         }
+        TypeUrl::Gateway => Resource::Gateway(Gateway::decode(v).map_err(err)?),
         TypeUrl::Listener => return Err("listeners come from the bootstrap".into()),
     })
 }
@@ -226,6 +231,7 @@ fn validate(r: &Resource) -> Result<(), sane_xds_proto::ValidationErrors> {
         Resource::Authz(a) => a.validate(),
         Resource::Telemetry(t) => t.validate(),
         Resource::PeerAuthn(p) => p.validate(),
+        Resource::Gateway(g) => g.validate_resource(),
     }
 }
 
@@ -238,6 +244,7 @@ fn kind(r: &Resource) -> &'static str {
         Resource::Authz(_) => "authorization_policy",
         Resource::Telemetry(_) => "telemetry",
         Resource::PeerAuthn(_) => "peer_authentication",
+        Resource::Gateway(_) => "gateway",
     }
 }
 
@@ -251,6 +258,7 @@ pub fn name_of(r: &Resource) -> String {
         Resource::Authz(a) => format!("{}/{}", ns(&a.namespace), a.name),
         Resource::Telemetry(t) => format!("{}/{}", ns(&t.namespace), t.name),
         Resource::PeerAuthn(p) => format!("{}/{}", ns(&p.namespace), p.name),
+        Resource::Gateway(g) => format!("{}/{}", ns(&g.namespace), g.name),
         Resource::Endpoint(e) => {
             let port = if e.proxy_port != 0 {
                 e.proxy_port
@@ -304,6 +312,7 @@ fn resource_at(field: &str, candidate: &MeshResources) -> Option<Resource> {
             .get(i)
             .cloned()
             .map(Resource::PeerAuthn),
+        "gateways" => candidate.gateways.get(i).cloned().map(Resource::Gateway),
         _ => None,
     }
 }
@@ -341,6 +350,9 @@ fn assemble(all: Vec<&Resource>) -> MeshResources {
             Resource::Authz(a) => out.authorization_policies.push(a.clone()),
             Resource::Telemetry(t) => out.telemetry.push(t.clone()),
             Resource::PeerAuthn(p) => out.peer_authentications.push(p.clone()),
+            // Its routes' services are checked when the gateway compiles
+            // its table: never held back.
+            Resource::Gateway(g) => out.gateways.push(g.clone()),
             other => tracing::debug!(
                 resource = %name_of(other),
                 "held back until the service it refers to arrives"
@@ -481,6 +493,41 @@ mod tests {
         );
         assert!(
             reason.contains("port_modes.0: 9 is not a known value"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn gateways_are_delivered_whole_and_an_invalid_one_is_nacked_by_name() {
+        let st = XdsState::default();
+        let gw = Gateway {
+            name: "public".into(),
+            namespace: "istio-system".into(),
+            selector: [("istio".to_string(), "ingressgateway".to_string())].into(),
+            ..Default::default()
+        };
+        let r = resp(
+            TypeUrl::Gateway,
+            "g1",
+            "n1",
+            vec![any(TypeUrl::Gateway, &gw)],
+        );
+        let (t, got, candidate) = st.candidate(&r).unwrap();
+        assert_eq!(t, TypeUrl::Gateway);
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["istio-system/public"]);
+        // Never held back: its routes' services are the gateway's to resolve.
+        assert_eq!(candidate.gateways, std::slice::from_ref(&gw));
+        let mut bad = gw;
+        bad.selector.clear();
+        let r = resp(
+            TypeUrl::Gateway,
+            "g2",
+            "n2",
+            vec![any(TypeUrl::Gateway, &bad)],
+        );
+        let reason = st.candidate(&r).unwrap_err();
+        assert!(
+            reason.starts_with("gateway istio-system/public: selector: at least one label"),
             "{reason}"
         );
     }
