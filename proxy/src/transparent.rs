@@ -294,8 +294,11 @@ resources:
 
     #[tokio::test]
     async fn the_outbound_stack_routes_by_original_destination_when_the_host_is_no_service() {
-        // Endpoints without sidecars, so the stack dials the workload ports.
-        let cfg = CFG.replace(", proxy_port: 15006", "");
+        // Endpoints without sidecars, so the stack dials the workload ports;
+        // round robin, so "balanced" below does not hang on the latencies
+        // the default (peak EWMA) happens to measure in a unit test.
+        let cfg = CFG.replace(", proxy_port: 15006", "")
+            + "  policies:\n    - { name: rr, service: echo, load_balancer: round_robin }\n";
         let snapshot =
             Snapshot::compile(serde_yaml::from_str(&cfg).unwrap(), 1, None, "t").unwrap();
         let registry = Registry::new();
