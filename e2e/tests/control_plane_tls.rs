@@ -122,8 +122,16 @@ async fn a_proxy_given_the_wrong_root_refuses_to_connect_and_says_why() {
     assert!(body.contains(&cp.xds_url()), "{body}");
     assert!(body.contains("UnknownIssuer"), "{body}");
     assert!(body.contains("root_cert_file"), "{body}");
-    let log = proxy.stderr();
-    assert!(log.contains("invalid peer certificate"), "{log}");
+    // The log line may reach the captured stderr after /ready shows it.
+    eventually(DEADLINE, || async {
+        let log = proxy.stderr();
+        if log.contains("invalid peer certificate") {
+            Ok(())
+        } else {
+            Err(format!("the proxy's log does not name the error yet:\n{log}"))
+        }
+    })
+    .await;
     // It never got as far as the control plane's status table.
     let status = ApiClient::new(&cp).proxies().await.unwrap();
     assert!(proxy_row(&status, "lost-1").is_none(), "{status}");
