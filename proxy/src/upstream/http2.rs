@@ -19,13 +19,14 @@
 //! [`KEEP_ALIVE_TIMEOUT`] has its connection closed.
 
 use crate::body::Body;
+use crate::protocol::h2_body::{content_length, Direction, PipeBody};
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::BoxIo;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, Method, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http::{Method, Request, Response};
+use http_body::{Frame, SizeHint};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -98,12 +99,9 @@ pub struct H2Body {
 #[derive(Debug, Default)]
 struct CancelUpload(Option<oneshot::Sender<()>>);
 
-/// Pipes a request body into its stream (hyper's `PipeToSendStream`).
+/// Pipes a request body into its stream.
 struct Upload {
-    body: Body,
-    tx: SendStream<Bytes>,
-    /// A chunk polled from the body, waiting for stream capacity.
-    buffered: Option<(Bytes, bool)>,
+    pipe: PipeBody,
     /// The response side went away: reset the stream.
     cancel: Option<oneshot::Receiver<()>>,
 }
@@ -244,9 +242,7 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
     if !eos {
         let (cancel_tx, cancel_rx) = oneshot::channel();
         let mut upload = Upload {
-            body,
-            tx,
-            buffered: None,
+            pipe: PipeBody::new(body, tx, Direction::Request),
             cancel: Some(cancel_rx),
         };
         // A body already complete (a small POST) goes out now, without a
@@ -265,29 +261,6 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
         remaining,
         cancel,
     }))
-}
-
-/// The `content-length` a response head states, if one valid one.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.trim().parse().ok()
-}
-
-/// The reason to reset a stream with after `e`: an HTTP/2 reason found in
-/// its chain, else `INTERNAL_ERROR` (as hyper).
-fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return reason;
-        }
-        source = err.source();
-    }
-    Reason::INTERNAL_ERROR
 }
 
 // === impl H2Body ===
@@ -361,74 +334,17 @@ impl Future for Upload {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        loop {
-            if let Some(cancel) = &mut this.cancel {
-                match Pin::new(cancel).poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        this.tx.send_reset(Reason::CANCEL);
-                        return Poll::Ready(());
-                    }
-                    Poll::Ready(Err(_)) => this.cancel = None,
-                    Poll::Pending => {}
-                }
-            }
-            // The peer reset the stream (it answered without reading the
-            // rest, or refused it): stop.
-            if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
-                tracing::debug!(?reason, "upstream reset the stream of a request body");
-                return Poll::Ready(());
-            }
-            if let Some((data, eos)) = this.buffered.take() {
-                while this.tx.capacity() == 0 {
-                    match this.tx.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(0))) => {}
-                        Poll::Ready(Some(Ok(_))) => break,
-                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                        Poll::Pending => {
-                            this.buffered = Some((data, eos));
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                if this.tx.send_data(data, eos).is_err() || eos {
+        if let Some(cancel) = &mut this.cancel {
+            match Pin::new(cancel).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    this.pipe.send_reset(Reason::CANCEL);
                     return Poll::Ready(());
                 }
-                continue;
-            }
-            // The next frame before any capacity is claimed (a claim made
-            // ahead of data can starve other streams; hyper #4003).
-            match std::task::ready!(Pin::new(&mut this.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => {
-                        let eos = http_body::Body::is_end_stream(&this.body);
-                        if chunk.remaining() == 0 {
-                            if this.tx.send_data(chunk, eos).is_err() || eos {
-                                return Poll::Ready(());
-                            }
-                            continue;
-                        }
-                        this.tx.reserve_capacity(1);
-                        this.buffered = Some((chunk, eos));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            this.tx.reserve_capacity(0);
-                            let _ = this.tx.send_trailers(trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "request body failed; resetting its stream");
-                    this.tx.send_reset(reset_reason(&*e.0));
-                    return Poll::Ready(());
-                }
-                None => {
-                    let _ = this.tx.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
+                Poll::Ready(Err(_)) => this.cancel = None,
+                Poll::Pending => {}
             }
         }
+        this.pipe.poll_send(cx)
     }
 }
 
@@ -436,6 +352,8 @@ impl Future for Upload {
 mod tests {
     use super::*;
     use crate::body::BoxError;
+    use http::HeaderMap;
+    use http_body::Body as _;
     use http_body_util::BodyExt;
 
     /// An h2 server on one end of an in-memory pipe that answers each

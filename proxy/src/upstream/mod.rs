@@ -10,12 +10,14 @@
 //! connection), so the observe stage can name the destination principal.
 
 pub mod connect;
+pub mod http1;
 pub mod http2;
 pub mod pool;
 
 use self::connect::Connect;
+use self::http1::{Exchange, H1Body};
 use self::http2::{H2Body, SendError};
-use self::pool::{H1Pool, H2Pool, H2Stream, PoolKey, StreamSlot};
+use self::pool::{H1Conn, H1Pool, H2Pool, H2Stream, PoolKey, StreamSlot};
 use crate::body::{Body, BoxError};
 use crate::error::ProxyError;
 use crate::policy::replay::ReplayBody;
@@ -24,7 +26,6 @@ use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::{Framing, TransportHeader};
 use crate::tls::{Identity, PeerIdentity};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use sane_xds_proto::Protocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ type Sent = (Response<Received>, Peer, Option<StreamSlot>);
 /// stream.
 #[derive(Debug)]
 enum Received {
-    Http1(Incoming),
+    Http1(H1Body),
     Http2(H2Body),
 }
 
@@ -239,7 +240,7 @@ impl Upstream {
             h::for_h1(&mut req, authority, true)?;
             let key = self.key(target, Framing::Http1)?;
             let (io, peer) = self.connect(&key, target.connect_timeout).await?;
-            let mut sender = H1Pool::handshake(io, addr, true, self.max_response_headers)
+            let mut sender = H1Pool::handshake_upgrade(io, addr, self.max_response_headers)
                 .await
                 .map_err(|source| ProxyError::Handshake {
                     addr,
@@ -249,7 +250,11 @@ impl Upstream {
                 .send_request(req)
                 .await
                 .map_err(|source| ProxyError::upstream_failed(addr, source))?;
-            return Ok((rsp.map(Received::Http1), peer, None));
+            return Ok((
+                rsp.map(|b| Received::Http1(H1Body::detached(b))),
+                peer,
+                None,
+            ));
         }
         let h2 = target.via_sidecar.is_some()
             || matches!(target.protocol, Protocol::Http2 | Protocol::Grpc);
@@ -308,16 +313,21 @@ impl Upstream {
         unreachable!("the second attempt returns")
     }
 
+    /// Sends `req` on an idle pooled HTTP/1.1 connection, or a new one; the
+    /// request's task polls the connection (see [`http1`]), which goes back
+    /// to the pool when the exchange ends.
     async fn send_h1(
         &self,
         req: Request<Body>,
         key: PoolKey,
         target: &Target,
-    ) -> Result<(Response<Incoming>, Peer), ProxyError> {
+    ) -> Result<(Response<H1Body>, Peer), ProxyError> {
         let addr = key.addr;
         let reset = |source| ProxyError::upstream_failed(addr, source);
         let mut req = req;
-        if let Some((mut pooled, peer)) = self.h1.checkout(&key, target.idle_timeout) {
+        if let Some(pooled) = self.h1.checkout(&key, target.idle_timeout) {
+            let peer = pooled.peer.clone();
+            let mut exchange = Exchange::new(pooled, self.h1.clone(), key.clone());
             // Keep a bounded copy of the body (a request without one needs
             // none): if the reused connection turns out to be closed by the
             // server, the request goes again.
@@ -336,11 +346,9 @@ impl Upstream {
                 parts.headers.clone(),
             );
             req = Request::from_parts(parts, body);
-            match pooled.try_send_request(req).await {
-                Ok(rsp) => {
-                    self.h1.checkin(key, pooled, peer.clone());
-                    return Ok((rsp, peer));
-                }
+            let sent = exchange.sender().try_send_request(req);
+            match exchange.drive(sent).await {
+                Ok(rsp) => return Ok((rsp.map(|b| H1Body::new(b, exchange)), peer)),
                 // The idle connection was closed by the server before the
                 // request was written: send it on a fresh connection.
                 Err(mut e) => match e.take_message() {
@@ -373,15 +381,21 @@ impl Upstream {
             }
         }
         let (io, peer) = self.connect(&key, target.connect_timeout).await?;
-        let mut sender = H1Pool::handshake(io, addr, false, self.max_response_headers)
+        let (sender, conn) = H1Pool::handshake(io, self.max_response_headers)
             .await
             .map_err(|source| ProxyError::Handshake {
                 addr,
                 source: Box::new(source),
             })?;
-        let rsp = sender.send_request(req).await.map_err(reset)?;
-        self.h1.checkin(key, sender, peer.clone());
-        Ok((rsp, peer))
+        let fresh = H1Conn {
+            sender,
+            conn: Some(Box::new(conn)),
+            peer: peer.clone(),
+        };
+        let mut exchange = Exchange::new(fresh, self.h1.clone(), key);
+        let sent = exchange.sender().send_request(req);
+        let rsp = exchange.drive(sent).await.map_err(reset)?;
+        Ok((rsp.map(|b| H1Body::new(b, exchange)), peer))
     }
 
     /// Opens a byte stream for opaque TCP to `target`.

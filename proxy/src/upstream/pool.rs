@@ -10,9 +10,9 @@
 //!   a client that stops reading costs only its own streams. Closed
 //!   connections are dropped at the next checkout.
 //! * HTTP/1.1: a stack of connections per key; a connection goes back on it
-//!   as soon as its request is sent, and is handed out again once its
-//!   response body has been read (hyper's `is_ready`), so returning it costs
-//!   no task per request. It is dropped once closed, after the idle timeout
+//!   when its exchange ends (the response body read, or dropped: see
+//!   [`crate::upstream::http1`]), and is handed out again once ready for
+//!   another request (hyper's `is_ready`). It is dropped once closed, after the idle timeout
 //!   (counted from its last request, which errs on the early side of the
 //!   app's keep-alive), or beyond [`MAX_IDLE_PER_KEY`].
 //!
@@ -26,6 +26,7 @@ use crate::body::Body;
 use crate::protocol::http::H2_MAX_STREAMS_PER_CONNECTION;
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::TransportHeader;
+use crate::upstream::http1::Connection;
 use crate::upstream::http2::{H2Connection, StreamOpener};
 use crate::upstream::UpstreamPeer;
 use hyper::client::conn::http1;
@@ -69,8 +70,18 @@ pub struct PoolKey {
     pub worker: usize,
 }
 
-/// An idle HTTP/1.1 connection and the identity its peer proved.
-pub type H1Conn = (http1::SendRequest<Body>, Option<UpstreamPeer>);
+/// A pooled HTTP/1.1 connection and the identity its peer proved.
+pub struct H1Conn {
+    /// Queues a request on the connection.
+    pub sender: http1::SendRequest<Body>,
+    /// The connection, for the request's task to poll (see
+    /// [`crate::upstream::http1`]); `None` when a task of its own runs it.
+    /// Boxed: hyper's connection state is large, and the pair moves from
+    /// the pool to the request and its response body on every request.
+    pub conn: Option<Box<Connection>>,
+    /// The identity the connection's peer proved.
+    pub peer: Option<UpstreamPeer>,
+}
 type H2Slot = Arc<tokio::sync::Mutex<Vec<PooledH2>>>;
 type IdleList = Vec<(H1Conn, Instant)>;
 /// The connections of one key, held while a new one is made, so concurrent
@@ -114,6 +125,18 @@ pub struct H2Pool {
 #[derive(Debug, Default)]
 pub struct H1Pool {
     idle: Mutex<HashMap<PoolKey, IdleList, RandomState>>,
+}
+
+// === impl H1Conn ===
+
+impl std::fmt::Debug for H1Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Conn")
+            .field("ready", &self.sender.is_ready())
+            .field("polled_by_request", &self.conn.is_some())
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 // === impl H2Pool ===
@@ -238,58 +261,58 @@ impl H1Pool {
         let mut i = list.len();
         while i > 0 {
             i -= 1;
-            let ((sender, _), since) = &list[i];
-            if sender.is_closed() || since.elapsed() >= idle_timeout {
+            let (c, since) = &list[i];
+            if c.sender.is_closed() || since.elapsed() >= idle_timeout {
                 list.remove(i);
-            } else if sender.is_ready() {
-                let ((sender, peer), _) = list.remove(i);
-                return Some((sender, peer));
+            } else if c.sender.is_ready() {
+                return Some(list.remove(i).0);
             }
         }
         None
     }
 
     /// Performs the HTTP/1.1 handshake on `io`; a response with more than
-    /// `max_headers` header fields fails to parse.
+    /// `max_headers` header fields fails to parse. The connection is the
+    /// caller's to poll (see [`crate::upstream::http1`]).
     pub async fn handshake(
         io: BoxIo,
-        addr: SocketAddr,
-        upgrades: bool,
         max_headers: usize,
-    ) -> Result<http1::SendRequest<Body>, hyper::Error> {
-        let (sender, conn) = http1::Builder::new()
+    ) -> Result<(http1::SendRequest<Body>, Connection), hyper::Error> {
+        http1::Builder::new()
             .max_headers(max_headers)
             .handshake(TokioIo::new(io))
-            .await?;
+            .await
+    }
+
+    /// As [`H1Pool::handshake`] for a request that upgrades the
+    /// connection: a task of its own runs it (the upgraded stream outlives
+    /// the exchange).
+    pub async fn handshake_upgrade(
+        io: BoxIo,
+        addr: SocketAddr,
+        max_headers: usize,
+    ) -> Result<http1::SendRequest<Body>, hyper::Error> {
+        let (sender, conn) = Self::handshake(io, max_headers).await?;
         tokio::spawn(async move {
-            let res = if upgrades {
-                conn.with_upgrades().await
-            } else {
-                conn.await
-            };
-            if let Err(e) = res {
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream h1 connection ended");
             }
         });
         Ok(sender)
     }
 
-    /// Puts `sender` back in the pool right after its request was sent;
-    /// [`H1Pool::checkout`] hands it out once the response body has been
-    /// read to the end (no task waits for that).
-    pub fn checkin(
-        &self,
-        key: PoolKey,
-        sender: http1::SendRequest<Body>,
-        peer: Option<UpstreamPeer>,
-    ) {
+    /// Puts a connection back in the pool when its exchange ends;
+    /// [`H1Pool::checkout`] hands it out once it is ready for another
+    /// request (at once when the response body was read to its end; a
+    /// connection a task runs, once that task finished the response).
+    pub fn checkin(&self, key: PoolKey, conn: H1Conn) {
         let mut idle = self.idle.lock().expect("not poisoned");
         let list = idle.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_KEY {
-            list.retain(|((s, _), _)| !s.is_closed());
+            list.retain(|(c, _)| !c.sender.is_closed());
         }
         if list.len() < MAX_IDLE_PER_KEY {
-            list.push(((sender, peer), Instant::now()));
+            list.push((conn, Instant::now()));
         }
     }
 
@@ -297,7 +320,7 @@ impl H1Pool {
     pub fn reap(&self, idle_timeout: Duration) {
         let mut idle = self.idle.lock().expect("not poisoned");
         for list in idle.values_mut() {
-            list.retain(|((s, _), since)| since.elapsed() < idle_timeout && !s.is_closed());
+            list.retain(|(c, since)| since.elapsed() < idle_timeout && !c.sender.is_closed());
         }
         idle.retain(|_, l| !l.is_empty());
     }
@@ -309,7 +332,7 @@ impl H1Pool {
             .expect("not poisoned")
             .values()
             .flatten()
-            .filter(|((s, _), _)| s.is_ready())
+            .filter(|(c, _)| c.sender.is_ready())
             .count()
     }
 }

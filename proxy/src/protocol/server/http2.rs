@@ -19,14 +19,15 @@
 
 use super::state::Watched;
 use crate::body::Body;
+use crate::protocol::h2_body::{content_length, Direction, PipeBody};
 use crate::protocol::http::{strip_hop_by_hop, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 use h2::server::{Connection, Handshake, SendResponse};
-use h2::{Reason, RecvStream, SendStream};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use h2::RecvStream;
+use http::{HeaderValue, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -96,17 +97,9 @@ pin_project! {
             serving: F,
         },
         Sending {
-            send: SendBody,
+            send: PipeBody,
         },
     }
-}
-
-/// Sends a response body into its stream (hyper's `PipeToSendStream`).
-struct SendBody {
-    body: Body,
-    tx: SendStream<Bytes>,
-    /// A chunk polled from the body, waiting for stream capacity.
-    buffered: Option<(Bytes, bool)>,
 }
 
 /// A request body read from its stream: flow-control capacity is given
@@ -246,29 +239,6 @@ where
     Poll::Pending
 }
 
-/// The `content-length` a head states, if one valid one.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.trim().parse().ok()
-}
-
-/// The reason to reset a stream with after `e`: an HTTP/2 reason found in
-/// its chain, else `INTERNAL_ERROR` (as hyper).
-fn reset_reason(e: &(dyn std::error::Error + 'static)) -> Reason {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if let Some(reason) = err.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
-            return reason;
-        }
-        source = err.source();
-    }
-    Reason::INTERNAL_ERROR
-}
-
 // === impl StreamTask ===
 
 impl<F> Future for StreamTask<F>
@@ -315,83 +285,11 @@ where
             }
         };
         self.set(StreamTask::Sending {
-            send: SendBody {
-                body,
-                tx,
-                buffered: None,
-            },
+            send: PipeBody::new(body, tx, Direction::Response),
         });
         match self.project() {
             StreamProj::Sending { send } => send.poll_send(cx),
             StreamProj::Serving { .. } => unreachable!("just set"),
-        }
-    }
-}
-
-// === impl SendBody ===
-
-impl SendBody {
-    /// Sends what the body has, as capacity allows; `Ready` once it ended,
-    /// failed (the stream is reset), or the client reset the stream (the
-    /// body is dropped).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
-            if let Poll::Ready(reason) = self.tx.poll_reset(cx) {
-                tracing::debug!(?reason, "client reset the stream of a response body");
-                return Poll::Ready(());
-            }
-            if let Some((data, eos)) = self.buffered.take() {
-                while self.tx.capacity() == 0 {
-                    match self.tx.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(0))) => {}
-                        Poll::Ready(Some(Ok(_))) => break,
-                        Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                        Poll::Pending => {
-                            self.buffered = Some((data, eos));
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                // Beyond the capacity h2 queues it (up to its send buffer)
-                // and sends it as the window opens.
-                if self.tx.send_data(data, eos).is_err() || eos {
-                    return Poll::Ready(());
-                }
-                continue;
-            }
-            // The next frame before any capacity is claimed (a claim made
-            // ahead of data can starve other streams; hyper #4003).
-            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(chunk) => {
-                        let eos = self.body.is_end_stream();
-                        if chunk.remaining() == 0 {
-                            if self.tx.send_data(chunk, eos).is_err() || eos {
-                                return Poll::Ready(());
-                            }
-                            continue;
-                        }
-                        self.tx.reserve_capacity(1);
-                        self.buffered = Some((chunk, eos));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            self.tx.reserve_capacity(0);
-                            let _ = self.tx.send_trailers(trailers);
-                            return Poll::Ready(());
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body failed; resetting its stream");
-                    self.tx.send_reset(reset_reason(&*e.0));
-                    return Poll::Ready(());
-                }
-                None => {
-                    let _ = self.tx.send_data(Bytes::new(), true);
-                    return Poll::Ready(());
-                }
-            }
         }
     }
 }
