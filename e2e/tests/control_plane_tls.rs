@@ -128,7 +128,9 @@ async fn a_proxy_given_the_wrong_root_refuses_to_connect_and_says_why() {
         if log.contains("invalid peer certificate") {
             Ok(())
         } else {
-            Err(format!("the proxy's log does not name the error yet:\n{log}"))
+            Err(format!(
+                "the proxy's log does not name the error yet:\n{log}"
+            ))
         }
     })
     .await;
