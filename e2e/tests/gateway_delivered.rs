@@ -14,8 +14,8 @@
 //! (`--credentials-dir`): no key travels over xDS.
 
 use http::{Method, StatusCode};
-use sane_certs::{CaOptions, CertificateAuthority, TrustDomain};
-use sane_e2e::harness::http::{full, http1_client, request, send, Reply};
+use sane_e2e::harness::http::{full, http1_client, request, send};
+use sane_e2e::harness::https::{https_get, write_secret};
 use sane_e2e::harness::{
     bins, eventually, write_bootstrap, xds_bootstrap, ControlPlane, EchoApp, Proc, Sanectl,
     READY_DEADLINE,
@@ -24,7 +24,6 @@ use sane_xds_proto::{Endpoint, MeshResources, Service, ServicePort, GATEWAY_NAME
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -52,55 +51,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A test CA and a certificate for `host`, written as the files of Secret
-/// `<credentials>/<secret>`; returns the CA certificate (PEM).
-fn write_secret(credentials: &Path, secret: &str, host: &str) -> String {
-    let mut options = CaOptions::default();
-    options.organization = "Delivered ingress test".into();
-    let td = TrustDomain::new("example.com").unwrap();
-    let ca = CertificateAuthority::generate(&td, options).unwrap();
-    let (cert, key) = ca
-        .sign_external_server_cert(&[host.to_string()], Duration::from_secs(3600))
-        .unwrap();
-    let dir = credentials.join(secret);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tls.key"), key).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert).unwrap();
-    ca.chain_pem()
-}
-
-/// `GET https://{host}{path}` sent to `addr` with SNI `host`, the server's
-/// certificate verified for `host` against `roots_pem`.
-async fn https_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    roots_pem: &str,
-) -> Result<Reply, String> {
-    let roots = sane_certs::TrustBundle::from_pem(roots_pem).map_err(|e| e.to_string())?;
-    let config = sane_certs::control_plane_client_config(&roots, None, &[b"http/1.1"])
-        .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let name =
-        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS to {addr} as {host}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = request(Method::GET, path, full(""));
-    req.headers_mut()
-        .insert(http::header::HOST, host.parse().unwrap());
-    let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    Reply::read(rsp).await
 }
 
 /// Polls until `GET path` for `host` at `addr` answers `status` (200:
@@ -156,8 +106,18 @@ async fn applied_gateways_and_routes_configure_the_running_gateway() {
     // The gateway: no `gateway` section, the labels both Gateways select,
     // in their namespace, Secrets read from its own credentials dir.
     let credentials = dir.path().join("credentials");
-    let httpbin_roots = write_secret(&credentials, "istio-system/httpbin-credential", HTTPBIN);
-    let kube_roots = write_secret(&credentials, "istio-system/kube-credential", KUBE_HOST);
+    let httpbin_roots = write_secret(
+        &credentials,
+        "istio-system/httpbin-credential",
+        HTTPBIN,
+        "Delivered ingress test",
+    );
+    let kube_roots = write_secret(
+        &credentials,
+        "istio-system/kube-credential",
+        KUBE_HOST,
+        "Delivered ingress test",
+    );
     let token = cp
         .issue_token(dir.path(), "istio-system", "ingressgateway")
         .await;

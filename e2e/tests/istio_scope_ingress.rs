@@ -16,8 +16,8 @@
 //! --gateway`, with its Secret read from `--credentials-dir`).
 
 use http::{Method, StatusCode};
-use sane_certs::{CaOptions, CertificateAuthority, TrustDomain};
 use sane_e2e::harness::http::{full, http1_client, http1_client_via, request, send, Reply};
+use sane_e2e::harness::https::{https_get, write_secret};
 use sane_e2e::harness::{
     bins, eventually, write_bootstrap, xds_bootstrap, ControlPlane, EchoApp, Proc, Sanectl,
     Sidecar, READY_DEADLINE,
@@ -26,7 +26,6 @@ use sane_xds_proto::{Endpoint, Listener, MeshResources, Service, ServicePort};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -245,56 +244,6 @@ async fn sidecar_egress_hosts_limit_what_proxies_are_sent() {
 
 // === ingress ===
 
-/// A test CA for outside clients and a certificate for `host`, written as
-/// the files of Secret `<credentials>/<secret>` (`tls.crt`, `tls.key`).
-/// Returns the CA's certificate (PEM).
-fn write_secret(credentials: &Path, secret: &str, host: &str) -> String {
-    let mut options = CaOptions::default();
-    options.organization = "Istio ingress test".into();
-    let td = TrustDomain::new("example.com").unwrap();
-    let ca = CertificateAuthority::generate(&td, options).unwrap();
-    let (cert, key) = ca
-        .sign_external_server_cert(&[host.to_string()], Duration::from_secs(3600))
-        .unwrap();
-    let dir = credentials.join(secret);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("tls.key"), key).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert).unwrap();
-    ca.chain_pem()
-}
-
-/// `GET https://{host}{path}` sent to `addr`, SNI `host`, the server's
-/// certificate verified for `host` against `roots_pem`.
-async fn https_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    roots_pem: &str,
-) -> Result<Reply, String> {
-    let roots = sane_certs::TrustBundle::from_pem(roots_pem).map_err(|e| e.to_string())?;
-    let config = sane_certs::control_plane_client_config(&roots, None, &[b"http/1.1"])
-        .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let name =
-        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS to {addr} as {host}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = request(Method::GET, path, full(""));
-    req.headers_mut()
-        .insert(http::header::HOST, host.parse().unwrap());
-    let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    Reply::read(rsp).await
-}
-
 /// A running ingress: control plane, httpbin, and `sane-proxy gateway`.
 struct Ingress {
     cp: ControlPlane,
@@ -323,7 +272,7 @@ async fn start_gateway(fixture_name: &str, gateway: &str, secret: &str) -> Ingre
     };
     apply_mesh(&cli, dir.path(), &mesh).await;
     let credentials = dir.path().join("credentials");
-    let roots = write_secret(&credentials, secret, HTTPBIN);
+    let roots = write_secret(&credentials, secret, HTTPBIN, "Istio ingress test");
 
     let objects = fixture(fixture_name);
     let run = cli.ok(&["apply", "-f", &objects]).await;

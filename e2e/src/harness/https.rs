@@ -5,6 +5,9 @@
 //! adds TLS (with the certs crate's control-plane client config) for
 //! `https` URIs; [`super::http::send`] takes either. [`grpc_channel`] is
 //! the same dialer under a tonic channel (ALPN `h2`), for raw xDS clients.
+//! [`https_get`] is one request to an ingress gateway's HTTPS listener,
+//! verified against a test CA whose host certificate [`write_secret`]
+//! writes where a gateway reads Secrets.
 
 use super::http::{Body, BoxError};
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -140,4 +143,58 @@ impl hyper::rt::Write for TlsIo {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
+}
+
+/// A test CA for outside clients and a certificate for `host` signed by
+/// it, written as the files of a `kubernetes.io/tls` Secret,
+/// `<credentials>/<secret>/tls.crt` and `tls.key` (where a gateway reads
+/// Secrets named by Istio's `credentialName` or a Gateway API
+/// `certificateRefs`). Returns the CA's certificate (PEM), the roots for
+/// [`https_get`]. Panics on a harness failure.
+pub fn write_secret(credentials: &Path, secret: &str, host: &str, organization: &str) -> String {
+    let mut options = sane_certs::CaOptions::default();
+    options.organization = organization.into();
+    let td = sane_certs::TrustDomain::new("example.com").expect("a valid trust domain");
+    let ca = sane_certs::CertificateAuthority::generate(&td, options).expect("a test CA");
+    let (cert, key) = ca
+        .sign_external_server_cert(&[host.to_string()], std::time::Duration::from_secs(3600))
+        .expect("a host certificate");
+    let dir = credentials.join(secret);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::write(dir.join("tls.key"), key).expect("writing tls.key");
+    std::fs::write(dir.join("tls.crt"), cert).expect("writing tls.crt");
+    ca.chain_pem()
+}
+
+/// `GET https://{host}{path}` sent to `addr` with SNI `host`, the server's
+/// certificate verified for `host` against `roots_pem`, on a connection of
+/// its own.
+pub async fn https_get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    roots_pem: &str,
+) -> Result<super::http::Reply, String> {
+    let roots = TrustBundle::from_pem(roots_pem).map_err(|e| e.to_string())?;
+    let config = sane_certs::control_plane_client_config(&roots, None, &[b"http/1.1"])
+        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to {addr} as {host}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = super::http::request(http::Method::GET, path, super::http::full(""));
+    req.headers_mut().insert(
+        http::header::HOST,
+        host.parse().map_err(|e| format!("host {host:?}: {e}"))?,
+    );
+    let rsp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    super::http::Reply::read(rsp).await
 }
