@@ -9,12 +9,16 @@
 //! last; a body that fails resets the stream with the HTTP/2 reason in its
 //! error chain (else `INTERNAL_ERROR`); the peer resetting the stream
 //! stops it.
+//!
+//! And the other way, [`RecvBody`]: a body read from an HTTP/2 stream,
+//! for both directions too (the server's request bodies, the client's
+//! response bodies).
 
 use crate::body::Body;
 use bytes::{Buf, Bytes};
-use h2::{Reason, SendStream};
+use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
-use http_body::Body as _;
+use http_body::{Body as _, Frame, SizeHint};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -139,6 +143,75 @@ impl PipeBody {
                     return Poll::Ready(());
                 }
             }
+        }
+    }
+}
+
+/// A body read from an HTTP/2 stream (hyper's `Incoming` for HTTP/2):
+/// flow-control capacity is given back as data is read, so the peer may
+/// send as much again; trailers come last.
+#[derive(Debug)]
+pub struct RecvBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// Bytes the `content-length` header says are left, if it gave one.
+    remaining: Option<u64>,
+}
+
+impl RecvBody {
+    /// The body read from `recv`, of `content_length` bytes if the
+    /// message's headers say ([`content_length`]).
+    pub fn new(recv: RecvStream, content_length: Option<u64>) -> Self {
+        Self {
+            recv,
+            data_done: false,
+            remaining: content_length,
+        }
+    }
+
+    /// True once every data frame was read (only trailers may follow).
+    pub fn data_done(&self) -> bool {
+        self.data_done
+    }
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match std::task::ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut this.remaining {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        Poll::Ready(match std::task::ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
         }
     }
 }

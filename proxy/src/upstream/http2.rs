@@ -19,12 +19,12 @@
 //! [`KEEP_ALIVE_TIMEOUT`] has its connection closed.
 
 use crate::body::Body;
-use crate::protocol::h2_body::{content_length, Direction, PipeBody};
+use crate::protocol::h2_body::{content_length, Direction, PipeBody, RecvBody};
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::BoxIo;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, SendStream};
 use http::{Method, Request, Response};
 use http_body::{Frame, SizeHint};
 use std::future::Future;
@@ -87,10 +87,7 @@ pub enum SendError {
 /// resets that upload.
 #[derive(Debug)]
 pub struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-    /// Bytes the `content-length` header says are left, if it gave one.
-    remaining: Option<u64>,
+    body: RecvBody,
     cancel: CancelUpload,
 }
 
@@ -254,11 +251,9 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
         }
     }
     let rsp = response.await.map_err(SendError::Failed)?;
-    let remaining = content_length(rsp.headers());
+    let length = content_length(rsp.headers());
     Ok(rsp.map(|recv| H2Body {
-        recv,
-        data_done: false,
-        remaining,
+        body: RecvBody::new(recv, length),
         cancel,
     }))
 }
@@ -274,39 +269,20 @@ impl http_body::Body for H2Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = &mut *self;
-        if !this.data_done {
-            match std::task::ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Read: the peer may send as much again.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = &mut this.remaining {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
+        let polled = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        if this.body.data_done() {
+            // The response ended: an upload still going may finish on its own.
+            this.cancel.disarm();
         }
-        let polled = std::task::ready!(this.recv.poll_trailers(cx));
-        // The response ended: an upload still going may finish on its own.
-        this.cancel.disarm();
-        Poll::Ready(match polled {
-            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(left) => SizeHint::with_exact(left),
-            None => SizeHint::default(),
-        }
+        self.body.size_hint()
     }
 }
 

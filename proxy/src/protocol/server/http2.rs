@@ -19,16 +19,15 @@
 
 use super::state::Watched;
 use crate::body::Body;
-use crate::protocol::h2_body::{content_length, Direction, PipeBody};
+use crate::protocol::h2_body::{content_length, Direction, PipeBody, RecvBody};
 use crate::protocol::http::{strip_hop_by_hop, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::Io;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 use h2::server::{Connection, Handshake, SendResponse};
-use h2::RecvStream;
 use http::{HeaderValue, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -100,17 +99,6 @@ pin_project! {
             send: PipeBody,
         },
     }
-}
-
-/// A request body read from its stream: flow-control capacity is given
-/// back as data is read; trailers come last (hyper's `Incoming` for
-/// HTTP/2).
-#[derive(Debug)]
-pub(super) struct RecvBody {
-    recv: RecvStream,
-    data_done: bool,
-    /// Bytes the `content-length` header says are left, if it gave one.
-    remaining: Option<u64>,
 }
 
 // === impl H2Server ===
@@ -214,12 +202,8 @@ where
         loop {
             match conn.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    let remaining = content_length(req.headers());
-                    let req = req.map(|recv| RecvBody {
-                        recv,
-                        data_done: false,
-                        remaining,
-                    });
+                    let length = content_length(req.headers());
+                    let req = req.map(|recv| RecvBody::new(recv, length));
                     let serving = handle(req);
                     streams.push(StreamTask::Serving { respond, serving });
                 }
@@ -290,50 +274,6 @@ where
         match self.project() {
             StreamProj::Sending { send } => send.poll_send(cx),
             StreamProj::Serving { .. } => unreachable!("just set"),
-        }
-    }
-}
-
-// === impl RecvBody ===
-
-impl http_body::Body for RecvBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if !this.data_done {
-            match std::task::ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Read: the client may send as much again.
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = &mut this.remaining {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        Poll::Ready(match std::task::ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(left) => SizeHint::with_exact(left),
-            None => SizeHint::default(),
         }
     }
 }
