@@ -274,9 +274,10 @@ async fn run_conn(fut: impl Future<Output = ()>, slot: Slot, overload: Option<Ar
 }
 
 /// Accepts on `socket` until the drain starts. Each accepted connection
-/// within `limits` goes to the next worker ([`crate::workers`]), where
-/// `serve` runs; its future (if it returns one) runs there, in a task the
-/// drain tracks, and holds the connection's slot until it ends. A
+/// within `limits` goes to the worker holding the fewest connections
+/// ([`crate::workers`]), where `serve` runs; its future (if it returns one)
+/// runs there, in a task the drain tracks, and holds the connection's slot
+/// (and its count on that worker) until it ends. A
 /// connection beyond `max_connections` is closed at once and counted
 /// (unless a silent connection is evicted for it, see
 /// [`AcceptLimits::overload`]); accept errors (out of file descriptors) back
@@ -327,9 +328,13 @@ pub async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let overload = limits.overload.as_ref().map(|(o, _)| o.clone());
-        let Some(worker) = crate::workers::next() else {
+        let (worker, held) = crate::workers::assign();
+        let Some(worker) = worker else {
             if let Some(fut) = serve(stream, peer) {
-                drain.spawn(run_conn(fut, slot, overload));
+                drain.spawn(async move {
+                    run_conn(fut, slot, overload).await;
+                    drop(held);
+                });
             }
             continue;
         };
@@ -355,6 +360,7 @@ pub async fn accept_loop<F, Fut>(
                 if let Some(fut) = fut {
                     run_conn(fut, slot, overload).await;
                 }
+                drop(held);
             },
             &worker,
         );

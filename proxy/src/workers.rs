@@ -3,7 +3,8 @@
 //! With `--workers N` the process runs N single-threaded runtimes: the
 //! main one (which also runs the admin server, the xDS client and the
 //! certificate rotation) and N-1 started by [`start`]. Each accepted
-//! connection is handed to one worker, round robin, and lives there: its
+//! connection is handed to the worker holding the fewest connections
+//! (the next in turn among equals) and lives there: its
 //! task, the tasks it spawns (hyper's HTTP/2 streams, upstream connection
 //! drivers), its sockets and its timers all stay on that thread. Each worker
 //! keeps its own upstream connections too ([`current`] is part of the pool
@@ -13,6 +14,12 @@
 //! cross-thread wake-ups cost a proxy about 40 % more CPU per request with
 //! two threads than with one (bench/RESULTS.md, two-worker pass), the way
 //! nginx and haproxy run one event loop per worker.
+//!
+//! Fewest connections rather than plain turns, as haproxy spreads accepted
+//! connections over its threads: a sidecar's traffic from a peer sidecar
+//! arrives on one or two long-lived HTTP/2 connections, and strict turns
+//! counted over every connection ever accepted (readiness probes, short
+//! TCP connections) could put both on one worker and leave the other idle.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +36,17 @@ thread_local! {
 #[derive(Debug)]
 pub struct Workers {
     handles: Vec<Handle>,
+    /// Connections each worker holds now.
+    load: Vec<AtomicUsize>,
     next: AtomicUsize,
+}
+
+/// One connection counted against the worker it was handed to, until
+/// dropped (the connection's task holds it).
+#[derive(Debug)]
+#[must_use = "the connection counts against its worker until this is dropped"]
+pub struct Held {
+    counted: Option<(&'static Workers, usize)>,
 }
 
 /// Starts `n - 1` worker threads beside the current runtime (which becomes
@@ -48,10 +65,14 @@ pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
-/// The runtime the next accepted connection goes to, or `None` when it
-/// stays on the caller's (one worker, or the turn of the caller's).
-pub fn next() -> Option<Handle> {
-    WORKERS.get()?.next()
+/// The runtime an accepted connection goes to (`None`: it stays on the
+/// caller's, with one worker or when the caller's holds the fewest), and
+/// the count it holds there while it lives.
+pub fn assign() -> (Option<Handle>, Held) {
+    match WORKERS.get() {
+        Some(w) => w.assign(),
+        None => (None, Held { counted: None }),
+    }
 }
 
 // === impl Workers ===
@@ -86,14 +107,37 @@ impl Workers {
             handles.push(handle);
         }
         Ok(Self {
+            load: handles.iter().map(|_| AtomicUsize::new(0)).collect(),
             handles,
             next: AtomicUsize::new(0),
         })
     }
 
-    fn next(&self) -> Option<Handle> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        (i != current()).then(|| self.handles[i].clone())
+    fn assign(&'static self) -> (Option<Handle>, Held) {
+        let i = self.least_loaded();
+        self.load[i].fetch_add(1, Ordering::Relaxed);
+        let handle = (i != current()).then(|| self.handles[i].clone());
+        let counted = Some((self, i));
+        (handle, Held { counted })
+    }
+
+    /// The worker with the fewest connections; among equals, the first
+    /// from a start that moves on by one per call.
+    fn least_loaded(&self) -> usize {
+        let n = self.handles.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.load[i].load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((workers, i)) = self.counted {
+            workers.load[i].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -105,26 +149,78 @@ mod tests {
     fn without_workers_everything_stays_on_the_callers_runtime() {
         // Unit tests never call `start`.
         assert_eq!(current(), 0);
-        assert!(next().is_none());
+        let (handle, held) = assign();
+        assert!(handle.is_none());
+        assert!(held.counted.is_none());
+    }
+
+    fn three_workers(rt: &tokio::runtime::Runtime) -> &'static Workers {
+        let _in = rt.enter();
+        Box::leak(Box::new(Workers::start(3).unwrap()))
+    }
+
+    /// Where `assign` put a connection: the index of the worker it runs on.
+    async fn index(assigned: &(Option<Handle>, Held)) -> usize {
+        match &assigned.0 {
+            Some(h) => h.spawn(async { current() }).await.unwrap(),
+            None => current(),
+        }
     }
 
     #[test]
-    fn workers_take_turns_and_know_their_index() {
+    fn connections_take_turns_while_workers_hold_as_many() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        let workers = three_workers(&rt);
         rt.block_on(async {
-            let workers = Workers::start(3).unwrap();
             let mut seen = Vec::new();
             for _ in 0..6 {
-                let index = match workers.next() {
-                    Some(h) => h.spawn(async { current() }).await.unwrap(),
-                    None => current(),
-                };
-                seen.push(index);
+                // Each connection closes before the next is accepted.
+                let assigned = workers.assign();
+                seen.push(index(&assigned).await);
             }
             assert_eq!(seen, [0, 1, 2, 0, 1, 2]);
+        });
+    }
+
+    #[test]
+    fn a_connection_goes_to_the_worker_holding_the_fewest() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let workers = three_workers(&rt);
+        rt.block_on(async {
+            // Three short connections and one long one: the long one is on
+            // worker 1 (the second accepted) when the short ones have gone.
+            let first = workers.assign();
+            let long = workers.assign();
+            let third = workers.assign();
+            assert_eq!(index(&long).await, 1);
+            drop((first, third));
+            // Turns alone would give the next two to workers 0 and 1; the
+            // one holding a connection is passed over for both.
+            let a = workers.assign();
+            let b = workers.assign();
+            let mut got = [index(&a).await, index(&b).await];
+            got.sort_unstable();
+            assert_eq!(got, [0, 2]);
+            // All hold one now; closing one makes its worker the next pick.
+            drop(b);
+            let c = workers.assign();
+            assert_eq!(index(&c).await, got[1]);
+            assert_eq!(
+                workers
+                    .load
+                    .iter()
+                    .map(|l| l.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>(),
+                [1, 1, 1]
+            );
+            drop((long, a, c));
+            assert!(workers.load.iter().all(|l| l.load(Ordering::Relaxed) == 0));
         });
     }
 }
