@@ -15,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 /// Default most header fields in a request (Envoy's `max_headers_count`).
 pub const DEFAULT_MAX_REQUEST_HEADERS: u32 = 100;
-/// Default most header fields in a response: more than requests, because
-/// applications set many (cookies, CORS, caching, tracing) and a response
-/// over the limit is lost to the caller (`502 UPE`).
-pub const DEFAULT_MAX_RESPONSE_HEADERS: u32 = 200;
+/// Default most header fields in a response: Envoy's `max_headers_count`
+/// too, which bounds responses from upstreams as well as requests. A
+/// response over the limit is lost to the caller (`502 UPE`), so an app that
+/// sets more raises `max_response_headers`; the proxy parses up to 100
+/// without allocating a header array per response.
+pub const DEFAULT_MAX_RESPONSE_HEADERS: u32 = 100;
 /// Largest header count limit accepted (requests and responses).
 pub const MAX_HEADERS_LIMIT: u32 = 10_000;
 
@@ -85,7 +87,7 @@ pub struct HttpOptions {
     pub max_request_headers: u32,
     /// Most header fields a response from an upstream may carry; more
     /// makes the request fail with `502` (flag `UPE`). Read at start.
-    /// Default: 0, meaning 200. At most 10000.
+    /// Default: 0, meaning 100. At most 10000.
     pub max_response_headers: u32,
 }
 
@@ -176,7 +178,7 @@ mod tests {
             EscapedSlashes::Reject
         );
         assert_eq!(h.max_request_headers(), 100);
-        assert_eq!(h.max_response_headers(), 200);
+        assert_eq!(h.max_response_headers(), 100);
         let d: HttpOptions =
             serde_yaml::from_str("path_normalization: { mode: decode_and_merge_slashes }").unwrap();
         assert_eq!(

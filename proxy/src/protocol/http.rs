@@ -39,6 +39,19 @@ pub const H2_MAX_STREAMS_PER_CONNECTION: usize = 128;
 /// (`e2e/tests/stalled_peers.rs`).
 pub const H2_CONNECTION_WINDOW: u32 = H2_MAX_STREAMS_PER_CONNECTION as u32 * H2_STREAM_WINDOW;
 
+/// hyper's own HTTP/1 header-count limit. With no limit set, hyper parses a
+/// head into a header array on the stack; with one set (any value), it
+/// builds that array per message, on the heap when the limit is over this
+/// (two 6 KiB allocations per response at 200). So the limit is handed to
+/// hyper only when it differs from hyper's.
+const HYPER_MAX_HEADERS: usize = 100;
+
+/// The header-count limit to give hyper's HTTP/1 builders for `max`
+/// header fields: `None` when hyper's default is that limit already.
+pub fn h1_max_headers(max: usize) -> Option<usize> {
+    (max != HYPER_MAX_HEADERS).then_some(max)
+}
+
 /// Headers that describe one connection and must not be forwarded (RFC 9110
 /// section 7.6.1), plus the ones HTTP/2 forbids. Standard names only (with
 /// `KEEP_ALIVE` and `PROXY_CONNECTION` beside them), so looking a name up

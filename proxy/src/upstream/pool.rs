@@ -23,7 +23,7 @@
 //! reusing it still knows whom it talks to.
 
 use crate::body::Body;
-use crate::protocol::http::H2_MAX_STREAMS_PER_CONNECTION;
+use crate::protocol::http::{h1_max_headers, H2_MAX_STREAMS_PER_CONNECTION};
 use crate::protocol::io::BoxIo;
 use crate::protocol::transport_header::TransportHeader;
 use crate::upstream::http1::Connection;
@@ -278,10 +278,11 @@ impl H1Pool {
         io: BoxIo,
         max_headers: usize,
     ) -> Result<(http1::SendRequest<Body>, Connection), hyper::Error> {
-        http1::Builder::new()
-            .max_headers(max_headers)
-            .handshake(TokioIo::new(io))
-            .await
+        let mut b = http1::Builder::new();
+        if let Some(max) = h1_max_headers(max_headers) {
+            b.max_headers(max);
+        }
+        b.handshake(TokioIo::new(io)).await
     }
 
     /// As [`H1Pool::handshake`] for a request that upgrades the

@@ -393,11 +393,13 @@ async fn run<I: Io>(
     });
     let io = TokioIo::new(io);
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = b.http1();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_headers(limits.max_headers)
         .max_buf_size(limits.max_header_bytes.max(8192));
+    if let Some(max) = crate::protocol::http::h1_max_headers(limits.max_headers) {
+        h1.max_headers(max);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .initial_stream_window_size(H2_STREAM_WINDOW)
