@@ -104,6 +104,19 @@ impl FramingScan {
                         self.phase = Phase::ChunkData(n - take);
                     }
                 }
+                // The rest of this head line says nothing the scan follows:
+                // on to its end at once instead of byte by byte.
+                Phase::Head if self.head.rest_of_line_ignored() => {
+                    match bytes.iter().position(|&b| b == b'\n') {
+                        Some(end) => bytes = &bytes[end..],
+                        None => return None,
+                    }
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    if let Some(found) = self.head_byte(b) {
+                        return Some(found);
+                    }
+                }
                 _ => {
                     let b = bytes[0];
                     bytes = &bytes[1..];
@@ -259,6 +272,20 @@ impl Head {
             ..Default::default()
         }
     }
+
+    /// Whether the bytes up to the end of the current line change nothing
+    /// but `line_empty` (already false here): the request line past its
+    /// method, a header value other than `Content-Length`'s, a header name
+    /// longer than any looked for.
+    fn rest_of_line_ignored(&self) -> bool {
+        if self.request_line {
+            self.name_len >= 8
+        } else if self.in_value {
+            self.length_value.is_none()
+        } else {
+            self.name_len > NAME_MAX
+        }
+    }
 }
 
 #[cfg(test)]
@@ -321,6 +348,27 @@ mod tests {
         assert_eq!(found, None);
         assert_eq!(s.heads, 4);
         assert_eq!(s.phase, Phase::Head);
+    }
+
+    #[test]
+    fn skipped_line_ends_are_followed_however_the_bytes_arrive() {
+        // Values, a long name and a request target that mention the two
+        // headers; a Content-Length after them that counts; then a body
+        // that looks like an ambiguous head, and the real one.
+        let stream: &[u8] = b"POST /content-length:1/transfer-encoding:chunked HTTP/1.1\r\n\
+            X-Note: Content-Length: 9\r\nX-Transfer-Encoding-Is-Not-Here-At-All: chunked\r\n\
+            Referer: http://a/?Transfer-Encoding:chunked\r\nContent-Length: 49\r\n\r\n\
+            Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            POST / HTTP/1.1\r\nUser-Agent: long value long value\r\nTransfer-Encoding: chunked\r\n\
+            Content-Length: 3\r\n\r\n";
+        let whole = scan_all(&[stream]);
+        assert_eq!(whole.0, Some(Ambiguous(1)));
+        for size in 1..8 {
+            let chunks: Vec<&[u8]> = stream.chunks(size).collect();
+            let (found, s) = scan_all(&chunks);
+            assert_eq!(found, Some(Ambiguous(1)), "fed {size} bytes at a time");
+            assert_eq!(s.heads, 2);
+        }
     }
 
     #[test]
