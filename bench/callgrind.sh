@@ -56,6 +56,16 @@
 # request (read/write/… and epoll_wait) over N requests after WARMUP: the
 # kernel work callgrind does not see (each call on loopback also carries
 # the peer's TCP receive path).
+# ORDER=FILE writes the text-ordering file the release link lays the
+# proxy's code out by (proxy/build.rs, `--symbol-ordering-file`): both hops
+# run under callgrind from their first instruction (`--demangle=no`, so
+# names are the binary's symbols); every function that ran while WARMUP + N
+# requests went through is listed first, hottest first, then those that ran
+# only at startup. Code that never runs in a sidecar is left after them, so
+# its pages are neither mapped in beside the code that runs (fault-around)
+# nor between it in the instruction cache. Regenerate it after large code
+# changes (a function missing from the list is only placed after the listed
+# ones): ORDER=proxy/text-order.txt bench/callgrind.sh
 # Needs: valgrind, nginx, h2load (nghttp2-client), curl. Loopback only.
 set -euo pipefail
 
@@ -161,6 +171,9 @@ GRIND_PID=
 grind() { # name config; sets GRIND_PID (valgrind runs the proxy in its own pid)
     if [[ -n "${MEMORY:-}${SYSCALLS:-}" ]]; then
         LD_PRELOAD="${PRELOAD:-}" "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
+    elif [[ -n "${ORDER:-}" ]]; then
+        valgrind --tool=callgrind --instr-atstart=yes --demangle=no --callgrind-out-file="$OUT/$1.out" \
+            "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
     else
         LD_PRELOAD="${PRELOAD:-}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$1.out" \
             "$PROXY" --config "$2" --workers 1 >"$WORK/logs/$1.log" 2>&1 &
@@ -189,6 +202,40 @@ load() { # requests
         return 1
     fi
 }
+
+if [[ -n "${ORDER:-}" ]]; then
+    for pid in "$PID_A" "$PID_B"; do callgrind_control -d startup "$pid" >/dev/null; done
+    load "$((WARMUP + N))"
+    for pid in "$PID_A" "$PID_B"; do callgrind_control -d load "$pid" >/dev/null; done
+    # Self Ir per function of the proxy binary in each dump, from
+    # callgrind_annotate's table rows: "Ir (pct)  file:function [object]".
+    costs() { # files...
+        for f in "$@"; do callgrind_annotate --threshold=100 "$f" 2>/dev/null; done |
+            python3 -c '
+import os, re, sys
+binary = "/" + os.path.basename(sys.argv[1])
+row = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\S*?:(\S+) \[(.*)\]$")
+ir = {}
+for line in sys.stdin:
+    m = row.match(line.rstrip("\n"))
+    if m and m.group(3).endswith(binary):
+        ir[m.group(2)] = ir.get(m.group(2), 0) + int(m.group(1).replace(",", ""))
+for name, n in sorted(ir.items(), key=lambda kv: -kv[1]):
+    print(n, name)
+' "$PROXY"
+    }
+    costs "$OUT"/hop-?.out.2 >"$WORK/load.txt"
+    costs "$OUT"/hop-?.out.1 >"$WORK/startup.txt"
+    {
+        echo "# Text layout of sane-proxy's release build (proxy/build.rs): written by"
+        echo "# ORDER=<this file> bench/callgrind.sh; first the functions that ran per"
+        echo "# request (hottest first), then those that ran only at startup."
+        awk '{ print $2 }' "$WORK/load.txt"
+        awk 'NR == FNR { seen[$2] = 1; next } !seen[$2] { print $2 }' "$WORK/load.txt" "$WORK/startup.txt"
+    } >"$ORDER"
+    echo "callgrind.sh: $(wc -l <"$WORK/load.txt") functions ran per request, $(($(grep -vc '^#' "$ORDER") - $(wc -l <"$WORK/load.txt"))) more at startup: $ORDER"
+    exit 0
+fi
 
 if [[ -n "${MEMORY:-}" ]]; then
     CONNS=${CONNS:-1000}
