@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// How long the idle client connections are held before hop A's memory is
+/// read.
+const CONNS_SETTLE: Duration = Duration::from_secs(2);
+
 #[derive(Parser, Debug)]
 #[command(name = "sane-bench", about = "Sane Mesh vs direct, nginx and haproxy")]
 struct Args {
@@ -351,6 +355,12 @@ fn measure(
         let (addr, host) = kind.entry(Mode::Http);
         let conns = idle_connections(addr, host, plan.idle_conns)
             .context("opening the idle client connections")?;
+        // Idle connections: read once every proxy has had time to settle
+        // them (sane parks an idle connection's buffers after 100 ms and
+        // gives freed heap back within a second), the same wait for every
+        // variant, as bench/callgrind.sh's MEMORY=1 and conn-memory do.
+        // allow-sleep: a measurement interval, not a readiness wait.
+        std::thread::sleep(CONNS_SETTLE);
         let with_conns = procfs::memory(&hops[0]);
         drop(conns);
         results.record(kind, Mode::Http, Metric::ConnsRss, with_conns.rss);

@@ -552,7 +552,8 @@ impl Results {
             s,
             "RSS counts shared library pages (libssl, libc) in full; PSS shares them out. \
              Idle and peak are the larger of the two hops; \"1 000 conns\" is hop A holding \
-             1 000 idle keep-alive client connections (one request each). Handshakes: new \
+             1 000 idle keep-alive client connections (one request each), read 2 s after the \
+             last one opened (every variant alike). Handshakes: new \
              TLS 1.3 connections with a client certificate per second at hop B \
              (`openssl s_time -new`, one client process).\n"
         );
