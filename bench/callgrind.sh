@@ -60,8 +60,8 @@
 # proxy's code out by (proxy/build.rs, `--symbol-ordering-file`): both hops
 # run under callgrind from their first instruction (`--demangle=no`, so
 # names are the binary's symbols); every function that ran while WARMUP + N
-# requests went through is listed first, hottest first, then those that ran
-# only at startup. Code that never runs in a sidecar is left after them, so
+# requests went through (and the admin port's /metrics and /ready answered)
+# is listed first, hottest first, then those that ran only at startup. Code that never runs in a sidecar is left after them, so
 # its pages are neither mapped in beside the code that runs (fault-around)
 # nor between it in the instruction cache. Regenerate it after large code
 # changes (a function missing from the list is only placed after the listed
@@ -206,6 +206,15 @@ load() { # requests
 if [[ -n "${ORDER:-}" ]]; then
     for pid in "$PID_A" "$PID_B"; do callgrind_control -d startup "$pid" >/dev/null; done
     load "$((WARMUP + N))"
+    # What runs in a deployed sidecar besides requests: Prometheus scrapes
+    # and readiness probes on the admin port.
+    for hop in a b; do
+        admin=$(sed -n 's/^listening name=admin addr=//p' "$WORK/logs/hop-$hop.log" | head -n1)
+        for _ in 1 2 3; do
+            curl -sf -m 10 "http://$admin/metrics" >/dev/null
+            curl -sf -m 10 "http://$admin/ready" >/dev/null
+        done
+    done
     for pid in "$PID_A" "$PID_B"; do callgrind_control -d load "$pid" >/dev/null; done
     # Self Ir per function of the proxy binary in each dump, from
     # callgrind_annotate's table rows: "Ir (pct)  file:function [object]".
