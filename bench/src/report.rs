@@ -593,7 +593,10 @@ impl Results {
             s,
             "## Scale: the client sidecar with many services in its config\n\n\
              Each extra service has one port and one endpoint (behind a sidecar, with an \
-             identity); traffic goes to the one real service. Latency at 1 000 req/s.\n"
+             identity); traffic goes to the one real service. Idle memory is hop A's, read \
+             once both entries serve, before any load: its settled state (the proxy gives \
+             the heap its config parse freed back before it serves; read 2 s later, as \
+             `conn-memory --endpoints` does, it is the same). Latency at 1 000 req/s.\n"
         );
         let _ = writeln!(
             s,

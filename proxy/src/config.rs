@@ -11,7 +11,8 @@ use crate::error::StartError;
 use crate::original_dst::OriginalDstTable;
 use crate::policy::authz::AuthzPolicies;
 use crate::policy::RulePolicies;
-use crate::route::{CompileError, Matcher, PortRoute, RouteTable, Rule, ServiceName};
+use crate::route::table::RouteTable;
+use crate::route::{CompileError, Matcher, PortRoute, Rule, ServiceName};
 use crate::trace::TelemetrySettings;
 use crate::workload_port::InboundTarget;
 use sane_xds_proto::resources::qualify;
@@ -161,7 +162,7 @@ impl Snapshot {
             built: HashMap::new(),
         };
 
-        let mut routes = RouteTable::default();
+        let mut routes = RouteTable::builder(&bootstrap.node.namespace);
         for svc in &res.services {
             let key = svc.key();
             let route = res
@@ -245,9 +246,10 @@ impl Snapshot {
                         }
                     }
                 };
-                routes.insert(&svc.host_names(), Arc::new(pr));
+                routes.insert(svc, Arc::new(pr));
             }
         }
+        let routes = routes.build();
 
         let mut tcp_targets = HashMap::new();
         let mut inbound = HashMap::new();
@@ -448,6 +450,8 @@ impl ClusterBuilder<'_> {
         if let Some(ip) = only {
             name.push_str(&format!("[{ip}]"));
         }
+        // Kept as long as the cluster: without `format!`'s spare room.
+        name.shrink_to_fit();
         let previous = self.previous.get(&name).cloned();
         let cluster = Arc::new(
             Cluster::new(
@@ -504,10 +508,46 @@ pub fn read_file(path: &Path, limits: &YamlLimits) -> Result<Bootstrap, StartErr
             format!("not UTF-8: {}", e.utf8_error()),
         ))
     })?;
-    yaml::from_str(&text, limits).map_err(|source| StartError::ParseConfig {
-        path: display(),
-        source,
-    })
+    let mut bootstrap: Bootstrap =
+        yaml::from_str(&text, limits).map_err(|source| StartError::ParseConfig {
+            path: display(),
+            source,
+        })?;
+    shrink(&mut bootstrap.resources);
+    Ok(bootstrap)
+}
+
+/// Gives back the spare capacity of a decoded config's lists, which the
+/// config keeps as long as it serves: a list grows by doubling while it is
+/// decoded (10 000 services leave room for 16 384), and every service's
+/// `ports` starts with room for four.
+fn shrink(res: &mut MeshResources) {
+    // Destructured in full: a new list of resources must be placed here.
+    let MeshResources {
+        listeners,
+        services,
+        endpoints,
+        routes,
+        policies,
+        authorization_policies,
+        telemetry,
+        peer_authentications,
+        gateways,
+    } = res;
+    listeners.shrink_to_fit();
+    services.shrink_to_fit();
+    for s in services {
+        s.ports.shrink_to_fit();
+        s.hosts.shrink_to_fit();
+        s.addresses.shrink_to_fit();
+    }
+    endpoints.shrink_to_fit();
+    routes.shrink_to_fit();
+    policies.shrink_to_fit();
+    authorization_policies.shrink_to_fit();
+    telemetry.shrink_to_fit();
+    peer_authentications.shrink_to_fit();
+    gateways.shrink_to_fit();
 }
 
 // === impl ConfigStore ===
@@ -542,7 +582,12 @@ impl ConfigStore {
 
     /// Applies resources pushed by the control plane (listeners ignored), or
     /// keeps the current config and returns why not.
-    pub fn apply_dynamic(&self, resources: MeshResources, origin: &str) -> Result<u64, StartError> {
+    pub fn apply_dynamic(
+        &self,
+        mut resources: MeshResources,
+        origin: &str,
+    ) -> Result<u64, StartError> {
+        shrink(&mut resources);
         let mut sources = self.sources.lock().expect("not poisoned");
         let candidate = Arc::new(with_resources(&sources.file, resources));
         let v = self.swap(candidate.clone(), PolicySource::ControlPlane, origin)?;
@@ -757,7 +802,7 @@ resources:
             .http_route("10.0.0.1:8080".parse().unwrap())
             .unwrap();
         let by_host = t.routes.resolve("echo", Some(80)).unwrap();
-        assert!(Arc::ptr_eq(by_addr.service.host(), by_host.service.host()));
+        assert!(by_addr.service.same(&by_host.service));
         let req = http::Request::get("/").body(()).unwrap();
         let one = by_addr.select(&req).unwrap().cluster;
         assert_eq!(one.name, "echo.default:80[10.0.0.1]");

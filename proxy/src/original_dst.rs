@@ -7,7 +7,8 @@
 //! and the listener that reads it.
 
 use crate::cluster::Cluster;
-use crate::route::{PortRoute, RouteTable, Rule, ServiceName};
+use crate::route::table::RouteTable;
+use crate::route::{PortRoute, Rule, ServiceName};
 use sane_xds_proto::{Endpoint, MeshResources, Service};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

@@ -12,29 +12,10 @@ use http::{HeaderMap, Method, Request};
 use rand::Rng;
 use regex::Regex;
 use sane_xds_proto::{HeaderMatch, MatchKind, PathMatch, Protocol, RouteMatch};
-// Host names come from the config (requests only look them up): foldhash,
-// seeded per process, instead of SipHash.
-use foldhash::fast::RandomState;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Host names to services, per port.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    /// Keyed by host alone, so a request's host is looked up as the `&str`
-    /// it is, without building a `(String, u16)` key per request.
-    by_host: HashMap<String, HostPorts, RandomState>,
-}
-
-/// The service ports one host name reaches.
-#[derive(Debug)]
-struct HostPorts {
-    /// The first port added: used when the authority has no port.
-    default_port: u16,
-    /// A host has a handful of ports: a scan beats hashing.
-    ports: Vec<(u16, Arc<PortRoute>)>,
-}
+pub mod table;
 
 /// The routing rules for one service port.
 #[derive(Debug)]
@@ -51,18 +32,17 @@ pub struct PortRoute {
     pub rules: Vec<Rule>,
 }
 
-/// A service's key (`name.namespace`) with its Istio host
+/// A service's key (`name.namespace`), built once per config snapshot:
+/// its name and namespace are slices of it, and a clone is one `Arc` (a
+/// large mesh keeps one small allocation per service). The Istio host
 /// (`name.namespace.svc.cluster.local`, the `destination_service` metric
-/// label), both built once per config snapshot: a request clones two `Arc`s
-/// where it formatted a label.
+/// label) is made when a metric series is first resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceName {
+    /// `name.namespace`.
     key: Arc<str>,
-    host: Arc<str>,
-    /// `name` and `namespace`: the `destination_service_name` and
-    /// `destination_service_namespace` metric labels.
-    name: Arc<str>,
-    namespace: Arc<str>,
+    /// Length of `name` in `key`.
+    name_len: usize,
 }
 
 /// One compiled rule.
@@ -120,25 +100,27 @@ pub struct CompileError {
 // === impl ServiceName ===
 
 impl ServiceName {
-    /// The name of the service `key` (`name.namespace`).
+    /// The name of the service `key` (`name.namespace`; a key without a
+    /// namespace is in `default`).
     pub fn new(key: &str) -> Self {
-        let (name, namespace) = key.rsplit_once('.').unwrap_or((key, "default"));
         Self {
             key: key.into(),
-            host: crate::telemetry::istio_host(key).into(),
-            name: name.into(),
-            namespace: namespace.into(),
+            name_len: key.rfind('.').unwrap_or(key.len()),
         }
     }
 
-    /// The service's name.
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
+    /// The service's name (the `destination_service_name` metric label).
+    pub fn name(&self) -> &str {
+        &self.key[..self.name_len]
     }
 
-    /// The service's namespace.
-    pub fn namespace(&self) -> &Arc<str> {
-        &self.namespace
+    /// The service's namespace (the `destination_service_namespace` metric
+    /// label).
+    pub fn namespace(&self) -> &str {
+        match self.key.get(self.name_len + 1..) {
+            Some(ns) => ns,
+            None => sane_xds_proto::DEFAULT_NAMESPACE,
+        }
     }
 
     /// `name.namespace`.
@@ -147,8 +129,14 @@ impl ServiceName {
     }
 
     /// `name.namespace.svc.cluster.local`.
-    pub fn host(&self) -> &Arc<str> {
-        &self.host
+    pub fn host(&self) -> String {
+        crate::telemetry::istio_host(self.key())
+    }
+
+    /// True if both are the same name of one snapshot (one `Arc`), which
+    /// is cheaper to tell than equal names.
+    pub fn same(&self, other: &ServiceName) -> bool {
+        Arc::ptr_eq(&self.key, &other.key)
     }
 }
 
@@ -162,55 +150,19 @@ impl std::ops::Deref for ServiceName {
     type Target = str;
 
     fn deref(&self) -> &str {
-        &self.key
+        self.key()
     }
 }
 
 impl std::fmt::Display for ServiceName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.key)
+        f.write_str(self.key())
     }
 }
 
 impl PartialEq<&str> for ServiceName {
     fn eq(&self, other: &&str) -> bool {
-        &*self.key == *other
-    }
-}
-
-// === impl RouteTable ===
-
-impl RouteTable {
-    /// Adds a service port under each of its host names. The first port
-    /// added for a host is its default (used when the authority has no port).
-    pub fn insert(&mut self, hosts: &[String], route: Arc<PortRoute>) {
-        for h in hosts {
-            let entry = self.by_host.entry(h.clone()).or_insert_with(|| HostPorts {
-                default_port: route.port,
-                ports: Vec::new(),
-            });
-            match entry.ports.iter_mut().find(|(p, _)| *p == route.port) {
-                Some((_, r)) => *r = route.clone(),
-                None => entry.ports.push((route.port, route.clone())),
-            }
-        }
-    }
-
-    /// The service port addressed by `host[:port]`.
-    pub fn resolve(&self, host: &str, port: Option<u16>) -> Option<&Arc<PortRoute>> {
-        let entry = self.by_host.get(host)?;
-        let port = port.unwrap_or(entry.default_port);
-        entry.ports.iter().find(|(p, _)| *p == port).map(|(_, r)| r)
-    }
-
-    /// Number of (host, port) entries.
-    pub fn len(&self) -> usize {
-        self.by_host.values().map(|h| h.ports.len()).sum()
-    }
-
-    /// True if no service is routable.
-    pub fn is_empty(&self) -> bool {
-        self.by_host.is_empty()
+        self.key() == *other
     }
 }
 
@@ -593,22 +545,5 @@ mod tests {
             .filter(|_| route.select(&req("GET", "/", &[])).unwrap().cluster.name == "b")
             .count();
         assert!((800..1200).contains(&picks_b), "{picks_b}");
-    }
-
-    #[test]
-    fn resolve_uses_default_port() {
-        let mut t = RouteTable::default();
-        let r = Arc::new(PortRoute {
-            service: "echo.default".into(),
-            port: 80,
-            protocol: Protocol::Http,
-            route_name: None,
-            rules: vec![],
-        });
-        t.insert(&["echo".into(), "echo.default".into()], r);
-        assert!(t.resolve("echo", None).is_some());
-        assert!(t.resolve("echo.default", Some(80)).is_some());
-        assert!(t.resolve("echo", Some(81)).is_none());
-        assert!(t.resolve("other", None).is_none());
     }
 }

@@ -12,7 +12,7 @@
 use crate::cluster::Cluster;
 use crate::original_dst::OriginalDstTable;
 use crate::policy::authz::AuthzPolicies;
-use crate::route::RouteTable;
+use crate::route::table::RouteTable;
 use crate::trace::TelemetrySettings;
 use crate::workload_port::InboundTarget;
 use arc_swap::ArcSwap;

@@ -117,19 +117,38 @@ pub struct Cluster {
     /// Idle timeout for pooled upstream connections.
     pub idle_timeout: Duration,
     balancer: Balancer,
+    /// The destination policy's hash header, outlier detection and circuit
+    /// breaker, boxed: most clusters of a large mesh have no policy, and
+    /// the fields are a third of a cluster.
+    policy: Option<Box<ClusterPolicy>>,
+    retry_budget: ClusterBudget,
+}
+
+/// What a destination policy adds to a cluster.
+#[derive(Debug)]
+struct ClusterPolicy {
     hash_header: Option<HeaderName>,
     outlier: Option<OutlierDetector>,
     /// Serializes ejection decisions so two failures cannot both pass the
     /// ejection cap.
     ejecting: Mutex<()>,
     breaker: Option<Arc<Breaker>>,
-    retry_budget: Arc<LazyBudget>,
 }
 
 /// A cluster's retry budget, made by the first request through the
 /// cluster: most clusters of a large mesh never carry one, and a budget is
-/// a few hundred bytes. Shared with the same cluster of the next snapshot
-/// while its settings do not change, made or not.
+/// a few hundred bytes.
+#[derive(Debug)]
+enum ClusterBudget {
+    /// The default settings, without a destination policy: the cluster's
+    /// own (each snapshot's cluster makes its own).
+    Default(OnceLock<Arc<RetryBudget>>),
+    /// A destination policy's settings: shared with the same cluster of
+    /// the next snapshot while they do not change, made or not.
+    Policy(Arc<LazyBudget>),
+}
+
+/// A destination policy's retry budget, made on first use.
 #[derive(Debug)]
 struct LazyBudget {
     settings: sane_xds_proto::RetryBudget,
@@ -301,7 +320,6 @@ impl Cluster {
                 Balancer::consistent_hash(&eps)
             }
         };
-        let retry_budget = Arc::new(LazyBudget::new(Default::default()));
         Self {
             name,
             protocol: port.protocol(),
@@ -309,11 +327,8 @@ impl Cluster {
             connect_timeout,
             idle_timeout,
             balancer,
-            hash_header: None,
-            outlier: None,
-            ejecting: Mutex::new(()),
-            breaker: None,
-            retry_budget,
+            policy: None,
+            retry_budget: ClusterBudget::Default(OnceLock::new()),
         }
     }
 
@@ -329,40 +344,65 @@ impl Cluster {
         let Some(p) = policy else {
             return self;
         };
-        self.hash_header =
-            HeaderName::from_bytes(p.hash_header.to_ascii_lowercase().as_bytes()).ok();
-        self.outlier = p.outlier_detection.as_ref().map(OutlierDetector::new);
-        self.breaker = p.circuit_breaker.as_ref().map(|cb| {
-            previous
-                .and_then(|c| c.breaker.clone())
-                .filter(|b| b.settings() == cb)
-                .unwrap_or_else(|| Arc::new(Breaker::new(&self.name, cb)))
-        });
+        self.policy = Some(Box::new(ClusterPolicy {
+            hash_header: HeaderName::from_bytes(p.hash_header.to_ascii_lowercase().as_bytes()).ok(),
+            outlier: p.outlier_detection.as_ref().map(OutlierDetector::new),
+            ejecting: Mutex::new(()),
+            breaker: p.circuit_breaker.as_ref().map(|cb| {
+                previous
+                    .and_then(|c| c.breaker().cloned())
+                    .filter(|b| b.settings() == cb)
+                    .unwrap_or_else(|| Arc::new(Breaker::new(&self.name, cb)))
+            }),
+        }));
         let budget = p.retry_budget.clone().unwrap_or_default();
-        self.retry_budget = previous
-            .map(|c| c.retry_budget.clone())
-            .filter(|b| b.settings == budget)
-            .unwrap_or_else(|| Arc::new(LazyBudget::new(budget)));
+        let kept = previous.and_then(|c| match &c.retry_budget {
+            ClusterBudget::Policy(b) if b.settings == budget => Some(b.clone()),
+            // The budget the cluster made without a policy, kept as the
+            // one of a policy with the same (default) settings.
+            ClusterBudget::Default(cell) if budget == Default::default() => {
+                Some(Arc::new(LazyBudget {
+                    settings: budget.clone(),
+                    budget: cell.clone(),
+                }))
+            }
+            _ => None,
+        });
+        self.retry_budget =
+            ClusterBudget::Policy(kept.unwrap_or_else(|| Arc::new(LazyBudget::new(budget))));
         self
     }
 
     /// The circuit breaker, if the destination has one.
     pub fn breaker(&self) -> Option<&Arc<Breaker>> {
-        self.breaker.as_ref()
+        self.policy.as_ref()?.breaker.as_ref()
     }
 
     /// The retry budget (made by the first call).
     pub fn retry_budget(&self) -> &Arc<RetryBudget> {
-        let lazy = &self.retry_budget;
-        lazy.budget
-            .get_or_init(|| Arc::new(RetryBudget::new(&self.name, &lazy.settings)))
+        let (cell, settings) = self.budget_parts();
+        cell.get_or_init(|| Arc::new(RetryBudget::new(&self.name, settings)))
     }
 
     /// Retries the budget allows now, without making it (the admin API).
     pub fn retry_budget_remaining(&self) -> u64 {
-        match self.retry_budget.budget.get() {
+        let (cell, settings) = self.budget_parts();
+        match cell.get() {
             Some(b) => b.remaining(),
-            None => RetryBudget::new(&self.name, &self.retry_budget.settings).remaining(),
+            None => RetryBudget::new(&self.name, settings).remaining(),
+        }
+    }
+
+    /// Where the retry budget is (once made) and its settings.
+    fn budget_parts(&self) -> (&OnceLock<Arc<RetryBudget>>, &sane_xds_proto::RetryBudget) {
+        static DEFAULT: sane_xds_proto::RetryBudget = sane_xds_proto::RetryBudget {
+            percent: None,
+            min_retries_per_second: None,
+            ttl_ms: 0,
+        };
+        match &self.retry_budget {
+            ClusterBudget::Default(cell) => (cell, &DEFAULT),
+            ClusterBudget::Policy(lazy) => (&lazy.budget, &lazy.settings),
         }
     }
 
@@ -399,7 +439,7 @@ impl Cluster {
 
     /// The request's consistent-hash key: its `hash_header` value.
     pub fn hash_key<B>(&self, req: &Request<B>) -> Option<u64> {
-        let name = self.hash_header.as_ref()?;
+        let name = self.policy.as_ref()?.hash_header.as_ref()?;
         let value = req.headers().get(name)?;
         Some(balancer::hash_key(value.as_bytes()))
     }
@@ -424,7 +464,7 @@ impl Cluster {
         // http2/grpc ports, a dedicated HTTP/1.1 connection otherwise.
         let one_per_connection = crate::protocol::http::is_upgrade(req)
             || (endpoint.via_sidecar.is_none() && self.protocol == Protocol::Http);
-        let connection = match (&self.breaker, one_per_connection) {
+        let connection = match (self.breaker(), one_per_connection) {
             (Some(b), true) => Some(b.try_connection().map_err(|e| {
                 metrics.overflow(&self.name, e.limit.name());
                 ProxyError::from(e)
@@ -463,7 +503,9 @@ impl Cluster {
         ep.stats
             .rtt
             .observe(now.saturating_duration_since(attempt.started));
-        let Some(detector) = &self.outlier else {
+        let Some((detector, policy)) =
+            (self.policy.as_deref()).and_then(|p| Some((p.outlier.as_ref()?, p)))
+        else {
             return;
         };
         let outcome = match result {
@@ -476,7 +518,7 @@ impl Cluster {
         if !detector.observe(&ep.stats.health, outcome, now) {
             return;
         }
-        let _one_at_a_time = self.ejecting.lock().expect("not poisoned");
+        let _one_at_a_time = policy.ejecting.lock().expect("not poisoned");
         let ejected = self
             .endpoints
             .iter()
@@ -546,13 +588,53 @@ mod tests {
         let fresh = RetryBudget::new("echo.default:80", &Default::default()).remaining();
         assert_eq!(c.retry_budget_remaining(), fresh);
         assert!(
-            c.retry_budget.budget.get().is_none(),
+            c.budget_parts().0.get().is_none(),
             "reading what it allows does not make it"
         );
         let budget = c.retry_budget().clone();
         budget.deposit();
         assert!(Arc::ptr_eq(&budget, c.retry_budget()));
         assert_eq!(budget.cluster(), "echo.default:80");
+    }
+
+    #[test]
+    fn a_budget_made_without_a_policy_is_kept_by_a_policy_with_its_settings() {
+        let new = || {
+            Cluster::new(
+                "echo.default:80".into(),
+                &port(),
+                Vec::new(),
+                LoadBalancer::default(),
+                Duration::from_secs(1),
+                Duration::from_secs(60),
+            )
+        };
+        let first = new();
+        let made = first.retry_budget().clone();
+        // A policy without a budget has the default settings: the count
+        // made so far carries over, as from a policy's own budget.
+        let breaker_only = DestinationPolicy {
+            circuit_breaker: Some(Default::default()),
+            ..Default::default()
+        };
+        let second = new().with_policy(Some(&breaker_only), Some(&first));
+        assert!(Arc::ptr_eq(&made, second.retry_budget()));
+        let third = new().with_policy(Some(&breaker_only), Some(&second));
+        assert!(Arc::ptr_eq(&made, third.retry_budget()));
+        // Other settings make another budget; no policy, a fresh one.
+        let other = DestinationPolicy {
+            retry_budget: Some(sane_xds_proto::RetryBudget {
+                percent: Some(50.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let fourth = new().with_policy(Some(&other), Some(&third));
+        assert!(!Arc::ptr_eq(&made, fourth.retry_budget()));
+        assert!(!Arc::ptr_eq(
+            &made,
+            new().with_policy(None, Some(&third)).retry_budget()
+        ));
     }
 
     #[test]

@@ -467,9 +467,11 @@ impl LabelCache {
             return series.clone();
         }
         let service = key.service.as_ref();
-        let service_name = service.map_or(&self.unknown, ServiceName::name);
-        let service_namespace = service.map_or(&self.unknown, ServiceName::namespace);
-        let host = service.map_or(&self.unknown, ServiceName::host);
+        let unknown = &*self.unknown;
+        let service_name = service.map_or(unknown, ServiceName::name);
+        let service_namespace = service.map_or(unknown, ServiceName::namespace);
+        let host = service.map(ServiceName::host);
+        let host = host.as_deref().unwrap_or(unknown);
         let (source, destination) = (&key.source, &key.destination);
         let series = metrics.route_series(&RequestLabels {
             reporter: if key.inbound { "destination" } else { "source" },
@@ -513,7 +515,7 @@ impl SeriesKey {
     /// docs).
     fn same(&self, other: &SeriesKey) -> bool {
         let service = match (&self.service, &other.service) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a.host(), b.host()),
+            (Some(a), Some(b)) => a.same(b),
             (None, None) => true,
             _ => false,
         };
