@@ -154,9 +154,17 @@ mod tests {
         assert!(held.counted.is_none());
     }
 
-    fn three_workers(rt: &tokio::runtime::Runtime) -> &'static Workers {
-        let _in = rt.enter();
-        Box::leak(Box::new(Workers::start(3).unwrap()))
+    /// A runtime for the test (worker 0) and two worker threads.
+    fn three_workers() -> (tokio::runtime::Runtime, &'static Workers) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let workers = {
+            let _in = rt.enter();
+            Box::leak(Box::new(Workers::start(3).unwrap()))
+        };
+        (rt, workers)
     }
 
     /// Where `assign` put a connection: the index of the worker it runs on.
@@ -169,11 +177,7 @@ mod tests {
 
     #[test]
     fn connections_take_turns_while_workers_hold_as_many() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let workers = three_workers(&rt);
+        let (rt, workers) = three_workers();
         rt.block_on(async {
             let mut seen = Vec::new();
             for _ in 0..6 {
@@ -187,11 +191,7 @@ mod tests {
 
     #[test]
     fn a_connection_goes_to_the_worker_holding_the_fewest() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let workers = three_workers(&rt);
+        let (rt, workers) = three_workers();
         rt.block_on(async {
             // Three short connections and one long one: the long one is on
             // worker 1 (the second accepted) when the short ones have gone.

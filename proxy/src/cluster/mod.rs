@@ -575,16 +575,21 @@ mod tests {
         assert_eq!(s.via_sidecar, Some(9999));
     }
 
-    #[test]
-    fn the_retry_budget_is_made_by_the_first_request() {
-        let c = Cluster::new(
+    /// A cluster of no endpoints and no policy.
+    fn bare_cluster() -> Cluster {
+        Cluster::new(
             "echo.default:80".into(),
             &port(),
             Vec::new(),
             LoadBalancer::default(),
             Duration::from_secs(1),
             Duration::from_secs(60),
-        );
+        )
+    }
+
+    #[test]
+    fn the_retry_budget_is_made_by_the_first_request() {
+        let c = bare_cluster();
         let fresh = RetryBudget::new("echo.default:80", &Default::default()).remaining();
         assert_eq!(c.retry_budget_remaining(), fresh);
         assert!(
@@ -599,17 +604,7 @@ mod tests {
 
     #[test]
     fn a_budget_made_without_a_policy_is_kept_by_a_policy_with_its_settings() {
-        let new = || {
-            Cluster::new(
-                "echo.default:80".into(),
-                &port(),
-                Vec::new(),
-                LoadBalancer::default(),
-                Duration::from_secs(1),
-                Duration::from_secs(60),
-            )
-        };
-        let first = new();
+        let first = bare_cluster();
         let made = first.retry_budget().clone();
         // A policy without a budget has the default settings: the count
         // made so far carries over, as from a policy's own budget.
@@ -617,9 +612,9 @@ mod tests {
             circuit_breaker: Some(Default::default()),
             ..Default::default()
         };
-        let second = new().with_policy(Some(&breaker_only), Some(&first));
+        let second = bare_cluster().with_policy(Some(&breaker_only), Some(&first));
         assert!(Arc::ptr_eq(&made, second.retry_budget()));
-        let third = new().with_policy(Some(&breaker_only), Some(&second));
+        let third = bare_cluster().with_policy(Some(&breaker_only), Some(&second));
         assert!(Arc::ptr_eq(&made, third.retry_budget()));
         // Other settings make another budget; no policy, a fresh one.
         let other = DestinationPolicy {
@@ -629,11 +624,13 @@ mod tests {
             }),
             ..Default::default()
         };
-        let fourth = new().with_policy(Some(&other), Some(&third));
+        let fourth = bare_cluster().with_policy(Some(&other), Some(&third));
         assert!(!Arc::ptr_eq(&made, fourth.retry_budget()));
         assert!(!Arc::ptr_eq(
             &made,
-            new().with_policy(None, Some(&third)).retry_budget()
+            bare_cluster()
+                .with_policy(None, Some(&third))
+                .retry_budget()
         ));
     }
 
