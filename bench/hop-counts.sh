@@ -49,7 +49,9 @@ for tool in perf strace nginx haproxy h2load openssl curl python3; do
     command -v "$tool" >/dev/null || { echo "hop-counts.sh: $tool not found (scripts/bench-deps.sh; apt-get install strace)" >&2; exit 1; }
 done
 if [[ -z "${NO_BUILD:-}" && " $VARIANTS " == *" sane "* ]]; then
-    (cd "$ROOT" && cargo build --release -p sane-proxy --bin sane-proxy -p sane-control-plane --bin sane-control-plane)
+    # The sidecar on its own, last (bench/text-layout.sh says why).
+    (cd "$ROOT" && cargo build --release -p sane-control-plane --bin sane-control-plane \
+        && cargo build --release -p sane-proxy --bin sane-proxy)
 fi
 
 WORK=$(mktemp -d /tmp/sane-hop-counts.XXXXXX)

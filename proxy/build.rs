@@ -10,6 +10,11 @@
 //!   written by `ORDER=proxy/text-order.txt bench/callgrind.sh`; a symbol
 //!   it names that the build does not have is skipped, a function it does
 //!   not name goes after the listed ones.
+//!   The names carry hashes of the dependencies' build metadata, features
+//!   included: the file matches a build of `sane-proxy` on its own
+//!   (`cargo build --release -p sane-proxy --bin sane-proxy`); a build that
+//!   also selects other packages unifies their features and finds about
+//!   half of the names (`bench/text-layout.sh` checks a binary).
 //! * relative relocations are packed (`DT_RELR`, glibc 2.36 or later):
 //!   the loader reads a few KiB instead of ≈ 0.8 MiB of `.rela.dyn`.
 //!

@@ -72,6 +72,12 @@ struct Args {
     /// Report file. Default: bench/RESULTS.md (quick: bench/results/quick.md).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Measure nothing: start the backend, the control plane and the
+    /// variants of `--only` side by side (each on its own ports), print
+    /// their entries and process ids, and keep them running until standard
+    /// input closes (profiling by hand: `perf sched`, `perf trace`, oha).
+    #[arg(long)]
+    serve: bool,
 }
 
 /// Durations of one round's steps.
@@ -135,6 +141,9 @@ fn main() -> Result<()> {
         .filter(|k| !(args.no_tracing && k.collector().is_some()))
         .collect();
 
+    if args.serve {
+        return serve(&ws, &pin, &kinds);
+    }
     let mut results = Results::new(meta(&repo, &args, rounds, &plan), commands(&args, &plan));
     results.workers = workers[0];
     let started = Instant::now();
@@ -244,6 +253,27 @@ fn main() -> Result<()> {
     if !failures.is_empty() {
         anyhow::bail!("{} step(s) failed: {}", failures.len(), failures.join("; "));
     }
+    Ok(())
+}
+
+/// `--serve`: the variants running side by side until standard input closes.
+fn serve(ws: &Workspace, pin: &Pin, kinds: &[PeerKind]) -> Result<()> {
+    let _shared = ws.start_shared(pin.0.as_deref())?;
+    let mut peers = Vec::new();
+    for &kind in kinds {
+        let peer = ws.start(kind)?;
+        let (http, host) = kind.entry(Mode::Http);
+        let (tcp, _) = kind.entry(Mode::Tcp);
+        println!(
+            "{}: http {http}{} tcp {tcp} pids {:?} (hop A first)",
+            kind.name(),
+            host.map(|h| format!(" (Host: {h})")).unwrap_or_default(),
+            peer.hop_pids()
+        );
+        peers.push(peer);
+    }
+    println!("serving; close standard input (Ctrl-D) to stop");
+    std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
     Ok(())
 }
 
