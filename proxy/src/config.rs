@@ -27,8 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use crate::snapshot::{local_service_key, Catalog, ConfigStore, PolicySource, Snapshot};
 use crate::snapshot::HeldConfig;
+pub use crate::snapshot::{local_service_key, Catalog, ConfigStore, PolicySource, Snapshot};
 
 /// The file's config with the control plane's `resources` (moved in, not
 /// copied): every kind of them but listeners, which come from the file.
