@@ -224,6 +224,15 @@ fn start(
         Ok(())
     })
     .context("waiting for the proxy to serve")?;
+    // Ready once every xDS type was applied (at once without a control
+    // plane): each type's first push is a compile of the whole config.
+    poll(deadline, || {
+        match http(&admin, "GET", "/ready", None, None)? {
+            (200, _) => Ok(()),
+            (status, body) => bail!("/ready: {status} {body}"),
+        }
+    })
+    .context("waiting for the proxy to be ready")?;
     for _ in 0..10 {
         http(&entry, "GET", "/", Some("backend"), None)?;
     }
