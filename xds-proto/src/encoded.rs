@@ -154,10 +154,7 @@ mod tests {
         let per_item = list.encoded_bytes() / endpoints.len();
         println!("{per_item} bytes per encoded endpoint");
         assert!(per_item < std::mem::size_of::<Endpoint>(), "{per_item}");
-        let wire: usize = endpoints
-            .iter()
-            .map(|e| prost::Message::encoded_len(e))
-            .sum();
+        let wire: usize = endpoints.iter().map(prost::Message::encoded_len).sum();
         // One length byte per item (each is shorter than 128 bytes).
         assert_eq!(list.encoded_bytes(), wire + endpoints.len());
     }
