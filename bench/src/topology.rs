@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// How long a process may take to start serving.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// The bench control plane's API token (loopback only, scratch data dir).
-const API_TOKEN: &str = "sane-bench-token";
+pub const API_TOKEN: &str = "sane-bench-token";
 /// The control plane's xDS/CA and API addresses (as in `peers/sane-*.yaml`).
 const CP_XDS: &str = "127.0.0.1:18030";
 const CP_API: &str = "127.0.0.1:18031";

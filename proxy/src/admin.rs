@@ -125,7 +125,7 @@ impl Admin {
             "inbound_tls": inbound_tls,
             "source": self.config.path().map(|p| p.display().to_string()),
             "last_reload_error": self.config.last_error(),
-            "bootstrap": &*s.bootstrap,
+            "bootstrap": s.config(),
             "clusters": clusters,
         });
         Response::builder()

@@ -27,25 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use crate::snapshot::{local_service_key, ConfigStore, PolicySource, Snapshot};
-
-fn policy_source(dynamic: Option<&Arc<Bootstrap>>) -> PolicySource {
-    match dynamic {
-        Some(_) => PolicySource::ControlPlane,
-        None => PolicySource::File,
-    }
-}
-
-/// The config to compile: the file's, with the control plane's resources
-/// (those of `dynamic`, the last config applied with them) when there are
-/// any. Without them it is the file's own `Arc`, so the snapshot and the
-/// store share one copy of a large config.
-fn merged(file: &Arc<Bootstrap>, dynamic: Option<&Arc<Bootstrap>>) -> Arc<Bootstrap> {
-    match dynamic {
-        None => file.clone(),
-        Some(d) => Arc::new(with_resources(file, d.resources.clone())),
-    }
-}
+use crate::snapshot::HeldConfig;
+pub use crate::snapshot::{local_service_key, Catalog, ConfigStore, PolicySource, Snapshot};
 
 /// The file's config with the control plane's `resources` (moved in, not
 /// copied): every kind of them but listeners, which come from the file.
@@ -112,8 +95,9 @@ impl Snapshot {
     }
 
     /// [`Snapshot::compile`] of a config whose authorization policies come
-    /// from `policies`. The snapshot keeps `bootstrap` (an `Arc` given in is
-    /// shared, not copied).
+    /// from `policies`. The snapshot keeps `bootstrap`, its services and
+    /// endpoints encoded (an `Arc` given in that is also held elsewhere is
+    /// copied first).
     pub fn compile_from(
         bootstrap: impl Into<Arc<Bootstrap>>,
         authz_source: PolicySource,
@@ -309,10 +293,14 @@ impl Snapshot {
             Some(p) if *p.telemetry == telemetry => p.telemetry.clone(),
             _ => Arc::new(telemetry),
         };
+        // Compiled: the two lists that grow with the mesh are kept encoded.
+        let HeldConfig { bootstrap, catalog } =
+            HeldConfig::new(Arc::try_unwrap(bootstrap).unwrap_or_else(|b| (*b).clone()));
         Ok(Self {
             telemetry,
             version,
             bootstrap,
+            catalog,
             routes,
             tcp_targets,
             inbound,
@@ -565,19 +553,18 @@ impl ConfigStore {
     /// why not.
     pub fn apply(&self, bootstrap: Bootstrap, origin: &str) -> Result<u64, StartError> {
         let mut sources = self.sources.lock().expect("not poisoned");
-        let file = Arc::new(bootstrap);
-        let candidate = merged(&file, sources.dynamic.as_ref());
-        let v = self.swap(
-            candidate.clone(),
-            policy_source(sources.dynamic.as_ref()),
-            origin,
-        )?;
-        if sources.dynamic.is_some() {
-            // The same resources, now with the new file: keep one copy.
-            sources.dynamic = Some(candidate);
-        }
-        sources.file = file;
-        Ok(v)
+        let Some(dynamic) = &sources.dynamic else {
+            let next = self.swap(bootstrap, PolicySource::File, origin)?;
+            // The snapshot's own config: one copy.
+            sources.file = next.held();
+            return Ok(next.version);
+        };
+        let candidate = with_resources(&bootstrap, dynamic.resources());
+        let next = self.swap(candidate, PolicySource::ControlPlane, origin)?;
+        // The same resources, now with the new file: keep one copy.
+        sources.dynamic = Some(next.held());
+        sources.file = HeldConfig::new(bootstrap);
+        Ok(next.version)
     }
 
     /// Applies resources pushed by the control plane (listeners ignored), or
@@ -589,38 +576,38 @@ impl ConfigStore {
     ) -> Result<u64, StartError> {
         shrink(&mut resources);
         let mut sources = self.sources.lock().expect("not poisoned");
-        let candidate = Arc::new(with_resources(&sources.file, resources));
-        let v = self.swap(candidate.clone(), PolicySource::ControlPlane, origin)?;
+        let candidate = with_resources(&sources.file.bootstrap, resources);
+        let next = self.swap(candidate, PolicySource::ControlPlane, origin)?;
         // The snapshot's own config: the resources are kept once.
-        sources.dynamic = Some(candidate);
-        Ok(v)
+        sources.dynamic = Some(next.held());
+        Ok(next.version)
     }
 
     /// Checks that `resources` would compile with the current file, without
     /// applying them.
     pub fn check_dynamic(&self, resources: &MeshResources, origin: &str) -> Result<(), StartError> {
         let sources = self.sources.lock().expect("not poisoned");
-        let candidate = with_resources(&sources.file, resources.clone());
+        let candidate = with_resources(&sources.file.bootstrap, resources.clone());
         Snapshot::compile_from(candidate, PolicySource::ControlPlane, 0, None, origin).map(|_| ())
     }
 
     fn swap(
         &self,
-        candidate: Arc<Bootstrap>,
+        candidate: Bootstrap,
         policies: PolicySource,
         origin: &str,
-    ) -> Result<u64, StartError> {
+    ) -> Result<Arc<Snapshot>, StartError> {
         let prev = self.load();
         let result =
             Snapshot::compile_from(candidate, policies, prev.version + 1, Some(&prev), origin);
         let mut last = self.last_error.lock().expect("not poisoned");
         match result {
             Ok(next) => {
-                let v = next.version;
                 warn_on_listener_changes(&prev, &next);
-                self.current.store(Arc::new(next));
+                let next = Arc::new(next);
+                self.current.store(next.clone());
                 *last = None;
-                Ok(v)
+                Ok(next)
             }
             Err(e) => {
                 *last = Some(e.to_string());
@@ -752,7 +739,7 @@ resources:
         // A file reload keeps the control plane's choice.
         store.apply(file, "f").unwrap();
         assert_eq!(store.load().authz.len(), 1);
-        let mut none = store.load().bootstrap.resources.clone();
+        let mut none = store.load().config().resources;
         none.authorization_policies.clear();
         store.apply_dynamic(none, "xds").unwrap();
         assert!(store.load().authz.is_empty());
@@ -766,9 +753,13 @@ resources:
             let sources = store.sources.lock().unwrap();
             (sources.file.clone(), sources.dynamic.clone())
         };
-        assert!(Arc::ptr_eq(&store.load().bootstrap, &kept(&store).0));
+        let same = |s: &Snapshot, held: &HeldConfig| {
+            Arc::ptr_eq(&s.bootstrap, &held.bootstrap) && Arc::ptr_eq(&s.catalog, &held.catalog)
+        };
+        assert!(same(&store.load(), &kept(&store).0));
         store.apply(file(), "f").unwrap();
-        assert!(Arc::ptr_eq(&store.load().bootstrap, &kept(&store).0));
+        assert!(same(&store.load(), &kept(&store).0));
+        assert_eq!(store.load().config(), file(), "the whole config, decoded");
         // The control plane's resources are kept once: in the snapshot's
         // config, which a file reload merges again.
         let mut pushed = file().resources;
@@ -776,12 +767,33 @@ resources:
         pushed.endpoints.truncate(1);
         store.apply_dynamic(pushed.clone(), "xds").unwrap();
         let dynamic = kept(&store).1.unwrap();
-        assert!(Arc::ptr_eq(&store.load().bootstrap, &dynamic));
+        assert!(same(&store.load(), &dynamic));
         store.apply(file(), "f").unwrap();
         let dynamic = kept(&store).1.unwrap();
-        assert!(Arc::ptr_eq(&store.load().bootstrap, &dynamic));
-        assert_eq!(store.load().bootstrap.resources.endpoints, pushed.endpoints);
+        assert!(same(&store.load(), &dynamic));
+        assert_eq!(store.load().config().resources.endpoints, pushed.endpoints);
+        assert_eq!(store.load().config().resources.services, pushed.services);
         assert_eq!(store.load().listeners(), file().resources.listeners);
+        // A failed reload keeps both halves.
+        let mut bad = file();
+        bad.resources.listeners[0].address = "nowhere".into();
+        assert!(store.apply(bad, "f").is_err());
+        assert!(same(&store.load(), &kept(&store).1.unwrap()));
+        assert_eq!(store.load().config().resources.endpoints, pushed.endpoints);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_its_services_and_endpoints_encoded() {
+        let s = compile(CFG).unwrap();
+        assert!(s.bootstrap.resources.services.is_empty());
+        assert!(s.bootstrap.resources.endpoints.is_empty());
+        assert_eq!((s.catalog.services(), s.catalog.endpoints()), (2, 3));
+        let file: Bootstrap = serde_yaml::from_str(CFG).unwrap();
+        assert_eq!(s.config(), file);
+        // Everything else stays decoded: listeners and routes are read
+        // after compiling (listener changes, the gateway).
+        assert_eq!(s.bootstrap.resources.listeners, file.resources.listeners);
+        assert_eq!(s.bootstrap.resources.routes, file.resources.routes);
     }
 
     #[test]

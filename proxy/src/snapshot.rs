@@ -17,7 +17,7 @@ use crate::trace::TelemetrySettings;
 use crate::workload_port::InboundTarget;
 use arc_swap::ArcSwap;
 use sane_xds_proto::yaml::YamlLimits;
-use sane_xds_proto::{Bootstrap, PeerTls};
+use sane_xds_proto::{Bootstrap, EncodedList, Endpoint, MeshResources, PeerTls, Service};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,8 +27,14 @@ use std::sync::{Arc, Mutex};
 pub struct Snapshot {
     /// Increases by one with every applied config.
     pub version: u64,
-    /// The configuration this snapshot was compiled from.
+    /// The configuration this snapshot was compiled from, but for its
+    /// services and endpoints: its `resources.services` and
+    /// `resources.endpoints` are empty, those two lists are in `catalog`
+    /// (compiled, nothing on the data path reads them). [`Snapshot::config`]
+    /// is the whole configuration.
     pub bootstrap: Arc<Bootstrap>,
+    /// The services and endpoints of the configuration, encoded.
+    pub catalog: Arc<Catalog>,
     /// HTTP routing table (outbound).
     pub routes: RouteTable,
     /// Target cluster of each outbound TCP listener, by listener name.
@@ -53,6 +59,26 @@ pub struct Snapshot {
     /// [`sane_xds_proto::resolve_peer_tls`]); the inbound targets apply them
     /// where the bootstrap leaves `tls_mode: default`.
     pub peer_tls: PeerTls,
+}
+
+/// A config's services and endpoints, the two lists that grow with the
+/// mesh, held in their protobuf encoding once a snapshot is compiled from
+/// them: only `/config_dump` and a merge with a new file read them again.
+/// Decoded, a service with one port and its endpoint with an identity are
+/// ≈ 550 bytes (two structs of 144–160 bytes and six strings); encoded,
+/// ≈ 100 (section 6 of `bench/results/memory-2026-12-06.md`).
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    services: EncodedList<Service>,
+    endpoints: EncodedList<Endpoint>,
+}
+
+/// A config as the store keeps it: the snapshot's two halves (see
+/// [`Snapshot::bootstrap`] and [`Snapshot::catalog`]).
+#[derive(Clone, Debug)]
+pub(crate) struct HeldConfig {
+    pub(crate) bootstrap: Arc<Bootstrap>,
+    pub(crate) catalog: Arc<Catalog>,
 }
 
 /// Where the authorization policies of a config come from, which decides
@@ -90,13 +116,13 @@ pub struct ConfigStore {
 
 #[derive(Debug)]
 pub(crate) struct Sources {
-    /// The file's config (the current snapshot's own `Arc` while no
-    /// control plane has pushed resources).
-    pub(crate) file: Arc<Bootstrap>,
+    /// The file's config (the current snapshot's own while no control
+    /// plane has pushed resources).
+    pub(crate) file: HeldConfig,
     /// The last config applied with the control plane's resources (the
-    /// current snapshot's `Arc`): its `resources` are those resources,
-    /// merged again with the file when the file changes.
-    pub(crate) dynamic: Option<Arc<Bootstrap>>,
+    /// current snapshot's own): its resources are those resources, merged
+    /// again with the file when the file changes.
+    pub(crate) dynamic: Option<HeldConfig>,
 }
 
 /// The service key (`name.namespace`) of the local workload, as inbound
@@ -114,13 +140,83 @@ pub fn local_service_key(node: &sane_xds_proto::Node) -> String {
     )
 }
 
+// === impl Snapshot ===
+
+impl Snapshot {
+    /// The whole configuration this snapshot was compiled from (its
+    /// services and endpoints decoded again).
+    pub fn config(&self) -> Bootstrap {
+        let mut b = (*self.bootstrap).clone();
+        self.catalog.restore(&mut b.resources);
+        b
+    }
+
+    pub(crate) fn held(&self) -> HeldConfig {
+        HeldConfig {
+            bootstrap: self.bootstrap.clone(),
+            catalog: self.catalog.clone(),
+        }
+    }
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    /// Moves the services and endpoints of `res` out, encoded (the two
+    /// lists are left empty).
+    pub fn take(res: &mut MeshResources) -> Self {
+        let services = std::mem::take(&mut res.services);
+        let endpoints = std::mem::take(&mut res.endpoints);
+        Self {
+            services: EncodedList::new(&services),
+            endpoints: EncodedList::new(&endpoints),
+        }
+    }
+
+    /// Puts the services and endpoints back into `res`, decoded.
+    pub fn restore(&self, res: &mut MeshResources) {
+        res.services = self.services.decode();
+        res.endpoints = self.endpoints.decode();
+    }
+
+    /// How many services it holds.
+    pub fn services(&self) -> usize {
+        self.services.len()
+    }
+
+    /// How many endpoints it holds.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.len()
+    }
+}
+
+// === impl HeldConfig ===
+
+impl HeldConfig {
+    /// Holds `b`: its services and endpoints encoded.
+    pub(crate) fn new(mut b: Bootstrap) -> Self {
+        let catalog = Catalog::take(&mut b.resources);
+        Self {
+            bootstrap: Arc::new(b),
+            catalog: Arc::new(catalog),
+        }
+    }
+
+    /// The resources, services and endpoints decoded again.
+    pub(crate) fn resources(&self) -> MeshResources {
+        let mut res = self.bootstrap.resources.clone();
+        self.catalog.restore(&mut res);
+        res
+    }
+}
+
 // === impl ConfigStore ===
 
 // The read side (and the constructor); the write side is in `crate::config`.
 impl ConfigStore {
     /// A store serving `snapshot`, reloading from `path` if given.
     pub fn new(snapshot: Snapshot, path: Option<PathBuf>) -> Self {
-        let file = snapshot.bootstrap.clone();
+        let file = snapshot.held();
         Self {
             current: ArcSwap::from_pointee(snapshot),
             path,

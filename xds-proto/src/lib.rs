@@ -16,6 +16,7 @@
 mod authz;
 mod bootstrap;
 mod ca;
+mod encoded;
 mod endpoint;
 mod gateway;
 mod health;
@@ -41,6 +42,7 @@ pub use bootstrap::{
     is_loopback_host, url_host, AdminConfig, Bootstrap, ControlPlane, IdentityConfig, Node,
 };
 pub use ca::{CertificateRequest, CertificateResponse, CA_CREATE_CERTIFICATE_PATH};
+pub use encoded::EncodedList;
 pub use endpoint::Endpoint;
 pub use gateway::{
     EdgeLimits, Gateway, GatewayHost, GatewayListener, GatewayRoute, HostTls, RateLimit,

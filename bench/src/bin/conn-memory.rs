@@ -16,6 +16,12 @@
 //! memory only (after the first requests and `--settle`), and the
 //! least-squares RSS per 1 000 endpoints.
 //!
+//! With `--control-plane <sane-control-plane binary>` the services and
+//! endpoints come over xDS instead of the file: for each size a control
+//! plane (plaintext on loopback) follows a `--config-dir` holding them, and
+//! the proxy's file has only its listener and the `control_plane` section,
+//! as an injected sidecar's has.
+//!
 //! `--wrap heaptrack` runs the proxy under a wrapper command instead (the
 //! memory figures are then the wrapper's and not printed); the proxy is
 //! stopped through its admin `POST /drain` so the wrapper sees a clean exit.
@@ -25,7 +31,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use sane_bench::procfs;
 use sane_bench::stats::slope;
-use sane_bench::topology::{http, idle_connections, poll, scale_resources};
+use sane_bench::topology::{http, idle_connections, poll, scale_resources, API_TOKEN};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -63,6 +69,10 @@ struct Args {
     /// table: every endpoint address).
     #[arg(long)]
     transparent: bool,
+    /// With `--endpoints`: the `sane-control-plane` binary that serves the
+    /// services and endpoints over xDS (instead of the proxy's file).
+    #[arg(long)]
+    control_plane: Option<PathBuf>,
     /// Scratch directory for the config and the proxy's log (`proxy.log`).
     #[arg(long, default_value = "/tmp/sane-conn-memory")]
     work_dir: PathBuf,
@@ -79,7 +89,7 @@ fn main() -> Result<()> {
     if !args.endpoints.is_empty() {
         return endpoint_scale(&args, backend);
     }
-    let (mut proxy, entry, admin) = start(&args, backend, 0)?;
+    let (mut proxy, entry, admin) = start(&args, backend, 0, None)?;
     let pid = proxy.0.id();
     let measured = args.wrap.is_empty();
     settle(args.settle);
@@ -137,18 +147,23 @@ fn main() -> Result<()> {
 /// Idle memory of a proxy per config size, and the slope.
 fn endpoint_scale(args: &Args, backend: u16) -> Result<()> {
     println!(
-        "idle memory by config size (extra services with one endpoint each); settle {:.1} s; workers {}{}",
+        "idle memory by config size (extra services with one endpoint each); settle {:.1} s; workers {}{}{}",
         args.settle.as_secs_f64(),
         args.workers,
-        if args.transparent { "; with a transparent listener" } else { "" }
+        if args.transparent { "; with a transparent listener" } else { "" },
+        if args.control_plane.is_some() { "; over xDS from a control plane" } else { "" }
     );
     println!();
     println!("| endpoints | start (s) | RSS (MiB) | PSS (MiB) | private (MiB) |");
     println!("|---|---|---|---|---|");
     let mut points = Vec::new();
     for &n in &args.endpoints {
+        let cp = match &args.control_plane {
+            Some(bin) => Some(ControlPlane::start(bin, &args.work_dir, backend, n)?),
+            None => None,
+        };
         let started = Instant::now();
-        let (mut proxy, _, admin) = start(args, backend, n)?;
+        let (mut proxy, _, admin) = start(args, backend, n, cp.as_ref())?;
         let start_secs = started.elapsed().as_secs_f64();
         settle(args.settle);
         let m = procfs::memory(&[proxy.0.id()]);
@@ -168,13 +183,22 @@ fn endpoint_scale(args: &Args, backend: u16) -> Result<()> {
     Ok(())
 }
 
-/// Starts the proxy with `extra` scale-test services, waits until it
-/// serves and sends a few requests, so the upstream pool and the lazily
-/// built state exist before a measurement. Returns it with its outbound
-/// and admin addresses.
-fn start(args: &Args, backend: u16, extra: usize) -> Result<(Proxy, String, String)> {
+/// Starts the proxy with `extra` scale-test services (from `cp` when
+/// given, which then holds them), waits until it serves and sends a few
+/// requests, so the upstream pool and the lazily built state exist before a
+/// measurement. Returns it with its outbound and admin addresses.
+fn start(
+    args: &Args,
+    backend: u16,
+    extra: usize,
+    cp: Option<&ControlPlane>,
+) -> Result<(Proxy, String, String)> {
     let config = args.work_dir.join("sane.yaml");
-    fs::write(&config, config_yaml(backend, extra, args.transparent))?;
+    let yaml = match cp {
+        Some(cp) => cp.proxy_yaml(args.transparent),
+        None => config_yaml(backend, extra, args.transparent),
+    };
+    fs::write(&config, yaml)?;
     let mut cmd = match args.wrap.split_first() {
         Some((w, rest)) => {
             let mut c = Command::new(w);
@@ -200,6 +224,15 @@ fn start(args: &Args, backend: u16, extra: usize) -> Result<(Proxy, String, Stri
         Ok(())
     })
     .context("waiting for the proxy to serve")?;
+    // Ready once every xDS type was applied (at once without a control
+    // plane): each type's first push is a compile of the whole config.
+    poll(deadline, || {
+        match http(&admin, "GET", "/ready", None, None)? {
+            (200, _) => Ok(()),
+            (status, body) => bail!("/ready: {status} {body}"),
+        }
+    })
+    .context("waiting for the proxy to be ready")?;
     for _ in 0..10 {
         http(&entry, "GET", "/", Some("backend"), None)?;
     }
@@ -212,13 +245,11 @@ fn settle(d: Duration) {
     std::thread::sleep(d);
 }
 
+const INTERCEPT: &str = "    - { name: intercept, direction: outbound, protocol: http, address: \"127.0.0.1:0\", transparent: true }\n";
+
 fn config_yaml(backend: u16, extra: usize, transparent: bool) -> String {
     let (services, endpoints) = scale_resources(extra);
-    let intercept = if transparent {
-        "    - { name: intercept, direction: outbound, protocol: http, address: \"127.0.0.1:0\", transparent: true }\n"
-    } else {
-        ""
-    };
+    let intercept = if transparent { INTERCEPT } else { "" };
     format!(
         r#"# conn-memory: one outbound HTTP listener, the backend without a sidecar.
 node: {{ id: conn-memory, namespace: default, workload: conn-memory }}
@@ -235,6 +266,109 @@ resources:
     - {{ service: backend, address: 127.0.0.1 }}
 {endpoints}"#
     )
+}
+
+/// The services and endpoints of [`config_yaml`], as a control plane's
+/// `--config-dir` file.
+fn resources_yaml(backend: u16, extra: usize) -> String {
+    let (services, endpoints) = scale_resources(extra);
+    format!(
+        r#"services:
+    - name: backend
+      ports:
+        - {{ name: http, port: 80, target_port: {backend}, protocol: http }}
+{services}endpoints:
+    - {{ service: backend, address: 127.0.0.1 }}
+{endpoints}"#
+    )
+}
+
+/// A control plane serving the scale resources over plaintext xDS on
+/// loopback, with a workload token for the proxy; killed when dropped.
+struct ControlPlane {
+    /// Killed when dropped.
+    _proc: Proxy,
+    xds: String,
+    token_file: PathBuf,
+}
+
+impl ControlPlane {
+    fn start(
+        bin: &PathBuf,
+        work_dir: &std::path::Path,
+        backend: u16,
+        extra: usize,
+    ) -> Result<Self> {
+        let data = work_dir.join("cp-data");
+        let conf = work_dir.join("cp-conf");
+        let _ = fs::remove_dir_all(&data);
+        let _ = fs::remove_dir_all(&conf);
+        fs::create_dir_all(&data)?;
+        fs::create_dir_all(&conf)?;
+        fs::write(conf.join("scale.yaml"), resources_yaml(backend, extra))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--insecure-plaintext-loopback"])
+            .args(["--xds-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--config-dir")
+            .arg(&conf)
+            .args(["--api-token", API_TOKEN])
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(work_dir.join("control-plane.log"))?);
+        let mut proc = Proxy(cmd.spawn().context("starting sane-control-plane")?);
+        let addrs = proc.listening(&["xds", "api"])?;
+        let (xds, api) = (addrs[0].clone(), addrs[1].clone());
+        let body = r#"{"namespace":"default","service_account":"default"}"#;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let reply = poll(deadline, || {
+            http(&api, "POST", "/api/v1/tokens", None, Some(body))
+        })
+        .context("issuing a workload token")?;
+        if reply.0 != 200 && reply.0 != 201 {
+            bail!("issuing a workload token: {} {}", reply.0, reply.1);
+        }
+        let v: serde_json::Value = serde_json::from_str(&reply.1)?;
+        let token = v["token"].as_str().context("no token in the reply")?;
+        let token_file = work_dir.join("proxy.token");
+        fs::write(&token_file, token)?;
+        // The file is one registry write: with its last service there, the
+        // proxy's first push of each type is the whole set.
+        let last = format!("/api/v1/services/default/svc-{}", extra.saturating_sub(1));
+        let last = if extra == 0 {
+            "/api/v1/services/default/backend".to_string()
+        } else {
+            last
+        };
+        poll(deadline, || match http(&api, "GET", &last, None, None)? {
+            (200, _) => Ok(()),
+            (status, body) => bail!("{last}: {status} {body}"),
+        })
+        .context("waiting for the control plane to load the resources")?;
+        Ok(Self {
+            _proc: proc,
+            xds,
+            token_file,
+        })
+    }
+
+    /// The proxy's file: its listeners and this control plane.
+    fn proxy_yaml(&self, transparent: bool) -> String {
+        let intercept = if transparent { INTERCEPT } else { "" };
+        format!(
+            r#"# conn-memory: one outbound HTTP listener; services and endpoints over xDS.
+node: {{ id: "default.default~conn-memory", namespace: default, workload: conn-memory }}
+admin: {{ address: "127.0.0.1:0" }}
+drain_timeout: 1s
+control_plane: {{ address: "http://{}", token_file: "{}" }}
+resources:
+  listeners:
+    - {{ name: outbound, direction: outbound, protocol: http, address: "127.0.0.1:0" }}
+{intercept}"#,
+            self.xds,
+            self.token_file.display()
+        )
+    }
 }
 
 /// A keep-alive HTTP/1.1 server answering every request `200 ok`, one
@@ -276,26 +410,31 @@ impl Proxy {
     /// The outbound listener's and the admin server's addresses, from the
     /// proxy's `listening name=… addr=…` lines.
     fn addresses(&mut self) -> Result<(String, String)> {
+        let addrs = self.listening(&["outbound", "admin"])?;
+        Ok((addrs[0].clone(), addrs[1].clone()))
+    }
+
+    /// The addresses of the `names` listeners, in that order, from the
+    /// process's `listening name=… addr=…` lines.
+    fn listening(&mut self, names: &[&str]) -> Result<Vec<String>> {
         let out = self.0.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(out).lines();
-        let (mut entry, mut admin) = (None, None);
-        while entry.is_none() || admin.is_none() {
+        let mut found: Vec<Option<String>> = vec![None; names.len()];
+        while found.iter().any(Option::is_none) {
             let line = lines
                 .next()
-                .context("the proxy exited before listening")??;
+                .context("the process exited before listening")??;
             let Some(rest) = line.strip_prefix("listening name=") else {
                 continue;
             };
             let (name, addr) = rest.split_once(" addr=").context("bad listening line")?;
-            match name {
-                "outbound" => entry = Some(addr.to_string()),
-                "admin" => admin = Some(addr.to_string()),
-                _ => {}
+            if let Some(i) = names.iter().position(|n| *n == name) {
+                found[i] = Some(addr.to_string());
             }
         }
-        // Keep reading (and discarding) stdout so the proxy never blocks on it.
+        // Keep reading (and discarding) stdout so the process never blocks on it.
         std::thread::spawn(move || lines.for_each(drop));
-        Ok((entry.unwrap_or_default(), admin.unwrap_or_default()))
+        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     fn wait(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
