@@ -215,15 +215,14 @@ impl XdsState {
         let removed = match held {
             // Unless every accepted resource is repeated or replaced (the
             // two counts are of different resources), some are gone.
-            Some(h) if kept.len() + replaced(h, &kept, &changed) < h.accepted.len() => {
-                h.accepted
-                    .iter()
-                    .filter(|(name, old)| {
-                        !kept.contains(&old.digest) && !changed.contains_key(name.as_str())
-                    })
-                    .map(|(name, _)| name.clone())
-                    .collect()
-            }
+            Some(h) if kept.len() + replaced(h, &kept, &changed) < h.accepted.len() => h
+                .accepted
+                .iter()
+                .filter(|(name, old)| {
+                    !kept.contains(&old.digest) && !changed.contains_key(name.as_str())
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
             _ => BTreeSet::new(),
         };
         Ok(Received {
@@ -797,7 +796,12 @@ mod tests {
 
     fn endpoints(version: &str, list: &[Endpoint]) -> DiscoveryResponse {
         let t = TypeUrl::Endpoint;
-        resp(t, version, version, list.iter().map(|e| any(t, e)).collect())
+        resp(
+            t,
+            version,
+            version,
+            list.iter().map(|e| any(t, e)).collect(),
+        )
     }
 
     fn accepted_endpoints(st: &XdsState) -> Vec<(String, u32)> {
@@ -829,7 +833,12 @@ mod tests {
         // a repeated, b changed (same name, new weight), c gone, d new.
         let (b2, d) = (endpoint_at("10.0.0.2", 7), endpoint_at("10.0.0.4", 1));
         let second = endpoints("2", &[a.clone(), b2.clone(), d.clone()]);
-        let st_echo = resp(TypeUrl::Service, "s", "s", vec![any(TypeUrl::Service, &echo())]);
+        let st_echo = resp(
+            TypeUrl::Service,
+            "s",
+            "s",
+            vec![any(TypeUrl::Service, &echo())],
+        );
         let (got, _) = st.candidate(&st_echo).unwrap();
         st.accept(&st_echo, got);
         let (got, candidate) = st.candidate(&second).unwrap();
@@ -869,7 +878,9 @@ mod tests {
         assert_eq!(accepted_endpoints(&st).len(), 3);
 
         // b2's bytes are back under a again: a changes, b2 stays.
-        let (got, _) = st.candidate(&endpoints("4", &[b2.clone(), d.clone()])).unwrap();
+        let (got, _) = st
+            .candidate(&endpoints("4", &[b2.clone(), d.clone()]))
+            .unwrap();
         assert_eq!(
             got.removed().collect::<Vec<_>>(),
             ["default/echo/10.0.0.1:8080"]
