@@ -53,6 +53,12 @@ use tracing::Instrument;
 /// Responses buffered per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
 
+/// First capacity of a stream's request buffer. Requests are ACKs of a
+/// few hundred bytes (the first carries the node); tonic's default, 8 KiB,
+/// was held by every stream for its life. A larger request grows it (up to
+/// [`MAX_REQUEST_BYTES`]).
+const REQUEST_BUFFER: usize = 1024;
+
 /// How long a stream without an `authorization` header may take to send
 /// its first request (which carries its token in the node).
 const UNAUTHENTICATED_FIRST_REQUEST: Duration = Duration::from_secs(10);
@@ -355,7 +361,8 @@ where
     B::Error: Into<StdError> + Send + 'static,
 {
     let (parts, body) = req.into_parts();
-    let decoder = tonic_prost::ProstDecoder::<T>::default();
+    let settings = tonic::codec::BufferSettings::new(REQUEST_BUFFER, 32 * 1024);
+    let decoder = tonic_prost::ProstDecoder::<T>::new(settings);
     let stream = Streaming::new_request(decoder, body, None, max);
     Request::from_http(http::Request::from_parts(parts, stream))
 }
