@@ -13,9 +13,12 @@
 //! A stream speaks xDS as the proxy does, without the data plane: the
 //! proxy's own client code builds its node (`sane_proxy::xds::envoy_node`)
 //! and connects (`sane_proxy::tls::control_plane::connect`, verifying the
-//! control plane against `<data-dir>/root-cert.pem`); every response is
-//! decoded and validated resource by resource with the proxy's state
-//! machine (`sane_proxy::xds::state`) and ACKed. State-of-the-world streams
+//! control plane against `<data-dir>/root-cert.pem`); every response goes
+//! through the proxy's state machine (`sane_proxy::xds::state`: each
+//! resource whose bytes are not those of one it holds is decoded and
+//! validated, an invalid one would be a NACK) and is ACKed; what a proxy
+//! does beyond that (compiling its routing tables) is left out.
+//! State-of-the-world streams
 //! subscribe like the proxy (wildcard, every type); delta streams (the
 //! proxy has no delta client) subscribe to the same types by wildcard, keep
 //! the resources they hold by name, and decode and validate each with the
@@ -596,14 +599,20 @@ impl Topology {
 impl Fleet {
     /// Called by a stream after it ACKed a response of `t`: counts the
     /// stream once if what it now holds of `t` shows the awaited change.
-    fn acked(&self, t: TypeUrl, held: &BTreeMap<String, Resource>, seen: &mut u64, at: Instant) {
+    fn acked<'a>(
+        &self,
+        t: TypeUrl,
+        held: impl Fn(&str) -> Option<&'a Resource>,
+        seen: &mut u64,
+        at: Instant,
+    ) {
         let Some(expect) = self.expect.lock().unwrap().clone() else {
             return;
         };
         if expect.type_url != t || expect.generation <= *seen {
             return;
         }
-        let has = match (&expect.want, held.get(&expect.name)) {
+        let has = match (&expect.want, held(&expect.name)) {
             (Want::RouteTimeout(ms), Some(Resource::Route(r))) => {
                 r.rules.first().is_some_and(|rule| rule.timeout_ms == *ms)
             }
@@ -696,13 +705,14 @@ async fn sotw(
         .into_inner();
     while let Some(resp) = responses.message().await? {
         ps.got_response = true;
-        let (t, received) = state::receive(&resp)
+        let received = st
+            .receive(&resp)
             .map_err(|reason| anyhow::anyhow!("would NACK {}: {reason}", resp.type_url))?;
-        // Checked before `accept` takes the map; counted after the ACK is
-        // sent, with the time it was sent.
-        let ack = st.accept(t, &resp, received.clone());
+        let t = received.type_url;
+        // Counted after the ACK is sent, with the time it was sent.
+        let ack = st.accept(&resp, received);
         tx.send(ack).await?;
-        fleet.acked(t, &received, &mut ps.seen, Instant::now());
+        fleet.acked(t, |name| st.get(t, name), &mut ps.seen, Instant::now());
         if !ps.ready && st.all_acked() {
             ps.ready = true;
             *permit = None;
@@ -765,7 +775,7 @@ async fn delta(
             ..Default::default()
         })
         .await?;
-        fleet.acked(t, map, &mut ps.seen, Instant::now());
+        fleet.acked(t, |name| map.get(name), &mut ps.seen, Instant::now());
         acked.insert(t);
         if !ps.ready && acked.len() == SUBSCRIBED.len() {
             ps.ready = true;

@@ -26,7 +26,7 @@ use super::scope::{self, Scopes, SidecarScope};
 use super::snapshot::XdsSnapshot;
 use super::sotw::SotwStream;
 use super::view::{NodeSpec, ProxyView, ViewCache};
-use super::wire::SotwResponse;
+use super::wire::{GrpcMessage, ResponseBody, SotwResponse};
 use crate::ca::tokens::TokenGrant;
 use crate::ca::WorkloadAuth;
 use crate::metrics::{Metrics, TypeLabels};
@@ -52,6 +52,12 @@ use tracing::Instrument;
 
 /// Responses buffered per stream before the stream task waits for the client.
 const STREAM_BUFFER: usize = 16;
+
+/// First capacity of a stream's request buffer. Requests are ACKs of a
+/// few hundred bytes (the first carries the node); tonic's default, 8 KiB,
+/// was held by every stream for its life. A larger request grows it (up to
+/// [`MAX_REQUEST_BYTES`]).
+const REQUEST_BUFFER: usize = 1024;
 
 /// How long a stream without an `authorization` header may take to send
 /// its first request (which carries its token in the node).
@@ -79,20 +85,16 @@ struct Shared {
 }
 
 /// The ADS gRPC service over [`AdsService`]: the generated
-/// `AggregatedDiscoveryServiceServer` but for its state-of-the-world
-/// responses, [`SotwResponse`]s (their resources encoded once per view).
-/// Requests beyond [`MAX_REQUEST_BYTES`] are refused.
+/// `AggregatedDiscoveryServiceServer` but for its responses, sent as a
+/// [`ResponseBody`] — a state-of-the-world response's resources
+/// ([`SotwResponse`]) are encoded once per view and sent by reference, and
+/// no stream keeps a buffer of its own. Requests beyond
+/// [`MAX_REQUEST_BYTES`] are refused.
 #[derive(Clone, Debug)]
 pub struct AdsServer {
     inner: AdsService,
     max_decoding: usize,
 }
-
-/// The state-of-the-world method.
-struct Sotw(AdsService);
-
-/// The delta method.
-struct Delta(AdsService);
 
 /// One of the two ADS protocols, as the stream driver sees it.
 trait Machine: Send + 'static {
@@ -304,28 +306,6 @@ impl tonic::server::NamedService for AdsServer {
     const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 }
 
-impl tonic::server::StreamingService<DiscoveryRequest> for Sotw {
-    type Response = SotwResponse;
-    type ResponseStream = ReceiverStream<Result<SotwResponse, Status>>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move { inner.sotw(request).await })
-    }
-}
-
-impl tonic::server::StreamingService<DeltaDiscoveryRequest> for Delta {
-    type Response = DeltaDiscoveryResponse;
-    type ResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
-    type Future = BoxFuture<tonic::Response<Self::ResponseStream>, Status>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move { inner.delta(request).await })
-    }
-}
-
 impl<B> tonic::codegen::Service<http::Request<B>> for AdsServer
 where
     B: tonic::codegen::Body + Send + 'static,
@@ -345,22 +325,14 @@ where
         match req.uri().path() {
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources" => {
                 Box::pin(async move {
-                    let codec =
-                        tonic_prost::ProstCodec::<SotwResponse, DiscoveryRequest>::default();
-                    let mut grpc =
-                        tonic::server::Grpc::new(codec).apply_max_message_size_config(max, None);
-                    Ok(grpc.streaming(Sotw(inner), req).await)
+                    let request = streaming_request::<DiscoveryRequest, B>(req, max);
+                    Ok(grpc_response(inner.sotw(request).await))
                 })
             }
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources" => {
                 Box::pin(async move {
-                    let codec = tonic_prost::ProstCodec::<
-                        DeltaDiscoveryResponse,
-                        DeltaDiscoveryRequest,
-                    >::default();
-                    let mut grpc =
-                        tonic::server::Grpc::new(codec).apply_max_message_size_config(max, None);
-                    Ok(grpc.streaming(Delta(inner), req).await)
+                    let request = streaming_request::<DeltaDiscoveryRequest, B>(req, max);
+                    Ok(grpc_response(inner.delta(request).await))
                 })
             }
             _ => Box::pin(async move {
@@ -378,6 +350,42 @@ where
             }),
         }
     }
+}
+
+/// The request stream of a call, its messages decoded up to `max` bytes
+/// (uncompressed: the server announces no compression).
+fn streaming_request<T, B>(req: http::Request<B>, max: Option<usize>) -> Request<Streaming<T>>
+where
+    T: prost::Message + Default + Send + 'static,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let (parts, body) = req.into_parts();
+    let settings = tonic::codec::BufferSettings::new(REQUEST_BUFFER, 32 * 1024);
+    let decoder = tonic_prost::ProstDecoder::<T>::new(settings);
+    let stream = Streaming::new_request(decoder, body, None, max);
+    Request::from_http(http::Request::from_parts(parts, stream))
+}
+
+/// The HTTP response of a call: its responses as a [`ResponseBody`]
+/// (each message's shared bytes sent as they are), or the status that
+/// refused the stream.
+fn grpc_response<R: GrpcMessage + Send + 'static>(
+    response: Result<Response<ReceiverStream<Result<R, Status>>>, Status>,
+) -> http::Response<tonic::body::Body> {
+    let response = match response {
+        Ok(response) => response,
+        Err(status) => return status.into_http(),
+    };
+    let (metadata, responses, extensions) = response.into_parts();
+    let mut http = http::Response::new(tonic::body::Body::new(ResponseBody::new(responses)));
+    *http.headers_mut() = metadata.into_headers();
+    *http.extensions_mut() = extensions;
+    http.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        tonic::metadata::GRPC_CONTENT_TYPE,
+    );
+    http
 }
 
 // === impl Shared ===

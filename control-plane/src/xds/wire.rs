@@ -11,16 +11,32 @@
 //! and each stream adds a few bytes. Protobuf concatenates fields, so the
 //! bytes on the wire are exactly a `DiscoveryResponse`'s: clients see no
 //! difference.
+//!
+//! [`ResponseBody`] is the HTTP/2 body of a stream's responses (both
+//! protocols): each message leaves as the frames [`GrpcMessage`] gives —
+//! the shared bytes of a [`SotwResponse`] by reference, never copied per
+//! stream. (tonic's encoder copies every message into one buffer per
+//! stream and keeps that buffer, grown to the largest message the stream
+//! ever sent, for the stream's life: 5 000 streams held 5 000 copies of the
+//! largest type's encoding.)
 
 use super::snapshot::EncodedResource;
 use super::type_url::XdsType;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
+use futures::Stream;
+use hyper::body::{Body, Frame};
 use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use tonic::Status;
+
+/// The gRPC message prefix: a compression flag and a 4-byte length.
+const GRPC_PREFIX: usize = 5;
 
 /// `DiscoveryResponse.resources`' field number.
 const RESOURCES_FIELD: u32 = 2;
@@ -40,6 +56,24 @@ pub struct TypeWire {
 #[derive(Debug, Default)]
 pub struct WireCache {
     types: Mutex<HashMap<XdsType, Arc<TypeWire>>>,
+}
+
+/// A response as the frames of one gRPC message (uncompressed).
+pub trait GrpcMessage {
+    /// The message's frames: the gRPC prefix and what is the stream's own,
+    /// then what is shared with other streams (sent as it is), if anything.
+    fn grpc_frames(&self) -> Result<(Bytes, Option<Bytes>), Status>;
+}
+
+/// The body of a stream's responses: each message as its
+/// [`GrpcMessage::grpc_frames`], then the trailers with the stream's
+/// status (`OK` when the responses end, else the error that ended them).
+#[derive(Debug)]
+pub struct ResponseBody<S> {
+    responses: S,
+    /// The shared part of the message whose head was just sent.
+    next: Option<Bytes>,
+    done: bool,
 }
 
 /// A state-of-the-world response: `version_info`, `type_url` and `nonce`
@@ -113,6 +147,18 @@ impl WireCache {
 // === impl SotwResponse ===
 
 impl SotwResponse {
+    fn encode_own(&self, buf: &mut impl BufMut) {
+        if !self.version_info.is_empty() {
+            encoding::string::encode(1, &self.version_info, buf);
+        }
+        if !self.type_url.is_empty() {
+            encoding::string::encode(4, &self.type_url, buf);
+        }
+        if !self.nonce.is_empty() {
+            encoding::string::encode(5, &self.nonce, buf);
+        }
+    }
+
     /// The resources, decoded (for tests and tools; streams never decode).
     pub fn resources(&self) -> Vec<Any> {
         self.message().resources
@@ -126,18 +172,13 @@ impl SotwResponse {
 }
 
 impl Message for SotwResponse {
+    /// The stream's own fields first, then the shared resources (fields
+    /// may come in any order; this one lets [`GrpcMessage::grpc_frames`]
+    /// send the shared bytes as they are, after the rest).
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        if !self.version_info.is_empty() {
-            encoding::string::encode(1, &self.version_info, buf);
-        }
+        self.encode_own(buf);
         if let Some(body) = &self.body {
             buf.put_slice(body.sotw());
-        }
-        if !self.type_url.is_empty() {
-            encoding::string::encode(4, &self.type_url, buf);
-        }
-        if !self.nonce.is_empty() {
-            encoding::string::encode(5, &self.nonce, buf);
         }
     }
 
@@ -168,6 +209,98 @@ impl Message for SotwResponse {
 
     fn clear(&mut self) {
         *self = SotwResponse::default();
+    }
+}
+
+impl GrpcMessage for SotwResponse {
+    fn grpc_frames(&self) -> Result<(Bytes, Option<Bytes>), Status> {
+        let shared = self.body.as_ref().map(|b| b.sotw().clone());
+        let own = self.encoded_len() - shared.as_ref().map_or(0, Bytes::len);
+        let mut head = Vec::with_capacity(GRPC_PREFIX + own);
+        put_prefix(&mut head, self.encoded_len())?;
+        self.encode_own(&mut head);
+        Ok((Bytes::from(head), shared.filter(|b| !b.is_empty())))
+    }
+}
+
+impl GrpcMessage for DeltaDiscoveryResponse {
+    /// Encoded into a buffer of its exact size, freed once sent.
+    fn grpc_frames(&self) -> Result<(Bytes, Option<Bytes>), Status> {
+        let len = self.encoded_len();
+        let mut buf = Vec::with_capacity(GRPC_PREFIX + len);
+        put_prefix(&mut buf, len)?;
+        self.encode_raw(&mut buf);
+        Ok((Bytes::from(buf), None))
+    }
+}
+
+/// The gRPC prefix of an uncompressed message of `len` bytes.
+fn put_prefix(buf: &mut Vec<u8>, len: usize) -> Result<(), Status> {
+    let len = u32::try_from(len).map_err(|_| {
+        Status::resource_exhausted(format!("an xDS response of {len} bytes is over 4 GiB"))
+    })?;
+    buf.put_u8(0);
+    buf.put_u32(len);
+    Ok(())
+}
+
+// === impl ResponseBody ===
+
+impl<S> ResponseBody<S> {
+    /// The body of `responses`.
+    pub fn new(responses: S) -> ResponseBody<S> {
+        ResponseBody {
+            responses,
+            next: None,
+            done: false,
+        }
+    }
+
+    /// The trailers carrying `status`, which ends the body.
+    fn end(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.done = true;
+        let mut trailers = http::HeaderMap::new();
+        Poll::Ready(Some(match status.add_header(&mut trailers) {
+            Ok(()) => Ok(Frame::trailers(trailers)),
+            Err(e) => Err(e),
+        }))
+    }
+}
+
+impl<S, R> Body for ResponseBody<S>
+where
+    S: Stream<Item = Result<R, Status>> + Unpin,
+    R: GrpcMessage,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if let Some(shared) = this.next.take() {
+            return Poll::Ready(Some(Ok(Frame::data(shared))));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut this.responses).poll_next(cx)) {
+            Some(Ok(response)) => match response.grpc_frames() {
+                Ok((head, shared)) => {
+                    this.next = shared;
+                    Poll::Ready(Some(Ok(Frame::data(head))))
+                }
+                Err(status) => this.end(status),
+            },
+            Some(Err(status)) => this.end(status),
+            None => this.end(Status::ok("")),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.next.is_none()
     }
 }
 
@@ -209,5 +342,114 @@ mod tests {
         };
         assert_eq!(empty.message().resources.len(), 0);
         assert_eq!(empty.message().nonce, "1-1");
+    }
+
+    /// Reads every frame of `body`: the data frames, then the trailers.
+    async fn frames<S, R>(mut body: ResponseBody<S>) -> (Vec<Bytes>, http::HeaderMap)
+    where
+        S: Stream<Item = Result<R, Status>> + Unpin,
+        R: GrpcMessage,
+    {
+        use http_body_util::BodyExt;
+        let mut data = Vec::new();
+        loop {
+            let frame = body.frame().await.expect("trailers end the body").unwrap();
+            match frame.into_data() {
+                Ok(d) => data.push(d),
+                Err(frame) => {
+                    let trailers = frame.into_trailers().unwrap();
+                    assert!(body.is_end_stream());
+                    assert!(body.frame().await.is_none());
+                    return (data, trailers);
+                }
+            }
+        }
+    }
+
+    /// The messages of a gRPC byte stream, by their prefixes.
+    fn messages(bytes: &[u8]) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 0, "uncompressed");
+            let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+            out.push(&rest[5..5 + len]);
+            rest = &rest[5 + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_stream_sends_the_shared_resources_by_reference_and_ends_with_its_status() {
+        let view = view_of("shop");
+        let t = XdsType::from(TypeUrl::Endpoint);
+        let resources: Arc<[Arc<EncodedResource>]> = view.of_type(t).values().cloned().collect();
+        assert!(!resources.is_empty());
+        let wire = Arc::new(TypeWire::new("v1".into(), resources));
+        let response = |nonce: &str| SotwResponse {
+            version_info: "v1".into(),
+            type_url: t.as_str().into(),
+            nonce: nonce.into(),
+            body: Some(wire.clone()),
+        };
+        let empty = SotwResponse {
+            type_url: t.as_str().into(),
+            nonce: "3".into(),
+            ..Default::default()
+        };
+        let stream = futures::stream::iter([
+            Ok(response("1")),
+            Ok(response("2")),
+            Ok(empty.clone()),
+            Err(Status::unauthenticated("token revoked")),
+        ]);
+        let (data, trailers) = frames(ResponseBody::new(stream)).await;
+        // Each response's resources are the view's bytes themselves.
+        let shared: Vec<&Bytes> = data.iter().filter(|d| d.len() > 64).collect();
+        assert_eq!(shared.len(), 2);
+        for d in shared {
+            assert_eq!(d.as_ptr(), wire.sotw().as_ptr(), "sent by reference");
+        }
+        let bytes: Vec<u8> = data.concat();
+        let got: Vec<DiscoveryResponse> = messages(&bytes)
+            .into_iter()
+            .map(|m| DiscoveryResponse::decode(m).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                response("1").message(),
+                response("2").message(),
+                empty.message()
+            ]
+        );
+        assert_eq!(got[0].resources.len(), wire.resources.len());
+        assert_eq!(trailers["grpc-status"], "16");
+        assert_eq!(trailers["grpc-message"], "token%20revoked");
+    }
+
+    #[tokio::test]
+    async fn a_delta_stream_sends_each_response_whole_and_ends_ok() {
+        use envoy_types::pb::envoy::service::discovery::v3::Resource;
+        let response = DeltaDiscoveryResponse {
+            system_version_info: "7".into(),
+            type_url: TypeUrl::Route.as_str().into(),
+            nonce: "1".into(),
+            resources: vec![Resource {
+                name: "shop/web".into(),
+                version: "3".into(),
+                ..Default::default()
+            }],
+            removed_resources: vec!["shop/old".into()],
+            ..Default::default()
+        };
+        let stream = futures::stream::iter([Ok(response.clone())]);
+        let (data, trailers) = frames(ResponseBody::new(stream)).await;
+        assert_eq!(data.len(), 1, "one frame, no shared part");
+        let bytes = data.concat();
+        let got = messages(&bytes);
+        assert_eq!(got.len(), 1);
+        assert_eq!(DeltaDiscoveryResponse::decode(got[0]).unwrap(), response);
+        assert_eq!(trailers["grpc-status"], "0");
     }
 }

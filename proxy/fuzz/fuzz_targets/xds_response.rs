@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let state = XdsState::default();
     match state.candidate(&resp) {
-        Ok((_type, _received, resources)) => {
+        Ok((_received, resources)) => {
             let bootstrap = Bootstrap {
                 resources,
                 ..Default::default()

@@ -1,9 +1,13 @@
 //! The xDS client's state machine, free of I/O.
 //!
-//! For each type it keeps what was last received (by resource name), the
-//! version and nonce to answer with, and whether the type was ever accepted.
-//! A response is decoded and each resource validated on its own; a resource
-//! that fails names itself in the NACK. Resources referring to a service the
+//! For each type it keeps what was last received (by resource name, with a
+//! digest of each resource's bytes), the version and nonce to answer with,
+//! and whether the type was ever accepted. A state-of-the-world response
+//! repeats every resource of its type; each resource whose bytes are not
+//! those of an accepted one is decoded and validated on its own (a resource
+//! that fails names itself in the NACK), the others are kept as they are,
+//! and what the response changes ([`Received`]) is applied to the accepted
+//! set in place. Resources referring to a service the
 //! proxy has not (yet) received are held back rather than rejected: the
 //! control plane may send types in any order, and they become active when
 //! the service arrives. The merged candidate is then compiled by the caller;
@@ -20,7 +24,8 @@ use sane_xds_proto::{
     AuthorizationPolicy, DestinationPolicy, Endpoint, Gateway, MeshResources, PeerAuthentication,
     Route, Service, Telemetry, TypeUrl,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 
 /// The types the proxy subscribes to, in the order it asks for them. A
 /// sidecar is sent no `Gateway` (none selects it) and ignores any.
@@ -60,16 +65,64 @@ pub enum Resource {
 struct TypeState {
     /// Version of the last accepted response.
     version: String,
-    /// Accepted resources by name.
-    accepted: BTreeMap<String, Resource>,
+    /// Accepted resources by name, each with the digest of its encoding.
+    accepted: BTreeMap<String, Held>,
+    /// The digests of `accepted`'s encodings (one per resource: its name is
+    /// read from its bytes, so two names never share bytes).
+    digests: DigestSet,
     /// True once a response of this type was accepted.
     acked: bool,
 }
+
+/// An accepted (or newly received) resource and the [`Digest`] of the
+/// bytes it was decoded from.
+#[derive(Debug)]
+struct Held {
+    resource: Resource,
+    digest: Digest,
+}
+
+/// A 128-bit keyed digest of a resource's encoded bytes: two SipHash-1-3
+/// keyed with random keys drawn per proxy ([`DigestKeys`]). A response
+/// usually repeats almost every resource it held before; a resource whose
+/// digest is that of an accepted one is the same bytes, so it is neither
+/// decoded nor validated again (validation reads the resource alone). Two
+/// different encodings meet with a chance of 2^-128 per pair (the keys are
+/// secret to the process, so not even a hostile sender can aim for it),
+/// and the digest costs 16 bytes per resource where the bytes themselves
+/// would cost their length.
+type Digest = u128;
+
+/// A set of digests, hashed by their low 64 bits: they are keyed hashes
+/// already.
+type DigestSet = HashSet<Digest, BuildHasherDefault<DigestHasher>>;
+
+/// The [`std::hash::Hasher`] of a [`DigestSet`]: a digest's low 64 bits.
+#[derive(Debug, Default)]
+struct DigestHasher(u64);
+
+/// The keys of [`Digest`], drawn once per [`XdsState`].
+#[derive(Debug, Default)]
+struct DigestKeys([std::hash::RandomState; 2]);
 
 /// Per-type state for one proxy's xDS session(s); survives reconnects.
 #[derive(Debug, Default)]
 pub struct XdsState {
     types: HashMap<TypeUrl, TypeState>,
+    keys: DigestKeys,
+}
+
+/// A state-of-the-world response checked against what is accepted of its
+/// type: what it adds or changes (decoded and validated) and what it no
+/// longer holds. Resources it repeats byte for byte are not in it.
+#[derive(Debug)]
+pub struct Received {
+    /// The response's type.
+    pub type_url: TypeUrl,
+    /// New or changed resources by name.
+    changed: BTreeMap<String, Held>,
+    /// Accepted resources the response no longer holds.
+    removed: BTreeSet<String>,
 }
 
 /// What to do with a response.
@@ -105,40 +158,116 @@ impl XdsState {
             .all(|t| self.types.get(t).is_some_and(|s| s.acked))
     }
 
+    /// True once a response of `t` was accepted.
+    pub fn acked(&self, t: TypeUrl) -> bool {
+        self.types.get(&t).is_some_and(|s| s.acked)
+    }
+
     /// The version accepted for `t`.
     pub fn version(&self, t: TypeUrl) -> &str {
         self.types.get(&t).map_or("", |s| s.version.as_str())
     }
 
-    /// Decodes and validates `resp`. On success returns the merged resources
-    /// to compile; the caller then calls [`XdsState::accept`] or
-    /// [`XdsState::reject`] with the compile result.
-    pub fn candidate(
-        &self,
-        resp: &DiscoveryResponse,
-    ) -> Result<(TypeUrl, BTreeMap<String, Resource>, MeshResources), String> {
-        let (t, received) = receive(resp)?;
-        let mut all: Vec<&Resource> = Vec::new();
-        for other in SUBSCRIBED {
-            if other == t {
-                all.extend(received.values());
-            } else if let Some(s) = self.types.get(&other) {
-                all.extend(s.accepted.values());
-            }
-        }
-        Ok((t, received.clone(), assemble(all)))
+    /// The accepted resource of type `t` named `name`.
+    pub fn get(&self, t: TypeUrl, name: &str) -> Option<&Resource> {
+        let held = self.types.get(&t)?.accepted.get(name)?;
+        Some(&held.resource)
     }
 
-    /// Records an accepted response and builds its ACK.
-    pub fn accept(
-        &mut self,
-        t: TypeUrl,
-        resp: &DiscoveryResponse,
-        received: BTreeMap<String, Resource>,
-    ) -> DiscoveryRequest {
-        let s = self.types.entry(t).or_default();
+    /// How many resources of type `t` are accepted.
+    pub fn len(&self, t: TypeUrl) -> usize {
+        self.types.get(&t).map_or(0, |s| s.accepted.len())
+    }
+
+    /// Checks `resp` against what is accepted of its type: every resource
+    /// whose bytes differ from all accepted ones is decoded and validated
+    /// (the first failure is the NACK's reason, naming the resource and
+    /// field), the others are kept as they are. Nothing is recorded until
+    /// [`XdsState::accept`].
+    pub fn receive(&self, resp: &DiscoveryResponse) -> Result<Received, String> {
+        let t = TypeUrl::parse(&resp.type_url)
+            .filter(|t| SUBSCRIBED.contains(t))
+            .ok_or_else(|| format!("unsupported type {:?}", resp.type_url))?;
+        let held = self.types.get(&t);
+        let mut kept = DigestSet::with_capacity_and_hasher(
+            held.map_or(0, |h| h.accepted.len()),
+            Default::default(),
+        );
+        let mut changed = BTreeMap::new();
+        for (i, any) in resp.resources.iter().enumerate() {
+            check_type(t, any).map_err(|e| format!("resources[{i}]: {e}"))?;
+            let digest = self.keys.digest(&any.value);
+            if held.is_some_and(|h| h.digests.contains(&digest)) {
+                kept.insert(digest);
+                continue;
+            }
+            let r = decode(t, any).map_err(|e| format!("resources[{i}]: {e}"))?;
+            let name = name_of(&r);
+            validate(&r).map_err(|e| format!("{} {name}: {e}", kind(&r)))?;
+            changed.insert(
+                name,
+                Held {
+                    resource: r,
+                    digest,
+                },
+            );
+        }
+        let removed = match held {
+            // Unless every accepted resource is repeated or replaced (the
+            // two counts are of different resources), some are gone.
+            Some(h) if kept.len() + replaced(h, &kept, &changed) < h.accepted.len() => h
+                .accepted
+                .iter()
+                .filter(|(name, old)| {
+                    !kept.contains(&old.digest) && !changed.contains_key(name.as_str())
+                })
+                .map(|(name, _)| name.clone())
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        Ok(Received {
+            type_url: t,
+            changed,
+            removed,
+        })
+    }
+
+    /// Checks `resp` ([`XdsState::receive`]) and returns, beside what it
+    /// changes, the merged resources of every type to compile; the caller
+    /// then calls [`XdsState::accept`] or [`XdsState::reject`] with the
+    /// compile result.
+    pub fn candidate(&self, resp: &DiscoveryResponse) -> Result<(Received, MeshResources), String> {
+        let received = self.receive(resp)?;
+        let t = received.type_url;
+        let mut all: Vec<&Resource> = Vec::new();
+        for other in SUBSCRIBED {
+            let accepted = self.types.get(&other).map(|s| &s.accepted);
+            if other == t {
+                all.extend(received.merged(accepted));
+            } else if let Some(accepted) = accepted {
+                all.extend(accepted.values().map(|h| &h.resource));
+            }
+        }
+        let candidate = assemble(all);
+        Ok((received, candidate))
+    }
+
+    /// Records an accepted response (what `received` changes of its type)
+    /// and builds its ACK.
+    pub fn accept(&mut self, resp: &DiscoveryResponse, received: Received) -> DiscoveryRequest {
+        let s = self.types.entry(received.type_url).or_default();
+        for name in &received.removed {
+            if let Some(old) = s.accepted.remove(name) {
+                s.digests.remove(&old.digest);
+            }
+        }
+        for (name, new) in received.changed {
+            s.digests.insert(new.digest);
+            if let Some(old) = s.accepted.insert(name, new) {
+                s.digests.remove(&old.digest);
+            }
+        }
         s.version = resp.version_info.clone();
-        s.accepted = received;
         s.acked = true;
         DiscoveryRequest {
             type_url: resp.type_url.clone(),
@@ -168,34 +297,91 @@ impl XdsState {
     }
 }
 
-/// Decodes and validates every resource of `resp`, by name: the first half
-/// of [`XdsState::candidate`], without merging with the other types. Public
-/// for tools that speak xDS like a proxy without a data plane (the
-/// control-plane fleet benchmark, `bench/src/bin/fleet.rs`).
-pub fn receive(resp: &DiscoveryResponse) -> Result<(TypeUrl, BTreeMap<String, Resource>), String> {
-    let t = TypeUrl::parse(&resp.type_url)
-        .filter(|t| SUBSCRIBED.contains(t))
-        .ok_or_else(|| format!("unsupported type {:?}", resp.type_url))?;
-    let mut received = BTreeMap::new();
-    for (i, any) in resp.resources.iter().enumerate() {
-        let r = decode(t, any).map_err(|e| format!("resources[{i}]: {e}"))?;
-        let name = name_of(&r);
-        validate(&r).map_err(|e| format!("{} {name}: {e}", kind(&r)))?;
-        received.insert(name, r);
+/// How many accepted resources of `h` are replaced by one of `changed`
+/// (same name, other bytes) and not `kept` as well.
+fn replaced(h: &TypeState, kept: &DigestSet, changed: &BTreeMap<String, Held>) -> usize {
+    changed
+        .keys()
+        .filter_map(|name| h.accepted.get(name))
+        .filter(|old| !kept.contains(&old.digest))
+        .count()
+}
+
+// === impl Received ===
+
+impl Received {
+    /// True when the response holds exactly the accepted resources (byte
+    /// for byte): accepting it changes nothing but the version.
+    pub fn is_unchanged(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
     }
-    Ok((t, received))
+
+    /// The new or changed resources, by name.
+    pub fn changed(&self) -> impl Iterator<Item = (&str, &Resource)> {
+        self.changed
+            .iter()
+            .map(|(name, held)| (name.as_str(), &held.resource))
+    }
+
+    /// The names of the accepted resources the response no longer holds.
+    pub fn removed(&self) -> impl Iterator<Item = &str> {
+        self.removed.iter().map(String::as_str)
+    }
+
+    /// The type's resources once this is accepted over `accepted`.
+    fn merged<'a>(
+        &'a self,
+        accepted: Option<&'a BTreeMap<String, Held>>,
+    ) -> impl Iterator<Item = &'a Resource> {
+        let kept = accepted.into_iter().flatten().filter(|(name, _)| {
+            !self.changed.contains_key(name.as_str()) && !self.removed.contains(name.as_str())
+        });
+        kept.chain(self.changed.iter())
+            .map(|(_, held)| &held.resource)
+    }
+}
+
+// === impl DigestHasher ===
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is ever called (a `Digest`); anything else is
+        // folded in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, digest: u128) {
+        self.0 = digest as u64;
+    }
+}
+
+// === impl DigestKeys ===
+
+impl DigestKeys {
+    fn digest(&self, bytes: &[u8]) -> Digest {
+        use std::hash::BuildHasher;
+        let [a, b] = &self.0;
+        (u128::from(a.hash_one(bytes)) << 64) | u128::from(b.hash_one(bytes))
+    }
 }
 
 /// Decodes one resource of type `t` and validates it; the error names the
 /// resource (`service default/echo: ports[0].port: …`) once it could be
 /// decoded.
 pub fn decode_validated(t: TypeUrl, any: &Any) -> Result<Resource, String> {
+    check_type(t, any)?;
     let r = decode(t, any)?;
     validate(&r).map_err(|e| format!("{} {}: {e}", kind(&r), name_of(&r)))?;
     Ok(r)
 }
 
-fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
+fn check_type(t: TypeUrl, any: &Any) -> Result<(), String> {
     if any.type_url != t.as_str() {
         return Err(format!(
             "type {:?} in a {} response",
@@ -203,6 +389,10 @@ fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
             t.as_str()
         ));
     }
+    Ok(())
+}
+
+fn decode(t: TypeUrl, any: &Any) -> Result<Resource, String> {
     let v = any.value.as_slice();
     let err = |e: prost::DecodeError| format!("cannot decode: {e}");
     Ok(match t {
@@ -413,9 +603,9 @@ mod tests {
             "n1",
             vec![any(TypeUrl::Endpoint, &endpoint())],
         );
-        let (t, got, candidate) = st.candidate(&r).unwrap();
+        let (got, candidate) = st.candidate(&r).unwrap();
         assert!(candidate.endpoints.is_empty());
-        let ack = st.accept(t, &r, got);
+        let ack = st.accept(&r, got);
         assert_eq!(
             (ack.version_info.as_str(), ack.response_nonce.as_str()),
             ("e1", "n1")
@@ -428,7 +618,7 @@ mod tests {
             "n2",
             vec![any(TypeUrl::Service, &echo())],
         );
-        let (_, _, candidate) = st.candidate(&r).unwrap();
+        let (_, candidate) = st.candidate(&r).unwrap();
         assert_eq!(candidate.endpoints.len(), 1, "held endpoint becomes active");
         assert!(!st.all_acked());
     }
@@ -442,8 +632,8 @@ mod tests {
             "n1",
             vec![any(TypeUrl::Service, &echo())],
         );
-        let (t, got, _) = st.candidate(&good).unwrap();
-        st.accept(t, &good, got);
+        let (got, _) = st.candidate(&good).unwrap();
+        st.accept(&good, got);
         let mut bad = echo();
         bad.ports[0].port = 0;
         let r = resp(
@@ -479,7 +669,7 @@ mod tests {
         p.port_modes
             .insert(9080, sane_xds_proto::TlsMode::Disable.into());
         let t = TypeUrl::PeerAuthentication;
-        let (_, _, candidate) = st.candidate(&resp(t, "1", "n1", vec![any(t, &p)])).unwrap();
+        let (_, candidate) = st.candidate(&resp(t, "1", "n1", vec![any(t, &p)])).unwrap();
         assert_eq!(candidate.peer_authentications, [p.clone()]);
         p.port_modes.insert(0, 9);
         let reason = st
@@ -512,9 +702,12 @@ mod tests {
             "n1",
             vec![any(TypeUrl::Gateway, &gw)],
         );
-        let (t, got, candidate) = st.candidate(&r).unwrap();
-        assert_eq!(t, TypeUrl::Gateway);
-        assert_eq!(got.keys().collect::<Vec<_>>(), ["istio-system/public"]);
+        let (got, candidate) = st.candidate(&r).unwrap();
+        assert_eq!(got.type_url, TypeUrl::Gateway);
+        assert_eq!(
+            got.changed().map(|(name, _)| name).collect::<Vec<_>>(),
+            ["istio-system/public"]
+        );
         // Never held back: its routes' services are the gateway's to resolve.
         assert_eq!(candidate.gateways, std::slice::from_ref(&gw));
         let mut bad = gw;
@@ -593,14 +786,151 @@ mod tests {
         }
     }
 
+    fn endpoint_at(address: &str, weight: u32) -> Endpoint {
+        Endpoint {
+            address: address.into(),
+            weight,
+            ..endpoint()
+        }
+    }
+
+    fn endpoints(version: &str, list: &[Endpoint]) -> DiscoveryResponse {
+        let t = TypeUrl::Endpoint;
+        resp(
+            t,
+            version,
+            version,
+            list.iter().map(|e| any(t, e)).collect(),
+        )
+    }
+
+    fn accepted_endpoints(st: &XdsState) -> Vec<(String, u32)> {
+        let t = TypeUrl::Endpoint;
+        let s = st.types.get(&t).unwrap();
+        assert_eq!(s.digests.len(), s.accepted.len(), "one digest per resource");
+        s.accepted
+            .iter()
+            .map(|(name, held)| match &held.resource {
+                Resource::Endpoint(e) => (name.clone(), e.weight),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_response_is_applied_as_what_it_changes_and_repeated_bytes_are_not_decoded_again() {
+        let mut st = XdsState::default();
+        let (a, b, c) = (
+            endpoint_at("10.0.0.1", 1),
+            endpoint_at("10.0.0.2", 1),
+            endpoint_at("10.0.0.3", 1),
+        );
+        let first = endpoints("1", &[a.clone(), b.clone(), c.clone()]);
+        let (got, _) = st.candidate(&first).unwrap();
+        assert_eq!(got.changed().count(), 3, "nothing held yet: all decoded");
+        st.accept(&first, got);
+
+        // a repeated, b changed (same name, new weight), c gone, d new.
+        let (b2, d) = (endpoint_at("10.0.0.2", 7), endpoint_at("10.0.0.4", 1));
+        let second = endpoints("2", &[a.clone(), b2.clone(), d.clone()]);
+        let st_echo = resp(
+            TypeUrl::Service,
+            "s",
+            "s",
+            vec![any(TypeUrl::Service, &echo())],
+        );
+        let (got, _) = st.candidate(&st_echo).unwrap();
+        st.accept(&st_echo, got);
+        let (got, candidate) = st.candidate(&second).unwrap();
+        assert_eq!(
+            got.changed().map(|(n, _)| n).collect::<Vec<_>>(),
+            ["default/echo/10.0.0.2:8080", "default/echo/10.0.0.4:8080"],
+            "only the changed and the new resource are decoded"
+        );
+        assert_eq!(
+            got.removed().collect::<Vec<_>>(),
+            ["default/echo/10.0.0.3:8080"]
+        );
+        assert!(!got.is_unchanged());
+        // The candidate holds exactly the response's set.
+        let mut merged = candidate.endpoints.clone();
+        merged.sort_by(|x, y| x.address.cmp(&y.address));
+        assert_eq!(merged, [a.clone(), b2.clone(), d.clone()]);
+        let ack = st.accept(&second, got);
+        assert_eq!(ack.version_info, "2");
+        assert_eq!(
+            accepted_endpoints(&st),
+            [
+                ("default/echo/10.0.0.1:8080".to_string(), 1),
+                ("default/echo/10.0.0.2:8080".to_string(), 7),
+                ("default/echo/10.0.0.4:8080".to_string(), 1),
+            ]
+        );
+
+        // The same set again (a new version, in another order): nothing to
+        // decode, nothing to apply.
+        let third = endpoints("3", &[d.clone(), b2.clone(), a.clone()]);
+        let (got, candidate) = st.candidate(&third).unwrap();
+        assert!(got.is_unchanged());
+        assert_eq!(candidate.endpoints.len(), 3);
+        st.accept(&third, got);
+        assert_eq!(st.version(TypeUrl::Endpoint), "3");
+        assert_eq!(accepted_endpoints(&st).len(), 3);
+
+        // b2's bytes are back under a again: a changes, b2 stays.
+        let (got, _) = st
+            .candidate(&endpoints("4", &[b2.clone(), d.clone()]))
+            .unwrap();
+        assert_eq!(
+            got.removed().collect::<Vec<_>>(),
+            ["default/echo/10.0.0.1:8080"]
+        );
+        assert_eq!(got.changed().count(), 0);
+
+        // An empty response removes everything.
+        let (got, candidate) = st.candidate(&endpoints("5", &[])).unwrap();
+        assert_eq!(got.removed().count(), 3);
+        assert!(candidate.endpoints.is_empty());
+        st.accept(&endpoints("5", &[]), got);
+        assert!(accepted_endpoints(&st).is_empty());
+    }
+
+    #[test]
+    fn a_rejected_response_changes_nothing_and_repeated_bytes_of_another_type_are_nacked() {
+        let mut st = XdsState::default();
+        let good = endpoints("1", &[endpoint_at("10.0.0.1", 1)]);
+        let (got, _) = st.candidate(&good).unwrap();
+        st.accept(&good, got);
+        // The accepted endpoint repeated, beside an invalid one: NACKed by
+        // the invalid one's name and field, and nothing recorded.
+        let bad = endpoint_at("10.0.0.x", 1);
+        let r = endpoints("2", &[endpoint_at("10.0.0.1", 1), bad]);
+        let reason = st.candidate(&r).unwrap_err();
+        assert_eq!(
+            reason,
+            "endpoint default/echo/10.0.0.x:8080: address: \"10.0.0.x\" is not an IP address"
+        );
+        st.reject(&r, reason);
+        assert_eq!(st.version(TypeUrl::Endpoint), "1");
+        assert_eq!(accepted_endpoints(&st).len(), 1);
+        // The same bytes under another type's URL are still refused.
+        let mut wrong = any(TypeUrl::Endpoint, &endpoint_at("10.0.0.1", 1));
+        wrong.type_url = TypeUrl::Route.as_str().into();
+        let r = resp(TypeUrl::Endpoint, "3", "3", vec![wrong]);
+        assert!(st
+            .candidate(&r)
+            .unwrap_err()
+            .starts_with("resources[0]: type \"type.googleapis.com/sane.mesh.v1.Route\""));
+    }
+
     #[test]
     fn ready_after_every_type_is_acked() {
         let mut st = XdsState::default();
         for (i, t) in SUBSCRIBED.into_iter().enumerate() {
             assert!(!st.all_acked());
             let r = resp(t, "v", &format!("n{i}"), vec![]);
-            let (t, got, _) = st.candidate(&r).unwrap();
-            st.accept(t, &r, got);
+            let (got, _) = st.candidate(&r).unwrap();
+            st.accept(&r, got);
         }
         assert!(st.all_acked());
         assert_eq!(st.subscribe(TypeUrl::Route).version_info, "v");
