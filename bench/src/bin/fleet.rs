@@ -775,7 +775,12 @@ async fn delta(
             ..Default::default()
         })
         .await?;
-        fleet.acked(t, |name| map.get(name).cloned(), &mut ps.seen, Instant::now());
+        fleet.acked(
+            t,
+            |name| map.get(name).cloned(),
+            &mut ps.seen,
+            Instant::now(),
+        );
         acked.insert(t);
         if !ps.ready && acked.len() == SUBSCRIBED.len() {
             ps.ready = true;

@@ -66,8 +66,9 @@ pub enum Resource {
 struct TypeState {
     /// Version of the last accepted response.
     version: String,
-    /// Accepted resources by name, each with the digest of its encoding.
-    accepted: BTreeMap<String, Held>,
+    /// Accepted resources in name order, each with the digest of its
+    /// encoding.
+    accepted: Accepted,
     /// The digests of `accepted`'s encodings (one per resource: its name is
     /// read from its bytes, so two names never share bytes).
     digests: DigestSet,
@@ -75,17 +76,37 @@ struct TypeState {
     acked: bool,
 }
 
-/// An accepted resource as it came: its protobuf encoding (the `Any`'s
-/// value) and that encoding's [`Digest`].
+/// A type's accepted resources, packed in name order: their names back to
+/// back in one string, the bytes each came as (the `Any`'s value) back to
+/// back in one buffer, and per resource its [`Digest`] and where its name
+/// and bytes end. Three exactly sized allocations per type, rebuilt when
+/// a response changes the type.
 ///
-/// Only the candidate of a later push decodes it again (and a decode of
+/// Only the candidate of a later push decodes them again (a decode of
 /// bytes once validated gives the same resource); the compiled snapshot
 /// holds what serves. Kept decoded, a sidecar's copy of 10 000 services
-/// and endpoints was ≈ 10 MB of its heap; as bytes it is ≈ 2 MB
+/// and endpoints was ≈ 10 MB of its heap
 /// (`bench/results/memory-2026-12-06.md`, section 7).
-#[derive(Debug)]
-struct Held {
+#[derive(Debug, Default)]
+struct Accepted {
+    names: Box<str>,
     bytes: Box<[u8]>,
+    entries: Box<[Entry]>,
+}
+
+/// Where one resource of [`Accepted`] ends, and its digest.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    digest: Digest,
+    name_end: usize,
+    bytes_end: usize,
+}
+
+/// One accepted (or about to be) resource, borrowed.
+#[derive(Clone, Copy, Debug)]
+struct Held<'a> {
+    name: &'a str,
+    bytes: &'a [u8],
     digest: Digest,
 }
 
@@ -187,7 +208,7 @@ impl XdsState {
     /// The accepted resource of type `t` named `name` (decoded anew).
     pub fn get(&self, t: TypeUrl, name: &str) -> Option<Resource> {
         let held = self.types.get(&t)?.accepted.get(name)?;
-        held.decode(t, name).ok()
+        held.decode(t).ok()
     }
 
     /// How many resources of type `t` are accepted.
@@ -235,10 +256,8 @@ impl XdsState {
             Some(h) if kept.len() + replaced(h, &kept, &changed) < h.accepted.len() => h
                 .accepted
                 .iter()
-                .filter(|(name, old)| {
-                    !kept.contains(&old.digest) && !changed.contains_key(name.as_str())
-                })
-                .map(|(name, _)| name.clone())
+                .filter(|old| !kept.contains(&old.digest) && !changed.contains_key(old.name))
+                .map(|old| old.name.to_string())
                 .collect(),
             _ => BTreeSet::new(),
         };
@@ -263,11 +282,11 @@ impl XdsState {
             let Some(s) = self.types.get(&other) else {
                 continue;
             };
-            for (name, held) in &s.accepted {
-                if other == t && !received.keeps(name) {
+            for held in s.accepted.iter() {
+                if other == t && !received.keeps(held.name) {
                     continue;
                 }
-                kept.push(held.decode(other, name)?);
+                kept.push(held.decode(other)?);
             }
         }
         let fresh = received.changed.values().map(|f| &f.resource);
@@ -279,20 +298,23 @@ impl XdsState {
     /// and builds its ACK.
     pub fn accept(&mut self, resp: &DiscoveryResponse, received: Received) -> DiscoveryRequest {
         let s = self.types.entry(received.type_url).or_default();
-        for name in &received.removed {
-            if let Some(old) = s.accepted.remove(name) {
-                s.digests.remove(&old.digest);
-            }
-        }
-        for (name, new) in received.changed {
-            s.digests.insert(new.digest);
-            let new = Held {
-                bytes: new.bytes,
-                digest: new.digest,
-            };
-            if let Some(old) = s.accepted.insert(name, new) {
-                s.digests.remove(&old.digest);
-            }
+        if !received.is_unchanged() {
+            let mut next: Vec<Held<'_>> = s
+                .accepted
+                .iter()
+                .filter(|h| received.keeps(h.name))
+                .collect();
+            next.extend(received.changed.iter().map(|(name, f)| Held {
+                name,
+                bytes: &f.bytes,
+                digest: f.digest,
+            }));
+            next.sort_unstable_by(|a, b| a.name.cmp(b.name));
+            let accepted = Accepted::new(&next);
+            let mut digests = DigestSet::with_capacity_and_hasher(next.len(), Default::default());
+            digests.extend(next.iter().map(|h| h.digest));
+            s.accepted = accepted;
+            s.digests = digests;
         }
         s.version = resp.version_info.clone();
         s.acked = true;
@@ -362,14 +384,78 @@ impl Received {
     }
 }
 
+// === impl Accepted ===
+
+impl Accepted {
+    /// Packs `items` (in name order, names distinct).
+    fn new(items: &[Held<'_>]) -> Self {
+        let mut names = String::with_capacity(items.iter().map(|h| h.name.len()).sum());
+        let mut bytes = Vec::with_capacity(items.iter().map(|h| h.bytes.len()).sum());
+        let entries = items
+            .iter()
+            .map(|h| {
+                names.push_str(h.name);
+                bytes.extend_from_slice(h.bytes);
+                Entry {
+                    digest: h.digest,
+                    name_end: names.len(),
+                    bytes_end: bytes.len(),
+                }
+            })
+            .collect();
+        Self {
+            names: names.into_boxed_str(),
+            bytes: bytes.into_boxed_slice(),
+            entries,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The `i`-th resource in name order.
+    fn at(&self, i: usize) -> Held<'_> {
+        let (name_start, bytes_start) = match i.checked_sub(1) {
+            Some(p) => (self.entries[p].name_end, self.entries[p].bytes_end),
+            None => (0, 0),
+        };
+        let e = self.entries[i];
+        Held {
+            name: &self.names[name_start..e.name_end],
+            bytes: &self.bytes[bytes_start..e.bytes_end],
+            digest: e.digest,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Held<'_>> {
+        (0..self.len()).map(|i| self.at(i))
+    }
+
+    /// The resource named `name` (a binary search).
+    fn get(&self, name: &str) -> Option<Held<'_>> {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let held = self.at(mid);
+            match held.name.cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(held),
+            }
+        }
+        None
+    }
+}
+
 // === impl Held ===
 
-impl Held {
-    /// The resource again, from the bytes it was accepted as (`name` only
-    /// names it in the error, which a decode of bytes that once decoded
-    /// cannot meet).
-    fn decode(&self, t: TypeUrl, name: &str) -> Result<Resource, String> {
-        decode_bytes(t, &self.bytes).map_err(|e| format!("accepted {} {name}: {e}", t.as_str()))
+impl Held<'_> {
+    /// The resource again, from the bytes it was accepted as (the error,
+    /// which bytes that once decoded cannot meet, names it).
+    fn decode(&self, t: TypeUrl) -> Result<Resource, String> {
+        decode_bytes(t, self.bytes)
+            .map_err(|e| format!("accepted {} {}: {e}", t.as_str(), self.name))
     }
 }
 
@@ -695,8 +781,17 @@ mod tests {
 
         let held = &st.types[&TypeUrl::Service].accepted;
         assert_eq!(held.len(), 2);
-        assert_eq!(&*held["default/zeta"].bytes, &named("zeta", 81).encode_to_vec()[..]);
-        assert_eq!(&*held["default/echo"].bytes, &echo().encode_to_vec()[..]);
+        let names: Vec<&str> = held.iter().map(|h| h.name).collect();
+        assert_eq!(names, ["default/echo", "default/zeta"]);
+        assert_eq!(
+            held.get("default/zeta").unwrap().bytes,
+            &named("zeta", 81).encode_to_vec()[..]
+        );
+        assert_eq!(
+            held.get("default/echo").unwrap().bytes,
+            &echo().encode_to_vec()[..]
+        );
+        assert!(held.get("default/alpha").is_none() && held.get("default/zz").is_none());
         assert_eq!(
             st.get(TypeUrl::Service, "default/zeta"),
             Some(Resource::Service(named("zeta", 81)))
@@ -896,8 +991,8 @@ mod tests {
         assert_eq!(s.digests.len(), s.accepted.len(), "one digest per resource");
         s.accepted
             .iter()
-            .map(|(name, held)| match held.decode(t, name).unwrap() {
-                Resource::Endpoint(e) => (name.clone(), e.weight),
+            .map(|held| match held.decode(t).unwrap() {
+                Resource::Endpoint(e) => (held.name.to_string(), e.weight),
                 other => panic!("{other:?}"),
             })
             .collect()
