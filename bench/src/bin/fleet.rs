@@ -599,10 +599,10 @@ impl Topology {
 impl Fleet {
     /// Called by a stream after it ACKed a response of `t`: counts the
     /// stream once if what it now holds of `t` shows the awaited change.
-    fn acked<'a>(
+    fn acked(
         &self,
         t: TypeUrl,
-        held: impl Fn(&str) -> Option<&'a Resource>,
+        held: impl Fn(&str) -> Option<Resource>,
         seen: &mut u64,
         at: Instant,
     ) {
@@ -612,7 +612,7 @@ impl Fleet {
         if expect.type_url != t || expect.generation <= *seen {
             return;
         }
-        let has = match (&expect.want, held(&expect.name)) {
+        let has = match (&expect.want, held(&expect.name).as_ref()) {
             (Want::RouteTimeout(ms), Some(Resource::Route(r))) => {
                 r.rules.first().is_some_and(|rule| rule.timeout_ms == *ms)
             }
@@ -775,7 +775,12 @@ async fn delta(
             ..Default::default()
         })
         .await?;
-        fleet.acked(t, |name| map.get(name), &mut ps.seen, Instant::now());
+        fleet.acked(
+            t,
+            |name| map.get(name).cloned(),
+            &mut ps.seen,
+            Instant::now(),
+        );
         acked.insert(t);
         if !ps.ready && acked.len() == SUBSCRIBED.len() {
             ps.ready = true;
