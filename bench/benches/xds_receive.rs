@@ -19,55 +19,24 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
+use sane_bench::fleet_registry;
 use sane_proxy::xds::state::XdsState;
-use sane_xds_proto::{
-    Endpoint, Route, RouteRule, Service, ServicePort, TypeUrl, WeightedDestination,
-};
+use sane_xds_proto::{Endpoint, Route, Service, TypeUrl};
 use std::hint::black_box;
 
 /// Services of the fleet's 5 000-proxy mesh.
 const SERVICES: usize = 500;
 
 fn service(i: usize) -> Service {
-    Service {
-        name: format!("svc-{i}"),
-        namespace: "fleet-0".into(),
-        ports: vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    fleet_registry::service(i, "fleet-0")
 }
 
 fn endpoint(i: usize, k: usize) -> Endpoint {
-    Endpoint {
-        service: format!("svc-{i}"),
-        namespace: "fleet-0".into(),
-        address: format!("10.{}.{}.{k}", i / 250, i % 250),
-        port: 8080,
-        proxy_port: 15006,
-        ..Default::default()
-    }
+    fleet_registry::endpoint(i, "fleet-0", k)
 }
 
 fn route(i: usize, timeout_ms: u64) -> Route {
-    Route {
-        name: format!("svc-{i}"),
-        namespace: "fleet-0".into(),
-        service: format!("svc-{i}"),
-        rules: vec![RouteRule {
-            destinations: vec![WeightedDestination {
-                service: format!("svc-{i}"),
-                port: 80,
-                weight: 100,
-                ..Default::default()
-            }],
-            timeout_ms,
-            ..Default::default()
-        }],
-    }
+    fleet_registry::route(i, "fleet-0", timeout_ms)
 }
 
 fn response<M: Message>(t: TypeUrl, version: &str, items: &[M]) -> DiscoveryResponse {

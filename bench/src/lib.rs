@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod etcd;
+pub mod fleet_registry;
 pub mod load;
 pub mod procfs;
 pub mod report;

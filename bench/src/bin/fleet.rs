@@ -49,14 +49,12 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use http::Method;
 use sane_bench::etcd::EtcdCluster;
+use sane_bench::fleet_registry::{endpoint, endpoint_addr, route, service};
 use sane_bench::procfs;
 use sane_control_plane::client::ApiClient;
 use sane_control_plane::resource::{Kind, Resource as CpResource};
 use sane_proxy::xds::state::{self, Resource, XdsState, SUBSCRIBED};
-use sane_xds_proto::{
-    ControlPlane, Endpoint, Node, Route, RouteRule, Service, ServicePort, TypeUrl,
-    WeightedDestination,
-};
+use sane_xds_proto::{ControlPlane, Node, TypeUrl};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -789,60 +787,6 @@ async fn delta(
         }
     }
     Ok(())
-}
-
-// === the registry ===
-
-fn service(i: usize, ns: &str) -> Service {
-    Service {
-        name: format!("svc-{i}"),
-        namespace: ns.into(),
-        ports: vec![ServicePort {
-            name: "http".into(),
-            port: 80,
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-/// Endpoint `k` of service `i`: `10.<i / 250>.<i % 250>.<k>:8080` behind a
-/// sidecar on 15006.
-fn endpoint(i: usize, ns: &str, k: usize) -> Endpoint {
-    let at = endpoint_addr(i, k);
-    Endpoint {
-        service: format!("svc-{i}"),
-        namespace: ns.into(),
-        address: at.ip().to_string(),
-        port: 8080,
-        proxy_port: at.port().into(),
-        ..Default::default()
-    }
-}
-
-/// Where the sidecar of service `i`'s endpoint `k` listens.
-fn endpoint_addr(i: usize, k: usize) -> std::net::SocketAddr {
-    let ip = std::net::Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, k as u8);
-    (ip, 15006).into()
-}
-
-/// Service `i`'s route: every request to it, with a timeout.
-fn route(i: usize, ns: &str, timeout_ms: u64) -> Route {
-    Route {
-        name: format!("svc-{i}"),
-        namespace: ns.into(),
-        service: format!("svc-{i}"),
-        rules: vec![RouteRule {
-            destinations: vec![WeightedDestination {
-                service: format!("svc-{i}"),
-                port: 80,
-                weight: 100,
-                ..Default::default()
-            }],
-            timeout_ms,
-            ..Default::default()
-        }],
-    }
 }
 
 /// PUTs every resource, 8 writes in flight (services come first in
