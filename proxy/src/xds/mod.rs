@@ -249,20 +249,24 @@ async fn session(
             .unwrap_or("unknown")
             .to_string();
         let origin = format!("xds {}", resp.type_url);
-        let reply = match state.candidate(&resp) {
+        let reply = match state.receive(&resp) {
             Err(reason) => Err(reason),
             // The same resources as the accepted ones (a new version only):
-            // the applied config was compiled from exactly this candidate.
-            Ok((received, _)) if received.is_unchanged() && state.acked(received.type_url) => {
+            // the applied config was compiled from exactly these, so no
+            // candidate is merged or compiled.
+            Ok(received) if received.is_unchanged() && state.acked(received.type_url) => {
                 tracing::debug!(r#type = %type_label, xds_version = %resp.version_info, "xds update changes no resource");
                 Ok(state.accept(&resp, received))
             }
-            Ok((received, candidate)) => match apply_off_thread(store, &candidate, &origin).await {
-                Ok(version) => {
-                    tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
-                    Ok(state.accept(&resp, received))
-                }
-                Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
+            Ok(received) => match state.merge(&received) {
+                Err(reason) => Err(reason),
+                Ok(candidate) => match apply_off_thread(store, &candidate, &origin).await {
+                    Ok(version) => {
+                        tracing::info!(r#type = %type_label, xds_version = %resp.version_info, config_version = version, "applied xds update");
+                        Ok(state.accept(&resp, received))
+                    }
+                    Err(e) => Err(state::compile_nack_reason(&e, &candidate)),
+                },
             },
         };
         let reply = match reply {

@@ -274,9 +274,15 @@ impl XdsState {
     /// compile result.
     pub fn candidate(&self, resp: &DiscoveryResponse) -> Result<(Received, MeshResources), String> {
         let received = self.receive(resp)?;
+        let candidate = self.merge(&received)?;
+        Ok((received, candidate))
+    }
+
+    /// The resources of every type to compile once `received` is accepted:
+    /// every accepted resource it leaves in place (of every type), decoded,
+    /// then what it adds or changes.
+    pub fn merge(&self, received: &Received) -> Result<MeshResources, String> {
         let t = received.type_url;
-        // Every accepted resource the response leaves in place (of every
-        // type), decoded, then what it adds or changes.
         let mut kept = Vec::new();
         for other in SUBSCRIBED {
             let Some(s) = self.types.get(&other) else {
@@ -290,8 +296,7 @@ impl XdsState {
             }
         }
         let fresh = received.changed.values().map(|f| &f.resource);
-        let candidate = assemble(kept.iter().chain(fresh).collect());
-        Ok((received, candidate))
+        Ok(assemble(kept.iter().chain(fresh).collect()))
     }
 
     /// Records an accepted response (what `received` changes of its type)
