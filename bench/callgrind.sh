@@ -311,13 +311,13 @@ fi
 
 if [[ -n "${SYSCALLS:-}" ]]; then
     command -v perf >/dev/null || { echo "callgrind.sh: SYSCALLS=1 needs perf (apt-get install linux-perf)" >&2; exit 1; }
-    EVENTS=read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,epoll_wait,epoll_pwait,futex
+    EVENTS=${EVENTS:-read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,epoll_wait,epoll_pwait,futex,madvise,mmap,munmap,mprotect,brk}
     load "$WARMUP"
     perf_pids=()
     for hop in a b; do
         pid=$PID_A
         [[ $hop == b ]] && pid=$PID_B
-        perf stat -x, -e "$(sed 's/\([a-z_]*\)/syscalls:sys_enter_\1/g' <<<"$EVENTS")" \
+        perf stat -x, -e "$(sed 's/\([a-z_]*\)/syscalls:sys_enter_\1/g' <<<"$EVENTS"),page-faults" \
             -p "$pid" -o "$WORK/perf-$hop.csv" &
         perf_pids+=($!)
     done
@@ -336,6 +336,11 @@ if [[ -n "${SYSCALLS:-}" ]]; then
         [[ "${a:-0}${b:-0}" =~ ^[0]*$ ]] && continue
         awk -v e="$ev" -v a="${a:-0}" -v b="${b:-0}" -v n="$N" 'BEGIN { printf "%-14s %10.2f %10.2f\n", e, a / n, b / n }'
     done
+    # Not a system call: the page faults (memory the allocator gave back
+    # and touches again is faulted in anew).
+    a=$(awk -F, '$3 == "page-faults" { print $1 }' "$WORK/perf-a.csv")
+    b=$(awk -F, '$3 == "page-faults" { print $1 }' "$WORK/perf-b.csv")
+    awk -v a="${a:-0}" -v b="${b:-0}" -v n="$N" 'BEGIN { printf "%-14s %10.2f %10.2f\n", "(page faults)", a / n, b / n }'
     exit 0
 fi
 

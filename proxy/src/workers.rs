@@ -65,6 +65,15 @@ pub fn current() -> usize {
     INDEX.with(Cell::get)
 }
 
+/// Every worker's runtime, the caller's first (just the caller's with one
+/// worker): for per-thread housekeeping, such as the allocator's.
+pub fn runtimes() -> Vec<Handle> {
+    match WORKERS.get() {
+        Some(w) => w.handles.clone(),
+        None => vec![Handle::current()],
+    }
+}
+
 /// The runtime an accepted connection goes to (`None`: it stays on the
 /// caller's, with one worker or when the caller's holds the fewest), and
 /// the count it holds there while it lives.
@@ -152,6 +161,15 @@ mod tests {
         let (handle, held) = assign();
         assert!(handle.is_none());
         assert!(held.counted.is_none());
+    }
+
+    #[tokio::test]
+    async fn without_workers_the_only_runtime_is_the_callers() {
+        let runtimes = runtimes();
+        assert_eq!(runtimes.len(), 1);
+        let caller = std::thread::current().id();
+        let ran_on = runtimes[0].spawn(async { std::thread::current().id() });
+        assert_eq!(ran_on.await.unwrap(), caller);
     }
 
     /// A runtime for the test (worker 0) and two worker threads.
