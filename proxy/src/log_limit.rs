@@ -10,8 +10,10 @@
 //! are not limited (debug floods are opt-in).
 //!
 //! [`WarnLimiter`] is the decision on an injected clock (unit-tested);
-//! [`LimitFilter`] applies it as a `tracing-subscriber` per-layer filter on
-//! the log output; [`spawn_reporter`] writes the suppression lines. A small
+//! [`LimitLayer`] applies it as a `tracing-subscriber` layer that vetoes
+//! events (not a per-layer filter: with one of those in the subscriber,
+//! every span enter and exit asks the registry whether that filter
+//! enabled the span, on every poll of a connection's task); [`spawn_reporter`] writes the suppression lines. A small
 //! module rather than a crate: the maintained `tracing` ecosystem has no
 //! per-call-site limiter that reports what it dropped.
 
@@ -20,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::callsite::Identifier;
 use tracing::subscriber::Interest;
+use tracing::Subscriber;
 use tracing::{Event, Level, Metadata};
-use tracing_subscriber::layer::{Context, Filter};
+use tracing_subscriber::layer::{Context, Layer};
 
 /// Lines one call site may log per [`INTERVAL`].
 pub const BURST: u32 = 10;
@@ -60,10 +63,10 @@ pub struct Suppressed {
     pub count: u64,
 }
 
-/// The [`Filter`] that applies a [`WarnLimiter`] to `WARN` and `ERROR`
+/// The [`Layer`] that applies a [`WarnLimiter`] to `WARN` and `ERROR`
 /// events.
 #[derive(Clone, Debug)]
-pub struct LimitFilter(pub Arc<WarnLimiter>);
+pub struct LimitLayer(pub Arc<WarnLimiter>);
 
 // === impl WarnLimiter ===
 
@@ -154,18 +157,14 @@ pub fn spawn_reporter(limiter: Arc<WarnLimiter>) {
     }
 }
 
-// === impl LimitFilter ===
+// === impl LimitLayer ===
 
 fn limited(meta: &Metadata<'_>) -> bool {
     meta.is_event() && *meta.level() <= Level::WARN && meta.target() != REPORT_TARGET
 }
 
-impl<S> Filter<S> for LimitFilter {
-    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
-        true
-    }
-
-    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+impl<S: Subscriber> Layer<S> for LimitLayer {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
         if limited(meta) {
             Interest::sometimes()
         } else {
@@ -173,7 +172,7 @@ impl<S> Filter<S> for LimitFilter {
         }
     }
 
-    fn event_enabled(&self, event: &Event<'_>, _cx: &Context<'_, S>) -> bool {
+    fn event_enabled(&self, event: &Event<'_>, _cx: Context<'_, S>) -> bool {
         let meta = event.metadata();
         !limited(meta) || self.0.admit(meta, Instant::now())
     }
@@ -251,7 +250,7 @@ mod tests {
         assert!(!limited(site_meta(3)), "the report itself");
     }
 
-    /// The filter on a real subscriber: the lines written, then the report.
+    /// The layer on a real subscriber: the lines written, then the report.
     #[test]
     fn the_filter_drops_repeats_and_the_report_counts_them() {
         #[derive(Clone, Default)]
@@ -266,16 +265,16 @@ mod tests {
             }
         }
         use tracing_subscriber::layer::SubscriberExt;
-        use tracing_subscriber::Layer;
         let buf = Buf::default();
         let out = buf.clone();
         // A window longer than the test, so the count does not depend on speed.
         let limiter = Arc::new(WarnLimiter::new(BURST, Duration::from_secs(3600)));
         let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .with_writer(move || out.clone())
-            .with_filter(LimitFilter(limiter.clone()));
-        let subscriber = tracing_subscriber::registry().with(layer);
+            .with_writer(move || out.clone());
+        let subscriber = tracing_subscriber::registry()
+            .with(LimitLayer(limiter.clone()))
+            .with(layer);
         tracing::subscriber::with_default(subscriber, || {
             for i in 0..1000 {
                 tracing::warn!(i, "request failed");

@@ -312,7 +312,8 @@ fn init_logs(format: &str) {
     let limiter = std::sync::Arc::new(sane_proxy::log_limit::WarnLimiter::default());
     tracing_subscriber::registry()
         .with(filter)
-        .with(layer.with_filter(sane_proxy::log_limit::LimitFilter(limiter.clone())))
+        .with(sane_proxy::log_limit::LimitLayer(limiter.clone()))
+        .with(layer)
         .init();
     sane_proxy::log_limit::spawn_reporter(limiter);
 }
