@@ -13,9 +13,10 @@
 //! [`LimitLayer`] applies it as a `tracing-subscriber` layer that vetoes
 //! events (not a per-layer filter: with one of those in the subscriber,
 //! every span enter and exit asks the registry whether that filter
-//! enabled the span, on every poll of a connection's task); [`spawn_reporter`] writes the suppression lines. A small
-//! module rather than a crate: the maintained `tracing` ecosystem has no
-//! per-call-site limiter that reports what it dropped.
+//! enabled the span, on every poll of a connection's task);
+//! [`spawn_reporter`] writes the suppression lines. A small module rather
+//! than a crate: the maintained `tracing` ecosystem has no per-call-site
+//! limiter that reports what it dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

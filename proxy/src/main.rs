@@ -327,7 +327,8 @@ fn init_logs(format: &str) {
 /// stays resident. So every worker thread (every runtime of
 /// `sane_proxy::workers`) collects its own heap with a forced purge
 /// (`mi_collect(true)`) every [`heap::PERIOD`] (1 s): a walk over the
-/// thread's pages, a few microseconds for a sidecar's heap. Under load that
+/// thread's pages, ≈ 3 k instructions for an idle sidecar's heap
+/// (callgrind's idle window). Under load that
 /// gives back only what is free at that instant, once a second (measured:
 /// no more page faults per request than glibc's malloc,
 /// `SYSCALLS=1 bench/callgrind.sh`), where a purge delay of zero costs
