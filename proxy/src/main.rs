@@ -352,7 +352,10 @@ mod heap {
     pub(super) fn watch() {
         for worker in sane_proxy::workers::runtimes() {
             worker.spawn(async {
-                let mut tick = tokio::time::interval(PERIOD);
+                // The first tick a period from now: the caller has just
+                // released the main thread's heap.
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
