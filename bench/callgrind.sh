@@ -5,7 +5,10 @@
 # instructions a hop executes per request is not. This script runs the same
 # two-hop topology as `bench/run` (bench/peers/sane-{a,b}.yaml):
 #
-#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/2 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
+#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/1.1 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
+#
+# (H2_UPGRADE=1 gives hop A a destination policy with `h2_upgrade: true`:
+# HTTP/2 between the hops, as before the proxy kept HTTP/1.1 there.)
 #
 # with both sane-proxy processes (`--workers 1`) under
 # `valgrind --tool=callgrind`, certificates from a sane-control-plane CA
@@ -188,7 +191,13 @@ grind hop-b "$WORK/sane-b.yaml"
 PID_B=$GRIND_PID
 B_ADDR=$(listening "$WORK/logs/hop-b.log" inbound)
 
-sane_a_yaml "$BACKEND_PORT" "${B_ADDR##*:}" "$TELEMETRY" >"$WORK/sane-a.yaml"
+POLICY=
+if [[ -n "${H2_UPGRADE:-}" ]]; then
+    POLICY="  policies:
+    - { name: backend, service: backend, h2_upgrade: true }"
+fi
+sane_a_yaml "$BACKEND_PORT" "${B_ADDR##*:}" "$TELEMETRY
+$POLICY" >"$WORK/sane-a.yaml"
 grind hop-a "$WORK/sane-a.yaml"
 PID_A=$GRIND_PID
 A_ADDR=$(listening "$WORK/logs/hop-a.log" outbound)

@@ -387,3 +387,80 @@ async fn metrics_count_requests_at_both_sidecars() {
     })
     .await
 }
+
+/// HTTP/1.1 stays HTTP/1.1 between the sidecars (Istio's default): four
+/// requests in flight at once hold four pooled connections at the server
+/// sidecar's inbound listener. Under a destination policy's `h2_upgrade`
+/// they are four streams of one HTTP/2 connection. Either way the app
+/// gets the same HTTP/1.1 requests.
+#[tokio::test]
+async fn http1_between_sidecars_is_http1_unless_the_policy_upgrades_it() {
+    const IN_FLIGHT: usize = 4;
+    for upgrade in [false, true] {
+        let mesh = TwoHop::start_from(TwoHop::builder().client_config(move |b| {
+            if upgrade {
+                b.resources
+                    .policies
+                    .push(sane_xds_proto::DestinationPolicy {
+                        name: TwoHop::SERVICE.into(),
+                        service: TwoHop::SERVICE.into(),
+                        h2_upgrade: true,
+                        ..Default::default()
+                    });
+            }
+        }))
+        .await;
+        within(TEST_DEADLINE, async {
+            // One request first: it works, and reaches the app as HTTP/1.1.
+            let reply = send(&mesh.http1(), get(&TwoHop::url("/first")))
+                .await
+                .unwrap();
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            assert_eq!(reply.json().unwrap()["version"], "HTTP/1.1");
+
+            // Requests the app holds for a minute, all in flight together.
+            let served = mesh.app().requests().await;
+            let client = mesh.http1();
+            let held: Vec<_> = (0..IN_FLIGHT)
+                .map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let mut req = get(&TwoHop::url("/held"));
+                        req.headers_mut()
+                            .insert("x-echo-delay", "60s".parse().unwrap());
+                        send(&client, req).await
+                    })
+                })
+                .collect();
+            eventually(METRIC_DEADLINE * 6, || async {
+                let n = mesh.app().requests().await;
+                (n >= served + IN_FLIGHT as u64)
+                    .then_some(())
+                    .ok_or_else(|| format!("the app has {} of the held requests", n - served))
+            })
+            .await;
+            let metrics = mesh.server().metrics().await.unwrap();
+            let open = metric_value(
+                &metrics,
+                "sane_connections_active",
+                &[("listener", "inbound")],
+            )
+            .unwrap_or_default();
+            if upgrade {
+                assert_eq!(open, 1.0, "one multiplexed connection:\n{metrics}");
+            } else {
+                // One per request in flight, and the first request's if
+                // it was not back in the pool when they started.
+                let want = IN_FLIGHT as f64..=IN_FLIGHT as f64 + 1.0;
+                assert!(
+                    want.contains(&open),
+                    "{open}, not one per request:\n{metrics}"
+                );
+            }
+            for h in held {
+                h.abort();
+            }
+        })
+        .await;
+    }
+}

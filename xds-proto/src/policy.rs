@@ -86,6 +86,15 @@ pub struct DestinationPolicy {
     /// Required with `consistent_hash`, not allowed otherwise. Default: empty.
     #[prost(string, tag = "10")]
     pub hash_header: String,
+    /// Carry HTTP/1.1 requests to this service between sidecars as HTTP/2
+    /// streams, multiplexed on a few connections, instead of as HTTP/1.1
+    /// on pooled connections (one request in flight each). Like Istio's
+    /// `h2UpgradePolicy: UPGRADE`: fewer connections and handshakes when
+    /// many requests are in flight at once, at a higher cost per request.
+    /// Requests that arrive as HTTP/2, and ports declared `http2` or
+    /// `grpc`, use HTTP/2 between sidecars either way. Default: false.
+    #[prost(bool, tag = "11")]
+    pub h2_upgrade: bool,
 }
 
 // === impl DestinationPolicy ===

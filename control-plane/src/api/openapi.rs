@@ -509,7 +509,12 @@ fn other_resource_schemas() -> Value {
             "circuit_breaker": schema_ref("CircuitBreaker"),
             "outlier_detection": schema_ref("OutlierDetection"),
             "retry_budget": schema_ref("RetryBudget"),
-            "hash_header": string()
+            "hash_header": string(),
+            "h2_upgrade": {
+                "type": "boolean",
+                "default": false,
+                "description": "HTTP/1.1 requests go between sidecars as HTTP/2"
+            }
         })),
         "CircuitBreaker": object(&[], json!({
             "max_connections": { "type": "integer" },

@@ -2,10 +2,11 @@
 //! Sane [`DestinationPolicy`]; `ServiceEntry` → a Sane [`Service`] and its
 //! [`Endpoint`]s.
 //!
-//! Sane Mesh carries HTTP/1.1 between sidecars over multiplexed HTTP/2, so
-//! one Istio HTTP/1.1 connection is one request in flight: `maxConnections`
-//! also caps requests in flight (with `http1MaxPendingRequests` waiting),
-//! which is what Istio's circuit breaking does for an HTTP/1.1 service.
+//! One Istio HTTP/1.1 connection is one request in flight, and Sane Mesh
+//! may multiplex HTTP/1.1 between sidecars (`h2UpgradePolicy: UPGRADE`):
+//! `maxConnections` also caps requests in flight (with
+//! `http1MaxPendingRequests` waiting), which is what Istio's circuit
+//! breaking does for an HTTP/1.1 service.
 
 use super::common::{duration_ms, relative, resolve_host, sane_name, Report, P};
 use super::error::IstioError;
@@ -103,8 +104,8 @@ struct HttpSettings {
     max_requests_per_connection: Option<u32>,
     max_retries: Option<u32>,
     idle_timeout: Option<String>,
-    h2_upgrade_policy: Option<Value>,
-    use_client_protocol: Option<Value>,
+    h2_upgrade_policy: Option<String>,
+    use_client_protocol: Option<bool>,
     max_concurrent_streams: Option<Value>,
 }
 
@@ -300,8 +301,9 @@ fn traffic_policy(
                 cb.max_requests = Some(n.max(1));
                 report.note(
                     &tp.f("maxConnections"),
-                    "also caps requests in flight: Sane multiplexes HTTP/1.1 between sidecars, \
-                     where one Istio HTTP/1.1 connection is one request in flight",
+                    "also caps requests in flight: with h2UpgradePolicy UPGRADE, Sane \
+                     multiplexes HTTP/1.1 requests between sidecars, where one Istio HTTP/1.1 \
+                     connection is one request in flight",
                 );
             }
         }
@@ -313,18 +315,21 @@ fn traffic_policy(
                 &http.max_requests_per_connection,
                 "Sane keeps upstream connections until idle",
             );
-            report.if_set(
-                &hp,
-                "h2UpgradePolicy",
-                &http.h2_upgrade_policy,
-                "Sane always uses HTTP/2 between sidecars",
-            );
-            report.if_set(
-                &hp,
-                "useClientProtocol",
-                &http.use_client_protocol,
-                "Sane always uses HTTP/2 between sidecars",
-            );
+            // `useClientProtocol` keeps the client's protocol, which is
+            // what Sane does unless told to upgrade.
+            let keep_client = http.use_client_protocol == Some(true);
+            match http.h2_upgrade_policy.as_deref() {
+                None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => {}
+                Some("UPGRADE") if keep_client => report.note(
+                    &hp.f("h2UpgradePolicy"),
+                    "not applied: useClientProtocol keeps the client's protocol",
+                ),
+                Some("UPGRADE") => policy.h2_upgrade = true,
+                Some(other) => report.unsupported(
+                    &hp.f("h2UpgradePolicy"),
+                    format!("{other:?} (Istio's values are DEFAULT, DO_NOT_UPGRADE and UPGRADE)"),
+                ),
+            }
             report.if_set(
                 &hp,
                 "maxConcurrentStreams",

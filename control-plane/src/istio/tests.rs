@@ -279,6 +279,45 @@ spec:
 }
 
 #[test]
+fn h2_upgrade_policy_maps_to_the_destination_policy() {
+    let rule = |name: &str, http: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
+             metadata: {{ name: {name} }}\nspec:\n  host: {name}\n  \
+             trafficPolicy: {{ connectionPool: {{ http: {http} }} }}\n"
+        )
+    };
+    let texts = [
+        rule("reviews", "{ h2UpgradePolicy: UPGRADE }"),
+        rule("ratings", "{ h2UpgradePolicy: DO_NOT_UPGRADE }"),
+        rule(
+            "details",
+            "{ h2UpgradePolicy: UPGRADE, useClientProtocol: true }",
+        ),
+        rule("productpage", "{ h2UpgradePolicy: SOMETIMES }"),
+    ];
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let c = convert_all(&texts, &bookinfo()).unwrap();
+    let upgraded = |service: &str| {
+        c.resources
+            .policies
+            .iter()
+            .find(|p| p.service == service)
+            .unwrap_or_else(|| panic!("no policy for {service}"))
+            .h2_upgrade
+    };
+    assert!(upgraded("reviews"));
+    assert!(!upgraded("ratings"));
+    assert!(!upgraded("details"));
+    assert!(!upgraded("productpage"));
+    let u = c.unsupported().join("\n");
+    assert!(
+        u.contains("productpage: spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported: \"SOMETIMES\""),
+        "{u}"
+    );
+}
+
+#[test]
 fn unsupported_fields_are_listed_by_path() {
     let c = convert_all(&[fixture!("unsupported.yaml")], &bookinfo()).unwrap();
     let u = c.unsupported().join("\n");

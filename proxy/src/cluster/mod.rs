@@ -116,6 +116,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Idle timeout for pooled upstream connections.
     pub idle_timeout: Duration,
+    /// HTTP/1.1 requests go to peer sidecars as HTTP/2 (the destination
+    /// policy's `h2_upgrade`).
+    pub h2_upgrade: bool,
     balancer: Balancer,
     /// The destination policy's hash header, outlier detection and circuit
     /// breaker, boxed: most clusters of a large mesh have no policy, and
@@ -326,6 +329,7 @@ impl Cluster {
             endpoints,
             connect_timeout,
             idle_timeout,
+            h2_upgrade: false,
             balancer,
             policy: None,
             retry_budget: ClusterBudget::Default(OnceLock::new()),
@@ -344,6 +348,7 @@ impl Cluster {
         let Some(p) = policy else {
             return self;
         };
+        self.h2_upgrade = p.h2_upgrade;
         self.policy = Some(Box::new(ClusterPolicy {
             hash_header: HeaderName::from_bytes(p.hash_header.to_ascii_lowercase().as_bytes()).ok(),
             outlier: p.outlier_detection.as_ref().map(OutlierDetector::new),

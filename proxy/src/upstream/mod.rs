@@ -72,6 +72,18 @@ fn closed_before_response(e: &hyper::Error) -> bool {
     false
 }
 
+/// Whether `req` goes to `target` as HTTP/2: when the workload's port
+/// speaks it (`http2`, `grpc`); to a peer sidecar also when the request
+/// arrived as HTTP/2 (what only HTTP/2 carries, such as trailers, is
+/// kept) or under `h2_upgrade`. Otherwise HTTP/1.1, also between sidecars
+/// (as Istio's default): the cheaper protocol per request, one request in
+/// flight per pooled connection.
+fn hop_is_h2<B>(req: &Request<B>, target: &Target) -> bool {
+    matches!(target.protocol, Protocol::Http2 | Protocol::Grpc)
+        || (target.via_sidecar.is_some()
+            && (target.h2_upgrade || req.version() == http::Version::HTTP_2))
+}
+
 /// How to reach one endpoint.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -81,6 +93,9 @@ pub struct Target {
     pub via_sidecar: Option<u16>,
     /// Protocol the workload speaks (decides the hop protocol when direct).
     pub protocol: Protocol,
+    /// HTTP/1.1 requests go to a peer sidecar as HTTP/2 streams rather
+    /// than as HTTP/1.1 (a destination policy's `h2_upgrade`).
+    pub h2_upgrade: bool,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Idle timeout of pooled HTTP/1.1 connections.
@@ -256,8 +271,7 @@ impl Upstream {
                 None,
             ));
         }
-        let h2 = target.via_sidecar.is_some()
-            || matches!(target.protocol, Protocol::Http2 | Protocol::Grpc);
+        let h2 = hop_is_h2(&req, target);
         if h2 {
             h::for_h2(&mut req, authority)?;
             let key = self.key(target, Framing::Http2)?;
@@ -463,6 +477,33 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
+    #[test]
+    fn hop_protocol_follows_port_request_and_upgrade_policy() {
+        let target = |protocol, via_sidecar, h2_upgrade| Target {
+            addr: ([127, 0, 0, 1], 1).into(),
+            via_sidecar,
+            protocol,
+            h2_upgrade,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            identity: "".into(),
+        };
+        let h1 = Request::get("/").body(()).unwrap();
+        let h2 = Request::get("/")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        // To a peer sidecar: HTTP/1.1 stays HTTP/1.1 unless upgraded.
+        assert!(!hop_is_h2(&h1, &target(Protocol::Http, Some(80), false)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Http, Some(80), true)));
+        assert!(hop_is_h2(&h2, &target(Protocol::Http, Some(80), false)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Grpc, Some(80), false)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Http2, Some(80), false)));
+        // To a workload: its port's protocol, whatever the request came as.
+        assert!(!hop_is_h2(&h2, &target(Protocol::Http, None, true)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Grpc, None, false)));
+    }
+
     /// Reads one request (head, then `content-length` bytes of body).
     async fn read_request(s: &mut tokio::net::TcpStream) -> Option<String> {
         let mut buf = Vec::new();
@@ -522,6 +563,7 @@ mod tests {
             addr,
             via_sidecar: None,
             protocol: Protocol::Http,
+            h2_upgrade: false,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             identity: "".into(),
