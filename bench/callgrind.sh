@@ -5,10 +5,10 @@
 # instructions a hop executes per request is not. This script runs the same
 # two-hop topology as `bench/run` (bench/peers/sane-{a,b}.yaml):
 #
-#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/1.1 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
+#   h2load --h1 ─▶ hop A (outbound HTTP) ══HTTP/2 over mTLS══▶ hop B (inbound, STRICT) ─▶ nginx `200 ok`
 #
-# (H2_UPGRADE=1 gives hop A a destination policy with `h2_upgrade: true`:
-# HTTP/2 between the hops, as before the proxy kept HTTP/1.1 there.)
+# (PRESERVE_HTTP1=1 gives hop A a destination policy with
+# `peer_protocol: preserve`: HTTP/1.1 between the hops.)
 #
 # with both sane-proxy processes (`--workers 1`) under
 # `valgrind --tool=callgrind`, certificates from a sane-control-plane CA
@@ -192,9 +192,9 @@ PID_B=$GRIND_PID
 B_ADDR=$(listening "$WORK/logs/hop-b.log" inbound)
 
 POLICY=
-if [[ -n "${H2_UPGRADE:-}" ]]; then
+if [[ -n "${PRESERVE_HTTP1:-}" ]]; then
     POLICY="  policies:
-    - { name: backend, service: backend, h2_upgrade: true }"
+    - { name: backend, service: backend, peer_protocol: preserve }"
 fi
 sane_a_yaml "$BACKEND_PORT" "${B_ADDR##*:}" "$TELEMETRY
 $POLICY" >"$WORK/sane-a.yaml"

@@ -457,9 +457,7 @@ impl Results {
 
     fn render_mode(&self, s: &mut String, mode: Mode, rates: &[u32]) {
         let title = match mode {
-            Mode::Http => {
-                "HTTP/1.1 from the client (sane: HTTP/1.1 between the sidecars, as the peers)"
-            }
+            Mode::Http => "HTTP/1.1 from the client (sane: HTTP/2 between the sidecars)",
             Mode::Tcp => "TCP passthrough with mTLS between the hops",
         };
         let _ = writeln!(s, "## {title}{}\n", self.label);

@@ -58,7 +58,7 @@ pub enum PeerKind {
 /// What the client speaks to the first hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mode {
-    /// HTTP/1.1 routed by the proxies (HTTP/1.1 between the hops, sane too).
+    /// HTTP/1.1 routed by the proxies (sane: HTTP/2 between the sidecars).
     Http,
     /// Opaque TCP spliced over mTLS between the hops.
     Tcp,

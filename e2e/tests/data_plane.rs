@@ -388,23 +388,24 @@ async fn metrics_count_requests_at_both_sidecars() {
     .await
 }
 
-/// HTTP/1.1 stays HTTP/1.1 between the sidecars (Istio's default): four
-/// requests in flight at once hold four pooled connections at the server
-/// sidecar's inbound listener. Under a destination policy's `h2_upgrade`
-/// they are four streams of one HTTP/2 connection. Either way the app
-/// gets the same HTTP/1.1 requests.
+/// HTTP/1.1 requests go between the sidecars as streams of one HTTP/2
+/// connection: four in flight at once hold one connection at the server
+/// sidecar's inbound listener. Under a destination policy's
+/// `peer_protocol: preserve` (Istio's DO_NOT_UPGRADE) they stay HTTP/1.1,
+/// four pooled connections. Either way the app gets the same HTTP/1.1
+/// requests.
 #[tokio::test]
-async fn http1_between_sidecars_is_http1_unless_the_policy_upgrades_it() {
+async fn http1_between_sidecars_is_multiplexed_unless_the_policy_preserves_it() {
     const IN_FLIGHT: usize = 4;
-    for upgrade in [false, true] {
+    for preserve in [false, true] {
         let mesh = TwoHop::start_from(TwoHop::builder().client_config(move |b| {
-            if upgrade {
+            if preserve {
                 b.resources
                     .policies
                     .push(sane_xds_proto::DestinationPolicy {
                         name: TwoHop::SERVICE.into(),
                         service: TwoHop::SERVICE.into(),
-                        h2_upgrade: true,
+                        peer_protocol: sane_xds_proto::PeerProtocol::Preserve.into(),
                         ..Default::default()
                     });
             }
@@ -446,7 +447,7 @@ async fn http1_between_sidecars_is_http1_unless_the_policy_upgrades_it() {
                 &[("listener", "inbound")],
             )
             .unwrap_or_default();
-            if upgrade {
+            if !preserve {
                 assert_eq!(open, 1.0, "one multiplexed connection:\n{metrics}");
             } else {
                 // One per request in flight, and the first request's if

@@ -135,7 +135,7 @@ async fn passthrough(mut client: TcpStream, dst: SocketAddr, ctx: &StackContext)
         addr: dst,
         via_sidecar: None,
         protocol: Protocol::Tcp,
-        h2_upgrade: false,
+        preserve_http1: false,
         connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
         idle_timeout: Duration::from_secs(60),
         identity: "".into(),

@@ -68,7 +68,7 @@ pub use listener::{Direction, Listener, TlsMode, WorkloadPort};
 pub use peer_authn::{
     resolve as resolve_peer_tls, PeerAuthentication, PeerTls, MESH_ROOT_NAMESPACE,
 };
-pub use policy::{DestinationPolicy, LoadBalancer};
+pub use policy::{DestinationPolicy, LoadBalancer, PeerProtocol};
 pub use resilience::{CircuitBreaker, OutlierDetection, RetryBudget};
 pub use resources::{MeshResources, TypeUrl};
 pub use route::{

@@ -38,6 +38,29 @@ pub enum LoadBalancer {
     ConsistentHash = 3,
 }
 
+/// How HTTP/1.1 requests travel between sidecars.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    prost::Enumeration,
+    Serialize,
+    Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[repr(i32)]
+pub enum PeerProtocol {
+    /// As streams of shared HTTP/2 connections. The default.
+    Http2 = 0,
+    /// As HTTP/1.1 on pooled connections, one request in flight each.
+    Preserve = 1,
+}
+
 /// Traffic policy for one destination service (like an Istio DestinationRule).
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -86,15 +109,19 @@ pub struct DestinationPolicy {
     /// Required with `consistent_hash`, not allowed otherwise. Default: empty.
     #[prost(string, tag = "10")]
     pub hash_header: String,
-    /// Carry HTTP/1.1 requests to this service between sidecars as HTTP/2
-    /// streams, multiplexed on a few connections, instead of as HTTP/1.1
-    /// on pooled connections (one request in flight each). Like Istio's
-    /// `h2UpgradePolicy: UPGRADE`: fewer connections and handshakes when
-    /// many requests are in flight at once, at a higher cost per request.
-    /// Requests that arrive as HTTP/2, and ports declared `http2` or
-    /// `grpc`, use HTTP/2 between sidecars either way. Default: false.
-    #[prost(bool, tag = "11")]
-    pub h2_upgrade: bool,
+    /// How HTTP/1.1 requests to this service travel between sidecars:
+    /// `http2` (streams multiplexed on shared connections) or `preserve`
+    /// (HTTP/1.1 on pooled connections, one request in flight each; Istio's
+    /// `h2UpgradePolicy: DO_NOT_UPGRADE`). Requests that arrive as HTTP/2,
+    /// and ports declared `http2` or `grpc`, use HTTP/2 either way.
+    /// Default: `http2`, the cheaper one under load (`bench/results/
+    /// callgrind.md`, "HTTP/1.1 between the sidecars").
+    #[prost(enumeration = "PeerProtocol", tag = "11")]
+    #[serde(
+        serialize_with = "enum_ser::<PeerProtocol, _>",
+        deserialize_with = "enum_de::<PeerProtocol, _>"
+    )]
+    pub peer_protocol: i32,
 }
 
 // === impl DestinationPolicy ===
@@ -116,6 +143,7 @@ impl DestinationPolicy {
         }
         errs.name(&path.field("service"), &self.service);
         errs.enum_value::<LoadBalancer>(&path.field("load_balancer"), self.load_balancer);
+        errs.enum_value::<PeerProtocol>(&path.field("peer_protocol"), self.peer_protocol);
         if self.connect_timeout_ms > 60_000 {
             errs.push(
                 &path.field("connect_timeout"),

@@ -510,11 +510,7 @@ fn other_resource_schemas() -> Value {
             "outlier_detection": schema_ref("OutlierDetection"),
             "retry_budget": schema_ref("RetryBudget"),
             "hash_header": string(),
-            "h2_upgrade": {
-                "type": "boolean",
-                "default": false,
-                "description": "HTTP/1.1 requests go between sidecars as HTTP/2"
-            }
+            "peer_protocol": enumeration(&["http2", "preserve"], "http2")
         })),
         "CircuitBreaker": object(&[], json!({
             "max_connections": { "type": "integer" },

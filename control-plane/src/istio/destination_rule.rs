@@ -2,10 +2,10 @@
 //! Sane [`DestinationPolicy`]; `ServiceEntry` → a Sane [`Service`] and its
 //! [`Endpoint`]s.
 //!
-//! One Istio HTTP/1.1 connection is one request in flight, and Sane Mesh
-//! may multiplex HTTP/1.1 between sidecars (`h2UpgradePolicy: UPGRADE`):
-//! `maxConnections` also caps requests in flight (with
-//! `http1MaxPendingRequests` waiting), which is what Istio's circuit
+//! Sane Mesh carries HTTP/1.1 between sidecars over multiplexed HTTP/2 (as
+//! Istio's `h2UpgradePolicy: UPGRADE`), so one Istio HTTP/1.1 connection
+//! is one request in flight: `maxConnections` also caps requests in flight
+//! (with `http1MaxPendingRequests` waiting), which is what Istio's circuit
 //! breaking does for an HTTP/1.1 service.
 
 use super::common::{duration_ms, relative, resolve_host, sane_name, Report, P};
@@ -15,8 +15,8 @@ use super::virtual_service::export_to;
 use super::{Context, Output};
 use crate::resource::Resource;
 use sane_xds_proto::{
-    CircuitBreaker, DestinationPolicy, Endpoint, LoadBalancer, OutlierDetection, Protocol, Service,
-    ServicePort,
+    CircuitBreaker, DestinationPolicy, Endpoint, LoadBalancer, OutlierDetection, PeerProtocol,
+    Protocol, Service, ServicePort,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -301,8 +301,8 @@ fn traffic_policy(
                 cb.max_requests = Some(n.max(1));
                 report.note(
                     &tp.f("maxConnections"),
-                    "also caps requests in flight: with h2UpgradePolicy UPGRADE, Sane \
-                     multiplexes HTTP/1.1 requests between sidecars, where one Istio HTTP/1.1 \
+                    "also caps requests in flight: Sane multiplexes HTTP/1.1 between sidecars \
+                     (unless h2UpgradePolicy is DO_NOT_UPGRADE), where one Istio HTTP/1.1 \
                      connection is one request in flight",
                 );
             }
@@ -315,20 +315,25 @@ fn traffic_policy(
                 &http.max_requests_per_connection,
                 "Sane keeps upstream connections until idle",
             );
-            // `useClientProtocol` keeps the client's protocol, which is
-            // what Sane does unless told to upgrade.
-            let keep_client = http.use_client_protocol == Some(true);
+            // Sane's default is Istio's UPGRADE; DO_NOT_UPGRADE and
+            // `useClientProtocol` (which wins over UPGRADE in Istio) keep
+            // HTTP/1.1 requests HTTP/1.1 between the sidecars.
+            let mut preserve = http.use_client_protocol == Some(true);
             match http.h2_upgrade_policy.as_deref() {
-                None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => {}
-                Some("UPGRADE") if keep_client => report.note(
+                None | Some("UPGRADE") => {}
+                Some("DEFAULT") => report.note(
                     &hp.f("h2UpgradePolicy"),
-                    "not applied: useClientProtocol keeps the client's protocol",
+                    "Sane's default: HTTP/1.1 requests go between sidecars as HTTP/2 \
+                     (DO_NOT_UPGRADE keeps them HTTP/1.1)",
                 ),
-                Some("UPGRADE") => policy.h2_upgrade = true,
+                Some("DO_NOT_UPGRADE") => preserve = true,
                 Some(other) => report.unsupported(
                     &hp.f("h2UpgradePolicy"),
                     format!("{other:?} (Istio's values are DEFAULT, DO_NOT_UPGRADE and UPGRADE)"),
                 ),
+            }
+            if preserve {
+                policy.peer_protocol = PeerProtocol::Preserve.into();
             }
             report.if_set(
                 &hp,

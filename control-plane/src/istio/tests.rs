@@ -3,7 +3,8 @@
 
 use super::*;
 use sane_xds_proto::{
-    AuthzAction, Endpoint, LoadBalancer, MatchKind, Protocol, Service, ServicePort, TlsMode,
+    AuthzAction, Endpoint, LoadBalancer, MatchKind, PeerProtocol, Protocol, Service, ServicePort,
+    TlsMode,
 };
 
 macro_rules! fixture {
@@ -279,7 +280,7 @@ spec:
 }
 
 #[test]
-fn h2_upgrade_policy_maps_to_the_destination_policy() {
+fn h2_upgrade_policy_maps_to_the_peer_protocol() {
     let rule = |name: &str, http: &str| {
         format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n\
@@ -290,6 +291,7 @@ fn h2_upgrade_policy_maps_to_the_destination_policy() {
     let texts = [
         rule("reviews", "{ h2UpgradePolicy: UPGRADE }"),
         rule("ratings", "{ h2UpgradePolicy: DO_NOT_UPGRADE }"),
+        // Istio's useClientProtocol wins over UPGRADE.
         rule(
             "details",
             "{ h2UpgradePolicy: UPGRADE, useClientProtocol: true }",
@@ -298,18 +300,18 @@ fn h2_upgrade_policy_maps_to_the_destination_policy() {
     ];
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let c = convert_all(&texts, &bookinfo()).unwrap();
-    let upgraded = |service: &str| {
+    let protocol = |service: &str| {
         c.resources
             .policies
             .iter()
             .find(|p| p.service == service)
             .unwrap_or_else(|| panic!("no policy for {service}"))
-            .h2_upgrade
+            .peer_protocol()
     };
-    assert!(upgraded("reviews"));
-    assert!(!upgraded("ratings"));
-    assert!(!upgraded("details"));
-    assert!(!upgraded("productpage"));
+    assert_eq!(protocol("reviews"), PeerProtocol::Http2);
+    assert_eq!(protocol("ratings"), PeerProtocol::Preserve);
+    assert_eq!(protocol("details"), PeerProtocol::Preserve);
+    assert_eq!(protocol("productpage"), PeerProtocol::Http2);
     let u = c.unsupported().join("\n");
     assert!(
         u.contains("productpage: spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: not supported: \"SOMETIMES\""),

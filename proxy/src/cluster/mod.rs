@@ -25,7 +25,9 @@ use crate::policy::circuit_breaker::{Breaker, Permit};
 use crate::policy::retry::RetryBudget;
 use crate::telemetry::ResilienceMetrics;
 use http::{Extensions, HeaderName, Request, StatusCode};
-use sane_xds_proto::{DestinationPolicy, Endpoint, LoadBalancer, Protocol, ServicePort};
+use sane_xds_proto::{
+    DestinationPolicy, Endpoint, LoadBalancer, PeerProtocol, Protocol, ServicePort,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -116,9 +118,9 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Idle timeout for pooled upstream connections.
     pub idle_timeout: Duration,
-    /// HTTP/1.1 requests go to peer sidecars as HTTP/2 (the destination
-    /// policy's `h2_upgrade`).
-    pub h2_upgrade: bool,
+    /// HTTP/1.1 requests go to peer sidecars as HTTP/1.1 (the destination
+    /// policy's `peer_protocol: preserve`).
+    pub preserve_http1: bool,
     balancer: Balancer,
     /// The destination policy's hash header, outlier detection and circuit
     /// breaker, boxed: most clusters of a large mesh have no policy, and
@@ -329,7 +331,7 @@ impl Cluster {
             endpoints,
             connect_timeout,
             idle_timeout,
-            h2_upgrade: false,
+            preserve_http1: false,
             balancer,
             policy: None,
             retry_budget: ClusterBudget::Default(OnceLock::new()),
@@ -348,7 +350,7 @@ impl Cluster {
         let Some(p) = policy else {
             return self;
         };
-        self.h2_upgrade = p.h2_upgrade;
+        self.preserve_http1 = p.peer_protocol() == PeerProtocol::Preserve;
         self.policy = Some(Box::new(ClusterPolicy {
             hash_header: HeaderName::from_bytes(p.hash_header.to_ascii_lowercase().as_bytes()).ok(),
             outlier: p.outlier_detection.as_ref().map(OutlierDetector::new),

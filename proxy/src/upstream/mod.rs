@@ -73,15 +73,14 @@ fn closed_before_response(e: &hyper::Error) -> bool {
 }
 
 /// Whether `req` goes to `target` as HTTP/2: when the workload's port
-/// speaks it (`http2`, `grpc`); to a peer sidecar also when the request
-/// arrived as HTTP/2 (what only HTTP/2 carries, such as trailers, is
-/// kept) or under `h2_upgrade`. Otherwise HTTP/1.1, also between sidecars
-/// (as Istio's default): the cheaper protocol per request, one request in
-/// flight per pooled connection.
+/// speaks it (`http2`, `grpc`), and to a peer sidecar unless the
+/// destination keeps HTTP/1.1 requests HTTP/1.1 (`preserve_http1`). Shared
+/// HTTP/2 connections are the cheaper hop under load: requests in flight
+/// together share reads, writes and TLS records.
 fn hop_is_h2<B>(req: &Request<B>, target: &Target) -> bool {
     matches!(target.protocol, Protocol::Http2 | Protocol::Grpc)
         || (target.via_sidecar.is_some()
-            && (target.h2_upgrade || req.version() == http::Version::HTTP_2))
+            && (!target.preserve_http1 || req.version() == http::Version::HTTP_2))
 }
 
 /// How to reach one endpoint.
@@ -93,9 +92,9 @@ pub struct Target {
     pub via_sidecar: Option<u16>,
     /// Protocol the workload speaks (decides the hop protocol when direct).
     pub protocol: Protocol,
-    /// HTTP/1.1 requests go to a peer sidecar as HTTP/2 streams rather
-    /// than as HTTP/1.1 (a destination policy's `h2_upgrade`).
-    pub h2_upgrade: bool,
+    /// HTTP/1.1 requests go to a peer sidecar as HTTP/1.1 rather than as
+    /// HTTP/2 streams (a destination policy's `peer_protocol: preserve`).
+    pub preserve_http1: bool,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Idle timeout of pooled HTTP/1.1 connections.
@@ -479,11 +478,11 @@ mod tests {
 
     #[test]
     fn hop_protocol_follows_port_request_and_upgrade_policy() {
-        let target = |protocol, via_sidecar, h2_upgrade| Target {
+        let target = |protocol, via_sidecar, preserve_http1| Target {
             addr: ([127, 0, 0, 1], 1).into(),
             via_sidecar,
             protocol,
-            h2_upgrade,
+            preserve_http1,
             connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
             identity: "".into(),
@@ -493,15 +492,15 @@ mod tests {
             .version(http::Version::HTTP_2)
             .body(())
             .unwrap();
-        // To a peer sidecar: HTTP/1.1 stays HTTP/1.1 unless upgraded.
-        assert!(!hop_is_h2(&h1, &target(Protocol::Http, Some(80), false)));
-        assert!(hop_is_h2(&h1, &target(Protocol::Http, Some(80), true)));
-        assert!(hop_is_h2(&h2, &target(Protocol::Http, Some(80), false)));
-        assert!(hop_is_h2(&h1, &target(Protocol::Grpc, Some(80), false)));
-        assert!(hop_is_h2(&h1, &target(Protocol::Http2, Some(80), false)));
+        // To a peer sidecar: HTTP/2, unless HTTP/1.1 is preserved.
+        assert!(hop_is_h2(&h1, &target(Protocol::Http, Some(80), false)));
+        assert!(!hop_is_h2(&h1, &target(Protocol::Http, Some(80), true)));
+        assert!(hop_is_h2(&h2, &target(Protocol::Http, Some(80), true)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Grpc, Some(80), true)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Http2, Some(80), true)));
         // To a workload: its port's protocol, whatever the request came as.
-        assert!(!hop_is_h2(&h2, &target(Protocol::Http, None, true)));
-        assert!(hop_is_h2(&h1, &target(Protocol::Grpc, None, false)));
+        assert!(!hop_is_h2(&h2, &target(Protocol::Http, None, false)));
+        assert!(hop_is_h2(&h1, &target(Protocol::Grpc, None, true)));
     }
 
     /// Reads one request (head, then `content-length` bytes of body).
@@ -563,7 +562,7 @@ mod tests {
             addr,
             via_sidecar: None,
             protocol: Protocol::Http,
-            h2_upgrade: false,
+            preserve_http1: false,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             identity: "".into(),
