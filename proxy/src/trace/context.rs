@@ -172,17 +172,8 @@ fn ascii(buf: &[u8]) -> &str {
 }
 
 /// A header value from a buffer of hex digits and dashes (always valid).
-///
-/// Every value built here names one request or one span, so it is marked
-/// sensitive: HTTP/2 then sends it as a literal that is never indexed
-/// (RFC 7541 §6.2.3). Indexed, each request's id and traceparent would be
-/// inserted into both hops' HPACK tables only to be evicted unused, pushing
-/// out the stable headers the table exists for; and h2's encoder walks
-/// every value already held under the name before inserting another.
 fn value(buf: &[u8]) -> HeaderValue {
-    let mut v = HeaderValue::from_bytes(buf).expect("hex and dashes are a valid header value");
-    v.set_sensitive(true);
-    v
+    HeaderValue::from_bytes(buf).expect("hex and dashes are a valid header value")
 }
 
 /// The value of each lowercase hex digit, `0xff` for any other byte: only
@@ -374,10 +365,8 @@ impl TraceContext {
 
 /// Returns the request id, adding a random one (UUID v4 format) if missing.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> RequestId {
-    if let Some(v) = headers.get_mut(X_REQUEST_ID) {
+    if let Some(v) = headers.get(X_REQUEST_ID) {
         if v.to_str().is_ok_and(|t| !t.is_empty() && t.len() <= 128) {
-            // Unique per request, like a generated one (see `value`).
-            v.set_sensitive(true);
             return RequestId::Received(v.clone());
         }
     }
@@ -632,28 +621,6 @@ mod tests {
             }
         }
         assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
-    }
-
-    /// Per-request values are never-indexed literals on HTTP/2 (see `value`):
-    /// a generated or received request id, traceparent and the B3 forms.
-    #[test]
-    fn per_request_values_are_marked_sensitive() {
-        let mut h = headers(&[("x-request-id", "abc")]);
-        ensure_request_id(&mut h);
-        assert!(h["x-request-id"].is_sensitive());
-        let mut h = HeaderMap::new();
-        ensure_request_id(&mut h);
-        assert!(h["x-request-id"].is_sensitive());
-
-        let h = headers(&[("b3", &format!("{TRACE}-{SPAN}-1"))]);
-        let ctx = TraceContext::extract(&h, false);
-        let mut out = headers(&[("x-b3-traceid", TRACE)]);
-        ctx.inject(&mut out);
-        for name in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"] {
-            assert!(out[name].is_sensitive(), "{name}");
-        }
-        // The sampling flag is one of two constants: worth indexing.
-        assert!(!out["x-b3-sampled"].is_sensitive());
     }
 
     #[test]
