@@ -393,6 +393,12 @@ impl Upstream {
                 },
             }
         }
+        let slot = self
+            .h1
+            .reserve(&key)
+            .map_err(|full| ProxyError::Overloaded {
+                limit: format!("{full} ({addr})"),
+            })?;
         let (io, peer) = self.connect(&key, target.connect_timeout).await?;
         let (sender, conn) = H1Pool::handshake(io, self.max_response_headers)
             .await
@@ -404,6 +410,7 @@ impl Upstream {
             sender,
             conn: Some(Box::new(conn)),
             peer: peer.clone(),
+            slot,
         };
         let mut exchange = Exchange::new(fresh, self.h1.clone(), key);
         let sent = exchange.sender().send_request(req);

@@ -54,6 +54,23 @@ pub const H2_MAX_CONNECTIONS_PER_KEY: usize = 32;
 #[error("every pooled HTTP/2 connection to the peer is full")]
 pub struct PoolFull;
 
+/// HTTP/1.1 connections open per key at most (in use or idle), from one
+/// worker: as many requests in flight as the key's HTTP/2 connections may
+/// carry. Beyond it a request is shed (`503`, `UO`) instead of opening one
+/// more socket per request.
+pub const H1_MAX_CONNECTIONS_PER_KEY: usize =
+    H2_MAX_CONNECTIONS_PER_KEY * H2_MAX_STREAMS_PER_CONNECTION;
+
+/// Every HTTP/1.1 connection a key may have is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{H1_MAX_CONNECTIONS_PER_KEY} HTTP/1.1 connections to the endpoint are open")]
+pub struct H1Full;
+
+/// Counts one open HTTP/1.1 connection of a key until dropped (it lives in
+/// the [`H1Conn`]).
+#[derive(Debug)]
+pub struct H1Slot(Arc<AtomicUsize>);
+
 /// Identifies connections that can be shared.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -81,6 +98,8 @@ pub struct H1Conn {
     pub conn: Option<Box<Connection>>,
     /// The identity the connection's peer proved.
     pub peer: Option<UpstreamPeer>,
+    /// Counts the connection against its key's limit while it is open.
+    pub slot: H1Slot,
 }
 type H2Slot = Arc<tokio::sync::Mutex<Vec<PooledH2>>>;
 type IdleList = Vec<(H1Conn, Instant)>;
@@ -121,10 +140,19 @@ pub struct H2Pool {
     slots: Mutex<HashMap<PoolKey, H2Slot, RandomState>>,
 }
 
-/// Idle HTTP/1.1 connections.
+/// Idle HTTP/1.1 connections, and how many each key has open.
 #[derive(Debug, Default)]
 pub struct H1Pool {
     idle: Mutex<HashMap<PoolKey, IdleList, RandomState>>,
+    open: Mutex<HashMap<PoolKey, Arc<AtomicUsize>, RandomState>>,
+}
+
+// === impl H1Slot ===
+
+impl Drop for H1Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 // === impl H1Conn ===
@@ -271,6 +299,24 @@ impl H1Pool {
         None
     }
 
+    /// Counts a new connection for `key`, or fails with [`H1Full`] when
+    /// the key has [`H1_MAX_CONNECTIONS_PER_KEY`] open.
+    pub fn reserve(&self, key: &PoolKey) -> Result<H1Slot, H1Full> {
+        let count = {
+            let mut open = self.open.lock().expect("not poisoned");
+            match open.get(key) {
+                Some(c) => c.clone(),
+                None => open.entry(key.clone()).or_default().clone(),
+            }
+        };
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < H1_MAX_CONNECTIONS_PER_KEY).then_some(n + 1)
+            })
+            .map_err(|_| H1Full)?;
+        Ok(H1Slot(count))
+    }
+
     /// Performs the HTTP/1.1 handshake on `io`; a response with more than
     /// `max_headers` header fields fails to parse. The connection is the
     /// caller's to poll (see [`crate::upstream::http1`]).
@@ -324,6 +370,10 @@ impl H1Pool {
             list.retain(|(c, since)| since.elapsed() < idle_timeout && !c.sender.is_closed());
         }
         idle.retain(|_, l| !l.is_empty());
+        drop(idle);
+        // Keys with no connection left (no slot holds their count).
+        let mut open = self.open.lock().expect("not poisoned");
+        open.retain(|_, c| Arc::strong_count(c) > 1);
     }
 
     /// Idle connections pooled (ready for a request), over all keys.
@@ -341,6 +391,34 @@ impl H1Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http1_connections_per_key_are_capped_until_one_closes() {
+        let pool = H1Pool::default();
+        let key = |port| PoolKey {
+            addr: ([127, 0, 0, 1], port).into(),
+            header: None,
+            tls: None,
+            worker: 0,
+        };
+        let mut open: Vec<H1Slot> = (0..H1_MAX_CONNECTIONS_PER_KEY)
+            .map(|i| {
+                pool.reserve(&key(9))
+                    .unwrap_or_else(|e| panic!("connection {i}: {e}"))
+            })
+            .collect();
+        assert_eq!(pool.reserve(&key(9)).unwrap_err(), H1Full);
+        // Another key has its own count.
+        let other = pool.reserve(&key(10)).unwrap();
+        // A closed connection makes room for one more.
+        open.pop();
+        let again = pool.reserve(&key(9)).unwrap();
+        assert_eq!(pool.reserve(&key(9)).unwrap_err(), H1Full);
+        // Counts of keys with no connection left are dropped by the reaper.
+        drop((open, again, other));
+        pool.reap(Duration::from_secs(1));
+        assert!(pool.open.lock().unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn a_full_connection_makes_the_next_request_open_another() {
