@@ -484,7 +484,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     #[test]
-    fn hop_protocol_follows_port_request_and_upgrade_policy() {
+    fn hop_protocol_follows_port_request_and_peer_protocol_policy() {
         let target = |protocol, via_sidecar, preserve_http1| Target {
             addr: ([127, 0, 0, 1], 1).into(),
             via_sidecar,
