@@ -44,13 +44,6 @@
 //! beside them).
 
 use anyhow::{bail, Context, Result};
-
-/// The sidecar's allocator (`sane-proxy`'s `main.rs`): the simulated
-/// proxies run the proxy's xDS client code, so they allocate as it does.
-/// Under glibc's malloc, 5 000 streams' envelopes spent a third of the
-/// tool's CPU in `_int_malloc`, `malloc_consolidate` and `free`.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -72,6 +65,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+
+/// The sidecar's allocator (`sane-proxy`'s `main.rs`): the simulated
+/// proxies run the proxy's xDS client code, so they allocate as it does.
+/// Under glibc's malloc, 5 000 streams' envelopes spent a third of the
+/// tool's CPU in `_int_malloc`, `malloc_consolidate` and `free`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const API_TOKEN: &str = "sane-fleet-bench-token";
 /// A route's timeout before any change; change `g` sets `BASE + g`.
