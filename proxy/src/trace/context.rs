@@ -28,6 +28,9 @@ const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
 const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+/// Headers whose value is new on every request: HPACK gains nothing from
+/// indexing their values (`upstream::http2` sends them never indexed).
+pub const PER_REQUEST_HEADERS: [HeaderName; 4] = [X_REQUEST_ID, TRACEPARENT, B3, B3_SPAN_ID];
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A 16-byte trace id (never all zero).

@@ -22,6 +22,7 @@ use crate::body::Body;
 use crate::protocol::h2_body::{content_length, Direction, PipeBody, RecvBody};
 use crate::protocol::http::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::protocol::io::BoxIo;
+use crate::trace::context::PER_REQUEST_HEADERS;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
@@ -30,7 +31,7 @@ use http_body::{Frame, SizeHint};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,8 +55,8 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct H2Connection {
     sender: SendRequest<Bytes>,
-    /// Set when the connection's task has ended.
-    closed: Arc<AtomicBool>,
+    /// Shared with its streams' openers and its task.
+    state: Arc<ConnState>,
     /// Dropped with the handle: wakes the connection's task, which then
     /// closes the connection once its last stream ends (h2 does not notice
     /// the last `SendRequest` going by itself).
@@ -66,8 +67,19 @@ pub struct H2Connection {
 #[derive(Debug)]
 pub struct StreamOpener {
     sender: SendRequest<Bytes>,
-    /// The connection's: set when it can open no more streams.
-    closed: Arc<AtomicBool>,
+    /// The connection's.
+    state: Arc<ConnState>,
+}
+
+/// What a connection's handle, its stream openers and its task share.
+#[derive(Debug, Default)]
+struct ConnState {
+    /// Set when the connection can open no more streams (its task ended, or
+    /// the peer is going away).
+    closed: AtomicBool,
+    /// Which of [`PER_REQUEST_HEADERS`] this connection's HPACK table has
+    /// been given a name for (bit `i` for entry `i`).
+    named: AtomicU8,
 }
 
 /// Why a request did not get a response.
@@ -123,26 +135,26 @@ impl H2Connection {
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await?;
-        let closed = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(ConnState::default());
         let (release, released) = oneshot::channel();
-        tokio::spawn(drive(conn, addr, open_streams, closed.clone(), released));
+        tokio::spawn(drive(conn, addr, open_streams, state.clone(), released));
         Ok(Self {
             sender,
-            closed,
+            state,
             _release: release,
         })
     }
 
     /// True once the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.state.closed.load(Ordering::Acquire)
     }
 
     /// A handle to open one stream with.
     pub fn stream(&self) -> StreamOpener {
         StreamOpener {
             sender: self.sender.clone(),
-            closed: self.closed.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -152,7 +164,7 @@ async fn drive(
     mut conn: h2::client::Connection<BoxIo, Bytes>,
     addr: SocketAddr,
     open_streams: Arc<AtomicUsize>,
-    closed: Arc<AtomicBool>,
+    state: Arc<ConnState>,
     mut released: oneshot::Receiver<()>,
 ) {
     let ping = conn.ping_pong().expect("taken once");
@@ -177,7 +189,7 @@ async fn drive(
             }
         }
     }
-    closed.store(true, Ordering::Release);
+    state.closed.store(true, Ordering::Release);
 }
 
 /// Pings every [`KEEP_ALIVE_INTERVAL`] while streams are open; returns when
@@ -205,7 +217,7 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
     let mut sender = match opener.sender.ready().await {
         Ok(sender) => sender,
         Err(e) => {
-            opener.closed.store(true, Ordering::Release);
+            opener.state.closed.store(true, Ordering::Release);
             return Err(SendError::Unsent(Box::new(req), e));
         }
     };
@@ -231,6 +243,7 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
     {
         parts.headers.remove(http::header::TE);
     }
+    opener.state.unindexed_values(&mut parts.headers);
     let eos = http_body::Body::is_end_stream(&body);
     let (response, tx): (ResponseFuture, SendStream<Bytes>) = sender
         .send_request(Request::from_parts(parts, ()), eos)
@@ -256,6 +269,42 @@ pub async fn send(opener: StreamOpener, req: Request<Body>) -> Result<Response<H
         body: RecvBody::new(recv, length),
         cancel,
     }))
+}
+
+// === impl ConnState ===
+
+impl ConnState {
+    /// Keeps values that are new on every request (ids: `x-request-id`,
+    /// `traceparent`, B3 span ids) out of the connection's HPACK table,
+    /// while their names stay in it.
+    ///
+    /// Indexed, each such value is inserted into both ends' tables and
+    /// evicted unused, and the encoder walks every value held under the
+    /// name before inserting the next (with a 4 KiB table about twenty per
+    /// name). The first request on the connection carrying the name is
+    /// sent indexed, so the name enters the table; later ones go as
+    /// "never indexed" literals that refer to that name (RFC 7541
+    /// §6.2.3), one entry to look at. Should that entry be evicted (other
+    /// headers with new values pushing it out), the values still go as
+    /// never-indexed literals, with the name spelled out.
+    fn unindexed_values(&self, headers: &mut http::HeaderMap) {
+        let named = self.named.load(Ordering::Relaxed);
+        let mut now = named;
+        for (name, value) in headers.iter_mut() {
+            let Some(i) = PER_REQUEST_HEADERS.iter().position(|n| n == name) else {
+                continue;
+            };
+            let bit = 1 << i;
+            if named & bit != 0 {
+                value.set_sensitive(true);
+            } else {
+                now |= bit;
+            }
+        }
+        if now != named {
+            self.named.fetch_or(now, Ordering::Relaxed);
+        }
+    }
 }
 
 // === impl H2Body ===
@@ -331,6 +380,40 @@ mod tests {
     use http::HeaderMap;
     use http_body::Body as _;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn per_request_values_are_never_indexed_once_their_name_is_in_the_table() {
+        let state = ConnState::default();
+        let request = |id: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-request-id", id.parse().unwrap());
+            h.insert("accept", "*/*".parse().unwrap());
+            h.insert(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+                    .parse()
+                    .unwrap(),
+            );
+            h
+        };
+        let sensitive = |h: &HeaderMap, name: &str| h[name].is_sensitive();
+        // The first request carrying a name sends it indexed: the name
+        // enters the table.
+        let mut first = request("1");
+        first.remove("traceparent");
+        state.unindexed_values(&mut first);
+        assert!(!sensitive(&first, "x-request-id"));
+        // Later ones refer to it; a name seen for the first time is indexed.
+        let mut second = request("2");
+        state.unindexed_values(&mut second);
+        assert!(sensitive(&second, "x-request-id"));
+        assert!(!sensitive(&second, "traceparent"));
+        assert!(!sensitive(&second, "accept"), "other headers stay indexed");
+        let mut third = request("3");
+        state.unindexed_values(&mut third);
+        assert!(sensitive(&third, "x-request-id") && sensitive(&third, "traceparent"));
+        assert!(!sensitive(&third, "accept"));
+    }
 
     /// An h2 server on one end of an in-memory pipe that answers each
     /// request with its method, path and body, and the trailer `x-bytes`.
