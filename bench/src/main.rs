@@ -260,9 +260,20 @@ fn main() -> Result<()> {
 fn serve(ws: &Workspace, pin: &Pin, kinds: &[PeerKind]) -> Result<()> {
     let _shared = ws.start_shared(pin.0.as_deref())?;
     let mut peers = Vec::new();
+    let mut served: Vec<(&str, &str)> = Vec::new();
     for &kind in kinds {
-        let peer = ws.start(kind)?;
         let (http, host) = kind.entry(Mode::Http);
+        // The sane variants share their ports and config files (a second
+        // one would rewrite the first's config, which it reloads).
+        if let Some((_, first)) = served.iter().find(|(entry, _)| *entry == http) {
+            println!(
+                "{}: not started, it shares its ports with {first} (serve it alone with --only and --no-tracing as needed)",
+                kind.name()
+            );
+            continue;
+        }
+        served.push((http, kind.name()));
+        let peer = ws.start(kind)?;
         let (tcp, _) = kind.entry(Mode::Tcp);
         println!(
             "{}: http {http}{} tcp {tcp} pids {:?} (hop A first)",
