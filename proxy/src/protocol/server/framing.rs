@@ -107,7 +107,7 @@ impl FramingScan {
                 // A whole head line at hand: read it at once (its name,
                 // and a `Content-Length` value), not byte by byte.
                 Phase::Head if self.head.at_line_start() => {
-                    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                    let Some(end) = memchr::memchr(b'\n', bytes) else {
                         // Its end has not arrived: byte by byte.
                         let b = bytes[0];
                         bytes = &bytes[1..];
@@ -118,7 +118,7 @@ impl FramingScan {
                     };
                     let line = &bytes[..end];
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    let found = if line.contains(&b'\r') {
+                    let found = if memchr::memchr(b'\r', line).is_some() {
                         // A stray CR (hyper refuses the head): the byte
                         // path, which skips it, decides alike.
                         self.bytes(&bytes[..=end])
@@ -133,7 +133,7 @@ impl FramingScan {
                 // The rest of this head line says nothing the scan follows:
                 // on to its end at once instead of byte by byte.
                 Phase::Head if self.head.rest_of_line_ignored() => {
-                    match bytes.iter().position(|&b| b == b'\n') {
+                    match memchr::memchr(b'\n', bytes) {
                         Some(end) => bytes = &bytes[end..],
                         None => return None,
                     }
@@ -178,7 +178,7 @@ impl FramingScan {
                 let method = line.len().min(8);
                 h.name[..method].copy_from_slice(&line[..method]);
                 h.name_len = method;
-            } else if let Some(colon) = line.iter().position(|&b| b == b':') {
+            } else if let Some(colon) = memchr::memchr(b':', line) {
                 let name = &line[..colon];
                 if name.len() > NAME_MAX {
                     // Longer than any name looked for: the line says nothing.
