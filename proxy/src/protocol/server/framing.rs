@@ -183,22 +183,16 @@ impl FramingScan {
                 if name.len() > NAME_MAX {
                     // Longer than any name looked for: the line says nothing.
                 } else if name.eq_ignore_ascii_case(b"content-length") {
-                    let mut v = Some(0u64);
+                    let mut v = 0u64;
                     for &b in &line[colon + 1..] {
-                        v = match (v, b) {
-                            (Some(v), b'0'..=b'9') => v
-                                .checked_mul(10)
-                                .and_then(|v| v.checked_add(u64::from(b - b'0'))),
-                            (v, b' ' | b'\t') => v,
-                            _ => None,
-                        };
-                        if v.is_none() {
+                        let Some(next) = length_byte(v, b) else {
                             // hyper rejects it; nothing to follow.
                             self.phase = Phase::Off;
                             return None;
-                        }
+                        };
+                        v = next;
                     }
-                    h.length_value = v;
+                    h.length_value = Some(v);
                 } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                     h.transfer_encoding = true;
                 } else if name.eq_ignore_ascii_case(b"upgrade") {
@@ -285,13 +279,7 @@ impl FramingScan {
                     }
                 } else if h.in_value {
                     if let Some(v) = h.length_value {
-                        h.length_value = match b {
-                            b'0'..=b'9' => v
-                                .checked_mul(10)
-                                .and_then(|v| v.checked_add(u64::from(b - b'0'))),
-                            b' ' | b'\t' => Some(v),
-                            _ => None,
-                        };
+                        h.length_value = length_byte(v, b);
                         if h.length_value.is_none() {
                             // hyper rejects it; nothing to follow.
                             self.phase = Phase::Off;
@@ -341,6 +329,18 @@ impl FramingScan {
             }
         };
         None
+    }
+}
+
+/// The `Content-Length` value so far, `v`, after one more byte of it:
+/// `None` for a byte no length has (or one too large).
+fn length_byte(v: u64, b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(b - b'0'))),
+        b' ' | b'\t' => Some(v),
+        _ => None,
     }
 }
 
